@@ -1,0 +1,29 @@
+# One image for every llmos process; compose.yaml picks the service with `command:`.
+#   docker build -t llmos .
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# torch goes in first, in its own layer: pyproject only asks for torch>=2.4, and
+# left to resolve that itself pip fetches the default build, which bundles CUDA
+# (several GB). For a CPU-only image pass the CPU wheel index of your torch
+# mirror as a build argument, e.g.
+#   docker build --build-arg PIP_EXTRA_INDEX_URL=<cpu wheel index> -t llmos .
+# and pin a version with --build-arg TORCH_SPEC=torch==<version>.
+ARG TORCH_SPEC=torch
+# Read by pip from the environment of the RUN steps below; empty = no extra index.
+ARG PIP_EXTRA_INDEX_URL=
+RUN pip install --no-cache-dir "${TORCH_SPEC}"
+
+WORKDIR /opt/llmos
+COPY . .
+RUN pip install --no-cache-dir . \
+    && useradd --create-home --shell /usr/sbin/nologin llmos
+
+# The services need no root; model directories are mounted read-only at /models
+# (see compose.yaml), so the image holds no weights.
+USER llmos
+WORKDIR /home/llmos
+
+CMD ["llmos", "--help"]

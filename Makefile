@@ -1,0 +1,46 @@
+# llmos developer tasks (GNU make).
+#   make run    set up, build the embedded model, run a one-prompt demo
+#   make test   set up, run the CPU test suite (what .ci/run runs)
+#   make proto  regenerate llmos/wire/llmos_pb2.py{,i} from proto/llmos/v1/llmos.proto
+
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU wheel of this version lies on the project's machines; set TORCH_SPEC=torch on others.
+TORCH_SPEC ?= torch==2.13.0
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_DIR := proto/llmos/v1
+WIRE_DIR := llmos/wire
+
+.PHONY: setup model run test proto clean
+
+setup: $(STAMP)
+
+# torch goes in first and on its own: pyproject only asks for torch>=2.4, and
+# left to resolve that itself pip would fetch the default (multi-GB, CUDA) build.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmos needs Python >= 3.11, but $(PYTHON) is " + sys.version.split()[0] + "; run make PYTHON=python3.11 (or newer)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+model: setup
+	$(BIN)/llmos model init
+
+run: setup model
+	$(BIN)/llmos up --demo "Hello! How can I help you today?"
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not gpu"
+
+# Must match tests/test_proto_fresh.py: same protoc (pinned grpcio-tools), same -I root.
+proto: setup
+	$(BIN)/python -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(WIRE_DIR) --pyi_out=$(WIRE_DIR) $(PROTO_DIR)/llmos.proto
+
+# Build and test leftovers only; the venv stays (rm -rf $(VENV) to rebuild it).
+clean:
+	rm -rf build dist .pytest_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

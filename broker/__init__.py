@@ -1,0 +1,1 @@
+"""The llmos broker: the front door and message bus (`llmos broker`)."""

@@ -1,0 +1,33 @@
+"""Broker configuration: one field per `llmos broker` flag and LLMOS_* variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmos.config import option
+from llmos.wire.constants import (
+    CLIENT_PORT, DEFAULT_MAX_TOKENS, HEARTBEAT_INTERVAL_MS, SCHEDULER_PORT,
+    SCHEDULER_RETRY_MS, SCHEDULER_TIMEOUT_MS, WORKER_PORT, bind_all, tcp,
+)
+
+
+@dataclass
+class BrokerConfig:
+    client_bind: str = option(bind_all(CLIENT_PORT), "ROUTER address clients connect to")
+    worker_bind: str = option(bind_all(WORKER_PORT), "ROUTER address workers connect to")
+    scheduler_address: str = option(tcp(SCHEDULER_PORT), "scheduler ROUTER to ask for placements")
+    tiers: str = option("interactive,standard,batch", "queue tiers, highest priority first")
+    default_tier: str = option("standard", "tier of requests that name none")
+    max_queue_depth: int = option(10_000, "requests each tier may hold before QUEUE_FULL")
+    max_prompt_bytes: int = option(1024 * 1024, "largest prompt accepted (UTF-8 bytes)")
+    default_max_tokens: int = option(DEFAULT_MAX_TOKENS, "max_tokens of requests that send 0")
+    max_tokens_limit: int = option(4096, "largest max_tokens accepted")
+    max_restarts: int = option(3, "times a request moves to another worker before WORKER_FAILED")
+    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS, "heartbeat period; dead after 3 silent periods")
+    scheduler_timeout_ms: int = option(SCHEDULER_TIMEOUT_MS, "wait this long for a decision, then decide locally")
+    scheduler_retry_ms: int = option(SCHEDULER_RETRY_MS, "after a scheduler timeout, ask again after this long")
+    fallback_policy: str = option("priority", "policy the broker runs itself when the scheduler is down")
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [tier.strip() for tier in self.tiers.split(",") if tier.strip()]

@@ -1,0 +1,18 @@
+"""`llmos broker` / `python -m broker`."""
+
+import click
+
+from broker.config import BrokerConfig
+from llmos.config import options_from
+
+
+@click.command("broker", help="Run the broker: client front door, tiered queues, dispatch to workers.")
+@options_from(BrokerConfig)
+def command(**kwargs: object) -> None:
+    from broker.service import run
+
+    run(BrokerConfig(**kwargs))
+
+
+def main() -> None:
+    command()

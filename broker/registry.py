@@ -1,0 +1,91 @@
+"""The broker's registry of live workers (plain data, no sockets).
+
+Verbs as in the zguide's mdbroker: require_worker, refresh, delete_worker,
+purge_expired. A worker is dead after HEARTBEAT_LIVENESS silent intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmos.wire import pb
+from llmos.wire.constants import HEARTBEAT_LIVENESS
+
+
+@dataclass
+class WorkerRecord:
+    worker_id: str
+    identity: bytes
+    models: frozenset[str]
+    device: str
+    max_num_seqs: int
+    heartbeat_interval_s: float
+    expiry_s: float
+    running_ids: set[str] = field(default_factory=set)
+
+    @property
+    def has_capacity(self) -> bool:
+        return len(self.running_ids) < self.max_num_seqs
+
+    def serves(self, model: str) -> bool:
+        return not model or model in self.models
+
+    def status(self) -> pb.WorkerStatus:
+        return pb.WorkerStatus(worker_id=self.worker_id, models=sorted(self.models),
+                               num_running=len(self.running_ids), max_num_seqs=self.max_num_seqs,
+                               device=self.device)
+
+    def slots(self) -> pb.WorkerSlots:
+        return pb.WorkerSlots(worker_id=self.worker_id, models=sorted(self.models),
+                              num_running=len(self.running_ids), max_num_seqs=self.max_num_seqs)
+
+
+class WorkerRegistry:
+    def __init__(self, default_heartbeat_interval_s: float) -> None:
+        self.default_heartbeat_interval_s = default_heartbeat_interval_s
+        self._workers: dict[bytes, WorkerRecord] = {}
+        self.known_models: set[str] = set()  # every model a worker ever served here
+
+    def __iter__(self):
+        return iter(list(self._workers.values()))
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def get(self, identity: bytes) -> WorkerRecord | None:
+        return self._workers.get(identity)
+
+    def by_id(self, worker_id: str) -> WorkerRecord | None:
+        return self._workers.get(worker_id.encode())
+
+    def require_worker(self, identity: bytes, register: pb.WorkerRegister, now_s: float) -> WorkerRecord:
+        """Add a worker (replacing any earlier record under the same identity)."""
+        assert identity not in self._workers, "delete the old record (and re-queue its work) first"
+        interval_s = (register.heartbeat_interval_ms / 1000) or self.default_heartbeat_interval_s
+        worker = WorkerRecord(
+            worker_id=register.worker_id or identity.decode(errors="replace"), identity=identity,
+            models=frozenset(register.models), device=register.device,
+            max_num_seqs=max(1, register.max_num_seqs), heartbeat_interval_s=interval_s,
+            expiry_s=now_s + HEARTBEAT_LIVENESS * interval_s,
+        )
+        self._workers[identity] = worker
+        self.known_models.update(worker.models)
+        return worker
+
+    def refresh(self, identity: bytes, now_s: float) -> WorkerRecord | None:
+        worker = self._workers.get(identity)
+        if worker is not None:
+            worker.expiry_s = now_s + HEARTBEAT_LIVENESS * worker.heartbeat_interval_s
+        return worker
+
+    def delete_worker(self, identity: bytes) -> WorkerRecord | None:
+        return self._workers.pop(identity, None)
+
+    def purge_expired(self, now_s: float) -> list[WorkerRecord]:
+        expired = [w for w in self._workers.values() if w.expiry_s < now_s]
+        for worker in expired:
+            del self._workers[worker.identity]
+        return expired
+
+    def has_capacity_for(self, model: str) -> bool:
+        return any(w.has_capacity and w.serves(model) for w in self._workers.values())

@@ -1,0 +1,101 @@
+"""The broker's line to the scheduler process, with a local fallback.
+
+The broker asks for placements in batches (one ScheduleRequest covers every
+pending request it sends), never waits more than `timeout_ms` for an answer,
+and when the scheduler is down or slow it runs the same policy code itself
+(`scheduler_svc.policies.decide`), logging the switch both ways.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.sockets import connect_dealer
+from scheduler_svc.policies import decide, make_policy
+
+log = logging.getLogger("broker.scheduler")
+
+_ACCEPTED = frozenset({"schedule_decision", "error"})
+
+
+class SchedulerLink:
+    def __init__(self, context: zmq.Context, address: str, timeout_ms: int, retry_ms: int,
+                 fallback_policy: str) -> None:
+        self.address = address
+        self.timeout_s = timeout_ms / 1000
+        self.retry_s = retry_ms / 1000
+        self.fallback = make_policy(fallback_policy)
+        self.socket = connect_dealer(context, address)
+        # with IMMEDIATE a send fails at once while no scheduler is connected,
+        # instead of queueing stale batches for it
+        self.socket.setsockopt(zmq.IMMEDIATE, 1)
+        self.is_online = True
+        self.policy_name = ""
+        self._next_batch_id = 1
+        self._waiting_batch_id: int | None = None
+        self._waiting_since_s = 0.0
+        self._retry_at_s = 0.0
+
+    @property
+    def is_waiting(self) -> bool:
+        return self._waiting_batch_id is not None
+
+    def can_ask(self, now_s: float) -> bool:
+        return not self.is_waiting and (self.is_online or now_s >= self._retry_at_s)
+
+    def ask(self, request: pb.ScheduleRequest, now_s: float) -> bool:
+        """Send a batch to the scheduler; False if it cannot be sent now."""
+        request.batch_id = self._next_batch_id
+        try:
+            self.socket.send(pack(request), zmq.NOBLOCK)
+        except zmq.Again:
+            self.mark_offline(now_s, "not connected")
+            return False
+        self._next_batch_id += 1
+        self._waiting_batch_id = request.batch_id
+        self._waiting_since_s = now_s
+        return True
+
+    def seconds_left(self, now_s: float) -> float:
+        return max(0.0, self._waiting_since_s + self.timeout_s - now_s)
+
+    def is_timed_out(self, now_s: float) -> bool:
+        return self.is_waiting and self.seconds_left(now_s) == 0.0
+
+    def mark_offline(self, now_s: float, reason: str) -> None:
+        if self.is_online:
+            log.warning("scheduler at %s unavailable (%s); broker falls back to its built-in "
+                        "'%s' order", self.address, reason, self.fallback.name)
+        self.is_online = False
+        self._waiting_batch_id = None
+        self._retry_at_s = now_s + self.retry_s
+
+    def receive(self) -> pb.ScheduleDecision | None:
+        """Read one reply; the decision if it answers the batch we wait for."""
+        frame = self.socket.recv()
+        try:
+            name, message = unpack(frame, _ACCEPTED)
+        except WireError as exc:
+            log.error("bad frame from scheduler: %s", exc.message)
+            return None
+        if name == "error":
+            log.error("scheduler refused batch: %s", message.message)
+            self._waiting_batch_id = None
+            return None
+        if message.batch_id != self._waiting_batch_id:
+            return None  # a late answer to a batch we already decided ourselves
+        self._waiting_batch_id = None
+        if not self.is_online:
+            log.info("scheduler at %s is back; using its '%s' policy", self.address, message.policy)
+        self.is_online = True
+        self.policy_name = message.policy
+        return message
+
+    def decide_locally(self, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
+        return decide(self.fallback, request, None)
+
+    def close(self) -> None:
+        self.socket.close()

@@ -1,0 +1,3 @@
+from kernel_svc.main import main
+
+main()

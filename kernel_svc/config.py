@@ -1,0 +1,25 @@
+"""Kernel configuration: one field per `llmos kernel` flag and LLMOS_* variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmos.config import option
+from llmos.wire.constants import (
+    DEFAULT_BLOCK_SIZE, HEARTBEAT_INTERVAL_MS, KERNEL_PORT, KERNEL_PUB_PORT, bind_all,
+)
+
+
+@dataclass
+class KernelConfig:
+    kernel_bind: str = option(bind_all(KERNEL_PORT), "ROUTER address workers and clients query")
+    kernel_pub_bind: str = option(bind_all(KERNEL_PUB_PORT), "PUB address resource views go out on")
+    block_size: int = option(DEFAULT_BLOCK_SIZE, "tokens per KV block")
+    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS,
+                                        "heartbeat period; a worker is dead after 3 silent periods")
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be at least 1, not {self.block_size}")
+        if self.heartbeat_interval_ms < 1:
+            raise ValueError(f"heartbeat_interval_ms must be at least 1, not {self.heartbeat_interval_ms}")

@@ -1,0 +1,22 @@
+"""`llmos kernel` / `python -m kernel_svc`."""
+
+import click
+
+from kernel_svc.config import KernelConfig
+from llmos.config import options_from
+
+
+@click.command("kernel", help="Run the resource kernel: worker registry, KV block ledger, resource view.")
+@options_from(KernelConfig)
+def command(**kwargs: object) -> None:
+    from kernel_svc.service import run
+
+    try:
+        config = KernelConfig(**kwargs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    run(config)
+
+
+def main() -> None:
+    command()

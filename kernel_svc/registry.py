@@ -1,0 +1,114 @@
+"""The kernel's worker registry: who is alive, what it holds, and the view of it.
+
+Registry verbs as in the zguide's mdbroker (STYLE.md 6): `require_worker`,
+`refresh`, `purge_expired`, `delete_worker`. The registry owns the KV ledger
+so that a worker leaving, by Disconnect or by silence, frees its blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernel_svc.accounting import KvLedger
+from llmos.wire import pb
+from llmos.wire.constants import HEARTBEAT_LIVENESS
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker says about itself in KernelRegister."""
+
+    worker_id: str
+    models: tuple[str, ...] = ()
+    device: str = ""
+    memory_bytes_total: int = 0
+    memory_bytes_used: int = 0
+    kv_capacity_tokens: int = 0
+    max_num_seqs: int = 0
+
+
+@dataclass
+class WorkerRecord:
+    spec: WorkerSpec
+    last_seen_s: float
+    num_running: int = 0
+
+
+class WorkerRegistry:
+    def __init__(self, block_size: int, heartbeat_interval_ms: int,
+                 ledger: KvLedger | None = None) -> None:
+        assert block_size > 0 and heartbeat_interval_ms > 0
+        self.block_size = block_size
+        self.expiry_s = HEARTBEAT_LIVENESS * heartbeat_interval_ms / 1000
+        self.ledger = ledger if ledger is not None else KvLedger()
+        self._workers: dict[str, WorkerRecord] = {}
+        self._num_changes = 0
+
+    @property
+    def version(self) -> int:
+        """Grows with every change to the registry or the ledger."""
+        return self._num_changes + self.ledger.version
+
+    def has_worker(self, worker_id: str) -> bool:
+        return worker_id in self._workers
+
+    def worker(self, worker_id: str) -> WorkerRecord:
+        return self._workers[worker_id]
+
+    def workers(self) -> list[WorkerRecord]:
+        return [self._workers[worker_id] for worker_id in sorted(self._workers)]
+
+    def require_worker(self, spec: WorkerSpec, now_s: float) -> tuple[WorkerRecord, list[int]]:
+        """Register `spec` (again). Return its record and the block ids that a
+        previous registration held: a worker registers when it starts, so
+        whatever its earlier self was granted is gone with that process."""
+        assert spec.worker_id, "a worker needs an id"
+        freed_block_ids = self.delete_worker(spec.worker_id)
+        self._workers[spec.worker_id] = WorkerRecord(spec, last_seen_s=now_s)
+        self.ledger.add_worker(spec.worker_id, spec.kv_capacity_tokens // self.block_size)
+        self._num_changes += 1
+        return self._workers[spec.worker_id], freed_block_ids
+
+    def refresh(self, worker_id: str, now_s: float, num_running: int | None = None) -> bool:
+        """Note a sign of life (and the running count a heartbeat carries);
+        False when the worker is unknown and must register again."""
+        record = self._workers.get(worker_id)
+        if record is None:
+            return False
+        record.last_seen_s = now_s
+        if num_running is not None and num_running != record.num_running:
+            record.num_running = num_running
+            self._num_changes += 1
+        return True
+
+    def delete_worker(self, worker_id: str) -> list[int]:
+        """Forget a worker; return the block ids its requests held."""
+        if self._workers.pop(worker_id, None) is None:
+            return []
+        self._num_changes += 1
+        return self.ledger.remove_worker(worker_id)
+
+    def purge_expired(self, now_s: float) -> dict[str, list[int]]:
+        """Delete every worker silent for HEARTBEAT_LIVENESS intervals; return
+        {worker id: the block ids it held}."""
+        expired = [worker_id for worker_id, record in self._workers.items()
+                   if now_s - record.last_seen_s > self.expiry_s]
+        return {worker_id: self.delete_worker(worker_id) for worker_id in expired}
+
+
+def build_view(registry: WorkerRegistry, published_at_s: float) -> pb.ResourceView:
+    """The ResourceView the kernel publishes and answers ResourceQuery with."""
+    view = pb.ResourceView(version=registry.version, block_size=registry.block_size,
+                           published_at_s=published_at_s)
+    ledger = registry.ledger
+    for record in registry.workers():
+        spec = record.spec
+        view.workers.add(
+            worker_id=spec.worker_id, models=spec.models, device=spec.device,
+            memory_bytes_total=spec.memory_bytes_total, memory_bytes_used=spec.memory_bytes_used,
+            kv_blocks_total=ledger.num_blocks_total(spec.worker_id),
+            kv_blocks_used=ledger.num_used_blocks(spec.worker_id),
+            num_running=record.num_running, max_num_seqs=spec.max_num_seqs,
+            num_requests_holding_blocks=ledger.num_requests(spec.worker_id),
+        )
+    return view

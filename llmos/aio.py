@@ -1,0 +1,168 @@
+"""asyncio client SDK: the same verbs as `llmos.client.Client`, as coroutines.
+
+    async with AsyncClient() as client:
+        request_id = await client.submit("Once upon a time", max_tokens=32)
+        async for chunk in client.stream(request_id):
+            print(chunk.text, end="", flush=True)
+        result = await client.result(request_id)
+
+One reader task owns the socket's receive side and drops each incoming message
+into its request's asyncio.Queue, so any number of coroutines may wait on
+different requests of one client at once. The client belongs to one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import zmq
+import zmq.asyncio
+from google.protobuf.message import Message
+
+from llmos.client import (
+    CLIENT_ACCEPTS, DEFAULT_TIMEOUT_S, UNTIED, default_broker_address, make_generate_request,
+    request_id_of,
+)
+from llmos.errors import LlmosTimeout, error_from_proto
+from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.sockets import connect_dealer
+
+log = logging.getLogger(__name__)
+
+
+class AsyncClient:
+    """Non-blocking client for the broker's client ROUTER."""
+
+    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.address = address or default_broker_address()
+        self.timeout_s = timeout_s
+        self._context = zmq.asyncio.Context()
+        self._socket = connect_dealer(self._context, self.address)
+        self._queues: dict[str, asyncio.Queue[tuple[str, Message]]] = {}
+        self._results: dict[str, pb.GenerateResult] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ verbs
+
+    async def submit(self, prompt: str, *, model: str = "", max_tokens: int = 0,
+                     temperature: float = 0.0, top_p: float | None = None, top_k: int = 0,
+                     stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
+                     tier: str = "", tenant: str = "", request_id: str | None = None) -> str:
+        """Send a GenerateRequest; return its id once Accepted, else raise the typed error."""
+        request = make_generate_request(
+            prompt, request_id=request_id, model=model, max_tokens=max_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed,
+            tier=tier, tenant=tenant)
+        request_id = request.request_id
+        queue = self._open_queue(request_id)
+        await self._socket.send(pack(request))
+        name, message = await self._next(request_id, f"no answer to request {request_id}")
+        if name == "error":
+            del self._queues[request_id]
+            raise error_from_proto(message)
+        if name != "accepted":
+            # The broker always accepts first; if it did not, stream() still needs this message.
+            log.warning("request %s: %s arrived before accepted", request_id, name)
+            _put_front(queue, (name, message))
+        return request_id
+
+    async def stream(self, request_id: str) -> AsyncIterator[pb.TokenChunk]:
+        """Yield the request's chunks in order; stop at its GenerateResult (kept for result())."""
+        if request_id in self._results:
+            return
+        if request_id not in self._queues:
+            raise KeyError(f"request {request_id} is not in flight on this client")
+        while True:
+            name, message = await self._next(request_id, f"nothing arrived for request {request_id}")
+            if name == "chunk":
+                yield message
+            elif name == "result":
+                del self._queues[request_id]
+                self._results[request_id] = message
+                return
+            elif name == "error":
+                del self._queues[request_id]
+                raise error_from_proto(message)
+            else:
+                log.warning("request %s: unexpected %s while streaming", request_id, name)
+
+    async def result(self, request_id: str) -> pb.GenerateResult:
+        """The request's GenerateResult, draining its stream first; handed out once."""
+        async for _ in self.stream(request_id):
+            pass
+        return self._results.pop(request_id)
+
+    async def generate(self, prompt: str, **params: object) -> pb.GenerateResult:
+        return await self.result(await self.submit(prompt, **params))  # type: ignore[arg-type]
+
+    async def cancel(self, request_id: str) -> None:
+        await self._socket.send(pack(pb.Cancel(request_id=request_id)))
+
+    async def status(self) -> pb.StatusReply:
+        self._open_queue(UNTIED)  # a late reply to an earlier status() must not answer this one
+        await self._socket.send(pack(pb.StatusRequest()))
+        while True:
+            name, message = await self._next(UNTIED, f"no status reply from {self.address}")
+            if name == "status_reply":
+                return message
+            if name == "error":
+                raise error_from_proto(message)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+            self._reader = None
+        self._socket.close()
+        self._context.term()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ receiving
+
+    def _open_queue(self, key: str) -> asyncio.Queue[tuple[str, Message]]:
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+        queue: asyncio.Queue[tuple[str, Message]] = asyncio.Queue()
+        self._queues[key] = queue
+        return queue
+
+    async def _next(self, key: str, timeout_message: str) -> tuple[str, Message]:
+        try:
+            return await asyncio.wait_for(self._queues[key].get(), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise LlmosTimeout(f"{timeout_message} within {self.timeout_s:g} s", key) from None
+
+    async def _read_forever(self) -> None:
+        """The reader task: route every incoming frame to its request's queue."""
+        while True:
+            frames = await self._socket.recv_multipart()
+            try:
+                name, message = unpack(frames[-1], CLIENT_ACCEPTS)
+            except WireError as exc:
+                log.warning("dropping a frame from %s: %s", self.address, exc.message)
+                continue
+            key = request_id_of(name, message)
+            queue = self._queues.get(key)
+            if queue is None:
+                log.debug("dropping %s for request %s: not in flight", name, key)
+                continue
+            queue.put_nowait((name, message))
+
+
+def _put_front(queue: asyncio.Queue[tuple[str, Message]], item: tuple[str, Message]) -> None:
+    """Put `item` back at the head of `queue` (nothing awaits it: we are its only reader)."""
+    rest = []
+    while not queue.empty():
+        rest.append(queue.get_nowait())
+    for queued in [item, *rest]:
+        queue.put_nowait(queued)

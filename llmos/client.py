@@ -1,0 +1,242 @@
+"""Synchronous client SDK: one DEALER socket to the broker.
+
+    with Client() as client:
+        request_id = client.submit("Once upon a time", max_tokens=32)
+        for chunk in client.stream(request_id):
+            print(chunk.text, end="", flush=True)
+        print(client.result(request_id).usage)
+
+Several requests may be in flight on one client: whatever arrives for a
+request nobody is reading yet waits in that request's inbox. A Client belongs
+to one thread (STYLE.md 9); use one Client per thread, or `llmos.aio`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+import uuid
+from typing import Iterator
+
+import zmq
+from google.protobuf.message import Message
+
+from llmos.errors import LlmosError, LlmosTimeout, error_from_proto
+from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.constants import CLIENT_PORT, tcp
+from llmos.wire.sockets import connect_dealer
+
+log = logging.getLogger(__name__)
+
+BROKER_ADDRESS_ENV = "LLMOS_BROKER_ADDRESS"
+DEFAULT_TIMEOUT_S = 60.0
+
+# What a client accepts from the broker; anything else is dropped at the door.
+CLIENT_ACCEPTS = frozenset({"accepted", "chunk", "result", "error", "status_reply"})
+
+# Inbox key for replies that belong to no request: StatusReply and errors the
+# broker could not tie to a request id.
+UNTIED = ""
+
+
+def default_broker_address() -> str:
+    return os.environ.get(BROKER_ADDRESS_ENV) or tcp(CLIENT_PORT)
+
+
+def make_generate_request(prompt: str, *, request_id: str | None = None, model: str = "",
+                          max_tokens: int = 0, temperature: float = 0.0,
+                          top_p: float | None = None, top_k: int = 0,
+                          stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
+                          tier: str = "", tenant: str = "") -> pb.GenerateRequest:
+    """The wire request for `prompt`; a fresh random request id unless one is given."""
+    sampling = pb.SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                                 top_k=top_k, stop=list(stop))
+    if top_p is not None:
+        sampling.top_p = top_p
+    if seed is not None:
+        sampling.seed = seed
+    return pb.GenerateRequest(request_id=request_id or uuid.uuid4().hex, model=model,
+                              prompt=prompt, sampling=sampling, tier=tier, tenant=tenant)
+
+
+def request_id_of(name: str, message: Message) -> str:
+    """The inbox a broker message belongs to (UNTIED for status replies and
+    errors the broker could not tie to a request)."""
+    if name == "status_reply":
+        return UNTIED
+    return message.request_id
+
+
+class Client:
+    """Blocking client for the broker's client ROUTER."""
+
+    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 context: zmq.Context | None = None) -> None:
+        self.address = address or default_broker_address()
+        self.timeout_s = timeout_s
+        self._owns_context = context is None
+        self._context = context or zmq.Context()
+        self._socket = connect_dealer(self._context, self.address)
+        self._inboxes: dict[str, collections.deque[tuple[str, Message]]] = {}
+        self._results: dict[str, pb.GenerateResult] = {}
+
+    # ------------------------------------------------------------ verbs
+
+    def submit(self, prompt: str, *, model: str = "", max_tokens: int = 0,
+               temperature: float = 0.0, top_p: float | None = None, top_k: int = 0,
+               stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
+               tier: str = "", tenant: str = "", request_id: str | None = None) -> str:
+        """Send a GenerateRequest and wait until the broker accepts it.
+
+        Returns the request id; raises the typed LlmosError the broker answered
+        with, or LlmosTimeout after `timeout_s` without an answer.
+        """
+        request = make_generate_request(
+            prompt, request_id=request_id, model=model, max_tokens=max_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed,
+            tier=tier, tenant=tenant)
+        request_id = request.request_id
+        self._inboxes[request_id] = collections.deque()
+        self._socket.send(pack(request))
+        name, message = self._next(request_id, f"no answer to request {request_id}")
+        if name == "error":
+            del self._inboxes[request_id]
+            raise error_from_proto(message)
+        if name != "accepted":
+            # The broker always accepts first; if it did not, keep the message for stream().
+            log.warning("request %s: %s arrived before accepted", request_id, name)
+            self._inboxes[request_id].appendleft((name, message))
+        return request_id
+
+    def stream(self, request_id: str) -> Iterator[pb.TokenChunk]:
+        """Yield the request's chunks in order; stop at its GenerateResult.
+
+        The result is kept for `result(request_id)`. Raises the typed error if
+        the request fails, LlmosTimeout if nothing arrives for `timeout_s`.
+        """
+        if request_id in self._results:
+            return
+        if request_id not in self._inboxes:
+            raise KeyError(f"request {request_id} is not in flight on this client")
+        while True:
+            name, message = self._next(request_id, f"nothing arrived for request {request_id}")
+            if name == "chunk":
+                yield message
+            elif name == "result":
+                del self._inboxes[request_id]
+                self._results[request_id] = message
+                return
+            elif name == "error":
+                del self._inboxes[request_id]
+                raise error_from_proto(message)
+            else:
+                log.warning("request %s: unexpected %s while streaming", request_id, name)
+
+    def result(self, request_id: str) -> pb.GenerateResult:
+        """The request's GenerateResult, draining its stream first if needed.
+
+        A result is handed out once: the client forgets it afterwards.
+        """
+        for _ in self.stream(request_id):
+            pass
+        return self._results.pop(request_id)
+
+    def generate(self, prompt: str, **params: object) -> pb.GenerateResult:
+        """submit + wait for the result; `params` are submit()'s keywords."""
+        return self.result(self.submit(prompt, **params))  # type: ignore[arg-type]
+
+    def cancel(self, request_id: str) -> None:
+        """Ask the broker to stop the request. Its stream then ends with a
+        result whose finish_reason is CANCELLED (or an error if it was unknown)."""
+        self._socket.send(pack(pb.Cancel(request_id=request_id)))
+
+    def status(self) -> pb.StatusReply:
+        """The broker's StatusReply (workers, tiers, counters)."""
+        # A reply to an earlier status() that timed out must not answer this one.
+        self._inboxes[UNTIED] = collections.deque()
+        self._socket.send(pack(pb.StatusRequest()))
+        while True:
+            name, message = self._next(UNTIED, f"no status reply from {self.address}")
+            if name == "status_reply":
+                return message
+            if name == "error":
+                raise error_from_proto(message)
+
+    def close(self) -> None:
+        self._socket.close()
+        if self._owns_context:
+            self._context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ receiving
+
+    def _next(self, key: str, timeout_message: str) -> tuple[str, Message]:
+        """The next message in inbox `key`, reading the socket until one arrives."""
+        deadline = time.monotonic() + self.timeout_s
+        inbox = self._inboxes.setdefault(key, collections.deque())
+        while not inbox:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise LlmosTimeout(f"{timeout_message} within {self.timeout_s:g} s", key)
+            if self._socket.poll(int(remaining_s * 1000) + 1, zmq.POLLIN):
+                self._receive_all()
+        return inbox.popleft()
+
+    def _receive_all(self) -> None:
+        """Route every frame waiting on the socket to its request's inbox."""
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._route(frames[-1])
+
+    def _route(self, frame: bytes) -> None:
+        try:
+            name, message = unpack(frame, CLIENT_ACCEPTS)
+        except WireError as exc:
+            log.warning("dropping a frame from %s: %s", self.address, exc.message)
+            return
+        key = request_id_of(name, message)
+        inbox = self._inboxes.get(key)
+        if inbox is None:
+            # A late message for a request that already ended (or was never ours).
+            log.debug("dropping %s for request %s: not in flight", name, key)
+            return
+        inbox.append((name, message))
+
+
+def query_kernel(address: str, timeout_s: float, context: zmq.Context | None = None) -> pb.ResourceView:
+    """Ask the kernel at `address` for its ResourceView (used by `llmos status` and `llmos up`).
+
+    A fresh socket per query, so a late reply can never answer the next question.
+    """
+    owns_context = context is None
+    context = context or zmq.Context()
+    socket = connect_dealer(context, address)
+    try:
+        socket.send(pack(pb.ResourceQuery()))
+        if not socket.poll(int(timeout_s * 1000), zmq.POLLIN):
+            raise LlmosTimeout(f"no reply from the kernel at {address} within {timeout_s:g} s")
+        name, message = unpack(socket.recv_multipart()[-1],
+                               frozenset({"resource_view", "error"}))
+        if name == "error":
+            raise error_from_proto(message)
+        return message
+    except WireError as exc:
+        raise LlmosError(exc.code, f"kernel at {address} sent {exc.message}") from None
+    finally:
+        socket.close(linger=0)
+        if owns_context:
+            context.term()
+
+
+__all__ = ["Client", "DEFAULT_TIMEOUT_S", "default_broker_address", "make_generate_request",
+           "query_kernel"]

@@ -1,0 +1,8 @@
+"""Everything that crosses a socket: the generated protobuf code and the
+constants and helpers around it (all wire constants live here, STYLE.md 7)."""
+
+from llmos.wire import llmos_pb2 as pb
+from llmos.wire.envelope import WireError, error_frame, pack, unpack
+from llmos.wire.constants import *  # noqa: F403 - the constants are the module's API
+
+__all__ = ["pb", "WireError", "error_frame", "pack", "unpack"]

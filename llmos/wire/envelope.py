@@ -1,0 +1,63 @@
+"""Envelope packing and validation at the door (STYLE.md 8).
+
+`pack(msg)` wraps any body message in a versioned Envelope; `unpack(frame,
+accepted)` parses one frame and raises `WireError` with the error code the
+sender should get back, instead of letting a bad frame crash a service.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError, Message
+
+from llmos.wire import llmos_pb2 as pb
+from llmos.wire.constants import PROTOCOL_VERSION
+
+# body message full name -> oneof field name, e.g. "llmos.v1.Cancel" -> "cancel"
+_FIELD_BY_TYPE: dict[str, str] = {
+    field.message_type.full_name: field.name
+    for field in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields
+}
+
+
+class WireError(Exception):
+    """A frame or message the receiver refuses; `code` goes back to the sender."""
+
+    def __init__(self, code: int, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def body_name(message: Message) -> str:
+    return _FIELD_BY_TYPE[message.DESCRIPTOR.full_name]
+
+
+def pack(message: Message) -> bytes:
+    envelope = pb.Envelope(version=PROTOCOL_VERSION)
+    getattr(envelope, body_name(message)).CopyFrom(message)
+    return envelope.SerializeToString()
+
+
+def unpack(frame: bytes, accepted: frozenset[str]) -> tuple[str, Message]:
+    """Parse one frame; return (body name, body message) or raise WireError."""
+    envelope = pb.Envelope()
+    try:
+        envelope.ParseFromString(frame)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise WireError(pb.MALFORMED_FRAME, f"frame is not an llmos Envelope ({exc})") from None
+    if envelope.version != PROTOCOL_VERSION:
+        raise WireError(pb.UNSUPPORTED_VERSION,
+                        f"protocol version {envelope.version} is not supported; "
+                        f"this service speaks version {PROTOCOL_VERSION}")
+    name = envelope.WhichOneof("body")
+    if name is None:
+        raise WireError(pb.UNKNOWN_MESSAGE, "envelope carries no message this service knows")
+    if name not in accepted:
+        raise WireError(pb.UNKNOWN_MESSAGE, f"message '{name}' is not accepted on this socket")
+    return name, getattr(envelope, name)
+
+
+def error_frame(code: int, message: str, request_id: str = "", retry_after_ms: int = 0) -> bytes:
+    return pack(pb.Error(code=code, message=message, request_id=request_id,
+                         retry_after_ms=retry_after_ms))

@@ -1,0 +1,60 @@
+"""Socket construction with deliberate options (STYLE.md 8)."""
+
+from __future__ import annotations
+
+import zmq
+
+from llmos.wire.constants import MAX_FRAME_BYTES, SOCKET_HWM, SOCKET_LINGER_MS
+
+
+def _apply_common(socket: zmq.Socket) -> None:
+    socket.setsockopt(zmq.LINGER, SOCKET_LINGER_MS)
+    socket.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+    socket.setsockopt(zmq.RCVHWM, SOCKET_HWM)
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+
+
+def bind_router(context: zmq.Context, address: str) -> zmq.Socket:
+    """A ROUTER that raises on a send to a vanished peer instead of dropping it."""
+    socket = context.socket(zmq.ROUTER)
+    _apply_common(socket)
+    socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    socket.bind(address)
+    return socket
+
+
+def connect_dealer(context: zmq.Context, address: str, identity: str | None = None) -> zmq.Socket:
+    socket = context.socket(zmq.DEALER)
+    _apply_common(socket)
+    if identity:
+        socket.setsockopt(zmq.IDENTITY, identity.encode())
+    socket.connect(address)
+    return socket
+
+
+def bind_pub(context: zmq.Context, address: str) -> zmq.Socket:
+    socket = context.socket(zmq.PUB)
+    _apply_common(socket)
+    socket.bind(address)
+    return socket
+
+
+def connect_sub(context: zmq.Context, address: str, topic: bytes) -> zmq.Socket:
+    socket = context.socket(zmq.SUB)
+    _apply_common(socket)
+    socket.setsockopt(zmq.SUBSCRIBE, topic)
+    socket.connect(address)
+    return socket
+
+
+def router_frames(frames: list[bytes]) -> tuple[bytes, bytes, bool] | None:
+    """Split a ROUTER message into (identity, payload, has_delimiter).
+
+    DEALER peers send [identity, payload]; REQ peers send [identity, b"", payload].
+    Anything else is malformed; None tells the caller to answer MALFORMED_FRAME.
+    """
+    if len(frames) == 2:
+        return frames[0], frames[1], False
+    if len(frames) == 3 and frames[1] == b"":
+        return frames[0], frames[2], True
+    return None
