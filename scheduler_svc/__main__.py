@@ -1,0 +1,3 @@
+from scheduler_svc.main import main
+
+main()

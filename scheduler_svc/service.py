@@ -1,0 +1,143 @@
+"""The scheduler process: a ROUTER the broker asks, a SUB for the kernel's views.
+
+One loop (STYLE.md 1): poll → take the newest view / answer each batch →
+expire a stale view. The decision itself is `policies.decide`, the same code
+the broker runs when this process is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import zmq
+from google.protobuf.message import Message
+
+from llmos.logs import setup_logging
+from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.constants import HEARTBEAT_LIVENESS, RESOURCE_TOPIC
+from llmos.wire.sockets import bind_router, connect_sub, router_frames
+from scheduler_svc.config import SchedulerConfig
+from scheduler_svc.policies import SchedulingPolicy, decide, make_policy
+
+log = logging.getLogger("scheduler")
+
+POLL_TIMEOUT_MS = 100  # bounds how late a stale view is dropped or a shutdown noticed
+_ACCEPTED = frozenset({"schedule_request"})
+_ACCEPTED_ON_SUB = frozenset({"resource_view"})
+
+
+class Scheduler:
+    def __init__(self, policy: SchedulingPolicy, router: zmq.Socket, sub: zmq.Socket,
+                 view_expiry_s: float) -> None:
+        self.policy = policy
+        self.router = router
+        self.sub = sub
+        self.view_expiry_s = view_expiry_s
+        self.view: pb.ResourceView | None = None
+        self._view_received_at_s = 0.0
+
+    def take_views(self, now_s: float) -> None:
+        """Keep the newest view the kernel published; older ones are worthless."""
+        while True:
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                _, view = unpack(frames[-1], _ACCEPTED_ON_SUB)
+            except WireError as error:
+                log.warning("ignored a bad resource view from the kernel: %s", error.message)
+                continue
+            if self.view is None:
+                log.info("kernel view received: %d workers", len(view.workers))
+            self.view = view
+            self._view_received_at_s = now_s
+
+    def expire_view(self, now_s: float) -> None:
+        """Forget a view the kernel stopped refreshing: no view beats a wrong one."""
+        if self.view is not None and now_s - self._view_received_at_s > self.view_expiry_s:
+            log.warning("no kernel view for %.1f s: scheduling without KV block counts",
+                        self.view_expiry_s)
+            self.view = None
+
+    def route_pending(self) -> None:
+        while True:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.route(frames)
+
+    def route(self, frames: list[bytes]) -> None:
+        split = router_frames(frames)
+        if split is None:
+            error = WireError(pb.MALFORMED_FRAME, f"expected one payload frame, got {len(frames) - 1}")
+            self.reply_error(frames[0], False, error)
+            return
+        identity, payload, has_delimiter = split
+        try:
+            _, request = unpack(payload, _ACCEPTED)
+        except WireError as error:
+            self.reply_error(identity, has_delimiter, error)
+            return
+        decision = decide(self.policy, request, self.view)
+        log.debug("batch %d: placed %d of %d pending on %d workers in %d us", request.batch_id,
+                  len(decision.placements), len(request.pending), len(request.workers),
+                  decision.decision_us)
+        self.send(identity, has_delimiter, decision)
+
+    def reply_error(self, identity: bytes, has_delimiter: bool, error: WireError) -> None:
+        log.warning("refused a message from peer %r: %s", identity, error.message)
+        self.send(identity, has_delimiter,
+                  pb.Error(code=error.code, message=error.message, request_id=error.request_id))
+
+    def send(self, identity: bytes, has_delimiter: bool, reply: Message) -> None:
+        frames = [identity, b"", pack(reply)] if has_delimiter else [identity, pack(reply)]
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # ROUTER_MANDATORY: the peer left, or its queue is full
+            log.warning("reply to peer %r dropped: %s", identity, exc)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT; the loop checks it every poll."""
+    # the kernel has the same six lines; their shared home would be llmos/, which
+    # this package does not own
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    return stopping
+
+
+def run(config: SchedulerConfig) -> None:
+    setup_logging("scheduler")
+    policy = make_policy(config.policy)
+    context = zmq.Context()
+    router = bind_router(context, config.scheduler_bind)
+    sub = connect_sub(context, config.kernel_pub_address, RESOURCE_TOPIC)
+    view_expiry_s = HEARTBEAT_LIVENESS * config.heartbeat_interval_ms / 1000
+    scheduler = Scheduler(policy, router, sub, view_expiry_s)
+    stopping = stop_on_signals()
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    poller.register(sub, zmq.POLLIN)
+    log.info("scheduler serving on %s with policy %s, views from %s",
+             config.scheduler_bind, policy.name.value, config.kernel_pub_address)
+    try:
+        while not stopping.is_set():
+            events = dict(poller.poll(POLL_TIMEOUT_MS))
+            now_s = time.monotonic()
+            # views first, so a batch waiting beside a fresh view is decided with it
+            if sub in events:
+                scheduler.take_views(now_s)
+            if router in events:
+                scheduler.route_pending()
+            scheduler.expire_view(now_s)
+    finally:
+        router.close()
+        sub.close()
+        context.term()
+    log.info("scheduler stopped")

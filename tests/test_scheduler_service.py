@@ -1,0 +1,122 @@
+"""`python -m scheduler_svc` as a real process, with and without a kernel beside it."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import zmq
+
+from llmos.wire import pb
+from service_process import ServiceProcess, ask, bad_frames, dealer, running_service, wait_until
+from stack import free_port
+
+pytestmark = pytest.mark.e2e
+
+BLOCK_SIZE = 16
+SCHEDULER_REPLIES = {"schedule_decision", "error"}
+
+
+@dataclass
+class Services:
+    scheduler_address: str
+    kernel_address: str
+
+
+@contextmanager
+def start_scheduler(log_dir: Path, pub_address: str, *args: str) -> Iterator[tuple[str, ServiceProcess]]:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with running_service("scheduler_svc", "--scheduler-bind", address,
+                         "--kernel-pub-address", pub_address, *args, log_dir=log_dir) as service:
+        yield address, service
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    log_dir = tmp_path_factory.mktemp("scheduler")
+    kernel_address, pub_address = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    with running_service("kernel_svc", "--kernel-bind", kernel_address, "--kernel-pub-bind", pub_address,
+                         "--block-size", str(BLOCK_SIZE), log_dir=log_dir):
+        with start_scheduler(log_dir, pub_address, "--policy", "priority") as (address, _):
+            yield Services(address, kernel_address)
+
+
+@pytest.fixture
+def socket(services: Services) -> Iterator[zmq.Socket]:
+    with dealer(services.scheduler_address) as socket:
+        yield socket
+
+
+def make_schedule_request(batch_id: int, pending: list[tuple[str, int, int]],
+                          workers: list[tuple[str, int, int]]) -> pb.ScheduleRequest:
+    """pending: (request id, tier rank, arrival seq); workers: (id, num_running, max_num_seqs)."""
+    request = pb.ScheduleRequest(batch_id=batch_id)
+    for request_id, tier_rank, arrival_seq in pending:
+        request.pending.add(request_id=request_id, tier_rank=tier_rank, arrival_seq=arrival_seq,
+                            model="tiny")
+    for worker_id, num_running, max_num_seqs in workers:
+        request.workers.add(worker_id=worker_id, models=["tiny"], num_running=num_running,
+                            max_num_seqs=max_num_seqs)
+    return request
+
+
+def schedule(socket: zmq.Socket, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
+    name, decision = ask(socket, request, SCHEDULER_REPLIES)
+    assert name == "schedule_decision", decision
+    assert decision.batch_id == request.batch_id
+    return decision
+
+
+def placements(decision: pb.ScheduleDecision) -> list[tuple[str, str]]:
+    return [(placement.request_id, placement.worker_id) for placement in decision.placements]
+
+
+def test_answers_a_batch_with_placements_in_priority_order(socket: zmq.Socket) -> None:
+    request = make_schedule_request(
+        batch_id=11,
+        pending=[("batch-0", 1, 0), ("inter-1", 0, 1), ("batch-2", 1, 2)],
+        workers=[("w1", 0, 1), ("w2", 1, 2)],
+    )
+    decision = schedule(socket, request)
+    assert decision.policy == "priority"
+    assert placements(decision) == [("inter-1", "w1"), ("batch-0", "w2")]
+
+
+def test_free_kv_blocks_from_the_kernel_break_ties(services: Services, socket: zmq.Socket) -> None:
+    with dealer(services.kernel_address) as kernel:
+        for worker_id, num_blocks in (("w-a", 2), ("w-b", 8)):
+            name, reply = ask(kernel, pb.KernelRegister(worker_id=worker_id, models=["tiny"],
+                                                        kv_capacity_tokens=num_blocks * BLOCK_SIZE),
+                              {"kernel_reply", "error"})
+            assert name == "kernel_reply", reply
+    # equal load: without the kernel's view w-a wins by id, with it w-b wins by free blocks
+    request = make_schedule_request(batch_id=12, pending=[("r0", 0, 0)],
+                                    workers=[("w-a", 0, 1), ("w-b", 0, 1)])
+    wait_until(lambda: placements(schedule(socket, request)) == [("r0", "w-b")],
+               "the scheduler decides with the kernel's view")
+
+
+BAD_FRAMES = bad_frames(accepted=pb.ScheduleRequest(), refused=pb.ResourceQuery())
+
+
+@pytest.mark.parametrize("frame, code", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+def test_bad_frames_get_coded_errors_and_the_scheduler_keeps_serving(
+        socket: zmq.Socket, frame: bytes, code: int) -> None:
+    name, error = ask(socket, frame, SCHEDULER_REPLIES)
+    assert (name, error.code) == ("error", code), error.message
+    schedule(socket, make_schedule_request(batch_id=13, pending=[], workers=[]))
+
+
+def test_schedules_without_a_kernel_and_stops_on_sigterm(tmp_path: Path) -> None:
+    nobody_publishes = f"tcp://127.0.0.1:{free_port()}"
+    with start_scheduler(tmp_path, nobody_publishes, "--policy", "fcfs") as (address, scheduler):
+        with dealer(address) as socket:
+            request = make_schedule_request(batch_id=14, pending=[("batch-0", 1, 0), ("inter-1", 0, 1)],
+                                            workers=[("w1", 0, 2)])
+            decision = schedule(socket, request)
+        assert decision.policy == "fcfs"
+        assert placements(decision) == [("batch-0", "w1"), ("inter-1", "w1")]
+        assert scheduler.stop() == 0, scheduler.logs()
