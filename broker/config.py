@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from llmos.config import option
 from llmos.wire.constants import (
-    CLIENT_PORT, DEFAULT_MAX_TOKENS, HEARTBEAT_INTERVAL_MS, SCHEDULER_PORT,
+    CLIENT_PORT, DEFAULT_MAX_TOKENS, DEFAULT_TIERS, HEARTBEAT_INTERVAL_MS, SCHEDULER_PORT,
     SCHEDULER_RETRY_MS, SCHEDULER_TIMEOUT_MS, WORKER_PORT, bind_all, tcp,
 )
 
@@ -16,7 +16,7 @@ class BrokerConfig:
     client_bind: str = option(bind_all(CLIENT_PORT), "ROUTER address clients connect to")
     worker_bind: str = option(bind_all(WORKER_PORT), "ROUTER address workers connect to")
     scheduler_address: str = option(tcp(SCHEDULER_PORT), "scheduler ROUTER to ask for placements")
-    tiers: str = option("interactive,standard,batch", "queue tiers, highest priority first")
+    tiers: str = option(",".join(DEFAULT_TIERS), "queue tiers, highest priority first")
     default_tier: str = option("standard", "tier of requests that name none")
     max_queue_depth: int = option(10_000, "requests each tier may hold before QUEUE_FULL")
     max_prompt_bytes: int = option(1024 * 1024, "largest prompt accepted (UTF-8 bytes)")

@@ -31,7 +31,7 @@ DEFAULT_BLOCK_SIZE = 16
 RESOURCE_TOPIC = b"resources"
 
 # Broker
-DEFAULT_TIERS = ("interactive", "batch")
+DEFAULT_TIERS = ("interactive", "standard", "batch")
 DEFAULT_TENANT = "default"
 DEFAULT_MAX_TOKENS = 64
 

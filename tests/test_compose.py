@@ -1,0 +1,206 @@
+"""compose.yaml runs real llmos commands with real flags (no Docker needed).
+
+Every service's `command:` must be a `llmos <subcommand> ...` that click accepts,
+every LLMOS_* variable under `environment:` must be a field of a service config
+dataclass, every address a service connects to must reach the socket the named
+service binds for it, and the worker must stay scalable
+(`docker compose up --scale worker=N`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO_ROOT / "compose.yaml"
+SERVICES = ("kernel", "scheduler", "broker", "worker")
+MODELS_VOLUME = "${LLMOS_MODELS:-./models}:/models:ro"
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}: compose reads these from the host.
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+_TCP_ADDRESS = re.compile(r"^tcp://(?P<host>[^:/]+):(?P<port>\d+)$")
+# A service that connects with the key's field reaches the socket that another
+# service binds with the value's field (docs/architecture.md, shared flag names).
+BIND_FOR_ADDRESS = {
+    "broker_address": "client_bind",
+    "broker_worker_address": "worker_bind",
+    "kernel_address": "kernel_bind",
+    "kernel_pub_address": "kernel_pub_bind",
+    "scheduler_address": "scheduler_bind",
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+def load_services() -> dict[str, dict[str, Any]]:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    return compose["services"]
+
+
+def with_defaults(value: str) -> str:
+    """Interpolate the way compose does when no host variable is set."""
+    return _INTERPOLATION.sub(lambda match: match.group(2) or "", value)
+
+
+def environment_of(service: dict[str, Any]) -> dict[str, str | None]:
+    """`environment:` as a dict; a bare name (passed through from the host) maps to None."""
+    environment = service.get("environment") or {}
+    if isinstance(environment, dict):
+        return {name: None if value is None else str(value) for name, value in environment.items()}
+    pairs = (entry.split("=", 1) if "=" in entry else (entry, None) for entry in environment)
+    return {name: value for name, value in pairs}
+
+
+def port_mapping(entry: str | int | dict[str, Any]) -> tuple[str | None, str]:
+    """(host port, container port) of one `ports:` entry; host None when not published."""
+    if isinstance(entry, dict):
+        published = entry.get("published")
+        return (None if published is None else str(published)), str(entry["target"])
+    parts = str(entry).split("/")[0].split(":")
+    return (parts[-2] if len(parts) >= 2 else None), parts[-1]
+
+
+def config_env_vars() -> set[str]:
+    from llmos.config import env_var
+
+    from broker.config import BrokerConfig
+    from kernel_svc.config import KernelConfig
+    from scheduler_svc.config import SchedulerConfig
+    from workers.config import WorkerConfig
+
+    return {env_var(field.name)
+            for config_cls in (KernelConfig, SchedulerConfig, BrokerConfig, WorkerConfig)
+            for field in dataclasses.fields(config_cls)}
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    return load_services()
+
+
+# ---------------------------------------------------------------- commands
+
+def test_the_stack_has_its_four_services(services: dict[str, dict[str, Any]]) -> None:
+    assert set(SERVICES) <= set(services), f"missing services: {set(SERVICES) - set(services)}"
+
+
+def parse_command(name: str, service: dict[str, Any]) -> dict[str, Any]:
+    """Parse a service's command the way `llmos` would, with the service's
+    compose environment; return every option's value, defaults included."""
+    from llmos.cli import cli
+
+    command = service["command"]
+    assert isinstance(command, list), f"{name}: write command: as a list, not a shell string"
+    program, subcommand, *args = [with_defaults(str(part)) for part in command]
+    assert program == "llmos", f"{name}: command must start with llmos, got {program!r}"
+
+    group_context = click.Context(cli, info_name="llmos")
+    command_obj = cli.get_command(group_context, subcommand)
+    assert command_obj is not None, (
+        f"{name}: 'llmos {subcommand}' is not a subcommand; "
+        f"known: {cli.list_commands(group_context)}")
+    with pytest.MonkeyPatch.context() as env:
+        # Only compose's environment counts: click reads LLMOS_* variables as
+        # option defaults, so their values must parse too, and the developer's
+        # own LLMOS_* must not.
+        for env_name in [env_name for env_name in os.environ if env_name.startswith("LLMOS_")]:
+            env.delenv(env_name)
+        for env_name, value in environment_of(service).items():
+            if value is not None:
+                env.setenv(env_name, with_defaults(value))
+        try:
+            # make_context parses and type-checks every option without running the command.
+            context = command_obj.make_context(subcommand, list(args), parent=group_context)
+        except click.ClickException as exc:
+            pytest.fail(f"{name}: 'llmos {subcommand} {' '.join(args)}' does not parse: "
+                        f"{exc.format_message()}")
+    return dict(context.params)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_command_is_a_real_llmos_subcommand_with_valid_flags(
+        services: dict[str, dict[str, Any]], name: str) -> None:
+    parse_command(name, services[name])
+
+
+def test_every_address_reaches_the_socket_it_means(services: dict[str, dict[str, Any]]) -> None:
+    params = {name: parse_command(name, services[name]) for name in SERVICES}
+    for name in SERVICES:
+        for field, value in params[name].items():
+            if field.endswith("_bind"):
+                assert str(value).startswith("tcp://*:"), (
+                    f"{name}: {field} {value!r} must bind tcp://*:<port> to be reachable "
+                    f"from other containers")
+    connections = [(name, field, value) for name in SERVICES
+                   for field, value in params[name].items() if field in BIND_FOR_ADDRESS]
+    assert connections, "no service connects to another one"
+    for name, field, value in connections:
+        address = _TCP_ADDRESS.match(str(value))
+        assert address is not None, f"{name}: {field} {value!r} is not tcp://<host>:<port>"
+        host, port = address["host"], address["port"]
+        assert host in params, f"{name}: {field} {value} names no compose service"
+        bind_field = BIND_FOR_ADDRESS[field]
+        bound = params[host].get(bind_field)
+        assert bound == f"tcp://*:{port}", (
+            f"{name}: {field} {value} does not reach {host}'s {bind_field} {bound!r}")
+
+
+# ---------------------------------------------------------------- environment
+
+def test_every_llmos_variable_is_a_config_field(services: dict[str, dict[str, Any]]) -> None:
+    known = config_env_vars()
+    named = {(service_name, env_name)
+             for service_name, service in services.items()
+             for env_name in environment_of(service)
+             if env_name.startswith("LLMOS_")}
+    unknown = sorted(f"{service_name}: {env_name}"
+                     for service_name, env_name in named if env_name not in known)
+    assert not unknown, f"LLMOS_* variables that no service config reads: {unknown}"
+
+
+# ---------------------------------------------------------------- scaling, ports, image
+
+def test_worker_scales_without_name_or_host_port(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker, "a fixed container_name stops --scale worker=N"
+    host_ports = [port_mapping(entry)[0] for entry in worker.get("ports", [])]
+    assert all(port is None for port in host_ports), (
+        f"worker publishes host ports {host_ports}; replicas would collide")
+
+
+def test_worker_mounts_the_model_directory_read_only(services: dict[str, dict[str, Any]]) -> None:
+    assert MODELS_VOLUME in services["worker"].get("volumes", [])
+
+
+def test_broker_publishes_its_client_socket_on_5555(services: dict[str, dict[str, Any]]) -> None:
+    client_bind = parse_command("broker", services["broker"])["client_bind"]
+    container_port = str(client_bind).rsplit(":", 1)[-1]
+    mappings = [port_mapping(entry) for entry in services["broker"].get("ports", [])]
+    assert ("5555", container_port) in mappings, (
+        f"broker must publish host port 5555 to its client socket {client_bind}; ports: {mappings}")
+
+
+def test_all_services_run_the_image_built_from_the_dockerfile(
+        services: dict[str, dict[str, Any]]) -> None:
+    dockerfile = REPO_ROOT / "Dockerfile"
+    assert dockerfile.is_file()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile.read_text(), re.MULTILINE)
+
+    images = {name: services[name].get("image") for name in SERVICES}
+    assert len(set(images.values())) == 1 and None not in images.values(), (
+        f"services must share one image: {images}")
+    for name in SERVICES:
+        build = services[name].get("build")
+        assert build is not None, f"{name}: no build section, so its image may not exist"
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile_name = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        assert (COMPOSE_FILE.parent / context / dockerfile_name).resolve() == dockerfile, (
+            f"{name}: builds {context}/{dockerfile_name}, not the project's Dockerfile")
