@@ -1,0 +1,105 @@
+"""The worker's admission policy: slots and KV blocks, without sockets."""
+
+from __future__ import annotations
+
+from workers.admission import Admission
+from workers.requests import EngineRequest
+
+
+def make_admission(max_num_seqs: int = 2, kv_blocks_total: int = 10) -> Admission:
+    return Admission(max_num_seqs=max_num_seqs, max_model_len=64, block_size=16,
+                     kv_blocks_total=kv_blocks_total)
+
+
+def add(admission: Admission, request_id: str, num_tokens: int = 32) -> None:
+    admission.add(EngineRequest(request_id, [1, 2, 3]), num_tokens)
+
+
+def test_blocks_cover_the_tokens_and_stop_at_the_context_length():
+    admission = make_admission()
+
+    assert admission.blocks_for(1) == 1
+    assert admission.blocks_for(33) == 3
+    assert admission.blocks_for(5000) == 4  # capped to max_model_len 64
+    assert admission.can_ever_fit(5000)
+    assert not make_admission(kv_blocks_total=3).can_ever_fit(5000)
+
+
+def test_requests_start_in_order_one_allocation_at_a_time():
+    admission = make_admission()
+    add(admission, "a")
+    add(admission, "b")
+
+    assert admission.next_allocation().request.request_id == "a"
+    assert admission.start_allocation("a", now_s=1.0) == 2
+    assert admission.next_allocation() is None  # "a" is in flight
+    assert admission.grant("a").request_id == "a"
+    assert admission.next_allocation().request.request_id == "b"
+    assert admission.num_used_blocks == 2
+
+
+def test_slots_limit_running_requests():
+    admission = make_admission(max_num_seqs=1)
+    add(admission, "a")
+    add(admission, "b")
+    admission.start_allocation("a", now_s=0.0)
+    admission.grant("a")
+
+    assert admission.next_allocation() is None
+    assert admission.release("a") is True
+    assert admission.next_allocation().request.request_id == "b"
+
+
+def test_a_refused_head_waits_until_blocks_are_freed():
+    admission = make_admission()
+    add(admission, "running")
+    admission.start_allocation("running", now_s=0.0)
+    admission.grant("running")
+    add(admission, "big", num_tokens=64)
+    admission.start_allocation("big", now_s=0.0)
+
+    admission.refuse("big")
+
+    assert admission.next_allocation() is None
+    admission.release("running")
+    assert admission.next_allocation().request.request_id == "big"
+
+
+def test_local_accounting_checks_free_blocks():
+    admission = make_admission(kv_blocks_total=5)
+    add(admission, "a", num_tokens=48)   # 3 blocks
+    add(admission, "b", num_tokens=48)   # 3 more: only 2 left
+    admission.grant("a")
+
+    assert not admission.can_allocate_locally(admission.next_allocation())
+    assert admission.num_free_blocks == 2
+
+
+def test_an_abandoned_allocation_can_be_retried():
+    admission = make_admission()
+    add(admission, "a")
+    admission.start_allocation("a", now_s=0.0)
+
+    assert admission.abandon_allocation().request.request_id == "a"
+    assert admission.next_allocation().request.request_id == "a"
+
+
+def test_new_geometry_drops_waiting_requests_that_no_longer_fit():
+    admission = make_admission()
+    add(admission, "small", num_tokens=16)
+    add(admission, "large", num_tokens=64)
+
+    too_large = admission.configure(block_size=16, kv_blocks_total=2)
+
+    assert [r.request_id for r in too_large] == ["large"]
+    assert list(admission.waiting) == ["small"]
+
+
+def test_clear_forgets_everything():
+    admission = make_admission()
+    add(admission, "a")
+    add(admission, "b")
+    admission.grant("a")
+
+    assert admission.clear() == ["b", "a"]
+    assert admission.num_used_blocks == 0 and not admission.is_live("a")

@@ -1,0 +1,271 @@
+"""The worker process, started as a user starts it, against a fake broker and kernel.
+
+The test binds the ROUTER sockets the worker connects to; each is served by a
+thread (`FakePeer`) that records what arrives and answers the routine messages,
+so the worker's heartbeats and KV requests are answered even while the test
+waits on something else.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import torch
+import zmq
+from google.protobuf.message import Message
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmos.wire import pack, pb, unpack
+from llmos.wire.constants import DEFAULT_BLOCK_SIZE
+from llmos.wire.sockets import bind_router
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ALL_MESSAGES = frozenset(f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields)
+STARTUP_TIMEOUT_S = 90.0   # a fresh process imports torch and transformers on a busy machine
+REPLY_TIMEOUT_S = 30.0
+KERNEL_BLOCK_SIZE = 8
+PROMPT = "The harbour was quiet before dawn."
+
+Answerer = Callable[["FakePeer", str, Message], list[Message]]
+
+
+class FakePeer:
+    """A ROUTER on a free loopback port, owned by its own thread (a socket
+    belongs to one thread): it records every message and sends `answer`'s replies."""
+
+    def __init__(self, answer: Answerer) -> None:
+        self.answer = answer
+        self.is_answering = True
+        self.refuse_once: set[str] = set()  # kernel: request ids whose first kv_allocate is refused
+        self.inbox: queue.Queue[tuple[bytes, str, Message]] = queue.Queue()
+        self.outbox: queue.Queue[tuple[bytes, bytes]] = queue.Queue()
+        self.context = zmq.Context()
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.address = ""
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> FakePeer:
+        self.thread.start()
+        assert self.ready.wait(10), "fake peer did not start"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.context.term()
+
+    def run(self) -> None:
+        router = bind_router(self.context, "tcp://127.0.0.1:*")
+        self.address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.ready.set()
+        try:
+            while not self.stopping.is_set():
+                if router.poll(20):
+                    identity, payload = router.recv_multipart()
+                    name, message = unpack(payload, ALL_MESSAGES)
+                    self.inbox.put((identity, name, message))
+                    if self.is_answering:
+                        for reply in self.answer(self, name, message):
+                            router.send_multipart([identity, pack(reply)])
+                while not self.outbox.empty():
+                    router.send_multipart(list(self.outbox.get()))
+        finally:
+            router.close(linger=0)
+
+    def send(self, identity: bytes, message: Message | bytes) -> None:
+        self.outbox.put((identity, message if isinstance(message, bytes) else pack(message)))
+
+    def expect(self, name: str, timeout_s: float = REPLY_TIMEOUT_S) -> tuple[bytes, Message]:
+        """The next `name` message (others before it are passed over)."""
+        try:
+            while True:
+                identity, got, message = self.inbox.get(timeout=timeout_s)
+                if got == name:
+                    return identity, message
+        except queue.Empty:
+            raise AssertionError(f"no {name} within {timeout_s} s") from None
+
+
+def answer_as_broker(peer: FakePeer, name: str, message: Message) -> list[Message]:
+    return [pb.Heartbeat()] if name == "heartbeat" else []
+
+
+def answer_as_kernel(peer: FakePeer, name: str, message: Message) -> list[Message]:
+    if name == "kernel_register":
+        total = message.kv_capacity_tokens // KERNEL_BLOCK_SIZE
+        return [pb.KernelReply(block_size=KERNEL_BLOCK_SIZE, kv_blocks_total=total,
+                               num_free_blocks=total)]
+    if name == "kv_allocate" and message.request_id in peer.refuse_once:
+        peer.refuse_once.discard(message.request_id)
+        return [pb.Error(code=pb.NOT_ENOUGH_BLOCKS, message="no blocks now",
+                         request_id=message.request_id)]
+    if name == "kv_allocate":
+        return [pb.KernelReply(request_id=message.request_id, block_ids=range(message.num_blocks),
+                               block_size=KERNEL_BLOCK_SIZE)]
+    if name == "kv_free":
+        return [pb.KernelReply(request_id=message.request_id, block_size=KERNEL_BLOCK_SIZE)]
+    return []
+
+
+@dataclass
+class Answer:
+    deltas: list[pb.RequestDelta] = field(default_factory=list)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for d in self.deltas for t in d.token_ids]
+
+    @property
+    def text(self) -> str:
+        return "".join(d.text for d in self.deltas)
+
+    @property
+    def final(self) -> pb.RequestDelta:
+        return self.deltas[-1]
+
+
+def collect_answers(broker: FakePeer, request_ids: set[str],
+                    seen: tuple[pb.StepProgress, ...] = ()) -> dict[str, Answer]:
+    """Every request's deltas, from the progress already `seen` on until each finished."""
+    answers = {request_id: Answer() for request_id in request_ids}
+    unfinished = set(request_ids)
+    pending = list(seen)
+    while unfinished:
+        progress = pending.pop(0) if pending else broker.expect("progress")[1]
+        assert progress.worker_id
+        for delta in progress.deltas:
+            answers[delta.request_id].deltas.append(delta)
+            if delta.is_finished:
+                unfinished.discard(delta.request_id)
+    return answers
+
+
+def unused_tcp_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@contextmanager
+def running_worker(model_dir: Path, broker_address: str, kernel_address: str,
+                   heartbeat_interval_ms: int, log_dir: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    command = [sys.executable, "-m", "workers", "--broker-worker-address", broker_address,
+               "--kernel-address", kernel_address, "--model", str(model_dir), "--threads", "1",
+               "--heartbeat-interval-ms", str(heartbeat_interval_ms), *extra]
+    env = {**os.environ, "LLMOS_HOME": str(log_dir / "home")}
+    with open(log_dir / "worker.log", "ab") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+class Reference:
+    def __init__(self, model_dir: Path) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+    def greedy(self, prompt: str, max_new_tokens: int) -> list[int]:
+        input_ids = torch.tensor([self.tokenizer.encode(prompt)])
+        output = self.model.generate(input_ids, do_sample=False, max_new_tokens=max_new_tokens)
+        return output[0, input_ids.shape[1]:].tolist()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir) -> Reference:
+    return Reference(tiny_model_dir)
+
+
+def dispatch(request_id: str, max_tokens: int, prompt: str = PROMPT, **sampling) -> pb.Dispatch:
+    return pb.Dispatch(request_id=request_id, model="llmos-tiny", prompt=prompt,
+                       sampling=pb.SamplingParams(max_tokens=max_tokens, **sampling))
+
+
+def test_importing_the_worker_command_does_not_import_torch():
+    check = "import sys, workers.main; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+
+    assert subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT).returncode == 0
+
+
+@pytest.mark.e2e
+def test_worker_waits_for_kv_blocks_from_the_kernel_and_streams_the_greedy_answer(
+        tiny_model_dir, reference, tmp_path):
+    with FakePeer(answer_as_broker) as broker, FakePeer(answer_as_kernel) as kernel, \
+            running_worker(tiny_model_dir, broker.address, kernel.address, 1000, tmp_path,
+                           "--kv-cache-tokens", "4096") as worker:
+        _, kernel_register = kernel.expect("kernel_register", STARTUP_TIMEOUT_S)
+        identity, register = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+        assert identity == register.worker_id.encode() and register.worker_id.startswith("worker-")
+        assert list(register.models) == ["llmos-tiny"]
+        assert (kernel_register.kv_capacity_tokens, kernel_register.max_num_seqs) == (4096, 16)
+        assert (register.block_size, register.kv_blocks_total) == \
+            (KERNEL_BLOCK_SIZE, 4096 // KERNEL_BLOCK_SIZE)
+
+        kernel.refuse_once.add("r1")  # the worker waits, then asks again
+        broker.send(identity, dispatch("r1", max_tokens=12))
+        _, refused = kernel.expect("kv_allocate")
+        _, allocate = kernel.expect("kv_allocate")
+        answer = collect_answers(broker, {"r1"})["r1"]
+        _, free = kernel.expect("kv_free")
+
+        prompt_tokens = len(reference.tokenizer.encode(PROMPT))
+        assert refused == allocate
+        assert (allocate.request_id, allocate.num_blocks) == ("r1", math.ceil((prompt_tokens + 12) / 8))
+        expected = reference.greedy(PROMPT, 12)
+        assert answer.token_ids == expected
+        assert answer.text == reference.tokenizer.decode(expected, skip_special_tokens=True)
+        assert answer.deltas[0].prompt_tokens == prompt_tokens
+        assert answer.final.finish_reason == pb.FINISH_REASON_LENGTH
+        assert free.request_id == "r1"
+
+        worker.send_signal(signal.SIGTERM)
+        broker.expect("disconnect")
+        kernel.expect("disconnect")
+        assert worker.wait(REPLY_TIMEOUT_S) == 0
+
+
+@pytest.mark.e2e
+def test_worker_serves_without_a_kernel_and_re_registers_with_a_silent_broker(
+        tiny_model_dir, reference, tmp_path):
+    with FakePeer(answer_as_broker) as broker, \
+            running_worker(tiny_model_dir, broker.address, unused_tcp_address(), 200, tmp_path,
+                           "--kv-cache-tokens", "4096") as worker:
+        identity, register = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+        assert (register.block_size, register.kv_blocks_total) == \
+            (DEFAULT_BLOCK_SIZE, 4096 // DEFAULT_BLOCK_SIZE)
+
+        broker.send(identity, b"not an envelope")  # ignored, never fatal
+        broker.send(identity, dispatch("long", max_tokens=2000))
+        broker.send(identity, dispatch("short", max_tokens=10))
+        _, first = broker.expect("progress")
+        broker.send(identity, pb.Cancel(request_id="long"))
+        answers = collect_answers(broker, {"short", "long"}, seen=(first,))
+
+        assert answers["short"].token_ids == reference.greedy(PROMPT, 10)
+        assert answers["long"].final.finish_reason == pb.FINISH_REASON_CANCELLED
+
+        broker.send(identity, pb.Disconnect(reason="who are you?"))
+        assert broker.expect("worker_register")[0] == identity
+
+        broker.is_answering = False  # silent: the worker reconnects after 3 intervals
+        again, _ = broker.expect("worker_register", timeout_s=10)
+        assert again == identity
+        assert worker.poll() is None

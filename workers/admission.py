@@ -1,0 +1,133 @@
+"""Which dispatched requests may start: a free slot and KV blocks for each.
+
+Plain policy, no sockets (STYLE.md 2): the service asks `next_allocation()`,
+gets the blocks from the kernel (or, while the kernel is down, checks
+`can_allocate_locally`) and reports back with `grant` or `refuse`. Requests
+start in arrival order; at most one allocation is in flight, so a big request
+at the head is never starved by small ones behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from workers.requests import EngineRequest
+
+
+@dataclass
+class PendingRequest:
+    request: EngineRequest
+    num_tokens: int                 # prompt + max_tokens, before the max_model_len cap
+    is_allocating: bool = False     # a KvAllocate for it is in flight
+    allocate_sent_at_s: float = 0.0
+    is_blocked: bool = False        # the kernel said NOT_ENOUGH_BLOCKS; retry after a free
+
+
+class Admission:
+    def __init__(self, max_num_seqs: int, max_model_len: int, block_size: int,
+                 kv_blocks_total: int) -> None:
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.block_size = block_size
+        self.kv_blocks_total = kv_blocks_total
+        self.waiting: OrderedDict[str, PendingRequest] = OrderedDict()
+        self.running: dict[str, int] = {}  # request id -> blocks it holds
+
+    # ---------------------------------------------------------------- sizes
+
+    def configure(self, block_size: int, kv_blocks_total: int) -> list[EngineRequest]:
+        """Adopt the kernel's block geometry; return (and drop) waiting requests that no longer fit."""
+        self.block_size, self.kv_blocks_total = block_size, kv_blocks_total
+        too_large = [p.request for p in self.waiting.values() if not self.can_ever_fit(p.num_tokens)]
+        for request in too_large:
+            del self.waiting[request.request_id]
+        return too_large
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return math.ceil(min(num_tokens, self.max_model_len) / self.block_size)
+
+    def can_ever_fit(self, num_tokens: int) -> bool:
+        return self.blocks_for(num_tokens) <= self.kv_blocks_total
+
+    @property
+    def num_used_blocks(self) -> int:
+        return sum(self.running.values())
+
+    @property
+    def num_free_blocks(self) -> int:
+        return max(self.kv_blocks_total - self.num_used_blocks, 0)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def is_live(self, request_id: str) -> bool:
+        return request_id in self.waiting or request_id in self.running
+
+    # ---------------------------------------------------------------- admission
+
+    def add(self, request: EngineRequest, num_tokens: int) -> None:
+        assert not self.is_live(request.request_id), f"request {request.request_id} is already here"
+        assert self.can_ever_fit(num_tokens), "check can_ever_fit first"
+        self.waiting[request.request_id] = PendingRequest(request, num_tokens)
+
+    def next_allocation(self) -> PendingRequest | None:
+        """The head of the queue if it may ask for blocks now."""
+        if not self.waiting or len(self.running) >= self.max_num_seqs:
+            return None
+        head = next(iter(self.waiting.values()))
+        return None if head.is_allocating or head.is_blocked else head
+
+    def in_flight(self) -> PendingRequest | None:
+        head = next(iter(self.waiting.values()), None)
+        return head if head is not None and head.is_allocating else None
+
+    def start_allocation(self, request_id: str, now_s: float) -> int:
+        """Mark the head's allocation in flight; return the blocks to ask for."""
+        pending = self.waiting[request_id]
+        assert pending is self.next_allocation(), "only the head allocates"
+        pending.is_allocating, pending.allocate_sent_at_s = True, now_s
+        return self.blocks_for(pending.num_tokens)
+
+    def can_allocate_locally(self, pending: PendingRequest) -> bool:
+        return self.blocks_for(pending.num_tokens) <= self.num_free_blocks
+
+    def grant(self, request_id: str) -> EngineRequest:
+        """The blocks are the request's: it runs now."""
+        pending = self.waiting.pop(request_id)
+        self.running[request_id] = self.blocks_for(pending.num_tokens)
+        return pending.request
+
+    def refuse(self, request_id: str) -> None:
+        """Not enough blocks now: wait at the head until something is freed."""
+        pending = self.waiting[request_id]
+        pending.is_allocating, pending.is_blocked = False, True
+
+    def abandon_allocation(self) -> PendingRequest | None:
+        """Forget the allocation in flight (its answer never came); return its request."""
+        pending = self.in_flight()
+        if pending is not None:
+            pending.is_allocating = False
+        return pending
+
+    def unblock(self) -> None:
+        for pending in self.waiting.values():
+            pending.is_blocked = False
+
+    # ---------------------------------------------------------------- leaving
+
+    def release(self, request_id: str) -> bool:
+        """Forget a finished or cancelled request; False if it was not here."""
+        was_here = self.waiting.pop(request_id, None) is not None or \
+            self.running.pop(request_id, None) is not None
+        if was_here:
+            self.unblock()
+        return was_here
+
+    def clear(self) -> list[str]:
+        request_ids = list(self.waiting) + list(self.running)
+        self.waiting.clear()
+        self.running.clear()
+        return request_ids

@@ -1,0 +1,34 @@
+"""The worker's one config dataclass; `llmos.config.options_from` maps each field
+to a `--flag` and an `LLMOS_*` environment variable."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from llmos.config import option
+from llmos.wire.constants import HEARTBEAT_INTERVAL_MS, KERNEL_PORT, WORKER_PORT, tcp
+
+DEFAULT_MAX_NUM_SEQS = 16
+
+
+@dataclass
+class WorkerConfig:
+    worker_id: str = option("", "worker id; empty = worker-<hostname>-<pid>")
+    broker_worker_address: str = option(tcp(WORKER_PORT), "broker ROUTER for workers (connect)")
+    kernel_address: str = option(tcp(KERNEL_PORT), "kernel ROUTER (connect)")
+    model: str = option("", "model directory; empty = the embedded llmos-tiny model")
+    model_name: str = option("", "name served; empty = the model directory's name")
+    device: str = option("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
+    max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
+    kv_cache_tokens: int = option(0, "KV cache capacity in tokens; 0 = from free memory")
+    max_model_len: int = option(0, "context length; 0 = the model's max_position_embeddings")
+    threads: int = option(0, "torch CPU threads; 0 = torch's default")
+    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS,
+                                        "heartbeat period; dead after 3 silent periods")
+
+
+def default_worker_id() -> str:
+    return f"worker-{socket.gethostname()}-{os.getpid()}"

@@ -1,0 +1,148 @@
+"""The worker's two DEALER sockets and their liveness (mechanism only).
+
+Broker: identity = worker id, Paranoid Pirate style: register on connect, any
+broker message is a sign of life, and a broker silent for HEARTBEAT_LIVENESS
+intervals means: reconnect on a new socket and register again.
+
+Kernel: it answers every KernelRegister, KvAllocate and KvFree. The link is
+online while it does; when an answer does not come within one heartbeat
+interval the worker goes on with local KV accounting and re-registers every
+interval on a fresh socket (a DEALER would otherwise queue every heartbeat for
+a dead kernel and replay the lot when it returns).
+
+Both sockets belong to the service thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+from google.protobuf.message import Message
+
+from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.constants import HEARTBEAT_LIVENESS
+from llmos.wire.sockets import connect_dealer
+
+logger = logging.getLogger("workers.links")
+
+BROKER_MESSAGES = frozenset({"dispatch", "cancel", "heartbeat", "disconnect", "error"})
+KERNEL_MESSAGES = frozenset({"kernel_reply", "error"})
+
+
+class PeerLink:
+    """A DEALER to one peer that can be replaced by a fresh one."""
+
+    peer = "peer"
+    accepted: frozenset[str] = frozenset()
+
+    def __init__(self, context: zmq.Context, poller: zmq.Poller, address: str, worker_id: str,
+                 interval_s: float) -> None:
+        self.context = context
+        self.poller = poller
+        self.address = address
+        self.worker_id = worker_id
+        self.interval_s = interval_s
+        self.socket: zmq.Socket | None = None
+
+    def reconnect(self, identity: str | None = None) -> None:
+        if self.socket is not None:
+            self.poller.unregister(self.socket)
+            self.socket.close(linger=0)  # drop whatever was queued for the old connection
+        self.socket = connect_dealer(self.context, self.address, identity=identity)
+        self.poller.register(self.socket, zmq.POLLIN)
+
+    def send(self, message: Message) -> None:
+        assert self.socket is not None, "connect first"
+        try:
+            self.socket.send(pack(message), zmq.NOBLOCK)
+        except zmq.Again:
+            logger.warning("worker %s: %s queue full; dropped a %s", self.worker_id, self.peer,
+                           message.DESCRIPTOR.name)
+
+    def receive(self) -> list[tuple[str, Message]]:
+        """Every message waiting on the socket; bad frames are logged and skipped."""
+        messages = []
+        while self.socket is not None:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.on_message()
+            try:
+                messages.append(unpack(dealer_payload(frames), self.accepted))
+            except WireError as exc:
+                logger.warning("worker %s ignored a bad frame from the %s: %s", self.worker_id,
+                               self.peer, exc.message)
+        return messages
+
+    def on_message(self) -> None:
+        """Hook: a frame arrived."""
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.poller.unregister(self.socket)
+            self.socket.close()  # with LINGER, so a last Disconnect still leaves
+            self.socket = None
+
+
+class BrokerLink(PeerLink):
+    peer = "broker"
+    accepted = BROKER_MESSAGES
+
+    def connect(self, registration: pb.WorkerRegister) -> None:
+        self.reconnect(identity=self.worker_id)
+        self.send(registration)
+        self.on_message()  # liveness counts from the connect
+        logger.info("worker %s registering with the broker at %s", self.worker_id, self.address)
+
+    def on_message(self) -> None:
+        self.seen_at_s = time.monotonic()
+
+    def is_silent(self, now_s: float) -> bool:
+        return now_s - self.seen_at_s > HEARTBEAT_LIVENESS * self.interval_s
+
+
+class KernelLink(PeerLink):
+    peer = "kernel"
+    accepted = KERNEL_MESSAGES
+
+    def __init__(self, *args, registration: pb.KernelRegister, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.registration = registration
+        self.is_online: bool | None = None           # None until the first answer or silence
+        self.register_sent_at_s: float | None = None  # a registration awaits its answer
+
+    def register(self, now_s: float, fresh_socket: bool) -> None:
+        if fresh_socket or self.socket is None:
+            self.reconnect()
+        self.send(self.registration)
+        self.register_sent_at_s = now_s
+
+    def mark_registered(self, reply: pb.KernelReply) -> None:
+        if not self.is_online:
+            logger.info("worker %s registered with the kernel at %s: block size %d, %d KV blocks",
+                        self.worker_id, self.address, reply.block_size, reply.kv_blocks_total)
+        self.is_online = True
+        self.register_sent_at_s = None
+
+    def is_register_expired(self, now_s: float) -> bool:
+        return self.register_sent_at_s is not None and now_s - self.register_sent_at_s > self.interval_s
+
+    def go_offline(self, why: str) -> None:
+        if self.is_online is not False:  # say it once, not at every retry
+            logger.warning("worker %s: kernel at %s is not answering (%s); using local KV "
+                           "accounting and retrying registration every %.1f s",
+                           self.worker_id, self.address, why, self.interval_s)
+        self.is_online = False
+        self.register_sent_at_s = None
+
+
+def dealer_payload(frames: list[bytes]) -> bytes:
+    """The payload of a message a DEALER received: [payload] or [b"", payload]."""
+    if len(frames) == 1:
+        return frames[0]
+    if len(frames) == 2 and frames[0] == b"":
+        return frames[1]
+    raise WireError(pb.MALFORMED_FRAME, f"expected one payload frame, got {len(frames)} frames")

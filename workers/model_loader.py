@@ -1,0 +1,111 @@
+"""Loading the served model from a local directory, and sizing its KV cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmos.tiny_model import MODEL_NAME as TINY_MODEL_NAME
+from llmos.tiny_model import ensure_tiny_model
+from workers.config import WorkerConfig
+
+logger = logging.getLogger("workers.model_loader")
+
+CPU_KV_BUDGET_BYTES = 1 << 30      # CPU memory is shared with everything else: a fixed budget
+CUDA_KV_FRACTION = 0.9             # of the memory still free after loading the weights
+MAX_UINT32 = 2**32 - 1
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    name: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: int
+    kv_capacity_tokens: int
+    memory_bytes_total: int
+    memory_bytes_used: int          # weights and runtime, before the KV cache
+
+
+def resolve_model_path(config: WorkerConfig) -> tuple[Path, str]:
+    """(directory, served name); an empty --model means the embedded tiny model."""
+    if not config.model:
+        return ensure_tiny_model(), config.model_name or TINY_MODEL_NAME
+    path = Path(config.model).expanduser().resolve()
+    if not path.is_dir():
+        raise SystemExit(f"llmos worker: model directory {path} does not exist")
+    return path, config.model_name or path.name
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise SystemExit(f"llmos worker: unknown dtype {name!r}; use one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_model(config: WorkerConfig) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    path, name = resolve_model_path(config)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model = model.to(device).eval()
+    context_length = int(model.config.get_text_config().max_position_embeddings)
+    max_model_len = config.max_model_len or context_length
+    if max_model_len > context_length:
+        logger.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
+                       max_model_len, context_length)
+    memory_bytes_total, memory_bytes_used, kv_budget_bytes = _memory(model, device)
+    kv_tokens = config.kv_cache_tokens or kv_budget_bytes // kv_bytes_per_token(model.config, dtype)
+    return LoadedModel(
+        model=model, name=name, path=path, device=device, dtype=dtype,
+        max_model_len=max_model_len, kv_capacity_tokens=min(int(kv_tokens), MAX_UINT32),
+        memory_bytes_total=memory_bytes_total, memory_bytes_used=memory_bytes_used,
+    )
+
+
+def kv_bytes_per_token(model_config: Any, dtype: torch.dtype) -> int:
+    """Keys and values of every layer for one token."""
+    text = model_config.get_text_config()
+    num_heads = text.num_attention_heads
+    num_kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    return 2 * text.num_hidden_layers * num_kv_heads * head_dim * dtype.itemsize
+
+
+def _memory(model: Any, device: torch.device) -> tuple[int, int, int]:
+    """(memory total, memory used before the KV cache, bytes the KV cache may take)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return total, total - free, int(free * CUDA_KV_FRACTION)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total, weights, CPU_KV_BUDGET_BYTES

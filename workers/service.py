@@ -1,0 +1,342 @@
+"""The worker process: sockets and the loop (STYLE.md 1).
+
+The main thread owns every network socket (`workers.links`) and runs
+    poll -> route engine outputs, broker and kernel messages -> admit -> expire -> heartbeats.
+The engine runs in its own thread (`workers.engine_thread`); which dispatched
+requests may start is decided by `workers.admission`. When the broker forgets
+this worker or goes silent, every request is dropped: the broker re-queues them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import replace
+from types import FrameType
+
+import torch
+import zmq
+
+from llmos.logs import setup_logging
+from llmos.wire import pb
+from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
+from workers.admission import Admission
+from workers.config import WorkerConfig, default_worker_id
+from workers.engine import Engine
+from workers.engine_thread import EngineOutput, EngineThread
+from workers.links import BrokerLink, KernelLink
+from workers.messages import engine_request, request_delta
+from workers.model_loader import LoadedModel, load_model, load_tokenizer
+from workers.requests import Delta, EngineRequest, cancelled_delta, check_request, error_delta
+
+logger = logging.getLogger("workers.service")
+
+MAX_POLL_MS = 100           # bounds how long a SIGTERM waits for the loop to notice
+ENGINE_STOP_TIMEOUT_S = 5.0
+
+
+def run(config: WorkerConfig) -> None:
+    setup_logging("worker")
+    if not config.worker_id:
+        config = replace(config, worker_id=default_worker_id())
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    loaded = load_model(config)
+    logger.info("worker %s loaded %s from %s on %s (%s): max_model_len %d, KV capacity %d tokens",
+                config.worker_id, loaded.name, loaded.path, loaded.device, loaded.dtype,
+                loaded.max_model_len, loaded.kv_capacity_tokens)
+    worker = Worker(config, loaded)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    worker.serve()
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, loaded: LoadedModel) -> None:
+        self.config = config
+        self.worker_id = config.worker_id
+        self.loaded = loaded
+        self.interval_s = config.heartbeat_interval_ms / 1000
+        self.tokenizer = load_tokenizer(loaded.path)  # this thread's; the engine has its own
+        self.context = zmq.Context()
+        self.poller = zmq.Poller()
+        self.pipe = self.context.socket(zmq.PAIR)
+        pipe_address = f"inproc://engine-{id(self)}"
+        self.pipe.bind(pipe_address)
+        self.poller.register(self.pipe, zmq.POLLIN)
+        engine = Engine(loaded.model, load_tokenizer(loaded.path), max_num_seqs=config.max_num_seqs,
+                        max_model_len=loaded.max_model_len, worker_id=self.worker_id)
+        self.engine_thread = EngineThread(engine, self.context, pipe_address)
+        self.admission = Admission(config.max_num_seqs, loaded.max_model_len, DEFAULT_BLOCK_SIZE,
+                                   loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE)
+        self.kernel = KernelLink(self.context, self.poller, config.kernel_address, self.worker_id,
+                                 self.interval_s, registration=self.kernel_registration())
+        self.broker = BrokerLink(self.context, self.poller, config.broker_worker_address,
+                                 self.worker_id, self.interval_s)
+        self.next_heartbeat_at_s = 0.0
+        self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
+        self.is_stopping = False
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        logger.info("worker %s received signal %d; stopping", self.worker_id, signum)
+        self.is_stopping = True
+
+    # ---------------------------------------------------------------- the loop
+
+    def serve(self) -> None:
+        self.engine_thread.start()
+        self.register_with_kernel()
+        self.broker.connect(self.broker_registration())
+        while not self.is_stopping:
+            events = dict(self.poller.poll(min(self.config.heartbeat_interval_ms, MAX_POLL_MS)))
+            if self.pipe in events:
+                self.route_engine_outputs()
+            if self.broker.socket in events:
+                self.route_broker_messages()
+            if self.kernel.socket in events:
+                self.route_kernel_messages()
+            self.admit_requests()
+            self.purge_expired()
+            self.send_heartbeats()
+        self.shutdown()
+
+    def register_with_kernel(self) -> None:
+        """Learn the kernel's block geometry before telling the broker; wait one interval at most."""
+        self.kernel.register(time.monotonic(), fresh_socket=True)
+        deadline_s = time.monotonic() + self.interval_s
+        while not self.kernel.is_online and (left_s := deadline_s - time.monotonic()) > 0:
+            if self.kernel.socket.poll(int(left_s * 1000) + 1):
+                self.route_kernel_messages()
+        if not self.kernel.is_online:
+            self.kernel.go_offline(f"no answer to KernelRegister within {self.interval_s:.1f} s")
+
+    def broker_registration(self) -> pb.WorkerRegister:
+        return pb.WorkerRegister(
+            worker_id=self.worker_id, models=[self.loaded.name], device=str(self.loaded.device),
+            max_num_seqs=self.config.max_num_seqs, kv_blocks_total=self.admission.kv_blocks_total,
+            block_size=self.admission.block_size, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+        )
+
+    # ---------------------------------------------------------------- routing
+
+    def route_engine_outputs(self) -> None:
+        while True:
+            try:
+                output: EngineOutput = self.pipe.recv_pyobj(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if output.epoch != self.epoch:
+                continue  # computed before every request was dropped
+            # a request cancelled meanwhile may still show up once; it is gone
+            deltas = [d for d in output.deltas if d.request_id in self.admission.running]
+            for delta in deltas:
+                if delta.is_finished:
+                    self.finish_request(delta)
+            if deltas:
+                self.send_progress(deltas)
+
+    def route_broker_messages(self) -> None:
+        for name, message in self.broker.receive():
+            if name == "dispatch":
+                self.accept_dispatch(message)
+            elif name == "cancel":
+                self.cancel_request(message.request_id)
+            elif name == "disconnect":
+                logger.warning("worker %s: the broker says register again (%s)",
+                               self.worker_id, message.reason or "no reason given")
+                self.drop_all_requests("the broker asked this worker to register again")
+                self.broker.send(self.broker_registration())  # the connection is fine: keep it
+            elif name == "error":
+                logger.warning("worker %s: broker error %s for request %r: %s", self.worker_id,
+                               pb.ErrorCode.Name(message.code), message.request_id, message.message)
+
+    def route_kernel_messages(self) -> None:
+        for name, message in self.kernel.receive():
+            if name == "kernel_reply" and not message.request_id:
+                self.adopt_kernel_geometry(message)
+            elif name == "kernel_reply":
+                self.start_granted(message.request_id)
+            elif message.code == pb.NOT_ENOUGH_BLOCKS:
+                self.wait_for_blocks(message.request_id)
+            elif message.code == pb.UNKNOWN_WORKER:
+                logger.warning("worker %s: the kernel does not know this worker; registering again",
+                               self.worker_id)
+                self.admission.abandon_allocation()
+                self.kernel.register(time.monotonic(), fresh_socket=False)
+            else:
+                logger.warning("worker %s: kernel error %s for request %r: %s", self.worker_id,
+                               pb.ErrorCode.Name(message.code), message.request_id, message.message)
+
+    # ---------------------------------------------------------------- requests
+
+    def accept_dispatch(self, dispatch: pb.Dispatch) -> None:
+        request_id = dispatch.request_id
+        if self.admission.is_live(request_id):
+            logger.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
+            return
+        if dispatch.model and dispatch.model != self.loaded.name:
+            message = f"this worker serves {self.loaded.name}, not {dispatch.model}"
+            self.send_progress([error_delta(request_id, pb.UNKNOWN_MODEL, message)])
+            return
+        try:
+            prompt_token_ids = self.tokenizer.encode(dispatch.prompt)
+        except Exception as exc:  # a tokenizer bug must cost one request, not the worker
+            logger.exception("worker %s request %s: tokenizer failed", self.worker_id, request_id)
+            self.send_progress([error_delta(request_id, pb.WORKER_FAILED, f"tokenizer failed: {exc}")])
+            return
+        request = engine_request(dispatch, prompt_token_ids)
+        num_tokens = len(prompt_token_ids) + request.sampling.max_tokens
+        problem = check_request(request, self.loaded.max_model_len) or self.check_fits(request, num_tokens)
+        if problem is not None:
+            logger.warning("worker %s request %s refused: %s", self.worker_id, request_id,
+                           problem.error_message)
+            self.send_progress([problem])
+            return
+        self.admission.add(request, num_tokens)
+        logger.info("worker %s request %s queued: %d prompt tokens, %d resumed, max_tokens %d",
+                    self.worker_id, request_id, len(prompt_token_ids),
+                    len(request.generated_token_ids), request.sampling.max_tokens)
+
+    def check_fits(self, request: EngineRequest, num_tokens: int) -> Delta | None:
+        if self.admission.can_ever_fit(num_tokens):
+            return None
+        return error_delta(request.request_id, pb.TOO_LARGE,
+                           f"the request needs {self.admission.blocks_for(num_tokens)} KV blocks but "
+                           f"this worker has only {self.admission.kv_blocks_total}",
+                           prompt_tokens=len(request.prompt_token_ids))
+
+    def admit_requests(self) -> None:
+        """Start waiting requests in order: blocks from the kernel, or locally while it is down."""
+        while (pending := self.admission.next_allocation()) is not None:
+            request_id = pending.request.request_id
+            if self.kernel.is_online:
+                num_blocks = self.admission.start_allocation(request_id, time.monotonic())
+                self.kernel.send(pb.KvAllocate(worker_id=self.worker_id, request_id=request_id,
+                                               num_blocks=num_blocks))
+                return  # one allocation in flight at a time
+            if not self.admission.can_allocate_locally(pending):
+                return
+            self.start_request(request_id)
+
+    def start_granted(self, request_id: str) -> None:
+        pending = self.admission.in_flight()
+        if pending is not None and pending.request.request_id == request_id:
+            self.start_request(request_id)
+        # else: the answer to a KvFree, or to an allocation given up on; nothing to do
+
+    def wait_for_blocks(self, request_id: str) -> None:
+        pending = self.admission.in_flight()
+        if pending is not None and request_id in ("", pending.request.request_id):
+            logger.info("worker %s request %s waits for KV blocks", self.worker_id,
+                        pending.request.request_id)
+            self.admission.refuse(pending.request.request_id)
+
+    def start_request(self, request_id: str) -> None:
+        self.engine_thread.submit(self.admission.grant(request_id))
+        logger.info("worker %s request %s started", self.worker_id, request_id)
+
+    def finish_request(self, delta: Delta) -> None:
+        self.release_blocks(delta.request_id)
+        reason = pb.FinishReason.Name(delta.finish_reason)
+        if delta.error_code:
+            logger.warning("worker %s request %s failed: %s", self.worker_id, delta.request_id,
+                           delta.error_message)
+        else:
+            logger.info("worker %s request %s finished: %s", self.worker_id, delta.request_id, reason)
+
+    def cancel_request(self, request_id: str) -> None:
+        if request_id in self.admission.running:
+            self.engine_thread.cancel(request_id)
+        self.release_blocks(request_id)
+        # answered even when unknown here, so a broker never waits on a request
+        # this worker lost; a broker ignores deltas of requests it already finished
+        self.send_progress([cancelled_delta(request_id)])
+        logger.info("worker %s request %s cancelled", self.worker_id, request_id)
+
+    def release_blocks(self, request_id: str) -> None:
+        if self.admission.release(request_id) and self.kernel.is_online:
+            self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
+
+    def drop_all_requests(self, why: str) -> None:
+        request_ids = self.admission.clear()
+        if not request_ids:
+            return
+        self.epoch += 1
+        self.engine_thread.drop_all(self.epoch)
+        if self.kernel.is_online:
+            for request_id in request_ids:
+                self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
+        logger.warning("worker %s dropped requests %s: %s", self.worker_id, ", ".join(request_ids), why)
+
+    def adopt_kernel_geometry(self, reply: pb.KernelReply) -> None:
+        self.kernel.mark_registered(reply)
+        too_large = self.admission.configure(reply.block_size or DEFAULT_BLOCK_SIZE, reply.kv_blocks_total)
+        for request in too_large:
+            self.send_progress([self.check_fits(request, len(request.prompt_token_ids)
+                                                + request.sampling.max_tokens)])
+        # (re-)registering freed every block the kernel had for this worker:
+        # restate what the running requests hold (the answers need no action)
+        for request_id, num_blocks in self.admission.running.items():
+            self.kernel.send(pb.KvAllocate(worker_id=self.worker_id, request_id=request_id,
+                                           num_blocks=num_blocks))
+
+    # ---------------------------------------------------------------- timers
+
+    def purge_expired(self) -> None:
+        now_s = time.monotonic()
+        if self.broker.is_silent(now_s):
+            logger.warning("worker %s: broker silent for %d intervals; reconnecting",
+                           self.worker_id, HEARTBEAT_LIVENESS)
+            self.drop_all_requests("the broker went silent and re-queues them")
+            self.broker.connect(self.broker_registration())
+        pending = self.admission.in_flight()
+        if pending is not None and now_s - pending.allocate_sent_at_s > self.interval_s:
+            self.kernel.go_offline(f"KvAllocate for request {pending.request.request_id} unanswered")
+            self.admission.abandon_allocation()
+        if self.kernel.is_register_expired(now_s):
+            self.kernel.go_offline("KernelRegister unanswered")
+
+    def send_heartbeats(self) -> None:
+        now_s = time.monotonic()
+        if now_s < self.next_heartbeat_at_s:
+            return
+        self.next_heartbeat_at_s = now_s + self.interval_s
+        num_running = self.admission.num_running
+        self.broker.send(pb.Heartbeat(worker_id=self.worker_id, num_running=num_running,
+                                      kv_blocks_used=self.admission.num_used_blocks))
+        if self.kernel.is_online:
+            self.kernel.send(pb.KernelHeartbeat(worker_id=self.worker_id, num_running=num_running))
+        else:
+            self.kernel.register(now_s, fresh_socket=True)
+        self.admission.unblock()  # retry a refused allocation at least once an interval
+
+    # ---------------------------------------------------------------- sending
+
+    def send_progress(self, deltas: list[Delta]) -> None:
+        self.broker.send(pb.StepProgress(worker_id=self.worker_id,
+                                         deltas=[request_delta(d) for d in deltas]))
+
+    def kernel_registration(self) -> pb.KernelRegister:
+        return pb.KernelRegister(
+            worker_id=self.worker_id, models=[self.loaded.name], device=str(self.loaded.device),
+            memory_bytes_total=self.loaded.memory_bytes_total,
+            memory_bytes_used=self.loaded.memory_bytes_used,
+            kv_capacity_tokens=self.loaded.kv_capacity_tokens, max_num_seqs=self.config.max_num_seqs,
+        )
+
+    def shutdown(self) -> None:
+        goodbye = pb.Disconnect(worker_id=self.worker_id, reason="worker shutting down")
+        self.broker.send(goodbye)
+        if self.kernel.socket is not None:
+            self.kernel.send(goodbye)
+        self.engine_thread.stop(ENGINE_STOP_TIMEOUT_S)
+        self.broker.close()
+        self.kernel.close()
+        self.pipe.close()
+        if not self.engine_thread.thread.is_alive():
+            self.context.term()  # waits up to LINGER for the Disconnects to leave
+        logger.info("worker %s stopped", self.worker_id)
