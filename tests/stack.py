@@ -1,0 +1,146 @@
+"""Start real llmos processes through the CLI, as a user would, on free ports.
+
+    with Stack(model_dir, num_workers=2) as stack:
+        client = stack.client()
+        ...
+
+Every process is stopped on exit (SIGTERM, then SIGKILL), so a failed test
+never leaves one behind; their logs are printed when a start fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from llmos.client import Client
+
+HEARTBEAT_INTERVAL_MS = 200  # fast failure detection for tests: dead after 600 ms
+READY_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def llmos_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llmos", *args]
+
+
+class Stack:
+    def __init__(self, model_dir: Path, log_dir: Path, num_workers: int = 1, policy: str = "priority",
+                 with_scheduler: bool = True, broker_args: tuple[str, ...] = ()) -> None:
+        self.model_dir = model_dir
+        self.log_dir = log_dir
+        self.num_workers = num_workers
+        self.policy = policy
+        self.with_scheduler = with_scheduler
+        self.broker_args = broker_args
+        ports = [free_port() for _ in range(5)]
+        self.client_port, self.worker_port, self.kernel_port, self.pub_port, self.scheduler_port = ports
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    @property
+    def broker_address(self) -> str:
+        return f"tcp://127.0.0.1:{self.client_port}"
+
+    @property
+    def kernel_address(self) -> str:
+        return f"tcp://127.0.0.1:{self.kernel_port}"
+
+    def start_process(self, name: str, *args: str) -> subprocess.Popen:
+        log_file = open(self.log_dir / f"{name}.log", "ab")
+        env = dict(os.environ, LLMOS_HEARTBEAT_INTERVAL_MS=str(HEARTBEAT_INTERVAL_MS))
+        process = subprocess.Popen(llmos_command(*args), stdout=log_file, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def start_kernel(self) -> None:
+        self.start_process("kernel", "kernel", "--kernel-bind", self.kernel_address,
+                           "--kernel-pub-bind", f"tcp://127.0.0.1:{self.pub_port}")
+
+    def start_scheduler(self) -> None:
+        self.start_process("scheduler", "scheduler", "--policy", self.policy,
+                           "--scheduler-bind", f"tcp://127.0.0.1:{self.scheduler_port}",
+                           "--kernel-pub-address", f"tcp://127.0.0.1:{self.pub_port}")
+
+    def start_broker(self) -> None:
+        self.start_process("broker", "broker", "--client-bind", self.broker_address,
+                           "--worker-bind", f"tcp://127.0.0.1:{self.worker_port}",
+                           "--scheduler-address", f"tcp://127.0.0.1:{self.scheduler_port}",
+                           *self.broker_args)
+
+    def start_worker(self, index: int) -> None:
+        self.start_process(f"worker-{index}", "worker", "--worker-id", f"worker-{index}",
+                           "--model", str(self.model_dir), "--threads", "1", "--device", "cpu",
+                           "--broker-worker-address", f"tcp://127.0.0.1:{self.worker_port}",
+                           "--kernel-address", self.kernel_address)
+
+    def __enter__(self) -> "Stack":
+        try:
+            self.start_kernel()
+            if self.with_scheduler:
+                self.start_scheduler()
+            self.start_broker()
+            for index in range(self.num_workers):
+                self.start_worker(index)
+            self.wait_ready(self.num_workers)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def client(self, timeout_s: float = 60.0) -> Client:
+        return Client(self.broker_address, timeout_s=timeout_s)
+
+    def wait_ready(self, num_workers: int) -> None:
+        deadline_s = time.monotonic() + READY_TIMEOUT_S
+        with self.client(timeout_s=1.0) as client:
+            while time.monotonic() < deadline_s:
+                self.check_alive()
+                try:
+                    if len(client.status().workers) >= num_workers:
+                        return
+                except Exception:  # not up yet; the loop retries until the deadline
+                    time.sleep(0.2)
+                    continue
+                time.sleep(0.2)
+        raise RuntimeError(f"stack not ready in {READY_TIMEOUT_S} s\n{self.logs()}")
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None and not name.startswith("killed"):
+                raise RuntimeError(f"{name} exited with {process.returncode}\n{self.logs()}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(sig)
+        process.wait(timeout=30)
+        self.processes[f"killed-{name}"] = process
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+                         for path in sorted(self.log_dir.glob("*.log")))
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline_s = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline_s - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,65 @@
+"""Failures of real processes: a worker killed mid-stream, the scheduler down."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from e2e_helpers import Reference, StreamedAnswer
+from stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+PROMPTS = [f"Request number {i}: tell me a long story about the sea" for i in range(8)]
+MAX_TOKENS = 160
+
+
+def test_sigkill_one_of_two_workers_mid_stream_every_client_gets_one_whole_answer(
+        tiny_model_dir, tmp_path):
+    reference = Reference(tiny_model_dir)
+    answers = {i: StreamedAnswer() for i in range(len(PROMPTS))}
+    started = threading.Barrier(len(PROMPTS) + 1)
+    errors: list[BaseException] = []
+
+    with Stack(tiny_model_dir, tmp_path, num_workers=2) as stack:
+        def one_client(index: int) -> None:
+            try:
+                with stack.client() as client:
+                    request_id = client.submit(PROMPTS[index], max_tokens=MAX_TOKENS)
+                    stream = iter(client.stream(request_id))
+                    answers[index].chunks.append(next(stream))
+                    started.wait(timeout=120)  # every request is running before the kill
+                    answers[index].chunks.extend(stream)
+                    answers[index].result = client.result(request_id)
+            except BaseException as exc:
+                errors.append(exc)
+                started.abort()
+
+        threads = [threading.Thread(target=one_client, args=(i,)) for i in range(len(PROMPTS))]
+        for thread in threads:
+            thread.start()
+        started.wait(timeout=120)
+        stack.kill("worker-0")
+        for thread in threads:
+            thread.join(timeout=300)
+        assert errors == [], stack.logs()
+
+    restarted = [a for a in answers.values() if a.result.num_restarts > 0]
+    assert restarted, "no request was running on the killed worker"
+    assert all(a.result.worker_id == "worker-1" for a in restarted)
+    for index, answer in answers.items():
+        answer.assert_whole()
+        assert answer.token_ids == reference.greedy(PROMPTS[index], MAX_TOKENS)
+
+
+def test_broker_serves_in_its_own_order_when_the_scheduler_is_down(tiny_model_dir, tmp_path):
+    with Stack(tiny_model_dir, tmp_path, num_workers=1) as stack:
+        stack.kill("scheduler")
+        with stack.client() as client:
+            results = [client.generate(f"prompt {i}", max_tokens=4) for i in range(3)]
+            status = client.status()
+    assert [r.usage.generated_tokens for r in results] == [4, 4, 4]
+    assert not status.scheduler_online
+    assert status.scheduler_policy == "priority"
+    assert "falls back" in (tmp_path / "broker.log").read_text()
