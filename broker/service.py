@@ -196,6 +196,9 @@ class Broker:
 
     def finish(self, request: RequestState, finish_reason: int, worker_id: str) -> None:
         result = request.result(finish_reason, worker_id, time.monotonic())
+        worker = self.workers.by_id(worker_id)
+        if not result.model and worker is not None and len(worker.models) == 1:
+            result.model = next(iter(worker.models))  # "any model" became this one
         self.num_completed += 1
         self.release(request)
         self.reply(request.client_identity, request.has_delimiter, pack(result))

@@ -75,7 +75,8 @@ class AsyncClient:
         if request_id not in self._queues:
             raise KeyError(f"request {request_id} is not in flight on this client")
         while True:
-            name, message = await self._next(request_id, f"nothing arrived for request {request_id}")
+            name, message = await self._next(request_id,
+                                             f"nothing arrived for request {request_id}")
             if name == "chunk":
                 yield message
             elif name == "result":

@@ -23,6 +23,7 @@ from typing import Iterator
 import zmq
 from google.protobuf.message import Message
 
+from llmos.config import env_var
 from llmos.errors import LlmosError, LlmosTimeout, error_from_proto
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import CLIENT_PORT, tcp
@@ -30,7 +31,7 @@ from llmos.wire.sockets import connect_dealer
 
 log = logging.getLogger(__name__)
 
-BROKER_ADDRESS_ENV = "LLMOS_BROKER_ADDRESS"
+BROKER_ADDRESS_ENV = env_var("broker_address")  # LLMOS_BROKER_ADDRESS, as every service spells it
 DEFAULT_TIMEOUT_S = 60.0
 
 # What a client accepts from the broker; anything else is dropped at the door.
@@ -213,7 +214,8 @@ class Client:
         inbox.append((name, message))
 
 
-def query_kernel(address: str, timeout_s: float, context: zmq.Context | None = None) -> pb.ResourceView:
+def query_kernel(address: str, timeout_s: float,
+                 context: zmq.Context | None = None) -> pb.ResourceView:
     """Ask the kernel at `address` for its ResourceView (used by `llmos status` and `llmos up`).
 
     A fresh socket per query, so a late reply can never answer the next question.

@@ -76,7 +76,8 @@ def _make_error_class(code: int, name: str, is_client_error: bool) -> type[Llmos
                  retry_after_ms: int = 0) -> None:
         LlmosError.__init__(self, code, message, request_id, retry_after_ms)
 
-    doc = f"ErrorCode {ERROR_NAMES[code]}: raise as {name}(message, request_id='', retry_after_ms=0)."
+    doc = (f"ErrorCode {ERROR_NAMES[code]}: "
+           f"raise as {name}(message, request_id='', retry_after_ms=0).")
     return type(name, (LlmosError,), {
         "__init__": __init__, "__doc__": doc, "__module__": __name__,
         "CODE": code, "is_client_error": is_client_error,

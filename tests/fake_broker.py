@@ -114,19 +114,27 @@ class FakeBroker:
         name, message = unpack(payload, BROKER_ACCEPTS)
         self.received.append((name, message))
         if name == "status_request":
-            socket.send_multipart([identity, pack(status_reply())])
+            send(socket, identity, pack(status_reply()))
         elif name == "cancel":
-            socket.send_multipart([identity, error_frame(
-                pb.UNKNOWN_REQUEST, "no such request", message.request_id)])
+            send(socket, identity, error_frame(pb.UNKNOWN_REQUEST, "no such request",
+                                               message.request_id))
         else:
             now, later = script(message)
             for reply in now:
-                socket.send_multipart([identity, pack(reply)])
+                send(socket, identity, pack(reply))
             held.append([(identity, reply) for reply in later])
             if len(held) >= self.hold_until:
                 for peer, reply in interleave(held):
-                    socket.send_multipart([peer, pack(reply)])
+                    send(socket, peer, pack(reply))
                 held.clear()
+
+
+def send(socket: zmq.Socket, identity: bytes, payload: bytes) -> None:
+    try:
+        socket.send_multipart([identity, payload])
+    except zmq.ZMQError as exc:  # ROUTER_MANDATORY: the client has gone, as real brokers allow
+        if exc.errno != zmq.EHOSTUNREACH:
+            raise
 
 
 def status_reply() -> pb.StatusReply:

@@ -1,0 +1,286 @@
+"""The `llmos` command line.
+
+Service subcommands (`kernel`, `broker`, `scheduler`, `worker`), `model` and
+`up` live in other modules and are imported only when invoked, so `llmos
+--help`, `llmos submit` and `llmos status` never import torch or a service.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+import click
+from google.protobuf.json_format import MessageToJson
+
+from llmos.client import BROKER_ADDRESS_ENV, Client, query_kernel
+from llmos.config import env_var
+from llmos.errors import LlmosError, LlmosTimeout
+from llmos.wire import pb
+from llmos.wire.constants import CLIENT_PORT, FINISH_REASON_NAMES, KERNEL_PORT, tcp
+
+# name -> ("module:attribute", short help shown by `llmos --help` without importing it)
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("llmos.launcher:up", "Start kernel, scheduler, broker and workers on this machine."),
+    "kernel": ("kernel_svc.main:command", "Run the kernel: worker registry, KV block ledger."),
+    "broker": ("broker.main:command", "Run the broker: client front door, tiered queues."),
+    "scheduler": ("scheduler_svc.main:command", "Run the scheduler: placement policy."),
+    "worker": ("workers.main:command", "Run a model worker that serves requests."),
+    "model": ("llmos.model_cli:model", "Create and inspect models (e.g. the embedded tiny model)."),
+}
+
+EXIT_CLIENT_ERROR = 2    # the request itself was refused (INVALID_ARGUMENT, UNKNOWN_MODEL, ...)
+EXIT_SERVICE_ERROR = 3   # the system could not serve it (QUEUE_FULL, WORKER_FAILED, ...)
+EXIT_TIMEOUT = 4         # nothing arrived within --timeout-s
+EXIT_INTERRUPTED = 130   # Ctrl-C (the request is cancelled first)
+
+STATUS_TIMEOUT_S = 2.0
+
+
+class LazyGroup(click.Group):
+    """A click group whose LAZY_COMMANDS are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        target, short_help = LAZY_COMMANDS[cmd_name]
+        module_name, attribute = target.split(":")
+        try:
+            return getattr(importlib.import_module(module_name), attribute)
+        except ImportError as exc:
+            return unavailable_command(cmd_name, target, short_help, exc)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, but lazy commands show their static help instead of being imported."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in LAZY_COMMANDS:
+                stand_in = click.Command(name, help=LAZY_COMMANDS[name][1])
+                rows.append((name, stand_in.get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def unavailable_command(name: str, target: str, short_help: str, exc: ImportError) -> click.Command:
+    """Stands in for a subcommand whose module cannot be imported, and says why when run."""
+
+    def fail(**_: object) -> None:
+        raise click.ClickException(
+            f"'llmos {name}' is unavailable: importing {target} failed: {exc}")
+
+    accept_anything = {"ignore_unknown_options": True, "allow_extra_args": True}
+    return click.Command(name, callback=fail, help=f"{short_help} (unavailable: {exc})",
+                         context_settings=accept_anything)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """llmos: serve large language models with a broker, a kernel, a scheduler and workers.
+
+    Start everything on this machine with `llmos up`, then `llmos submit PROMPT`.
+    """
+
+
+def main() -> None:
+    cli(prog_name="llmos")
+
+
+# ---------------------------------------------------------------- submit
+
+broker_address_option = click.option(
+    "--broker-address", default=tcp(CLIENT_PORT), envvar=BROKER_ADDRESS_ENV, show_default=True,
+    help="where the broker listens for clients")
+
+
+@cli.command(epilog="Exit status: 0 done; 2 the request was refused (INVALID_ARGUMENT, "
+                    "UNKNOWN_MODEL, TOO_LARGE, ...); 3 the system could not serve it (QUEUE_FULL, "
+                    "QUOTA_EXCEEDED, WORKER_FAILED, UNAVAILABLE, ...); 4 nothing arrived within "
+                    "--timeout-s; 130 interrupted (the request is cancelled).")
+@broker_address_option
+@click.option("--model", default="", help="model to use (empty: the broker's default)")
+@click.option("--tier", default="", help="queue tier (empty: the broker's default)")
+@click.option("--tenant", default="", help="tenant for quotas (empty: default)")
+@click.option("--max-tokens", type=int, default=0, help="tokens to generate (0: broker default)")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+@click.option("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off")
+@click.option("--stop", multiple=True, help="stop string (repeatable)")
+@click.option("--seed", type=int, default=None, help="sampling seed")
+@click.option("--timeout-s", type=float, default=60.0, show_default=True,
+              help="give up when nothing arrives for this long")
+@click.option("--no-stream", is_flag=True, help="print the text once, when it is complete")
+@click.option("--json", "as_json", is_flag=True, help="print the GenerateResult as JSON")
+@click.argument("prompt")
+def submit(broker_address: str, timeout_s: float, no_stream: bool, as_json: bool,
+           prompt: str, **sampling: object) -> None:
+    """Send PROMPT to the broker and print the answer as it streams in
+    (PROMPT '-' reads stdin). Usage goes to stderr."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    sampling["stop"] = tuple(sampling["stop"])  # type: ignore[arg-type]
+    is_streaming = not (no_stream or as_json)
+    with Client(broker_address, timeout_s=timeout_s) as client:
+        request_id = ""
+        is_mid_line = False
+        try:
+            request_id = client.submit(prompt, **sampling)  # type: ignore[arg-type]
+            if is_streaming:
+                for chunk in client.stream(request_id):
+                    click.echo(chunk.text, nl=False)
+                    sys.stdout.flush()
+                    is_mid_line = True
+            result = client.result(request_id)
+        except LlmosError as exc:
+            if is_mid_line:
+                click.echo()
+            if isinstance(exc, LlmosTimeout) and request_id:
+                client.cancel(request_id)  # we stop waiting, so the broker need not run it
+            sys.exit(report_error(exc, broker_address, is_accepted=bool(request_id)))
+        except KeyboardInterrupt:
+            if request_id:
+                client.cancel(request_id)
+            sys.exit(EXIT_INTERRUPTED)
+    if as_json:
+        click.echo(MessageToJson(result, preserving_proto_field_name=True))
+        return
+    click.echo("" if is_streaming else result.text)
+    click.echo(usage_line(result), err=True)
+
+
+def report_error(exc: LlmosError, broker_address: str, is_accepted: bool) -> int:
+    """Print `error: CODE_NAME: sentence` (plus a hint) to stderr; return the exit status."""
+    click.echo(f"error: {exc.code_name}: {exc.message}", err=True)
+    if isinstance(exc, LlmosTimeout):
+        hint = ("the broker accepted the request; `llmos status` shows whether a worker serves it"
+                if is_accepted else
+                f"is a broker listening at {broker_address}? `llmos up` starts one")
+        click.echo(f"hint: {hint}", err=True)
+        return EXIT_TIMEOUT
+    if exc.retry_after_ms:
+        click.echo(f"hint: retry after {exc.retry_after_ms} ms", err=True)
+    return EXIT_CLIENT_ERROR if exc.is_client_error else EXIT_SERVICE_ERROR
+
+
+def usage_line(result: pb.GenerateResult) -> str:
+    usage = result.usage
+    line = (f"usage: prompt_tokens={usage.prompt_tokens} generated_tokens={usage.generated_tokens} "
+            f"finish={FINISH_REASON_NAMES.get(result.finish_reason, result.finish_reason)} "
+            f"queue={usage.queue_time_s:.3f}s ttft={usage.time_to_first_token_s:.3f}s "
+            f"total={usage.total_time_s:.3f}s model={result.model} worker={result.worker_id}")
+    if result.num_restarts:
+        line += f" restarts={result.num_restarts}"
+    return line
+
+
+# ---------------------------------------------------------------- status
+
+
+@cli.command()
+@broker_address_option
+@click.option("--kernel-address", default=tcp(KERNEL_PORT), envvar=env_var("kernel_address"),
+              show_default=True, help="where the kernel answers resource queries")
+@click.option("--timeout-s", type=float, default=STATUS_TIMEOUT_S, show_default=True,
+              help="how long to wait for each service")
+@click.option("--watch", is_flag=True, help="refresh every second until Ctrl-C")
+def status(broker_address: str, kernel_address: str, timeout_s: float, watch: bool) -> None:
+    """Show workers, queues and the scheduler, from the broker and the kernel.
+
+    Exits 3 when neither the broker nor the kernel answers.
+    """
+    if not watch:
+        text, num_answered = collect_status(broker_address, kernel_address, timeout_s)
+        click.echo(text)
+        sys.exit(0 if num_answered else EXIT_SERVICE_ERROR)
+    is_tty = sys.stdout.isatty()
+    if is_tty:
+        click.clear()
+    try:
+        while True:
+            text, _ = collect_status(broker_address, kernel_address, timeout_s)
+            stamp = time.strftime("%H:%M:%S")
+            if is_tty:  # cursor home, rewrite each line, clear what the last frame left below
+                lines = [f"{stamp}  (Ctrl-C to stop)", *text.splitlines()]
+                sys.stdout.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
+                sys.stdout.flush()
+            else:
+                click.echo(f"--- {stamp}\n{text}")
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+
+
+def collect_status(broker_address: str, kernel_address: str, timeout_s: float) -> tuple[str, int]:
+    """(the status text, how many of broker and kernel answered)."""
+    reply: pb.StatusReply | str
+    view: pb.ResourceView | str
+    try:
+        with Client(broker_address, timeout_s=timeout_s) as client:
+            reply = client.status()
+    except LlmosError as exc:
+        reply = f"unreachable ({exc.message})"
+    try:
+        view = query_kernel(kernel_address, timeout_s)
+    except LlmosError as exc:
+        view = f"unreachable ({exc.message})"
+    num_answered = (not isinstance(reply, str)) + (not isinstance(view, str))
+    return format_status(broker_address, reply, kernel_address, view), num_answered
+
+
+def format_status(broker_address: str, reply: pb.StatusReply | str,
+                  kernel_address: str, view: pb.ResourceView | str) -> str:
+    """The `llmos status` text; `reply`/`view` are a sentence when that service did not answer."""
+    if isinstance(reply, str):
+        broker_line = reply
+    else:
+        policy = f" (policy {reply.scheduler_policy})" if reply.scheduler_policy else ""
+        scheduler = (f"scheduler online{policy}" if reply.scheduler_online
+                     else "scheduler OFFLINE (broker decides locally)")
+        broker_line = (f"{scheduler}, running {reply.num_running}, "
+                       f"completed {reply.num_completed}, rejected {reply.num_rejected}")
+    kernel_line = view if isinstance(view, str) else (
+        f"{plural(len(view.workers), 'worker')} registered, block size {view.block_size}, "
+        f"view version {view.version}")
+    lines = [f"broker  {broker_address}  {broker_line}",
+             f"kernel  {kernel_address}  {kernel_line}", ""]
+    lines += table(["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS"], worker_rows(reply, view))
+    if not isinstance(reply, str):
+        tier_rows = [[tier.tier, f"{tier.depth}/{tier.max_depth}"] for tier in reply.tiers]
+        lines += ["", *table(["TIER", "QUEUED"], tier_rows)]
+    return "\n".join(lines)
+
+
+def worker_rows(reply: pb.StatusReply | str, view: pb.ResourceView | str) -> list[list[str]]:
+    """One row per worker either service knows: slots from the broker, KV blocks from the kernel."""
+    by_broker = {} if isinstance(reply, str) else {w.worker_id: w for w in reply.workers}
+    by_kernel = {} if isinstance(view, str) else {w.worker_id: w for w in view.workers}
+    rows = []
+    for worker_id in sorted({*by_broker, *by_kernel}):
+        seen = by_broker.get(worker_id) or by_kernel[worker_id]
+        resources = by_kernel.get(worker_id)
+        kv_blocks = (f"{resources.kv_blocks_used}/{resources.kv_blocks_total}"
+                     if resources is not None else "?")
+        rows.append([worker_id, ",".join(seen.models) or "-", seen.device or "-",
+                     f"{seen.num_running}/{seen.max_num_seqs}", kv_blocks])
+    return rows
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return [f"{headers[0]}  (none)"]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+            for row in [headers, *rows]]

@@ -1,0 +1,290 @@
+"""`llmos up`: run the whole stack on this machine as separate OS processes.
+
+    kernel, scheduler, broker, worker-0 .. worker-N-1
+        each `python -m llmos <service> <flags>`, logging to <log dir>/<name>.log
+
+It waits until the kernel answers a ResourceQuery and the broker reports all N
+workers registered, prints where clients connect, then supervises: a child that
+dies later is logged, not fatal. Ctrl-C or SIGTERM stops every child (SIGTERM,
+then SIGKILL after STOP_GRACE_S) and exits 0.
+
+Children run in their own session so a terminal's Ctrl-C reaches only this
+process, which then stops them in order; the price is that a `kill -9` of the
+launcher leaves them running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, NoReturn
+
+import click
+
+from llmos.cli import plural
+from llmos.client import Client, query_kernel
+from llmos.config import option, options_from
+from llmos.errors import LlmosError
+from llmos.logs import setup_logging
+from llmos.wire import pb
+from llmos.wire.constants import CLIENT_PORT, DEFAULT_HOST, tcp
+
+log = logging.getLogger("llmos.launcher")
+
+STOP_GRACE_S = 10.0
+PROBE_TIMEOUT_S = 1.0     # one readiness query
+PROBE_INTERVAL_S = 0.25   # between readiness rounds
+WATCH_INTERVAL_S = 1.0    # between checks for dead children once up
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class UpConfig:
+    workers: int = option(1, "worker processes to start")
+    model: str = option("", "model directory for every worker (empty: the embedded tiny model)")
+    host: str = option(DEFAULT_HOST, "interface every service binds and clients connect to")
+    base_port: int = option(CLIENT_PORT,
+                            "client port; workers +1, kernel +2, kernel pub +3, scheduler +4")
+    policy: str = option("priority", "scheduler placement policy")
+    device: str = option("auto", "worker device: auto, cpu, cuda, cuda:N")
+    threads: int = option(0, "CPU threads per worker (0: the library default)")
+    log_dir: str = option("", "one log file per process here (empty: $LLMOS_HOME/logs)")
+    demo: str = option("", "once up, submit this prompt and print the streamed answer")
+    ready_timeout_s: float = option(120.0, "give up unless everything is ready this soon")
+
+
+@dataclass(frozen=True)
+class Ports:
+    client: int
+    worker: int
+    kernel: int
+    kernel_pub: int
+    scheduler: int
+
+    @classmethod
+    def from_base(cls, base_port: int) -> Ports:
+        return cls(base_port, base_port + 1, base_port + 2, base_port + 3, base_port + 4)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    argv: list[str]
+
+
+class LaunchError(Exception):
+    """The stack could not be brought up; the message says which process and why."""
+
+
+def llmos_home() -> Path:
+    return Path(os.environ.get("LLMOS_HOME") or "~/.cache/llmos").expanduser()
+
+
+def connect_host(host: str) -> str:
+    """Where local clients reach a service bound on `host`."""
+    return DEFAULT_HOST if host in ("0.0.0.0", "*") else host
+
+
+def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
+    """The processes `llmos up` starts, in start order, with the shared flag names."""
+    ports = Ports.from_base(config.base_port)
+    host = connect_host(config.host)
+
+    def bind(port: int) -> str:
+        return tcp(port, config.host)
+
+    def service(name: str, *flags: str) -> list[str]:
+        return [sys.executable, "-m", "llmos", name, *flags]
+
+    children = [
+        ChildSpec("kernel", service("kernel", "--kernel-bind", bind(ports.kernel),
+                                    "--kernel-pub-bind", bind(ports.kernel_pub))),
+        ChildSpec("scheduler", service("scheduler", "--scheduler-bind", bind(ports.scheduler),
+                                       "--kernel-pub-address", tcp(ports.kernel_pub, host),
+                                       "--policy", config.policy)),
+        ChildSpec("broker", service("broker", "--client-bind", bind(ports.client),
+                                    "--worker-bind", bind(ports.worker),
+                                    "--scheduler-address", tcp(ports.scheduler, host))),
+    ]
+    for index in range(config.workers):
+        worker_id = f"worker-{index}"
+        children.append(ChildSpec(worker_id, service(
+            "worker", "--broker-worker-address", tcp(ports.worker, host),
+            "--kernel-address", tcp(ports.kernel, host), "--model", model_path,
+            "--device", config.device, "--threads", str(config.threads),
+            "--worker-id", worker_id)))
+    return children
+
+
+class Supervisor:
+    """Starts children with their output in per-process log files, and stops them."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_files: list[IO[bytes]] = []
+        self._reported: set[str] = set()
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def start(self, spec: ChildSpec) -> None:
+        log_file = open(self.log_path(spec.name), "wb")  # noqa: SIM115 - closed in stop()
+        self._log_files.append(log_file)
+        self.processes[spec.name] = subprocess.Popen(
+            spec.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        log.debug("started %s (pid %d): %s", spec.name, self.processes[spec.name].pid, spec.argv)
+
+    def newly_exited(self) -> list[tuple[str, int]]:
+        """(name, exit status) of children that exited since the last call."""
+        exited = []
+        for name, process in self.processes.items():
+            if name not in self._reported and process.poll() is not None:
+                self._reported.add(name)
+                exited.append((name, process.returncode))
+        return exited
+
+    def num_alive(self) -> int:
+        return sum(process.poll() is None for process in self.processes.values())
+
+    def log_tail(self, name: str, num_lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            lines = self.log_path(name).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-num_lines:])
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM every child, wait up to grace_s in all, SIGKILL the rest."""
+        alive = [process for process in self.processes.values() if process.poll() is None]
+        for process in alive:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in alive:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d ignored SIGTERM for %.0f s; killing it", process.pid, grace_s)
+                process.kill()
+                process.wait()
+        for log_file in self._log_files:
+            log_file.close()
+        self._log_files.clear()
+
+
+def wait_until_ready(supervisor: Supervisor, ports: Ports, host: str, num_workers: int,
+                     timeout_s: float) -> pb.StatusReply:
+    """Block until the kernel answers and the broker has `num_workers` workers."""
+    deadline = time.monotonic() + timeout_s
+    waiting_for = "the kernel to answer a ResourceQuery"
+    is_kernel_ready = False
+    with Client(tcp(ports.client, host), timeout_s=PROBE_TIMEOUT_S) as client:
+        while True:
+            for name, status in supervisor.newly_exited():
+                raise LaunchError(f"{name} exited with status {status} before llmos was ready; "
+                                  f"last lines of {supervisor.log_path(name)}:\n"
+                                  f"{supervisor.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise LaunchError(f"llmos was not ready after {timeout_s:g} s: still waiting for "
+                                  f"{waiting_for}; logs are in {supervisor.log_dir}")
+            try:
+                if not is_kernel_ready:
+                    query_kernel(tcp(ports.kernel, host), PROBE_TIMEOUT_S)
+                    is_kernel_ready = True
+                    waiting_for = "the broker to answer a StatusRequest"
+                reply = client.status()
+                if len(reply.workers) >= num_workers:
+                    return reply
+                waiting_for = f"workers to register ({len(reply.workers)} of {num_workers} so far)"
+            except LlmosError:
+                pass  # not up yet: the deadline above decides when to stop trying
+            time.sleep(PROBE_INTERVAL_S)
+
+
+def supervise(supervisor: Supervisor) -> NoReturn:
+    """Once up: log each child that dies, until Ctrl-C / SIGTERM (or nothing is left)."""
+    while True:
+        for name, status in supervisor.newly_exited():
+            log.error("%s exited with status %s; see %s", name, status, supervisor.log_path(name))
+        if supervisor.num_alive() == 0:
+            raise LaunchError("every llmos process has exited")
+        time.sleep(WATCH_INTERVAL_S)
+
+
+def run_demo(address: str, prompt: str) -> None:
+    click.echo(f"demo> {prompt}")
+    try:
+        with Client(address) as client:
+            request_id = client.submit(prompt)
+            for chunk in client.stream(request_id):
+                click.echo(chunk.text, nl=False)
+            click.echo()
+    except LlmosError as exc:
+        click.echo(f"\ndemo failed: {exc.code_name}: {exc.message}", err=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops `llmos up` exactly like Ctrl-C
+
+
+def resolve_model(model: str) -> str:
+    """`model`, or the embedded tiny model's directory (made on first use) when empty."""
+    if model:
+        return model
+    from llmos.tiny_model import ensure_tiny_model  # imports torch: only when needed
+
+    try:
+        return str(ensure_tiny_model())
+    except (ImportError, OSError) as exc:
+        raise click.ClickException(f"cannot make the embedded tiny model ({exc}); "
+                                   f"pass --model DIR instead") from exc
+
+
+def run(config: UpConfig) -> None:
+    setup_logging("up")
+    log_dir = Path(config.log_dir) if config.log_dir else llmos_home() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ports = Ports.from_base(config.base_port)
+    host = connect_host(config.host)
+    model_path = resolve_model(config.model)
+    supervisor = Supervisor(log_dir)
+    failure: LaunchError | None = None
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for spec in plan_children(config, model_path):
+            supervisor.start(spec)
+        click.echo(f"llmos logs: {log_dir}")
+        wait_until_ready(supervisor, ports, host, config.workers, config.ready_timeout_s)
+        click.echo(f"llmos is up: clients connect to {tcp(ports.client, host)} "
+                   f"({plural(config.workers, 'worker')}, model {model_path}); Ctrl-C stops it")
+        if config.demo:
+            run_demo(tcp(ports.client, host), config.demo)
+        supervise(supervisor)
+    except KeyboardInterrupt:
+        click.echo("llmos: stopping", err=True)
+    except LaunchError as exc:
+        failure = exc
+    finally:
+        # a second Ctrl-C must not cut the shutdown short and leave children behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        supervisor.stop()
+    if failure is not None:
+        raise click.ClickException(str(failure))
+
+
+@click.command("up")
+@options_from(UpConfig)
+def up(**kwargs: object) -> None:
+    """Start kernel, scheduler, broker and N workers on this machine, each its own process.
+
+    Ports: clients --base-port, workers +1, kernel +2, kernel pub +3, scheduler +4.
+    """
+    run(UpConfig(**kwargs))  # type: ignore[arg-type]

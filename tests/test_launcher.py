@@ -1,0 +1,165 @@
+"""`llmos up` pieces that need no real services: the process plan, the
+supervisor's start/stop, and readiness failing on a child that exits."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmos.launcher import (
+    ChildSpec, LaunchError, Ports, Supervisor, UpConfig, plan_children, wait_until_ready,
+)
+
+PYTHON = sys.executable
+IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                   "print('ready', flush=True); time.sleep(60)")
+
+
+def python_child(name: str, code: str) -> ChildSpec:
+    return ChildSpec(name, [PYTHON, "-c", code])
+
+
+def wait_for_log_line(supervisor: Supervisor, name: str, line: str) -> None:
+    for _ in range(600):
+        if line in supervisor.log_tail(name).splitlines():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} never logged {line!r}")
+
+
+@pytest.fixture
+def supervisor(tmp_path):
+    supervisor = Supervisor(tmp_path)
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop(grace_s=1.0)
+
+
+def test_plan_starts_every_service_with_the_shared_flags():
+    config = UpConfig(workers=2, base_port=6000, policy="fair", device="cpu", threads=2)
+    plan = {child.name: child.argv for child in plan_children(config, "/models/tiny")}
+
+    assert list(plan) == ["kernel", "scheduler", "broker", "worker-0", "worker-1"]
+    assert all(argv[:3] == [PYTHON, "-m", "llmos"] for argv in plan.values())
+    assert plan["kernel"][3:] == ["kernel", "--kernel-bind", "tcp://127.0.0.1:6002",
+                                  "--kernel-pub-bind", "tcp://127.0.0.1:6003"]
+    assert plan["scheduler"][3:] == ["scheduler", "--scheduler-bind", "tcp://127.0.0.1:6004",
+                                     "--kernel-pub-address", "tcp://127.0.0.1:6003",
+                                     "--policy", "fair"]
+    assert plan["broker"][3:] == ["broker", "--client-bind", "tcp://127.0.0.1:6000",
+                                  "--worker-bind", "tcp://127.0.0.1:6001",
+                                  "--scheduler-address", "tcp://127.0.0.1:6004"]
+    assert plan["worker-1"][3:] == ["worker", "--broker-worker-address", "tcp://127.0.0.1:6001",
+                                    "--kernel-address", "tcp://127.0.0.1:6002",
+                                    "--model", "/models/tiny", "--device", "cpu",
+                                    "--threads", "2", "--worker-id", "worker-1"]
+
+
+def test_binding_all_interfaces_still_connects_over_loopback():
+    plan = plan_children(UpConfig(host="0.0.0.0", workers=0), "m")
+    broker = next(child.argv for child in plan if child.name == "broker")
+    assert broker[4:] == ["--client-bind", "tcp://0.0.0.0:5555", "--worker-bind",
+                          "tcp://0.0.0.0:5556", "--scheduler-address", "tcp://127.0.0.1:5559"]
+
+
+def test_stop_kills_a_child_that_ignores_sigterm_and_terminates_the_rest(supervisor):
+    supervisor.start(python_child("stubborn", IGNORES_SIGTERM))
+    supervisor.start(python_child("polite", "import time; time.sleep(60)"))
+    wait_for_log_line(supervisor, "stubborn", "ready")  # its SIGTERM handler is in place
+    assert supervisor.num_alive() == 2
+
+    supervisor.stop(grace_s=1.0)
+
+    assert supervisor.num_alive() == 0
+    assert supervisor.processes["stubborn"].returncode == -9
+    assert supervisor.processes["polite"].returncode == -15
+
+
+def test_each_exit_is_reported_once_with_its_status(supervisor):
+    supervisor.start(python_child("quitter", "raise SystemExit(5)"))
+    supervisor.processes["quitter"].wait()
+    assert supervisor.newly_exited() == [("quitter", 5)]
+    assert supervisor.newly_exited() == []
+
+
+def test_readiness_fails_with_the_log_tail_when_a_child_exits(supervisor, tmp_path):
+    supervisor.start(python_child("kernel", "print('port already in use'); raise SystemExit(3)"))
+    supervisor.processes["kernel"].wait()
+    with pytest.raises(LaunchError) as caught:
+        wait_until_ready(supervisor, Ports.from_base(1), "127.0.0.1", 1, timeout_s=30)
+    message = str(caught.value)
+    assert message.startswith("kernel exited with status 3 before llmos was ready")
+    assert str(tmp_path / "kernel.log") in message
+    assert message.endswith("port already in use")
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def free_base_port(count: int = 5) -> int:
+    """A port p with p .. p+count-1 all free right now."""
+    for base in random.sample(range(20_000, 60_000, count), 50):
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    probe = stack.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds child processes through /proc")
+def test_up_starts_the_services_answers_status_and_stops_them_on_sigterm(tmp_path):
+    for module in ("kernel_svc.service", "scheduler_svc.service", "broker.service"):
+        pytest.importorskip(module)
+    base_port = free_base_port()
+    log_dir = tmp_path / "logs"
+    kernel_bind = f"tcp://127.0.0.1:{base_port + 2}"
+    with (tmp_path / "up.err").open("w") as up_stderr:
+        up = subprocess.Popen(
+            [PYTHON, "-m", "llmos", "up", "--workers", "0", "--model", "unused",
+             "--base-port", str(base_port), "--log-dir", str(log_dir), "--ready-timeout-s", "60"],
+            stdout=subprocess.PIPE, stderr=up_stderr, text=True)
+    try:
+        lines = [up.stdout.readline(), up.stdout.readline()]
+        assert lines == [f"llmos logs: {log_dir}\n",
+                         f"llmos is up: clients connect to tcp://127.0.0.1:{base_port} "
+                         f"(0 workers, model unused); Ctrl-C stops it\n"], f"see {tmp_path}"
+        assert processes_mentioning(kernel_bind)
+        status = subprocess.run(
+            [PYTHON, "-m", "llmos", "status", "--broker-address", f"tcp://127.0.0.1:{base_port}",
+             "--kernel-address", f"tcp://127.0.0.1:{base_port + 2}"],
+            capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stdout
+        assert "0 workers registered" in status.stdout
+    finally:
+        up.send_signal(signal.SIGTERM)
+        returncode = up.wait(60)
+        up.stdout.close()
+    assert returncode == 0
+    assert sorted(path.name for path in log_dir.iterdir()) == [
+        "broker.log", "kernel.log", "scheduler.log"]
+    assert processes_mentioning(kernel_bind) == []
