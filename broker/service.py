@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import signal
+import threading
 import time
 
 import zmq
@@ -25,7 +25,8 @@ from broker.requests import RequestState
 from broker.scheduler_link import SchedulerLink
 from llmos.logs import setup_logging
 from llmos.wire import WireError, error_frame, pack, pb, unpack
-from llmos.wire.sockets import bind_router, router_frames
+from llmos.signals import stop_on_signals
+from llmos.wire.sockets import bind_router, router_frames, send_reply
 
 log = logging.getLogger("broker")
 
@@ -53,17 +54,16 @@ class Broker:
         self.next_heartbeat_s = 0.0
         self.num_completed = 0
         self.num_rejected = 0
-        self.is_stopping = False
         self.poller = zmq.Poller()
         for socket in (self.clients, self.workers_socket, self.scheduler.socket):
             self.poller.register(socket, zmq.POLLIN)
 
     # ------------------------------------------------------------------ loop
 
-    def run(self) -> None:
+    def run(self, stopping: threading.Event) -> None:
         log.info("broker serving clients on %s, workers on %s, tiers %s",
                  self.config.client_bind, self.config.worker_bind, ",".join(self.queue.tiers))
-        while not self.is_stopping:
+        while not stopping.is_set():
             events = dict(self.poller.poll(self.poll_timeout_ms()))
             if self.clients in events:
                 self.drain(self.clients, self.route_client)
@@ -96,9 +96,6 @@ class Broker:
             decision = self.scheduler.receive()
             if decision is not None:
                 self.apply(decision)
-
-    def stop(self, *_: object) -> None:
-        self.is_stopping = True
 
     def close(self) -> None:
         for socket in (self.clients, self.workers_socket):
@@ -138,14 +135,11 @@ class Broker:
 
     def reply(self, identity: bytes, has_delimiter: bool, payload: bytes) -> bool:
         """Send to a client; False (and its requests cancelled) if it is gone."""
-        frames = [identity, b"", payload] if has_delimiter else [identity, payload]
-        try:
-            self.clients.send_multipart(frames, zmq.NOBLOCK)
+        if send_reply(self.clients, identity, has_delimiter, payload):
             return True
-        except zmq.ZMQError as exc:  # EHOSTUNREACH (ROUTER_MANDATORY) or EAGAIN (HWM)
-            log.warning("cannot reach client %r (%s); cancelling its requests", identity, exc)
-            self.forget_client(identity)
-            return False
+        log.warning("client %r is gone; cancelling its requests", identity)
+        self.forget_client(identity)
+        return False
 
     def admit(self, identity: bytes, has_delimiter: bool, generate: pb.GenerateRequest) -> None:
         generate = validate_generate(generate, self.config, self.workers.known_models)
@@ -296,12 +290,7 @@ class Broker:
                 self.finish(request, delta.finish_reason, worker.worker_id)
 
     def send_identity(self, identity: bytes, payload: bytes) -> bool:
-        try:
-            self.workers_socket.send_multipart([identity, payload], zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError as exc:
-            log.warning("cannot reach worker %r: %s", identity, exc)
-            return False
+        return send_reply(self.workers_socket, identity, False, payload)
 
     def send_worker(self, worker: WorkerRecord, payload: bytes) -> None:
         if not self.send_identity(worker.identity, payload):
@@ -390,10 +379,8 @@ def run(config: BrokerConfig) -> None:
     setup_logging("broker")
     context = zmq.Context()
     broker = Broker(config, context)
-    signal.signal(signal.SIGTERM, broker.stop)
-    signal.signal(signal.SIGINT, broker.stop)
     try:
-        broker.run()
+        broker.run(stop_on_signals())
     finally:
         broker.close()
         context.term()

@@ -8,8 +8,6 @@ workers → publish the view. Decisions about blocks live in `registry` and
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from typing import Callable
 
@@ -21,7 +19,8 @@ from kernel_svc.registry import WorkerRegistry, WorkerSpec, build_view
 from llmos.logs import setup_logging
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import RESOURCE_TOPIC
-from llmos.wire.sockets import bind_pub, bind_router, router_frames
+from llmos.signals import stop_on_signals
+from llmos.wire.sockets import bind_pub, bind_router, router_frames, send_reply
 
 log = logging.getLogger("kernel")
 
@@ -96,11 +95,7 @@ class Kernel:
                   pb.Error(code=error.code, message=error.message, request_id=error.request_id))
 
     def send(self, identity: bytes, has_delimiter: bool, reply: Message) -> None:
-        frames = [identity, b"", pack(reply)] if has_delimiter else [identity, pack(reply)]
-        try:
-            self.router.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # ROUTER_MANDATORY: the peer left, or its queue is full
-            log.warning("reply to peer %r dropped: %s", identity, exc)
+        send_reply(self.router, identity, has_delimiter, pack(reply))
 
     # ---------------------------------------------------------------- handlers
 
@@ -201,13 +196,6 @@ def unknown_worker(worker_id: str, request_id: str = "") -> WireError:
                      f"worker {worker_id!r} is not registered with the kernel; register again",
                      request_id)
 
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT; the loop checks it every poll."""
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    return stopping
 
 
 def run(config: KernelConfig) -> None:

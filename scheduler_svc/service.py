@@ -8,8 +8,6 @@ the broker runs when this process is down.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 
 import zmq
@@ -18,7 +16,8 @@ from google.protobuf.message import Message
 from llmos.logs import setup_logging
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import HEARTBEAT_LIVENESS, RESOURCE_TOPIC
-from llmos.wire.sockets import bind_router, connect_sub, router_frames
+from llmos.signals import stop_on_signals
+from llmos.wire.sockets import bind_router, connect_sub, router_frames, send_reply
 from scheduler_svc.config import SchedulerConfig
 from scheduler_svc.policies import SchedulingPolicy, decide, make_policy
 
@@ -95,21 +94,8 @@ class Scheduler:
                   pb.Error(code=error.code, message=error.message, request_id=error.request_id))
 
     def send(self, identity: bytes, has_delimiter: bool, reply: Message) -> None:
-        frames = [identity, b"", pack(reply)] if has_delimiter else [identity, pack(reply)]
-        try:
-            self.router.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # ROUTER_MANDATORY: the peer left, or its queue is full
-            log.warning("reply to peer %r dropped: %s", identity, exc)
+        send_reply(self.router, identity, has_delimiter, pack(reply))
 
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT; the loop checks it every poll."""
-    # the kernel has the same six lines; their shared home would be llmos/, which
-    # this package does not own
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    return stopping
 
 
 def run(config: SchedulerConfig) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import zmq
 
 from llmos.wire.constants import MAX_FRAME_BYTES, SOCKET_HWM, SOCKET_LINGER_MS
+
+log = logging.getLogger("llmos.wire")
 
 
 def _apply_common(socket: zmq.Socket) -> None:
@@ -58,3 +62,18 @@ def router_frames(frames: list[bytes]) -> tuple[bytes, bytes, bool] | None:
     if len(frames) == 3 and frames[1] == b"":
         return frames[0], frames[2], True
     return None
+
+
+def send_reply(router: zmq.Socket, identity: bytes, has_delimiter: bool, payload: bytes) -> bool:
+    """Answer a ROUTER peer in the layout it spoke; False if it cannot be reached.
+
+    With ROUTER_MANDATORY a vanished peer raises EHOSTUNREACH, and a peer that
+    stopped reading raises EAGAIN at its high-water mark; both mean "gone".
+    """
+    frames = [identity, b"", payload] if has_delimiter else [identity, payload]
+    try:
+        router.send_multipart(frames, zmq.NOBLOCK)
+        return True
+    except zmq.ZMQError as exc:
+        log.warning("reply to peer %r dropped: %s", identity, exc)
+        return False
