@@ -40,6 +40,13 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_EOS: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
     FINISH_REASON_ERROR: _ClassVar[FinishReason]
+    FINISH_REASON_PREEMPTED: _ClassVar[FinishReason]
+
+class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_KIND_GENERATE: _ClassVar[TaskKind]
+    TASK_KIND_EMBED: _ClassVar[TaskKind]
+    TASK_KIND_CLASSIFY: _ClassVar[TaskKind]
 PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
 PROTOCOL_VERSION_CURRENT: ProtocolVersion
 ERROR_CODE_UNSPECIFIED: ErrorCode
@@ -65,6 +72,10 @@ FINISH_REASON_STOP: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
 FINISH_REASON_ERROR: FinishReason
+FINISH_REASON_PREEMPTED: FinishReason
+TASK_KIND_GENERATE: TaskKind
+TASK_KIND_EMBED: TaskKind
+TASK_KIND_CLASSIFY: TaskKind
 
 class SamplingParams(_message.Message):
     __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
@@ -83,20 +94,106 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "sampling", "tier", "tenant")
+    __slots__ = ("request_id", "model", "prompt", "sampling", "tier", "tenant", "deadline_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
     sampling: SamplingParams
     tier: str
     tenant: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    deadline_ms: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("request_id", "model", "inputs", "tier", "tenant", "deadline_ms")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    tier: str
+    tenant: str
+    deadline_ms: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class EmbedResult(_message.Message):
+    __slots__ = ("request_id", "embeddings", "usage", "model", "worker_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    usage: Usage
+    model: str
+    worker_id: str
+    def __init__(self, request_id: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("request_id", "model", "inputs", "tier", "tenant", "deadline_ms")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    tier: str
+    tenant: str
+    deadline_ms: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class LabelScore(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Classification(_message.Message):
+    __slots__ = ("label", "score", "scores")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
+
+class ClassifyResult(_message.Message):
+    __slots__ = ("request_id", "classifications", "usage", "model", "worker_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    classifications: _containers.RepeatedCompositeFieldContainer[Classification]
+    usage: Usage
+    model: str
+    worker_id: str
+    def __init__(self, request_id: _Optional[str] = ..., classifications: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class Accepted(_message.Message):
     __slots__ = ("request_id", "tier", "queue_position")
@@ -219,7 +316,7 @@ class StatusReply(_message.Message):
     def __init__(self, tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., num_running: _Optional[int] = ..., scheduler_online: _Optional[bool] = ..., scheduler_policy: _Optional[str] = ..., num_completed: _Optional[int] = ..., num_rejected: _Optional[int] = ...) -> None: ...
 
 class WorkerRegister(_message.Message):
-    __slots__ = ("worker_id", "models", "device", "max_num_seqs", "kv_blocks_total", "block_size", "heartbeat_interval_ms")
+    __slots__ = ("worker_id", "models", "device", "max_num_seqs", "kv_blocks_total", "block_size", "heartbeat_interval_ms", "task")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +324,7 @@ class WorkerRegister(_message.Message):
     KV_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
     device: str
@@ -234,7 +332,8 @@ class WorkerRegister(_message.Message):
     kv_blocks_total: int
     block_size: int
     heartbeat_interval_ms: int
-    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., max_num_seqs: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    task: TaskKind
+    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., max_num_seqs: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., task: _Optional[_Union[TaskKind, str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("worker_id", "num_running", "kv_blocks_used")
@@ -255,7 +354,7 @@ class Disconnect(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Dispatch(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "sampling", "generated_token_ids", "emitted_text_chars", "tier", "tenant")
+    __slots__ = ("request_id", "model", "prompt", "sampling", "generated_token_ids", "emitted_text_chars", "tier", "tenant", "kind", "inputs")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +363,8 @@ class Dispatch(_message.Message):
     EMITTED_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
@@ -272,10 +373,18 @@ class Dispatch(_message.Message):
     emitted_text_chars: int
     tier: str
     tenant: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., generated_token_ids: _Optional[_Iterable[int]] = ..., emitted_text_chars: _Optional[int] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    kind: TaskKind
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., generated_token_ids: _Optional[_Iterable[int]] = ..., emitted_text_chars: _Optional[int] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Preempt(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
 class RequestDelta(_message.Message):
-    __slots__ = ("request_id", "token_ids", "text", "prompt_tokens", "is_finished", "finish_reason", "error")
+    __slots__ = ("request_id", "token_ids", "text", "prompt_tokens", "is_finished", "finish_reason", "error", "embeddings", "classifications")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +392,8 @@ class RequestDelta(_message.Message):
     IS_FINISHED_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
@@ -290,7 +401,9 @@ class RequestDelta(_message.Message):
     is_finished: bool
     finish_reason: FinishReason
     error: Error
-    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., is_finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    classifications: _containers.RepeatedCompositeFieldContainer[Classification]
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., is_finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., classifications: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
 
 class StepProgress(_message.Message):
     __slots__ = ("worker_id", "deltas")
@@ -326,17 +439,27 @@ class KernelHeartbeat(_message.Message):
     num_running: int
     def __init__(self, worker_id: _Optional[str] = ..., num_running: _Optional[int] = ...) -> None: ...
 
+class KvPrefixReport(_message.Message):
+    __slots__ = ("worker_id", "block_hashes")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, worker_id: _Optional[str] = ..., block_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class KvAllocate(_message.Message):
-    __slots__ = ("worker_id", "request_id", "num_blocks", "lease_ms")
+    __slots__ = ("worker_id", "request_id", "num_blocks", "lease_ms", "tenant")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     request_id: str
     num_blocks: int
     lease_ms: int
-    def __init__(self, worker_id: _Optional[str] = ..., request_id: _Optional[str] = ..., num_blocks: _Optional[int] = ..., lease_ms: _Optional[int] = ...) -> None: ...
+    tenant: str
+    def __init__(self, worker_id: _Optional[str] = ..., request_id: _Optional[str] = ..., num_blocks: _Optional[int] = ..., lease_ms: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class KvFree(_message.Message):
     __slots__ = ("worker_id", "request_id")
@@ -365,7 +488,7 @@ class KernelReply(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., block_ids: _Optional[_Iterable[int]] = ..., block_size: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ...) -> None: ...
 
 class WorkerResources(_message.Message):
-    __slots__ = ("worker_id", "models", "device", "memory_bytes_total", "memory_bytes_used", "kv_blocks_total", "kv_blocks_used", "num_running", "max_num_seqs", "num_requests_holding_blocks")
+    __slots__ = ("worker_id", "models", "device", "memory_bytes_total", "memory_bytes_used", "kv_blocks_total", "kv_blocks_used", "num_running", "max_num_seqs", "num_requests_holding_blocks", "cached_prefix_hashes")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -376,6 +499,7 @@ class WorkerResources(_message.Message):
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
     NUM_REQUESTS_HOLDING_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
     device: str
@@ -386,22 +510,35 @@ class WorkerResources(_message.Message):
     num_running: int
     max_num_seqs: int
     num_requests_holding_blocks: int
-    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., memory_bytes_total: _Optional[int] = ..., memory_bytes_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., num_requests_holding_blocks: _Optional[int] = ...) -> None: ...
+    cached_prefix_hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., memory_bytes_total: _Optional[int] = ..., memory_bytes_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., num_requests_holding_blocks: _Optional[int] = ..., cached_prefix_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TenantUsage(_message.Message):
+    __slots__ = ("tenant", "kv_blocks_used", "num_requests_holding_blocks")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_USED_FIELD_NUMBER: _ClassVar[int]
+    NUM_REQUESTS_HOLDING_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    kv_blocks_used: int
+    num_requests_holding_blocks: int
+    def __init__(self, tenant: _Optional[str] = ..., kv_blocks_used: _Optional[int] = ..., num_requests_holding_blocks: _Optional[int] = ...) -> None: ...
 
 class ResourceView(_message.Message):
-    __slots__ = ("version", "block_size", "workers", "published_at_s")
+    __slots__ = ("version", "block_size", "workers", "published_at_s", "tenants")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AT_S_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     version: int
     block_size: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerResources]
     published_at_s: float
-    def __init__(self, version: _Optional[int] = ..., block_size: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerResources, _Mapping]]] = ..., published_at_s: _Optional[float] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantUsage]
+    def __init__(self, version: _Optional[int] = ..., block_size: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerResources, _Mapping]]] = ..., published_at_s: _Optional[float] = ..., tenants: _Optional[_Iterable[_Union[TenantUsage, _Mapping]]] = ...) -> None: ...
 
 class PendingRequest(_message.Message):
-    __slots__ = ("request_id", "tier", "tier_rank", "tenant", "model", "prompt_chars", "max_tokens", "arrival_seq")
+    __slots__ = ("request_id", "tier", "tier_rank", "tenant", "model", "prompt_chars", "max_tokens", "arrival_seq", "generated_tokens", "prefix_hashes", "waited_s", "deadline_in_s")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     TIER_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -410,6 +547,10 @@ class PendingRequest(_message.Message):
     PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ARRIVAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
+    WAITED_S_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_IN_S_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tier: str
     tier_rank: int
@@ -418,7 +559,35 @@ class PendingRequest(_message.Message):
     prompt_chars: int
     max_tokens: int
     arrival_seq: int
-    def __init__(self, request_id: _Optional[str] = ..., tier: _Optional[str] = ..., tier_rank: _Optional[int] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., arrival_seq: _Optional[int] = ...) -> None: ...
+    generated_tokens: int
+    prefix_hashes: _containers.RepeatedScalarFieldContainer[int]
+    waited_s: float
+    deadline_in_s: float
+    def __init__(self, request_id: _Optional[str] = ..., tier: _Optional[str] = ..., tier_rank: _Optional[int] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., arrival_seq: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., prefix_hashes: _Optional[_Iterable[int]] = ..., waited_s: _Optional[float] = ..., deadline_in_s: _Optional[float] = ...) -> None: ...
+
+class RunningRequest(_message.Message):
+    __slots__ = ("request_id", "worker_id", "tier", "tier_rank", "tenant", "prompt_chars", "generated_tokens", "max_tokens", "arrival_seq", "running_s")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    TIER_RANK_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_S_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    worker_id: str
+    tier: str
+    tier_rank: int
+    tenant: str
+    prompt_chars: int
+    generated_tokens: int
+    max_tokens: int
+    arrival_seq: int
+    running_s: float
+    def __init__(self, request_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., tier: _Optional[str] = ..., tier_rank: _Optional[int] = ..., tenant: _Optional[str] = ..., prompt_chars: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., arrival_seq: _Optional[int] = ..., running_s: _Optional[float] = ...) -> None: ...
 
 class WorkerSlots(_message.Message):
     __slots__ = ("worker_id", "models", "num_running", "max_num_seqs")
@@ -433,14 +602,16 @@ class WorkerSlots(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
 
 class ScheduleRequest(_message.Message):
-    __slots__ = ("batch_id", "pending", "workers")
+    __slots__ = ("batch_id", "pending", "workers", "running")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     pending: _containers.RepeatedCompositeFieldContainer[PendingRequest]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerSlots]
-    def __init__(self, batch_id: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingRequest, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerSlots, _Mapping]]] = ...) -> None: ...
+    running: _containers.RepeatedCompositeFieldContainer[RunningRequest]
+    def __init__(self, batch_id: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingRequest, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerSlots, _Mapping]]] = ..., running: _Optional[_Iterable[_Union[RunningRequest, _Mapping]]] = ...) -> None: ...
 
 class Placement(_message.Message):
     __slots__ = ("request_id", "worker_id")
@@ -451,19 +622,45 @@ class Placement(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class ScheduleDecision(_message.Message):
-    __slots__ = ("batch_id", "placements", "policy", "decision_us")
+    __slots__ = ("batch_id", "placements", "policy", "decision_us", "preemptions")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     DECISION_US_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     placements: _containers.RepeatedCompositeFieldContainer[Placement]
     policy: str
     decision_us: int
-    def __init__(self, batch_id: _Optional[int] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., policy: _Optional[str] = ..., decision_us: _Optional[int] = ...) -> None: ...
+    preemptions: _containers.RepeatedCompositeFieldContainer[Preemption]
+    def __init__(self, batch_id: _Optional[int] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., policy: _Optional[str] = ..., decision_us: _Optional[int] = ..., preemptions: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ...) -> None: ...
+
+class Preemption(_message.Message):
+    __slots__ = ("request_id", "worker_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    worker_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetPolicy(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    def __init__(self, policy: _Optional[str] = ...) -> None: ...
+
+class PolicyStatus(_message.Message):
+    __slots__ = ("policy", "available")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    available: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, policy: _Optional[str] = ..., available: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("version", "generate", "accepted", "chunk", "result", "error", "cancel", "status_request", "status_reply", "worker_register", "heartbeat", "disconnect", "dispatch", "progress", "kernel_register", "kernel_heartbeat", "kv_allocate", "kv_free", "resource_query", "kernel_reply", "resource_view", "schedule_request", "schedule_decision")
+    __slots__ = ("version", "generate", "accepted", "chunk", "result", "error", "cancel", "status_request", "status_reply", "embed", "embed_result", "classify", "classify_result", "worker_register", "heartbeat", "disconnect", "dispatch", "progress", "preempt", "kernel_register", "kernel_heartbeat", "kv_allocate", "kv_free", "resource_query", "kernel_reply", "resource_view", "kv_prefix_report", "schedule_request", "schedule_decision", "set_policy", "policy_status")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -473,11 +670,16 @@ class Envelope(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     STATUS_REQUEST_FIELD_NUMBER: _ClassVar[int]
     STATUS_REPLY_FIELD_NUMBER: _ClassVar[int]
+    EMBED_FIELD_NUMBER: _ClassVar[int]
+    EMBED_RESULT_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFY_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFY_RESULT_FIELD_NUMBER: _ClassVar[int]
     WORKER_REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PREEMPT_FIELD_NUMBER: _ClassVar[int]
     KERNEL_REGISTER_FIELD_NUMBER: _ClassVar[int]
     KERNEL_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     KV_ALLOCATE_FIELD_NUMBER: _ClassVar[int]
@@ -485,8 +687,11 @@ class Envelope(_message.Message):
     RESOURCE_QUERY_FIELD_NUMBER: _ClassVar[int]
     KERNEL_REPLY_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VIEW_FIELD_NUMBER: _ClassVar[int]
+    KV_PREFIX_REPORT_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_REQUEST_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_DECISION_FIELD_NUMBER: _ClassVar[int]
+    SET_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_STATUS_FIELD_NUMBER: _ClassVar[int]
     version: int
     generate: GenerateRequest
     accepted: Accepted
@@ -496,11 +701,16 @@ class Envelope(_message.Message):
     cancel: Cancel
     status_request: StatusRequest
     status_reply: StatusReply
+    embed: EmbedRequest
+    embed_result: EmbedResult
+    classify: ClassifyRequest
+    classify_result: ClassifyResult
     worker_register: WorkerRegister
     heartbeat: Heartbeat
     disconnect: Disconnect
     dispatch: Dispatch
     progress: StepProgress
+    preempt: Preempt
     kernel_register: KernelRegister
     kernel_heartbeat: KernelHeartbeat
     kv_allocate: KvAllocate
@@ -508,6 +718,9 @@ class Envelope(_message.Message):
     resource_query: ResourceQuery
     kernel_reply: KernelReply
     resource_view: ResourceView
+    kv_prefix_report: KvPrefixReport
     schedule_request: ScheduleRequest
     schedule_decision: ScheduleDecision
-    def __init__(self, version: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., result: _Optional[_Union[GenerateResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., status_request: _Optional[_Union[StatusRequest, _Mapping]] = ..., status_reply: _Optional[_Union[StatusReply, _Mapping]] = ..., worker_register: _Optional[_Union[WorkerRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., kernel_register: _Optional[_Union[KernelRegister, _Mapping]] = ..., kernel_heartbeat: _Optional[_Union[KernelHeartbeat, _Mapping]] = ..., kv_allocate: _Optional[_Union[KvAllocate, _Mapping]] = ..., kv_free: _Optional[_Union[KvFree, _Mapping]] = ..., resource_query: _Optional[_Union[ResourceQuery, _Mapping]] = ..., kernel_reply: _Optional[_Union[KernelReply, _Mapping]] = ..., resource_view: _Optional[_Union[ResourceView, _Mapping]] = ..., schedule_request: _Optional[_Union[ScheduleRequest, _Mapping]] = ..., schedule_decision: _Optional[_Union[ScheduleDecision, _Mapping]] = ...) -> None: ...
+    set_policy: SetPolicy
+    policy_status: PolicyStatus
+    def __init__(self, version: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., result: _Optional[_Union[GenerateResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., status_request: _Optional[_Union[StatusRequest, _Mapping]] = ..., status_reply: _Optional[_Union[StatusReply, _Mapping]] = ..., embed: _Optional[_Union[EmbedRequest, _Mapping]] = ..., embed_result: _Optional[_Union[EmbedResult, _Mapping]] = ..., classify: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., classify_result: _Optional[_Union[ClassifyResult, _Mapping]] = ..., worker_register: _Optional[_Union[WorkerRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., preempt: _Optional[_Union[Preempt, _Mapping]] = ..., kernel_register: _Optional[_Union[KernelRegister, _Mapping]] = ..., kernel_heartbeat: _Optional[_Union[KernelHeartbeat, _Mapping]] = ..., kv_allocate: _Optional[_Union[KvAllocate, _Mapping]] = ..., kv_free: _Optional[_Union[KvFree, _Mapping]] = ..., resource_query: _Optional[_Union[ResourceQuery, _Mapping]] = ..., kernel_reply: _Optional[_Union[KernelReply, _Mapping]] = ..., resource_view: _Optional[_Union[ResourceView, _Mapping]] = ..., kv_prefix_report: _Optional[_Union[KvPrefixReport, _Mapping]] = ..., schedule_request: _Optional[_Union[ScheduleRequest, _Mapping]] = ..., schedule_decision: _Optional[_Union[ScheduleDecision, _Mapping]] = ..., set_policy: _Optional[_Union[SetPolicy, _Mapping]] = ..., policy_status: _Optional[_Union[PolicyStatus, _Mapping]] = ...) -> None: ...
