@@ -1,34 +1,79 @@
-"""Admission: validate a client's GenerateRequest before it is queued.
+"""Admission: validate a client's request before it is queued.
 
-Pure functions: a request either comes back normalized (defaults filled in) or
-a WireError says, with a code and a sentence, why it was refused.
+Pure functions: a request either comes back as an `Admission` (normalized,
+defaults filled in, its model resolved) or a WireError says, with a code and a
+sentence, why it was refused.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from dataclasses import dataclass, field
 
 from broker.config import BrokerConfig
+from broker.tiers import TierLimits
 from llmos.wire import WireError, pb
 from llmos.wire.constants import DEFAULT_TENANT
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_ID_CHARS = 256
+RETRY_UNKNOWN_MODEL_MS = 1000
+TASK_NAMES = {pb.TASK_KIND_GENERATE: "text generation", pb.TASK_KIND_EMBED: "embeddings",
+              pb.TASK_KIND_CLASSIFY: "classification"}
 
 
-def _refuse(code: int, message: str, request_id: str) -> WireError:
-    return WireError(code, message, request_id)
+@dataclass
+class Admission:
+    """A request the broker accepted, in the one shape every task shares."""
+
+    request_id: str
+    kind: int
+    model: str
+    tier: str
+    tenant: str
+    deadline_ms: int
+    prompt: str = ""
+    sampling: pb.SamplingParams = field(default_factory=pb.SamplingParams)
+    inputs: list[str] = field(default_factory=list)
 
 
-def _check_sampling(sampling: pb.SamplingParams, config: BrokerConfig, request_id: str) -> None:
+def _refuse(code: int, message: str, request_id: str, retry_after_ms: int = 0) -> WireError:
+    return WireError(code, message, request_id, retry_after_ms)
+
+
+def _check_common(request_id: str, tier: str, limits: dict[str, TierLimits]) -> TierLimits:
+    if not request_id or len(request_id) > MAX_ID_CHARS:
+        raise _refuse(pb.INVALID_ARGUMENT, f"request_id must have 1 to {MAX_ID_CHARS} characters",
+                      request_id[:MAX_ID_CHARS])
+    if tier not in limits:
+        raise _refuse(pb.INVALID_ARGUMENT, f"unknown tier '{tier}'; tiers are {', '.join(limits)}",
+                      request_id)
+    return limits[tier]
+
+
+def resolve_model(model: str, kind: int, models_by_task: dict[int, Collection[str]],
+                  request_id: str) -> str:
+    """The model to run: as named, or the task's default (first registered) model."""
+    served = models_by_task.get(kind, ())
+    if model and model in served:
+        return model
+    if not served:
+        raise _refuse(pb.UNKNOWN_MODEL, f"no worker serves {TASK_NAMES[kind]} yet", request_id,
+                      RETRY_UNKNOWN_MODEL_MS)
+    if model:
+        raise _refuse(pb.UNKNOWN_MODEL, f"no worker serves model '{model}' for {TASK_NAMES[kind]} "
+                      f"(models: {', '.join(sorted(served))})", request_id)
+    return min(served)
+
+
+def _check_sampling(sampling: pb.SamplingParams, limits: TierLimits, request_id: str) -> None:
     if sampling.max_tokens < 0:
         raise _refuse(pb.INVALID_ARGUMENT, f"max_tokens must be >= 0, got {sampling.max_tokens}", request_id)
-    if sampling.max_tokens > config.max_tokens_limit:
-        raise _refuse(pb.INVALID_ARGUMENT,
-                      f"max_tokens {sampling.max_tokens} is above this broker's limit "
-                      f"of {config.max_tokens_limit}", request_id)
+    if sampling.max_tokens > limits.max_tokens:
+        raise _refuse(pb.INVALID_ARGUMENT, f"max_tokens {sampling.max_tokens} is above this tier's "
+                      f"limit of {limits.max_tokens}", request_id)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise _refuse(pb.INVALID_ARGUMENT,
                       f"temperature must be a finite number >= 0, got {sampling.temperature}", request_id)
@@ -44,31 +89,54 @@ def _check_sampling(sampling: pb.SamplingParams, config: BrokerConfig, request_i
                           f"stop strings must have 1 to {MAX_STOP_CHARS} characters", request_id)
 
 
+def _check_size(text_bytes: int, limits: TierLimits, what: str, request_id: str) -> None:
+    if text_bytes > limits.max_prompt_bytes:
+        raise _refuse(pb.TOO_LARGE, f"{what} is {text_bytes} bytes; this tier accepts at most "
+                      f"{limits.max_prompt_bytes}", request_id)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogatepass"))
+
+
 def validate_generate(request: pb.GenerateRequest, config: BrokerConfig,
-                      known_models: Collection[str]) -> pb.GenerateRequest:
-    """Return a normalized copy of `request` or raise WireError."""
+                      limits: dict[str, TierLimits],
+                      models_by_task: dict[int, Collection[str]]) -> Admission:
     request_id = request.request_id
-    if not request_id or len(request_id) > MAX_ID_CHARS:
-        raise _refuse(pb.INVALID_ARGUMENT, f"request_id must have 1 to {MAX_ID_CHARS} characters", request_id[:MAX_ID_CHARS])
+    tier = request.tier or config.default_tier
+    tier_limits = _check_common(request_id, tier, limits)
     if not request.prompt:
         raise _refuse(pb.INVALID_ARGUMENT, "prompt is empty", request_id)
-    prompt_bytes = len(request.prompt.encode("utf-8", errors="surrogatepass"))
-    if prompt_bytes > config.max_prompt_bytes:
-        raise _refuse(pb.TOO_LARGE, f"prompt is {prompt_bytes} bytes; this broker accepts at most "
-                      f"{config.max_prompt_bytes}", request_id)
+    _check_size(_utf8_len(request.prompt), tier_limits, "prompt", request_id)
+    model = resolve_model(request.model, pb.TASK_KIND_GENERATE, models_by_task, request_id)
+    _check_sampling(request.sampling, tier_limits, request_id)
+    sampling = pb.SamplingParams()
+    sampling.CopyFrom(request.sampling)
+    if sampling.max_tokens == 0:
+        sampling.max_tokens = min(config.default_max_tokens, tier_limits.max_tokens)
+    return Admission(request_id=request_id, kind=pb.TASK_KIND_GENERATE, model=model, tier=tier,
+                     tenant=request.tenant or DEFAULT_TENANT,
+                     deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
+                     prompt=request.prompt, sampling=sampling)
+
+
+def validate_pooling(request: pb.EmbedRequest | pb.ClassifyRequest, kind: int, config: BrokerConfig,
+                     limits: dict[str, TierLimits],
+                     models_by_task: dict[int, Collection[str]]) -> Admission:
+    """Embed and classify requests: a list of texts instead of a prompt."""
+    request_id = request.request_id
     tier = request.tier or config.default_tier
-    if tier not in config.tier_names:
-        raise _refuse(pb.INVALID_ARGUMENT, f"unknown tier '{tier}'; tiers are {', '.join(config.tier_names)}",
-                      request_id)
-    if request.model and request.model not in known_models:
-        known = ", ".join(sorted(known_models)) or "none yet"
-        raise _refuse(pb.UNKNOWN_MODEL, f"no worker serves model '{request.model}' (models: {known})",
-                      request_id)
-    _check_sampling(request.sampling, config, request_id)
-    normalized = pb.GenerateRequest()
-    normalized.CopyFrom(request)
-    normalized.tier = tier
-    normalized.tenant = request.tenant or DEFAULT_TENANT
-    if normalized.sampling.max_tokens == 0:
-        normalized.sampling.max_tokens = config.default_max_tokens
-    return normalized
+    tier_limits = _check_common(request_id, tier, limits)
+    if not request.inputs:
+        raise _refuse(pb.INVALID_ARGUMENT, "inputs is empty", request_id)
+    if len(request.inputs) > config.max_inputs:
+        raise _refuse(pb.TOO_LARGE, f"{len(request.inputs)} inputs; this broker accepts at most "
+                      f"{config.max_inputs} per request", request_id)
+    if any(not text for text in request.inputs):
+        raise _refuse(pb.INVALID_ARGUMENT, "inputs must not contain empty strings", request_id)
+    _check_size(sum(_utf8_len(text) for text in request.inputs), tier_limits, "inputs", request_id)
+    model = resolve_model(request.model, kind, models_by_task, request_id)
+    return Admission(request_id=request_id, kind=kind, model=model, tier=tier,
+                     tenant=request.tenant or DEFAULT_TENANT,
+                     deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
+                     inputs=list(request.inputs))

@@ -17,6 +17,7 @@ class WorkerRecord:
     worker_id: str
     identity: bytes
     models: frozenset[str]
+    task: int                      # pb.TaskKind
     device: str
     max_num_seqs: int
     heartbeat_interval_s: float
@@ -28,7 +29,7 @@ class WorkerRecord:
         return len(self.running_ids) < self.max_num_seqs
 
     def serves(self, model: str) -> bool:
-        return not model or model in self.models
+        return model in self.models
 
     def status(self) -> pb.WorkerStatus:
         return pb.WorkerStatus(worker_id=self.worker_id, models=sorted(self.models),
@@ -44,7 +45,8 @@ class WorkerRegistry:
     def __init__(self, default_heartbeat_interval_s: float) -> None:
         self.default_heartbeat_interval_s = default_heartbeat_interval_s
         self._workers: dict[bytes, WorkerRecord] = {}
-        self.known_models: set[str] = set()  # every model a worker ever served here
+        # every model a worker ever served here, by task (pb.TaskKind)
+        self.models_by_task: dict[int, set[str]] = {}
 
     def __iter__(self):
         return iter(list(self._workers.values()))
@@ -64,12 +66,12 @@ class WorkerRegistry:
         interval_s = (register.heartbeat_interval_ms / 1000) or self.default_heartbeat_interval_s
         worker = WorkerRecord(
             worker_id=register.worker_id or identity.decode(errors="replace"), identity=identity,
-            models=frozenset(register.models), device=register.device,
+            models=frozenset(register.models), task=register.task, device=register.device,
             max_num_seqs=max(1, register.max_num_seqs), heartbeat_interval_s=interval_s,
             expiry_s=now_s + HEARTBEAT_LIVENESS * interval_s,
         )
         self._workers[identity] = worker
-        self.known_models.update(worker.models)
+        self.models_by_task.setdefault(worker.task, set()).update(worker.models)
         return worker
 
     def refresh(self, identity: bytes, now_s: float) -> WorkerRecord | None:
@@ -86,6 +88,3 @@ class WorkerRegistry:
         for worker in expired:
             del self._workers[worker.identity]
         return expired
-
-    def has_capacity_for(self, model: str) -> bool:
-        return any(w.has_capacity and w.serves(model) for w in self._workers.values())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from broker.admission import Admission
+from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
 
 
@@ -11,43 +13,80 @@ from llmos.wire import pb
 class RequestState:
     request_id: str               # the broker's own id, unique for its lifetime
     client_identity: bytes
-    client_request_id: str
     has_delimiter: bool           # the client is a REQ socket: replies need b""
-    generate: pb.GenerateRequest  # normalized by admission
+    admission: Admission          # normalized by admission; admission.request_id is the client's id
     tier_rank: int
     arrival_seq: int
     accepted_at_s: float
+    deadline_at_s: float | None = None
     worker_id: str | None = None
-    dispatched_at_s: float | None = None
+    dispatched_at_s: float | None = None   # first dispatch
+    running_since_s: float | None = None   # this dispatch
     first_token_at_s: float | None = None
     generated_token_ids: list[int] = field(default_factory=list)
     text_parts: list[str] = field(default_factory=list)
     emitted_text_chars: int = 0
     prompt_tokens: int = 0
     num_restarts: int = 0
-    is_cancelled: bool = False
+    num_preemptions: int = 0
+    is_answered: bool = False       # the client has its final message (or is gone)
+    is_preempting: bool = False     # a Preempt was sent; re-queue on the PREEMPTED delta
+
+    @property
+    def client_request_id(self) -> str:
+        return self.admission.request_id
 
     @property
     def client_key(self) -> tuple[bytes, str]:
         return self.client_identity, self.client_request_id
 
     @property
-    def tier(self) -> str:
-        return self.generate.tier
+    def kind(self) -> int:
+        return self.admission.kind
 
-    def pending(self) -> pb.PendingRequest:
+    @property
+    def model(self) -> str:
+        return self.admission.model
+
+    @property
+    def tier(self) -> str:
+        return self.admission.tier
+
+    @property
+    def tenant(self) -> str:
+        return self.admission.tenant
+
+    @property
+    def size_chars(self) -> int:
+        return len(self.admission.prompt) + sum(len(text) for text in self.admission.inputs)
+
+    def pending(self, now_s: float) -> pb.PendingRequest:
+        deadline_in_s = max(1e-6, self.deadline_at_s - now_s) if self.deadline_at_s else 0.0
         return pb.PendingRequest(
             request_id=self.request_id, tier=self.tier, tier_rank=self.tier_rank,
-            tenant=self.generate.tenant, model=self.generate.model,
-            prompt_chars=len(self.generate.prompt), max_tokens=self.generate.sampling.max_tokens,
-            arrival_seq=self.arrival_seq,
+            tenant=self.tenant, model=self.model, prompt_chars=self.size_chars,
+            max_tokens=self.admission.sampling.max_tokens, arrival_seq=self.arrival_seq,
+            generated_tokens=len(self.generated_token_ids),
+            prefix_hashes=prompt_block_hashes(self.admission.prompt),
+            waited_s=now_s - self.accepted_at_s, deadline_in_s=deadline_in_s,
+        )
+
+    def running(self, now_s: float) -> pb.RunningRequest:
+        return pb.RunningRequest(
+            request_id=self.request_id, worker_id=self.worker_id or "", tier=self.tier,
+            tier_rank=self.tier_rank, tenant=self.tenant, prompt_chars=self.size_chars,
+            generated_tokens=len(self.generated_token_ids),
+            max_tokens=self.admission.sampling.max_tokens, arrival_seq=self.arrival_seq,
+            running_s=now_s - (self.running_since_s or now_s),
         )
 
     def dispatch(self) -> pb.Dispatch:
+        admission = self.admission
         return pb.Dispatch(
-            request_id=self.request_id, model=self.generate.model, prompt=self.generate.prompt,
-            sampling=self.generate.sampling, generated_token_ids=self.generated_token_ids,
-            emitted_text_chars=self.emitted_text_chars, tier=self.tier, tenant=self.generate.tenant,
+            request_id=self.request_id, model=admission.model, prompt=admission.prompt,
+            sampling=admission.sampling, generated_token_ids=self.generated_token_ids,
+            emitted_text_chars=self.emitted_text_chars, tier=admission.tier,
+            tenant=admission.tenant, kind=admission.kind, inputs=admission.inputs,
         )
 
     def record_delta(self, delta: pb.RequestDelta, now_s: float) -> pb.TokenChunk | None:
@@ -65,17 +104,30 @@ class RequestState:
         self.emitted_text_chars += len(delta.text)
         return chunk
 
-    def result(self, finish_reason: int, worker_id: str, now_s: float) -> pb.GenerateResult:
+    def usage(self, now_s: float) -> pb.Usage:
         def since_accept(at_s: float | None) -> float:
             return (at_s - self.accepted_at_s) if at_s is not None else 0.0
 
-        usage = pb.Usage(prompt_tokens=self.prompt_tokens,
-                         generated_tokens=len(self.generated_token_ids),
-                         queue_time_s=since_accept(self.dispatched_at_s),
-                         time_to_first_token_s=since_accept(self.first_token_at_s),
-                         total_time_s=since_accept(now_s))
+        return pb.Usage(prompt_tokens=self.prompt_tokens,
+                        generated_tokens=len(self.generated_token_ids),
+                        queue_time_s=since_accept(self.dispatched_at_s),
+                        time_to_first_token_s=since_accept(self.first_token_at_s),
+                        total_time_s=since_accept(now_s))
+
+    def result(self, finish_reason: int, worker_id: str, now_s: float) -> pb.GenerateResult:
         return pb.GenerateResult(
             request_id=self.client_request_id, text="".join(self.text_parts),
-            token_ids=self.generated_token_ids, finish_reason=finish_reason, usage=usage,
-            model=self.generate.model, worker_id=worker_id, num_restarts=self.num_restarts,
+            token_ids=self.generated_token_ids, finish_reason=finish_reason,
+            usage=self.usage(now_s), model=self.model, worker_id=worker_id,
+            num_restarts=self.num_restarts,
         )
+
+    def pooling_result(self, delta: pb.RequestDelta, worker_id: str,
+                       now_s: float) -> pb.EmbedResult | pb.ClassifyResult:
+        usage = self.usage(now_s)
+        if self.kind == pb.TASK_KIND_EMBED:
+            return pb.EmbedResult(request_id=self.client_request_id, embeddings=delta.embeddings,
+                                  usage=usage, model=self.model, worker_id=worker_id)
+        return pb.ClassifyResult(request_id=self.client_request_id,
+                                 classifications=delta.classifications, usage=usage,
+                                 model=self.model, worker_id=worker_id)

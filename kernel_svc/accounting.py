@@ -31,6 +31,7 @@ class Allocation:
 class _Holding:
     block_ids: list[int]
     expires_at_s: float | None = None
+    tenant: str = ""
 
 
 @dataclass
@@ -99,7 +100,7 @@ class KvLedger:
         return blocks is not None and 0 <= num_blocks <= len(blocks.free_block_ids)
 
     def allocate(self, worker_id: str, request_id: str, num_blocks: int,
-                 lease_s: float | None = None, now_s: float = 0.0) -> Allocation:
+                 lease_s: float | None = None, now_s: float = 0.0, tenant: str = "") -> Allocation:
         """Grant `num_blocks` more blocks to `request_id` (a request may grow).
 
         Every call restates the lease: `lease_s` seconds from `now_s`, or None
@@ -113,7 +114,7 @@ class KvLedger:
         if holding is None and num_blocks == 0:
             return Allocation(worker_id, request_id, (), (), len(blocks.free_block_ids), None)
         if holding is None:
-            holding = blocks.holdings[request_id] = _Holding([])
+            holding = blocks.holdings[request_id] = _Holding([], tenant=tenant)
         new_block_ids = [blocks.free_block_ids.popleft() for _ in range(num_blocks)]
         holding.block_ids += new_block_ids
         holding.expires_at_s = None if lease_s is None else now_s + lease_s
@@ -132,6 +133,15 @@ class KvLedger:
         blocks.free_block_ids.extend(holding.block_ids)
         self.version += 1
         return holding.block_ids
+
+    def tenant_usage(self) -> dict[str, tuple[int, int]]:
+        """tenant -> (blocks held, requests holding blocks), over every worker."""
+        usage: dict[str, tuple[int, int]] = {}
+        for blocks in self._workers.values():
+            for holding in blocks.holdings.values():
+                num_blocks, num_requests = usage.get(holding.tenant, (0, 0))
+                usage[holding.tenant] = (num_blocks + len(holding.block_ids), num_requests + 1)
+        return usage
 
     def purge_expired_leases(self, now_s: float) -> list[tuple[str, str, list[int]]]:
         """Free every request whose lease ran out; return (worker, request, block ids)."""

@@ -32,6 +32,7 @@ class WorkerRecord:
     spec: WorkerSpec
     last_seen_s: float
     num_running: int = 0
+    cached_prefix_hashes: tuple[int, ...] = ()  # the prefix index: what its KV cache holds
 
 
 class WorkerRegistry:
@@ -81,6 +82,16 @@ class WorkerRegistry:
             self._num_changes += 1
         return True
 
+    def report_prefixes(self, worker_id: str, block_hashes: list[int], now_s: float) -> bool:
+        """Replace a worker's cached prefix blocks; False when the worker is unknown."""
+        if not self.refresh(worker_id, now_s):
+            return False
+        record = self._workers[worker_id]
+        if tuple(block_hashes) != record.cached_prefix_hashes:
+            record.cached_prefix_hashes = tuple(block_hashes)
+            self._num_changes += 1
+        return True
+
     def delete_worker(self, worker_id: str) -> list[int]:
         """Forget a worker; return the block ids its requests held."""
         if self._workers.pop(worker_id, None) is None:
@@ -110,5 +121,9 @@ def build_view(registry: WorkerRegistry, published_at_s: float) -> pb.ResourceVi
             kv_blocks_used=ledger.num_used_blocks(spec.worker_id),
             num_running=record.num_running, max_num_seqs=spec.max_num_seqs,
             num_requests_holding_blocks=ledger.num_requests(spec.worker_id),
+            cached_prefix_hashes=record.cached_prefix_hashes,
         )
+    for tenant, (num_blocks, num_requests) in sorted(ledger.tenant_usage().items()):
+        view.tenants.add(tenant=tenant, kv_blocks_used=num_blocks,
+                         num_requests_holding_blocks=num_requests)
     return view

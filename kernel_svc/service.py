@@ -56,6 +56,7 @@ class Kernel:
             "kv_free": self.free_blocks,
             "resource_query": self.answer_query,
             "disconnect": self.delete_worker,
+            "kv_prefix_report": self.report_prefixes,
         }
         self.accepted = frozenset(self._handlers)
 
@@ -134,7 +135,8 @@ class Kernel:
                             f"KV blocks; request {request_id} asked for {message.num_blocks}",
                             request_id)
         lease_s = message.lease_ms / 1000 if message.lease_ms else None
-        allocation = self.ledger.allocate(worker_id, request_id, message.num_blocks, lease_s, now_s)
+        allocation = self.ledger.allocate(worker_id, request_id, message.num_blocks, lease_s, now_s,
+                                          tenant=message.tenant)
         log.debug("worker %s request %s: +%d KV blocks, holds %d, %d free", worker_id, request_id,
                   len(allocation.new_block_ids), len(allocation.block_ids),
                   allocation.num_free_blocks)
@@ -148,6 +150,10 @@ class Kernel:
         log.debug("worker %s request %s: freed %d KV blocks", worker_id, request_id,
                   len(freed_block_ids))
         return self.kernel_reply(worker_id, request_id)
+
+    def report_prefixes(self, message: pb.KvPrefixReport, now_s: float) -> None:
+        if not self.registry.report_prefixes(message.worker_id, list(message.block_hashes), now_s):
+            raise unknown_worker(message.worker_id)
 
     def answer_query(self, message: pb.ResourceQuery, now_s: float) -> pb.ResourceView:
         return build_view(self.registry, time.time())

@@ -36,13 +36,15 @@ def llmos_command(*args: str) -> list[str]:
 
 class Stack:
     def __init__(self, model_dir: Path, log_dir: Path, num_workers: int = 1, policy: str = "priority",
-                 with_scheduler: bool = True, broker_args: tuple[str, ...] = ()) -> None:
+                 with_scheduler: bool = True, broker_args: tuple[str, ...] = (),
+                 worker_args: tuple[str, ...] = ()) -> None:
         self.model_dir = model_dir
         self.log_dir = log_dir
         self.num_workers = num_workers
         self.policy = policy
         self.with_scheduler = with_scheduler
         self.broker_args = broker_args
+        self.worker_args = worker_args
         ports = [free_port() for _ in range(5)]
         self.client_port, self.worker_port, self.kernel_port, self.pub_port, self.scheduler_port = ports
         self.processes: dict[str, subprocess.Popen] = {}
@@ -82,7 +84,7 @@ class Stack:
         self.start_process(f"worker-{index}", "worker", "--worker-id", f"worker-{index}",
                            "--model", str(self.model_dir), "--threads", "1", "--device", "cpu",
                            "--broker-worker-address", f"tcp://127.0.0.1:{self.worker_port}",
-                           "--kernel-address", self.kernel_address)
+                           "--kernel-address", self.kernel_address, *self.worker_args)
 
     def __enter__(self) -> "Stack":
         try:

@@ -1,58 +1,78 @@
-"""Tiered queues and the worker registry, driven without sockets."""
+"""Tiered queues with tenant lanes, and the worker registry, driven without sockets."""
+
+import itertools
 
 from broker.queues import TieredQueue
 from broker.registry import WorkerRegistry
 from llmos.wire import pb
 
+_seq = itertools.count(1)
+
 
 def make_queue(max_depth: int = 3) -> TieredQueue:
-    return TieredQueue(["interactive", "standard", "batch"], max_depth)
+    return TieredQueue(["interactive", "standard", "batch"],
+                       {"interactive": max_depth, "standard": max_depth, "batch": max_depth})
+
+
+def push(queue: TieredQueue, request_id: str, tier: str, tenant: str = "t") -> int:
+    return queue.push(request_id, tier, tenant, next(_seq))
 
 
 def test_higher_tiers_come_first_then_fifo():
     queue = make_queue()
-    queue.push("b1", "batch")
-    queue.push("i1", "interactive")
-    queue.push("s1", "standard")
-    queue.push("i2", "interactive")
+    push(queue, "b1", "batch")
+    push(queue, "i1", "interactive")
+    push(queue, "s1", "standard")
+    push(queue, "i2", "interactive")
     assert list(queue.in_order(limit_per_tier=10)) == ["i1", "i2", "s1", "b1"]
 
 
-def test_push_returns_position_and_depth_is_bounded():
-    queue = make_queue(max_depth=2)
-    assert queue.push("a", "batch") == 0
-    assert queue.push("b", "batch") == 1
+def test_push_returns_position_and_depth_is_bounded_per_tier():
+    queue = TieredQueue(["interactive", "batch"], {"interactive": 5, "batch": 2})
+    assert push(queue, "a", "batch") == 0
+    assert push(queue, "b", "batch", tenant="other") == 1
     assert not queue.has_room("batch")
     assert queue.has_room("interactive")
 
 
 def test_requeued_requests_go_first_even_past_max_depth():
     queue = make_queue(max_depth=2)
-    queue.push("a", "batch")
-    queue.push("b", "batch")
-    queue.push_front("old2", "batch")
-    queue.push_front("old1", "batch")
+    push(queue, "a", "batch")
+    push(queue, "b", "batch")
+    queue.push_front("old2", "batch", "t", arrival_seq=-1)
+    queue.push_front("old1", "batch", "t", arrival_seq=-2)
     assert list(queue.in_order(limit_per_tier=10)) == ["old1", "old2", "a", "b"]
     assert queue.depth("batch") == 4
 
 
 def test_remove_from_middle_and_front():
     queue = make_queue()
-    queue.push("a", "standard")
-    queue.push("b", "standard")
-    queue.push_front("c", "standard")
+    push(queue, "a", "standard")
+    push(queue, "b", "standard")
+    queue.push_front("c", "standard", "t", arrival_seq=0)
     assert queue.remove("b") and queue.remove("c")
     assert not queue.remove("missing")
     assert list(queue.in_order(limit_per_tier=10)) == ["a"]
     assert len(queue) == 1 and "a" in queue and "b" not in queue
+    assert queue.depth("standard") == 1
 
 
 def test_in_order_limits_each_tier():
     queue = make_queue(max_depth=10)
     for i in range(5):
-        queue.push(f"i{i}", "interactive")
-        queue.push(f"b{i}", "batch")
+        push(queue, f"i{i}", "interactive")
+        push(queue, f"b{i}", "batch")
     assert list(queue.in_order(limit_per_tier=2)) == ["i0", "i1", "b0", "b1"]
+
+
+def test_every_tenant_is_shown_while_one_floods_the_tier():
+    queue = make_queue(max_depth=100)
+    for i in range(50):
+        push(queue, f"flood{i}", "batch", tenant="flooder")
+    push(queue, "small0", "batch", tenant="small")
+    push(queue, "small1", "batch", tenant="small")
+    shown = list(queue.in_order(limit_per_tier=6))
+    assert shown == ["flood0", "flood1", "flood2", "flood3", "small0", "small1"]
 
 
 def register(worker_id: str, models=("m",), slots: int = 2) -> pb.WorkerRegister:
@@ -68,13 +88,18 @@ def test_registry_expires_silent_workers_after_liveness_intervals():
     expired = registry.purge_expired(now_s=0.31)  # 3 x 100 ms after w1's last sign of life
     assert [w.worker_id for w in expired] == ["w1"]
     assert [w.worker_id for w in registry] == ["w2"]
-    assert registry.known_models == {"m"}
+    assert registry.models_by_task == {pb.TASK_KIND_GENERATE: {"m"}}
 
 
-def test_registry_capacity_by_model():
+def test_registry_records_models_by_task():
     registry = WorkerRegistry(default_heartbeat_interval_s=1.0)
-    worker = registry.require_worker(b"w1", register("w1", models=("a",), slots=1), now_s=0.0)
-    assert registry.has_capacity_for("a") and registry.has_capacity_for("")
-    assert not registry.has_capacity_for("b")
+    embedder = register("e1", models=("minilm",))
+    embedder.task = pb.TASK_KIND_EMBED
+    registry.require_worker(b"e1", embedder, now_s=0.0)
+    worker = registry.require_worker(b"w1", register("w1", models=("tiny",), slots=1), now_s=0.0)
+    assert registry.models_by_task == {pb.TASK_KIND_EMBED: {"minilm"},
+                                       pb.TASK_KIND_GENERATE: {"tiny"}}
+    assert worker.serves("tiny") and not worker.serves("minilm")
+    assert worker.has_capacity
     worker.running_ids.add("r1")
-    assert not registry.has_capacity_for("a")
+    assert not worker.has_capacity

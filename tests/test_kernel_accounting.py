@@ -152,3 +152,19 @@ def test_view_version_stays_when_nothing_changes() -> None:
     registry.refresh("w1", now_s=1.0, num_running=0)  # alive, same running count
     registry.ledger.free("w1", "unknown")
     assert build_view(registry, 1.0).version == version
+
+
+def test_tenant_usage_and_prefix_index_reach_the_view():
+    from kernel_svc.registry import WorkerRegistry, WorkerSpec, build_view
+
+    registry = WorkerRegistry(block_size=16, heartbeat_interval_ms=1000)
+    registry.require_worker(WorkerSpec("w1", kv_capacity_tokens=16 * 10), now_s=0.0)
+    registry.ledger.allocate("w1", "r1", 3, tenant="alice")
+    registry.ledger.allocate("w1", "r2", 2, tenant="alice")
+    registry.ledger.allocate("w1", "r3", 1, tenant="bob")
+    assert registry.report_prefixes("w1", [11, 22], now_s=1.0)
+    assert not registry.report_prefixes("ghost", [1], now_s=1.0)
+    view = build_view(registry, published_at_s=0.0)
+    assert list(view.workers[0].cached_prefix_hashes) == [11, 22]
+    assert [(t.tenant, t.kv_blocks_used, t.num_requests_holding_blocks) for t in view.tenants] == [
+        ("alice", 5, 2), ("bob", 1, 1)]

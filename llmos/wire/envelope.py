@@ -22,11 +22,12 @@ _FIELD_BY_TYPE: dict[str, str] = {
 class WireError(Exception):
     """A frame or message the receiver refuses; `code` goes back to the sender."""
 
-    def __init__(self, code: int, message: str, request_id: str = "") -> None:
+    def __init__(self, code: int, message: str, request_id: str = "", retry_after_ms: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.retry_after_ms = retry_after_ms
 
 
 def body_name(message: Message) -> str:

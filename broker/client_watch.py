@@ -1,0 +1,48 @@
+"""Notice clients that disconnect, so their requests stop wherever they are.
+
+A ROUTER does not tell its owner when a peer leaves. The socket monitor does
+(EVENT_DISCONNECTED, with the connection's file descriptor), and each received
+message tells which descriptor it came on (SRCFD), so the broker keeps
+descriptor -> identity and turns disconnect events into identities.
+"""
+
+from __future__ import annotations
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+
+class ClientWatch:
+    def __init__(self, router: zmq.Socket) -> None:
+        self.monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._identity_by_fd: dict[int, bytes] = {}
+        # a descriptor whose old peer we already buried (its fd was reused before
+        # the old peer's disconnect event reached us): ignore that stale event
+        self._stale_events_by_fd: dict[int, int] = {}
+
+    def note(self, frame: zmq.Frame, identity: bytes) -> bytes | None:
+        """Record the descriptor a message came on; the identity it replaced, if any."""
+        fd = frame.get(zmq.SRCFD)
+        previous = self._identity_by_fd.get(fd)
+        self._identity_by_fd[fd] = identity
+        if previous is None or previous == identity:
+            return None
+        self._stale_events_by_fd[fd] = self._stale_events_by_fd.get(fd, 0) + 1
+        return previous
+
+    def disconnected(self) -> list[bytes]:
+        """Identities whose connection closed since the last call."""
+        gone: list[bytes] = []
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            fd = event["value"]
+            if self._stale_events_by_fd.get(fd):
+                self._stale_events_by_fd[fd] -= 1
+                continue
+            identity = self._identity_by_fd.pop(fd, None)
+            if identity is not None:
+                gone.append(identity)
+        return gone
+
+    def close(self) -> None:
+        self.monitor.close()
