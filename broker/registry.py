@@ -23,10 +23,15 @@ class WorkerRecord:
     heartbeat_interval_s: float
     expiry_s: float
     running_ids: set[str] = field(default_factory=set)
+    num_preempting: int = 0  # running requests told to stop: their slots are as good as free
+
+    @property
+    def num_busy(self) -> int:
+        return len(self.running_ids) - self.num_preempting
 
     @property
     def has_capacity(self) -> bool:
-        return len(self.running_ids) < self.max_num_seqs
+        return self.num_busy < self.max_num_seqs
 
     def serves(self, model: str) -> bool:
         return model in self.models
@@ -38,7 +43,7 @@ class WorkerRecord:
 
     def slots(self) -> pb.WorkerSlots:
         return pb.WorkerSlots(worker_id=self.worker_id, models=sorted(self.models),
-                              num_running=len(self.running_ids), max_num_seqs=self.max_num_seqs)
+                              num_running=self.num_busy, max_num_seqs=self.max_num_seqs)
 
 
 class WorkerRegistry:

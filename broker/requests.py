@@ -18,6 +18,7 @@ class RequestState:
     tier_rank: int
     arrival_seq: int
     accepted_at_s: float
+    queued_since_s: float                  # admission, or the last re-queue
     deadline_at_s: float | None = None
     worker_id: str | None = None
     dispatched_at_s: float | None = None   # first dispatch
@@ -68,7 +69,7 @@ class RequestState:
             max_tokens=self.admission.sampling.max_tokens, arrival_seq=self.arrival_seq,
             generated_tokens=len(self.generated_token_ids),
             prefix_hashes=prompt_block_hashes(self.admission.prompt),
-            waited_s=now_s - self.accepted_at_s, deadline_in_s=deadline_in_s,
+            waited_s=now_s - self.queued_since_s, deadline_in_s=deadline_in_s,
         )
 
     def running(self, now_s: float) -> pb.RunningRequest:

@@ -202,7 +202,7 @@ class Broker:
         request = RequestState(
             request_id=f"r{arrival_seq}", client_identity=identity, has_delimiter=has_delimiter,
             admission=admission, tier_rank=self.queue.rank(tier), arrival_seq=arrival_seq,
-            accepted_at_s=now_s)
+            accepted_at_s=now_s, queued_since_s=now_s)
         if admission.deadline_ms:
             request.deadline_at_s = now_s + admission.deadline_ms / 1000
             heapq.heappush(self.deadlines, (request.deadline_at_s, request.request_id))
@@ -357,8 +357,7 @@ class Broker:
             request.num_preemptions += 1
             log.info("preempted %s tier %s on worker %s after %d tokens", request.request_id,
                      request.tier, worker.worker_id, len(request.generated_token_ids))
-            self.queue.push_front(request.request_id, request.tier, request.tenant,
-                                  request.arrival_seq)
+            self.requeue(request, now_s)
         elif delta.finish_reason == pb.FINISH_REASON_ERROR:
             log.warning("worker %s failed %s: %s", worker.worker_id, request.request_id,
                         delta.error.message)
@@ -372,8 +371,10 @@ class Broker:
     def let_go(self, request: RequestState, worker: WorkerRecord) -> None:
         """The worker no longer holds the request: free its slot."""
         worker.running_ids.discard(request.request_id)
+        if request.is_preempting:
+            worker.num_preempting -= 1
+            request.is_preempting = False
         request.worker_id = None
-        request.is_preempting = False
         self.needs_schedule = True
         if request.is_answered:
             self.requests.pop(request.request_id, None)
@@ -407,9 +408,15 @@ class Broker:
             log.warning("re-queueing %s tier %s from worker %s after %d tokens",
                         request.request_id, request.tier, worker.worker_id,
                         len(request.generated_token_ids))
-            self.queue.push_front(request.request_id, request.tier, request.tenant,
-                                  request.arrival_seq)
+            self.requeue(request, time.monotonic())
         worker.running_ids.clear()
+        worker.num_preempting = 0
+
+    def requeue(self, request: RequestState, now_s: float) -> None:
+        """Back to the head of its lane, keeping the tokens it made."""
+        request.queued_since_s = now_s
+        self.queue.push_front(request.request_id, request.tier, request.tenant,
+                              request.arrival_seq)
 
     def purge_expired(self, now_s: float) -> None:
         for worker in self.workers.purge_expired(now_s):
@@ -466,6 +473,7 @@ class Broker:
                 log.info("preempting %s tier %s on worker %s: %s", request.request_id,
                          request.tier, worker.worker_id, preemption.reason)
                 request.is_preempting = True
+                worker.num_preempting += 1
                 self.send_worker(worker, pack(pb.Preempt(request_id=request.request_id)))
         now_s = time.monotonic()
         for placement in decision.placements:

@@ -1,105 +1,188 @@
-"""Plain data for placement, and the least-loaded placement every policy shares.
+"""Where a request goes: the placement every policy shares (policies only choose the order).
 
-No sockets and no protobuf here (STYLE.md 2): policies order requests, and
-`place_least_loaded` puts them, in that order, on workers.
+Among the workers that serve the request's model, have a free slot and have
+the KV blocks it needs (or that the kernel does not know):
+  1. the one whose KV cache holds the longest prefix of the prompt,
+  2. then the one with the most free KV blocks (known counts before unknown),
+  3. then the least loaded, then the smallest worker id.
+
+Cost per request stays logarithmic in the number of workers. Block hashes chain
+all earlier blocks, so a worker holding block i's hash holds the prompt's first
+i+1 blocks: the deepest of the prompt's hashes found in the kernel's index names
+the best-matching workers, one dict look-up per block. Candidates wait in heaps
+ordered by (2, 3): one per model, and one per (model, block hash) built the
+first time a request asks for that hash.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
-ANY_MODEL = ""  # a request for model "" runs on any worker
+from scheduler_svc.data import (ANY_MODEL, KernelView, PendingRequest, Placement, RunningRequest,
+                                WorkerSlots, blocks_held, blocks_needed)
 
+__all__ = ["ANY_MODEL", "PendingRequest", "Placement", "Placer", "RunningRequest", "WorkerSlots"]
 
-@dataclass(frozen=True)
-class PendingRequest:
-    request_id: str
-    tier_rank: int = 0        # 0 = highest tier
-    tenant: str = ""
-    model: str = ANY_MODEL
-    prompt_chars: int = 0
-    max_tokens: int = 0
-    arrival_seq: int = 0      # admission order at the broker
+# (-free blocks, num_running, worker_id, version): the best worker on top. An entry
+# whose version is not its worker's is stale: the worker changed since.
+_Entry = tuple[int, int, str, int]
+_NO_PREFIX = None
 
 
-@dataclass(frozen=True)
-class WorkerSlots:
+@dataclass
+class _Worker:
+    """A worker as this batch changes it."""
+
     worker_id: str
-    models: tuple[str, ...] = ()
-    num_running: int = 0
-    max_num_seqs: int = 0
-    kv_blocks_free: int | None = None  # None: the kernel's view does not know this worker
+    models: frozenset[str]
+    num_running: int
+    max_num_seqs: int
+    kv_blocks_free: int | None
+    version: int = 0
+
+    def has_free_slot(self) -> bool:
+        return self.num_running < self.max_num_seqs
+
+    def serves(self, model: str) -> bool:
+        return model == ANY_MODEL or model in self.models
+
+    def fits(self, model: str, num_blocks: int) -> bool:
+        return (self.has_free_slot() and self.serves(model)
+                and (self.kv_blocks_free is None or self.kv_blocks_free >= num_blocks))
+
+    def entry(self) -> _Entry:
+        return (-(self.kv_blocks_free or 0), self.num_running, self.worker_id, self.version)
 
 
-@dataclass(frozen=True)
-class Placement:
-    request_id: str
-    worker_id: str
+class _Candidates:
+    """Workers with a free slot, best first: known free blocks, then unknown.
 
-
-# heap entry: (num_running when pushed, unknown KV, -free KV blocks, worker_id)
-_Entry = tuple[int, bool, int, str]
-
-
-class _LeastLoaded:
-    """Workers with a free slot, least loaded first, one heap per model.
-
-    A worker that serves several models sits in several heaps. Taking a slot
-    pushes a fresh entry everywhere; the old ones go stale (their num_running
-    no longer matches) and are dropped when they reach a heap's top.
+    Entries are refreshed lazily: a stale one surfacing at the top is replaced
+    by its worker's current entry. Placing only makes a worker's rank worse, so
+    the heap order holds; `place_instead` may make it better (the victim freed
+    more blocks than the newcomer takes), and the worker then waits a little
+    lower than it should until it surfaces.
     """
 
-    def __init__(self, workers: Iterable[WorkerSlots]) -> None:
-        self._workers: dict[str, WorkerSlots] = {}
-        self._num_running: dict[str, int] = {}
-        self._heaps: dict[str, list[_Entry]] = {ANY_MODEL: []}
+    def __init__(self, workers: Iterable[_Worker]) -> None:
+        self.known: list[_Entry] = []
+        self.unknown: list[_Entry] = []
         for worker in workers:
-            self._workers[worker.worker_id] = worker
-            self._num_running[worker.worker_id] = worker.num_running
-            for model in self._models_of(worker):
-                self._heaps.setdefault(model, [])
-            self._push(worker)
+            if worker.has_free_slot():
+                (self.known if worker.kv_blocks_free is not None else self.unknown).append(worker.entry())
+        heapq.heapify(self.known)
+        heapq.heapify(self.unknown)
+
+    def best(self, workers: dict[str, _Worker], num_blocks: int) -> str | None:
+        worker_id = self._top(self.known, workers, num_blocks)
+        return worker_id if worker_id is not None else self._top(self.unknown, workers, num_blocks)
 
     @staticmethod
-    def _models_of(worker: WorkerSlots) -> set[str]:
-        return {ANY_MODEL, *worker.models}
-
-    def _push(self, worker: WorkerSlots) -> None:
-        num_running = self._num_running[worker.worker_id]
-        if num_running >= worker.max_num_seqs:
-            return  # full: it leaves every heap as its stale entries surface
-        # unknown KV sorts after any known amount: prefer workers the kernel has seen
-        entry = (num_running, worker.kv_blocks_free is None, -(worker.kv_blocks_free or 0),
-                 worker.worker_id)
-        for model in self._models_of(worker):
-            heapq.heappush(self._heaps[model], entry)
-
-    def take_slot(self, model: str) -> str | None:
-        """The least-loaded worker serving `model` with a free slot (now one
-        slot fuller), or None when there is none."""
-        heap = self._heaps.get(model)
+    def _top(heap: list[_Entry], workers: dict[str, _Worker], num_blocks: int) -> str | None:
         while heap:
-            num_running, _, _, worker_id = heapq.heappop(heap)
-            if num_running != self._num_running[worker_id]:
-                continue  # stale: this worker took a slot since the entry was pushed
-            self._num_running[worker_id] += 1
-            self._push(self._workers[worker_id])
-            return worker_id
+            worker = workers[heap[0][2]]
+            if heap[0][3] != worker.version:
+                if worker.has_free_slot():
+                    heapq.heapreplace(heap, worker.entry())
+                else:
+                    heapq.heappop(heap)  # full: it leaves this heap for the batch
+                continue
+            if worker.kv_blocks_free is not None and worker.kv_blocks_free < num_blocks:
+                return None  # the most free blocks here are too few
+            return worker.worker_id
         return None
 
 
-def place_least_loaded(ordered: Iterable[PendingRequest],
-                       workers: Sequence[WorkerSlots]) -> list[Placement]:
-    """Place requests in the given order, each on the least-loaded worker that
-    serves its model and still has a free slot (counting this batch's
-    placements): least num_running, then most free KV blocks, then worker_id.
-    A request that fits nowhere stays pending; later ones may still fit."""
-    slots = _LeastLoaded(workers)
-    placements: list[Placement] = []
-    for request in ordered:
-        worker_id = slots.take_slot(request.model)
-        if worker_id is not None:
-            placements.append(Placement(request.request_id, worker_id))
-    return placements
+class Placer:
+    """Places one batch: `find_worker` checks, `place` acts (STYLE.md 4); `can_preempt_for`
+    and `place_instead` do the same for the slot a preemption frees."""
+
+    def __init__(self, workers: Iterable[WorkerSlots], view: KernelView | None = None) -> None:
+        self.view = view or KernelView()
+        self._workers: dict[str, _Worker] = {}
+        self.num_free_slots = 0
+        for slots in workers:
+            worker = _Worker(slots.worker_id, frozenset(slots.models), slots.num_running,
+                             slots.max_num_seqs, slots.kv_blocks_free)
+            assert worker.worker_id not in self._workers, f"worker {worker.worker_id} listed twice"
+            self._workers[worker.worker_id] = worker
+            self.num_free_slots += max(0, worker.max_num_seqs - worker.num_running)
+        # (model, block hash or _NO_PREFIX) -> candidates, built on first use
+        self._candidates: dict[tuple[str, int | None], _Candidates] = {}
+
+    # ------------------------------------------------------------ check
+
+    def blocks_needed(self, request: PendingRequest) -> int:
+        num_blocks = blocks_needed(request, self.view.block_size)
+        if self.view.largest_kv_blocks_total:
+            return min(num_blocks, self.view.largest_kv_blocks_total)
+        return num_blocks
+
+    def serves(self, worker_id: str, model: str) -> bool:
+        worker = self._workers.get(worker_id)
+        return worker is not None and worker.serves(model)
+
+    def find_worker(self, request: PendingRequest) -> str | None:
+        """The best worker for `request` now, or None when it fits nowhere."""
+        if self.num_free_slots == 0:
+            return None
+        num_blocks = self.blocks_needed(request)
+        index = self.view.workers_by_block_hash
+        for block_hash in reversed(request.prefix_hashes):  # deepest cached block first
+            if block_hash in index:
+                worker_id = self._candidates_for(request.model, block_hash).best(self._workers,
+                                                                                 num_blocks)
+                if worker_id is not None:
+                    return worker_id
+        return self._candidates_for(request.model, _NO_PREFIX).best(self._workers, num_blocks)
+
+    def can_preempt_for(self, request: PendingRequest, victim: RunningRequest) -> bool:
+        """Would `request` fit on the victim's worker once the victim stops?"""
+        worker = self._workers.get(victim.worker_id)
+        if (worker is None or not worker.serves(request.model) or worker.num_running == 0
+                or worker.num_running > worker.max_num_seqs):  # one slot freed would not do
+            return False
+        return worker.kv_blocks_free is None or (
+            worker.kv_blocks_free + blocks_held(victim, self.view.block_size)
+            >= self.blocks_needed(request))
+
+    # ------------------------------------------------------------ act
+
+    def place(self, request: PendingRequest, worker_id: str) -> Placement:
+        worker = self._workers[worker_id]
+        num_blocks = self.blocks_needed(request)
+        assert worker.fits(request.model, num_blocks), f"{request.request_id} does not fit {worker_id}"
+        worker.num_running += 1
+        if worker.kv_blocks_free is not None:
+            worker.kv_blocks_free -= num_blocks
+        worker.version += 1
+        self.num_free_slots -= 1
+        return Placement(request.request_id, worker_id)
+
+    def place_instead(self, victim: RunningRequest, request: PendingRequest) -> Placement:
+        """Preempt `victim` and give its slot and blocks to `request` (one act, so a
+        worker that was full never needs to rejoin the heaps: it is full again)."""
+        worker = self._workers[victim.worker_id]
+        assert worker.num_running > 0, f"worker {worker.worker_id} runs nothing to preempt"
+        worker.num_running -= 1
+        if worker.kv_blocks_free is not None:
+            worker.kv_blocks_free += blocks_held(victim, self.view.block_size)
+        self.num_free_slots += 1
+        return self.place(request, worker.worker_id)
+
+    # ------------------------------------------------------------ inside
+
+    def _candidates_for(self, model: str, block_hash: int | None) -> _Candidates:
+        key = (model, block_hash)
+        candidates = self._candidates.get(key)
+        if candidates is None:
+            if block_hash is _NO_PREFIX:
+                pool: Iterable[_Worker] = self._workers.values()
+            else:
+                pool = (self._workers[worker_id]
+                        for worker_id in self.view.workers_by_block_hash[block_hash]
+                        if worker_id in self._workers)
+            candidates = self._candidates[key] = _Candidates(w for w in pool if w.serves(model))
+        return candidates

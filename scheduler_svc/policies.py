@@ -1,80 +1,44 @@
-"""Scheduling policies: an interface, its implementations, and a factory (STYLE.md 3).
+"""Scheduling policies: the factory and `decide` (STYLE.md 3).
 
 `decide` turns a ScheduleRequest (and the kernel's view, when there is one)
 into a ScheduleDecision. The scheduler process calls it for every batch, and
 the broker calls the very same function when the scheduler is down, so it
-touches no socket and no global state.
+touches no socket and no global state (a policy object may keep its own, like
+`fair`'s counters).
 
-Adding a policy: one SchedulingPolicy subclass, one PolicyName member, one
-row in _POLICIES.
+Adding a policy: one `policy_<name>.py` with a SchedulingPolicy subclass, one
+PolicyName member, one row in _POLICIES.
 """
 
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
-from enum import Enum
-from typing import Sequence
+from typing import Any
 
 from llmos.wire import pb
-from scheduler_svc.placement import PendingRequest, Placement, WorkerSlots, place_least_loaded
+from scheduler_svc.convert import (Converted, fill_decision, kernel_view_from_proto, pending_from_proto,
+                                   running_from_proto, workers_from_proto)
+from scheduler_svc.data import KernelView
+from scheduler_svc.policy_base import PolicyName, PolicyOptions, SchedulingPolicy
+from scheduler_svc.policy_fair import FairPolicy
+from scheduler_svc.policy_fcfs import FcfsPolicy
+from scheduler_svc.policy_mlfq import MlfqPolicy
+from scheduler_svc.policy_priority import PriorityPolicy
 
-
-class PolicyName(str, Enum):
-    FCFS = "fcfs"          # arrival order only
-    PRIORITY = "priority"  # tier rank, then arrival order (the default)
-
-    def __str__(self) -> str:  # "fcfs" in logs and status lines, not "PolicyName.FCFS"
-        return self.value
-
-    @classmethod
-    def parse(cls, name: str) -> PolicyName:
-        try:
-            return cls(name)
-        except ValueError:
-            choices = ", ".join(member.value for member in cls)
-            raise ValueError(f"unknown scheduling policy {name!r}; choose one of: {choices}") from None
-
-
-class SchedulingPolicy(ABC):
-    name: PolicyName
-
-    @abstractmethod
-    def schedule(self, pending: Sequence[PendingRequest],
-                 workers: Sequence[WorkerSlots]) -> list[Placement]:
-        """The placements to make now, in dispatch order."""
-
-
-class FcfsPolicy(SchedulingPolicy):
-    """First come, first served, whatever the tier."""
-
-    name = PolicyName.FCFS
-
-    def schedule(self, pending: Sequence[PendingRequest],
-                 workers: Sequence[WorkerSlots]) -> list[Placement]:
-        return place_least_loaded(sorted(pending, key=lambda r: r.arrival_seq), workers)
-
-
-class PriorityPolicy(SchedulingPolicy):
-    """Higher tiers first (lower tier_rank); first come, first served within a tier."""
-
-    name = PolicyName.PRIORITY
-
-    def schedule(self, pending: Sequence[PendingRequest],
-                 workers: Sequence[WorkerSlots]) -> list[Placement]:
-        ordered = sorted(pending, key=lambda r: (r.tier_rank, r.arrival_seq))
-        return place_least_loaded(ordered, workers)
-
+__all__ = ["PolicyName", "PolicyOptions", "SchedulingPolicy", "decide", "make_policy"]
 
 _POLICIES: dict[PolicyName, type[SchedulingPolicy]] = {
     PolicyName.FCFS: FcfsPolicy,
     PolicyName.PRIORITY: PriorityPolicy,
+    PolicyName.MLFQ: MlfqPolicy,
+    PolicyName.FAIR: FairPolicy,
 }
 
 
-def make_policy(name: str) -> SchedulingPolicy:
-    """The policy called `name`; ValueError naming the choices when there is none."""
-    return _POLICIES[PolicyName.parse(name)]()
+def make_policy(name: str, **options: Any) -> SchedulingPolicy:
+    """The policy called `name` with PolicyOptions fields as keywords (each policy
+    reads its own); ValueError naming the choices when there is no such policy."""
+    return _POLICIES[PolicyName.parse(name)](PolicyOptions(**options))
 
 
 # ---------------------------------------------------------------- protobuf in, protobuf out
@@ -83,38 +47,21 @@ _MAX_DECISION_US = 2**32 - 1  # ScheduleDecision.decision_us is a uint32
 
 
 def decide(policy: SchedulingPolicy, request: pb.ScheduleRequest,
-           view: pb.ResourceView | None) -> pb.ScheduleDecision:
-    """Run `policy` on one batch; free KV blocks come from the kernel's `view`
-    when there is one."""
+           view: pb.ResourceView | KernelView | None) -> pb.ScheduleDecision:
+    """Run `policy` on one batch. Free KV blocks and cached prefixes come from the
+    kernel's `view` when there is one (the scheduler passes it converted once,
+    as a KernelView). The decision lists preemptions, to act on first, then
+    placements in dispatch order."""
     started_ns = time.perf_counter_ns()
-    pending = [pending_from_proto(p) for p in request.pending]
-    workers = workers_from_proto(request.workers, view)
-    placements = policy.schedule(pending, workers)
+    kernel_view = kernel_view_from_proto(view) if isinstance(view, pb.ResourceView) else view
+    result = policy.schedule(
+        [pending_from_proto(p) for p in request.pending],
+        Converted(request.running, running_from_proto),
+        workers_from_proto(request.workers, kernel_view),
+        kernel_view,
+    )
     decision = pb.ScheduleDecision(batch_id=request.batch_id, policy=policy.name.value)
-    for placement in placements:
-        decision.placements.add(request_id=placement.request_id, worker_id=placement.worker_id)
+    fill_decision(decision, result)
     elapsed_us = (time.perf_counter_ns() - started_ns) // 1000
     decision.decision_us = min(elapsed_us, _MAX_DECISION_US)
     return decision
-
-
-def pending_from_proto(request: pb.PendingRequest) -> PendingRequest:
-    return PendingRequest(
-        request_id=request.request_id, tier_rank=request.tier_rank, tenant=request.tenant,
-        model=request.model, prompt_chars=request.prompt_chars, max_tokens=request.max_tokens,
-        arrival_seq=request.arrival_seq,
-    )
-
-
-def workers_from_proto(workers: Sequence[pb.WorkerSlots],
-                       view: pb.ResourceView | None) -> list[WorkerSlots]:
-    kv_blocks_free = {} if view is None else {
-        worker.worker_id: max(0, worker.kv_blocks_total - worker.kv_blocks_used)
-        for worker in view.workers
-    }
-    return [
-        WorkerSlots(worker_id=worker.worker_id, models=tuple(worker.models),
-                    num_running=worker.num_running, max_num_seqs=worker.max_num_seqs,
-                    kv_blocks_free=kv_blocks_free.get(worker.worker_id))
-        for worker in workers
-    ]

@@ -1,14 +1,15 @@
 """The scheduler process: a ROUTER the broker asks, a SUB for the kernel's views.
 
-One loop (STYLE.md 1): poll → take the newest view / answer each batch →
-expire a stale view. The decision itself is `policies.decide`, the same code
-the broker runs when this process is down.
+One loop (STYLE.md 1): poll → take the newest view / answer each batch or
+policy switch → expire a stale view. The decision itself is `policies.decide`,
+the same code the broker runs when this process is down.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import zmq
 from google.protobuf.message import Message
@@ -19,41 +20,46 @@ from llmos.wire.constants import HEARTBEAT_LIVENESS, RESOURCE_TOPIC
 from llmos.signals import stop_on_signals
 from llmos.wire.sockets import bind_router, connect_sub, router_frames, send_reply
 from scheduler_svc.config import SchedulerConfig
-from scheduler_svc.policies import SchedulingPolicy, decide, make_policy
+from scheduler_svc.convert import kernel_view_from_proto
+from scheduler_svc.data import KernelView
+from scheduler_svc.policies import PolicyName, SchedulingPolicy, decide, make_policy
 
 log = logging.getLogger("scheduler")
 
 POLL_TIMEOUT_MS = 100  # bounds how late a stale view is dropped or a shutdown noticed
-_ACCEPTED = frozenset({"schedule_request"})
+_ACCEPTED = frozenset({"schedule_request", "set_policy"})
 _ACCEPTED_ON_SUB = frozenset({"resource_view"})
 
 
 class Scheduler:
     def __init__(self, policy: SchedulingPolicy, router: zmq.Socket, sub: zmq.Socket,
-                 view_expiry_s: float) -> None:
+                 view_expiry_s: float, policy_options: dict[str, Any] | None = None) -> None:
         self.policy = policy
+        self.policy_options = policy_options or {}  # for the policies `set_policy` makes
         self.router = router
         self.sub = sub
         self.view_expiry_s = view_expiry_s
-        self.view: pb.ResourceView | None = None
+        self.view: KernelView | None = None
         self._view_received_at_s = 0.0
 
     def take_views(self, now_s: float) -> None:
         """Keep the newest view the kernel published; older ones are worthless."""
+        newest: pb.ResourceView | None = None
         while True:
             try:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             try:
-                _, view = unpack(frames[-1], _ACCEPTED_ON_SUB)
+                _, newest = unpack(frames[-1], _ACCEPTED_ON_SUB)
             except WireError as error:
                 log.warning("ignored a bad resource view from the kernel: %s", error.message)
-                continue
-            if self.view is None:
-                log.info("kernel view received: %d workers", len(view.workers))
-            self.view = view
-            self._view_received_at_s = now_s
+        if newest is None:
+            return
+        if self.view is None:
+            log.info("kernel view received: %d workers", len(newest.workers))
+        self.view = kernel_view_from_proto(newest)  # once per view, not once per batch
+        self._view_received_at_s = now_s
 
     def expire_view(self, now_s: float) -> None:
         """Forget a view the kernel stopped refreshing: no view beats a wrong one."""
@@ -78,15 +84,34 @@ class Scheduler:
             return
         identity, payload, has_delimiter = split
         try:
-            _, request = unpack(payload, _ACCEPTED)
+            name, request = unpack(payload, _ACCEPTED)
+            reply = self.set_policy(request.policy) if name == "set_policy" else self.decide(request)
         except WireError as error:
             self.reply_error(identity, has_delimiter, error)
             return
+        self.send(identity, has_delimiter, reply)
+
+    def decide(self, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
         decision = decide(self.policy, request, self.view)
-        log.debug("batch %d: placed %d of %d pending on %d workers in %d us", request.batch_id,
-                  len(decision.placements), len(request.pending), len(request.workers),
-                  decision.decision_us)
-        self.send(identity, has_delimiter, decision)
+        log.debug("batch %d: placed %d of %d pending on %d workers, preempted %d, in %d us",
+                  request.batch_id, len(decision.placements), len(request.pending),
+                  len(request.workers), len(decision.preemptions), decision.decision_us)
+        for preemption in decision.preemptions:
+            log.info("preempt %s on worker %s: %s", preemption.request_id, preemption.worker_id,
+                     preemption.reason)
+        return decision
+
+    def set_policy(self, name: str) -> pb.PolicyStatus:
+        """Switch to policy `name` (empty: just report). The current policy object,
+        and any state it keeps, stays when `name` is the policy already in use."""
+        if name and name != self.policy.name.value:
+            try:
+                policy = make_policy(name, **self.policy_options)
+            except ValueError as exc:
+                raise WireError(pb.INVALID_ARGUMENT, str(exc)) from None
+            log.info("policy switched from %s to %s", self.policy.name, policy.name)
+            self.policy = policy
+        return pb.PolicyStatus(policy=self.policy.name.value, available=PolicyName.choices())
 
     def reply_error(self, identity: bytes, has_delimiter: bool, error: WireError) -> None:
         log.warning("refused a message from peer %r: %s", identity, error.message)
@@ -97,15 +122,14 @@ class Scheduler:
         send_reply(self.router, identity, has_delimiter, pack(reply))
 
 
-
 def run(config: SchedulerConfig) -> None:
     setup_logging("scheduler")
-    policy = make_policy(config.policy)
+    policy = make_policy(config.policy, **config.policy_options())
     context = zmq.Context()
     router = bind_router(context, config.scheduler_bind)
     sub = connect_sub(context, config.kernel_pub_address, RESOURCE_TOPIC)
     view_expiry_s = HEARTBEAT_LIVENESS * config.heartbeat_interval_ms / 1000
-    scheduler = Scheduler(policy, router, sub, view_expiry_s)
+    scheduler = Scheduler(policy, router, sub, view_expiry_s, config.policy_options())
     stopping = stop_on_signals()
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)

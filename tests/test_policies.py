@@ -1,100 +1,133 @@
-"""Scheduling policies and `decide`, driven without sockets."""
+"""fcfs and priority, the factory, and `decide`, driven without sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmos.wire import pb
-from scheduler_svc.placement import PendingRequest, Placement, WorkerSlots
+from llmos.wire import WireError, pb
+from policy_helpers import (make_request, make_running, make_view, make_worker, placed, placed_ids,
+                            preempted, schedule)
 from scheduler_svc.policies import PolicyName, decide, make_policy
-
-
-def make_request(request_id: str, tier_rank: int = 0, arrival_seq: int = 0,
-                 model: str = "") -> PendingRequest:
-    return PendingRequest(request_id, tier_rank=tier_rank, model=model, arrival_seq=arrival_seq)
-
-
-def make_worker(worker_id: str, models: tuple[str, ...] = ("tiny",), num_running: int = 0,
-                max_num_seqs: int = 8, kv_blocks_free: int | None = None) -> WorkerSlots:
-    return WorkerSlots(worker_id, models, num_running, max_num_seqs, kv_blocks_free)
-
-
-def placed_ids(placements: list[Placement]) -> list[str]:
-    return [placement.request_id for placement in placements]
-
 
 # (request id, tier rank, arrival seq), listed out of order on purpose
 MIXED_TIERS = [("batch-1", 1, 1), ("inter-3", 0, 3), ("batch-0", 1, 0), ("inter-2", 0, 2)]
 
 
+def mixed_tiers() -> list:
+    return [make_request(rid, rank, seq) for rid, rank, seq in MIXED_TIERS]
+
+
 def test_priority_places_higher_tiers_first_then_fifo() -> None:
-    pending = [make_request(rid, rank, seq) for rid, rank, seq in MIXED_TIERS]
-    placements = make_policy("priority").schedule(pending, [make_worker("w1")])
-    assert placed_ids(placements) == ["inter-2", "inter-3", "batch-0", "batch-1"]
+    decision = schedule("priority", mixed_tiers(), [make_worker("w1")])
+    assert placed_ids(decision) == ["inter-2", "inter-3", "batch-0", "batch-1"]
 
 
 def test_fcfs_places_in_arrival_order_whatever_the_tier() -> None:
-    pending = [make_request(rid, rank, seq) for rid, rank, seq in MIXED_TIERS]
-    placements = make_policy("fcfs").schedule(pending, [make_worker("w1")])
-    assert placed_ids(placements) == ["batch-0", "batch-1", "inter-2", "inter-3"]
+    decision = schedule("fcfs", mixed_tiers(), [make_worker("w1")])
+    assert placed_ids(decision) == ["batch-0", "batch-1", "inter-2", "inter-3"]
 
 
-def test_least_loaded_worker_first_then_most_free_blocks_then_id() -> None:
-    workers = [make_worker("busy", num_running=3), make_worker("b", num_running=1, kv_blocks_free=10),
-               make_worker("a", num_running=1, kv_blocks_free=10),
-               make_worker("roomy", num_running=1, kv_blocks_free=50)]
-    pending = [make_request(f"r{i}", arrival_seq=i) for i in range(3)]
-    placements = make_policy("priority").schedule(pending, workers)
-    assert placements == [Placement("r0", "roomy"), Placement("r1", "a"), Placement("r2", "b")]
+def test_priority_breaks_ties_within_a_tier_by_earliest_deadline() -> None:
+    pending = [make_request("no-deadline", arrival_seq=0),
+               make_request("due-late", arrival_seq=1, deadline_in_s=9.0),
+               make_request("due-soon", arrival_seq=2, deadline_in_s=1.5),
+               make_request("batch-due-now", tier_rank=1, arrival_seq=3, deadline_in_s=0.1)]
+    decision = schedule("priority", pending, [make_worker("w1")])
+    assert placed_ids(decision) == ["due-soon", "due-late", "no-deadline", "batch-due-now"]
 
 
-def test_known_kv_blocks_rank_before_unknown() -> None:
-    workers = [make_worker("unknown", kv_blocks_free=None), make_worker("known", kv_blocks_free=1)]
-    placements = make_policy("fcfs").schedule([make_request("r0")], workers)
-    assert placements == [Placement("r0", "known")]
+# ---------------------------------------------------------------- priority preemption
+
+def full_worker(worker_id: str, models: tuple[str, ...] = ("tiny",)):
+    return make_worker(worker_id, models=models, num_running=1, max_num_seqs=1)
 
 
-def test_requests_go_only_to_workers_serving_their_model() -> None:
-    workers = [make_worker("w-tiny", models=("tiny",)), make_worker("w-big", models=("big",), num_running=5)]
-    pending = [make_request("r-big", arrival_seq=0, model="big"),
-               make_request("r-tiny", arrival_seq=1, model="tiny"),
-               make_request("r-any", arrival_seq=2, model="")]
-    placements = make_policy("fcfs").schedule(pending, workers)
-    assert placements == [Placement("r-big", "w-big"), Placement("r-tiny", "w-tiny"),
-                          Placement("r-any", "w-tiny")]
+def test_priority_preempts_the_lowest_tier_most_recently_started_request() -> None:
+    workers = [full_worker("w-std"), full_worker("w-old"), full_worker("w-new")]
+    running = [make_running("standard", "w-std", tier_rank=1, running_s=0.5),
+               make_running("batch-old", "w-old", tier_rank=2, running_s=30.0),
+               make_running("batch-new", "w-new", tier_rank=2, running_s=1.0)]
+    decision = schedule("priority", [make_request("inter", tier_rank=0)], workers, running)
+    assert preempted(decision) == [("batch-new", "w-new")]
+    assert "inter" in decision.preemptions[0].reason
+    assert placed(decision) == [("inter", "w-new")]
 
 
-def test_requests_that_fit_nowhere_stay_pending_and_later_ones_still_place() -> None:
-    workers = [make_worker("w-tiny", models=("tiny",), max_num_seqs=1),
-               make_worker("w-big", models=("big",), num_running=2, max_num_seqs=2)]
-    pending = [make_request("r-big", arrival_seq=0, model="big"),
-               make_request("r-unknown", arrival_seq=1, model="nobody-serves-this"),
-               make_request("r-tiny", arrival_seq=2, model="tiny"),
-               make_request("r-tiny-2", arrival_seq=3, model="tiny")]
-    placements = make_policy("fcfs").schedule(pending, workers)
-    assert placements == [Placement("r-tiny", "w-tiny")]
+def test_priority_never_preempts_the_same_or_a_higher_tier() -> None:
+    workers = [full_worker("w1"), full_worker("w2")]
+    running = [make_running("same-tier", "w1", tier_rank=1), make_running("higher-tier", "w2", tier_rank=0)]
+    decision = schedule("priority", [make_request("standard", tier_rank=1)], workers, running)
+    assert decision.preemptions == [] and decision.placements == []
 
 
-def test_capacity_is_counted_within_the_batch() -> None:
-    workers = [make_worker("w1", max_num_seqs=2), make_worker("w2", num_running=1, max_num_seqs=2)]
-    pending = [make_request(f"r{i}", arrival_seq=i) for i in range(5)]
-    placements = make_policy("fcfs").schedule(pending, workers)
-    # w1 is least loaded (0), then w1 and w2 tie at 1 (w1 by id), then only w2 has room
-    assert placements == [Placement("r0", "w1"), Placement("r1", "w1"), Placement("r2", "w2")]
+def test_priority_preempts_at_most_once_per_waiting_request() -> None:
+    workers = [full_worker(f"w{i}") for i in range(3)]
+    running = [make_running(f"batch-{i}", f"w{i}", tier_rank=2, running_s=float(i)) for i in range(3)]
+    pending = [make_request("inter-0", arrival_seq=0), make_request("inter-1", arrival_seq=1)]
+    decision = schedule("priority", pending, workers, running)
+    assert preempted(decision) == [("batch-0", "w0"), ("batch-1", "w1")]
+    assert placed(decision) == [("inter-0", "w0"), ("inter-1", "w1")]
 
 
-def test_worker_serving_many_models_is_not_overbooked() -> None:
-    workers = [make_worker("multi", models=("a", "b"), max_num_seqs=2)]
-    pending = [make_request("ra", arrival_seq=0, model="a"), make_request("rb", arrival_seq=1, model="b"),
-               make_request("rany", arrival_seq=2)]
-    placements = make_policy("fcfs").schedule(pending, workers)
-    assert placed_ids(placements) == ["ra", "rb"]
+def test_priority_counts_on_a_slot_already_being_freed_before_preempting_again() -> None:
+    # w-leaving runs one request more than `running` lists: the broker is preempting it
+    workers = [full_worker("w-leaving"), full_worker("w-batch")]
+    running = [make_running("batch", "w-batch", tier_rank=2)]
+    decision = schedule("priority", [make_request("inter-0", arrival_seq=0)], workers, running)
+    assert decision.preemptions == [] and decision.placements == []
+    pending = [make_request("inter-0", arrival_seq=0), make_request("inter-1", arrival_seq=1)]
+    decision = schedule("priority", pending, workers, running)
+    assert preempted(decision) == [("batch", "w-batch")]  # one slot each: inter-1 needs another
+    assert placed(decision) == [("inter-1", "w-batch")]
 
+
+def test_priority_places_before_it_preempts() -> None:
+    workers = [full_worker("w-full"), make_worker("w-free", max_num_seqs=1)]
+    running = [make_running("batch", "w-full", tier_rank=2)]
+    decision = schedule("priority", [make_request("inter")], workers, running)
+    assert decision.preemptions == []
+    assert placed(decision) == [("inter", "w-free")]
+
+
+def test_priority_preempts_only_on_a_worker_serving_the_model() -> None:
+    workers = [full_worker("w-big", models=("big",))]
+    running = [make_running("batch", "w-big", tier_rank=2)]
+    decision = schedule("priority", [make_request("inter", model="tiny")], workers, running)
+    assert decision.preemptions == [] and decision.placements == []
+
+
+def test_priority_preempts_only_where_the_victim_frees_enough_blocks() -> None:
+    # the waiting request needs (64 prompt chars / 4 + 64 tokens) / 16 = 5 blocks
+    workers = [make_worker("w-small", num_running=1, max_num_seqs=1, kv_blocks_free=0),
+               make_worker("w-big", num_running=1, max_num_seqs=1, kv_blocks_free=2)]
+    running = [make_running("small", "w-small", tier_rank=2, prompt_chars=64, running_s=1.0),
+               make_running("big", "w-big", tier_rank=2, prompt_chars=64, generated_tokens=40,
+                            running_s=9.0)]
+    decision = schedule("priority", [make_request("inter", prompt_chars=64, max_tokens=64)],
+                        workers, running, make_view())
+    assert preempted(decision) == [("big", "w-big")]  # it holds 4 blocks: 2 + 4 >= 5
+    assert placed(decision) == [("inter", "w-big")]
+
+
+def test_fcfs_never_preempts() -> None:
+    running = [make_running("batch", "w1", tier_rank=2)]
+    decision = schedule("fcfs", [make_request("inter")], [full_worker("w1")], running)
+    assert decision.preemptions == [] and decision.placements == []
+
+
+# ---------------------------------------------------------------- factory and decide
 
 def test_make_policy_knows_every_name_and_rejects_others_clearly() -> None:
     assert {make_policy(name.value).name for name in PolicyName} == set(PolicyName)
-    with pytest.raises(ValueError, match=r"unknown scheduling policy 'lottery'.*fcfs, priority"):
+    with pytest.raises(ValueError, match=r"unknown scheduling policy 'lottery'.*fcfs, priority, mlfq, fair"):
         make_policy("lottery")
+
+
+def test_make_policy_passes_options_to_the_policy() -> None:
+    policy = make_policy("fair", tenant_weights="a=1,b=3")
+    assert (policy.weight("a"), policy.weight("b"), policy.weight("stranger")) == (1.0, 3.0, 1.0)
+    with pytest.raises(ValueError, match="mlfq_base_quantum"):
+        make_policy("mlfq", mlfq_base_quantum=0)
 
 
 def test_decide_converts_protos_and_uses_kernel_free_blocks() -> None:
@@ -103,7 +136,7 @@ def test_decide_converts_protos_and_uses_kernel_free_blocks() -> None:
     request.pending.add(request_id="r1", tier_rank=0, arrival_seq=1, model="tiny")
     request.workers.add(worker_id="w1", models=["tiny"], num_running=0, max_num_seqs=1)
     request.workers.add(worker_id="w2", models=["tiny"], num_running=0, max_num_seqs=1)
-    view = pb.ResourceView(version=3)
+    view = pb.ResourceView(version=3, block_size=16)
     view.workers.add(worker_id="w2", kv_blocks_total=10, kv_blocks_used=2)
 
     decision = decide(make_policy("priority"), request, view)
@@ -112,10 +145,39 @@ def test_decide_converts_protos_and_uses_kernel_free_blocks() -> None:
     assert [(p.request_id, p.worker_id) for p in decision.placements] == [("r1", "w2"), ("r0", "w1")]
 
 
+def test_decide_fills_preemptions_and_follows_cached_prefixes() -> None:
+    request = pb.ScheduleRequest(batch_id=8)
+    request.pending.add(request_id="chat", arrival_seq=0, model="tiny", prefix_hashes=[21, 22, 23])
+    request.pending.add(request_id="other", arrival_seq=1, model="tiny")
+    request.pending.add(request_id="inter", arrival_seq=2, model="tiny")
+    request.workers.add(worker_id="w-full", models=["tiny"], num_running=1, max_num_seqs=1)
+    request.workers.add(worker_id="w-a", models=["tiny"], num_running=0, max_num_seqs=1)
+    request.workers.add(worker_id="w-b", models=["tiny"], num_running=0, max_num_seqs=1)
+    request.running.add(request_id="batch", worker_id="w-full", tier_rank=2, generated_tokens=5)
+    view = pb.ResourceView(block_size=16)
+    view.workers.add(worker_id="w-a", kv_blocks_total=200, cached_prefix_hashes=[21])
+    view.workers.add(worker_id="w-b", kv_blocks_total=100, cached_prefix_hashes=[21, 22])
+
+    decision = decide(make_policy("priority"), request, view)
+
+    assert [(p.request_id, p.worker_id) for p in decision.preemptions] == [("batch", "w-full")]
+    assert [(p.request_id, p.worker_id) for p in decision.placements] == [
+        ("chat", "w-b"), ("other", "w-a"), ("inter", "w-full")]
+
+
 def test_decide_without_a_view_places_by_slots_alone() -> None:
     request = pb.ScheduleRequest(batch_id=1)
-    request.pending.add(request_id="r0")
+    request.pending.add(request_id="r0", max_tokens=4000)
     request.workers.add(worker_id="w1", models=["tiny"], max_num_seqs=1)
     decision = decide(make_policy("fcfs"), request, None)
     assert [(p.request_id, p.worker_id) for p in decision.placements] == [("r0", "w1")]
-    assert decision.policy == "fcfs"
+    assert decision.policy == "fcfs" and not decision.preemptions
+
+
+def test_decide_refuses_a_worker_listed_twice() -> None:
+    request = pb.ScheduleRequest(batch_id=2)
+    for _ in range(2):
+        request.workers.add(worker_id="w1", models=["tiny"], max_num_seqs=1)
+    with pytest.raises(WireError) as refused:
+        decide(make_policy("fcfs"), request, None)
+    assert refused.value.code == pb.INVALID_ARGUMENT

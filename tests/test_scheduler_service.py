@@ -9,7 +9,9 @@ from typing import Iterator
 
 import pytest
 import zmq
+from click.testing import CliRunner, Result
 
+from llmos.cli import cli
 from llmos.wire import pb
 from service_process import ServiceProcess, ask, bad_frames, dealer, running_service, wait_until
 from stack import free_port
@@ -120,3 +122,71 @@ def test_schedules_without_a_kernel_and_stops_on_sigterm(tmp_path: Path) -> None
         assert decision.policy == "fcfs"
         assert placements(decision) == [("batch-0", "w1"), ("inter-1", "w1")]
         assert scheduler.stop() == 0, scheduler.logs()
+
+
+# ---------------------------------------------------------------- preemption and policy switching
+
+def set_policy(socket: zmq.Socket, name: str) -> tuple[str, pb.PolicyStatus | pb.Error]:
+    return ask(socket, pb.SetPolicy(policy=name), {"policy_status", "error"})
+
+
+@contextmanager
+def policy_restored(socket: zmq.Socket) -> Iterator[None]:
+    """The module's scheduler runs `priority`; put it back whatever the test switched to."""
+    try:
+        yield
+    finally:
+        assert set_policy(socket, "priority")[0] == "policy_status"
+
+
+def test_a_higher_tier_request_preempts_a_lower_tier_one_on_a_full_worker(socket: zmq.Socket) -> None:
+    request = make_schedule_request(batch_id=15, pending=[("inter-9", 0, 9)], workers=[("w-full", 1, 1)])
+    request.running.add(request_id="batch-1", worker_id="w-full", tier_rank=2, generated_tokens=7)
+    decision = schedule(socket, request)
+    assert [(p.request_id, p.worker_id) for p in decision.preemptions] == [("batch-1", "w-full")]
+    assert placements(decision) == [("inter-9", "w-full")]
+
+
+def test_set_policy_reports_switches_at_runtime_and_refuses_unknown_names(socket: zmq.Socket) -> None:
+    name, status = set_policy(socket, "")
+    assert name == "policy_status"
+    assert (status.policy, list(status.available)) == ("priority", ["fcfs", "priority", "mlfq", "fair"])
+    with policy_restored(socket):
+        name, status = set_policy(socket, "fcfs")
+        assert (name, status.policy) == ("policy_status", "fcfs")
+        request = make_schedule_request(batch_id=16, pending=[("batch-0", 1, 0), ("inter-1", 0, 1)],
+                                        workers=[("w1", 0, 1)])
+        decision = schedule(socket, request)
+        assert decision.policy == "fcfs" and placements(decision) == [("batch-0", "w1")]
+
+        name, error = set_policy(socket, "lottery")
+        assert (name, error.code) == ("error", pb.INVALID_ARGUMENT)
+        assert "fcfs, priority, mlfq, fair" in error.message
+        assert set_policy(socket, "")[1].policy == "fcfs"  # a refused switch changes nothing
+
+
+def test_llmos_policy_shows_and_switches_the_running_scheduler(services: Services,
+                                                              socket: zmq.Socket) -> None:
+    address = ["--scheduler-address", services.scheduler_address]
+    with policy_restored(socket):
+        shown = invoke("policy", *address)
+        assert (shown.exit_code, shown.stdout) == (
+            0, "policy priority (available: fcfs, priority, mlfq, fair)\n")
+        switched = invoke("policy", "mlfq", *address)
+        assert (switched.exit_code, switched.stdout.split()[:2]) == (0, ["policy", "mlfq"])
+        decision = schedule(socket, make_schedule_request(batch_id=17, pending=[], workers=[]))
+        assert decision.policy == "mlfq"
+        refused = invoke("policy", "lottery", *address)
+        assert refused.exit_code == 2
+        assert "INVALID_ARGUMENT: unknown scheduling policy 'lottery'" in refused.stderr
+
+
+def test_llmos_policy_without_a_scheduler_says_so() -> None:
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    result = invoke("policy", "--scheduler-address", nobody, "--timeout-s", "0.2")
+    assert result.exit_code == 4
+    assert f"no reply from the scheduler at {nobody}" in result.stderr
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)

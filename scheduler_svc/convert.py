@@ -1,0 +1,102 @@
+"""Protobuf in, plain data out (and back): the only scheduler module besides
+`policies.decide` and the service that knows the wire types."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, Sequence, TypeVar, overload
+
+from llmos.wire import WireError, pb
+from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, RunningRequest,
+                                WorkerSlots)
+
+
+def pending_from_proto(request: pb.PendingRequest) -> PendingRequest:
+    return PendingRequest(
+        request_id=request.request_id, tier_rank=request.tier_rank, tenant=request.tenant,
+        model=request.model, prompt_chars=request.prompt_chars, max_tokens=request.max_tokens,
+        arrival_seq=request.arrival_seq, generated_tokens=request.generated_tokens,
+        prefix_hashes=tuple(request.prefix_hashes), waited_s=request.waited_s,
+        deadline_in_s=request.deadline_in_s, tier=request.tier,
+    )
+
+
+def running_from_proto(request: pb.RunningRequest) -> RunningRequest:
+    return RunningRequest(
+        request_id=request.request_id, worker_id=request.worker_id, tier_rank=request.tier_rank,
+        tenant=request.tenant, prompt_chars=request.prompt_chars,
+        generated_tokens=request.generated_tokens, max_tokens=request.max_tokens,
+        arrival_seq=request.arrival_seq, running_s=request.running_s, tier=request.tier,
+    )
+
+
+_Proto = TypeVar("_Proto")
+_Plain = TypeVar("_Plain")
+
+
+class Converted(Sequence[_Plain], Generic[_Proto, _Plain]):
+    """A repeated field converted on first use: a policy that never looks at the
+    running requests (most batches need no preemption) pays nothing for them."""
+
+    def __init__(self, items: Sequence[_Proto], convert: Callable[[_Proto], _Plain]) -> None:
+        self._items = items
+        self._convert = convert
+        self._converted: list[_Plain] | None = None
+
+    def _all(self) -> list[_Plain]:
+        if self._converted is None:
+            self._converted = [self._convert(item) for item in self._items]
+        return self._converted
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> _Plain: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_Plain]: ...
+
+    def __getitem__(self, index: int | slice) -> _Plain | list[_Plain]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[_Plain]:
+        return iter(self._all())
+
+
+def kernel_view_from_proto(view: pb.ResourceView) -> KernelView:
+    """Free blocks per worker, and the prefix index (block hash -> workers caching it).
+    The scheduler converts each view once, when it arrives, not once per batch.
+
+    A worker without a KV ledger (kv_blocks_total 0: embedding and classification
+    models keep no cache) is left out of the block counts, so blocks never hold it back."""
+    with_cache = [worker for worker in view.workers if worker.kv_blocks_total > 0]
+    return KernelView.from_workers(
+        block_size=view.block_size,
+        kv_blocks_free={worker.worker_id: max(0, worker.kv_blocks_total - worker.kv_blocks_used)
+                        for worker in with_cache},
+        cached_prefix_hashes={worker.worker_id: worker.cached_prefix_hashes
+                              for worker in with_cache},
+        largest_kv_blocks_total=max((worker.kv_blocks_total for worker in with_cache), default=0),
+    )
+
+
+def workers_from_proto(workers: Sequence[pb.WorkerSlots],
+                       view: KernelView | None) -> list[WorkerSlots]:
+    """The workers with the view's free blocks; INVALID_ARGUMENT for a worker listed twice."""
+    kv_blocks_free = {} if view is None else view.kv_blocks_free
+    converted = [
+        WorkerSlots(worker_id=worker.worker_id, models=tuple(worker.models),
+                    num_running=worker.num_running, max_num_seqs=worker.max_num_seqs,
+                    kv_blocks_free=kv_blocks_free.get(worker.worker_id))
+        for worker in workers
+    ]
+    if len({worker.worker_id for worker in converted}) != len(converted):
+        raise WireError(pb.INVALID_ARGUMENT, "schedule_request lists a worker twice")
+    return converted
+
+
+def fill_decision(decision: pb.ScheduleDecision, result: PolicyDecision) -> None:
+    for preemption in result.preemptions:
+        decision.preemptions.add(request_id=preemption.request_id, worker_id=preemption.worker_id,
+                                 reason=preemption.reason)
+    for placement in result.placements:
+        decision.placements.add(request_id=placement.request_id, worker_id=placement.worker_id)

@@ -1,0 +1,158 @@
+"""`fair`: weighted fair share of generated tokens across tenants, within each tier.
+
+A virtual token counter per (tier, tenant), as in VTC ("Fairness in Serving
+Large Language Models", Sheng et al., OSDI '24): every token a tenant's
+requests generate adds 1 / weight to its counter, and the tenant with the
+smallest counter goes next. Tiers stay strict: a lower tier is served only
+after every request of a higher one that fits.
+
+This policy keeps state across calls (it lives in the scheduler process, or in
+the broker while the scheduler is down): the counters, and how many tokens of
+each request it already charged. Tokens come from `running[*].generated_tokens`
+(and from a re-queued request's `generated_tokens`); a request gone from both
+lists finished, and the tokens it made after its last report are estimated
+(see `charge_generated_tokens`). Within one batch, each placement charges its
+expected tokens to a local copy only, so a batch of many free slots is shared
+by weight too. A tenant that comes back after idling starts at the smallest
+counter of its tier's active tenants: idle time banks no credit. It never
+preempts.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from scheduler_svc.data import (KernelView, PendingRequest, Placement, PolicyDecision,
+                                RunningRequest, WorkerSlots, expected_tokens)
+from scheduler_svc.placement import Placer
+from scheduler_svc.policy_base import PolicyName, PolicyOptions, SchedulingPolicy
+
+DEFAULT_WEIGHT = 1.0
+
+_Key = tuple[int, str]  # (tier rank, tenant)
+
+
+@dataclass
+class _Tracked:
+    """One request's account: the tokens already charged for it."""
+
+    key: _Key
+    max_tokens: int
+    tokens_seen: int = 0
+    last_stretch: int = 0     # tokens it made between its last two reports
+    is_started: bool = False  # placed here, or seen with tokens
+
+    def unseen_tail(self) -> int:
+        tokens_left = max(0, self.max_tokens - self.tokens_seen)
+        return min(tokens_left, self.last_stretch) if self.last_stretch else tokens_left
+
+
+def parse_tenant_weights(text: str) -> dict[str, float]:
+    """"tenant-a=1,tenant-b=3" -> {"tenant-a": 1.0, "tenant-b": 3.0}; "" -> {}."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        tenant, equals, weight = item.partition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = 0.0
+        if not equals or not tenant.strip() or not value > 0 or value == float("inf"):
+            raise ValueError(f"bad tenant weight {item!r}: expected TENANT=WEIGHT with a "
+                             f"positive WEIGHT, as in 'tenant-a=1,tenant-b=3'")
+        weights[tenant.strip()] = value
+    return weights
+
+
+class FairPolicy(SchedulingPolicy):
+    name = PolicyName.FAIR
+
+    def __init__(self, options: PolicyOptions | None = None) -> None:
+        super().__init__(options)
+        self.weights = parse_tenant_weights(self.options.tenant_weights)
+        self.virtual_tokens: dict[_Key, float] = {}
+        self._tracked: dict[str, _Tracked] = {}  # request id -> what was charged for it
+        self._active: set[_Key] = set()
+
+    def weight(self, tenant: str) -> float:
+        return self.weights.get(tenant, DEFAULT_WEIGHT)
+
+    def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
+                 workers: Sequence[WorkerSlots], view: KernelView | None = None) -> PolicyDecision:
+        self.charge_generated_tokens(pending, running)
+        self.lift_returning_tenants({(r.tier_rank, r.tenant) for r in [*pending, *running]})
+        placer = Placer(workers, view)
+        decision = PolicyDecision()
+        by_tier: dict[int, list[PendingRequest]] = defaultdict(list)
+        for request in pending:
+            by_tier[request.tier_rank].append(request)
+        for tier_rank in sorted(by_tier):
+            if placer.num_free_slots == 0:
+                break
+            decision.placements += self._place_tier(tier_rank, by_tier[tier_rank], placer)
+        return decision
+
+    def charge_generated_tokens(self, pending: Iterable[PendingRequest],
+                                running: Iterable[RunningRequest]) -> None:
+        """Add the tokens generated since the last call to each tenant's counter.
+
+        A request that left both lists finished (or was cancelled) after its last
+        report; its unseen last stretch is charged as its last observed stretch,
+        capped by what it had left, or all it had left when it was never seen running."""
+        listed: dict[str, _Tracked] = {}
+        for request in [*pending, *running]:
+            tracked = self._tracked.pop(request.request_id, None) or _Tracked(
+                (request.tier_rank, request.tenant), max_tokens=expected_tokens(request.max_tokens))
+            new_tokens = request.generated_tokens - tracked.tokens_seen
+            if new_tokens > 0:
+                self._charge(tracked.key, new_tokens)
+                tracked.tokens_seen = request.generated_tokens
+                tracked.last_stretch = new_tokens
+                tracked.is_started = True
+            listed[request.request_id] = tracked
+        for tracked in self._tracked.values():
+            if tracked.is_started:
+                self._charge(tracked.key, tracked.unseen_tail())
+        self._tracked = listed
+
+    def _charge(self, key: _Key, num_tokens: int) -> None:
+        self.virtual_tokens[key] = (self.virtual_tokens.get(key, 0.0)
+                                    + num_tokens / self.weight(key[1]))
+
+    def lift_returning_tenants(self, active: set[_Key]) -> None:
+        """A tenant idle until now starts no lower than its tier's least-served active tenant."""
+        staying = active & self._active
+        floors: dict[int, float] = {}
+        for tier_rank, tenant in staying:
+            counter = self.virtual_tokens.get((tier_rank, tenant), 0.0)
+            floors[tier_rank] = min(floors.get(tier_rank, counter), counter)
+        for key in active - self._active:
+            floor = floors.get(key[0])
+            if floor is not None:
+                self.virtual_tokens[key] = max(self.virtual_tokens.get(key, 0.0), floor)
+        self._active = active
+
+    def _place_tier(self, tier_rank: int, requests: list[PendingRequest],
+                    placer: Placer) -> list[Placement]:
+        """Serve the tier's tenants by weight: always the one with the smallest counter."""
+        queues: dict[str, deque[PendingRequest]] = defaultdict(deque)
+        for request in sorted(requests, key=lambda r: (r.deadline_key, r.arrival_seq)):
+            queues[request.tenant].append(request)
+        # (counter, tenant): counters are local, charged with each placement's expected tokens
+        turns = [(self.virtual_tokens.get((tier_rank, tenant), 0.0), tenant) for tenant in queues]
+        heapq.heapify(turns)
+        placements: list[Placement] = []
+        while turns and placer.num_free_slots > 0:
+            counter, tenant = heapq.heappop(turns)
+            queue = queues[tenant]
+            request = queue.popleft()
+            worker_id = placer.find_worker(request)
+            if worker_id is not None:
+                placements.append(placer.place(request, worker_id))
+                self._tracked[request.request_id].is_started = True
+                counter += expected_tokens(request.max_tokens) / self.weight(tenant)
+            if queue:
+                heapq.heappush(turns, (counter, tenant))
+        return placements
