@@ -269,3 +269,22 @@ def test_worker_serves_without_a_kernel_and_re_registers_with_a_silent_broker(
         again, _ = broker.expect("worker_register", timeout_s=10)
         assert again == identity
         assert worker.poll() is None
+
+
+@pytest.mark.e2e
+def test_preempt_stops_a_running_request_frees_its_blocks_and_reports_every_token(
+        tiny_model_dir, reference, tmp_path):
+    with FakePeer(answer_as_broker) as broker, FakePeer(answer_as_kernel) as kernel, \
+            running_worker(tiny_model_dir, broker.address, kernel.address, 1000, tmp_path,
+                           "--kv-cache-tokens", "4096"):
+        identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+        broker.send(identity, dispatch("long", max_tokens=1500))
+        _, first = broker.expect("progress")
+        broker.send(identity, pb.Preempt(request_id="long"))
+        answer = collect_answers(broker, {"long"}, seen=(first,))["long"]
+        _, free = kernel.expect("kv_free")
+
+        assert answer.final.finish_reason == pb.FINISH_REASON_PREEMPTED
+        assert list(answer.final.token_ids) == [] and 0 < len(answer.token_ids) < 1500
+        assert answer.token_ids == reference.greedy(PROMPT, len(answer.token_ids))
+        assert free.request_id == "long"

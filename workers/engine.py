@@ -102,6 +102,23 @@ class Engine:
                 return True
         return False
 
+    def preempt(self, request_id: str) -> Delta | None:
+        """Stop a request and free its cache now; its final delta (PREEMPTED, nothing new:
+        every token so far was streamed), or None if it is not here."""
+        sequence = self.running.get(request_id)
+        waiting = next((r for r in self.waiting if r.request_id == request_id), None)
+        if not self.cancel(request_id):
+            return None
+        delta = Delta(request_id=request_id, is_finished=True,
+                      finish_reason=pb.FINISH_REASON_PREEMPTED)
+        if sequence is None or not sequence.has_reported:  # its first delta after the start
+            request = sequence.request if sequence is not None else waiting
+            delta.prompt_tokens = len(request.prompt_token_ids)
+        return delta
+
+    def set_kv_budget(self, num_blocks: int, block_size: int) -> None:
+        """The kernel's geometry; this engine keeps one cache per request and counts no blocks."""
+
     def drop_all(self) -> list[str]:
         """Forget every request (their broker re-queued them); return their ids."""
         request_ids = [r.request_id for r in self.waiting] + list(self.running)

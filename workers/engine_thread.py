@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from llmos.wire import pb
 from workers.engine import Engine
 from workers.requests import Delta, EngineRequest
 
@@ -31,6 +32,8 @@ logger = logging.getLogger("workers.engine_thread")
 class Verb(enum.Enum):
     ADD = "add"
     CANCEL = "cancel"
+    PREEMPT = "preempt"
+    SET_KV_BUDGET = "set_kv_budget"
     DROP_ALL = "drop_all"
     STOP = "stop"
 
@@ -48,6 +51,7 @@ class EngineThread:
         self.pipe_address = pipe_address
         self.commands: queue.Queue[tuple[Verb, Any]] = queue.Queue()
         self.epoch = 0  # written by the engine thread only
+        self.answers: list[Delta] = []  # deltas of commands (preempt), sent before the next step's
         self.thread = threading.Thread(target=self.run, name="engine", daemon=True)
 
     # ---------------------------------------------------------------- called by the service thread
@@ -60,6 +64,12 @@ class EngineThread:
 
     def cancel(self, request_id: str) -> None:
         self.commands.put((Verb.CANCEL, request_id))
+
+    def preempt(self, request_id: str) -> None:
+        self.commands.put((Verb.PREEMPT, request_id))
+
+    def set_kv_budget(self, num_blocks: int, block_size: int) -> None:
+        self.commands.put((Verb.SET_KV_BUDGET, (num_blocks, block_size)))
 
     def drop_all(self, epoch: int) -> None:
         self.commands.put((Verb.DROP_ALL, epoch))
@@ -77,16 +87,17 @@ class EngineThread:
         pipe.connect(self.pipe_address)
         try:
             while self.apply_commands():
+                deltas, self.answers = self.answers, []
                 if self.engine.has_work:
-                    deltas = self.step()
-                    if deltas:
-                        pipe.send_pyobj(EngineOutput(self.epoch, deltas))
+                    deltas += self.step()
+                if deltas:
+                    pipe.send_pyobj(EngineOutput(self.epoch, deltas))
         finally:
             pipe.close(linger=0)
 
     def apply_commands(self) -> bool:
         """Apply every queued command (waiting for one while idle); False on STOP."""
-        block = not self.engine.has_work
+        block = not self.engine.has_work and not self.answers
         while True:
             try:
                 verb, argument = self.commands.get(block=block)
@@ -99,9 +110,27 @@ class EngineThread:
                 self.engine.add_request(argument)
             elif verb is Verb.CANCEL:
                 self.engine.cancel(argument)
+            elif verb is Verb.PREEMPT:
+                self.answers += self.preempt_now(argument)
+            elif verb is Verb.SET_KV_BUDGET:
+                set_kv_budget = getattr(self.engine, "set_kv_budget", None)  # pooling engines count no blocks
+                if set_kv_budget is not None:
+                    set_kv_budget(*argument)
             elif verb is Verb.DROP_ALL:
                 self.engine.drop_all()
+                self.answers.clear()  # about requests the broker re-queued
                 self.epoch = argument
+
+    def preempt_now(self, request_id: str) -> list[Delta]:
+        """The request's final PREEMPTED delta; none if it already finished (its final delta is out)."""
+        preempt = getattr(self.engine, "preempt", None)
+        if preempt is not None:
+            delta = preempt(request_id)
+            return [delta] if delta is not None else []
+        # an engine that cannot preempt (pooling: nothing to keep) stops the request instead
+        if self.engine.cancel(request_id):
+            return [Delta(request_id, is_finished=True, finish_reason=pb.FINISH_REASON_PREEMPTED)]
+        return []
 
     def step(self) -> list[Delta]:
         try:

@@ -27,7 +27,7 @@ from llmos.wire.sockets import connect_dealer
 
 logger = logging.getLogger("workers.links")
 
-BROKER_MESSAGES = frozenset({"dispatch", "cancel", "heartbeat", "disconnect", "error"})
+BROKER_MESSAGES = frozenset({"dispatch", "cancel", "preempt", "heartbeat", "disconnect", "error"})
 KERNEL_MESSAGES = frozenset({"kernel_reply", "error"})
 
 

@@ -1,0 +1,345 @@
+"""The batched engine: iteration-level (continuous) batching, as in Orca and vLLM.
+
+Every `step()` is schedule -> execute -> postprocess (STYLE.md 5):
+- schedule: every running row must be able to store one more token within the
+  KV budget (in blocks of the kernel's size); where it cannot, the least
+  important row (highest `priority`, then latest arrival) is preempted by
+  recompute: its cache is freed and it goes back to the front of the queue
+  with its generated tokens, to be prefilled again (prompt + generated) later.
+  When nobody was preempted and no prefill is under way, waiting requests
+  start, in order, while slots, blocks and the step's token budget allow.
+- execute: one forward for the whole running batch (one token per row), and
+  one for the next chunk of the newcomers' prefill (`workers.model_runner`).
+  Decodes come first in the token budget (`max_num_batched_tokens`); the
+  prefill gets the rest, so newcomers stall running requests by one bounded
+  chunk per step at most.
+- postprocess: sample, stream the new text, free finished requests at once.
+
+Greedy output equals `model.generate` on the prompt alone, token for token,
+also for a request preempted and resumed (here or, via `Dispatch`, elsewhere).
+Like the reference engine (`workers.engine`), it knows no sockets or threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from typing import Any
+
+import torch
+
+from llmos.wire import pb
+from llmos.wire.constants import DEFAULT_BLOCK_SIZE
+from workers.batch_sequence import Sequence
+from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
+from workers.detokenizer import IncrementalText
+from workers.engine import model_context_length, model_eos_token_ids
+from workers.kv_budget import KvBudget
+from workers.model_runner import ModelRunner, PrefillJob
+from workers.requests import Delta, EngineRequest, check_request, error_delta
+from workers.sampling import make_generator, sample_next_token
+
+logger = logging.getLogger("workers.batched_engine")
+
+MIN_PREFILL_TOKENS = 32  # a prefill always gets this much of a step, so newcomers progress
+
+
+class BatchedEngine:
+    def __init__(self, model: Any, tokenizer: Any, *, max_num_seqs: int = 16,
+                 max_model_len: int = 0, eos_token_ids: set[int] | None = None,
+                 worker_id: str = "", num_blocks: int = 0, block_size: int = DEFAULT_BLOCK_SIZE,
+                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS) -> None:
+        """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len or model_context_length(model)
+        self.eos_token_ids = frozenset(eos_token_ids if eos_token_ids is not None
+                                       else model_eos_token_ids(model, tokenizer))
+        self.worker_id = worker_id
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.budget = KvBudget(num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size),
+                               block_size)
+        self.runner = ModelRunner(model, max_num_seqs)
+        self.waiting: deque[Sequence] = deque()
+        self.running: dict[str, Sequence] = {}   # holding KV: in the batch or in the prefill job
+        self.job: PrefillJob | None = None       # newcomers being prefilled
+        self.pending_deltas: list[Delta] = []
+        self.num_arrivals = 0
+
+    # ---------------------------------------------------------------- requests in
+
+    def add_request(self, request: EngineRequest) -> None:
+        """Queue a request; one that can never run gets an error delta at the next step."""
+        assert self.find(request.request_id) is None, f"duplicate request {request.request_id}"
+        problem = check_request(request, self.max_model_len) or self.check_fits(request)
+        if problem is not None:
+            logger.warning("worker %s request %s refused: %s", self.worker_id,
+                           request.request_id, problem.error_message)
+            self.pending_deltas.append(problem)
+            return
+        sequence = Sequence(
+            request=request, arrival_seq=self.num_arrivals,
+            generated_token_ids=list(request.generated_token_ids),
+            emitted_text_chars=request.emitted_text_chars,
+            generator=make_generator(request.sampling, self.model.device),
+            detokenizer=IncrementalText(self.tokenizer, request.generated_token_ids),
+        )
+        self.num_arrivals += 1
+        if sequence.generated_token_ids and sequence.finish_reason(
+                self.max_context_tokens, self.eos_token_ids)[0] != pb.FINISH_REASON_UNSPECIFIED:
+            # resumed at its end: finish at once with the held-back text, no new tokens
+            self.pending_deltas.append(self.make_delta(sequence, []))
+            return
+        self.waiting.append(sequence)
+
+    def check_fits(self, request: EngineRequest) -> Delta | None:
+        num_tokens = len(request.prompt_token_ids) + 1  # room for its first generated token
+        if self.budget.can_ever_hold(num_tokens):
+            return None
+        return error_delta(request.request_id, pb.TOO_LARGE,
+                           f"the prompt needs {self.budget.blocks_for(num_tokens)} KV blocks but "
+                           f"this engine has {self.budget.num_blocks}",
+                           prompt_tokens=len(request.prompt_token_ids))
+
+    def refuse(self, sequence: Sequence) -> Delta:
+        """A waiting request that no longer fits the budget (it shrank)."""
+        num_tokens = sequence.num_context_tokens + 1
+        logger.warning("worker %s request %s no longer fits the KV budget", self.worker_id,
+                       sequence.request_id)
+        return error_delta(sequence.request_id, pb.TOO_LARGE,
+                           f"the request needs {self.budget.blocks_for(num_tokens)} KV blocks but "
+                           f"this engine now has {self.budget.num_blocks}")
+
+    def cancel(self, request_id: str) -> bool:
+        """Forget a request and free its KV blocks now; False if it is not here."""
+        sequence = self.find(request_id)
+        if sequence is None:
+            return False
+        self.forget(sequence)
+        return True
+
+    def preempt(self, request_id: str) -> Delta | None:
+        """Stop a request and free its KV blocks now; its final delta (PREEMPTED, nothing
+        new: every token so far was streamed), or None if it is not here."""
+        sequence = self.find(request_id)
+        if sequence is None:
+            return None
+        self.forget(sequence)
+        logger.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
+                    len(sequence.generated_token_ids))
+        return sequence.final_delta(pb.FINISH_REASON_PREEMPTED)
+
+    def drop_all(self) -> list[str]:
+        """Forget every request (their broker re-queued them); return their ids."""
+        request_ids = [s.request_id for s in self.waiting] + list(self.running)
+        self.waiting.clear()
+        self.running.clear()
+        self.job = None
+        self.runner.batch.clear()
+        self.budget.clear()
+        self.pending_deltas.clear()
+        return request_ids
+
+    def fail_all(self, message: str) -> list[Delta]:
+        """Error deltas for every request (after a failure that is not one request's)."""
+        request_ids = self.drop_all()
+        return [error_delta(request_id, pb.WORKER_FAILED, message) for request_id in request_ids]
+
+    def set_kv_budget(self, num_blocks: int, block_size: int) -> None:
+        """Adopt the kernel's block geometry; the next step preempts if it is now over budget."""
+        self.budget.resize(num_blocks, block_size)
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.pending_deltas)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_cached_tokens(self) -> int:
+        return sum(s.num_cached_tokens for s in self.running.values())
+
+    @property
+    def max_context_tokens(self) -> int:
+        """A request stops (LENGTH) at the model's context or when it alone fills the KV budget."""
+        return min(self.max_model_len, self.budget.num_blocks * self.budget.block_size)
+
+    def find(self, request_id: str) -> Sequence | None:
+        if request_id in self.running:
+            return self.running[request_id]
+        return next((s for s in self.waiting if s.request_id == request_id), None)
+
+    # ---------------------------------------------------------------- the step
+
+    def step(self) -> list[Delta]:
+        """Schedule, run one decode for the batch and one prefill chunk, return what changed."""
+        deltas, self.pending_deltas = self.pending_deltas, []
+        has_preempted = self.reserve_decode_tokens()
+        if not has_preempted and self.job is None:
+            self.job = self.start_prefill_job()
+        deltas += self.decode()
+        deltas += self.prefill()
+        return deltas
+
+    def reserve_decode_tokens(self) -> bool:
+        """Let every batch row store one more token, most important first, preempting
+        the least important where the budget does not allow; True if any was preempted."""
+        has_preempted = False
+        while self.budget.is_over_budget:  # the kernel's budget shrank
+            self.preempt_by_recompute(self.pick_victim())
+            has_preempted = True
+        rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
+        growth = [(s.request_id, s.num_cached_tokens + 1) for s in rows]
+        if sum(self.budget.num_blocks_to_add(*g) for g in growth) <= self.budget.num_free_blocks:
+            for request_id, num_tokens in growth:  # the usual case: everyone fits
+                self.budget.hold(request_id, num_tokens)
+            return has_preempted
+        for sequence in sorted(rows, key=lambda s: s.preemption_order):
+            while sequence.request_id in self.running and not self.budget.can_hold(
+                    sequence.request_id, sequence.num_cached_tokens + 1):
+                self.preempt_by_recompute(self.pick_victim())
+                has_preempted = True
+            if sequence.request_id in self.running:
+                self.budget.hold(sequence.request_id, sequence.num_cached_tokens + 1)
+        return has_preempted
+
+    def start_prefill_job(self) -> PrefillJob | None:
+        """Waiting requests in order, while there are slots and blocks and their padded
+        prefill fits the step's tokens. A lone long prompt runs in chunks over several steps."""
+        num_tokens_left = self.prefill_tokens_left()
+        chosen: list[Sequence] = []
+        num_columns = 0
+        while self.waiting and self.runner.batch.has_room_for(len(chosen) + 1):
+            sequence = self.waiting[0]
+            if not self.budget.can_ever_hold(sequence.num_context_tokens + 1):
+                self.pending_deltas.append(self.refuse(self.waiting.popleft()))
+                continue
+            width = max(num_columns, sequence.num_context_tokens)
+            if chosen and width * (len(chosen) + 1) > num_tokens_left:
+                break
+            if not self.budget.can_hold(sequence.request_id, sequence.num_context_tokens + 1):
+                break  # in order: nobody overtakes the head
+            self.budget.hold(sequence.request_id, sequence.num_context_tokens)
+            chosen.append(self.waiting.popleft())
+            num_columns = width
+        if not chosen:
+            return None
+        for sequence in chosen:
+            self.running[sequence.request_id] = sequence
+        return self.runner.start_prefill([s.request_id for s in chosen],
+                                         [s.context_token_ids() for s in chosen])
+
+    def prefill_tokens_left(self) -> int:
+        return max(self.max_num_batched_tokens - self.runner.batch.num_rows, MIN_PREFILL_TOKENS)
+
+    def decode(self) -> list[Delta]:
+        sequences = [self.running[request_id] for request_id in self.runner.batch.row_ids]
+        if not sequences:
+            return []
+        try:
+            logits = self.runner.decode([s.generated_token_ids[-1] for s in sequences])
+        except Exception as exc:  # e.g. out of memory: these requests fail, the engine goes on
+            return self.fail_sequences(sequences, exc)
+        for sequence in sequences:
+            sequence.num_cached_tokens += 1
+        return self.append_tokens(sequences, logits)
+
+    def prefill(self) -> list[Delta]:
+        job = self.job
+        if job is None:
+            return []
+        sequences = [self.running[request_id] for request_id in job.request_ids]
+        try:
+            logits = self.runner.prefill(job, max(self.prefill_tokens_left() // job.num_rows, 1))
+        except Exception as exc:
+            return self.fail_sequences(sequences, exc)
+        for sequence, pad in zip(sequences, job.pad_lengths):
+            sequence.num_cached_tokens = max(job.num_done - pad, 0)
+        if logits is None:
+            return []  # more chunks to go
+        try:
+            self.runner.admit(job)
+        except Exception as exc:  # e.g. out of memory while the batch cache grew: it may be
+            rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
+            return self.fail_sequences(sequences + rows, exc)  # half moved, so no row goes on
+        self.job = None
+        return self.append_tokens(sequences, logits)
+
+    def append_tokens(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Delta]:
+        deltas = []
+        for sequence, token_id in zip(sequences, self.sample(sequences, logits)):
+            sequence.generated_token_ids.append(token_id)
+            delta = self.make_delta(sequence, [token_id])
+            deltas.append(delta)
+            if delta.is_finished:
+                self.release(sequence)
+        return deltas
+
+    def sample(self, sequences: list[Sequence], logits: torch.Tensor) -> list[int]:
+        """One token per row: greedy rows by one argmax over the batch, sampled rows
+        with their own generator (seeded runs repeat exactly)."""
+        if all(s.generator is None for s in sequences):
+            return logits.argmax(dim=-1).tolist()
+        greedy = logits.argmax(dim=-1).tolist()
+        return [greedy[row] if s.generator is None
+                else sample_next_token(logits[row], s.request.sampling, s.generator)
+                for row, s in enumerate(sequences)]
+
+    def make_delta(self, sequence: Sequence, new_token_ids: list[int]) -> Delta:
+        return sequence.make_delta(new_token_ids, self.max_context_tokens, self.eos_token_ids)
+
+    # ---------------------------------------------------------------- leaving
+
+    def pick_victim(self) -> Sequence:
+        assert self.running, "over the KV budget with nothing running"
+        return max(self.running.values(), key=lambda s: s.preemption_order)
+
+    def preempt_by_recompute(self, sequence: Sequence) -> None:
+        """Free the request's cache; it waits at the front and is prefilled again later."""
+        for dropped in self.release(sequence):
+            self.waiting.appendleft(dropped)
+        logger.info("worker %s request %s preempted by recompute (KV blocks ran out): %d tokens "
+                    "kept", self.worker_id, sequence.request_id, len(sequence.generated_token_ids))
+
+    def forget(self, sequence: Sequence) -> None:
+        if sequence.request_id in self.running:
+            for dropped in self.release(sequence)[1:]:  # others of its prefill job start again
+                self.waiting.appendleft(dropped)
+        else:
+            self.waiting.remove(sequence)
+
+    def release(self, sequence: Sequence) -> list[Sequence]:
+        """Take the request out of the batch (or out of the prefill job, which then
+        starts again without it) and free its blocks; return every request that left."""
+        job = self.job
+        if job is not None and sequence.request_id in job.request_ids:
+            self.job = None
+            released = [self.running[request_id] for request_id in reversed(job.request_ids)]
+            released.remove(sequence)
+            released.insert(0, sequence)
+        else:
+            if sequence.request_id in self.runner.batch.row_ids:
+                self.runner.remove(sequence.request_id)
+            released = [sequence]
+        for dropped in released:
+            del self.running[dropped.request_id]
+            self.budget.free(dropped.request_id)
+            dropped.num_cached_tokens = 0
+        return released
+
+    def fail_sequences(self, sequences: list[Sequence], exc: Exception) -> list[Delta]:
+        logger.exception("worker %s: the model failed on requests %s", self.worker_id,
+                         ", ".join(s.request_id for s in sequences))
+        deltas = []
+        for sequence in sequences:
+            if sequence.request_id in self.running:
+                self.release(sequence)  # a prefill job goes with its first row
+            deltas.append(error_delta(sequence.request_id, pb.WORKER_FAILED,
+                                      f"the model failed on this request: {exc}"))
+        return deltas

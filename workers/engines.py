@@ -1,0 +1,34 @@
+"""Which engine a worker runs: the names and the one function that maps a name to an engine."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from workers.batched_engine import BatchedEngine
+from workers.engine import Engine
+
+
+GenerateEngine = Engine | BatchedEngine
+
+
+class EngineKind(enum.Enum):
+    BATCHED = "batched"      # workers.batched_engine: one forward per step for the whole batch
+    REFERENCE = "reference"  # workers.engine: one cache and one forward per request
+
+
+def make_engine(kind: str, model: Any, tokenizer: Any, *, max_num_seqs: int, max_model_len: int,
+                worker_id: str, num_blocks: int, block_size: int,
+                max_num_batched_tokens: int) -> GenerateEngine:
+    """The engine named `kind`; the KV geometry and the step's token budget are the batched engine's."""
+    try:
+        engine_kind = EngineKind(kind)
+    except ValueError:
+        names = ", ".join(k.value for k in EngineKind)
+        raise ValueError(f"unknown engine {kind!r}; use one of {names}") from None
+    if engine_kind is EngineKind.REFERENCE:
+        return Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                      worker_id=worker_id)
+    return BatchedEngine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                         worker_id=worker_id, num_blocks=num_blocks, block_size=block_size,
+                         max_num_batched_tokens=max_num_batched_tokens)
