@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import zmq
 import zmq.asyncio
@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from llmos.client import (
     CLIENT_ACCEPTS, DEFAULT_TIMEOUT_S, UNTIED, default_broker_address, make_generate_request,
-    request_id_of,
+    make_pooling_request, request_id_of,
 )
 from llmos.errors import LlmosTimeout, error_from_proto
 from llmos.wire import WireError, pack, pb, unpack
@@ -49,12 +49,13 @@ class AsyncClient:
     async def submit(self, prompt: str, *, model: str = "", max_tokens: int = 0,
                      temperature: float = 0.0, top_p: float | None = None, top_k: int = 0,
                      stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
-                     tier: str = "", tenant: str = "", request_id: str | None = None) -> str:
+                     tier: str = "", tenant: str = "", request_id: str | None = None,
+                     deadline_ms: int = 0) -> str:
         """Send a GenerateRequest; return its id once Accepted, else raise the typed error."""
         request = make_generate_request(
             prompt, request_id=request_id, model=model, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed,
-            tier=tier, tenant=tenant)
+            tier=tier, tenant=tenant, deadline_ms=deadline_ms)
         request_id = request.request_id
         queue = self._open_queue(request_id)
         await self._socket.send(pack(request))
@@ -97,6 +98,41 @@ class AsyncClient:
 
     async def generate(self, prompt: str, **params: object) -> pb.GenerateResult:
         return await self.result(await self.submit(prompt, **params))  # type: ignore[arg-type]
+
+    async def embed(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
+                    tenant: str = "", request_id: str | None = None,
+                    deadline_ms: int = 0) -> pb.EmbedResult:
+        """One L2-normalized embedding per input, in input order (see Client.embed)."""
+        request = make_pooling_request(pb.TASK_KIND_EMBED, inputs, request_id=request_id,
+                                       model=model, tier=tier, tenant=tenant,
+                                       deadline_ms=deadline_ms)
+        return await self._answer(request, "embed_result")
+
+    async def classify(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
+                       tenant: str = "", request_id: str | None = None,
+                       deadline_ms: int = 0) -> pb.ClassifyResult:
+        """One classification per input, in input order (see Client.classify)."""
+        request = make_pooling_request(pb.TASK_KIND_CLASSIFY, inputs, request_id=request_id,
+                                       model=model, tier=tier, tenant=tenant,
+                                       deadline_ms=deadline_ms)
+        return await self._answer(request, "classify_result")
+
+    async def _answer(self, request: Message, result_name: str) -> Message:
+        """Send a request that has one answer; wait past `accepted` for it."""
+        request_id = request.request_id
+        self._open_queue(request_id)
+        await self._socket.send(pack(request))
+        try:
+            while True:
+                name, message = await self._next(request_id, f"no answer to request {request_id}")
+                if name == result_name:
+                    return message
+                if name == "error":
+                    raise error_from_proto(message)
+                if name != "accepted":
+                    log.warning("request %s: unexpected %s", request_id, name)
+        finally:
+            self._queues.pop(request_id, None)  # a late reply finds no queue and is dropped
 
     async def cancel(self, request_id: str) -> None:
         await self._socket.send(pack(pb.Cancel(request_id=request_id)))

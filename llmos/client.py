@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import zmq
 from google.protobuf.message import Message
@@ -35,7 +35,8 @@ BROKER_ADDRESS_ENV = env_var("broker_address")  # LLMOS_BROKER_ADDRESS, as every
 DEFAULT_TIMEOUT_S = 60.0
 
 # What a client accepts from the broker; anything else is dropped at the door.
-CLIENT_ACCEPTS = frozenset({"accepted", "chunk", "result", "error", "status_reply"})
+CLIENT_ACCEPTS = frozenset({"accepted", "chunk", "result", "error", "status_reply",
+                            "embed_result", "classify_result"})
 
 # Inbox key for replies that belong to no request: StatusReply and errors the
 # broker could not tie to a request id.
@@ -50,7 +51,7 @@ def make_generate_request(prompt: str, *, request_id: str | None = None, model: 
                           max_tokens: int = 0, temperature: float = 0.0,
                           top_p: float | None = None, top_k: int = 0,
                           stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
-                          tier: str = "", tenant: str = "") -> pb.GenerateRequest:
+                          tier: str = "", tenant: str = "", deadline_ms: int = 0) -> pb.GenerateRequest:
     """The wire request for `prompt`; a fresh random request id unless one is given."""
     sampling = pb.SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                  top_k=top_k, stop=list(stop))
@@ -59,7 +60,19 @@ def make_generate_request(prompt: str, *, request_id: str | None = None, model: 
     if seed is not None:
         sampling.seed = seed
     return pb.GenerateRequest(request_id=request_id or uuid.uuid4().hex, model=model,
-                              prompt=prompt, sampling=sampling, tier=tier, tenant=tenant)
+                              prompt=prompt, sampling=sampling, tier=tier, tenant=tenant,
+                              deadline_ms=deadline_ms)
+
+
+def make_pooling_request(kind: int, inputs: str | Sequence[str], *, request_id: str | None = None,
+                         model: str = "", tier: str = "", tenant: str = "",
+                         deadline_ms: int = 0) -> pb.EmbedRequest | pb.ClassifyRequest:
+    """The EmbedRequest (kind TASK_KIND_EMBED) or ClassifyRequest for `inputs`
+    (one string is one input); a fresh random request id unless one is given."""
+    request_class = pb.EmbedRequest if kind == pb.TASK_KIND_EMBED else pb.ClassifyRequest
+    return request_class(request_id=request_id or uuid.uuid4().hex, model=model,
+                         inputs=[inputs] if isinstance(inputs, str) else list(inputs),
+                         tier=tier, tenant=tenant, deadline_ms=deadline_ms)
 
 
 def request_id_of(name: str, message: Message) -> str:
@@ -88,7 +101,8 @@ class Client:
     def submit(self, prompt: str, *, model: str = "", max_tokens: int = 0,
                temperature: float = 0.0, top_p: float | None = None, top_k: int = 0,
                stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
-               tier: str = "", tenant: str = "", request_id: str | None = None) -> str:
+               tier: str = "", tenant: str = "", request_id: str | None = None,
+               deadline_ms: int = 0) -> str:
         """Send a GenerateRequest and wait until the broker accepts it.
 
         Returns the request id; raises the typed LlmosError the broker answered
@@ -97,7 +111,7 @@ class Client:
         request = make_generate_request(
             prompt, request_id=request_id, model=model, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed,
-            tier=tier, tenant=tenant)
+            tier=tier, tenant=tenant, deadline_ms=deadline_ms)
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
         self._socket.send(pack(request))
@@ -147,6 +161,43 @@ class Client:
     def generate(self, prompt: str, **params: object) -> pb.GenerateResult:
         """submit + wait for the result; `params` are submit()'s keywords."""
         return self.result(self.submit(prompt, **params))  # type: ignore[arg-type]
+
+    def embed(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
+              tenant: str = "", request_id: str | None = None,
+              deadline_ms: int = 0) -> pb.EmbedResult:
+        """One mean-pooled, L2-normalized embedding per input, in input order
+        (`result.embeddings[i].values`). Raises the typed error, or LlmosTimeout."""
+        request = make_pooling_request(pb.TASK_KIND_EMBED, inputs, request_id=request_id,
+                                       model=model, tier=tier, tenant=tenant,
+                                       deadline_ms=deadline_ms)
+        return self._answer(request, "embed_result")
+
+    def classify(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
+                 tenant: str = "", request_id: str | None = None,
+                 deadline_ms: int = 0) -> pb.ClassifyResult:
+        """One classification per input, in input order: the top `label` and its
+        `score`, and every label's score. Raises the typed error, or LlmosTimeout."""
+        request = make_pooling_request(pb.TASK_KIND_CLASSIFY, inputs, request_id=request_id,
+                                       model=model, tier=tier, tenant=tenant,
+                                       deadline_ms=deadline_ms)
+        return self._answer(request, "classify_result")
+
+    def _answer(self, request: Message, result_name: str) -> Message:
+        """Send a request that has one answer; wait past `accepted` for it."""
+        request_id = request.request_id
+        self._inboxes[request_id] = collections.deque()
+        self._socket.send(pack(request))
+        try:
+            while True:
+                name, message = self._next(request_id, f"no answer to request {request_id}")
+                if name == result_name:
+                    return message
+                if name == "error":
+                    raise error_from_proto(message)
+                if name != "accepted":
+                    log.warning("request %s: unexpected %s", request_id, name)
+        finally:
+            self._inboxes.pop(request_id, None)  # a late reply finds no inbox and is dropped
 
     def cancel(self, request_id: str) -> None:
         """Ask the broker to stop the request. Its stream then ends with a
@@ -241,4 +292,4 @@ def query_kernel(address: str, timeout_s: float,
 
 
 __all__ = ["Client", "DEFAULT_TIMEOUT_S", "default_broker_address", "make_generate_request",
-           "query_kernel"]
+           "make_pooling_request", "query_kernel"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 MODEL_NAME = "llmos-tiny"
@@ -97,7 +98,9 @@ def remake_tiny_model(path: Path) -> Path:
     return Path(path)
 
 
-def _make_atomically(path: Path, replace: bool) -> None:
+def _make_atomically(path: Path, replace: bool, make: Callable[[Path], Path] | None = None) -> None:
+    """`make(directory)` (default `make_tiny_model`) writes the model; llmos.tiny_classifier
+    passes its own."""
     # Build next to the target, then rename: a concurrent start never sees half
     # a model, and whoever renames first wins.
     if path.exists() and any(path.iterdir()) and not is_model_dir(path):
@@ -106,7 +109,7 @@ def _make_atomically(path: Path, replace: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        make_tiny_model(staging)
+        (make or make_tiny_model)(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; a model directory is not
         if replace and is_model_dir(path):
             shutil.rmtree(path)

@@ -38,4 +38,15 @@ def request_delta(delta: Delta) -> pb.RequestDelta:
     if delta.error_code != pb.ERROR_CODE_UNSPECIFIED:
         message.error.CopyFrom(pb.Error(code=delta.error_code, message=delta.error_message,
                                         request_id=delta.request_id))
+    for values in delta.embeddings:
+        message.embeddings.add(values=values)
+    for scores in delta.classifications:
+        message.classifications.append(classification(scores))
     return message
+
+
+def classification(scores: list[tuple[str, float]]) -> pb.Classification:
+    """Every label's score in model order, and the top one (the first, on a tie)."""
+    label, score = max(scores, key=lambda label_score: label_score[1])
+    return pb.Classification(label=label, score=score,
+                             scores=[pb.LabelScore(label=name, score=value) for name, value in scores])

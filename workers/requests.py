@@ -31,6 +31,9 @@ class EngineRequest:
     # many characters of their text it has seen.
     generated_token_ids: list[int] = field(default_factory=list)
     emitted_text_chars: int = 0
+    # 0 = most important (like a tier rank); when KV blocks run out the batched
+    # engine preempts the highest value first, the latest arrival among equals
+    priority: int = 0
 
 
 @dataclass
@@ -45,6 +48,10 @@ class Delta:
     finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     error_code: int = pb.ERROR_CODE_UNSPECIFIED
     error_message: str = ""
+    # pooling models (workers.pooling), on the final delta: one entry per input, in order
+    embeddings: list[list[float]] = field(default_factory=list)
+    # per input: (label, score) for every label, in model order
+    classifications: list[list[tuple[str, float]]] = field(default_factory=list)
 
 
 def error_delta(request_id: str, code: int, message: str, prompt_tokens: int = 0) -> Delta:

@@ -1,0 +1,58 @@
+"""A worker that serves an embedding or classification model (`workers.pooling`).
+
+Everything about sockets, liveness and registration is `workers.service.Worker`'s;
+this subclass changes only what differs for a pooling model:
+- it registers with the broker with its `task` (TASK_KIND_EMBED / _CLASSIFY)
+  and with the kernel with no KV capacity;
+- a dispatch carries `inputs` instead of a prompt, and starts as soon as a
+  slot is free: there are no KV blocks to ask the kernel for, or to free;
+- each request ends in one final delta with all its embeddings or labels.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from llmos.wire import pb
+from workers.model_loader import load_tokenizer
+from workers.pooling import PoolingEngine, PoolingRequest
+from workers.requests import error_delta
+from workers.service import Worker
+from workers.tasks import TASK_NAMES
+
+logger = logging.getLogger("workers.pooling_service")
+
+
+class PoolingWorker(Worker):
+    def make_engine(self) -> PoolingEngine:  # type: ignore[override]
+        return PoolingEngine(self.loaded.model, load_tokenizer(self.loaded.path), self.loaded.task,
+                             max_length=self.loaded.max_model_len, worker_id=self.worker_id)
+
+    def broker_registration(self) -> pb.WorkerRegister:
+        registration = super().broker_registration()
+        registration.task = self.loaded.task
+        return registration
+
+    def accept_dispatch(self, dispatch: pb.Dispatch) -> None:
+        request_id = dispatch.request_id
+        if self.admission.is_live(request_id):
+            logger.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
+            return
+        if dispatch.model and dispatch.model != self.loaded.name:
+            message = f"this worker serves {self.loaded.name}, not {dispatch.model}"
+            self.send_progress([error_delta(request_id, pb.UNKNOWN_MODEL, message)])
+            return
+        # The engine checks kind and inputs (its error comes back at its next step).
+        request = PoolingRequest(request_id=request_id, kind=dispatch.kind,
+                                 inputs=list(dispatch.inputs))
+        self.admission.add(request, 0)  # type: ignore[arg-type]  # admission reads only the id
+        logger.info("worker %s request %s queued: %s of %d inputs", self.worker_id, request_id,
+                    TASK_NAMES.get(dispatch.kind, dispatch.kind), len(request.inputs))
+
+    def admit_requests(self) -> None:
+        """A free slot is all a request needs: no KV blocks."""
+        while (pending := self.admission.next_allocation()) is not None:
+            self.start_request(pending.request.request_id)
+
+    def release_blocks(self, request_id: str) -> None:
+        self.admission.release(request_id)  # it held no blocks: nothing to tell the kernel
