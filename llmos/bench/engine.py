@@ -1,0 +1,298 @@
+"""`llmos bench engine`: the llmos engine against transformers, in one process.
+
+One run loads one model, makes one set of prompts, and measures on them:
+the matmul peak of the device; the llmos engine at each concurrency (closed
+loop: as one request finishes the next starts); a Poisson-arrival run at a
+fraction of the capacity the engine just showed; and the transformers
+baselines (`generate` one request at a time, `generate` on one left-padded
+static batch, and transformers' own continuous batching where installed).
+Every request makes exactly `--new-tokens` greedy tokens (EOS is ignored), so
+every figure counts the same work. It prints a table, then one JSON line.
+docs/benchmarks.md says what each figure means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import click
+import torch
+
+from llmos.bench import baselines
+from llmos.bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
+from llmos.bench.report import format_report
+from llmos.bench.stats import count_parameters, latency_figures, matmul_peak_flops, model_flops
+from llmos.config import option, options_from
+from workers.config import WorkerConfig
+from workers.engine import Engine
+from workers.model_loader import LoadedModel, load_model, load_tokenizer
+
+COMPARE_CONCURRENCY = 32   # the level the speedups compare, and the static batch's size
+WARM_UP_TOKENS = 2
+
+
+@dataclass
+class EngineBenchConfig:
+    model: str = option("dummy:llama-100m", "model directory, or dummy:<preset> for random "
+                                            "weights (llama-tiny, llama-100m, llama-1b)")
+    device: str = option("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda")
+    dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16")
+    prompt_len: int = option(32, "prompt tokens per request")
+    new_tokens: int = option(64, "tokens each request generates (EOS is ignored)")
+    concurrency: str = option("1,8,32,64", "comma-separated engine concurrency levels")
+    requests: int = option(0, "requests per level; 0 = the level's concurrency (one wave)")
+    sequential_requests: int = option(4, "requests for the one-at-a-time generate baseline")
+    poisson_seconds: float = option(10.0, "arrivals window of the Poisson run; 0 = no Poisson run")
+    poisson_load: float = option(0.8, "Poisson arrival rate, as a fraction of measured capacity")
+    threads: int = option(0, "torch CPU threads; 0 = torch's default")
+    block_size: int = option(16, "KV block size in tokens (BatchedEngine only)")
+    max_num_batched_tokens: int = option(2048, "tokens per engine step (BatchedEngine only)")
+    seed: int = option(0, "seed of the prompts and the arrivals")
+    skip_baselines: bool = option(False, "measure the llmos engine only")
+    json_only: bool = option(False, "print only the JSON line")
+
+    def check(self) -> None:
+        if self.prompt_len < 1 or self.new_tokens < 1:
+            raise click.BadParameter("--prompt-len and --new-tokens must be at least 1")
+        if not 0 < self.poisson_load:
+            raise click.BadParameter("--poisson-load must be above 0")
+        self.concurrency_levels  # raises on a bad list
+
+    @property
+    def concurrency_levels(self) -> list[int]:
+        levels = sorted({int(level) for level in self.concurrency.split(",") if level.strip()})
+        if not levels or levels[0] < 1:
+            raise click.BadParameter(f"need levels >= 1, got {self.concurrency!r}",
+                                     param_hint="--concurrency")
+        return levels
+
+    @property
+    def compare_concurrency(self) -> int:
+        levels = self.concurrency_levels
+        return COMPARE_CONCURRENCY if COMPARE_CONCURRENCY in levels else levels[-1]
+
+
+@click.command("engine")
+@options_from(EngineBenchConfig)
+def engine(**kwargs: Any) -> None:
+    """Measure the llmos engine against transformers on one model, in one process."""
+    config = EngineBenchConfig(**kwargs)
+    summary = run_bench(config, echo=(lambda _: None) if config.json_only else click.echo)
+    if not config.json_only:
+        click.echo(format_report(summary))
+    click.echo(json.dumps(summary))
+
+
+def run_bench(config: EngineBenchConfig,
+              echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+    """Every measurement, as the dict the JSON line prints; `echo` gets progress lines."""
+    config.check()
+    levels = config.concurrency_levels
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    loaded = load_model(WorkerConfig(model=config.model, device=config.device, dtype=config.dtype,
+                                     max_model_len=config.prompt_len + config.new_tokens))
+    tokenizer = load_tokenizer(loaded.path)
+    engine_cls = engine_class()
+    echo(f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
+         f"{loaded.device} ({dtype_name(loaded.dtype)}), engine {engine_cls.__name__}")
+    peak_flops = matmul_peak_flops(loaded.device, loaded.dtype)
+    bench = EngineBench(config, loaded, tokenizer, engine_cls, peak_flops)
+    bench.warm_up()
+    runs = {}
+    for concurrency in levels:
+        echo(f"llmos engine, {concurrency} concurrent ...")
+        runs[concurrency] = bench.measure_level(concurrency)
+    capacity_rps = runs[config.compare_concurrency]["output_tokens_per_s"] / config.new_tokens
+    poisson = None
+    if config.poisson_seconds > 0:
+        echo(f"Poisson arrivals at {config.poisson_load:.0%} of {capacity_rps:.2f} requests/s ...")
+        poisson = bench.measure_poisson(config.poisson_load * capacity_rps, levels[-1])
+    baseline_figures = {"sequential": None, "static_batch": None, "generate_batch": None}
+    if not config.skip_baselines:
+        echo("transformers baselines ...")
+        baseline_figures = bench.measure_baselines()
+    return summarize(config, bench, runs, poisson, baseline_figures)
+
+
+def engine_class() -> type:
+    """BatchedEngine where it exists, else the reference Engine (said on stderr)."""
+    try:
+        from workers.batched_engine import BatchedEngine
+    except ImportError as exc:
+        click.echo(f"note: workers.batched_engine is not importable ({exc}); "
+                   "measuring the reference Engine instead", err=True)
+        return Engine
+    return BatchedEngine
+
+
+class EngineBench:
+    """One model, one set of prompts, and the measurements made on them."""
+
+    def __init__(self, config: EngineBenchConfig, loaded: LoadedModel, tokenizer: Any,
+                 engine_cls: type, peak_flops: float) -> None:
+        self.config = config
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = tokenizer
+        self.engine_cls = engine_cls
+        self.peak_flops = peak_flops
+        num_prompts = max(max(self.level_requests(c) for c in config.concurrency_levels),
+                          config.compare_concurrency, config.sequential_requests)
+        self.prompts = make_prompts(num_prompts, config.prompt_len, tokenizer,
+                                    self.model.config.get_text_config().vocab_size, config.seed)
+
+    def level_requests(self, concurrency: int) -> int:
+        return self.config.requests or concurrency
+
+    def make_engine(self, max_num_seqs: int) -> Any:
+        max_model_len = self.config.prompt_len + self.config.new_tokens
+        kwargs: dict[str, Any] = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                                      eos_token_ids=set(), worker_id="bench")  # no EOS: full length
+        if self.engine_cls is not Engine:
+            blocks_per_request = math.ceil(max_model_len / self.config.block_size)
+            # enough blocks that no request is ever preempted, and room for a whole prompt
+            kwargs.update(block_size=self.config.block_size,
+                          num_blocks=max_num_seqs * (blocks_per_request + 1),
+                          max_num_batched_tokens=max(self.config.max_num_batched_tokens,
+                                                     self.config.prompt_len))
+        return self.engine_cls(self.model, self.tokenizer, **kwargs)
+
+    def warm_up(self) -> None:
+        """One short pass through each path, so no measurement pays for first calls."""
+        prompts = self.prompts[:2]
+        run_closed_loop(self.make_engine(2), prompts, 2, WARM_UP_TOKENS)
+        if not self.config.skip_baselines:
+            baselines.generate_static_batch(self.model, prompts, WARM_UP_TOKENS, self.pad_token_id)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+
+    def throughput(self, num_prompt_tokens: int, num_generated_tokens: int,
+                   wall_s: float) -> dict[str, float]:
+        flops_per_s = model_flops(self.model, num_prompt_tokens, num_generated_tokens) / wall_s
+        return {"output_tokens": num_generated_tokens, "wall_s": wall_s,
+                "output_tokens_per_s": num_generated_tokens / wall_s,
+                "flops_per_s": flops_per_s, "peak_fraction": flops_per_s / self.peak_flops}
+
+    def load_figures(self, result: LoadResult, names: tuple[str, ...]) -> dict[str, Any]:
+        return {"requests": len(result.timings),
+                **self.throughput(result.num_prompt_tokens, result.num_generated_tokens,
+                                  result.wall_s),
+                **latency_figures(result.timings, names)}
+
+    def measure_level(self, concurrency: int) -> dict[str, Any]:
+        prompts = self.prompts[:self.level_requests(concurrency)]
+        result = run_closed_loop(self.make_engine(concurrency), prompts, concurrency,
+                                 self.config.new_tokens)
+        return {"concurrency": concurrency, **self.load_figures(result, ("ttft", "tpot"))}
+
+    def measure_poisson(self, rate_per_s: float, max_num_seqs: int) -> dict[str, Any]:
+        offsets = poisson_arrivals(rate_per_s, self.config.poisson_seconds, self.config.seed)
+        # fresh prompts (another seed): no prefix-cache hits from the earlier runs
+        prompts = make_prompts(len(offsets), self.config.prompt_len, self.tokenizer,
+                               self.model.config.get_text_config().vocab_size, self.config.seed + 1)
+        result = run_open_loop(self.make_engine(max_num_seqs), prompts, offsets,
+                               self.config.new_tokens)
+        figures = {"rate_per_s": rate_per_s, "load": self.config.poisson_load,
+                   "seconds": self.config.poisson_seconds, "max_num_seqs": max_num_seqs}
+        if result.timings:
+            figures.update(self.load_figures(result, ("ttft", "tpot", "e2e")))
+        else:
+            figures["requests"] = 0
+        return figures
+
+    def measure_baselines(self) -> dict[str, dict[str, Any] | None]:
+        new_tokens, pad = self.config.new_tokens, self.pad_token_id
+        batch = self.prompts[:self.config.compare_concurrency]
+        figures: dict[str, dict[str, Any] | None] = {}
+        sequential = baselines.generate_sequential(
+            self.model, self.prompts[:self.config.sequential_requests], new_tokens, pad)
+        figures["sequential"] = self.baseline_figures(sequential)
+        static = baselines.generate_static_batch(self.model, batch, new_tokens, pad)
+        figures["static_batch"] = self.baseline_figures(static)
+        figures["generate_batch"] = None
+        if baselines.has_continuous_batching(self.model):
+            try:  # last: it swaps the model's attention while it runs
+                continuous = baselines.generate_continuous(self.model, batch, new_tokens)
+                figures["generate_batch"] = self.baseline_figures(continuous)
+            except Exception as exc:  # a baseline that cannot run here is missing, not fatal
+                click.echo(f"note: transformers continuous batching failed: {exc}", err=True)
+        return figures
+
+    def baseline_figures(self, result: baselines.BaselineResult) -> dict[str, Any]:
+        assert result.num_generated_tokens == result.num_requests * self.config.new_tokens
+        return {"requests": result.num_requests,
+                **self.throughput(result.num_prompt_tokens, result.num_generated_tokens,
+                                  result.wall_s)}
+
+
+def make_prompts(count: int, prompt_len: int, tokenizer: Any, vocab_size: int,
+                 seed: int) -> list[list[int]]:
+    """`count` distinct prompts of `prompt_len` ids: BOS (if any) then seeded random
+    ordinary tokens, so no two share more than BOS and prefix caching cannot help."""
+    rng = random.Random(seed)
+    special_ids = set(tokenizer.all_special_ids)
+    ordinary_ids = [i for i in range(min(len(tokenizer), vocab_size)) if i not in special_ids]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + rng.choices(ordinary_ids, k=prompt_len - len(bos)) for _ in range(count)]
+
+
+def summarize(config: EngineBenchConfig, bench: EngineBench, runs: dict[int, dict[str, Any]],
+              poisson: dict[str, Any] | None,
+              baseline_figures: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The JSON line: headline ratios first, then every raw figure."""
+    compared = runs[config.compare_concurrency]
+
+    def speedup(name: str) -> float | None:
+        baseline = baseline_figures[name]
+        return None if baseline is None else (compared["output_tokens_per_s"]
+                                              / baseline["output_tokens_per_s"])
+
+    loaded = bench.loaded
+    return {
+        "speedup_vs_sequential": speedup("sequential"),
+        "speedup_vs_static_batch": speedup("static_batch"),
+        "speedup_vs_generate_batch": speedup("generate_batch"),
+        "peak_fraction": compared["peak_fraction"],
+        "compare_concurrency": config.compare_concurrency,
+        "model": config.model, "num_parameters": count_parameters(bench.model),
+        "device": str(loaded.device), "device_name": device_name(loaded.device),
+        "dtype": dtype_name(loaded.dtype), "threads": torch.get_num_threads(),
+        "engine": bench.engine_cls.__name__, "peak_flops_per_s": bench.peak_flops,
+        "settings": asdict(config),
+        "llmos": [runs[concurrency] for concurrency in sorted(runs)],
+        "poisson": poisson, "baselines": baseline_figures,
+        "versions": {"torch": torch.__version__, "transformers": transformers_version()},
+    }
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux names the CPU model here; platform.processor() is often empty
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__

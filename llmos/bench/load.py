@@ -1,0 +1,120 @@
+"""Driving an engine in-process: a closed loop at fixed concurrency, or Poisson arrivals.
+
+No sockets and no threads: the benchmark calls `engine.step()` itself and reads
+the clock after each step, which is when the worker would send the deltas on.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llmos.bench.stats import RequestTiming
+from llmos.wire import pb
+from workers.requests import EngineRequest, SamplingOptions
+
+IDLE_SLEEP_CAP_S = 0.05
+
+
+@dataclass
+class LoadResult:
+    timings: list[RequestTiming]
+    wall_s: float                  # first arrival to last finish
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return sum(timing.num_prompt_tokens for timing in self.timings)
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return sum(timing.num_generated_tokens for timing in self.timings)
+
+
+class LoadDriver:
+    """Submits requests to one engine, steps it, and times every request."""
+
+    def __init__(self, engine: Any, new_tokens: int) -> None:
+        self.engine = engine
+        self.new_tokens = new_tokens
+        self.timings: dict[str, RequestTiming] = {}
+        self.num_in_flight = 0
+
+    def submit(self, index: int, prompt_token_ids: list[int], arrival_s: float) -> None:
+        request_id = f"bench-{index}"
+        self.timings[request_id] = RequestTiming(arrival_s=arrival_s,
+                                                 num_prompt_tokens=len(prompt_token_ids))
+        # greedy and exactly new_tokens long: the engine was built with no EOS ids
+        sampling = SamplingOptions(max_tokens=self.new_tokens, temperature=0.0)
+        self.engine.add_request(EngineRequest(request_id, list(prompt_token_ids), sampling))
+        self.num_in_flight += 1
+
+    def step(self) -> None:
+        deltas = self.engine.step()
+        now = time.perf_counter()
+        for delta in deltas:
+            if delta.error_code != pb.ERROR_CODE_UNSPECIFIED:
+                raise RuntimeError(f"request {delta.request_id} failed: {delta.error_message}")
+            timing = self.timings[delta.request_id]
+            if delta.token_ids and timing.num_generated_tokens == 0:
+                timing.first_token_s = now
+            timing.num_generated_tokens += len(delta.token_ids)
+            if delta.is_finished:
+                timing.finished_s = now
+                self.num_in_flight -= 1
+                assert timing.num_generated_tokens == self.new_tokens, (
+                    f"{delta.request_id} made {timing.num_generated_tokens} tokens, "
+                    f"not {self.new_tokens}: did the engine stop at an EOS?")
+
+    def result(self) -> LoadResult:
+        timings = list(self.timings.values())
+        if not timings:
+            return LoadResult(timings=[], wall_s=0.0)
+        wall_s = max(t.finished_s for t in timings) - min(t.arrival_s for t in timings)
+        return LoadResult(timings=timings, wall_s=wall_s)
+
+
+def run_closed_loop(engine: Any, prompts: list[list[int]], concurrency: int,
+                    new_tokens: int) -> LoadResult:
+    """Keep `concurrency` requests in flight (a new one as each finishes) until all are done."""
+    driver = LoadDriver(engine, new_tokens)
+    next_index = 0
+    while next_index < len(prompts) or engine.has_work:
+        while next_index < len(prompts) and driver.num_in_flight < concurrency:
+            driver.submit(next_index, prompts[next_index], time.perf_counter())
+            next_index += 1
+        driver.step()
+    return driver.result()
+
+
+def poisson_arrivals(rate_per_s: float, duration_s: float, seed: int) -> list[float]:
+    """Arrival offsets (seconds from the start) of a Poisson process over `duration_s`."""
+    rng = random.Random(seed)
+    offsets: list[float] = []
+    offset = rng.expovariate(rate_per_s)
+    while offset < duration_s:
+        offsets.append(offset)
+        offset += rng.expovariate(rate_per_s)
+    return offsets
+
+
+def run_open_loop(engine: Any, prompts: list[list[int]], arrival_offsets_s: list[float],
+                  new_tokens: int) -> LoadResult:
+    """Submit prompt i at its arrival offset whatever the engine is doing; latencies
+    count from the arrival, so time spent waiting for a step to end is included."""
+    assert len(prompts) == len(arrival_offsets_s)
+    driver = LoadDriver(engine, new_tokens)
+    started = time.perf_counter()
+    next_index = 0
+    while next_index < len(prompts) or engine.has_work:
+        now = time.perf_counter()
+        while next_index < len(prompts) and started + arrival_offsets_s[next_index] <= now:
+            driver.submit(next_index, prompts[next_index], started + arrival_offsets_s[next_index])
+            next_index += 1
+        if engine.has_work:
+            driver.step()
+        elif next_index < len(prompts):  # idle until the next arrival
+            wait_s = started + arrival_offsets_s[next_index] - time.perf_counter()
+            time.sleep(min(max(wait_s, 0.0), IDLE_SLEEP_CAP_S))
+    return driver.result()

@@ -1,0 +1,74 @@
+"""The human-readable table `llmos bench engine` prints before its JSON line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmos.cli import table
+
+BASELINE_LABELS = {
+    "sequential": "transformers generate, one at a time",
+    "static_batch": "transformers generate, static batch",
+    "generate_batch": "transformers generate_batch (CB)",
+}
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    settings = summary["settings"]
+    lines = [
+        f"model {summary['model']} ({summary['num_parameters'] / 1e6:.1f}M parameters) on "
+        f"{summary['device']} [{summary['device_name']}], {summary['dtype']}, "
+        f"{summary['threads']} threads",
+        f"prompt {settings['prompt_len']} tokens, {settings['new_tokens']} new tokens per request; "
+        f"matmul peak {summary['peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
+        "",
+    ]
+    headers = ["RUN", "CONC", "REQS", "OUT TOK/S", "TTFT P50/P99 MS", "TPOT P50/P99 MS", "% PEAK"]
+    rows = [[f"llmos {summary['engine']}", str(run["concurrency"]), str(run["requests"]),
+             f"{run['output_tokens_per_s']:.1f}", pair_ms(run, "ttft"), pair_ms(run, "tpot"),
+             percent(run["peak_fraction"])] for run in summary["llmos"]]
+    for name, label in BASELINE_LABELS.items():
+        run = summary["baselines"][name]
+        concurrency = "1" if name == "sequential" else str(summary["compare_concurrency"])
+        rows.append([label, concurrency, "-", "not run", "-", "-", "-"] if run is None else
+                    [label, concurrency, str(run["requests"]), f"{run['output_tokens_per_s']:.1f}",
+                     "-", "-", percent(run["peak_fraction"])])
+    lines += table(headers, rows)
+    lines += poisson_lines(summary["poisson"])
+    lines += ["", f"llmos at {summary['compare_concurrency']} concurrent: "
+                  + ", ".join(f"{ratio(summary[key])} {label}" for key, label in [
+                      ("speedup_vs_sequential", "sequential generate"),
+                      ("speedup_vs_static_batch", "static batch"),
+                      ("speedup_vs_generate_batch", "generate_batch")])
+                  + f"; {percent(summary['peak_fraction'])} of the matmul peak"]
+    return "\n".join(lines)
+
+
+def poisson_lines(poisson: dict[str, Any] | None) -> list[str]:
+    if poisson is None:
+        return []
+    head = (f"Poisson arrivals at {poisson['rate_per_s']:.2f} requests/s "
+            f"({poisson['load']:.0%} of capacity) for {poisson['seconds']:g} s: "
+            f"{poisson['requests']} requests")
+    if not poisson["requests"]:
+        return ["", head]
+    return ["", head + f", {poisson['output_tokens_per_s']:.1f} output tokens/s",
+            f"  TTFT p50/p99 {pair_ms(poisson, 'ttft')} ms, "
+            f"TPOT p50/p99 {pair_ms(poisson, 'tpot')} ms, "
+            f"end-to-end p50/p99 {pair_ms(poisson, 'e2e')} ms"]
+
+
+def pair_ms(figures: dict[str, Any], name: str) -> str:
+    return "/".join(ms(figures.get(f"{name}_{q}_s")) for q in ("p50", "p99"))
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def ratio(value: float | None) -> str:
+    return "n/a vs" if value is None else f"{value:.2f}x vs"

@@ -1,0 +1,161 @@
+"""`llmos bench engine` on the smallest settings: the JSON line's shape, never its speed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from llmos.bench.engine import engine_class
+from llmos.bench.load import poisson_arrivals, run_closed_loop, run_open_loop
+from llmos.bench.stats import model_flops, percentile
+from llmos.cli import cli
+from workers.dummy import build_dummy_model
+from workers.engine import Engine
+from workers.requests import Delta
+
+torch.set_num_threads(1)
+
+TINY_ARGS = ["bench", "engine", "--model", "dummy:llama-tiny", "--prompt-len", "8",
+             "--new-tokens", "4", "--concurrency", "1,2", "--threads", "1"]
+RUN_KEYS = {"requests", "output_tokens", "wall_s", "output_tokens_per_s", "flops_per_s",
+            "peak_fraction"}
+
+
+def run_bench(*extra_args: str) -> dict:
+    result = CliRunner().invoke(cli, [*TINY_ARGS, *extra_args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def is_positive(value: object) -> bool:
+    return isinstance(value, float) and value > 0
+
+
+class FakeEngine:
+    """One token per running request per step; records how many ran at once."""
+
+    def __init__(self, new_tokens: int) -> None:
+        self.new_tokens = new_tokens
+        self.generated: dict[str, int] = {}
+        self.most_running = 0
+
+    def add_request(self, request) -> None:
+        assert request.sampling.max_tokens == self.new_tokens
+        self.generated[request.request_id] = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.generated)
+
+    def step(self) -> list[Delta]:
+        self.most_running = max(self.most_running, len(self.generated))
+        deltas = []
+        for request_id in list(self.generated):
+            self.generated[request_id] += 1
+            is_finished = self.generated[request_id] == self.new_tokens
+            deltas.append(Delta(request_id, token_ids=[7], is_finished=is_finished))
+            if is_finished:
+                del self.generated[request_id]
+        return deltas
+
+
+def test_json_line_has_every_figure_with_sane_types():
+    summary = run_bench("--poisson-seconds", "0.2", "--json-only")
+
+    for key in ("speedup_vs_sequential", "speedup_vs_static_batch", "peak_fraction",
+                "peak_flops_per_s"):
+        assert is_positive(summary[key]), key
+    generate_batch = summary["baselines"]["generate_batch"]
+    assert summary["speedup_vs_generate_batch"] is None or is_positive(
+        summary["speedup_vs_generate_batch"])
+    assert (generate_batch is None) == (summary["speedup_vs_generate_batch"] is None)
+    assert (summary["model"], summary["device"], summary["compare_concurrency"]) == (
+        "dummy:llama-tiny", "cpu", 2)
+    assert summary["engine"] in {"Engine", "BatchedEngine"}
+    assert [run["concurrency"] for run in summary["llmos"]] == [1, 2]
+    for run in summary["llmos"]:
+        assert RUN_KEYS | {"ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s"} <= set(run)
+        assert run["output_tokens"] == run["requests"] * 4 == run["concurrency"] * 4
+        assert is_positive(run["ttft_p50_s"]) and run["ttft_p50_s"] <= run["ttft_p99_s"]
+    for name in ("sequential", "static_batch"):
+        baseline = summary["baselines"][name]
+        assert RUN_KEYS <= set(baseline)
+        assert baseline["output_tokens"] == baseline["requests"] * 4
+    poisson = summary["poisson"]
+    assert poisson["load"] == 0.8 and is_positive(poisson["rate_per_s"])
+    if poisson["requests"]:
+        assert {"ttft_p99_s", "e2e_p50_s", "e2e_p99_s"} <= set(poisson)
+
+
+def test_table_comes_before_the_json_line():
+    result = CliRunner().invoke(cli, [*TINY_ARGS, "--poisson-seconds", "0", "--skip-baselines"])
+    lines = result.stdout.strip().splitlines()
+
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("RUN ") and "OUT TOK/S" in line for line in lines)
+    summary = json.loads(lines[-1])
+    assert summary["poisson"] is None
+    assert summary["baselines"] == {"sequential": None, "static_batch": None,
+                                    "generate_batch": None}
+    assert summary["speedup_vs_sequential"] is None
+
+
+def test_bad_concurrency_is_a_usage_error():
+    result = CliRunner().invoke(cli, [*TINY_ARGS[:-4], "--concurrency", "0,2"])
+
+    assert result.exit_code == 2
+    assert "--concurrency" in result.output
+
+
+def test_engine_falls_back_to_the_reference_engine_when_batched_is_missing(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "workers.batched_engine", None)  # import raises ImportError
+
+    assert engine_class() is Engine
+    assert "measuring the reference Engine" in capsys.readouterr().err
+
+
+def test_engine_prefers_batched_engine_when_present(monkeypatch):
+    module = types.ModuleType("workers.batched_engine")
+    module.BatchedEngine = type("BatchedEngine", (), {})
+    monkeypatch.setitem(sys.modules, "workers.batched_engine", module)
+
+    assert engine_class() is module.BatchedEngine
+
+
+def test_closed_loop_keeps_concurrency_in_flight_until_all_are_done():
+    engine = FakeEngine(new_tokens=3)
+    result = run_closed_loop(engine, [[1, 2]] * 5, concurrency=2, new_tokens=3)
+
+    assert engine.most_running == 2
+    assert len(result.timings) == 5
+    assert (result.num_generated_tokens, result.num_prompt_tokens) == (15, 10)
+    assert all(t.arrival_s <= t.first_token_s <= t.finished_s for t in result.timings)
+
+
+def test_open_loop_runs_every_arrival():
+    offsets = poisson_arrivals(rate_per_s=200.0, duration_s=0.05, seed=3)
+    result = run_open_loop(FakeEngine(new_tokens=2), [[1]] * len(offsets), offsets, new_tokens=2)
+
+    assert offsets == poisson_arrivals(rate_per_s=200.0, duration_s=0.05, seed=3)
+    assert offsets == sorted(offsets) and all(0 < offset < 0.05 for offset in offsets)
+    assert result.num_generated_tokens == 2 * len(offsets)
+
+
+def test_percentile_interpolates_and_skips_missing_values():
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, float("nan")], 100) == 2.0
+    assert percentile([float("nan")], 50) is None
+
+
+def test_model_flops_count_the_head_only_for_generated_tokens():
+    model = build_dummy_model("llama-tiny", "meta")
+    head = model.lm_head.weight.numel()
+    body = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)) - head
+
+    assert model_flops(model, 10, 0) == 2 * body * 10
+    assert model_flops(model, 10, 5) == 2 * body * 15 + 2 * head * 5
