@@ -16,9 +16,15 @@ from workers.config import WorkerConfig
 @options_from(WorkerConfig)
 def command(**kwargs: object) -> None:
     """Load a model and serve requests dispatched by the broker."""
+    config = WorkerConfig(**kwargs)
+    if config.engine == "sim":
+        from workers import sim  # no torch: hundreds of these fit on one machine
+
+        sim.run(config)
+        return
     from workers import service
 
-    service.run(WorkerConfig(**kwargs))
+    service.run(config)
 
 
 def main() -> None:

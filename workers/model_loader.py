@@ -12,7 +12,10 @@ import torch
 
 from llmos.tiny_model import MODEL_NAME as TINY_MODEL_NAME
 from llmos.tiny_model import ensure_tiny_model
+from llmos.wire import pb
 from workers.config import WorkerConfig
+from workers.dummy import build_dummy_model, build_dummy_tokenizer, dummy_preset_name
+from workers.tasks import embedded_model_name, embedded_model_path, resolve_task
 
 logger = logging.getLogger("workers.model_loader")
 
@@ -38,12 +41,26 @@ class LoadedModel:
     kv_capacity_tokens: int
     memory_bytes_total: int
     memory_bytes_used: int          # weights and runtime, before the KV cache
+    task: int = pb.TASK_KIND_GENERATE  # embed / classify: see workers.pooling_loader
 
 
 def resolve_model_path(config: WorkerConfig) -> tuple[Path, str]:
-    """(directory, served name); an empty --model means the embedded tiny model."""
+    """(directory, served name); an empty --model means the embedded tiny model.
+
+    `dummy:<preset>` (random weights, no files; see workers.dummy) passes through
+    as the path `dummy:<preset>`, which load_model and load_tokenizer recognise."""
     if not config.model:
         return ensure_tiny_model(), config.model_name or TINY_MODEL_NAME
+    try:
+        if dummy_preset_name(config.model) is not None:
+            return Path(config.model), config.model_name or config.model
+    except ValueError as exc:
+        raise SystemExit(f"llmos worker: {exc}") from None
+    try:  # embedded:<name> (or `minilm`): weights shipped inside a pip package
+        if (embedded := embedded_model_name(config.model)) is not None:
+            return embedded_model_path(embedded), config.model_name or embedded
+    except ValueError as exc:
+        raise SystemExit(f"llmos worker: {exc}") from None
     path = Path(config.model).expanduser().resolve()
     if not path.is_dir():
         raise SystemExit(f"llmos worker: model directory {path} does not exist")
@@ -67,6 +84,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
+    preset = dummy_preset_name(str(path))
+    if preset is not None:
+        return build_dummy_tokenizer(preset)
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
@@ -74,10 +94,22 @@ def load_model(config: WorkerConfig) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     path, name = resolve_model_path(config)
+    try:
+        task = resolve_task(path, config.task)
+    except ValueError as exc:
+        raise SystemExit(f"llmos worker: {exc}") from None
+    if task != pb.TASK_KIND_GENERATE:
+        from workers.pooling_loader import load_pooling_model  # it imports this module
+
+        return load_pooling_model(config, path, name, task)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    model = model.to(device).eval()
+    preset = dummy_preset_name(str(path))
+    if preset is not None:
+        model = build_dummy_model(preset, device, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = model.to(device).eval()
     context_length = int(model.config.get_text_config().max_position_embeddings)
     max_model_len = config.max_model_len or context_length
     if max_model_len > context_length:

@@ -23,7 +23,7 @@ from llmos.wire import pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
 from workers.admission import Admission
 from workers.config import WorkerConfig, default_worker_id
-from workers.engine import Engine
+from workers import engines
 from workers.engine_thread import EngineOutput, EngineThread
 from workers.links import BrokerLink, KernelLink
 from workers.messages import engine_request, request_delta
@@ -49,7 +49,12 @@ def run(config: WorkerConfig) -> None:
     logger.info("worker %s loaded %s from %s on %s (%s): max_model_len %d, KV capacity %d tokens",
                 config.worker_id, loaded.name, loaded.path, loaded.device, loaded.dtype,
                 loaded.max_model_len, loaded.kv_capacity_tokens)
-    worker = Worker(config, loaded)
+    if loaded.task == pb.TASK_KIND_GENERATE:
+        worker = Worker(config, loaded)
+    else:
+        from workers.pooling_service import PoolingWorker  # a Worker subclass: imports this module
+
+        worker = PoolingWorker(config, loaded)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
     worker.serve()
@@ -68,9 +73,7 @@ class Worker:
         pipe_address = f"inproc://engine-{id(self)}"
         self.pipe.bind(pipe_address)
         self.poller.register(self.pipe, zmq.POLLIN)
-        engine = Engine(loaded.model, load_tokenizer(loaded.path), max_num_seqs=config.max_num_seqs,
-                        max_model_len=loaded.max_model_len, worker_id=self.worker_id)
-        self.engine_thread = EngineThread(engine, self.context, pipe_address)
+        self.engine_thread = EngineThread(self.make_engine(), self.context, pipe_address)
         self.admission = Admission(config.max_num_seqs, loaded.max_model_len, DEFAULT_BLOCK_SIZE,
                                    loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE)
         self.kernel = KernelLink(self.context, self.poller, config.kernel_address, self.worker_id,
@@ -80,6 +83,19 @@ class Worker:
         self.next_heartbeat_at_s = 0.0
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.is_stopping = False
+
+    def make_engine(self) -> engines.GenerateEngine:
+        """The engine the engine thread drives (workers.pooling_service overrides it).
+        Its KV budget is the kernel's once the kernel answers (adopt_kernel_geometry)."""
+        try:
+            return engines.make_engine(
+                self.config.engine, self.loaded.model, load_tokenizer(self.loaded.path),
+                max_num_seqs=self.config.max_num_seqs, max_model_len=self.loaded.max_model_len,
+                worker_id=self.worker_id, block_size=DEFAULT_BLOCK_SIZE,
+                num_blocks=self.loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE,
+                max_num_batched_tokens=self.config.max_num_batched_tokens)
+        except ValueError as exc:
+            raise SystemExit(f"llmos worker: {exc}") from None
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         logger.info("worker %s received signal %d; stopping", self.worker_id, signum)
@@ -145,6 +161,8 @@ class Worker:
                 self.accept_dispatch(message)
             elif name == "cancel":
                 self.cancel_request(message.request_id)
+            elif name == "preempt":
+                self.preempt_request(message.request_id)
             elif name == "disconnect":
                 logger.warning("worker %s: the broker says register again (%s)",
                                self.worker_id, message.reason or "no reason given")
@@ -257,6 +275,19 @@ class Worker:
         self.send_progress([cancelled_delta(request_id)])
         logger.info("worker %s request %s cancelled", self.worker_id, request_id)
 
+    def preempt_request(self, request_id: str) -> None:
+        """A running request stops at the engine's next step boundary: its final PREEMPTED
+        delta follows every token it made, and frees its blocks (finish_request)."""
+        if request_id in self.admission.running:
+            self.engine_thread.preempt(request_id)
+            logger.info("worker %s request %s preempting", self.worker_id, request_id)
+            return
+        # not started here (or unknown): answered at once, as a cancel is
+        self.release_blocks(request_id)
+        self.send_progress([Delta(request_id, is_finished=True,
+                                  finish_reason=pb.FINISH_REASON_PREEMPTED)])
+        logger.info("worker %s request %s preempted before it started", self.worker_id, request_id)
+
     def release_blocks(self, request_id: str) -> None:
         if self.admission.release(request_id) and self.kernel.is_online:
             self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
@@ -275,6 +306,7 @@ class Worker:
     def adopt_kernel_geometry(self, reply: pb.KernelReply) -> None:
         self.kernel.mark_registered(reply)
         too_large = self.admission.configure(reply.block_size or DEFAULT_BLOCK_SIZE, reply.kv_blocks_total)
+        self.engine_thread.set_kv_budget(reply.kv_blocks_total, reply.block_size or DEFAULT_BLOCK_SIZE)
         for request in too_large:
             self.send_progress([self.check_fits(request, len(request.prompt_token_ids)
                                                 + request.sampling.max_tokens)])

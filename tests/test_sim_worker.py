@@ -1,0 +1,39 @@
+"""Simulated workers speak the real protocol through the real broker and kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmos.client import query_kernel
+from stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def test_simulated_workers_answer_through_the_real_stack(tmp_path):
+    stack = Stack(model_dir=tmp_path, log_dir=tmp_path, num_workers=0)
+    with stack:
+        stack.start_process("sim", "worker", "--engine", "sim", "--sim-workers", "5",
+                            "--worker-id", "sim", "--model-name", "simulated",
+                            "--broker-worker-address", f"tcp://127.0.0.1:{stack.worker_port}",
+                            "--kernel-address", stack.kernel_address)
+        stack.wait_ready(num_workers=5)
+        with stack.client() as client:
+            ids = [client.submit(f"prompt {i} " * 8, max_tokens=8, tier="batch") for i in range(20)]
+            results = [client.result(request_id) for request_id in ids]
+            status = client.status()
+        view = query_kernel(stack.kernel_address, timeout_s=10)
+    assert [r.usage.generated_tokens for r in results] == [8] * 20
+    assert {r.model for r in results} == {"simulated"}
+    assert len({r.worker_id for r in results}) > 1, "placement spread the load"
+    assert sorted(w.worker_id for w in status.workers) == [f"sim-{i}" for i in range(5)]
+    assert len(view.workers) == 5 and all(w.kv_blocks_total > 0 for w in view.workers)
+
+
+def test_latency_profile_grows_with_the_batch():
+    from workers.sim import LatencyProfile
+
+    profile = LatencyProfile(base_ms=2.0, per_seq_ms=0.5, per_prefill_token_ms=0.01,
+                             per_context_token_us=0.1)
+    assert profile.step_s(1, 0, 100) < profile.step_s(8, 0, 800) < profile.step_s(8, 512, 800)
+    assert profile.step_s(4, 100, 1000) == pytest.approx((2.0 + 2.0 + 1.0) / 1e3 + 100e-6)

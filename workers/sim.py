@@ -1,0 +1,314 @@
+"""Simulated workers: the real worker protocol, a latency model instead of a model.
+
+`llmos worker --engine sim --profile FILE [--sim-workers N]` runs N workers in
+one process (no torch). Each registers with the kernel and the broker, sends
+heartbeats, takes dispatches, cancels and preemptions, accounts its KV blocks
+at the kernel, and every engine step sends ONE StepProgress for all of its
+requests — but a step costs the time the profile predicts for its batch
+instead of a forward pass. It lets one machine put hundreds of workers behind
+the real broker, scheduler and kernel processes.
+
+The profile is a linear model of one engine step, fitted from the real engine
+(`llmos bench engine --write-profile FILE`):
+
+    step_s = base_ms + per_seq_ms * running + per_prefill_token_ms * prefill tokens
+             + per_context_token_us * tokens in the running contexts
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import zmq
+
+from llmos.logs import setup_logging
+from llmos.signals import stop_on_signals
+from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
+from llmos.wire.sockets import connect_dealer
+
+log = logging.getLogger("workers.sim")
+
+BROKER_MESSAGES = frozenset({"dispatch", "cancel", "preempt", "heartbeat", "disconnect", "error"})
+KERNEL_MESSAGES = frozenset({"kernel_reply", "error"})
+SIM_TOKEN_ID = 42
+SIM_TOKEN_TEXT = " tok"
+CHARS_PER_TOKEN = 4  # the broker sends text; a simulated tokenizer only needs a length
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    base_ms: float = 4.0
+    per_seq_ms: float = 0.25
+    per_prefill_token_ms: float = 0.02
+    per_context_token_us: float = 0.05
+    source: str = "built-in default"
+
+    @classmethod
+    def load(cls, path: str) -> LatencyProfile:
+        if not path:
+            return cls()
+        fields = json.loads(Path(path).read_text())
+        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+    def save(self, path: str) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def step_s(self, num_seqs: int, num_prefill_tokens: int, num_context_tokens: int) -> float:
+        return (self.base_ms + self.per_seq_ms * num_seqs
+                + self.per_prefill_token_ms * num_prefill_tokens) / 1e3 \
+            + self.per_context_token_us * num_context_tokens / 1e6
+
+
+@dataclass
+class SimRequest:
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    num_generated: int          # resumed requests arrive with tokens already sent
+    num_blocks: int
+    is_prefilled: bool = False
+
+
+@dataclass
+class SimWorker:
+    worker_id: str
+    socket: zmq.Socket
+    max_num_seqs: int
+    kv_blocks_total: int
+    block_size: int = DEFAULT_BLOCK_SIZE
+    running: dict[str, SimRequest] = field(default_factory=dict)
+    waiting: list[SimRequest] = field(default_factory=list)
+    pending_deltas: list[pb.RequestDelta] = field(default_factory=list)
+    num_blocks_used: int = 0
+    next_step_s: float = math.inf
+    broker_seen_s: float = 0.0
+
+    def registration(self, heartbeat_interval_ms: int) -> pb.WorkerRegister:
+        return pb.WorkerRegister(worker_id=self.worker_id, models=[], device="sim",
+                                 max_num_seqs=self.max_num_seqs,
+                                 kv_blocks_total=self.kv_blocks_total, block_size=self.block_size,
+                                 heartbeat_interval_ms=heartbeat_interval_ms)
+
+    def admit(self) -> list[SimRequest]:
+        """Start waiting requests while slots and blocks allow; the ones started."""
+        started = []
+        while (self.waiting and len(self.running) < self.max_num_seqs
+               and self.num_blocks_used + self.waiting[0].num_blocks <= self.kv_blocks_total):
+            request = self.waiting.pop(0)
+            self.running[request.request_id] = request
+            self.num_blocks_used += request.num_blocks
+            started.append(request)
+        return started
+
+    def drop(self, request_id: str) -> SimRequest | None:
+        request = self.running.pop(request_id, None)
+        if request is not None:
+            self.num_blocks_used -= request.num_blocks
+            return request
+        for index, waiting in enumerate(self.waiting):
+            if waiting.request_id == request_id:
+                return self.waiting.pop(index)
+        return None
+
+    def step(self, profile: LatencyProfile) -> tuple[float, list[SimRequest]]:
+        """One engine step: a token for every running request. (step seconds, finished)."""
+        prefill = sum(r.prompt_tokens + r.num_generated for r in self.running.values()
+                      if not r.is_prefilled)
+        context = sum(r.prompt_tokens + r.num_generated for r in self.running.values())
+        step_s = profile.step_s(len(self.running), prefill, context)
+        finished = []
+        for request in self.running.values():
+            delta = pb.RequestDelta(request_id=request.request_id, token_ids=[SIM_TOKEN_ID],
+                                    text=SIM_TOKEN_TEXT)
+            if not request.is_prefilled:
+                delta.prompt_tokens = request.prompt_tokens
+                request.is_prefilled = True
+            request.num_generated += 1
+            if request.num_generated >= request.max_tokens:
+                delta.is_finished = True
+                delta.finish_reason = pb.FINISH_REASON_LENGTH
+                finished.append(request)
+            self.pending_deltas.append(delta)
+        for request in finished:
+            self.drop(request.request_id)
+        return step_s, finished
+
+
+class SimPool:
+    """N simulated workers behind one loop; one broker DEALER each, one shared kernel DEALER."""
+
+    def __init__(self, config, profile: LatencyProfile) -> None:
+        self.config = config
+        self.profile = profile
+        self.interval_s = config.heartbeat_interval_ms / 1000
+        self.context = zmq.Context()
+        self.kernel = connect_dealer(self.context, config.kernel_address)
+        self.poller = zmq.Poller()
+        self.poller.register(self.kernel, zmq.POLLIN)
+        base_id = config.worker_id or "sim"
+        count = max(1, config.sim_workers)
+        kv_blocks = max(1, config.kv_cache_tokens // DEFAULT_BLOCK_SIZE) if config.kv_cache_tokens \
+            else 4096
+        self.workers: dict[zmq.Socket, SimWorker] = {}
+        for index in range(count):
+            worker_id = base_id if count == 1 else f"{base_id}-{index}"
+            socket = connect_dealer(self.context, config.broker_worker_address, identity=worker_id)
+            self.poller.register(socket, zmq.POLLIN)
+            self.workers[socket] = SimWorker(worker_id, socket, config.max_num_seqs, kv_blocks)
+        self.model_name = config.model_name or "sim"
+        self.steps: list[tuple[float, str]] = []  # heap of (next step time, worker id)
+        self.by_id = {w.worker_id: w for w in self.workers.values()}
+        self.next_heartbeat_s = 0.0
+
+    def register_all(self) -> None:
+        for worker in self.workers.values():
+            self.register(worker)
+
+    def register_with_kernel(self, worker: SimWorker) -> None:
+        self.kernel.send(pack(pb.KernelRegister(
+            worker_id=worker.worker_id, models=[self.model_name], device="sim",
+            kv_capacity_tokens=worker.kv_blocks_total * worker.block_size,
+            max_num_seqs=worker.max_num_seqs)))
+
+    def register(self, worker: SimWorker) -> None:
+        self.register_with_kernel(worker)
+        registration = worker.registration(self.config.heartbeat_interval_ms)
+        registration.models.append(self.model_name)
+        worker.socket.send(pack(registration))
+        worker.broker_seen_s = time.monotonic()
+
+    def serve(self) -> None:
+        stopping = stop_on_signals()
+        self.register_all()
+        log.info("%d simulated workers serving '%s' (profile: %s)", len(self.workers),
+                 self.model_name, self.profile.source)
+        while not stopping.is_set():
+            now_s = time.monotonic()
+            wake_s = min(self.next_heartbeat_s, self.steps[0][0] if self.steps else math.inf)
+            events = dict(self.poller.poll(max(0, int((wake_s - now_s) * 1000)) + 1))
+            for socket in events:
+                if socket is self.kernel:
+                    self.drain_kernel()
+                else:
+                    self.drain_broker(self.workers[socket])
+            self.run_due_steps(time.monotonic())
+            self.send_heartbeats(time.monotonic())
+        for worker in self.workers.values():
+            worker.socket.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason="stopping")))
+            self.kernel.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason="stopping")))
+        for socket in [*self.workers, self.kernel]:
+            socket.close(linger=100)
+        self.context.term()
+
+    def drain_broker(self, worker: SimWorker) -> None:
+        while worker.socket.poll(0):
+            try:
+                name, message = unpack(worker.socket.recv(), BROKER_MESSAGES)
+            except WireError as exc:
+                log.warning("worker %s refused a frame: %s", worker.worker_id, exc.message)
+                continue
+            worker.broker_seen_s = time.monotonic()
+            if name == "dispatch":
+                self.accept(worker, message)
+            elif name in ("cancel", "preempt"):
+                self.stop(worker, message.request_id, name)
+            elif name == "disconnect":
+                self.forget_all(worker)
+                self.register(worker)
+
+    def accept(self, worker: SimWorker, dispatch: pb.Dispatch) -> None:
+        prompt_tokens = max(1, len(dispatch.prompt) // CHARS_PER_TOKEN)
+        max_tokens = dispatch.sampling.max_tokens
+        total = prompt_tokens + max_tokens
+        request = SimRequest(dispatch.request_id, prompt_tokens, max_tokens,
+                             len(dispatch.generated_token_ids),
+                             math.ceil(total / worker.block_size))
+        if request.num_generated >= max_tokens:  # resumed with nothing left to make
+            worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[
+                pb.RequestDelta(request_id=request.request_id, is_finished=True,
+                                finish_reason=pb.FINISH_REASON_LENGTH)])))
+            return
+        worker.waiting.append(request)
+        self.start_waiting(worker, time.monotonic())
+
+    def start_waiting(self, worker: SimWorker, now_s: float) -> None:
+        for request in worker.admit():
+            self.kernel.send(pack(pb.KvAllocate(worker_id=worker.worker_id,
+                                                request_id=request.request_id,
+                                                num_blocks=request.num_blocks)))
+        if worker.running and worker.next_step_s == math.inf:
+            worker.next_step_s = now_s  # joins at the next step
+            heapq.heappush(self.steps, (now_s, worker.worker_id))
+
+    def stop(self, worker: SimWorker, request_id: str, why: str) -> None:
+        request = worker.drop(request_id)
+        reason = pb.FINISH_REASON_PREEMPTED if why == "preempt" else pb.FINISH_REASON_CANCELLED
+        self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
+        worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[
+            pb.RequestDelta(request_id=request_id, is_finished=True, finish_reason=reason)])))
+        if request is not None:
+            self.start_waiting(worker, time.monotonic())
+
+    def forget_all(self, worker: SimWorker) -> None:
+        for request_id in [*worker.running, *(r.request_id for r in worker.waiting)]:
+            worker.drop(request_id)
+            self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
+
+    def run_due_steps(self, now_s: float) -> None:
+        while self.steps and self.steps[0][0] <= now_s:
+            _, worker_id = heapq.heappop(self.steps)
+            worker = self.by_id[worker_id]
+            step_s, finished = worker.step(self.profile)
+            for request in finished:
+                self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id,
+                                                request_id=request.request_id)))
+            worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
+                                                    deltas=worker.pending_deltas)))
+            worker.pending_deltas = []
+            worker.next_step_s = math.inf
+            self.start_waiting(worker, now_s)
+            if worker.running:
+                worker.next_step_s = now_s + step_s
+                heapq.heappush(self.steps, (worker.next_step_s, worker.worker_id))
+
+    def drain_kernel(self) -> None:
+        while self.kernel.poll(0):
+            try:
+                name, message = unpack(self.kernel.recv(), KERNEL_MESSAGES)
+            except WireError:
+                continue
+            if name == "error" and message.code == pb.UNKNOWN_WORKER:
+                log.info("the kernel forgot the simulated workers: registering again")
+                for worker in self.workers.values():
+                    self.register_with_kernel(worker)
+
+    def send_heartbeats(self, now_s: float) -> None:
+        if now_s < self.next_heartbeat_s:
+            return
+        self.next_heartbeat_s = now_s + self.interval_s
+        for worker in self.workers.values():
+            if now_s - worker.broker_seen_s > HEARTBEAT_LIVENESS * self.interval_s:
+                log.warning("broker silent for worker %s: registering again", worker.worker_id)
+                self.forget_all(worker)
+                self.register(worker)
+                continue
+            worker.socket.send(pack(pb.Heartbeat(worker_id=worker.worker_id,
+                                                 num_running=len(worker.running),
+                                                 kv_blocks_used=worker.num_blocks_used)))
+            self.kernel.send(pack(pb.KernelHeartbeat(worker_id=worker.worker_id,
+                                                     num_running=len(worker.running))))
+
+
+def run(config) -> None:
+    setup_logging("worker-sim")
+    profile = LatencyProfile.load(config.profile)
+    if config.profile:
+        profile = LatencyProfile(**{**asdict(profile), "source": config.profile})
+    SimPool(config, profile).serve()
