@@ -1,7 +1,7 @@
 """The `llmos` command line.
 
-Service subcommands (`kernel`, `broker`, `scheduler`, `worker`), `model` and
-`up` live in other modules and are imported only when invoked, so `llmos
+Service subcommands (`kernel`, `broker`, `scheduler`, `worker`), `model`,
+`bench` and `up` live in other modules and are imported only when invoked, so `llmos
 --help`, `llmos submit` and `llmos status` never import torch or a service.
 """
 
@@ -26,8 +26,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "kernel": ("kernel_svc.main:command", "Run the kernel: worker registry, KV block ledger."),
     "broker": ("broker.main:command", "Run the broker: client front door, tiered queues."),
     "scheduler": ("scheduler_svc.main:command", "Run the scheduler: placement policy."),
+    "policy": ("scheduler_svc.policy_cli:policy", "Show or switch the scheduler's policy at runtime."),
     "worker": ("workers.main:command", "Run a model worker that serves requests."),
     "model": ("llmos.model_cli:model", "Create and inspect models (e.g. the embedded tiny model)."),
+    "embed": ("llmos.pooling_cli:embed", "Embed texts with an embedding model; print the vectors."),
+    "classify": ("llmos.pooling_cli:classify", "Classify texts; print each one's top label."),
+    "bench": ("llmos.bench:bench", "Benchmarks: the llmos engine against transformers."),
 }
 
 EXIT_CLIENT_ERROR = 2    # the request itself was refused (INVALID_ARGUMENT, UNKNOWN_MODEL, ...)
@@ -116,6 +120,8 @@ broker_address_option = click.option(
 @click.option("--top-k", type=int, default=0, show_default=True, help="0 = off")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
 @click.option("--seed", type=int, default=None, help="sampling seed")
+@click.option("--deadline-ms", type=int, default=0,
+              help="finish within this long or get DEADLINE_EXCEEDED (0: the tier's default)")
 @click.option("--timeout-s", type=float, default=60.0, show_default=True,
               help="give up when nothing arrives for this long")
 @click.option("--no-stream", is_flag=True, help="print the text once, when it is complete")

@@ -16,7 +16,8 @@ from llmos import cli as cli_module
 from llmos.cli import cli, format_status
 from llmos.wire import pb
 
-ALL_SUBCOMMANDS = ["broker", "kernel", "model", "scheduler", "status", "submit", "up", "worker"]
+ALL_SUBCOMMANDS = ["bench", "broker", "classify", "embed", "kernel", "model", "policy", "scheduler",
+                   "status", "submit", "up", "worker"]
 
 
 @pytest.fixture
