@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from broker.rates import RateMeter
 from llmos.wire import pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
 
@@ -24,6 +25,7 @@ class WorkerRecord:
     expiry_s: float
     running_ids: set[str] = field(default_factory=set)
     num_preempting: int = 0  # running requests told to stop: their slots are as good as free
+    tokens: RateMeter = field(default_factory=RateMeter)
 
     @property
     def num_busy(self) -> int:
@@ -36,10 +38,11 @@ class WorkerRecord:
     def serves(self, model: str) -> bool:
         return model in self.models
 
-    def status(self) -> pb.WorkerStatus:
+    def status(self, now_s: float) -> pb.WorkerStatus:
         return pb.WorkerStatus(worker_id=self.worker_id, models=sorted(self.models),
                                num_running=len(self.running_ids), max_num_seqs=self.max_num_seqs,
-                               device=self.device)
+                               device=self.device, tokens_per_s=self.tokens.per_s(now_s),
+                               task=self.task)
 
     def slots(self) -> pb.WorkerSlots:
         return pb.WorkerSlots(worker_id=self.worker_id, models=sorted(self.models),

@@ -252,16 +252,19 @@ def format_status(broker_address: str, reply: pb.StatusReply | str,
         scheduler = (f"scheduler online{policy}" if reply.scheduler_online
                      else "scheduler OFFLINE (broker decides locally)")
         broker_line = (f"{scheduler}, running {reply.num_running}, "
+                       f"{reply.tokens_per_s:.1f} tokens/s, "
                        f"completed {reply.num_completed}, rejected {reply.num_rejected}")
     kernel_line = view if isinstance(view, str) else (
         f"{plural(len(view.workers), 'worker')} registered, block size {view.block_size}, "
         f"view version {view.version}")
     lines = [f"broker  {broker_address}  {broker_line}",
              f"kernel  {kernel_address}  {kernel_line}", ""]
-    lines += table(["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS"], worker_rows(reply, view))
+    lines += table(["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS", "TOKENS/S"],
+                   worker_rows(reply, view))
     if not isinstance(reply, str):
-        tier_rows = [[tier.tier, f"{tier.depth}/{tier.max_depth}"] for tier in reply.tiers]
-        lines += ["", *table(["TIER", "QUEUED"], tier_rows)]
+        tier_rows = [[tier.tier, f"{tier.depth}/{tier.max_depth}", str(tier.num_running)]
+                     for tier in reply.tiers]
+        lines += ["", *table(["TIER", "QUEUED", "RUNNING"], tier_rows)]
     return "\n".join(lines)
 
 
@@ -275,8 +278,10 @@ def worker_rows(reply: pb.StatusReply | str, view: pb.ResourceView | str) -> lis
         resources = by_kernel.get(worker_id)
         kv_blocks = (f"{resources.kv_blocks_used}/{resources.kv_blocks_total}"
                      if resources is not None else "?")
+        tokens_per_s = (f"{by_broker[worker_id].tokens_per_s:.1f}" if worker_id in by_broker
+                        else "?")
         rows.append([worker_id, ",".join(seen.models) or "-", seen.device or "-",
-                     f"{seen.num_running}/{seen.max_num_seqs}", kv_blocks])
+                     f"{seen.num_running}/{seen.max_num_seqs}", kv_blocks, tokens_per_s])
     return rows
 
 

@@ -103,3 +103,14 @@ def test_registry_records_models_by_task():
     assert worker.has_capacity
     worker.running_ids.add("r1")
     assert not worker.has_capacity
+
+
+def test_rate_meter_averages_over_its_window():
+    from broker.rates import WINDOW_S, RateMeter
+
+    meter = RateMeter()
+    meter.add(10, now_s=100.0)
+    meter.add(15, now_s=101.2)
+    assert meter.per_s(now_s=102.0) == 25 / WINDOW_S
+    assert meter.per_s(now_s=100.0 + WINDOW_S + 1.0) == 15 / WINDOW_S
+    assert meter.per_s(now_s=200.0) == 0.0

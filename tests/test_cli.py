@@ -140,8 +140,8 @@ def test_status_shows_the_broker_and_says_the_kernel_is_unreachable(broker, sile
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"broker  {broker.address}  scheduler online (policy priority)")
     assert lines[1].startswith(f"kernel  {silent_address}  unreachable")
-    assert "worker-0  tiny    cpu     1/4      ?" in lines
-    assert "interactive  2/100" in lines
+    assert "worker-0  tiny    cpu     1/4      ?          0.0" in lines
+    assert "interactive  2/100   0" in lines
 
 
 def test_status_exits_3_when_nothing_answers(silent_address):
@@ -160,7 +160,7 @@ def test_status_watch_refreshes_until_ctrl_c(broker, silent_address, monkeypatch
                     "--kernel-address", silent_address, "--timeout-s", "0.2")
     assert result.exit_code == 0
     assert result.stdout.startswith("--- ")
-    assert "worker-0  tiny    cpu     1/4      ?" in result.stdout.splitlines()
+    assert "worker-0  tiny    cpu     1/4      ?          0.0" in result.stdout.splitlines()
 
 
 def test_format_status_joins_broker_slots_with_kernel_blocks():
@@ -172,5 +172,5 @@ def test_format_status_joins_broker_slots_with_kernel_blocks():
     text = format_status("tcp://b", status_reply(), "tcp://k", view)
     assert text.splitlines()[1] == (
         "kernel  tcp://k  2 workers registered, block size 16, view version 9")
-    assert "worker-0  tiny    cpu     1/4      12/256" in text.splitlines()
-    assert "worker-1  tiny    cuda:0  0/8      0/512" in text.splitlines()
+    assert "worker-0  tiny    cpu     1/4      12/256     0.0" in text.splitlines()
+    assert "worker-1  tiny    cuda:0  0/8      0/512      ?" in text.splitlines()

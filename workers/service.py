@@ -81,6 +81,7 @@ class Worker:
         self.broker = BrokerLink(self.context, self.poller, config.broker_worker_address,
                                  self.worker_id, self.interval_s)
         self.next_heartbeat_at_s = 0.0
+        self.tenant_by_request: dict[str, str] = {}  # for the kernel's per-tenant usage
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.is_stopping = False
 
@@ -215,6 +216,7 @@ class Worker:
             self.send_progress([problem])
             return
         self.admission.add(request, num_tokens)
+        self.tenant_by_request[request_id] = dispatch.tenant
         logger.info("worker %s request %s queued: %d prompt tokens, %d resumed, max_tokens %d",
                     self.worker_id, request_id, len(prompt_token_ids),
                     len(request.generated_token_ids), request.sampling.max_tokens)
@@ -234,7 +236,8 @@ class Worker:
             if self.kernel.is_online:
                 num_blocks = self.admission.start_allocation(request_id, time.monotonic())
                 self.kernel.send(pb.KvAllocate(worker_id=self.worker_id, request_id=request_id,
-                                               num_blocks=num_blocks))
+                                               num_blocks=num_blocks,
+                                               tenant=self.tenant_by_request.get(request_id, "")))
                 return  # one allocation in flight at a time
             if not self.admission.can_allocate_locally(pending):
                 return
@@ -289,11 +292,13 @@ class Worker:
         logger.info("worker %s request %s preempted before it started", self.worker_id, request_id)
 
     def release_blocks(self, request_id: str) -> None:
+        self.tenant_by_request.pop(request_id, None)
         if self.admission.release(request_id) and self.kernel.is_online:
             self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
 
     def drop_all_requests(self, why: str) -> None:
         request_ids = self.admission.clear()
+        self.tenant_by_request.clear()
         if not request_ids:
             return
         self.epoch += 1
@@ -314,7 +319,8 @@ class Worker:
         # restate what the running requests hold (the answers need no action)
         for request_id, num_blocks in self.admission.running.items():
             self.kernel.send(pb.KvAllocate(worker_id=self.worker_id, request_id=request_id,
-                                           num_blocks=num_blocks))
+                                           num_blocks=num_blocks,
+                                           tenant=self.tenant_by_request.get(request_id, "")))
 
     # ---------------------------------------------------------------- timers
 

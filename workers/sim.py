@@ -5,7 +5,8 @@ one process (no torch). Each registers with the kernel and the broker, sends
 heartbeats, takes dispatches, cancels and preemptions, accounts its KV blocks
 at the kernel, and every engine step sends ONE StepProgress for all of its
 requests — but a step costs the time the profile predicts for its batch
-instead of a forward pass. It lets one machine put hundreds of workers behind
+instead of a forward pass, and its tokens go out when that time is up (a
+newcomer's first token takes a whole step, as after a real prefill). It lets one machine put hundreds of workers behind
 the real broker, scheduler and kernel processes.
 
 The profile is a linear model of one engine step, fitted from the real engine
@@ -73,7 +74,8 @@ class SimRequest:
     max_tokens: int
     num_generated: int          # resumed requests arrive with tokens already sent
     num_blocks: int
-    is_prefilled: bool = False
+    is_prefilled: bool = False  # a step has paid for its prompt
+    is_reported: bool = False   # its first delta (with prompt_tokens) went out
 
 
 @dataclass
@@ -85,6 +87,7 @@ class SimWorker:
     block_size: int = DEFAULT_BLOCK_SIZE
     running: dict[str, SimRequest] = field(default_factory=dict)
     waiting: list[SimRequest] = field(default_factory=list)
+    in_step: list[SimRequest] = field(default_factory=list)  # what the step in flight runs
     pending_deltas: list[pb.RequestDelta] = field(default_factory=list)
     num_blocks_used: int = 0
     next_step_s: float = math.inf
@@ -117,28 +120,41 @@ class SimWorker:
                 return self.waiting.pop(index)
         return None
 
-    def step(self, profile: LatencyProfile) -> tuple[float, list[SimRequest]]:
-        """One engine step: a token for every running request. (step seconds, finished)."""
-        prefill = sum(r.prompt_tokens + r.num_generated for r in self.running.values()
-                      if not r.is_prefilled)
-        context = sum(r.prompt_tokens + r.num_generated for r in self.running.values())
-        step_s = profile.step_s(len(self.running), prefill, context)
+    def begin_step(self, profile: LatencyProfile) -> float:
+        """Start one engine step over every running request; its seconds.
+
+        Its tokens appear when it ends (`end_step`), as a real engine's do after
+        the forward pass: a newcomer's first token costs a whole step, its prefill
+        included. Requests admitted while it runs join the next step."""
+        self.in_step = list(self.running.values())
+        prefill = sum(r.prompt_tokens + r.num_generated for r in self.in_step if not r.is_prefilled)
+        context = sum(r.prompt_tokens + r.num_generated for r in self.in_step)
+        for request in self.in_step:
+            request.is_prefilled = True
+        return profile.step_s(len(self.in_step), prefill, context)
+
+    def end_step(self) -> list[SimRequest]:
+        """End the step in flight: a token for each of its requests still running
+        (one cancelled or preempted meanwhile gets none). The requests it finished."""
         finished = []
-        for request in self.running.values():
+        for request in self.in_step:
+            if self.running.get(request.request_id) is not request:
+                continue  # stopped while the step ran
             delta = pb.RequestDelta(request_id=request.request_id, token_ids=[SIM_TOKEN_ID],
                                     text=SIM_TOKEN_TEXT)
-            if not request.is_prefilled:
+            if not request.is_reported:
                 delta.prompt_tokens = request.prompt_tokens
-                request.is_prefilled = True
+                request.is_reported = True
             request.num_generated += 1
             if request.num_generated >= request.max_tokens:
                 delta.is_finished = True
                 delta.finish_reason = pb.FINISH_REASON_LENGTH
                 finished.append(request)
             self.pending_deltas.append(delta)
+        self.in_step = []
         for request in finished:
             self.drop(request.request_id)
-        return step_s, finished
+        return finished
 
 
 class SimPool:
@@ -239,13 +255,16 @@ class SimPool:
         self.start_waiting(worker, time.monotonic())
 
     def start_waiting(self, worker: SimWorker, now_s: float) -> None:
+        self.admit_waiting(worker)
+        if worker.running and worker.next_step_s == math.inf:
+            worker.next_step_s = now_s  # an idle worker starts a step at once
+            heapq.heappush(self.steps, (now_s, worker.worker_id))
+
+    def admit_waiting(self, worker: SimWorker) -> None:
         for request in worker.admit():
             self.kernel.send(pack(pb.KvAllocate(worker_id=worker.worker_id,
                                                 request_id=request.request_id,
                                                 num_blocks=request.num_blocks)))
-        if worker.running and worker.next_step_s == math.inf:
-            worker.next_step_s = now_s  # joins at the next step
-            heapq.heappush(self.steps, (now_s, worker.worker_id))
 
     def stop(self, worker: SimWorker, request_id: str, why: str) -> None:
         request = worker.drop(request_id)
@@ -262,20 +281,22 @@ class SimPool:
             self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
 
     def run_due_steps(self, now_s: float) -> None:
+        """End each due step (its tokens go out in one StepProgress), then start the
+        worker's next step with whatever runs now."""
         while self.steps and self.steps[0][0] <= now_s:
             _, worker_id = heapq.heappop(self.steps)
             worker = self.by_id[worker_id]
-            step_s, finished = worker.step(self.profile)
-            for request in finished:
+            for request in worker.end_step():
                 self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id,
                                                 request_id=request.request_id)))
-            worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
-                                                    deltas=worker.pending_deltas)))
-            worker.pending_deltas = []
+            if worker.pending_deltas:
+                worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
+                                                        deltas=worker.pending_deltas)))
+                worker.pending_deltas = []
+            self.admit_waiting(worker)
             worker.next_step_s = math.inf
-            self.start_waiting(worker, now_s)
             if worker.running:
-                worker.next_step_s = now_s + step_s
+                worker.next_step_s = now_s + worker.begin_step(self.profile)
                 heapq.heappush(self.steps, (worker.next_step_s, worker.worker_id))
 
     def drain_kernel(self) -> None:

@@ -1,4 +1,4 @@
-"""Figures the benchmark reports: percentiles, model FLOPs and the matmul peak."""
+"""Figures the engine benchmark reports: latency percentiles, model FLOPs and the matmul peak."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from llmos.bench.percentiles import percentile
 
 CPU_MATMUL_SIZE = 2048     # 17 GFLOP a product: a few tenths of a second on a few cores
 CUDA_MATMUL_SIZE = 8192    # 1.1 TFLOP a product: about a millisecond on an H100
@@ -38,16 +40,6 @@ class RequestTiming:
         if self.num_generated_tokens < 2:
             return math.nan
         return (self.finished_s - self.first_token_s) / (self.num_generated_tokens - 1)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100, linear interpolation) of the finite values; None if none."""
-    finite = sorted(v for v in values if math.isfinite(v))
-    if not finite:
-        return None
-    rank = (len(finite) - 1) * q / 100.0
-    low, high = math.floor(rank), math.ceil(rank)
-    return finite[low] + (finite[high] - finite[low]) * (rank - low)
 
 
 def latency_figures(timings: list[RequestTiming],

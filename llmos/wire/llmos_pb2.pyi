@@ -276,31 +276,37 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TierStatus(_message.Message):
-    __slots__ = ("tier", "depth", "max_depth")
+    __slots__ = ("tier", "depth", "max_depth", "num_running")
     TIER_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     tier: str
     depth: int
     max_depth: int
-    def __init__(self, tier: _Optional[str] = ..., depth: _Optional[int] = ..., max_depth: _Optional[int] = ...) -> None: ...
+    num_running: int
+    def __init__(self, tier: _Optional[str] = ..., depth: _Optional[int] = ..., max_depth: _Optional[int] = ..., num_running: _Optional[int] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "models", "num_running", "max_num_seqs", "device")
+    __slots__ = ("worker_id", "models", "num_running", "max_num_seqs", "device", "tokens_per_s", "task")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
     num_running: int
     max_num_seqs: int
     device: str
-    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    tokens_per_s: float
+    task: TaskKind
+    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., device: _Optional[str] = ..., tokens_per_s: _Optional[float] = ..., task: _Optional[_Union[TaskKind, str]] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("tiers", "workers", "num_running", "scheduler_online", "scheduler_policy", "num_completed", "num_rejected")
+    __slots__ = ("tiers", "workers", "num_running", "scheduler_online", "scheduler_policy", "num_completed", "num_rejected", "tokens_per_s")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +314,7 @@ class StatusReply(_message.Message):
     SCHEDULER_POLICY_FIELD_NUMBER: _ClassVar[int]
     NUM_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     NUM_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStatus]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     num_running: int
@@ -315,7 +322,8 @@ class StatusReply(_message.Message):
     scheduler_policy: str
     num_completed: int
     num_rejected: int
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., num_running: _Optional[int] = ..., scheduler_online: _Optional[bool] = ..., scheduler_policy: _Optional[str] = ..., num_completed: _Optional[int] = ..., num_rejected: _Optional[int] = ...) -> None: ...
+    tokens_per_s: float
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., num_running: _Optional[int] = ..., scheduler_online: _Optional[bool] = ..., scheduler_policy: _Optional[str] = ..., num_completed: _Optional[int] = ..., num_rejected: _Optional[int] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
 
 class WorkerRegister(_message.Message):
     __slots__ = ("worker_id", "models", "device", "max_num_seqs", "kv_blocks_total", "block_size", "heartbeat_interval_ms", "task")

@@ -1,0 +1,77 @@
+"""The broker's scheduling: ask the scheduler (or decide locally), then act.
+
+A mixin of `broker.service.Broker`, which owns the state it uses: `scheduler`
+(the SchedulerLink), `queue`, `requests`, `workers`, `needs_schedule`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from llmos.wire import pack, pb
+
+log = logging.getLogger("broker")
+
+MAX_PENDING_PER_TIER_ASKED = 2048   # bounds one ScheduleRequest
+PREEMPTION_CHECK_INTERVAL_S = 0.05  # while every slot is busy, ask about preemption this often
+
+
+class Scheduling:
+    def schedule(self, now_s: float) -> None:
+        if self.scheduler.is_timed_out(now_s):
+            self.scheduler.mark_offline(now_s, f"no decision within {self.config.scheduler_timeout_ms} ms")
+            self.needs_schedule = True
+        if not self.needs_schedule or self.scheduler.is_waiting:
+            return
+        if not self.queue or not len(self.workers):
+            self.needs_schedule = False  # set again by a new request, a freed slot, a new worker
+            return
+        if not any(w.has_capacity for w in self.workers):
+            # every slot is busy: only a preemption can help; ask now and then, not per message
+            if now_s < self.next_preemption_check_s:
+                return
+            self.next_preemption_check_s = now_s + PREEMPTION_CHECK_INTERVAL_S
+        self.needs_schedule = False
+        request = self.schedule_request(now_s)
+        if self.scheduler.can_ask(now_s) and self.scheduler.ask(request, now_s):
+            return
+        self.apply(self.scheduler.decide_locally(request))
+
+    def schedule_request(self, now_s: float) -> pb.ScheduleRequest:
+        workers = [w.slots() for w in self.workers]
+        pending = [self.requests[i].pending(now_s)
+                   for i in self.queue.in_order(MAX_PENDING_PER_TIER_ASKED)]
+        running = [self.requests[i].running(now_s) for w in self.workers for i in w.running_ids
+                   if not self.requests[i].is_answered and not self.requests[i].is_preempting]
+        return pb.ScheduleRequest(pending=pending, workers=workers, running=running)
+
+    def apply(self, decision: pb.ScheduleDecision) -> None:
+        """Act on each preemption and placement that still holds."""
+        for preemption in decision.preemptions:
+            request = self.requests.get(preemption.request_id)
+            if (request is None or request.is_answered or request.is_preempting
+                    or request.worker_id != preemption.worker_id):
+                continue
+            worker = self.workers.by_id(preemption.worker_id)
+            if worker is not None:
+                log.info("preempting %s tier %s on worker %s: %s", request.request_id,
+                         request.tier, worker.worker_id, preemption.reason)
+                request.is_preempting = True
+                worker.num_preempting += 1
+                self.send_worker(worker, pack(pb.Preempt(request_id=request.request_id)))
+        now_s = time.monotonic()
+        for placement in decision.placements:
+            request = self.requests.get(placement.request_id)
+            worker = self.workers.by_id(placement.worker_id)
+            if (request is None or placement.request_id not in self.queue or worker is None
+                    or not worker.has_capacity or not worker.serves(request.model)):
+                continue
+            self.queue.remove(request.request_id)
+            request.worker_id = worker.worker_id
+            request.dispatched_at_s = request.dispatched_at_s or now_s
+            request.running_since_s = now_s
+            worker.running_ids.add(request.request_id)
+            log.debug("dispatch %s tier %s to worker %s", request.request_id, request.tier,
+                      worker.worker_id)
+            self.send_worker(worker, pack(request.dispatch()))

@@ -1,0 +1,163 @@
+"""The broker's worker side: registration, heartbeats, progress, re-queue on death.
+
+A mixin of `broker.service.Broker`, which owns the state it uses:
+`workers_socket` (the ROUTER), `workers` (the registry), `requests`, `queue`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from broker.registry import WorkerRecord
+from broker.requests import RequestState
+from llmos.wire import WireError, error_frame, pack, pb, unpack
+from llmos.wire.sockets import router_frames, send_reply
+
+log = logging.getLogger("broker")
+
+WORKER_MESSAGES = frozenset({"worker_register", "heartbeat", "disconnect", "progress"})
+
+
+class WorkerSide:
+    def route_worker(self, frames: list[bytes]) -> None:
+        try:
+            self.route_worker_frames(frames)
+        except Exception:  # a bug must not take the broker down with every client
+            log.exception("internal error on a message from worker %r", frames[0])
+
+    def route_worker_frames(self, frames: list[bytes]) -> None:
+        split = router_frames(frames)
+        if split is None:
+            log.warning("malformed frame from worker %r", frames[0])
+            return
+        identity, payload, _ = split
+        try:
+            name, message = unpack(payload, WORKER_MESSAGES)
+        except WireError as exc:
+            log.warning("refused frame from worker %r: %s", identity, exc.message)
+            return
+        now_s = time.monotonic()
+        if name == "worker_register":
+            self.require_worker(identity, message, now_s)
+            return
+        if name == "disconnect":
+            worker = self.workers.delete_worker(identity)
+            if worker is not None:
+                log.info("worker %s left (%s)", worker.worker_id, message.reason)
+                self.requeue_running(worker)
+            return
+        worker = self.workers.refresh(identity, now_s)
+        if worker is None:
+            # the zguide's answer to a stranger: tell it to register again
+            self.send_identity(identity, pack(pb.Disconnect(reason="unknown worker; register again")))
+            return
+        if name == "progress":
+            for delta in message.deltas:
+                self.record_delta(worker, delta, now_s)
+
+    def require_worker(self, identity: bytes, register: pb.WorkerRegister, now_s: float) -> None:
+        old = self.workers.delete_worker(identity)
+        if old is not None:
+            self.requeue_running(old)  # it restarted: whatever it ran is gone
+        worker = self.workers.require_worker(identity, register, now_s)
+        self.needs_schedule = True
+        log.info("worker %s ready: models %s, task %s, device %s, %d slots", worker.worker_id,
+                 ",".join(sorted(worker.models)), pb.TaskKind.Name(worker.task), worker.device,
+                 worker.max_num_seqs)
+
+    def record_delta(self, worker: WorkerRecord, delta: pb.RequestDelta, now_s: float) -> None:
+        request = self.requests.get(delta.request_id)
+        if request is None or request.worker_id != worker.worker_id:
+            return  # stale: the request moved on after this worker was declared dead
+        if request.is_answered:
+            if delta.is_finished:
+                self.let_go(request, worker)
+            return
+        chunk = request.record_delta(delta, now_s)
+        if delta.token_ids:
+            self.tokens.add(len(delta.token_ids), now_s)
+            worker.tokens.add(len(delta.token_ids), now_s)
+        if chunk is not None and not self.reply(request.client_identity, request.has_delimiter,
+                                                pack(chunk)):
+            return
+        if not delta.is_finished:
+            return
+        self.let_go(request, worker)
+        if delta.finish_reason == pb.FINISH_REASON_PREEMPTED:
+            request.num_preemptions += 1
+            log.info("preempted %s tier %s on worker %s after %d tokens", request.request_id,
+                     request.tier, worker.worker_id, len(request.generated_token_ids))
+            self.requeue(request, now_s)
+        elif delta.finish_reason == pb.FINISH_REASON_ERROR:
+            log.warning("worker %s failed %s: %s", worker.worker_id, request.request_id,
+                        delta.error.message)
+            delta.error.request_id = request.client_request_id
+            self.answer(request, pack(delta.error))
+        elif request.kind != pb.TASK_KIND_GENERATE:
+            self.answer(request, pack(request.pooling_result(delta, worker.worker_id, now_s)))
+        else:
+            self.answer(request, pack(request.result(delta.finish_reason, worker.worker_id, now_s)))
+
+    def let_go(self, request: RequestState, worker: WorkerRecord) -> None:
+        """The worker no longer holds the request: free its slot."""
+        worker.running_ids.discard(request.request_id)
+        if request.is_preempting:
+            worker.num_preempting -= 1
+            request.is_preempting = False
+        request.worker_id = None
+        self.needs_schedule = True
+        if request.is_answered:
+            self.requests.pop(request.request_id, None)
+
+    def send_identity(self, identity: bytes, payload: bytes) -> bool:
+        return send_reply(self.workers_socket, identity, False, payload)
+
+    def send_worker(self, worker: WorkerRecord, payload: bytes) -> None:
+        if not self.send_identity(worker.identity, payload):
+            self.delete_worker(worker, "unreachable")
+
+    def delete_worker(self, worker: WorkerRecord, reason: str) -> None:
+        if self.workers.delete_worker(worker.identity) is not None:
+            log.warning("worker %s is dead (%s); re-queueing %d requests", worker.worker_id, reason,
+                        len(worker.running_ids))
+            self.requeue_running(worker)
+
+    def requeue_running(self, worker: WorkerRecord) -> None:
+        """Put a lost worker's requests back at the head of their lanes."""
+        lost = [self.requests[i] for i in list(worker.running_ids) if i in self.requests]
+        for request in lost:
+            self.let_go(request, worker)
+            if request.is_answered:
+                continue
+            request.num_restarts += 1
+            if request.num_restarts > self.config.max_restarts:
+                self.answer(request, error_frame(
+                    pb.WORKER_FAILED, f"request lost its worker {request.num_restarts} times; "
+                    "giving up", request.client_request_id))
+                continue
+            log.warning("re-queueing %s tier %s from worker %s after %d tokens",
+                        request.request_id, request.tier, worker.worker_id,
+                        len(request.generated_token_ids))
+            self.requeue(request, time.monotonic())
+        worker.running_ids.clear()
+        worker.num_preempting = 0
+
+    def requeue(self, request: RequestState, now_s: float) -> None:
+        """Back to the head of its lane, keeping the tokens it made."""
+        request.queued_since_s = now_s
+        self.queue.push_front(request.request_id, request.tier, request.tenant,
+                              request.arrival_seq)
+
+    def purge_expired(self, now_s: float) -> None:
+        for worker in self.workers.purge_expired(now_s):
+            log.warning("worker %s missed its heartbeats; re-queueing %d requests",
+                        worker.worker_id, len(worker.running_ids))
+            self.requeue_running(worker)
+
+    def send_heartbeats(self, now_s: float) -> None:
+        if now_s < self.next_heartbeat_s:
+            return
+        for worker in self.workers:
+            self.send_worker(worker, pack(pb.Heartbeat(num_running=len(worker.running_ids))))
+        self.next_heartbeat_s = now_s + self.heartbeat_interval_s
