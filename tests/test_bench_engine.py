@@ -159,3 +159,14 @@ def test_model_flops_count_the_head_only_for_generated_tokens():
 
     assert model_flops(model, 10, 0) == 2 * body * 10
     assert model_flops(model, 10, 5) == 2 * body * 15 + 2 * head * 5
+
+
+def test_write_profile_gives_simulated_workers_a_fitted_step_time(tmp_path):
+    from workers.sim import LatencyProfile
+
+    path = tmp_path / "profile.json"
+    run_bench("--poisson-seconds", "0", "--skip-baselines", "--json-only",
+              "--write-profile", str(path))
+    profile = LatencyProfile.load(str(path))
+    assert profile.base_ms >= 0 and profile.per_seq_ms >= 0 and profile.per_prefill_token_ms >= 0
+    assert profile.source.startswith("llmos bench engine")

@@ -37,3 +37,17 @@ def test_latency_profile_grows_with_the_batch():
                              per_context_token_us=0.1)
     assert profile.step_s(1, 0, 100) < profile.step_s(8, 0, 800) < profile.step_s(8, 512, 800)
     assert profile.step_s(4, 100, 1000) == pytest.approx((2.0 + 2.0 + 1.0) / 1e3 + 100e-6)
+
+
+def test_profile_fit_recovers_a_linear_step_time(tmp_path):
+    from workers.sim import LatencyProfile
+
+    truth = LatencyProfile(base_ms=10.0, per_seq_ms=2.0, per_prefill_token_ms=0.5,
+                           per_context_token_us=0.0)
+    tpot = {c: truth.step_s(c, 0, 0) for c in (1, 8, 32)}
+    ttft_alone = truth.step_s(1, 32, 0)
+    fitted = LatencyProfile.fit(tpot, ttft_alone, prompt_len=32, source="test")
+    assert (fitted.base_ms, fitted.per_seq_ms, fitted.per_prefill_token_ms) == pytest.approx(
+        (10.0, 2.0, 0.5))
+    fitted.save(str(tmp_path / "profile.json"))
+    assert LatencyProfile.load(str(tmp_path / "profile.json")) == fitted

@@ -58,6 +58,25 @@ class LatencyProfile:
         fields = json.loads(Path(path).read_text())
         return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
 
+    @classmethod
+    def fit(cls, tpot_s_by_concurrency: dict[int, float], ttft_s_alone: float, prompt_len: int,
+            source: str) -> LatencyProfile:
+        """Least squares of step time against batch size (decode steps), plus the
+        prefill cost per token from a lone request's time to first token. The
+        context term is folded into per_seq_ms."""
+        points = sorted(tpot_s_by_concurrency.items())
+        mean_c = sum(c for c, _ in points) / len(points)
+        mean_ms = sum(t * 1e3 for _, t in points) / len(points)
+        spread = sum((c - mean_c) ** 2 for c, _ in points)
+        per_seq_ms = (sum((c - mean_c) * (t * 1e3 - mean_ms) for c, t in points) / spread
+                      if spread else 0.0)
+        per_seq_ms = max(0.0, per_seq_ms)
+        base_ms = max(0.0, mean_ms - per_seq_ms * mean_c)
+        prefill_ms = ttft_s_alone * 1e3 - base_ms - per_seq_ms
+        return cls(base_ms=round(base_ms, 4), per_seq_ms=round(per_seq_ms, 4),
+                   per_prefill_token_ms=round(max(0.0, prefill_ms) / max(1, prompt_len), 6),
+                   per_context_token_us=0.0, source=source)
+
     def save(self, path: str) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 

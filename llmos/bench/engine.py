@@ -56,6 +56,8 @@ class EngineBenchConfig:
     seed: int = option(0, "seed of the prompts and the arrivals")
     skip_baselines: bool = option(False, "measure the llmos engine only")
     json_only: bool = option(False, "print only the JSON line")
+    write_profile: str = option("", "also write a latency profile for simulated workers "
+                                    "(llmos worker --engine sim --profile FILE) fitted from the runs")
 
     def check(self) -> None:
         if self.prompt_len < 1 or self.new_tokens < 1:
@@ -118,7 +120,21 @@ def run_bench(config: EngineBenchConfig,
     if not config.skip_baselines:
         echo("transformers baselines ...")
         baseline_figures = bench.measure_baselines()
+    if config.write_profile:
+        write_sim_profile(config, runs, echo)
     return summarize(config, bench, runs, poisson, baseline_figures)
+
+
+def write_sim_profile(config: EngineBenchConfig, runs: dict[int, dict[str, Any]],
+                      echo: Callable[[str], None]) -> None:
+    from workers.sim import LatencyProfile
+
+    alone = runs[min(runs)]
+    profile = LatencyProfile.fit({c: run["tpot_p50_s"] for c, run in runs.items()},
+                                 alone["ttft_p50_s"], config.prompt_len,
+                                 source=f"llmos bench engine --model {config.model}")
+    profile.save(config.write_profile)
+    echo(f"wrote simulated-worker profile {config.write_profile}: {profile}")
 
 
 def engine_class() -> type:
