@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from broker.admission import Admission
 from llmos.prefix import prompt_block_hashes
@@ -57,6 +58,11 @@ class RequestState:
     def tenant(self) -> str:
         return self.admission.tenant
 
+    @cached_property
+    def prefix_hashes(self) -> list[int]:
+        """Computed once: the scheduler is asked about a waiting request many times."""
+        return prompt_block_hashes(self.admission.prompt)
+
     @property
     def size_chars(self) -> int:
         return len(self.admission.prompt) + sum(len(text) for text in self.admission.inputs)
@@ -68,7 +74,7 @@ class RequestState:
             tenant=self.tenant, model=self.model, prompt_chars=self.size_chars,
             max_tokens=self.admission.sampling.max_tokens, arrival_seq=self.arrival_seq,
             generated_tokens=len(self.generated_token_ids),
-            prefix_hashes=prompt_block_hashes(self.admission.prompt),
+            prefix_hashes=self.prefix_hashes,
             waited_s=now_s - self.queued_since_s, deadline_in_s=deadline_in_s,
         )
 
