@@ -1,15 +1,36 @@
-"""`llmos bench`: benchmarks. Imported only when `llmos bench` runs (torch comes with it)."""
+"""`llmos bench`: benchmarks. Each subcommand is imported only when it runs, so
+`llmos bench sched` (and its load processes) never import torch."""
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from llmos.bench.engine import engine
+# name -> ("module:attribute", short help shown by `llmos bench --help` without importing it)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "engine": ("llmos.bench.engine:engine",
+               "Measure the llmos engine against transformers on one model, in one process."),
+    "sched": ("llmos.bench.sched:sched",
+              "Compare the scheduling policies on the real processes with simulated workers."),
+}
 
 
-@click.group("bench")
+class LazyBenchGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SUBCOMMANDS:
+            return None
+        module_name, attribute = SUBCOMMANDS[cmd_name][0].split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, help_text) in SUBCOMMANDS.items()])
+
+
+@click.group("bench", cls=LazyBenchGroup)
 def bench() -> None:
-    """Benchmarks (in-process; figures on stdout, one JSON line last)."""
-
-
-bench.add_command(engine)
+    """Benchmarks (figures on stdout, one JSON line last)."""

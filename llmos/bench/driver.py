@@ -41,6 +41,7 @@ class Outcome:
 
     group: str
     arrival_s: float
+    max_tokens: int = 0
     first_token_s: float = math.nan
     finished_s: float = math.nan
     num_tokens: int = 0
@@ -129,7 +130,7 @@ class LoadDriver:
         request = pb.GenerateRequest(request_id=request_id, prompt=job.prompt, tier=job.tier,
                                      tenant=job.tenant,
                                      sampling=pb.SamplingParams(max_tokens=job.max_tokens))
-        outcome = Outcome(job.group, arrival_s)
+        outcome = Outcome(job.group, arrival_s, job.max_tokens)
         self.live[request_id] = outcome
         self.outcomes.append(outcome)
         if loop is not None:
@@ -250,7 +251,7 @@ def run_scale_client(spec: dict) -> dict:
         time.sleep(max(0.0, spec["start_at_s"] - time.monotonic()))
         result = driver.run([], [ClosedLoop(jobs, spec["num_live"])],
                             drain_timeout_s=spec["drain_timeout_s"])
-    return summarize_closed_loop(result)
+    return {**summarize_closed_loop(result), "cpu_s": time.process_time()}
 
 
 def main() -> None:

@@ -1,0 +1,265 @@
+"""The measured runs of `llmos bench sched`: (a) chat under a batch flood, (b) fair
+share, (c) scale. Each returns plain figures; `llmos.bench.sched` assembles the JSON line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from llmos.bench.driver import ClosedLoop, LoadDriver, RunResult
+from llmos.bench.percentiles import percentile
+from llmos.bench.sched_config import BASELINE, TENANT_WEIGHTS, SchedBenchConfig, weights_spec
+from llmos.bench.stack import SimStack
+from llmos.bench.workload import (BATCH, INTERACTIVE, STANDARD, BatchFlood, ChatWorkload, Job,
+                                  bounded_pareto_mean, tenant_jobs)
+from scheduler_svc.policy_base import PolicyName
+
+WARM_UP_TOKENS = 4
+SCALE_CLIENT_START_S = 3.0    # the load processes import and connect, then all start at once
+SCALE_CONNECTIONS_PER_CLIENT = 4
+# batch answers by length, for the JCT each policy gives short and long jobs
+BATCH_LENGTH_CLASSES = {"short (<=16)": (0, 16), "medium (17-64)": (17, 64),
+                        "long (>64)": (65, 1 << 31)}
+
+Echo = Callable[[str], None]
+
+
+def warm_up(stack: SimStack) -> None:
+    """One short request per slot through every process, so no measured run pays for
+    first calls (connections, imports, the kernel's first view)."""
+    jobs = [Job(INTERACTIVE, INTERACTIVE, "warm up " * 8, WARM_UP_TOKENS)] * stack.num_slots
+    with LoadDriver(stack.broker_address) as driver:
+        driver.run([], [ClosedLoop(iter(jobs), stack.num_slots)], drain_timeout_s=30)
+    stack.wait_drained()
+
+
+# ---------------------------------------------------------------- (a) chat under a batch flood
+
+
+def token_capacity_per_s(config: SchedBenchConfig) -> float:
+    """Tokens per second the simulated workers make with every slot busy (prefill aside)."""
+    step_s = config.profile().step_s(config.slots, 0, 0)
+    return config.workers * config.slots / step_s
+
+
+def chat_workloads(config: SchedBenchConfig) -> tuple[ChatWorkload, BatchFlood]:
+    """The interactive arrivals, and a batch rate that brings the tokens asked for, both
+    kinds together, to `batch_load` times the workers' capacity."""
+    chat = ChatWorkload(rate_per_s=config.interactive_rate, duration_s=config.duration_s)
+    interactive_tokens_per_s = chat.rate_per_s * (chat.min_tokens + chat.max_tokens) / 2
+    mean_tokens = bounded_pareto_mean(config.batch_pareto_alpha, config.batch_min_tokens,
+                                      config.batch_max_tokens)
+    batch_tokens_per_s = config.batch_load * token_capacity_per_s(config) - interactive_tokens_per_s
+    batch_rate = max(0.0, batch_tokens_per_s) / mean_tokens
+    flood = BatchFlood(burst=config.workers * config.slots, rate_per_s=batch_rate,
+                       duration_s=config.duration_s, pareto_alpha=config.batch_pareto_alpha,
+                       min_tokens=config.batch_min_tokens, max_tokens=config.batch_max_tokens)
+    return chat, flood
+
+
+def run_chat(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str, Any]:
+    chat, flood = chat_workloads(config)
+    interactive_jobs = chat.jobs(config.seed)
+    batch_jobs = flood.jobs(config.seed)
+    echo(f"(a) idle: {len(interactive_jobs)} interactive requests over {config.duration_s:g} s, "
+         f"policy {config.headline_policy} ...")
+    idle = measure_chat_run(config, stack, config.headline_policy, interactive_jobs)
+    runs = {}
+    for policy in config.policy_names:
+        echo(f"(a) {policy}: {len(interactive_jobs)} interactive + {len(batch_jobs)} batch "
+             f"requests ({flood.rate_per_s:.1f}/s after a burst of {flood.burst}) ...")
+        runs[policy] = measure_chat_run(config, stack, policy, interactive_jobs + batch_jobs)
+    return {"idle": idle, "policies": runs, "batch_rate_per_s": flood.rate_per_s,
+            "batch_burst": flood.burst, "num_batch_jobs": len(batch_jobs),
+            "token_capacity_per_s": token_capacity_per_s(config)}
+
+
+def measure_chat_run(config: SchedBenchConfig, stack: SimStack, policy: str,
+                     jobs: list) -> dict[str, Any]:
+    stack.set_policy(policy)
+    fallbacks_before = stack.count_fallbacks()
+    with LoadDriver(stack.broker_address) as driver:
+        result = driver.run(jobs, window_s=config.duration_s,
+                            drain_timeout_s=config.drain_timeout_s)
+    is_drained = stack.wait_drained()
+    figures = chat_figures(result)
+    figures.update(policy=policy, scheduler_fallbacks=stack.count_fallbacks() - fallbacks_before,
+                   is_drained=is_drained)
+    return figures
+
+
+def chat_figures(result: RunResult) -> dict[str, Any]:
+    interactive, batch = result.of(INTERACTIVE), result.of(BATCH)
+
+    def jct_s(outcome) -> float:  # one that never finished counts until the run ended
+        return outcome.jct_s if outcome.is_done else result.ended_s - outcome.arrival_s
+
+    every = interactive + batch
+    batch_waits = [o.first_token_s - o.arrival_s for o in batch]
+    return {
+        "interactive_requests": len(interactive),
+        "interactive_ttft_p50_s": percentile((o.ttft_s for o in interactive), 50),
+        "interactive_ttft_p99_s": percentile((o.ttft_s for o in interactive), 99),
+        "interactive_jct_mean_s": mean(jct_s(o) for o in interactive),
+        "batch_requests": len(batch),
+        "batch_unfinished": sum(not o.is_done for o in batch),
+        "batch_jct_mean_s": mean(jct_s(o) for o in batch),
+        "batch_jct_mean_by_length_s": {
+            label: mean(jct_s(o) for o in batch if low <= o.max_tokens <= high)
+            for label, (low, high) in BATCH_LENGTH_CLASSES.items()},
+        "batch_max_jct_s": max((jct_s(o) for o in batch), default=None),
+        "batch_max_ttft_s": max((w for w in batch_waits if math.isfinite(w)), default=None),
+        "jct_mean_s": mean(jct_s(o) for o in every),
+        "tokens_per_s": result.tokens_in_window() / result.window_s if result.window_s else None,
+        "window_s": result.window_s,
+        "errors": error_counts(every),
+        "max_send_lag_s": result.max_send_lag_s,
+    }
+
+
+def mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def error_counts(outcomes) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        if outcome.error:
+            counts[outcome.error] = counts.get(outcome.error, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- (b) fair share
+
+
+def run_fair(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str, Any]:
+    """Tenants A and B keep twice the stack's slots live each, in one tier, under `fair`."""
+    echo(f"(b) fair: tenants {weights_spec()}, {config.fair_warmup_s:g} s warm-up, "
+         f"{config.fair_window_s:g} s window ...")
+    stack.set_policy(BASELINE)  # through another policy: `fair` starts with fresh counters
+    stack.set_policy(PolicyName.FAIR.value)
+    fallbacks_before = stack.count_fallbacks()
+    loops = [ClosedLoop(tenant_jobs(tenant, STANDARD, config.fair_max_tokens, config.seed),
+                        num_live=2 * stack.num_slots) for tenant in TENANT_WEIGHTS]
+    with LoadDriver(stack.broker_address) as driver:
+        result = driver.run([], loops, window_s=config.fair_warmup_s + config.fair_window_s,
+                            drain_timeout_s=config.drain_timeout_s)
+    is_drained = stack.wait_drained()
+    window_start_s = result.started_s + config.fair_warmup_s
+    window_end_s = result.started_s + result.window_s
+    tokens = tenant_tokens(result, window_start_s, window_end_s)
+    total = sum(tokens.values())
+    (low, low_weight), (high, high_weight) = sorted(TENANT_WEIGHTS.items(), key=lambda kv: kv[1])
+    target_ratio = high_weight / low_weight
+    ratio = tokens[high] / tokens[low] if tokens[low] else None
+    # the shares second by second: how far they swing inside the window
+    by_second = [tenant_tokens(result, start_s, start_s + 1.0)
+                 for start_s in range_s(window_start_s, window_end_s - 1.0, step_s=1.0)]
+    shares_1s = {tenant: [second[tenant] / sum(second.values()) for second in by_second
+                          if sum(second.values())] for tenant in TENANT_WEIGHTS}
+    return {
+        "tokens": tokens,
+        "share_1s_range": {tenant: [min(shares, default=None), max(shares, default=None)]
+                           for tenant, shares in shares_1s.items()},
+        "shares": {tenant: (count / total if total else None) for tenant, count in tokens.items()},
+        "target_shares": {tenant: weight / sum(TENANT_WEIGHTS.values())
+                          for tenant, weight in TENANT_WEIGHTS.items()},
+        "ratio": ratio, "target_ratio": target_ratio,
+        "fair_share_error": None if ratio is None else abs(ratio - target_ratio) / target_ratio,
+        "tokens_per_s": total / (window_end_s - window_start_s) if total else None,
+        "errors": error_counts(result.outcomes),
+        "scheduler_fallbacks": stack.count_fallbacks() - fallbacks_before,
+        "is_drained": is_drained,
+    }
+
+
+def tenant_tokens(result: RunResult, start_s: float, end_s: float) -> dict[str, int]:
+    """Each tenant's tokens that arrived in (start_s, end_s]."""
+    tokens = dict.fromkeys(TENANT_WEIGHTS, 0)
+    for at_s, group, num_tokens in result.chunks:
+        if group in tokens and start_s < at_s <= end_s:
+            tokens[group] += num_tokens
+    return tokens
+
+
+def range_s(start_s: float, stop_s: float, step_s: float) -> list[float]:
+    return [start_s + index * step_s for index in range(max(0, int((stop_s - start_s) / step_s) + 1))]
+
+
+# ---------------------------------------------------------------- (c) scale
+
+
+def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo) -> dict[str, Any]:
+    echo(f"(c) scale: {config.scale_workers} simulated workers, {config.scale_requests} requests "
+         f"of {config.scale_max_tokens} tokens, {config.scale_in_flight} in flight from "
+         f"{config.scale_clients} load processes ...")
+    with SimStack(log_dir, config.scale_workers, config.slots, config.profile(),
+                  policy=config.scale_policy,
+                  num_sim_processes=min(config.scale_sim_processes, config.scale_workers)) as stack:
+        warm_up(stack)
+        cpu_before = stack.cpu_seconds()
+        clients = run_scale_clients(config, stack.broker_address)
+        cpu_after = stack.cpu_seconds()
+        fallbacks = stack.count_fallbacks()
+    completed = sum(client["completed"] for client in clients)
+    wall_s = (max(client["last_finish_s"] for client in clients)
+              - min(client["first_submit_s"] for client in clients))
+    cpu_s = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+    cpu_s["load"] = sum(client["cpu_s"] for client in clients)
+    errors: dict[str, int] = {}
+    for client in clients:
+        for code, count in client["errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    return {
+        "requests_per_s": completed / wall_s if wall_s > 0 else None,
+        "completed": completed, "requested": config.scale_requests, "wall_s": wall_s,
+        "unfinished": sum(client["unfinished"] for client in clients), "errors": errors,
+        "tokens_per_s": sum(client["tokens"] for client in clients) / wall_s if wall_s > 0 else None,
+        "ttft_p50_s": max_of(clients, "ttft_p50_s"), "ttft_p99_s": max_of(clients, "ttft_p99_s"),
+        "jct_p50_s": max_of(clients, "jct_p50_s"), "jct_p99_s": max_of(clients, "jct_p99_s"),
+        "cpu_s": cpu_s,
+        "cpu_us_per_request": {name: seconds / completed * 1e6 for name, seconds in cpu_s.items()}
+        if completed else {},
+        "scheduler_fallbacks": fallbacks, "policy": config.scale_policy,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def max_of(clients: list[dict[str, Any]], key: str) -> float | None:
+    """The worst client's figure (each client's percentiles cover its own requests)."""
+    values = [client[key] for client in clients if client[key] is not None]
+    return max(values) if values else None
+
+
+def run_scale_clients(config: SchedBenchConfig, address: str) -> list[dict[str, Any]]:
+    """Start the load processes (`python -m llmos.bench.driver`), each with its share of
+    the requests and of the in-flight bound; every one starts at the same instant."""
+    start_at_s = time.monotonic() + SCALE_CLIENT_START_S  # CLOCK_MONOTONIC is system-wide
+    processes = []
+    for index in range(config.scale_clients):
+        share = config.scale_requests // config.scale_clients + (
+            index < config.scale_requests % config.scale_clients)
+        spec = {"address": address, "requests": share, "seed": config.seed * 1000 + index,
+                "num_live": config.scale_in_flight // config.scale_clients,
+                "max_tokens": config.scale_max_tokens, "connections": SCALE_CONNECTIONS_PER_CLIENT,
+                "start_at_s": start_at_s, "drain_timeout_s": config.drain_timeout_s}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "llmos.bench.driver", json.dumps(spec)],
+            stdout=subprocess.PIPE, text=True))
+    clients = []
+    for process in processes:
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            raise click.ClickException(f"a scale load process exited with {process.returncode}")
+        clients.append(json.loads(output.strip().splitlines()[-1]))
+    return clients

@@ -1,0 +1,208 @@
+"""The real llmos processes `llmos bench sched` measures, with simulated workers.
+
+    with SimStack(log_dir, num_workers=4, max_num_seqs=8, profile=profile) as stack:
+        stack.set_policy("mlfq")      # SetPolicy to the scheduler; the broker keeps running
+        ... load against stack.broker_address ...
+        stack.wait_drained()
+
+Kernel, scheduler, broker and one or more `llmos worker --engine sim` processes,
+each `python -m llmos <service>` on free loopback ports, logging to
+`log_dir/<name>.log`. Every process is stopped on exit (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from llmos.client import Client
+from llmos.errors import LlmosError
+from llmos.wire import pb
+from llmos.wire.constants import tcp
+from scheduler_svc.policy_cli import NoReply, ask_scheduler
+from workers.sim import LatencyProfile
+
+SIM_MODEL = "sim"
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+PROBE_INTERVAL_S = 0.2
+FALLBACK_LOG_MARK = "falls back"  # the broker's log line when it decides without the scheduler
+
+
+class StackError(Exception):
+    """A process died or the stack did not become ready; the message holds log tails."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class SimStack:
+    def __init__(self, log_dir: Path, num_workers: int, max_num_seqs: int,
+                 profile: LatencyProfile, policy: str = "fcfs", tenant_weights: str = "",
+                 num_sim_processes: int = 1) -> None:
+        assert num_workers >= num_sim_processes >= 1
+        self.log_dir = log_dir
+        self.num_workers = num_workers
+        self.max_num_seqs = max_num_seqs
+        self.profile = profile
+        self.policy = policy
+        self.tenant_weights = tenant_weights
+        self.num_sim_processes = num_sim_processes
+        ports = [free_port() for _ in range(5)]
+        self.client_port, self.worker_port, self.kernel_port, self.pub_port, self.scheduler_port = ports
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_files: list[IO[bytes]] = []
+
+    @property
+    def broker_address(self) -> str:
+        return tcp(self.client_port)
+
+    @property
+    def scheduler_address(self) -> str:
+        return tcp(self.scheduler_port)
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_workers * self.max_num_seqs
+
+    # ------------------------------------------------------------ start and stop
+
+    def __enter__(self) -> SimStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        profile_path = self.log_dir / "profile.json"
+        self.profile.save(str(profile_path))
+        kernel, pub = tcp(self.kernel_port), tcp(self.pub_port)
+        self.start_process("kernel", "kernel", "--kernel-bind", kernel, "--kernel-pub-bind", pub)
+        self.start_process("scheduler", "scheduler", "--policy", self.policy,
+                           "--tenant-weights", self.tenant_weights,
+                           "--scheduler-bind", self.scheduler_address, "--kernel-pub-address", pub)
+        self.start_process("broker", "broker", "--client-bind", self.broker_address,
+                           "--worker-bind", tcp(self.worker_port),
+                           "--scheduler-address", self.scheduler_address,
+                           "--tiers", "interactive,standard,batch")
+        for index, count in enumerate(self.workers_per_process()):
+            self.start_process(f"sim-{index}", "worker", "--engine", "sim",
+                               "--sim-workers", str(count), "--worker-id", f"sim{index}",
+                               "--max-num-seqs", str(self.max_num_seqs),
+                               "--model-name", SIM_MODEL, "--profile", str(profile_path),
+                               "--broker-worker-address", tcp(self.worker_port),
+                               "--kernel-address", kernel)
+        self.wait_ready()
+
+    def workers_per_process(self) -> list[int]:
+        base, extra = divmod(self.num_workers, self.num_sim_processes)
+        return [base + (index < extra) for index in range(self.num_sim_processes)]
+
+    def start_process(self, name: str, *args: str) -> None:
+        log_file = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log_files.append(log_file)
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "llmos", *args], stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True)
+
+    def stop(self) -> None:
+        alive = [process for process in self.processes.values() if process.poll() is None]
+        for process in alive:
+            process.send_signal(signal.SIGTERM)
+        deadline_s = time.monotonic() + STOP_GRACE_S
+        for process in alive:
+            try:
+                process.wait(max(0.1, deadline_s - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log_file in self._log_files:
+            log_file.close()
+        self._log_files.clear()
+
+    # ------------------------------------------------------------ state
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise StackError(f"{name} exited with status {process.returncode}\n{self.log_tails()}")
+
+    def log_tails(self, num_chars: int = 2000) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-num_chars:]}"
+                         for path in sorted(self.log_dir.glob("*.log")))
+
+    def status(self, timeout_s: float = 5.0) -> pb.StatusReply:
+        with Client(self.broker_address, timeout_s=timeout_s) as client:
+            return client.status()
+
+    def wait_ready(self) -> None:
+        """Until the broker counts every simulated worker."""
+        deadline_s = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline_s:
+            self.check_alive()
+            try:
+                if len(self.status(timeout_s=1.0).workers) >= self.num_workers:
+                    return
+            except LlmosError:
+                pass  # not up yet
+            time.sleep(PROBE_INTERVAL_S)
+        raise StackError(f"{self.num_workers} workers not ready within {READY_TIMEOUT_S:g} s\n"
+                         f"{self.log_tails()}")
+
+    def wait_drained(self, timeout_s: float = 60.0) -> bool:
+        """Until no request is queued or running (the last run's leftovers are gone)."""
+        deadline_s = time.monotonic() + timeout_s
+        while time.monotonic() < deadline_s:
+            self.check_alive()
+            status = self.status()
+            if status.num_running == 0 and all(tier.depth == 0 for tier in status.tiers):
+                return True
+            time.sleep(PROBE_INTERVAL_S)
+        return False
+
+    def set_policy(self, name: str) -> str:
+        """Switch the scheduler's policy with SetPolicy (the broker keeps running); the
+        policy it reports. A switch to the policy in use keeps its state, so switching
+        through another one gives `fair` fresh counters."""
+        try:
+            reply = ask_scheduler(self.scheduler_address, pb.SetPolicy(policy=name), timeout_s=5.0)
+        except NoReply as exc:
+            raise StackError(f"{exc}\n{self.log_tails()}") from None
+        if isinstance(reply, pb.Error):
+            raise StackError(f"the scheduler refused policy {name!r}: {reply.message}")
+        return reply.policy
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) each live process has used so far; {} where
+        /proc is not there to ask."""
+        ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        used: dict[str, float] = {}
+        for name, process in self.processes.items():
+            try:
+                stat = Path(f"/proc/{process.pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            used[name] = (int(fields[11]) + int(fields[12])) / ticks_per_s  # utime, stime
+        return used
+
+    def count_fallbacks(self) -> int:
+        """Times the broker has decided without the scheduler so far (from its log)."""
+        path = self.log_dir / "broker.log"
+        return path.read_text(errors="replace").count(FALLBACK_LOG_MARK) if path.exists() else 0

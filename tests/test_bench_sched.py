@@ -1,0 +1,122 @@
+"""`llmos bench sched` at toy scale: the JSON line's shape and the workloads' seeding, never speed."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from llmos.bench.driver import Outcome, RunResult
+from llmos.bench.sched_config import SchedBenchConfig
+from llmos.bench.sched_runs import chat_workloads
+from llmos.bench.workload import BATCH, INTERACTIVE, bounded_pareto, tenant_jobs
+from llmos.cli import cli
+
+HEADLINE_KEYS = ("interactive_ttft_p99_vs_idle", "interactive_ttft_p99_gain_vs_fcfs",
+                 "throughput_vs_fcfs", "mlfq_jct_gain_vs_fcfs", "fair_share_error",
+                 "scale_requests_per_s")
+TOY_ARGS = ["--duration-s", "1", "--workers", "2", "--slots", "2", "--interactive-rate", "6",
+            "--batch-max-tokens", "16", "--fair-warmup-s", "0.3", "--fair-window-s", "1",
+            "--fair-max-tokens", "8", "--scale-workers", "10", "--scale-requests", "200",
+            "--scale-in-flight", "20", "--scale-clients", "1", "--scale-sim-processes", "1",
+            "--decision-pending", "50", "--drain-timeout-s", "30"]
+
+
+def run_bench(*args: str) -> dict:
+    result = CliRunner().invoke(cli, ["bench", "sched", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@pytest.mark.e2e
+def test_toy_run_reports_every_headline_figure_from_the_real_processes():
+    summary = run_bench(*TOY_ARGS, "--json-only")
+
+    for key in HEADLINE_KEYS:
+        assert is_number(summary[key]) and summary[key] >= 0, key
+    assert set(summary["decision_us_per_request"]) == {"10", "100", "1000"}
+    assert all(is_number(v) and v > 0 for v in summary["decision_us_per_request"].values())
+    chat = summary["chat"]
+    assert list(chat["policies"]) == ["fcfs", "priority", "mlfq", "fair"]
+    for run in [chat["idle"], *chat["policies"].values()]:
+        assert run["errors"] == {} and run["is_drained"] is True
+        assert is_number(run["interactive_ttft_p99_s"])
+        assert run["interactive_ttft_p50_s"] <= run["interactive_ttft_p99_s"]
+    for policy, run in chat["policies"].items():
+        assert run["policy"] == policy
+        assert run["batch_requests"] == chat["num_batch_jobs"] and run["batch_unfinished"] == 0
+    fair = summary["fair"]
+    assert set(fair["tokens"]) == set(fair["share_1s_range"]) == {"A", "B"}
+    assert fair["target_ratio"] == 3 and fair["errors"] == {}
+    scale = summary["scale"]
+    assert (scale["completed"], scale["unfinished"], scale["errors"]) == (200, 0, {})
+    assert {"broker", "scheduler", "kernel", "sim-0", "load"} <= set(scale["cpu_s"])
+    assert set(summary["targets"]) >= {"mlfq_jct_2x_better_than_fcfs", "fair_shares_within_10pct",
+                                       "scale_2000_requests_per_s"}
+    assert all(value in (True, False) for value in summary["targets"].values())
+
+
+def test_skipped_workloads_give_null_figures_and_a_table():
+    result = CliRunner().invoke(cli, ["bench", "sched", "--skip-chat", "--skip-fair",
+                                      "--skip-scale", "--decision-pending", "20"])
+    lines = result.stdout.strip().splitlines()
+
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("POLICY") and "WORKERS US/REQ" in line for line in lines)
+    summary = json.loads(lines[-1])
+    for key in HEADLINE_KEYS:
+        assert summary[key] is None, key
+    assert summary["targets"]["fair_shares_within_10pct"] is None
+    assert summary["targets"]["decision_time_far_below_linear"] in (True, False)
+    assert (summary["chat"], summary["fair"], summary["scale"]) == (None, None, None)
+
+
+def test_an_unknown_policy_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["bench", "sched", "--policies", "fcfs,lottery"])
+
+    assert result.exit_code == 2
+    assert "lottery" in result.output
+
+
+def test_the_same_seed_gives_every_policy_the_same_jobs():
+    config = SchedBenchConfig(duration_s=5, workers=2, slots=4)
+    chat, flood = chat_workloads(config)
+
+    assert chat.jobs(seed=3) == chat.jobs(seed=3) != chat.jobs(seed=4)
+    batch = flood.jobs(seed=3)
+    assert batch == flood.jobs(seed=3)
+    assert [job.offset_s for job in batch[:flood.burst]] == [0.0] * 8, "a burst fills every slot"
+    assert {job.tier for job in batch} == {BATCH}
+    assert {job.tier for job in chat.jobs(seed=3)} == {INTERACTIVE}
+    assert all(config.batch_min_tokens <= job.max_tokens <= config.batch_max_tokens for job in batch)
+
+
+def test_bounded_pareto_stays_in_bounds_with_a_heavy_tail():
+    rng = random.Random(0)
+    draws = [bounded_pareto(rng, alpha=1.2, low=8, high=256) for _ in range(5000)]
+
+    assert min(draws) == 8 and max(draws) <= 256
+    median = sorted(draws)[len(draws) // 2]
+    assert sum(draws) / len(draws) > 1.5 * median, "the mean sits well above the median"
+
+
+def test_tenant_jobs_carry_the_tenant_and_stop_at_the_limit():
+    jobs = list(tenant_jobs("B", "standard", max_tokens=16, seed=0, limit=3))
+
+    assert [(job.group, job.tenant, job.tier, job.max_tokens) for job in jobs] == [
+        ("B", "B", "standard", 16)] * 3
+
+
+def test_tokens_in_window_count_only_chunks_before_the_arrivals_stopped():
+    result = RunResult(started_s=100.0, window_s=2.0, ended_s=105.0,
+                       outcomes=[Outcome("batch", 100.0)],
+                       chunks=[(100.5, "batch", 1), (101.9, "interactive", 2), (102.5, "batch", 4)])
+
+    assert result.tokens_in_window() == 3
+    assert result.tokens_in_window("batch") == 1
