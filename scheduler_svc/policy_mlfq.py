@@ -4,15 +4,23 @@ Level L has a quantum of `base_quantum * 2**L` generated tokens (16, 32, 64, ...
 the last level has no end). A request joins the first level whose quantum
 covers its prompt's cost (skip-join: a long prefill would only be demoted at
 once), drops one level each time it uses up its level's quantum, and while it
-waits climbs one level per `aging_s` seconds, so nothing starves.
+waits climbs one level per `aging_s` seconds, so nothing starves. A request
+never sits below the level whose quantum covers the tokens it may still make
+(`max_tokens` less those generated): that bound is sure, so a request about to
+finish is not pushed behind fresh ones it would have finished before.
 
 The policy keeps no state: a request's level follows from its prompt length,
-its generated tokens and how long it waited, all of which the broker reports.
+its generated tokens, its `max_tokens` and how long it waited, all of which
+the broker reports.
 
 Order: tier, then level, then earliest deadline, then arrival. A request that
-fits nowhere preempts a running request of its tier or a lower one that has
-used up a quantum and now sits at a lower level than the waiting request
-(lowest tier, lowest level, most recently started first).
+fits nowhere preempts a running request of a lower tier (any, as `priority`
+does), or of its own tier one that has used up a quantum, now sits at least
+`PREEMPT_LEVEL_GAP` levels below the waiting request and has run at least
+`MIN_RUN_S` since its last dispatch (lowest tier, lowest level, longest
+running first). Each preemption costs a re-prefill and a slot's step, and a
+request preempted whenever it resumes would never finish: the gap and the
+minimum run keep that churn down.
 """
 
 from __future__ import annotations
@@ -20,14 +28,20 @@ from __future__ import annotations
 from typing import Sequence
 
 from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, RunningRequest,
-                                WorkerSlots, prompt_tokens)
+                                WorkerSlots, expected_tokens, prompt_tokens)
 from scheduler_svc.placement import Placer
 from scheduler_svc.policy_base import PolicyName, SchedulingPolicy, Victims, place_in_order
 
 # A prefill processes its prompt in parallel: about this many prompt tokens cost
 # as much engine time as one generated token (FastServe sizes the join level by
 # the first iteration's time).
-PROMPT_TOKENS_PER_GENERATED_TOKEN = 8
+PROMPT_TOKENS_PER_GENERATED_TOKEN = 64
+# Within a tier, a waiting request preempts only a request this many levels below
+# it: one level apart, the two would trade places again at the next demotion.
+PREEMPT_LEVEL_GAP = 2
+# Within a tier, a request resumed (or started) this recently is not preempted:
+# it keeps its slot long enough to make progress worth its re-prefill.
+MIN_RUN_S = 1.0
 
 
 class MlfqPolicy(SchedulingPolicy):
@@ -41,27 +55,36 @@ class MlfqPolicy(SchedulingPolicy):
         """Generated tokens a request may use at `level` before it drops a level."""
         return self.options.mlfq_base_quantum << level
 
-    def entry_level(self, prompt_chars: int) -> int:
-        """Skip-join: the first level whose quantum covers the prompt's cost."""
-        cost_unit = self.options.mlfq_base_quantum * PROMPT_TOKENS_PER_GENERATED_TOKEN
-        num_base_quanta = -(-prompt_tokens(prompt_chars) // cost_unit)  # rounded up
+    def covering_level(self, num_tokens: int) -> int:
+        """The first level whose quantum covers `num_tokens` generated tokens."""
+        num_base_quanta = -(-num_tokens // self.options.mlfq_base_quantum)  # rounded up
         # the first L with 2**L >= num_base_quanta (bit arithmetic: thousands per batch)
         return min(max(0, num_base_quanta - 1).bit_length(), self.last_level)
 
-    def level(self, prompt_chars: int, generated_tokens: int) -> int:
-        """The entry level, one lower for each quantum used up since: after k
-        levels from level e a request has used quantum(e) * (2**k - 1) tokens."""
+    def entry_level(self, prompt_chars: int) -> int:
+        """Skip-join: the first level whose quantum covers the prompt's cost."""
+        cost = -(-prompt_tokens(prompt_chars) // PROMPT_TOKENS_PER_GENERATED_TOKEN)
+        return self.covering_level(cost)
+
+    def level(self, prompt_chars: int, generated_tokens: int, max_tokens: int = 0) -> int:
+        """The entry level, one lower for each quantum used up since (after k levels
+        from level e a request has used quantum(e) * (2**k - 1) tokens), but never
+        below the level that covers the tokens it may still make."""
         entry = self.entry_level(prompt_chars)
         levels_down = (generated_tokens // self.quantum(entry) + 1).bit_length() - 1
-        return min(entry + levels_down, self.last_level)
+        attained = min(entry + levels_down, self.last_level)
+        if max_tokens <= 0:
+            return attained  # no bound given: the broker's default may not be the worker's
+        return min(attained, self.covering_level(max(0, max_tokens - generated_tokens)))
 
     def pending_level(self, request: PendingRequest) -> int:
         """A waiting request's level, aged: one level up per `mlfq_aging_s` waited."""
         levels_up = int(request.waited_s // self.options.mlfq_aging_s)
-        return max(0, self.level(request.prompt_chars, request.generated_tokens) - levels_up)
+        level = self.level(request.prompt_chars, request.generated_tokens, request.max_tokens)
+        return max(0, level - levels_up)
 
     def running_level(self, request: RunningRequest) -> int:
-        return self.level(request.prompt_chars, request.generated_tokens)
+        return self.level(request.prompt_chars, request.generated_tokens, request.max_tokens)
 
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
                  workers: Sequence[WorkerSlots], view: KernelView | None = None) -> PolicyDecision:
@@ -69,27 +92,37 @@ class MlfqPolicy(SchedulingPolicy):
         ordered = sorted(pending, key=lambda r: (r.tier_rank, pending_levels[r.request_id],
                                                  r.deadline_key, r.arrival_seq))
         running_levels: dict[str, int] = {}
+        # a lower tier is preempted at once; within a tier only a request that used a quantum
+        has_used_a_quantum: dict[str, bool] = {}
 
-        def has_used_a_quantum(request: RunningRequest) -> bool:
-            """The only requests ever preempted (their level is kept for the order)."""
+        def may_preempt(request: RunningRequest) -> bool:
+            """Could anything preempt it? (Its level is kept for the order.)"""
             level = running_levels[request.request_id] = self.running_level(request)
-            return level > self.entry_level(request.prompt_chars)
+            used = has_used_a_quantum[request.request_id] = (
+                request.running_s >= MIN_RUN_S and level > self.entry_level(request.prompt_chars))
+            return used or request.tier_rank > 0  # the top tier is never a lower tier
 
         victims = Victims(running, workers,
                           order=lambda r: (-r.tier_rank, -running_levels[r.request_id],
-                                           r.running_s, -r.arrival_seq),
-                          may_preempt=has_used_a_quantum)
+                                           -r.running_s, -r.arrival_seq),
+                          may_preempt=may_preempt)
 
         def pick_victim(request: PendingRequest, placer: Placer) -> RunningRequest | None:
             level = pending_levels[request.request_id]
+            tier_rank = request.tier_rank
+
+            def is_eligible(victim: RunningRequest) -> bool:
+                return victim.tier_rank > tier_rank or (
+                    has_used_a_quantum[victim.request_id]
+                    and running_levels[victim.request_id] >= level + PREEMPT_LEVEL_GAP)
+
             return victims.pick(
-                request, placer, hopeless_key=(request.model, request.tier_rank, level),
-                is_eligible=lambda victim: running_levels[victim.request_id] > level,
-                stop=lambda victim: victim.tier_rank < request.tier_rank)
+                request, placer, hopeless_key=(request.model, tier_rank, level),
+                is_eligible=is_eligible, stop=lambda victim: victim.tier_rank < tier_rank)
 
         def reason(request: PendingRequest, victim: RunningRequest) -> str:
-            return (f"mlfq: {request.request_id} waits at level {pending_levels[request.request_id]}; "
-                    f"{victim.request_id} used its quanta down to level "
-                    f"{running_levels[victim.request_id]}")
+            return (f"mlfq: {request.request_id} (tier rank {request.tier_rank}) waits at level "
+                    f"{pending_levels[request.request_id]}; {victim.request_id} (tier rank "
+                    f"{victim.tier_rank}) is at level {running_levels[victim.request_id]}")
 
         return place_in_order(ordered, Placer(workers, view), pick_victim, reason)

@@ -10,28 +10,15 @@ never leaves one behind; their logs are printed when a start fails.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from llmos.client import Client
+from llmos.processes import ProcessGroup, free_port
 
 HEARTBEAT_INTERVAL_MS = 200  # fast failure detection for tests: dead after 600 ms
 READY_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def llmos_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "llmos", *args]
 
 
 class Stack:
@@ -47,7 +34,9 @@ class Stack:
         self.worker_args = worker_args
         ports = [free_port() for _ in range(5)]
         self.client_port, self.worker_port, self.kernel_port, self.pub_port, self.scheduler_port = ports
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.group = ProcessGroup(log_dir, env={
+            "LLMOS_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_INTERVAL_MS)})
+        self.processes = self.group.processes
 
     @property
     def broker_address(self) -> str:
@@ -57,13 +46,8 @@ class Stack:
     def kernel_address(self) -> str:
         return f"tcp://127.0.0.1:{self.kernel_port}"
 
-    def start_process(self, name: str, *args: str) -> subprocess.Popen:
-        log_file = open(self.log_dir / f"{name}.log", "ab")
-        env = dict(os.environ, LLMOS_HEARTBEAT_INTERVAL_MS=str(HEARTBEAT_INTERVAL_MS))
-        process = subprocess.Popen(llmos_command(*args), stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
-        self.processes[name] = process
-        return process
+    def start_process(self, name: str, *args: str) -> None:
+        self.group.start(name, *args)
 
     def start_kernel(self) -> None:
         self.start_process("kernel", "kernel", "--kernel-bind", self.kernel_address,
@@ -121,9 +105,9 @@ class Stack:
         raise RuntimeError(f"stack not ready in {READY_TIMEOUT_S} s\n{self.logs()}")
 
     def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None and not name.startswith("killed"):
-                raise RuntimeError(f"{name} exited with {process.returncode}\n{self.logs()}")
+        exited = self.group.first_exited(ignore=("killed",))
+        if exited is not None:
+            raise RuntimeError(f"{exited[0]} exited with {exited[1]}\n{self.logs()}")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
@@ -132,17 +116,7 @@ class Stack:
         self.processes[f"killed-{name}"] = process
 
     def logs(self) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
-                         for path in sorted(self.log_dir.glob("*.log")))
+        return self.group.log_tails()
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline_s = time.monotonic() + 10
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline_s - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        self.group.stop()

@@ -6,7 +6,6 @@ import json
 import sys
 import types
 
-import pytest
 import torch
 from click.testing import CliRunner
 

@@ -16,7 +16,7 @@ from llmos.wire.constants import RESOURCE_TOPIC
 from service_process import (
     ServiceProcess, ask, bad_frames, dealer, receive, running_service, subscriber, wait_until,
 )
-from stack import free_port
+from llmos.processes import free_port
 
 pytestmark = pytest.mark.e2e
 

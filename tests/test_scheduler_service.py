@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from llmos.cli import cli
 from llmos.wire import pb
 from service_process import ServiceProcess, ask, bad_frames, dealer, running_service, wait_until
-from stack import free_port
+from llmos.processes import free_port
 
 pytestmark = pytest.mark.e2e
 

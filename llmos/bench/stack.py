@@ -13,16 +13,12 @@ each `python -m llmos <service>` on free loopback ports, logging to
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import IO
 
 from llmos.client import Client
 from llmos.errors import LlmosError
+from llmos.processes import ProcessGroup, free_port
 from llmos.wire import pb
 from llmos.wire.constants import tcp
 from scheduler_svc.policy_cli import NoReply, ask_scheduler
@@ -30,19 +26,12 @@ from workers.sim import LatencyProfile
 
 SIM_MODEL = "sim"
 READY_TIMEOUT_S = 60.0
-STOP_GRACE_S = 10.0
 PROBE_INTERVAL_S = 0.2
 FALLBACK_LOG_MARK = "falls back"  # the broker's log line when it decides without the scheduler
 
 
 class StackError(Exception):
     """A process died or the stack did not become ready; the message holds log tails."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class SimStack:
@@ -59,8 +48,8 @@ class SimStack:
         self.num_sim_processes = num_sim_processes
         ports = [free_port() for _ in range(5)]
         self.client_port, self.worker_port, self.kernel_port, self.pub_port, self.scheduler_port = ports
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._log_files: list[IO[bytes]] = []
+        self.group = ProcessGroup(log_dir)
+        self.processes = self.group.processes
 
     @property
     def broker_address(self) -> str:
@@ -114,38 +103,20 @@ class SimStack:
         return [base + (index < extra) for index in range(self.num_sim_processes)]
 
     def start_process(self, name: str, *args: str) -> None:
-        log_file = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self._log_files.append(log_file)
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "llmos", *args], stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True)
+        self.group.start(name, *args)
 
     def stop(self) -> None:
-        alive = [process for process in self.processes.values() if process.poll() is None]
-        for process in alive:
-            process.send_signal(signal.SIGTERM)
-        deadline_s = time.monotonic() + STOP_GRACE_S
-        for process in alive:
-            try:
-                process.wait(max(0.1, deadline_s - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for log_file in self._log_files:
-            log_file.close()
-        self._log_files.clear()
+        self.group.stop()
 
     # ------------------------------------------------------------ state
 
     def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise StackError(f"{name} exited with status {process.returncode}\n{self.log_tails()}")
+        exited = self.group.first_exited()
+        if exited is not None:
+            raise StackError(f"{exited[0]} exited with status {exited[1]}\n{self.log_tails()}")
 
     def log_tails(self, num_chars: int = 2000) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-num_chars:]}"
-                         for path in sorted(self.log_dir.glob("*.log")))
+        return self.group.log_tails(num_chars)
 
     def status(self, timeout_s: float = 5.0) -> pb.StatusReply:
         with Client(self.broker_address, timeout_s=timeout_s) as client:
