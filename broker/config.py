@@ -34,6 +34,8 @@ class BrokerConfig:
     scheduler_timeout_ms: int = option(SCHEDULER_TIMEOUT_MS, "wait this long for a decision, then decide locally")
     scheduler_retry_ms: int = option(SCHEDULER_RETRY_MS, "after a scheduler timeout, ask again after this long")
     fallback_policy: str = option("priority", "policy the broker runs itself when the scheduler is down")
+    tenant_weights: str = option("", "fair share weights for the fallback policy, e.g. a=1,b=3 "
+                                     "(the same LLMOS_TENANT_WEIGHTS the scheduler reads)")
 
     @property
     def tier_names(self) -> list[str]:

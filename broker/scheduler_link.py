@@ -19,25 +19,28 @@ from scheduler_svc.policies import decide, make_policy
 log = logging.getLogger("broker.scheduler")
 
 _ACCEPTED = frozenset({"schedule_decision", "error"})
+# one slow answer (a busy machine) costs one batch decided locally; only this
+# many in a row mark the scheduler offline for `retry_ms`
+TIMEOUTS_BEFORE_OFFLINE = 2
 
 
 class SchedulerLink:
     def __init__(self, context: zmq.Context, address: str, timeout_ms: int, retry_ms: int,
-                 fallback_policy: str) -> None:
+                 fallback_policy: str, tenant_weights: str = "") -> None:
         self.address = address
         self.timeout_s = timeout_ms / 1000
         self.retry_s = retry_ms / 1000
-        self.fallback = make_policy(fallback_policy)
-        self.socket = connect_dealer(context, address)
-        # with IMMEDIATE a send fails at once while no scheduler is connected,
-        # instead of queueing stale batches for it
-        self.socket.setsockopt(zmq.IMMEDIATE, 1)
+        self.fallback = make_policy(fallback_policy, tenant_weights=tenant_weights)
+        # a send fails at once while no scheduler is connected, instead of
+        # queueing stale batches for it
+        self.socket = connect_dealer(context, address, is_immediate=True)
         self.is_online = True
         self.policy_name = ""
         self._next_batch_id = 1
         self._waiting_batch_id: int | None = None
         self._waiting_since_s = 0.0
         self._retry_at_s = 0.0
+        self._num_timeouts_in_a_row = 0
 
     @property
     def is_waiting(self) -> bool:
@@ -65,6 +68,16 @@ class SchedulerLink:
     def is_timed_out(self, now_s: float) -> bool:
         return self.is_waiting and self.seconds_left(now_s) == 0.0
 
+    def time_out(self, now_s: float) -> None:
+        """The batch we wait for took too long: stop waiting (the caller decides it)."""
+        self._waiting_batch_id = None
+        self._num_timeouts_in_a_row += 1
+        if self._num_timeouts_in_a_row >= TIMEOUTS_BEFORE_OFFLINE:
+            self.mark_offline(now_s, f"{self._num_timeouts_in_a_row} batches in a row without a "
+                              f"decision within {self.timeout_s * 1000:.0f} ms")
+        else:
+            log.info("scheduler slow: deciding one batch locally")
+
     def mark_offline(self, now_s: float, reason: str) -> None:
         if self.is_online:
             log.warning("scheduler at %s unavailable (%s); broker falls back to its built-in "
@@ -88,6 +101,7 @@ class SchedulerLink:
         if message.batch_id != self._waiting_batch_id:
             return None  # a late answer to a batch we already decided ourselves
         self._waiting_batch_id = None
+        self._num_timeouts_in_a_row = 0
         if not self.is_online:
             log.info("scheduler at %s is back; using its '%s' policy", self.address, message.policy)
         self.is_online = True

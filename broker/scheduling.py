@@ -19,8 +19,9 @@ PREEMPTION_CHECK_INTERVAL_S = 0.05  # while every slot is busy, ask about preemp
 
 class Scheduling:
     def schedule(self, now_s: float) -> None:
-        if self.scheduler.is_timed_out(now_s):
-            self.scheduler.mark_offline(now_s, f"no decision within {self.config.scheduler_timeout_ms} ms")
+        is_timed_out = self.scheduler.is_timed_out(now_s)
+        if is_timed_out:
+            self.scheduler.time_out(now_s)
             self.needs_schedule = True
         if not self.needs_schedule or self.scheduler.is_waiting:
             return
@@ -34,7 +35,7 @@ class Scheduling:
             self.next_preemption_check_s = now_s + PREEMPTION_CHECK_INTERVAL_S
         self.needs_schedule = False
         request = self.schedule_request(now_s)
-        if self.scheduler.can_ask(now_s) and self.scheduler.ask(request, now_s):
+        if not is_timed_out and self.scheduler.can_ask(now_s) and self.scheduler.ask(request, now_s):
             return
         self.apply(self.scheduler.decide_locally(request))
 

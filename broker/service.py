@@ -49,7 +49,8 @@ class Broker(ClientSide, WorkerSide, Scheduling):
         self.client_watch = ClientWatch(self.clients)
         self.workers_socket = bind_router(context, config.worker_bind)
         self.scheduler = SchedulerLink(context, config.scheduler_address, config.scheduler_timeout_ms,
-                                       config.scheduler_retry_ms, config.fallback_policy)
+                                       config.scheduler_retry_ms, config.fallback_policy,
+                                       config.tenant_weights)
         self.queue = TieredQueue(config.tier_names, {tier: limits.max_queue_depth
                                                      for tier, limits in self.tier_limits.items()})
         self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000

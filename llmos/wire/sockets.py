@@ -27,11 +27,16 @@ def bind_router(context: zmq.Context, address: str) -> zmq.Socket:
     return socket
 
 
-def connect_dealer(context: zmq.Context, address: str, identity: str | None = None) -> zmq.Socket:
+def connect_dealer(context: zmq.Context, address: str, identity: str | None = None,
+                   is_immediate: bool = False) -> zmq.Socket:
+    """A DEALER; with `is_immediate`, a send fails at once (EAGAIN) while no peer is
+    connected instead of queueing for one (IMMEDIATE must be set before connect)."""
     socket = context.socket(zmq.DEALER)
     _apply_common(socket)
     if identity:
         socket.setsockopt(zmq.IDENTITY, identity.encode())
+    if is_immediate:
+        socket.setsockopt(zmq.IMMEDIATE, 1)
     socket.connect(address)
     return socket
 

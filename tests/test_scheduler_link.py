@@ -1,0 +1,40 @@
+"""The broker's line to the scheduler: slow answers, offline, and back."""
+
+import zmq
+
+from broker.scheduler_link import TIMEOUTS_BEFORE_OFFLINE, SchedulerLink
+from llmos.processes import free_port
+from llmos.wire import pb
+
+
+def make_link() -> SchedulerLink:
+    return SchedulerLink(zmq.Context.instance(), f"tcp://127.0.0.1:{free_port()}", timeout_ms=250,
+                         retry_ms=2000, fallback_policy="fair", tenant_weights="a=1,b=3")
+
+
+def test_one_slow_batch_is_decided_locally_but_only_repeated_timeouts_go_offline():
+    link = make_link()
+    try:
+        for _ in range(TIMEOUTS_BEFORE_OFFLINE - 1):
+            link.time_out(now_s=10.0)
+            assert link.is_online and not link.is_waiting and link.can_ask(now_s=10.0)
+        link.time_out(now_s=10.0)
+        assert not link.is_online
+        assert not link.can_ask(now_s=11.0) and link.can_ask(now_s=12.0)  # retry after 2 s
+    finally:
+        link.close()
+
+
+def test_with_no_scheduler_listening_a_batch_cannot_be_sent_and_the_fallback_decides():
+    link = make_link()
+    try:
+        request = pb.ScheduleRequest(
+            pending=[pb.PendingRequest(request_id="r1", model="m", tenant="a", max_tokens=4)],
+            workers=[pb.WorkerSlots(worker_id="w1", models=["m"], max_num_seqs=2)])
+        assert not link.ask(request, now_s=0.0)
+        assert not link.is_online
+        decision = link.decide_locally(request)
+        assert [(p.request_id, p.worker_id) for p in decision.placements] == [("r1", "w1")]
+        assert decision.policy == "fair"
+    finally:
+        link.close()
