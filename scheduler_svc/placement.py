@@ -3,8 +3,11 @@
 Among the workers that serve the request's model, have a free slot and have
 the KV blocks it needs (or that the kernel does not know):
   1. the one whose KV cache holds the longest prefix of the prompt,
-  2. then the one with the most free KV blocks (known counts before unknown),
+  2. then the one with the most free KV blocks, counted up to KV_PLENTY_BLOCKS:
+     past that, more free blocks are no reason to prefer a worker, and a worker
+     the kernel's view does not list yet (it just registered) counts as plenty,
   3. then the least loaded, then the smallest worker id.
+So while every cache has room, load decides; as caches fill, free blocks do.
 
 Cost per request stays logarithmic in the number of workers. Block hashes chain
 all earlier blocks, so a worker holding block i's hash holds the prompt's first
@@ -29,6 +32,7 @@ __all__ = ["ANY_MODEL", "PendingRequest", "Placement", "Placer", "RunningRequest
 # whose version is not its worker's is stale: the worker changed since.
 _Entry = tuple[int, int, str, int]
 _NO_PREFIX = None
+KV_PLENTY_BLOCKS = 512  # 8,192 tokens at 16 per block: room for any usual request
 
 
 @dataclass
@@ -53,11 +57,12 @@ class _Worker:
                 and (self.kv_blocks_free is None or self.kv_blocks_free >= num_blocks))
 
     def entry(self) -> _Entry:
-        return (-(self.kv_blocks_free or 0), self.num_running, self.worker_id, self.version)
+        free = KV_PLENTY_BLOCKS if self.kv_blocks_free is None else self.kv_blocks_free
+        return (-min(free, KV_PLENTY_BLOCKS), self.num_running, self.worker_id, self.version)
 
 
 class _Candidates:
-    """Workers with a free slot, best first: known free blocks, then unknown.
+    """Workers with a free slot, best first.
 
     Entries are refreshed lazily: a stale one surfacing at the top is replaced
     by its worker's current entry. Placing only makes a worker's rank worse, so
@@ -67,20 +72,11 @@ class _Candidates:
     """
 
     def __init__(self, workers: Iterable[_Worker]) -> None:
-        self.known: list[_Entry] = []
-        self.unknown: list[_Entry] = []
-        for worker in workers:
-            if worker.has_free_slot():
-                (self.known if worker.kv_blocks_free is not None else self.unknown).append(worker.entry())
-        heapq.heapify(self.known)
-        heapq.heapify(self.unknown)
+        self.heap: list[_Entry] = [worker.entry() for worker in workers if worker.has_free_slot()]
+        heapq.heapify(self.heap)
 
     def best(self, workers: dict[str, _Worker], num_blocks: int) -> str | None:
-        worker_id = self._top(self.known, workers, num_blocks)
-        return worker_id if worker_id is not None else self._top(self.unknown, workers, num_blocks)
-
-    @staticmethod
-    def _top(heap: list[_Entry], workers: dict[str, _Worker], num_blocks: int) -> str | None:
+        heap = self.heap
         while heap:
             worker = workers[heap[0][2]]
             if heap[0][3] != worker.version:
@@ -89,10 +85,19 @@ class _Candidates:
                 else:
                     heapq.heappop(heap)  # full: it leaves this heap for the batch
                 continue
-            if worker.kv_blocks_free is not None and worker.kv_blocks_free < num_blocks:
-                return None  # the most free blocks here are too few
-            return worker.worker_id
+            if worker.kv_blocks_free is None or worker.kv_blocks_free >= num_blocks:
+                return worker.worker_id
+            if num_blocks <= KV_PLENTY_BLOCKS:
+                return None  # the top has the most free blocks (all below plenty): too few
+            return self._most_free(workers, num_blocks)  # a huge request: rare, so a scan
         return None
+
+    def _most_free(self, workers: dict[str, _Worker], num_blocks: int) -> str | None:
+        fitting = [workers[entry[2]] for entry in self.heap
+                   if entry[3] == workers[entry[2]].version
+                   and workers[entry[2]].fits(ANY_MODEL, num_blocks)]
+        best = max(fitting, key=lambda w: (w.kv_blocks_free or 0, -w.num_running), default=None)
+        return best.worker_id if best is not None else None
 
 
 class Placer:

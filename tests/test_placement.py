@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llmos.wire import pb
 from policy_helpers import make_request, make_view, make_worker, placed, schedule
+from scheduler_svc.placement import KV_PLENTY_BLOCKS
 from scheduler_svc.data import blocks_needed
 from scheduler_svc.policies import decide, make_policy
 
@@ -62,12 +63,25 @@ def test_blocks_are_counted_within_the_batch() -> None:
     assert placed(decision) == [("r0", "w-a"), ("r1", "w-b")]  # then 2 and 1 left: r2 waits
 
 
-def test_known_free_blocks_rank_before_unknown_and_unknown_is_not_a_refusal() -> None:
-    workers = [make_worker("unknown", kv_blocks_free=None), make_worker("known", kv_blocks_free=1)]
+def test_a_worker_the_view_does_not_list_yet_counts_as_having_plenty_of_blocks() -> None:
+    # it just registered; the kernel's next view will list it. Known-first would
+    # send every request of a burst to the workers that were there before it.
+    workers = [make_worker("known", kv_blocks_free=1), make_worker("new", kv_blocks_free=None)]
     pending = [make_request("small", arrival_seq=0, max_tokens=16),
                make_request("large", arrival_seq=1, max_tokens=160)]
     decision = schedule("fcfs", pending, workers, view=make_view())
-    assert placed(decision) == [("small", "known"), ("large", "unknown")]
+    assert placed(decision) == [("small", "new"), ("large", "new")]
+
+
+def test_while_every_cache_has_plenty_of_blocks_the_least_loaded_worker_wins() -> None:
+    workers = [make_worker("roomy-busy", kv_blocks_free=KV_PLENTY_BLOCKS * 10, num_running=3),
+               make_worker("plenty-idle", kv_blocks_free=KV_PLENTY_BLOCKS * 2, num_running=0),
+               make_worker("tight-idle", kv_blocks_free=KV_PLENTY_BLOCKS // 2, num_running=0)]
+    pending = [make_request(f"r{i}", arrival_seq=i, max_tokens=16) for i in range(3)]
+    decision = schedule("fcfs", pending, workers, view=make_view())
+    # past KV_PLENTY_BLOCKS more free blocks count for nothing: the idle worker wins
+    # while it is less loaded; a worker below plenty ranks by its free blocks, lower
+    assert [worker for _, worker in placed(decision)] == ["plenty-idle", "plenty-idle", "plenty-idle"]
 
 
 def test_without_a_view_the_least_loaded_worker_wins() -> None:
