@@ -13,7 +13,10 @@ The policy keeps no state: a request's level follows from its prompt length,
 its generated tokens, its `max_tokens` and how long it waited, all of which
 the broker reports.
 
-Order: tier, then level, then earliest deadline, then arrival. A request that
+Order: tier, then level, then earliest deadline, then fewest tokens left by
+`max_tokens`, then arrival. A small `max_tokens` makes a request surely short;
+the count of a waiting request halves per `aging_s`, as its level climbs, so
+one with a large bound is passed over only for a while. A request that
 fits nowhere preempts a running request of a lower tier (any, as `priority`
 does), or of its own tier one that has used up a quantum, now sits at least
 `PREEMPT_LEVEL_GAP` levels below the waiting request and has run at least
@@ -25,17 +28,18 @@ minimum run keep that churn down.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, RunningRequest,
-                                WorkerSlots, expected_tokens, prompt_tokens)
+                                WorkerSlots, prompt_tokens)
 from scheduler_svc.placement import Placer
 from scheduler_svc.policy_base import PolicyName, SchedulingPolicy, Victims, place_in_order
 
 # A prefill processes its prompt in parallel: about this many prompt tokens cost
 # as much engine time as one generated token (FastServe sizes the join level by
 # the first iteration's time).
-PROMPT_TOKENS_PER_GENERATED_TOKEN = 64
+PROMPT_TOKENS_PER_GENERATED_TOKEN = 8
 # Within a tier, a waiting request preempts only a request this many levels below
 # it: one level apart, the two would trade places again at the next demotion.
 PREEMPT_LEVEL_GAP = 2
@@ -73,8 +77,8 @@ class MlfqPolicy(SchedulingPolicy):
         entry = self.entry_level(prompt_chars)
         levels_down = (generated_tokens // self.quantum(entry) + 1).bit_length() - 1
         attained = min(entry + levels_down, self.last_level)
-        if max_tokens <= 0:
-            return attained  # no bound given: the broker's default may not be the worker's
+        if attained == 0 or max_tokens <= 0:  # no bound: the broker always sets one
+            return attained
         return min(attained, self.covering_level(max(0, max_tokens - generated_tokens)))
 
     def pending_level(self, request: PendingRequest) -> int:
@@ -83,14 +87,28 @@ class MlfqPolicy(SchedulingPolicy):
         level = self.level(request.prompt_chars, request.generated_tokens, request.max_tokens)
         return max(0, level - levels_up)
 
+    def fewest_tokens_left_key(self, request: PendingRequest) -> float:
+        """Within a level, fewest tokens left (by `max_tokens`) first, aged as levels
+        are: the count halves per `mlfq_aging_s` waited, so a large `max_tokens` is
+        never passed over forever. No bound (the broker always sets one): last."""
+        if request.max_tokens <= 0:
+            return math.inf
+        return ((request.max_tokens - request.generated_tokens)
+                * 0.5 ** (request.waited_s / self.options.mlfq_aging_s))
+
     def running_level(self, request: RunningRequest) -> int:
         return self.level(request.prompt_chars, request.generated_tokens, request.max_tokens)
 
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
                  workers: Sequence[WorkerSlots], view: KernelView | None = None) -> PolicyDecision:
-        pending_levels = {request.request_id: self.pending_level(request) for request in pending}
-        ordered = sorted(pending, key=lambda r: (r.tier_rank, pending_levels[r.request_id],
-                                                 r.deadline_key, r.arrival_seq))
+        pending_levels: dict[str, int] = {}
+
+        def order(request: PendingRequest) -> tuple:
+            level = pending_levels[request.request_id] = self.pending_level(request)
+            return (request.tier_rank, level, request.deadline_key,
+                    self.fewest_tokens_left_key(request), request.arrival_seq)
+
+        ordered = sorted(pending, key=order)
         running_levels: dict[str, int] = {}
         # a lower tier is preempted at once; within a tier only a request that used a quantum
         has_used_a_quantum: dict[str, bool] = {}

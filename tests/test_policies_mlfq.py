@@ -1,4 +1,5 @@
-"""mlfq: skip-join levels, demotion, aging, preemption of a request past its quantum."""
+"""mlfq: skip-join levels, demotion, the max_tokens bound, aging, and preemption: any lower
+tier, or within a tier a request past its quantum, two levels down, that has run a while."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from policy_helpers import make_request, make_running, make_worker, placed, placed_ids, preempted, schedule
 from scheduler_svc.policies import make_policy
+from scheduler_svc.policy_mlfq import MIN_RUN_S
 
 # with the defaults: quanta 16, 32, 64, 128, 256, 512 generated tokens; 8 prompt tokens
 # cost one generated token; 4 prompt characters make a token
@@ -64,6 +66,42 @@ def test_deadlines_break_ties_within_a_level() -> None:
     assert placed_ids(schedule(MLFQ, pending, [make_worker("w1")])) == ["sooner", "later"]
 
 
+@pytest.mark.parametrize("generated_tokens, max_tokens, level", [
+    (48, 0, 2),      # no bound: the level its quanta say
+    (48, 1000, 2),   # a far bound changes nothing
+    (48, 100, 2),    # 52 left: level 2's quantum covers them
+    (48, 80, 1),     # 32 left
+    (48, 60, 0),     # 12 left: as sure to be short as a fresh request
+])
+def test_a_request_never_sits_below_the_level_covering_the_tokens_it_may_still_make(
+        generated_tokens: int, max_tokens: int, level: int) -> None:
+    assert MLFQ.level(prompt_chars=40, generated_tokens=generated_tokens, max_tokens=max_tokens) == level
+
+
+def test_a_long_prompt_with_a_short_answer_bound_joins_the_first_level() -> None:
+    assert MLFQ.level(prompt_chars=1000 * 4, generated_tokens=0) == 3
+    assert MLFQ.level(prompt_chars=1000 * 4, generated_tokens=0, max_tokens=16) == 0
+
+
+def test_within_a_level_fewest_tokens_left_go_first() -> None:
+    pending = [make_request("long-answer", arrival_seq=0, max_tokens=200),
+               make_request("no-bound", arrival_seq=1),
+               make_request("short-answer", arrival_seq=2, max_tokens=12)]
+    assert placed_ids(schedule(MLFQ, pending, [make_worker("w1")])) == [
+        "short-answer", "long-answer", "no-bound"]
+
+
+def test_waiting_halves_the_tokens_left_that_order_a_level_so_nothing_starves() -> None:
+    """Else a large max_tokens could be passed over forever at level 0."""
+    def first(waited_s: float) -> str:
+        pending = [make_request("fresh-short", arrival_seq=1, max_tokens=8),
+                   make_request("waited-long", arrival_seq=0, max_tokens=200, waited_s=waited_s)]
+        return placed_ids(schedule(MLFQ, pending, [make_worker("w1", max_num_seqs=1)]))[0]
+
+    assert first(waited_s=4 * AGING_S) == "fresh-short"  # 200 / 16 = 12.5 > 8
+    assert first(waited_s=5 * AGING_S) == "waited-long"  # 200 / 32 = 6.25 < 8
+
+
 # ---------------------------------------------------------------- preemption
 
 def full(worker_id: str):
@@ -76,7 +114,7 @@ def test_a_waiting_request_preempts_one_that_used_up_its_quantum() -> None:
                make_running("far-past", "w3", prompt_chars=40, generated_tokens=200, running_s=9.0)]
     decision = schedule(MLFQ, [make_request("new", prompt_chars=40)],
                         [full("w1"), full("w2"), full("w3")], running)
-    assert preempted(decision) == [("far-past", "w3")]  # the lowest level goes first
+    assert preempted(decision) == [("far-past", "w3")]  # the lowest level (3) goes first
     assert "level" in decision.preemptions[0].reason
     assert placed(decision) == [("new", "w3")]
 
@@ -88,26 +126,54 @@ def test_no_preemption_of_a_request_still_in_its_first_quantum() -> None:
     assert decision.preemptions == [] and decision.placements == []
 
 
-def test_no_preemption_for_a_waiting_request_of_the_same_or_a_lower_level() -> None:
-    running = [make_running("demoted", "w1", prompt_chars=40, generated_tokens=20)]  # level 1
-    waiting = make_request("also-demoted", prompt_chars=40, generated_tokens=30)    # level 1
-    decision = schedule(MLFQ, [waiting], [full("w1")], running)
+@pytest.mark.parametrize("generated_tokens", [20, 47])  # level 1: one level below the waiter
+def test_no_preemption_within_a_tier_of_a_request_less_than_two_levels_down(
+        generated_tokens: int) -> None:
+    """One level apart, the two would trade places again at the next demotion."""
+    running = [make_running("demoted", "w1", prompt_chars=40, generated_tokens=generated_tokens,
+                            running_s=9.0)]
+    decision = schedule(MLFQ, [make_request("new", prompt_chars=40)], [full("w1")], running)
+    assert decision.preemptions == [] and decision.placements == []
+
+
+def test_no_preemption_within_a_tier_of_a_request_that_only_just_resumed() -> None:
+    running = [make_running("resumed", "w1", prompt_chars=40, generated_tokens=200,
+                            running_s=MIN_RUN_S / 2)]
+    decision = schedule(MLFQ, [make_request("new", prompt_chars=40)], [full("w1")], running)
+    assert decision.preemptions == [] and decision.placements == []
+
+
+def test_no_preemption_of_a_request_about_to_finish() -> None:
+    # 200 tokens made, 10 left: the bound puts it at level 0, no lower than the waiter
+    running = [make_running("nearly-done", "w1", prompt_chars=40, generated_tokens=200,
+                            max_tokens=210, running_s=9.0)]
+    decision = schedule(MLFQ, [make_request("new", prompt_chars=40)], [full("w1")], running)
     assert decision.preemptions == [] and decision.placements == []
 
 
 def test_no_preemption_of_a_higher_tier() -> None:
-    running = [make_running("inter-demoted", "w1", tier_rank=0, generated_tokens=10**4)]
+    running = [make_running("inter-demoted", "w1", tier_rank=0, generated_tokens=10**4,
+                            running_s=9.0)]
     decision = schedule(MLFQ, [make_request("batch-new", tier_rank=1)], [full("w1")], running)
     assert decision.preemptions == [] and decision.placements == []
 
 
+def test_a_higher_tier_preempts_any_lower_tier_request_as_priority_does() -> None:
+    # just started, in its first quantum: within its tier it would be safe
+    running = [make_running("batch-fresh", "w1", tier_rank=2, generated_tokens=1)]
+    decision = schedule(MLFQ, [make_request("inter-new", tier_rank=0)], [full("w1")], running)
+    assert preempted(decision) == [("batch-fresh", "w1")]
+    assert placed(decision) == [("inter-new", "w1")]
+
+
 def test_one_victim_per_waiting_request() -> None:
-    running = [make_running(f"old-{i}", f"w{i}", generated_tokens=100, running_s=float(i))
+    running = [make_running(f"old-{i}", f"w{i}", generated_tokens=100, running_s=MIN_RUN_S + i)
                for i in range(3)]
     pending = [make_request(f"new-{i}", arrival_seq=i) for i in range(2)]
     decision = schedule(MLFQ, pending, [full(f"w{i}") for i in range(3)], running)
-    assert preempted(decision) == [("old-0", "w0"), ("old-1", "w1")]
-    assert placed(decision) == [("new-0", "w0"), ("new-1", "w1")]
+    # same level: the one that has run longest since its dispatch goes first
+    assert preempted(decision) == [("old-2", "w2"), ("old-1", "w1")]
+    assert placed(decision) == [("new-0", "w2"), ("new-1", "w1")]
 
 
 def test_a_long_request_is_placed_while_short_ones_keep_arriving() -> None:
