@@ -256,6 +256,8 @@ def format_status(broker_address: str, reply: pb.StatusReply | str,
                        f"completed {reply.num_completed}, rejected {reply.num_rejected}")
     kernel_line = view if isinstance(view, str) else (
         f"{plural(len(view.workers), 'worker')} registered, block size {view.block_size}, "
+        f"KV blocks {sum(w.kv_blocks_used for w in view.workers)}/"
+        f"{sum(w.kv_blocks_total for w in view.workers)} in use cluster-wide, "
         f"view version {view.version}")
     lines = [f"broker  {broker_address}  {broker_line}",
              f"kernel  {kernel_address}  {kernel_line}", ""]
@@ -265,6 +267,10 @@ def format_status(broker_address: str, reply: pb.StatusReply | str,
         tier_rows = [[tier.tier, f"{tier.depth}/{tier.max_depth}", str(tier.num_running)]
                      for tier in reply.tiers]
         lines += ["", *table(["TIER", "QUEUED", "RUNNING"], tier_rows)]
+    if not isinstance(view, str) and view.tenants:
+        tenant_rows = [[t.tenant or "-", str(t.num_requests_holding_blocks), str(t.kv_blocks_used)]
+                       for t in view.tenants]
+        lines += ["", *table(["TENANT", "REQUESTS", "KV BLOCKS"], tenant_rows)]
     return "\n".join(lines)
 
 

@@ -171,6 +171,15 @@ def test_format_status_joins_broker_slots_with_kernel_blocks():
                            kv_blocks_total=512, kv_blocks_used=0, max_num_seqs=8)])
     text = format_status("tcp://b", status_reply(), "tcp://k", view)
     assert text.splitlines()[1] == (
-        "kernel  tcp://k  2 workers registered, block size 16, view version 9")
+        "kernel  tcp://k  2 workers registered, block size 16, KV blocks 12/768 in use "
+        "cluster-wide, view version 9")
     assert "worker-0  tiny    cpu     1/4      12/256     0.0" in text.splitlines()
     assert "worker-1  tiny    cuda:0  0/8      0/512      ?" in text.splitlines()
+    assert "TENANT" not in text  # no tenant holds blocks
+
+
+def test_format_status_lists_tenants_holding_kv_blocks():
+    view = pb.ResourceView(version=2, block_size=16, tenants=[
+        pb.TenantUsage(tenant="alice", kv_blocks_used=40, num_requests_holding_blocks=3)])
+    lines = format_status("tcp://b", status_reply(), "tcp://k", view).splitlines()
+    assert lines[-2:] == ["TENANT  REQUESTS  KV BLOCKS", "alice   3         40"]
