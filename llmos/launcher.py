@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -32,12 +31,12 @@ from llmos.client import Client, query_kernel
 from llmos.config import option, options_from
 from llmos.errors import LlmosError
 from llmos.logs import setup_logging
+from llmos.processes import STOP_GRACE_S, ProcessGroup
 from llmos.wire import pb
 from llmos.wire.constants import CLIENT_PORT, DEFAULT_HOST, tcp
 
 log = logging.getLogger("llmos.launcher")
 
-STOP_GRACE_S = 10.0
 PROBE_TIMEOUT_S = 1.0     # one readiness query
 PROBE_INTERVAL_S = 0.25   # between readiness rounds
 WATCH_INTERVAL_S = 1.0    # between checks for dead children once up
@@ -123,24 +122,20 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
 
 
 class Supervisor:
-    """Starts children with their output in per-process log files, and stops them."""
+    """Starts children with their output in per-process log files, reports the ones
+    that exit, and stops them (the process mechanics are llmos.processes')."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._log_files: list[IO[bytes]] = []
+        self.group = ProcessGroup(log_dir)
+        self.processes = self.group.processes
         self._reported: set[str] = set()
 
     def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
+        return self.group.log_path(name)
 
     def start(self, spec: ChildSpec) -> None:
-        log_file = open(self.log_path(spec.name), "wb")  # noqa: SIM115 - closed in stop()
-        self._log_files.append(log_file)
-        self.processes[spec.name] = subprocess.Popen(
-            spec.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-        log.debug("started %s (pid %d): %s", spec.name, self.processes[spec.name].pid, spec.argv)
+        self.group.start_argv(spec.name, spec.argv)
 
     def newly_exited(self) -> list[tuple[str, int]]:
         """(name, exit status) of children that exited since the last call."""
@@ -163,20 +158,7 @@ class Supervisor:
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM every child, wait up to grace_s in all, SIGKILL the rest."""
-        alive = [process for process in self.processes.values() if process.poll() is None]
-        for process in alive:
-            process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for process in alive:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("pid %d ignored SIGTERM for %.0f s; killing it", process.pid, grace_s)
-                process.kill()
-                process.wait()
-        for log_file in self._log_files:
-            log_file.close()
-        self._log_files.clear()
+        self.group.stop(grace_s)
 
 
 def wait_until_ready(supervisor: Supervisor, ports: Ports, host: str, num_workers: int,

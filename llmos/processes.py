@@ -10,6 +10,7 @@ a grace period, so a failed test or benchmark never leaves one behind.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger("llmos.processes")
 
 STOP_GRACE_S = 10.0
 
@@ -45,13 +48,21 @@ class ProcessGroup:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """`python -m llmos <args>` as child `name`."""
+        return self.start_argv(name, llmos_command(*args))
+
+    def start_argv(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_dir / f"{name}.log", "wb")  # closed in stop()
+        log_file = open(self.log_path(name), "wb")  # closed in stop()
         self._log_files.append(log_file)
-        process = subprocess.Popen(llmos_command(*args), stdin=subprocess.DEVNULL, stdout=log_file,
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         self.processes[name] = process
+        log.debug("started %s (pid %d): %s", name, process.pid, argv)
         return process
 
     def first_exited(self, ignore: tuple[str, ...] = ()) -> tuple[str, int] | None:
@@ -74,6 +85,7 @@ class ProcessGroup:
             try:
                 process.wait(max(0.1, deadline_s - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("pid %d ignored SIGTERM for %.0f s; killing it", process.pid, grace_s)
                 process.kill()
                 process.wait()
         for log_file in self._log_files:
