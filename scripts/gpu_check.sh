@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU checks of the engine issue, as one script for a lent CUDA machine:
+# the `gpu`-marked tests, then `llmos bench engine` on the ~1B dummy preset.
+# Wheels the machine lacks travel in .whl/ (see docs/benchmarks.md); logs go to $OUT.
+#   NO_WHEELS=1 MODEL=dummy:llama-tiny DEVICE=cpu scripts/gpu_check.sh   (a dry run here)
+set -u -o pipefail
+OUT=${OUT:-/tmp/llmos-gpu-check}
+MODEL=${MODEL:-dummy:llama-1b}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+if [ -z "${NO_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
+python3 -c 'import torch, transformers, zmq, google.protobuf as p; print("torch", torch.__version__,
+"transformers", transformers.__version__, "protobuf", p.__version__, "cuda", torch.cuda.is_available())'
+timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batched_engine_gpu.py 2>&1 \
+    | tee "$OUT/pytest_gpu.log"
+timeout 240 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" \
+    ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_engine.log"
+if [ -n "${EXTRA_LEVELS:-}" ]; then  # the engine alone at higher concurrency, no baselines
+    timeout 90 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" --skip-baselines \
+        --poisson-seconds 0 --concurrency "$EXTRA_LEVELS" 2>&1 | tee "$OUT/bench_engine_high.log"
+fi
