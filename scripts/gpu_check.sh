@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks of the engine issue, as one script for a lent CUDA machine:
 # the `gpu`-marked tests, then `llmos bench engine` on the ~1B dummy preset.
-# Wheels the machine lacks travel in .whl/ (see docs/benchmarks.md); logs go to $OUT.
+# Packages the machine lacks travel as wheels in .whl/ (git-ignored), made on a machine
+# with an index (Python 3.12 target, as on the lent machines):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     transformers==5.24.0 pyzmq==27.3.0 protobuf==7.36.2 regex==2026.11.19
+# Logs go to $OUT. EXTRA_LEVELS=64,128,256 adds an engine-only run at those levels;
+# PROFILE=1 adds scripts/gpu_profile.py (ms per decode step, cProfile, torch profiler).
 #   NO_WHEELS=1 MODEL=dummy:llama-tiny DEVICE=cpu scripts/gpu_check.sh   (a dry run here)
 set -u -o pipefail
 OUT=${OUT:-/tmp/llmos-gpu-check}
@@ -24,4 +30,7 @@ timeout 240 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" \
 if [ -n "${EXTRA_LEVELS:-}" ]; then  # the engine alone at higher concurrency, no baselines
     timeout 90 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" --skip-baselines \
         --poisson-seconds 0 --concurrency "$EXTRA_LEVELS" 2>&1 | tee "$OUT/bench_engine_high.log"
+fi
+if [ -n "${PROFILE:-}" ]; then  # where a decode step's time goes, cuDNN attention on and off
+    timeout 120 python3 scripts/gpu_profile.py "$MODEL" "$DEVICE" 2>&1 | tee "$OUT/profile.log"
 fi

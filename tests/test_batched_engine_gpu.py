@@ -87,3 +87,13 @@ def test_cuda_preemption_by_recompute_keeps_the_budget_and_seeded_sampling_runs(
     for deltas in answers.values():
         assert deltas[-1].is_finished and deltas[-1].finish_reason != pb.FINISH_REASON_ERROR
     assert engine.budget.num_used_blocks == 0
+
+
+def test_loading_on_cuda_turns_cudnn_attention_off():
+    """cuDNN attention builds a plan per shape, and decode changes shape every step."""
+    from workers.config import WorkerConfig
+    from workers.model_loader import load_model
+
+    loaded = load_model(WorkerConfig(model="dummy:llama-tiny", device="cuda"))
+    assert loaded.device.type == "cuda"
+    assert not torch.backends.cuda.cudnn_sdp_enabled()

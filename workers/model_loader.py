@@ -73,6 +73,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def prepare_device(device: torch.device) -> None:
+    """Process-wide settings for serving on `device`.
+
+    On CUDA, cuDNN's fused attention is turned off, so PyTorch's
+    scaled_dot_product_attention picks flash or memory-efficient attention.
+    cuDNN builds an execution plan for every new input shape, and every decode
+    step brings a new key length (and a batch that changes its row count): on an
+    H100 with torch 2.11 that cost about 45 ms of CPU a step, three times the
+    step itself (docs/benchmarks.md, "CUDA").
+    """
+    if device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        logger.info("cuDNN attention off: its per-shape plans cost more than a decode step")
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -103,6 +118,7 @@ def load_model(config: WorkerConfig) -> LoadedModel:
 
         return load_pooling_model(config, path, name, task)
     device = resolve_device(config.device)
+    prepare_device(device)
     dtype = resolve_dtype(config.dtype, device)
     preset = dummy_preset_name(str(path))
     if preset is not None:

@@ -14,7 +14,8 @@ from typing import Any
 
 from llmos.wire import pb
 from workers.config import WorkerConfig
-from workers.model_loader import LoadedModel, _memory, resolve_device, resolve_dtype
+from workers.model_loader import (LoadedModel, _memory, prepare_device, resolve_device,
+                                  resolve_dtype)
 
 logger = logging.getLogger("workers.pooling_loader")
 
@@ -27,6 +28,7 @@ def load_pooling_model(config: WorkerConfig, path: Path, name: str, task: int) -
 
     model_class = AutoModel if task == pb.TASK_KIND_EMBED else AutoModelForSequenceClassification
     device = resolve_device(config.device)
+    prepare_device(device)
     dtype = resolve_dtype(config.dtype, device)
     model = model_class.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
     memory_bytes_total, memory_bytes_used, _ = _memory(model, device)
