@@ -15,9 +15,10 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, MistralConfig,
                           Qwen2Config)
 
+from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.tiny_model import CORPUS
 from llmos.wire import pb
-from workers.batched_engine import BatchedEngine
+from workers.batched_engine import PREFIX_CACHE_HOLDER, BatchedEngine
 from workers.requests import Delta, EngineRequest, SamplingOptions
 
 torch.set_num_threads(1)
@@ -71,7 +72,11 @@ def check_invariants(engine: BatchedEngine) -> None:
     budget = engine.budget
     assert budget.num_used_blocks <= budget.num_blocks, "over the KV budget"
     assert engine.num_running <= engine.max_num_seqs
+    cache = engine.prefix_cache
+    assert engine.num_prefix_cache_blocks == (len(cache) if cache is not None else 0)
     for request_id, num_blocks in budget.num_blocks_held.items():
+        if request_id == PREFIX_CACHE_HOLDER:
+            continue
         sequence = engine.running[request_id]
         assert budget.blocks_for(sequence.num_cached_tokens) <= num_blocks
 
@@ -93,7 +98,7 @@ def run_to_end(engine: BatchedEngine, arrivals: dict[int, list[EngineRequest]] |
             answer.text += delta.text
         check_invariants(engine)
         step += 1
-    assert engine.num_cached_tokens == 0 and engine.budget.num_used_blocks == 0
+    assert engine.num_cached_tokens == 0 and engine.num_request_blocks == 0
     return answers
 
 
@@ -178,7 +183,7 @@ def test_preempt_then_resume_equals_the_uninterrupted_answer(model, tokenizer, n
     final = engine.preempt("a")
 
     assert final == Delta("a", is_finished=True, finish_reason=pb.FINISH_REASON_PREEMPTED)
-    assert engine.budget.num_used_blocks == blocks_of_other
+    assert engine.num_request_blocks == blocks_of_other
     assert engine.preempt("a") is None
     resumed = make_request(tokenizer, "a", prompt, **sampling)  # as the broker re-dispatches it
     resumed.generated_token_ids = before["a"].token_ids
@@ -260,11 +265,11 @@ def test_cancel_frees_the_request_blocks_at_once(model, tokenizer):
     assert engine.cancel("drop") is True
     assert engine.cancel("queued") is True
 
-    assert engine.budget.num_used_blocks == held_by_keep
+    assert engine.num_request_blocks == held_by_keep
     assert engine.num_cached_tokens == engine.running["keep"].num_cached_tokens
     assert engine.cancel("drop") is False
     assert set(run_to_end(engine)) == {"keep"}
-    assert engine.budget.num_used_blocks == 0
+    assert engine.num_request_blocks == 0
 
 
 def test_a_failing_forward_fails_its_requests_and_the_engine_goes_on(model, tokenizer, monkeypatch):
@@ -401,3 +406,80 @@ def test_other_families_staggered_requests_equal_generate_alone(tokenizer, famil
     answers = run_to_end(engine, {0: requests[:3], 2: requests[3:5], 5: requests[5:]})
 
     assert_greedy(model, tokenizer, answers, prompts, max_tokens)
+
+
+# ---------------------------------------------------------------- prefix caching
+
+SYSTEM_PROMPT = " ".join(WORDS[:60])  # a long shared start, as a chat assistant's instructions
+
+
+def test_a_cached_prefix_is_reused_and_the_answers_still_equal_generate(model, tokenizer):
+    prompts = {"first": SYSTEM_PROMPT + " Question one?", "same": SYSTEM_PROMPT + " Question one?",
+               "longer": SYSTEM_PROMPT + " Question two is longer than the first?"}
+    max_tokens = dict.fromkeys(prompts, 10)
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=4, block_size=8)
+
+    answers = run_to_end(engine, {0: [make_request(tokenizer, "first", prompts["first"], max_tokens=10)],
+                                  3: [make_request(tokenizer, rid, prompts[rid], max_tokens=10)
+                                      for rid in ("same", "longer")]})
+
+    assert_greedy(model, tokenizer, answers, prompts, max_tokens)
+    shared = len(tokenizer.encode(SYSTEM_PROMPT)) // 8 * 8
+    assert engine.prefix_cache.num_hit_tokens >= 2 * shared  # both later ones skipped the start
+    assert engine.num_prefix_cache_blocks == len(engine.prefix_cache) > 0
+
+
+def test_the_next_turn_of_a_chat_reuses_the_previous_answer(model, tokenizer):
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=2, block_size=4)
+    first = SYSTEM_PROMPT + " Hello?"
+    answers = run_to_end(engine, {0: [make_request(tokenizer, "turn1", first, max_tokens=24)]})
+    turn1_ids = tokenizer.encode(first) + answers["turn1"].token_ids
+    hits_before = engine.prefix_cache.num_hit_tokens
+
+    second = EngineRequest("turn2", turn1_ids + tokenizer.encode(" And then?"), SamplingOptions(max_tokens=8))
+    answers = run_to_end(engine, {0: [second]})
+
+    # prompt and answer were cached when turn 1 ended (but its last token, never fed)
+    assert engine.prefix_cache.num_hit_tokens - hits_before == (len(turn1_ids) - 1) // 4 * 4
+    expected = model.generate(torch.tensor([second.prompt_token_ids]), do_sample=False,
+                              attention_mask=torch.ones(1, len(second.prompt_token_ids), dtype=torch.long),
+                              max_new_tokens=8)[0, len(second.prompt_token_ids):].tolist()
+    assert answers["turn2"].token_ids == expected
+
+
+def test_cached_blocks_give_way_to_requests_before_anyone_is_preempted(model, tokenizer):
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=2, num_blocks=40, block_size=4)
+    run_to_end(engine, {0: [make_request(tokenizer, "warm", SYSTEM_PROMPT, max_tokens=4)]})
+    assert engine.num_prefix_cache_blocks >= 15  # about half the budget holds the cached prompt
+
+    prompt = " ".join(reversed(WORDS[:40]))  # shares nothing with it
+    answers = run_to_end(engine, {0: [make_request(tokenizer, "big", prompt, max_tokens=60)]})
+
+    assert not any(d.finish_reason == pb.FINISH_REASON_PREEMPTED for d in answers["big"].deltas)
+    assert answers["big"].token_ids == generate_greedy(model, tokenizer, prompt, 60)
+    assert engine.budget.num_used_blocks <= engine.budget.num_blocks
+
+
+def test_a_model_with_a_sliding_window_keeps_no_prefix_cache(tokenizer):
+    model = tiny_random_model("mistral", tokenizer, "sdpa")
+    assert BatchedEngine(model, tokenizer, max_model_len=64).prefix_cache is None
+    assert BatchedEngine(model, tokenizer, max_model_len=16).prefix_cache is not None  # never slides
+
+
+def test_prefix_caching_can_be_turned_off(model, tokenizer):
+    engine = BatchedEngine(model, tokenizer, prefix_caching=False)
+    run_to_end(engine, {0: [make_request(tokenizer, "a", SYSTEM_PROMPT, max_tokens=2)]})
+    assert engine.prefix_cache is None and engine.budget.num_used_blocks == 0
+    assert engine.cached_prefix_hashes() == []
+
+
+def test_cached_prefixes_report_the_prompt_text_block_hashes(model, tokenizer):
+    engine = BatchedEngine(model, tokenizer, block_size=4)
+    version = engine.prefix_report_version
+    run_to_end(engine, {0: [make_request(tokenizer, "a", SYSTEM_PROMPT, max_tokens=2)]})
+
+    assert engine.prefix_report_version != version
+    reported = set(engine.cached_prefix_hashes())
+    # every whole 64-character block of the prompt but the last, which its uncached tail may cut
+    num_covered = len(SYSTEM_PROMPT) // PREFIX_BLOCK_CHARS - 1
+    assert num_covered >= 3 and set(prompt_block_hashes(SYSTEM_PROMPT)[:num_covered]) <= reported

@@ -62,7 +62,7 @@ def test_half_precision_batch_streams_and_starts_like_generate(tiny_model_dir, t
 
     answers = run_to_end(engine)
 
-    assert engine.num_cached_tokens == 0 and engine.budget.num_used_blocks == 0
+    assert engine.num_cached_tokens == 0 and engine.num_request_blocks == 0
     for index, prompt in enumerate(PROMPTS):
         deltas = answers[f"r{index}"]
         token_ids = [t for d in deltas for t in d.token_ids]
@@ -86,7 +86,7 @@ def test_cuda_preemption_by_recompute_keeps_the_budget_and_seeded_sampling_runs(
     assert set(answers) == {"r0", "r1", "r2"}
     for deltas in answers.values():
         assert deltas[-1].is_finished and deltas[-1].finish_reason != pb.FINISH_REASON_ERROR
-    assert engine.budget.num_used_blocks == 0
+    assert engine.num_request_blocks == 0
 
 
 def test_loading_on_cuda_turns_cudnn_attention_off():

@@ -15,6 +15,12 @@ Every `step()` is schedule -> execute -> postprocess (STYLE.md 5):
   chunk per step at most.
 - postprocess: sample, stream the new text, free finished requests at once.
 
+Prefix caching (`workers.prefix_cache`): after a prefill, and when a request
+finishes, the whole blocks of its context are kept; a newcomer whose context
+starts with cached blocks is prefilled alone, from the end of that prefix.
+Cached blocks count in the KV budget but give way first: they are evicted
+before any request is preempted, so they only ever use blocks nobody needs.
+
 Greedy output equals `model.generate` on the prompt alone, token for token,
 also for a request preempted and resumed (here or, via `Dispatch`, elsewhere).
 Like the reference engine (`workers.engine`), it knows no sockets or threads.
@@ -29,6 +35,7 @@ from typing import Any
 
 import torch
 
+from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE
 from workers.batch_sequence import Sequence
@@ -37,20 +44,24 @@ from workers.detokenizer import IncrementalText
 from workers.engine import model_context_length, model_eos_token_ids
 from workers.kv_budget import KvBudget
 from workers.model_runner import ModelRunner, PrefillJob
+from workers.prefix_cache import LayerKeysValues, PrefixCache
 from workers.requests import Delta, EngineRequest, check_request, error_delta
 from workers.sampling import make_generator, sample_next_token
 
 logger = logging.getLogger("workers.batched_engine")
 
 MIN_PREFILL_TOKENS = 32  # a prefill always gets this much of a step, so newcomers progress
+PREFIX_CACHE_HOLDER = "\0prefix-cache"  # the cached blocks' line in the KV budget (no request id)
 
 
 class BatchedEngine:
     def __init__(self, model: Any, tokenizer: Any, *, max_num_seqs: int = 16,
                  max_model_len: int = 0, eos_token_ids: set[int] | None = None,
                  worker_id: str = "", num_blocks: int = 0, block_size: int = DEFAULT_BLOCK_SIZE,
-                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS) -> None:
-        """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens."""
+                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+                 prefix_caching: bool = True) -> None:
+        """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens.
+        `prefix_caching` is ignored for models whose attention is not plain full attention."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_num_seqs = max_num_seqs
@@ -62,6 +73,10 @@ class BatchedEngine:
         self.budget = KvBudget(num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size),
                                block_size)
         self.runner = ModelRunner(model, max_num_seqs)
+        self.num_layers = model.config.get_text_config().num_hidden_layers
+        self.prefix_cache = (PrefixCache(block_size, self.num_layers)
+                             if prefix_caching and supports_prefix_caching(model, self.max_model_len)
+                             else None)
         self.waiting: deque[Sequence] = deque()
         self.running: dict[str, Sequence] = {}   # holding KV: in the batch or in the prefill job
         self.job: PrefillJob | None = None       # newcomers being prefilled
@@ -139,6 +154,7 @@ class BatchedEngine:
         self.job = None
         self.runner.batch.clear()
         self.budget.clear()
+        self.sync_cache_budget()  # the cached prefixes stay: they are still right
         self.pending_deltas.clear()
         return request_ids
 
@@ -148,7 +164,12 @@ class BatchedEngine:
         return [error_delta(request_id, pb.WORKER_FAILED, message) for request_id in request_ids]
 
     def set_kv_budget(self, num_blocks: int, block_size: int) -> None:
-        """Adopt the kernel's block geometry; the next step preempts if it is now over budget."""
+        """Adopt the kernel's block geometry; the next step evicts cached prefixes, then
+        preempts, if it is now over budget."""
+        if self.prefix_cache is not None and block_size != self.prefix_cache.block_size:
+            self.prefix_cache.clear()  # its blocks have the old size
+            self.budget.free(PREFIX_CACHE_HOLDER)
+            self.prefix_cache = PrefixCache(block_size, self.num_layers)
         self.budget.resize(num_blocks, block_size)
 
     # ---------------------------------------------------------------- state
@@ -164,6 +185,15 @@ class BatchedEngine:
     @property
     def num_cached_tokens(self) -> int:
         return sum(s.num_cached_tokens for s in self.running.values())
+
+    @property
+    def num_prefix_cache_blocks(self) -> int:
+        return self.budget.num_blocks_held.get(PREFIX_CACHE_HOLDER, 0)
+
+    @property
+    def num_request_blocks(self) -> int:
+        """KV blocks held by requests (the budget's use without the cached prefixes)."""
+        return self.budget.num_used_blocks - self.num_prefix_cache_blocks
 
     @property
     def max_context_tokens(self) -> int:
@@ -191,11 +221,13 @@ class BatchedEngine:
         """Let every batch row store one more token, most important first, preempting
         the least important where the budget does not allow; True if any was preempted."""
         has_preempted = False
+        self.make_room(0)  # cached prefixes give way first
         while self.budget.is_over_budget:  # the kernel's budget shrank
             self.preempt_by_recompute(self.pick_victim())
             has_preempted = True
         rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
         growth = [(s.request_id, s.num_cached_tokens + 1) for s in rows]
+        self.make_room(sum(self.budget.num_blocks_to_add(*g) for g in growth))
         if sum(self.budget.num_blocks_to_add(*g) for g in growth) <= self.budget.num_free_blocks:
             for request_id, num_tokens in growth:  # the usual case: everyone fits
                 self.budget.hold(request_id, num_tokens)
@@ -211,29 +243,108 @@ class BatchedEngine:
 
     def start_prefill_job(self) -> PrefillJob | None:
         """Waiting requests in order, while there are slots and blocks and their padded
-        prefill fits the step's tokens. A lone long prompt runs in chunks over several steps."""
+        prefill fits the step's tokens. A lone long prompt runs in chunks over several steps.
+        A request whose context starts with cached blocks is prefilled alone, from there."""
         num_tokens_left = self.prefill_tokens_left()
         chosen: list[Sequence] = []
         num_columns = 0
+        cached_path: list[int] = []
         while self.waiting and self.runner.batch.has_room_for(len(chosen) + 1):
             sequence = self.waiting[0]
             if not self.budget.can_ever_hold(sequence.num_context_tokens + 1):
                 self.pending_deltas.append(self.refuse(self.waiting.popleft()))
                 continue
+            path = self.cached_prefix(sequence)
+            if path and chosen:
+                break  # it starts its own job next step
             width = max(num_columns, sequence.num_context_tokens)
             if chosen and width * (len(chosen) + 1) > num_tokens_left:
                 break
+            self.make_room(self.budget.num_blocks_to_add(sequence.request_id,
+                                                         sequence.num_context_tokens + 1))
             if not self.budget.can_hold(sequence.request_id, sequence.num_context_tokens + 1):
                 break  # in order: nobody overtakes the head
             self.budget.hold(sequence.request_id, sequence.num_context_tokens)
             chosen.append(self.waiting.popleft())
             num_columns = width
+            if path:
+                cached_path = self.still_cached(path)  # make_room may have evicted its tail
+                break
         if not chosen:
             return None
         for sequence in chosen:
             self.running[sequence.request_id] = sequence
+        cached = self.prefix_cache.gather(cached_path) if cached_path else None
         return self.runner.start_prefill([s.request_id for s in chosen],
-                                         [s.context_token_ids() for s in chosen])
+                                         [s.context_token_ids() for s in chosen], cached)
+
+    # ---------------------------------------------------------------- prefix cache
+
+    def cached_prefix(self, sequence: Sequence) -> list[int]:
+        """Block hashes of the longest cached prefix of the request's context; at least
+        its last token is left to compute (its logits give the next token)."""
+        if self.prefix_cache is None:
+            return []
+        return self.prefix_cache.match(sequence.context_token_ids(), sequence.num_context_tokens - 1)
+
+    def still_cached(self, path: list[int]) -> list[int]:
+        for index, block_hash in enumerate(path):
+            if block_hash not in self.prefix_cache.blocks:
+                return path[:index]
+        return path
+
+    def make_room(self, num_blocks: int) -> None:
+        """Evict cached prefixes until `num_blocks` blocks are free (or none is cached)."""
+        cache = self.prefix_cache
+        missing = num_blocks - self.budget.num_free_blocks
+        if cache is not None and missing > 0 and len(cache):
+            cache.evict(missing)
+            self.sync_cache_budget()
+
+    def sync_cache_budget(self) -> None:
+        """Hold exactly the cached blocks in the budget, under PREFIX_CACHE_HOLDER."""
+        self.budget.free(PREFIX_CACHE_HOLDER)
+        if self.prefix_cache is not None and len(self.prefix_cache):
+            self.budget.hold(PREFIX_CACHE_HOLDER, len(self.prefix_cache) * self.budget.block_size)
+
+    def cache_prefix(self, token_ids: list[int], layer_keys_values: Any) -> None:
+        """Keep the whole blocks of `token_ids`, in blocks nobody holds: older cached
+        prefixes give way to this one, running requests never do."""
+        cache = self.prefix_cache
+        room = self.budget.num_free_blocks + len(cache)
+        cache.insert(token_ids, layer_keys_values, room,
+                     lambda num_tokens: prompt_block_hashes(
+                         self.tokenizer.decode(token_ids[:num_tokens], skip_special_tokens=True)))
+        if len(cache) > room:
+            cache.evict(len(cache) - room)  # the least recently used, never the new ones first
+        self.sync_cache_budget()
+
+    def cache_job_prefixes(self, job: PrefillJob, sequences: list[Sequence]) -> None:
+        for row, (sequence, pad) in enumerate(zip(sequences, job.pad_lengths)):
+            def layer_keys_values(layer: int, row: int = row, pad: int = pad) -> LayerKeysValues:
+                cache_layer = job.cache.layers[layer]
+                return cache_layer.keys[row, :, pad:], cache_layer.values[row, :, pad:]
+            self.cache_prefix(sequence.context_token_ids(), layer_keys_values)
+
+    def cache_finished_prefix(self, sequence: Sequence) -> None:
+        """A finished request's prompt and answer (the next turn of a chat starts with both)."""
+        batch = self.runner.batch
+        if sequence.request_id not in batch.row_ids:
+            return
+        row = batch.row_ids.index(sequence.request_id)
+        columns = slice(batch.starts[row], batch.end)
+
+        def layer_keys_values(layer: int) -> LayerKeysValues:
+            return batch.layers[layer].keys[row, :, columns], batch.layers[layer].values[row, :, columns]
+        self.cache_prefix(sequence.context_token_ids()[:sequence.num_cached_tokens], layer_keys_values)
+
+    @property
+    def prefix_report_version(self) -> int:
+        return self.prefix_cache.version if self.prefix_cache is not None else 0
+
+    def cached_prefix_hashes(self) -> list[int]:
+        """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
+        return self.prefix_cache.reported_hashes() if self.prefix_cache is not None else []
 
     def prefill_tokens_left(self) -> int:
         return max(self.max_num_batched_tokens - self.runner.batch.num_rows, MIN_PREFILL_TOKENS)
@@ -265,6 +376,9 @@ class BatchedEngine:
             return []  # more chunks to go
         try:
             self.runner.admit(job)
+            if self.prefix_cache is not None:
+                with torch.inference_mode():
+                    self.cache_job_prefixes(job, sequences)
         except Exception as exc:  # e.g. out of memory while the batch cache grew: it may be
             rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
             return self.fail_sequences(sequences + rows, exc)  # half moved, so no row goes on
@@ -278,6 +392,9 @@ class BatchedEngine:
             delta = self.make_delta(sequence, [token_id])
             deltas.append(delta)
             if delta.is_finished:
+                if self.prefix_cache is not None:
+                    with torch.inference_mode():
+                        self.cache_finished_prefix(sequence)
                 self.release(sequence)
         return deltas
 
@@ -343,3 +460,15 @@ class BatchedEngine:
             deltas.append(error_delta(sequence.request_id, pb.WORKER_FAILED,
                                       f"the model failed on this request: {exc}"))
         return deltas
+
+
+def supports_prefix_caching(model: Any, max_model_len: int) -> bool:
+    """Plain full attention everywhere: a cached block's keys and values are then the same
+    whatever follows. Sliding-window layers keep only part of the context, so no."""
+    config = model.config.get_text_config()
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(layer_type != "full_attention" for layer_type in layer_types):
+        return False
+    window = getattr(config, "sliding_window", None)
+    uses_window = getattr(config, "use_sliding_window", window is not None)
+    return not (uses_window and window is not None and window < max_model_len)

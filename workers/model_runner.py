@@ -61,14 +61,23 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- prefill
 
-    def start_prefill(self, request_ids: list[str], contexts: list[list[int]]) -> PrefillJob:
+    def start_prefill(self, request_ids: list[str], contexts: list[list[int]],
+                      cached: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> PrefillJob:
+        """A job for these contexts. `cached`: one request's cached prefix, per layer
+        `[1, kv_heads, tokens, head_dim]` keys and values; its prefill starts after them."""
         num_columns = max(len(context) for context in contexts)
         token_ids = torch.full((len(contexts), num_columns), PAD_TOKEN_ID, dtype=torch.long)
         pad_lengths = []
         for row, context in enumerate(contexts):
             pad_lengths.append(num_columns - len(context))
             token_ids[row, pad_lengths[-1]:] = torch.tensor(context, dtype=torch.long)
-        return PrefillJob(request_ids, token_ids.to(self.device), pad_lengths, DynamicCache())
+        job = PrefillJob(request_ids, token_ids.to(self.device), pad_lengths, DynamicCache())
+        if cached:
+            assert len(contexts) == 1, "a cached prefix is one request's"
+            for layer, (keys, values) in enumerate(cached):
+                job.cache.update(keys, values, layer)
+            job.num_done = cached[0][0].shape[-2]
+        return job
 
     @torch.inference_mode()
     def prefill(self, job: PrefillJob, num_columns: int) -> torch.Tensor | None:

@@ -1,0 +1,67 @@
+"""workers.prefix_cache on its own: hashes, lookups, least-recently-used eviction, reports."""
+
+from __future__ import annotations
+
+import torch
+
+from workers.prefix_cache import PrefixCache
+
+BLOCK = 4
+LAYERS = 2
+
+
+def keys_values(token_ids: list[int]):
+    """Per layer, keys and values that record each token id (so gathers can be checked)."""
+    column = torch.tensor(token_ids, dtype=torch.float32)[None, :, None].expand(2, -1, 3)
+
+    def layer_keys_values(layer: int):
+        return column + layer, -(column + layer)
+    return layer_keys_values
+
+
+def insert(cache: PrefixCache, token_ids: list[int], room: int = 100) -> int:
+    return cache.insert(token_ids, keys_values(token_ids), room,
+                        lambda num_tokens: [1000 + num_tokens // BLOCK])
+
+
+def test_the_longest_whole_block_prefix_matches_and_gathers_in_order():
+    cache = PrefixCache(BLOCK, LAYERS)
+    assert insert(cache, list(range(10))) == 2          # 2 whole blocks of 4; 2 tokens left out
+    path = cache.match(list(range(8)) + [99, 98], max_tokens=9)
+    assert len(path) == 2
+    keys, values = cache.gather(path)[1]
+    assert keys.shape == (1, 2, 8, 3) and keys[0, 0, :, 0].tolist() == [t + 1.0 for t in range(8)]
+    assert values[0, 1, 3, 2].item() == -(3 + 1)
+    assert cache.match(list(range(8)), max_tokens=7) == path[:1]  # at least one token left to compute
+    assert cache.match([5, 1, 2, 3, 4], max_tokens=5) == []
+    assert cache.num_hit_tokens == 8
+
+
+def test_a_shared_start_is_stored_once_and_room_limits_new_blocks():
+    cache = PrefixCache(BLOCK, LAYERS)
+    insert(cache, list(range(8)))
+    assert insert(cache, list(range(4)) + [50, 51, 52, 53, 60, 61, 62, 63]) == 2  # block 0 shared
+    assert len(cache) == 4
+    assert insert(cache, [7] * 12, room=1) == 1
+
+
+def test_eviction_takes_the_least_recently_used_leaves_first():
+    cache = PrefixCache(BLOCK, LAYERS)
+    insert(cache, list(range(12)))                       # root, middle, leaf
+    insert(cache, [9] * 4)                               # another prefix, more recent
+    root_path = cache.match(list(range(12)), max_tokens=12)
+    assert cache.evict(1) == 1                           # [9]*4 is now the oldest
+    assert cache.match([9] * 4, max_tokens=4) == []
+    assert cache.evict(1) == 1                           # then the deepest block of the path
+    assert cache.match(list(range(12)), max_tokens=12) == root_path[:2]
+
+
+def test_reports_follow_what_is_cached():
+    cache = PrefixCache(BLOCK, LAYERS)
+    version = cache.version
+    insert(cache, list(range(8)))
+    assert cache.version > version and cache.reported_hashes() == [1002]
+    insert(cache, [3] * 4)
+    assert cache.reported_hashes() == [1001, 1002]       # most recent first
+    cache.evict(len(cache))
+    assert cache.reported_hashes() == [] and len(cache) == 0

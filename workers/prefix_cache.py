@@ -1,0 +1,164 @@
+"""Automatic prefix caching for the batched engine, in the style of vLLM's.
+
+The keys and values of whole blocks of context are kept after a request's
+prefill (its prompt) and after it finishes (prompt and answer: the next turn of
+a chat starts with both), and a later request whose context starts with the
+same tokens is prefilled from the end of that prefix instead of from column 0.
+
+A block is `block_size` tokens (the kernel's); its hash chains the previous
+block's hash with its own token ids, so one hash names a whole prefix. Each
+block keeps, per layer, a `[kv_heads, block_size, head_dim]` copy (the batch
+cache is padded and moves rows, so blocks cannot point into it), shared by
+every prefix that runs through it. Blocks leave least recently used first, and
+leaves before their parents: a lookup or an insert touches its path from the
+deepest block up to the root, so no parent is older than its child.
+
+Each cached prefix also keeps the character-block hashes of its text
+(`llmos.prefix.prompt_block_hashes`, what the broker computes from a prompt),
+which the worker reports to the kernel so the scheduler can send a request to
+the worker that holds its prefix.
+
+Plain bookkeeping over tensors it is handed; the engine decides when to insert
+and evict, and counts the blocks in its KV budget.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from llmos.prefix import MAX_PREFIX_BLOCKS
+
+MAX_REPORTED_HASHES = 4096  # character-block hashes one worker reports, at most
+
+LayerKeysValues = tuple[torch.Tensor, torch.Tensor]  # one layer's [kv_heads, tokens, head_dim] pair
+
+
+@dataclass
+class CachedBlock:
+    keys: list[torch.Tensor]     # per layer: [kv_heads, block_size, head_dim]
+    values: list[torch.Tensor]
+
+
+class PrefixCache:
+    def __init__(self, block_size: int, num_layers: int) -> None:
+        assert block_size > 0 and num_layers > 0
+        self.block_size = block_size
+        self.num_layers = num_layers
+        self.blocks: OrderedDict[int, CachedBlock] = OrderedDict()  # least recently used first
+        # deepest block hash of each cached prefix -> the character-block hashes of its text
+        self.text_hashes: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        self.version = 0           # bumped whenever what the cache reports changes
+        self.num_hit_tokens = 0    # tokens that prefills did not have to compute
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    # ---------------------------------------------------------------- hashes
+
+    def block_hashes(self, token_ids: Sequence[int], num_blocks: int) -> list[int]:
+        hashes: list[int] = []
+        previous = None
+        size = self.block_size
+        for index in range(num_blocks):
+            previous = hash((previous, tuple(token_ids[index * size:(index + 1) * size])))
+            hashes.append(previous)
+        return hashes
+
+    # ---------------------------------------------------------------- lookup
+
+    def match(self, token_ids: Sequence[int], max_tokens: int) -> list[int]:
+        """Hashes of the longest cached prefix of `token_ids` (whole blocks, at most
+        `max_tokens` tokens); the path becomes the most recently used."""
+        path: list[int] = []
+        for block_hash in self.block_hashes(token_ids, max_tokens // self.block_size):
+            if block_hash not in self.blocks:
+                break
+            path.append(block_hash)
+        self.touch(path)
+        return path
+
+    def gather(self, path: list[int]) -> list[LayerKeysValues]:
+        """The path's keys and values, per layer, as `[1, kv_heads, tokens, head_dim]` copies."""
+        blocks = [self.blocks[block_hash] for block_hash in path]
+        self.num_hit_tokens += len(path) * self.block_size
+        return [(torch.cat([block.keys[layer] for block in blocks], dim=1)[None],
+                 torch.cat([block.values[layer] for block in blocks], dim=1)[None])
+                for layer in range(self.num_layers)]
+
+    # ---------------------------------------------------------------- insert and evict
+
+    def insert(self, token_ids: Sequence[int], layer_keys_values: Callable[[int], LayerKeysValues],
+               max_new_blocks: int, text_hashes: Callable[[int], list[int]]) -> int:
+        """Keep the whole blocks of `token_ids` that are not cached yet, at most
+        `max_new_blocks` of them; return how many were added.
+
+        `layer_keys_values(layer)` gives that layer's keys and values for the tokens
+        (`[kv_heads, >= len(token_ids), head_dim]`, token 0 first); `text_hashes(n)`
+        the character-block hashes of the text of the first `n` tokens."""
+        path = self.block_hashes(token_ids, len(token_ids) // self.block_size)
+        num_cached = 0
+        while num_cached < len(path) and path[num_cached] in self.blocks:
+            num_cached += 1
+        self.touch(path[:num_cached])
+        num_new = min(len(path) - num_cached, max(max_new_blocks, 0))
+        if num_new:
+            self.add_blocks(path, num_cached, num_new, layer_keys_values)
+        path = path[:num_cached + num_new]
+        if path and path[-1] not in self.text_hashes:
+            num_tokens = len(path) * self.block_size
+            self.text_hashes[path[-1]] = tuple(text_hashes(num_tokens)[:MAX_PREFIX_BLOCKS])
+            self.version += 1
+        if path:
+            self.text_hashes.move_to_end(path[-1])
+        return num_new
+
+    def add_blocks(self, path: list[int], first: int, count: int,
+                   layer_keys_values: Callable[[int], LayerKeysValues]) -> None:
+        size = self.block_size
+        columns = slice(first * size, (first + count) * size)
+        # one copy per layer, then per-block views of it
+        per_layer = [(keys[:, columns].clone(), values[:, columns].clone())
+                     for keys, values in map(layer_keys_values, range(self.num_layers))]
+        for offset in range(count):
+            block_columns = slice(offset * size, (offset + 1) * size)
+            self.blocks[path[first + offset]] = CachedBlock(
+                keys=[keys[:, block_columns] for keys, _ in per_layer],
+                values=[values[:, block_columns] for _, values in per_layer])
+        self.touch(path[:first + count])
+
+    def touch(self, path: list[int]) -> None:
+        for block_hash in reversed(path):  # the root ends up the most recent
+            self.blocks.move_to_end(block_hash)
+
+    def evict(self, num_blocks: int) -> int:
+        """Drop up to `num_blocks` least recently used blocks; return how many went."""
+        num_evicted = 0
+        while num_evicted < num_blocks and self.blocks:
+            block_hash, _ = self.blocks.popitem(last=False)
+            if self.text_hashes.pop(block_hash, None) is not None:
+                self.version += 1
+            num_evicted += 1
+        return num_evicted
+
+    def clear(self) -> None:
+        if self.blocks or self.text_hashes:
+            self.version += 1
+        self.blocks.clear()
+        self.text_hashes.clear()
+
+    # ---------------------------------------------------------------- report
+
+    def reported_hashes(self) -> list[int]:
+        """Character-block hashes of every cached prefix's text (most recent first, no
+        repeats, at most MAX_REPORTED_HASHES): what the worker tells the kernel."""
+        seen: dict[int, None] = {}
+        for block_hashes in reversed(self.text_hashes.values()):
+            for block_hash in block_hashes:
+                seen.setdefault(block_hash, None)
+            if len(seen) >= MAX_REPORTED_HASHES:
+                break
+        return list(seen)[:MAX_REPORTED_HASHES]
