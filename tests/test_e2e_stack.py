@@ -11,8 +11,10 @@ import zmq
 from e2e_helpers import Reference, StreamedAnswer, stream_answer
 from llmos.client import query_kernel
 from llmos.errors import LlmosError
+from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
 from llmos.wire.constants import PROTOCOL_VERSION
+from service_process import ask, dealer
 from stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -164,3 +166,48 @@ def test_status_shows_workers_tiers_and_scheduler(stack):
     assert sorted(w.worker_id for w in status.workers) == ["worker-0", "worker-1"]
     assert [t.tier for t in status.tiers] == ["interactive", "standard", "batch"]
     assert status.scheduler_online and status.scheduler_policy == "priority"
+
+
+SYSTEM_PROMPT = ("You are the support assistant of a small bakery. Answer politely, in one or two "
+                 "sentences, and never promise a delivery date you cannot keep. Customer: ")
+
+
+def test_requests_go_to_the_worker_whose_cache_holds_their_prefix(stack, reference):
+    """The worker reports its cached prefixes to the kernel; the scheduler places by them."""
+    with stack.client() as client:
+        first = client.generate(SYSTEM_PROMPT + "Hello!", max_tokens=4)
+        hashes = prompt_block_hashes(SYSTEM_PROMPT)
+        assert len(hashes) >= 2
+        wait_for_view(stack, lambda v: any(set(hashes) <= set(w.cached_prefix_hashes)
+                                           for w in v.workers if w.worker_id == first.worker_id))
+        prompts = [SYSTEM_PROMPT + f"Where is my order number {i}?" for i in range(4)]
+        wait_for_scheduler_to_place(stack, prompts[0], first.model, first.worker_id)
+        request_ids = [client.submit(prompt, max_tokens=6) for prompt in prompts]  # at once
+        results = [client.result(request_id) for request_id in request_ids]
+
+    # the other worker is idle, so only the cached prefix can draw all four to this one
+    assert [r.worker_id for r in results] == [first.worker_id] * 4
+    for prompt, result in zip(prompts, results):
+        assert list(result.token_ids) == reference.greedy(prompt, 6)  # computed from the cache
+
+
+def wait_for_scheduler_to_place(stack: Stack, prompt: str, model: str, expected_worker: str,
+                                attempts: int = 100) -> None:
+    """Ask the scheduler, as the broker does, where a request for `prompt` would go until it
+    says `expected_worker`: the kernel's view reaches it by PUB, a moment after the kernel."""
+    with dealer(f"tcp://127.0.0.1:{stack.scheduler_port}") as socket:
+        for batch_id in range(1, attempts + 1):
+            request = pb.ScheduleRequest(batch_id=batch_id)
+            request.pending.add(request_id="probe", tier="interactive", model=model,
+                                prompt_chars=len(prompt), max_tokens=6,
+                                prefix_hashes=prompt_block_hashes(prompt))
+            for index in range(2):  # busier, the expected one wins only by the cached prefix
+                worker_id = f"worker-{index}"
+                request.workers.add(worker_id=worker_id, models=[model], max_num_seqs=16,
+                                    num_running=8 if worker_id == expected_worker else 0)
+            name, decision = ask(socket, request, {"schedule_decision", "error"})
+            assert name == "schedule_decision", decision
+            if [p.worker_id for p in decision.placements] == [expected_worker]:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"the scheduler never placed the prompt on {expected_worker}")

@@ -3,7 +3,8 @@ the service thread owns every network socket (STYLE.md 9).
 
 service -> engine: commands on a queue.Queue.
 engine -> service: one `EngineOutput` per step on an inproc PAIR socket, which
-also wakes the service's poll loop.
+also wakes the service's poll loop. It also carries the prefix cache's report
+(character-block hashes of the cached prefixes) whenever that changed.
 
 Outputs carry the epoch of the engine when they were made. The service bumps
 the epoch whenever it drops every request (the broker re-queued them), so an
@@ -42,6 +43,7 @@ class Verb(enum.Enum):
 class EngineOutput:
     epoch: int
     deltas: list[Delta]
+    prefix_hashes: list[int] | None = None  # None: the cached prefixes did not change
 
 
 class EngineThread:
@@ -52,6 +54,7 @@ class EngineThread:
         self.commands: queue.Queue[tuple[Verb, Any]] = queue.Queue()
         self.epoch = 0  # written by the engine thread only
         self.answers: list[Delta] = []  # deltas of commands (preempt), sent before the next step's
+        self.prefix_report_version = 0  # of the last prefix report sent
         self.thread = threading.Thread(target=self.run, name="engine", daemon=True)
 
     # ---------------------------------------------------------------- called by the service thread
@@ -90,8 +93,9 @@ class EngineThread:
                 deltas, self.answers = self.answers, []
                 if self.engine.has_work:
                     deltas += self.step()
-                if deltas:
-                    pipe.send_pyobj(EngineOutput(self.epoch, deltas))
+                prefix_hashes = self.changed_prefix_hashes()
+                if deltas or prefix_hashes is not None:
+                    pipe.send_pyobj(EngineOutput(self.epoch, deltas, prefix_hashes))
         finally:
             pipe.close(linger=0)
 
@@ -120,6 +124,15 @@ class EngineThread:
                 self.engine.drop_all()
                 self.answers.clear()  # about requests the broker re-queued
                 self.epoch = argument
+
+    def changed_prefix_hashes(self) -> list[int] | None:
+        """The engine's prefix report if it changed since the last one sent (engines
+        without a prefix cache have no `prefix_report_version`: never)."""
+        version = getattr(self.engine, "prefix_report_version", 0)
+        if version == self.prefix_report_version:
+            return None
+        self.prefix_report_version = version
+        return self.engine.cached_prefix_hashes()
 
     def preempt_now(self, request_id: str) -> list[Delta]:
         """The request's final PREEMPTED delta; none if it already finished (its final delta is out)."""

@@ -33,6 +33,7 @@ from workers.requests import Delta, EngineRequest, cancelled_delta, check_reques
 logger = logging.getLogger("workers.service")
 
 MAX_POLL_MS = 100           # bounds how long a SIGTERM waits for the loop to notice
+PREFIX_REPORT_INTERVAL_S = 0.1  # the kernel hears of cached prefixes this often at most
 ENGINE_STOP_TIMEOUT_S = 5.0
 
 
@@ -82,6 +83,9 @@ class Worker:
                                  self.worker_id, self.interval_s)
         self.next_heartbeat_at_s = 0.0
         self.tenant_by_request: dict[str, str] = {}  # for the kernel's per-tenant usage
+        self.prefix_hashes: list[int] = []     # what the engine's prefix cache holds (text blocks)
+        self.is_prefix_report_due = False
+        self.next_prefix_report_at_s = 0.0
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.is_stopping = False
 
@@ -94,7 +98,8 @@ class Worker:
                 max_num_seqs=self.config.max_num_seqs, max_model_len=self.loaded.max_model_len,
                 worker_id=self.worker_id, block_size=DEFAULT_BLOCK_SIZE,
                 num_blocks=self.loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE,
-                max_num_batched_tokens=self.config.max_num_batched_tokens)
+                max_num_batched_tokens=self.config.max_num_batched_tokens,
+                prefix_caching=self.config.prefix_caching)
         except ValueError as exc:
             raise SystemExit(f"llmos worker: {exc}") from None
 
@@ -119,6 +124,7 @@ class Worker:
             self.admit_requests()
             self.purge_expired()
             self.send_heartbeats()
+            self.report_prefixes()
         self.shutdown()
 
     def register_with_kernel(self) -> None:
@@ -146,6 +152,8 @@ class Worker:
                 output: EngineOutput = self.pipe.recv_pyobj(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if output.prefix_hashes is not None:
+                self.prefix_hashes, self.is_prefix_report_due = output.prefix_hashes, True
             if output.epoch != self.epoch:
                 continue  # computed before every request was dropped
             # a request cancelled meanwhile may still show up once; it is gone
@@ -315,6 +323,7 @@ class Worker:
         for request in too_large:
             self.send_progress([self.check_fits(request, len(request.prompt_token_ids)
                                                 + request.sampling.max_tokens)])
+        self.is_prefix_report_due = bool(self.prefix_hashes)  # a new kernel has no index of them
         # (re-)registering freed every block the kernel had for this worker:
         # restate what the running requests hold (the answers need no action)
         for request_id, num_blocks in self.admission.running.items():
@@ -351,6 +360,17 @@ class Worker:
         else:
             self.kernel.register(now_s, fresh_socket=True)
         self.admission.unblock()  # retry a refused allocation at least once an interval
+
+    def report_prefixes(self) -> None:
+        """Tell the kernel which prompt prefixes this worker's KV cache holds (for
+        prefix-aware placement), when that changed, at most every PREFIX_REPORT_INTERVAL_S."""
+        now_s = time.monotonic()
+        if not self.is_prefix_report_due or now_s < self.next_prefix_report_at_s \
+                or not self.kernel.is_online:
+            return
+        self.kernel.send(pb.KvPrefixReport(worker_id=self.worker_id, block_hashes=self.prefix_hashes))
+        self.is_prefix_report_due = False
+        self.next_prefix_report_at_s = now_s + PREFIX_REPORT_INTERVAL_S
 
     # ---------------------------------------------------------------- sending
 

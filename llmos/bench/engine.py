@@ -53,6 +53,8 @@ class EngineBenchConfig:
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     block_size: int = option(16, "KV block size in tokens (BatchedEngine only)")
     max_num_batched_tokens: int = option(2048, "tokens per engine step (BatchedEngine only)")
+    prefix_caching: bool = option(True, "BatchedEngine's prefix cache, as a worker runs it (the "
+                                        "prompts share no prefix: it costs, never helps here)")
     seed: int = option(0, "seed of the prompts and the arrivals")
     skip_baselines: bool = option(False, "measure the llmos engine only")
     json_only: bool = option(False, "print only the JSON line")
@@ -177,7 +179,8 @@ class EngineBench:
             kwargs.update(block_size=self.config.block_size,
                           num_blocks=max_num_seqs * (blocks_per_request + 1),
                           max_num_batched_tokens=max(self.config.max_num_batched_tokens,
-                                                     self.config.prompt_len))
+                                                     self.config.prompt_len),
+                          prefix_caching=self.config.prefix_caching)
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
 
     def warm_up(self) -> None:
