@@ -20,7 +20,10 @@ one with a large bound is passed over only for a while. A request that
 fits nowhere preempts a running request of a lower tier (any, as `priority`
 does), or of its own tier one that has used up a quantum, now sits at least
 `PREEMPT_LEVEL_GAP` levels below the waiting request and has run at least
-`MIN_RUN_S` since its last dispatch (lowest tier, lowest level, longest
+`MIN_RUN_S` since its last dispatch, or one that may still make at least
+`SRPT_PREEMPT_RATIO` times the tokens the waiting request may (by `max_tokens`)
+and has run `SRPT_MIN_RUN_S`: shortest remaining first where the bound makes
+the difference sure (lowest tier, lowest level, most tokens left, longest
 running first). Each preemption costs a re-prefill and a slot's step, and a
 request preempted whenever it resumes would never finish: the gap and the
 minimum run keep that churn down.
@@ -46,6 +49,11 @@ PREEMPT_LEVEL_GAP = 2
 # Within a tier, a request resumed (or started) this recently is not preempted:
 # it keeps its slot long enough to make progress worth its re-prefill.
 MIN_RUN_S = 1.0
+# Within a tier, a waiting request also preempts one whose tokens left (by max_tokens)
+# are at least this many times its own, once that one has run SRPT_MIN_RUN_S:
+# shortest-remaining-first, where the bound makes the difference sure and large.
+SRPT_PREEMPT_RATIO = 4
+SRPT_MIN_RUN_S = 0.25
 
 
 class MlfqPolicy(SchedulingPolicy):
@@ -118,11 +126,12 @@ class MlfqPolicy(SchedulingPolicy):
             level = running_levels[request.request_id] = self.running_level(request)
             used = has_used_a_quantum[request.request_id] = (
                 request.running_s >= MIN_RUN_S and level > self.entry_level(request.prompt_chars))
-            return used or request.tier_rank > 0  # the top tier is never a lower tier
+            return (used or request.tier_rank > 0  # the top tier is never a lower tier
+                    or (request.running_s >= SRPT_MIN_RUN_S and tokens_left(request) > 0))
 
         victims = Victims(running, workers,
                           order=lambda r: (-r.tier_rank, -running_levels[r.request_id],
-                                           -r.running_s, -r.arrival_seq),
+                                           -tokens_left(r), -r.running_s, -r.arrival_seq),
                           may_preempt=may_preempt)
 
         def pick_victim(request: PendingRequest, placer: Placer) -> RunningRequest | None:
@@ -132,7 +141,10 @@ class MlfqPolicy(SchedulingPolicy):
             def is_eligible(victim: RunningRequest) -> bool:
                 return victim.tier_rank > tier_rank or (
                     has_used_a_quantum[victim.request_id]
-                    and running_levels[victim.request_id] >= level + PREEMPT_LEVEL_GAP)
+                    and running_levels[victim.request_id] >= level + PREEMPT_LEVEL_GAP) or (
+                    victim.running_s >= SRPT_MIN_RUN_S and request.max_tokens > 0
+                    and tokens_left(victim) >= SRPT_PREEMPT_RATIO * max(
+                        1, request.max_tokens - request.generated_tokens))
 
             return victims.pick(
                 request, placer, hopeless_key=(request.model, tier_rank, level),
@@ -144,3 +156,8 @@ class MlfqPolicy(SchedulingPolicy):
                     f"{victim.tier_rank}) is at level {running_levels[victim.request_id]}")
 
         return place_in_order(ordered, Placer(workers, view), pick_victim, reason)
+
+
+def tokens_left(request: RunningRequest) -> int:
+    """The most tokens a running request may still make (0: no bound known)."""
+    return max(0, request.max_tokens - request.generated_tokens) if request.max_tokens > 0 else 0

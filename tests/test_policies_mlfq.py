@@ -1,5 +1,6 @@
 """mlfq: skip-join levels, demotion, the max_tokens bound, aging, and preemption: any lower
-tier, or within a tier a request past its quantum, two levels down, that has run a while."""
+tier, or within a tier a request past its quantum, two levels down, that has run a while, or
+one with many times more tokens left (by max_tokens) than the waiting request."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from policy_helpers import make_request, make_running, make_worker, placed, placed_ids, preempted, schedule
 from scheduler_svc.policies import make_policy
-from scheduler_svc.policy_mlfq import MIN_RUN_S
+from scheduler_svc.policy_mlfq import MIN_RUN_S, SRPT_MIN_RUN_S, SRPT_PREEMPT_RATIO
 
 # with the defaults: quanta 16, 32, 64, 128, 256, 512 generated tokens; 8 prompt tokens
 # cost one generated token; 4 prompt characters make a token
@@ -164,6 +165,27 @@ def test_a_higher_tier_preempts_any_lower_tier_request_as_priority_does() -> Non
     decision = schedule(MLFQ, [make_request("inter-new", tier_rank=0)], [full("w1")], running)
     assert preempted(decision) == [("batch-fresh", "w1")]
     assert placed(decision) == [("inter-new", "w1")]
+
+
+def test_a_surely_short_request_preempts_one_with_many_times_more_tokens_left() -> None:
+    """Shortest remaining first where max_tokens makes the difference sure: even in its first
+    quantum, a request that may make 490 more tokens yields to one that makes at most 20."""
+    running = [make_running("long", "w1", prompt_chars=40, generated_tokens=10, max_tokens=500,
+                            running_s=SRPT_MIN_RUN_S),
+               make_running("shorter", "w2", prompt_chars=40, generated_tokens=10,
+                            max_tokens=10 + 20 * SRPT_PREEMPT_RATIO - 1, running_s=9.0)]
+    decision = schedule(MLFQ, [make_request("short", prompt_chars=40, max_tokens=20)],
+                        [full("w1"), full("w2")], running)
+    assert preempted(decision) == [("long", "w1")]
+    assert placed(decision) == [("short", "w1")]
+
+
+def test_no_shortest_first_preemption_of_a_request_that_only_just_started() -> None:
+    running = [make_running("long", "w1", prompt_chars=40, generated_tokens=1, max_tokens=500,
+                            running_s=SRPT_MIN_RUN_S / 2)]
+    decision = schedule(MLFQ, [make_request("short", prompt_chars=40, max_tokens=20)],
+                        [full("w1")], running)
+    assert decision.preemptions == [] and decision.placements == []
 
 
 def test_one_victim_per_waiting_request() -> None:
