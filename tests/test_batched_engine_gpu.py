@@ -89,6 +89,24 @@ def test_cuda_preemption_by_recompute_keeps_the_budget_and_seeded_sampling_runs(
     assert engine.num_request_blocks == 0
 
 
+def test_cuda_prefix_cache_is_reused_and_starts_like_generate(tiny_model_dir, tokenizer):
+    model = load(tiny_model_dir, torch.bfloat16)
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=4, block_size=8)
+    shared = PROMPTS[3]  # a long start that later prompts share
+    engine.add_request(EngineRequest("first", tokenizer.encode(shared + " First?"),
+                                     SamplingOptions(max_tokens=4)))
+    run_to_end(engine)
+    prompt = shared + " And the second question?"
+    engine.add_request(EngineRequest("second", tokenizer.encode(prompt), SamplingOptions(max_tokens=8)))
+
+    answers = run_to_end(engine)
+
+    assert engine.prefix_cache.num_hit_tokens >= len(tokenizer.encode(shared)) // 8 * 8 - 8
+    token_ids = [t for d in answers["second"] for t in d.token_ids]
+    assert token_ids[:NUM_EXACT_TOKENS] == generate_greedy(model, tokenizer, prompt, 8)[:NUM_EXACT_TOKENS]
+    assert engine.num_request_blocks == 0 and engine.num_prefix_cache_blocks == len(engine.prefix_cache)
+
+
 def test_loading_on_cuda_turns_cudnn_attention_off():
     """cuDNN attention builds a plan per shape, and decode changes shape every step."""
     from workers.config import WorkerConfig
