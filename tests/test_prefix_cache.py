@@ -10,18 +10,16 @@ BLOCK = 4
 LAYERS = 2
 
 
-def keys_values(token_ids: list[int]):
-    """Per layer, keys and values that record each token id (so gathers can be checked)."""
-    column = torch.tensor(token_ids, dtype=torch.float32)[None, :, None].expand(2, -1, 3)
-
-    def layer_keys_values(layer: int):
-        return column + layer, -(column + layer)
-    return layer_keys_values
-
-
 def insert(cache: PrefixCache, token_ids: list[int], room: int = 100) -> int:
-    return cache.insert(token_ids, keys_values(token_ids), room,
-                        lambda num_tokens: [1000 + num_tokens // BLOCK])
+    """As the engine does: plan, then add the new blocks' keys and values (which record
+    each token id, per layer, so gathers can be checked)."""
+    plan = cache.plan(token_ids)
+    plan.num_new = min(plan.num_new, room)
+    new_ids = token_ids[plan.first_new * BLOCK:(plan.first_new + plan.num_new) * BLOCK]
+    column = torch.tensor(new_ids, dtype=torch.float32)[None, :, None].expand(2, -1, 3)
+    cache.add(plan, [(column + layer, -(column + layer)) for layer in range(LAYERS)],
+              lambda num_tokens: [1000 + num_tokens // BLOCK])
+    return plan.num_new
 
 
 def test_the_longest_whole_block_prefix_matches_and_gathers_in_order():

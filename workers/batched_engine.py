@@ -307,36 +307,55 @@ class BatchedEngine:
         if self.prefix_cache is not None and len(self.prefix_cache):
             self.budget.hold(PREFIX_CACHE_HOLDER, len(self.prefix_cache) * self.budget.block_size)
 
-    def cache_prefix(self, token_ids: list[int], layer_keys_values: Any) -> None:
-        """Keep the whole blocks of `token_ids`, in blocks nobody holds: older cached
-        prefixes give way to this one, running requests never do."""
-        cache = self.prefix_cache
+    def cache_prefixes(self, entries: list[tuple[list[int], int, int]],
+                       layers: list[LayerKeysValues]) -> None:
+        """Keep the whole blocks of each entry's tokens, in blocks nobody holds: older
+        cached prefixes give way to these, running requests never do.
+
+        `layers`: per layer, the keys and values `[rows, kv_heads, columns, head_dim]`
+        of a cache; entry `(token_ids, row, column)` has its first token at `column` of
+        `row`. The new blocks of every entry are copied in one gather per layer."""
+        cache, size = self.prefix_cache, self.budget.block_size
         room = self.budget.num_free_blocks + len(cache)
-        cache.insert(token_ids, layer_keys_values, room,
-                     lambda num_tokens: prompt_block_hashes(
-                         self.tokenizer.decode(token_ids[:num_tokens], skip_special_tokens=True)))
+        plans, rows, columns = [], [], []
+        for token_ids, row, column in entries:
+            plan = cache.plan(token_ids)
+            plan.num_new = min(plan.num_new, max(room - sum(p.num_new for p in plans), 0))
+            first = column + plan.first_new * size
+            rows += [row] * (plan.num_new * size)
+            columns += range(first, first + plan.num_new * size)
+            plans.append(plan)
+        gathered: list[LayerKeysValues] = []
+        if rows:
+            row_index = torch.tensor(rows, device=self.model.device)
+            column_index = torch.tensor(columns, device=self.model.device)
+            gathered = [(keys[row_index, :, column_index].transpose(0, 1),  # [heads, tokens, dim]
+                         values[row_index, :, column_index].transpose(0, 1)) for keys, values in layers]
+        offset = 0
+        for plan in plans:
+            width = plan.num_new * size
+            cache.add(plan, [(keys[:, offset:offset + width], values[:, offset:offset + width])
+                             for keys, values in gathered],
+                      lambda num_tokens, token_ids=plan.token_ids: prompt_block_hashes(
+                          self.tokenizer.decode(token_ids[:num_tokens], skip_special_tokens=True)))
+            offset += width
         if len(cache) > room:
             cache.evict(len(cache) - room)  # the least recently used, never the new ones first
         self.sync_cache_budget()
 
     def cache_job_prefixes(self, job: PrefillJob, sequences: list[Sequence]) -> None:
-        for row, (sequence, pad) in enumerate(zip(sequences, job.pad_lengths)):
-            def layer_keys_values(layer: int, row: int = row, pad: int = pad) -> LayerKeysValues:
-                cache_layer = job.cache.layers[layer]
-                return cache_layer.keys[row, :, pad:], cache_layer.values[row, :, pad:]
-            self.cache_prefix(sequence.context_token_ids(), layer_keys_values)
+        self.cache_prefixes([(sequence.context_token_ids(), row, pad)
+                             for row, (sequence, pad) in enumerate(zip(sequences, job.pad_lengths))],
+                            [(layer.keys, layer.values) for layer in job.cache.layers])
 
-    def cache_finished_prefix(self, sequence: Sequence) -> None:
-        """A finished request's prompt and answer (the next turn of a chat starts with both)."""
+    def cache_finished_prefixes(self, sequences: list[Sequence]) -> None:
+        """Finished requests' prompts and answers (the next turn of a chat starts with both)."""
         batch = self.runner.batch
-        if sequence.request_id not in batch.row_ids:
-            return
-        row = batch.row_ids.index(sequence.request_id)
-        columns = slice(batch.starts[row], batch.end)
-
-        def layer_keys_values(layer: int) -> LayerKeysValues:
-            return batch.layers[layer].keys[row, :, columns], batch.layers[layer].values[row, :, columns]
-        self.cache_prefix(sequence.context_token_ids()[:sequence.num_cached_tokens], layer_keys_values)
+        entries = [(s.context_token_ids()[:s.num_cached_tokens], row, batch.starts[row])
+                   for s in sequences if s.request_id in batch.row_ids
+                   for row in [batch.row_ids.index(s.request_id)]]
+        if entries:
+            self.cache_prefixes(entries, [(layer.keys, layer.values) for layer in batch.layers])
 
     @property
     def prefix_report_version(self) -> int:
@@ -386,16 +405,18 @@ class BatchedEngine:
         return self.append_tokens(sequences, logits)
 
     def append_tokens(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Delta]:
-        deltas = []
+        deltas, finished = [], []
         for sequence, token_id in zip(sequences, self.sample(sequences, logits)):
             sequence.generated_token_ids.append(token_id)
             delta = self.make_delta(sequence, [token_id])
             deltas.append(delta)
             if delta.is_finished:
-                if self.prefix_cache is not None:
-                    with torch.inference_mode():
-                        self.cache_finished_prefix(sequence)
-                self.release(sequence)
+                finished.append(sequence)
+        if finished and self.prefix_cache is not None:
+            with torch.inference_mode():
+                self.cache_finished_prefixes(finished)
+        for sequence in finished:
+            self.release(sequence)
         return deltas
 
     def sample(self, sequences: list[Sequence], logits: torch.Tensor) -> list[int]:

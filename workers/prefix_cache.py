@@ -19,7 +19,8 @@ which the worker reports to the kernel so the scheduler can send a request to
 the worker that holds its prefix.
 
 Plain bookkeeping over tensors it is handed; the engine decides when to insert
-and evict, and counts the blocks in its KV budget.
+(`plan`, then `add` with the new blocks' keys and values, gathered for many
+requests at once) and evict, and counts the blocks in its KV budget.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ from llmos.prefix import MAX_PREFIX_BLOCKS
 MAX_REPORTED_HASHES = 4096  # character-block hashes one worker reports, at most
 
 LayerKeysValues = tuple[torch.Tensor, torch.Tensor]  # one layer's [kv_heads, tokens, head_dim] pair
+
+
+@dataclass
+class InsertPlan:
+    """Whole blocks of `token_ids`: `path` hashes them all; the first `first_new`
+    are cached already; the caller keeps `num_new` of the rest (its room)."""
+
+    token_ids: Sequence[int]
+    path: list[int]
+    first_new: int
+    num_new: int
 
 
 @dataclass
@@ -91,44 +103,35 @@ class PrefixCache:
 
     # ---------------------------------------------------------------- insert and evict
 
-    def insert(self, token_ids: Sequence[int], layer_keys_values: Callable[[int], LayerKeysValues],
-               max_new_blocks: int, text_hashes: Callable[[int], list[int]]) -> int:
-        """Keep the whole blocks of `token_ids` that are not cached yet, at most
-        `max_new_blocks` of them; return how many were added.
-
-        `layer_keys_values(layer)` gives that layer's keys and values for the tokens
-        (`[kv_heads, >= len(token_ids), head_dim]`, token 0 first); `text_hashes(n)`
-        the character-block hashes of the text of the first `n` tokens."""
+    def plan(self, token_ids: Sequence[int]) -> InsertPlan:
+        """What keeping `token_ids` would add: its whole blocks past those cached
+        already (which become the most recently used)."""
         path = self.block_hashes(token_ids, len(token_ids) // self.block_size)
         num_cached = 0
         while num_cached < len(path) and path[num_cached] in self.blocks:
             num_cached += 1
         self.touch(path[:num_cached])
-        num_new = min(len(path) - num_cached, max(max_new_blocks, 0))
-        if num_new:
-            self.add_blocks(path, num_cached, num_new, layer_keys_values)
-        path = path[:num_cached + num_new]
+        return InsertPlan(token_ids, path, num_cached, len(path) - num_cached)
+
+    def add(self, plan: InsertPlan, keys_values: list[LayerKeysValues] | None,
+            text_hashes: Callable[[int], list[int]]) -> None:
+        """Keep the plan's first `num_new` new blocks. `keys_values`: per layer, keys and
+        values of exactly those blocks' tokens, `[kv_heads, num_new * block_size, head_dim]`,
+        copies the cache may keep (each block is a view of them); `text_hashes(n)`: the
+        character-block hashes of the text of the first `n` tokens."""
+        size, first = self.block_size, plan.first_new
+        for offset in range(plan.num_new):
+            columns = slice(offset * size, (offset + 1) * size)
+            self.blocks[plan.path[first + offset]] = CachedBlock(
+                keys=[keys[:, columns] for keys, _ in keys_values],
+                values=[values[:, columns] for _, values in keys_values])
+        path = plan.path[:first + plan.num_new]
+        self.touch(path)
         if path and path[-1] not in self.text_hashes:
-            num_tokens = len(path) * self.block_size
-            self.text_hashes[path[-1]] = tuple(text_hashes(num_tokens)[:MAX_PREFIX_BLOCKS])
+            self.text_hashes[path[-1]] = tuple(text_hashes(len(path) * size)[:MAX_PREFIX_BLOCKS])
             self.version += 1
         if path:
             self.text_hashes.move_to_end(path[-1])
-        return num_new
-
-    def add_blocks(self, path: list[int], first: int, count: int,
-                   layer_keys_values: Callable[[int], LayerKeysValues]) -> None:
-        size = self.block_size
-        columns = slice(first * size, (first + count) * size)
-        # one copy per layer, then per-block views of it
-        per_layer = [(keys[:, columns].clone(), values[:, columns].clone())
-                     for keys, values in map(layer_keys_values, range(self.num_layers))]
-        for offset in range(count):
-            block_columns = slice(offset * size, (offset + 1) * size)
-            self.blocks[path[first + offset]] = CachedBlock(
-                keys=[keys[:, block_columns] for keys, _ in per_layer],
-                values=[values[:, block_columns] for _, values in per_layer])
-        self.touch(path[:first + count])
 
     def touch(self, path: list[int]) -> None:
         for block_hash in reversed(path):  # the root ends up the most recent
