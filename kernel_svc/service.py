@@ -17,10 +17,11 @@ from google.protobuf.message import Message
 from kernel_svc.config import KernelConfig
 from kernel_svc.registry import WorkerRegistry, WorkerSpec, build_view
 from llmos.logs import setup_logging
-from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import RESOURCE_TOPIC
 from llmos.signals import stop_on_signals
-from llmos.wire.sockets import bind_pub, bind_router, router_frames, send_reply
+from llmos.wire.router import answer_request
+from llmos.wire.sockets import bind_pub, bind_router
 
 log = logging.getLogger("kernel")
 
@@ -71,32 +72,17 @@ class Kernel:
             self.route(frames, now_s)
 
     def route(self, frames: list[bytes], now_s: float) -> None:
-        split = router_frames(frames)
-        if split is None:
-            error = WireError(pb.MALFORMED_FRAME, f"expected one payload frame, got {len(frames) - 1}")
-            self.reply_error(frames[0], False, error)
-            return
-        identity, payload, has_delimiter = split
-        try:
-            name, message = unpack(payload, self.accepted)
-            reply = self._handlers[name](message, now_s)
-        except WireError as error:
-            self.reply_error(identity, has_delimiter, error)
-            return
-        if reply is not None:
-            self.send(identity, has_delimiter, reply)
+        answer_request(self.router, frames, self.accepted,
+                       lambda name, message: self._handlers[name](message, now_s),
+                       self.log_refusal)
 
-    def reply_error(self, identity: bytes, has_delimiter: bool, error: WireError) -> None:
+    @staticmethod
+    def log_refusal(identity: bytes, error: WireError) -> None:
         # a worker out of blocks or forgotten is routine; a bad frame is someone's bug
         level = logging.INFO if error.code in _ROUTINE_ERRORS else logging.WARNING
         log.log(level, "refused %s from peer %r: %s",
                 f"request {error.request_id}" if error.request_id else "a message",
                 identity, error.message)
-        self.send(identity, has_delimiter,
-                  pb.Error(code=error.code, message=error.message, request_id=error.request_id))
-
-    def send(self, identity: bytes, has_delimiter: bool, reply: Message) -> None:
-        send_reply(self.router, identity, has_delimiter, pack(reply))
 
     # ---------------------------------------------------------------- handlers
 

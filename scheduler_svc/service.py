@@ -15,10 +15,11 @@ import zmq
 from google.protobuf.message import Message
 
 from llmos.logs import setup_logging
-from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire import WireError, pb, unpack
 from llmos.wire.constants import HEARTBEAT_LIVENESS, RESOURCE_TOPIC
 from llmos.signals import stop_on_signals
-from llmos.wire.sockets import bind_router, connect_sub, router_frames, send_reply
+from llmos.wire.router import answer_request
+from llmos.wire.sockets import bind_router, connect_sub
 from scheduler_svc.config import SchedulerConfig
 from scheduler_svc.convert import kernel_view_from_proto
 from scheduler_svc.data import KernelView
@@ -77,19 +78,10 @@ class Scheduler:
             self.route(frames)
 
     def route(self, frames: list[bytes]) -> None:
-        split = router_frames(frames)
-        if split is None:
-            error = WireError(pb.MALFORMED_FRAME, f"expected one payload frame, got {len(frames) - 1}")
-            self.reply_error(frames[0], False, error)
-            return
-        identity, payload, has_delimiter = split
-        try:
-            name, request = unpack(payload, _ACCEPTED)
-            reply = self.set_policy(request.policy) if name == "set_policy" else self.decide(request)
-        except WireError as error:
-            self.reply_error(identity, has_delimiter, error)
-            return
-        self.send(identity, has_delimiter, reply)
+        answer_request(self.router, frames, _ACCEPTED, self.handle, self.log_refusal)
+
+    def handle(self, name: str, request: Message) -> Message:
+        return self.set_policy(request.policy) if name == "set_policy" else self.decide(request)
 
     def decide(self, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
         decision = decide(self.policy, request, self.view)
@@ -113,13 +105,9 @@ class Scheduler:
             self.policy = policy
         return pb.PolicyStatus(policy=self.policy.name.value, available=PolicyName.choices())
 
-    def reply_error(self, identity: bytes, has_delimiter: bool, error: WireError) -> None:
+    @staticmethod
+    def log_refusal(identity: bytes, error: WireError) -> None:
         log.warning("refused a message from peer %r: %s", identity, error.message)
-        self.send(identity, has_delimiter,
-                  pb.Error(code=error.code, message=error.message, request_id=error.request_id))
-
-    def send(self, identity: bytes, has_delimiter: bool, reply: Message) -> None:
-        send_reply(self.router, identity, has_delimiter, pack(reply))
 
 
 def run(config: SchedulerConfig) -> None:

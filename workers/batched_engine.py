@@ -314,23 +314,22 @@ class BatchedEngine:
 
         `layers`: per layer, the keys and values `[rows, kv_heads, columns, head_dim]`
         of a cache; entry `(token_ids, row, column)` has its first token at `column` of
-        `row`. The new blocks of every entry are copied in one gather per layer."""
+        `row`. The new blocks of every entry are copied in one concatenation per layer."""
         cache, size = self.prefix_cache, self.budget.block_size
         room = self.budget.num_free_blocks + len(cache)
-        plans, rows, columns = [], [], []
+        plans, spans = [], []   # spans: (row, first column, end column) of each entry's new blocks
         for token_ids, row, column in entries:
             plan = cache.plan(token_ids)
             plan.num_new = min(plan.num_new, max(room - sum(p.num_new for p in plans), 0))
             first = column + plan.first_new * size
-            rows += [row] * (plan.num_new * size)
-            columns += range(first, first + plan.num_new * size)
+            if plan.num_new:
+                spans.append((row, first, first + plan.num_new * size))
             plans.append(plan)
         gathered: list[LayerKeysValues] = []
-        if rows:
-            row_index = torch.tensor(rows, device=self.model.device)
-            column_index = torch.tensor(columns, device=self.model.device)
-            gathered = [(keys[row_index, :, column_index].transpose(0, 1),  # [heads, tokens, dim]
-                         values[row_index, :, column_index].transpose(0, 1)) for keys, values in layers]
+        if spans:  # [kv_heads, new tokens of every entry, head_dim] per layer, one copy each
+            gathered = [(torch.cat([keys[row, :, a:b] for row, a, b in spans], dim=1),
+                         torch.cat([values[row, :, a:b] for row, a, b in spans], dim=1))
+                        for keys, values in layers]
         offset = 0
         for plan in plans:
             width = plan.num_new * size
