@@ -1,0 +1,42 @@
+"""One request and its reply on a ROUTER socket, as the kernel and the scheduler
+serve them: split the frames, unpack the envelope, hand the message over, and
+send the reply, or a coded Error, back in the layout the peer spoke."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import zmq
+from google.protobuf.message import Message
+
+from llmos.wire import llmos_pb2 as pb
+from llmos.wire.envelope import WireError, pack, unpack
+from llmos.wire.sockets import router_frames, send_reply
+
+Handler = Callable[[str, Message], Message | None]       # (name, message) -> reply or None
+RefusalLog = Callable[[bytes, WireError], None]          # (peer identity, why)
+
+
+def answer_request(router: zmq.Socket, frames: list[bytes], accepted: frozenset[str] | set[str],
+                   handle: Handler, log_refusal: RefusalLog) -> None:
+    """`handle` returns the reply (None: the message needs none) or raises WireError;
+    a malformed frame, an unknown message or a WireError is logged by `log_refusal`
+    and answered with an Error carrying its code."""
+    split = router_frames(frames)
+    if split is None:
+        identity, has_delimiter = frames[0], False
+        error = WireError(pb.MALFORMED_FRAME, f"expected one payload frame, got {len(frames) - 1}")
+    else:
+        identity, payload, has_delimiter = split
+        try:
+            name, message = unpack(payload, accepted)
+            reply = handle(name, message)
+        except WireError as refused:
+            error = refused
+        else:
+            if reply is not None:
+                send_reply(router, identity, has_delimiter, pack(reply))
+            return
+    log_refusal(identity, error)
+    send_reply(router, identity, has_delimiter,
+               pack(pb.Error(code=error.code, message=error.message, request_id=error.request_id)))
