@@ -7,6 +7,7 @@ import sys
 import types
 
 import torch
+import pytest
 from click.testing import CliRunner
 
 from llmos.bench.engine import engine_class
@@ -89,6 +90,20 @@ def test_json_line_has_every_figure_with_sane_types():
     assert poisson["load"] == 0.8 and is_positive(poisson["rate_per_s"])
     if poisson["requests"]:
         assert {"ttft_p99_s", "e2e_p50_s", "e2e_p99_s"} <= set(poisson)
+
+
+def test_rounds_alternate_and_the_ratios_come_from_their_medians():
+    summary = run_bench("--poisson-seconds", "0", "--rounds", "3", "--json-only")
+
+    assert summary["rounds"] == 3
+    ratios = summary["round_speedups"]
+    assert set(ratios) == {"sequential", "static_batch", "generate_batch"}
+    assert all(len(values) == 3 for values in ratios.values())
+    compared = next(run for run in summary["llmos"] if run["concurrency"] == 2)
+    sequential = summary["baselines"]["sequential"]
+    assert summary["speedup_vs_sequential"] == pytest.approx(
+        compared["output_tokens_per_s"] / sequential["output_tokens_per_s"])
+    assert all(is_positive(value) for value in ratios["sequential"])
 
 
 def test_table_comes_before_the_json_line():

@@ -6,6 +6,9 @@ loop: as one request finishes the next starts); a Poisson-arrival run at a
 fraction of the capacity the engine just showed; and the transformers
 baselines (`generate` one request at a time, `generate` on one left-padded
 static batch, and transformers' own continuous batching where installed).
+The compared runs (llmos at the compared level and each baseline) take
+`--rounds` turns, one after the other, and the medians make the ratios: a
+machine that slows down for a while then slows both sides alike.
 Every request makes exactly `--new-tokens` greedy tokens (EOS is ignored), so
 every figure counts the same work. It prints a table, then one JSON line.
 docs/benchmarks.md says what each figure means.
@@ -56,6 +59,9 @@ class EngineBenchConfig:
     prefix_caching: bool = option(True, "BatchedEngine's prefix cache, as a worker runs it (the "
                                         "prompts share no prefix: it costs, never helps here)")
     seed: int = option(0, "seed of the prompts and the arrivals")
+    rounds: int = option(3, "rounds of the compared runs (llmos at the compared level, then each "
+                            "baseline), one after the other; the medians make the ratios, "
+                            "so a machine that slows down for a while skews no one side")
     skip_baselines: bool = option(False, "measure the llmos engine only")
     json_only: bool = option(False, "print only the JSON line")
     write_profile: str = option("", "also write a latency profile for simulated workers "
@@ -66,6 +72,8 @@ class EngineBenchConfig:
             raise click.BadParameter("--prompt-len and --new-tokens must be at least 1")
         if not 0 < self.poisson_load:
             raise click.BadParameter("--poisson-load must be above 0")
+        if self.rounds < 1:
+            raise click.BadParameter("--rounds must be at least 1")
         self.concurrency_levels  # raises on a bad list
 
     @property
@@ -118,13 +126,36 @@ def run_bench(config: EngineBenchConfig,
     if config.poisson_seconds > 0:
         echo(f"Poisson arrivals at {config.poisson_load:.0%} of {capacity_rps:.2f} requests/s ...")
         poisson = bench.measure_poisson(config.poisson_load * capacity_rps, levels[-1])
-    baseline_figures = {"sequential": None, "static_batch": None, "generate_batch": None}
+    baseline_figures: dict[str, dict[str, Any] | None] = dict.fromkeys(BASELINES)
+    rounds: list[dict[str, Any]] = []
     if not config.skip_baselines:
-        echo("transformers baselines ...")
-        baseline_figures = bench.measure_baselines()
+        compared = config.compare_concurrency
+        for index in range(config.rounds):
+            echo(f"round {index + 1} of {config.rounds}: llmos at {compared} concurrent, "
+                 "then the transformers baselines ...")
+            llmos = runs[compared] if index == 0 else bench.measure_level(compared)
+            rounds.append({"llmos": llmos, **bench.measure_baselines()})
+        runs[compared] = median_run([r["llmos"] for r in rounds])
+        baseline_figures = {name: median_run([r[name] for r in rounds]) for name in BASELINES}
     if config.write_profile:
         write_sim_profile(config, runs, echo)
-    return summarize(config, bench, runs, poisson, baseline_figures)
+    return summarize(config, bench, runs, poisson, baseline_figures, rounds)
+
+
+BASELINES = ("sequential", "static_batch", "generate_batch")
+
+
+def median_run(figures: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The run with the median output tokens/s (the lower middle one of an even count)."""
+    measured = sorted((f for f in figures if f is not None), key=lambda f: f["output_tokens_per_s"])
+    return measured[(len(measured) - 1) // 2] if measured else None
+
+
+def round_speedups(rounds: list[dict[str, Any]]) -> dict[str, list[float | None]]:
+    """Each round's llmos-over-baseline ratio, per baseline (how much the ratio moved)."""
+    return {name: [None if r[name] is None else
+                   r["llmos"]["output_tokens_per_s"] / r[name]["output_tokens_per_s"]
+                   for r in rounds] for name in BASELINES}
 
 
 def write_sim_profile(config: EngineBenchConfig, runs: dict[int, dict[str, Any]],
@@ -267,7 +298,8 @@ def make_prompts(count: int, prompt_len: int, tokenizer: Any, vocab_size: int,
 
 def summarize(config: EngineBenchConfig, bench: EngineBench, runs: dict[int, dict[str, Any]],
               poisson: dict[str, Any] | None,
-              baseline_figures: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+              baseline_figures: dict[str, dict[str, Any] | None],
+              rounds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The JSON line: headline ratios first, then every raw figure."""
     compared = runs[config.compare_concurrency]
 
@@ -290,6 +322,7 @@ def summarize(config: EngineBenchConfig, bench: EngineBench, runs: dict[int, dic
         "settings": asdict(config),
         "llmos": [runs[concurrency] for concurrency in sorted(runs)],
         "poisson": poisson, "baselines": baseline_figures,
+        "rounds": len(rounds or []), "round_speedups": round_speedups(rounds or []),
         "versions": {"torch": torch.__version__, "transformers": transformers_version()},
     }
 

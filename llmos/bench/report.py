@@ -41,6 +41,10 @@ def format_report(summary: dict[str, Any]) -> str:
                       ("speedup_vs_static_batch", "static batch"),
                       ("speedup_vs_generate_batch", "generate_batch")])
                   + f"; {percent(summary['peak_fraction'])} of the matmul peak"]
+    if summary.get("rounds", 0) > 1:
+        lines.append(f"medians of {summary['rounds']} rounds; each round's ratio: " + ", ".join(
+            f"vs {name} " + " ".join("-" if v is None else f"{v:.2f}x" for v in values)
+            for name, values in summary["round_speedups"].items()))
     return "\n".join(lines)
 
 
