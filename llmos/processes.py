@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from llmos.wire.constants import tcp
+
 log = logging.getLogger("llmos.processes")
 
 STOP_GRACE_S = 10.0
@@ -29,6 +31,39 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class StackPorts:
+    """Free local ports for one stack (broker for clients and for workers, kernel
+    ROUTER and PUB, scheduler), and their tcp:// addresses."""
+
+    def __init__(self) -> None:
+        self.client, self.worker, self.kernel, self.pub, self.scheduler = (
+            free_port() for _ in range(5))
+
+    @staticmethod
+    def address(port: int) -> str:
+        return tcp(port)
+
+    @property
+    def client_address(self) -> str:
+        return self.address(self.client)
+
+    @property
+    def worker_address(self) -> str:
+        return self.address(self.worker)
+
+    @property
+    def kernel_address(self) -> str:
+        return self.address(self.kernel)
+
+    @property
+    def pub_address(self) -> str:
+        return self.address(self.pub)
+
+    @property
+    def scheduler_address(self) -> str:
+        return self.address(self.scheduler)
 
 
 def llmos_command(*args: str) -> list[str]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from llmos.client import Client
-from llmos.processes import ProcessGroup, free_port
+from llmos.processes import ProcessGroup, StackPorts
 
 HEARTBEAT_INTERVAL_MS = 200  # fast failure detection for tests: dead after 600 ms
 READY_TIMEOUT_S = 120
@@ -32,42 +32,41 @@ class Stack:
         self.with_scheduler = with_scheduler
         self.broker_args = broker_args
         self.worker_args = worker_args
-        ports = [free_port() for _ in range(5)]
-        self.client_port, self.worker_port, self.kernel_port, self.pub_port, self.scheduler_port = ports
+        self.ports = StackPorts()
         self.group = ProcessGroup(log_dir, env={
             "LLMOS_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_INTERVAL_MS)})
         self.processes = self.group.processes
 
     @property
     def broker_address(self) -> str:
-        return f"tcp://127.0.0.1:{self.client_port}"
+        return self.ports.client_address
 
     @property
     def kernel_address(self) -> str:
-        return f"tcp://127.0.0.1:{self.kernel_port}"
+        return self.ports.kernel_address
 
     def start_process(self, name: str, *args: str) -> None:
         self.group.start(name, *args)
 
     def start_kernel(self) -> None:
         self.start_process("kernel", "kernel", "--kernel-bind", self.kernel_address,
-                           "--kernel-pub-bind", f"tcp://127.0.0.1:{self.pub_port}")
+                           "--kernel-pub-bind", self.ports.pub_address)
 
     def start_scheduler(self) -> None:
         self.start_process("scheduler", "scheduler", "--policy", self.policy,
-                           "--scheduler-bind", f"tcp://127.0.0.1:{self.scheduler_port}",
-                           "--kernel-pub-address", f"tcp://127.0.0.1:{self.pub_port}")
+                           "--scheduler-bind", self.ports.scheduler_address,
+                           "--kernel-pub-address", self.ports.pub_address)
 
     def start_broker(self) -> None:
         self.start_process("broker", "broker", "--client-bind", self.broker_address,
-                           "--worker-bind", f"tcp://127.0.0.1:{self.worker_port}",
-                           "--scheduler-address", f"tcp://127.0.0.1:{self.scheduler_port}",
+                           "--worker-bind", self.ports.worker_address,
+                           "--scheduler-address", self.ports.scheduler_address,
                            *self.broker_args)
 
     def start_worker(self, index: int) -> None:
         self.start_process(f"worker-{index}", "worker", "--worker-id", f"worker-{index}",
                            "--model", str(self.model_dir), "--threads", "1", "--device", "cpu",
-                           "--broker-worker-address", f"tcp://127.0.0.1:{self.worker_port}",
+                           "--broker-worker-address", self.ports.worker_address,
                            "--kernel-address", self.kernel_address, *self.worker_args)
 
     def __enter__(self) -> "Stack":

@@ -195,7 +195,7 @@ def wait_for_scheduler_to_place(stack: Stack, prompt: str, model: str, expected_
                                 attempts: int = 100) -> None:
     """Ask the scheduler, as the broker does, where a request for `prompt` would go until it
     says `expected_worker`: the kernel's view reaches it by PUB, a moment after the kernel."""
-    with dealer(f"tcp://127.0.0.1:{stack.scheduler_port}") as socket:
+    with dealer(stack.ports.scheduler_address) as socket:
         for batch_id in range(1, attempts + 1):
             request = pb.ScheduleRequest(batch_id=batch_id)
             request.pending.add(request_id="probe", tier="interactive", model=model,

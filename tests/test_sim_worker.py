@@ -15,7 +15,7 @@ def test_simulated_workers_answer_through_the_real_stack(tmp_path):
     with stack:
         stack.start_process("sim", "worker", "--engine", "sim", "--sim-workers", "5",
                             "--worker-id", "sim", "--model-name", "simulated",
-                            "--broker-worker-address", f"tcp://127.0.0.1:{stack.worker_port}",
+                            "--broker-worker-address", stack.ports.worker_address,
                             "--kernel-address", stack.kernel_address)
         stack.wait_ready(num_workers=5)
         with stack.client() as client:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from llmos.client import Client
 from llmos.errors import LlmosError
-from llmos.processes import ProcessGroup, free_port
+from llmos.processes import ProcessGroup, StackPorts
 from llmos.wire import pb
-from llmos.wire.constants import tcp
 from scheduler_svc.policy_cli import NoReply, ask_scheduler
 from workers.sim import LatencyProfile
 
@@ -46,18 +45,17 @@ class SimStack:
         self.policy = policy
         self.tenant_weights = tenant_weights
         self.num_sim_processes = num_sim_processes
-        ports = [free_port() for _ in range(5)]
-        self.client_port, self.worker_port, self.kernel_port, self.pub_port, self.scheduler_port = ports
+        self.ports = StackPorts()
         self.group = ProcessGroup(log_dir)
         self.processes = self.group.processes
 
     @property
     def broker_address(self) -> str:
-        return tcp(self.client_port)
+        return self.ports.client_address
 
     @property
     def scheduler_address(self) -> str:
-        return tcp(self.scheduler_port)
+        return self.ports.scheduler_address
 
     @property
     def num_slots(self) -> int:
@@ -80,13 +78,13 @@ class SimStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         profile_path = self.log_dir / "profile.json"
         self.profile.save(str(profile_path))
-        kernel, pub = tcp(self.kernel_port), tcp(self.pub_port)
+        kernel, pub = self.ports.kernel_address, self.ports.pub_address
         self.start_process("kernel", "kernel", "--kernel-bind", kernel, "--kernel-pub-bind", pub)
         self.start_process("scheduler", "scheduler", "--policy", self.policy,
                            "--tenant-weights", self.tenant_weights,
                            "--scheduler-bind", self.scheduler_address, "--kernel-pub-address", pub)
         self.start_process("broker", "broker", "--client-bind", self.broker_address,
-                           "--worker-bind", tcp(self.worker_port),
+                           "--worker-bind", self.ports.worker_address,
                            "--scheduler-address", self.scheduler_address,
                            "--tiers", "interactive,standard,batch")
         for index, count in enumerate(self.workers_per_process()):
@@ -94,7 +92,7 @@ class SimStack:
                                "--sim-workers", str(count), "--worker-id", f"sim{index}",
                                "--max-num-seqs", str(self.max_num_seqs),
                                "--model-name", SIM_MODEL, "--profile", str(profile_path),
-                               "--broker-worker-address", tcp(self.worker_port),
+                               "--broker-worker-address", self.ports.worker_address,
                                "--kernel-address", kernel)
         self.wait_ready()
 
