@@ -33,7 +33,10 @@ import torch
 
 from llmos.prefix import MAX_PREFIX_BLOCKS
 
-MAX_REPORTED_HASHES = 4096  # character-block hashes one worker reports, at most
+# Character-block hashes one worker reports, at most: 16 prompts of the longest hashed
+# length (llmos.prefix.MAX_PREFIX_BLOCKS), many more short ones. The kernel publishes
+# every worker's list in each view, so this bounds the view: 8 KiB a worker.
+MAX_REPORTED_HASHES = 1024
 
 LayerKeysValues = tuple[torch.Tensor, torch.Tensor]  # one layer's [kv_heads, tokens, head_dim] pair
 
