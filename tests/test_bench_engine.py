@@ -184,3 +184,14 @@ def test_write_profile_gives_simulated_workers_a_fitted_step_time(tmp_path):
     profile = LatencyProfile.load(str(path))
     assert profile.base_ms >= 0 and profile.per_seq_ms >= 0 and profile.per_prefill_token_ms >= 0
     assert profile.source.startswith("llmos bench engine")
+
+
+def test_a_shared_prefix_repeats_the_poisson_run_without_the_prefix_cache():
+    summary = run_bench("--poisson-seconds", "0.5", "--shared-prefix-len", "32", "--rounds", "1",
+                        "--json-only")
+
+    assert summary["settings"]["shared_prefix_len"] == 32
+    off = summary["poisson_prefix_cache_off"]
+    assert off["requests"] == summary["poisson"]["requests"]  # the same arrivals
+    assert summary["prefix_cache_ttft_p50_gain"] is None or is_positive(
+        summary["prefix_cache_ttft_p50_gain"])

@@ -53,6 +53,9 @@ class EngineBenchConfig:
     sequential_requests: int = option(4, "requests for the one-at-a-time generate baseline")
     poisson_seconds: float = option(10.0, "arrivals window of the Poisson run; 0 = no Poisson run")
     poisson_load: float = option(0.8, "Poisson arrival rate, as a fraction of measured capacity")
+    shared_prefix_len: int = option(0, "Poisson run only: every prompt starts with the same this "
+                                       "many tokens (a system prompt); the run is then repeated "
+                                       "with the prefix cache off, at the same arrivals")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     block_size: int = option(16, "KV block size in tokens (BatchedEngine only)")
     max_num_batched_tokens: int = option(2048, "tokens per engine step (BatchedEngine only)")
@@ -72,6 +75,8 @@ class EngineBenchConfig:
             raise click.BadParameter("--prompt-len and --new-tokens must be at least 1")
         if not 0 < self.poisson_load:
             raise click.BadParameter("--poisson-load must be above 0")
+        if self.shared_prefix_len < 0:
+            raise click.BadParameter("--shared-prefix-len must be at least 0")
         if self.rounds < 1:
             raise click.BadParameter("--rounds must be at least 1")
         self.concurrency_levels  # raises on a bad list
@@ -83,6 +88,10 @@ class EngineBenchConfig:
             raise click.BadParameter(f"need levels >= 1, got {self.concurrency!r}",
                                      param_hint="--concurrency")
         return levels
+
+    @property
+    def max_model_len(self) -> int:
+        return self.shared_prefix_len + self.prompt_len + self.new_tokens
 
     @property
     def compare_concurrency(self) -> int:
@@ -109,7 +118,7 @@ def run_bench(config: EngineBenchConfig,
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     loaded = load_model(WorkerConfig(model=config.model, device=config.device, dtype=config.dtype,
-                                     max_model_len=config.prompt_len + config.new_tokens))
+                                     max_model_len=config.max_model_len))
     tokenizer = load_tokenizer(loaded.path)
     engine_cls = engine_class()
     echo(f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
@@ -122,10 +131,14 @@ def run_bench(config: EngineBenchConfig,
         echo(f"llmos engine, {concurrency} concurrent ...")
         runs[concurrency] = bench.measure_level(concurrency)
     capacity_rps = runs[config.compare_concurrency]["output_tokens_per_s"] / config.new_tokens
-    poisson = None
+    poisson = poisson_without_cache = None
     if config.poisson_seconds > 0:
         echo(f"Poisson arrivals at {config.poisson_load:.0%} of {capacity_rps:.2f} requests/s ...")
         poisson = bench.measure_poisson(config.poisson_load * capacity_rps, levels[-1])
+        if config.shared_prefix_len and config.prefix_caching and engine_cls is not Engine:
+            echo("the same arrivals with the prefix cache off ...")
+            poisson_without_cache = bench.measure_poisson(config.poisson_load * capacity_rps,
+                                                          levels[-1], prefix_caching=False)
     baseline_figures: dict[str, dict[str, Any] | None] = dict.fromkeys(BASELINES)
     rounds: list[dict[str, Any]] = []
     if not config.skip_baselines:
@@ -139,7 +152,15 @@ def run_bench(config: EngineBenchConfig,
         baseline_figures = {name: median_run([r[name] for r in rounds]) for name in BASELINES}
     if config.write_profile:
         write_sim_profile(config, runs, echo)
-    return summarize(config, bench, runs, poisson, baseline_figures, rounds)
+    summary = summarize(config, bench, runs, poisson, baseline_figures, rounds)
+    if poisson_without_cache is not None:
+        summary["poisson_prefix_cache_off"] = poisson_without_cache
+        summary["prefix_cache_ttft_p50_gain"] = ratio_of(poisson_without_cache, poisson, "ttft_p50_s")
+    return summary
+
+
+def ratio_of(slower: dict[str, Any], faster: dict[str, Any], key: str) -> float | None:
+    return slower[key] / faster[key] if slower.get(key) and faster.get(key) else None
 
 
 BASELINES = ("sequential", "static_batch", "generate_batch")
@@ -200,8 +221,8 @@ class EngineBench:
     def level_requests(self, concurrency: int) -> int:
         return self.config.requests or concurrency
 
-    def make_engine(self, max_num_seqs: int) -> Any:
-        max_model_len = self.config.prompt_len + self.config.new_tokens
+    def make_engine(self, max_num_seqs: int, prefix_caching: bool | None = None) -> Any:
+        max_model_len = self.config.max_model_len
         kwargs: dict[str, Any] = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                                       eos_token_ids=set(), worker_id="bench")  # no EOS: full length
         if self.engine_cls is not Engine:
@@ -211,7 +232,8 @@ class EngineBench:
                           num_blocks=max_num_seqs * (blocks_per_request + 1),
                           max_num_batched_tokens=max(self.config.max_num_batched_tokens,
                                                      self.config.prompt_len),
-                          prefix_caching=self.config.prefix_caching)
+                          prefix_caching=(self.config.prefix_caching if prefix_caching is None
+                                          else prefix_caching))
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
 
     def warm_up(self) -> None:
@@ -245,12 +267,20 @@ class EngineBench:
                                  self.config.new_tokens)
         return {"concurrency": concurrency, **self.load_figures(result, ("ttft", "tpot"))}
 
-    def measure_poisson(self, rate_per_s: float, max_num_seqs: int) -> dict[str, Any]:
+    def measure_poisson(self, rate_per_s: float, max_num_seqs: int,
+                        prefix_caching: bool | None = None) -> dict[str, Any]:
         offsets = poisson_arrivals(rate_per_s, self.config.poisson_seconds, self.config.seed)
-        # fresh prompts (another seed): no prefix-cache hits from the earlier runs
-        prompts = make_prompts(len(offsets), self.config.prompt_len, self.tokenizer,
-                               self.model.config.get_text_config().vocab_size, self.config.seed + 1)
-        result = run_open_loop(self.make_engine(max_num_seqs), prompts, offsets,
+        # fresh prompts (another seed): no prefix-cache hits from the earlier runs; with
+        # --shared-prefix-len, every one starts with the same system prompt
+        vocab_size = self.model.config.get_text_config().vocab_size
+        prompts = make_prompts(len(offsets), self.config.prompt_len, self.tokenizer, vocab_size,
+                               self.config.seed + 1)
+        if self.config.shared_prefix_len:
+            shared = make_prompts(1, self.config.shared_prefix_len, self.tokenizer, vocab_size,
+                                  self.config.seed + 2)[0]
+            bos = 1 if self.tokenizer.bos_token_id is not None else 0
+            prompts = [shared + prompt[bos:] for prompt in prompts]  # one BOS, at the start
+        result = run_open_loop(self.make_engine(max_num_seqs, prefix_caching), prompts, offsets,
                                self.config.new_tokens)
         figures = {"rate_per_s": rate_per_s, "load": self.config.poisson_load,
                    "seconds": self.config.poisson_seconds, "max_num_seqs": max_num_seqs}

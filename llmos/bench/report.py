@@ -35,6 +35,11 @@ def format_report(summary: dict[str, Any]) -> str:
                      "-", "-", percent(run["peak_fraction"])])
     lines += table(headers, rows)
     lines += poisson_lines(summary["poisson"])
+    if summary.get("poisson_prefix_cache_off") is not None:
+        off = summary["poisson_prefix_cache_off"]
+        gain = summary.get("prefix_cache_ttft_p50_gain")
+        lines += [f"  the same arrivals, prefix cache off: TTFT p50/p99 {pair_ms(off, 'ttft')} ms"
+                  + ("" if gain is None else f" (prefix cache: {gain:.2f}x faster first tokens)")]
     lines += ["", f"llmos at {summary['compare_concurrency']} concurrent: "
                   + ", ".join(f"{ratio(summary[key])} {label}" for key, label in [
                       ("speedup_vs_sequential", "sequential generate"),
