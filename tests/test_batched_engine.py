@@ -499,3 +499,27 @@ def test_the_cpu_head_in_vocabulary_slices_keeps_answers_exact(model, tokenizer,
 
     assert_greedy(model, tokenizer, answers, prompts, max_tokens)
     assert "forward" not in vars(model.get_output_embeddings())  # the model is as it was
+
+
+def test_newcomers_with_cached_prefixes_are_prefilled_together(model, tokenizer):
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=8, block_size=4)
+    run_to_end(engine, {0: [make_request(tokenizer, "warm", SYSTEM_PROMPT + " Hi?", max_tokens=2)]})
+    questions = [" Why?", " What time is it now?", " Tell me about the sea and the harbour.",
+                 " Where is my parcel?"]
+    prompts = {f"q{i}": SYSTEM_PROMPT + question for i, question in enumerate(questions)}
+    for request_id, prompt in prompts.items():
+        engine.add_request(make_request(tokenizer, request_id, prompt, max_tokens=8))
+    hits_before = engine.prefix_cache.num_hit_tokens
+
+    answers: dict[str, Answer] = {}
+    for delta in engine.step():  # one job for all four, starting after the shared columns
+        answer = answers.setdefault(delta.request_id, Answer())
+        answer.deltas.append(delta)
+        answer.token_ids += delta.token_ids
+        answer.text += delta.text
+    assert engine.num_running == 4 and engine.runner.batch.num_rows == 4
+    shared_tokens = len(tokenizer.encode(SYSTEM_PROMPT)) // 4 * 4 - 4
+    assert engine.prefix_cache.num_hit_tokens - hits_before >= 4 * shared_tokens
+    answers = run_to_end(engine, answers=answers)
+
+    assert_greedy(model, tokenizer, answers, prompts, dict.fromkeys(prompts, 8))

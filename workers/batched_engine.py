@@ -16,8 +16,8 @@ Every `step()` is schedule -> execute -> postprocess (STYLE.md 5):
 - postprocess: sample, stream the new text, free finished requests at once.
 
 Prefix caching (`workers.prefix_cache`): after a prefill, and when a request
-finishes, the whole blocks of its context are kept; a newcomer whose context
-starts with cached blocks is prefilled alone, from the end of that prefix.
+finishes, the whole blocks of its context are kept; newcomers whose contexts
+start with cached blocks are prefilled together, from the end of their prefixes.
 Cached blocks count in the KV budget but give way first: they are evicted
 before any request is preempted, so they only ever use blocks nobody needs.
 
@@ -43,7 +43,7 @@ from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.detokenizer import IncrementalText
 from workers.engine import model_context_length, model_eos_token_ids
 from workers.kv_budget import KvBudget
-from workers.model_runner import ModelRunner, PrefillJob
+from workers.model_runner import CachedPrefix, ModelRunner, PrefillJob
 from workers.prefix_cache import LayerKeysValues, PrefixCache
 from workers.requests import Delta, EngineRequest, check_request, error_delta
 from workers.sampling import make_generator, sample_next_token
@@ -244,19 +244,20 @@ class BatchedEngine:
     def start_prefill_job(self) -> PrefillJob | None:
         """Waiting requests in order, while there are slots and blocks and their padded
         prefill fits the step's tokens. A lone long prompt runs in chunks over several steps.
-        A request whose context starts with cached blocks is prefilled alone, from there."""
+        Requests whose contexts start with cached blocks go together, and their job starts
+        after the cached columns (`ModelRunner.start_prefill`); one without stops the group."""
         num_tokens_left = self.prefill_tokens_left()
         chosen: list[Sequence] = []
+        cached: list[CachedPrefix | None] = []
         num_columns = 0
-        cached_path: list[int] = []
         while self.waiting and self.runner.batch.has_room_for(len(chosen) + 1):
             sequence = self.waiting[0]
             if not self.budget.can_ever_hold(sequence.num_context_tokens + 1):
                 self.pending_deltas.append(self.refuse(self.waiting.popleft()))
                 continue
             path = self.cached_prefix(sequence)
-            if path and chosen:
-                break  # it starts its own job next step
+            if chosen and bool(path) != (cached[0] is not None):
+                break  # hits and misses go in separate jobs: a miss would start a job at 0
             width = max(num_columns, sequence.num_context_tokens)
             if chosen and width * (len(chosen) + 1) > num_tokens_left:
                 break
@@ -266,17 +267,19 @@ class BatchedEngine:
                 break  # in order: nobody overtakes the head
             self.budget.hold(sequence.request_id, sequence.num_context_tokens)
             chosen.append(self.waiting.popleft())
+            path = self.still_cached(path)  # make_room may have evicted its tail
+            cached.append(self.prefix_cache.gather(path) if path else None)  # copies, now
             num_columns = width
-            if path:
-                cached_path = self.still_cached(path)  # make_room may have evicted its tail
-                break
         if not chosen:
             return None
         for sequence in chosen:
             self.running[sequence.request_id] = sequence
-        cached = self.prefix_cache.gather(cached_path) if cached_path else None
-        return self.runner.start_prefill([s.request_id for s in chosen],
-                                         [s.context_token_ids() for s in chosen], cached)
+        job = self.runner.start_prefill([s.request_id for s in chosen],
+                                        [s.context_token_ids() for s in chosen], cached)
+        if self.prefix_cache is not None:
+            self.prefix_cache.num_hit_tokens += sum(max(job.num_done - pad, 0)
+                                                    for pad in job.pad_lengths)
+        return job
 
     # ---------------------------------------------------------------- prefix cache
 

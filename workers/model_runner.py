@@ -25,6 +25,7 @@ from transformers import DynamicCache
 from workers.batch_cache import BatchCache
 
 PAD_TOKEN_ID = 0  # what fills padded input positions; the mask hides them, any id does
+CachedPrefix = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [kv_heads, tokens, head_dim]
 # On CPU, one matrix product with the whole vocabulary (32,000 x 768 for the 100M preset)
 # runs at a third of the machine's peak; slices of this many rows run near it: 22 -> 16 ms
 # per decode step of 32 rows, measured on the 2-core development machine (docs/benchmarks.md).
@@ -71,9 +72,14 @@ class ModelRunner:
     # ---------------------------------------------------------------- prefill
 
     def start_prefill(self, request_ids: list[str], contexts: list[list[int]],
-                      cached: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> PrefillJob:
-        """A job for these contexts. `cached`: one request's cached prefix, per layer
-        `[1, kv_heads, tokens, head_dim]` keys and values; its prefill starts after them."""
+                      cached: list[CachedPrefix | None] | None = None) -> PrefillJob:
+        """A job for these contexts, left-padded to one length. `cached[i]`: row i's cached
+        prefix, per layer `[kv_heads, tokens, head_dim]` keys and values (None: none).
+
+        The job starts at the first column where some row has no cached key and value
+        (a pad before a row's tokens counts as cached: the mask hides it): the columns
+        before are filled in from the cached prefixes, the rest is computed. A row whose
+        prefix reaches past that column has its tail computed again."""
         num_columns = max(len(context) for context in contexts)
         token_ids = torch.full((len(contexts), num_columns), PAD_TOKEN_ID, dtype=torch.long)
         pad_lengths = []
@@ -81,11 +87,22 @@ class ModelRunner:
             pad_lengths.append(num_columns - len(context))
             token_ids[row, pad_lengths[-1]:] = torch.tensor(context, dtype=torch.long)
         job = PrefillJob(request_ids, token_ids.to(self.device), pad_lengths, DynamicCache())
-        if cached:
-            assert len(contexts) == 1, "a cached prefix is one request's"
-            for layer, (keys, values) in enumerate(cached):
+        cached = cached or [None] * len(contexts)
+        start = min(pad + (0 if prefix is None else prefix[0][0].shape[-2])
+                    for pad, prefix in zip(pad_lengths, cached))
+        if start > 0:  # then some row has a cached prefix
+            some_prefix = next(prefix for prefix in cached if prefix is not None)
+            heads, _, head_dim = some_prefix[0][0].shape
+            for layer in range(len(some_prefix)):
+                keys = some_prefix[0][0].new_zeros((len(contexts), heads, start, head_dim))
+                values = torch.zeros_like(keys)
+                for row, (pad, prefix) in enumerate(zip(pad_lengths, cached)):
+                    used = start - pad
+                    if prefix is not None and used > 0:
+                        keys[row, :, pad:start] = prefix[layer][0][:, :used]
+                        values[row, :, pad:start] = prefix[layer][1][:, :used]
                 job.cache.update(keys, values, layer)
-            job.num_done = cached[0][0].shape[-2]
+            job.num_done = start
         return job
 
     @torch.inference_mode()

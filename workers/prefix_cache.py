@@ -67,7 +67,7 @@ class PrefixCache:
         # deepest block hash of each cached prefix -> the character-block hashes of its text
         self.text_hashes: OrderedDict[int, tuple[int, ...]] = OrderedDict()
         self.version = 0           # bumped whenever what the cache reports changes
-        self.num_hit_tokens = 0    # tokens that prefills did not have to compute
+        self.num_hit_tokens = 0    # tokens that prefills did not have to compute (the engine counts)
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -97,11 +97,10 @@ class PrefixCache:
         return path
 
     def gather(self, path: list[int]) -> list[LayerKeysValues]:
-        """The path's keys and values, per layer, as `[1, kv_heads, tokens, head_dim]` copies."""
+        """The path's keys and values, per layer, as `[kv_heads, tokens, head_dim]` copies."""
         blocks = [self.blocks[block_hash] for block_hash in path]
-        self.num_hit_tokens += len(path) * self.block_size
-        return [(torch.cat([block.keys[layer] for block in blocks], dim=1)[None],
-                 torch.cat([block.values[layer] for block in blocks], dim=1)[None])
+        return [(torch.cat([block.keys[layer] for block in blocks], dim=1),
+                 torch.cat([block.values[layer] for block in blocks], dim=1))
                 for layer in range(self.num_layers)]
 
     # ---------------------------------------------------------------- insert and evict
