@@ -261,7 +261,7 @@ def format_status(broker_address: str, reply: pb.StatusReply | str,
         f"view version {view.version}")
     lines = [f"broker  {broker_address}  {broker_line}",
              f"kernel  {kernel_address}  {kernel_line}", ""]
-    lines += table(["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS", "TOKENS/S"],
+    lines += table(["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS", "TOKENS/S", "PREFIXES"],
                    worker_rows(reply, view))
     if not isinstance(reply, str):
         tier_rows = [[tier.tier, f"{tier.depth}/{tier.max_depth}", str(tier.num_running)]
@@ -275,7 +275,8 @@ def format_status(broker_address: str, reply: pb.StatusReply | str,
 
 
 def worker_rows(reply: pb.StatusReply | str, view: pb.ResourceView | str) -> list[list[str]]:
-    """One row per worker either service knows: slots from the broker, KV blocks from the kernel."""
+    """One row per worker either service knows: slots from the broker, KV blocks and the
+    cached prompt prefixes (in 64-character blocks of text) from the kernel."""
     by_broker = {} if isinstance(reply, str) else {w.worker_id: w for w in reply.workers}
     by_kernel = {} if isinstance(view, str) else {w.worker_id: w for w in view.workers}
     rows = []
@@ -286,8 +287,9 @@ def worker_rows(reply: pb.StatusReply | str, view: pb.ResourceView | str) -> lis
                      if resources is not None else "?")
         tokens_per_s = (f"{by_broker[worker_id].tokens_per_s:.1f}" if worker_id in by_broker
                         else "?")
+        prefixes = str(len(resources.cached_prefix_hashes)) if resources is not None else "?"
         rows.append([worker_id, ",".join(seen.models) or "-", seen.device or "-",
-                     f"{seen.num_running}/{seen.max_num_seqs}", kv_blocks, tokens_per_s])
+                     f"{seen.num_running}/{seen.max_num_seqs}", kv_blocks, tokens_per_s, prefixes])
     return rows
 
 

@@ -140,7 +140,7 @@ def test_status_shows_the_broker_and_says_the_kernel_is_unreachable(broker, sile
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"broker  {broker.address}  scheduler online (policy priority)")
     assert lines[1].startswith(f"kernel  {silent_address}  unreachable")
-    assert "worker-0  tiny    cpu     1/4      ?          0.0" in lines
+    assert "worker-0  tiny    cpu     1/4      ?          0.0       ?" in lines
     assert "interactive  2/100   0" in lines
 
 
@@ -160,21 +160,22 @@ def test_status_watch_refreshes_until_ctrl_c(broker, silent_address, monkeypatch
                     "--kernel-address", silent_address, "--timeout-s", "0.2")
     assert result.exit_code == 0
     assert result.stdout.startswith("--- ")
-    assert "worker-0  tiny    cpu     1/4      ?          0.0" in result.stdout.splitlines()
+    assert "worker-0  tiny    cpu     1/4      ?          0.0       ?" in result.stdout.splitlines()
 
 
 def test_format_status_joins_broker_slots_with_kernel_blocks():
     view = pb.ResourceView(version=9, block_size=16, workers=[
         pb.WorkerResources(worker_id="worker-0", models=["tiny"], device="cpu",
-                           kv_blocks_total=256, kv_blocks_used=12, num_running=1, max_num_seqs=4),
+                           kv_blocks_total=256, kv_blocks_used=12, num_running=1, max_num_seqs=4,
+                           cached_prefix_hashes=[11, 12, 13]),
         pb.WorkerResources(worker_id="worker-1", models=["tiny"], device="cuda:0",
                            kv_blocks_total=512, kv_blocks_used=0, max_num_seqs=8)])
     text = format_status("tcp://b", status_reply(), "tcp://k", view)
     assert text.splitlines()[1] == (
         "kernel  tcp://k  2 workers registered, block size 16, KV blocks 12/768 in use "
         "cluster-wide, view version 9")
-    assert "worker-0  tiny    cpu     1/4      12/256     0.0" in text.splitlines()
-    assert "worker-1  tiny    cuda:0  0/8      0/512      ?" in text.splitlines()
+    assert "worker-0  tiny    cpu     1/4      12/256     0.0       3" in text.splitlines()
+    assert "worker-1  tiny    cuda:0  0/8      0/512      ?         0" in text.splitlines()
     assert "TENANT" not in text  # no tenant holds blocks
 
 
