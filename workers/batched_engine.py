@@ -15,11 +15,12 @@ Every `step()` is schedule -> execute -> postprocess (STYLE.md 5):
   chunk per step at most.
 - postprocess: sample, stream the new text, free finished requests at once.
 
-Prefix caching (`workers.prefix_cache`): after a prefill, and when a request
-finishes, the whole blocks of its context are kept; newcomers whose contexts
-start with cached blocks are prefilled together, from the end of their prefixes.
-Cached blocks count in the KV budget but give way first: they are evicted
-before any request is preempted, so they only ever use blocks nobody needs.
+Prefix caching (`workers.prefix_cache`; the engine's side in `workers.engine_prefix`):
+after a prefill, and when a request finishes, the whole blocks of its context
+are kept; newcomers whose contexts start with cached blocks are prefilled
+together, from the end of their prefixes. Cached blocks count in the KV budget
+but give way first: they are evicted before any request is preempted, so they
+only ever use blocks nobody needs.
 
 Greedy output equals `model.generate` on the prompt alone, token for token,
 also for a request preempted and resumed (here or, via `Dispatch`, elsewhere).
@@ -35,26 +36,25 @@ from typing import Any
 
 import torch
 
-from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE
 from workers.batch_sequence import Sequence
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.detokenizer import IncrementalText
 from workers.engine import model_context_length, model_eos_token_ids
+from workers.engine_prefix import PREFIX_CACHE_HOLDER, PrefixCaching, supports_prefix_caching
 from workers.kv_budget import KvBudget
 from workers.model_runner import CachedPrefix, ModelRunner, PrefillJob
-from workers.prefix_cache import LayerKeysValues, PrefixCache
+from workers.prefix_cache import PrefixCache
 from workers.requests import Delta, EngineRequest, check_request, error_delta
 from workers.sampling import make_generator, sample_next_token
 
 logger = logging.getLogger("workers.batched_engine")
 
 MIN_PREFILL_TOKENS = 32  # a prefill always gets this much of a step, so newcomers progress
-PREFIX_CACHE_HOLDER = "\0prefix-cache"  # the cached blocks' line in the KV budget (no request id)
 
 
-class BatchedEngine:
+class BatchedEngine(PrefixCaching):
     def __init__(self, model: Any, tokenizer: Any, *, max_num_seqs: int = 16,
                  max_model_len: int = 0, eos_token_ids: set[int] | None = None,
                  worker_id: str = "", num_blocks: int = 0, block_size: int = DEFAULT_BLOCK_SIZE,
@@ -281,92 +281,6 @@ class BatchedEngine:
                                                     for pad in job.pad_lengths)
         return job
 
-    # ---------------------------------------------------------------- prefix cache
-
-    def cached_prefix(self, sequence: Sequence) -> list[int]:
-        """Block hashes of the longest cached prefix of the request's context; at least
-        its last token is left to compute (its logits give the next token)."""
-        if self.prefix_cache is None:
-            return []
-        return self.prefix_cache.match(sequence.context_token_ids(), sequence.num_context_tokens - 1)
-
-    def still_cached(self, path: list[int]) -> list[int]:
-        for index, block_hash in enumerate(path):
-            if block_hash not in self.prefix_cache.blocks:
-                return path[:index]
-        return path
-
-    def make_room(self, num_blocks: int) -> None:
-        """Evict cached prefixes until `num_blocks` blocks are free (or none is cached)."""
-        cache = self.prefix_cache
-        missing = num_blocks - self.budget.num_free_blocks
-        if cache is not None and missing > 0 and len(cache):
-            cache.evict(missing)
-            self.sync_cache_budget()
-
-    def sync_cache_budget(self) -> None:
-        """Hold exactly the cached blocks in the budget, under PREFIX_CACHE_HOLDER."""
-        self.budget.free(PREFIX_CACHE_HOLDER)
-        if self.prefix_cache is not None and len(self.prefix_cache):
-            self.budget.hold(PREFIX_CACHE_HOLDER, len(self.prefix_cache) * self.budget.block_size)
-
-    def cache_prefixes(self, entries: list[tuple[list[int], int, int]],
-                       layers: list[LayerKeysValues]) -> None:
-        """Keep the whole blocks of each entry's tokens, in blocks nobody holds: older
-        cached prefixes give way to these, running requests never do.
-
-        `layers`: per layer, the keys and values `[rows, kv_heads, columns, head_dim]`
-        of a cache; entry `(token_ids, row, column)` has its first token at `column` of
-        `row`. The new blocks of every entry are copied in one concatenation per layer."""
-        cache, size = self.prefix_cache, self.budget.block_size
-        room = self.budget.num_free_blocks + len(cache)
-        plans, spans = [], []   # spans: (row, first column, end column) of each entry's new blocks
-        for token_ids, row, column in entries:
-            plan = cache.plan(token_ids)
-            plan.num_new = min(plan.num_new, max(room - sum(p.num_new for p in plans), 0))
-            first = column + plan.first_new * size
-            if plan.num_new:
-                spans.append((row, first, first + plan.num_new * size))
-            plans.append(plan)
-        gathered: list[LayerKeysValues] = []
-        if spans:  # [kv_heads, new tokens of every entry, head_dim] per layer, one copy each
-            gathered = [(torch.cat([keys[row, :, a:b] for row, a, b in spans], dim=1),
-                         torch.cat([values[row, :, a:b] for row, a, b in spans], dim=1))
-                        for keys, values in layers]
-        offset = 0
-        for plan in plans:
-            width = plan.num_new * size
-            cache.add(plan, [(keys[:, offset:offset + width], values[:, offset:offset + width])
-                             for keys, values in gathered],
-                      lambda num_tokens, token_ids=plan.token_ids: prompt_block_hashes(
-                          self.tokenizer.decode(token_ids[:num_tokens], skip_special_tokens=True)))
-            offset += width
-        if len(cache) > room:
-            cache.evict(len(cache) - room)  # the least recently used, never the new ones first
-        self.sync_cache_budget()
-
-    def cache_job_prefixes(self, job: PrefillJob, sequences: list[Sequence]) -> None:
-        self.cache_prefixes([(sequence.context_token_ids(), row, pad)
-                             for row, (sequence, pad) in enumerate(zip(sequences, job.pad_lengths))],
-                            [(layer.keys, layer.values) for layer in job.cache.layers])
-
-    def cache_finished_prefixes(self, sequences: list[Sequence]) -> None:
-        """Finished requests' prompts and answers (the next turn of a chat starts with both)."""
-        batch = self.runner.batch
-        entries = [(s.context_token_ids()[:s.num_cached_tokens], row, batch.starts[row])
-                   for s in sequences if s.request_id in batch.row_ids
-                   for row in [batch.row_ids.index(s.request_id)]]
-        if entries:
-            self.cache_prefixes(entries, [(layer.keys, layer.values) for layer in batch.layers])
-
-    @property
-    def prefix_report_version(self) -> int:
-        return self.prefix_cache.version if self.prefix_cache is not None else 0
-
-    def cached_prefix_hashes(self) -> list[int]:
-        """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
-        return self.prefix_cache.reported_hashes() if self.prefix_cache is not None else []
-
     def prefill_tokens_left(self) -> int:
         return max(self.max_num_batched_tokens - self.runner.batch.num_rows, MIN_PREFILL_TOKENS)
 
@@ -483,15 +397,3 @@ class BatchedEngine:
             deltas.append(error_delta(sequence.request_id, pb.WORKER_FAILED,
                                       f"the model failed on this request: {exc}"))
         return deltas
-
-
-def supports_prefix_caching(model: Any, max_model_len: int) -> bool:
-    """Plain full attention everywhere: a cached block's keys and values are then the same
-    whatever follows. Sliding-window layers keep only part of the context, so no."""
-    config = model.config.get_text_config()
-    layer_types = getattr(config, "layer_types", None) or []
-    if any(layer_type != "full_attention" for layer_type in layer_types):
-        return False
-    window = getattr(config, "sliding_window", None)
-    uses_window = getattr(config, "use_sliding_window", window is not None)
-    return not (uses_window and window is not None and window < max_model_len)
