@@ -7,11 +7,13 @@ request per step, a step of `step_base_ms + step_per_seq_ms * requests per
 worker`, no prefill, no messages, free preemption and migration. Policies:
 fcfs (arrival order), sjf (shortest job first, no preemption) and srpt
 (shortest remaining first, preemptive at every step; interactive first, as the
-tiers order them). Prints the mean JCT of each and its gain over fcfs, by
-class, at the given batch arrival rates.
+tiers order them), and with `--llmos NAME` the scheduler's own policy code,
+asked at every step as the broker would. Prints the mean JCT of each and its
+gain over fcfs, by class, at the given batch arrival rates.
 
     python scripts/jct_bound.py                     # nominal rate and a few others
     python scripts/jct_bound.py --rate 53           # one rate
+    python scripts/jct_bound.py --rate 53 --llmos mlfq --llmos fcfs
 
 The stack's own fcfs is slower than this model's at the same rate (messages,
 prefills, idle slots between requests); matching the model's fcfs JCT to the
@@ -26,7 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
 from llmos.bench.workload import INTERACTIVE, BatchFlood, ChatWorkload  # noqa: E402
+from scheduler_svc.data import PendingRequest, RunningRequest, WorkerSlots  # noqa: E402
+from scheduler_svc.policies import make_policy  # noqa: E402
 
 CLASSES = {"interactive": lambda tier, tokens: tier == INTERACTIVE,
            "short": lambda tier, tokens: tier != INTERACTIVE and tokens <= 16,
@@ -39,14 +46,17 @@ def simulate(policy: str, batch_rate: float, args: argparse.Namespace) -> list[t
     chat = ChatWorkload(rate_per_s=args.interactive_rate, duration_s=args.duration).jobs(args.seed)
     flood = BatchFlood(burst=args.slots, rate_per_s=batch_rate, duration_s=args.duration,
                        pareto_alpha=1.2, min_tokens=8, max_tokens=256).jobs(args.seed)
-    arrivals = sorted((job.offset_s, job.max_tokens, job.tier) for job in chat + flood)
+    arrivals = sorted(((job.offset_s, job.max_tokens, job.tier, len(job.prompt))
+                       for job in chat + flood), key=lambda a: a[0])
+    if policy.startswith("llmos-"):
+        return simulate_llmos_policy(policy.removeprefix("llmos-"), arrivals, args)
     now_s, next_job = 0.0, 0
     waiting: list[list] = []   # [tokens left, arrival, tier, tokens]
     running: list[list] = []
     done: list[tuple[float, str, int]] = []
     while next_job < len(arrivals) or waiting or running:
         while next_job < len(arrivals) and arrivals[next_job][0] <= now_s:
-            offset_s, tokens, tier = arrivals[next_job]
+            offset_s, tokens, tier, _ = arrivals[next_job]
             waiting.append([tokens, offset_s, tier, tokens])
             next_job += 1
         if not waiting and not running:
@@ -62,13 +72,105 @@ def simulate(policy: str, batch_rate: float, args: argparse.Namespace) -> list[t
         else:
             while len(running) < args.slots and waiting:
                 running.append(waiting.pop(0))
-        now_s += (args.step_base_ms + args.step_per_seq_ms * len(running) / args.workers) / 1e3
+        now_s += step_s(len(running), args)
         for job in running:
             job[0] -= 1
         for job in [job for job in running if job[0] <= 0]:
             running.remove(job)
             done.append((now_s - job[1], job[2], job[3]))
     return done
+
+
+def step_s(num_running: int, args: argparse.Namespace) -> float:
+    return (args.step_base_ms + args.step_per_seq_ms * num_running / args.workers) / 1e3
+
+
+@dataclass
+class ModelJob:
+    request_id: str
+    arrival_s: float
+    tier: str
+    max_tokens: int
+    prompt_chars: int
+    arrival_seq: int
+    generated_tokens: int = 0
+    queued_at_s: float = 0.0       # since the last (re-)queueing
+    worker_id: str = ""
+    dispatched_at_s: float = 0.0
+
+
+def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Namespace
+                          ) -> list[tuple[float, str, int]]:
+    """The scheduler's own policy code (`scheduler_svc`), asked at every step as the broker
+    would, on the same fluid machine: `args.workers` workers of `args.slots / args.workers`
+    slots, free preemption (a preempted job keeps its tokens and waits again)."""
+    policy = make_policy(name)
+    slots_per_worker = args.slots // args.workers
+    worker_ids = [f"w{index}" for index in range(args.workers)]
+    tier_rank = {INTERACTIVE: 0, "standard": 1, "batch": 2}
+    now_s, next_job = 0.0, 0
+    waiting: dict[str, ModelJob] = {}
+    running: dict[str, ModelJob] = {}
+    done: list[tuple[float, str, int]] = []
+    while next_job < len(arrivals) or waiting or running:
+        while next_job < len(arrivals) and arrivals[next_job][0] <= now_s:
+            offset_s, tokens, tier, prompt_chars = arrivals[next_job]
+            job = ModelJob(f"r{next_job}", offset_s, tier, tokens, prompt_chars, next_job,
+                           queued_at_s=offset_s)
+            waiting[job.request_id] = job
+            next_job += 1
+        if not waiting and not running:
+            now_s = arrivals[next_job][0]
+            continue
+        started = set(running)
+        if waiting:
+            decide(policy, waiting, running, worker_ids, slots_per_worker, tier_rank, now_s)
+        # a job (re)started this step prefills its prompt and the tokens it made before
+        prefill_tokens = sum(job.prompt_chars // 4 + job.generated_tokens
+                             for request_id, job in running.items() if request_id not in started)
+        now_s += step_s(len(running), args) + (args.prefill_token_ms * prefill_tokens
+                                               / args.workers / 1e3)
+        for job in list(running.values()):
+            job.generated_tokens += 1
+            if job.generated_tokens >= job.max_tokens:
+                del running[job.request_id]
+                done.append((now_s - job.arrival_s, job.tier, job.max_tokens))
+    return done
+
+
+def decide(policy: Any, waiting: dict[str, ModelJob], running: dict[str, ModelJob],
+           worker_ids: list[str], slots_per_worker: int, tier_rank: dict[str, int],
+           now_s: float) -> None:
+    """One ScheduleRequest as the broker builds it, and its decision applied."""
+    per_worker = {worker_id: 0 for worker_id in worker_ids}
+    for job in running.values():
+        per_worker[job.worker_id] += 1
+    pending = [PendingRequest(j.request_id, tier_rank=tier_rank[j.tier], model="m",
+                              prompt_chars=j.prompt_chars, max_tokens=j.max_tokens,
+                              arrival_seq=j.arrival_seq, generated_tokens=j.generated_tokens,
+                              waited_s=now_s - j.queued_at_s, tier=j.tier)
+               for j in waiting.values()]
+    live = [RunningRequest(j.request_id, j.worker_id, tier_rank=tier_rank[j.tier],
+                           prompt_chars=j.prompt_chars, generated_tokens=j.generated_tokens,
+                           max_tokens=j.max_tokens, arrival_seq=j.arrival_seq,
+                           running_s=now_s - j.dispatched_at_s, tier=j.tier)
+            for j in running.values()]
+    workers = [WorkerSlots(worker_id, ("m",), count, slots_per_worker)
+               for worker_id, count in per_worker.items()]
+    decision = policy.schedule(pending, live, workers, None)
+    for preemption in decision.preemptions:
+        job = running.pop(preemption.request_id)
+        per_worker[job.worker_id] -= 1
+        job.queued_at_s = now_s
+        waiting[job.request_id] = job
+    for placement in decision.placements:
+        job = waiting.get(placement.request_id)
+        if job is None or per_worker[placement.worker_id] >= slots_per_worker:
+            continue
+        del waiting[job.request_id]
+        job.worker_id, job.dispatched_at_s = placement.worker_id, now_s
+        per_worker[placement.worker_id] += 1
+        running[job.request_id] = job
 
 
 def mean(values: list[float]) -> float:
@@ -86,10 +188,15 @@ def main() -> None:
     parser.add_argument("--step-base-ms", type=float, default=20.0)
     parser.add_argument("--step-per-seq-ms", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefill-token-ms", type=float, default=0.0,
+                        help="llmos policies only: step time per prefilled token (the simulated "
+                             "workers' default is 0.02), so preemption by recompute costs")
+    parser.add_argument("--llmos", action="append", default=[],
+                        help="also run this llmos scheduler policy (repeatable: mlfq, fcfs, ...)")
     args = parser.parse_args()
     for rate in args.rate or [48.1, 40.0, 53.0, 60.0]:
         fcfs_mean = None
-        for policy in ("fcfs", "sjf", "srpt"):
+        for policy in ("fcfs", "sjf", "srpt", *(f"llmos-{name}" for name in args.llmos)):
             done = simulate(policy, rate, args)
             jct = mean([d[0] for d in done])
             fcfs_mean = fcfs_mean or jct
