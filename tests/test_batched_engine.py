@@ -196,6 +196,28 @@ def test_preempt_then_resume_equals_the_uninterrupted_answer(model, tokenizer, n
     assert rest.deltas[0].prompt_tokens == len(tokenizer.encode(prompt))
 
 
+def test_a_preempted_request_resumed_here_recomputes_only_what_the_cache_lacks(model, tokenizer):
+    prompt = " ".join(WORDS[:50])
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=2, block_size=4)
+    engine.add_request(make_request(tokenizer, "a", prompt, max_tokens=30))
+    before = Answer()
+    while len(before.token_ids) < 12:
+        for delta in engine.step():
+            before.token_ids += delta.token_ids
+            before.text += delta.text
+    engine.preempt("a")
+    hits_before = engine.prefix_cache.num_hit_tokens
+
+    resumed = make_request(tokenizer, "a", prompt, max_tokens=30)  # as the broker re-dispatches it
+    resumed.generated_token_ids = before.token_ids
+    resumed.emitted_text_chars = len(before.text)
+    rest = run_to_end(engine, {0: [resumed]})["a"]
+
+    context = len(tokenizer.encode(prompt)) + len(before.token_ids)
+    assert engine.prefix_cache.num_hit_tokens - hits_before == (context - 1) // 4 * 4
+    assert before.token_ids + rest.token_ids == generate_greedy(model, tokenizer, prompt, 30)
+
+
 def test_an_oversubscribed_kv_budget_preempts_the_latest_and_answers_stay_exact(
         model, tokenizer, monkeypatch):
     prompts = {f"r{i}": prompt for i, prompt in enumerate(make_prompts(8, seed=4, max_words=12))}

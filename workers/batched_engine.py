@@ -137,10 +137,15 @@ class BatchedEngine(PrefixCaching):
 
     def preempt(self, request_id: str) -> Delta | None:
         """Stop a request and free its KV blocks now; its final delta (PREEMPTED, nothing
-        new: every token so far was streamed), or None if it is not here."""
+        new: every token so far was streamed), or None if it is not here. What it has
+        computed stays in the prefix cache (blocks nobody needs), so when the scheduler
+        sends it back here, its resume recomputes only what the cache lost meanwhile."""
         sequence = self.find(request_id)
         if sequence is None:
             return None
+        if self.prefix_cache is not None:
+            with torch.inference_mode():
+                self.cache_finished_prefixes([sequence])  # a row of the batch only
         self.forget(sequence)
         logger.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
                     len(sequence.generated_token_ids))
