@@ -51,3 +51,33 @@ def test_profile_fit_recovers_a_linear_step_time(tmp_path):
         (10.0, 2.0, 0.5))
     fitted.save(str(tmp_path / "profile.json"))
     assert LatencyProfile.load(str(tmp_path / "profile.json")) == fitted
+
+
+def test_a_preempted_request_dispatched_again_prefills_only_what_it_made_since():
+    from workers.sim import LatencyProfile, SimRequest, SimWorker
+
+    worker = SimWorker("w", socket=None, max_num_seqs=4, kv_blocks_total=64)
+    profile = LatencyProfile(base_ms=0, per_seq_ms=0, per_prefill_token_ms=1.0,
+                             per_context_token_us=0)
+    request = SimRequest("r", prompt_tokens=40, max_tokens=20, num_generated=0, num_blocks=4,
+                         prefix_hashes=(7, 8))
+    worker.waiting.append(request)
+    worker.admit()
+    assert worker.begin_step(profile) == pytest.approx(0.040)  # the whole prompt
+    worker.end_step()
+    for _ in range(4):
+        assert worker.begin_step(profile) == pytest.approx(0.0)
+        worker.end_step()
+    assert request.num_generated == 5
+
+    worker.drop("r")
+    worker.keep_computed(request)  # told to preempt it
+    assert worker.cached_prefix_hashes() == [7, 8] and worker.is_cache_report_due
+
+    again = SimRequest("r", prompt_tokens=40, max_tokens=20, num_generated=5, num_blocks=4,
+                       prefix_hashes=(7, 8))
+    worker.take_computed(again)
+    worker.waiting.append(again)
+    worker.admit()
+    assert worker.begin_step(profile) == pytest.approx(0.001)  # only the last token made
+    assert worker.cached_prefix_hashes() == []

@@ -14,6 +14,12 @@ The profile is a linear model of one engine step, fitted from the real engine
 
     step_s = base_ms + per_seq_ms * running + per_prefill_token_ms * prefill tokens
              + per_context_token_us * tokens in the running contexts
+
+Like the real engine's prefix cache, a simulated worker keeps what a request it
+was told to preempt had computed: when the request is dispatched to it again,
+its prefill costs only the tokens made since. It reports those requests'
+prompt block hashes to the kernel, so the scheduler's prefix-aware placement
+sends them back. (Prompts that other requests share are not simulated.)
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import zmq
 
 from llmos.logs import setup_logging
+from llmos.prefix import prompt_block_hashes
 from llmos.signals import stop_on_signals
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
@@ -41,6 +49,7 @@ KERNEL_MESSAGES = frozenset({"kernel_reply", "error"})
 SIM_TOKEN_ID = 42
 SIM_TOKEN_TEXT = " tok"
 CHARS_PER_TOKEN = 4  # the broker sends text; a simulated tokenizer only needs a length
+CACHE_FRACTION = 0.5  # preempted requests' tokens a worker keeps, as a share of its KV capacity
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,8 @@ class SimRequest:
     max_tokens: int
     num_generated: int          # resumed requests arrive with tokens already sent
     num_blocks: int
+    prefix_hashes: tuple[int, ...] = ()  # of its prompt text, as the broker computes them
+    num_cached_tokens: int = 0  # kept from before a preemption: its prefill skips them
     is_prefilled: bool = False  # a step has paid for its prompt
     is_reported: bool = False   # its first delta (with prompt_tokens) went out
 
@@ -111,6 +122,10 @@ class SimWorker:
     num_blocks_used: int = 0
     next_step_s: float = math.inf
     broker_seen_s: float = 0.0
+    # preempted requests' computed tokens, least recently kept first: request id ->
+    # (tokens, prompt block hashes); bounded by CACHE_FRACTION of the KV capacity
+    cached: OrderedDict[str, tuple[int, tuple[int, ...]]] = field(default_factory=OrderedDict)
+    is_cache_report_due: bool = False
 
     def registration(self, heartbeat_interval_ms: int) -> pb.WorkerRegister:
         return pb.WorkerRegister(worker_id=self.worker_id, models=[], device="sim",
@@ -146,11 +161,35 @@ class SimWorker:
         the forward pass: a newcomer's first token costs a whole step, its prefill
         included. Requests admitted while it runs join the next step."""
         self.in_step = list(self.running.values())
-        prefill = sum(r.prompt_tokens + r.num_generated for r in self.in_step if not r.is_prefilled)
+        prefill = sum(r.prompt_tokens + r.num_generated - r.num_cached_tokens
+                      for r in self.in_step if not r.is_prefilled)
         context = sum(r.prompt_tokens + r.num_generated for r in self.in_step)
         for request in self.in_step:
             request.is_prefilled = True
         return profile.step_s(len(self.in_step), prefill, context)
+
+    def keep_computed(self, request: SimRequest) -> None:
+        """A preempted request's computed tokens stay here (least recently kept go first)."""
+        num_tokens = request.prompt_tokens + request.num_generated - 1 if request.is_prefilled \
+            else request.num_cached_tokens
+        if num_tokens <= 0:
+            return
+        self.cached[request.request_id] = (num_tokens, request.prefix_hashes)
+        self.cached.move_to_end(request.request_id)
+        capacity = CACHE_FRACTION * self.kv_blocks_total * self.block_size
+        while sum(tokens for tokens, _ in self.cached.values()) > capacity:
+            self.cached.popitem(last=False)
+        self.is_cache_report_due = True
+
+    def take_computed(self, request: SimRequest) -> None:
+        """A request dispatched here again starts from what this worker kept of it."""
+        kept = self.cached.pop(request.request_id, None)
+        if kept is not None:
+            request.num_cached_tokens = min(kept[0], request.prompt_tokens + request.num_generated - 1)
+            self.is_cache_report_due = True
+
+    def cached_prefix_hashes(self) -> list[int]:
+        return list(dict.fromkeys(h for _, hashes in self.cached.values() for h in hashes))
 
     def end_step(self) -> list[SimRequest]:
         """End the step in flight: a token for each of its requests still running
@@ -264,7 +303,9 @@ class SimPool:
         total = prompt_tokens + max_tokens
         request = SimRequest(dispatch.request_id, prompt_tokens, max_tokens,
                              len(dispatch.generated_token_ids),
-                             math.ceil(total / worker.block_size))
+                             math.ceil(total / worker.block_size),
+                             tuple(prompt_block_hashes(dispatch.prompt)))
+        worker.take_computed(request)
         if request.num_generated >= max_tokens:  # resumed with nothing left to make
             worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[
                 pb.RequestDelta(request_id=request.request_id, is_finished=True,
@@ -287,6 +328,8 @@ class SimPool:
 
     def stop(self, worker: SimWorker, request_id: str, why: str) -> None:
         request = worker.drop(request_id)
+        if request is not None and why == "preempt":
+            worker.keep_computed(request)
         reason = pb.FINISH_REASON_PREEMPTED if why == "preempt" else pb.FINISH_REASON_CANCELLED
         self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
         worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[
@@ -313,10 +356,18 @@ class SimPool:
                                                         deltas=worker.pending_deltas)))
                 worker.pending_deltas = []
             self.admit_waiting(worker)
+            self.report_cache(worker)
             worker.next_step_s = math.inf
             if worker.running:
                 worker.next_step_s = now_s + worker.begin_step(self.profile)
                 heapq.heappush(self.steps, (worker.next_step_s, worker.worker_id))
+
+    def report_cache(self, worker: SimWorker) -> None:
+        """Tell the kernel what the worker keeps, when that changed (at most once a step)."""
+        if worker.is_cache_report_due:
+            self.kernel.send(pack(pb.KvPrefixReport(worker_id=worker.worker_id,
+                                                    block_hashes=worker.cached_prefix_hashes())))
+            worker.is_cache_report_due = False
 
     def drain_kernel(self) -> None:
         while self.kernel.poll(0):
