@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -19,7 +20,6 @@ def test_sigkill_one_of_two_workers_mid_stream_every_client_gets_one_whole_answe
         tiny_model_dir, tmp_path):
     reference = Reference(tiny_model_dir)
     answers = {i: StreamedAnswer() for i in range(len(PROMPTS))}
-    started = threading.Barrier(len(PROMPTS) + 1)
     errors: list[BaseException] = []
 
     with Stack(tiny_model_dir, tmp_path, num_workers=2) as stack:
@@ -27,19 +27,18 @@ def test_sigkill_one_of_two_workers_mid_stream_every_client_gets_one_whole_answe
             try:
                 with stack.client() as client:
                     request_id = client.submit(PROMPTS[index], max_tokens=MAX_TOKENS)
-                    stream = iter(client.stream(request_id))
-                    answers[index].chunks.append(next(stream))
-                    started.wait(timeout=120)  # every request is running before the kill
-                    answers[index].chunks.extend(stream)
+                    answers[index].chunks.extend(client.stream(request_id))
                     answers[index].result = client.result(request_id)
             except BaseException as exc:
                 errors.append(exc)
-                started.abort()
 
         threads = [threading.Thread(target=one_client, args=(i,)) for i in range(len(PROMPTS))]
         for thread in threads:
             thread.start()
-        started.wait(timeout=120)
+        # kill as soon as the broker sees worker-0 running requests: the tiny model makes
+        # a token in a millisecond or two, so waiting for every client's first chunk
+        # could let worker-0 finish its share first
+        wait_until_running_on(stack, "worker-0")
         stack.kill("worker-0")
         for thread in threads:
             thread.join(timeout=300)
@@ -51,6 +50,16 @@ def test_sigkill_one_of_two_workers_mid_stream_every_client_gets_one_whole_answe
     for index, answer in answers.items():
         answer.assert_whole()
         assert answer.token_ids == reference.greedy(PROMPTS[index], MAX_TOKENS)
+
+
+def wait_until_running_on(stack: Stack, worker_id: str, attempts: int = 2000) -> None:
+    """Poll the broker's status until `worker_id` runs a request (bounded by count)."""
+    with stack.client() as client:
+        for _ in range(attempts):
+            if any(w.worker_id == worker_id and w.num_running > 0 for w in client.status().workers):
+                return
+            time.sleep(0.005)
+    raise AssertionError(f"{worker_id} never ran a request")
 
 
 def test_broker_serves_in_its_own_order_when_the_scheduler_is_down(tiny_model_dir, tmp_path):
