@@ -145,7 +145,7 @@ class BatchedEngine(PrefixCaching):
             return None
         if self.prefix_cache is not None:
             with torch.inference_mode():
-                self.cache_finished_prefixes([sequence])  # a row of the batch only
+                self.cache_leaving_rows([sequence])  # a row of the batch only
         self.forget(sequence)
         logger.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
                     len(sequence.generated_token_ids))
@@ -272,8 +272,9 @@ class BatchedEngine(PrefixCaching):
                 break  # in order: nobody overtakes the head
             self.budget.hold(sequence.request_id, sequence.num_context_tokens)
             chosen.append(self.waiting.popleft())
-            path = self.still_cached(path)  # make_room may have evicted its tail
-            cached.append(self.prefix_cache.gather(path) if path else None)  # copies, now
+            if path:  # make_room may have evicted its tail; gather copies it now
+                path = self.prefix_cache.still_cached(path)
+            cached.append(self.prefix_cache.gather(path) if path else None)
             num_columns = width
         if not chosen:
             return None
@@ -335,7 +336,7 @@ class BatchedEngine(PrefixCaching):
                 finished.append(sequence)
         if finished and self.prefix_cache is not None:
             with torch.inference_mode():
-                self.cache_finished_prefixes(finished)
+                self.cache_leaving_rows(finished)
         for sequence in finished:
             self.release(sequence)
         return deltas

@@ -25,19 +25,12 @@ PREFIX_CACHE_HOLDER = "\0prefix-cache"  # the cached blocks' line in the KV budg
 
 
 class PrefixCaching:
-
     def cached_prefix(self, sequence: Sequence) -> list[int]:
         """Block hashes of the longest cached prefix of the request's context; at least
         its last token is left to compute (its logits give the next token)."""
         if self.prefix_cache is None:
             return []
         return self.prefix_cache.match(sequence.context_token_ids(), sequence.num_context_tokens - 1)
-
-    def still_cached(self, path: list[int]) -> list[int]:
-        for index, block_hash in enumerate(path):
-            if block_hash not in self.prefix_cache.blocks:
-                return path[:index]
-        return path
 
     def make_room(self, num_blocks: int) -> None:
         """Evict cached prefixes until `num_blocks` blocks are free (or none is cached)."""
@@ -64,9 +57,11 @@ class PrefixCaching:
         cache, size = self.prefix_cache, self.budget.block_size
         room = self.budget.num_free_blocks + len(cache)
         plans, spans = [], []   # spans: (row, first column, end column) of each entry's new blocks
+        num_new = 0
         for token_ids, row, column in entries:
             plan = cache.plan(token_ids)
-            plan.num_new = min(plan.num_new, max(room - sum(p.num_new for p in plans), 0))
+            plan.num_new = min(plan.num_new, max(room - num_new, 0))
+            num_new += plan.num_new
             first = column + plan.first_new * size
             if plan.num_new:
                 spans.append((row, first, first + plan.num_new * size))
@@ -93,8 +88,9 @@ class PrefixCaching:
                              for row, (sequence, pad) in enumerate(zip(sequences, job.pad_lengths))],
                             [(layer.keys, layer.values) for layer in job.cache.layers])
 
-    def cache_finished_prefixes(self, sequences: list[Sequence]) -> None:
-        """Finished requests' prompts and answers (the next turn of a chat starts with both)."""
+    def cache_leaving_rows(self, sequences: list[Sequence]) -> None:
+        """What requests leaving the batch computed: finished ones' prompts and answers (the
+        next turn of a chat starts with both), preempted ones' contexts (for their resume)."""
         batch = self.runner.batch
         entries = [(s.context_token_ids()[:s.num_cached_tokens], row, batch.starts[row])
                    for s in sequences if s.request_id in batch.row_ids

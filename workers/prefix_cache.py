@@ -96,6 +96,13 @@ class PrefixCache:
         self.touch(path)
         return path
 
+    def still_cached(self, path: list[int]) -> list[int]:
+        """The part of a matched path still cached (evictions since may have cut its tail)."""
+        for index, block_hash in enumerate(path):
+            if block_hash not in self.blocks:
+                return path[:index]
+        return path
+
     def gather(self, path: list[int]) -> list[LayerKeysValues]:
         """The path's keys and values, per layer, as `[kv_heads, tokens, head_dim]` copies."""
         blocks = [self.blocks[block_hash] for block_hash in path]
