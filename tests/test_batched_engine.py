@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass, field
 
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, MistralConfig,
                           Qwen2Config)
 
+from engine_helpers import Answer, make_request
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.tiny_model import CORPUS
 from llmos.wire import pb
@@ -26,15 +26,6 @@ torch.set_num_threads(1)
 WORDS = CORPUS.split()
 
 
-@dataclass
-class Answer:
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    deltas: list[Delta] = field(default_factory=list)
-
-    @property
-    def final(self) -> Delta:
-        return self.deltas[-1]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +46,6 @@ def make_prompts(count: int, seed: int, max_words: int = 40) -> list[str]:
         start, num_words = rng.randrange(len(WORDS)), rng.randint(1, max_words)
         prompts.append(" ".join((WORDS * 2)[start:start + num_words]))
     return prompts
-
-
-def make_request(tokenizer, request_id: str, prompt: str, **sampling) -> EngineRequest:
-    return EngineRequest(request_id, tokenizer.encode(prompt), SamplingOptions(**sampling))
 
 
 def generate_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
@@ -93,9 +80,7 @@ def run_to_end(engine: BatchedEngine, arrivals: dict[int, list[EngineRequest]] |
         for delta in engine.step():
             answer = answers.setdefault(delta.request_id, Answer())
             assert not answer.deltas or not answer.final.is_finished, "a delta after the final one"
-            answer.deltas.append(delta)
-            answer.token_ids += delta.token_ids
-            answer.text += delta.text
+            answer.add(delta)
         check_invariants(engine)
         step += 1
     assert engine.num_cached_tokens == 0 and engine.num_request_blocks == 0
@@ -176,8 +161,7 @@ def test_preempt_then_resume_equals_the_uninterrupted_answer(model, tokenizer, n
     while len(before.get("a", Answer()).token_ids) < num_before:
         for delta in engine.step():
             answer = before.setdefault(delta.request_id, Answer())
-            answer.token_ids += delta.token_ids
-            answer.text += delta.text
+            answer.add(delta)
     blocks_of_other = engine.budget.num_blocks_held["other"]
 
     final = engine.preempt("a")
@@ -203,8 +187,7 @@ def test_a_preempted_request_resumed_here_recomputes_only_what_the_cache_lacks(m
     before = Answer()
     while len(before.token_ids) < 12:
         for delta in engine.step():
-            before.token_ids += delta.token_ids
-            before.text += delta.text
+            before.add(delta)
     engine.preempt("a")
     hits_before = engine.prefix_cache.num_hit_tokens
 
@@ -536,9 +519,7 @@ def test_newcomers_with_cached_prefixes_are_prefilled_together(model, tokenizer)
     answers: dict[str, Answer] = {}
     for delta in engine.step():  # one job for all four, starting after the shared columns
         answer = answers.setdefault(delta.request_id, Answer())
-        answer.deltas.append(delta)
-        answer.token_ids += delta.token_ids
-        answer.text += delta.text
+        answer.add(delta)
     assert engine.num_running == 4 and engine.runner.batch.num_rows == 4
     shared_tokens = len(tokenizer.encode(SYSTEM_PROMPT)) // 4 * 4 - 4
     assert engine.prefix_cache.num_hit_tokens - hits_before >= 4 * shared_tokens

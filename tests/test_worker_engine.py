@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from engine_helpers import Answer, make_request
 from llmos.wire import pb
 from workers.engine import Engine
 from workers.requests import Delta, EngineRequest, SamplingOptions
@@ -23,15 +23,6 @@ PROMPTS = [
 ]
 
 
-@dataclass
-class Answer:
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    deltas: list[Delta] = field(default_factory=list)
-
-    @property
-    def final(self) -> Delta:
-        return self.deltas[-1]
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +35,13 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def make_request(tokenizer, request_id: str, prompt: str, **sampling) -> EngineRequest:
-    return EngineRequest(request_id, tokenizer.encode(prompt), SamplingOptions(**sampling))
-
-
 def run_to_end(engine: Engine) -> dict[str, Answer]:
     answers: dict[str, Answer] = {}
     while engine.has_work:
         for delta in engine.step():
             answer = answers.setdefault(delta.request_id, Answer())
             assert not answer.deltas or not answer.final.is_finished, "a delta after the final one"
-            answer.deltas.append(delta)
-            answer.token_ids += delta.token_ids
-            answer.text += delta.text
+            answer.add(delta)
     return answers
 
 
