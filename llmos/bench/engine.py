@@ -37,6 +37,7 @@ from workers.engine import Engine
 from workers.model_loader import LoadedModel, load_model, load_tokenizer
 
 COMPARE_CONCURRENCY = 32   # the level the speedups compare, and the static batch's size
+BASELINES = ("sequential", "static_batch", "generate_batch")
 WARM_UP_TOKENS = 2
 
 
@@ -142,13 +143,8 @@ def run_bench(config: EngineBenchConfig,
     baseline_figures: dict[str, dict[str, Any] | None] = dict.fromkeys(BASELINES)
     rounds: list[dict[str, Any]] = []
     if not config.skip_baselines:
-        compared = config.compare_concurrency
-        for index in range(config.rounds):
-            echo(f"round {index + 1} of {config.rounds}: llmos at {compared} concurrent, "
-                 "then the transformers baselines ...")
-            llmos = runs[compared] if index == 0 else bench.measure_level(compared)
-            rounds.append({"llmos": llmos, **bench.measure_baselines()})
-        runs[compared] = median_run([r["llmos"] for r in rounds])
+        rounds = measure_rounds(bench, runs[config.compare_concurrency], echo)
+        runs[config.compare_concurrency] = median_run([r["llmos"] for r in rounds])
         baseline_figures = {name: median_run([r[name] for r in rounds]) for name in BASELINES}
     if config.write_profile:
         write_sim_profile(config, runs, echo)
@@ -159,11 +155,22 @@ def run_bench(config: EngineBenchConfig,
     return summary
 
 
+def measure_rounds(bench: EngineBench, first_run: dict[str, Any],
+                   echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    """`--rounds` turns of llmos at the compared level (the first turn reuses `first_run`),
+    each followed by the baselines: {"llmos": ..., "sequential": ..., ...} per round."""
+    compared, num_rounds = bench.config.compare_concurrency, bench.config.rounds
+    rounds = []
+    for index in range(num_rounds):
+        echo(f"round {index + 1} of {num_rounds}: llmos at {compared} concurrent, "
+             "then the transformers baselines ...")
+        llmos = first_run if index == 0 else bench.measure_level(compared)
+        rounds.append({"llmos": llmos, **bench.measure_baselines()})
+    return rounds
+
+
 def ratio_of(slower: dict[str, Any], faster: dict[str, Any], key: str) -> float | None:
     return slower[key] / faster[key] if slower.get(key) and faster.get(key) else None
-
-
-BASELINES = ("sequential", "static_batch", "generate_batch")
 
 
 def median_run(figures: list[dict[str, Any] | None]) -> dict[str, Any] | None:
