@@ -490,20 +490,18 @@ def test_cached_prefixes_report_the_prompt_text_block_hashes(model, tokenizer):
     assert num_covered >= 3 and set(prompt_block_hashes(SYSTEM_PROMPT)[:num_covered]) <= reported
 
 
-def test_the_cpu_head_in_vocabulary_slices_keeps_answers_exact(model, tokenizer, monkeypatch):
-    from workers import model_runner
-
-    monkeypatch.setattr(model_runner, "CPU_HEAD_CHUNK_ROWS", 100)  # the tiny vocabulary in slices
+def test_linears_on_onednn_keep_answers_exact_and_leave_the_model_as_it_was(model, tokenizer):
     prompts = {f"h{i}": prompt for i, prompt in enumerate(make_prompts(6, seed=3, max_words=20))}
     max_tokens = dict.fromkeys(prompts, 10)
     engine = BatchedEngine(model, tokenizer, max_num_seqs=4)
-    assert engine.runner.chunked_head is model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert engine.runner.cpu_linears.linears == linears and linears
 
     answers = run_to_end(engine, {0: [make_request(tokenizer, rid, prompt, max_tokens=10)
                                       for rid, prompt in prompts.items()]})
 
     assert_greedy(model, tokenizer, answers, prompts, max_tokens)
-    assert "forward" not in vars(model.get_output_embeddings())  # the model is as it was
+    assert all("forward" not in vars(linear) for linear in linears)  # the model is as it was
 
 
 def test_newcomers_with_cached_prefixes_are_prefilled_together(model, tokenizer):

@@ -13,9 +13,7 @@ mode, so their tensors are inference tensors throughout.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +21,10 @@ import torch
 from transformers import DynamicCache
 
 from workers.batch_cache import BatchCache
+from workers.cpu_linears import CpuLinears
 
 PAD_TOKEN_ID = 0  # what fills padded input positions; the mask hides them, any id does
 CachedPrefix = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [kv_heads, tokens, head_dim]
-# On CPU, one matrix product with the whole vocabulary (32,000 x 768 for the 100M preset)
-# runs at a third of the machine's peak; slices of this many rows run near it: 22 -> 16 ms
-# per decode step of 32 rows, measured on the 2-core development machine (docs/benchmarks.md).
-CPU_HEAD_CHUNK_ROWS = 2048
 
 
 @dataclass
@@ -65,9 +60,7 @@ class ModelRunner:
         parameters = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.can_keep_last_logits = "logits_to_keep" in parameters
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        self.chunked_head = (head if self.device.type == "cpu" and isinstance(head, torch.nn.Linear)
-                             and head.out_features > 2 * CPU_HEAD_CHUNK_ROWS else None)
+        self.cpu_linears = CpuLinears(model)
 
     # ---------------------------------------------------------------- prefill
 
@@ -148,30 +141,7 @@ class ModelRunner:
         kwargs = {self.cache_kwarg: cache, "use_cache": True}
         if self.can_keep_last_logits:
             kwargs["logits_to_keep"] = 1  # as generate does: same matmul, same rounding
-        with self.head_in_chunks():
+        with self.cpu_linears.on_onednn():
             output = self.model(input_ids=input_ids, attention_mask=attention_mask,
                                 position_ids=position_ids, **kwargs)
         return output.logits[:, -1]
-
-    @contextlib.contextmanager
-    def head_in_chunks(self) -> Iterator[None]:
-        """While the engine's forward runs, the output head computes its logits a slice of
-        the vocabulary at a time (CPU only; each logit is the same dot product, though the
-        library may round its last bit differently). The model object is left as it was
-        for anyone else (the benchmark's transformers baselines run on it too)."""
-        head = self.chunked_head
-        if head is None:
-            yield
-            return
-        weights = head.weight.split(CPU_HEAD_CHUNK_ROWS)
-        biases = head.bias.split(CPU_HEAD_CHUNK_ROWS) if head.bias is not None else [None] * len(weights)
-
-        def forward(hidden: torch.Tensor) -> torch.Tensor:
-            return torch.cat([torch.nn.functional.linear(hidden, weight, bias)
-                              for weight, bias in zip(weights, biases)], dim=-1)
-
-        head.forward = forward
-        try:
-            yield
-        finally:
-            del head.forward  # the class's forward again
