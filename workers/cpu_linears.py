@@ -3,9 +3,9 @@
 A decode step of the 100M preset is two thirds matrix products with few rows
 (one per running request). On the 2-core development machine ATen's `linear`
 runs those at 100-140 GFLOP/s; oneDNN's linear primitive (the one PyTorch's own
-compiler uses for CPU linears) runs the same products 20-45% faster, the
+compiler calls for CPU linears) runs the same products 1.25-1.5x as fast, the
 32,000-row output head included (15.5 -> 10.6 ms for 32 rows), and prefill's
-many-row products 25% faster (`docs/benchmarks.md`).
+products of a thousand rows 1.3x as fast (`docs/benchmarks.md`).
 
 Each output is the same dot product; only the order of the additions, and so
 the last bit of rounding, may differ, as it does between any two BLAS builds.
