@@ -81,3 +81,26 @@ def test_a_preempted_request_dispatched_again_prefills_only_what_it_made_since()
     worker.admit()
     assert worker.begin_step(profile) == pytest.approx(0.001)  # only the last token made
     assert worker.cached_prefix_hashes() == []
+
+
+def test_a_request_told_to_preempt_mid_step_keeps_the_steps_token_then_leaves():
+    from workers.sim import SIM_TOKEN_ID, LatencyProfile, SimRequest, SimWorker
+
+    worker = SimWorker("w", socket=None, max_num_seqs=4, kv_blocks_total=64)
+    request = SimRequest("r", prompt_tokens=8, max_tokens=20, num_generated=3, num_blocks=2,
+                         prefix_hashes=(7,))
+    waiting = SimRequest("late", prompt_tokens=8, max_tokens=20, num_generated=0, num_blocks=2)
+    worker.waiting.append(request)
+    worker.admit()
+    worker.begin_step(LatencyProfile())
+    worker.waiting.append(waiting)
+    worker.admit()  # admitted mid-step: not in the step in flight
+
+    assert worker.defer_preempt("r") and not worker.defer_preempt("late")
+    assert "r" in worker.running  # until the step ends, as a real engine takes commands between steps
+    finished, preempted = worker.end_step()
+
+    assert finished == [] and preempted == [request] and request.num_generated == 4
+    assert [(d.request_id, list(d.token_ids)) for d in worker.pending_deltas] == [("r", [SIM_TOKEN_ID])]
+    assert list(worker.running) == ["late"] and worker.num_blocks_used == 2
+    assert worker.cached_prefix_hashes() == [7]  # what it computed stays for its resume

@@ -20,6 +20,10 @@ was told to preempt had computed: when the request is dispatched to it again,
 its prefill costs only the tokens made since. It reports those requests'
 prompt block hashes to the kernel, so the scheduler's prefix-aware placement
 sends them back. (Prompts that other requests share are not simulated.)
+
+Like the real engine, which takes commands between steps, a worker told to
+preempt a request in the step in flight lets that step end first: the request
+keeps the step's token, then leaves.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class SimRequest:
     num_cached_tokens: int = 0  # kept from before a preemption: its prefill skips them
     is_prefilled: bool = False  # a step has paid for its prompt
     is_reported: bool = False   # its first delta (with prompt_tokens) went out
+    is_preempting: bool = False  # told to preempt while in the step in flight: leaves at its end
 
 
 @dataclass
@@ -191,13 +196,15 @@ class SimWorker:
     def cached_prefix_hashes(self) -> list[int]:
         return list(dict.fromkeys(h for _, hashes in self.cached.values() for h in hashes))
 
-    def end_step(self) -> list[SimRequest]:
+    def end_step(self) -> tuple[list[SimRequest], list[SimRequest]]:
         """End the step in flight: a token for each of its requests still running
-        (one cancelled or preempted meanwhile gets none). The requests it finished."""
-        finished = []
+        (one cancelled meanwhile gets none). The requests it finished, and the ones
+        told to preempt while it ran, which leave now (their PREEMPTED deltas are
+        the caller's to add)."""
+        finished, preempted = [], []
         for request in self.in_step:
             if self.running.get(request.request_id) is not request:
-                continue  # stopped while the step ran
+                continue  # cancelled while the step ran
             delta = pb.RequestDelta(request_id=request.request_id, token_ids=[SIM_TOKEN_ID],
                                     text=SIM_TOKEN_TEXT)
             if not request.is_reported:
@@ -208,11 +215,24 @@ class SimWorker:
                 delta.is_finished = True
                 delta.finish_reason = pb.FINISH_REASON_LENGTH
                 finished.append(request)
+            elif request.is_preempting:
+                preempted.append(request)
             self.pending_deltas.append(delta)
         self.in_step = []
-        for request in finished:
+        for request in [*finished, *preempted]:
             self.drop(request.request_id)
-        return finished
+        for request in preempted:
+            self.keep_computed(request)
+        return finished, preempted
+
+    def defer_preempt(self, request_id: str) -> bool:
+        """A request in the step in flight leaves at the step's end, with its token
+        (True); any other can leave now (False)."""
+        request = self.running.get(request_id)
+        if request is None or request not in self.in_step:
+            return False
+        request.is_preempting = True
+        return True
 
 
 class SimPool:
@@ -327,6 +347,8 @@ class SimPool:
                                                 num_blocks=request.num_blocks)))
 
     def stop(self, worker: SimWorker, request_id: str, why: str) -> None:
+        if why == "preempt" and worker.defer_preempt(request_id):
+            return
         request = worker.drop(request_id)
         if request is not None and why == "preempt":
             worker.keep_computed(request)
@@ -348,9 +370,13 @@ class SimPool:
         while self.steps and self.steps[0][0] <= now_s:
             _, worker_id = heapq.heappop(self.steps)
             worker = self.by_id[worker_id]
-            for request in worker.end_step():
+            finished, preempted = worker.end_step()
+            for request in [*finished, *preempted]:
                 self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id,
                                                 request_id=request.request_id)))
+            worker.pending_deltas += [
+                pb.RequestDelta(request_id=request.request_id, is_finished=True,
+                                finish_reason=pb.FINISH_REASON_PREEMPTED) for request in preempted]
             if worker.pending_deltas:
                 worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
                                                         deltas=worker.pending_deltas)))
