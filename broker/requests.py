@@ -24,6 +24,7 @@ class RequestState:
     worker_id: str | None = None
     dispatched_at_s: float | None = None   # first dispatch
     running_since_s: float | None = None   # this dispatch
+    tokens_at_dispatch: int = 0            # generated tokens when this dispatch went out
     first_token_at_s: float | None = None
     generated_token_ids: list[int] = field(default_factory=list)
     text_parts: list[str] = field(default_factory=list)
@@ -85,6 +86,7 @@ class RequestState:
             generated_tokens=len(self.generated_token_ids),
             max_tokens=self.admission.sampling.max_tokens, arrival_seq=self.arrival_seq,
             running_s=now_s - (self.running_since_s or now_s),
+            tokens_since_dispatch=len(self.generated_token_ids) - self.tokens_at_dispatch,
         )
 
     def dispatch(self) -> pb.Dispatch:

@@ -72,6 +72,7 @@ class Scheduling:
             request.worker_id = worker.worker_id
             request.dispatched_at_s = request.dispatched_at_s or now_s
             request.running_since_s = now_s
+            request.tokens_at_dispatch = len(request.generated_token_ids)
             worker.running_ids.add(request.request_id)
             log.debug("dispatch %s tier %s to worker %s", request.request_id, request.tier,
                       worker.worker_id)

@@ -44,7 +44,7 @@ def synthetic_batch(num_workers: int, num_pending: int,
                                 tier_rank=rng.randint(0, 2), tenant=f"tenant-{rng.randint(0, 9)}",
                                 prompt_chars=rng.randint(40, 4000),
                                 generated_tokens=rng.randint(0, 300), max_tokens=512,
-                                running_s=rng.uniform(0, 30))
+                                running_s=rng.uniform(0, 30), tokens_since_dispatch=rng.randint(0, 20))
     for index in range(num_pending):
         family = rng.choice(families)
         own_blocks = [rng.getrandbits(63) for _ in range(rng.randint(0, 4))]

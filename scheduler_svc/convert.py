@@ -26,6 +26,7 @@ def running_from_proto(request: pb.RunningRequest) -> RunningRequest:
         tenant=request.tenant, prompt_chars=request.prompt_chars,
         generated_tokens=request.generated_tokens, max_tokens=request.max_tokens,
         arrival_seq=request.arrival_seq, running_s=request.running_s, tier=request.tier,
+        tokens_since_dispatch=request.tokens_since_dispatch,
     )
 
 

@@ -52,6 +52,7 @@ class RunningRequest:
     arrival_seq: int = 0
     running_s: float = 0.0    # since this dispatch
     tier: str = ""
+    tokens_since_dispatch: int = 0
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ class ModelJob:
     queued_at_s: float = 0.0       # since the last (re-)queueing
     worker_id: str = ""
     dispatched_at_s: float = 0.0
+    tokens_at_dispatch: int = 0
 
 
 def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Namespace
@@ -153,7 +154,8 @@ def decide(policy: Any, waiting: dict[str, ModelJob], running: dict[str, ModelJo
     live = [RunningRequest(j.request_id, j.worker_id, tier_rank=tier_rank[j.tier],
                            prompt_chars=j.prompt_chars, generated_tokens=j.generated_tokens,
                            max_tokens=j.max_tokens, arrival_seq=j.arrival_seq,
-                           running_s=now_s - j.dispatched_at_s, tier=j.tier)
+                           running_s=now_s - j.dispatched_at_s, tier=j.tier,
+                           tokens_since_dispatch=j.generated_tokens - j.tokens_at_dispatch)
             for j in running.values()]
     workers = [WorkerSlots(worker_id, ("m",), count, slots_per_worker)
                for worker_id, count in per_worker.items()]
@@ -169,6 +171,7 @@ def decide(policy: Any, waiting: dict[str, ModelJob], running: dict[str, ModelJo
             continue
         del waiting[job.request_id]
         job.worker_id, job.dispatched_at_s = placement.worker_id, now_s
+        job.tokens_at_dispatch = job.generated_tokens
         per_worker[placement.worker_id] += 1
         running[job.request_id] = job
 

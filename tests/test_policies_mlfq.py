@@ -8,7 +8,7 @@ import pytest
 
 from policy_helpers import make_request, make_running, make_worker, placed, placed_ids, preempted, schedule
 from scheduler_svc.policies import make_policy
-from scheduler_svc.policy_mlfq import MIN_RUN_S, SRPT_MIN_RUN_S, SRPT_PREEMPT_RATIO
+from scheduler_svc.policy_mlfq import MIN_RUN_S, SRPT_MIN_RUN_TOKENS, SRPT_PREEMPT_RATIO
 
 # with the defaults: quanta 16, 32, 64, 128, 256, 512 generated tokens; 8 prompt tokens
 # cost one generated token; 4 prompt characters make a token
@@ -171,7 +171,7 @@ def test_a_surely_short_request_preempts_one_with_many_times_more_tokens_left() 
     """Shortest remaining first where max_tokens makes the difference sure: even in its first
     quantum, a request that may make 490 more tokens yields to one that makes at most 20."""
     running = [make_running("long", "w1", prompt_chars=40, generated_tokens=10, max_tokens=500,
-                            running_s=SRPT_MIN_RUN_S),
+                            running_s=0.01, tokens_since_dispatch=SRPT_MIN_RUN_TOKENS),
                make_running("shorter", "w2", prompt_chars=40, generated_tokens=10,
                             max_tokens=10 + 20 * SRPT_PREEMPT_RATIO - 1, running_s=9.0)]
     decision = schedule(MLFQ, [make_request("short", prompt_chars=40, max_tokens=20)],
@@ -180,9 +180,10 @@ def test_a_surely_short_request_preempts_one_with_many_times_more_tokens_left() 
     assert placed(decision) == [("short", "w1")]
 
 
-def test_no_shortest_first_preemption_of_a_request_that_only_just_started() -> None:
-    running = [make_running("long", "w1", prompt_chars=40, generated_tokens=1, max_tokens=500,
-                            running_s=SRPT_MIN_RUN_S / 2)]
+def test_no_shortest_first_preemption_of_a_request_before_its_dispatch_made_a_token() -> None:
+    """Every dispatch makes progress, so a request preempted whenever it resumes still finishes."""
+    running = [make_running("long", "w1", prompt_chars=40, generated_tokens=30, max_tokens=500,
+                            running_s=9.0, tokens_since_dispatch=SRPT_MIN_RUN_TOKENS - 1)]
     decision = schedule(MLFQ, [make_request("short", prompt_chars=40, max_tokens=20)],
                         [full("w1")], running)
     assert decision.preemptions == [] and decision.placements == []

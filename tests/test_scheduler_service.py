@@ -190,3 +190,19 @@ def test_llmos_policy_without_a_scheduler_says_so() -> None:
 
 def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_mlfq_reads_the_tokens_made_since_dispatch_off_the_wire(socket: zmq.Socket) -> None:
+    """A surely much longer request yields its slot to a short one, but only once its
+    dispatch has made a token: the broker reports `tokens_since_dispatch`."""
+    with policy_restored(socket):
+        assert set_policy(socket, "mlfq")[1].policy == "mlfq"
+        for batch_id, tokens_since_dispatch, expected in [(17, 0, []), (18, 1, [("long", "w1")])]:
+            request = make_schedule_request(batch_id, pending=[], workers=[("w1", 1, 1)])
+            request.pending.add(request_id="short", tier_rank=2, arrival_seq=5, model="tiny",
+                                prompt_chars=40, max_tokens=16)
+            request.running.add(request_id="long", worker_id="w1", tier_rank=2, prompt_chars=40,
+                                generated_tokens=30, max_tokens=500, running_s=9.0,
+                                tokens_since_dispatch=tokens_since_dispatch)
+            decision = schedule(socket, request)
+            assert [(p.request_id, p.worker_id) for p in decision.preemptions] == expected

@@ -576,7 +576,7 @@ class PendingRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., tier: _Optional[str] = ..., tier_rank: _Optional[int] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., arrival_seq: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., prefix_hashes: _Optional[_Iterable[int]] = ..., waited_s: _Optional[float] = ..., deadline_in_s: _Optional[float] = ...) -> None: ...
 
 class RunningRequest(_message.Message):
-    __slots__ = ("request_id", "worker_id", "tier", "tier_rank", "tenant", "prompt_chars", "generated_tokens", "max_tokens", "arrival_seq", "running_s")
+    __slots__ = ("request_id", "worker_id", "tier", "tier_rank", "tenant", "prompt_chars", "generated_tokens", "max_tokens", "arrival_seq", "running_s", "tokens_since_dispatch")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -587,6 +587,7 @@ class RunningRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ARRIVAL_SEQ_FIELD_NUMBER: _ClassVar[int]
     RUNNING_S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SINCE_DISPATCH_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     worker_id: str
     tier: str
@@ -597,7 +598,8 @@ class RunningRequest(_message.Message):
     max_tokens: int
     arrival_seq: int
     running_s: float
-    def __init__(self, request_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., tier: _Optional[str] = ..., tier_rank: _Optional[int] = ..., tenant: _Optional[str] = ..., prompt_chars: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., arrival_seq: _Optional[int] = ..., running_s: _Optional[float] = ...) -> None: ...
+    tokens_since_dispatch: int
+    def __init__(self, request_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., tier: _Optional[str] = ..., tier_rank: _Optional[int] = ..., tenant: _Optional[str] = ..., prompt_chars: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., arrival_seq: _Optional[int] = ..., running_s: _Optional[float] = ..., tokens_since_dispatch: _Optional[int] = ...) -> None: ...
 
 class WorkerSlots(_message.Message):
     __slots__ = ("worker_id", "models", "num_running", "max_num_seqs")
