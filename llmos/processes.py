@@ -1,7 +1,7 @@
 """llmos services as child processes that are always stopped (for tests and benchmarks).
 
     with ProcessGroup(log_dir) as group:
-        group.start("kernel", "kernel", "--kernel-bind", tcp(free_port()))
+        group.start("kernel", "kernel", "--kernel-bind", free_address())
 
 Each child is `python -m llmos <args>` in its own session, logging to
 `log_dir/<name>.log`; on exit every live child gets SIGTERM, then SIGKILL after
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -33,37 +34,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_address() -> str:
+    return tcp(free_port())
+
+
+@dataclass(frozen=True)
 class StackPorts:
-    """Free local ports for one stack (broker for clients and for workers, kernel
-    ROUTER and PUB, scheduler), and their tcp:// addresses."""
+    """tcp:// addresses on free local ports for one stack: the broker's for clients
+    and for workers, the kernel's ROUTER and PUB, the scheduler's."""
 
-    def __init__(self) -> None:
-        self.client, self.worker, self.kernel, self.pub, self.scheduler = (
-            free_port() for _ in range(5))
-
-    @staticmethod
-    def address(port: int) -> str:
-        return tcp(port)
-
-    @property
-    def client_address(self) -> str:
-        return self.address(self.client)
-
-    @property
-    def worker_address(self) -> str:
-        return self.address(self.worker)
-
-    @property
-    def kernel_address(self) -> str:
-        return self.address(self.kernel)
-
-    @property
-    def pub_address(self) -> str:
-        return self.address(self.pub)
-
-    @property
-    def scheduler_address(self) -> str:
-        return self.address(self.scheduler)
+    client_address: str = field(default_factory=free_address)
+    worker_address: str = field(default_factory=free_address)
+    kernel_address: str = field(default_factory=free_address)
+    pub_address: str = field(default_factory=free_address)
+    scheduler_address: str = field(default_factory=free_address)
 
 
 def llmos_command(*args: str) -> list[str]:

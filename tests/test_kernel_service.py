@@ -16,7 +16,7 @@ from llmos.wire.constants import RESOURCE_TOPIC
 from service_process import (
     ServiceProcess, ask, bad_frames, dealer, receive, running_service, subscriber, wait_until,
 )
-from llmos.processes import free_port
+from llmos.processes import free_address
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ class Kernel:
 
 @contextmanager
 def start_kernel(log_dir: Path, heartbeat_interval_ms: int) -> Iterator[Kernel]:
-    address, pub_address = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    address, pub_address = (free_address() for _ in range(2))
     with running_service("kernel_svc", "--kernel-bind", address, "--kernel-pub-bind", pub_address,
                          "--block-size", str(BLOCK_SIZE),
                          "--heartbeat-interval-ms", str(heartbeat_interval_ms),

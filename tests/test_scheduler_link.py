@@ -3,12 +3,12 @@
 import zmq
 
 from broker.scheduler_link import TIMEOUTS_BEFORE_OFFLINE, SchedulerLink
-from llmos.processes import free_port
+from llmos.processes import free_address
 from llmos.wire import pb
 
 
 def make_link() -> SchedulerLink:
-    return SchedulerLink(zmq.Context.instance(), f"tcp://127.0.0.1:{free_port()}", timeout_ms=250,
+    return SchedulerLink(zmq.Context.instance(), free_address(), timeout_ms=250,
                          retry_ms=2000, fallback_policy="fair", tenant_weights="a=1,b=3")
 
 

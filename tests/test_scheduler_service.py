@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from llmos.cli import cli
 from llmos.wire import pb
 from service_process import ServiceProcess, ask, bad_frames, dealer, running_service, wait_until
-from llmos.processes import free_port
+from llmos.processes import free_address
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ class Services:
 
 @contextmanager
 def start_scheduler(log_dir: Path, pub_address: str, *args: str) -> Iterator[tuple[str, ServiceProcess]]:
-    address = f"tcp://127.0.0.1:{free_port()}"
+    address = free_address()
     with running_service("scheduler_svc", "--scheduler-bind", address,
                          "--kernel-pub-address", pub_address, *args, log_dir=log_dir) as service:
         yield address, service
@@ -39,7 +39,7 @@ def start_scheduler(log_dir: Path, pub_address: str, *args: str) -> Iterator[tup
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     log_dir = tmp_path_factory.mktemp("scheduler")
-    kernel_address, pub_address = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    kernel_address, pub_address = (free_address() for _ in range(2))
     with running_service("kernel_svc", "--kernel-bind", kernel_address, "--kernel-pub-bind", pub_address,
                          "--block-size", str(BLOCK_SIZE), log_dir=log_dir):
         with start_scheduler(log_dir, pub_address, "--policy", "priority") as (address, _):
@@ -113,7 +113,7 @@ def test_bad_frames_get_coded_errors_and_the_scheduler_keeps_serving(
 
 
 def test_schedules_without_a_kernel_and_stops_on_sigterm(tmp_path: Path) -> None:
-    nobody_publishes = f"tcp://127.0.0.1:{free_port()}"
+    nobody_publishes = free_address()
     with start_scheduler(tmp_path, nobody_publishes, "--policy", "fcfs") as (address, scheduler):
         with dealer(address) as socket:
             request = make_schedule_request(batch_id=14, pending=[("batch-0", 1, 0), ("inter-1", 0, 1)],
@@ -182,7 +182,7 @@ def test_llmos_policy_shows_and_switches_the_running_scheduler(services: Service
 
 
 def test_llmos_policy_without_a_scheduler_says_so() -> None:
-    nobody = f"tcp://127.0.0.1:{free_port()}"
+    nobody = free_address()
     result = invoke("policy", "--scheduler-address", nobody, "--timeout-s", "0.2")
     assert result.exit_code == 4
     assert f"no reply from the scheduler at {nobody}" in result.stderr
