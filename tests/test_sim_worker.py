@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmos.client import query_kernel
+from llmos.wire import pb
 from stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -98,9 +99,8 @@ def test_a_request_told_to_preempt_mid_step_keeps_the_steps_token_then_leaves():
 
     assert worker.defer_preempt("r") and not worker.defer_preempt("late")
     assert "r" in worker.running  # until the step ends, as a real engine takes commands between steps
-    finished, preempted = worker.end_step()
-
-    assert finished == [] and preempted == [request] and request.num_generated == 4
-    assert [(d.request_id, list(d.token_ids)) for d in worker.pending_deltas] == [("r", [SIM_TOKEN_ID])]
+    assert worker.end_step() == [request] and request.num_generated == 4
+    assert [(d.request_id, list(d.token_ids), d.finish_reason) for d in worker.pending_deltas] == [
+        ("r", [SIM_TOKEN_ID], pb.FINISH_REASON_UNSPECIFIED), ("r", [], pb.FINISH_REASON_PREEMPTED)]
     assert list(worker.running) == ["late"] and worker.num_blocks_used == 2
     assert worker.cached_prefix_hashes() == [7]  # what it computed stays for its resume

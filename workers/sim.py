@@ -99,6 +99,12 @@ class LatencyProfile:
             + self.per_context_token_us * num_context_tokens / 1e6
 
 
+def final_delta(request_id: str, finish_reason: int) -> pb.RequestDelta:
+    """The last delta of a request that ends without a new token (cancelled, preempted,
+    resumed with nothing left to make)."""
+    return pb.RequestDelta(request_id=request_id, is_finished=True, finish_reason=finish_reason)
+
+
 @dataclass
 class SimRequest:
     request_id: str
@@ -196,11 +202,11 @@ class SimWorker:
     def cached_prefix_hashes(self) -> list[int]:
         return list(dict.fromkeys(h for _, hashes in self.cached.values() for h in hashes))
 
-    def end_step(self) -> tuple[list[SimRequest], list[SimRequest]]:
+    def end_step(self) -> list[SimRequest]:
         """End the step in flight: a token for each of its requests still running
-        (one cancelled meanwhile gets none). The requests it finished, and the ones
-        told to preempt while it ran, which leave now (their PREEMPTED deltas are
-        the caller's to add)."""
+        (one cancelled meanwhile gets none); the ones told to preempt while it ran
+        leave after theirs, with a PREEMPTED delta. The requests that left (finished
+        or preempted)."""
         finished, preempted = [], []
         for request in self.in_step:
             if self.running.get(request.request_id) is not request:
@@ -223,7 +229,8 @@ class SimWorker:
             self.drop(request.request_id)
         for request in preempted:
             self.keep_computed(request)
-        return finished, preempted
+            self.pending_deltas.append(final_delta(request.request_id, pb.FINISH_REASON_PREEMPTED))
+        return [*finished, *preempted]
 
     def defer_preempt(self, request_id: str) -> bool:
         """A request in the step in flight leaves at the step's end, with its token
@@ -328,8 +335,7 @@ class SimPool:
         worker.take_computed(request)
         if request.num_generated >= max_tokens:  # resumed with nothing left to make
             worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[
-                pb.RequestDelta(request_id=request.request_id, is_finished=True,
-                                finish_reason=pb.FINISH_REASON_LENGTH)])))
+                final_delta(request.request_id, pb.FINISH_REASON_LENGTH)])))
             return
         worker.waiting.append(request)
         self.start_waiting(worker, time.monotonic())
@@ -354,8 +360,8 @@ class SimPool:
             worker.keep_computed(request)
         reason = pb.FINISH_REASON_PREEMPTED if why == "preempt" else pb.FINISH_REASON_CANCELLED
         self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
-        worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[
-            pb.RequestDelta(request_id=request_id, is_finished=True, finish_reason=reason)])))
+        worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
+                                                deltas=[final_delta(request_id, reason)])))
         if request is not None:
             self.start_waiting(worker, time.monotonic())
 
@@ -370,13 +376,9 @@ class SimPool:
         while self.steps and self.steps[0][0] <= now_s:
             _, worker_id = heapq.heappop(self.steps)
             worker = self.by_id[worker_id]
-            finished, preempted = worker.end_step()
-            for request in [*finished, *preempted]:
+            for request in worker.end_step():
                 self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id,
                                                 request_id=request.request_id)))
-            worker.pending_deltas += [
-                pb.RequestDelta(request_id=request.request_id, is_finished=True,
-                                finish_reason=pb.FINISH_REASON_PREEMPTED) for request in preempted]
             if worker.pending_deltas:
                 worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
                                                         deltas=worker.pending_deltas)))
