@@ -62,6 +62,11 @@ SRPT_PREEMPT_RATIO = 4
 SRPT_MIN_RUN_TOKENS = 1
 
 
+def has_progressed(request: RunningRequest) -> bool:
+    """Has this dispatch made the progress shortest-remaining-first preemption waits for?"""
+    return request.tokens_since_dispatch >= SRPT_MIN_RUN_TOKENS
+
+
 class MlfqPolicy(SchedulingPolicy):
     name = PolicyName.MLFQ
 
@@ -133,7 +138,7 @@ class MlfqPolicy(SchedulingPolicy):
             used = has_used_a_quantum[request.request_id] = (
                 request.running_s >= MIN_RUN_S and level > self.entry_level(request.prompt_chars))
             return (used or request.tier_rank > 0  # the top tier is never a lower tier
-                    or (request.tokens_since_dispatch >= SRPT_MIN_RUN_TOKENS and tokens_left(request) > 0))
+                    or (has_progressed(request) and tokens_left(request) > 0))
 
         victims = Victims(running, workers,
                           order=lambda r: (-r.tier_rank, -running_levels[r.request_id],
@@ -148,7 +153,7 @@ class MlfqPolicy(SchedulingPolicy):
                 return victim.tier_rank > tier_rank or (
                     has_used_a_quantum[victim.request_id]
                     and running_levels[victim.request_id] >= level + PREEMPT_LEVEL_GAP) or (
-                    victim.tokens_since_dispatch >= SRPT_MIN_RUN_TOKENS and request.max_tokens > 0
+                    has_progressed(victim) and request.max_tokens > 0
                     and tokens_left(victim) >= SRPT_PREEMPT_RATIO * max(
                         1, request.max_tokens - request.generated_tokens))
 

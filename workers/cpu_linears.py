@@ -36,17 +36,13 @@ class CpuLinears:
     def __init__(self, model: Any) -> None:
         self.linears: list[torch.nn.Linear] = []
         if model.device.type == "cpu" and onednn_linear_available():
-            self.linears = [module for module in model.modules()
-                            if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32]
-
-    @property
-    def is_active(self) -> bool:
-        return bool(self.linears)
+            self.linears = [module for module in model.modules() if type(module) is torch.nn.Linear
+                            and module.weight.dtype == torch.float32]
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
         for linear in self.linears:
-            # object.__setattr__: skip nn.Module's attribute bookkeeping; forward is a plain attribute
+            # object.__setattr__: forward is a plain attribute, no nn.Module bookkeeping needed
             object.__setattr__(linear, "forward", onednn_forward(linear))
         try:
             yield
