@@ -88,20 +88,20 @@ class PrefixCache:
     def match(self, token_ids: Sequence[int], max_tokens: int) -> list[int]:
         """Hashes of the longest cached prefix of `token_ids` (whole blocks, at most
         `max_tokens` tokens); the path becomes the most recently used."""
-        path: list[int] = []
-        for block_hash in self.block_hashes(token_ids, max_tokens // self.block_size):
-            if block_hash not in self.blocks:
-                break
-            path.append(block_hash)
+        path = self.still_cached(self.block_hashes(token_ids, max_tokens // self.block_size))
         self.touch(path)
         return path
 
     def still_cached(self, path: list[int]) -> list[int]:
-        """The part of a matched path still cached (evictions since may have cut its tail)."""
+        """The leading part of a path that is cached (evictions may have cut its tail)."""
+        return path[:self.num_cached(path)]
+
+    def num_cached(self, path: list[int]) -> int:
+        """How many of the path's first blocks are cached."""
         for index, block_hash in enumerate(path):
             if block_hash not in self.blocks:
-                return path[:index]
-        return path
+                return index
+        return len(path)
 
     def gather(self, path: list[int]) -> list[LayerKeysValues]:
         """The path's keys and values, per layer, as `[kv_heads, tokens, head_dim]` copies."""
@@ -116,9 +116,7 @@ class PrefixCache:
         """What keeping `token_ids` would add: its whole blocks past those cached
         already (which become the most recently used)."""
         path = self.block_hashes(token_ids, len(token_ids) // self.block_size)
-        num_cached = 0
-        while num_cached < len(path) and path[num_cached] in self.blocks:
-            num_cached += 1
+        num_cached = self.num_cached(path)
         self.touch(path[:num_cached])
         return InsertPlan(token_ids, path, num_cached, len(path) - num_cached)
 
