@@ -168,7 +168,10 @@ class ClientSide:
         now_s = time.monotonic()
         running_by_tier = Counter(self.requests[i].tier for w in self.workers for i in w.running_ids)
         tiers = [pb.TierStatus(tier=t, depth=self.queue.depth(t), max_depth=self.queue.max_depth[t],
-                               num_running=running_by_tier[t]) for t in self.queue.tiers]
+                               num_running=running_by_tier[t], num_answers=num_answers,
+                               answer_fill=answer_fill)
+                 for t in self.queue.tiers
+                 for num_answers, answer_fill in [self.answer_fills.fill(t)]]
         workers = [w.status(now_s) for w in self.workers]
         policy = self.scheduler.policy_name if self.scheduler.is_online else self.scheduler.fallback.name
         return pb.StatusReply(tiers=tiers, workers=workers,

@@ -1,7 +1,7 @@
 """The broker's scheduling: ask the scheduler (or decide locally), then act.
 
 A mixin of `broker.service.Broker`, which owns the state it uses: `scheduler`
-(the SchedulerLink), `queue`, `requests`, `workers`, `needs_schedule`.
+(the SchedulerLink), `queue`, `requests`, `workers`, `needs_schedule`, `answer_fills`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class Scheduling:
                    for i in self.queue.in_order(MAX_PENDING_PER_TIER_ASKED)]
         running = [self.requests[i].running(now_s) for w in self.workers for i in w.running_ids
                    if not self.requests[i].is_answered and not self.requests[i].is_preempting]
-        return pb.ScheduleRequest(pending=pending, workers=workers, running=running)
+        return pb.ScheduleRequest(pending=pending, workers=workers, running=running,
+                                  tier_answers=self.answer_fills.tier_answers())
 
     def apply(self, decision: pb.ScheduleDecision) -> None:
         """Act on each preemption and placement that still holds."""

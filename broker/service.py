@@ -20,6 +20,7 @@ from collections import Counter
 
 import zmq
 
+from broker.answers import AnswerFills
 from broker.client_side import ClientSide
 from broker.client_watch import ClientWatch
 from broker.config import BrokerConfig
@@ -66,6 +67,7 @@ class Broker(ClientSide, WorkerSide, Scheduling):
         self.num_completed = 0
         self.num_rejected = 0
         self.tokens = RateMeter()
+        self.answer_fills = AnswerFills()
         self.poller = zmq.Poller()
         for socket in (self.clients, self.workers_socket, self.scheduler.socket,
                        self.client_watch.monitor):

@@ -1,7 +1,8 @@
 """The broker's worker side: registration, heartbeats, progress, re-queue on death.
 
 A mixin of `broker.service.Broker`, which owns the state it uses:
-`workers_socket` (the ROUTER), `workers` (the registry), `requests`, `queue`.
+`workers_socket` (the ROUTER), `workers` (the registry), `requests`, `queue`,
+`answer_fills` (how long each tier's answers run, for the scheduler).
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class WorkerSide:
         elif request.kind != pb.TASK_KIND_GENERATE:
             self.answer(request, pack(request.pooling_result(delta, worker.worker_id, now_s)))
         else:
+            self.answer_fills.record(request.tier, delta.finish_reason,
+                                     len(request.generated_token_ids),
+                                     request.admission.sampling.max_tokens)
             self.answer(request, pack(request.result(delta.finish_reason, worker.worker_id, now_s)))
 
     def let_go(self, request: RequestState, worker: WorkerRecord) -> None:

@@ -264,9 +264,10 @@ def format_status(broker_address: str, reply: pb.StatusReply | str,
     lines += table(["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS", "TOKENS/S", "PREFIXES"],
                    worker_rows(reply, view))
     if not isinstance(reply, str):
-        tier_rows = [[tier.tier, f"{tier.depth}/{tier.max_depth}", str(tier.num_running)]
+        tier_rows = [[tier.tier, f"{tier.depth}/{tier.max_depth}", str(tier.num_running),
+                      f"{tier.answer_fill:.0%} of {tier.num_answers}" if tier.num_answers else "-"]
                      for tier in reply.tiers]
-        lines += ["", *table(["TIER", "QUEUED", "RUNNING"], tier_rows)]
+        lines += ["", *table(["TIER", "QUEUED", "RUNNING", "ANSWER FILL"], tier_rows)]
     if not isinstance(view, str) and view.tenants:
         tenant_rows = [[t.tenant or "-", str(t.num_requests_holding_blocks), str(t.kv_blocks_used)]
                        for t in view.tenants]

@@ -6,27 +6,39 @@ from __future__ import annotations
 from typing import Callable, Generic, Iterator, Sequence, TypeVar, overload
 
 from llmos.wire import WireError, pb
-from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, RunningRequest,
-                                WorkerSlots)
+from scheduler_svc.data import (MIN_ANSWERS_FOR_FILL, KernelView, PendingRequest, PolicyDecision,
+                                RunningRequest, WorkerSlots)
+
+NO_FILLS: dict[str, float] = {}
 
 
-def pending_from_proto(request: pb.PendingRequest) -> PendingRequest:
+def answer_fills(request: pb.ScheduleRequest) -> dict[str, float]:
+    """Each tier's answer fill, where enough answers were counted to mean something."""
+    return {answers.tier: answers.mean_fill for answers in request.tier_answers
+            if answers.num_answers >= MIN_ANSWERS_FOR_FILL}
+
+
+def pending_from_proto(request: pb.PendingRequest,
+                       fills: dict[str, float] = NO_FILLS) -> PendingRequest:
     return PendingRequest(
         request_id=request.request_id, tier_rank=request.tier_rank, tenant=request.tenant,
         model=request.model, prompt_chars=request.prompt_chars, max_tokens=request.max_tokens,
         arrival_seq=request.arrival_seq, generated_tokens=request.generated_tokens,
         prefix_hashes=tuple(request.prefix_hashes), waited_s=request.waited_s,
         deadline_in_s=request.deadline_in_s, tier=request.tier,
+        answer_fill=fills.get(request.tier, 0.0),
     )
 
 
-def running_from_proto(request: pb.RunningRequest) -> RunningRequest:
+def running_from_proto(request: pb.RunningRequest,
+                       fills: dict[str, float] = NO_FILLS) -> RunningRequest:
     return RunningRequest(
         request_id=request.request_id, worker_id=request.worker_id, tier_rank=request.tier_rank,
         tenant=request.tenant, prompt_chars=request.prompt_chars,
         generated_tokens=request.generated_tokens, max_tokens=request.max_tokens,
         arrival_seq=request.arrival_seq, running_s=request.running_s, tier=request.tier,
         tokens_since_dispatch=request.tokens_since_dispatch,
+        answer_fill=fills.get(request.tier, 0.0),
     )
 
 

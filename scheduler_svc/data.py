@@ -14,6 +14,8 @@ from llmos.wire.constants import DEFAULT_MAX_TOKENS
 
 ANY_MODEL = ""  # a request for model "" runs on any worker
 CHARS_PER_TOKEN = 4  # the scheduler never tokenizes: ~4 characters of English per token
+# A tier's answer fill (TierAnswers.mean_fill) counts once this many answers made it.
+MIN_ANSWERS_FOR_FILL = 16
 NO_DEADLINE = math.inf
 
 
@@ -33,6 +35,7 @@ class PendingRequest:
     waited_s: float = 0.0
     deadline_in_s: float = 0.0  # 0 = none
     tier: str = ""
+    answer_fill: float = 0.0  # its tier's recent answers' mean share of max_tokens; 0 = unknown
 
     @property
     def deadline_key(self) -> float:
@@ -53,6 +56,7 @@ class RunningRequest:
     running_s: float = 0.0    # since this dispatch
     tier: str = ""
     tokens_since_dispatch: int = 0
+    answer_fill: float = 0.0  # as PendingRequest's
 
 
 @dataclass(frozen=True)

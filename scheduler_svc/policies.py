@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from llmos.wire import pb
-from scheduler_svc.convert import (Converted, fill_decision, kernel_view_from_proto, pending_from_proto,
-                                   running_from_proto, workers_from_proto)
+from scheduler_svc.convert import (Converted, answer_fills, fill_decision, kernel_view_from_proto,
+                                   pending_from_proto, running_from_proto, workers_from_proto)
 from scheduler_svc.data import KernelView
 from scheduler_svc.policy_base import PolicyName, PolicyOptions, SchedulingPolicy
 from scheduler_svc.policy_fair import FairPolicy
@@ -54,9 +54,10 @@ def decide(policy: SchedulingPolicy, request: pb.ScheduleRequest,
     placements in dispatch order."""
     started_ns = time.perf_counter_ns()
     kernel_view = kernel_view_from_proto(view) if isinstance(view, pb.ResourceView) else view
+    fills = answer_fills(request)
     result = policy.schedule(
-        [pending_from_proto(p) for p in request.pending],
-        Converted(request.running, running_from_proto),
+        [pending_from_proto(p, fills) for p in request.pending],
+        Converted(request.running, lambda running: running_from_proto(running, fills)),
         workers_from_proto(request.workers, kernel_view),
         kernel_view,
     )

@@ -3,15 +3,21 @@
 Level L has a quantum of `base_quantum * 2**L` generated tokens (16, 32, 64, ...;
 the last level has no end). A request joins the first level whose quantum
 covers its prompt's cost (skip-join: a long prefill would only be demoted at
-once), drops one level each time it uses up its level's quantum, and while it
+once) or, where its tier's answers run to their `max_tokens` (the broker's
+answer fill at least `BOUND_TRUSTED_FILL`), the first whose quantum covers its
+`max_tokens`: it would as surely be demoted from every level above. It then
+drops one level each time it uses up its level's quantum, and while it
 waits climbs one level per `aging_s` seconds, so nothing starves. A request
 never sits below the level whose quantum covers the tokens it may still make
 (`max_tokens` less those generated): that bound is sure, so a request about to
 finish is not pushed behind fresh ones it would have finished before.
 
 The policy keeps no state: a request's level follows from its prompt length,
-its generated tokens, its `max_tokens` and how long it waited, all of which
-the broker reports.
+its generated tokens, its `max_tokens`, its tier's answer fill and how long it
+waited, all of which the broker reports. Where bounds are tight, the levels
+order requests by tokens left, as shortest-remaining-first would; where they
+are loose (answers stop at EOS well before `max_tokens`), every request joins
+by its prompt and the feedback levels find the long ones.
 
 Order: tier, then level, then earliest deadline, then fewest tokens left by
 `max_tokens`, then arrival. A small `max_tokens` makes a request surely short;
@@ -44,6 +50,11 @@ from scheduler_svc.policy_base import PolicyName, SchedulingPolicy, Victims, pla
 # as much engine time as one generated token (FastServe sizes the join level by
 # the first iteration's time).
 PROMPT_TOKENS_PER_GENERATED_TOKEN = 8
+# A tier whose recent answers made at least this share of their max_tokens on
+# average has bounds tight enough to join by. Measured with `llmos bench sched`
+# (answers fill their bound): mean JCT over fcfs's 1.83x joining by the prompt,
+# 1.91x joining by the bound (docs/benchmarks.md).
+BOUND_TRUSTED_FILL = 0.9
 # Within a tier, a waiting request preempts only a request this many levels below
 # it: one level apart, the two would trade places again at the next demotion.
 PREEMPT_LEVEL_GAP = 2
@@ -84,16 +95,20 @@ class MlfqPolicy(SchedulingPolicy):
         # the first L with 2**L >= num_base_quanta (bit arithmetic: thousands per batch)
         return min(max(0, num_base_quanta - 1).bit_length(), self.last_level)
 
-    def entry_level(self, prompt_chars: int) -> int:
-        """Skip-join: the first level whose quantum covers the prompt's cost."""
+    def entry_level(self, prompt_chars: int, max_tokens: int = 0, answer_fill: float = 0.0) -> int:
+        """Skip-join: the first level whose quantum covers the prompt's cost, or its
+        `max_tokens` where its tier's answers fill their bound."""
         cost = -(-prompt_tokens(prompt_chars) // PROMPT_TOKENS_PER_GENERATED_TOKEN)
+        if max_tokens > 0 and answer_fill >= BOUND_TRUSTED_FILL:
+            cost = max(cost, max_tokens)
         return self.covering_level(cost)
 
-    def level(self, prompt_chars: int, generated_tokens: int, max_tokens: int = 0) -> int:
+    def level(self, prompt_chars: int, generated_tokens: int, max_tokens: int = 0,
+              answer_fill: float = 0.0) -> int:
         """The entry level, one lower for each quantum used up since (after k levels
         from level e a request has used quantum(e) * (2**k - 1) tokens), but never
         below the level that covers the tokens it may still make."""
-        entry = self.entry_level(prompt_chars)
+        entry = self.entry_level(prompt_chars, max_tokens, answer_fill)
         levels_down = (generated_tokens // self.quantum(entry) + 1).bit_length() - 1
         attained = min(entry + levels_down, self.last_level)
         if attained == 0 or max_tokens <= 0:  # no bound: the broker always sets one
@@ -103,7 +118,8 @@ class MlfqPolicy(SchedulingPolicy):
     def pending_level(self, request: PendingRequest) -> int:
         """A waiting request's level, aged: one level up per `mlfq_aging_s` waited."""
         levels_up = int(request.waited_s // self.options.mlfq_aging_s)
-        level = self.level(request.prompt_chars, request.generated_tokens, request.max_tokens)
+        level = self.level(request.prompt_chars, request.generated_tokens, request.max_tokens,
+                           request.answer_fill)
         return max(0, level - levels_up)
 
     def fewest_tokens_left_key(self, request: PendingRequest) -> float:
@@ -116,7 +132,8 @@ class MlfqPolicy(SchedulingPolicy):
                 * 0.5 ** (request.waited_s / self.options.mlfq_aging_s))
 
     def running_level(self, request: RunningRequest) -> int:
-        return self.level(request.prompt_chars, request.generated_tokens, request.max_tokens)
+        return self.level(request.prompt_chars, request.generated_tokens, request.max_tokens,
+                          request.answer_fill)
 
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
                  workers: Sequence[WorkerSlots], view: KernelView | None = None) -> PolicyDecision:
@@ -136,7 +153,9 @@ class MlfqPolicy(SchedulingPolicy):
             """Could anything preempt it? (Its level is kept for the order.)"""
             level = running_levels[request.request_id] = self.running_level(request)
             used = has_used_a_quantum[request.request_id] = (
-                request.running_s >= MIN_RUN_S and level > self.entry_level(request.prompt_chars))
+                request.running_s >= MIN_RUN_S
+                and level > self.entry_level(request.prompt_chars, request.max_tokens,
+                                             request.answer_fill))
             return (used or request.tier_rank > 0  # the top tier is never a lower tier
                     or (has_progressed(request) and tokens_left(request) > 0))
 

@@ -8,7 +8,8 @@ worker`, no prefill, no messages, free preemption and migration. Policies:
 fcfs (arrival order), sjf (shortest job first, no preemption) and srpt
 (shortest remaining first, preemptive at every step; interactive first, as the
 tiers order them), and with `--llmos NAME` the scheduler's own policy code,
-asked at every step as the broker would. Prints the mean JCT of each and its
+asked at every step as the broker would (every answer fills its max_tokens, as the
+simulated workers' do, so the broker would report an answer fill of 1). Prints the mean JCT of each and its
 gain over fcfs, by class, at the given batch arrival rates.
 
     python scripts/jct_bound.py                     # nominal rate and a few others
@@ -127,8 +128,10 @@ def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Names
         if waiting:
             decide(policy, waiting, running, worker_ids, slots_per_worker, tier_rank, now_s)
         # a job (re)started this step prefills its prompt and the tokens it made before
+        # (with --cached-resumes a resume finds its tokens cached and prefills nothing)
         prefill_tokens = sum(job.prompt_chars // 4 + job.generated_tokens
-                             for request_id, job in running.items() if request_id not in started)
+                             for request_id, job in running.items() if request_id not in started
+                             and not (args.cached_resumes and job.generated_tokens))
         now_s += step_s(len(running), args) + (args.prefill_token_ms * prefill_tokens
                                                / args.workers / 1e3)
         for job in list(running.values()):
@@ -149,13 +152,14 @@ def decide(policy: Any, waiting: dict[str, ModelJob], running: dict[str, ModelJo
     pending = [PendingRequest(j.request_id, tier_rank=tier_rank[j.tier], model="m",
                               prompt_chars=j.prompt_chars, max_tokens=j.max_tokens,
                               arrival_seq=j.arrival_seq, generated_tokens=j.generated_tokens,
-                              waited_s=now_s - j.queued_at_s, tier=j.tier)
+                              waited_s=now_s - j.queued_at_s, tier=j.tier, answer_fill=1.0)
                for j in waiting.values()]
     live = [RunningRequest(j.request_id, j.worker_id, tier_rank=tier_rank[j.tier],
                            prompt_chars=j.prompt_chars, generated_tokens=j.generated_tokens,
                            max_tokens=j.max_tokens, arrival_seq=j.arrival_seq,
                            running_s=now_s - j.dispatched_at_s, tier=j.tier,
-                           tokens_since_dispatch=j.generated_tokens - j.tokens_at_dispatch)
+                           tokens_since_dispatch=j.generated_tokens - j.tokens_at_dispatch,
+                           answer_fill=1.0)
             for j in running.values()]
     workers = [WorkerSlots(worker_id, ("m",), count, slots_per_worker)
                for worker_id, count in per_worker.items()]
@@ -194,6 +198,9 @@ def main() -> None:
     parser.add_argument("--prefill-token-ms", type=float, default=0.0,
                         help="llmos policies only: step time per prefilled token (the simulated "
                              "workers' default is 0.02), so preemption by recompute costs")
+    parser.add_argument("--cached-resumes", action="store_true",
+                        help="with --prefill-token-ms: a resumed job prefills nothing (its worker "
+                             "kept its tokens), only a first start pays")
     parser.add_argument("--llmos", action="append", default=[],
                         help="also run this llmos scheduler policy (repeatable: mlfq, fcfs, ...)")
     args = parser.parse_args()

@@ -139,7 +139,8 @@ def send(socket: zmq.Socket, identity: bytes, payload: bytes) -> None:
 
 def status_reply() -> pb.StatusReply:
     return pb.StatusReply(
-        tiers=[pb.TierStatus(tier="interactive", depth=2, max_depth=100)],
+        tiers=[pb.TierStatus(tier="interactive", depth=2, max_depth=100, num_answers=40,
+                             answer_fill=0.5)],
         workers=[pb.WorkerStatus(worker_id="worker-0", models=["tiny"], num_running=1,
                                  max_num_seqs=4, device="cpu")],
         num_running=1, scheduler_online=True, scheduler_policy="priority",

@@ -141,7 +141,7 @@ def test_status_shows_the_broker_and_says_the_kernel_is_unreachable(broker, sile
     assert lines[0].startswith(f"broker  {broker.address}  scheduler online (policy priority)")
     assert lines[1].startswith(f"kernel  {silent_address}  unreachable")
     assert "worker-0  tiny    cpu     1/4      ?          0.0       ?" in lines
-    assert "interactive  2/100   0" in lines
+    assert "interactive  2/100   0        50% of 40" in lines
 
 
 def test_status_exits_3_when_nothing_answers(silent_address):

@@ -84,6 +84,37 @@ def test_a_long_prompt_with_a_short_answer_bound_joins_the_first_level() -> None
     assert MLFQ.level(prompt_chars=1000 * 4, generated_tokens=0, max_tokens=16) == 0
 
 
+@pytest.mark.parametrize("answer_fill, level", [
+    (0.0, 0),    # unknown: the prompt decides
+    (0.5, 0),    # answers stop well before their bound: it says little about length
+    (0.9, 4),    # answers fill their bound: 256 tokens need level 4's quantum
+    (1.0, 4)])
+def test_where_answers_fill_their_bound_a_request_joins_the_level_its_max_tokens_needs(
+        answer_fill: float, level: int) -> None:
+    assert MLFQ.entry_level(prompt_chars=40, max_tokens=256, answer_fill=answer_fill) == level
+    assert MLFQ.level(prompt_chars=40, generated_tokens=0, max_tokens=256,
+                      answer_fill=answer_fill) == level
+
+
+def test_joined_by_its_bound_a_request_climbs_as_its_tokens_left_shrink() -> None:
+    """Never demoted (its quantum covers its bound), it sits at the level covering the
+    tokens it has left: shortest remaining first, in levels."""
+    assert [MLFQ.level(prompt_chars=40, generated_tokens=generated, max_tokens=256,
+                       answer_fill=1.0) for generated in (0, 100, 200, 250)] == [4, 4, 2, 0]
+
+
+def test_where_answers_fill_their_bound_a_fresh_long_request_waits_behind_a_nearly_done_one() -> None:
+    pending = [make_request("fresh-long", arrival_seq=1, prompt_chars=40, max_tokens=256),
+               make_request("nearly-done", arrival_seq=0, prompt_chars=40, max_tokens=256,
+                            generated_tokens=230)]
+    loose = schedule(MLFQ, pending, [make_worker("w1", max_num_seqs=1)])
+    assert placed_ids(loose) == ["fresh-long"]  # level 0 (first quantum) before level 1 (26 left)
+    for request in pending:
+        request.answer_fill = 1.0
+    tight = schedule(MLFQ, pending, [make_worker("w1", max_num_seqs=1)])
+    assert placed_ids(tight) == ["nearly-done"]  # level 1 before level 4
+
+
 def test_within_a_level_fewest_tokens_left_go_first() -> None:
     pending = [make_request("long-answer", arrival_seq=0, max_tokens=200),
                make_request("no-bound", arrival_seq=1),

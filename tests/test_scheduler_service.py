@@ -15,6 +15,7 @@ from llmos.cli import cli
 from llmos.wire import pb
 from service_process import ServiceProcess, ask, bad_frames, dealer, running_service, wait_until
 from llmos.processes import free_address
+from scheduler_svc.data import MIN_ANSWERS_FOR_FILL
 
 pytestmark = pytest.mark.e2e
 
@@ -206,3 +207,22 @@ def test_mlfq_reads_the_tokens_made_since_dispatch_off_the_wire(socket: zmq.Sock
                                 tokens_since_dispatch=tokens_since_dispatch)
             decision = schedule(socket, request)
             assert [(p.request_id, p.worker_id) for p in decision.preemptions] == expected
+
+
+def test_mlfq_reads_each_tiers_answer_fill_off_the_wire(socket: zmq.Socket) -> None:
+    """Where the broker reports that a tier's answers fill their max_tokens (from enough
+    answers to mean something), mlfq orders by the bound: the nearly done request first."""
+    def first_placed(batch_id: int, num_answers: int, mean_fill: float) -> str:
+        request = make_schedule_request(batch_id, pending=[], workers=[("w1", 0, 1)])
+        request.pending.add(request_id="fresh-long", tier="batch", tier_rank=2, arrival_seq=6,
+                            model="tiny", prompt_chars=40, max_tokens=256)
+        request.pending.add(request_id="nearly-done", tier="batch", tier_rank=2, arrival_seq=5,
+                            model="tiny", prompt_chars=40, max_tokens=256, generated_tokens=230)
+        request.tier_answers.add(tier="batch", num_answers=num_answers, mean_fill=mean_fill)
+        return schedule(socket, request).placements[0].request_id
+
+    with policy_restored(socket):
+        assert set_policy(socket, "mlfq")[1].policy == "mlfq"
+        assert first_placed(21, num_answers=MIN_ANSWERS_FOR_FILL, mean_fill=0.5) == "fresh-long"
+        assert first_placed(22, num_answers=MIN_ANSWERS_FOR_FILL - 1, mean_fill=1.0) == "fresh-long"
+        assert first_placed(23, num_answers=MIN_ANSWERS_FOR_FILL, mean_fill=1.0) == "nearly-done"

@@ -28,6 +28,9 @@ def test_simulated_workers_answer_through_the_real_stack(tmp_path):
     assert {r.model for r in results} == {"simulated"}
     assert len({r.worker_id for r in results}) > 1, "placement spread the load"
     assert sorted(w.worker_id for w in status.workers) == [f"sim-{i}" for i in range(5)]
+    # simulated answers run to their max_tokens: the scheduler is told the batch tier's fill
+    batch = next(tier for tier in status.tiers if tier.tier == "batch")
+    assert (batch.num_answers, batch.answer_fill) == (20, 1.0)
     assert len(view.workers) == 5 and all(w.kv_blocks_total > 0 for w in view.workers)
 
 

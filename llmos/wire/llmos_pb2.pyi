@@ -276,16 +276,20 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TierStatus(_message.Message):
-    __slots__ = ("tier", "depth", "max_depth", "num_running")
+    __slots__ = ("tier", "depth", "max_depth", "num_running", "num_answers", "answer_fill")
     TIER_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FILL_FIELD_NUMBER: _ClassVar[int]
     tier: str
     depth: int
     max_depth: int
     num_running: int
-    def __init__(self, tier: _Optional[str] = ..., depth: _Optional[int] = ..., max_depth: _Optional[int] = ..., num_running: _Optional[int] = ...) -> None: ...
+    num_answers: int
+    answer_fill: float
+    def __init__(self, tier: _Optional[str] = ..., depth: _Optional[int] = ..., max_depth: _Optional[int] = ..., num_running: _Optional[int] = ..., num_answers: _Optional[int] = ..., answer_fill: _Optional[float] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
     __slots__ = ("worker_id", "models", "num_running", "max_num_seqs", "device", "tokens_per_s", "task")
@@ -613,17 +617,29 @@ class WorkerSlots(_message.Message):
     max_num_seqs: int
     def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
 
+class TierAnswers(_message.Message):
+    __slots__ = ("tier", "num_answers", "mean_fill")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    NUM_ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FILL_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    num_answers: int
+    mean_fill: float
+    def __init__(self, tier: _Optional[str] = ..., num_answers: _Optional[int] = ..., mean_fill: _Optional[float] = ...) -> None: ...
+
 class ScheduleRequest(_message.Message):
-    __slots__ = ("batch_id", "pending", "workers", "running")
+    __slots__ = ("batch_id", "pending", "workers", "running", "tier_answers")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TIER_ANSWERS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     pending: _containers.RepeatedCompositeFieldContainer[PendingRequest]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerSlots]
     running: _containers.RepeatedCompositeFieldContainer[RunningRequest]
-    def __init__(self, batch_id: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingRequest, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerSlots, _Mapping]]] = ..., running: _Optional[_Iterable[_Union[RunningRequest, _Mapping]]] = ...) -> None: ...
+    tier_answers: _containers.RepeatedCompositeFieldContainer[TierAnswers]
+    def __init__(self, batch_id: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingRequest, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerSlots, _Mapping]]] = ..., running: _Optional[_Iterable[_Union[RunningRequest, _Mapping]]] = ..., tier_answers: _Optional[_Iterable[_Union[TierAnswers, _Mapping]]] = ...) -> None: ...
 
 class Placement(_message.Message):
     __slots__ = ("request_id", "worker_id")
