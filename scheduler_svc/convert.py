@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, Sequence, TypeVar, overload
+from typing import Callable, Generic, Iterator, Mapping, Sequence, TypeVar, overload
 
 from llmos.wire import WireError, pb
 from scheduler_svc.data import (MIN_ANSWERS_FOR_FILL, KernelView, PendingRequest, PolicyDecision,
                                 RunningRequest, WorkerSlots)
 
-NO_FILLS: dict[str, float] = {}
+NO_FILLS: Mapping[str, float] = {}  # no tier's fill known (read only)
 
 
 def answer_fills(request: pb.ScheduleRequest) -> dict[str, float]:
@@ -19,7 +19,7 @@ def answer_fills(request: pb.ScheduleRequest) -> dict[str, float]:
 
 
 def pending_from_proto(request: pb.PendingRequest,
-                       fills: dict[str, float] = NO_FILLS) -> PendingRequest:
+                       fills: Mapping[str, float] = NO_FILLS) -> PendingRequest:
     return PendingRequest(
         request_id=request.request_id, tier_rank=request.tier_rank, tenant=request.tenant,
         model=request.model, prompt_chars=request.prompt_chars, max_tokens=request.max_tokens,
@@ -31,7 +31,7 @@ def pending_from_proto(request: pb.PendingRequest,
 
 
 def running_from_proto(request: pb.RunningRequest,
-                       fills: dict[str, float] = NO_FILLS) -> RunningRequest:
+                       fills: Mapping[str, float] = NO_FILLS) -> RunningRequest:
     return RunningRequest(
         request_id=request.request_id, worker_id=request.worker_id, tier_rank=request.tier_rank,
         tenant=request.tenant, prompt_chars=request.prompt_chars,
