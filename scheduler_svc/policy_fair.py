@@ -6,16 +6,21 @@ requests generate adds 1 / weight to its counter, and the tenant with the
 smallest counter goes next. Tiers stay strict: a lower tier is served only
 after every request of a higher one that fits.
 
+A placement charges the request's expected tokens (`max_tokens`) at once, and
+the account is settled when it ends: the tokens it made beyond the charge are
+added, the ones it did not make are given back. Charging only tokens already
+made would lag: a tenant behind gets every freed slot until the tokens of the
+requests just placed show up, then none, and the running mix (so the share,
+second by second) swings far around the weights.
+
 This policy keeps state across calls (it lives in the scheduler process, or in
 the broker while the scheduler is down): the counters, and how many tokens of
-each request it already charged. Tokens come from `running[*].generated_tokens`
-(and from a re-queued request's `generated_tokens`); a request gone from both
-lists finished, and the tokens it made after its last report are estimated
-(see `charge_generated_tokens`). Within one batch, each placement charges its
-expected tokens to a local copy only, so a batch of many free slots is shared
-by weight too. A tenant that comes back after idling starts at the smallest
-counter of its tier's active tenants: idle time banks no credit. It never
-preempts.
+each request it charged. Tokens come from `running[*].generated_tokens` (and
+from a re-queued request's `generated_tokens`); a request gone from both lists
+finished, and the tokens it made after its last report are estimated (see
+`charge_generated_tokens`). A tenant that comes back after idling starts at the
+smallest counter of its tier's active tenants: idle time banks no credit. It
+never preempts.
 """
 
 from __future__ import annotations
@@ -37,17 +42,22 @@ _Key = tuple[int, str]  # (tier rank, tenant)
 
 @dataclass
 class _Tracked:
-    """One request's account: the tokens already charged for it."""
+    """One request's account: the tokens it made as last seen, and those charged for it."""
 
     key: _Key
     max_tokens: int
     tokens_seen: int = 0
+    tokens_charged: int = 0   # to its tenant's counter: its expected tokens once placed
     last_stretch: int = 0     # tokens it made between its last two reports
     is_started: bool = False  # placed here, or seen with tokens
 
     def unseen_tail(self) -> int:
         tokens_left = max(0, self.max_tokens - self.tokens_seen)
         return min(tokens_left, self.last_stretch) if self.last_stretch else tokens_left
+
+    def final_tokens(self) -> int:
+        """What it made in all, once it left the lists: its unseen tail estimated."""
+        return self.tokens_seen + (self.unseen_tail() if self.is_started else 0)
 
 
 def parse_tenant_weights(text: str) -> dict[str, float]:
@@ -96,10 +106,11 @@ class FairPolicy(SchedulingPolicy):
 
     def charge_generated_tokens(self, pending: Iterable[PendingRequest],
                                 running: Iterable[RunningRequest]) -> None:
-        """Add the tokens generated since the last call to each tenant's counter.
+        """Charge each tenant's counter the tokens made beyond what was charged, and
+        settle the account of each request that ended.
 
         A request that left both lists finished (or was cancelled) after its last
-        report; its unseen last stretch is charged as its last observed stretch,
+        report; its unseen last stretch is estimated as its last observed stretch,
         capped by what it had left, or all it had left when it was never seen running."""
         listed: dict[str, _Tracked] = {}
         for request in [*pending, *running]:
@@ -107,17 +118,23 @@ class FairPolicy(SchedulingPolicy):
                 (request.tier_rank, request.tenant), max_tokens=expected_tokens(request.max_tokens))
             new_tokens = request.generated_tokens - tracked.tokens_seen
             if new_tokens > 0:
-                self._charge(tracked.key, new_tokens)
                 tracked.tokens_seen = request.generated_tokens
                 tracked.last_stretch = new_tokens
                 tracked.is_started = True
+                self._charge_up_to(tracked, tracked.tokens_seen)
             listed[request.request_id] = tracked
-        for tracked in self._tracked.values():
-            if tracked.is_started:
-                self._charge(tracked.key, tracked.unseen_tail())
+        for tracked in self._tracked.values():  # ended: settle
+            self._charge(tracked.key, tracked.final_tokens() - tracked.tokens_charged)
         self._tracked = listed
 
+    def _charge_up_to(self, tracked: _Tracked, num_tokens: int) -> None:
+        """Charge a request's tenant until `num_tokens` of its tokens are charged."""
+        if num_tokens > tracked.tokens_charged:
+            self._charge(tracked.key, num_tokens - tracked.tokens_charged)
+            tracked.tokens_charged = num_tokens
+
     def _charge(self, key: _Key, num_tokens: int) -> None:
+        """Add `num_tokens` (fewer than 0: give them back) weighted to the key's counter."""
         self.virtual_tokens[key] = (self.virtual_tokens.get(key, 0.0)
                                     + num_tokens / self.weight(key[1]))
 
@@ -140,19 +157,20 @@ class FairPolicy(SchedulingPolicy):
         queues: dict[str, deque[PendingRequest]] = defaultdict(deque)
         for request in sorted(requests, key=lambda r: (r.deadline_key, r.arrival_seq)):
             queues[request.tenant].append(request)
-        # (counter, tenant): counters are local, charged with each placement's expected tokens
+        # (counter, tenant): each placement charges its expected tokens at once
         turns = [(self.virtual_tokens.get((tier_rank, tenant), 0.0), tenant) for tenant in queues]
         heapq.heapify(turns)
         placements: list[Placement] = []
         while turns and placer.num_free_slots > 0:
-            counter, tenant = heapq.heappop(turns)
+            _, tenant = heapq.heappop(turns)
             queue = queues[tenant]
             request = queue.popleft()
             worker_id = placer.find_worker(request)
             if worker_id is not None:
                 placements.append(placer.place(request, worker_id))
-                self._tracked[request.request_id].is_started = True
-                counter += expected_tokens(request.max_tokens) / self.weight(tenant)
+                tracked = self._tracked[request.request_id]
+                tracked.is_started = True
+                self._charge_up_to(tracked, tracked.max_tokens)
             if queue:
-                heapq.heappush(turns, (counter, tenant))
+                heapq.heappush(turns, (self.virtual_tokens.get((tier_rank, tenant), 0.0), tenant))
         return placements

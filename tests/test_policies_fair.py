@@ -35,6 +35,7 @@ class FakePool:
     running: dict[str, RunningRequest] = field(default_factory=dict)
     pending: dict[str, PendingRequest] = field(default_factory=dict)
     tokens: Counter = field(default_factory=Counter)  # tenant -> tokens generated
+    mixes: list[Counter] = field(default_factory=list)  # per step: tenant -> requests running
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def refill(self, tenants: list[str], backlog: int = 20) -> None:
@@ -56,6 +57,7 @@ class FakePool:
             self.running[request.request_id] = make_running(
                 request.request_id, placement.worker_id, tenant=request.tenant,
                 max_tokens=request.max_tokens)
+        self.mixes.append(Counter(request.tenant for request in self.running.values()))
         for request_id, request in list(self.running.items()):
             generated = min(request.max_tokens, request.generated_tokens + self.tokens_per_step)
             self.tokens[request.tenant] += generated - request.generated_tokens
@@ -78,6 +80,32 @@ def test_token_shares_converge_to_the_weights() -> None:
         pool.step(["tenant-a", "tenant-b"])
     ratio = pool.tokens["tenant-b"] / pool.tokens["tenant-a"]
     assert 2.7 <= ratio <= 3.3, pool.tokens
+
+
+def test_the_running_mix_holds_the_weights_step_by_step() -> None:
+    """Placements charge their expected tokens at once: a tenant behind does not take
+    every freed slot until its new requests' tokens show up (the share would swing)."""
+    pool = FakePool(make_policy("fair", tenant_weights="tenant-a=1,tenant-b=3"),
+                    max_tokens={"tenant-a": 12, "tenant-b": 20})
+    for _ in range(60):
+        pool.step(["tenant-a", "tenant-b"])
+    assert all(sum(mix.values()) == 16 for mix in pool.mixes)  # every slot busy every step
+    # of 16 slots, a's weight is 4 (every request makes 4 tokens a step)
+    tenant_a_slots = [mix["tenant-a"] for mix in pool.mixes]
+    assert set(tenant_a_slots[10:]) <= {3, 4, 5}, tenant_a_slots
+
+
+def test_what_a_request_did_not_make_is_given_back() -> None:
+    """Charged its max_tokens when placed, a request that stops early is refunded."""
+    policy = make_policy("fair")
+    schedule(policy, [make_request("r", tenant="t", max_tokens=100)], [make_worker("w1")])
+    assert policy.virtual_tokens[(0, "t")] == 100
+    running = [make_running("r", "w1", tenant="t", generated_tokens=5, max_tokens=100)]
+    schedule(policy, [], [make_worker("w1", num_running=1)], running)
+    running[0].generated_tokens = 10
+    schedule(policy, [], [make_worker("w1", num_running=1)], running)
+    schedule(policy, [], [make_worker("w1")], [])  # it ended (at EOS) after its last report
+    assert policy.virtual_tokens[(0, "t")] == 15  # 10 seen, then a last stretch as long as 5
 
 
 def test_unknown_tenants_weigh_one_and_share_equally() -> None:
