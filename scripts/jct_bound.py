@@ -9,7 +9,8 @@ fcfs (arrival order), sjf (shortest job first, no preemption) and srpt
 (shortest remaining first, preemptive at every step; interactive first, as the
 tiers order them), and with `--llmos NAME` the scheduler's own policy code,
 asked at every step as the broker would (every answer fills its max_tokens, as the
-simulated workers' do, so the broker would report an answer fill of 1). Prints the mean JCT of each and its
+simulated workers' do, so the broker would report an answer fill of 1; with
+`--declared-max-tokens` batch jobs ask for more than they make). Prints the mean JCT of each and its
 gain over fcfs, by class, at the given batch arrival rates.
 
     python scripts/jct_bound.py                     # nominal rate and a few others
@@ -101,6 +102,11 @@ class ModelJob:
     worker_id: str = ""
     dispatched_at_s: float = 0.0
     tokens_at_dispatch: int = 0
+    declared_max_tokens: int = 0   # what the policy is told (0: max_tokens, the answer's length)
+
+    @property
+    def bound(self) -> int:
+        return self.declared_max_tokens or self.max_tokens
 
 
 def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Namespace
@@ -120,8 +126,9 @@ def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Names
     while next_job < len(arrivals) or waiting or running:
         while next_job < len(arrivals) and arrivals[next_job][0] <= now_s:
             offset_s, tokens, tier, prompt_chars = arrivals[next_job]
+            declared = args.declared_max_tokens if tier != INTERACTIVE else 0
             job = ModelJob(f"r{next_job}", offset_s, tier, tokens, prompt_chars, next_job,
-                           queued_at_s=offset_s)
+                           queued_at_s=offset_s, declared_max_tokens=declared)
             waiting[job.request_id] = job
             next_job += 1
         if not waiting and not running:
@@ -160,16 +167,17 @@ def decide(policy: Any, waiting: dict[str, ModelJob], running: dict[str, ModelJo
     for job in running.values():
         per_worker[job.worker_id] += 1
     pending = [PendingRequest(j.request_id, tier_rank=tier_rank[j.tier], model="m",
-                              prompt_chars=j.prompt_chars, max_tokens=j.max_tokens,
+                              prompt_chars=j.prompt_chars, max_tokens=j.bound,
                               arrival_seq=j.arrival_seq, generated_tokens=j.generated_tokens,
-                              waited_s=now_s - j.queued_at_s, tier=j.tier, answer_fill=1.0)
+                              waited_s=now_s - j.queued_at_s, tier=j.tier,
+                              answer_fill=answer_fill(j))
                for j in waiting.values()]
     live = [RunningRequest(j.request_id, j.worker_id, tier_rank=tier_rank[j.tier],
                            prompt_chars=j.prompt_chars, generated_tokens=j.generated_tokens,
-                           max_tokens=j.max_tokens, arrival_seq=j.arrival_seq,
+                           max_tokens=j.bound, arrival_seq=j.arrival_seq,
                            running_s=now_s - j.dispatched_at_s, tier=j.tier,
                            tokens_since_dispatch=j.generated_tokens - j.tokens_at_dispatch,
-                           answer_fill=1.0)
+                           answer_fill=answer_fill(j))
             for j in running.values()]
     workers = [WorkerSlots(worker_id, ("m",), count, slots_per_worker)
                for worker_id, count in per_worker.items()]
@@ -190,6 +198,12 @@ def decide(policy: Any, waiting: dict[str, ModelJob], running: dict[str, ModelJo
         running[job.request_id] = job
 
 
+def answer_fill(job: ModelJob) -> float:
+    """What the broker would report for the job's tier: answers fill an exact bound (1);
+    under a declared one, they fill about the mean answer's share of it (low)."""
+    return 1.0 if not job.declared_max_tokens else 0.1
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -208,6 +222,9 @@ def main() -> None:
     parser.add_argument("--prefill-token-ms", type=float, default=0.0,
                         help="llmos policies only: step time per prefilled token (the simulated "
                              "workers' default is 0.02), so preemption by recompute costs")
+    parser.add_argument("--declared-max-tokens", type=int, default=0,
+                        help="llmos policies only: every batch job tells the policy this "
+                             "max_tokens (its answer ends before); 0: its answer's length")
     parser.add_argument("--bubble", action="store_true",
                         help="llmos policies only: a slot freed by a job that ended stays empty "
                              "for one step, as on the stack")

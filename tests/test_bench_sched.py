@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from llmos.bench.driver import Outcome, RunResult
 from llmos.bench.sched_config import SchedBenchConfig
 from llmos.bench.sched_runs import chat_workloads
-from llmos.bench.workload import BATCH, INTERACTIVE, bounded_pareto, tenant_jobs
+from llmos.bench.workload import BATCH, INTERACTIVE, BatchFlood, bounded_pareto, tenant_jobs
 from llmos.cli import cli
 
 HEADLINE_KEYS = ("interactive_ttft_p99_vs_idle", "interactive_ttft_p99_gain_vs_fcfs",
@@ -104,6 +105,19 @@ def test_bounded_pareto_stays_in_bounds_with_a_heavy_tail():
     assert min(draws) == 8 and max(draws) <= 256
     median = sorted(draws)[len(draws) // 2]
     assert sum(draws) / len(draws) > 1.5 * median, "the mean sits well above the median"
+
+
+def test_a_declared_max_tokens_marks_each_answers_length_in_its_prompt() -> None:
+    from workers.sim import stop_at_tokens
+
+    exact = BatchFlood(burst=4, rate_per_s=20, duration_s=1, pareto_alpha=1.2, min_tokens=8,
+                       max_tokens=64)
+    loose = dataclasses.replace(exact, declared_max_tokens=256)
+    for tight, job in zip(exact.jobs(seed=3), loose.jobs(seed=3), strict=True):
+        assert (job.max_tokens, job.answer_tokens, job.offset_s) == (256, tight.max_tokens,
+                                                                   tight.offset_s)
+        assert stop_at_tokens(job.prompt, job.max_tokens) == tight.max_tokens
+        assert tight.answer_tokens == 0 and stop_at_tokens(tight.prompt, tight.max_tokens) == tight.max_tokens
 
 
 def test_tenant_jobs_carry_the_tenant_and_stop_at_the_limit():

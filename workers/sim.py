@@ -24,6 +24,12 @@ sends them back. (Prompts that other requests share are not simulated.)
 Like the real engine, which takes commands between steps, a worker told to
 preempt a request in the step in flight lets that step end first: the request
 keeps the step's token, then leaves.
+
+A simulated answer runs to its `max_tokens` (finish reason `length`), unless
+its prompt says how long the simulated model would answer: `sim-answer-tokens=N`
+anywhere in the prompt ends it after N tokens with `eos`, as a real model
+decides from its prompt when to stop. Benchmarks use it to give requests a
+`max_tokens` looser than their answers.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import heapq
 import json
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -54,6 +61,20 @@ SIM_TOKEN_ID = 42
 SIM_TOKEN_TEXT = " tok"
 CHARS_PER_TOKEN = 4  # the broker sends text; a simulated tokenizer only needs a length
 CACHE_FRACTION = 0.5  # preempted requests' tokens a worker keeps, as a share of its KV capacity
+ANSWER_TOKENS_MARK = "sim-answer-tokens="
+_ANSWER_TOKENS = re.compile(re.escape(ANSWER_TOKENS_MARK) + r"(\d+)")
+
+
+def answer_tokens_mark(num_tokens: int) -> str:
+    """Prompt text that ends a simulated answer after `num_tokens` tokens (with `eos`)."""
+    return f"{ANSWER_TOKENS_MARK}{num_tokens}"
+
+
+def stop_at_tokens(prompt: str, max_tokens: int) -> int:
+    """How many tokens a simulated answer to `prompt` makes: its mark's count, at most
+    `max_tokens`; `max_tokens` without a mark."""
+    mark = _ANSWER_TOKENS.search(prompt)
+    return min(max_tokens, max(1, int(mark.group(1)))) if mark else max_tokens
 
 
 @dataclass(frozen=True)
@@ -113,10 +134,22 @@ class SimRequest:
     num_generated: int          # resumed requests arrive with tokens already sent
     num_blocks: int
     prefix_hashes: tuple[int, ...] = ()  # of its prompt text, as the broker computes them
+    stop_at: int = 0            # tokens its answer makes in all (0: max_tokens)
     num_cached_tokens: int = 0  # kept from before a preemption: its prefill skips them
     is_prefilled: bool = False  # a step has paid for its prompt
     is_reported: bool = False   # its first delta (with prompt_tokens) went out
     is_preempting: bool = False  # told to preempt while in the step in flight: leaves at its end
+
+    @property
+    def answer_tokens(self) -> int:
+        """The tokens it makes in all before it finishes."""
+        return self.stop_at or self.max_tokens
+
+    @property
+    def finish_reason(self) -> int:
+        """`length` at its max_tokens, `eos` where its answer ends before."""
+        return (pb.FINISH_REASON_LENGTH if self.answer_tokens >= self.max_tokens
+                else pb.FINISH_REASON_EOS)
 
 
 @dataclass
@@ -217,9 +250,9 @@ class SimWorker:
                 delta.prompt_tokens = request.prompt_tokens
                 request.is_reported = True
             request.num_generated += 1
-            if request.num_generated >= request.max_tokens:
+            if request.num_generated >= request.answer_tokens:
                 delta.is_finished = True
-                delta.finish_reason = pb.FINISH_REASON_LENGTH
+                delta.finish_reason = request.finish_reason
                 finished.append(request)
             elif request.is_preempting:
                 preempted.append(request)
@@ -331,11 +364,12 @@ class SimPool:
         request = SimRequest(dispatch.request_id, prompt_tokens, max_tokens,
                              len(dispatch.generated_token_ids),
                              math.ceil(total / worker.block_size),
-                             tuple(prompt_block_hashes(dispatch.prompt)))
+                             tuple(prompt_block_hashes(dispatch.prompt)),
+                             stop_at=stop_at_tokens(dispatch.prompt, max_tokens))
         worker.take_computed(request)
-        if request.num_generated >= max_tokens:  # resumed with nothing left to make
+        if request.num_generated >= request.answer_tokens:  # resumed with nothing left to make
             worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[
-                final_delta(request.request_id, pb.FINISH_REASON_LENGTH)])))
+                final_delta(request.request_id, request.finish_reason)])))
             return
         worker.waiting.append(request)
         self.start_waiting(worker, time.monotonic())

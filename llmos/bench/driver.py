@@ -46,6 +46,11 @@ class Outcome:
     finished_s: float = math.nan
     num_tokens: int = 0
     error: str = ""        # the error code's name when the request failed
+    answer_tokens: int = 0  # the answer's length, where max_tokens is looser (0: max_tokens)
+
+    @property
+    def answer_length(self) -> int:
+        return self.answer_tokens or self.max_tokens
 
     @property
     def ttft_s(self) -> float:
@@ -130,7 +135,7 @@ class LoadDriver:
         request = pb.GenerateRequest(request_id=request_id, prompt=job.prompt, tier=job.tier,
                                      tenant=job.tenant,
                                      sampling=pb.SamplingParams(max_tokens=job.max_tokens))
-        outcome = Outcome(job.group, arrival_s, job.max_tokens)
+        outcome = Outcome(job.group, arrival_s, job.max_tokens, answer_tokens=job.answer_tokens)
         self.live[request_id] = outcome
         self.outcomes.append(outcome)
         if loop is not None:

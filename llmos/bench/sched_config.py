@@ -23,6 +23,9 @@ class SchedBenchConfig:
     batch_pareto_alpha: float = option(1.2, "(a) shape of the batch answers' bounded Pareto law")
     batch_min_tokens: int = option(8, "(a) shortest batch answer")
     batch_max_tokens: int = option(256, "(a) longest batch answer")
+    batch_declared_max_tokens: int = option(0, "(a) every batch request's max_tokens, its answer "
+                                               "ending before (eos); 0: each asks for its answer's "
+                                               "exact length")
     workers: int = option(4, "(a, b) simulated workers")
     slots: int = option(8, "requests each simulated worker runs at once (max_num_seqs)")
     step_base_ms: float = option(20.0, "simulated step time: fixed part, ms")
@@ -67,6 +70,9 @@ class SchedBenchConfig:
             raise click.BadParameter("--workers, --slots and --scale-workers must be at least 1")
         if not 1 <= self.batch_min_tokens <= self.batch_max_tokens:
             raise click.BadParameter("need 1 <= --batch-min-tokens <= --batch-max-tokens")
+        if 0 < self.batch_declared_max_tokens < self.batch_max_tokens:
+            raise click.BadParameter("--batch-declared-max-tokens must be 0 or at least "
+                                     "--batch-max-tokens")
         if self.scale_clients < 1 or self.scale_in_flight < self.scale_clients:
             raise click.BadParameter("need --scale-clients >= 1 and --scale-in-flight >= it")
 

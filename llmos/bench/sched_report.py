@@ -26,6 +26,9 @@ def chat_lines(summary: dict[str, Any]) -> list[str]:
              f"asking {settings['batch_load']:g}x the {chat['token_capacity_per_s']:.0f} tokens/s "
              f"of {settings['workers']} workers x {settings['slots']} slots), "
              f"{settings['duration_s']:g} s of arrivals"]
+    if settings["batch_declared_max_tokens"]:
+        lines.append(f"batch requests ask for max_tokens {settings['batch_declared_max_tokens']}; "
+                     "their answers end before it (eos)")
     headers = ["POLICY", "INT TTFT P50/P99 MS", "P99 VS IDLE", "P99 GAIN VS FCFS", "JCT MEAN S",
                "JCT GAIN", "BATCH MAX JCT S", "UNFINISHED", "TOK/S", "VS FCFS", "FALLBACKS"]
     idle = chat["idle"]

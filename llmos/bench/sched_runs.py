@@ -62,7 +62,8 @@ def chat_workloads(config: SchedBenchConfig) -> tuple[ChatWorkload, BatchFlood]:
     batch_rate = max(0.0, batch_tokens_per_s) / mean_tokens
     flood = BatchFlood(burst=config.workers * config.slots, rate_per_s=batch_rate,
                        duration_s=config.duration_s, pareto_alpha=config.batch_pareto_alpha,
-                       min_tokens=config.batch_min_tokens, max_tokens=config.batch_max_tokens)
+                       min_tokens=config.batch_min_tokens, max_tokens=config.batch_max_tokens,
+                       declared_max_tokens=config.batch_declared_max_tokens)
     return chat, flood
 
 
@@ -114,7 +115,7 @@ def chat_figures(result: RunResult) -> dict[str, Any]:
         "batch_unfinished": sum(not o.is_done for o in batch),
         "batch_jct_mean_s": mean(jct_s(o) for o in batch),
         "batch_jct_mean_by_length_s": {
-            label: mean(jct_s(o) for o in batch if low <= o.max_tokens <= high)
+            label: mean(jct_s(o) for o in batch if low <= o.answer_length <= high)
             for label, (low, high) in BATCH_LENGTH_CLASSES.items()},
         "batch_max_jct_s": max((jct_s(o) for o in batch), default=None),
         "batch_max_ttft_s": max((w for w in batch_waits if math.isfinite(w)), default=None),

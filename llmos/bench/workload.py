@@ -6,7 +6,9 @@ one run sees the very same arrivals, prompts and answer lengths.
 - interactive chat: short prompts, short answers, Poisson arrivals;
 - a batch flood: an opening burst that fills every slot, then Poisson arrivals
   above the stack's capacity, answer lengths from a bounded Pareto (heavy tail:
-  most answers are short, a few are very long);
+  most answers are short, a few are very long), each asked for as its
+  `max_tokens`, or with a looser `max_tokens` and the answer's length marked
+  in the prompt for the simulated workers (`workers.sim.answer_tokens_mark`);
 - tenants: closed loops (a fixed number of live requests each), fixed lengths;
 - scale: a closed loop of tiny requests.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from workers.sim import answer_tokens_mark
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -34,6 +38,7 @@ class Job:
     max_tokens: int
     tenant: str = ""
     offset_s: float = 0.0   # open loop: when it arrives, seconds after the run starts
+    answer_tokens: int = 0  # the answer's length where max_tokens is looser (0: max_tokens)
 
 
 def poisson_offsets(rate_per_s: float, duration_s: float, rng: random.Random) -> list[float]:
@@ -100,13 +105,20 @@ class BatchFlood:
     min_tokens: int
     max_tokens: int
     prompt_chars: tuple[int, int] = (200, 800)
+    declared_max_tokens: int = 0  # every request's max_tokens (0: its answer's length)
 
     def jobs(self, seed: int) -> list[Job]:
         rng = random.Random(f"batch-{seed}")
         offsets = [0.0] * self.burst + poisson_offsets(self.rate_per_s, self.duration_s, rng)
-        return [Job(BATCH, BATCH, make_prompt(rng, rng.randint(*self.prompt_chars)),
-                    bounded_pareto(rng, self.pareto_alpha, self.min_tokens, self.max_tokens),
-                    offset_s=offset) for offset in offsets]
+        return [self.job(make_prompt(rng, rng.randint(*self.prompt_chars)),
+                         bounded_pareto(rng, self.pareto_alpha, self.min_tokens, self.max_tokens),
+                         offset) for offset in offsets]
+
+    def job(self, prompt: str, answer_tokens: int, offset_s: float) -> Job:
+        if not self.declared_max_tokens:
+            return Job(BATCH, BATCH, prompt, answer_tokens, offset_s=offset_s)
+        return Job(BATCH, BATCH, f"{prompt} {answer_tokens_mark(answer_tokens)}",
+                   self.declared_max_tokens, offset_s=offset_s, answer_tokens=answer_tokens)
 
 
 def tenant_jobs(tenant: str, tier: str, max_tokens: int, seed: int,
