@@ -5,13 +5,15 @@ The very jobs `llmos bench sched` submits (same seed, same generators), run on
 a fluid model of its simulated workers: `slots` requests in all, one token per
 request per step, a step of `step_base_ms + step_per_seq_ms * requests per
 worker`, no prefill, no messages, free preemption and migration. Policies:
-fcfs (arrival order), sjf (shortest job first, no preemption) and srpt
-(shortest remaining first, preemptive at every step; interactive first, as the
-tiers order them), and with `--llmos NAME` the scheduler's own policy code,
-asked at every step as the broker would (every answer fills its max_tokens, as the
-simulated workers' do, so the broker would report an answer fill of 1; with
-`--declared-max-tokens` batch jobs ask for more than they make). Prints the mean JCT of each and its
-gain over fcfs, by class, at the given batch arrival rates.
+fcfs (arrival order), sjf (shortest job first, no preemption), srpt (shortest
+remaining first, preemptive at every step; interactive first, as the tiers
+order them) and las (least attained service first, likewise: an ideal mlfq,
+about the best a policy blind to lengths does here). With `--llmos NAME`, also
+the scheduler's own policy code, asked at every step as the broker would
+(every answer fills its max_tokens, as the simulated workers' do, so the
+broker would report an answer fill of 1; with `--declared-max-tokens` batch
+jobs ask for more than they make). Prints the mean JCT of each and its gain
+over fcfs, by class, at the given batch arrival rates.
 
     python scripts/jct_bound.py                     # nominal rate and a few others
     python scripts/jct_bound.py --rate 53           # one rate
@@ -70,8 +72,10 @@ def simulate(policy: str, batch_rate: float, args: argparse.Namespace) -> list[t
             waiting.sort(key=lambda job: job[1])
         elif policy == "sjf":
             waiting.sort(key=lambda job: (job[2] != INTERACTIVE, job[0], job[1]))
-        if policy == "srpt":
-            everyone = sorted(running + waiting, key=lambda job: (job[2] != INTERACTIVE, job[0], job[1]))
+        if policy in ("srpt", "las"):
+            # srpt: fewest tokens left; las: fewest tokens made (blind to lengths)
+            size = (lambda job: job[0]) if policy == "srpt" else (lambda job: job[3] - job[0])
+            everyone = sorted(running + waiting, key=lambda job: (job[2] != INTERACTIVE, size(job), job[1]))
             running, waiting = everyone[:args.slots], everyone[args.slots:]
         else:
             while len(running) < args.slots and waiting:
@@ -236,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
     for rate in args.rate or [48.1, 40.0, 53.0, 60.0]:
         fcfs_mean = None
-        for policy in ("fcfs", "sjf", "srpt", *(f"llmos-{name}" for name in args.llmos)):
+        for policy in ("fcfs", "sjf", "srpt", "las", *(f"llmos-{name}" for name in args.llmos)):
             done = simulate(policy, rate, args)
             jct = mean([d[0] for d in done])
             fcfs_mean = fcfs_mean or jct
