@@ -10,6 +10,11 @@ from llmos.wire.constants import MAX_FRAME_BYTES, SOCKET_HWM, SOCKET_LINGER_MS
 
 log = logging.getLogger("llmos.wire")
 
+# Plain ints: pyzmq's flag enums cost an enum operation per frame (send_multipart ORs
+# SNDMORE into every frame's flags), measurable where the broker sends per token.
+_SEND_MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)
+_SEND_LAST_NOW = int(zmq.NOBLOCK)
+
 
 def _apply_common(socket: zmq.Socket) -> None:
     socket.setsockopt(zmq.LINGER, SOCKET_LINGER_MS)
@@ -75,9 +80,13 @@ def send_reply(router: zmq.Socket, identity: bytes, has_delimiter: bool, payload
     With ROUTER_MANDATORY a vanished peer raises EHOSTUNREACH, and a peer that
     stopped reading raises EAGAIN at its high-water mark; both mean "gone".
     """
-    frames = [identity, b"", payload] if has_delimiter else [identity, payload]
     try:
-        router.send_multipart(frames, zmq.NOBLOCK)
+        # frame by frame: a multipart message is queued whole once its first frame is
+        # (a refused first frame raises before anything is queued)
+        router.send(identity, _SEND_MORE_NOW)
+        if has_delimiter:
+            router.send(b"", _SEND_MORE_NOW)
+        router.send(payload, _SEND_LAST_NOW)
         return True
     except zmq.ZMQError as exc:
         log.warning("reply to peer %r dropped: %s", identity, exc)
