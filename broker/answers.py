@@ -20,29 +20,28 @@ LENGTH_FINISH_REASONS = frozenset({pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STO
 
 
 @dataclass
-class _TierFill:
+class TierFill:
     num_answers: int = 0
     mean_fill: float = 0.0
 
 
 class AnswerFills:
     def __init__(self) -> None:
-        self._by_tier: dict[str, _TierFill] = {}
+        self._by_tier: dict[str, TierFill] = {}
 
     def record(self, tier: str, finish_reason: int, num_generated: int, max_tokens: int) -> None:
         """Count one finished answer (others are ignored: see the module's docstring)."""
         if finish_reason not in LENGTH_FINISH_REASONS or max_tokens <= 0:
             return
         fill = min(1.0, num_generated / max_tokens)
-        entry = self._by_tier.setdefault(tier, _TierFill())
+        entry = self._by_tier.setdefault(tier, TierFill())
         entry.num_answers += 1
         # the exact mean of the first answers, then an exponential one
         entry.mean_fill += (fill - entry.mean_fill) / min(entry.num_answers, ANSWERS_AVERAGED)
 
-    def fill(self, tier: str) -> tuple[int, float]:
-        """(answers counted, mean fill) of one tier; (0, 0.0) before its first answer."""
-        entry = self._by_tier.get(tier, _TierFill())
-        return entry.num_answers, entry.mean_fill
+    def fill(self, tier: str) -> TierFill:
+        """One tier's answers counted and mean fill (none and 0 before its first answer)."""
+        return self._by_tier.get(tier) or TierFill()
 
     def tier_answers(self) -> list[pb.TierAnswers]:
         return [pb.TierAnswers(tier=tier, num_answers=entry.num_answers, mean_fill=entry.mean_fill)

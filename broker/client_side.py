@@ -167,11 +167,13 @@ class ClientSide:
     def status(self) -> pb.StatusReply:
         now_s = time.monotonic()
         running_by_tier = Counter(self.requests[i].tier for w in self.workers for i in w.running_ids)
-        tiers = [pb.TierStatus(tier=t, depth=self.queue.depth(t), max_depth=self.queue.max_depth[t],
-                               num_running=running_by_tier[t], num_answers=num_answers,
-                               answer_fill=answer_fill)
-                 for t in self.queue.tiers
-                 for num_answers, answer_fill in [self.answer_fills.fill(t)]]
+        tiers = []
+        for tier in self.queue.tiers:
+            fill = self.answer_fills.fill(tier)
+            tiers.append(pb.TierStatus(tier=tier, depth=self.queue.depth(tier),
+                                       max_depth=self.queue.max_depth[tier],
+                                       num_running=running_by_tier[tier],
+                                       num_answers=fill.num_answers, answer_fill=fill.mean_fill))
         workers = [w.status(now_s) for w in self.workers]
         policy = self.scheduler.policy_name if self.scheduler.is_online else self.scheduler.fallback.name
         return pb.StatusReply(tiers=tiers, workers=workers,

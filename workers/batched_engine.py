@@ -232,8 +232,9 @@ class BatchedEngine(PrefixCaching):
             has_preempted = True
         rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
         growth = [(s.request_id, s.num_cached_tokens + 1) for s in rows]
-        self.make_room(sum(self.budget.num_blocks_to_add(*g) for g in growth))
-        if sum(self.budget.num_blocks_to_add(*g) for g in growth) <= self.budget.num_free_blocks:
+        num_new_blocks = sum(self.budget.num_blocks_to_add(*g) for g in growth)
+        self.make_room(num_new_blocks)  # evicts cached prefixes only: no request's need changes
+        if num_new_blocks <= self.budget.num_free_blocks:
             for request_id, num_tokens in growth:  # the usual case: everyone fits
                 self.budget.hold(request_id, num_tokens)
             return has_preempted
