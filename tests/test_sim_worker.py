@@ -11,14 +11,24 @@ from stack import Stack
 pytestmark = pytest.mark.e2e
 
 
+def start_sim_workers(stack: Stack, count: int) -> None:
+    """`count` simulated workers (ids sim-0... , or sim for one) in one process, as a user
+    starts them, serving the model "simulated"; returns once the broker has them all."""
+    stack.start_process("sim", "worker", "--engine", "sim", "--sim-workers", str(count),
+                        "--worker-id", "sim", "--model-name", "simulated",
+                        "--broker-worker-address", stack.ports.worker_address,
+                        "--kernel-address", stack.kernel_address)
+    stack.wait_ready(num_workers=count)
+
+
+def tier_status(status: pb.StatusReply, tier: str) -> pb.TierStatus:
+    return next(entry for entry in status.tiers if entry.tier == tier)
+
+
 def test_simulated_workers_answer_through_the_real_stack(tmp_path):
     stack = Stack(model_dir=tmp_path, log_dir=tmp_path, num_workers=0)
     with stack:
-        stack.start_process("sim", "worker", "--engine", "sim", "--sim-workers", "5",
-                            "--worker-id", "sim", "--model-name", "simulated",
-                            "--broker-worker-address", stack.ports.worker_address,
-                            "--kernel-address", stack.kernel_address)
-        stack.wait_ready(num_workers=5)
+        start_sim_workers(stack, 5)
         with stack.client() as client:
             ids = [client.submit(f"prompt {i} " * 8, max_tokens=8, tier="batch") for i in range(20)]
             results = [client.result(request_id) for request_id in ids]
@@ -29,7 +39,7 @@ def test_simulated_workers_answer_through_the_real_stack(tmp_path):
     assert len({r.worker_id for r in results}) > 1, "placement spread the load"
     assert sorted(w.worker_id for w in status.workers) == [f"sim-{i}" for i in range(5)]
     # simulated answers run to their max_tokens: the scheduler is told the batch tier's fill
-    batch = next(tier for tier in status.tiers if tier.tier == "batch")
+    batch = tier_status(status, "batch")
     assert (batch.num_answers, batch.answer_fill) == (20, 1.0)
     assert len(view.workers) == 5 and all(w.kv_blocks_total > 0 for w in view.workers)
 
@@ -41,11 +51,7 @@ def test_a_prompt_may_end_the_simulated_answer_before_its_max_tokens(tmp_path):
 
     stack = Stack(model_dir=tmp_path, log_dir=tmp_path, num_workers=0)
     with stack:
-        stack.start_process("sim", "worker", "--engine", "sim", "--worker-id", "sim",
-                            "--model-name", "simulated",
-                            "--broker-worker-address", stack.ports.worker_address,
-                            "--kernel-address", stack.kernel_address)
-        stack.wait_ready(num_workers=1)
+        start_sim_workers(stack, 1)
         with stack.client() as client:
             ids = [client.submit(f"prompt {i} {answer_tokens_mark(4)}", max_tokens=16, tier="batch")
                    for i in range(4)]
@@ -54,7 +60,7 @@ def test_a_prompt_may_end_the_simulated_answer_before_its_max_tokens(tmp_path):
             status = client.status()
     assert [(r.usage.generated_tokens, r.finish_reason) for r in results] == [
         (4, pb.FINISH_REASON_EOS)] * 4 + [(16, pb.FINISH_REASON_LENGTH)]
-    batch = next(tier for tier in status.tiers if tier.tier == "batch")
+    batch = tier_status(status, "batch")
     assert (batch.num_answers, batch.answer_fill) == (5, pytest.approx((4 * 0.25 + 1) / 5))
 
 
