@@ -24,12 +24,14 @@ class WorkerRecord:
     heartbeat_interval_s: float
     expiry_s: float
     running_ids: set[str] = field(default_factory=set)
-    num_preempting: int = 0  # running requests told to stop: their slots are as good as free
+    # running requests told to preempt, or making their last token: their slots are as
+    # good as free, because each leaves at the end of the step in flight
+    num_leaving: int = 0
     tokens: RateMeter = field(default_factory=RateMeter)
 
     @property
     def num_busy(self) -> int:
-        return len(self.running_ids) - self.num_preempting
+        return len(self.running_ids) - self.num_leaving
 
     @property
     def has_capacity(self) -> bool:

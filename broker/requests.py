@@ -34,6 +34,7 @@ class RequestState:
     num_preemptions: int = 0
     is_answered: bool = False       # the client has its final message (or is gone)
     is_preempting: bool = False     # a Preempt was sent; re-queue on the PREEMPTED delta
+    is_finishing: bool = False      # the step in flight makes its last token (by max_tokens)
 
     @property
     def client_request_id(self) -> str:
@@ -58,6 +59,19 @@ class RequestState:
     @property
     def tenant(self) -> str:
         return self.admission.tenant
+
+    @property
+    def is_leaving(self) -> bool:
+        """It leaves its worker at the end of the step in flight: told to preempt, or
+        making its last token."""
+        return self.is_preempting or self.is_finishing
+
+    @property
+    def is_on_last_token(self) -> bool:
+        """The next token it makes is the last one max_tokens allows (a worker makes one
+        token per request per step, so its next step ends it, or EOS ends it sooner)."""
+        return (self.kind == pb.TASK_KIND_GENERATE
+                and len(self.generated_token_ids) + 1 >= self.admission.sampling.max_tokens)
 
     @cached_property
     def prefix_hashes(self) -> list[int]:

@@ -44,7 +44,7 @@ class Scheduling:
         pending = [self.requests[i].pending(now_s)
                    for i in self.queue.in_order(MAX_PENDING_PER_TIER_ASKED)]
         running = [self.requests[i].running(now_s) for w in self.workers for i in w.running_ids
-                   if not self.requests[i].is_answered and not self.requests[i].is_preempting]
+                   if not self.requests[i].is_answered and not self.requests[i].is_leaving]
         return pb.ScheduleRequest(pending=pending, workers=workers, running=running,
                                   tier_answers=self.answer_fills.tier_answers())
 
@@ -52,7 +52,7 @@ class Scheduling:
         """Act on each preemption and placement that still holds."""
         for preemption in decision.preemptions:
             request = self.requests.get(preemption.request_id)
-            if (request is None or request.is_answered or request.is_preempting
+            if (request is None or request.is_answered or request.is_leaving
                     or request.worker_id != preemption.worker_id):
                 continue
             worker = self.workers.by_id(preemption.worker_id)
@@ -60,7 +60,7 @@ class Scheduling:
                 log.info("preempting %s tier %s on worker %s: %s", request.request_id,
                          request.tier, worker.worker_id, preemption.reason)
                 request.is_preempting = True
-                worker.num_preempting += 1
+                worker.num_leaving += 1
                 self.send_worker(worker, pack(pb.Preempt(request_id=request.request_id)))
         now_s = time.monotonic()
         for placement in decision.placements:

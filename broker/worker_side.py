@@ -83,6 +83,8 @@ class WorkerSide:
                                                 pack(chunk)):
             return
         if not delta.is_finished:
+            if request.is_on_last_token and not request.is_leaving:
+                self.count_slot_as_free(request, worker)
             return
         self.let_go(request, worker)
         if delta.finish_reason == pb.FINISH_REASON_PREEMPTED:
@@ -103,12 +105,21 @@ class WorkerSide:
                                      request.admission.sampling.max_tokens)
             self.answer(request, pack(request.result(delta.finish_reason, worker.worker_id, now_s)))
 
+    def count_slot_as_free(self, request: RequestState, worker: WorkerRecord) -> None:
+        """The step in flight makes the request's last token: dispatch into its slot now.
+        The next request then waits in the worker's queue and starts on the very next
+        step; dispatched once the last token is reported, it would reach the worker after
+        that next step began, and the slot would sit idle for a step."""
+        request.is_finishing = True
+        worker.num_leaving += 1
+        self.needs_schedule = True
+
     def let_go(self, request: RequestState, worker: WorkerRecord) -> None:
         """The worker no longer holds the request: free its slot."""
         worker.running_ids.discard(request.request_id)
-        if request.is_preempting:
-            worker.num_preempting -= 1
-            request.is_preempting = False
+        if request.is_leaving:
+            worker.num_leaving -= 1
+            request.is_preempting = request.is_finishing = False
         request.worker_id = None
         self.needs_schedule = True
         if request.is_answered:
@@ -145,7 +156,7 @@ class WorkerSide:
                         len(request.generated_token_ids))
             self.requeue(request, time.monotonic())
         worker.running_ids.clear()
-        worker.num_preempting = 0
+        worker.num_leaving = 0
 
     def requeue(self, request: RequestState, now_s: float) -> None:
         """Back to the head of its lane, keeping the tokens it made."""

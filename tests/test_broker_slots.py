@@ -1,0 +1,107 @@
+"""How the broker counts a worker's slots, against a real broker process and a
+worker driven by hand over its socket (so every step is the test's to take).
+
+A request making its last token leaves at the end of the step in flight, so the
+broker dispatches the next request into its slot at once: the worker holds it in
+its queue and starts it on the very next step instead of one step later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import zmq
+
+from llmos.processes import free_address
+from llmos.wire import pack, pb, unpack
+from llmos.wire.sockets import connect_dealer
+from service_process import REPLY_TIMEOUT_S, ask, dealer, running_service, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "hand-driven"
+WORKER_ID = "w1"
+QUIET_S = 0.5  # how long "no dispatch" is watched for
+WORKER_MESSAGES = frozenset({"dispatch", "heartbeat", "preempt", "cancel", "disconnect"})
+
+
+class HandWorker:
+    """A worker that registers one slot and makes tokens only when the test says."""
+
+    def __init__(self, socket: zmq.Socket) -> None:
+        self.socket = socket
+        socket.send(pack(pb.WorkerRegister(worker_id=WORKER_ID, models=[MODEL], max_num_seqs=1,
+                                           task=pb.TASK_KIND_GENERATE,
+                                           heartbeat_interval_ms=60_000)))
+
+    def next_dispatch(self, timeout_s: float = REPLY_TIMEOUT_S) -> pb.Dispatch | None:
+        """The next Dispatch (heartbeats skipped), or None after `timeout_s`."""
+        deadline_s = time.monotonic() + timeout_s
+        while self.socket.poll(max(0, int((deadline_s - time.monotonic()) * 1000)), zmq.POLLIN):
+            name, message = unpack(self.socket.recv_multipart()[-1], WORKER_MESSAGES)
+            if name == "dispatch":
+                return message
+        return None
+
+    def make_token(self, request_id: str, is_last: bool = False) -> None:
+        self.socket.send(pack(pb.StepProgress(worker_id=WORKER_ID, deltas=[pb.RequestDelta(
+            request_id=request_id, token_ids=[7], text=" x", prompt_tokens=3,
+            is_finished=is_last, finish_reason=pb.FINISH_REASON_LENGTH if is_last else 0)])))
+
+
+@contextmanager
+def worker_dealer(address: str) -> Iterator[zmq.Socket]:
+    """A worker's socket: the broker addresses a worker by its id as the socket identity."""
+    context = zmq.Context()
+    socket = connect_dealer(context, address, identity=WORKER_ID)
+    try:
+        yield socket
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+@contextmanager
+def broker_with_hand_worker(log_dir) -> Iterator[tuple[HandWorker, zmq.Socket]]:
+    """A broker with no scheduler (it decides locally), one hand-driven worker, a client."""
+    client_address, worker_address = free_address(), free_address()
+    with running_service("broker", "--client-bind", client_address, "--worker-bind",
+                         worker_address, "--scheduler-address", free_address(), log_dir=log_dir):
+        with worker_dealer(worker_address) as worker_socket, dealer(client_address) as client:
+            worker = HandWorker(worker_socket)
+            wait_until(lambda: serves_model(client), "the broker has the worker")
+            yield worker, client
+
+
+def serves_model(client: zmq.Socket) -> bool:
+    _, status = ask(client, pb.StatusRequest(), {"status_reply"})
+    return any(MODEL in worker.models for worker in status.workers)
+
+
+def submit(client: zmq.Socket, request_id: str, max_tokens: int) -> None:
+    client.send(pack(pb.GenerateRequest(request_id=request_id, model=MODEL, prompt="hello there",
+                                        sampling=pb.SamplingParams(max_tokens=max_tokens))))
+
+
+def test_a_request_on_its_last_token_yields_its_slot_to_the_next(tmp_path):
+    with broker_with_hand_worker(tmp_path) as (worker, client):
+        submit(client, "a", max_tokens=2)
+        first = worker.next_dispatch()
+        assert first is not None
+        submit(client, "b", max_tokens=2)
+        submit(client, "c", max_tokens=2)
+        assert worker.next_dispatch(QUIET_S) is None  # one slot, and "a" has 2 tokens to make
+
+        worker.make_token(first.request_id)  # "a" has one token left: its slot frees this step
+        second = worker.next_dispatch()
+        assert second is not None and second.request_id != first.request_id
+
+        worker.make_token(first.request_id, is_last=True)
+        assert worker.next_dispatch(QUIET_S) is None  # "b" holds the slot now
+
+        worker.make_token(second.request_id)
+        third = worker.next_dispatch()
+        assert third is not None and third.request_id not in (first.request_id, second.request_id)
