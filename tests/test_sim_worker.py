@@ -146,3 +146,13 @@ def test_a_request_told_to_preempt_mid_step_keeps_the_steps_token_then_leaves():
         ("r", [SIM_TOKEN_ID], pb.FINISH_REASON_UNSPECIFIED), ("r", [], pb.FINISH_REASON_PREEMPTED)]
     assert list(worker.running) == ["late"] and worker.num_blocks_used == 2
     assert worker.cached_prefix_hashes() == [7]  # what it computed stays for its resume
+
+
+def test_the_next_step_starts_when_the_last_was_due_unless_the_loop_is_far_behind():
+    """The loop notices a step's end up to a couple of milliseconds late; counting the
+    next step from then would stretch every step past the profile's figure."""
+    from workers.sim import MAX_STEP_LATENESS_S, step_start_s
+
+    assert step_start_s(due_s=10.0, now_s=10.0) == 10.0
+    assert step_start_s(due_s=10.0, now_s=10.0 + MAX_STEP_LATENESS_S / 2) == 10.0
+    assert step_start_s(due_s=10.0, now_s=10.5) == 10.5

@@ -61,6 +61,7 @@ SIM_TOKEN_ID = 42
 SIM_TOKEN_TEXT = " tok"
 CHARS_PER_TOKEN = 4  # the broker sends text; a simulated tokenizer only needs a length
 CACHE_FRACTION = 0.5  # preempted requests' tokens a worker keeps, as a share of its KV capacity
+MAX_STEP_LATENESS_S = 0.003  # a step end noticed this late still starts the next one on time
 ANSWER_TOKENS_MARK = "sim-answer-tokens="
 _ANSWER_TOKENS = re.compile(re.escape(ANSWER_TOKENS_MARK) + r"(\d+)")
 
@@ -118,6 +119,14 @@ class LatencyProfile:
         return (self.base_ms + self.per_seq_ms * num_seqs
                 + self.per_prefill_token_ms * num_prefill_tokens) / 1e3 \
             + self.per_context_token_us * num_context_tokens / 1e6
+
+
+def step_start_s(due_s: float, now_s: float) -> float:
+    """When a worker's next step starts, its last one having ended at `due_s` and been
+    noticed at `now_s`: at `due_s`, so steps last what the profile says although the
+    loop wakes up a little late (poll counts whole milliseconds); at `now_s` when the
+    loop is further behind than that (a busy machine), rather than crowd steps together."""
+    return due_s if now_s - due_s <= MAX_STEP_LATENESS_S else now_s
 
 
 def final_delta(request_id: str, finish_reason: int) -> pb.RequestDelta:
@@ -408,7 +417,7 @@ class SimPool:
         """End each due step (its tokens go out in one StepProgress), then start the
         worker's next step with whatever runs now."""
         while self.steps and self.steps[0][0] <= now_s:
-            _, worker_id = heapq.heappop(self.steps)
+            due_s, worker_id = heapq.heappop(self.steps)
             worker = self.by_id[worker_id]
             for request in worker.end_step():
                 self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id,
@@ -421,7 +430,7 @@ class SimPool:
             self.report_cache(worker)
             worker.next_step_s = math.inf
             if worker.running:
-                worker.next_step_s = now_s + worker.begin_step(self.profile)
+                worker.next_step_s = step_start_s(due_s, now_s) + worker.begin_step(self.profile)
                 heapq.heappush(self.steps, (worker.next_step_s, worker.worker_id))
 
     def report_cache(self, worker: SimWorker) -> None:
