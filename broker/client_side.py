@@ -95,6 +95,8 @@ class ClientSide:
         self.request_by_client[request.client_key] = request.request_id
         self.live_by_tenant[tenant] += 1
         self.needs_schedule = True
+        if request.tier_rank == 0:
+            self.hurry_preemption_check()
         log.debug("accepted %s (client id %s) tier %s tenant %s", request.request_id, request_id,
                   tier, tenant)
         self.reply(identity, has_delimiter, pack(pb.Accepted(

@@ -31,6 +31,9 @@ class BrokerConfig:
     max_inputs: int = option(256, "largest number of inputs in one embed/classify request")
     max_restarts: int = option(3, "times a request moves to another worker before WORKER_FAILED")
     heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS, "heartbeat period; dead after 3 silent periods")
+    preemption_check_ms: int = option(50, "while every slot is busy, ask about preemptions "
+                                          "this often; a top-tier arrival asks sooner while "
+                                          "lower tiers hold slots")
     scheduler_timeout_ms: int = option(SCHEDULER_TIMEOUT_MS, "wait this long for a decision, then decide locally")
     scheduler_retry_ms: int = option(SCHEDULER_RETRY_MS, "after a scheduler timeout, ask again after this long")
     fallback_policy: str = option("priority", "policy the broker runs itself when the scheduler is down")

@@ -1,7 +1,8 @@
 """The broker's scheduling: ask the scheduler (or decide locally), then act.
 
 A mixin of `broker.service.Broker`, which owns the state it uses: `scheduler`
-(the SchedulerLink), `queue`, `requests`, `workers`, `needs_schedule`, `answer_fills`.
+(the SchedulerLink), `queue`, `requests`, `workers`, `needs_schedule`, `answer_fills`,
+the preemption check's times, and `is_lower_tier_running` (as of the last ask).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from llmos.wire import pack, pb
 log = logging.getLogger("broker")
 
 MAX_PENDING_PER_TIER_ASKED = 2048   # bounds one ScheduleRequest
-PREEMPTION_CHECK_INTERVAL_S = 0.05  # while every slot is busy, ask about preemption this often
+# A top-tier arrival, while lower tiers hold slots, brings the next preemption check
+# this close to the last one: a user should not wait out the usual interval (several
+# steps) for a slot that a batch request can give up. Arrivals into a full stack of
+# top-tier work keep the usual interval, so a flood of them cannot make the broker
+# build a ScheduleRequest per arrival.
+TOP_TIER_CHECK_INTERVAL_S = 0.01
 
 
 class Scheduling:
@@ -32,7 +38,8 @@ class Scheduling:
             # every slot is busy: only a preemption can help; ask now and then, not per message
             if now_s < self.next_preemption_check_s:
                 return
-            self.next_preemption_check_s = now_s + PREEMPTION_CHECK_INTERVAL_S
+            self.last_preemption_check_s = now_s
+            self.next_preemption_check_s = now_s + self.config.preemption_check_ms / 1000
         self.needs_schedule = False
         request = self.schedule_request(now_s)
         if not is_timed_out and self.scheduler.can_ask(now_s) and self.scheduler.ask(request, now_s):
@@ -45,8 +52,17 @@ class Scheduling:
                    for i in self.queue.in_order(MAX_PENDING_PER_TIER_ASKED)]
         running = [self.requests[i].running(now_s) for w in self.workers for i in w.running_ids
                    if not self.requests[i].is_answered and not self.requests[i].is_leaving]
+        self.is_lower_tier_running = any(r.tier_rank > 0 for r in running)
         return pb.ScheduleRequest(pending=pending, workers=workers, running=running,
                                   tier_answers=self.answer_fills.tier_answers())
+
+    def hurry_preemption_check(self) -> None:
+        """A top-tier request arrived: where lower tiers held slots at the last ask, the
+        next preemption check comes TOP_TIER_CHECK_INTERVAL_S after the last one."""
+        if self.is_lower_tier_running:
+            self.next_preemption_check_s = min(
+                self.next_preemption_check_s,
+                self.last_preemption_check_s + TOP_TIER_CHECK_INTERVAL_S)
 
     def apply(self, decision: pb.ScheduleDecision) -> None:
         """Act on each preemption and placement that still holds."""

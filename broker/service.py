@@ -63,6 +63,8 @@ class Broker(ClientSide, WorkerSide, Scheduling):
         self._ids = itertools.count(1)
         self.needs_schedule = False  # set when a request, a slot or a worker appears
         self.next_preemption_check_s = 0.0
+        self.last_preemption_check_s = 0.0
+        self.is_lower_tier_running = False  # as of the last ScheduleRequest
         self.next_heartbeat_s = 0.0
         self.num_completed = 0
         self.num_rejected = 0

@@ -1,9 +1,11 @@
-"""How the broker counts a worker's slots, against a real broker process and a
+"""How the broker hands out a worker's slots, against a real broker process and a
 worker driven by hand over its socket (so every step is the test's to take).
 
 A request making its last token leaves at the end of the step in flight, so the
 broker dispatches the next request into its slot at once: the worker holds it in
-its queue and starts it on the very next step instead of one step later.
+its queue and starts it on the very next step instead of one step later. While
+every slot is busy, the broker asks about preemptions now and then; a top-tier
+arrival asks at once where lower tiers hold slots.
 """
 
 from __future__ import annotations
@@ -37,14 +39,19 @@ class HandWorker:
                                            task=pb.TASK_KIND_GENERATE,
                                            heartbeat_interval_ms=60_000)))
 
-    def next_dispatch(self, timeout_s: float = REPLY_TIMEOUT_S) -> pb.Dispatch | None:
-        """The next Dispatch (heartbeats skipped), or None after `timeout_s`."""
+    def next_message(self, timeout_s: float = REPLY_TIMEOUT_S) -> tuple[str, object] | None:
+        """The broker's next message but heartbeats, or None after `timeout_s`."""
         deadline_s = time.monotonic() + timeout_s
         while self.socket.poll(max(0, int((deadline_s - time.monotonic()) * 1000)), zmq.POLLIN):
             name, message = unpack(self.socket.recv_multipart()[-1], WORKER_MESSAGES)
-            if name == "dispatch":
-                return message
+            if name != "heartbeat":
+                return name, message
         return None
+
+    def next_dispatch(self, timeout_s: float = REPLY_TIMEOUT_S) -> pb.Dispatch | None:
+        received = self.next_message(timeout_s)
+        assert received is None or received[0] == "dispatch", received
+        return received and received[1]
 
     def make_token(self, request_id: str, is_last: bool = False) -> None:
         self.socket.send(pack(pb.StepProgress(worker_id=WORKER_ID, deltas=[pb.RequestDelta(
@@ -65,11 +72,13 @@ def worker_dealer(address: str) -> Iterator[zmq.Socket]:
 
 
 @contextmanager
-def broker_with_hand_worker(log_dir) -> Iterator[tuple[HandWorker, zmq.Socket]]:
-    """A broker with no scheduler (it decides locally), one hand-driven worker, a client."""
+def broker_with_hand_worker(log_dir, *flags: str) -> Iterator[tuple[HandWorker, zmq.Socket]]:
+    """A broker with no scheduler (it decides locally, by `priority`), one hand-driven
+    worker, a client."""
     client_address, worker_address = free_address(), free_address()
     with running_service("broker", "--client-bind", client_address, "--worker-bind",
-                         worker_address, "--scheduler-address", free_address(), log_dir=log_dir):
+                         worker_address, "--scheduler-address", free_address(), *flags,
+                         log_dir=log_dir):
         with worker_dealer(worker_address) as worker_socket, dealer(client_address) as client:
             worker = HandWorker(worker_socket)
             wait_until(lambda: serves_model(client), "the broker has the worker")
@@ -81,9 +90,10 @@ def serves_model(client: zmq.Socket) -> bool:
     return any(MODEL in worker.models for worker in status.workers)
 
 
-def submit(client: zmq.Socket, request_id: str, max_tokens: int) -> None:
+def submit(client: zmq.Socket, request_id: str, max_tokens: int, tier: str = "") -> None:
     client.send(pack(pb.GenerateRequest(request_id=request_id, model=MODEL, prompt="hello there",
-                                        sampling=pb.SamplingParams(max_tokens=max_tokens))))
+                                        sampling=pb.SamplingParams(max_tokens=max_tokens),
+                                        tier=tier)))
 
 
 def test_a_request_on_its_last_token_yields_its_slot_to_the_next(tmp_path):
@@ -105,3 +115,20 @@ def test_a_request_on_its_last_token_yields_its_slot_to_the_next(tmp_path):
         worker.make_token(second.request_id)
         third = worker.next_dispatch()
         assert third is not None and third.request_id not in (first.request_id, second.request_id)
+
+
+def test_a_top_tier_arrival_asks_about_preemption_without_waiting_out_the_interval(tmp_path):
+    with broker_with_hand_worker(tmp_path, "--preemption-check-ms", "600000") as (worker, client):
+        submit(client, "a", max_tokens=50, tier="batch")
+        batch = worker.next_dispatch()
+        assert batch is not None
+        submit(client, "b", max_tokens=50, tier="batch")
+        # every slot busy: that arrival's check finds nothing to preempt for its own tier,
+        # and the next check is ten minutes away
+        assert worker.next_message(QUIET_S) is None
+
+        submit(client, "c", max_tokens=4, tier="interactive")
+        name, preempt = worker.next_message()
+        assert (name, preempt.request_id) == ("preempt", batch.request_id)
+        interactive = worker.next_dispatch()  # into the slot the preemption frees
+        assert interactive is not None and interactive.tier == "interactive"
