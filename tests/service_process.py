@@ -62,9 +62,11 @@ def running_service(package: str, *args: str, log_dir: Path) -> Iterator[Service
 
 
 @contextmanager
-def dealer(address: str) -> Iterator[zmq.Socket]:
+def dealer(address: str, identity: str | None = None) -> Iterator[zmq.Socket]:
+    """A DEALER to `address`; `identity` as a worker's (the broker addresses a worker
+    by its id as the socket identity)."""
     context = zmq.Context()
-    socket = connect_dealer(context, address)
+    socket = connect_dealer(context, address, identity)
     try:
         yield socket
     finally:

@@ -19,7 +19,6 @@ import zmq
 
 from llmos.processes import free_address
 from llmos.wire import pack, pb, unpack
-from llmos.wire.sockets import connect_dealer
 from service_process import REPLY_TIMEOUT_S, ask, dealer, running_service, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -60,18 +59,6 @@ class HandWorker:
 
 
 @contextmanager
-def worker_dealer(address: str) -> Iterator[zmq.Socket]:
-    """A worker's socket: the broker addresses a worker by its id as the socket identity."""
-    context = zmq.Context()
-    socket = connect_dealer(context, address, identity=WORKER_ID)
-    try:
-        yield socket
-    finally:
-        socket.close(linger=0)
-        context.term()
-
-
-@contextmanager
 def broker_with_hand_worker(log_dir, *flags: str) -> Iterator[tuple[HandWorker, zmq.Socket]]:
     """A broker with no scheduler (it decides locally, by `priority`), one hand-driven
     worker, a client."""
@@ -79,7 +66,7 @@ def broker_with_hand_worker(log_dir, *flags: str) -> Iterator[tuple[HandWorker, 
     with running_service("broker", "--client-bind", client_address, "--worker-bind",
                          worker_address, "--scheduler-address", free_address(), *flags,
                          log_dir=log_dir):
-        with worker_dealer(worker_address) as worker_socket, dealer(client_address) as client:
+        with dealer(worker_address, WORKER_ID) as worker_socket, dealer(client_address) as client:
             worker = HandWorker(worker_socket)
             wait_until(lambda: serves_model(client), "the broker has the worker")
             yield worker, client
