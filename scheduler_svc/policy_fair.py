@@ -19,8 +19,12 @@ each request it charged. Tokens come from `running[*].generated_tokens` (and
 from a re-queued request's `generated_tokens`); a request gone from both lists
 finished, and the tokens it made after its last report are estimated (see
 `charge_generated_tokens`). A tenant that comes back after idling starts at the
-smallest counter of its tier's active tenants: idle time banks no credit. It
-never preempts.
+smallest counter of its tier's active tenants: idle time banks no credit.
+
+Within a tier it never preempts: shares even out as requests end. Across tiers
+it preempts as `priority` does, so a higher tier's request that fits nowhere
+takes the slot of the lowest-tier, most recently started one (whose tenant was
+charged at its placement, and is not charged again when it resumes).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from scheduler_svc.data import (KernelView, PendingRequest, Placement, PolicyDecision,
+from scheduler_svc.data import (KernelView, PendingRequest, Placement, PolicyDecision, Preemption,
                                 RunningRequest, WorkerSlots, expected_tokens)
 from scheduler_svc.placement import Placer
-from scheduler_svc.policy_base import PolicyName, PolicyOptions, SchedulingPolicy
+from scheduler_svc.policy_base import PickVictim, PolicyName, PolicyOptions, SchedulingPolicy
+from scheduler_svc.policy_priority import lower_tier_victims, tier_reason
 
 DEFAULT_WEIGHT = 1.0
 
@@ -94,14 +99,18 @@ class FairPolicy(SchedulingPolicy):
         self.charge_generated_tokens(pending, running)
         self.lift_returning_tenants({(r.tier_rank, r.tenant) for r in [*pending, *running]})
         placer = Placer(workers, view)
+        pick_victim = lower_tier_victims(running, workers)
         decision = PolicyDecision()
         by_tier: dict[int, list[PendingRequest]] = defaultdict(list)
         for request in pending:
             by_tier[request.tier_rank].append(request)
+        lowest_running_rank = max((r.tier_rank for r in running), default=-1)
         for tier_rank in sorted(by_tier):
-            if placer.num_free_slots == 0:
+            may_preempt = tier_rank < lowest_running_rank
+            if placer.num_free_slots == 0 and not may_preempt:
                 break
-            decision.placements += self._place_tier(tier_rank, by_tier[tier_rank], placer)
+            self._place_tier(tier_rank, by_tier[tier_rank], placer,
+                             pick_victim if may_preempt else None, decision)
         return decision
 
     def charge_generated_tokens(self, pending: Iterable[PendingRequest],
@@ -151,26 +160,40 @@ class FairPolicy(SchedulingPolicy):
                 self.virtual_tokens[key] = max(self.virtual_tokens.get(key, 0.0), floor)
         self._active = active
 
-    def _place_tier(self, tier_rank: int, requests: list[PendingRequest],
-                    placer: Placer) -> list[Placement]:
-        """Serve the tier's tenants by weight: always the one with the smallest counter."""
+    def _place_tier(self, tier_rank: int, requests: list[PendingRequest], placer: Placer,
+                    pick_victim: PickVictim | None, decision: PolicyDecision) -> None:
+        """Serve the tier's tenants by weight: always the one with the smallest counter.
+        With `pick_victim` (lower tiers run), one that fits nowhere may take their slot."""
         queues: dict[str, deque[PendingRequest]] = defaultdict(deque)
         for request in sorted(requests, key=lambda r: (r.deadline_key, r.arrival_seq)):
             queues[request.tenant].append(request)
         # (counter, tenant): each placement charges its expected tokens at once
         turns = [(self.virtual_tokens.get((tier_rank, tenant), 0.0), tenant) for tenant in queues]
         heapq.heapify(turns)
-        placements: list[Placement] = []
-        while turns and placer.num_free_slots > 0:
+        while turns:
             _, tenant = heapq.heappop(turns)
             queue = queues[tenant]
             request = queue.popleft()
-            worker_id = placer.find_worker(request)
-            if worker_id is not None:
-                placements.append(placer.place(request, worker_id))
+            placement = self._place(request, placer, pick_victim, decision)
+            if placement is not None:
+                decision.placements.append(placement)
                 tracked = self._tracked[request.request_id]
                 tracked.is_started = True
                 self._charge_up_to(tracked, tracked.max_tokens)
+            elif placer.num_free_slots == 0 and pick_victim is None:
+                return  # nothing more fits, and no lower tier runs
             if queue:
                 heapq.heappush(turns, (self.virtual_tokens.get((tier_rank, tenant), 0.0), tenant))
-        return placements
+
+    @staticmethod
+    def _place(request: PendingRequest, placer: Placer, pick_victim: PickVictim | None,
+               decision: PolicyDecision) -> Placement | None:
+        worker_id = placer.find_worker(request)
+        if worker_id is not None:
+            return placer.place(request, worker_id)
+        victim = pick_victim(request, placer) if pick_victim is not None else None
+        if victim is None:
+            return None
+        decision.preemptions.append(
+            Preemption(victim.request_id, victim.worker_id, tier_reason(request, victim)))
+        return placer.place_instead(victim, request)

@@ -1,4 +1,5 @@
-"""fair: weighted fair share of generated tokens across tenants, within a tier."""
+"""fair: weighted fair share of generated tokens across tenants, within a tier; strict
+tiers across them, with preemption as in priority."""
 
 from __future__ import annotations
 
@@ -145,6 +146,41 @@ def test_tiers_stay_strict_whatever_the_shares() -> None:
                make_request("inter-heavy", tier_rank=0, arrival_seq=1, tenant="heavy")]
     decision = schedule(policy, pending, [make_worker("w1", max_num_seqs=1)], running)
     assert placed_ids(decision) == ["inter-heavy"]
+
+
+def test_a_higher_tier_takes_the_slot_of_the_lowest_most_recently_started_request() -> None:
+    """Shares are kept within a tier; across tiers, fair preempts as priority does."""
+    policy = make_policy("fair")
+    workers = [make_worker(w, num_running=1, max_num_seqs=1) for w in ("w-std", "w-old", "w-new")]
+    running = [make_running("standard", "w-std", tier_rank=1, tenant="a", running_s=0.5),
+               make_running("batch-old", "w-old", tier_rank=2, tenant="a", running_s=30.0),
+               make_running("batch-new", "w-new", tier_rank=2, tenant="a", running_s=1.0)]
+    decision = schedule(policy, [make_request("inter", tier_rank=0, tenant="b", max_tokens=8)],
+                        workers, running)
+    assert [(p.request_id, p.worker_id) for p in decision.preemptions] == [("batch-new", "w-new")]
+    assert placed_ids(decision) == ["inter"] and policy.virtual_tokens[(0, "b")] == 8
+
+
+def test_within_a_tier_no_share_is_worth_a_preemption() -> None:
+    policy = make_policy("fair", tenant_weights="behind=100")
+    running = [make_running("ahead-0", "w1", tier_rank=1, tenant="ahead", generated_tokens=500)]
+    decision = schedule(policy, [make_request("behind-0", tier_rank=1, tenant="behind")],
+                        [make_worker("w1", num_running=1, max_num_seqs=1)], running)
+    assert decision.preemptions == [] and decision.placements == []
+
+
+def test_a_preempted_request_resumes_without_a_second_charge() -> None:
+    policy = make_policy("fair")
+    schedule(policy, [make_request("batch", tier_rank=1, tenant="t", max_tokens=100)],
+             [make_worker("w1", max_num_seqs=1)])
+    running = [make_running("batch", "w1", tier_rank=1, tenant="t", generated_tokens=10,
+                            max_tokens=100)]
+    decision = schedule(policy, [make_request("inter", tier_rank=0, tenant="u", max_tokens=8)],
+                        [make_worker("w1", num_running=1, max_num_seqs=1)], running)
+    assert [p.request_id for p in decision.preemptions] == ["batch"]
+    resumed = make_request("batch", tier_rank=1, tenant="t", max_tokens=100, generated_tokens=10)
+    decision = schedule(policy, [resumed], [make_worker("w1", max_num_seqs=1)])
+    assert placed_ids(decision) == ["batch"] and policy.virtual_tokens[(1, "t")] == 100
 
 
 def test_within_a_tenant_earliest_deadline_then_arrival() -> None:
