@@ -19,11 +19,12 @@ over fcfs, by class, at the given batch arrival rates.
     python scripts/jct_bound.py --rate 53           # one rate
     python scripts/jct_bound.py --rate 53 --llmos mlfq --llmos fcfs
     python scripts/jct_bound.py --rate 48.1 --llmos mlfq --llmos fcfs \
-        --prefill-token-ms 0.02 --cached-resumes --bubble   # closer to the stack
+        --prefill-token-ms 0.02 --cached-resumes   # the stack since db7fc66
 
-The stack's own fcfs is slower than this model's at the same rate (messages,
-prefills, idle slots between requests); matching the model's fcfs JCT to the
-measured one gives the rate the stack effectively runs at (docs/benchmarks.md).
+With prefills and cached resumes the model's llmos policies match the stack's
+measured JCTs to within a few percent (docs/benchmarks.md). `--bubble` models
+the stack before ef78ad5, where a slot freed by an ending request stayed idle
+for a step.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def main() -> None:
                              "max_tokens (its answer ends before); 0: its answer's length")
     parser.add_argument("--bubble", action="store_true",
                         help="llmos policies only: a slot freed by a job that ended stays empty "
-                             "for one step, as on the stack")
+                             "for one step, as on the stack before ef78ad5")
     parser.add_argument("--cached-resumes", action="store_true",
                         help="with --prefill-token-ms: a resumed job prefills nothing (its worker "
                              "kept its tokens), only a first start pays")
