@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from llmos.bench.driver import Outcome, RunResult
 from llmos.bench.sched_config import SchedBenchConfig
-from llmos.bench.sched_runs import chat_workloads
+from llmos.bench.sched_runs import chat_workloads, load_with_prefills
 from llmos.bench.workload import BATCH, INTERACTIVE, BatchFlood, bounded_pareto, tenant_jobs
 from llmos.cli import cli
+from workers.sim import LatencyProfile
 
 HEADLINE_KEYS = ("interactive_ttft_p99_vs_idle", "interactive_ttft_p99_gain_vs_fcfs",
                  "throughput_vs_fcfs", "mlfq_jct_gain_vs_fcfs", "fair_share_error",
@@ -96,6 +97,18 @@ def test_the_same_seed_gives_every_policy_the_same_jobs():
     assert {job.tier for job in batch} == {BATCH}
     assert {job.tier for job in chat.jobs(seed=3)} == {INTERACTIVE}
     assert all(config.batch_min_tokens <= job.max_tokens <= config.batch_max_tokens for job in batch)
+
+
+def test_the_load_counting_prefills_is_the_load_asked_for_plus_what_prefills_stall(tmp_path):
+    free_prefills = str(tmp_path / "free-prefills.json")
+    LatencyProfile(base_ms=20.0, per_seq_ms=0.5, per_prefill_token_ms=0.0).save(free_prefills)
+    config = SchedBenchConfig(batch_load=1.2, profile_file=free_prefills)
+    assert load_with_prefills(config, *chat_workloads(config)) == pytest.approx(1.2)
+
+    dear = SchedBenchConfig(profile_file="workers/profiles/h100-llama-1b.json")
+    assert load_with_prefills(dear, *chat_workloads(dear)) > 1.3  # 5-19 ms per batch prompt
+    default = SchedBenchConfig()
+    assert 1.0 < load_with_prefills(default, *chat_workloads(default)) < 1.05
 
 
 def test_bounded_pareto_stays_in_bounds_with_a_heavy_tail():

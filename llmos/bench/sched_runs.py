@@ -22,6 +22,7 @@ from llmos.bench.stack import SimStack
 from llmos.bench.workload import (BATCH, INTERACTIVE, STANDARD, BatchFlood, ChatWorkload, Job,
                                   bounded_pareto_mean, tenant_jobs)
 from scheduler_svc.policy_base import PolicyName
+from workers.sim import CHARS_PER_TOKEN
 
 WARM_UP_TOKENS = 4
 SCALE_CLIENT_START_S = 3.0    # the load processes import and connect, then all start at once
@@ -67,6 +68,25 @@ def chat_workloads(config: SchedBenchConfig) -> tuple[ChatWorkload, BatchFlood]:
     return chat, flood
 
 
+def load_with_prefills(config: SchedBenchConfig, chat: ChatWorkload, flood: BatchFlood) -> float:
+    """The load the workers really see, prefills counted (`--batch-load` leaves them out).
+
+    A prompt's prefill lengthens one step of its worker and so holds back every
+    request there: each request costs its answer's tokens plus the slot-tokens its
+    prefill stalls (slots x its prefill time / a full decode step). With a profile
+    whose prefills are dear against its step, this is well above `--batch-load`."""
+    profile = config.profile()
+    step_s = profile.step_s(config.slots, 0, 0)
+    stall_per_prompt_char = (config.slots * profile.per_prefill_token_ms / 1e3 / step_s
+                             / CHARS_PER_TOKEN)
+    interactive = chat.rate_per_s * ((chat.min_tokens + chat.max_tokens) / 2
+                                     + stall_per_prompt_char * sum(chat.prompt_chars) / 2)
+    batch = flood.rate_per_s * (bounded_pareto_mean(flood.pareto_alpha, flood.min_tokens,
+                                                    flood.max_tokens)
+                                + stall_per_prompt_char * sum(flood.prompt_chars) / 2)
+    return (interactive + batch) / token_capacity_per_s(config)
+
+
 def run_chat(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str, Any]:
     chat, flood = chat_workloads(config)
     interactive_jobs = chat.jobs(config.seed)
@@ -81,7 +101,8 @@ def run_chat(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str,
         runs[policy] = measure_chat_run(config, stack, policy, interactive_jobs + batch_jobs)
     return {"idle": idle, "policies": runs, "batch_rate_per_s": flood.rate_per_s,
             "batch_burst": flood.burst, "num_batch_jobs": len(batch_jobs),
-            "token_capacity_per_s": token_capacity_per_s(config)}
+            "token_capacity_per_s": token_capacity_per_s(config),
+            "load_with_prefills": load_with_prefills(config, chat, flood)}
 
 
 def measure_chat_run(config: SchedBenchConfig, stack: SimStack, policy: str,
