@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, ClassVar, Iterable, Optional, Sequence
 
-from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, Preemption,
-                                RunningRequest, WorkerSlots)
+from scheduler_svc.data import (KernelView, PendingRequest, Placement, PolicyDecision,
+                                Preemption, RunningRequest, WorkerSlots)
 from scheduler_svc.placement import Placer
 
 
@@ -76,29 +76,41 @@ class SchedulingPolicy(ABC):
 PickVictim = Callable[[PendingRequest, Placer], Optional[RunningRequest]]
 
 
+Reason = Callable[[PendingRequest, RunningRequest], str]
+
+
 def place_in_order(ordered: Iterable[PendingRequest], placer: Placer,
-                   pick_victim: PickVictim | None = None,
-                   reason: Callable[[PendingRequest, RunningRequest], str] | None = None,
+                   pick_victim: PickVictim | None = None, reason: Reason | None = None,
                    ) -> PolicyDecision:
     """Place each request where placement puts it; one that fits nowhere may
     preempt the victim `pick_victim` names and take its slot. A request that
     still fits nowhere stays pending, and later ones may still fit."""
     decision = PolicyDecision()
     for request in ordered:
-        worker_id = placer.find_worker(request)
-        if worker_id is not None:
-            decision.placements.append(placer.place(request, worker_id))
-            continue
-        if pick_victim is None:
-            if placer.num_free_slots == 0:
-                break  # nothing left to place anything on
-            continue
-        victim = pick_victim(request, placer)
-        if victim is not None:
-            why = reason(request, victim) if reason else ""
-            decision.preemptions.append(Preemption(victim.request_id, victim.worker_id, why))
-            decision.placements.append(placer.place_instead(victim, request))
+        is_placed = place_or_preempt(request, placer, decision, pick_victim, reason) is not None
+        if not is_placed and pick_victim is None and placer.num_free_slots == 0:
+            break  # nothing left to place anything on
     return decision
+
+
+def place_or_preempt(request: PendingRequest, placer: Placer, decision: PolicyDecision,
+                     pick_victim: PickVictim | None = None, reason: Reason | None = None,
+                     ) -> Placement | None:
+    """Place one request where placement puts it or, where it fits nowhere, in the
+    slot of the victim `pick_victim` names; both acts go into `decision`. The
+    placement, or None when the request stays pending."""
+    worker_id = placer.find_worker(request)
+    if worker_id is not None:
+        placement = placer.place(request, worker_id)
+    else:
+        victim = pick_victim(request, placer) if pick_victim is not None else None
+        if victim is None:
+            return None
+        why = reason(request, victim) if reason else ""
+        decision.preemptions.append(Preemption(victim.request_id, victim.worker_id, why))
+        placement = placer.place_instead(victim, request)
+    decision.placements.append(placement)
+    return placement
 
 
 class Victims:

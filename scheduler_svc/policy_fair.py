@@ -34,10 +34,11 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from scheduler_svc.data import (KernelView, PendingRequest, Placement, PolicyDecision, Preemption,
-                                RunningRequest, WorkerSlots, expected_tokens)
+from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, RunningRequest,
+                                WorkerSlots, expected_tokens)
 from scheduler_svc.placement import Placer
-from scheduler_svc.policy_base import PickVictim, PolicyName, PolicyOptions, SchedulingPolicy
+from scheduler_svc.policy_base import (PickVictim, PolicyName, PolicyOptions, SchedulingPolicy,
+                                       place_or_preempt)
 from scheduler_svc.policy_priority import lower_tier_victims, tier_reason
 
 DEFAULT_WEIGHT = 1.0
@@ -174,9 +175,7 @@ class FairPolicy(SchedulingPolicy):
             _, tenant = heapq.heappop(turns)
             queue = queues[tenant]
             request = queue.popleft()
-            placement = self._place(request, placer, pick_victim, decision)
-            if placement is not None:
-                decision.placements.append(placement)
+            if place_or_preempt(request, placer, decision, pick_victim, tier_reason) is not None:
                 tracked = self._tracked[request.request_id]
                 tracked.is_started = True
                 self._charge_up_to(tracked, tracked.max_tokens)
@@ -184,16 +183,3 @@ class FairPolicy(SchedulingPolicy):
                 return  # nothing more fits, and no lower tier runs
             if queue:
                 heapq.heappush(turns, (self.virtual_tokens.get((tier_rank, tenant), 0.0), tenant))
-
-    @staticmethod
-    def _place(request: PendingRequest, placer: Placer, pick_victim: PickVictim | None,
-               decision: PolicyDecision) -> Placement | None:
-        worker_id = placer.find_worker(request)
-        if worker_id is not None:
-            return placer.place(request, worker_id)
-        victim = pick_victim(request, placer) if pick_victim is not None else None
-        if victim is None:
-            return None
-        decision.preemptions.append(
-            Preemption(victim.request_id, victim.worker_id, tier_reason(request, victim)))
-        return placer.place_instead(victim, request)
