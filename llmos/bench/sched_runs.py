@@ -56,7 +56,7 @@ def chat_workloads(config: SchedBenchConfig) -> tuple[ChatWorkload, BatchFlood]:
     """The interactive arrivals, and a batch rate that brings the tokens asked for, both
     kinds together, to `batch_load` times the workers' capacity."""
     chat = ChatWorkload(rate_per_s=config.interactive_rate, duration_s=config.duration_s)
-    interactive_tokens_per_s = chat.rate_per_s * (chat.min_tokens + chat.max_tokens) / 2
+    interactive_tokens_per_s = chat.rate_per_s * chat.mean_answer_tokens
     mean_tokens = bounded_pareto_mean(config.batch_pareto_alpha, config.batch_min_tokens,
                                       config.batch_max_tokens)
     batch_tokens_per_s = config.batch_load * token_capacity_per_s(config) - interactive_tokens_per_s
@@ -79,11 +79,11 @@ def load_with_prefills(config: SchedBenchConfig, chat: ChatWorkload, flood: Batc
     step_s = profile.step_s(config.slots, 0, 0)
     stall_per_prompt_char = (config.slots * profile.per_prefill_token_ms / 1e3 / step_s
                              / CHARS_PER_TOKEN)
-    interactive = chat.rate_per_s * ((chat.min_tokens + chat.max_tokens) / 2
-                                     + stall_per_prompt_char * sum(chat.prompt_chars) / 2)
+    interactive = chat.rate_per_s * (chat.mean_answer_tokens
+                                     + stall_per_prompt_char * chat.mean_prompt_chars)
     batch = flood.rate_per_s * (bounded_pareto_mean(flood.pareto_alpha, flood.min_tokens,
                                                     flood.max_tokens)
-                                + stall_per_prompt_char * sum(flood.prompt_chars) / 2)
+                                + stall_per_prompt_char * flood.mean_prompt_chars)
     return (interactive + batch) / token_capacity_per_s(config)
 
 

@@ -87,6 +87,14 @@ class ChatWorkload:
     max_tokens: int = 32
     prompt_chars: tuple[int, int] = (60, 240)
 
+    @property
+    def mean_answer_tokens(self) -> float:
+        return (self.min_tokens + self.max_tokens) / 2
+
+    @property
+    def mean_prompt_chars(self) -> float:
+        return sum(self.prompt_chars) / 2
+
     def jobs(self, seed: int) -> list[Job]:
         rng = random.Random(f"interactive-{seed}")
         return [Job(INTERACTIVE, INTERACTIVE, make_prompt(rng, rng.randint(*self.prompt_chars)),
@@ -106,6 +114,10 @@ class BatchFlood:
     max_tokens: int
     prompt_chars: tuple[int, int] = (200, 800)
     declared_max_tokens: int = 0  # every request's max_tokens (0: its answer's length)
+
+    @property
+    def mean_prompt_chars(self) -> float:
+        return sum(self.prompt_chars) / 2
 
     def jobs(self, seed: int) -> list[Job]:
         rng = random.Random(f"batch-{seed}")
