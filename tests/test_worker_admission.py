@@ -11,8 +11,15 @@ def make_admission(max_num_seqs: int = 2, kv_blocks_total: int = 10) -> Admissio
                      kv_blocks_total=kv_blocks_total)
 
 
-def add(admission: Admission, request_id: str, num_tokens: int = 32) -> None:
-    admission.add(EngineRequest(request_id, [1, 2, 3]), num_tokens)
+def add(admission: Admission, request_id: str, num_tokens: int = 32,
+        num_context_tokens: int = 3) -> None:
+    admission.add(EngineRequest(request_id, [1, 2, 3]), num_tokens, num_context_tokens)
+
+
+def start(admission: Admission, request_id: str, **sizes: int) -> None:
+    add(admission, request_id, **sizes)
+    admission.start_allocation(request_id, now_s=0.0)
+    admission.grant(request_id)
 
 
 def test_blocks_cover_the_tokens_and_stop_at_the_context_length():
@@ -103,3 +110,45 @@ def test_clear_forgets_everything():
 
     assert admission.clear() == ["b", "a"]
     assert admission.num_used_blocks == 0 and not admission.is_live("a")
+
+
+def test_a_request_on_its_last_token_frees_its_slot_for_the_next_during_the_step():
+    admission = make_admission(max_num_seqs=1)
+    start(admission, "a", num_tokens=3 + 4)  # 3 prompt tokens, max_tokens 4
+    add(admission, "b")
+
+    admission.count_tokens("a", 2)
+    assert admission.next_allocation() is None  # 2 tokens left: it stays for the next step
+    admission.count_tokens("a", 1)  # the step in flight makes its last token
+    assert admission.next_allocation().request.request_id == "b"
+    admission.start_allocation("b", now_s=0.0)
+    admission.grant("b")
+    assert admission.num_running == 2 and admission.num_staying == 1
+
+    add(admission, "c")
+    assert admission.next_allocation() is None  # one slot, taken by "b"
+    admission.release("a")
+    assert admission.num_running == 1 and admission.next_allocation() is None
+
+
+def test_the_context_length_and_resumed_tokens_count_towards_the_last_token():
+    admission = make_admission(max_num_seqs=2)
+    start(admission, "long", num_tokens=3 + 1000)  # capped at max_model_len 64
+    start(admission, "resumed", num_tokens=3 + 10, num_context_tokens=3 + 7)
+
+    admission.count_tokens("long", 60)  # 3 + 60 = 63 of 64: one more token is the last
+    assert admission.leaving == {"long"}
+    admission.count_tokens("resumed", 2)  # 7 made before, 2 now: the 10th is the last
+    assert admission.leaving == {"long", "resumed"}
+
+
+def test_a_preempted_request_frees_its_slot_and_leaving_ends_with_release():
+    admission = make_admission(max_num_seqs=1)
+    start(admission, "a")
+    add(admission, "b")
+    admission.mark_leaving("unknown")  # not running here: nothing to mark
+
+    admission.mark_leaving("a")
+    assert admission.next_allocation().request.request_id == "b"
+    admission.release("a")
+    assert admission.leaving == set() and admission.tokens_left == {}

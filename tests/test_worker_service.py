@@ -288,3 +288,39 @@ def test_preempt_stops_a_running_request_frees_its_blocks_and_reports_every_toke
         assert list(answer.final.token_ids) == [] and 0 < len(answer.token_ids) < 1500
         assert answer.token_ids == reference.greedy(PROMPT, len(answer.token_ids))
         assert free.request_id == "long"
+
+
+@pytest.mark.e2e
+def test_a_waiting_request_runs_in_the_step_after_the_one_that_frees_its_slot(
+        tiny_model_dir, reference, tmp_path):
+    """Two slots: "long" keeps the engine stepping (its tokens count the steps) while
+    shorts take turns in the other slot. Each short takes its blocks from the kernel
+    while the one before it makes its last token, so it starts in the very next step.
+    Without that, the engine has begun the next step before the blocks come, and the
+    slot stays empty for one step every time; a busy machine may still make a refill
+    late now and then, so the test asks for most of them on time, not all."""
+    num_shorts, short_tokens = 8, 4
+    shorts = [f"short-{index}" for index in range(num_shorts)]
+    with FakePeer(answer_as_broker) as broker, FakePeer(answer_as_kernel) as kernel, \
+            running_worker(tiny_model_dir, broker.address, kernel.address, 1000, tmp_path,
+                           "--kv-cache-tokens", "4096", "--max-num-seqs", "2"):
+        identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+        for request_id in ["long", *shorts]:
+            broker.send(identity, dispatch(request_id, max_tokens=1000 if request_id == "long"
+                                           else short_tokens))
+        steps: list[pb.StepProgress] = []
+        while not any(d.request_id == shorts[-1] and d.is_finished
+                      for step in steps for d in step.deltas):
+            steps.append(broker.expect("progress")[1])
+        broker.send(identity, pb.Cancel(request_id="long"))
+
+    first_step = {request_id: min(index for index, step in enumerate(steps)
+                                  if any(d.request_id == request_id for d in step.deltas))
+                  for request_id in shorts}
+    gaps = [first_step[after] - first_step[before] for before, after in zip(shorts, shorts[1:])]
+    assert all(gap >= short_tokens for gap in gaps)  # one slot: never two shorts at once
+    assert sum(gap == short_tokens for gap in gaps) * 2 > len(gaps), gaps
+    expected = reference.greedy(PROMPT, short_tokens)
+    for request_id in shorts:
+        assert [t for step in steps for d in step.deltas if d.request_id == request_id
+                for t in d.token_ids] == expected

@@ -5,6 +5,13 @@ gets the blocks from the kernel (or, while the kernel is down, checks
 `can_allocate_locally`) and reports back with `grant` or `refuse`. Requests
 start in arrival order; at most one allocation is in flight, so a big request
 at the head is never starved by small ones behind it.
+
+A slot counts as free once its request is leaving at the end of the engine's
+step in flight (its last token by `max_tokens` or the context length, or told
+to preempt): the next request takes its blocks during that step and waits in
+the engine's queue, so it runs in the very next step instead of one step later
+(the engine starts its next step as soon as it has reported the last one, well
+before a KvAllocate round trip could end).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from workers.requests import EngineRequest
 class PendingRequest:
     request: EngineRequest
     num_tokens: int                 # prompt + max_tokens, before the max_model_len cap
+    num_context_tokens: int = 0     # prompt + tokens made before (a resumed request)
     is_allocating: bool = False     # a KvAllocate for it is in flight
     allocate_sent_at_s: float = 0.0
     is_blocked: bool = False        # the kernel said NOT_ENOUGH_BLOCKS; retry after a free
@@ -34,6 +42,8 @@ class Admission:
         self.kv_blocks_total = kv_blocks_total
         self.waiting: OrderedDict[str, PendingRequest] = OrderedDict()
         self.running: dict[str, int] = {}  # request id -> blocks it holds
+        self.tokens_left: dict[str, int] = {}  # running request id -> tokens it may still make
+        self.leaving: set[str] = set()  # running requests that end with the step in flight
 
     # ---------------------------------------------------------------- sizes
 
@@ -63,19 +73,24 @@ class Admission:
     def num_running(self) -> int:
         return len(self.running)
 
+    @property
+    def num_staying(self) -> int:
+        """Running requests that hold their slot after the step in flight."""
+        return len(self.running) - len(self.leaving)
+
     def is_live(self, request_id: str) -> bool:
         return request_id in self.waiting or request_id in self.running
 
     # ---------------------------------------------------------------- admission
 
-    def add(self, request: EngineRequest, num_tokens: int) -> None:
+    def add(self, request: EngineRequest, num_tokens: int, num_context_tokens: int = 0) -> None:
         assert not self.is_live(request.request_id), f"request {request.request_id} is already here"
         assert self.can_ever_fit(num_tokens), "check can_ever_fit first"
-        self.waiting[request.request_id] = PendingRequest(request, num_tokens)
+        self.waiting[request.request_id] = PendingRequest(request, num_tokens, num_context_tokens)
 
     def next_allocation(self) -> PendingRequest | None:
         """The head of the queue if it may ask for blocks now."""
-        if not self.waiting or len(self.running) >= self.max_num_seqs:
+        if not self.waiting or self.num_staying >= self.max_num_seqs:
             return None
         head = next(iter(self.waiting.values()))
         return None if head.is_allocating or head.is_blocked else head
@@ -98,6 +113,8 @@ class Admission:
         """The blocks are the request's: it runs now."""
         pending = self.waiting.pop(request_id)
         self.running[request_id] = self.blocks_for(pending.num_tokens)
+        self.tokens_left[request_id] = \
+            min(pending.num_tokens, self.max_model_len) - pending.num_context_tokens
         return pending.request
 
     def refuse(self, request_id: str) -> None:
@@ -118,10 +135,26 @@ class Admission:
 
     # ---------------------------------------------------------------- leaving
 
+    def count_tokens(self, request_id: str, num_new_tokens: int) -> None:
+        """A running request made `num_new_tokens` in the step just reported; while
+        the engine runs the next one. With one token left, it leaves with that step."""
+        if request_id not in self.running:
+            return
+        self.tokens_left[request_id] -= num_new_tokens
+        if self.tokens_left[request_id] <= 1:
+            self.leaving.add(request_id)
+
+    def mark_leaving(self, request_id: str) -> None:
+        """A running request was told to preempt: it leaves before the engine's next step."""
+        if request_id in self.running:
+            self.leaving.add(request_id)
+
     def release(self, request_id: str) -> bool:
         """Forget a finished or cancelled request; False if it was not here."""
         was_here = self.waiting.pop(request_id, None) is not None or \
             self.running.pop(request_id, None) is not None
+        self.tokens_left.pop(request_id, None)
+        self.leaving.discard(request_id)
         if was_here:
             self.unblock()
         return was_here
@@ -130,4 +163,6 @@ class Admission:
         request_ids = list(self.waiting) + list(self.running)
         self.waiting.clear()
         self.running.clear()
+        self.tokens_left.clear()
+        self.leaving.clear()
         return request_ids

@@ -161,6 +161,8 @@ class Worker:
             for delta in deltas:
                 if delta.is_finished:
                     self.finish_request(delta)
+                elif delta.token_ids:
+                    self.admission.count_tokens(delta.request_id, len(delta.token_ids))
             if deltas:
                 self.send_progress(deltas)
 
@@ -223,7 +225,8 @@ class Worker:
                            problem.error_message)
             self.send_progress([problem])
             return
-        self.admission.add(request, num_tokens)
+        self.admission.add(request, num_tokens,
+                           len(prompt_token_ids) + len(request.generated_token_ids))
         self.tenant_by_request[request_id] = dispatch.tenant
         logger.info("worker %s request %s queued: %d prompt tokens, %d resumed, max_tokens %d",
                     self.worker_id, request_id, len(prompt_token_ids),
@@ -291,6 +294,7 @@ class Worker:
         delta follows every token it made, and frees its blocks (finish_request)."""
         if request_id in self.admission.running:
             self.engine_thread.preempt(request_id)
+            self.admission.mark_leaving(request_id)
             logger.info("worker %s request %s preempting", self.worker_id, request_id)
             return
         # not started here (or unknown): answered at once, as a cancel is
