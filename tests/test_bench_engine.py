@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmos.bench.engine import engine_class
+from llmos.bench.engine_stack import answer_lengths
 from llmos.bench.load import poisson_arrivals, run_closed_loop, run_open_loop
 from llmos.bench.stats import model_flops, percentile
 from llmos.cli import cli
@@ -195,3 +196,20 @@ def test_a_shared_prefix_repeats_the_poisson_run_without_the_prefix_cache():
     assert off["requests"] == summary["poisson"]["requests"]  # the same arrivals
     assert summary["prefix_cache_ttft_p50_gain"] is None or is_positive(
         summary["prefix_cache_ttft_p50_gain"])
+
+
+@pytest.mark.e2e
+def test_stack_requests_serve_the_same_answers_alone_and_through_a_real_stack():
+    summary = run_bench("--poisson-seconds", "0", "--skip-baselines", "--rounds", "2",
+                        "--stack-requests", "12", "--json-only")
+
+    stack = summary["stack"]
+    lengths = answer_lengths(12, new_tokens=4, seed=0)
+    assert (stack["requests"], stack["max_num_seqs"]) == (12, 2)  # the compared concurrency
+    assert stack["mean_answer_tokens"] == sum(lengths) / 12
+    assert stack["alone"]["output_tokens"] == sum(lengths)  # the engine alone ignores EOS
+    assert stack["stack"]["requests"] == 12
+    assert 12 <= stack["stack"]["output_tokens"] <= sum(lengths)  # the worker may stop at EOS
+    assert len(stack["round_ratios"]) == 2 and all(is_positive(r) for r in stack["round_ratios"])
+    assert summary["stack_vs_engine_throughput"] == stack["stack_vs_alone"]
+    assert is_positive(stack["stack_vs_alone"])

@@ -10,7 +10,8 @@ The compared runs (llmos at the compared level and each baseline) take
 `--rounds` turns, one after the other, and the medians make the ratios: a
 machine that slows down for a while then slows both sides alike.
 Every request makes exactly `--new-tokens` greedy tokens (EOS is ignored), so
-every figure counts the same work. It prints a table, then one JSON line.
+every figure counts the same work. With `--stack-requests`, the same engine is
+also measured behind the real stack (`llmos.bench.engine_stack`). It prints a table, then one JSON line.
 docs/benchmarks.md says what each figure means.
 """
 
@@ -30,7 +31,9 @@ import torch
 from llmos.bench import baselines
 from llmos.bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
 from llmos.bench.report import format_report
-from llmos.bench.stats import count_parameters, latency_figures, matmul_peak_flops, model_flops
+from llmos.bench.engine_stack import measure_stack_vs_alone
+from llmos.bench.stats import (count_parameters, latency_figures, matmul_peak_flops, median_run,
+                               model_flops)
 from llmos.config import option, options_from
 from workers.config import WorkerConfig
 from workers.engine import Engine
@@ -67,6 +70,10 @@ class EngineBenchConfig:
                             "baseline), one after the other; the medians make the ratios, "
                             "so a machine that slows down for a while skews no one side")
     skip_baselines: bool = option(False, "measure the llmos engine only")
+    stack_requests: int = option(0, "also serve this many requests (answers of 1 to 2 x "
+                                    "--new-tokens tokens) through a real stack (kernel, "
+                                    "scheduler, broker, one worker process) and with the "
+                                    "engine alone, at the compared concurrency; 0 = skip")
     json_only: bool = option(False, "print only the JSON line")
     write_profile: str = option("", "also write a latency profile for simulated workers "
                                     "(llmos worker --engine sim --profile FILE) fitted from the runs")
@@ -80,6 +87,8 @@ class EngineBenchConfig:
             raise click.BadParameter("--shared-prefix-len must be at least 0")
         if self.rounds < 1:
             raise click.BadParameter("--rounds must be at least 1")
+        if self.stack_requests < 0:
+            raise click.BadParameter("--stack-requests must be at least 0")
         self.concurrency_levels  # raises on a bad list
 
     @property
@@ -148,7 +157,10 @@ def run_bench(config: EngineBenchConfig,
         baseline_figures = {name: median_run([r[name] for r in rounds]) for name in BASELINES}
     if config.write_profile:
         write_sim_profile(config, runs, echo)
+    stack = measure_stack_vs_alone(bench, echo) if config.stack_requests else None
     summary = summarize(config, bench, runs, poisson, baseline_figures, rounds)
+    summary["stack_vs_engine_throughput"] = stack and stack["stack_vs_alone"]
+    summary["stack"] = stack
     if poisson_without_cache is not None:
         summary["poisson_prefix_cache_off"] = poisson_without_cache
         summary["prefix_cache_ttft_p50_gain"] = ratio_of(poisson_without_cache, poisson, "ttft_p50_s")
@@ -171,12 +183,6 @@ def measure_rounds(bench: EngineBench, first_run: dict[str, Any],
 
 def ratio_of(slower: dict[str, Any], faster: dict[str, Any], key: str) -> float | None:
     return slower[key] / faster[key] if slower.get(key) and faster.get(key) else None
-
-
-def median_run(figures: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """The run with the median output tokens/s (the lower middle one of an even count)."""
-    measured = sorted((f for f in figures if f is not None), key=lambda f: f["output_tokens_per_s"])
-    return measured[(len(measured) - 1) // 2] if measured else None
 
 
 def round_speedups(rounds: list[dict[str, Any]]) -> dict[str, list[float | None]]:
@@ -222,26 +228,32 @@ class EngineBench:
         self.peak_flops = peak_flops
         num_prompts = max(max(self.level_requests(c) for c in config.concurrency_levels),
                           config.compare_concurrency, config.sequential_requests)
-        self.prompts = make_prompts(num_prompts, config.prompt_len, tokenizer,
-                                    self.model.config.get_text_config().vocab_size, config.seed)
+        self.prompts = self.prompts_for(num_prompts, config.seed)
+
+    def prompts_for(self, count: int, seed: int) -> list[list[int]]:
+        return make_prompts(count, self.config.prompt_len, self.tokenizer,
+                            self.model.config.get_text_config().vocab_size, seed)
 
     def level_requests(self, concurrency: int) -> int:
         return self.config.requests or concurrency
 
-    def make_engine(self, max_num_seqs: int, prefix_caching: bool | None = None) -> Any:
-        max_model_len = self.config.max_model_len
+    def make_engine(self, max_num_seqs: int, prefix_caching: bool | None = None,
+                    max_model_len: int = 0) -> Any:
+        max_model_len = max_model_len or self.config.max_model_len
         kwargs: dict[str, Any] = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                                       eos_token_ids=set(), worker_id="bench")  # no EOS: full length
         if self.engine_cls is not Engine:
-            blocks_per_request = math.ceil(max_model_len / self.config.block_size)
-            # enough blocks that no request is ever preempted, and room for a whole prompt
             kwargs.update(block_size=self.config.block_size,
-                          num_blocks=max_num_seqs * (blocks_per_request + 1),
+                          num_blocks=self.num_kv_blocks(max_num_seqs, max_model_len),
                           max_num_batched_tokens=max(self.config.max_num_batched_tokens,
                                                      self.config.prompt_len),
                           prefix_caching=(self.config.prefix_caching if prefix_caching is None
                                           else prefix_caching))
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
+
+    def num_kv_blocks(self, max_num_seqs: int, max_model_len: int) -> int:
+        """Enough blocks that no request is ever preempted, and room for a whole prompt."""
+        return max_num_seqs * (math.ceil(max_model_len / self.config.block_size) + 1)
 
     def warm_up(self) -> None:
         """One short pass through each path, so no measurement pays for first calls."""
@@ -280,8 +292,7 @@ class EngineBench:
         # fresh prompts (another seed): no prefix-cache hits from the earlier runs; with
         # --shared-prefix-len, every one starts with the same system prompt
         vocab_size = self.model.config.get_text_config().vocab_size
-        prompts = make_prompts(len(offsets), self.config.prompt_len, self.tokenizer, vocab_size,
-                               self.config.seed + 1)
+        prompts = self.prompts_for(len(offsets), self.config.seed + 1)
         if self.config.shared_prefix_len:
             shared = make_prompts(1, self.config.shared_prefix_len, self.tokenizer, vocab_size,
                                   self.config.seed + 2)[0]

@@ -35,18 +35,21 @@ class LoadResult:
 class LoadDriver:
     """Submits requests to one engine, steps it, and times every request."""
 
-    def __init__(self, engine: Any, new_tokens: int) -> None:
+    def __init__(self, engine: Any, new_tokens: int | list[int]) -> None:
         self.engine = engine
-        self.new_tokens = new_tokens
+        self.new_tokens = new_tokens  # every request's answer length, or request i's at [i]
         self.timings: dict[str, RequestTiming] = {}
+        self.max_tokens: dict[str, int] = {}
         self.num_in_flight = 0
 
     def submit(self, index: int, prompt_token_ids: list[int], arrival_s: float) -> None:
         request_id = f"bench-{index}"
         self.timings[request_id] = RequestTiming(arrival_s=arrival_s,
                                                  num_prompt_tokens=len(prompt_token_ids))
-        # greedy and exactly new_tokens long: the engine was built with no EOS ids
-        sampling = SamplingOptions(max_tokens=self.new_tokens, temperature=0.0)
+        max_tokens = self.new_tokens if isinstance(self.new_tokens, int) else self.new_tokens[index]
+        self.max_tokens[request_id] = max_tokens
+        # greedy and exactly max_tokens long: the engine was built with no EOS ids
+        sampling = SamplingOptions(max_tokens=max_tokens, temperature=0.0)
         self.engine.add_request(EngineRequest(request_id, list(prompt_token_ids), sampling))
         self.num_in_flight += 1
 
@@ -63,9 +66,10 @@ class LoadDriver:
             if delta.is_finished:
                 timing.finished_s = now
                 self.num_in_flight -= 1
-                assert timing.num_generated_tokens == self.new_tokens, (
+                max_tokens = self.max_tokens[delta.request_id]
+                assert timing.num_generated_tokens == max_tokens, (
                     f"{delta.request_id} made {timing.num_generated_tokens} tokens, "
-                    f"not {self.new_tokens}: did the engine stop at an EOS?")
+                    f"not {max_tokens}: did the engine stop at an EOS?")
 
     def result(self) -> LoadResult:
         timings = list(self.timings.values())
@@ -76,8 +80,9 @@ class LoadDriver:
 
 
 def run_closed_loop(engine: Any, prompts: list[list[int]], concurrency: int,
-                    new_tokens: int) -> LoadResult:
-    """Keep `concurrency` requests in flight (a new one as each finishes) until all are done."""
+                    new_tokens: int | list[int]) -> LoadResult:
+    """Keep `concurrency` requests in flight (a new one as each finishes) until all are
+    done; each makes `new_tokens`, or prompt i's answer makes `new_tokens[i]`."""
     driver = LoadDriver(engine, new_tokens)
     next_index = 0
     while next_index < len(prompts) or engine.has_work:

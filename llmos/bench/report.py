@@ -46,11 +46,23 @@ def format_report(summary: dict[str, Any]) -> str:
                       ("speedup_vs_static_batch", "static batch"),
                       ("speedup_vs_generate_batch", "generate_batch")])
                   + f"; {percent(summary['peak_fraction'])} of the matmul peak"]
+    lines += stack_lines(summary.get("stack"))
     if summary.get("rounds", 0) > 1:
         lines.append(f"medians of {summary['rounds']} rounds; each round's ratio: " + ", ".join(
             f"vs {name} " + " ".join("-" if v is None else f"{v:.2f}x" for v in values)
             for name, values in summary["round_speedups"].items()))
     return "\n".join(lines)
+
+
+def stack_lines(stack: dict[str, Any] | None) -> list[str]:
+    if stack is None:
+        return []
+    return ["", f"{stack['requests']} requests (answers of {stack['mean_answer_tokens']:.0f} "
+                f"tokens on average), {stack['max_num_seqs']} at once: "
+                f"{stack['stack']['output_tokens_per_s']:.1f} output tokens/s through the stack, "
+                f"{stack['alone']['output_tokens_per_s']:.1f} with the engine alone, "
+                f"{stack['stack_vs_alone']:.2f}x (each round: "
+                + " ".join(f"{value:.2f}x" for value in stack["round_ratios"]) + ")"]
 
 
 def poisson_lines(poisson: dict[str, Any] | None) -> list[str]:

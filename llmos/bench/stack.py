@@ -34,6 +34,8 @@ class StackError(Exception):
 
 
 class SimStack:
+    ready_timeout_s = READY_TIMEOUT_S
+
     def __init__(self, log_dir: Path, num_workers: int, max_num_seqs: int,
                  profile: LatencyProfile, policy: str = "fcfs", tenant_weights: str = "",
                  num_sim_processes: int = 1) -> None:
@@ -76,8 +78,11 @@ class SimStack:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        profile_path = self.log_dir / "profile.json"
-        self.profile.save(str(profile_path))
+        self.start_services()
+        self.start_workers()
+        self.wait_ready()
+
+    def start_services(self) -> None:
         kernel, pub = self.ports.kernel_address, self.ports.pub_address
         self.start_process("kernel", "kernel", "--kernel-bind", kernel, "--kernel-pub-bind", pub)
         self.start_process("scheduler", "scheduler", "--policy", self.policy,
@@ -87,14 +92,17 @@ class SimStack:
                            "--worker-bind", self.ports.worker_address,
                            "--scheduler-address", self.scheduler_address,
                            "--tiers", "interactive,standard,batch")
+
+    def start_workers(self) -> None:
+        profile_path = self.log_dir / "profile.json"
+        self.profile.save(str(profile_path))
         for index, count in enumerate(self.workers_per_process()):
             self.start_process(f"sim-{index}", "worker", "--engine", "sim",
                                "--sim-workers", str(count), "--worker-id", f"sim{index}",
                                "--max-num-seqs", str(self.max_num_seqs),
                                "--model-name", SIM_MODEL, "--profile", str(profile_path),
                                "--broker-worker-address", self.ports.worker_address,
-                               "--kernel-address", kernel)
-        self.wait_ready()
+                               "--kernel-address", self.ports.kernel_address)
 
     def workers_per_process(self) -> list[int]:
         base, extra = divmod(self.num_workers, self.num_sim_processes)
@@ -121,8 +129,9 @@ class SimStack:
             return client.status()
 
     def wait_ready(self) -> None:
-        """Until the broker counts every simulated worker."""
-        deadline_s = time.monotonic() + READY_TIMEOUT_S
+        """Until the broker counts every worker."""
+        timeout_s = self.ready_timeout_s
+        deadline_s = time.monotonic() + timeout_s
         while time.monotonic() < deadline_s:
             self.check_alive()
             try:
@@ -131,7 +140,7 @@ class SimStack:
             except LlmosError:
                 pass  # not up yet
             time.sleep(PROBE_INTERVAL_S)
-        raise StackError(f"{self.num_workers} workers not ready within {READY_TIMEOUT_S:g} s\n"
+        raise StackError(f"{self.num_workers} workers not ready within {timeout_s:g} s\n"
                          f"{self.log_tails()}")
 
     def wait_drained(self, timeout_s: float = 60.0) -> bool:

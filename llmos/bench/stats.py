@@ -93,3 +93,9 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_run(figures: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The run with the median output tokens/s (the lower middle one of an even count)."""
+    measured = sorted((f for f in figures if f is not None), key=lambda f: f["output_tokens_per_s"])
+    return measured[(len(measured) - 1) // 2] if measured else None

@@ -1,0 +1,117 @@
+"""`llmos bench engine --stack-requests N`: the engine alone against the same engine
+served by the whole stack, on the same requests.
+
+Both sides serve N requests (the same prompts, and answer lengths drawn evenly
+from 1 to twice `--new-tokens`, so requests end at different steps and slots free
+one at a time) with max_num_seqs = the compared concurrency:
+- alone: the engine in this process, a waiting request put into the batch the
+  instant one ends (`run_closed_loop`): the engine with nothing around it;
+- stack: kernel, scheduler (fcfs), broker and one `llmos worker` process on the
+  same model, device and engine settings, fed by a client that keeps twice
+  max_num_seqs requests live, so the broker always has the next one queued.
+The ratio of output tokens/s is what serving costs: messages, tokenizing, KV
+accounting with the kernel, and every step a freed slot waits for its next request.
+The worker's answers may end early at the model's EOS (random weights rarely
+make one); tokens/s counts the tokens each side made.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmos.bench.driver import ClosedLoop, LoadDriver
+from llmos.bench.load import run_closed_loop
+from llmos.bench.stack import SimStack
+from llmos.bench.stats import median_run
+from llmos.bench.workload import BATCH, Job
+from workers.sim import LatencyProfile
+
+WORKER_READY_TIMEOUT_S = 300.0  # a fresh process loads the model (and warms CUDA) first
+WARM_UP_REQUESTS = 4
+DRAIN_TIMEOUT_S = 600.0
+
+
+class ModelStack(SimStack):
+    """Kernel, scheduler, broker and one real `llmos worker` with `worker_args`."""
+
+    ready_timeout_s = WORKER_READY_TIMEOUT_S
+
+    def __init__(self, log_dir: Path, max_num_seqs: int, worker_args: list[str]) -> None:
+        super().__init__(log_dir, num_workers=1, max_num_seqs=max_num_seqs,
+                         profile=LatencyProfile())
+        self.worker_args = worker_args
+
+    def start_workers(self) -> None:
+        self.start_process("worker", "worker", "--worker-id", "bench-worker",
+                           "--max-num-seqs", str(self.max_num_seqs), *self.worker_args,
+                           "--broker-worker-address", self.ports.worker_address,
+                           "--kernel-address", self.ports.kernel_address)
+
+
+def answer_lengths(count: int, new_tokens: int, seed: int) -> list[int]:
+    """Evenly from 1 to 2 x new_tokens - 1 (mean new_tokens), seeded."""
+    rng = random.Random(f"stack-{seed}")
+    return [rng.randint(1, max(1, 2 * new_tokens - 1)) for _ in range(count)]
+
+
+def worker_args(config: Any, max_num_seqs: int, max_model_len: int, kv_tokens: int) -> list[str]:
+    """The worker's flags for the engine the bench builds in-process."""
+    return ["--model", config.model, "--device", config.device, "--dtype", config.dtype,
+            "--threads", str(config.threads), "--max-model-len", str(max_model_len),
+            "--kv-cache-tokens", str(kv_tokens),
+            "--max-num-batched-tokens", str(max(config.max_num_batched_tokens, config.prompt_len)),
+            "--prefix-caching" if config.prefix_caching else "--no-prefix-caching"]
+
+
+def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str, Any]:
+    """`--rounds` turns of (alone, stack) on the same requests; medians make the ratio."""
+    config = bench.config
+    max_num_seqs = config.compare_concurrency
+    lengths = answer_lengths(config.stack_requests, config.new_tokens, config.seed)
+    # the worker tokenizes text: the alone side gets the very ids the worker will see
+    texts = [bench.tokenizer.decode(ids, skip_special_tokens=True)
+             for ids in bench.prompts_for(config.stack_requests, config.seed + 3)]
+    prompts = [bench.tokenizer.encode(text) for text in texts]
+    max_model_len = max(len(ids) for ids in prompts) + max(lengths)
+    kv_tokens = bench.num_kv_blocks(max_num_seqs, max_model_len) * config.block_size
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="llmos-bench-stack-") as log_dir:
+        args = worker_args(config, max_num_seqs, max_model_len, kv_tokens)
+        with ModelStack(Path(log_dir), max_num_seqs, args) as stack:
+            serve(stack.broker_address, texts[:WARM_UP_REQUESTS], [2] * WARM_UP_REQUESTS, 2)
+            for index in range(config.rounds):
+                echo(f"round {index + 1} of {config.rounds}: {len(prompts)} requests, "
+                     f"{max_num_seqs} at once, the engine alone, then through the stack ...")
+                alone = run_closed_loop(bench.make_engine(max_num_seqs, max_model_len=max_model_len),
+                                        prompts, max_num_seqs, lengths)
+                served = serve(stack.broker_address, texts, lengths, 2 * max_num_seqs)
+                rounds.append({"alone": bench.throughput(alone.num_prompt_tokens,
+                                                         alone.num_generated_tokens, alone.wall_s),
+                               "stack": served})
+    alone, stack = (median_run([r[side] for r in rounds]) for side in ("alone", "stack"))
+    return {"requests": len(prompts), "max_num_seqs": max_num_seqs,
+            "mean_answer_tokens": sum(lengths) / len(lengths),
+            "stack_vs_alone": stack["output_tokens_per_s"] / alone["output_tokens_per_s"],
+            "round_ratios": [r["stack"]["output_tokens_per_s"] / r["alone"]["output_tokens_per_s"]
+                             for r in rounds],
+            "alone": alone, "stack": stack}
+
+
+def serve(address: str, texts: list[str], lengths: list[int], num_live: int) -> dict[str, Any]:
+    """Send every request through the stack, `num_live` at a time; the client's figures."""
+    jobs = (Job(BATCH, BATCH, text, length) for text, length in zip(texts, lengths))
+    with LoadDriver(address, track_chunks=False) as driver:
+        result = driver.run([], [ClosedLoop(jobs, num_live)], drain_timeout_s=DRAIN_TIMEOUT_S)
+    failed = [o for o in result.outcomes if o.error or not o.is_done]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(result.outcomes)} requests failed through "
+                           f"the stack: {sorted({o.error or 'unfinished' for o in failed})}")
+    outcomes = result.outcomes
+    wall_s = max(o.finished_s for o in outcomes) - min(o.arrival_s for o in outcomes)
+    num_tokens = sum(o.num_tokens for o in outcomes)
+    return {"requests": len(outcomes), "output_tokens": num_tokens, "wall_s": wall_s,
+            "output_tokens_per_s": num_tokens / wall_s}
