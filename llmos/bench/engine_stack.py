@@ -92,6 +92,9 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
                 rounds.append({"alone": bench.throughput(alone.num_prompt_tokens,
                                                          alone.num_generated_tokens, alone.wall_s),
                                "stack": served})
+                echo(f"  alone {rounds[-1]['alone']['output_tokens_per_s']:.1f} output tokens/s "
+                     f"in {alone.wall_s:.1f} s, stack {served['output_tokens_per_s']:.1f} in "
+                     f"{served['wall_s']:.1f} s")
     alone, stack = (median_run([r[side] for r in rounds]) for side in ("alone", "stack"))
     return {"requests": len(prompts), "max_num_seqs": max_num_seqs,
             "mean_answer_tokens": sum(lengths) / len(lengths),
