@@ -38,21 +38,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
+from llmos.bench.sched_config import SchedBenchConfig  # noqa: E402
+from llmos.bench.sched_runs import BATCH_LENGTH_CLASSES  # noqa: E402
 from llmos.bench.workload import INTERACTIVE, BatchFlood, ChatWorkload  # noqa: E402
 from scheduler_svc.data import PendingRequest, RunningRequest, WorkerSlots  # noqa: E402
 from scheduler_svc.policies import make_policy  # noqa: E402
 
+BENCH = SchedBenchConfig()  # the bench's defaults: workload (a) and the simulated workers
+# interactive jobs, then the bench's batch length classes ("short (<=16)" -> "short")
 CLASSES = {"interactive": lambda tier, tokens: tier == INTERACTIVE,
-           "short": lambda tier, tokens: tier != INTERACTIVE and tokens <= 16,
-           "medium": lambda tier, tokens: tier != INTERACTIVE and 16 < tokens <= 64,
-           "long": lambda tier, tokens: tier != INTERACTIVE and tokens > 64}
+           **{label.split()[0]: (lambda tier, tokens, low=low, high=high:
+                                 tier != INTERACTIVE and low <= tokens <= high)
+              for label, (low, high) in BATCH_LENGTH_CLASSES.items()}}
 
 
 def simulate(policy: str, batch_rate: float, args: argparse.Namespace) -> list[tuple[float, str, int]]:
     """(JCT, tier, tokens) of every job."""
     chat = ChatWorkload(rate_per_s=args.interactive_rate, duration_s=args.duration).jobs(args.seed)
     flood = BatchFlood(burst=args.slots, rate_per_s=batch_rate, duration_s=args.duration,
-                       pareto_alpha=1.2, min_tokens=8, max_tokens=256).jobs(args.seed)
+                       pareto_alpha=BENCH.batch_pareto_alpha, min_tokens=BENCH.batch_min_tokens,
+                       max_tokens=BENCH.batch_max_tokens).jobs(args.seed)
     arrivals = sorted(((job.offset_s, job.max_tokens, job.tier, len(job.prompt))
                        for job in chat + flood), key=lambda a: a[0])
     if policy.startswith("llmos-"):
@@ -217,13 +222,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, action="append",
                         help="batch arrivals per second (repeatable); default: 48.1 40 53 60")
-    parser.add_argument("--interactive-rate", type=float, default=8.0)
-    parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--slots", type=int, default=32, help="slots in all (workers x slots)")
-    parser.add_argument("--step-base-ms", type=float, default=20.0)
-    parser.add_argument("--step-per-seq-ms", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--interactive-rate", type=float, default=BENCH.interactive_rate)
+    parser.add_argument("--duration", type=float, default=BENCH.duration_s)
+    parser.add_argument("--workers", type=int, default=BENCH.workers)
+    parser.add_argument("--slots", type=int, default=BENCH.workers * BENCH.slots,
+                        help="slots in all (workers x slots)")
+    parser.add_argument("--step-base-ms", type=float, default=BENCH.step_base_ms)
+    parser.add_argument("--step-per-seq-ms", type=float, default=BENCH.step_per_seq_ms)
+    parser.add_argument("--seed", type=int, default=BENCH.seed)
     parser.add_argument("--prefill-token-ms", type=float, default=0.0,
                         help="llmos policies only: step time per prefilled token (the simulated "
                              "workers' default is 0.02), so preemption by recompute costs")
