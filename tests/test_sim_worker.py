@@ -126,6 +126,24 @@ def test_a_preempted_request_dispatched_again_prefills_only_what_it_made_since()
     assert worker.cached_prefix_hashes() == []
 
 
+def test_kept_tokens_stay_within_half_the_kv_capacity_least_recently_kept_going_first():
+    from workers.sim import SimRequest, SimWorker
+
+    worker = SimWorker("w", socket=None, max_num_seqs=4, kv_blocks_total=16, block_size=16)
+    for index in range(4):  # 100 tokens each against 128 kept at most (half of 256)
+        worker.keep_computed(SimRequest(f"r{index}", prompt_tokens=100, max_tokens=8,
+                                        num_generated=0, num_blocks=7, num_cached_tokens=100,
+                                        prefix_hashes=(index,)))
+
+    assert list(worker.cached) == ["r3"] and worker.num_kept_tokens == 100
+    worker.keep_computed(SimRequest("r3", prompt_tokens=20, max_tokens=8, num_generated=0,
+                                    num_blocks=2, num_cached_tokens=20, prefix_hashes=(3,)))
+    assert worker.num_kept_tokens == 20  # kept again: counted once, at its new size
+    worker.take_computed(SimRequest("r3", prompt_tokens=20, max_tokens=8, num_generated=1,
+                                    num_blocks=2))
+    assert worker.num_kept_tokens == 0 and worker.cached_prefix_hashes() == []
+
+
 def test_a_request_told_to_preempt_mid_step_keeps_the_steps_token_then_leaves():
     from workers.sim import SIM_TOKEN_ID, LatencyProfile, SimRequest, SimWorker
 

@@ -178,6 +178,7 @@ class SimWorker:
     # preempted requests' computed tokens, least recently kept first: request id ->
     # (tokens, prompt block hashes); bounded by CACHE_FRACTION of the KV capacity
     cached: OrderedDict[str, tuple[int, tuple[int, ...]]] = field(default_factory=OrderedDict)
+    num_kept_tokens: int = 0  # the tokens `cached` holds, in all
     is_cache_report_due: bool = False
 
     def registration(self, heartbeat_interval_ms: int) -> pb.WorkerRegister:
@@ -227,16 +228,24 @@ class SimWorker:
             else request.num_cached_tokens
         if num_tokens <= 0:
             return
+        self.forget_computed(request.request_id)
         self.cached[request.request_id] = (num_tokens, request.prefix_hashes)
-        self.cached.move_to_end(request.request_id)
+        self.num_kept_tokens += num_tokens
         capacity = CACHE_FRACTION * self.kv_blocks_total * self.block_size
-        while sum(tokens for tokens, _ in self.cached.values()) > capacity:
-            self.cached.popitem(last=False)
+        while self.num_kept_tokens > capacity:
+            self.forget_computed(next(iter(self.cached)))
         self.is_cache_report_due = True
+
+    def forget_computed(self, request_id: str) -> tuple[int, tuple[int, ...]] | None:
+        """Drop what this worker kept of a request; what it was (None: nothing)."""
+        kept = self.cached.pop(request_id, None)
+        if kept is not None:
+            self.num_kept_tokens -= kept[0]
+        return kept
 
     def take_computed(self, request: SimRequest) -> None:
         """A request dispatched here again starts from what this worker kept of it."""
-        kept = self.cached.pop(request.request_id, None)
+        kept = self.forget_computed(request.request_id)
         if kept is not None:
             request.num_cached_tokens = min(kept[0], request.prompt_tokens + request.num_generated - 1)
             self.is_cache_report_due = True
