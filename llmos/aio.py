@@ -22,8 +22,8 @@ import zmq.asyncio
 from google.protobuf.message import Message
 
 from llmos.client import (
-    CLIENT_ACCEPTS, DEFAULT_TIMEOUT_S, UNTIED, default_broker_address, make_generate_request,
-    make_pooling_request, request_id_of,
+    CLIENT_ACCEPTS, DEFAULT_TIMEOUT_S, UNTIED, answer_of, default_broker_address, ends_stream,
+    make_generate_request, make_pooling_request, request_id_of,
 )
 from llmos.errors import LlmosTimeout, error_from_proto
 from llmos.wire import WireError, pack, pb, unpack
@@ -80,15 +80,8 @@ class AsyncClient:
                                              f"nothing arrived for request {request_id}")
             if name == "chunk":
                 yield message
-            elif name == "result":
-                del self._queues[request_id]
-                self._results[request_id] = message
+            elif ends_stream(request_id, name, message, self._queues, self._results):
                 return
-            elif name == "error":
-                del self._queues[request_id]
-                raise error_from_proto(message)
-            else:
-                log.warning("request %s: unexpected %s while streaming", request_id, name)
 
     async def result(self, request_id: str) -> pb.GenerateResult:
         """The request's GenerateResult, draining its stream first; handed out once."""
@@ -124,13 +117,10 @@ class AsyncClient:
         await self._socket.send(pack(request))
         try:
             while True:
-                name, message = await self._next(request_id, f"no answer to request {request_id}")
-                if name == result_name:
-                    return message
-                if name == "error":
-                    raise error_from_proto(message)
-                if name != "accepted":
-                    log.warning("request %s: unexpected %s", request_id, name)
+                answer = answer_of(request_id, result_name, *await self._next(
+                    request_id, f"no answer to request {request_id}"))
+                if answer is not None:
+                    return answer
         finally:
             self._queues.pop(request_id, None)  # a late reply finds no queue and is dropped
 

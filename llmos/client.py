@@ -75,6 +75,34 @@ def make_pooling_request(kind: int, inputs: str | Sequence[str], *, request_id: 
                          tier=tier, tenant=tenant, deadline_ms=deadline_ms)
 
 
+def ends_stream(request_id: str, name: str, message: Message, inboxes: dict,
+                results: dict[str, pb.GenerateResult]) -> bool:
+    """Whether a reply other than a chunk ends the request's stream. A result does
+    (kept in `results`); an error does by raising its typed exception; the request's
+    inbox goes either way. Anything else is logged and passed over (False)."""
+    if name == "result":
+        del inboxes[request_id]
+        results[request_id] = message
+        return True
+    if name == "error":
+        del inboxes[request_id]
+        raise error_from_proto(message)
+    log.warning("request %s: unexpected %s while streaming", request_id, name)
+    return False
+
+
+def answer_of(request_id: str, result_name: str, name: str, message: Message) -> Message | None:
+    """A one-answer request's `result_name` reply, else None (past `accepted`);
+    an error raises its typed exception."""
+    if name == result_name:
+        return message
+    if name == "error":
+        raise error_from_proto(message)
+    if name != "accepted":
+        log.warning("request %s: unexpected %s", request_id, name)
+    return None
+
+
 def request_id_of(name: str, message: Message) -> str:
     """The inbox a broker message belongs to (UNTIED for status replies and
     errors the broker could not tie to a request)."""
@@ -139,15 +167,8 @@ class Client:
             name, message = self._next(request_id, f"nothing arrived for request {request_id}")
             if name == "chunk":
                 yield message
-            elif name == "result":
-                del self._inboxes[request_id]
-                self._results[request_id] = message
+            elif ends_stream(request_id, name, message, self._inboxes, self._results):
                 return
-            elif name == "error":
-                del self._inboxes[request_id]
-                raise error_from_proto(message)
-            else:
-                log.warning("request %s: unexpected %s while streaming", request_id, name)
 
     def result(self, request_id: str) -> pb.GenerateResult:
         """The request's GenerateResult, draining its stream first if needed.
@@ -189,13 +210,10 @@ class Client:
         self._socket.send(pack(request))
         try:
             while True:
-                name, message = self._next(request_id, f"no answer to request {request_id}")
-                if name == result_name:
-                    return message
-                if name == "error":
-                    raise error_from_proto(message)
-                if name != "accepted":
-                    log.warning("request %s: unexpected %s", request_id, name)
+                answer = answer_of(request_id, result_name,
+                                   *self._next(request_id, f"no answer to request {request_id}"))
+                if answer is not None:
+                    return answer
         finally:
             self._inboxes.pop(request_id, None)  # a late reply finds no inbox and is dropped
 
