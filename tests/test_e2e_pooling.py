@@ -47,8 +47,7 @@ def stack(minilm_dir, classifier_dir, tmp_path_factory):
     with Stack(Path(f"embedded:{EMBEDDER_NAME}"), tmp_path_factory.mktemp("logs")) as running:
         running.start_process("worker-classifier", "worker", "--worker-id", "worker-classifier",
                               "--model", str(classifier_dir), "--threads", "1", "--device", "cpu",
-                              "--broker-worker-address", running.ports.worker_address,
-                              "--kernel-address", running.kernel_address)
+                              *running.worker_links())
         running.wait_ready(2)
         yield running
 

@@ -16,8 +16,7 @@ def start_sim_workers(stack: Stack, count: int) -> None:
     starts them, serving the model "simulated"; returns once the broker has them all."""
     stack.start_process("sim", "worker", "--engine", "sim", "--sim-workers", str(count),
                         "--worker-id", "sim", "--model-name", "simulated",
-                        "--broker-worker-address", stack.ports.worker_address,
-                        "--kernel-address", stack.kernel_address)
+                        *stack.worker_links())
     stack.wait_ready(num_workers=count)
 
 

@@ -25,31 +25,29 @@ from typing import Any
 
 from llmos.bench.driver import ClosedLoop, LoadDriver
 from llmos.bench.load import run_closed_loop
-from llmos.bench.stack import SimStack
+from llmos.bench.stack import ServiceStack
 from llmos.bench.stats import median_run
 from llmos.bench.workload import BATCH, Job
-from workers.sim import LatencyProfile
 
 WORKER_READY_TIMEOUT_S = 300.0  # a fresh process loads the model (and warms CUDA) first
 WARM_UP_REQUESTS = 4
 DRAIN_TIMEOUT_S = 600.0
 
 
-class ModelStack(SimStack):
-    """Kernel, scheduler, broker and one real `llmos worker` with `worker_args`."""
+class ModelStack(ServiceStack):
+    """Kernel, scheduler (fcfs), broker and one real `llmos worker` with `worker_args`."""
 
     ready_timeout_s = WORKER_READY_TIMEOUT_S
 
     def __init__(self, log_dir: Path, max_num_seqs: int, worker_args: list[str]) -> None:
-        super().__init__(log_dir, num_workers=1, max_num_seqs=max_num_seqs,
-                         profile=LatencyProfile())
+        super().__init__(log_dir, num_workers=1)
+        self.max_num_seqs = max_num_seqs
         self.worker_args = worker_args
 
     def start_workers(self) -> None:
         self.start_process("worker", "worker", "--worker-id", "bench-worker",
                            "--max-num-seqs", str(self.max_num_seqs), *self.worker_args,
-                           "--broker-worker-address", self.ports.worker_address,
-                           "--kernel-address", self.ports.kernel_address)
+                           *self.worker_links())
 
 
 def answer_lengths(count: int, new_tokens: int, seed: int) -> list[int]:

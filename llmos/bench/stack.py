@@ -1,4 +1,8 @@
-"""The real llmos processes `llmos bench sched` measures, with simulated workers.
+"""Real llmos processes on free local ports, for benchmarks and tests.
+
+`ServiceStack` starts the kernel, scheduler and broker; a subclass starts the
+workers: `SimStack` the simulated workers `llmos bench sched` measures,
+`llmos.bench.engine_stack.ModelStack` one real worker, `tests/stack.py` tiny-model ones.
 
     with SimStack(log_dir, num_workers=4, max_num_seqs=8, profile=profile) as stack:
         stack.set_policy("mlfq")      # SetPolicy to the scheduler; the broker keeps running
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Self
 
 from llmos.client import Client
 from llmos.errors import LlmosError
@@ -33,22 +38,20 @@ class StackError(Exception):
     """A process died or the stack did not become ready; the message holds log tails."""
 
 
-class SimStack:
+class ServiceStack:
+    """Kernel, scheduler and broker, each `python -m llmos <service>` on free loopback
+    ports; a subclass starts the workers (`start_workers`). Use as a context manager:
+    every process is stopped on exit, also when the start fails."""
+
     ready_timeout_s = READY_TIMEOUT_S
 
-    def __init__(self, log_dir: Path, num_workers: int, max_num_seqs: int,
-                 profile: LatencyProfile, policy: str = "fcfs", tenant_weights: str = "",
-                 num_sim_processes: int = 1) -> None:
-        assert num_workers >= num_sim_processes >= 1
+    def __init__(self, log_dir: Path, num_workers: int, policy: str = "fcfs",
+                 env: dict[str, str] | None = None) -> None:
         self.log_dir = log_dir
         self.num_workers = num_workers
-        self.max_num_seqs = max_num_seqs
-        self.profile = profile
         self.policy = policy
-        self.tenant_weights = tenant_weights
-        self.num_sim_processes = num_sim_processes
         self.ports = StackPorts()
-        self.group = ProcessGroup(log_dir)
+        self.group = ProcessGroup(log_dir, env)
         self.processes = self.group.processes
 
     @property
@@ -56,16 +59,16 @@ class SimStack:
         return self.ports.client_address
 
     @property
+    def kernel_address(self) -> str:
+        return self.ports.kernel_address
+
+    @property
     def scheduler_address(self) -> str:
         return self.ports.scheduler_address
 
-    @property
-    def num_slots(self) -> int:
-        return self.num_workers * self.max_num_seqs
-
     # ------------------------------------------------------------ start and stop
 
-    def __enter__(self) -> SimStack:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:
@@ -83,30 +86,31 @@ class SimStack:
         self.wait_ready()
 
     def start_services(self) -> None:
-        kernel, pub = self.ports.kernel_address, self.ports.pub_address
-        self.start_process("kernel", "kernel", "--kernel-bind", kernel, "--kernel-pub-bind", pub)
+        self.start_kernel()
+        self.start_scheduler()
+        self.start_broker()
+
+    def start_kernel(self) -> None:
+        self.start_process("kernel", "kernel", "--kernel-bind", self.kernel_address,
+                           "--kernel-pub-bind", self.ports.pub_address)
+
+    def start_scheduler(self, *args: str) -> None:
         self.start_process("scheduler", "scheduler", "--policy", self.policy,
-                           "--tenant-weights", self.tenant_weights,
-                           "--scheduler-bind", self.scheduler_address, "--kernel-pub-address", pub)
+                           "--scheduler-bind", self.scheduler_address,
+                           "--kernel-pub-address", self.ports.pub_address, *args)
+
+    def start_broker(self, *args: str) -> None:
         self.start_process("broker", "broker", "--client-bind", self.broker_address,
                            "--worker-bind", self.ports.worker_address,
-                           "--scheduler-address", self.scheduler_address,
-                           "--tiers", "interactive,standard,batch")
+                           "--scheduler-address", self.scheduler_address, *args)
 
     def start_workers(self) -> None:
-        profile_path = self.log_dir / "profile.json"
-        self.profile.save(str(profile_path))
-        for index, count in enumerate(self.workers_per_process()):
-            self.start_process(f"sim-{index}", "worker", "--engine", "sim",
-                               "--sim-workers", str(count), "--worker-id", f"sim{index}",
-                               "--max-num-seqs", str(self.max_num_seqs),
-                               "--model-name", SIM_MODEL, "--profile", str(profile_path),
-                               "--broker-worker-address", self.ports.worker_address,
-                               "--kernel-address", self.ports.kernel_address)
+        raise NotImplementedError
 
-    def workers_per_process(self) -> list[int]:
-        base, extra = divmod(self.num_workers, self.num_sim_processes)
-        return [base + (index < extra) for index in range(self.num_sim_processes)]
+    def worker_links(self) -> tuple[str, ...]:
+        """A worker's flags for reaching this broker and kernel."""
+        return ("--broker-worker-address", self.ports.worker_address,
+                "--kernel-address", self.kernel_address)
 
     def start_process(self, name: str, *args: str) -> None:
         self.group.start(name, *args)
@@ -116,8 +120,10 @@ class SimStack:
 
     # ------------------------------------------------------------ state
 
-    def check_alive(self) -> None:
-        exited = self.group.first_exited()
+    def check_alive(self, ignore: tuple[str, ...] = ()) -> None:
+        """StackError (with the log tails) once a process has exited, unless its name
+        starts with `ignore`."""
+        exited = self.group.first_exited(ignore)
         if exited is not None:
             raise StackError(f"{exited[0]} exited with status {exited[1]}\n{self.log_tails()}")
 
@@ -128,20 +134,58 @@ class SimStack:
         with Client(self.broker_address, timeout_s=timeout_s) as client:
             return client.status()
 
-    def wait_ready(self) -> None:
-        """Until the broker counts every worker."""
+    def wait_ready(self, num_workers: int = 0) -> None:
+        """Until the broker counts `num_workers` (default: every one started)."""
+        num_workers = num_workers or self.num_workers
         timeout_s = self.ready_timeout_s
         deadline_s = time.monotonic() + timeout_s
         while time.monotonic() < deadline_s:
             self.check_alive()
             try:
-                if len(self.status(timeout_s=1.0).workers) >= self.num_workers:
+                if len(self.status(timeout_s=1.0).workers) >= num_workers:
                     return
             except LlmosError:
                 pass  # not up yet
             time.sleep(PROBE_INTERVAL_S)
-        raise StackError(f"{self.num_workers} workers not ready within {timeout_s:g} s\n"
+        raise StackError(f"{num_workers} workers not ready within {timeout_s:g} s\n"
                          f"{self.log_tails()}")
+
+
+class SimStack(ServiceStack):
+    def __init__(self, log_dir: Path, num_workers: int, max_num_seqs: int,
+                 profile: LatencyProfile, policy: str = "fcfs", tenant_weights: str = "",
+                 num_sim_processes: int = 1) -> None:
+        assert num_workers >= num_sim_processes >= 1
+        super().__init__(log_dir, num_workers, policy)
+        self.max_num_seqs = max_num_seqs
+        self.profile = profile
+        self.tenant_weights = tenant_weights
+        self.num_sim_processes = num_sim_processes
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_workers * self.max_num_seqs
+
+    def start_services(self) -> None:
+        self.start_kernel()
+        self.start_scheduler("--tenant-weights", self.tenant_weights)
+        self.start_broker("--tiers", "interactive,standard,batch")
+
+    def start_workers(self) -> None:
+        profile_path = self.log_dir / "profile.json"
+        self.profile.save(str(profile_path))
+        for index, count in enumerate(self.workers_per_process()):
+            self.start_process(f"sim-{index}", "worker", "--engine", "sim",
+                               "--sim-workers", str(count), "--worker-id", f"sim{index}",
+                               "--max-num-seqs", str(self.max_num_seqs),
+                               "--model-name", SIM_MODEL, "--profile", str(profile_path),
+                               *self.worker_links())
+
+    def workers_per_process(self) -> list[int]:
+        base, extra = divmod(self.num_workers, self.num_sim_processes)
+        return [base + (index < extra) for index in range(self.num_sim_processes)]
+
+    # ------------------------------------------------------------ state
 
     def wait_drained(self, timeout_s: float = 60.0) -> bool:
         """Until no request is queued or running (the last run's leftovers are gone)."""
