@@ -42,6 +42,20 @@ def test_a_shared_start_is_stored_once_and_room_limits_new_blocks():
     assert insert(cache, [7] * 12, room=1) == 1
 
 
+def test_a_gather_across_inserts_returns_every_token_in_order():
+    cache = PrefixCache(BLOCK, LAYERS)
+    insert(cache, list(range(8)))                         # blocks 0 and 1 of one copy
+    tokens = list(range(4)) + [50, 51, 52, 53, 60, 61, 62, 63]
+    insert(cache, tokens)                                 # block 0 shared, 2 new in another copy
+    path = cache.match(tokens + [1], max_tokens=12)
+
+    assert len(path) == 3
+    assert len(cache.spans([cache.blocks[h] for h in path])) == 2  # one run per copy
+    for layer, (keys, values) in enumerate(cache.gather(path)):
+        assert keys[0, :, 0].tolist() == [t + layer for t in tokens]
+        assert values[1, :, 2].tolist() == [-(t + layer) for t in tokens]
+
+
 def test_eviction_takes_the_least_recently_used_leaves_first():
     cache = PrefixCache(BLOCK, LAYERS)
     insert(cache, list(range(12)))                       # root, middle, leaf

@@ -74,10 +74,10 @@ class PrefixCaching:
         offset = 0
         for plan in plans:
             width = plan.num_new * size
-            cache.add(plan, [(keys[:, offset:offset + width], values[:, offset:offset + width])
-                             for keys, values in gathered],
+            cache.add(plan, gathered,
                       lambda num_tokens, token_ids=plan.token_ids: prompt_block_hashes(
-                          self.tokenizer.decode(token_ids[:num_tokens], skip_special_tokens=True)))
+                          self.tokenizer.decode(token_ids[:num_tokens], skip_special_tokens=True)),
+                      first_column=offset)
             offset += width
         if len(cache) > room:
             cache.evict(len(cache) - room)  # the least recently used, never the new ones first

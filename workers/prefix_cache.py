@@ -7,9 +7,12 @@ same tokens is prefilled from the end of that prefix instead of from column 0.
 
 A block is `block_size` tokens (the kernel's); its hash chains the previous
 block's hash with its own token ids, so one hash names a whole prefix. Each
-block keeps, per layer, a `[kv_heads, block_size, head_dim]` copy (the batch
-cache is padded and moves rows, so blocks cannot point into it), shared by
-every prefix that runs through it. Blocks leave least recently used first, and
+block keeps, per layer, `block_size` columns of a copy (the batch cache is padded
+and moves rows, so blocks cannot point into it): the copy one insert gathered
+for all its blocks, which a block names with its first column and slices only
+when a lookup gathers it (most kept blocks are never looked up, and on a GPU
+every slice of every layer is a call from Python). A block is shared by every
+prefix that runs through it. Blocks leave least recently used first, and
 leaves before their parents: a lookup or an insert touches its path from the
 deepest block up to the root, so no parent is older than its child.
 
@@ -54,8 +57,8 @@ class InsertPlan:
 
 @dataclass
 class CachedBlock:
-    keys: list[torch.Tensor]     # per layer: [kv_heads, block_size, head_dim]
-    values: list[torch.Tensor]
+    keys_values: list[LayerKeysValues]  # per layer, the copy its insert gathered
+    first_column: int                   # the block's columns there: block_size from this one
 
 
 class PrefixCache:
@@ -105,10 +108,23 @@ class PrefixCache:
 
     def gather(self, path: list[int]) -> list[LayerKeysValues]:
         """The path's keys and values, per layer, as `[kv_heads, tokens, head_dim]` copies."""
-        blocks = [self.blocks[block_hash] for block_hash in path]
-        return [(torch.cat([block.keys[layer] for block in blocks], dim=1),
-                 torch.cat([block.values[layer] for block in blocks], dim=1))
+        spans = self.spans([self.blocks[block_hash] for block_hash in path])
+        return [tuple(torch.cat([keys_values[layer][side][:, first:end]
+                                 for keys_values, first, end in spans], dim=1)
+                      for side in (0, 1))
                 for layer in range(self.num_layers)]
+
+    def spans(self, blocks: list[CachedBlock]) -> list[tuple[list[LayerKeysValues], int, int]]:
+        """(copy, first column, end column) runs of `blocks`: neighbours that sit side by
+        side in one copy make one run, so a gather slices each layer once per run."""
+        runs: list[tuple[list[LayerKeysValues], int, int]] = []
+        for block in blocks:
+            end = block.first_column + self.block_size
+            if runs and runs[-1][0] is block.keys_values and runs[-1][2] == block.first_column:
+                runs[-1] = (block.keys_values, runs[-1][1], end)
+            else:
+                runs.append((block.keys_values, block.first_column, end))
+        return runs
 
     # ---------------------------------------------------------------- insert and evict
 
@@ -120,18 +136,16 @@ class PrefixCache:
         self.touch(path[:num_cached])
         return InsertPlan(token_ids, path, num_cached, len(path) - num_cached)
 
-    def add(self, plan: InsertPlan, keys_values: list[LayerKeysValues] | None,
-            text_hashes: Callable[[int], list[int]]) -> None:
+    def add(self, plan: InsertPlan, keys_values: list[LayerKeysValues],
+            text_hashes: Callable[[int], list[int]], first_column: int = 0) -> None:
         """Keep the plan's first `num_new` new blocks. `keys_values`: per layer, keys and
-        values of exactly those blocks' tokens, `[kv_heads, num_new * block_size, head_dim]`,
-        copies the cache may keep (each block is a view of them); `text_hashes(n)`: the
-        character-block hashes of the text of the first `n` tokens."""
+        values `[kv_heads, columns, head_dim]` holding those blocks' tokens side by side
+        from `first_column` on, copies the cache may keep (several inserts may share
+        one); `text_hashes(n)`: the character-block hashes of the text of the first `n` tokens."""
         size, first = self.block_size, plan.first_new
         for offset in range(plan.num_new):
-            columns = slice(offset * size, (offset + 1) * size)
-            self.blocks[plan.path[first + offset]] = CachedBlock(
-                keys=[keys[:, columns] for keys, _ in keys_values],
-                values=[values[:, columns] for _, values in keys_values])
+            self.blocks[plan.path[first + offset]] = CachedBlock(keys_values,
+                                                                 first_column + offset * size)
         path = plan.path[:first + plan.num_new]
         self.touch(path)
         if path and path[-1] not in self.text_hashes:
