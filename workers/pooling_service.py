@@ -16,7 +16,6 @@ import logging
 from llmos.wire import pb
 from workers.model_loader import load_tokenizer
 from workers.pooling import PoolingEngine, PoolingRequest
-from workers.requests import error_delta
 from workers.service import Worker
 from workers.tasks import TASK_NAMES
 
@@ -35,12 +34,7 @@ class PoolingWorker(Worker):
 
     def accept_dispatch(self, dispatch: pb.Dispatch) -> None:
         request_id = dispatch.request_id
-        if self.admission.is_live(request_id):
-            logger.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
-            return
-        if dispatch.model and dispatch.model != self.loaded.name:
-            message = f"this worker serves {self.loaded.name}, not {dispatch.model}"
-            self.send_progress([error_delta(request_id, pb.UNKNOWN_MODEL, message)])
+        if not self.is_new_dispatch_for_this_model(dispatch):
             return
         # The engine checks kind and inputs (its error comes back at its next step).
         request = PoolingRequest(request_id=request_id, kind=dispatch.kind,

@@ -202,14 +202,22 @@ class Worker:
 
     # ---------------------------------------------------------------- requests
 
-    def accept_dispatch(self, dispatch: pb.Dispatch) -> None:
+    def is_new_dispatch_for_this_model(self, dispatch: pb.Dispatch) -> bool:
+        """False for a second dispatch of a live request (ignored) or one for another
+        model (answered with UNKNOWN_MODEL)."""
         request_id = dispatch.request_id
         if self.admission.is_live(request_id):
             logger.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
-            return
+            return False
         if dispatch.model and dispatch.model != self.loaded.name:
             message = f"this worker serves {self.loaded.name}, not {dispatch.model}"
             self.send_progress([error_delta(request_id, pb.UNKNOWN_MODEL, message)])
+            return False
+        return True
+
+    def accept_dispatch(self, dispatch: pb.Dispatch) -> None:
+        request_id = dispatch.request_id
+        if not self.is_new_dispatch_for_this_model(dispatch):
             return
         try:
             prompt_token_ids = self.tokenizer.encode(dispatch.prompt)
