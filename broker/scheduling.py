@@ -50,11 +50,13 @@ class Scheduling:
         workers = [w.slots() for w in self.workers]
         pending = [self.requests[i].pending(now_s)
                    for i in self.queue.in_order(MAX_PENDING_PER_TIER_ASKED)]
-        running = [self.requests[i].running(now_s) for w in self.workers for i in w.running_ids
-                   if not self.requests[i].is_answered and not self.requests[i].is_leaving]
+        running, leaving = [], []
+        for request in (self.requests[i] for w in self.workers for i in w.running_ids):
+            if not request.is_answered:
+                (leaving if request.is_leaving else running).append(request.running(now_s))
         self.is_lower_tier_running = any(r.tier_rank > 0 for r in running)
         return pb.ScheduleRequest(pending=pending, workers=workers, running=running,
-                                  tier_answers=self.answer_fills.tier_answers())
+                                  leaving=leaving, tier_answers=self.answer_fills.tier_answers())
 
     def hurry_preemption_check(self) -> None:
         """A top-tier request arrived: where lower tiers held slots at the last ask, the

@@ -60,6 +60,7 @@ def decide(policy: SchedulingPolicy, request: pb.ScheduleRequest,
         Converted(request.running, lambda running: running_from_proto(running, fills)),
         workers_from_proto(request.workers, kernel_view),
         kernel_view,
+        Converted(request.leaving, lambda leaving: running_from_proto(leaving, fills)),
     )
     decision = pb.ScheduleDecision(batch_id=request.batch_id, policy=policy.name.value)
     fill_decision(decision, result)

@@ -67,9 +67,12 @@ class SchedulingPolicy(ABC):
 
     @abstractmethod
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
-                 workers: Sequence[WorkerSlots], view: KernelView | None = None) -> PolicyDecision:
+                 workers: Sequence[WorkerSlots], view: KernelView | None = None,
+                 leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
         """What to preempt and what to place now. `workers` should list every
-        worker, full ones too: a victim's worker must be known to preempt it."""
+        worker, full ones too: a victim's worker must be known to preempt it.
+        `leaving`: requests that leave at the end of the step in flight (finishing,
+        or told to preempt), with their latest tokens; neither slots nor victims."""
 
 
 # A policy's victim chooser: the running request to stop for a waiting one, or None.

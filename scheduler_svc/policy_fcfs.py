@@ -14,6 +14,7 @@ class FcfsPolicy(SchedulingPolicy):
     name = PolicyName.FCFS
 
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
-                 workers: Sequence[WorkerSlots], view: KernelView | None = None) -> PolicyDecision:
+                 workers: Sequence[WorkerSlots], view: KernelView | None = None,
+                 leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
         ordered = sorted(pending, key=lambda request: request.arrival_seq)
         return place_in_order(ordered, Placer(workers, view))

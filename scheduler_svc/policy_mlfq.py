@@ -136,7 +136,8 @@ class MlfqPolicy(SchedulingPolicy):
                           request.answer_fill)
 
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
-                 workers: Sequence[WorkerSlots], view: KernelView | None = None) -> PolicyDecision:
+                 workers: Sequence[WorkerSlots], view: KernelView | None = None,
+                 leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
         pending_levels: dict[str, int] = {}
 
         def order(request: PendingRequest) -> tuple:

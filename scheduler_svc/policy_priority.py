@@ -40,7 +40,8 @@ class PriorityPolicy(SchedulingPolicy):
     name = PolicyName.PRIORITY
 
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
-                 workers: Sequence[WorkerSlots], view: KernelView | None = None) -> PolicyDecision:
+                 workers: Sequence[WorkerSlots], view: KernelView | None = None,
+                 leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
         return place_in_order(sorted(pending, key=priority_order), Placer(workers, view),
                               lower_tier_victims(running, workers), reason=tier_reason)
 

@@ -19,6 +19,7 @@ import zmq
 
 from llmos.processes import free_address
 from llmos.wire import pack, pb, unpack
+from scheduler_svc.policies import decide, make_policy
 from service_process import REPLY_TIMEOUT_S, ask, dealer, running_service, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -59,13 +60,14 @@ class HandWorker:
 
 
 @contextmanager
-def broker_with_hand_worker(log_dir, *flags: str) -> Iterator[tuple[HandWorker, zmq.Socket]]:
-    """A broker with no scheduler (it decides locally, by `priority`), one hand-driven
-    worker, a client."""
+def broker_with_hand_worker(log_dir, *flags: str, scheduler_address: str = ""
+                            ) -> Iterator[tuple[HandWorker, zmq.Socket]]:
+    """A broker, one hand-driven worker, a client. With no scheduler at
+    `scheduler_address` (the default: a free port) the broker decides locally, by `priority`."""
     client_address, worker_address = free_address(), free_address()
     with running_service("broker", "--client-bind", client_address, "--worker-bind",
-                         worker_address, "--scheduler-address", free_address(), *flags,
-                         log_dir=log_dir):
+                         worker_address, "--scheduler-address",
+                         scheduler_address or free_address(), *flags, log_dir=log_dir):
         with dealer(worker_address, WORKER_ID) as worker_socket, dealer(client_address) as client:
             worker = HandWorker(worker_socket)
             wait_until(lambda: serves_model(client), "the broker has the worker")
@@ -119,3 +121,40 @@ def test_a_top_tier_arrival_asks_about_preemption_without_waiting_out_the_interv
         assert (name, preempt.request_id) == ("preempt", batch.request_id)
         interactive = worker.next_dispatch()  # into the slot the preemption frees
         assert interactive is not None and interactive.tier == "interactive"
+
+
+def test_a_request_on_its_last_token_is_listed_as_leaving_not_running(tmp_path):
+    """The scheduler (here: the test, answering with `fcfs`'s own decisions) is told a
+    finishing request's latest tokens in `leaving`, which `fair` charges tenants by,
+    while `running`, the requests a policy may preempt, leaves it out."""
+    context = zmq.Context()
+    scheduler = context.socket(zmq.ROUTER)
+    scheduler_address = free_address()
+    scheduler.bind(scheduler_address)
+    policy = make_policy("fcfs")
+
+    def answer_next() -> pb.ScheduleRequest:
+        assert scheduler.poll(int(REPLY_TIMEOUT_S * 1000)), "no ScheduleRequest"
+        identity, payload = scheduler.recv_multipart()
+        _, request = unpack(payload, {"schedule_request"})
+        scheduler.send_multipart([identity, pack(decide(policy, request, None))])
+        return request
+
+    try:
+        with broker_with_hand_worker(tmp_path, scheduler_address=scheduler_address) as (
+                worker, client):
+            submit(client, "a", max_tokens=3)
+            answer_next()
+            first = worker.next_dispatch()
+            submit(client, "b", max_tokens=3)
+            worker.make_token(first.request_id)  # 2 of 3 left: still running
+            worker.make_token(first.request_id)  # 1 left: it leaves with the step in flight
+            while not (request := answer_next()).leaving:
+                assert [r.request_id for r in request.running] == [first.request_id]
+            assert [(r.request_id, r.generated_tokens) for r in request.leaving] == [
+                (first.request_id, 2)]
+            assert list(request.running) == []
+            assert worker.next_dispatch() is not None  # "b", into the slot "a" leaves
+    finally:
+        scheduler.close(linger=0)
+        context.term()

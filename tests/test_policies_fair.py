@@ -109,6 +109,22 @@ def test_what_a_request_did_not_make_is_given_back() -> None:
     assert policy.virtual_tokens[(0, "t")] == 15  # 10 seen, then a last stretch as long as 5
 
 
+def test_a_request_on_its_last_token_is_settled_from_its_latest_count() -> None:
+    """Out of `running` once on its last token (its slot is as good as free), a request
+    still counts its tokens in `leaving`: it made all it was charged, so no refund.
+    Settled from a count two asks old, it would have been refunded 10 of its 32."""
+    policy = FairPolicy()
+    schedule(policy, [make_request("r", tenant="t", max_tokens=32)], [make_worker("w1")])
+    running = [make_running("r", "w1", tenant="t", generated_tokens=20, max_tokens=32)]
+    schedule(policy, [], [make_worker("w1", num_running=1)], running)
+    running[0].generated_tokens = 21
+    schedule(policy, [], [make_worker("w1", num_running=1)], running)
+    running[0].generated_tokens = 31
+    policy.schedule([], [], [make_worker("w1")], leaving=running)  # on its last token
+    policy.schedule([], [], [make_worker("w1")])                   # then it ended
+    assert policy.virtual_tokens[(0, "t")] == 32
+
+
 def test_unknown_tenants_weigh_one_and_share_equally() -> None:
     pool = FakePool(make_policy("fair", tenant_weights="vip=5"),
                     max_tokens={"x": 32, "y": 8})

@@ -628,18 +628,20 @@ class TierAnswers(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., num_answers: _Optional[int] = ..., mean_fill: _Optional[float] = ...) -> None: ...
 
 class ScheduleRequest(_message.Message):
-    __slots__ = ("batch_id", "pending", "workers", "running", "tier_answers")
+    __slots__ = ("batch_id", "pending", "workers", "running", "tier_answers", "leaving")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     TIER_ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     pending: _containers.RepeatedCompositeFieldContainer[PendingRequest]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerSlots]
     running: _containers.RepeatedCompositeFieldContainer[RunningRequest]
     tier_answers: _containers.RepeatedCompositeFieldContainer[TierAnswers]
-    def __init__(self, batch_id: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingRequest, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerSlots, _Mapping]]] = ..., running: _Optional[_Iterable[_Union[RunningRequest, _Mapping]]] = ..., tier_answers: _Optional[_Iterable[_Union[TierAnswers, _Mapping]]] = ...) -> None: ...
+    leaving: _containers.RepeatedCompositeFieldContainer[RunningRequest]
+    def __init__(self, batch_id: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingRequest, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerSlots, _Mapping]]] = ..., running: _Optional[_Iterable[_Union[RunningRequest, _Mapping]]] = ..., tier_answers: _Optional[_Iterable[_Union[TierAnswers, _Mapping]]] = ..., leaving: _Optional[_Iterable[_Union[RunningRequest, _Mapping]]] = ...) -> None: ...
 
 class Placement(_message.Message):
     __slots__ = ("request_id", "worker_id")
