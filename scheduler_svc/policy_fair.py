@@ -8,23 +8,24 @@ after every request of a higher one that fits.
 
 A placement charges the request's expected tokens (`max_tokens`) at once, and
 the account is settled when it ends: the tokens it made beyond the charge are
-added, the ones it did not make are given back. Requests leaving with the step in
-flight (`leaving`: on their last token, or told to preempt) still count their
-latest tokens, so a request that ends between two asks is settled from its
-next-to-last token, not from a count one or more asks old; a stale count refunded
-tokens that were made, and with every request the same length the refunds could
-fall on one tenant's requests run after run (shares 27.5% / 72.5% against 25 / 75). Charging only tokens already
+added, the ones it did not make are given back. Charging only tokens already
 made would lag: a tenant behind gets every freed slot until the tokens of the
 requests just placed show up, then none, and the running mix (so the share,
 second by second) swings far around the weights.
 
 This policy keeps state across calls (it lives in the scheduler process, or in
 the broker while the scheduler is down): the counters, and how many tokens of
-each request it charged. Tokens come from `running[*].generated_tokens` and
-`leaving[*].generated_tokens` (and from a re-queued request's `generated_tokens`);
-a request gone from every list finished, and the tokens it made after its last report are estimated (see
-`charge_generated_tokens`). A tenant that comes back after idling starts at the
-smallest counter of its tier's active tenants: idle time banks no credit.
+each request it charged. Tokens come from `running[*].generated_tokens`,
+`leaving[*].generated_tokens` and a re-queued request's `generated_tokens`. A
+request gone from every list finished, and the tokens it made after its last
+report are estimated (see `charge_generated_tokens`). Requests leaving with the
+step in flight (on their last token, or told to preempt) are in `leaving`, so a
+finishing request is settled from its next-to-last token. Settled from a count
+one or more asks old, it was refunded tokens it made; with every request of one
+length, those refunds could fall on one tenant's requests for a whole run
+(27.5% / 72.5% against 25 / 75 in one bench run). A tenant that comes back after
+idling starts at the smallest counter of its tier's active tenants: idle time
+banks no credit.
 
 Within a tier it never preempts: shares even out as requests end. Across tiers
 it preempts as `priority` does, so a higher tier's request that fits nowhere

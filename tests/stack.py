@@ -26,8 +26,9 @@ class Stack(ServiceStack):
 
     ready_timeout_s = READY_TIMEOUT_S
 
-    def __init__(self, model_dir: Path, log_dir: Path, num_workers: int = 1, policy: str = "priority",
-                 with_scheduler: bool = True, broker_args: tuple[str, ...] = (),
+    def __init__(self, model_dir: Path, log_dir: Path, num_workers: int = 1,
+                 policy: str = "priority", with_scheduler: bool = True,
+                 broker_args: tuple[str, ...] = (),
                  worker_args: tuple[str, ...] = ()) -> None:
         super().__init__(log_dir, num_workers, policy,
                          env={"LLMOS_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_INTERVAL_MS)})

@@ -84,8 +84,8 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
             for index in range(config.rounds):
                 echo(f"round {index + 1} of {config.rounds}: {len(prompts)} requests, "
                      f"{max_num_seqs} at once, the engine alone, then through the stack ...")
-                alone = run_closed_loop(bench.make_engine(max_num_seqs, max_model_len=max_model_len),
-                                        prompts, max_num_seqs, lengths)
+                engine = bench.make_engine(max_num_seqs, max_model_len=max_model_len)
+                alone = run_closed_loop(engine, prompts, max_num_seqs, lengths)
                 served = serve(stack.broker_address, texts, lengths, 2 * max_num_seqs)
                 rounds.append({"alone": bench.throughput(alone.num_prompt_tokens,
                                                          alone.num_generated_tokens, alone.wall_s),
