@@ -2,8 +2,8 @@
 served by the whole stack, on the same requests.
 
 Both sides serve N requests (the same prompts, and answer lengths drawn evenly
-from 1 to twice `--new-tokens`, so requests end at different steps and slots free
-one at a time) with max_num_seqs = the compared concurrency:
+from 1 to 2 x `--new-tokens` - 1, so requests end at different steps and slots
+free one at a time) with max_num_seqs = the compared concurrency:
 - alone: the engine in this process, a waiting request put into the batch the
   instant one ends (`run_closed_loop`): the engine with nothing around it;
 - stack: kernel, scheduler (fcfs), broker and one `llmos worker` process on the
@@ -56,8 +56,9 @@ def answer_lengths(count: int, new_tokens: int, seed: int) -> list[int]:
     return [rng.randint(1, max(1, 2 * new_tokens - 1)) for _ in range(count)]
 
 
-def worker_args(config: Any, max_num_seqs: int, max_model_len: int, kv_tokens: int) -> list[str]:
-    """The worker's flags for the engine the bench builds in-process."""
+def worker_args(config: Any, max_model_len: int, kv_tokens: int) -> list[str]:
+    """The worker's flags for the engine the bench builds in-process (`ModelStack` adds
+    `--max-num-seqs`)."""
     return ["--model", config.model, "--device", config.device, "--dtype", config.dtype,
             "--threads", str(config.threads), "--max-model-len", str(max_model_len),
             "--kv-cache-tokens", str(kv_tokens),
@@ -78,7 +79,7 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
     kv_tokens = bench.num_kv_blocks(max_num_seqs, max_model_len) * config.block_size
     rounds = []
     with tempfile.TemporaryDirectory(prefix="llmos-bench-stack-") as log_dir:
-        args = worker_args(config, max_num_seqs, max_model_len, kv_tokens)
+        args = worker_args(config, max_model_len, kv_tokens)
         with ModelStack(Path(log_dir), max_num_seqs, args) as stack:
             serve(stack.broker_address, texts[:WARM_UP_REQUESTS], [2] * WARM_UP_REQUESTS, 2)
             for index in range(config.rounds):
