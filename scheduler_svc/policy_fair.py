@@ -104,9 +104,9 @@ class FairPolicy(SchedulingPolicy):
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
                  workers: Sequence[WorkerSlots], view: KernelView | None = None,
                  leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
-        self.charge_generated_tokens(pending, [*running, *leaving])
-        self.lift_returning_tenants({(r.tier_rank, r.tenant)
-                                     for r in [*pending, *running, *leaving]})
+        holding = [*running, *leaving]  # every request in a slot, whatever it does next
+        self.charge_generated_tokens(pending, holding)
+        self.lift_returning_tenants({(r.tier_rank, r.tenant) for r in [*pending, *holding]})
         placer = Placer(workers, view)
         pick_victim = lower_tier_victims(running, workers)
         decision = PolicyDecision()

@@ -229,7 +229,8 @@ class LoadDriver:
 
 
 def summarize_closed_loop(result: RunResult) -> dict:
-    """What a scale client reports back: counts, its first send and last answer, latencies."""
+    """A closed loop's counts, its first send and last answer, latencies (what a scale
+    client reports back; the engine bench's stack side reads it too)."""
     done = [outcome for outcome in result.outcomes if outcome.is_done and not outcome.error]
     errors: dict[str, int] = {}
     for outcome in result.outcomes:

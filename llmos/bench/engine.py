@@ -11,7 +11,8 @@ The compared runs (llmos at the compared level and each baseline) take
 machine that slows down for a while then slows both sides alike.
 Every request makes exactly `--new-tokens` greedy tokens (EOS is ignored), so
 every figure counts the same work. With `--stack-requests`, the same engine is
-also measured behind the real stack (`llmos.bench.engine_stack`). It prints a table, then one JSON line.
+also measured behind the real stack (`llmos.bench.engine_stack`). It prints a
+table, then one JSON line.
 docs/benchmarks.md says what each figure means.
 """
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmos.bench.driver import ClosedLoop, LoadDriver
+from llmos.bench.driver import ClosedLoop, LoadDriver, summarize_closed_loop
 from llmos.bench.load import run_closed_loop
 from llmos.bench.stack import ServiceStack
 from llmos.bench.stats import median_run
@@ -88,9 +88,7 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
                 engine = bench.make_engine(max_num_seqs, max_model_len=max_model_len)
                 alone = run_closed_loop(engine, prompts, max_num_seqs, lengths)
                 served = serve(stack.broker_address, texts, lengths, 2 * max_num_seqs)
-                rounds.append({"alone": bench.throughput(alone.num_prompt_tokens,
-                                                         alone.num_generated_tokens, alone.wall_s),
-                               "stack": served})
+                rounds.append({"alone": bench.load_figures(alone, ()), "stack": served})
                 echo(f"  alone {rounds[-1]['alone']['output_tokens_per_s']:.1f} output tokens/s "
                      f"in {alone.wall_s:.1f} s, stack {served['output_tokens_per_s']:.1f} in "
                      f"{served['wall_s']:.1f} s")
@@ -108,12 +106,11 @@ def serve(address: str, texts: list[str], lengths: list[int], num_live: int) -> 
     jobs = (Job(BATCH, BATCH, text, length) for text, length in zip(texts, lengths))
     with LoadDriver(address, track_chunks=False) as driver:
         result = driver.run([], [ClosedLoop(jobs, num_live)], drain_timeout_s=DRAIN_TIMEOUT_S)
-    failed = [o for o in result.outcomes if o.error or not o.is_done]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(result.outcomes)} requests failed through "
-                           f"the stack: {sorted({o.error or 'unfinished' for o in failed})}")
-    outcomes = result.outcomes
-    wall_s = max(o.finished_s for o in outcomes) - min(o.arrival_s for o in outcomes)
-    num_tokens = sum(o.num_tokens for o in outcomes)
-    return {"requests": len(outcomes), "output_tokens": num_tokens, "wall_s": wall_s,
-            "output_tokens_per_s": num_tokens / wall_s}
+    summary = summarize_closed_loop(result)
+    if summary["completed"] < summary["submitted"]:
+        raise RuntimeError(f"{summary['submitted'] - summary['completed']} of "
+                           f"{summary['submitted']} requests failed through the stack: errors "
+                           f"{summary['errors']}, {summary['unfinished']} unfinished")
+    wall_s = summary["last_finish_s"] - summary["first_submit_s"]
+    return {"requests": summary["completed"], "output_tokens": summary["tokens"],
+            "wall_s": wall_s, "output_tokens_per_s": summary["tokens"] / wall_s}
