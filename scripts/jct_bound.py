@@ -15,10 +15,10 @@ broker would report an answer fill of 1; with `--declared-max-tokens` batch
 jobs ask for more than they make). Prints the mean JCT of each and its gain
 over fcfs, by class, at the given batch arrival rates.
 
-    python scripts/jct_bound.py                     # nominal rate and a few others
+    python scripts/jct_bound.py                     # the rates of --batch-load 0.9, 1 and 1.1
     python scripts/jct_bound.py --rate 53           # one rate
     python scripts/jct_bound.py --rate 53 --llmos mlfq --llmos fcfs
-    python scripts/jct_bound.py --rate 48.1 --llmos mlfq --llmos fcfs \
+    python scripts/jct_bound.py --rate 54.7 --llmos mlfq --llmos fcfs \
         --prefill-token-ms 0.02 --cached-resumes   # the stack since db7fc66
 
 With prefills and cached resumes the model's llmos policies match the stack's
@@ -35,11 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 from llmos.bench.sched_config import SchedBenchConfig  # noqa: E402
-from llmos.bench.sched_runs import BATCH_LENGTH_CLASSES  # noqa: E402
+from llmos.bench.sched_runs import BATCH_LENGTH_CLASSES, chat_workloads  # noqa: E402
 from llmos.bench.workload import INTERACTIVE, BatchFlood, ChatWorkload  # noqa: E402
 from scheduler_svc.data import PendingRequest, RunningRequest, WorkerSlots  # noqa: E402
 from scheduler_svc.policies import make_policy  # noqa: E402
@@ -221,7 +221,8 @@ def mean(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, action="append",
-                        help="batch arrivals per second (repeatable); default: 48.1 40 53 60")
+                        help="batch arrivals per second (repeatable); default: the bench's "
+                             "rates at --batch-load 1, 0.9 and 1.1")
     parser.add_argument("--interactive-rate", type=float, default=BENCH.interactive_rate)
     parser.add_argument("--duration", type=float, default=BENCH.duration_s)
     parser.add_argument("--workers", type=int, default=BENCH.workers)
@@ -245,7 +246,9 @@ def main() -> None:
     parser.add_argument("--llmos", action="append", default=[],
                         help="also run this llmos scheduler policy (repeatable: mlfq, fcfs, ...)")
     args = parser.parse_args()
-    for rate in args.rate or [48.1, 40.0, 53.0, 60.0]:
+    default_rates = [chat_workloads(replace(BENCH, batch_load=load))[1].rate_per_s
+                     for load in (1.0, 0.9, 1.1)]
+    for rate in args.rate or default_rates:
         fcfs_mean = None
         for policy in ("fcfs", "sjf", "srpt", "las", *(f"llmos-{name}" for name in args.llmos)):
             done = simulate(policy, rate, args)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from llmos.bench.driver import Outcome, RunResult
 from llmos.bench.sched_config import SchedBenchConfig
-from llmos.bench.sched_runs import chat_workloads, load_with_prefills
+from llmos.bench.sched_runs import chat_workloads, offered_load, token_capacity_per_s
 from llmos.bench.workload import BATCH, INTERACTIVE, BatchFlood, bounded_pareto, tenant_jobs
 from llmos.cli import cli
 from workers.sim import LatencyProfile
@@ -99,16 +99,32 @@ def test_the_same_seed_gives_every_policy_the_same_jobs():
     assert all(config.batch_min_tokens <= job.max_tokens <= config.batch_max_tokens for job in batch)
 
 
+def test_the_batch_flood_alone_asks_for_the_batch_load_and_interactive_comes_on_top():
+    config = SchedBenchConfig(batch_load=1.0)
+    chat, flood = chat_workloads(config)
+
+    flood_only = SchedBenchConfig(batch_load=1.0, interactive_rate=0.0)
+    assert offered_load(flood_only, *chat_workloads(flood_only),
+                        counting_prefills=False) == pytest.approx(1.0)
+    interactive_share = chat.rate_per_s * chat.mean_answer_tokens / token_capacity_per_s(config)
+    assert offered_load(config, chat, flood, counting_prefills=False) == pytest.approx(
+        1.0 + interactive_share, rel=1e-4)
+
+
 def test_the_load_counting_prefills_is_the_load_asked_for_plus_what_prefills_stall(tmp_path):
     free_prefills = str(tmp_path / "free-prefills.json")
     LatencyProfile(base_ms=20.0, per_seq_ms=0.5, per_prefill_token_ms=0.0).save(free_prefills)
     config = SchedBenchConfig(batch_load=1.2, profile_file=free_prefills)
-    assert load_with_prefills(config, *chat_workloads(config)) == pytest.approx(1.2)
+    workloads = chat_workloads(config)
+    assert offered_load(config, *workloads, counting_prefills=True) == pytest.approx(
+        offered_load(config, *workloads, counting_prefills=False))
 
     dear = SchedBenchConfig(profile_file="workers/profiles/h100-llama-1b.json")
-    assert load_with_prefills(dear, *chat_workloads(dear)) > 1.3  # 5-19 ms per batch prompt
-    default = SchedBenchConfig()
-    assert 1.0 < load_with_prefills(default, *chat_workloads(default)) < 1.05
+    assert offered_load(dear, *chat_workloads(dear), counting_prefills=True) > 1.35
+    default = SchedBenchConfig()  # 0.02 ms per prefill token: about 3% more
+    nominal = offered_load(default, *chat_workloads(default), counting_prefills=False)
+    assert nominal < offered_load(default, *chat_workloads(default),
+                                  counting_prefills=True) < nominal * 1.05
 
 
 def test_bounded_pareto_stays_in_bounds_with_a_heavy_tail():

@@ -18,8 +18,9 @@ TENANT_WEIGHTS = {"A": 1, "B": 3}
 class SchedBenchConfig:
     duration_s: float = option(15.0, "(a) arrival window of each run, seconds")
     interactive_rate: float = option(8.0, "(a) interactive arrivals per second (Poisson)")
-    batch_load: float = option(1.0, "(a) tokens asked for (interactive + batch) as a multiple of "
-                                    "the workers' capacity; the batch arrival rate follows")
+    batch_load: float = option(1.0, "(a) tokens the batch flood asks for, as a multiple of the "
+                                    "workers' capacity (1: the flood alone saturates them; the "
+                                    "interactive arrivals come on top); the batch rate follows")
     batch_pareto_alpha: float = option(1.2, "(a) shape of the batch answers' bounded Pareto law")
     batch_min_tokens: int = option(8, "(a) shortest batch answer")
     batch_max_tokens: int = option(256, "(a) longest batch answer")

@@ -22,10 +22,10 @@ def chat_lines(summary: dict[str, Any]) -> list[str]:
         return []
     settings = summary["settings"]
     lines = [f"(a) interactive chat ({settings['interactive_rate']:g}/s) under a batch flood "
-             f"({chat['batch_rate_per_s']:.1f}/s after a burst of {chat['batch_burst']}; together "
+             f"({chat['batch_rate_per_s']:.1f}/s after a burst of {chat['batch_burst']}, "
              f"asking {settings['batch_load']:g}x the {chat['token_capacity_per_s']:.0f} tokens/s "
-             f"of {settings['workers']} workers x {settings['slots']} slots; "
-             f"{chat['load_with_prefills']:.2f}x counting prefills), "
+             f"of {settings['workers']} workers x {settings['slots']} slots; both kinds "
+             f"{chat['load']:.2f}x, {chat['load_with_prefills']:.2f}x counting prefills), "
              f"{settings['duration_s']:g} s of arrivals"]
     if settings["batch_declared_max_tokens"]:
         lines.append(f"batch requests ask for max_tokens {settings['batch_declared_max_tokens']}; "

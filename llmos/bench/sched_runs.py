@@ -53,14 +53,13 @@ def token_capacity_per_s(config: SchedBenchConfig) -> float:
 
 
 def chat_workloads(config: SchedBenchConfig) -> tuple[ChatWorkload, BatchFlood]:
-    """The interactive arrivals, and a batch rate that brings the tokens asked for, both
-    kinds together, to `batch_load` times the workers' capacity."""
+    """The interactive arrivals, and a batch rate whose tokens asked for come to
+    `batch_load` times the workers' capacity: at 1 the flood alone saturates every
+    worker, as the issue asks, and the interactive arrivals come on top."""
     chat = ChatWorkload(rate_per_s=config.interactive_rate, duration_s=config.duration_s)
-    interactive_tokens_per_s = chat.rate_per_s * chat.mean_answer_tokens
     mean_tokens = bounded_pareto_mean(config.batch_pareto_alpha, config.batch_min_tokens,
                                       config.batch_max_tokens)
-    batch_tokens_per_s = config.batch_load * token_capacity_per_s(config) - interactive_tokens_per_s
-    batch_rate = max(0.0, batch_tokens_per_s) / mean_tokens
+    batch_rate = config.batch_load * token_capacity_per_s(config) / mean_tokens
     flood = BatchFlood(burst=config.workers * config.slots, rate_per_s=batch_rate,
                        duration_s=config.duration_s, pareto_alpha=config.batch_pareto_alpha,
                        min_tokens=config.batch_min_tokens, max_tokens=config.batch_max_tokens,
@@ -68,17 +67,19 @@ def chat_workloads(config: SchedBenchConfig) -> tuple[ChatWorkload, BatchFlood]:
     return chat, flood
 
 
-def load_with_prefills(config: SchedBenchConfig, chat: ChatWorkload, flood: BatchFlood) -> float:
-    """The load the workers really see, prefills counted (`--batch-load` leaves them out).
+def offered_load(config: SchedBenchConfig, chat: ChatWorkload, flood: BatchFlood, *,
+                 counting_prefills: bool) -> float:
+    """The tokens both kinds ask for, as a multiple of the workers' capacity.
 
-    A prompt's prefill lengthens one step of its worker and so holds back every
-    request there: each request costs its answer's tokens plus the slot-tokens its
-    prefill stalls (slots x its prefill time / a full decode step). With a profile
-    whose prefills are dear against its step, this is well above `--batch-load`."""
+    Counting prefills, it is the load the workers really see: a prompt's prefill
+    lengthens one step of its worker and so holds back every request there, so each
+    request costs its answer's tokens plus the slot-tokens its prefill stalls (slots
+    x its prefill time / a full decode step). With a profile whose prefills are dear
+    against its step, that is well above the nominal load."""
     profile = config.profile()
     step_s = profile.step_s(config.slots, 0, 0)
     stall_per_prompt_char = (config.slots * profile.per_prefill_token_ms / 1e3 / step_s
-                             / CHARS_PER_TOKEN)
+                             / CHARS_PER_TOKEN) if counting_prefills else 0.0
     interactive = chat.rate_per_s * (chat.mean_answer_tokens
                                      + stall_per_prompt_char * chat.mean_prompt_chars)
     batch = flood.rate_per_s * (bounded_pareto_mean(flood.pareto_alpha, flood.min_tokens,
@@ -102,7 +103,8 @@ def run_chat(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str,
     return {"idle": idle, "policies": runs, "batch_rate_per_s": flood.rate_per_s,
             "batch_burst": flood.burst, "num_batch_jobs": len(batch_jobs),
             "token_capacity_per_s": token_capacity_per_s(config),
-            "load_with_prefills": load_with_prefills(config, chat, flood)}
+            "load": offered_load(config, chat, flood, counting_prefills=False),
+            "load_with_prefills": offered_load(config, chat, flood, counting_prefills=True)}
 
 
 def measure_chat_run(config: SchedBenchConfig, stack: SimStack, policy: str,
