@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from workers.mixed_step import MixedStep
+
 MIN_FREE_COLUMNS = 64  # right-hand room made at every reallocation, at least
 
 
@@ -43,6 +45,9 @@ class BatchLayer(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.batch
+        if batch.mixed is not None:  # its attention finds every row's columns in the whole buffers
+            batch.mixed.write(self.keys, self.values, key_states, value_states)
+            return self.keys, self.values
         num_rows, end, num_new = batch.num_rows, batch.end, key_states.shape[-2]
         assert key_states.shape[0] == num_rows and end + num_new <= batch.capacity
         self.keys[:num_rows, :, end:end + num_new].copy_(key_states)
@@ -86,6 +91,7 @@ class BatchCache(Cache):
         self.base = 0
         self.end = 0
         self.capacity = 0                 # columns allocated
+        self.mixed: MixedStep | None = None  # the layout of a mixed forward under way
 
     # ---------------------------------------------------------------- state
 
@@ -111,6 +117,29 @@ class BatchCache(Cache):
         self.row_ids += row_ids
         self.starts += [first + pad for pad in pad_lengths]
         self.base = min(self.starts)
+
+    def add_newcomer_rows(self, source: Cache, row_ids: list[str], pad_lengths: list[int],
+                          num_columns: int) -> None:
+        """Append rows whose left-padded contexts are `num_columns` wide and will end, like
+        every row, at `end + 1` once the coming forward (a mixed step) computes their
+        last columns; copy in the columns `source` holds already (its first ones)."""
+        assert self.row_ids and self.has_room_for(len(row_ids))
+        assert not set(row_ids) & set(self.row_ids), "a request is in the batch already"
+        self.make_room(num_columns - 1, 1)
+        first = self.end + 1 - num_columns
+        rows = slice(self.num_rows, self.num_rows + len(row_ids))
+        num_done = source.get_seq_length()
+        for layer, source_layer in zip(self.layers, source.layers if num_done else []):
+            layer.keys[rows, :, first:first + num_done] = source_layer.keys
+            layer.values[rows, :, first:first + num_done] = source_layer.values
+        self.row_ids += row_ids
+        self.starts += [first + pad for pad in pad_lengths]
+        self.base = min(self.starts)
+
+    def truncate(self, num_rows: int) -> None:
+        """Forget the rows past the first `num_rows` (newcomers whose forward failed)."""
+        del self.row_ids[num_rows:], self.starts[num_rows:]
+        self.base = min(self.starts) if self.starts else 0
 
     def remove(self, request_id: str) -> None:
         """Drop a request's row: the last row takes its place."""

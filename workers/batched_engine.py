@@ -42,7 +42,7 @@ from workers.batch_sequence import Sequence
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.detokenizer import IncrementalText
 from workers.engine import model_context_length, model_eos_token_ids
-from workers.engine_prefix import PREFIX_CACHE_HOLDER, PrefixCaching, supports_prefix_caching
+from workers.engine_prefix import PREFIX_CACHE_HOLDER, PrefixCaching, has_full_attention
 from workers.kv_budget import KvBudget
 from workers.model_runner import CachedPrefix, ModelRunner, PrefillJob
 from workers.prefix_cache import PrefixCache
@@ -59,9 +59,10 @@ class BatchedEngine(PrefixCaching):
                  max_model_len: int = 0, eos_token_ids: set[int] | None = None,
                  worker_id: str = "", num_blocks: int = 0, block_size: int = DEFAULT_BLOCK_SIZE,
                  max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
-                 prefix_caching: bool = True) -> None:
+                 prefix_caching: bool = True, mixed_steps: bool = True) -> None:
         """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens.
-        `prefix_caching` is ignored for models whose attention is not plain full attention."""
+        `prefix_caching` is ignored for models whose attention is not plain full attention;
+        `mixed_steps` (decodes and prefill in one forward) for models that cannot."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_num_seqs = max_num_seqs
@@ -72,11 +73,11 @@ class BatchedEngine(PrefixCaching):
         self.max_num_batched_tokens = max_num_batched_tokens
         self.budget = KvBudget(num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size),
                                block_size)
-        self.runner = ModelRunner(model, max_num_seqs)
+        full_attention = has_full_attention(model, self.max_model_len)
+        self.runner = ModelRunner(model, max_num_seqs, mixed_steps and full_attention)
         self.num_layers = model.config.get_text_config().num_hidden_layers
         self.prefix_cache = (PrefixCache(block_size, self.num_layers)
-                             if prefix_caching and supports_prefix_caching(model, self.max_model_len)
-                             else None)
+                             if prefix_caching and full_attention else None)
         self.waiting: deque[Sequence] = deque()
         self.running: dict[str, Sequence] = {}   # holding KV: in the batch or in the prefill job
         self.job: PrefillJob | None = None       # newcomers being prefilled
@@ -145,7 +146,7 @@ class BatchedEngine(PrefixCaching):
             return None
         if self.prefix_cache is not None:
             with torch.inference_mode():
-                self.cache_leaving_rows([sequence])  # a row of the batch only
+                self.cache_batch_rows([sequence])  # a row of the batch only
         self.forget(sequence)
         logger.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
                     len(sequence.generated_token_ids))
@@ -218,6 +219,8 @@ class BatchedEngine(PrefixCaching):
         has_preempted = self.reserve_decode_tokens()
         if not has_preempted and self.job is None:
             self.job = self.start_prefill_job()
+        if self.job is not None and self.runner.can_mix(self.job, self.prefill_columns(self.job)):
+            return deltas + self.decode_and_prefill()
         deltas += self.decode()
         deltas += self.prefill()
         return deltas
@@ -303,13 +306,17 @@ class BatchedEngine(PrefixCaching):
             sequence.num_cached_tokens += 1
         return self.append_tokens(sequences, logits)
 
+    def prefill_columns(self, job: PrefillJob) -> int:
+        """How many of the job's columns this step computes, at most."""
+        return max(self.prefill_tokens_left() // job.num_rows, 1)
+
     def prefill(self) -> list[Delta]:
         job = self.job
         if job is None:
             return []
         sequences = [self.running[request_id] for request_id in job.request_ids]
         try:
-            logits = self.runner.prefill(job, max(self.prefill_tokens_left() // job.num_rows, 1))
+            logits = self.runner.prefill(job, self.prefill_columns(job))
         except Exception as exc:
             return self.fail_sequences(sequences, exc)
         for sequence, pad in zip(sequences, job.pad_lengths):
@@ -327,6 +334,27 @@ class BatchedEngine(PrefixCaching):
         self.job = None
         return self.append_tokens(sequences, logits)
 
+    def decode_and_prefill(self) -> list[Delta]:
+        """The batch's decodes and the rest of the prefill job in one forward
+        (`workers.mixed_step`): the job's rows join the batch as they get their first token."""
+        job = self.job
+        rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
+        newcomers = [self.running[request_id] for request_id in job.request_ids]
+        try:
+            decode_logits, prefill_logits = self.runner.decode_and_prefill(
+                [s.generated_token_ids[-1] for s in rows], job)
+        except Exception as exc:  # the job's rows never joined the batch: the job goes as a whole
+            return self.fail_sequences(rows + newcomers, exc)
+        self.job = None
+        for sequence in rows:
+            sequence.num_cached_tokens += 1
+        for sequence in newcomers:
+            sequence.num_cached_tokens = sequence.num_context_tokens
+        if self.prefix_cache is not None:
+            with torch.inference_mode():
+                self.cache_batch_rows(newcomers)
+        return self.append_tokens(rows, decode_logits) + self.append_tokens(newcomers, prefill_logits)
+
     def append_tokens(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Delta]:
         deltas, finished = [], []
         for sequence, token_id in zip(sequences, self.sample(sequences, logits)):
@@ -337,7 +365,7 @@ class BatchedEngine(PrefixCaching):
                 finished.append(sequence)
         if finished and self.prefix_cache is not None:
             with torch.inference_mode():
-                self.cache_leaving_rows(finished)
+                self.cache_batch_rows(finished)
         for sequence in finished:
             self.release(sequence)
         return deltas

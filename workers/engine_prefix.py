@@ -88,9 +88,10 @@ class PrefixCaching:
                              for row, (sequence, pad) in enumerate(zip(sequences, job.pad_lengths))],
                             [(layer.keys, layer.values) for layer in job.cache.layers])
 
-    def cache_leaving_rows(self, sequences: list[Sequence]) -> None:
-        """What requests leaving the batch computed: finished ones' prompts and answers (the
-        next turn of a chat starts with both), preempted ones' contexts (for their resume)."""
+    def cache_batch_rows(self, sequences: list[Sequence]) -> None:
+        """What these batch rows computed: the contexts of newcomers just prefilled in the
+        batch (a mixed step), and of requests leaving it: finished ones' prompts and answers
+        (the next turn of a chat starts with both), preempted ones' contexts (for their resume)."""
         batch = self.runner.batch
         entries = [(s.context_token_ids()[:s.num_cached_tokens], row, batch.starts[row])
                    for s in sequences if s.request_id in batch.row_ids
@@ -107,9 +108,10 @@ class PrefixCaching:
         return self.prefix_cache.reported_hashes() if self.prefix_cache is not None else []
 
 
-def supports_prefix_caching(model: Any, max_model_len: int) -> bool:
-    """Plain full attention everywhere: a cached block's keys and values are then the same
-    whatever follows. Sliding-window layers keep only part of the context, so no."""
+def has_full_attention(model: Any, max_model_len: int) -> bool:
+    """Plain full attention everywhere, for contexts up to `max_model_len`: what prefix
+    caching needs (a cached block's keys and values are then the same whatever follows)
+    and mixed steps compute. Sliding-window layers keep only part of the context, so no."""
     config = model.config.get_text_config()
     layer_types = getattr(config, "layer_types", None) or []
     if any(layer_type != "full_attention" for layer_type in layer_types):

@@ -22,6 +22,7 @@ from transformers import DynamicCache
 
 from workers.batch_cache import BatchCache
 from workers.cpu_linears import CpuLinears
+from workers.mixed_step import CURRENT_STEP, MIXED_ATTENTION, MixedStep, NewcomerGroup, supports_mixed_steps
 
 PAD_TOKEN_ID = 0  # what fills padded input positions; the mask hides them, any id does
 CachedPrefix = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [kv_heads, tokens, head_dim]
@@ -51,7 +52,7 @@ class PrefillJob:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, max_num_seqs: int) -> None:
+    def __init__(self, model: Any, max_num_seqs: int, mixed_steps: bool = True) -> None:
         self.model = model
         self.device = model.device
         num_layers = model.config.get_text_config().num_hidden_layers
@@ -61,6 +62,7 @@ class ModelRunner:
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.can_keep_last_logits = "logits_to_keep" in parameters
         self.cpu_linears = CpuLinears(model)
+        self.supports_mixed_steps = mixed_steps and supports_mixed_steps(model)
 
     # ---------------------------------------------------------------- prefill
 
@@ -136,12 +138,79 @@ class ModelRunner:
         batch.advance(1)
         return logits
 
+    # ---------------------------------------------------------------- decode and prefill at once
+
+    def can_mix(self, job: PrefillJob, num_columns: int) -> bool:
+        """Whether this step may run the batch's decodes and the job's next `num_columns`
+        columns in one forward: the model allows it, there is a batch, and they finish the job."""
+        return (self.supports_mixed_steps and self.batch.num_rows > 0
+                and job.num_columns - job.num_done <= num_columns)
+
+    @torch.inference_mode()
+    def decode_and_prefill(self, last_token_ids: list[int],
+                           job: PrefillJob) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward for a new token per batch row and the rest of the job, whose rows then
+        join the batch (`workers.mixed_step`); the next-token logits of the rows, and of the
+        job's rows."""
+        batch, device = self.batch, self.device
+        num_rows = batch.num_rows
+        assert len(last_token_ids) == num_rows
+        batch.make_room(job.num_columns - 1, 1)
+        decode_mask, decode_positions = batch.decode_inputs(device)
+        step = MixedStep(num_rows, batch.base, batch.end,
+                         None if decode_mask is None else decode_mask[:, None, None, :], [])
+        token_ids = [torch.tensor(last_token_ids, device=device)]
+        positions = [decode_positions[:, 0]]
+        for row, pad in enumerate(job.pad_lengths):
+            first = max(job.num_done, pad)  # a pad is never computed
+            num_context, num_new = job.num_columns - pad, job.num_columns - first
+            last = step.groups[-1] if step.groups else None
+            if last is not None and (last.num_context, last.num_new) == (num_context, num_new):
+                last.num_rows += 1
+            else:
+                step.groups.append(NewcomerGroup(num_rows + row, 1, num_context, num_new,
+                                                 step.num_tokens))
+            token_ids.append(job.token_ids[row, first:])
+            positions.append(torch.arange(first - pad, num_context, device=device))
+        ends = [num_rows + sum(len(t) for t in token_ids[1:row + 2]) - 1
+                for row in range(job.num_rows)]
+        keep = torch.tensor(list(range(num_rows)) + ends, device=device)
+        batch.add_newcomer_rows(job.cache, job.request_ids, job.pad_lengths, job.num_columns)
+        batch.mixed, reset = step, CURRENT_STEP.set(step)
+        config = self.model.config
+        implementation, config._attn_implementation = config._attn_implementation, MIXED_ATTENTION
+        try:
+            logits = self.run_model(torch.cat(token_ids)[None, :], None,
+                                    torch.cat(positions)[None, :], batch, keep)[0]
+        except Exception:
+            batch.truncate(num_rows)
+            raise
+        finally:
+            config._attn_implementation = implementation
+            batch.mixed = None
+            CURRENT_STEP.reset(reset)
+        batch.advance(1)
+        job.num_done = job.num_columns
+        return logits[:num_rows], logits[num_rows:]
+
+    # ---------------------------------------------------------------- the model
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The next-token logits of each row `[rows, vocab]` (its last input token's)."""
+        return self.run_model(input_ids, attention_mask, position_ids, cache, 1)[:, -1]
+
+    def run_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  position_ids: torch.Tensor, cache: Any,
+                  logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+        """Logits `[rows, kept positions, vocab]`: the last `logits_to_keep` positions, or
+        those it lists (as generate does for the last one: same matmul, same rounding)."""
         kwargs = {self.cache_kwarg: cache, "use_cache": True}
         if self.can_keep_last_logits:
-            kwargs["logits_to_keep"] = 1  # as generate does: same matmul, same rounding
+            kwargs["logits_to_keep"] = logits_to_keep
         with self.cpu_linears.on_onednn():
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                position_ids=position_ids, **kwargs)
-        return output.logits[:, -1]
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids, **kwargs).logits
+        if self.can_keep_last_logits:
+            return logits
+        return logits[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else logits[:, logits_to_keep]
