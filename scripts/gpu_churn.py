@@ -4,7 +4,8 @@ wave of the same requests: `python3 scripts/gpu_churn.py MODEL DEVICE`.
 `llmos bench engine --stack-requests` measured 304 output tokens/s for the engine
 alone on an H100 (dummy:llama-1b, prompt 128, answers of 1-31 tokens, 32 at once),
 against 1,014 for one wave of 32 (docs/benchmarks.md). This prints, for one wave
-and for churn, with the prefix cache on and off: tokens/s, engine steps, model
+and for churn, with the prefix cache on and off and with newcomers prefilled in the
+decode forward or apart (`workers.mixed_step`): tokens/s, engine steps, model
 forwards, and ms per step; then, for churn, the Python functions that took the most
 time (cProfile) and the torch operators (torch.profiler).
 A diagnosis aid for the GPU checks (scripts/gpu_check.sh), not a benchmark.
@@ -54,8 +55,10 @@ class Counts:
         ModelRunner.forward = counted_forward
 
 
-def run(bench: EngineBench, prompts, lengths, prefix_caching: bool, label: str) -> None:
+def run(bench: EngineBench, prompts, lengths, prefix_caching: bool, label: str,
+        mixed_steps: bool = True) -> None:
     engine = bench.make_engine(ROWS, prefix_caching=prefix_caching, max_model_len=MAX_MODEL_LEN)
+    engine.runner.supports_mixed_steps &= mixed_steps
     counts = Counts(engine)
     try:
         started = time.perf_counter()
@@ -65,7 +68,8 @@ def run(bench: EngineBench, prompts, lengths, prefix_caching: bool, label: str) 
         wall_s = time.perf_counter() - started
     finally:
         counts.restore()
-    print(f"  {label:32s} prefix cache {'on ' if prefix_caching else 'off'}: "
+    print(f"  {label:32s} prefix cache {'on ' if prefix_caching else 'off'}, "
+          f"{'mixed' if engine.runner.supports_mixed_steps else 'apart'}: "
           f"{result.num_generated_tokens / wall_s:8.1f} tok/s, {counts.steps:4d} steps, "
           f"{counts.forwards:4d} forwards, {wall_s / counts.steps * 1e3:6.1f} ms/step")
 
@@ -86,8 +90,9 @@ def main() -> None:
     print(f"{model_name} on {loaded.device}: prompt {PROMPT_LEN}, {ROWS} at once")
     for prefix_caching in (True, False):
         run(bench, wave, NEW_TOKENS, prefix_caching, f"one wave of {ROWS} x {NEW_TOKENS} tokens")
-        run(bench, churn, lengths, prefix_caching,
-            f"churn: {CHURN_REQUESTS} x 1-{2 * NEW_TOKENS - 1} tokens")
+        for mixed_steps in (True, False):
+            run(bench, churn, lengths, prefix_caching,
+                f"churn: {CHURN_REQUESTS} x 1-{2 * NEW_TOKENS - 1} tokens", mixed_steps)
     engine = bench.make_engine(ROWS, max_model_len=MAX_MODEL_LEN)
     profiler = cProfile.Profile()
     profiler.enable()

@@ -43,6 +43,8 @@ class WorkerConfig:
     prefix_caching: bool = option(True, "batched engine: keep the KV blocks of prompts and answers "
                                         "and reuse them for requests that start the same way; "
                                         "report them to the kernel for prefix-aware placement")
+    mixed_steps: bool = option(True, "batched engine: run newcomers' prefill in the same forward "
+                                     "as the batch's decodes (models that allow it)")
     kv_cache_tokens: int = option(0, "KV cache capacity in tokens; 0 = from free memory")
     max_model_len: int = option(0, "context length; 0 = the model's max_position_embeddings")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")

@@ -19,7 +19,8 @@ class EngineKind(enum.Enum):
 
 def make_engine(kind: str, model: Any, tokenizer: Any, *, max_num_seqs: int, max_model_len: int,
                 worker_id: str, num_blocks: int, block_size: int,
-                max_num_batched_tokens: int, prefix_caching: bool = True) -> GenerateEngine:
+                max_num_batched_tokens: int, prefix_caching: bool = True,
+                mixed_steps: bool = True) -> GenerateEngine:
     """The engine named `kind`; the KV geometry and the step's token budget are the batched engine's."""
     try:
         engine_kind = EngineKind(kind)
@@ -32,4 +33,4 @@ def make_engine(kind: str, model: Any, tokenizer: Any, *, max_num_seqs: int, max
     return BatchedEngine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                          worker_id=worker_id, num_blocks=num_blocks, block_size=block_size,
                          max_num_batched_tokens=max_num_batched_tokens,
-                         prefix_caching=prefix_caching)
+                         prefix_caching=prefix_caching, mixed_steps=mixed_steps)

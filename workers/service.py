@@ -99,7 +99,7 @@ class Worker:
                 worker_id=self.worker_id, block_size=DEFAULT_BLOCK_SIZE,
                 num_blocks=self.loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE,
                 max_num_batched_tokens=self.config.max_num_batched_tokens,
-                prefix_caching=self.config.prefix_caching)
+                prefix_caching=self.config.prefix_caching, mixed_steps=self.config.mixed_steps)
         except ValueError as exc:
             raise SystemExit(f"llmos worker: {exc}") from None
 

@@ -66,6 +66,8 @@ class EngineBenchConfig:
     max_num_batched_tokens: int = option(2048, "tokens per engine step (BatchedEngine only)")
     prefix_caching: bool = option(True, "BatchedEngine's prefix cache, as a worker runs it (the "
                                         "prompts share no prefix: it costs, never helps here)")
+    mixed_steps: bool = option(True, "BatchedEngine runs newcomers' prefill in the batch's decode "
+                                     "forward, as a worker does (models that allow it)")
     seed: int = option(0, "seed of the prompts and the arrivals")
     rounds: int = option(3, "rounds of the compared runs (llmos at the compared level, then each "
                             "baseline), one after the other; the medians make the ratios, "
@@ -249,7 +251,8 @@ class EngineBench:
                           max_num_batched_tokens=max(self.config.max_num_batched_tokens,
                                                      self.config.prompt_len),
                           prefix_caching=(self.config.prefix_caching if prefix_caching is None
-                                          else prefix_caching))
+                                          else prefix_caching),
+                          mixed_steps=self.config.mixed_steps)
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
 
     def num_kv_blocks(self, max_num_seqs: int, max_model_len: int) -> int:

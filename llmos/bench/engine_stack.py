@@ -63,7 +63,8 @@ def worker_args(config: Any, max_model_len: int, kv_tokens: int) -> list[str]:
             "--threads", str(config.threads), "--max-model-len", str(max_model_len),
             "--kv-cache-tokens", str(kv_tokens),
             "--max-num-batched-tokens", str(max(config.max_num_batched_tokens, config.prompt_len)),
-            "--prefix-caching" if config.prefix_caching else "--no-prefix-caching"]
+            "--prefix-caching" if config.prefix_caching else "--no-prefix-caching",
+            "--mixed-steps" if config.mixed_steps else "--no-mixed-steps"]
 
 
 def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str, Any]:
