@@ -213,3 +213,15 @@ def test_stack_requests_serve_the_same_answers_alone_and_through_a_real_stack():
     assert len(stack["round_ratios"]) == 2 and all(is_positive(r) for r in stack["round_ratios"])
     assert summary["stack_vs_engine_throughput"] == stack["stack_vs_alone"]
     assert is_positive(stack["stack_vs_alone"])
+
+
+def test_churn_requests_compare_mixed_steps_with_newcomers_prefilled_apart():
+    summary = run_bench("--poisson-seconds", "0", "--skip-baselines", "--rounds", "2",
+                        "--churn-requests", "12", "--json-only")
+
+    churn = summary["churn"]
+    lengths = answer_lengths(12, new_tokens=4, seed=0)
+    assert (churn["requests"], churn["max_num_seqs"]) == (12, 2)
+    assert churn["mixed"]["output_tokens"] == churn["apart"]["output_tokens"] == sum(lengths)
+    assert len(churn["round_ratios"]) == 2 and all(is_positive(r) for r in churn["round_ratios"])
+    assert summary["mixed_vs_apart_throughput"] == churn["mixed_vs_apart"]

@@ -32,6 +32,7 @@ import torch
 from llmos.bench import baselines
 from llmos.bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
 from llmos.bench.report import format_report
+from llmos.bench.engine_churn import measure_mixed_vs_apart
 from llmos.bench.engine_stack import measure_stack_vs_alone
 from llmos.bench.stats import (count_parameters, latency_figures, matmul_peak_flops, median_run,
                                model_flops)
@@ -77,6 +78,9 @@ class EngineBenchConfig:
                                     "--new-tokens tokens) through a real stack (kernel, "
                                     "scheduler, broker, one worker process) and with the "
                                     "engine alone, at the compared concurrency; 0 = skip")
+    churn_requests: int = option(0, "also serve this many requests (answers of 1 to 2 x "
+                                    "--new-tokens tokens) with the engine alone, with mixed steps "
+                                    "and without, at the compared concurrency; 0 = skip")
     json_only: bool = option(False, "print only the JSON line")
     write_profile: str = option("", "also write a latency profile for simulated workers "
                                     "(llmos worker --engine sim --profile FILE) fitted from the runs")
@@ -90,8 +94,8 @@ class EngineBenchConfig:
             raise click.BadParameter("--shared-prefix-len must be at least 0")
         if self.rounds < 1:
             raise click.BadParameter("--rounds must be at least 1")
-        if self.stack_requests < 0:
-            raise click.BadParameter("--stack-requests must be at least 0")
+        if self.stack_requests < 0 or self.churn_requests < 0:
+            raise click.BadParameter("--stack-requests and --churn-requests must be at least 0")
         self.concurrency_levels  # raises on a bad list
 
     @property
@@ -161,7 +165,10 @@ def run_bench(config: EngineBenchConfig,
     if config.write_profile:
         write_sim_profile(config, runs, echo)
     stack = measure_stack_vs_alone(bench, echo) if config.stack_requests else None
+    churn = measure_mixed_vs_apart(bench, echo) if config.churn_requests else None
     summary = summarize(config, bench, runs, poisson, baseline_figures, rounds)
+    summary["mixed_vs_apart_throughput"] = churn and churn["mixed_vs_apart"]
+    summary["churn"] = churn
     summary["stack_vs_engine_throughput"] = stack and stack["stack_vs_alone"]
     summary["stack"] = stack
     if poisson_without_cache is not None:
@@ -241,7 +248,7 @@ class EngineBench:
         return self.config.requests or concurrency
 
     def make_engine(self, max_num_seqs: int, prefix_caching: bool | None = None,
-                    max_model_len: int = 0) -> Any:
+                    max_model_len: int = 0, mixed_steps: bool | None = None) -> Any:
         max_model_len = max_model_len or self.config.max_model_len
         kwargs: dict[str, Any] = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                                       eos_token_ids=set(), worker_id="bench")  # no EOS: full length
@@ -252,7 +259,8 @@ class EngineBench:
                                                      self.config.prompt_len),
                           prefix_caching=(self.config.prefix_caching if prefix_caching is None
                                           else prefix_caching),
-                          mixed_steps=self.config.mixed_steps)
+                          mixed_steps=(self.config.mixed_steps if mixed_steps is None
+                                       else mixed_steps))
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
 
     def num_kv_blocks(self, max_num_seqs: int, max_model_len: int) -> int:

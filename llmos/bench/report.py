@@ -47,6 +47,7 @@ def format_report(summary: dict[str, Any]) -> str:
                       ("speedup_vs_generate_batch", "generate_batch")])
                   + f"; {percent(summary['peak_fraction'])} of the matmul peak"]
     lines += stack_lines(summary.get("stack"))
+    lines += churn_lines(summary.get("churn"))
     if summary.get("rounds", 0) > 1:
         lines.append(f"medians of {summary['rounds']} rounds; each round's ratio: " + ", ".join(
             f"vs {name} " + " ".join("-" if v is None else f"{v:.2f}x" for v in values)
@@ -63,6 +64,17 @@ def stack_lines(stack: dict[str, Any] | None) -> list[str]:
                 f"{stack['alone']['output_tokens_per_s']:.1f} with the engine alone, "
                 f"{stack['stack_vs_alone']:.2f}x (each round: "
                 + " ".join(f"{value:.2f}x" for value in stack["round_ratios"]) + ")"]
+
+
+def churn_lines(churn: dict[str, Any] | None) -> list[str]:
+    if churn is None:
+        return []
+    return ["", f"{churn['requests']} requests coming and going (answers of "
+                f"{churn['mean_answer_tokens']:.0f} tokens on average), {churn['max_num_seqs']} at "
+                f"once, the engine alone: {churn['mixed']['output_tokens_per_s']:.1f} output "
+                f"tokens/s with mixed steps, {churn['apart']['output_tokens_per_s']:.1f} with "
+                f"newcomers prefilled apart, {churn['mixed_vs_apart']:.2f}x (each round: "
+                + " ".join(f"{value:.2f}x" for value in churn["round_ratios"]) + ")"]
 
 
 def poisson_lines(poisson: dict[str, Any] | None) -> list[str]:
