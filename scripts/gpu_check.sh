@@ -8,7 +8,8 @@
 #     transformers==5.24.0 pyzmq==27.3.0 protobuf==7.36.2 regex==2026.11.19
 # Logs go to $OUT. EXTRA_LEVELS=64,128,256 adds an engine-only run at those levels;
 # PROFILE=1 adds scripts/gpu_profile.py (ms per decode step, cProfile, torch profiler);
-# CHURN=1 adds scripts/gpu_churn.py (the engine with requests coming and going, against one
+# CHURN=1 adds `llmos bench engine --churn-requests 256` (mixed steps against newcomers
+# prefilled apart) and scripts/gpu_churn.py (the engine with requests coming and going, against one
 # wave) and STACK=1 `llmos bench engine --stack-requests 256` (the stack against the engine).
 #   NO_WHEELS=1 MODEL=dummy:llama-tiny DEVICE=cpu scripts/gpu_check.sh   (a dry run here)
 set -u -o pipefail
@@ -37,6 +38,9 @@ if [ -n "${PROFILE:-}" ]; then  # where a decode step's time goes, cuDNN attenti
     timeout 120 python3 scripts/gpu_profile.py "$MODEL" "$DEVICE" 2>&1 | tee "$OUT/profile.log"
 fi
 if [ -n "${CHURN:-}" ]; then  # why the engine is slow when requests come and go (docs/benchmarks.md)
+    timeout 150 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" --concurrency 32 \
+        --skip-baselines --poisson-seconds 0 --new-tokens 16 --prompt-len 128 \
+        --churn-requests 256 --rounds 3 2>&1 | tee "$OUT/bench_churn.log"
     timeout 180 python3 scripts/gpu_churn.py "$MODEL" "$DEVICE" 2>&1 | tee "$OUT/churn.log"
 fi
 if [ -n "${STACK:-}" ]; then  # what serving costs: the stack against the engine alone

@@ -115,3 +115,31 @@ def test_loading_on_cuda_turns_cudnn_attention_off():
     loaded = load_model(WorkerConfig(model="dummy:llama-tiny", device="cuda"))
     assert loaded.device.type == "cuda"
     assert not torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_cuda_newcomers_join_a_running_batch_in_one_forward_and_start_like_generate(
+        tiny_model_dir, tokenizer):
+    model = load(tiny_model_dir, torch.bfloat16)
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=4)
+    assert engine.runner.supports_mixed_steps
+    forwards = []
+    handle = model.register_forward_hook(lambda *args: forwards.append(1))
+    answers: dict[str, list] = {}
+    try:
+        for index, prompt in enumerate(PROMPTS):  # one joins at every step
+            engine.add_request(EngineRequest(f"r{index}", tokenizer.encode(prompt),
+                                             SamplingOptions(max_tokens=12)))
+            before = len(forwards)
+            for delta in engine.step():
+                answers.setdefault(delta.request_id, []).append(delta)
+            assert len(forwards) - before == 1
+        while engine.has_work:
+            for delta in engine.step():
+                answers.setdefault(delta.request_id, []).append(delta)
+    finally:
+        handle.remove()
+
+    for index, prompt in enumerate(PROMPTS):
+        token_ids = [t for d in answers[f"r{index}"] for t in d.token_ids]
+        expected = generate_greedy(model, tokenizer, prompt, 12)
+        assert token_ids[:NUM_EXACT_TOKENS] == expected[:NUM_EXACT_TOKENS]
