@@ -16,7 +16,7 @@ from typing import Any
 
 from llmos.bench.engine_stack import answer_lengths
 from llmos.bench.load import run_closed_loop
-from llmos.bench.stats import median_run
+from llmos.bench.stats import compare_rounds
 
 
 def measure_mixed_vs_apart(bench: Any, echo: Callable[[str], None]) -> dict[str, Any] | None:
@@ -43,10 +43,7 @@ def measure_mixed_vs_apart(bench: Any, echo: Callable[[str], None]) -> dict[str,
         rounds.append(figures)
         echo(f"  mixed {figures['mixed']['output_tokens_per_s']:.1f} output tokens/s, "
              f"apart {figures['apart']['output_tokens_per_s']:.1f}")
-    mixed, apart = (median_run([r[side] for r in rounds]) for side in ("mixed", "apart"))
+    compared = compare_rounds(rounds, "mixed", "apart")
     return {"requests": len(prompts), "max_num_seqs": max_num_seqs,
             "mean_answer_tokens": sum(lengths) / len(lengths),
-            "mixed_vs_apart": mixed["output_tokens_per_s"] / apart["output_tokens_per_s"],
-            "round_ratios": [r["mixed"]["output_tokens_per_s"] / r["apart"]["output_tokens_per_s"]
-                             for r in rounds],
-            "mixed": mixed, "apart": apart}
+            "mixed_vs_apart": compared.pop("ratio"), **compared}

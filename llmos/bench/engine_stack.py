@@ -26,7 +26,7 @@ from typing import Any
 from llmos.bench.driver import ClosedLoop, LoadDriver, summarize_closed_loop
 from llmos.bench.load import run_closed_loop
 from llmos.bench.stack import ServiceStack
-from llmos.bench.stats import median_run
+from llmos.bench.stats import compare_rounds
 from llmos.bench.workload import BATCH, Job
 
 WORKER_READY_TIMEOUT_S = 300.0  # a fresh process loads the model (and warms CUDA) first
@@ -93,13 +93,10 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
                 echo(f"  alone {rounds[-1]['alone']['output_tokens_per_s']:.1f} output tokens/s "
                      f"in {alone.wall_s:.1f} s, stack {served['output_tokens_per_s']:.1f} in "
                      f"{served['wall_s']:.1f} s")
-    alone, stack = (median_run([r[side] for r in rounds]) for side in ("alone", "stack"))
+    compared = compare_rounds(rounds, "stack", "alone")
     return {"requests": len(prompts), "max_num_seqs": max_num_seqs,
             "mean_answer_tokens": sum(lengths) / len(lengths),
-            "stack_vs_alone": stack["output_tokens_per_s"] / alone["output_tokens_per_s"],
-            "round_ratios": [r["stack"]["output_tokens_per_s"] / r["alone"]["output_tokens_per_s"]
-                             for r in rounds],
-            "alone": alone, "stack": stack}
+            "stack_vs_alone": compared.pop("ratio"), **compared}
 
 
 def serve(address: str, texts: list[str], lengths: list[int], num_live: int) -> dict[str, Any]:

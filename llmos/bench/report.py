@@ -62,8 +62,7 @@ def stack_lines(stack: dict[str, Any] | None) -> list[str]:
                 f"tokens on average), {stack['max_num_seqs']} at once: "
                 f"{stack['stack']['output_tokens_per_s']:.1f} output tokens/s through the stack, "
                 f"{stack['alone']['output_tokens_per_s']:.1f} with the engine alone, "
-                f"{stack['stack_vs_alone']:.2f}x (each round: "
-                + " ".join(f"{value:.2f}x" for value in stack["round_ratios"]) + ")"]
+                + ratio_with_rounds(stack["stack_vs_alone"], stack["round_ratios"])]
 
 
 def churn_lines(churn: dict[str, Any] | None) -> list[str]:
@@ -73,8 +72,12 @@ def churn_lines(churn: dict[str, Any] | None) -> list[str]:
                 f"{churn['mean_answer_tokens']:.0f} tokens on average), {churn['max_num_seqs']} at "
                 f"once, the engine alone: {churn['mixed']['output_tokens_per_s']:.1f} output "
                 f"tokens/s with mixed steps, {churn['apart']['output_tokens_per_s']:.1f} with "
-                f"newcomers prefilled apart, {churn['mixed_vs_apart']:.2f}x (each round: "
-                + " ".join(f"{value:.2f}x" for value in churn["round_ratios"]) + ")"]
+                f"newcomers prefilled apart, "
+                + ratio_with_rounds(churn["mixed_vs_apart"], churn["round_ratios"])]
+
+
+def ratio_with_rounds(ratio: float, round_ratios: list[float]) -> str:
+    return f"{ratio:.2f}x (each round: " + " ".join(f"{value:.2f}x" for value in round_ratios) + ")"
 
 
 def poisson_lines(poisson: dict[str, Any] | None) -> list[str]:

@@ -99,3 +99,14 @@ def median_run(figures: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     """The run with the median output tokens/s (the lower middle one of an even count)."""
     measured = sorted((f for f in figures if f is not None), key=lambda f: f["output_tokens_per_s"])
     return measured[(len(measured) - 1) // 2] if measured else None
+
+
+def compare_rounds(rounds: list[dict[str, dict[str, Any]]], side: str,
+                   against: str) -> dict[str, Any]:
+    """Two sides run in turns: each side's median run, and `side`'s output tokens/s over
+    `against`'s, from the medians (`ratio`) and in every round (`round_ratios`)."""
+    medians = {name: median_run([r[name] for r in rounds]) for name in (side, against)}
+    return {**medians,
+            "ratio": medians[side]["output_tokens_per_s"] / medians[against]["output_tokens_per_s"],
+            "round_ratios": [r[side]["output_tokens_per_s"] / r[against]["output_tokens_per_s"]
+                             for r in rounds]}
