@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from llmos.tiny_model import make_tiny_model
 
 
@@ -9,3 +11,14 @@ from llmos.tiny_model import make_tiny_model
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded llmos-tiny model, made once per test session."""
     return make_tiny_model(tmp_path_factory.mktemp("models") / "llmos-tiny")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """llmos-tiny on CPU, for the tests that drive an engine directly."""
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -11,10 +11,9 @@ import random
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, MistralConfig,
-                          Qwen2Config)
+from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Qwen2Config
 
-from engine_helpers import Answer, make_request
+from engine_helpers import Answer, generate_greedy, make_request
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.tiny_model import CORPUS
 from llmos.wire import pb
@@ -28,16 +27,6 @@ WORDS = CORPUS.split()
 
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def make_prompts(count: int, seed: int, max_words: int = 40) -> list[str]:
     """Corpus snippets of 1 to `max_words` words: prompt lengths from 2 to ~100 tokens."""
     rng = random.Random(seed)
@@ -46,13 +35,6 @@ def make_prompts(count: int, seed: int, max_words: int = 40) -> list[str]:
         start, num_words = rng.randrange(len(WORDS)), rng.randint(1, max_words)
         prompts.append(" ".join((WORDS * 2)[start:start + num_words]))
     return prompts
-
-
-def generate_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
-    input_ids = torch.tensor([tokenizer.encode(prompt)])
-    output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                            max_new_tokens=max_new_tokens)
-    return output[0, input_ids.shape[1]:].tolist()
 
 
 def check_invariants(engine: BatchedEngine) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
+from engine_helpers import generate_greedy
 from llmos.wire import pb
 from workers.batched_engine import BatchedEngine
 from workers.requests import EngineRequest, SamplingOptions
@@ -27,20 +28,8 @@ PROMPTS = [
 NUM_EXACT_TOKENS = 4  # half precision: only the first tokens are compared exactly
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def load(tiny_model_dir, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype).to("cuda").eval()
-
-
-def generate_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
-    input_ids = torch.tensor([tokenizer.encode(prompt)], device="cuda")
-    output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                            max_new_tokens=max_new_tokens)
-    return output[0, input_ids.shape[1]:].tolist()
 
 
 def run_to_end(engine: BatchedEngine) -> dict[str, list]:

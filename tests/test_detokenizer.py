@@ -5,14 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from transformers import AutoTokenizer
 
 from workers.detokenizer import IncrementalText
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def decode(tokenizer, token_ids: list[int]) -> str:

@@ -4,11 +4,9 @@ still equal `model.generate` alone, token for token."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine_helpers import Answer, make_request
+from engine_helpers import Answer, generate_greedy, make_request
 from llmos.tiny_model import CORPUS
 from llmos.wire import pb
 from workers.batched_engine import BatchedEngine
@@ -17,23 +15,6 @@ torch.set_num_threads(1)
 
 WORDS = CORPUS.split()
 SYSTEM_PROMPT = " ".join(WORDS[:60])
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-def generate_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
-    input_ids = torch.tensor([tokenizer.encode(prompt)])
-    output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                            max_new_tokens=max_new_tokens)
-    return output[0, input_ids.shape[1]:].tolist()
 
 
 class Forwards:

@@ -6,9 +6,8 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine_helpers import Answer, make_request
+from engine_helpers import Answer, generate_greedy, make_request
 from llmos.wire import pb
 from workers.engine import Engine
 from workers.requests import Delta, EngineRequest, SamplingOptions
@@ -25,16 +24,6 @@ PROMPTS = [
 
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def run_to_end(engine: Engine) -> dict[str, Answer]:
     answers: dict[str, Answer] = {}
     while engine.has_work:
@@ -43,12 +32,6 @@ def run_to_end(engine: Engine) -> dict[str, Answer]:
             assert not answer.deltas or not answer.final.is_finished, "a delta after the final one"
             answer.add(delta)
     return answers
-
-
-def generate_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
-    input_ids = torch.tensor([tokenizer.encode(prompt)])
-    output = model.generate(input_ids, do_sample=False, max_new_tokens=max_new_tokens)
-    return output[0, input_ids.shape[1]:].tolist()
 
 
 def test_concurrent_greedy_requests_equal_generate(model, tokenizer):
