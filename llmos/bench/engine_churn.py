@@ -5,8 +5,9 @@ The engine alone serves N requests with max_num_seqs = the compared concurrency,
 a waiting request put into the batch the instant one ends (`run_closed_loop`), and
 answer lengths drawn evenly from 1 to 2 x `--new-tokens` - 1 (as `--stack-requests`
 draws them), so slots free one at a time and nearly every step has newcomers. Each
-of `--rounds` turns runs the same requests with mixed steps, then without (the
-newcomers' prefill as a second forward of the step); the medians make the ratio.
+of `--rounds` turns runs the same requests with mixed steps and without (the
+newcomers' prefill as a second forward of the step), which first alternating;
+the medians make the ratio.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def measure_mixed_vs_apart(bench: Any, echo: Callable[[str], None]) -> dict[str,
         return None
     rounds = []
     for index in range(config.rounds):
+        sides = [("mixed", True), ("apart", False)][::-1 if index % 2 else 1]
         echo(f"round {index + 1} of {config.rounds}: {len(prompts)} requests coming and going, "
-             f"{max_num_seqs} at once, with mixed steps, then apart ...")
+             f"{max_num_seqs} at once, {sides[0][0]} first ...")
         figures = {}
-        for side, mixed_steps in (("mixed", True), ("apart", False)):
+        for side, mixed_steps in sides:  # who goes first alternates: no side always runs cold
             engine = bench.make_engine(max_num_seqs, max_model_len=max_model_len,
                                        mixed_steps=mixed_steps)
             figures[side] = bench.load_figures(run_closed_loop(engine, prompts, max_num_seqs,
