@@ -152,36 +152,16 @@ class ModelRunner:
         """One forward for a new token per batch row and the rest of the job, whose rows then
         join the batch (`workers.mixed_step`); the next-token logits of the rows, and of the
         job's rows."""
-        batch, device = self.batch, self.device
-        num_rows = batch.num_rows
+        batch, num_rows = self.batch, self.batch.num_rows
         assert len(last_token_ids) == num_rows
         batch.make_room(job.num_columns - 1, 1)
-        decode_mask, decode_positions = batch.decode_inputs(device)
-        step = MixedStep(num_rows, batch.base, batch.end,
-                         None if decode_mask is None else decode_mask[:, None, None, :], [])
-        token_ids = [torch.tensor(last_token_ids, device=device)]
-        positions = [decode_positions[:, 0]]
-        for row, pad in enumerate(job.pad_lengths):
-            first = max(job.num_done, pad)  # a pad is never computed
-            num_context, num_new = job.num_columns - pad, job.num_columns - first
-            last = step.groups[-1] if step.groups else None
-            if last is not None and (last.num_context, last.num_new) == (num_context, num_new):
-                last.num_rows += 1
-            else:
-                step.groups.append(NewcomerGroup(num_rows + row, 1, num_context, num_new,
-                                                 step.num_tokens))
-            token_ids.append(job.token_ids[row, first:])
-            positions.append(torch.arange(first - pad, num_context, device=device))
-        ends = [num_rows + sum(len(t) for t in token_ids[1:row + 2]) - 1
-                for row in range(job.num_rows)]
-        keep = torch.tensor(list(range(num_rows)) + ends, device=device)
+        step, input_ids, position_ids, keep = self.plan_mixed_step(last_token_ids, job)
         batch.add_newcomer_rows(job.cache, job.request_ids, job.pad_lengths, job.num_columns)
         batch.mixed, reset = step, CURRENT_STEP.set(step)
         config = self.model.config
         implementation, config._attn_implementation = config._attn_implementation, MIXED_ATTENTION
         try:
-            logits = self.run_model(torch.cat(token_ids)[None, :], None,
-                                    torch.cat(positions)[None, :], batch, keep)[0]
+            logits = self.run_model(input_ids, None, position_ids, batch, keep)[0]
         except Exception:
             batch.truncate(num_rows)
             raise
@@ -192,6 +172,32 @@ class ModelRunner:
         batch.advance(1)
         job.num_done = job.num_columns
         return logits[:num_rows], logits[num_rows:]
+
+    def plan_mixed_step(self, last_token_ids: list[int], job: PrefillJob
+                        ) -> tuple[MixedStep, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step's layout, its packed input ids and position ids `[1, tokens]`, and the
+        positions whose logits it keeps (each row's token, each newcomer's last)."""
+        batch, device = self.batch, self.device
+        decode_mask, decode_positions = batch.decode_inputs(device)
+        step = MixedStep(batch.num_rows, batch.base, batch.end,
+                         None if decode_mask is None else decode_mask[:, None, None, :], [])
+        token_ids = [torch.tensor(last_token_ids, device=device)]
+        positions = [decode_positions[:, 0]]
+        keep = list(range(batch.num_rows))
+        for row, pad in enumerate(job.pad_lengths):
+            first = max(job.num_done, pad)  # a pad is never computed
+            num_context, num_new = job.num_columns - pad, job.num_columns - first
+            last = step.groups[-1] if step.groups else None
+            if last is not None and (last.num_context, last.num_new) == (num_context, num_new):
+                last.num_rows += 1
+            else:
+                step.groups.append(NewcomerGroup(batch.num_rows + row, 1, num_context, num_new,
+                                                 step.num_tokens))
+            token_ids.append(job.token_ids[row, first:])
+            positions.append(torch.arange(first - pad, num_context, device=device))
+            keep.append(step.num_tokens - 1)
+        return (step, torch.cat(token_ids)[None, :], torch.cat(positions)[None, :],
+                torch.tensor(keep, device=device))
 
     # ---------------------------------------------------------------- the model
 
