@@ -40,7 +40,7 @@ class Counts:
 
     def __init__(self, engine) -> None:
         self.steps = self.forwards = 0
-        step, forward = engine.step, ModelRunner.forward
+        step, forward = engine.step, ModelRunner.run_model
 
         def counted_step():
             self.steps += 1
@@ -51,8 +51,8 @@ class Counts:
             return forward(runner, *args, **kwargs)
 
         engine.step = counted_step
-        self.restore = lambda: setattr(ModelRunner, "forward", forward)
-        ModelRunner.forward = counted_forward
+        self.restore = lambda: setattr(ModelRunner, "run_model", forward)
+        ModelRunner.run_model = counted_forward
 
 
 def run(bench: EngineBench, prompts, lengths, prefix_caching: bool, label: str,
