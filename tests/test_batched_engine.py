@@ -11,7 +11,8 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Qwen2Config
+from transformers import (AutoModelForCausalLM, GPT2Config, MistralConfig, Phi3Config, Qwen2Config,
+                          Qwen3Config)
 
 from engine_helpers import Answer, generate_greedy, make_request
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
@@ -369,7 +370,8 @@ def tiny_random_model(family: str, tokenizer, attn_implementation: str):
         config = GPT2Config(n_positions=256, n_embd=64, n_layer=2, n_head=4,
                             initializer_range=0.2, **special)
     else:  # Llama-like bodies; Mistral's window is shorter than the prompts on purpose
-        config_class = {"qwen2": Qwen2Config, "mistral": MistralConfig}[family]
+        config_class = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "phi3": Phi3Config,
+                        "mistral": MistralConfig}[family]
         window = dict(sliding_window=16) if family == "mistral" else {}
         config = config_class(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2,
@@ -381,7 +383,8 @@ def tiny_random_model(family: str, tokenizer, attn_implementation: str):
 
 
 @pytest.mark.parametrize("family, attn_implementation",
-                         [("gpt2", "sdpa"), ("gpt2", "eager"), ("qwen2", "sdpa"), ("mistral", "sdpa")])
+                         [("gpt2", "sdpa"), ("gpt2", "eager"), ("qwen2", "sdpa"), ("qwen3", "sdpa"),
+                          ("phi3", "sdpa"), ("mistral", "sdpa")])
 def test_other_families_staggered_requests_equal_generate_alone(tokenizer, family,
                                                                 attn_implementation):
     model = tiny_random_model(family, tokenizer, attn_implementation)
@@ -393,6 +396,8 @@ def test_other_families_staggered_requests_equal_generate_alone(tokenizer, famil
     answers = run_to_end(engine, {0: requests[:3], 2: requests[3:5], 5: requests[5:]})
 
     assert_greedy(model, tokenizer, answers, prompts, max_tokens)
+    # newcomers join in the decode forward, but not past a sliding window (Mistral's here)
+    assert engine.runner.supports_mixed_steps == (family != "mistral")
 
 
 # ---------------------------------------------------------------- prefix caching

@@ -21,10 +21,10 @@ contexts end at the column the decodes write (`end`); what was computed before
   the one forward) runs the decodes as one `[rows, 1]` attention over their
   columns, and the newcomers in groups of equal shape, causally over their rows.
 
-Linears, norms and the LM head run once over every token. Only models whose
-attention goes through transformers' attention interface (most families) and
-is plain full attention qualify (`supports_mixed_steps`); the engine runs the
-two forwards for the others.
+Linears, norms and the LM head run once over every token. Only the families the
+engine tests run this way (MIXED_STEP_FAMILIES: Llama, Mistral, Qwen2, Qwen3,
+Phi-3, GPT-2), with plain full attention over the context length, qualify
+(`supports_mixed_steps`); the engine runs two forwards for the others.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, use_gqa_in_sdpa
 
 MIXED_ATTENTION = "llmos_mixed"
+# families whose attention layers are known to hand `MixedStep.attend` all it needs (the
+# engine tests run each): others may pass the attention function extras it would ignore
+MIXED_STEP_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2"})
 
 
 @dataclass
@@ -143,13 +146,10 @@ AttentionInterface.register(MIXED_ATTENTION, mixed_attention)
 
 
 def supports_mixed_steps(model: Any) -> bool:
-    """Attention through transformers' interface with no extras (no logit soft-capping, no
-    sinks): what `MixedStep.attend` computes, given full attention (the engine checks that:
-    `workers.engine_prefix.has_full_attention`)."""
-    if not getattr(model, "_supports_attention_backend", False):
-        return False
+    """A family in MIXED_STEP_FAMILIES whose attention goes through transformers'
+    interface: what `MixedStep.attend` computes, given full attention (the engine checks
+    that: `workers.engine_prefix.has_full_attention`)."""
     config = model.config
-    if config is not config.get_text_config():
-        return False  # composite (e.g. vision-language) models: not switched as a whole here
-    extras = ("attn_logit_softcapping", "attention_sink", "use_sink")
-    return not any(getattr(config, name, None) for name in extras)
+    return (getattr(model, "_supports_attention_backend", False)
+            and getattr(config, "model_type", None) in MIXED_STEP_FAMILIES
+            and config is config.get_text_config())
