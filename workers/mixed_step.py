@@ -105,13 +105,19 @@ class MixedStep:
             group_query = tokens.unflatten(1, (group.num_rows, group.num_new)).transpose(0, 1)
             first = stop - group.num_context
             causal = group.num_new == group.num_context
-            mask = None if causal else torch.ones(
-                group.num_new, group.num_context, dtype=torch.bool, device=query.device,
-            ).tril(group.num_context - group.num_new)  # token j sees the context up to itself
+            mask = None if causal else causal_mask(group.num_new, group.num_context, query.device)
             out = attention(group_query, keys[group.rows, :, first:stop],
                             values[group.rows, :, first:stop], mask, causal, scaling)
             parts.append(out.transpose(0, 1).flatten(1, 2))                 # [heads, tokens, dim]
         return torch.cat(parts, dim=1).transpose(0, 1).unsqueeze(0)
+
+
+def causal_mask(num_new: int, num_context: int, device: torch.device) -> torch.Tensor:
+    """`[num_new, num_context]`: the last `num_new` tokens of a context each see the
+    context up to themselves."""
+    columns = torch.arange(num_context, device=device)
+    last_seen = torch.arange(num_context - num_new, num_context, device=device)
+    return columns[None, :] <= last_seen[:, None]
 
 
 def attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
