@@ -8,11 +8,13 @@ Every `step()` is schedule -> execute -> postprocess (STYLE.md 5):
   with its generated tokens, to be prefilled again (prompt + generated) later.
   When nobody was preempted and no prefill is under way, waiting requests
   start, in order, while slots, blocks and the step's token budget allow.
-- execute: one forward for the whole running batch (one token per row), and
-  one for the next chunk of the newcomers' prefill (`workers.model_runner`).
-  Decodes come first in the token budget (`max_num_batched_tokens`); the
-  prefill gets the rest, so newcomers stall running requests by one bounded
-  chunk per step at most.
+- execute: one forward for the whole running batch (one token per row) and
+  the newcomers' prefill, when this step finishes it (a mixed step,
+  `workers.mixed_step`: the newcomers join the batch in that forward); else
+  one forward for the batch and one for the next chunk of the prefill
+  (`workers.model_runner`). Decodes come first in the token budget
+  (`max_num_batched_tokens`); the prefill gets the rest, so newcomers stall
+  running requests by one bounded chunk per step at most.
 - postprocess: sample, stream the new text, free finished requests at once.
 
 Prefix caching (`workers.prefix_cache`; the engine's side in `workers.engine_prefix`):
