@@ -216,7 +216,8 @@ class BatchedEngine(PrefixCaching):
     # ---------------------------------------------------------------- the step
 
     def step(self) -> list[Delta]:
-        """Schedule, run one decode for the batch and one prefill chunk, return what changed."""
+        """Schedule, run the batch's decodes and a prefill chunk (in one forward where that
+        chunk ends the prefill: a mixed step), return what changed."""
         deltas, self.pending_deltas = self.pending_deltas, []
         has_preempted = self.reserve_decode_tokens()
         if not has_preempted and self.job is None:
