@@ -76,3 +76,17 @@ def test_reports_follow_what_is_cached():
     assert cache.reported_hashes() == [1001, 1002]       # most recent first
     cache.evict(len(cache))
     assert cache.reported_hashes() == [] and len(cache) == 0
+
+
+def test_a_prefix_text_is_hashed_once_and_only_if_reported():
+    cache = PrefixCache(BLOCK, LAYERS)
+    calls = []
+    for tokens in (list(range(8)), [3] * 4, [5] * 4):
+        plan = cache.plan(tokens)
+        cache.add(plan, [(torch.zeros(1, 8, 1), torch.zeros(1, 8, 1))] * LAYERS,
+                  lambda num_tokens, first=tokens[0]: calls.append(first) or [first])
+    cache.evict(2)                                        # both blocks of range(8), the oldest
+
+    assert calls == []
+    assert cache.reported_hashes() == [5, 3]
+    assert cache.reported_hashes() == [5, 3] and calls == [5, 3]  # range(8) never hashed

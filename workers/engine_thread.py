@@ -4,7 +4,10 @@ the service thread owns every network socket (STYLE.md 9).
 service -> engine: commands on a queue.Queue.
 engine -> service: one `EngineOutput` per step on an inproc PAIR socket, which
 also wakes the service's poll loop. It also carries the prefix cache's report
-(character-block hashes of the cached prefixes) whenever that changed.
+(character-block hashes of the cached prefixes) when that changed, at most every
+PREFIX_REPORT_INTERVAL_S: a report costs the engine thread (the cache hashes a
+prefix's text when first reported), the pipe and the kernel, and when requests
+come and go the cache changes at every step.
 
 Outputs carry the epoch of the engine when they were made. The service bumps
 the epoch whenever it drops every request (the broker re-queued them), so an
@@ -18,6 +21,8 @@ import enum
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +33,8 @@ from workers.engine import Engine
 from workers.requests import Delta, EngineRequest
 
 logger = logging.getLogger("workers.engine_thread")
+
+PREFIX_REPORT_INTERVAL_S = 0.1  # the kernel hears of cached prefixes this often at most
 
 
 class Verb(enum.Enum):
@@ -47,7 +54,8 @@ class EngineOutput:
 
 
 class EngineThread:
-    def __init__(self, engine: Engine, context: zmq.Context, pipe_address: str) -> None:
+    def __init__(self, engine: Engine, context: zmq.Context, pipe_address: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.context = context
         self.pipe_address = pipe_address
@@ -55,6 +63,8 @@ class EngineThread:
         self.epoch = 0  # written by the engine thread only
         self.answers: list[Delta] = []  # deltas of commands (preempt), sent before the next step's
         self.prefix_report_version = 0  # of the last prefix report sent
+        self.next_prefix_report_at_s = 0.0
+        self.clock = clock
         self.thread = threading.Thread(target=self.run, name="engine", daemon=True)
 
     # ---------------------------------------------------------------- called by the service thread
@@ -103,8 +113,9 @@ class EngineThread:
         """Apply every queued command (waiting for one while idle); False on STOP."""
         block = not self.engine.has_work and not self.answers
         while True:
-            try:
-                verb, argument = self.commands.get(block=block)
+            try:  # idle with a report held back: wake when it is due
+                timeout_s = self.report_wait_s() if block else None
+                verb, argument = self.commands.get(block=block, timeout=timeout_s)
             except queue.Empty:
                 return True
             block = False
@@ -126,13 +137,23 @@ class EngineThread:
                 self.epoch = argument
 
     def changed_prefix_hashes(self) -> list[int] | None:
-        """The engine's prefix report if it changed since the last one sent (engines
-        without a prefix cache have no `prefix_report_version`: never)."""
+        """The engine's prefix report if it changed since the last one sent and that one is
+        PREFIX_REPORT_INTERVAL_S old (engines without a prefix cache have no
+        `prefix_report_version`: never)."""
         version = getattr(self.engine, "prefix_report_version", 0)
-        if version == self.prefix_report_version:
+        now_s = self.clock()
+        if version == self.prefix_report_version or now_s < self.next_prefix_report_at_s:
             return None
         self.prefix_report_version = version
+        self.next_prefix_report_at_s = now_s + PREFIX_REPORT_INTERVAL_S
         return self.engine.cached_prefix_hashes()
+
+    def report_wait_s(self) -> float | None:
+        """How long an idle engine thread may wait for a command: until its held-back
+        prefix report is due, or for ever when none is."""
+        if getattr(self.engine, "prefix_report_version", 0) == self.prefix_report_version:
+            return None
+        return max(self.next_prefix_report_at_s - self.clock(), 0.0)
 
     def preempt_now(self, request_id: str) -> list[Delta]:
         """The request's final PREEMPTED delta; none if it already finished (its final delta is out)."""

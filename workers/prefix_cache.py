@@ -19,7 +19,10 @@ deepest block up to the root, so no parent is older than its child.
 Each cached prefix also keeps the character-block hashes of its text
 (`llmos.prefix.prompt_block_hashes`, what the broker computes from a prompt),
 which the worker reports to the kernel so the scheduler can send a request to
-the worker that holds its prefix.
+the worker that holds its prefix. They are computed when first reported, not
+when the prefix is kept: that detokenizes the prefix, and the worker reports at
+most every 100 ms (`workers.engine_thread`), so when requests come and go fast
+most kept prefixes are evicted, or superseded, before any report.
 
 Plain bookkeeping over tensors it is handed; the engine decides when to insert
 (`plan`, then `add` with the new blocks' keys and values, gathered for many
@@ -67,8 +70,10 @@ class PrefixCache:
         self.block_size = block_size
         self.num_layers = num_layers
         self.blocks: OrderedDict[int, CachedBlock] = OrderedDict()  # least recently used first
-        # deepest block hash of each cached prefix -> the character-block hashes of its text
-        self.text_hashes: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        # deepest block hash of each cached prefix -> the character-block hashes of its text,
+        # or what computes them (until first reported)
+        self.text_hashes: OrderedDict[int, tuple[int, ...] | Callable[[], tuple[int, ...]]] = \
+            OrderedDict()
         self.version = 0           # bumped whenever what the cache reports changes
         self.num_hit_tokens = 0    # tokens that prefills did not have to compute (the engine counts)
 
@@ -141,7 +146,8 @@ class PrefixCache:
         """Keep the plan's first `num_new` new blocks. `keys_values`: per layer, keys and
         values `[kv_heads, columns, head_dim]` holding those blocks' tokens side by side
         from `first_column` on, copies the cache may keep (several inserts may share
-        one); `text_hashes(n)`: the character-block hashes of the text of the first `n` tokens."""
+        one); `text_hashes(n)`: the character-block hashes of the text of the first `n` tokens
+        (called only if the prefix is still cached when reported)."""
         size, first = self.block_size, plan.first_new
         for offset in range(plan.num_new):
             self.blocks[plan.path[first + offset]] = CachedBlock(keys_values,
@@ -149,7 +155,8 @@ class PrefixCache:
         path = plan.path[:first + plan.num_new]
         self.touch(path)
         if path and path[-1] not in self.text_hashes:
-            self.text_hashes[path[-1]] = tuple(text_hashes(len(path) * size)[:MAX_PREFIX_BLOCKS])
+            num_tokens = len(path) * size
+            self.text_hashes[path[-1]] = lambda: tuple(text_hashes(num_tokens)[:MAX_PREFIX_BLOCKS])
             self.version += 1
         if path:
             self.text_hashes.move_to_end(path[-1])
@@ -180,7 +187,10 @@ class PrefixCache:
         """Character-block hashes of every cached prefix's text (most recent first, no
         repeats, at most MAX_REPORTED_HASHES): what the worker tells the kernel."""
         seen: dict[int, None] = {}
-        for block_hashes in reversed(self.text_hashes.values()):
+        for prefix_hash in reversed(list(self.text_hashes)):
+            block_hashes = self.text_hashes[prefix_hash]
+            if callable(block_hashes):  # first reported: hash its text now, once
+                block_hashes = self.text_hashes[prefix_hash] = block_hashes()
             for block_hash in block_hashes:
                 seen.setdefault(block_hash, None)
             if len(seen) >= MAX_REPORTED_HASHES:

@@ -33,7 +33,6 @@ from workers.requests import Delta, EngineRequest, cancelled_delta, check_reques
 logger = logging.getLogger("workers.service")
 
 MAX_POLL_MS = 100           # bounds how long a SIGTERM waits for the loop to notice
-PREFIX_REPORT_INTERVAL_S = 0.1  # the kernel hears of cached prefixes this often at most
 ENGINE_STOP_TIMEOUT_S = 5.0
 
 
@@ -85,7 +84,6 @@ class Worker:
         self.tenant_by_request: dict[str, str] = {}  # for the kernel's per-tenant usage
         self.prefix_hashes: list[int] = []     # what the engine's prefix cache holds (text blocks)
         self.is_prefix_report_due = False
-        self.next_prefix_report_at_s = 0.0
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.is_stopping = False
 
@@ -375,14 +373,12 @@ class Worker:
 
     def report_prefixes(self) -> None:
         """Tell the kernel which prompt prefixes this worker's KV cache holds (for
-        prefix-aware placement), when that changed, at most every PREFIX_REPORT_INTERVAL_S."""
-        now_s = time.monotonic()
-        if not self.is_prefix_report_due or now_s < self.next_prefix_report_at_s \
-                or not self.kernel.is_online:
+        prefix-aware placement), when that changed: the engine thread makes a report at
+        most every PREFIX_REPORT_INTERVAL_S."""
+        if not self.is_prefix_report_due or not self.kernel.is_online:
             return
         self.kernel.send(pb.KvPrefixReport(worker_id=self.worker_id, block_hashes=self.prefix_hashes))
         self.is_prefix_report_due = False
-        self.next_prefix_report_at_s = now_s + PREFIX_REPORT_INTERVAL_S
 
     # ---------------------------------------------------------------- sending
 
