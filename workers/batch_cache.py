@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from workers.mixed_step import MixedStep
+from workers.mixed_step import CURRENT_STEP
 
 MIN_FREE_COLUMNS = 64  # right-hand room made at every reallocation, at least
 
@@ -44,9 +44,9 @@ class BatchLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.batch
-        if batch.mixed is not None:  # its attention finds every row's columns in the whole buffers
-            batch.mixed.write(self.keys, self.values, key_states, value_states)
+        batch, mixed = self.batch, CURRENT_STEP.get()
+        if mixed is not None:  # its attention finds every row's columns in the whole buffers
+            mixed.write(self.keys, self.values, key_states, value_states)
             return self.keys, self.values
         num_rows, end, num_new = batch.num_rows, batch.end, key_states.shape[-2]
         assert key_states.shape[0] == num_rows and end + num_new <= batch.capacity
@@ -91,7 +91,6 @@ class BatchCache(Cache):
         self.base = 0
         self.end = 0
         self.capacity = 0                 # columns allocated
-        self.mixed: MixedStep | None = None  # the layout of a mixed forward under way
 
     # ---------------------------------------------------------------- state
 
@@ -125,7 +124,7 @@ class BatchCache(Cache):
         last columns; copy in the columns `source` holds already (its first ones)."""
         assert self.row_ids and self.has_room_for(len(row_ids))
         assert not set(row_ids) & set(self.row_ids), "a request is in the batch already"
-        self.make_room(num_columns - 1, 1)
+        assert num_columns - 1 <= self.end < self.capacity, "make_room(num_columns - 1, 1) first"
         first = self.end + 1 - num_columns
         rows = slice(self.num_rows, self.num_rows + len(row_ids))
         num_done = source.get_seq_length()

@@ -344,8 +344,7 @@ class BatchedEngine(PrefixCaching):
         rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
         newcomers = [self.running[request_id] for request_id in job.request_ids]
         try:
-            decode_logits, prefill_logits = self.runner.decode_and_prefill(
-                [s.generated_token_ids[-1] for s in rows], job)
+            logits = self.runner.decode_and_prefill([s.generated_token_ids[-1] for s in rows], job)
         except Exception as exc:  # the job's rows never joined the batch: the job goes as a whole
             return self.fail_sequences(rows + newcomers, exc)
         self.job = None
@@ -356,7 +355,7 @@ class BatchedEngine(PrefixCaching):
         if self.prefix_cache is not None:
             with torch.inference_mode():
                 self.cache_batch_rows(newcomers)
-        return self.append_tokens(rows, decode_logits) + self.append_tokens(newcomers, prefill_logits)
+        return self.append_tokens(rows + newcomers, logits)  # one sampling pass for both
 
     def append_tokens(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Delta]:
         deltas, finished = [], []

@@ -14,7 +14,7 @@ as new rows before the forward, right-aligned so that, like every row, their
 contexts end at the column the decodes write (`end`); what was computed before
 (a cached prefix, earlier prefill chunks) is copied in first. Then, per layer:
 
-- `update` (the cache's, while a `MixedStep` is set on it) writes the decodes'
+- `update` (the cache's, while a `MixedStep` is current: `mixed_forward`) writes the decodes'
   keys and values at column `end` and each newcomer's at the end of its row,
   and hands on the layer's whole buffers;
 - the attention function registered here (`MIXED_ATTENTION`, switched on for
@@ -29,6 +29,8 @@ Phi-3, GPT-2), with plain full attention over the context length, qualify
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -133,8 +135,23 @@ def attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                                         scale=scaling, enable_gqa=grouped)
 
 
-# the step of the mixed forward under way (set by ModelRunner for the one forward)
+# the step of the mixed forward under way (`mixed_forward`), for the batch cache's
+# `update` and for the attention function
 CURRENT_STEP: ContextVar[MixedStep | None] = ContextVar("llmos_mixed_step", default=None)
+
+
+@contextmanager
+def mixed_forward(model: Any, step: MixedStep) -> Iterator[None]:
+    """For the one forward inside: the step's layout, and the model's attention switched
+    to MIXED_ATTENTION; both as they were afterwards, whatever happens."""
+    reset = CURRENT_STEP.set(step)
+    config = model.config
+    implementation, config._attn_implementation = config._attn_implementation, MIXED_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = implementation
+        CURRENT_STEP.reset(reset)
 
 
 def mixed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -142,7 +159,7 @@ def mixed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
                     ) -> tuple[torch.Tensor, None]:
     """The attention function of a mixed forward: `key` and `value` are the layer's
     whole buffers (what `BatchLayer.update` returns while a step is mixed); the
-    step's layout is the one `ModelRunner` set for this forward."""
+    step's layout is the one `mixed_forward` set."""
     step = CURRENT_STEP.get()
     assert step is not None, f"{MIXED_ATTENTION} attention outside a mixed forward"
     return step.attend(query, key, value, scaling), None

@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from workers.batch_cache import BatchCache
 from workers.cpu_linears import CpuLinears
-from workers.mixed_step import CURRENT_STEP, MIXED_ATTENTION, MixedStep, NewcomerGroup, supports_mixed_steps
+from workers.mixed_step import MixedStep, NewcomerGroup, mixed_forward, supports_mixed_steps
 
 PAD_TOKEN_ID = 0  # what fills padded input positions; the mask hides them, any id does
 CachedPrefix = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [kv_heads, tokens, head_dim]
@@ -147,31 +147,24 @@ class ModelRunner:
                 and job.num_columns - job.num_done <= num_columns)
 
     @torch.inference_mode()
-    def decode_and_prefill(self, last_token_ids: list[int],
-                           job: PrefillJob) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_and_prefill(self, last_token_ids: list[int], job: PrefillJob) -> torch.Tensor:
         """One forward for a new token per batch row and the rest of the job, whose rows then
-        join the batch (`workers.mixed_step`); the next-token logits of the rows, and of the
-        job's rows."""
+        join the batch (`workers.mixed_step`); the next-token logits `[rows, vocab]` of the
+        batch rows, then of the job's rows (the batch's new row order)."""
         batch, num_rows = self.batch, self.batch.num_rows
         assert len(last_token_ids) == num_rows
         batch.make_room(job.num_columns - 1, 1)
         step, input_ids, position_ids, keep = self.plan_mixed_step(last_token_ids, job)
         batch.add_newcomer_rows(job.cache, job.request_ids, job.pad_lengths, job.num_columns)
-        batch.mixed, reset = step, CURRENT_STEP.set(step)
-        config = self.model.config
-        implementation, config._attn_implementation = config._attn_implementation, MIXED_ATTENTION
         try:
-            logits = self.run_model(input_ids, None, position_ids, batch, keep)[0]
+            with mixed_forward(self.model, step):
+                logits = self.run_model(input_ids, None, position_ids, batch, keep)[0]
         except Exception:
             batch.truncate(num_rows)
             raise
-        finally:
-            config._attn_implementation = implementation
-            batch.mixed = None
-            CURRENT_STEP.reset(reset)
         batch.advance(1)
         job.num_done = job.num_columns
-        return logits[:num_rows], logits[num_rows:]
+        return logits
 
     def plan_mixed_step(self, last_token_ids: list[int], job: PrefillJob
                         ) -> tuple[MixedStep, torch.Tensor, torch.Tensor, torch.Tensor]:
