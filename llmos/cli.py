@@ -31,7 +31,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("llmos.model_cli:model", "Create and inspect models (e.g. the embedded tiny model)."),
     "embed": ("llmos.pooling_cli:embed", "Embed texts with an embedding model; print the vectors."),
     "classify": ("llmos.pooling_cli:classify", "Classify texts; print each one's top label."),
-    "bench": ("llmos.bench:bench", "Benchmarks: the engine against transformers; the scheduling policies."),
+    "bench": ("llmos_bench:bench", "Benchmarks: the engine against transformers; the scheduling policies."),
 }
 
 EXIT_CLIENT_ERROR = 2    # the request itself was refused (INVALID_ARGUMENT, UNKNOWN_MODEL, ...)

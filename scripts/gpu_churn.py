@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from llmos.bench.engine import EngineBench, EngineBenchConfig, engine_class  # noqa: E402
-from llmos.bench.engine_stack import answer_lengths  # noqa: E402
-from llmos.bench.load import run_closed_loop  # noqa: E402
+from llmos_bench.engine import EngineBench, EngineBenchConfig, engine_class  # noqa: E402
+from llmos_bench.engine_stack import answer_lengths  # noqa: E402
+from llmos_bench.load import run_closed_loop  # noqa: E402
 from workers.config import WorkerConfig  # noqa: E402
 from workers.model_loader import load_model, load_tokenizer  # noqa: E402
 from workers.model_runner import ModelRunner  # noqa: E402

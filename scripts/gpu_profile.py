@@ -13,8 +13,8 @@ import time
 import torch
 from transformers import DynamicCache
 
-from llmos.bench.engine import make_prompts
-from llmos.bench.load import run_closed_loop
+from llmos_bench.engine import make_prompts
+from llmos_bench.load import run_closed_loop
 from workers.batched_engine import BatchedEngine
 from workers.config import WorkerConfig
 from workers.model_loader import load_model, load_tokenizer

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataclasses import dataclass, replace  # noqa: E402
 from typing import Any  # noqa: E402
 
-from llmos.bench.sched_config import SchedBenchConfig  # noqa: E402
-from llmos.bench.sched_runs import BATCH_LENGTH_CLASSES, chat_workloads  # noqa: E402
-from llmos.bench.workload import INTERACTIVE, BatchFlood, ChatWorkload  # noqa: E402
+from llmos_bench.sched_config import SchedBenchConfig  # noqa: E402
+from llmos_bench.sched_runs import BATCH_LENGTH_CLASSES, chat_workloads  # noqa: E402
+from llmos_bench.workload import INTERACTIVE, BatchFlood, ChatWorkload  # noqa: E402
 from scheduler_svc.data import PendingRequest, RunningRequest, WorkerSlots  # noqa: E402
 from scheduler_svc.policies import make_policy  # noqa: E402
 

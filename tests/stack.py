@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from llmos.bench.stack import ServiceStack
+from llmos_bench.stack import ServiceStack
 from llmos.client import Client
 
 HEARTBEAT_INTERVAL_MS = 200  # fast failure detection for tests: dead after 600 ms

@@ -10,10 +10,10 @@ import torch
 import pytest
 from click.testing import CliRunner
 
-from llmos.bench.engine import engine_class
-from llmos.bench.engine_stack import answer_lengths
-from llmos.bench.load import poisson_arrivals, run_closed_loop, run_open_loop
-from llmos.bench.stats import model_flops, percentile
+from llmos_bench.engine import engine_class
+from llmos_bench.engine_stack import answer_lengths
+from llmos_bench.load import poisson_arrivals, run_closed_loop, run_open_loop
+from llmos_bench.stats import model_flops, percentile
 from llmos.cli import cli
 from workers.dummy import build_dummy_model
 from workers.engine import Engine

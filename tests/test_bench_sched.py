@@ -9,10 +9,10 @@ import random
 import pytest
 from click.testing import CliRunner
 
-from llmos.bench.driver import Outcome, RunResult
-from llmos.bench.sched_config import SchedBenchConfig
-from llmos.bench.sched_runs import chat_workloads, offered_load, token_capacity_per_s
-from llmos.bench.workload import BATCH, INTERACTIVE, BatchFlood, bounded_pareto, tenant_jobs
+from llmos_bench.driver import Outcome, RunResult
+from llmos_bench.sched_config import SchedBenchConfig
+from llmos_bench.sched_runs import chat_workloads, offered_load, token_capacity_per_s
+from llmos_bench.workload import BATCH, INTERACTIVE, BatchFlood, bounded_pareto, tenant_jobs
 from llmos.cli import cli
 from workers.sim import LatencyProfile
 

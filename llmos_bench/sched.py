@@ -31,12 +31,12 @@ from typing import Any
 
 import click
 
-from llmos.bench.sched_config import BASELINE, SchedBenchConfig, weights_spec
-from llmos.bench.sched_report import format_report
-from llmos.bench.sched_runs import Echo, run_chat, run_fair, run_scale, warm_up
-from llmos.bench.stack import SimStack
+from llmos_bench.sched_config import BASELINE, SchedBenchConfig, weights_spec
+from llmos_bench.sched_report import format_report
+from llmos_bench.sched_runs import Echo, run_chat, run_fair, run_scale, warm_up
+from llmos_bench.stack import SimStack
 from llmos.config import options_from
-from scheduler_svc.bench import decision_time_us_per_request
+from llmos_bench.decision_time import decision_time_us_per_request
 from scheduler_svc.policy_base import PolicyName
 
 DECISION_WORKERS = (10, 100, 1000)
@@ -81,7 +81,7 @@ def run_bench(config: SchedBenchConfig, echo: Echo = click.echo) -> dict[str, An
 
 
 def measure_decision_time(config: SchedBenchConfig) -> dict[str, dict[str, float]]:
-    """Per policy: workers -> microseconds per pending request (`scheduler_svc.bench`)."""
+    """Per policy: workers -> microseconds per pending request (`llmos_bench.decision_time`)."""
     return {policy: {str(num_workers): decision_time_us_per_request(
                 num_workers, config.decision_pending, policy)
             for num_workers in DECISION_WORKERS}

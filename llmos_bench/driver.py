@@ -8,7 +8,7 @@ one process can keep thousands in flight; it uses the wire directly rather
 than `llmos.aio` to spend as little CPU per message as it can, since on a
 small machine it shares the cores with the stack it measures.
 
-`python -m llmos.bench.driver SPEC_JSON` runs one closed loop in its own process
+`python -m llmos_bench.driver SPEC_JSON` runs one closed loop in its own process
 (the scale workload) and prints a one-line JSON summary.
 """
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from llmos.bench.percentiles import percentile
-from llmos.bench.workload import Job, scale_jobs
+from llmos_bench.percentiles import percentile
+from llmos_bench.workload import Job, scale_jobs
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import ERROR_NAMES
 from llmos.wire.sockets import connect_dealer

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from llmos.bench.stats import RequestTiming
+from llmos_bench.stats import RequestTiming
 from llmos.wire import pb
 from workers.requests import EngineRequest, SamplingOptions
 

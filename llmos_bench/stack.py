@@ -2,7 +2,7 @@
 
 `ServiceStack` starts the kernel, scheduler and broker; a subclass starts the
 workers: `SimStack` the simulated workers `llmos bench sched` measures,
-`llmos.bench.engine_stack.ModelStack` one real worker, `tests/stack.py` tiny-model ones.
+`llmos_bench.engine_stack.ModelStack` one real worker, `tests/stack.py` tiny-model ones.
 
     with SimStack(log_dir, num_workers=4, max_num_seqs=8, profile=profile) as stack:
         stack.set_policy("mlfq")      # SetPolicy to the scheduler; the broker keeps running

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from llmos.bench.percentiles import percentile
+from llmos_bench.percentiles import percentile
 
 CPU_MATMUL_SIZE = 2048     # 17 GFLOP a product: a few tenths of a second on a few cores
 CUDA_MATMUL_SIZE = 8192    # 1.1 TFLOP a product: about a millisecond on an H100

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from llmos.bench.stats import synchronize
+from llmos_bench.stats import synchronize
 
 NO_EOS = -1  # what transformers' continuous batching itself uses for "no EOS"
 

@@ -11,7 +11,7 @@ The compared runs (llmos at the compared level and each baseline) take
 machine that slows down for a while then slows both sides alike.
 Every request makes exactly `--new-tokens` greedy tokens (EOS is ignored), so
 every figure counts the same work. With `--stack-requests`, the same engine is
-also measured behind the real stack (`llmos.bench.engine_stack`). It prints a
+also measured behind the real stack (`llmos_bench.engine_stack`). It prints a
 table, then one JSON line.
 docs/benchmarks.md says what each figure means.
 """
@@ -29,12 +29,12 @@ from typing import Any
 import click
 import torch
 
-from llmos.bench import baselines
-from llmos.bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
-from llmos.bench.report import format_report
-from llmos.bench.engine_churn import measure_mixed_vs_apart
-from llmos.bench.engine_stack import measure_stack_vs_alone
-from llmos.bench.stats import (count_parameters, latency_figures, matmul_peak_flops, median_run,
+from llmos_bench import baselines
+from llmos_bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
+from llmos_bench.report import format_report
+from llmos_bench.engine_churn import measure_mixed_vs_apart
+from llmos_bench.engine_stack import measure_stack_vs_alone
+from llmos_bench.stats import (count_parameters, latency_figures, matmul_peak_flops, median_run,
                                model_flops)
 from llmos.config import option, options_from
 from workers.config import WorkerConfig

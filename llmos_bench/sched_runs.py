@@ -1,5 +1,5 @@
 """The measured runs of `llmos bench sched`: (a) chat under a batch flood, (b) fair
-share, (c) scale. Each returns plain figures; `llmos.bench.sched` assembles the JSON line."""
+share, (c) scale. Each returns plain figures; `llmos_bench.sched` assembles the JSON line."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from llmos.bench.driver import ClosedLoop, LoadDriver, RunResult
-from llmos.bench.percentiles import percentile
-from llmos.bench.sched_config import BASELINE, TENANT_WEIGHTS, SchedBenchConfig, weights_spec
-from llmos.bench.stack import SimStack
-from llmos.bench.workload import (BATCH, INTERACTIVE, STANDARD, BatchFlood, ChatWorkload, Job,
+from llmos_bench.driver import ClosedLoop, LoadDriver, RunResult
+from llmos_bench.percentiles import percentile
+from llmos_bench.sched_config import BASELINE, TENANT_WEIGHTS, SchedBenchConfig, weights_spec
+from llmos_bench.stack import SimStack
+from llmos_bench.workload import (BATCH, INTERACTIVE, STANDARD, BatchFlood, ChatWorkload, Job,
                                   bounded_pareto_mean, tenant_jobs)
 from scheduler_svc.policy_base import PolicyName
 from workers.sim import CHARS_PER_TOKEN
@@ -266,7 +266,7 @@ def max_of(clients: list[dict[str, Any]], key: str) -> float | None:
 
 
 def run_scale_clients(config: SchedBenchConfig, address: str) -> list[dict[str, Any]]:
-    """Start the load processes (`python -m llmos.bench.driver`), each with its share of
+    """Start the load processes (`python -m llmos_bench.driver`), each with its share of
     the requests and of the in-flight bound; every one starts at the same instant."""
     start_at_s = time.monotonic() + SCALE_CLIENT_START_S  # CLOCK_MONOTONIC is system-wide
     processes = []
@@ -278,7 +278,7 @@ def run_scale_clients(config: SchedBenchConfig, address: str) -> list[dict[str, 
                 "max_tokens": config.scale_max_tokens, "connections": SCALE_CONNECTIONS_PER_CLIENT,
                 "start_at_s": start_at_s, "drain_timeout_s": config.drain_timeout_s}
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "llmos.bench.driver", json.dumps(spec)],
+            [sys.executable, "-m", "llmos_bench.driver", json.dumps(spec)],
             stdout=subprocess.PIPE, text=True))
     clients = []
     for process in processes:

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmos.bench.driver import ClosedLoop, LoadDriver, summarize_closed_loop
-from llmos.bench.load import run_closed_loop
-from llmos.bench.stack import ServiceStack
-from llmos.bench.stats import compare_rounds
-from llmos.bench.workload import BATCH, Job
+from llmos_bench.driver import ClosedLoop, LoadDriver, summarize_closed_loop
+from llmos_bench.load import run_closed_loop
+from llmos_bench.stack import ServiceStack
+from llmos_bench.stats import compare_rounds
+from llmos_bench.workload import BATCH, Job
 
 WORKER_READY_TIMEOUT_S = 300.0  # a fresh process loads the model (and warms CUDA) first
 WARM_UP_REQUESTS = 4

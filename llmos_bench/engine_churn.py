@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from llmos.bench.engine_stack import answer_lengths
-from llmos.bench.load import run_closed_loop
-from llmos.bench.stats import compare_rounds
+from llmos_bench.engine_stack import answer_lengths
+from llmos_bench.load import run_closed_loop
+from llmos_bench.stats import compare_rounds
 
 
 def measure_mixed_vs_apart(bench: Any, echo: Callable[[str], None]) -> dict[str, Any] | None:
