@@ -30,8 +30,13 @@ class WireError(Exception):
         self.retry_after_ms = retry_after_ms
 
 
+def body_name_of_type(message_type: type[Message]) -> str:
+    """The Envelope's oneof field that carries `message_type`, e.g. pb.Cancel -> "cancel"."""
+    return _FIELD_BY_TYPE[message_type.DESCRIPTOR.full_name]
+
+
 def body_name(message: Message) -> str:
-    return _FIELD_BY_TYPE[message.DESCRIPTOR.full_name]
+    return body_name_of_type(type(message))
 
 
 def pack(message: Message) -> bytes:
@@ -40,7 +45,12 @@ def pack(message: Message) -> bytes:
     return envelope.SerializeToString()
 
 
-def unpack(frame: bytes, accepted: frozenset[str]) -> tuple[str, Message]:
+def unknown_message(name: str, where: str = "this socket") -> WireError:
+    """The one refusal of a message a socket does not take."""
+    return WireError(pb.UNKNOWN_MESSAGE, f"message '{name}' is not accepted on {where}")
+
+
+def unpack(frame: bytes, accepted: frozenset[str], where: str = "this socket") -> tuple[str, Message]:
     """Parse one frame; return (body name, body message) or raise WireError."""
     envelope = pb.Envelope()
     try:
@@ -55,7 +65,7 @@ def unpack(frame: bytes, accepted: frozenset[str]) -> tuple[str, Message]:
     if name is None:
         raise WireError(pb.UNKNOWN_MESSAGE, "envelope carries no message this service knows")
     if name not in accepted:
-        raise WireError(pb.UNKNOWN_MESSAGE, f"message '{name}' is not accepted on this socket")
+        raise unknown_message(name, where)
     return name, getattr(envelope, name)
 
 

@@ -1,27 +1,28 @@
 """One request and its reply on a ROUTER socket, as the kernel and the scheduler
-serve them: split the frames, unpack the envelope, hand the message over, and
-send the reply, or a coded Error, back in the layout the peer spoke."""
+serve them: split the frames, route the payload through the socket's handler
+table, and send the reply, or a coded Error, back in the layout the peer spoke."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 from google.protobuf.message import Message
 
 from llmos.wire import llmos_pb2 as pb
-from llmos.wire.envelope import WireError, pack, unpack
+from llmos.wire.envelope import WireError, pack
+from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
 
-Handler = Callable[[str, Message], Message | None]       # (name, message) -> reply or None
 RefusalLog = Callable[[bytes, WireError], None]          # (peer identity, why)
 
 
-def answer_request(router: zmq.Socket, frames: list[bytes], accepted: frozenset[str] | set[str],
-                   handle: Handler, log_refusal: RefusalLog) -> None:
-    """`handle` returns the reply (None: the message needs none) or raises WireError;
-    a malformed frame, an unknown message or a WireError is logged by `log_refusal`
-    and answered with an Error carrying its code."""
+def answer_request(router: zmq.Socket, frames: list[bytes], handlers: Handlers[Message | None],
+                   log_refusal: RefusalLog, *args: Any) -> None:
+    """A handler (called as handler(message, *args)) returns the reply, None when the
+    message needs none, or raises WireError; a malformed frame, an unknown message or
+    a WireError is logged by `log_refusal` and answered with an Error carrying its code."""
     split = router_frames(frames)
     if split is None:
         identity, has_delimiter = frames[0], False
@@ -29,8 +30,7 @@ def answer_request(router: zmq.Socket, frames: list[bytes], accepted: frozenset[
     else:
         identity, payload, has_delimiter = split
         try:
-            name, message = unpack(payload, accepted)
-            reply = handle(name, message)
+            reply = handlers.route(payload, *args)
         except WireError as refused:
             error = refused
         else:

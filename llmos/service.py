@@ -1,0 +1,37 @@
+"""How every llmos process runs, the same way in each: set up logging, build the
+service (sockets and state), stop on SIGTERM or SIGINT, run its loop, close it.
+
+A service is an object with `serve(stopping)`, its one loop, which returns once
+`stopping` is set, and `close()`, which releases its sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from llmos.logs import setup_logging
+from llmos.signals import stop_on_signals
+
+
+class Service(Protocol):
+    def serve(self, stopping: threading.Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run_service(name: str, build: Callable[[], Service]) -> None:
+    """Build the service, then serve until a stop signal. Signals are taken over only
+    once it is built: a process still starting up (loading a model, binding) holds
+    nothing that needs a clean stop, and dies at once as any program does."""
+    setup_logging(name)
+    log = logging.getLogger(name)
+    service = build()
+    stopping = stop_on_signals()
+    try:
+        service.serve(stopping)
+    finally:
+        service.close()
+        log.info("%s stopped", name)
