@@ -1,8 +1,8 @@
 """The KV block ledger: which request holds which blocks on which worker.
 
-Plain data in, plain data out; no sockets (STYLE.md 2). Resource calls come in
-check-then-act pairs (STYLE.md 4): `can_allocate` says whether a grant fits,
-`allocate` asserts it and grants it. Block ids are real ids taken from each
+Plain data in, plain data out; no sockets, so tests drive it directly. Resource
+calls come in check-then-act pairs: `can_allocate` says whether a grant fits,
+`allocate` asserts what the check promised and grants it. Block ids are real ids taken from each
 worker's free list and put back on `free`, so a worker can map them 1:1 onto
 its KV cache pages.
 """

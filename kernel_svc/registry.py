@@ -1,6 +1,6 @@
 """The kernel's worker registry: who is alive, what it holds, and the view of it.
 
-Registry verbs as in the zguide's mdbroker (STYLE.md 6): `require_worker`,
+Registry verbs as in the zguide's mdbroker, so each call says what it does: `require_worker`,
 `refresh`, `purge_expired`, `delete_worker`. The registry owns the KV ledger
 so that a worker leaving, by Disconnect or by silence, frees its blocks.
 """

@@ -1,29 +1,29 @@
 """The kernel process: a ROUTER for commands and queries, a PUB for resource views.
 
-One loop (STYLE.md 1): poll → route each message → purge expired leases and
-workers → publish the view. Decisions about blocks live in `registry` and
-`accounting`; this module only moves bytes and keeps time.
+One loop: poll → route each message → purge expired leases and workers →
+publish the view. Decisions about blocks live in `registry` and `accounting`;
+this module only moves bytes and keeps time.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Callable
 
 import zmq
 from google.protobuf.message import Message
 
 from kernel_svc.config import KernelConfig
 from kernel_svc.registry import WorkerRegistry, WorkerSpec, build_view
-from llmos.logs import setup_logging
+from llmos.service import run_service
 from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import RESOURCE_TOPIC
-from llmos.signals import stop_on_signals
+from llmos.wire.handlers import Handlers
 from llmos.wire.router import answer_request
 from llmos.wire.sockets import bind_pub, bind_router
 
-log = logging.getLogger("kernel")
+log = logging.getLogger(__name__)
 
 # A burst of changes goes out as one view at most this often; with no change
 # the view still goes out every heartbeat interval so new subscribers catch up.
@@ -36,30 +36,51 @@ MAX_MESSAGES_PER_POLL = 1000
 
 _ROUTINE_ERRORS = frozenset({pb.NOT_ENOUGH_BLOCKS, pb.UNKNOWN_WORKER})
 
-Handler = Callable[[Message, float], Message | None]
-
 
 class Kernel:
-    """The kernel's message handlers and timers around one WorkerRegistry."""
+    """The kernel's sockets, message handlers and timers around one WorkerRegistry."""
 
-    def __init__(self, config: KernelConfig, router: zmq.Socket, pub: zmq.Socket) -> None:
+    def __init__(self, config: KernelConfig) -> None:
+        self.config = config
         self.registry = WorkerRegistry(config.block_size, config.heartbeat_interval_ms)
         self.ledger = self.registry.ledger
-        self.router = router
-        self.pub = pub
+        self.context = zmq.Context()
+        self.router = bind_router(self.context, config.kernel_bind)
+        self.pub = bind_pub(self.context, config.kernel_pub_bind)
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
         self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000
         self._published_version: int | None = None
         self._published_at_s = float("-inf")
-        self._handlers: dict[str, Handler] = {
-            "kernel_register": self.register_worker,
-            "kernel_heartbeat": self.refresh_worker,
-            "kv_allocate": self.allocate_blocks,
-            "kv_free": self.free_blocks,
-            "resource_query": self.answer_query,
-            "disconnect": self.delete_worker,
-            "kv_prefix_report": self.report_prefixes,
-        }
-        self.accepted = frozenset(self._handlers)
+        self.handlers: Handlers[Message | None] = Handlers("the kernel's port", {
+            pb.KernelRegister: self.register_worker,
+            pb.KernelHeartbeat: self.refresh_worker,
+            pb.KvAllocate: self.allocate_blocks,
+            pb.KvFree: self.free_blocks,
+            pb.ResourceQuery: self.answer_query,
+            pb.Disconnect: self.delete_worker,
+            pb.KvPrefixReport: self.report_prefixes,
+        })
+
+    # ---------------------------------------------------------------- the loop
+
+    def serve(self, stopping: threading.Event) -> None:
+        config = self.config
+        log.info("kernel serving on %s, publishing views on %s (block_size %d, heartbeat %d ms)",
+                 config.kernel_bind, config.kernel_pub_bind, config.block_size,
+                 config.heartbeat_interval_ms)
+        while not stopping.is_set():
+            events = dict(self.poller.poll(POLL_TIMEOUT_MS))
+            now_s = time.monotonic()
+            if self.router in events:
+                self.route_pending(now_s)
+            self.purge_expired(now_s)
+            self.publish_view(now_s)
+
+    def close(self) -> None:
+        self.router.close()
+        self.pub.close()
+        self.context.term()
 
     # ---------------------------------------------------------------- routing
 
@@ -72,9 +93,7 @@ class Kernel:
             self.route(frames, now_s)
 
     def route(self, frames: list[bytes], now_s: float) -> None:
-        answer_request(self.router, frames, self.accepted,
-                       lambda name, message: self._handlers[name](message, now_s),
-                       self.log_refusal)
+        answer_request(self.router, frames, self.handlers, self.log_refusal, now_s)
 
     @staticmethod
     def log_refusal(identity: bytes, error: WireError) -> None:
@@ -189,29 +208,5 @@ def unknown_worker(worker_id: str, request_id: str = "") -> WireError:
                      request_id)
 
 
-
 def run(config: KernelConfig) -> None:
-    setup_logging("kernel")
-    context = zmq.Context()
-    router = bind_router(context, config.kernel_bind)
-    pub = bind_pub(context, config.kernel_pub_bind)
-    kernel = Kernel(config, router, pub)
-    stopping = stop_on_signals()
-    poller = zmq.Poller()
-    poller.register(router, zmq.POLLIN)
-    log.info("kernel serving on %s, publishing views on %s (block_size %d, heartbeat %d ms)",
-             config.kernel_bind, config.kernel_pub_bind, config.block_size,
-             config.heartbeat_interval_ms)
-    try:
-        while not stopping.is_set():
-            events = dict(poller.poll(POLL_TIMEOUT_MS))
-            now_s = time.monotonic()
-            if router in events:
-                kernel.route_pending(now_s)
-            kernel.purge_expired(now_s)
-            kernel.publish_view(now_s)
-    finally:
-        router.close()
-        pub.close()
-        context.term()
-    log.info("kernel stopped")
+    run_service("kernel", lambda: Kernel(config))

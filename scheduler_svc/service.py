@@ -1,47 +1,77 @@
 """The scheduler process: a ROUTER the broker asks, a SUB for the kernel's views.
 
-One loop (STYLE.md 1): poll → take the newest view / answer each batch or
-policy switch → expire a stale view. The decision itself is `policies.decide`,
+One loop: poll → take the newest view / answer each batch or policy switch →
+expire a stale view. The decision itself is `policies.decide`,
 the same code the broker runs when this process is down.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
 
 import zmq
 from google.protobuf.message import Message
 
-from llmos.logs import setup_logging
-from llmos.wire import WireError, pb, unpack
+from llmos.service import run_service
+from llmos.wire import WireError, pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS, RESOURCE_TOPIC
-from llmos.signals import stop_on_signals
+from llmos.wire.handlers import Handlers
 from llmos.wire.router import answer_request
 from llmos.wire.sockets import bind_router, connect_sub
 from scheduler_svc.config import SchedulerConfig
 from scheduler_svc.convert import kernel_view_from_proto
 from scheduler_svc.data import KernelView
-from scheduler_svc.policies import PolicyName, SchedulingPolicy, decide, make_policy
+from scheduler_svc.policies import PolicyName, decide, make_policy
 
-log = logging.getLogger("scheduler")
+log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 100  # bounds how late a stale view is dropped or a shutdown noticed
-_ACCEPTED = frozenset({"schedule_request", "set_policy"})
-_ACCEPTED_ON_SUB = frozenset({"resource_view"})
 
 
 class Scheduler:
-    def __init__(self, policy: SchedulingPolicy, router: zmq.Socket, sub: zmq.Socket,
-                 view_expiry_s: float, policy_options: dict[str, Any] | None = None) -> None:
-        self.policy = policy
-        self.policy_options = policy_options or {}  # for the policies `set_policy` makes
-        self.router = router
-        self.sub = sub
-        self.view_expiry_s = view_expiry_s
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.policy_options = config.policy_options()  # for the policies `set_policy` makes
+        self.policy = make_policy(config.policy, **self.policy_options)
+        self.context = zmq.Context()
+        self.router = bind_router(self.context, config.scheduler_bind)
+        self.sub = connect_sub(self.context, config.kernel_pub_address, RESOURCE_TOPIC)
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.view_expiry_s = HEARTBEAT_LIVENESS * config.heartbeat_interval_ms / 1000
         self.view: KernelView | None = None
         self._view_received_at_s = 0.0
+        self.handlers: Handlers[Message] = Handlers("the scheduler's port", {
+            pb.ScheduleRequest: self.decide,
+            pb.SetPolicy: self.set_policy,
+        })
+        self.view_handlers: Handlers[pb.ResourceView] = Handlers(
+            "the kernel's resource feed", {pb.ResourceView: lambda view: view})
+
+    # ---------------------------------------------------------------- the loop
+
+    def serve(self, stopping: threading.Event) -> None:
+        log.info("scheduler serving on %s with policy %s, views from %s",
+                 self.config.scheduler_bind, self.policy.name.value, self.config.kernel_pub_address)
+        while not stopping.is_set():
+            events = dict(self.poller.poll(POLL_TIMEOUT_MS))
+            now_s = time.monotonic()
+            # views first, so a batch waiting beside a fresh view is decided with it
+            if self.sub in events:
+                self.take_views(now_s)
+            if self.router in events:
+                self.route_pending()
+            self.expire_view(now_s)
+
+    def close(self) -> None:
+        self.router.close()
+        self.sub.close()
+        self.context.term()
+
+    # ---------------------------------------------------------------- views
 
     def take_views(self, now_s: float) -> None:
         """Keep the newest view the kernel published; older ones are worthless."""
@@ -52,7 +82,7 @@ class Scheduler:
             except zmq.Again:
                 break
             try:
-                _, newest = unpack(frames[-1], _ACCEPTED_ON_SUB)
+                newest = self.view_handlers.route(frames[-1])
             except WireError as error:
                 log.warning("ignored a bad resource view from the kernel: %s", error.message)
         if newest is None:
@@ -69,6 +99,8 @@ class Scheduler:
                         self.view_expiry_s)
             self.view = None
 
+    # ---------------------------------------------------------------- routing
+
     def route_pending(self) -> None:
         while True:
             try:
@@ -78,10 +110,7 @@ class Scheduler:
             self.route(frames)
 
     def route(self, frames: list[bytes]) -> None:
-        answer_request(self.router, frames, _ACCEPTED, self.handle, self.log_refusal)
-
-    def handle(self, name: str, request: Message) -> Message:
-        return self.set_policy(request.policy) if name == "set_policy" else self.decide(request)
+        answer_request(self.router, frames, self.handlers, self.log_refusal)
 
     def decide(self, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
         decision = decide(self.policy, request, self.view)
@@ -93,9 +122,10 @@ class Scheduler:
                      preemption.reason)
         return decision
 
-    def set_policy(self, name: str) -> pb.PolicyStatus:
-        """Switch to policy `name` (empty: just report). The current policy object,
-        and any state it keeps, stays when `name` is the policy already in use."""
+    def set_policy(self, request: pb.SetPolicy) -> pb.PolicyStatus:
+        """Switch to the policy named (empty: just report). The current policy object,
+        and any state it keeps, stays when the name is the policy already in use."""
+        name = request.policy
         if name and name != self.policy.name.value:
             try:
                 policy = make_policy(name, **self.policy_options)
@@ -109,33 +139,5 @@ class Scheduler:
     def log_refusal(identity: bytes, error: WireError) -> None:
         log.warning("refused a message from peer %r: %s", identity, error.message)
 
-
 def run(config: SchedulerConfig) -> None:
-    setup_logging("scheduler")
-    policy = make_policy(config.policy, **config.policy_options())
-    context = zmq.Context()
-    router = bind_router(context, config.scheduler_bind)
-    sub = connect_sub(context, config.kernel_pub_address, RESOURCE_TOPIC)
-    view_expiry_s = HEARTBEAT_LIVENESS * config.heartbeat_interval_ms / 1000
-    scheduler = Scheduler(policy, router, sub, view_expiry_s, config.policy_options())
-    stopping = stop_on_signals()
-    poller = zmq.Poller()
-    poller.register(router, zmq.POLLIN)
-    poller.register(sub, zmq.POLLIN)
-    log.info("scheduler serving on %s with policy %s, views from %s",
-             config.scheduler_bind, policy.name.value, config.kernel_pub_address)
-    try:
-        while not stopping.is_set():
-            events = dict(poller.poll(POLL_TIMEOUT_MS))
-            now_s = time.monotonic()
-            # views first, so a batch waiting beside a fresh view is decided with it
-            if sub in events:
-                scheduler.take_views(now_s)
-            if router in events:
-                scheduler.route_pending()
-            scheduler.expire_view(now_s)
-    finally:
-        router.close()
-        sub.close()
-        context.term()
-    log.info("scheduler stopped")
+    run_service("scheduler", lambda: Scheduler(config))
