@@ -1,4 +1,5 @@
-"""The plain data policies read and return: no sockets, no protobuf (STYLE.md 2).
+"""The plain data policies read and return: no sockets, no protobuf, so tests drive
+policies without either.
 
 `scheduler_svc.convert` builds these from a ScheduleRequest and the kernel's
 ResourceView; tests build them directly.

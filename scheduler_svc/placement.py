@@ -101,8 +101,9 @@ class _Candidates:
 
 
 class Placer:
-    """Places one batch: `find_worker` checks, `place` acts (STYLE.md 4); `can_preempt_for`
-    and `place_instead` do the same for the slot a preemption frees."""
+    """Places one batch: `find_worker` checks, `place` acts and asserts what the check
+    promised; `can_preempt_for` and `place_instead` do the same for the slot a
+    preemption frees."""
 
     def __init__(self, workers: Iterable[WorkerSlots], view: KernelView | None = None) -> None:
         self.view = view or KernelView()

@@ -1,4 +1,4 @@
-"""Scheduling policies: the factory and `decide` (STYLE.md 3).
+"""Scheduling policies: the factory and `decide`.
 
 `decide` turns a ScheduleRequest (and the kernel's view, when there is one)
 into a ScheduleDecision. The scheduler process calls it for every batch, and

@@ -1,4 +1,4 @@
-"""The policy interface (STYLE.md 3): names, options, the abstract base, and the
+"""The policy interface: names, options, the abstract base, and the
 loop every policy ends in: place requests in the policy's order, preempting
 where the policy names a victim.
 
@@ -120,7 +120,7 @@ class Victims:
     """Running requests in the order a policy would stop them, each stopped at most once.
 
     `pick` scans for the first eligible one; a scan that finds none is remembered
-    under `hopeless_key`, since this batch only ever takes victims away.
+    under `no_victim_key`, since this batch only ever takes victims away.
 
     A slot that is already being freed comes first, though: a worker running
     more requests than `running` lists for it is finishing or preempting the
@@ -139,7 +139,7 @@ class Victims:
         self._sorted: list[RunningRequest] | None = None  # on the first pick: most batches need none
         self._slots_leaving: dict[str, int] = {}
         self._is_taken: set[str] = set()
-        self._hopeless: set[tuple] = set()
+        self._keys_without_victim: set[tuple] = set()
 
     @property
     def _order(self) -> list[RunningRequest]:
@@ -153,10 +153,10 @@ class Victims:
         return self._sorted
 
     def pick(self, request: PendingRequest, placer: Placer,
-             hopeless_key: tuple, is_eligible: Callable[[RunningRequest], bool] | None = None,
+             no_victim_key: tuple, is_eligible: Callable[[RunningRequest], bool] | None = None,
              stop: Callable[[RunningRequest], bool] | None = None,
              ) -> RunningRequest | None:
-        if hopeless_key in self._hopeless or len(self._is_taken) == len(self._order):
+        if no_victim_key in self._keys_without_victim or len(self._is_taken) == len(self._order):
             return None
         if self._wait_for_a_leaving_slot(request, placer):
             return None
@@ -168,7 +168,7 @@ class Victims:
                     and placer.can_preempt_for(request, victim)):
                 self._is_taken.add(victim.request_id)
                 return victim
-        self._hopeless.add(hopeless_key)
+        self._keys_without_victim.add(no_victim_key)
         return None
 
     def _wait_for_a_leaving_slot(self, request: PendingRequest, placer: Placer) -> bool:

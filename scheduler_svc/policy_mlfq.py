@@ -39,7 +39,7 @@ least one token, and the gap and the minimum run keep the churn down.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, RunningRequest,
                                 WorkerSlots, prompt_tokens)
@@ -51,9 +51,7 @@ from scheduler_svc.policy_base import PolicyName, SchedulingPolicy, Victims, pla
 # the first iteration's time).
 PROMPT_TOKENS_PER_GENERATED_TOKEN = 8
 # A tier whose recent answers made at least this share of their max_tokens on
-# average has bounds tight enough to join by. Measured with `llmos bench sched`
-# (answers fill their bound): mean JCT over fcfs's 1.83x joining by the prompt,
-# 1.91x joining by the bound (docs/benchmarks.md).
+# average has bounds tight enough to join by.
 BOUND_TRUSTED_FILL = 0.9
 # Within a tier, a waiting request preempts only a request this many levels below
 # it: one level apart, the two would trade places again at the next demotion.
@@ -64,13 +62,13 @@ MIN_RUN_S = 1.0
 # Within a tier, a waiting request also preempts one whose tokens left (by max_tokens)
 # are at least this many times its own, once that one has made SRPT_MIN_RUN_TOKENS
 # since its dispatch: shortest-remaining-first, where the bound makes the difference
-# sure. The token is the progress every dispatch must make, not a wait in seconds.
-# Measured with `llmos bench sched` (docs/benchmarks.md), mean JCT over fcfs's:
-# ratio 4 and one token 1.83x; ratio 2 and one token 1.80x; ratio 4 after 0.25 s
-# 1.80x; ratio 2 with no progress required 1.85-1.87x, but then a request preempted
-# before it joined a step can be dispatched again and again for nothing.
+# sure. The token is the progress every dispatch must make, not a wait in seconds:
+# without it, a request preempted before it joined a step could be dispatched
+# again and again for nothing.
 SRPT_PREEMPT_RATIO = 4
 SRPT_MIN_RUN_TOKENS = 1
+
+T = TypeVar("T")
 
 
 def has_progressed(request: RunningRequest) -> bool:
@@ -135,33 +133,32 @@ class MlfqPolicy(SchedulingPolicy):
         return self.level(request.prompt_chars, request.generated_tokens, request.max_tokens,
                           request.answer_fill)
 
+    def has_used_a_quantum(self, request: RunningRequest) -> bool:
+        """Has it run long enough, and dropped below its entry level? Only such a request
+        of the same tier may be preempted for a higher level (a lower tier always may)."""
+        return (request.running_s >= MIN_RUN_S
+                and self.running_level(request) > self.entry_level(
+                    request.prompt_chars, request.max_tokens, request.answer_fill))
+
     def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
                  workers: Sequence[WorkerSlots], view: KernelView | None = None,
                  leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
-        pending_levels: dict[str, int] = {}
-
-        def order(request: PendingRequest) -> tuple:
-            level = pending_levels[request.request_id] = self.pending_level(request)
-            return (request.tier_rank, level, request.deadline_key,
-                    self.fewest_tokens_left_key(request), request.arrival_seq)
-
-        ordered = sorted(pending, key=order)
-        running_levels: dict[str, int] = {}
-        # a lower tier is preempted at once; within a tier only a request that used a quantum
-        has_used_a_quantum: dict[str, bool] = {}
+        pending_levels = {request.request_id: self.pending_level(request) for request in pending}
+        ordered = sorted(pending, key=lambda request: (
+            request.tier_rank, pending_levels[request.request_id], request.deadline_key,
+            self.fewest_tokens_left_key(request), request.arrival_seq))
+        # running requests are looked at only when a preemption is considered
+        running_level = once_per_request(self.running_level)
+        has_used_a_quantum = once_per_request(self.has_used_a_quantum)
 
         def may_preempt(request: RunningRequest) -> bool:
-            """Could anything preempt it? (Its level is kept for the order.)"""
-            level = running_levels[request.request_id] = self.running_level(request)
-            used = has_used_a_quantum[request.request_id] = (
-                request.running_s >= MIN_RUN_S
-                and level > self.entry_level(request.prompt_chars, request.max_tokens,
-                                             request.answer_fill))
-            return (used or request.tier_rank > 0  # the top tier is never a lower tier
+            """Could anything preempt it?"""
+            return (has_used_a_quantum(request)
+                    or request.tier_rank > 0  # the top tier is never a lower tier
                     or (has_progressed(request) and tokens_left(request) > 0))
 
         victims = Victims(running, workers,
-                          order=lambda r: (-r.tier_rank, -running_levels[r.request_id],
+                          order=lambda r: (-r.tier_rank, -running_level(r),
                                            -tokens_left(r), -r.running_s, -r.arrival_seq),
                           may_preempt=may_preempt)
 
@@ -171,22 +168,34 @@ class MlfqPolicy(SchedulingPolicy):
 
             def is_eligible(victim: RunningRequest) -> bool:
                 return victim.tier_rank > tier_rank or (
-                    has_used_a_quantum[victim.request_id]
-                    and running_levels[victim.request_id] >= level + PREEMPT_LEVEL_GAP) or (
+                    has_used_a_quantum(victim)
+                    and running_level(victim) >= level + PREEMPT_LEVEL_GAP) or (
                     has_progressed(victim) and request.max_tokens > 0
                     and tokens_left(victim) >= SRPT_PREEMPT_RATIO * max(
                         1, request.max_tokens - request.generated_tokens))
 
             return victims.pick(
-                request, placer, hopeless_key=(request.model, tier_rank, level),
+                request, placer, no_victim_key=(request.model, tier_rank, level),
                 is_eligible=is_eligible, stop=lambda victim: victim.tier_rank < tier_rank)
 
         def reason(request: PendingRequest, victim: RunningRequest) -> str:
             return (f"mlfq: {request.request_id} (tier rank {request.tier_rank}) waits at level "
                     f"{pending_levels[request.request_id]}; {victim.request_id} (tier rank "
-                    f"{victim.tier_rank}) is at level {running_levels[victim.request_id]}")
+                    f"{victim.tier_rank}) is at level {running_level(victim)}")
 
         return place_in_order(ordered, Placer(workers, view), pick_victim, reason)
+
+
+def once_per_request(compute: Callable[[RunningRequest], T]) -> Callable[[RunningRequest], T]:
+    """`compute`, a pure function of a request, evaluated at most once per request id."""
+    cache: dict[str, T] = {}
+
+    def get(request: RunningRequest) -> T:
+        if request.request_id not in cache:
+            cache[request.request_id] = compute(request)
+        return cache[request.request_id]
+
+    return get
 
 
 def tokens_left(request: RunningRequest) -> int:

@@ -30,7 +30,7 @@ def lower_tier_victims(running: Sequence[RunningRequest],
                       may_preempt=lambda r: r.tier_rank > 0)
 
     def pick_victim(request: PendingRequest, placer: Placer) -> RunningRequest | None:
-        return victims.pick(request, placer, hopeless_key=(request.model, request.tier_rank),
+        return victims.pick(request, placer, no_victim_key=(request.model, request.tier_rank),
                             stop=lambda victim: victim.tier_rank <= request.tier_rank)
 
     return pick_victim
