@@ -8,7 +8,8 @@
 
 Several requests may be in flight on one client: whatever arrives for a
 request nobody is reading yet waits in that request's inbox. A Client belongs
-to one thread (STYLE.md 9); use one Client per thread, or `llmos.aio`.
+to one thread (a ZeroMQ socket is not thread-safe); use one Client per
+thread, or `llmos.aio`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
     def broker(**kwargs): run(BrokerConfig(**kwargs))
 
 gives `--client-bind` with env var `LLMOS_CLIENT_BIND`, so the CLI, compose.yaml
-and tests share one source of truth (STYLE.md 11).
+and tests share one source of truth.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from llmos.processes import STOP_GRACE_S, ProcessGroup
 from llmos.wire import pb
 from llmos.wire.constants import CLIENT_PORT, DEFAULT_HOST, tcp
 
-log = logging.getLogger("llmos.launcher")
+log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 1.0     # one readiness query
 PROBE_INTERVAL_S = 0.25   # between readiness rounds

@@ -23,7 +23,7 @@ from typing import IO
 
 from llmos.wire.constants import tcp
 
-log = logging.getLogger("llmos.processes")
+log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
 

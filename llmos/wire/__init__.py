@@ -1,5 +1,6 @@
 """Everything that crosses a socket: the generated protobuf code and the
-constants and helpers around it (all wire constants live here, STYLE.md 7)."""
+constants and helpers around it. All wire constants live here, so no other
+module spells a message type, an error code or an address default."""
 
 from llmos.wire import llmos_pb2 as pb
 from llmos.wire.envelope import WireError, error_frame, pack, unpack

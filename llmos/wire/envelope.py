@@ -1,4 +1,4 @@
-"""Envelope packing and validation at the door (STYLE.md 8).
+"""Envelope packing and validation at the door.
 
 `pack(msg)` wraps any body message in a versioned Envelope; `unpack(frame,
 accepted)` parses one frame and raises `WireError` with the error code the

@@ -1,4 +1,5 @@
-"""Socket construction with deliberate options (STYLE.md 8)."""
+"""Socket construction with deliberate options: a finite LINGER, high-water
+marks and a frame size limit on every socket, ROUTER_MANDATORY on every ROUTER."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import zmq
 
 from llmos.wire.constants import MAX_FRAME_BYTES, SOCKET_HWM, SOCKET_LINGER_MS
 
-log = logging.getLogger("llmos.wire")
+log = logging.getLogger(__name__)
 
 # Plain ints: pyzmq's flag enums cost an enum operation per frame (send_multipart ORs
 # SNDMORE into every frame's flags), measurable where the broker sends per token.
