@@ -8,6 +8,7 @@ Service subcommands (`kernel`, `broker`, `scheduler`, `worker`), `model`,
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import time
 
@@ -33,6 +34,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("llmos.pooling_cli:classify", "Classify texts; print each one's top label."),
     "bench": ("llmos_bench:bench", "Benchmarks: the engine against transformers; the scheduling policies."),
 }
+# Commands that run models need an extra: `pip install llmos` alone is the client.
+EXTRA_BY_COMMAND = {"up": "worker", "worker": "worker", "model": "worker", "bench": "bench"}
+MODULES_OF_EXTRA = {"worker": ("torch", "transformers"), "bench": ("torch", "transformers")}
 
 EXIT_CLIENT_ERROR = 2    # the request itself was refused (INVALID_ARGUMENT, UNKNOWN_MODEL, ...)
 EXIT_SERVICE_ERROR = 3   # the system could not serve it (QUEUE_FULL, WORKER_FAILED, ...)
@@ -52,11 +56,14 @@ class LazyGroup(click.Group):
         if cmd_name not in LAZY_COMMANDS:
             return super().get_command(ctx, cmd_name)
         target, short_help = LAZY_COMMANDS[cmd_name]
+        missing = missing_extra(cmd_name)
+        if missing:
+            return unavailable_command(cmd_name, short_help, missing)
         module_name, attribute = target.split(":")
         try:
             return getattr(importlib.import_module(module_name), attribute)
         except ImportError as exc:
-            return unavailable_command(cmd_name, target, short_help, exc)
+            return unavailable_command(cmd_name, short_help, f"importing {target} failed: {exc}")
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """click's listing, but lazy commands show their static help instead of being imported."""
@@ -75,16 +82,26 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-def unavailable_command(name: str, target: str, short_help: str, exc: ImportError) -> click.Command:
-    """Stands in for a subcommand whose module cannot be imported, and says why when run."""
+def missing_extra(name: str) -> str:
+    """Why subcommand `name` cannot run here ("" if it can): an extra it needs is not installed."""
+    extra = EXTRA_BY_COMMAND.get(name)
+    if extra is None:
+        return ""
+    absent = [m for m in MODULES_OF_EXTRA[extra] if importlib.util.find_spec(m) is None]
+    if not absent:
+        return ""
+    return f"it needs {' and '.join(absent)}: pip install 'llmos[{extra}]'"
+
+
+def unavailable_command(name: str, short_help: str, why: str) -> click.Command:
+    """Stands in for a subcommand that cannot run here, and says why when run."""
 
     def fail(**_: object) -> None:
-        raise click.ClickException(
-            f"'llmos {name}' is unavailable: importing {target} failed: {exc}")
+        raise click.ClickException(f"'llmos {name}' is unavailable: {why}")
 
     accept_anything = {"ignore_unknown_options": True, "allow_extra_args": True}
-    return click.Command(name, callback=fail, help=f"{short_help} (unavailable: {exc})",
-                         context_settings=accept_anything)
+    return click.Command(name, callback=fail, help=f"{short_help} (unavailable: {why})",
+                         context_settings=accept_anything, add_help_option=False)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
