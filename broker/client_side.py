@@ -14,18 +14,22 @@ from collections import Counter
 
 from broker.admission import Admission, validate_generate, validate_pooling
 from broker.requests import RequestState
-from llmos.wire import WireError, error_frame, pack, pb, unpack
+from llmos.wire import WireError, error_frame, pack, pb
+from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
 
-log = logging.getLogger("broker")
+log = logging.getLogger(__name__)
 
-CLIENT_MESSAGES = frozenset({"generate", "embed", "classify", "cancel", "status_request"})
-TASK_BY_MESSAGE = {"generate": pb.TASK_KIND_GENERATE, "embed": pb.TASK_KIND_EMBED,
-                   "classify": pb.TASK_KIND_CLASSIFY}
 QUEUE_FULL_RETRY_MS = 1000
 
 
 class ClientSide:
+    def client_handlers(self) -> Handlers[None]:
+        return Handlers("the broker's client socket", {
+            pb.GenerateRequest: self.admit, pb.EmbedRequest: self.admit,
+            pb.ClassifyRequest: self.admit, pb.Cancel: self.cancel,
+            pb.StatusRequest: self.send_status})
+
     def route_client(self, frames: list[bytes]) -> None:
         split = router_frames(frames)
         if split is None:
@@ -36,13 +40,7 @@ class ClientSide:
             return
         identity, payload, has_delimiter = split
         try:
-            name, message = unpack(payload, CLIENT_MESSAGES)
-            if name in TASK_BY_MESSAGE:
-                self.admit(identity, has_delimiter, name, message)
-            elif name == "cancel":
-                self.cancel(identity, message.request_id)
-            else:
-                self.reply(identity, has_delimiter, pack(self.status()))
+            self.from_clients.route(payload, identity, has_delimiter)
         except WireError as exc:
             self.num_rejected += 1
             log.info("refused %s from client %r: %s", exc.request_id or "frame", identity,
@@ -61,15 +59,17 @@ class ClientSide:
         self.forget_client(identity)
         return False
 
-    def validate(self, name: str, message) -> Admission:
-        kind = TASK_BY_MESSAGE[name]
+    def validate(self, message: pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest
+                 ) -> Admission:
         models = self.workers.models_by_task
-        if kind == pb.TASK_KIND_GENERATE:
+        if isinstance(message, pb.GenerateRequest):
             return validate_generate(message, self.config, self.tier_limits, models)
+        kind = pb.TASK_KIND_EMBED if isinstance(message, pb.EmbedRequest) else pb.TASK_KIND_CLASSIFY
         return validate_pooling(message, kind, self.config, self.tier_limits, models)
 
-    def admit(self, identity: bytes, has_delimiter: bool, name: str, message) -> None:
-        admission = self.validate(name, message)
+    def admit(self, message: pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest,
+              identity: bytes, has_delimiter: bool) -> None:
+        admission = self.validate(message)
         request_id, tier, tenant = admission.request_id, admission.tier, admission.tenant
         if (identity, request_id) in self.request_by_client:
             raise WireError(pb.DUPLICATE_REQUEST, f"request '{request_id}' is already live on "
@@ -102,7 +102,8 @@ class ClientSide:
         self.reply(identity, has_delimiter, pack(pb.Accepted(
             request_id=request_id, tier=tier, queue_position=position)))
 
-    def cancel(self, identity: bytes, client_request_id: str) -> None:
+    def cancel(self, message: pb.Cancel, identity: bytes, has_delimiter: bool) -> None:
+        client_request_id = message.request_id
         request_id = self.request_by_client.get((identity, client_request_id))
         if request_id is None:
             raise WireError(pb.UNKNOWN_REQUEST, f"no live request '{client_request_id}' on this "
@@ -165,6 +166,9 @@ class ClientSide:
                                       f"{request.admission.deadline_ms} ms passed before the "
                                       "request could finish", request.client_request_id)
             self.answer(request, payload)
+
+    def send_status(self, _: pb.StatusRequest, identity: bytes, has_delimiter: bool) -> None:
+        self.reply(identity, has_delimiter, pack(self.status()))
 
     def status(self) -> pb.StatusReply:
         now_s = time.monotonic()

@@ -12,13 +12,13 @@ import logging
 
 import zmq
 
-from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire import WireError, pack, pb
+from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import connect_dealer
 from scheduler_svc.policies import decide, make_policy
 
-log = logging.getLogger("broker.scheduler")
+log = logging.getLogger(__name__)
 
-_ACCEPTED = frozenset({"schedule_decision", "error"})
 # one slow answer (a busy machine) costs one batch decided locally; only this
 # many in a row mark the scheduler offline for `retry_ms`
 TIMEOUTS_BEFORE_OFFLINE = 2
@@ -41,6 +41,9 @@ class SchedulerLink:
         self._waiting_since_s = 0.0
         self._retry_at_s = 0.0
         self._num_timeouts_in_a_row = 0
+        self._from_scheduler: Handlers[pb.ScheduleDecision | None] = Handlers(
+            "the broker's scheduler link", {pb.ScheduleDecision: self._take_decision,
+                                            pb.Error: self._take_refusal})
 
     @property
     def is_waiting(self) -> bool:
@@ -90,23 +93,26 @@ class SchedulerLink:
         """Read one reply; the decision if it answers the batch we wait for."""
         frame = self.socket.recv()
         try:
-            name, message = unpack(frame, _ACCEPTED)
+            return self._from_scheduler.route(frame)
         except WireError as exc:
             log.error("bad frame from scheduler: %s", exc.message)
             return None
-        if name == "error":
-            log.error("scheduler refused batch: %s", message.message)
-            self._waiting_batch_id = None
-            return None
-        if message.batch_id != self._waiting_batch_id:
+
+    def _take_refusal(self, error: pb.Error) -> None:
+        log.error("scheduler refused batch: %s", error.message)
+        self._waiting_batch_id = None
+        return None
+
+    def _take_decision(self, decision: pb.ScheduleDecision) -> pb.ScheduleDecision | None:
+        if decision.batch_id != self._waiting_batch_id:
             return None  # a late answer to a batch we already decided ourselves
         self._waiting_batch_id = None
         self._num_timeouts_in_a_row = 0
         if not self.is_online:
-            log.info("scheduler at %s is back; using its '%s' policy", self.address, message.policy)
+            log.info("scheduler at %s is back; using its '%s' policy", self.address, decision.policy)
         self.is_online = True
-        self.policy_name = message.policy
-        return message
+        self.policy_name = decision.policy
+        return decision
 
     def decide_locally(self, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
         return decide(self.fallback, request, None)

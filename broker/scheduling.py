@@ -12,7 +12,7 @@ import time
 
 from llmos.wire import pack, pb
 
-log = logging.getLogger("broker")
+log = logging.getLogger(__name__)
 
 MAX_PENDING_PER_TIER_ASKED = 2048   # bounds one ScheduleRequest
 # A top-tier arrival, while lower tiers hold slots, brings the next preemption check

@@ -36,7 +36,7 @@ from llmos.logs import setup_logging
 from llmos.signals import stop_on_signals
 from llmos.wire.sockets import bind_router
 
-log = logging.getLogger("broker")
+log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_POLL = 1000       # per socket, so one busy socket cannot starve the others
 
@@ -70,6 +70,8 @@ class Broker(ClientSide, WorkerSide, Scheduling):
         self.num_rejected = 0
         self.tokens = RateMeter()
         self.answer_fills = AnswerFills()
+        self.from_clients = self.client_handlers()
+        self.from_workers = self.worker_handlers()
         self.poller = zmq.Poller()
         for socket in (self.clients, self.workers_socket, self.scheduler.socket,
                        self.client_watch.monitor):

@@ -12,15 +12,19 @@ import time
 
 from broker.registry import WorkerRecord
 from broker.requests import RequestState
-from llmos.wire import WireError, error_frame, pack, pb, unpack
+from llmos.wire import WireError, error_frame, pack, pb
+from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
 
-log = logging.getLogger("broker")
-
-WORKER_MESSAGES = frozenset({"worker_register", "heartbeat", "disconnect", "progress"})
+log = logging.getLogger(__name__)
 
 
 class WorkerSide:
+    def worker_handlers(self) -> Handlers[None]:
+        return Handlers("the broker's worker socket", {
+            pb.WorkerRegister: self.require_worker, pb.Disconnect: self.disconnect,
+            pb.Heartbeat: self.heartbeat, pb.StepProgress: self.record_progress})
+
     def route_worker(self, frames: list[bytes]) -> None:
         try:
             self.route_worker_frames(frames)
@@ -34,30 +38,34 @@ class WorkerSide:
             return
         identity, payload, _ = split
         try:
-            name, message = unpack(payload, WORKER_MESSAGES)
+            self.from_workers.route(payload, identity, time.monotonic())
         except WireError as exc:
             log.warning("refused frame from worker %r: %s", identity, exc.message)
-            return
-        now_s = time.monotonic()
-        if name == "worker_register":
-            self.require_worker(identity, message, now_s)
-            return
-        if name == "disconnect":
-            worker = self.workers.delete_worker(identity)
-            if worker is not None:
-                log.info("worker %s left (%s)", worker.worker_id, message.reason)
-                self.requeue_running(worker)
-            return
+
+    def disconnect(self, message: pb.Disconnect, identity: bytes, now_s: float) -> None:
+        worker = self.workers.delete_worker(identity)
+        if worker is not None:
+            log.info("worker %s left (%s)", worker.worker_id, message.reason)
+            self.requeue_running(worker)
+
+    def heartbeat(self, _: pb.Heartbeat, identity: bytes, now_s: float) -> None:
+        self.known_worker(identity, now_s)
+
+    def known_worker(self, identity: bytes, now_s: float) -> WorkerRecord | None:
+        """Note that the worker is alive; None (and it is told to register) if it is a stranger."""
         worker = self.workers.refresh(identity, now_s)
         if worker is None:
             # the zguide's answer to a stranger: tell it to register again
             self.send_identity(identity, pack(pb.Disconnect(reason="unknown worker; register again")))
-            return
-        if name == "progress":
-            for delta in message.deltas:
+        return worker
+
+    def record_progress(self, progress: pb.StepProgress, identity: bytes, now_s: float) -> None:
+        worker = self.known_worker(identity, now_s)
+        if worker is not None:
+            for delta in progress.deltas:
                 self.record_delta(worker, delta, now_s)
 
-    def require_worker(self, identity: bytes, register: pb.WorkerRegister, now_s: float) -> None:
+    def require_worker(self, register: pb.WorkerRegister, identity: bytes, now_s: float) -> None:
         old = self.workers.delete_worker(identity)
         if old is not None:
             self.requeue_running(old)  # it restarted: whatever it ran is gone
