@@ -1,7 +1,10 @@
 # llmos developer tasks (GNU make).
 #   make run    set up, build the embedded model, run a one-prompt demo
-#   make test   set up, run the CPU test suite (what .ci/run runs)
+#   make test   set up, run the CPU test suite
+#   make lint   ruff (lint and format check) and mypy
+#   make floor-check  the engine tests against the oldest transformers pyproject admits
 #   make proto  regenerate llmos/wire/llmos_pb2.py{,i} from proto/llmos/v1/llmos.proto
+#   (.ci/run runs lint, floor-check and test)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +16,13 @@ STAMP := $(VENV)/.installed
 PROTO_DIR := proto/llmos/v1
 WIRE_DIR := llmos/wire
 
-.PHONY: setup model run test proto clean
+# the oldest transformers the `worker` extra admits (pyproject.toml: transformers>=...)
+TRANSFORMERS_FLOOR := $(shell sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml | head -1)
+FLOOR_VENV ?= .venv-floor
+# the tests that drive the engine, the mixed steps and the prefix cache on a real model
+FLOOR_TESTS ?= tests/test_batched_engine.py tests/test_mixed_steps.py tests/test_prefix_cache.py tests/test_worker_engine.py
+
+.PHONY: setup model run test lint floor-check proto clean
 
 setup: $(STAMP)
 
@@ -36,11 +45,25 @@ run: setup model
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not gpu"
 
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# A venv of its own with transformers at the floor: the engine must import and run there.
+floor-check:
+	@test -n "$(TRANSFORMERS_FLOOR)" || { echo "no transformers>= bound in pyproject.toml"; exit 1; }
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(FLOOR_VENV)/bin/python -m pip install --quiet "transformers==$(TRANSFORMERS_FLOOR)" -e . pytest pytest-timeout
+	$(FLOOR_VENV)/bin/python -c 'import transformers; print("transformers", transformers.__version__)'
+	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not gpu" $(FLOOR_TESTS)
+
 # Must match tests/test_proto_fresh.py: same protoc (pinned grpcio-tools), same -I root.
 proto: setup
 	$(BIN)/python -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(WIRE_DIR) --pyi_out=$(WIRE_DIR) $(PROTO_DIR)/llmos.proto
 
 # Build and test leftovers only; the venv stays (rm -rf $(VENV) to rebuild it).
 clean:
-	rm -rf build dist .pytest_cache *.egg-info
+	rm -rf build dist .pytest_cache *.egg-info .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
