@@ -32,7 +32,7 @@ class LoadResult:
         return sum(timing.num_generated_tokens for timing in self.timings)
 
 
-class LoadDriver:
+class EngineLoad:
     """Submits requests to one engine, steps it, and times every request."""
 
     def __init__(self, engine: Any, new_tokens: int | list[int]) -> None:
@@ -83,7 +83,7 @@ def run_closed_loop(engine: Any, prompts: list[list[int]], concurrency: int,
                     new_tokens: int | list[int]) -> LoadResult:
     """Keep `concurrency` requests in flight (a new one as each finishes) until all are
     done; each makes `new_tokens`, or prompt i's answer makes `new_tokens[i]`."""
-    driver = LoadDriver(engine, new_tokens)
+    driver = EngineLoad(engine, new_tokens)
     next_index = 0
     while next_index < len(prompts) or engine.has_work:
         while next_index < len(prompts) and driver.num_in_flight < concurrency:
@@ -109,7 +109,7 @@ def run_open_loop(engine: Any, prompts: list[list[int]], arrival_offsets_s: list
     """Submit prompt i at its arrival offset whatever the engine is doing; latencies
     count from the arrival, so time spent waiting for a step to end is included."""
     assert len(prompts) == len(arrival_offsets_s)
-    driver = LoadDriver(engine, new_tokens)
+    driver = EngineLoad(engine, new_tokens)
     started = time.perf_counter()
     next_index = 0
     while next_index < len(prompts) or engine.has_work:

@@ -19,12 +19,10 @@ over fcfs, by class, at the given batch arrival rates.
     python scripts/jct_bound.py --rate 53           # one rate
     python scripts/jct_bound.py --rate 53 --llmos mlfq --llmos fcfs
     python scripts/jct_bound.py --rate 54.7 --llmos mlfq --llmos fcfs \
-        --prefill-token-ms 0.02 --cached-resumes   # the stack since db7fc66
+        --prefill-token-ms 0.02 --cached-resumes   # as the stack runs
 
 With prefills and cached resumes the model's llmos policies match the stack's
-measured JCTs to within a few percent (docs/benchmarks.md). `--bubble` models
-the stack before ef78ad5, where a slot freed by an ending request stayed idle
-for a step.
+measured JCTs to within a few percent (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -132,7 +130,6 @@ def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Names
     waiting: dict[str, ModelJob] = {}
     running: dict[str, ModelJob] = {}
     done: list[tuple[float, str, int]] = []
-    ended_last_step: dict[str, int] = {}  # worker id -> jobs that ended at the last step's end
     while next_job < len(arrivals) or waiting or running:
         while next_job < len(arrivals) and arrivals[next_job][0] <= now_s:
             offset_s, tokens, tier, prompt_chars = arrivals[next_job]
@@ -146,11 +143,7 @@ def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Names
             continue
         started = set(running)
         if waiting:
-            # --bubble: a slot an ending job freed stays empty for a step, as on the stack,
-            # where the next dispatch reaches the worker after its next step has begun
-            empty_slots = ended_last_step if args.bubble else {}
-            decide(policy, waiting, running, worker_ids, slots_per_worker, tier_rank, now_s,
-                   empty_slots)
+            decide(policy, waiting, running, worker_ids, slots_per_worker, tier_rank, now_s)
         # a job (re)started this step prefills its prompt and the tokens it made before
         # (with --cached-resumes a resume finds its tokens cached and prefills nothing)
         prefill_tokens = sum(job.prompt_chars // 4 + job.generated_tokens
@@ -158,22 +151,19 @@ def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Names
                              and not (args.cached_resumes and job.generated_tokens))
         now_s += step_s(len(running), args) + (args.prefill_token_ms * prefill_tokens
                                                / args.workers / 1e3)
-        ended_last_step = {}
         for job in list(running.values()):
             job.generated_tokens += 1
             if job.generated_tokens >= job.max_tokens:
                 del running[job.request_id]
-                ended_last_step[job.worker_id] = ended_last_step.get(job.worker_id, 0) + 1
                 done.append((now_s - job.arrival_s, job.tier, job.max_tokens))
     return done
 
 
 def decide(policy: Any, waiting: dict[str, ModelJob], running: dict[str, ModelJob],
            worker_ids: list[str], slots_per_worker: int, tier_rank: dict[str, int],
-           now_s: float, empty_slots: dict[str, int]) -> None:
-    """One ScheduleRequest as the broker builds it, and its decision applied
-    (`empty_slots` per worker can take no job this step)."""
-    per_worker = {worker_id: empty_slots.get(worker_id, 0) for worker_id in worker_ids}
+           now_s: float) -> None:
+    """One ScheduleRequest as the broker builds it, and its decision applied."""
+    per_worker = {worker_id: 0 for worker_id in worker_ids}
     for job in running.values():
         per_worker[job.worker_id] += 1
     pending = [PendingRequest(j.request_id, tier_rank=tier_rank[j.tier], model="m",
@@ -237,9 +227,6 @@ def main() -> None:
     parser.add_argument("--declared-max-tokens", type=int, default=0,
                         help="llmos policies only: every batch job tells the policy this "
                              "max_tokens (its answer ends before); 0: its answer's length")
-    parser.add_argument("--bubble", action="store_true",
-                        help="llmos policies only: a slot freed by a job that ended stays empty "
-                             "for one step, as on the stack before ef78ad5")
     parser.add_argument("--cached-resumes", action="store_true",
                         help="with --prefill-token-ms: a resumed job prefills nothing (its worker "
                              "kept its tokens), only a first start pays")
