@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Sequence, cast
 
 import zmq
 import zmq.asyncio
@@ -62,7 +62,7 @@ class AsyncClient:
         name, message = await self._next(request_id, f"no answer to request {request_id}")
         if name == "error":
             del self._queues[request_id]
-            raise error_from_proto(message)
+            raise error_from_proto(cast(pb.Error, message))
         if name != "accepted":
             # The broker always accepts first; if it did not, stream() still needs this message.
             log.warning("request %s: %s arrived before accepted", request_id, name)
@@ -79,7 +79,7 @@ class AsyncClient:
             name, message = await self._next(request_id,
                                              f"nothing arrived for request {request_id}")
             if name == "chunk":
-                yield message
+                yield cast(pb.TokenChunk, message)
             elif ends_stream(request_id, name, message, self._queues, self._results):
                 return
 
@@ -99,7 +99,7 @@ class AsyncClient:
         request = make_pooling_request(pb.TASK_KIND_EMBED, inputs, request_id=request_id,
                                        model=model, tier=tier, tenant=tenant,
                                        deadline_ms=deadline_ms)
-        return await self._answer(request, "embed_result")
+        return cast(pb.EmbedResult, await self._answer(request, "embed_result"))
 
     async def classify(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
                        tenant: str = "", request_id: str | None = None,
@@ -108,9 +108,10 @@ class AsyncClient:
         request = make_pooling_request(pb.TASK_KIND_CLASSIFY, inputs, request_id=request_id,
                                        model=model, tier=tier, tenant=tenant,
                                        deadline_ms=deadline_ms)
-        return await self._answer(request, "classify_result")
+        return cast(pb.ClassifyResult, await self._answer(request, "classify_result"))
 
-    async def _answer(self, request: Message, result_name: str) -> Message:
+    async def _answer(self, request: pb.EmbedRequest | pb.ClassifyRequest,
+                      result_name: str) -> Message:
         """Send a request that has one answer; wait past `accepted` for it."""
         request_id = request.request_id
         self._open_queue(request_id)
@@ -133,9 +134,9 @@ class AsyncClient:
         while True:
             name, message = await self._next(UNTIED, f"no status reply from {self.address}")
             if name == "status_reply":
-                return message
+                return cast(pb.StatusReply, message)
             if name == "error":
-                raise error_from_proto(message)
+                raise error_from_proto(cast(pb.Error, message))
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, cast
 
 import zmq
 from google.protobuf.message import Message
@@ -42,6 +42,10 @@ CLIENT_ACCEPTS = frozenset({"accepted", "chunk", "result", "error", "status_repl
 # Inbox key for replies that belong to no request: StatusReply and errors the
 # broker could not tie to a request id.
 UNTIED = ""
+
+# What a client accepts but a StatusReply: each carries the request id it answers.
+TiedReply = (pb.Accepted | pb.TokenChunk | pb.GenerateResult | pb.Error | pb.EmbedResult
+             | pb.ClassifyResult)
 
 
 def default_broker_address() -> str:
@@ -83,11 +87,11 @@ def ends_stream(request_id: str, name: str, message: Message, inboxes: dict,
     inbox goes either way. Anything else is logged and passed over (False)."""
     if name == "result":
         del inboxes[request_id]
-        results[request_id] = message
+        results[request_id] = cast(pb.GenerateResult, message)
         return True
     if name == "error":
         del inboxes[request_id]
-        raise error_from_proto(message)
+        raise error_from_proto(cast(pb.Error, message))
     log.warning("request %s: unexpected %s while streaming", request_id, name)
     return False
 
@@ -98,7 +102,7 @@ def answer_of(request_id: str, result_name: str, name: str, message: Message) ->
     if name == result_name:
         return message
     if name == "error":
-        raise error_from_proto(message)
+        raise error_from_proto(cast(pb.Error, message))
     if name != "accepted":
         log.warning("request %s: unexpected %s", request_id, name)
     return None
@@ -109,7 +113,7 @@ def request_id_of(name: str, message: Message) -> str:
     errors the broker could not tie to a request)."""
     if name == "status_reply":
         return UNTIED
-    return message.request_id
+    return cast(TiedReply, message).request_id
 
 
 class Client:
@@ -147,7 +151,7 @@ class Client:
         name, message = self._next(request_id, f"no answer to request {request_id}")
         if name == "error":
             del self._inboxes[request_id]
-            raise error_from_proto(message)
+            raise error_from_proto(cast(pb.Error, message))
         if name != "accepted":
             # The broker always accepts first; if it did not, keep the message for stream().
             log.warning("request %s: %s arrived before accepted", request_id, name)
@@ -167,7 +171,7 @@ class Client:
         while True:
             name, message = self._next(request_id, f"nothing arrived for request {request_id}")
             if name == "chunk":
-                yield message
+                yield cast(pb.TokenChunk, message)
             elif ends_stream(request_id, name, message, self._inboxes, self._results):
                 return
 
@@ -192,7 +196,7 @@ class Client:
         request = make_pooling_request(pb.TASK_KIND_EMBED, inputs, request_id=request_id,
                                        model=model, tier=tier, tenant=tenant,
                                        deadline_ms=deadline_ms)
-        return self._answer(request, "embed_result")
+        return cast(pb.EmbedResult, self._answer(request, "embed_result"))
 
     def classify(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
                  tenant: str = "", request_id: str | None = None,
@@ -202,9 +206,9 @@ class Client:
         request = make_pooling_request(pb.TASK_KIND_CLASSIFY, inputs, request_id=request_id,
                                        model=model, tier=tier, tenant=tenant,
                                        deadline_ms=deadline_ms)
-        return self._answer(request, "classify_result")
+        return cast(pb.ClassifyResult, self._answer(request, "classify_result"))
 
-    def _answer(self, request: Message, result_name: str) -> Message:
+    def _answer(self, request: pb.EmbedRequest | pb.ClassifyRequest, result_name: str) -> Message:
         """Send a request that has one answer; wait past `accepted` for it."""
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
@@ -231,9 +235,9 @@ class Client:
         while True:
             name, message = self._next(UNTIED, f"no status reply from {self.address}")
             if name == "status_reply":
-                return message
+                return cast(pb.StatusReply, message)
             if name == "error":
-                raise error_from_proto(message)
+                raise error_from_proto(cast(pb.Error, message))
 
     def close(self) -> None:
         self._socket.close()
@@ -300,8 +304,8 @@ def query_kernel(address: str, timeout_s: float,
         name, message = unpack(socket.recv_multipart()[-1],
                                frozenset({"resource_view", "error"}))
         if name == "error":
-            raise error_from_proto(message)
-        return message
+            raise error_from_proto(cast(pb.Error, message))
+        return cast(pb.ResourceView, message)
     except WireError as exc:
         raise LlmosError(exc.code, f"kernel at {address} sent {exc.message}") from None
     finally:

@@ -50,6 +50,15 @@ class LlmosTimeout(LlmosError):
         return "TIMEOUT"
 
 
+class CodedError(LlmosError):
+    """The base of the one class per wire code in `ERROR_CLASSES`; its `CODE` is the code."""
+
+    CODE: int
+
+    def __init__(self, message: str, request_id: str = "", retry_after_ms: int = 0) -> None:
+        super().__init__(self.CODE, message, request_id, retry_after_ms)
+
+
 # code -> (class name, is_client_error). Every pb.ErrorCode but UNSPECIFIED is here.
 _ERRORS: dict[int, tuple[str, bool]] = {
     pb.MALFORMED_FRAME: ("MalformedFrame", True),
@@ -71,20 +80,16 @@ _ERRORS: dict[int, tuple[str, bool]] = {
 }
 
 
-def _make_error_class(code: int, name: str, is_client_error: bool) -> type[LlmosError]:
-    def __init__(self: LlmosError, message: str, request_id: str = "",
-                 retry_after_ms: int = 0) -> None:
-        LlmosError.__init__(self, code, message, request_id, retry_after_ms)
-
+def _make_error_class(code: int, name: str, is_client_error: bool) -> type[CodedError]:
     doc = (f"ErrorCode {ERROR_NAMES[code]}: "
            f"raise as {name}(message, request_id='', retry_after_ms=0).")
-    return type(name, (LlmosError,), {
-        "__init__": __init__, "__doc__": doc, "__module__": __name__,
+    return type(name, (CodedError,), {
+        "__doc__": doc, "__module__": __name__,
         "CODE": code, "is_client_error": is_client_error,
     })
 
 
-ERROR_CLASSES: dict[int, type[LlmosError]] = {
+ERROR_CLASSES: dict[int, type[CodedError]] = {
     code: _make_error_class(code, name, is_client_error)
     for code, (name, is_client_error) in _ERRORS.items()
 }

@@ -12,11 +12,17 @@ from google.protobuf.message import DecodeError, Message
 from llmos.wire import llmos_pb2 as pb
 from llmos.wire.constants import PROTOCOL_VERSION
 
-# body message full name -> oneof field name, e.g. "llmos.v1.Cancel" -> "cancel"
-_FIELD_BY_TYPE: dict[str, str] = {
-    field.message_type.full_name: field.name
-    for field in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields
-}
+
+def _body_fields_by_type() -> dict[str, str]:
+    """Body message full name -> oneof field name, e.g. "llmos.v1.Cancel" -> "cancel"."""
+    by_type: dict[str, str] = {}
+    for field in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields:
+        assert field.message_type is not None, f"Envelope.{field.name} is not a message"
+        by_type[field.message_type.full_name] = field.name
+    return by_type
+
+
+_FIELD_BY_TYPE = _body_fields_by_type()
 
 
 class WireError(Exception):
@@ -70,5 +76,6 @@ def unpack(frame: bytes, accepted: frozenset[str], where: str = "this socket") -
 
 
 def error_frame(code: int, message: str, request_id: str = "", retry_after_ms: int = 0) -> bytes:
-    return pack(pb.Error(code=code, message=message, request_id=request_id,
+    # the stub types `code` as the ErrorCode enum; at runtime every ErrorCode is an int
+    return pack(pb.Error(code=code, message=message, request_id=request_id,  # type: ignore[arg-type]
                          retry_after_ms=retry_after_ms))

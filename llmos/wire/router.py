@@ -5,20 +5,21 @@ table, and send the reply, or a coded Error, back in the layout the peer spoke."
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 from google.protobuf.message import Message
 
 from llmos.wire import llmos_pb2 as pb
-from llmos.wire.envelope import WireError, pack
+from llmos.wire.envelope import WireError, error_frame, pack
 from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
 
 RefusalLog = Callable[[bytes, WireError], None]          # (peer identity, why)
+Reply = TypeVar("Reply", bound=Message | None)
 
 
-def answer_request(router: zmq.Socket, frames: list[bytes], handlers: Handlers[Message | None],
+def answer_request(router: zmq.Socket, frames: list[bytes], handlers: Handlers[Reply],
                    log_refusal: RefusalLog, *args: Any) -> None:
     """A handler (called as handler(message, *args)) returns the reply, None when the
     message needs none, or raises WireError; a malformed frame, an unknown message or
@@ -39,4 +40,4 @@ def answer_request(router: zmq.Socket, frames: list[bytes], handlers: Handlers[M
             return
     log_refusal(identity, error)
     send_reply(router, identity, has_delimiter,
-               pack(pb.Error(code=error.code, message=error.message, request_id=error.request_id)))
+               error_frame(error.code, error.message, error.request_id))

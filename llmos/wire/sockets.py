@@ -4,6 +4,7 @@ marks and a frame size limit on every socket, ROUTER_MANDATORY on every ROUTER."
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import zmq
 
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 _SEND_MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)
 _SEND_LAST_NOW = int(zmq.NOBLOCK)
 
+# The socket class of the context: a zmq.asyncio.Context makes sockets whose sends are awaited.
+SocketT = TypeVar("SocketT", bound=zmq.Socket)
+
 
 def _apply_common(socket: zmq.Socket) -> None:
     socket.setsockopt(zmq.LINGER, SOCKET_LINGER_MS)
@@ -24,7 +28,7 @@ def _apply_common(socket: zmq.Socket) -> None:
     socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
 
 
-def bind_router(context: zmq.Context, address: str) -> zmq.Socket:
+def bind_router(context: zmq.Context[SocketT], address: str) -> SocketT:
     """A ROUTER that raises on a send to a vanished peer instead of dropping it."""
     socket = context.socket(zmq.ROUTER)
     _apply_common(socket)
@@ -33,8 +37,8 @@ def bind_router(context: zmq.Context, address: str) -> zmq.Socket:
     return socket
 
 
-def connect_dealer(context: zmq.Context, address: str, identity: str | None = None,
-                   is_immediate: bool = False) -> zmq.Socket:
+def connect_dealer(context: zmq.Context[SocketT], address: str, identity: str | None = None,
+                   is_immediate: bool = False) -> SocketT:
     """A DEALER; with `is_immediate`, a send fails at once (EAGAIN) while no peer is
     connected instead of queueing for one (IMMEDIATE must be set before connect)."""
     socket = context.socket(zmq.DEALER)
@@ -47,14 +51,14 @@ def connect_dealer(context: zmq.Context, address: str, identity: str | None = No
     return socket
 
 
-def bind_pub(context: zmq.Context, address: str) -> zmq.Socket:
+def bind_pub(context: zmq.Context[SocketT], address: str) -> SocketT:
     socket = context.socket(zmq.PUB)
     _apply_common(socket)
     socket.bind(address)
     return socket
 
 
-def connect_sub(context: zmq.Context, address: str, topic: bytes) -> zmq.Socket:
+def connect_sub(context: zmq.Context[SocketT], address: str, topic: bytes) -> SocketT:
     socket = context.socket(zmq.SUB)
     _apply_common(socket)
     socket.setsockopt(zmq.SUBSCRIBE, topic)
