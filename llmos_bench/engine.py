@@ -38,8 +38,8 @@ from llmos_bench.stats import (count_parameters, latency_figures, matmul_peak_fl
                                model_flops)
 from llmos.config import option, options_from
 from workers.config import WorkerConfig
-from workers.engine import Engine
 from workers.model_loader import LoadedModel, load_model, load_tokenizer
+from workers.reference_engine import ReferenceEngine
 
 COMPARE_CONCURRENCY = 32   # the level the speedups compare, and the static batch's size
 BASELINES = ("sequential", "static_batch", "generate_batch")
@@ -152,7 +152,7 @@ def run_bench(config: EngineBenchConfig,
     if config.poisson_seconds > 0:
         echo(f"Poisson arrivals at {config.poisson_load:.0%} of {capacity_rps:.2f} requests/s ...")
         poisson = bench.measure_poisson(config.poisson_load * capacity_rps, levels[-1])
-        if config.shared_prefix_len and config.prefix_caching and engine_cls is not Engine:
+        if config.shared_prefix_len and config.prefix_caching and engine_cls is not ReferenceEngine:
             echo("the same arrivals with the prefix cache off ...")
             poisson_without_cache = bench.measure_poisson(config.poisson_load * capacity_rps,
                                                           levels[-1], prefix_caching=False)
@@ -221,7 +221,7 @@ def engine_class() -> type:
     except ImportError as exc:
         click.echo(f"note: workers.batched_engine is not importable ({exc}); "
                    "measuring the reference Engine instead", err=True)
-        return Engine
+        return ReferenceEngine
     return BatchedEngine
 
 
@@ -252,7 +252,7 @@ class EngineBench:
         max_model_len = max_model_len or self.config.max_model_len
         kwargs: dict[str, Any] = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                                       eos_token_ids=set(), worker_id="bench")  # no EOS: full length
-        if self.engine_cls is not Engine:
+        if self.engine_cls is not ReferenceEngine:
             kwargs.update(block_size=self.config.block_size,
                           num_blocks=self.num_kv_blocks(max_num_seqs, max_model_len),
                           max_num_batched_tokens=max(self.config.max_num_batched_tokens,

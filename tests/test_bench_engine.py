@@ -16,7 +16,7 @@ from llmos_bench.load import poisson_arrivals, run_closed_loop, run_open_loop
 from llmos_bench.stats import model_flops, percentile
 from llmos.cli import cli
 from workers.dummy import build_dummy_model
-from workers.engine import Engine
+from workers.reference_engine import ReferenceEngine
 from workers.requests import Delta
 
 torch.set_num_threads(1)
@@ -130,7 +130,7 @@ def test_bad_concurrency_is_a_usage_error():
 def test_engine_falls_back_to_the_reference_engine_when_batched_is_missing(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "workers.batched_engine", None)  # import raises ImportError
 
-    assert engine_class() is Engine
+    assert engine_class() is ReferenceEngine
     assert "measuring the reference Engine" in capsys.readouterr().err
 
 

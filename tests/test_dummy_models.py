@@ -8,8 +8,8 @@ import torch
 from workers.config import WorkerConfig
 from workers.dummy import (DUMMY_PRESETS, EOS_TOKEN_ID, LOGIT_STD, build_dummy_model,
                            build_dummy_tokenizer, dummy_preset_name)
-from workers.engine import Engine
 from workers.model_loader import load_model, load_tokenizer, resolve_model_path
+from workers.reference_engine import ReferenceEngine
 from workers.requests import EngineRequest, SamplingOptions
 
 torch.set_num_threads(1)
@@ -89,7 +89,7 @@ def test_tiny_preset_loads_through_the_worker_loader_and_generates():
     tokenizer = load_tokenizer(loaded.path)
     prompt_token_ids = tokenizer.encode("The harbour was quiet")
 
-    engine = Engine(loaded.model, tokenizer, max_num_seqs=1, eos_token_ids=set())
+    engine = ReferenceEngine(loaded.model, tokenizer, max_num_seqs=1, eos_token_ids=set())
     engine.add_request(EngineRequest("r1", prompt_token_ids, SamplingOptions(max_tokens=6)))
     token_ids: list[int] = []
     while engine.has_work:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from workers.admission import Admission
+from workers.admission_gate import AdmissionGate
 from workers.requests import EngineRequest
 
 
-def make_admission(max_num_seqs: int = 2, kv_blocks_total: int = 10) -> Admission:
-    return Admission(max_num_seqs=max_num_seqs, max_model_len=64, block_size=16,
+def make_admission(max_num_seqs: int = 2, kv_blocks_total: int = 10) -> AdmissionGate:
+    return AdmissionGate(max_num_seqs=max_num_seqs, max_model_len=64, block_size=16,
                      kv_blocks_total=kv_blocks_total)
 
 
-def add(admission: Admission, request_id: str, num_tokens: int = 32,
+def add(admission: AdmissionGate, request_id: str, num_tokens: int = 32,
         num_context_tokens: int = 3) -> None:
     admission.add(EngineRequest(request_id, [1, 2, 3]), num_tokens, num_context_tokens)
 
 
-def start(admission: Admission, request_id: str, **sizes: int) -> None:
+def start(admission: AdmissionGate, request_id: str, **sizes: int) -> None:
     add(admission, request_id, **sizes)
     admission.start_allocation(request_id, now_s=0.0)
     admission.grant(request_id)

@@ -9,7 +9,7 @@ import torch
 
 from engine_helpers import Answer, generate_greedy, make_request
 from llmos.wire import pb
-from workers.engine import Engine
+from workers.reference_engine import ReferenceEngine
 from workers.requests import Delta, EngineRequest, SamplingOptions
 
 torch.set_num_threads(1)
@@ -24,7 +24,7 @@ PROMPTS = [
 
 
 
-def run_to_end(engine: Engine) -> dict[str, Answer]:
+def run_to_end(engine: ReferenceEngine) -> dict[str, Answer]:
     answers: dict[str, Answer] = {}
     while engine.has_work:
         for delta in engine.step():
@@ -35,7 +35,7 @@ def run_to_end(engine: Engine) -> dict[str, Answer]:
 
 
 def test_concurrent_greedy_requests_equal_generate(model, tokenizer):
-    engine = Engine(model, tokenizer, max_num_seqs=3)  # the fourth waits for a slot
+    engine = ReferenceEngine(model, tokenizer, max_num_seqs=3)  # the fourth waits for a slot
     for index, prompt in enumerate(PROMPTS):
         engine.add_request(make_request(tokenizer, f"r{index}", prompt, max_tokens=24))
 
@@ -63,7 +63,7 @@ def test_stop_string_ends_the_text_before_its_first_match(model, tokenizer):
     # the stop completes with the first token whose text contains it; that token is sent
     num_tokens = next(n for n in range(1, 33)
                       if stop in tokenizer.decode(greedy[:n], skip_special_tokens=True))
-    engine = Engine(model, tokenizer)
+    engine = ReferenceEngine(model, tokenizer)
     engine.add_request(make_request(tokenizer, "s", prompt, max_tokens=32, stop=("never here", stop)))
 
     answer = run_to_end(engine)["s"]
@@ -75,7 +75,7 @@ def test_stop_string_ends_the_text_before_its_first_match(model, tokenizer):
 
 def test_max_tokens_and_context_length_end_with_length(model, tokenizer):
     prompt_ids = tokenizer.encode(PROMPTS[2])
-    engine = Engine(model, tokenizer, max_model_len=len(prompt_ids) + 3)
+    engine = ReferenceEngine(model, tokenizer, max_model_len=len(prompt_ids) + 3)
     engine.add_request(make_request(tokenizer, "short", PROMPTS[2], max_tokens=2))
     engine.add_request(make_request(tokenizer, "context", PROMPTS[2], max_tokens=50))
 
@@ -93,7 +93,7 @@ def test_eos_ends_the_request_and_is_a_token_but_not_text(model, tokenizer):
     with torch.no_grad():  # make EOS win where the fourth greedy token would have
         eos_model.lm_head.weight[tokenizer.eos_token_id] = 2 * model.lm_head.weight[greedy[3]]
     expected = generate_greedy(eos_model, tokenizer, PROMPTS[1], 16)
-    engine = Engine(eos_model, tokenizer)
+    engine = ReferenceEngine(eos_model, tokenizer)
     engine.add_request(make_request(tokenizer, "e", PROMPTS[1], max_tokens=16))
 
     answer = run_to_end(engine)["e"]
@@ -106,7 +106,7 @@ def test_eos_ends_the_request_and_is_a_token_but_not_text(model, tokenizer):
 
 @pytest.mark.parametrize("num_resumed", [1, 7, 15])
 def test_resume_continues_the_uninterrupted_answer(model, tokenizer, num_resumed):
-    engine = Engine(model, tokenizer)
+    engine = ReferenceEngine(model, tokenizer)
     engine.add_request(make_request(tokenizer, "a", PROMPTS[2], max_tokens=20, stop=("zzz",)))
     whole = run_to_end(engine)["a"]
     # what a client had when the first worker died after `num_resumed` tokens
@@ -126,7 +126,7 @@ def test_resume_continues_the_uninterrupted_answer(model, tokenizer, num_resumed
 
 
 def test_resume_at_max_tokens_finishes_at_once_with_the_held_back_text(model, tokenizer):
-    engine = Engine(model, tokenizer)
+    engine = ReferenceEngine(model, tokenizer)
     engine.add_request(make_request(tokenizer, "a", PROMPTS[0], max_tokens=6))
     whole = run_to_end(engine)["a"]
     resumed = make_request(tokenizer, "a", PROMPTS[0], max_tokens=6)
@@ -144,7 +144,7 @@ def test_resume_at_max_tokens_finishes_at_once_with_the_held_back_text(model, to
 
 def test_seeded_sampling_repeats_and_seeds_differ(model, tokenizer):
     sampling = dict(max_tokens=24, temperature=1.5, top_p=0.95, top_k=200)
-    engine = Engine(model, tokenizer)
+    engine = ReferenceEngine(model, tokenizer)
     engine.add_request(make_request(tokenizer, "a", PROMPTS[1], seed=7, **sampling))
     engine.add_request(make_request(tokenizer, "b", PROMPTS[1], seed=7, **sampling))
     engine.add_request(make_request(tokenizer, "c", PROMPTS[1], seed=8, **sampling))
@@ -156,7 +156,7 @@ def test_seeded_sampling_repeats_and_seeds_differ(model, tokenizer):
 
 
 def test_top_k_one_is_greedy(model, tokenizer):
-    engine = Engine(model, tokenizer)
+    engine = ReferenceEngine(model, tokenizer)
     engine.add_request(make_request(tokenizer, "k", PROMPTS[3], max_tokens=12, temperature=0.8, top_k=1))
 
     answer = run_to_end(engine)["k"]
@@ -165,7 +165,7 @@ def test_top_k_one_is_greedy(model, tokenizer):
 
 
 def test_cancel_frees_the_request_cache_at_once(model, tokenizer):
-    engine = Engine(model, tokenizer)
+    engine = ReferenceEngine(model, tokenizer)
     engine.add_request(make_request(tokenizer, "keep", PROMPTS[0], max_tokens=5))
     engine.add_request(make_request(tokenizer, "drop", PROMPTS[2], max_tokens=50))
     engine.step()
@@ -182,7 +182,7 @@ def test_cancel_frees_the_request_cache_at_once(model, tokenizer):
 
 
 def test_too_long_prompt_is_an_error_delta(model, tokenizer):
-    engine = Engine(model, tokenizer, max_model_len=16)
+    engine = ReferenceEngine(model, tokenizer, max_model_len=16)
     long_request = EngineRequest("long", list(range(10, 30)))       # 20 tokens
     fitting_request = EngineRequest("fits", list(range(10, 25)), SamplingOptions(max_tokens=8))  # 15
 

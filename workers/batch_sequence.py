@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from llmos.wire import pb
-from workers.detokenizer import IncrementalText
+from workers.detokenizer import IncrementalText, find_stop, hold_back_chars, streamable_end
 from workers.requests import Delta, EngineRequest
-from workers.text import find_stop, hold_back_chars, streamable_end
 
 
 @dataclass

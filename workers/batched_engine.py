@@ -26,7 +26,7 @@ only ever use blocks nobody needs.
 
 Greedy output equals `model.generate` on the prompt alone, token for token,
 also for a request preempted and resumed (here or, via `Dispatch`, elsewhere).
-Like the reference engine (`workers.engine`), it knows no sockets or threads.
+Like the reference engine (`workers.reference_engine`), it knows no sockets or threads.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from llmos.wire.constants import DEFAULT_BLOCK_SIZE
 from workers.batch_sequence import Sequence
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.detokenizer import IncrementalText
-from workers.engine import model_context_length, model_eos_token_ids
-from workers.engine_prefix import PREFIX_CACHE_HOLDER, PrefixCaching, has_full_attention
+from workers.engine_prefix import PREFIX_CACHE_HOLDER, PrefixCaching
 from workers.kv_budget import KvBudget
+from workers.model_facts import has_full_attention, model_context_length, model_eos_token_ids
 from workers.model_runner import CachedPrefix, ModelRunner, PrefillJob
 from workers.prefix_cache import PrefixCache
 from workers.requests import Delta, EngineRequest, check_request, error_delta

@@ -32,7 +32,7 @@ class WorkerConfig:
     dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
     max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
     engine: str = option("batched", "batched (continuous batching, workers.batched_engine), "
-                                    "reference (one forward per request, workers.engine) or "
+                                    "reference (one forward per request, workers.reference_engine) or "
                                     "sim (no model: a latency profile, workers.sim)")
     profile: str = option("", "sim engine: latency profile JSON (from llmos bench engine "
                               "--write-profile); empty = built-in default")

@@ -12,8 +12,6 @@ way to newer ones, never running requests.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from llmos.prefix import prompt_block_hashes
@@ -106,16 +104,3 @@ class PrefixCaching:
     def cached_prefix_hashes(self) -> list[int]:
         """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
         return self.prefix_cache.reported_hashes() if self.prefix_cache is not None else []
-
-
-def has_full_attention(model: Any, max_model_len: int) -> bool:
-    """Plain full attention everywhere, for contexts up to `max_model_len`: what prefix
-    caching needs (a cached block's keys and values are then the same whatever follows)
-    and mixed steps compute. Sliding-window layers keep only part of the context, so no."""
-    config = model.config.get_text_config()
-    layer_types = getattr(config, "layer_types", None) or []
-    if any(layer_type != "full_attention" for layer_type in layer_types):
-        return False
-    window = getattr(config, "sliding_window", None)
-    uses_window = getattr(config, "use_sliding_window", window is not None)
-    return not (uses_window and window is not None and window < max_model_len)

@@ -29,7 +29,8 @@ from typing import Any
 import zmq
 
 from llmos.wire import pb
-from workers.engine import Engine
+from workers.engine_factory import GenerateEngine
+from workers.pooling import PoolingEngine
 from workers.requests import Delta, EngineRequest
 
 logger = logging.getLogger("workers.engine_thread")
@@ -54,7 +55,7 @@ class EngineOutput:
 
 
 class EngineThread:
-    def __init__(self, engine: Engine, context: zmq.Context, pipe_address: str,
+    def __init__(self, engine: GenerateEngine | PoolingEngine, context: zmq.Context, pipe_address: str,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.context = context

@@ -171,7 +171,7 @@ AttentionInterface.register(MIXED_ATTENTION, mixed_attention)
 def supports_mixed_steps(model: Any) -> bool:
     """A family in MIXED_STEP_FAMILIES whose attention goes through transformers'
     interface: what `MixedStep.attend` computes, given full attention (the engine checks
-    that: `workers.engine_prefix.has_full_attention`)."""
+    that: `workers.model_facts.has_full_attention`)."""
     config = model.config
     return (getattr(model, "_supports_attention_backend", False)
             and getattr(config, "model_type", None) in MIXED_STEP_FAMILIES

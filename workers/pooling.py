@@ -17,7 +17,7 @@ Inputs longer than `max_length` tokens are truncated, as sentence-transformers
 does; `prompt_tokens` counts the tokens the model saw. Nothing is cached
 between steps, so there is no KV cache to size or to ask the kernel for.
 
-Same interface as `workers.engine.Engine`, so `workers.engine_thread` drives
+Same interface as `workers.reference_engine.ReferenceEngine`, so `workers.engine_thread` drives
 either; no sockets, no threads here.
 """
 

@@ -39,14 +39,14 @@ class PoolingWorker(Worker):
         # The engine checks kind and inputs (its error comes back at its next step).
         request = PoolingRequest(request_id=request_id, kind=dispatch.kind,
                                  inputs=list(dispatch.inputs))
-        self.admission.add(request, 0)  # type: ignore[arg-type]  # admission reads only the id
+        self.gate.add(request, 0)  # type: ignore[arg-type]  # admission reads only the id
         logger.info("worker %s request %s queued: %s of %d inputs", self.worker_id, request_id,
                     TASK_NAMES.get(dispatch.kind, dispatch.kind), len(request.inputs))
 
     def admit_requests(self) -> None:
         """A free slot is all a request needs: no KV blocks."""
-        while (pending := self.admission.next_allocation()) is not None:
-            self.start_request(pending.request.request_id)
+        while (allocation := self.gate.next_allocation()) is not None:
+            self.start_request(allocation.request.request_id)
 
     def release_blocks(self, request_id: str) -> None:
-        self.admission.release(request_id)  # it held no blocks: nothing to tell the kernel
+        self.gate.release(request_id)  # it held no blocks: nothing to tell the kernel

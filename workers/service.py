@@ -3,7 +3,7 @@
 The main thread owns every network socket (`workers.links`) and runs
     poll -> route engine outputs, broker and kernel messages -> admit -> expire -> heartbeats.
 The engine runs in its own thread (`workers.engine_thread`); which dispatched
-requests may start is decided by `workers.admission`. When the broker forgets
+requests may start is decided by `workers.admission_gate`. When the broker forgets
 this worker or goes silent, every request is dropped: the broker re-queues them.
 """
 
@@ -21,9 +21,9 @@ import zmq
 from llmos.logs import setup_logging
 from llmos.wire import pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
-from workers.admission import Admission
+from workers.admission_gate import AdmissionGate
 from workers.config import WorkerConfig, default_worker_id
-from workers import engines
+from workers import engine_factory
 from workers.engine_thread import EngineOutput, EngineThread
 from workers.links import BrokerLink, KernelLink
 from workers.messages import engine_request, request_delta
@@ -74,7 +74,7 @@ class Worker:
         self.pipe.bind(pipe_address)
         self.poller.register(self.pipe, zmq.POLLIN)
         self.engine_thread = EngineThread(self.make_engine(), self.context, pipe_address)
-        self.admission = Admission(config.max_num_seqs, loaded.max_model_len, DEFAULT_BLOCK_SIZE,
+        self.gate = AdmissionGate(config.max_num_seqs, loaded.max_model_len, DEFAULT_BLOCK_SIZE,
                                    loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE)
         self.kernel = KernelLink(self.context, self.poller, config.kernel_address, self.worker_id,
                                  self.interval_s, registration=self.kernel_registration())
@@ -87,11 +87,11 @@ class Worker:
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.is_stopping = False
 
-    def make_engine(self) -> engines.GenerateEngine:
+    def make_engine(self) -> engine_factory.GenerateEngine:
         """The engine the engine thread drives (workers.pooling_service overrides it).
         Its KV budget is the kernel's once the kernel answers (adopt_kernel_geometry)."""
         try:
-            return engines.make_engine(
+            return engine_factory.make_engine(
                 self.config.engine, self.loaded.model, load_tokenizer(self.loaded.path),
                 max_num_seqs=self.config.max_num_seqs, max_model_len=self.loaded.max_model_len,
                 worker_id=self.worker_id, block_size=DEFAULT_BLOCK_SIZE,
@@ -138,8 +138,8 @@ class Worker:
     def broker_registration(self) -> pb.WorkerRegister:
         return pb.WorkerRegister(
             worker_id=self.worker_id, models=[self.loaded.name], device=str(self.loaded.device),
-            max_num_seqs=self.config.max_num_seqs, kv_blocks_total=self.admission.kv_blocks_total,
-            block_size=self.admission.block_size, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+            max_num_seqs=self.config.max_num_seqs, kv_blocks_total=self.gate.kv_blocks_total,
+            block_size=self.gate.block_size, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
         )
 
     # ---------------------------------------------------------------- routing
@@ -155,12 +155,12 @@ class Worker:
             if output.epoch != self.epoch:
                 continue  # computed before every request was dropped
             # a request cancelled meanwhile may still show up once; it is gone
-            deltas = [d for d in output.deltas if d.request_id in self.admission.running]
+            deltas = [d for d in output.deltas if d.request_id in self.gate.running]
             for delta in deltas:
                 if delta.is_finished:
                     self.finish_request(delta)
                 elif delta.token_ids:
-                    self.admission.count_tokens(delta.request_id, len(delta.token_ids))
+                    self.gate.count_tokens(delta.request_id, len(delta.token_ids))
             if deltas:
                 self.send_progress(deltas)
 
@@ -192,7 +192,7 @@ class Worker:
             elif message.code == pb.UNKNOWN_WORKER:
                 logger.warning("worker %s: the kernel does not know this worker; registering again",
                                self.worker_id)
-                self.admission.abandon_allocation()
+                self.gate.abandon_allocation()
                 self.kernel.register(time.monotonic(), fresh_socket=False)
             else:
                 logger.warning("worker %s: kernel error %s for request %r: %s", self.worker_id,
@@ -204,7 +204,7 @@ class Worker:
         """False for a second dispatch of a live request (ignored) or one for another
         model (answered with UNKNOWN_MODEL)."""
         request_id = dispatch.request_id
-        if self.admission.is_live(request_id):
+        if self.gate.is_live(request_id):
             logger.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
             return False
         if dispatch.model and dispatch.model != self.loaded.name:
@@ -231,7 +231,7 @@ class Worker:
                            problem.error_message)
             self.send_progress([problem])
             return
-        self.admission.add(request, num_tokens,
+        self.gate.add(request, num_tokens,
                            len(prompt_token_ids) + len(request.generated_token_ids))
         self.tenant_by_request[request_id] = dispatch.tenant
         # debug, as the start: three lines a request cost this thread (which shares the GIL
@@ -241,42 +241,42 @@ class Worker:
                     len(request.generated_token_ids), request.sampling.max_tokens)
 
     def check_fits(self, request: EngineRequest, num_tokens: int) -> Delta | None:
-        if self.admission.can_ever_fit(num_tokens):
+        if self.gate.can_ever_fit(num_tokens):
             return None
         return error_delta(request.request_id, pb.TOO_LARGE,
-                           f"the request needs {self.admission.blocks_for(num_tokens)} KV blocks but "
-                           f"this worker has only {self.admission.kv_blocks_total}",
+                           f"the request needs {self.gate.blocks_for(num_tokens)} KV blocks but "
+                           f"this worker has only {self.gate.kv_blocks_total}",
                            prompt_tokens=len(request.prompt_token_ids))
 
     def admit_requests(self) -> None:
         """Start waiting requests in order: blocks from the kernel, or locally while it is down."""
-        while (pending := self.admission.next_allocation()) is not None:
-            request_id = pending.request.request_id
+        while (allocation := self.gate.next_allocation()) is not None:
+            request_id = allocation.request.request_id
             if self.kernel.is_online:
-                num_blocks = self.admission.start_allocation(request_id, time.monotonic())
+                num_blocks = self.gate.start_allocation(request_id, time.monotonic())
                 self.kernel.send(pb.KvAllocate(worker_id=self.worker_id, request_id=request_id,
                                                num_blocks=num_blocks,
                                                tenant=self.tenant_by_request.get(request_id, "")))
                 return  # one allocation in flight at a time
-            if not self.admission.can_allocate_locally(pending):
+            if not self.gate.can_allocate_locally(allocation):
                 return
             self.start_request(request_id)
 
     def start_granted(self, request_id: str) -> None:
-        pending = self.admission.in_flight()
-        if pending is not None and pending.request.request_id == request_id:
+        allocation = self.gate.in_flight()
+        if allocation is not None and allocation.request.request_id == request_id:
             self.start_request(request_id)
         # else: the answer to a KvFree, or to an allocation given up on; nothing to do
 
     def wait_for_blocks(self, request_id: str) -> None:
-        pending = self.admission.in_flight()
-        if pending is not None and request_id in ("", pending.request.request_id):
+        allocation = self.gate.in_flight()
+        if allocation is not None and request_id in ("", allocation.request.request_id):
             logger.info("worker %s request %s waits for KV blocks", self.worker_id,
-                        pending.request.request_id)
-            self.admission.refuse(pending.request.request_id)
+                        allocation.request.request_id)
+            self.gate.refuse(allocation.request.request_id)
 
     def start_request(self, request_id: str) -> None:
-        self.engine_thread.submit(self.admission.grant(request_id))
+        self.engine_thread.submit(self.gate.grant(request_id))
         logger.debug("worker %s request %s started", self.worker_id, request_id)
 
     def finish_request(self, delta: Delta) -> None:
@@ -289,7 +289,7 @@ class Worker:
             logger.info("worker %s request %s finished: %s", self.worker_id, delta.request_id, reason)
 
     def cancel_request(self, request_id: str) -> None:
-        if request_id in self.admission.running:
+        if request_id in self.gate.running:
             self.engine_thread.cancel(request_id)
         self.release_blocks(request_id)
         # answered even when unknown here, so a broker never waits on a request
@@ -300,9 +300,9 @@ class Worker:
     def preempt_request(self, request_id: str) -> None:
         """A running request stops at the engine's next step boundary: its final PREEMPTED
         delta follows every token it made, and frees its blocks (finish_request)."""
-        if request_id in self.admission.running:
+        if request_id in self.gate.running:
             self.engine_thread.preempt(request_id)
-            self.admission.mark_leaving(request_id)
+            self.gate.mark_leaving(request_id)
             logger.info("worker %s request %s preempting", self.worker_id, request_id)
             return
         # not started here (or unknown): answered at once, as a cancel is
@@ -313,11 +313,11 @@ class Worker:
 
     def release_blocks(self, request_id: str) -> None:
         self.tenant_by_request.pop(request_id, None)
-        if self.admission.release(request_id) and self.kernel.is_online:
+        if self.gate.release(request_id) and self.kernel.is_online:
             self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
 
     def drop_all_requests(self, why: str) -> None:
-        request_ids = self.admission.clear()
+        request_ids = self.gate.clear()
         self.tenant_by_request.clear()
         if not request_ids:
             return
@@ -330,7 +330,7 @@ class Worker:
 
     def adopt_kernel_geometry(self, reply: pb.KernelReply) -> None:
         self.kernel.mark_registered(reply)
-        too_large = self.admission.configure(reply.block_size or DEFAULT_BLOCK_SIZE, reply.kv_blocks_total)
+        too_large = self.gate.configure(reply.block_size or DEFAULT_BLOCK_SIZE, reply.kv_blocks_total)
         self.engine_thread.set_kv_budget(reply.kv_blocks_total, reply.block_size or DEFAULT_BLOCK_SIZE)
         for request in too_large:
             self.send_progress([self.check_fits(request, len(request.prompt_token_ids)
@@ -338,7 +338,7 @@ class Worker:
         self.is_prefix_report_due = bool(self.prefix_hashes)  # a new kernel has no index of them
         # (re-)registering freed every block the kernel had for this worker:
         # restate what the running requests hold (the answers need no action)
-        for request_id, num_blocks in self.admission.running.items():
+        for request_id, num_blocks in self.gate.running.items():
             self.kernel.send(pb.KvAllocate(worker_id=self.worker_id, request_id=request_id,
                                            num_blocks=num_blocks,
                                            tenant=self.tenant_by_request.get(request_id, "")))
@@ -352,10 +352,10 @@ class Worker:
                            self.worker_id, HEARTBEAT_LIVENESS)
             self.drop_all_requests("the broker went silent and re-queues them")
             self.broker.connect(self.broker_registration())
-        pending = self.admission.in_flight()
-        if pending is not None and now_s - pending.allocate_sent_at_s > self.interval_s:
-            self.kernel.go_offline(f"KvAllocate for request {pending.request.request_id} unanswered")
-            self.admission.abandon_allocation()
+        allocation = self.gate.in_flight()
+        if allocation is not None and now_s - allocation.allocate_sent_at_s > self.interval_s:
+            self.kernel.go_offline(f"KvAllocate for request {allocation.request.request_id} unanswered")
+            self.gate.abandon_allocation()
         if self.kernel.is_register_expired(now_s):
             self.kernel.go_offline("KernelRegister unanswered")
 
@@ -364,14 +364,14 @@ class Worker:
         if now_s < self.next_heartbeat_at_s:
             return
         self.next_heartbeat_at_s = now_s + self.interval_s
-        num_running = self.admission.num_running
+        num_running = self.gate.num_running
         self.broker.send(pb.Heartbeat(worker_id=self.worker_id, num_running=num_running,
-                                      kv_blocks_used=self.admission.num_used_blocks))
+                                      kv_blocks_used=self.gate.num_used_blocks))
         if self.kernel.is_online:
             self.kernel.send(pb.KernelHeartbeat(worker_id=self.worker_id, num_running=num_running))
         else:
             self.kernel.register(now_s, fresh_socket=True)
-        self.admission.unblock()  # retry a refused allocation at least once an interval
+        self.gate.unblock()  # retry a refused allocation at least once an interval
 
     def report_prefixes(self) -> None:
         """Tell the kernel which prompt prefixes this worker's KV cache holds (for

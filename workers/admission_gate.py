@@ -1,10 +1,10 @@
 """Which dispatched requests may start: a free slot and KV blocks for each.
 
-Plain policy, no sockets (STYLE.md 2): the service asks `next_allocation()`,
-gets the blocks from the kernel (or, while the kernel is down, checks
-`can_allocate_locally`) and reports back with `grant` or `refuse`. Requests
-start in arrival order; at most one allocation is in flight, so a big request
-at the head is never starved by small ones behind it.
+Plain policy, no sockets, so tests drive it without a worker: the service asks
+`next_allocation()`, gets the blocks from the kernel (or, while the kernel is
+down, checks `can_allocate_locally`) and reports back with `grant` or `refuse`.
+Requests start in arrival order; at most one allocation is in flight, so a big
+request at the head is never starved by small ones behind it.
 
 A slot counts as free once its request is leaving at the end of the engine's
 step in flight (its last token by `max_tokens` or the context length, or told
@@ -24,7 +24,7 @@ from workers.requests import EngineRequest
 
 
 @dataclass
-class PendingRequest:
+class WaitingAllocation:
     request: EngineRequest
     num_tokens: int                 # prompt + max_tokens, before the max_model_len cap
     num_context_tokens: int = 0     # prompt + tokens made before (a resumed request)
@@ -33,14 +33,14 @@ class PendingRequest:
     is_blocked: bool = False        # the kernel said NOT_ENOUGH_BLOCKS; retry after a free
 
 
-class Admission:
+class AdmissionGate:
     def __init__(self, max_num_seqs: int, max_model_len: int, block_size: int,
                  kv_blocks_total: int) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
         self.block_size = block_size
         self.kv_blocks_total = kv_blocks_total
-        self.waiting: OrderedDict[str, PendingRequest] = OrderedDict()
+        self.waiting: OrderedDict[str, WaitingAllocation] = OrderedDict()
         self.running: dict[str, int] = {}  # request id -> blocks it holds
         self.tokens_left: dict[str, int] = {}  # running request id -> tokens it may still make
         self.leaving: set[str] = set()  # running requests that end with the step in flight
@@ -86,52 +86,52 @@ class Admission:
     def add(self, request: EngineRequest, num_tokens: int, num_context_tokens: int = 0) -> None:
         assert not self.is_live(request.request_id), f"request {request.request_id} is already here"
         assert self.can_ever_fit(num_tokens), "check can_ever_fit first"
-        self.waiting[request.request_id] = PendingRequest(request, num_tokens, num_context_tokens)
+        self.waiting[request.request_id] = WaitingAllocation(request, num_tokens, num_context_tokens)
 
-    def next_allocation(self) -> PendingRequest | None:
+    def next_allocation(self) -> WaitingAllocation | None:
         """The head of the queue if it may ask for blocks now."""
         if not self.waiting or self.num_staying >= self.max_num_seqs:
             return None
         head = next(iter(self.waiting.values()))
         return None if head.is_allocating or head.is_blocked else head
 
-    def in_flight(self) -> PendingRequest | None:
+    def in_flight(self) -> WaitingAllocation | None:
         head = next(iter(self.waiting.values()), None)
         return head if head is not None and head.is_allocating else None
 
     def start_allocation(self, request_id: str, now_s: float) -> int:
         """Mark the head's allocation in flight; return the blocks to ask for."""
-        pending = self.waiting[request_id]
-        assert pending is self.next_allocation(), "only the head allocates"
-        pending.is_allocating, pending.allocate_sent_at_s = True, now_s
-        return self.blocks_for(pending.num_tokens)
+        allocation = self.waiting[request_id]
+        assert allocation is self.next_allocation(), "only the head allocates"
+        allocation.is_allocating, allocation.allocate_sent_at_s = True, now_s
+        return self.blocks_for(allocation.num_tokens)
 
-    def can_allocate_locally(self, pending: PendingRequest) -> bool:
-        return self.blocks_for(pending.num_tokens) <= self.num_free_blocks
+    def can_allocate_locally(self, allocation: WaitingAllocation) -> bool:
+        return self.blocks_for(allocation.num_tokens) <= self.num_free_blocks
 
     def grant(self, request_id: str) -> EngineRequest:
         """The blocks are the request's: it runs now."""
-        pending = self.waiting.pop(request_id)
-        self.running[request_id] = self.blocks_for(pending.num_tokens)
+        allocation = self.waiting.pop(request_id)
+        self.running[request_id] = self.blocks_for(allocation.num_tokens)
         self.tokens_left[request_id] = \
-            min(pending.num_tokens, self.max_model_len) - pending.num_context_tokens
-        return pending.request
+            min(allocation.num_tokens, self.max_model_len) - allocation.num_context_tokens
+        return allocation.request
 
     def refuse(self, request_id: str) -> None:
         """Not enough blocks now: wait at the head until something is freed."""
-        pending = self.waiting[request_id]
-        pending.is_allocating, pending.is_blocked = False, True
+        allocation = self.waiting[request_id]
+        allocation.is_allocating, allocation.is_blocked = False, True
 
-    def abandon_allocation(self) -> PendingRequest | None:
+    def abandon_allocation(self) -> WaitingAllocation | None:
         """Forget the allocation in flight (its answer never came); return its request."""
-        pending = self.in_flight()
-        if pending is not None:
-            pending.is_allocating = False
-        return pending
+        allocation = self.in_flight()
+        if allocation is not None:
+            allocation.is_allocating = False
+        return allocation
 
     def unblock(self) -> None:
-        for pending in self.waiting.values():
-            pending.is_blocked = False
+        for allocation in self.waiting.values():
+            allocation.is_blocked = False
 
     # ---------------------------------------------------------------- leaving
 

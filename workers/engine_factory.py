@@ -6,15 +6,15 @@ import enum
 from typing import Any
 
 from workers.batched_engine import BatchedEngine
-from workers.engine import Engine
+from workers.reference_engine import ReferenceEngine
 
 
-GenerateEngine = Engine | BatchedEngine
+GenerateEngine = ReferenceEngine | BatchedEngine
 
 
 class EngineKind(enum.Enum):
     BATCHED = "batched"      # workers.batched_engine: one forward per step for the whole batch
-    REFERENCE = "reference"  # workers.engine: one cache and one forward per request
+    REFERENCE = "reference"  # workers.reference_engine: one cache and one forward per request
 
 
 def make_engine(kind: str, model: Any, tokenizer: Any, *, max_num_seqs: int, max_model_len: int,
@@ -28,8 +28,8 @@ def make_engine(kind: str, model: Any, tokenizer: Any, *, max_num_seqs: int, max
         names = ", ".join(k.value for k in EngineKind)
         raise ValueError(f"unknown engine {kind!r}; use one of {names}") from None
     if engine_kind is EngineKind.REFERENCE:
-        return Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                      worker_id=worker_id)
+        return ReferenceEngine(model, tokenizer, max_num_seqs=max_num_seqs,
+                               max_model_len=max_model_len, worker_id=worker_id)
     return BatchedEngine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                          worker_id=worker_id, num_blocks=num_blocks, block_size=block_size,
                          max_num_batched_tokens=max_num_batched_tokens,

@@ -22,15 +22,16 @@ from typing import Any
 import torch
 
 from llmos.wire import pb
+from workers.detokenizer import find_stop, hold_back_chars, streamable_end
+from workers.model_facts import model_context_length, model_eos_token_ids
 from workers.requests import Delta, EngineRequest, check_request, error_delta
 from workers.sampling import make_generator, sample_next_token
-from workers.text import find_stop, hold_back_chars, streamable_end
 
-logger = logging.getLogger("workers.engine")
+log = logging.getLogger(__name__)
 
 
 @dataclass
-class Sequence:
+class ReferenceSequence:
     """A running request: its context, its KV cache and how much text it sent."""
 
     request: EngineRequest
@@ -58,7 +59,7 @@ class Sequence:
         return self.generated_token_ids[-1:]
 
 
-class Engine:
+class ReferenceEngine:
     def __init__(self, model: Any, tokenizer: Any, *, max_num_seqs: int = 16,
                  max_model_len: int = 0, eos_token_ids: set[int] | None = None,
                  worker_id: str = "") -> None:
@@ -70,9 +71,9 @@ class Engine:
                                        else model_eos_token_ids(model, tokenizer))
         self.worker_id = worker_id
         self.waiting: deque[EngineRequest] = deque()
-        self.running: dict[str, Sequence] = {}
+        self.running: dict[str, ReferenceSequence] = {}
         self.pending_deltas: list[Delta] = []
-        # transformers renamed `past_key_values` to `cache`; speak whichever it takes.
+        # newer transformers call the cache argument `cache`, older ones `past_key_values`
         parameters = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.can_keep_last_logits = "logits_to_keep" in parameters
@@ -84,7 +85,7 @@ class Engine:
         assert request.request_id not in self.running, f"duplicate request {request.request_id}"
         problem = check_request(request, self.max_model_len)
         if problem is not None:
-            logger.warning("worker %s request %s refused: %s", self.worker_id,
+            log.warning("worker %s request %s refused: %s", self.worker_id,
                            request.request_id, problem.error_message)
             self.pending_deltas.append(problem)
             return
@@ -167,7 +168,7 @@ class Engine:
         deltas = []
         while self.waiting and len(self.running) < self.max_num_seqs:
             request = self.waiting.popleft()
-            sequence = Sequence(
+            sequence = ReferenceSequence(
                 request=request, generated_token_ids=list(request.generated_token_ids),
                 emitted_text_chars=request.emitted_text_chars,
                 generator=make_generator(request.sampling, self.model.device),
@@ -179,19 +180,19 @@ class Engine:
                 self.running[request.request_id] = sequence
         return deltas
 
-    def advance(self, sequence: Sequence) -> Delta:
+    def advance(self, sequence: ReferenceSequence) -> Delta:
         try:
             logits = self.forward(sequence)
             token_id = sample_next_token(logits, sequence.request.sampling, sequence.generator)
         except Exception as exc:  # one request's failure (e.g. out of memory) must not end the others
-            logger.exception("worker %s request %s failed in the model", self.worker_id,
+            log.exception("worker %s request %s failed in the model", self.worker_id,
                              sequence.request_id)
             return error_delta(sequence.request_id, pb.WORKER_FAILED,
                                f"the model failed on this request: {exc}")
         sequence.generated_token_ids.append(token_id)
         return self.postprocess(sequence, new_token_ids=[token_id])
 
-    def forward(self, sequence: Sequence) -> torch.Tensor:
+    def forward(self, sequence: ReferenceSequence) -> torch.Tensor:
         """Run the model on the request's new tokens; return the next-token logits."""
         input_ids = torch.tensor([sequence.next_input_ids()], device=self.model.device)
         kwargs = {self.cache_kwarg: sequence.cache, "use_cache": True}
@@ -202,7 +203,7 @@ class Engine:
         sequence.cache = _output_cache(output)
         return output.logits[0, -1]
 
-    def postprocess(self, sequence: Sequence, new_token_ids: list[int]) -> Delta:
+    def postprocess(self, sequence: ReferenceSequence, new_token_ids: list[int]) -> Delta:
         """Decide whether the request finished and which new text it may stream."""
         text = self.tokenizer.decode(sequence.generated_token_ids, skip_special_tokens=True)
         finish_reason, end = self.finish(sequence, text)
@@ -219,7 +220,7 @@ class Engine:
             sequence.has_reported = True
         return delta
 
-    def finish(self, sequence: Sequence, text: str) -> tuple[int, int]:
+    def finish(self, sequence: ReferenceSequence, text: str) -> tuple[int, int]:
         """(finish reason, end of the final text); FINISH_REASON_UNSPECIFIED if it goes on."""
         stop_at = find_stop(text, sequence.request.sampling.stop, sequence.emitted_text_chars)
         if stop_at is not None:
@@ -236,17 +237,3 @@ class Engine:
 def _output_cache(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-def model_context_length(model: Any) -> int:
-    return int(model.config.get_text_config().max_position_embeddings)
-
-
-def model_eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The ids `generate` stops at: the generation config's, else the tokenizer's."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
