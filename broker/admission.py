@@ -1,6 +1,6 @@
 """Admission: validate a client's request before it is queued.
 
-Pure functions: a request either comes back as an `Admission` (normalized,
+Pure functions: a request either comes back as an `AdmittedRequest` (normalized,
 defaults filled in, its model resolved) or a WireError says, with a code and a
 sentence, why it was refused.
 """
@@ -25,7 +25,7 @@ TASK_NAMES = {pb.TASK_KIND_GENERATE: "text generation", pb.TASK_KIND_EMBED: "emb
 
 
 @dataclass
-class Admission:
+class AdmittedRequest:
     """A request the broker accepted, in the one shape every task shares."""
 
     request_id: str
@@ -101,7 +101,7 @@ def _utf8_len(text: str) -> int:
 
 def validate_generate(request: pb.GenerateRequest, config: BrokerConfig,
                       limits: dict[str, TierLimits],
-                      models_by_task: dict[int, Collection[str]]) -> Admission:
+                      models_by_task: dict[int, Collection[str]]) -> AdmittedRequest:
     request_id = request.request_id
     tier = request.tier or config.default_tier
     tier_limits = _check_common(request_id, tier, limits)
@@ -114,7 +114,7 @@ def validate_generate(request: pb.GenerateRequest, config: BrokerConfig,
     sampling.CopyFrom(request.sampling)
     if sampling.max_tokens == 0:
         sampling.max_tokens = min(config.default_max_tokens, tier_limits.max_tokens)
-    return Admission(request_id=request_id, kind=pb.TASK_KIND_GENERATE, model=model, tier=tier,
+    return AdmittedRequest(request_id=request_id, kind=pb.TASK_KIND_GENERATE, model=model, tier=tier,
                      tenant=request.tenant or DEFAULT_TENANT,
                      deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
                      prompt=request.prompt, sampling=sampling)
@@ -122,7 +122,7 @@ def validate_generate(request: pb.GenerateRequest, config: BrokerConfig,
 
 def validate_pooling(request: pb.EmbedRequest | pb.ClassifyRequest, kind: int, config: BrokerConfig,
                      limits: dict[str, TierLimits],
-                     models_by_task: dict[int, Collection[str]]) -> Admission:
+                     models_by_task: dict[int, Collection[str]]) -> AdmittedRequest:
     """Embed and classify requests: a list of texts instead of a prompt."""
     request_id = request.request_id
     tier = request.tier or config.default_tier
@@ -136,7 +136,7 @@ def validate_pooling(request: pb.EmbedRequest | pb.ClassifyRequest, kind: int, c
         raise _refuse(pb.INVALID_ARGUMENT, "inputs must not contain empty strings", request_id)
     _check_size(sum(_utf8_len(text) for text in request.inputs), tier_limits, "inputs", request_id)
     model = resolve_model(request.model, kind, models_by_task, request_id)
-    return Admission(request_id=request_id, kind=kind, model=model, tier=tier,
+    return AdmittedRequest(request_id=request_id, kind=kind, model=model, tier=tier,
                      tenant=request.tenant or DEFAULT_TENANT,
                      deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
                      inputs=list(request.inputs))

@@ -12,8 +12,8 @@ import logging
 import time
 from collections import Counter
 
-from broker.admission import Admission, validate_generate, validate_pooling
-from broker.requests import RequestState
+from broker.admission import AdmittedRequest, validate_generate, validate_pooling
+from broker.requests import Request
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
@@ -60,7 +60,7 @@ class ClientSide:
         return False
 
     def validate(self, message: pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest
-                 ) -> Admission:
+                 ) -> AdmittedRequest:
         models = self.workers.models_by_task
         if isinstance(message, pb.GenerateRequest):
             return validate_generate(message, self.config, self.tier_limits, models)
@@ -69,8 +69,8 @@ class ClientSide:
 
     def admit(self, message: pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest,
               identity: bytes, has_delimiter: bool) -> None:
-        admission = self.validate(message)
-        request_id, tier, tenant = admission.request_id, admission.tier, admission.tenant
+        admitted = self.validate(message)
+        request_id, tier, tenant = admitted.request_id, admitted.tier, admitted.tenant
         if (identity, request_id) in self.request_by_client:
             raise WireError(pb.DUPLICATE_REQUEST, f"request '{request_id}' is already live on "
                             "this connection", request_id)
@@ -83,12 +83,12 @@ class ClientSide:
                             "quota; retry when one finishes", request_id, QUEUE_FULL_RETRY_MS)
         arrival_seq = next(self._ids)
         now_s = time.monotonic()
-        request = RequestState(
+        request = Request(
             request_id=f"r{arrival_seq}", client_identity=identity, has_delimiter=has_delimiter,
-            admission=admission, tier_rank=self.queue.rank(tier), arrival_seq=arrival_seq,
+            admitted=admitted, tier_rank=self.queue.rank(tier), arrival_seq=arrival_seq,
             accepted_at_s=now_s, queued_since_s=now_s)
-        if admission.deadline_ms:
-            request.deadline_at_s = now_s + admission.deadline_ms / 1000
+        if admitted.deadline_ms:
+            request.deadline_at_s = now_s + admitted.deadline_ms / 1000
             heapq.heappush(self.deadlines, (request.deadline_at_s, request.request_id))
         position = self.queue.push(request.request_id, tier, tenant, arrival_seq)
         self.requests[request.request_id] = request
@@ -114,14 +114,14 @@ class ClientSide:
         self.answer(request, pack(request.result(pb.FINISH_REASON_CANCELLED,
                                                  request.worker_id or "", time.monotonic())))
 
-    def stop_request(self, request: RequestState) -> None:
+    def stop_request(self, request: Request) -> None:
         """Take a request out of the queue, or tell its worker to drop it."""
         if not self.queue.remove(request.request_id):
             worker = self.workers.by_id(request.worker_id or "")
             if worker is not None:
                 self.send_worker(worker, pack(pb.Cancel(request_id=request.request_id)))
 
-    def answer(self, request: RequestState, payload: bytes | None) -> None:
+    def answer(self, request: Request, payload: bytes | None) -> None:
         """Give the client its final message (None: the client is gone) and forget it.
 
         A request still on a worker stays known until the worker lets go of it.
@@ -163,7 +163,7 @@ class ClientSide:
                 payload = pack(request.result(pb.FINISH_REASON_DEADLINE, request.worker_id, now_s))
             else:
                 payload = error_frame(pb.DEADLINE_EXCEEDED, f"the deadline of "
-                                      f"{request.admission.deadline_ms} ms passed before the "
+                                      f"{request.admitted.deadline_ms} ms passed before the "
                                       "request could finish", request.client_request_id)
             self.answer(request, payload)
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from broker.admission import Admission
+from broker.admission import AdmittedRequest
 from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
 
 
 @dataclass
-class RequestState:
+class Request:
     request_id: str               # the broker's own id, unique for its lifetime
     client_identity: bytes
     has_delimiter: bool           # the client is a REQ socket: replies need b""
-    admission: Admission          # normalized by admission; admission.request_id is the client's id
+    admitted: AdmittedRequest     # normalized by admission; admitted.request_id is the client's id
     tier_rank: int
     arrival_seq: int
     accepted_at_s: float
@@ -38,7 +38,7 @@ class RequestState:
 
     @property
     def client_request_id(self) -> str:
-        return self.admission.request_id
+        return self.admitted.request_id
 
     @property
     def client_key(self) -> tuple[bytes, str]:
@@ -46,19 +46,19 @@ class RequestState:
 
     @property
     def kind(self) -> int:
-        return self.admission.kind
+        return self.admitted.kind
 
     @property
     def model(self) -> str:
-        return self.admission.model
+        return self.admitted.model
 
     @property
     def tier(self) -> str:
-        return self.admission.tier
+        return self.admitted.tier
 
     @property
     def tenant(self) -> str:
-        return self.admission.tenant
+        return self.admitted.tenant
 
     @property
     def is_leaving(self) -> bool:
@@ -71,23 +71,23 @@ class RequestState:
         """The next token it makes is the last one max_tokens allows (a worker makes one
         token per request per step, so its next step ends it, or EOS ends it sooner)."""
         return (self.kind == pb.TASK_KIND_GENERATE
-                and len(self.generated_token_ids) + 1 >= self.admission.sampling.max_tokens)
+                and len(self.generated_token_ids) + 1 >= self.admitted.sampling.max_tokens)
 
     @cached_property
     def prefix_hashes(self) -> list[int]:
         """Computed once: the scheduler is asked about a waiting request many times."""
-        return prompt_block_hashes(self.admission.prompt)
+        return prompt_block_hashes(self.admitted.prompt)
 
     @property
     def size_chars(self) -> int:
-        return len(self.admission.prompt) + sum(len(text) for text in self.admission.inputs)
+        return len(self.admitted.prompt) + sum(len(text) for text in self.admitted.inputs)
 
     def pending(self, now_s: float) -> pb.PendingRequest:
         deadline_in_s = max(1e-6, self.deadline_at_s - now_s) if self.deadline_at_s else 0.0
         return pb.PendingRequest(
             request_id=self.request_id, tier=self.tier, tier_rank=self.tier_rank,
             tenant=self.tenant, model=self.model, prompt_chars=self.size_chars,
-            max_tokens=self.admission.sampling.max_tokens, arrival_seq=self.arrival_seq,
+            max_tokens=self.admitted.sampling.max_tokens, arrival_seq=self.arrival_seq,
             generated_tokens=len(self.generated_token_ids),
             prefix_hashes=self.prefix_hashes,
             waited_s=now_s - self.queued_since_s, deadline_in_s=deadline_in_s,
@@ -98,18 +98,18 @@ class RequestState:
             request_id=self.request_id, worker_id=self.worker_id or "", tier=self.tier,
             tier_rank=self.tier_rank, tenant=self.tenant, prompt_chars=self.size_chars,
             generated_tokens=len(self.generated_token_ids),
-            max_tokens=self.admission.sampling.max_tokens, arrival_seq=self.arrival_seq,
+            max_tokens=self.admitted.sampling.max_tokens, arrival_seq=self.arrival_seq,
             running_s=now_s - (self.running_since_s or now_s),
             tokens_since_dispatch=len(self.generated_token_ids) - self.tokens_at_dispatch,
         )
 
     def dispatch(self) -> pb.Dispatch:
-        admission = self.admission
+        admitted = self.admitted
         return pb.Dispatch(
-            request_id=self.request_id, model=admission.model, prompt=admission.prompt,
-            sampling=admission.sampling, generated_token_ids=self.generated_token_ids,
-            emitted_text_chars=self.emitted_text_chars, tier=admission.tier,
-            tenant=admission.tenant, kind=admission.kind, inputs=admission.inputs,
+            request_id=self.request_id, model=admitted.model, prompt=admitted.prompt,
+            sampling=admitted.sampling, generated_token_ids=self.generated_token_ids,
+            emitted_text_chars=self.emitted_text_chars, tier=admitted.tier,
+            tenant=admitted.tenant, kind=admitted.kind, inputs=admitted.inputs,
         )
 
     def record_delta(self, delta: pb.RequestDelta, now_s: float) -> pb.TokenChunk | None:

@@ -26,8 +26,8 @@ from broker.client_watch import ClientWatch
 from broker.config import BrokerConfig
 from broker.queues import TieredQueue
 from broker.rates import RateMeter
-from broker.registry import WorkerRegistry
-from broker.requests import RequestState
+from broker.worker_pool import WorkerPool
+from broker.requests import Request
 from broker.scheduler_link import SchedulerLink
 from broker.scheduling import Scheduling
 from broker.tiers import parse_tenant_quotas, parse_tier_limits
@@ -55,8 +55,8 @@ class Broker(ClientSide, WorkerSide, Scheduling):
         self.queue = TieredQueue(config.tier_names, {tier: limits.max_queue_depth
                                                      for tier, limits in self.tier_limits.items()})
         self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000
-        self.workers = WorkerRegistry(self.heartbeat_interval_s)
-        self.requests: dict[str, RequestState] = {}
+        self.workers = WorkerPool(self.heartbeat_interval_s)
+        self.requests: dict[str, Request] = {}
         self.request_by_client: dict[tuple[bytes, str], str] = {}
         self.live_by_tenant: Counter[str] = Counter()
         self.deadlines: list[tuple[float, str]] = []  # heap; stale entries are skipped

@@ -1,4 +1,4 @@
-"""The broker's registry of live workers (plain data, no sockets).
+"""The broker's pool of connected workers and their slots (plain data, no sockets).
 
 Verbs as in the zguide's mdbroker: require_worker, refresh, delete_worker,
 purge_expired. A worker is dead after HEARTBEAT_LIVENESS silent intervals.
@@ -14,7 +14,7 @@ from llmos.wire.constants import HEARTBEAT_LIVENESS
 
 
 @dataclass
-class WorkerRecord:
+class ConnectedWorker:
     worker_id: str
     identity: bytes
     models: frozenset[str]
@@ -51,10 +51,10 @@ class WorkerRecord:
                               num_running=self.num_busy, max_num_seqs=self.max_num_seqs)
 
 
-class WorkerRegistry:
+class WorkerPool:
     def __init__(self, default_heartbeat_interval_s: float) -> None:
         self.default_heartbeat_interval_s = default_heartbeat_interval_s
-        self._workers: dict[bytes, WorkerRecord] = {}
+        self._workers: dict[bytes, ConnectedWorker] = {}
         # every model a worker ever served here, by task (pb.TaskKind)
         self.models_by_task: dict[int, set[str]] = {}
 
@@ -64,17 +64,17 @@ class WorkerRegistry:
     def __len__(self) -> int:
         return len(self._workers)
 
-    def get(self, identity: bytes) -> WorkerRecord | None:
+    def get(self, identity: bytes) -> ConnectedWorker | None:
         return self._workers.get(identity)
 
-    def by_id(self, worker_id: str) -> WorkerRecord | None:
+    def by_id(self, worker_id: str) -> ConnectedWorker | None:
         return self._workers.get(worker_id.encode())
 
-    def require_worker(self, identity: bytes, register: pb.WorkerRegister, now_s: float) -> WorkerRecord:
+    def require_worker(self, identity: bytes, register: pb.WorkerRegister, now_s: float) -> ConnectedWorker:
         """Add a worker (replacing any earlier record under the same identity)."""
         assert identity not in self._workers, "delete the old record (and re-queue its work) first"
         interval_s = (register.heartbeat_interval_ms / 1000) or self.default_heartbeat_interval_s
-        worker = WorkerRecord(
+        worker = ConnectedWorker(
             worker_id=register.worker_id or identity.decode(errors="replace"), identity=identity,
             models=frozenset(register.models), task=register.task, device=register.device,
             max_num_seqs=max(1, register.max_num_seqs), heartbeat_interval_s=interval_s,
@@ -84,16 +84,16 @@ class WorkerRegistry:
         self.models_by_task.setdefault(worker.task, set()).update(worker.models)
         return worker
 
-    def refresh(self, identity: bytes, now_s: float) -> WorkerRecord | None:
+    def refresh(self, identity: bytes, now_s: float) -> ConnectedWorker | None:
         worker = self._workers.get(identity)
         if worker is not None:
             worker.expiry_s = now_s + HEARTBEAT_LIVENESS * worker.heartbeat_interval_s
         return worker
 
-    def delete_worker(self, identity: bytes) -> WorkerRecord | None:
+    def delete_worker(self, identity: bytes) -> ConnectedWorker | None:
         return self._workers.pop(identity, None)
 
-    def purge_expired(self, now_s: float) -> list[WorkerRecord]:
+    def purge_expired(self, now_s: float) -> list[ConnectedWorker]:
         expired = [w for w in self._workers.values() if w.expiry_s < now_s]
         for worker in expired:
             del self._workers[worker.identity]

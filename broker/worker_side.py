@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
-from broker.registry import WorkerRecord
-from broker.requests import RequestState
+from broker.worker_pool import ConnectedWorker
+from broker.requests import Request
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
@@ -51,7 +51,7 @@ class WorkerSide:
     def heartbeat(self, _: pb.Heartbeat, identity: bytes, now_s: float) -> None:
         self.known_worker(identity, now_s)
 
-    def known_worker(self, identity: bytes, now_s: float) -> WorkerRecord | None:
+    def known_worker(self, identity: bytes, now_s: float) -> ConnectedWorker | None:
         """Note that the worker is alive; None (and it is told to register) if it is a stranger."""
         worker = self.workers.refresh(identity, now_s)
         if worker is None:
@@ -75,13 +75,13 @@ class WorkerSide:
                  ",".join(sorted(worker.models)), pb.TaskKind.Name(worker.task), worker.device,
                  worker.max_num_seqs)
 
-    def record_delta(self, worker: WorkerRecord, delta: pb.RequestDelta, now_s: float) -> None:
+    def record_delta(self, worker: ConnectedWorker, delta: pb.RequestDelta, now_s: float) -> None:
         request = self.requests.get(delta.request_id)
         if request is None or request.worker_id != worker.worker_id:
             return  # stale: the request moved on after this worker was declared dead
         if request.is_answered:
             if delta.is_finished:
-                self.let_go(request, worker)
+                self.release_slot(request, worker)
             return
         chunk = request.record_delta(delta, now_s)
         if delta.token_ids:
@@ -92,9 +92,9 @@ class WorkerSide:
             return
         if not delta.is_finished:
             if request.is_on_last_token and not request.is_leaving:
-                self.count_slot_as_free(request, worker)
+                self.mark_finishing(request, worker)
             return
-        self.let_go(request, worker)
+        self.release_slot(request, worker)
         if delta.finish_reason == pb.FINISH_REASON_PREEMPTED:
             request.num_preemptions += 1
             log.info("preempted %s tier %s on worker %s after %d tokens", request.request_id,
@@ -110,10 +110,10 @@ class WorkerSide:
         else:
             self.answer_fills.record(request.tier, delta.finish_reason,
                                      len(request.generated_token_ids),
-                                     request.admission.sampling.max_tokens)
+                                     request.admitted.sampling.max_tokens)
             self.answer(request, pack(request.result(delta.finish_reason, worker.worker_id, now_s)))
 
-    def count_slot_as_free(self, request: RequestState, worker: WorkerRecord) -> None:
+    def mark_finishing(self, request: Request, worker: ConnectedWorker) -> None:
         """The step in flight makes the request's last token: dispatch into its slot now.
         The next request then waits in the worker's queue and starts on the very next
         step; dispatched once the last token is reported, it would reach the worker after
@@ -122,7 +122,7 @@ class WorkerSide:
         worker.num_leaving += 1
         self.needs_schedule = True
 
-    def let_go(self, request: RequestState, worker: WorkerRecord) -> None:
+    def release_slot(self, request: Request, worker: ConnectedWorker) -> None:
         """The worker no longer holds the request: free its slot."""
         worker.running_ids.discard(request.request_id)
         if request.is_leaving:
@@ -136,21 +136,21 @@ class WorkerSide:
     def send_identity(self, identity: bytes, payload: bytes) -> bool:
         return send_reply(self.workers_socket, identity, False, payload)
 
-    def send_worker(self, worker: WorkerRecord, payload: bytes) -> None:
+    def send_worker(self, worker: ConnectedWorker, payload: bytes) -> None:
         if not self.send_identity(worker.identity, payload):
             self.delete_worker(worker, "unreachable")
 
-    def delete_worker(self, worker: WorkerRecord, reason: str) -> None:
+    def delete_worker(self, worker: ConnectedWorker, reason: str) -> None:
         if self.workers.delete_worker(worker.identity) is not None:
             log.warning("worker %s is dead (%s); re-queueing %d requests", worker.worker_id, reason,
                         len(worker.running_ids))
             self.requeue_running(worker)
 
-    def requeue_running(self, worker: WorkerRecord) -> None:
+    def requeue_running(self, worker: ConnectedWorker) -> None:
         """Put a lost worker's requests back at the head of their lanes."""
         lost = [self.requests[i] for i in list(worker.running_ids) if i in self.requests]
         for request in lost:
-            self.let_go(request, worker)
+            self.release_slot(request, worker)
             if request.is_answered:
                 continue
             request.num_restarts += 1
@@ -166,7 +166,7 @@ class WorkerSide:
         worker.running_ids.clear()
         worker.num_leaving = 0
 
-    def requeue(self, request: RequestState, now_s: float) -> None:
+    def requeue(self, request: Request, now_s: float) -> None:
         """Back to the head of its lane, keeping the tokens it made."""
         request.queued_since_s = now_s
         self.queue.push_front(request.request_id, request.tier, request.tenant,

@@ -1,9 +1,9 @@
-"""Tiered queues with tenant lanes, and the worker registry, driven without sockets."""
+"""Tiered queues with tenant lanes, and the worker pool, driven without sockets."""
 
 import itertools
 
 from broker.queues import TieredQueue
-from broker.registry import WorkerRegistry
+from broker.worker_pool import WorkerPool
 from llmos.wire import pb
 
 _seq = itertools.count(1)
@@ -80,24 +80,24 @@ def register(worker_id: str, models=("m",), slots: int = 2) -> pb.WorkerRegister
                              heartbeat_interval_ms=100)
 
 
-def test_registry_expires_silent_workers_after_liveness_intervals():
-    registry = WorkerRegistry(default_heartbeat_interval_s=1.0)
-    registry.require_worker(b"w1", register("w1"), now_s=0.0)
-    registry.require_worker(b"w2", register("w2"), now_s=0.0)
-    registry.refresh(b"w2", now_s=0.25)
-    expired = registry.purge_expired(now_s=0.31)  # 3 x 100 ms after w1's last sign of life
+def test_pool_expires_silent_workers_after_liveness_intervals():
+    pool = WorkerPool(default_heartbeat_interval_s=1.0)
+    pool.require_worker(b"w1", register("w1"), now_s=0.0)
+    pool.require_worker(b"w2", register("w2"), now_s=0.0)
+    pool.refresh(b"w2", now_s=0.25)
+    expired = pool.purge_expired(now_s=0.31)  # 3 x 100 ms after w1's last sign of life
     assert [w.worker_id for w in expired] == ["w1"]
-    assert [w.worker_id for w in registry] == ["w2"]
-    assert registry.models_by_task == {pb.TASK_KIND_GENERATE: {"m"}}
+    assert [w.worker_id for w in pool] == ["w2"]
+    assert pool.models_by_task == {pb.TASK_KIND_GENERATE: {"m"}}
 
 
-def test_registry_records_models_by_task():
-    registry = WorkerRegistry(default_heartbeat_interval_s=1.0)
+def test_pool_records_models_by_task():
+    pool = WorkerPool(default_heartbeat_interval_s=1.0)
     embedder = register("e1", models=("minilm",))
     embedder.task = pb.TASK_KIND_EMBED
-    registry.require_worker(b"e1", embedder, now_s=0.0)
-    worker = registry.require_worker(b"w1", register("w1", models=("tiny",), slots=1), now_s=0.0)
-    assert registry.models_by_task == {pb.TASK_KIND_EMBED: {"minilm"},
+    pool.require_worker(b"e1", embedder, now_s=0.0)
+    worker = pool.require_worker(b"w1", register("w1", models=("tiny",), slots=1), now_s=0.0)
+    assert pool.models_by_task == {pb.TASK_KIND_EMBED: {"minilm"},
                                        pb.TASK_KIND_GENERATE: {"tiny"}}
     assert worker.serves("tiny") and not worker.serves("minilm")
     assert worker.has_capacity
