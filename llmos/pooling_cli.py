@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import sys
 import uuid
-from typing import Callable
+from typing import Callable, TypeVar
 
 import click
 from google.protobuf.json_format import MessageToJson
-from google.protobuf.message import Message
 
 from llmos.cli import EXIT_INTERRUPTED, broker_address_option, report_error, submit
 from llmos.client import Client
@@ -20,6 +19,8 @@ from llmos.errors import LlmosError, LlmosTimeout
 from llmos.wire import pb
 
 NUM_VALUES_SHOWN = 4
+
+PoolingResult = TypeVar("PoolingResult", bound=pb.EmbedResult | pb.ClassifyResult)
 
 
 def request_options(command: Callable) -> Callable:
@@ -42,11 +43,12 @@ def request_options(command: Callable) -> Callable:
 
 @click.command(epilog=submit.epilog)
 @request_options
-def embed(texts: tuple[str, ...], as_json: bool, **options: object) -> None:
+def embed(texts: tuple[str, ...], as_json: bool, broker_address: str, timeout_s: float,
+          **options: object) -> None:
     """Embed each TEXT (one input each; a single '-' reads one input per line of stdin)
     and print, per input, its dimension and first values. --json prints every value."""
     inputs = read_inputs(texts)
-    result = call(Client.embed, inputs, **options)
+    result = call(Client.embed, inputs, broker_address, timeout_s, **options)
     if as_json:
         click.echo(MessageToJson(result, preserving_proto_field_name=True))
         return
@@ -58,11 +60,12 @@ def embed(texts: tuple[str, ...], as_json: bool, **options: object) -> None:
 
 @click.command(epilog=submit.epilog)
 @request_options
-def classify(texts: tuple[str, ...], as_json: bool, **options: object) -> None:
+def classify(texts: tuple[str, ...], as_json: bool, broker_address: str, timeout_s: float,
+             **options: object) -> None:
     """Classify each TEXT (one input each; a single '-' reads one input per line of stdin)
     and print, per input, the top label and its probability. --json prints every label's."""
     inputs = read_inputs(texts)
-    result = call(Client.classify, inputs, **options)
+    result = call(Client.classify, inputs, broker_address, timeout_s, **options)
     if as_json:
         click.echo(MessageToJson(result, preserving_proto_field_name=True))
         return
@@ -78,8 +81,8 @@ def read_inputs(texts: tuple[str, ...]) -> list[str]:
     return list(texts)
 
 
-def call(verb: Callable[..., Message], inputs: list[str], broker_address: str,
-         timeout_s: float, **options: object) -> Message:
+def call(verb: Callable[..., PoolingResult], inputs: list[str], broker_address: str,
+         timeout_s: float, **options: object) -> PoolingResult:
     """Run `verb` (Client.embed or Client.classify); exit with submit's statuses on an error."""
     request_id = uuid.uuid4().hex
     with Client(broker_address, timeout_s=timeout_s) as client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import cast
 
 import click
 import zmq
@@ -29,7 +30,7 @@ def ask_scheduler(address: str, request: pb.SetPolicy, timeout_s: float) -> pb.P
         if not socket.poll(int(timeout_s * 1000), zmq.POLLIN):
             raise NoReply(f"no reply from the scheduler at {address} within {timeout_s:g} s")
         _, reply = unpack(socket.recv_multipart()[-1], _REPLIES)
-        return reply
+        return cast(pb.PolicyStatus | pb.Error, reply)  # unpack lets only _REPLIES through
     finally:
         socket.close(linger=0)
         context.term()
