@@ -106,7 +106,8 @@ class FairPolicy(SchedulingPolicy):
                  leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
         holding = [*running, *leaving]  # every request in a slot, whatever it does next
         self.charge_generated_tokens(pending, holding)
-        self.lift_returning_tenants({(r.tier_rank, r.tenant) for r in [*pending, *holding]})
+        requests: list[PendingRequest | RunningRequest] = [*pending, *holding]
+        self.lift_returning_tenants({(r.tier_rank, r.tenant) for r in requests})
         placer = Placer(workers, view)
         pick_victim = lower_tier_victims(running, workers)
         decision = PolicyDecision()
@@ -131,7 +132,8 @@ class FairPolicy(SchedulingPolicy):
         report; its unseen last stretch is estimated as its last observed stretch,
         capped by what it had left, or all it had left when it was never seen running."""
         listed: dict[str, _Tracked] = {}
-        for request in [*pending, *running]:
+        requests: list[PendingRequest | RunningRequest] = [*pending, *running]
+        for request in requests:
             tracked = self._tracked.pop(request.request_id, None) or _Tracked(
                 (request.tier_rank, request.tenant), max_tokens=expected_tokens(request.max_tokens))
             new_tokens = request.generated_tokens - tracked.tokens_seen
