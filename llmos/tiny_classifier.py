@@ -58,7 +58,8 @@ def make_tiny_classifier(output_dir: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         # the head scores each row's last token that is not padding: batches need the pad id
         pad_token_id=tokenizer.pad_token_id,
-        num_labels=len(LABELS), id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+        # num_labels, the head's width, is len(id2label)
+        id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
         problem_type="single_label_classification",
     )
     torch.manual_seed(SEED)
