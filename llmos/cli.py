@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import sys
 import time
+from typing import Any
 
 import click
 from google.protobuf.json_format import MessageToJson
@@ -145,18 +146,18 @@ broker_address_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="print the GenerateResult as JSON")
 @click.argument("prompt")
 def submit(broker_address: str, timeout_s: float, no_stream: bool, as_json: bool,
-           prompt: str, **sampling: object) -> None:
+           prompt: str, **sampling: Any) -> None:  # each of click's values is its option's type
     """Send PROMPT to the broker and print the answer as it streams in
     (PROMPT '-' reads stdin). Usage goes to stderr."""
     if prompt == "-":
         prompt = sys.stdin.read()
-    sampling["stop"] = tuple(sampling["stop"])  # type: ignore[arg-type]
+    sampling["stop"] = tuple(sampling["stop"])
     is_streaming = not (no_stream or as_json)
     with Client(broker_address, timeout_s=timeout_s) as client:
         request_id = ""
         is_mid_line = False
         try:
-            request_id = client.submit(prompt, **sampling)  # type: ignore[arg-type]
+            request_id = client.submit(prompt, **sampling)
             if is_streaming:
                 for chunk in client.stream(request_id):
                     click.echo(chunk.text, nl=False)

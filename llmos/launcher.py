@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -264,9 +264,9 @@ def run(config: UpConfig) -> None:
 
 @click.command("up")
 @options_from(UpConfig)
-def up(**kwargs: object) -> None:
+def up(**kwargs: Any) -> None:  # each value click made of its field's type (options_from)
     """Start kernel, scheduler, broker and N workers on this machine, each its own process.
 
     Ports: clients --base-port, workers +1, kernel +2, kernel pub +3, scheduler +4.
     """
-    run(UpConfig(**kwargs))  # type: ignore[arg-type]
+    run(UpConfig(**kwargs))
