@@ -8,7 +8,7 @@ one run sees the very same arrivals, prompts and answer lengths.
   above the stack's capacity, answer lengths from a bounded Pareto (heavy tail:
   most answers are short, a few are very long), each asked for as its
   `max_tokens`, or with a looser `max_tokens` and the answer's length marked
-  in the prompt for the simulated workers (`workers.sim.answer_tokens_mark`);
+  in the prompt for the simulated workers (`workers.sim.sim_answer_tokens_hook`);
 - tenants: closed loops (a fixed number of live requests each), fixed lengths;
 - scale: a closed loop of tiny requests.
 """
@@ -19,7 +19,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from workers.sim import answer_tokens_mark
+from workers.sim import sim_answer_tokens_hook
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -129,7 +129,7 @@ class BatchFlood:
     def job(self, prompt: str, answer_tokens: int, offset_s: float) -> Job:
         if not self.declared_max_tokens:
             return Job(BATCH, BATCH, prompt, answer_tokens, offset_s=offset_s)
-        return Job(BATCH, BATCH, f"{prompt} {answer_tokens_mark(answer_tokens)}",
+        return Job(BATCH, BATCH, f"{prompt} {sim_answer_tokens_hook(answer_tokens)}",
                    self.declared_max_tokens, offset_s=offset_s, answer_tokens=answer_tokens)
 
 

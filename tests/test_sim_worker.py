@@ -46,15 +46,15 @@ def test_simulated_workers_answer_through_the_real_stack(tmp_path):
 def test_a_prompt_may_end_the_simulated_answer_before_its_max_tokens(tmp_path):
     """As a real model stops at its end-of-sequence token: the answer ends with `eos`,
     and the batch tier's answer fill tells the scheduler the bound is loose."""
-    from workers.sim import answer_tokens_mark
+    from workers.sim import sim_answer_tokens_hook
 
     stack = Stack(model_dir=tmp_path, log_dir=tmp_path, num_workers=0)
     with stack:
         start_sim_workers(stack, 1)
         with stack.client() as client:
-            ids = [client.submit(f"prompt {i} {answer_tokens_mark(4)}", max_tokens=16, tier="batch")
+            ids = [client.submit(f"prompt {i} {sim_answer_tokens_hook(4)}", max_tokens=16, tier="batch")
                    for i in range(4)]
-            ids.append(client.submit(f"prompt {answer_tokens_mark(40)}", max_tokens=16, tier="batch"))
+            ids.append(client.submit(f"prompt {sim_answer_tokens_hook(40)}", max_tokens=16, tier="batch"))
             results = [client.result(request_id) for request_id in ids]
             status = client.status()
     assert [(r.usage.generated_tokens, r.finish_reason) for r in results] == [
@@ -64,9 +64,9 @@ def test_a_prompt_may_end_the_simulated_answer_before_its_max_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("prompt, max_tokens, tokens", [
-    ("no mark", 16, 16), ("sim-answer-tokens=5 first", 16, 5), ("last sim-answer-tokens=99", 16, 16),
+    ("no hook", 16, 16), ("sim-answer-tokens=5 first", 16, 5), ("last sim-answer-tokens=99", 16, 16),
     ("sim-answer-tokens=0", 16, 1)])
-def test_the_answer_mark_sets_how_many_tokens_a_simulated_answer_makes(prompt, max_tokens, tokens):
+def test_the_answer_tokens_hook_sets_how_many_tokens_a_simulated_answer_makes(prompt, max_tokens, tokens):
     from workers.sim import stop_at_tokens
 
     assert stop_at_tokens(prompt, max_tokens) == tokens

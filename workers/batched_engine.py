@@ -1,6 +1,6 @@
 """The batched engine: iteration-level (continuous) batching, as in Orca and vLLM.
 
-Every `step()` is schedule -> execute -> postprocess (STYLE.md 5):
+Every `step()` is schedule -> execute -> postprocess, and returns what changed:
 - schedule: every running row must be able to store one more token within the
   KV budget (in blocks of the kernel's size); where it cannot, the least
   important row (highest `priority`, then latest arrival) is preempted by
@@ -51,7 +51,7 @@ from workers.prefix_cache import PrefixCache
 from workers.requests import Delta, EngineRequest, check_request, error_delta
 from workers.sampling import make_generator, sample_next_token
 
-logger = logging.getLogger("workers.batched_engine")
+log = logging.getLogger(__name__)
 
 MIN_PREFILL_TOKENS = 32  # a prefill always gets this much of a step, so newcomers progress
 
@@ -93,8 +93,8 @@ class BatchedEngine(PrefixCaching):
         assert self.find(request.request_id) is None, f"duplicate request {request.request_id}"
         problem = check_request(request, self.max_model_len) or self.check_fits(request)
         if problem is not None:
-            logger.warning("worker %s request %s refused: %s", self.worker_id,
-                           request.request_id, problem.error_message)
+            log.warning("worker %s request %s refused: %s", self.worker_id,
+                        request.request_id, problem.error_message)
             self.pending_deltas.append(problem)
             return
         sequence = Sequence(
@@ -124,8 +124,8 @@ class BatchedEngine(PrefixCaching):
     def refuse(self, sequence: Sequence) -> Delta:
         """A waiting request that no longer fits the budget (it shrank)."""
         num_tokens = sequence.num_context_tokens + 1
-        logger.warning("worker %s request %s no longer fits the KV budget", self.worker_id,
-                       sequence.request_id)
+        log.warning("worker %s request %s no longer fits the KV budget", self.worker_id,
+                    sequence.request_id)
         return error_delta(sequence.request_id, pb.TOO_LARGE,
                            f"the request needs {self.budget.blocks_for(num_tokens)} KV blocks but "
                            f"this engine now has {self.budget.num_blocks}")
@@ -150,8 +150,8 @@ class BatchedEngine(PrefixCaching):
             with torch.inference_mode():
                 self.cache_batch_rows([sequence])  # a row of the batch only
         self.forget(sequence)
-        logger.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
-                    len(sequence.generated_token_ids))
+        log.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
+                 len(sequence.generated_token_ids))
         return sequence.final_delta(pb.FINISH_REASON_PREEMPTED)
 
     def drop_all(self) -> list[str]:
@@ -395,8 +395,8 @@ class BatchedEngine(PrefixCaching):
         """Free the request's cache; it waits at the front and is prefilled again later."""
         for dropped in self.release(sequence):
             self.waiting.appendleft(dropped)
-        logger.info("worker %s request %s preempted by recompute (KV blocks ran out): %d tokens "
-                    "kept", self.worker_id, sequence.request_id, len(sequence.generated_token_ids))
+        log.info("worker %s request %s preempted by recompute (KV blocks ran out): %d tokens "
+                 "kept", self.worker_id, sequence.request_id, len(sequence.generated_token_ids))
 
     def forget(self, sequence: Sequence) -> None:
         if sequence.request_id in self.running:
@@ -425,8 +425,8 @@ class BatchedEngine(PrefixCaching):
         return released
 
     def fail_sequences(self, sequences: list[Sequence], exc: Exception) -> list[Delta]:
-        logger.exception("worker %s: the model failed on requests %s", self.worker_id,
-                         ", ".join(s.request_id for s in sequences))
+        log.exception("worker %s: the model failed on requests %s", self.worker_id,
+                      ", ".join(s.request_id for s in sequences))
         deltas = []
         for sequence in sequences:
             if sequence.request_id in self.running:

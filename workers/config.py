@@ -11,7 +11,8 @@ from llmos.config import option
 from llmos.wire.constants import HEARTBEAT_INTERVAL_MS, KERNEL_PORT, WORKER_PORT, tcp
 
 DEFAULT_MAX_NUM_SEQS = 16
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 1024  # CPU-friendly: a 100M model prefills this in about a second
+# tokens one step may run: few enough that on CPU a prefill chunk stalls the decodes only briefly
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 1024
 
 
 @dataclass
@@ -33,7 +34,9 @@ class WorkerConfig:
     max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
     engine: str = option("batched", "batched (continuous batching, workers.batched_engine), "
                                     "reference (one forward per request, workers.reference_engine) or "
-                                    "sim (no model: a latency profile, workers.sim)")
+                                    "sim (no model: a latency profile, workers.sim; only it reads "
+                                    "the test/benchmark hook sim-answer-tokens=N in a prompt, "
+                                    "which ends the simulated answer after N tokens)")
     profile: str = option("", "sim engine: latency profile JSON (from llmos bench engine "
                               "--write-profile); empty = built-in default")
     sim_workers: int = option(1, "sim engine: simulated workers this process runs")

@@ -1,11 +1,10 @@
 """On CPU, the engine's matrix products run on oneDNN rather than ATen's default GEMM.
 
-A decode step of the 100M preset is two thirds matrix products with few rows
-(one per running request). On the 2-core development machine ATen's `linear`
-runs those at 100-140 GFLOP/s; oneDNN's linear primitive (the one PyTorch's own
-compiler calls for CPU linears) runs the same products 1.25-1.5x as fast, the
-32,000-row output head included (15.5 -> 10.6 ms for 32 rows), and prefill's
-products of a thousand rows 1.3x as fast (`docs/benchmarks.md`).
+Most of a decode step's time on CPU goes to matrix products with few rows (one
+per running request). oneDNN's linear primitive (the one PyTorch's own compiler
+calls for CPU linears) runs those, the output head's included, and prefill's
+products of many rows faster than ATen's `linear` does (figures in
+`docs/benchmarks.md`).
 
 Each output is the same dot product; only the order of the additions, and so
 the last bit of rounding, may differ, as it does between any two BLAS builds.
@@ -13,8 +12,8 @@ the last bit of rounding, may differ, as it does between any two BLAS builds.
 The swap is scoped: while the engine's forward runs, every `nn.Linear` of the
 model has an instance `forward` that calls oneDNN; afterwards the model is as it
 was for anyone else (the benchmark's transformers baselines run on the same
-model object). Swapping all of a 100M model's 85 linears in and out costs about
-30 microseconds per forward.
+model object). The swap sets and deletes one attribute per linear, little next to
+the forward itself.
 """
 
 from __future__ import annotations

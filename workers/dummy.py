@@ -104,10 +104,11 @@ def build_dummy_model(preset: str, device: torch.device | str = "cpu",
 
 def build_dummy_tokenizer(preset: str) -> Any:  # -> transformers.PreTrainedTokenizerFast
     """The llmos-tiny BPE extended to the preset's vocabulary (see the module doc)."""
-    from llmos.tiny_model import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN
-    from llmos.tiny_model import _make_tokenizer as make_base_tokenizer  # in memory, no files
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from llmos.tiny_model import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN
+    from llmos.tiny_model import _make_tokenizer as make_base_tokenizer  # in memory, no files
 
     base = make_base_tokenizer()
     assert (base.pad_token_id, base.bos_token_id, base.eos_token_id) == (

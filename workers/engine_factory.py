@@ -8,7 +8,6 @@ from typing import Any
 from workers.batched_engine import BatchedEngine
 from workers.reference_engine import ReferenceEngine
 
-
 GenerateEngine = ReferenceEngine | BatchedEngine
 
 

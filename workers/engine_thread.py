@@ -1,5 +1,6 @@
 """The engine's own thread. It owns the model and the engine's tokenizer;
-the service thread owns every network socket (STYLE.md 9).
+the service thread owns every network socket (a zmq socket is not thread-safe,
+so each belongs to one thread).
 
 service -> engine: commands on a queue.Queue.
 engine -> service: one `EngineOutput` per step on an inproc PAIR socket, which
@@ -33,7 +34,7 @@ from workers.engine_factory import GenerateEngine
 from workers.pooling import PoolingEngine
 from workers.requests import Delta, EngineRequest
 
-logger = logging.getLogger("workers.engine_thread")
+log = logging.getLogger(__name__)
 
 PREFIX_REPORT_INTERVAL_S = 0.1  # the kernel hears of cached prefixes this often at most
 
@@ -92,7 +93,7 @@ class EngineThread:
         self.commands.put((Verb.STOP, None))
         self.thread.join(timeout_s)
         if self.thread.is_alive():
-            logger.warning("engine thread still in a step after %.1f s; leaving it", timeout_s)
+            log.warning("engine thread still in a step after %.1f s; leaving it", timeout_s)
 
     # ---------------------------------------------------------------- the engine thread
 
@@ -171,5 +172,5 @@ class EngineThread:
         try:
             return self.engine.step()
         except Exception as exc:  # a bug outside any one request: fail them all, keep serving
-            logger.exception("worker %s engine step failed", self.engine.worker_id)
+            log.exception("worker %s engine step failed", self.engine.worker_id)
             return self.engine.fail_all(f"the worker's engine failed: {exc}")

@@ -1,8 +1,9 @@
 """The KV-cache blocks a batched engine may hold: a fixed budget, counted per request.
 
-Plain policy, no tensors (STYLE.md 2): the engine asks `can_hold(request_id,
-num_tokens)` before a step adds tokens to a request's cache and calls `hold`
-after (STYLE.md 4); `free` returns every block of a request. The block size is
+Plain policy, no tensors, so tests drive it without a model: the engine asks
+`can_hold(request_id, num_tokens)` before a step adds tokens to a request's
+cache and calls `hold` after, which asserts what the check promised; `free`
+returns every block of a request. The block size is
 the kernel's and the budget is what the kernel granted this worker, so the
 engine's count and the kernel's ledger speak the same units.
 

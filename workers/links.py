@@ -25,7 +25,7 @@ from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import HEARTBEAT_LIVENESS
 from llmos.wire.sockets import connect_dealer
 
-logger = logging.getLogger("workers.links")
+log = logging.getLogger(__name__)
 
 BROKER_MESSAGES = frozenset({"dispatch", "cancel", "preempt", "heartbeat", "disconnect", "error"})
 KERNEL_MESSAGES = frozenset({"kernel_reply", "error"})
@@ -58,8 +58,8 @@ class PeerLink:
         try:
             self.socket.send(pack(message), zmq.NOBLOCK)
         except zmq.Again:
-            logger.warning("worker %s: %s queue full; dropped a %s", self.worker_id, self.peer,
-                           message.DESCRIPTOR.name)
+            log.warning("worker %s: %s queue full; dropped a %s", self.worker_id, self.peer,
+                        message.DESCRIPTOR.name)
 
     def receive(self) -> list[tuple[str, Message]]:
         """Every message waiting on the socket; bad frames are logged and skipped."""
@@ -73,8 +73,8 @@ class PeerLink:
             try:
                 messages.append(unpack(dealer_payload(frames), self.accepted))
             except WireError as exc:
-                logger.warning("worker %s ignored a bad frame from the %s: %s", self.worker_id,
-                               self.peer, exc.message)
+                log.warning("worker %s ignored a bad frame from the %s: %s", self.worker_id,
+                            self.peer, exc.message)
         return messages
 
     def on_message(self) -> None:
@@ -95,7 +95,7 @@ class BrokerLink(PeerLink):
         self.reconnect(identity=self.worker_id)
         self.send(registration)
         self.on_message()  # liveness counts from the connect
-        logger.info("worker %s registering with the broker at %s", self.worker_id, self.address)
+        log.info("worker %s registering with the broker at %s", self.worker_id, self.address)
 
     def on_message(self) -> None:
         self.seen_at_s = time.monotonic()
@@ -122,8 +122,8 @@ class KernelLink(PeerLink):
 
     def mark_registered(self, reply: pb.KernelReply) -> None:
         if not self.is_online:
-            logger.info("worker %s registered with the kernel at %s: block size %d, %d KV blocks",
-                        self.worker_id, self.address, reply.block_size, reply.kv_blocks_total)
+            log.info("worker %s registered with the kernel at %s: block size %d, %d KV blocks",
+                     self.worker_id, self.address, reply.block_size, reply.kv_blocks_total)
         self.is_online = True
         self.register_sent_at_s = None
 
@@ -132,9 +132,9 @@ class KernelLink(PeerLink):
 
     def go_offline(self, why: str) -> None:
         if self.is_online is not False:  # say it once, not at every retry
-            logger.warning("worker %s: kernel at %s is not answering (%s); using local KV "
-                           "accounting and retrying registration every %.1f s",
-                           self.worker_id, self.address, why, self.interval_s)
+            log.warning("worker %s: kernel at %s is not answering (%s); using local KV "
+                        "accounting and retrying registration every %.1f s",
+                        self.worker_id, self.address, why, self.interval_s)
         self.is_online = False
         self.register_sent_at_s = None
 

@@ -4,8 +4,8 @@ Without it, a step where requests join runs the model twice: once for the batch'
 decodes (`[rows, 1]`) and once for the newcomers' prefill. When the model's time
 goes to launching kernels and Python rather than to arithmetic (a small model on
 a big GPU, or any model at small batch), the second forward costs about as much
-as the first, so a stack whose requests come and go ran at a fraction of its
-one-wave rate. vLLM v1 puts both kinds of token in one forward; so does this.
+as the first, so a stack whose requests come and go would spend much of its time
+on the second forwards. vLLM v1 puts both kinds of token in one forward; so does this.
 
 The tokens are packed into one `[1, tokens]` input: first one per batch row
 (its last token), then, for each newcomer, the part of its context not computed

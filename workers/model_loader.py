@@ -17,7 +17,7 @@ from workers.config import WorkerConfig
 from workers.dummy import build_dummy_model, build_dummy_tokenizer, dummy_preset_name
 from workers.tasks import embedded_model_name, embedded_model_path, resolve_task
 
-logger = logging.getLogger("workers.model_loader")
+log = logging.getLogger(__name__)
 
 CPU_KV_BUDGET_BYTES = 1 << 30      # CPU memory is shared with everything else: a fixed budget
 CUDA_KV_FRACTION = 0.9             # of the memory still free after loading the weights
@@ -79,13 +79,12 @@ def prepare_device(device: torch.device) -> None:
     On CUDA, cuDNN's fused attention is turned off, so PyTorch's
     scaled_dot_product_attention picks flash or memory-efficient attention.
     cuDNN builds an execution plan for every new input shape, and every decode
-    step brings a new key length (and a batch that changes its row count): on an
-    H100 with torch 2.11 that cost about 45 ms of CPU a step, three times the
-    step itself (docs/benchmarks.md, "CUDA").
+    step brings a new key length (and a batch that changes its row count): the
+    planning costs more CPU time than the step itself (docs/benchmarks.md, "CUDA").
     """
     if device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():
         torch.backends.cuda.enable_cudnn_sdp(False)
-        logger.info("cuDNN attention off: its per-shape plans cost more than a decode step")
+        log.info("cuDNN attention off: its per-shape plans cost more than a decode step")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -129,8 +128,8 @@ def load_model(config: WorkerConfig) -> LoadedModel:
     context_length = int(model.config.get_text_config().max_position_embeddings)
     max_model_len = config.max_model_len or context_length
     if max_model_len > context_length:
-        logger.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
-                       max_model_len, context_length)
+        log.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
+                    max_model_len, context_length)
     memory_bytes_total, memory_bytes_used, kv_budget_bytes = _memory(model, device)
     kv_tokens = config.kv_cache_tokens or kv_budget_bytes // kv_bytes_per_token(model.config, dtype)
     return LoadedModel(

@@ -57,7 +57,7 @@ class ModelRunner:
         self.device = model.device
         num_layers = model.config.get_text_config().num_hidden_layers
         self.batch = BatchCache(num_layers, max_num_seqs)
-        # transformers renamed `past_key_values` to `cache`; speak whichever it takes.
+        # newer transformers call the cache argument `cache`, older ones `past_key_values`
         parameters = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.can_keep_last_logits = "logits_to_keep" in parameters

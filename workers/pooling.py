@@ -34,7 +34,7 @@ from llmos.wire import pb
 from workers.requests import Delta, error_delta
 from workers.tasks import TASK_NAMES
 
-logger = logging.getLogger("workers.pooling")
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_INPUTS = 64
 DEFAULT_MAX_BATCH_TOKENS = 16384  # padded: inputs x the longest input in the batch
@@ -94,8 +94,8 @@ class PoolingEngine:
                                   if i is not None), 0)
         if task == pb.TASK_KIND_CLASSIFY and config.pad_token_id is None:
             # without a pad id such a model cannot find each row's last token
-            logger.warning("worker %s: the model has no pad_token_id; classifying one input "
-                           "per step", worker_id)
+            log.warning("worker %s: the model has no pad_token_id; classifying one input "
+                        "per step", worker_id)
             self.max_batch_inputs = 1
         self.labels = ([str(config.id2label[i]) for i in range(config.num_labels)]
                        if task == pb.TASK_KIND_CLASSIFY else [])
@@ -113,12 +113,12 @@ class PoolingEngine:
                 input_token_ids = self.tokenizer(list(request.inputs), truncation=True,
                                                  max_length=self.max_length)["input_ids"]
             except Exception as exc:  # a tokenizer bug must cost one request, not the worker
-                logger.exception("worker %s request %s: tokenizer failed", self.worker_id,
-                                 request.request_id)
+                log.exception("worker %s request %s: tokenizer failed", self.worker_id,
+                              request.request_id)
                 problem = error_delta(request.request_id, pb.WORKER_FAILED, f"tokenizer failed: {exc}")
         if problem is not None:
-            logger.warning("worker %s request %s refused: %s", self.worker_id,
-                           request.request_id, problem.error_message)
+            log.warning("worker %s request %s refused: %s", self.worker_id,
+                        request.request_id, problem.error_message)
             self.pending_deltas.append(problem)
             return
         self.sequences[request.request_id] = PoolingSequence(request, input_token_ids)
@@ -175,8 +175,8 @@ class PoolingEngine:
         try:
             rows = self.execute([sequence.input_token_ids[index] for sequence, index in batch])
         except Exception as exc:  # a failed batch costs its requests, not the others
-            logger.exception("worker %s: the model failed on a batch of %d inputs", self.worker_id,
-                             len(batch))
+            log.exception("worker %s: the model failed on a batch of %d inputs", self.worker_id,
+                          len(batch))
             failed = dict.fromkeys(sequence.request_id for sequence, _ in batch)
             for request_id in failed:
                 self.cancel(request_id)

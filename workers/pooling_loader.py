@@ -14,10 +14,9 @@ from typing import Any
 
 from llmos.wire import pb
 from workers.config import WorkerConfig
-from workers.model_loader import (LoadedModel, _memory, prepare_device, resolve_device,
-                                  resolve_dtype)
+from workers.model_loader import LoadedModel, _memory, prepare_device, resolve_device, resolve_dtype
 
-logger = logging.getLogger("workers.pooling_loader")
+log = logging.getLogger(__name__)
 
 # A tokenizer that sets no limit says so with a huge model_max_length.
 UNSET_MODEL_MAX_LENGTH = 1_000_000
@@ -50,8 +49,8 @@ def pooling_max_length(path: Path, model_config: Any, requested: int = 0) -> int
     positions = int(getattr(model_config, "max_position_embeddings", 0) or 0) or UNSET_MODEL_MAX_LENGTH
     if requested:
         if requested > positions:
-            logger.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
-                           requested, positions)
+            log.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
+                        requested, positions)
         return requested
     sentence_config = _read_json(Path(path) / "sentence_bert_config.json")
     if sentence_config.get("max_seq_length"):

@@ -19,7 +19,7 @@ from workers.pooling import PoolingEngine, PoolingRequest
 from workers.service import Worker
 from workers.tasks import TASK_NAMES
 
-logger = logging.getLogger("workers.pooling_service")
+log = logging.getLogger(__name__)
 
 
 class PoolingWorker(Worker):
@@ -40,8 +40,8 @@ class PoolingWorker(Worker):
         request = PoolingRequest(request_id=request_id, kind=dispatch.kind,
                                  inputs=list(dispatch.inputs))
         self.gate.add(request, 0)  # type: ignore[arg-type]  # admission reads only the id
-        logger.info("worker %s request %s queued: %s of %d inputs", self.worker_id, request_id,
-                    TASK_NAMES.get(dispatch.kind, dispatch.kind), len(request.inputs))
+        log.info("worker %s request %s queued: %s of %d inputs", self.worker_id, request_id,
+                 TASK_NAMES.get(dispatch.kind, dispatch.kind), len(request.inputs))
 
     def admit_requests(self) -> None:
         """A free slot is all a request needs: no KV blocks."""

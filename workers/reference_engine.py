@@ -86,7 +86,7 @@ class ReferenceEngine:
         problem = check_request(request, self.max_model_len)
         if problem is not None:
             log.warning("worker %s request %s refused: %s", self.worker_id,
-                           request.request_id, problem.error_message)
+                        request.request_id, problem.error_message)
             self.pending_deltas.append(problem)
             return
         self.waiting.append(request)
@@ -186,7 +186,7 @@ class ReferenceEngine:
             token_id = sample_next_token(logits, sequence.request.sampling, sequence.generator)
         except Exception as exc:  # one request's failure (e.g. out of memory) must not end the others
             log.exception("worker %s request %s failed in the model", self.worker_id,
-                             sequence.request_id)
+                          sequence.request_id)
             return error_delta(sequence.request_id, pb.WORKER_FAILED,
                                f"the model failed on this request: {exc}")
         sequence.generated_token_ids.append(token_id)

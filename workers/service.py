@@ -1,4 +1,4 @@
-"""The worker process: sockets and the loop (STYLE.md 1).
+"""The worker process: its sockets and its one loop.
 
 The main thread owns every network socket (`workers.links`) and runs
     poll -> route engine outputs, broker and kernel messages -> admit -> expire -> heartbeats.
@@ -21,16 +21,16 @@ import zmq
 from llmos.logs import setup_logging
 from llmos.wire import pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
+from workers import engine_factory
 from workers.admission_gate import AdmissionGate
 from workers.config import WorkerConfig, default_worker_id
-from workers import engine_factory
 from workers.engine_thread import EngineOutput, EngineThread
 from workers.links import BrokerLink, KernelLink
 from workers.messages import engine_request, request_delta
 from workers.model_loader import LoadedModel, load_model, load_tokenizer
 from workers.requests import Delta, EngineRequest, cancelled_delta, check_request, error_delta
 
-logger = logging.getLogger("workers.service")
+log = logging.getLogger(__name__)
 
 MAX_POLL_MS = 100           # bounds how long a SIGTERM waits for the loop to notice
 ENGINE_STOP_TIMEOUT_S = 5.0
@@ -46,9 +46,9 @@ def run(config: WorkerConfig) -> None:
 
     transformers_logging.disable_progress_bar()
     loaded = load_model(config)
-    logger.info("worker %s loaded %s from %s on %s (%s): max_model_len %d, KV capacity %d tokens",
-                config.worker_id, loaded.name, loaded.path, loaded.device, loaded.dtype,
-                loaded.max_model_len, loaded.kv_capacity_tokens)
+    log.info("worker %s loaded %s from %s on %s (%s): max_model_len %d, KV capacity %d tokens",
+             config.worker_id, loaded.name, loaded.path, loaded.device, loaded.dtype,
+             loaded.max_model_len, loaded.kv_capacity_tokens)
     if loaded.task == pb.TASK_KIND_GENERATE:
         worker = Worker(config, loaded)
     else:
@@ -102,7 +102,7 @@ class Worker:
             raise SystemExit(f"llmos worker: {exc}") from None
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        logger.info("worker %s received signal %d; stopping", self.worker_id, signum)
+        log.info("worker %s received signal %d; stopping", self.worker_id, signum)
         self.is_stopping = True
 
     # ---------------------------------------------------------------- the loop
@@ -173,13 +173,13 @@ class Worker:
             elif name == "preempt":
                 self.preempt_request(message.request_id)
             elif name == "disconnect":
-                logger.warning("worker %s: the broker says register again (%s)",
-                               self.worker_id, message.reason or "no reason given")
+                log.warning("worker %s: the broker says register again (%s)",
+                            self.worker_id, message.reason or "no reason given")
                 self.drop_all_requests("the broker asked this worker to register again")
                 self.broker.send(self.broker_registration())  # the connection is fine: keep it
             elif name == "error":
-                logger.warning("worker %s: broker error %s for request %r: %s", self.worker_id,
-                               pb.ErrorCode.Name(message.code), message.request_id, message.message)
+                log.warning("worker %s: broker error %s for request %r: %s", self.worker_id,
+                            pb.ErrorCode.Name(message.code), message.request_id, message.message)
 
     def route_kernel_messages(self) -> None:
         for name, message in self.kernel.receive():
@@ -190,13 +190,13 @@ class Worker:
             elif message.code == pb.NOT_ENOUGH_BLOCKS:
                 self.wait_for_blocks(message.request_id)
             elif message.code == pb.UNKNOWN_WORKER:
-                logger.warning("worker %s: the kernel does not know this worker; registering again",
-                               self.worker_id)
+                log.warning("worker %s: the kernel does not know this worker; registering again",
+                            self.worker_id)
                 self.gate.abandon_allocation()
                 self.kernel.register(time.monotonic(), fresh_socket=False)
             else:
-                logger.warning("worker %s: kernel error %s for request %r: %s", self.worker_id,
-                               pb.ErrorCode.Name(message.code), message.request_id, message.message)
+                log.warning("worker %s: kernel error %s for request %r: %s", self.worker_id,
+                            pb.ErrorCode.Name(message.code), message.request_id, message.message)
 
     # ---------------------------------------------------------------- requests
 
@@ -205,7 +205,7 @@ class Worker:
         model (answered with UNKNOWN_MODEL)."""
         request_id = dispatch.request_id
         if self.gate.is_live(request_id):
-            logger.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
+            log.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
             return False
         if dispatch.model and dispatch.model != self.loaded.name:
             message = f"this worker serves {self.loaded.name}, not {dispatch.model}"
@@ -220,23 +220,23 @@ class Worker:
         try:
             prompt_token_ids = self.tokenizer.encode(dispatch.prompt)
         except Exception as exc:  # a tokenizer bug must cost one request, not the worker
-            logger.exception("worker %s request %s: tokenizer failed", self.worker_id, request_id)
+            log.exception("worker %s request %s: tokenizer failed", self.worker_id, request_id)
             self.send_progress([error_delta(request_id, pb.WORKER_FAILED, f"tokenizer failed: {exc}")])
             return
         request = engine_request(dispatch, prompt_token_ids)
         num_tokens = len(prompt_token_ids) + request.sampling.max_tokens
         problem = check_request(request, self.loaded.max_model_len) or self.check_fits(request, num_tokens)
         if problem is not None:
-            logger.warning("worker %s request %s refused: %s", self.worker_id, request_id,
-                           problem.error_message)
+            log.warning("worker %s request %s refused: %s", self.worker_id, request_id,
+                        problem.error_message)
             self.send_progress([problem])
             return
         self.gate.add(request, num_tokens,
                            len(prompt_token_ids) + len(request.generated_token_ids))
         self.tenant_by_request[request_id] = dispatch.tenant
-        # debug, as the start: three lines a request cost this thread (which shares the GIL
-        # with the engine's) about 5% of the worker's samples under churn; the end says enough
-        logger.debug("worker %s request %s queued: %d prompt tokens, %d resumed, max_tokens %d",
+        # debug, as the start: this thread shares the GIL with the engine's, so it logs one
+        # info line a request (its end), not three
+        log.debug("worker %s request %s queued: %d prompt tokens, %d resumed, max_tokens %d",
                     self.worker_id, request_id, len(prompt_token_ids),
                     len(request.generated_token_ids), request.sampling.max_tokens)
 
@@ -271,22 +271,22 @@ class Worker:
     def wait_for_blocks(self, request_id: str) -> None:
         allocation = self.gate.in_flight()
         if allocation is not None and request_id in ("", allocation.request.request_id):
-            logger.info("worker %s request %s waits for KV blocks", self.worker_id,
-                        allocation.request.request_id)
+            log.info("worker %s request %s waits for KV blocks", self.worker_id,
+                     allocation.request.request_id)
             self.gate.refuse(allocation.request.request_id)
 
     def start_request(self, request_id: str) -> None:
         self.engine_thread.submit(self.gate.grant(request_id))
-        logger.debug("worker %s request %s started", self.worker_id, request_id)
+        log.debug("worker %s request %s started", self.worker_id, request_id)
 
     def finish_request(self, delta: Delta) -> None:
         self.release_blocks(delta.request_id)
         reason = pb.FinishReason.Name(delta.finish_reason)
         if delta.error_code:
-            logger.warning("worker %s request %s failed: %s", self.worker_id, delta.request_id,
-                           delta.error_message)
+            log.warning("worker %s request %s failed: %s", self.worker_id, delta.request_id,
+                        delta.error_message)
         else:
-            logger.info("worker %s request %s finished: %s", self.worker_id, delta.request_id, reason)
+            log.info("worker %s request %s finished: %s", self.worker_id, delta.request_id, reason)
 
     def cancel_request(self, request_id: str) -> None:
         if request_id in self.gate.running:
@@ -295,7 +295,7 @@ class Worker:
         # answered even when unknown here, so a broker never waits on a request
         # this worker lost; a broker ignores deltas of requests it already finished
         self.send_progress([cancelled_delta(request_id)])
-        logger.info("worker %s request %s cancelled", self.worker_id, request_id)
+        log.info("worker %s request %s cancelled", self.worker_id, request_id)
 
     def preempt_request(self, request_id: str) -> None:
         """A running request stops at the engine's next step boundary: its final PREEMPTED
@@ -303,13 +303,13 @@ class Worker:
         if request_id in self.gate.running:
             self.engine_thread.preempt(request_id)
             self.gate.mark_leaving(request_id)
-            logger.info("worker %s request %s preempting", self.worker_id, request_id)
+            log.info("worker %s request %s preempting", self.worker_id, request_id)
             return
         # not started here (or unknown): answered at once, as a cancel is
         self.release_blocks(request_id)
         self.send_progress([Delta(request_id, is_finished=True,
                                   finish_reason=pb.FINISH_REASON_PREEMPTED)])
-        logger.info("worker %s request %s preempted before it started", self.worker_id, request_id)
+        log.info("worker %s request %s preempted before it started", self.worker_id, request_id)
 
     def release_blocks(self, request_id: str) -> None:
         self.tenant_by_request.pop(request_id, None)
@@ -326,7 +326,7 @@ class Worker:
         if self.kernel.is_online:
             for request_id in request_ids:
                 self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
-        logger.warning("worker %s dropped requests %s: %s", self.worker_id, ", ".join(request_ids), why)
+        log.warning("worker %s dropped requests %s: %s", self.worker_id, ", ".join(request_ids), why)
 
     def adopt_kernel_geometry(self, reply: pb.KernelReply) -> None:
         self.kernel.mark_registered(reply)
@@ -348,8 +348,8 @@ class Worker:
     def purge_expired(self) -> None:
         now_s = time.monotonic()
         if self.broker.is_silent(now_s):
-            logger.warning("worker %s: broker silent for %d intervals; reconnecting",
-                           self.worker_id, HEARTBEAT_LIVENESS)
+            log.warning("worker %s: broker silent for %d intervals; reconnecting",
+                        self.worker_id, HEARTBEAT_LIVENESS)
             self.drop_all_requests("the broker went silent and re-queues them")
             self.broker.connect(self.broker_registration())
         allocation = self.gate.in_flight()
@@ -407,4 +407,4 @@ class Worker:
         self.pipe.close()
         if not self.engine_thread.thread.is_alive():
             self.context.term()  # waits up to LINGER for the Disconnects to leave
-        logger.info("worker %s stopped", self.worker_id)
+        log.info("worker %s stopped", self.worker_id)

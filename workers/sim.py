@@ -6,8 +6,9 @@ heartbeats, takes dispatches, cancels and preemptions, accounts its KV blocks
 at the kernel, and every engine step sends ONE StepProgress for all of its
 requests — but a step costs the time the profile predicts for its batch
 instead of a forward pass, and its tokens go out when that time is up (a
-newcomer's first token takes a whole step, as after a real prefill). It lets one machine put hundreds of workers behind
-the real broker, scheduler and kernel processes.
+newcomer's first token takes a whole step, as after a real prefill). It lets
+one machine put hundreds of workers behind the real broker, scheduler and
+kernel processes.
 
 The profile is a linear model of one engine step, fitted from the real engine
 (`llmos bench engine --write-profile FILE`):
@@ -26,10 +27,12 @@ preempt a request in the step in flight lets that step end first: the request
 keeps the step's token, then leaves.
 
 A simulated answer runs to its `max_tokens` (finish reason `length`), unless
-its prompt says how long the simulated model would answer: `sim-answer-tokens=N`
-anywhere in the prompt ends it after N tokens with `eos`, as a real model
-decides from its prompt when to stop. Benchmarks use it to give requests a
-`max_tokens` looser than their answers.
+its prompt carries the test and benchmark hook SIM_ANSWER_TOKENS_HOOK:
+`sim-answer-tokens=N` anywhere in the prompt ends the answer after N tokens
+with `eos`, as a real model decides from its prompt when to stop. Only this
+engine reads the hook (to a real model it is plain prompt text); tests and
+benchmarks (`llmos_bench.workload`) use it to give requests a `max_tokens`
+looser than their answers. It is not part of the protocol.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
 from llmos.wire.sockets import connect_dealer
 
-log = logging.getLogger("workers.sim")
+log = logging.getLogger(__name__)
 
 BROKER_MESSAGES = frozenset({"dispatch", "cancel", "preempt", "heartbeat", "disconnect", "error"})
 KERNEL_MESSAGES = frozenset({"kernel_reply", "error"})
@@ -62,20 +65,21 @@ SIM_TOKEN_TEXT = " tok"
 CHARS_PER_TOKEN = 4  # the broker sends text; a simulated tokenizer only needs a length
 CACHE_FRACTION = 0.5  # preempted requests' tokens a worker keeps, as a share of its KV capacity
 MAX_STEP_LATENESS_S = 0.003  # a step end noticed this late still starts the next one on time
-ANSWER_TOKENS_MARK = "sim-answer-tokens="
-_ANSWER_TOKENS = re.compile(re.escape(ANSWER_TOKENS_MARK) + r"(\d+)")
+# test and benchmark hook, read by this engine only (see the module doc)
+SIM_ANSWER_TOKENS_HOOK = "sim-answer-tokens="
+_SIM_ANSWER_TOKENS = re.compile(re.escape(SIM_ANSWER_TOKENS_HOOK) + r"(\d+)")
 
 
-def answer_tokens_mark(num_tokens: int) -> str:
+def sim_answer_tokens_hook(num_tokens: int) -> str:
     """Prompt text that ends a simulated answer after `num_tokens` tokens (with `eos`)."""
-    return f"{ANSWER_TOKENS_MARK}{num_tokens}"
+    return f"{SIM_ANSWER_TOKENS_HOOK}{num_tokens}"
 
 
 def stop_at_tokens(prompt: str, max_tokens: int) -> int:
-    """How many tokens a simulated answer to `prompt` makes: its mark's count, at most
-    `max_tokens`; `max_tokens` without a mark."""
-    mark = _ANSWER_TOKENS.search(prompt)
-    return min(max_tokens, max(1, int(mark.group(1)))) if mark else max_tokens
+    """How many tokens a simulated answer to `prompt` makes: the hook's count, at most
+    `max_tokens`; `max_tokens` without the hook."""
+    hook = _SIM_ANSWER_TOKENS.search(prompt)
+    return min(max_tokens, max(1, int(hook.group(1)))) if hook else max_tokens
 
 
 @dataclass(frozen=True)

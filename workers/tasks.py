@@ -8,7 +8,7 @@ Light to import (no torch): the loader asks `resolve_task` before it picks an
     *ForCausalLM, *LMHeadModel          -> generate
     a sentence-transformers directory,
     or a bare encoder (*Model)          -> embed (mean pooling, L2-normalized)
-    no architectures, no config.json    -> generate (the behaviour before tasks existed)
+    no architectures, no config.json    -> generate (e.g. dummy:<preset>, built in memory)
 Anything else (a masked LM, a seq2seq model, ...) needs an explicit `--task`.
 """
 
