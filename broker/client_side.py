@@ -13,7 +13,7 @@ import time
 from collections import Counter
 
 from broker.admission import AdmittedRequest, validate_generate, validate_pooling
-from broker.requests import Request
+from broker.requests import Request, RequestStatus
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
@@ -124,15 +124,17 @@ class ClientSide:
     def answer(self, request: Request, payload: bytes | None) -> None:
         """Give the client its final message (None: the client is gone) and forget it.
 
-        A request still on a worker stays known until the worker lets go of it.
+        A request still on a worker stays known (ANSWERED) until the worker lets go of it.
         """
         if self.request_by_client.pop(request.client_key, None) is None:
             return  # answered already
         self.live_by_tenant[request.tenant] -= 1
-        request.is_answered = True
-        if request.worker_id is None:
+        if request.is_on_worker:
+            request.move_to(RequestStatus.ANSWERED)
+        else:
             self.queue.remove(request.request_id)
-            self.requests.pop(request.request_id, None)
+            request.move_to(RequestStatus.DONE)
+            del self.requests[request.request_id]
         if payload is not None:
             self.num_completed += 1
             self.reply(request.client_identity, request.has_delimiter, payload)
@@ -157,10 +159,11 @@ class ClientSide:
             if request is None or request.is_answered:
                 continue
             log.info("deadline passed for %s tier %s (%s)", request_id, request.tier,
-                     "running" if request.worker_id else "queued")
+                     "running" if request.is_on_worker else "queued")
             self.stop_request(request)
-            if request.worker_id and request.kind == pb.TASK_KIND_GENERATE:
-                payload = pack(request.result(pb.FINISH_REASON_DEADLINE, request.worker_id, now_s))
+            if request.is_on_worker and request.kind == pb.TASK_KIND_GENERATE:
+                payload = pack(request.result(pb.FINISH_REASON_DEADLINE, request.worker_id or "",
+                                              now_s))
             else:
                 payload = error_frame(pb.DEADLINE_EXCEEDED, f"the deadline of "
                                       f"{request.admitted.deadline_ms} ms passed before the "

@@ -1,13 +1,50 @@
-"""What the broker knows about one admitted request (plain data)."""
+"""What the broker knows about one admitted request (plain data), and its lifecycle.
+
+A request is in exactly one `RequestStatus`; `Request.move_to` is the one place a
+status changes, and it asserts that the change is in `TRANSITIONS`:
+
+    QUEUED                 -> RUNNING (placed on a worker), DONE (answered while queued)
+    RUNNING                -> FINISHING, PREEMPTING, QUEUED (re-queued), ANSWERED
+    FINISHING, PREEMPTING  -> QUEUED (re-queued), ANSWERED
+    ANSWERED               -> DONE (its worker let go of it)
+
+A request is re-queued when its worker reports it preempted or the worker is lost.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from broker.admission import AdmittedRequest
 from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
+
+
+class RequestStatus(enum.Enum):
+    QUEUED = enum.auto()      # in its tier's queue, on no worker
+    RUNNING = enum.auto()     # holds a slot on its worker
+    # the step in flight makes its last token (by max_tokens): its slot counts as free
+    FINISHING = enum.auto()
+    PREEMPTING = enum.auto()  # told to preempt: re-queued when the worker reports it preempted
+    # the client has its final message (cancelled, expired, gone, or the answer itself)
+    # while a worker still holds the request; its slot is busy until the worker lets go
+    ANSWERED = enum.auto()
+    DONE = enum.auto()        # answered and on no worker: forgotten
+
+
+_ON_WORKER = frozenset({RequestStatus.RUNNING, RequestStatus.FINISHING, RequestStatus.PREEMPTING,
+                        RequestStatus.ANSWERED})
+TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
+    RequestStatus.QUEUED: frozenset({RequestStatus.RUNNING, RequestStatus.DONE}),
+    RequestStatus.RUNNING: frozenset({RequestStatus.FINISHING, RequestStatus.PREEMPTING,
+                                      RequestStatus.QUEUED, RequestStatus.ANSWERED}),
+    RequestStatus.FINISHING: frozenset({RequestStatus.QUEUED, RequestStatus.ANSWERED}),
+    RequestStatus.PREEMPTING: frozenset({RequestStatus.QUEUED, RequestStatus.ANSWERED}),
+    RequestStatus.ANSWERED: frozenset({RequestStatus.DONE}),
+    RequestStatus.DONE: frozenset(),
+}
 
 
 @dataclass
@@ -32,9 +69,12 @@ class Request:
     prompt_tokens: int = 0
     num_restarts: int = 0
     num_preemptions: int = 0
-    is_answered: bool = False       # the client has its final message (or is gone)
-    is_preempting: bool = False     # a Preempt was sent; re-queue on the PREEMPTED delta
-    is_finishing: bool = False      # the step in flight makes its last token (by max_tokens)
+    status: RequestStatus = RequestStatus.QUEUED
+
+    def move_to(self, status: RequestStatus) -> None:
+        assert status in TRANSITIONS[self.status], (
+            f"request {self.request_id} cannot go from {self.status.name} to {status.name}")
+        self.status = status
 
     @property
     def client_request_id(self) -> str:
@@ -61,10 +101,19 @@ class Request:
         return self.admitted.tenant
 
     @property
+    def is_on_worker(self) -> bool:
+        return self.status in _ON_WORKER
+
+    @property
+    def is_answered(self) -> bool:
+        """The client has its final message (or is gone)."""
+        return self.status in (RequestStatus.ANSWERED, RequestStatus.DONE)
+
+    @property
     def is_leaving(self) -> bool:
         """It leaves its worker at the end of the step in flight: told to preempt, or
         making its last token."""
-        return self.is_preempting or self.is_finishing
+        return self.status in (RequestStatus.FINISHING, RequestStatus.PREEMPTING)
 
     @property
     def is_on_last_token(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+from broker.requests import RequestStatus
 from llmos.wire import pack, pb
 
 log = logging.getLogger(__name__)
@@ -70,29 +71,30 @@ class Scheduling:
         """Act on each preemption and placement that still holds."""
         for preemption in decision.preemptions:
             request = self.requests.get(preemption.request_id)
-            if (request is None or request.is_answered or request.is_leaving
+            if (request is None or request.status is not RequestStatus.RUNNING
                     or request.worker_id != preemption.worker_id):
                 continue
             worker = self.workers.by_id(preemption.worker_id)
             if worker is not None:
                 log.info("preempting %s tier %s on worker %s: %s", request.request_id,
                          request.tier, worker.worker_id, preemption.reason)
-                request.is_preempting = True
-                worker.num_leaving += 1
+                request.move_to(RequestStatus.PREEMPTING)
+                worker.mark_leaving(request.request_id)
                 self.send_worker(worker, pack(pb.Preempt(request_id=request.request_id)))
         now_s = time.monotonic()
         for placement in decision.placements:
             request = self.requests.get(placement.request_id)
             worker = self.workers.by_id(placement.worker_id)
-            if (request is None or placement.request_id not in self.queue or worker is None
+            if (request is None or request.status is not RequestStatus.QUEUED or worker is None
                     or not worker.has_capacity or not worker.serves(request.model)):
                 continue
             self.queue.remove(request.request_id)
+            request.move_to(RequestStatus.RUNNING)
             request.worker_id = worker.worker_id
             request.dispatched_at_s = request.dispatched_at_s or now_s
             request.running_since_s = now_s
             request.tokens_at_dispatch = len(request.generated_token_ids)
-            worker.running_ids.add(request.request_id)
+            worker.take_slot(request.request_id)
             log.debug("dispatch %s tier %s to worker %s", request.request_id, request.tier,
                       worker.worker_id)
             self.send_worker(worker, pack(request.dispatch()))

@@ -26,16 +26,29 @@ class ConnectedWorker:
     running_ids: set[str] = field(default_factory=set)
     # running requests told to preempt, or making their last token: their slots are as
     # good as free, because each leaves at the end of the step in flight
-    num_leaving: int = 0
+    leaving_ids: set[str] = field(default_factory=set)
     tokens: RateMeter = field(default_factory=RateMeter)
 
     @property
     def num_busy(self) -> int:
-        return len(self.running_ids) - self.num_leaving
+        return len(self.running_ids) - len(self.leaving_ids)
 
     @property
     def has_capacity(self) -> bool:
         return self.num_busy < self.max_num_seqs
+
+    def take_slot(self, request_id: str) -> None:
+        assert self.has_capacity, f"worker {self.worker_id} has no free slot"
+        self.running_ids.add(request_id)
+
+    def mark_leaving(self, request_id: str) -> None:
+        """The request leaves at the end of the step in flight: count its slot as free."""
+        assert request_id in self.running_ids, f"{request_id} is not on worker {self.worker_id}"
+        self.leaving_ids.add(request_id)
+
+    def release_slot(self, request_id: str) -> None:
+        self.running_ids.discard(request_id)
+        self.leaving_ids.discard(request_id)
 
     def serves(self, model: str) -> bool:
         return model in self.models

@@ -11,7 +11,7 @@ import logging
 import time
 
 from broker.worker_pool import ConnectedWorker
-from broker.requests import Request
+from broker.requests import Request, RequestStatus
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
@@ -94,44 +94,48 @@ class WorkerSide:
             if request.is_on_last_token and not request.is_leaving:
                 self.mark_finishing(request, worker)
             return
-        self.release_slot(request, worker)
         if delta.finish_reason == pb.FINISH_REASON_PREEMPTED:
             request.num_preemptions += 1
             log.info("preempted %s tier %s on worker %s after %d tokens", request.request_id,
                      request.tier, worker.worker_id, len(request.generated_token_ids))
+            self.release_slot(request, worker)
             self.requeue(request, now_s)
-        elif delta.finish_reason == pb.FINISH_REASON_ERROR:
+            return
+        self.answer(request, self.final_answer(request, worker, delta, now_s))
+        self.release_slot(request, worker)
+
+    def final_answer(self, request: Request, worker: ConnectedWorker, delta: pb.RequestDelta,
+                     now_s: float) -> bytes:
+        """The client's last message for a request its worker finished."""
+        if delta.finish_reason == pb.FINISH_REASON_ERROR:
             log.warning("worker %s failed %s: %s", worker.worker_id, request.request_id,
                         delta.error.message)
             delta.error.request_id = request.client_request_id
-            self.answer(request, pack(delta.error))
-        elif request.kind != pb.TASK_KIND_GENERATE:
-            self.answer(request, pack(request.pooling_result(delta, worker.worker_id, now_s)))
-        else:
-            self.answer_fills.record(request.tier, delta.finish_reason,
-                                     len(request.generated_token_ids),
-                                     request.admitted.sampling.max_tokens)
-            self.answer(request, pack(request.result(delta.finish_reason, worker.worker_id, now_s)))
+            return pack(delta.error)
+        if request.kind != pb.TASK_KIND_GENERATE:
+            return pack(request.pooling_result(delta, worker.worker_id, now_s))
+        self.answer_fills.record(request.tier, delta.finish_reason, len(request.generated_token_ids),
+                                 request.admitted.sampling.max_tokens)
+        return pack(request.result(delta.finish_reason, worker.worker_id, now_s))
 
     def mark_finishing(self, request: Request, worker: ConnectedWorker) -> None:
         """The step in flight makes the request's last token: dispatch into its slot now.
         The next request then waits in the worker's queue and starts on the very next
         step; dispatched once the last token is reported, it would reach the worker after
         that next step began, and the slot would sit idle for a step."""
-        request.is_finishing = True
-        worker.num_leaving += 1
+        request.move_to(RequestStatus.FINISHING)
+        worker.mark_leaving(request.request_id)
         self.needs_schedule = True
 
     def release_slot(self, request: Request, worker: ConnectedWorker) -> None:
-        """The worker no longer holds the request: free its slot."""
-        worker.running_ids.discard(request.request_id)
-        if request.is_leaving:
-            worker.num_leaving -= 1
-            request.is_preempting = request.is_finishing = False
-        request.worker_id = None
+        """The worker no longer holds the request: free its slot, and forget the request
+        if its client has its answer (a request still to answer is re-queued next)."""
+        worker.release_slot(request.request_id)
         self.needs_schedule = True
-        if request.is_answered:
-            self.requests.pop(request.request_id, None)
+        if request.status is RequestStatus.ANSWERED:
+            request.move_to(RequestStatus.DONE)
+            request.worker_id = None
+            del self.requests[request.request_id]
 
     def send_identity(self, identity: bytes, payload: bytes) -> bool:
         return send_reply(self.workers_socket, identity, False, payload)
@@ -150,24 +154,27 @@ class WorkerSide:
         """Put a lost worker's requests back at the head of their lanes."""
         lost = [self.requests[i] for i in list(worker.running_ids) if i in self.requests]
         for request in lost:
-            self.release_slot(request, worker)
+            if not request.is_answered:
+                request.num_restarts += 1
+                if request.num_restarts > self.config.max_restarts:
+                    self.answer(request, error_frame(
+                        pb.WORKER_FAILED, f"request lost its worker {request.num_restarts} times; "
+                        "giving up", request.client_request_id))
             if request.is_answered:
-                continue
-            request.num_restarts += 1
-            if request.num_restarts > self.config.max_restarts:
-                self.answer(request, error_frame(
-                    pb.WORKER_FAILED, f"request lost its worker {request.num_restarts} times; "
-                    "giving up", request.client_request_id))
+                self.release_slot(request, worker)
                 continue
             log.warning("re-queueing %s tier %s from worker %s after %d tokens",
                         request.request_id, request.tier, worker.worker_id,
                         len(request.generated_token_ids))
+            self.release_slot(request, worker)
             self.requeue(request, time.monotonic())
         worker.running_ids.clear()
-        worker.num_leaving = 0
+        worker.leaving_ids.clear()
 
     def requeue(self, request: Request, now_s: float) -> None:
         """Back to the head of its lane, keeping the tokens it made."""
+        request.move_to(RequestStatus.QUEUED)
+        request.worker_id = None
         request.queued_since_s = now_s
         self.queue.push_front(request.request_id, request.tier, request.tenant,
                               request.arrival_seq)
