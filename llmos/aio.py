@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Sequence, cast
+from typing import AsyncIterator, Sequence
 
 import zmq
 import zmq.asyncio
 from google.protobuf.message import Message
 
 from llmos.client import (
-    CLIENT_ACCEPTS, DEFAULT_TIMEOUT_S, UNTIED, answer_of, default_broker_address, ends_stream,
-    make_generate_request, make_pooling_request, request_id_of,
+    CLIENT_ACCEPTS, DEFAULT_TIMEOUT_S, UNTIED, Answer, answer_of, default_broker_address,
+    ends_stream, make_generate_request, make_pooling_request, request_id_of,
 )
 from llmos.errors import LlmosTimeout, error_from_proto
 from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.envelope import body_name
 from llmos.wire.sockets import connect_dealer
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class AsyncClient:
         self.timeout_s = timeout_s
         self._context = zmq.asyncio.Context()
         self._socket = connect_dealer(self._context, self.address)
-        self._queues: dict[str, asyncio.Queue[tuple[str, Message]]] = {}
+        self._queues: dict[str, asyncio.Queue[Message]] = {}
         self._results: dict[str, pb.GenerateResult] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -59,14 +60,14 @@ class AsyncClient:
         request_id = request.request_id
         queue = self._open_queue(request_id)
         await self._socket.send(pack(request))
-        name, message = await self._next(request_id, f"no answer to request {request_id}")
-        if name == "error":
+        message = await self._next(request_id, f"no answer to request {request_id}")
+        if isinstance(message, pb.Error):
             del self._queues[request_id]
-            raise error_from_proto(cast(pb.Error, message))
-        if name != "accepted":
+            raise error_from_proto(message)
+        if not isinstance(message, pb.Accepted):
             # The broker always accepts first; if it did not, stream() still needs this message.
-            log.warning("request %s: %s arrived before accepted", request_id, name)
-            _put_front(queue, (name, message))
+            log.warning("request %s: %s arrived before accepted", request_id, body_name(message))
+            _put_front(queue, message)
         return request_id
 
     async def stream(self, request_id: str) -> AsyncIterator[pb.TokenChunk]:
@@ -76,11 +77,10 @@ class AsyncClient:
         if request_id not in self._queues:
             raise KeyError(f"request {request_id} is not in flight on this client")
         while True:
-            name, message = await self._next(request_id,
-                                             f"nothing arrived for request {request_id}")
-            if name == "chunk":
-                yield cast(pb.TokenChunk, message)
-            elif ends_stream(request_id, name, message, self._queues, self._results):
+            message = await self._next(request_id, f"nothing arrived for request {request_id}")
+            if isinstance(message, pb.TokenChunk):
+                yield message
+            elif ends_stream(request_id, message, self._queues, self._results):
                 return
 
     async def result(self, request_id: str) -> pb.GenerateResult:
@@ -99,7 +99,7 @@ class AsyncClient:
         request = make_pooling_request(pb.TASK_KIND_EMBED, inputs, request_id=request_id,
                                        model=model, tier=tier, tenant=tenant,
                                        deadline_ms=deadline_ms)
-        return cast(pb.EmbedResult, await self._answer(request, "embed_result"))
+        return await self._answer(request, pb.EmbedResult)
 
     async def classify(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
                        tenant: str = "", request_id: str | None = None,
@@ -108,17 +108,17 @@ class AsyncClient:
         request = make_pooling_request(pb.TASK_KIND_CLASSIFY, inputs, request_id=request_id,
                                        model=model, tier=tier, tenant=tenant,
                                        deadline_ms=deadline_ms)
-        return cast(pb.ClassifyResult, await self._answer(request, "classify_result"))
+        return await self._answer(request, pb.ClassifyResult)
 
     async def _answer(self, request: pb.EmbedRequest | pb.ClassifyRequest,
-                      result_name: str) -> Message:
+                      result_type: type[Answer]) -> Answer:
         """Send a request that has one answer; wait past `accepted` for it."""
         request_id = request.request_id
         self._open_queue(request_id)
         await self._socket.send(pack(request))
         try:
             while True:
-                answer = answer_of(request_id, result_name, *await self._next(
+                answer = answer_of(request_id, result_type, await self._next(
                     request_id, f"no answer to request {request_id}"))
                 if answer is not None:
                     return answer
@@ -132,11 +132,11 @@ class AsyncClient:
         self._open_queue(UNTIED)  # a late reply to an earlier status() must not answer this one
         await self._socket.send(pack(pb.StatusRequest()))
         while True:
-            name, message = await self._next(UNTIED, f"no status reply from {self.address}")
-            if name == "status_reply":
-                return cast(pb.StatusReply, message)
-            if name == "error":
-                raise error_from_proto(cast(pb.Error, message))
+            message = await self._next(UNTIED, f"no status reply from {self.address}")
+            if isinstance(message, pb.StatusReply):
+                return message
+            if isinstance(message, pb.Error):
+                raise error_from_proto(message)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -157,14 +157,14 @@ class AsyncClient:
 
     # ------------------------------------------------------------ receiving
 
-    def _open_queue(self, key: str) -> asyncio.Queue[tuple[str, Message]]:
+    def _open_queue(self, key: str) -> asyncio.Queue[Message]:
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read_forever())
-        queue: asyncio.Queue[tuple[str, Message]] = asyncio.Queue()
+        queue: asyncio.Queue[Message] = asyncio.Queue()
         self._queues[key] = queue
         return queue
 
-    async def _next(self, key: str, timeout_message: str) -> tuple[str, Message]:
+    async def _next(self, key: str, timeout_message: str) -> Message:
         try:
             return await asyncio.wait_for(self._queues[key].get(), self.timeout_s)
         except asyncio.TimeoutError:
@@ -179,15 +179,15 @@ class AsyncClient:
             except WireError as exc:
                 log.warning("dropping a frame from %s: %s", self.address, exc.message)
                 continue
-            key = request_id_of(name, message)
+            key = request_id_of(message)
             queue = self._queues.get(key)
             if queue is None:
                 log.debug("dropping %s for request %s: not in flight", name, key)
                 continue
-            queue.put_nowait((name, message))
+            queue.put_nowait(message)
 
 
-def _put_front(queue: asyncio.Queue[tuple[str, Message]], item: tuple[str, Message]) -> None:
+def _put_front(queue: asyncio.Queue[Message], item: Message) -> None:
     """Put `item` back at the head of `queue` (nothing awaits it: we are its only reader)."""
     rest = []
     while not queue.empty():

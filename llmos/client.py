@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Iterator, Sequence, cast
+from typing import Iterator, Sequence, TypeVar, cast
 
 import zmq
 from google.protobuf.message import Message
@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from llmos.config import env_var
 from llmos.errors import LlmosError, LlmosTimeout, error_from_proto
 from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.envelope import body_name, body_names
 from llmos.wire.constants import CLIENT_PORT, tcp
 from llmos.wire.sockets import connect_dealer
 
@@ -36,8 +37,9 @@ BROKER_ADDRESS_ENV = env_var("broker_address")  # LLMOS_BROKER_ADDRESS, as every
 DEFAULT_TIMEOUT_S = 60.0
 
 # What a client accepts from the broker; anything else is dropped at the door.
-CLIENT_ACCEPTS = frozenset({"accepted", "chunk", "result", "error", "status_reply",
-                            "embed_result", "classify_result"})
+CLIENT_ACCEPTS = body_names(pb.Accepted, pb.TokenChunk, pb.GenerateResult, pb.Error, pb.StatusReply,
+                            pb.EmbedResult, pb.ClassifyResult)
+KERNEL_QUERY_ACCEPTS = body_names(pb.ResourceView, pb.Error)
 
 # Inbox key for replies that belong to no request: StatusReply and errors the
 # broker could not tie to a request id.
@@ -46,6 +48,10 @@ UNTIED = ""
 # What a client accepts but a StatusReply: each carries the request id it answers.
 TiedReply = (pb.Accepted | pb.TokenChunk | pb.GenerateResult | pb.Error | pb.EmbedResult
              | pb.ClassifyResult)
+
+
+# The answer of a request that has one (EmbedResult, ClassifyResult).
+Answer = TypeVar("Answer", pb.EmbedResult, pb.ClassifyResult)
 
 
 def default_broker_address() -> str:
@@ -80,38 +86,38 @@ def make_pooling_request(kind: int, inputs: str | Sequence[str], *, request_id: 
                          tier=tier, tenant=tenant, deadline_ms=deadline_ms)
 
 
-def ends_stream(request_id: str, name: str, message: Message, inboxes: dict,
+def ends_stream(request_id: str, message: Message, inboxes: dict,
                 results: dict[str, pb.GenerateResult]) -> bool:
     """Whether a reply other than a chunk ends the request's stream. A result does
     (kept in `results`); an error does by raising its typed exception; the request's
     inbox goes either way. Anything else is logged and passed over (False)."""
-    if name == "result":
+    if isinstance(message, pb.GenerateResult):
         del inboxes[request_id]
-        results[request_id] = cast(pb.GenerateResult, message)
+        results[request_id] = message
         return True
-    if name == "error":
+    if isinstance(message, pb.Error):
         del inboxes[request_id]
-        raise error_from_proto(cast(pb.Error, message))
-    log.warning("request %s: unexpected %s while streaming", request_id, name)
+        raise error_from_proto(message)
+    log.warning("request %s: unexpected %s while streaming", request_id, body_name(message))
     return False
 
 
-def answer_of(request_id: str, result_name: str, name: str, message: Message) -> Message | None:
-    """A one-answer request's `result_name` reply, else None (past `accepted`);
+def answer_of(request_id: str, result_type: type[Answer], message: Message) -> Answer | None:
+    """A one-answer request's reply of `result_type`, else None (past `accepted`);
     an error raises its typed exception."""
-    if name == result_name:
+    if isinstance(message, result_type):
         return message
-    if name == "error":
-        raise error_from_proto(cast(pb.Error, message))
-    if name != "accepted":
-        log.warning("request %s: unexpected %s", request_id, name)
+    if isinstance(message, pb.Error):
+        raise error_from_proto(message)
+    if not isinstance(message, pb.Accepted):
+        log.warning("request %s: unexpected %s", request_id, body_name(message))
     return None
 
 
-def request_id_of(name: str, message: Message) -> str:
+def request_id_of(message: Message) -> str:
     """The inbox a broker message belongs to (UNTIED for status replies and
     errors the broker could not tie to a request)."""
-    if name == "status_reply":
+    if isinstance(message, pb.StatusReply):
         return UNTIED
     return cast(TiedReply, message).request_id
 
@@ -126,7 +132,7 @@ class Client:
         self._owns_context = context is None
         self._context = context or zmq.Context()
         self._socket = connect_dealer(self._context, self.address)
-        self._inboxes: dict[str, collections.deque[tuple[str, Message]]] = {}
+        self._inboxes: dict[str, collections.deque[Message]] = {}
         self._results: dict[str, pb.GenerateResult] = {}
 
     # ------------------------------------------------------------ verbs
@@ -148,14 +154,14 @@ class Client:
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
         self._socket.send(pack(request))
-        name, message = self._next(request_id, f"no answer to request {request_id}")
-        if name == "error":
+        message = self._next(request_id, f"no answer to request {request_id}")
+        if isinstance(message, pb.Error):
             del self._inboxes[request_id]
-            raise error_from_proto(cast(pb.Error, message))
-        if name != "accepted":
+            raise error_from_proto(message)
+        if not isinstance(message, pb.Accepted):
             # The broker always accepts first; if it did not, keep the message for stream().
-            log.warning("request %s: %s arrived before accepted", request_id, name)
-            self._inboxes[request_id].appendleft((name, message))
+            log.warning("request %s: %s arrived before accepted", request_id, body_name(message))
+            self._inboxes[request_id].appendleft(message)
         return request_id
 
     def stream(self, request_id: str) -> Iterator[pb.TokenChunk]:
@@ -169,10 +175,10 @@ class Client:
         if request_id not in self._inboxes:
             raise KeyError(f"request {request_id} is not in flight on this client")
         while True:
-            name, message = self._next(request_id, f"nothing arrived for request {request_id}")
-            if name == "chunk":
-                yield cast(pb.TokenChunk, message)
-            elif ends_stream(request_id, name, message, self._inboxes, self._results):
+            message = self._next(request_id, f"nothing arrived for request {request_id}")
+            if isinstance(message, pb.TokenChunk):
+                yield message
+            elif ends_stream(request_id, message, self._inboxes, self._results):
                 return
 
     def result(self, request_id: str) -> pb.GenerateResult:
@@ -196,7 +202,7 @@ class Client:
         request = make_pooling_request(pb.TASK_KIND_EMBED, inputs, request_id=request_id,
                                        model=model, tier=tier, tenant=tenant,
                                        deadline_ms=deadline_ms)
-        return cast(pb.EmbedResult, self._answer(request, "embed_result"))
+        return self._answer(request, pb.EmbedResult)
 
     def classify(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
                  tenant: str = "", request_id: str | None = None,
@@ -206,17 +212,18 @@ class Client:
         request = make_pooling_request(pb.TASK_KIND_CLASSIFY, inputs, request_id=request_id,
                                        model=model, tier=tier, tenant=tenant,
                                        deadline_ms=deadline_ms)
-        return cast(pb.ClassifyResult, self._answer(request, "classify_result"))
+        return self._answer(request, pb.ClassifyResult)
 
-    def _answer(self, request: pb.EmbedRequest | pb.ClassifyRequest, result_name: str) -> Message:
+    def _answer(self, request: pb.EmbedRequest | pb.ClassifyRequest,
+                result_type: type[Answer]) -> Answer:
         """Send a request that has one answer; wait past `accepted` for it."""
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
         self._socket.send(pack(request))
         try:
             while True:
-                answer = answer_of(request_id, result_name,
-                                   *self._next(request_id, f"no answer to request {request_id}"))
+                answer = answer_of(request_id, result_type,
+                                   self._next(request_id, f"no answer to request {request_id}"))
                 if answer is not None:
                     return answer
         finally:
@@ -233,11 +240,11 @@ class Client:
         self._inboxes[UNTIED] = collections.deque()
         self._socket.send(pack(pb.StatusRequest()))
         while True:
-            name, message = self._next(UNTIED, f"no status reply from {self.address}")
-            if name == "status_reply":
-                return cast(pb.StatusReply, message)
-            if name == "error":
-                raise error_from_proto(cast(pb.Error, message))
+            message = self._next(UNTIED, f"no status reply from {self.address}")
+            if isinstance(message, pb.StatusReply):
+                return message
+            if isinstance(message, pb.Error):
+                raise error_from_proto(message)
 
     def close(self) -> None:
         self._socket.close()
@@ -252,7 +259,7 @@ class Client:
 
     # ------------------------------------------------------------ receiving
 
-    def _next(self, key: str, timeout_message: str) -> tuple[str, Message]:
+    def _next(self, key: str, timeout_message: str) -> Message:
         """The next message in inbox `key`, reading the socket until one arrives."""
         deadline = time.monotonic() + self.timeout_s
         inbox = self._inboxes.setdefault(key, collections.deque())
@@ -279,13 +286,13 @@ class Client:
         except WireError as exc:
             log.warning("dropping a frame from %s: %s", self.address, exc.message)
             return
-        key = request_id_of(name, message)
+        key = request_id_of(message)
         inbox = self._inboxes.get(key)
         if inbox is None:
             # A late message for a request that already ended (or was never ours).
             log.debug("dropping %s for request %s: not in flight", name, key)
             return
-        inbox.append((name, message))
+        inbox.append(message)
 
 
 def query_kernel(address: str, timeout_s: float,
@@ -301,10 +308,9 @@ def query_kernel(address: str, timeout_s: float,
         socket.send(pack(pb.ResourceQuery()))
         if not socket.poll(int(timeout_s * 1000), zmq.POLLIN):
             raise LlmosTimeout(f"no reply from the kernel at {address} within {timeout_s:g} s")
-        name, message = unpack(socket.recv_multipart()[-1],
-                               frozenset({"resource_view", "error"}))
-        if name == "error":
-            raise error_from_proto(cast(pb.Error, message))
+        _, message = unpack(socket.recv_multipart()[-1], KERNEL_QUERY_ACCEPTS)
+        if isinstance(message, pb.Error):
+            raise error_from_proto(message)
         return cast(pb.ResourceView, message)
     except WireError as exc:
         raise LlmosError(exc.code, f"kernel at {address} sent {exc.message}") from None

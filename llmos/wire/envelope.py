@@ -41,6 +41,11 @@ def body_name_of_type(message_type: type[Message]) -> str:
     return _FIELD_BY_TYPE[message_type.DESCRIPTOR.full_name]
 
 
+def body_names(*message_types: type[Message]) -> frozenset[str]:
+    """The `accepted` set of `unpack` for these message classes."""
+    return frozenset(body_name_of_type(message_type) for message_type in message_types)
+
+
 def body_name(message: Message) -> str:
     return body_name_of_type(type(message))
 
