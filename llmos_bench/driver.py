@@ -28,9 +28,10 @@ from llmos_bench.percentiles import percentile
 from llmos_bench.workload import Job, scale_jobs
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import ERROR_NAMES
+from llmos.wire.envelope import body_names
 from llmos.wire.sockets import connect_dealer
 
-ACCEPTS = frozenset({"accepted", "chunk", "result", "error"})
+ACCEPTS = body_names(pb.Accepted, pb.TokenChunk, pb.GenerateResult, pb.Error)
 MAX_POLL_WAIT_S = 0.05
 STALL_TIMEOUT_S = 30.0  # live requests and not one message for this long: the stack is stuck
 
@@ -161,14 +162,14 @@ class LoadDriver:
                 return count
             count += 1
             try:
-                name, message = unpack(frame, ACCEPTS)
+                _, message = unpack(frame, ACCEPTS)
             except WireError:
                 continue  # not ours to judge here; the request will show as unfinished
             outcome = self.live.get(message.request_id)
-            if outcome is None or name == "accepted":
+            if outcome is None or isinstance(message, pb.Accepted):
                 continue
             now_s = time.monotonic()
-            if name == "chunk":
+            if isinstance(message, pb.TokenChunk):
                 num_tokens = len(message.token_ids)
                 if num_tokens and math.isnan(outcome.first_token_s):
                     outcome.first_token_s = now_s
@@ -176,7 +177,7 @@ class LoadDriver:
                 if self.track_chunks:
                     self.chunks.append((now_s, outcome.group, num_tokens))
                 continue
-            if name == "error":
+            if isinstance(message, pb.Error):
                 outcome.error = ERROR_NAMES.get(message.code, str(message.code))
             outcome.finished_s = now_s
             del self.live[message.request_id]
