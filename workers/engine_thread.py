@@ -90,6 +90,9 @@ class EngineThread:
         self.commands.put((Verb.DROP_ALL, epoch))
 
     def stop(self, timeout_s: float) -> None:
+        """Stop the thread after its step in flight; wait `timeout_s` at most."""
+        if self.thread.ident is None:  # never started
+            return
         self.commands.put((Verb.STOP, None))
         self.thread.join(timeout_s)
         if self.thread.is_alive():

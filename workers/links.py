@@ -10,7 +10,9 @@ interval the worker goes on with local KV accounting and re-registers every
 interval on a fresh socket (a DEALER would otherwise queue every heartbeat for
 a dead kernel and replay the lot when it returns).
 
-Both sockets belong to the service thread.
+Both sockets belong to the service thread. A link hands the service each
+message's payload; the service routes it with its handler table
+(`llmos.wire.Handlers`).
 """
 
 from __future__ import annotations
@@ -21,21 +23,16 @@ import time
 import zmq
 from google.protobuf.message import Message
 
-from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
 from llmos.wire.sockets import connect_dealer
 
 log = logging.getLogger(__name__)
 
-BROKER_MESSAGES = frozenset({"dispatch", "cancel", "preempt", "heartbeat", "disconnect", "error"})
-KERNEL_MESSAGES = frozenset({"kernel_reply", "error"})
-
-
 class PeerLink:
     """A DEALER to one peer that can be replaced by a fresh one."""
 
     peer = "peer"
-    accepted: frozenset[str] = frozenset()
 
     def __init__(self, context: zmq.Context, poller: zmq.Poller, address: str, worker_id: str,
                  interval_s: float) -> None:
@@ -61,9 +58,10 @@ class PeerLink:
             log.warning("worker %s: %s queue full; dropped a %s", self.worker_id, self.peer,
                         message.DESCRIPTOR.name)
 
-    def receive(self) -> list[tuple[str, Message]]:
-        """Every message waiting on the socket; bad frames are logged and skipped."""
-        messages = []
+    def receive(self) -> list[bytes]:
+        """The payload of every message waiting on the socket; a message of more than
+        one payload frame is logged and skipped."""
+        payloads = []
         while self.socket is not None:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
@@ -71,11 +69,11 @@ class PeerLink:
                 break
             self.on_message()
             try:
-                messages.append(unpack(dealer_payload(frames), self.accepted))
+                payloads.append(dealer_payload(frames))
             except WireError as exc:
                 log.warning("worker %s ignored a bad frame from the %s: %s", self.worker_id,
                             self.peer, exc.message)
-        return messages
+        return payloads
 
     def on_message(self) -> None:
         """Hook: a frame arrived."""
@@ -89,7 +87,6 @@ class PeerLink:
 
 class BrokerLink(PeerLink):
     peer = "broker"
-    accepted = BROKER_MESSAGES
 
     def connect(self, registration: pb.WorkerRegister) -> None:
         self.reconnect(identity=self.worker_id)
@@ -106,7 +103,6 @@ class BrokerLink(PeerLink):
 
 class KernelLink(PeerLink):
     peer = "kernel"
-    accepted = KERNEL_MESSAGES
 
     def __init__(self, *args, registration: pb.KernelRegister, **kwargs) -> None:
         super().__init__(*args, **kwargs)

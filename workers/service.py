@@ -10,16 +10,15 @@ this worker or goes silent, every request is dropped: the broker re-queues them.
 from __future__ import annotations
 
 import logging
-import signal
+import threading
 import time
 from dataclasses import replace
-from types import FrameType
 
 import torch
 import zmq
 
-from llmos.logs import setup_logging
-from llmos.wire import pb
+from llmos.service import run_service
+from llmos.wire import Handlers, WireError, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
 from workers import engine_factory
 from workers.admission_gate import AdmissionGate
@@ -32,12 +31,16 @@ from workers.requests import Delta, EngineRequest, cancelled_delta, check_reques
 
 log = logging.getLogger(__name__)
 
-MAX_POLL_MS = 100           # bounds how long a SIGTERM waits for the loop to notice
+MAX_POLL_MS = 100           # bounds how long a stop signal waits for the loop to notice
 ENGINE_STOP_TIMEOUT_S = 5.0
 
 
 def run(config: WorkerConfig) -> None:
-    setup_logging("worker")
+    run_service("worker", lambda: build_worker(config))
+
+
+def build_worker(config: WorkerConfig) -> Worker:
+    """Load the model and build the worker that serves it (generate, or embed / classify)."""
     if not config.worker_id:
         config = replace(config, worker_id=default_worker_id())
     if config.threads > 0:
@@ -50,14 +53,10 @@ def run(config: WorkerConfig) -> None:
              config.worker_id, loaded.name, loaded.path, loaded.device, loaded.dtype,
              loaded.max_model_len, loaded.kv_capacity_tokens)
     if loaded.task == pb.TASK_KIND_GENERATE:
-        worker = Worker(config, loaded)
-    else:
-        from workers.pooling_service import PoolingWorker  # a Worker subclass: imports this module
+        return Worker(config, loaded)
+    from workers.pooling_service import PoolingWorker  # a Worker subclass: imports this module
 
-        worker = PoolingWorker(config, loaded)
-    signal.signal(signal.SIGTERM, worker.request_stop)
-    signal.signal(signal.SIGINT, worker.request_stop)
-    worker.serve()
+    return PoolingWorker(config, loaded)
 
 
 class Worker:
@@ -75,7 +74,7 @@ class Worker:
         self.poller.register(self.pipe, zmq.POLLIN)
         self.engine_thread = EngineThread(self.make_engine(), self.context, pipe_address)
         self.gate = AdmissionGate(config.max_num_seqs, loaded.max_model_len, DEFAULT_BLOCK_SIZE,
-                                   loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE)
+                                  loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE)
         self.kernel = KernelLink(self.context, self.poller, config.kernel_address, self.worker_id,
                                  self.interval_s, registration=self.kernel_registration())
         self.broker = BrokerLink(self.context, self.poller, config.broker_worker_address,
@@ -85,7 +84,12 @@ class Worker:
         self.prefix_hashes: list[int] = []     # what the engine's prefix cache holds (text blocks)
         self.is_prefix_report_due = False
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
-        self.is_stopping = False
+        self.from_broker: Handlers[None] = Handlers("the worker's broker socket", {
+            pb.Dispatch: self.accept_dispatch, pb.Cancel: self.cancel_request,
+            pb.Preempt: self.preempt_request, pb.Heartbeat: self.note_broker_heartbeat,
+            pb.Disconnect: self.register_again, pb.Error: self.log_broker_error})
+        self.from_kernel: Handlers[None] = Handlers("the worker's kernel socket", {
+            pb.KernelReply: self.accept_kernel_reply, pb.Error: self.accept_kernel_error})
 
     def make_engine(self) -> engine_factory.GenerateEngine:
         """The engine the engine thread drives (workers.pooling_service overrides it).
@@ -101,17 +105,14 @@ class Worker:
         except ValueError as exc:
             raise SystemExit(f"llmos worker: {exc}") from None
 
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        log.info("worker %s received signal %d; stopping", self.worker_id, signum)
-        self.is_stopping = True
-
     # ---------------------------------------------------------------- the loop
 
-    def serve(self) -> None:
+    def serve(self, stopping: threading.Event) -> None:
+        """Register, then poll -> route -> admit -> expire -> heartbeats until `stopping` is set."""
         self.engine_thread.start()
         self.register_with_kernel()
         self.broker.connect(self.broker_registration())
-        while not self.is_stopping:
+        while not stopping.is_set():
             events = dict(self.poller.poll(min(self.config.heartbeat_interval_ms, MAX_POLL_MS)))
             if self.pipe in events:
                 self.route_engine_outputs()
@@ -123,7 +124,7 @@ class Worker:
             self.purge_expired()
             self.send_heartbeats()
             self.report_prefixes()
-        self.shutdown()
+        log.info("worker %s stopping", self.worker_id)
 
     def register_with_kernel(self) -> None:
         """Learn the kernel's block geometry before telling the broker; wait one interval at most."""
@@ -165,38 +166,57 @@ class Worker:
                 self.send_progress(deltas)
 
     def route_broker_messages(self) -> None:
-        for name, message in self.broker.receive():
-            if name == "dispatch":
-                self.accept_dispatch(message)
-            elif name == "cancel":
-                self.cancel_request(message.request_id)
-            elif name == "preempt":
-                self.preempt_request(message.request_id)
-            elif name == "disconnect":
-                log.warning("worker %s: the broker says register again (%s)",
-                            self.worker_id, message.reason or "no reason given")
-                self.drop_all_requests("the broker asked this worker to register again")
-                self.broker.send(self.broker_registration())  # the connection is fine: keep it
-            elif name == "error":
-                log.warning("worker %s: broker error %s for request %r: %s", self.worker_id,
-                            pb.ErrorCode.Name(message.code), message.request_id, message.message)
+        self.route_each(self.from_broker, self.broker.receive())
 
     def route_kernel_messages(self) -> None:
-        for name, message in self.kernel.receive():
-            if name == "kernel_reply" and not message.request_id:
-                self.adopt_kernel_geometry(message)
-            elif name == "kernel_reply":
-                self.start_granted(message.request_id)
-            elif message.code == pb.NOT_ENOUGH_BLOCKS:
-                self.wait_for_blocks(message.request_id)
-            elif message.code == pb.UNKNOWN_WORKER:
-                log.warning("worker %s: the kernel does not know this worker; registering again",
-                            self.worker_id)
-                self.gate.abandon_allocation()
-                self.kernel.register(time.monotonic(), fresh_socket=False)
-            else:
-                log.warning("worker %s: kernel error %s for request %r: %s", self.worker_id,
-                            pb.ErrorCode.Name(message.code), message.request_id, message.message)
+        self.route_each(self.from_kernel, self.kernel.receive())
+
+    def route_each(self, handlers: Handlers[None], payloads: list[bytes]) -> None:
+        """Hand each payload to its handler; one the table refuses is logged, never fatal."""
+        for payload in payloads:
+            try:
+                handlers.route(payload)
+            except WireError as exc:
+                log.warning("worker %s ignored a frame on %s: %s", self.worker_id, handlers.where,
+                            exc.message)
+
+    # ---------------------------------------------------------------- from the broker
+
+    def note_broker_heartbeat(self, heartbeat: pb.Heartbeat) -> None:
+        """Nothing to do: any frame from the broker is a sign of life, and the link counted it."""
+
+    def register_again(self, disconnect: pb.Disconnect) -> None:
+        """The broker forgot this worker: drop every request (it re-queues them) and register
+        again on the same connection, which is fine."""
+        log.warning("worker %s: the broker says register again (%s)", self.worker_id,
+                    disconnect.reason or "no reason given")
+        self.drop_all_requests("the broker asked this worker to register again")
+        self.broker.send(self.broker_registration())
+
+    def log_broker_error(self, error: pb.Error) -> None:
+        log.warning("worker %s: broker error %s for request %r: %s", self.worker_id,
+                    pb.ErrorCode.Name(error.code), error.request_id, error.message)
+
+    # ---------------------------------------------------------------- from the kernel
+
+    def accept_kernel_reply(self, reply: pb.KernelReply) -> None:
+        """The answer to a KernelRegister (no request id), a KvAllocate or a KvFree."""
+        if not reply.request_id:
+            self.adopt_kernel_geometry(reply)
+        else:
+            self.start_granted(reply.request_id)
+
+    def accept_kernel_error(self, error: pb.Error) -> None:
+        if error.code == pb.NOT_ENOUGH_BLOCKS:
+            self.wait_for_blocks(error.request_id)
+        elif error.code == pb.UNKNOWN_WORKER:
+            log.warning("worker %s: the kernel does not know this worker; registering again",
+                        self.worker_id)
+            self.gate.abandon_allocation()
+            self.kernel.register(time.monotonic(), fresh_socket=False)
+        else:
+            log.warning("worker %s: kernel error %s for request %r: %s", self.worker_id,
+                        pb.ErrorCode.Name(error.code), error.request_id, error.message)
 
     # ---------------------------------------------------------------- requests
 
@@ -231,14 +251,13 @@ class Worker:
                         problem.error_message)
             self.send_progress([problem])
             return
-        self.gate.add(request, num_tokens,
-                           len(prompt_token_ids) + len(request.generated_token_ids))
+        self.gate.add(request, num_tokens, len(prompt_token_ids) + len(request.generated_token_ids))
         self.tenant_by_request[request_id] = dispatch.tenant
         # debug, as the start: this thread shares the GIL with the engine's, so it logs one
         # info line a request (its end), not three
         log.debug("worker %s request %s queued: %d prompt tokens, %d resumed, max_tokens %d",
-                    self.worker_id, request_id, len(prompt_token_ids),
-                    len(request.generated_token_ids), request.sampling.max_tokens)
+                  self.worker_id, request_id, len(prompt_token_ids),
+                  len(request.generated_token_ids), request.sampling.max_tokens)
 
     def check_fits(self, request: EngineRequest, num_tokens: int) -> Delta | None:
         if self.gate.can_ever_fit(num_tokens):
@@ -288,7 +307,8 @@ class Worker:
         else:
             log.info("worker %s request %s finished: %s", self.worker_id, delta.request_id, reason)
 
-    def cancel_request(self, request_id: str) -> None:
+    def cancel_request(self, cancel: pb.Cancel) -> None:
+        request_id = cancel.request_id
         if request_id in self.gate.running:
             self.engine_thread.cancel(request_id)
         self.release_blocks(request_id)
@@ -297,9 +317,10 @@ class Worker:
         self.send_progress([cancelled_delta(request_id)])
         log.info("worker %s request %s cancelled", self.worker_id, request_id)
 
-    def preempt_request(self, request_id: str) -> None:
+    def preempt_request(self, preempt: pb.Preempt) -> None:
         """A running request stops at the engine's next step boundary: its final PREEMPTED
         delta follows every token it made, and frees its blocks (finish_request)."""
+        request_id = preempt.request_id
         if request_id in self.gate.running:
             self.engine_thread.preempt(request_id)
             self.gate.mark_leaving(request_id)
@@ -396,11 +417,12 @@ class Worker:
             kv_capacity_tokens=self.loaded.kv_capacity_tokens, max_num_seqs=self.config.max_num_seqs,
         )
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
+        """Say goodbye to the broker and the kernel, stop the engine thread, close the sockets."""
         goodbye = pb.Disconnect(worker_id=self.worker_id, reason="worker shutting down")
-        self.broker.send(goodbye)
-        if self.kernel.socket is not None:
-            self.kernel.send(goodbye)
+        for link in (self.broker, self.kernel):
+            if link.socket is not None:
+                link.send(goodbye)
         self.engine_thread.stop(ENGINE_STOP_TIMEOUT_S)
         self.broker.close()
         self.kernel.close()
