@@ -2,17 +2,18 @@
 
 Pure functions: a request either comes back as an `AdmittedRequest` (normalized,
 defaults filled in, its model resolved) or a WireError says, with a code and a
-sentence, why it was refused.
+sentence, why it was refused. `AdmissionRules` holds what they check against,
+parsed once from the broker's config.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from broker.config import BrokerConfig
-from broker.tiers import TierLimits
+from broker.tiers import TierLimits, parse_tenant_quotas, parse_tier_limits
 from llmos.wire import WireError, pb
 from llmos.wire.constants import DEFAULT_TENANT
 
@@ -23,13 +24,16 @@ RETRY_UNKNOWN_MODEL_MS = 1000
 TASK_NAMES = {pb.TASK_KIND_GENERATE: "text generation", pb.TASK_KIND_EMBED: "embeddings",
               pb.TASK_KIND_CLASSIFY: "classification"}
 
+TaskRequest = pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest
+TaskModels = Mapping[pb.TaskKind, Collection[str]]  # the models workers serve, by task
+
 
 @dataclass
 class AdmittedRequest:
     """A request the broker accepted, in the one shape every task shares."""
 
     request_id: str
-    kind: int
+    kind: pb.TaskKind
     model: str
     tier: str
     tenant: str
@@ -53,7 +57,7 @@ def _check_common(request_id: str, tier: str, limits: dict[str, TierLimits]) -> 
     return limits[tier]
 
 
-def resolve_model(model: str, kind: int, models_by_task: dict[int, Collection[str]],
+def resolve_model(model: str, kind: pb.TaskKind, models_by_task: TaskModels,
                   request_id: str) -> str:
     """The model to run: as named, or the task's default (first registered) model."""
     served = models_by_task.get(kind, ())
@@ -101,7 +105,7 @@ def _utf8_len(text: str) -> int:
 
 def validate_generate(request: pb.GenerateRequest, config: BrokerConfig,
                       limits: dict[str, TierLimits],
-                      models_by_task: dict[int, Collection[str]]) -> AdmittedRequest:
+                      models_by_task: TaskModels) -> AdmittedRequest:
     request_id = request.request_id
     tier = request.tier or config.default_tier
     tier_limits = _check_common(request_id, tier, limits)
@@ -120,9 +124,9 @@ def validate_generate(request: pb.GenerateRequest, config: BrokerConfig,
                      prompt=request.prompt, sampling=sampling)
 
 
-def validate_pooling(request: pb.EmbedRequest | pb.ClassifyRequest, kind: int, config: BrokerConfig,
+def validate_pooling(request: pb.EmbedRequest | pb.ClassifyRequest, kind: pb.TaskKind, config: BrokerConfig,
                      limits: dict[str, TierLimits],
-                     models_by_task: dict[int, Collection[str]]) -> AdmittedRequest:
+                     models_by_task: TaskModels) -> AdmittedRequest:
     """Embed and classify requests: a list of texts instead of a prompt."""
     request_id = request.request_id
     tier = request.tier or config.default_tier
@@ -140,3 +144,26 @@ def validate_pooling(request: pb.EmbedRequest | pb.ClassifyRequest, kind: int, c
                      tenant=request.tenant or DEFAULT_TENANT,
                      deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
                      inputs=list(request.inputs))
+
+
+class AdmissionRules:
+    """Limits and defaults per tier, live-request quotas per tenant."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.tier_limits = parse_tier_limits(config)
+        self.tenant_quotas = parse_tenant_quotas(config.tenant_quotas)
+
+    def max_queue_depths(self) -> dict[str, int]:
+        return {tier: limits.max_queue_depth for tier, limits in self.tier_limits.items()}
+
+    def quota(self, tenant: str) -> int:
+        """Live (queued + running) requests the tenant may hold; 0 is no limit."""
+        return self.tenant_quotas.get(tenant, self.config.tenant_max_requests)
+
+    def validate(self, message: TaskRequest,
+                 models_by_task: TaskModels) -> AdmittedRequest:
+        if isinstance(message, pb.GenerateRequest):
+            return validate_generate(message, self.config, self.tier_limits, models_by_task)
+        kind = pb.TASK_KIND_EMBED if isinstance(message, pb.EmbedRequest) else pb.TASK_KIND_CLASSIFY
+        return validate_pooling(message, kind, self.config, self.tier_limits, models_by_task)

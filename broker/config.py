@@ -6,8 +6,16 @@ from dataclasses import dataclass
 
 from llmos.config import option
 from llmos.wire.constants import (
-    CLIENT_PORT, DEFAULT_MAX_TOKENS, DEFAULT_TIERS, HEARTBEAT_INTERVAL_MS, SCHEDULER_PORT,
-    SCHEDULER_RETRY_MS, SCHEDULER_TIMEOUT_MS, WORKER_PORT, bind_all, tcp,
+    CLIENT_PORT,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TIERS,
+    HEARTBEAT_INTERVAL_MS,
+    SCHEDULER_PORT,
+    SCHEDULER_RETRY_MS,
+    SCHEDULER_TIMEOUT_MS,
+    WORKER_PORT,
+    bind_all,
+    tcp,
 )
 
 
@@ -30,12 +38,15 @@ class BrokerConfig:
     tenant_quotas: str = option("", "per-tenant live-request quotas, e.g. alice=100,bob=20")
     max_inputs: int = option(256, "largest number of inputs in one embed/classify request")
     max_restarts: int = option(3, "times a request moves to another worker before WORKER_FAILED")
-    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS, "heartbeat period; dead after 3 silent periods")
+    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS,
+                                        "heartbeat period; dead after 3 silent periods")
     preemption_check_ms: int = option(50, "while every slot is busy, ask about preemptions "
                                           "this often; a top-tier arrival asks sooner while "
                                           "lower tiers hold slots")
-    scheduler_timeout_ms: int = option(SCHEDULER_TIMEOUT_MS, "wait this long for a decision, then decide locally")
-    scheduler_retry_ms: int = option(SCHEDULER_RETRY_MS, "after a scheduler timeout, ask again after this long")
+    scheduler_timeout_ms: int = option(SCHEDULER_TIMEOUT_MS,
+                                       "wait this long for a decision, then decide locally")
+    scheduler_retry_ms: int = option(SCHEDULER_RETRY_MS,
+                                     "after a scheduler timeout, ask again after this long")
     fallback_policy: str = option("priority", "policy the broker runs itself when the scheduler is down")
     tenant_weights: str = option("", "fair share weights for the fallback policy, e.g. a=1,b=3 "
                                      "(the same LLMOS_TENANT_WEIGHTS the scheduler reads)")

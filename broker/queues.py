@@ -9,9 +9,9 @@ dicts make cancel (remove from the middle) and re-queue O(1).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Iterator
 
 
 @dataclass

@@ -186,7 +186,7 @@ class Request:
                         time_to_first_token_s=since_accept(self.first_token_at_s),
                         total_time_s=since_accept(now_s))
 
-    def result(self, finish_reason: int, worker_id: str, now_s: float) -> pb.GenerateResult:
+    def result(self, finish_reason: pb.FinishReason, worker_id: str, now_s: float) -> pb.GenerateResult:
         return pb.GenerateResult(
             request_id=self.client_request_id, text="".join(self.text_parts),
             token_ids=self.generated_token_ids, finish_reason=finish_reason,

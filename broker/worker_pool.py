@@ -18,7 +18,7 @@ class ConnectedWorker:
     worker_id: str
     identity: bytes
     models: frozenset[str]
-    task: int                      # pb.TaskKind
+    task: pb.TaskKind
     device: str
     max_num_seqs: int
     heartbeat_interval_s: float
@@ -69,7 +69,7 @@ class WorkerPool:
         self.default_heartbeat_interval_s = default_heartbeat_interval_s
         self._workers: dict[bytes, ConnectedWorker] = {}
         # every model a worker ever served here, by task (pb.TaskKind)
-        self.models_by_task: dict[int, set[str]] = {}
+        self.models_by_task: dict[pb.TaskKind, set[str]] = {}
 
     def __iter__(self):
         return iter(list(self._workers.values()))

@@ -1,0 +1,174 @@
+"""The broker's client front end: what arrives on the clients' ROUTER, and clients leaving.
+
+Requests are admitted (validated, checked against the tier's room and the
+tenant's quota, queued, answered `accepted`), cancelled, or asked for the
+broker's status. A request ends early when its client cancels it, its deadline
+passes or its client is gone: its worker, if it has one, is told to drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import zmq
+
+from broker.admission import AdmissionRules, TaskRequest
+from broker.answers import AnswerFills
+from broker.client_replies import ClientReplies
+from broker.client_watch import ClientWatch
+from broker.dispatcher import Dispatcher
+from broker.rates import RateMeter
+from broker.request_table import RequestTable
+from broker.worker_pool import WorkerPool
+from llmos.wire import WireError, error_frame, pack, pb
+from llmos.wire.handlers import Handlers
+from llmos.wire.sockets import router_frames
+
+log = logging.getLogger(__name__)
+
+QUEUE_FULL_RETRY_MS = 1000
+MAX_MESSAGES_PER_POLL = 1000  # so a busy client socket cannot starve the others
+
+
+class ClientFrontEnd:
+    def __init__(self, socket: zmq.Socket, watch: ClientWatch, replies: ClientReplies,
+                 requests: RequestTable, workers: WorkerPool, dispatcher: Dispatcher,
+                 rules: AdmissionRules, answer_fills: AnswerFills, tokens: RateMeter) -> None:
+        self.socket = socket              # received from here; replies go through `replies`
+        self.watch = watch
+        self.replies = replies
+        self.requests = requests
+        self.workers = workers            # read: the models served, and status
+        self.dispatcher = dispatcher
+        self.rules = rules
+        self.answer_fills = answer_fills  # read: status
+        self.tokens = tokens              # read: status
+        self.num_rejected = 0
+        self.handlers: Handlers[None] = Handlers("the broker's client socket", {
+            pb.GenerateRequest: self.admit, pb.EmbedRequest: self.admit,
+            pb.ClassifyRequest: self.admit, pb.Cancel: self.cancel,
+            pb.StatusRequest: self.send_status})
+
+    def drain(self) -> None:
+        for _ in range(MAX_MESSAGES_PER_POLL):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            replaced = self.watch.note(frames[-1], identity)
+            if replaced is not None:
+                self.forget_client(replaced)
+            self.route([frame.bytes for frame in frames])
+
+    def route(self, frames: list[bytes]) -> None:
+        split = router_frames(frames)
+        if split is None:
+            self.num_rejected += 1
+            self.replies.reply(frames[0], False, error_frame(
+                pb.MALFORMED_FRAME, "expected one frame holding an Envelope (DEALER) "
+                "or an empty delimiter then the Envelope (REQ)"))
+            return
+        identity, payload, has_delimiter = split
+        try:
+            self.handlers.route(payload, identity, has_delimiter)
+        except WireError as exc:
+            self.num_rejected += 1
+            log.info("refused %s from client %r: %s", exc.request_id or "frame", identity,
+                     exc.message)
+            self.replies.reply(identity, has_delimiter, error_frame(
+                exc.code, exc.message, exc.request_id, exc.retry_after_ms))
+        except Exception:  # a bug must cost one request, not the broker
+            log.exception("internal error on a message from client %r", identity)
+            self.replies.reply(identity, has_delimiter, error_frame(
+                pb.INTERNAL, "the broker hit an internal error; it is logged"))
+
+    # --- messages
+
+    def admit(self, message: TaskRequest, identity: bytes, has_delimiter: bool) -> None:
+        admitted = self.rules.validate(message, self.workers.models_by_task)
+        request_id, tier, tenant = admitted.request_id, admitted.tier, admitted.tenant
+        if self.requests.by_client(identity, request_id) is not None:
+            raise WireError(pb.DUPLICATE_REQUEST, f"request '{request_id}' is already live on "
+                            "this connection", request_id)
+        if not self.requests.queue.has_room(tier):
+            raise WireError(pb.QUEUE_FULL, f"tier '{tier}' holds {self.requests.queue.max_depth[tier]} "
+                            "requests; retry later", request_id, QUEUE_FULL_RETRY_MS)
+        quota = self.rules.quota(tenant)
+        if quota and self.requests.num_live(tenant) >= quota:
+            raise WireError(pb.QUOTA_EXCEEDED, f"tenant '{tenant}' has {quota} live requests, its "
+                            "quota; retry when one finishes", request_id, QUEUE_FULL_RETRY_MS)
+        request, position = self.requests.add(identity, has_delimiter, admitted, time.monotonic())
+        self.dispatcher.note_arrival(request)
+        log.debug("accepted %s (client id %s) tier %s tenant %s", request.request_id, request_id,
+                  tier, tenant)
+        self.replies.reply(identity, has_delimiter, pack(pb.Accepted(
+            request_id=request_id, tier=tier, queue_position=position)))
+
+    def cancel(self, message: pb.Cancel, identity: bytes, has_delimiter: bool) -> None:
+        request = self.requests.by_client(identity, message.request_id)
+        if request is None:
+            raise WireError(pb.UNKNOWN_REQUEST, f"no live request '{message.request_id}' on this "
+                            "connection", message.request_id)
+        log.info("cancelled %s tier %s on worker %s", request.request_id, request.tier,
+                 request.worker_id)
+        self.dispatcher.cancel(request)
+        self.replies.answer(request, pack(request.result(pb.FINISH_REASON_CANCELLED,
+                                                         request.worker_id or "", time.monotonic())))
+
+    def send_status(self, _: pb.StatusRequest, identity: bytes, has_delimiter: bool) -> None:
+        self.replies.reply(identity, has_delimiter, pack(self.status()))
+
+    def status(self) -> pb.StatusReply:
+        now_s = time.monotonic()
+        running_by_tier = Counter(r.tier for w in self.workers for r in self.requests.on_worker(w))
+        queue = self.requests.queue
+        tiers = []
+        for tier in queue.tiers:
+            fill = self.answer_fills.fill(tier)
+            tiers.append(pb.TierStatus(tier=tier, depth=queue.depth(tier), max_depth=queue.max_depth[tier],
+                                       num_running=running_by_tier[tier],
+                                       num_answers=fill.num_answers, answer_fill=fill.mean_fill))
+        workers = [w.status(now_s) for w in self.workers]
+        is_online, policy = self.dispatcher.scheduler_in_use()
+        return pb.StatusReply(tiers=tiers, workers=workers,
+                              num_running=sum(w.num_running for w in workers),
+                              scheduler_online=is_online, scheduler_policy=policy,
+                              num_completed=self.replies.num_completed,
+                              num_rejected=self.num_rejected, tokens_per_s=self.tokens.per_s(now_s))
+
+    # --- requests ending early
+
+    def forget_client(self, identity: bytes) -> None:
+        gone = self.requests.of_client(identity)
+        if gone:
+            log.info("client %r is gone; stopping its %d requests", identity, len(gone))
+        for request in gone:
+            self.dispatcher.cancel(request)
+            self.replies.answer(request, None)
+
+    def forget_disconnected_clients(self) -> None:
+        """Clients whose connection closed, as the socket monitor reports them."""
+        for identity in self.watch.disconnected():
+            self.forget_client(identity)
+
+    def forget_unreachable_clients(self) -> None:
+        """Clients a reply could not reach since the last call."""
+        for identity in self.replies.take_unreachable():
+            self.forget_client(identity)
+
+    def purge_deadlines(self, now_s: float) -> None:
+        while (request := self.requests.next_expired(now_s)) is not None:
+            log.info("deadline passed for %s tier %s (%s)", request.request_id, request.tier,
+                     "running" if request.is_on_worker else "queued")
+            self.dispatcher.cancel(request)
+            if request.is_on_worker and request.kind == pb.TASK_KIND_GENERATE:
+                payload = pack(request.result(pb.FINISH_REASON_DEADLINE, request.worker_id or "",
+                                              now_s))
+            else:
+                payload = error_frame(pb.DEADLINE_EXCEEDED, f"the deadline of "
+                                      f"{request.admitted.deadline_ms} ms passed before the "
+                                      "request could finish", request.client_request_id)
+            self.replies.answer(request, payload)
