@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -49,17 +50,15 @@ from pathlib import Path
 
 import zmq
 
-from llmos.logs import setup_logging
 from llmos.prefix import prompt_block_hashes
-from llmos.signals import stop_on_signals
-from llmos.wire import WireError, pack, pb, unpack
+from llmos.service import run_service
+from llmos.wire import Handlers, WireError, pack, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
 from llmos.wire.sockets import connect_dealer
+from workers.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-BROKER_MESSAGES = frozenset({"dispatch", "cancel", "preempt", "heartbeat", "disconnect", "error"})
-KERNEL_MESSAGES = frozenset({"kernel_reply", "error"})
 SIM_TOKEN_ID = 42
 SIM_TOKEN_TEXT = " tok"
 CHARS_PER_TOKEN = 4  # the broker sends text; a simulated tokenizer only needs a length
@@ -300,7 +299,7 @@ class SimWorker:
 class SimPool:
     """N simulated workers behind one loop; one broker DEALER each, one shared kernel DEALER."""
 
-    def __init__(self, config, profile: LatencyProfile) -> None:
+    def __init__(self, config: WorkerConfig, profile: LatencyProfile) -> None:
         self.config = config
         self.profile = profile
         self.interval_s = config.heartbeat_interval_ms / 1000
@@ -322,6 +321,13 @@ class SimPool:
         self.steps: list[tuple[float, str]] = []  # heap of (next step time, worker id)
         self.by_id = {w.worker_id: w for w in self.workers.values()}
         self.next_heartbeat_s = 0.0
+        # one table for every worker's broker socket: each handler also takes the worker
+        self.from_broker: Handlers[None] = Handlers("a simulated worker's broker socket", {
+            pb.Dispatch: self.accept, pb.Cancel: self.cancel, pb.Preempt: self.preempt,
+            pb.Heartbeat: self.note_broker_message, pb.Error: self.note_broker_message,
+            pb.Disconnect: self.register_again})
+        self.from_kernel: Handlers[None] = Handlers("the simulated workers' kernel socket", {
+            pb.KernelReply: self.note_kernel_reply, pb.Error: self.accept_kernel_error})
 
     def register_all(self) -> None:
         for worker in self.workers.values():
@@ -340,8 +346,9 @@ class SimPool:
         worker.socket.send(pack(registration))
         worker.broker_seen_s = time.monotonic()
 
-    def serve(self) -> None:
-        stopping = stop_on_signals()
+    def serve(self, stopping: threading.Event) -> None:
+        """Register every worker, then poll -> route -> run due steps -> heartbeats until
+        `stopping` is set."""
         self.register_all()
         log.info("%d simulated workers serving '%s' (profile: %s)", len(self.workers),
                  self.model_name, self.profile.source)
@@ -356,6 +363,9 @@ class SimPool:
                     self.drain_broker(self.workers[socket])
             self.run_due_steps(time.monotonic())
             self.send_heartbeats(time.monotonic())
+
+    def close(self) -> None:
+        """Every worker says goodbye to the broker and the kernel; the sockets close."""
         for worker in self.workers.values():
             worker.socket.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason="stopping")))
             self.kernel.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason="stopping")))
@@ -365,21 +375,22 @@ class SimPool:
 
     def drain_broker(self, worker: SimWorker) -> None:
         while worker.socket.poll(0):
+            payload = worker.socket.recv()
+            worker.broker_seen_s = time.monotonic()  # any frame is a sign of life
             try:
-                name, message = unpack(worker.socket.recv(), BROKER_MESSAGES)
+                self.from_broker.route(payload, worker)
             except WireError as exc:
                 log.warning("worker %s refused a frame: %s", worker.worker_id, exc.message)
-                continue
-            worker.broker_seen_s = time.monotonic()
-            if name == "dispatch":
-                self.accept(worker, message)
-            elif name in ("cancel", "preempt"):
-                self.stop(worker, message.request_id, name)
-            elif name == "disconnect":
-                self.forget_all(worker)
-                self.register(worker)
 
-    def accept(self, worker: SimWorker, dispatch: pb.Dispatch) -> None:
+    def note_broker_message(self, message: pb.Heartbeat | pb.Error, worker: SimWorker) -> None:
+        """Nothing to do: the frame was a sign of life (drain_broker counted it)."""
+
+    def register_again(self, disconnect: pb.Disconnect, worker: SimWorker) -> None:
+        """The broker forgot the worker: it drops every request (re-queued there) and registers."""
+        self.forget_all(worker)
+        self.register(worker)
+
+    def accept(self, dispatch: pb.Dispatch, worker: SimWorker) -> None:
         prompt_tokens = max(1, len(dispatch.prompt) // CHARS_PER_TOKEN)
         max_tokens = dispatch.sampling.max_tokens
         total = prompt_tokens + max_tokens
@@ -408,16 +419,27 @@ class SimPool:
                                                 request_id=request.request_id,
                                                 num_blocks=request.num_blocks)))
 
-    def stop(self, worker: SimWorker, request_id: str, why: str) -> None:
-        if why == "preempt" and worker.defer_preempt(request_id):
+    def cancel(self, cancel: pb.Cancel, worker: SimWorker) -> None:
+        request = worker.drop(cancel.request_id)
+        self.send_stopped(worker, cancel.request_id, request, pb.FINISH_REASON_CANCELLED)
+
+    def preempt(self, preempt: pb.Preempt, worker: SimWorker) -> None:
+        """A request in the step in flight leaves at its end; any other leaves now, and
+        what it computed stays here for its resume."""
+        if worker.defer_preempt(preempt.request_id):
             return
-        request = worker.drop(request_id)
-        if request is not None and why == "preempt":
+        request = worker.drop(preempt.request_id)
+        if request is not None:
             worker.keep_computed(request)
-        reason = pb.FINISH_REASON_PREEMPTED if why == "preempt" else pb.FINISH_REASON_CANCELLED
+        self.send_stopped(worker, preempt.request_id, request, pb.FINISH_REASON_PREEMPTED)
+
+    def send_stopped(self, worker: SimWorker, request_id: str, request: SimRequest | None,
+                     finish_reason: int) -> None:
+        """Free a request that left before its end at the kernel and tell the broker; its
+        slot goes to the next waiting request. Answered even when unknown here."""
         self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
         worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
-                                                deltas=[final_delta(request_id, reason)])))
+                                                deltas=[final_delta(request_id, finish_reason)])))
         if request is not None:
             self.start_waiting(worker, time.monotonic())
 
@@ -456,13 +478,18 @@ class SimPool:
     def drain_kernel(self) -> None:
         while self.kernel.poll(0):
             try:
-                name, message = unpack(self.kernel.recv(), KERNEL_MESSAGES)
+                self.from_kernel.route(self.kernel.recv())
             except WireError:
-                continue
-            if name == "error" and message.code == pb.UNKNOWN_WORKER:
-                log.info("the kernel forgot the simulated workers: registering again")
-                for worker in self.workers.values():
-                    self.register_with_kernel(worker)
+                continue  # the kernel's answers carry nothing a simulated worker needs
+
+    def note_kernel_reply(self, reply: pb.KernelReply) -> None:
+        """Nothing to do: a simulated worker counts its own blocks."""
+
+    def accept_kernel_error(self, error: pb.Error) -> None:
+        if error.code == pb.UNKNOWN_WORKER:
+            log.info("the kernel forgot the simulated workers: registering again")
+            for worker in self.workers.values():
+                self.register_with_kernel(worker)
 
     def send_heartbeats(self, now_s: float) -> None:
         if now_s < self.next_heartbeat_s:
@@ -481,9 +508,12 @@ class SimPool:
                                                      num_running=len(worker.running))))
 
 
-def run(config) -> None:
-    setup_logging("worker-sim")
+def run(config: WorkerConfig) -> None:
+    run_service("worker-sim", lambda: build_pool(config))
+
+
+def build_pool(config: WorkerConfig) -> SimPool:
     profile = LatencyProfile.load(config.profile)
     if config.profile:
         profile = LatencyProfile(**{**asdict(profile), "source": config.profile})
-    SimPool(config, profile).serve()
+    return SimPool(config, profile)
