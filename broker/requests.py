@@ -29,7 +29,7 @@ class RequestStatus(enum.Enum):
     FINISHING = enum.auto()
     PREEMPTING = enum.auto()  # told to preempt: re-queued when the worker reports it preempted
     # the client has its final message (cancelled, expired, gone, or the answer itself)
-    # while a worker still holds the request; its slot is busy until the worker lets go
+    # while a worker still holds the request: its slot frees when the worker lets go of it
     ANSWERED = enum.auto()
     DONE = enum.auto()        # answered and on no worker: forgotten
 
