@@ -18,7 +18,8 @@ from engine_helpers import Answer, generate_greedy, make_request
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.tiny_model import CORPUS
 from llmos.wire import pb
-from workers.batched_engine import PREFIX_CACHE_HOLDER, BatchedEngine
+from workers.batched_engine import BatchedEngine
+from workers.engine_prefix import PREFIX_CACHE_HOLDER
 from workers.requests import Delta, EngineRequest, SamplingOptions
 
 torch.set_num_threads(1)
@@ -42,8 +43,7 @@ def check_invariants(engine: BatchedEngine) -> None:
     budget = engine.budget
     assert budget.num_used_blocks <= budget.num_blocks, "over the KV budget"
     assert engine.num_running <= engine.max_num_seqs
-    cache = engine.prefix_cache
-    assert engine.num_prefix_cache_blocks == (len(cache) if cache is not None else 0)
+    assert engine.num_prefix_cache_blocks == engine.prefix_caching.num_cached_blocks
     for request_id, num_blocks in budget.num_blocks_held.items():
         if request_id == PREFIX_CACHE_HOLDER:
             continue
@@ -172,7 +172,7 @@ def test_a_preempted_request_resumed_here_recomputes_only_what_the_cache_lacks(m
         for delta in engine.step():
             before.add(delta)
     engine.preempt("a")
-    hits_before = engine.prefix_cache.num_hit_tokens
+    hits_before = engine.prefix_caching.num_hit_tokens
 
     resumed = make_request(tokenizer, "a", prompt, max_tokens=30)  # as the broker re-dispatches it
     resumed.generated_token_ids = before.token_ids
@@ -180,7 +180,7 @@ def test_a_preempted_request_resumed_here_recomputes_only_what_the_cache_lacks(m
     rest = run_to_end(engine, {0: [resumed]})["a"]
 
     context = len(tokenizer.encode(prompt)) + len(before.token_ids)
-    assert engine.prefix_cache.num_hit_tokens - hits_before == (context - 1) // 4 * 4
+    assert engine.prefix_caching.num_hit_tokens - hits_before == (context - 1) // 4 * 4
     assert before.token_ids + rest.token_ids == generate_greedy(model, tokenizer, prompt, 30)
 
 
@@ -417,8 +417,8 @@ def test_a_cached_prefix_is_reused_and_the_answers_still_equal_generate(model, t
 
     assert_greedy(model, tokenizer, answers, prompts, max_tokens)
     shared = len(tokenizer.encode(SYSTEM_PROMPT)) // 8 * 8
-    assert engine.prefix_cache.num_hit_tokens >= 2 * shared  # both later ones skipped the start
-    assert engine.num_prefix_cache_blocks == len(engine.prefix_cache) > 0
+    assert engine.prefix_caching.num_hit_tokens >= 2 * shared  # both later ones skipped the start
+    assert engine.num_prefix_cache_blocks == engine.prefix_caching.num_cached_blocks > 0
 
 
 def test_the_next_turn_of_a_chat_reuses_the_previous_answer(model, tokenizer):
@@ -426,13 +426,13 @@ def test_the_next_turn_of_a_chat_reuses_the_previous_answer(model, tokenizer):
     first = SYSTEM_PROMPT + " Hello?"
     answers = run_to_end(engine, {0: [make_request(tokenizer, "turn1", first, max_tokens=24)]})
     turn1_ids = tokenizer.encode(first) + answers["turn1"].token_ids
-    hits_before = engine.prefix_cache.num_hit_tokens
+    hits_before = engine.prefix_caching.num_hit_tokens
 
     second = EngineRequest("turn2", turn1_ids + tokenizer.encode(" And then?"), SamplingOptions(max_tokens=8))
     answers = run_to_end(engine, {0: [second]})
 
     # prompt and answer were cached when turn 1 ended (but its last token, never fed)
-    assert engine.prefix_cache.num_hit_tokens - hits_before == (len(turn1_ids) - 1) // 4 * 4
+    assert engine.prefix_caching.num_hit_tokens - hits_before == (len(turn1_ids) - 1) // 4 * 4
     expected = model.generate(torch.tensor([second.prompt_token_ids]), do_sample=False,
                               attention_mask=torch.ones(1, len(second.prompt_token_ids), dtype=torch.long),
                               max_new_tokens=8)[0, len(second.prompt_token_ids):].tolist()
@@ -454,14 +454,14 @@ def test_cached_blocks_give_way_to_requests_before_anyone_is_preempted(model, to
 
 def test_a_model_with_a_sliding_window_keeps_no_prefix_cache(tokenizer):
     model = tiny_random_model("mistral", tokenizer, "sdpa")
-    assert BatchedEngine(model, tokenizer, max_model_len=64).prefix_cache is None
-    assert BatchedEngine(model, tokenizer, max_model_len=16).prefix_cache is not None  # never slides
+    assert not BatchedEngine(model, tokenizer, max_model_len=64).prefix_caching.is_enabled
+    assert BatchedEngine(model, tokenizer, max_model_len=16).prefix_caching.is_enabled  # never slides
 
 
 def test_prefix_caching_can_be_turned_off(model, tokenizer):
     engine = BatchedEngine(model, tokenizer, prefix_caching=False)
     run_to_end(engine, {0: [make_request(tokenizer, "a", SYSTEM_PROMPT, max_tokens=2)]})
-    assert engine.prefix_cache is None and engine.budget.num_used_blocks == 0
+    assert not engine.prefix_caching.is_enabled and engine.budget.num_used_blocks == 0
     assert engine.cached_prefix_hashes() == []
 
 
@@ -499,7 +499,7 @@ def test_newcomers_with_cached_prefixes_are_prefilled_together(model, tokenizer)
     prompts = {f"q{i}": SYSTEM_PROMPT + question for i, question in enumerate(questions)}
     for request_id, prompt in prompts.items():
         engine.add_request(make_request(tokenizer, request_id, prompt, max_tokens=8))
-    hits_before = engine.prefix_cache.num_hit_tokens
+    hits_before = engine.prefix_caching.num_hit_tokens
 
     answers: dict[str, Answer] = {}
     for delta in engine.step():  # one job for all four, starting after the shared columns
@@ -507,7 +507,7 @@ def test_newcomers_with_cached_prefixes_are_prefilled_together(model, tokenizer)
         answer.add(delta)
     assert engine.num_running == 4 and engine.runner.batch.num_rows == 4
     shared_tokens = len(tokenizer.encode(SYSTEM_PROMPT)) // 4 * 4 - 4
-    assert engine.prefix_cache.num_hit_tokens - hits_before >= 4 * shared_tokens
+    assert engine.prefix_caching.num_hit_tokens - hits_before >= 4 * shared_tokens
     answers = run_to_end(engine, answers=answers)
 
     assert_greedy(model, tokenizer, answers, prompts, dict.fromkeys(prompts, 8))

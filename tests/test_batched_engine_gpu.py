@@ -90,10 +90,11 @@ def test_cuda_prefix_cache_is_reused_and_starts_like_generate(tiny_model_dir, to
 
     answers = run_to_end(engine)
 
-    assert engine.prefix_cache.num_hit_tokens >= len(tokenizer.encode(shared)) // 8 * 8 - 8
+    assert engine.prefix_caching.num_hit_tokens >= len(tokenizer.encode(shared)) // 8 * 8 - 8
     token_ids = [t for d in answers["second"] for t in d.token_ids]
     assert token_ids[:NUM_EXACT_TOKENS] == generate_greedy(model, tokenizer, prompt, 8)[:NUM_EXACT_TOKENS]
-    assert engine.num_request_blocks == 0 and engine.num_prefix_cache_blocks == len(engine.prefix_cache)
+    assert engine.num_request_blocks == 0
+    assert engine.num_prefix_cache_blocks == engine.prefix_caching.num_cached_blocks
 
 
 def test_loading_on_cuda_turns_cudnn_attention_off():

@@ -87,7 +87,7 @@ def test_newcomers_with_cached_prefixes_join_a_running_batch_in_one_forward(mode
     prompts = {"q0": SYSTEM_PROMPT + " Why?", "q1": SYSTEM_PROMPT + " Where is my parcel?"}
     for request_id, prompt in prompts.items():
         engine.add_request(make_request(tokenizer, request_id, prompt, max_tokens=8))
-    hits_before = engine.prefix_cache.num_hit_tokens
+    hits_before = engine.prefix_caching.num_hit_tokens
     forwards = Forwards(model)
     try:
         step(engine, answers)
@@ -95,7 +95,7 @@ def test_newcomers_with_cached_prefixes_join_a_running_batch_in_one_forward(mode
         forwards.handle.remove()
 
     assert forwards.count == 1
-    assert engine.prefix_cache.num_hit_tokens > hits_before
+    assert engine.prefix_caching.num_hit_tokens > hits_before
     assert [len(answers[r].token_ids) for r in ("running", "q0", "q1")] == [3, 1, 1]
     while engine.has_work:
         step(engine, answers)

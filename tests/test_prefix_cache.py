@@ -90,3 +90,16 @@ def test_a_prefix_text_is_hashed_once_and_only_if_reported():
     assert calls == []
     assert cache.reported_hashes() == [5, 3]
     assert cache.reported_hashes() == [5, 3] and calls == [5, 3]  # range(8) never hashed
+
+
+def test_a_new_block_size_drops_every_block_and_the_report_changes():
+    cache = PrefixCache(BLOCK, LAYERS)
+    insert(cache, list(range(8)))
+    version = cache.version
+
+    cache.resize(2 * BLOCK)
+
+    assert len(cache) == 0 and cache.reported_hashes() == []
+    assert cache.version > version  # the kernel hears that the cache emptied
+    assert cache.block_hashes(list(range(8)), 1) == PrefixCache(2 * BLOCK, LAYERS).block_hashes(
+        list(range(8)), 1)

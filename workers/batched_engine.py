@@ -17,9 +17,9 @@ Every `step()` is schedule -> execute -> postprocess, and returns what changed:
   running requests by one bounded chunk per step at most.
 - postprocess: sample, stream the new text, free finished requests at once.
 
-Prefix caching (`workers.prefix_cache`; the engine's side in `workers.engine_prefix`):
-after a prefill, and when a request finishes, the whole blocks of its context
-are kept; newcomers whose contexts start with cached blocks are prefilled
+Prefix caching (`workers.engine_prefix`, which the engine holds and calls; its
+blocks in `workers.prefix_cache`): after a prefill, and when a request finishes,
+the whole blocks of its context are kept; newcomers whose contexts start with cached blocks are prefilled
 together, from the end of their prefixes. Cached blocks count in the KV budget
 but give way first: they are evicted before any request is preempted, so they
 only ever use blocks nobody needs.
@@ -43,11 +43,10 @@ from llmos.wire.constants import DEFAULT_BLOCK_SIZE
 from workers.batch_sequence import Sequence
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.detokenizer import IncrementalText
-from workers.engine_prefix import PREFIX_CACHE_HOLDER, PrefixCaching
+from workers.engine_prefix import PREFIX_CACHE_HOLDER, make_prefix_caching
 from workers.kv_budget import KvBudget
 from workers.model_facts import has_full_attention, model_context_length, model_eos_token_ids
 from workers.model_runner import CachedPrefix, ModelRunner, PrefillJob
-from workers.prefix_cache import PrefixCache
 from workers.requests import Delta, EngineRequest, check_request, error_delta
 from workers.sampling import make_generator, sample_next_token
 
@@ -56,7 +55,7 @@ log = logging.getLogger(__name__)
 MIN_PREFILL_TOKENS = 32  # a prefill always gets this much of a step, so newcomers progress
 
 
-class BatchedEngine(PrefixCaching):
+class BatchedEngine:
     def __init__(self, model: Any, tokenizer: Any, *, max_num_seqs: int = 16,
                  max_model_len: int = 0, eos_token_ids: set[int] | None = None,
                  worker_id: str = "", num_blocks: int = 0, block_size: int = DEFAULT_BLOCK_SIZE,
@@ -77,9 +76,9 @@ class BatchedEngine(PrefixCaching):
                                block_size)
         full_attention = has_full_attention(model, self.max_model_len)
         self.runner = ModelRunner(model, max_num_seqs, mixed_steps and full_attention)
-        self.num_layers = model.config.get_text_config().num_hidden_layers
-        self.prefix_cache = (PrefixCache(block_size, self.num_layers)
-                             if prefix_caching and full_attention else None)
+        self.prefix_caching = make_prefix_caching(
+            prefix_caching and full_attention, self.budget,
+            model.config.get_text_config().num_hidden_layers, tokenizer)
         self.waiting: deque[Sequence] = deque()
         self.running: dict[str, Sequence] = {}   # holding KV: in the batch or in the prefill job
         self.job: PrefillJob | None = None       # newcomers being prefilled
@@ -146,9 +145,7 @@ class BatchedEngine(PrefixCaching):
         sequence = self.find(request_id)
         if sequence is None:
             return None
-        if self.prefix_cache is not None:
-            with torch.inference_mode():
-                self.cache_batch_rows([sequence])  # a row of the batch only
+        self.keep_batch_rows([sequence])
         self.forget(sequence)
         log.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
                  len(sequence.generated_token_ids))
@@ -162,7 +159,7 @@ class BatchedEngine(PrefixCaching):
         self.job = None
         self.runner.batch.clear()
         self.budget.clear()
-        self.sync_cache_budget()  # the cached prefixes stay: they are still right
+        self.prefix_caching.hold_cached_blocks()
         self.pending_deltas.clear()
         return request_ids
 
@@ -174,10 +171,7 @@ class BatchedEngine(PrefixCaching):
     def set_kv_budget(self, num_blocks: int, block_size: int) -> None:
         """Adopt the kernel's block geometry; the next step evicts cached prefixes, then
         preempts, if it is now over budget."""
-        if self.prefix_cache is not None and block_size != self.prefix_cache.block_size:
-            self.prefix_cache.clear()  # its blocks have the old size
-            self.budget.free(PREFIX_CACHE_HOLDER)
-            self.prefix_cache = PrefixCache(block_size, self.num_layers)
+        self.prefix_caching.resize(block_size)
         self.budget.resize(num_blocks, block_size)
 
     # ---------------------------------------------------------------- state
@@ -202,6 +196,14 @@ class BatchedEngine(PrefixCaching):
     def num_request_blocks(self) -> int:
         """KV blocks held by requests (the budget's use without the cached prefixes)."""
         return self.budget.num_used_blocks - self.num_prefix_cache_blocks
+
+    @property
+    def prefix_report_version(self) -> int:
+        return self.prefix_caching.report_version
+
+    def cached_prefix_hashes(self) -> list[int]:
+        """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
+        return self.prefix_caching.reported_hashes()
 
     @property
     def max_context_tokens(self) -> int:
@@ -232,14 +234,14 @@ class BatchedEngine(PrefixCaching):
         """Let every batch row store one more token, most important first, preempting
         the least important where the budget does not allow; True if any was preempted."""
         has_preempted = False
-        self.make_room(0)  # cached prefixes give way first
+        self.prefix_caching.evict_for(0)  # cached prefixes give way first
         while self.budget.is_over_budget:  # the kernel's budget shrank
             self.preempt_by_recompute(self.pick_victim())
             has_preempted = True
         rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
         growth = [(s.request_id, s.num_cached_tokens + 1) for s in rows]
         num_new_blocks = sum(self.budget.num_blocks_to_add(*g) for g in growth)
-        self.make_room(num_new_blocks)  # evicts cached prefixes only: no request's need changes
+        self.prefix_caching.evict_for(num_new_blocks)  # no request's need changes
         if num_new_blocks <= self.budget.num_free_blocks:
             for request_id, num_tokens in growth:  # the usual case: everyone fits
                 self.budget.hold(request_id, num_tokens)
@@ -267,21 +269,19 @@ class BatchedEngine(PrefixCaching):
             if not self.budget.can_ever_hold(sequence.num_context_tokens + 1):
                 self.pending_deltas.append(self.refuse(self.waiting.popleft()))
                 continue
-            path = self.cached_prefix(sequence)
+            path = self.prefix_caching.find(sequence.context_token_ids())
             if chosen and bool(path) != (cached[0] is not None):
                 break  # hits and misses go in separate jobs: a miss would start a job at 0
             width = max(num_columns, sequence.num_context_tokens)
             if chosen and width * (len(chosen) + 1) > num_tokens_left:
                 break
-            self.make_room(self.budget.num_blocks_to_add(sequence.request_id,
-                                                         sequence.num_context_tokens + 1))
+            self.prefix_caching.evict_for(self.budget.num_blocks_to_add(
+                sequence.request_id, sequence.num_context_tokens + 1))
             if not self.budget.can_hold(sequence.request_id, sequence.num_context_tokens + 1):
                 break  # in order: nobody overtakes the head
             self.budget.hold(sequence.request_id, sequence.num_context_tokens)
             chosen.append(self.waiting.popleft())
-            if path:  # make_room may have evicted its tail; gather copies it now
-                path = self.prefix_cache.still_cached(path)
-            cached.append(self.prefix_cache.gather(path) if path else None)
+            cached.append(self.prefix_caching.gather(path))  # evict_for may have cut its tail
             num_columns = width
         if not chosen:
             return None
@@ -289,9 +289,7 @@ class BatchedEngine(PrefixCaching):
             self.running[sequence.request_id] = sequence
         job = self.runner.start_prefill([s.request_id for s in chosen],
                                         [s.context_token_ids() for s in chosen], cached)
-        if self.prefix_cache is not None:
-            self.prefix_cache.num_hit_tokens += sum(max(job.num_done - pad, 0)
-                                                    for pad in job.pad_lengths)
+        self.prefix_caching.count_hits(job)
         return job
 
     def prefill_tokens_left(self) -> int:
@@ -328,9 +326,7 @@ class BatchedEngine(PrefixCaching):
             return []  # more chunks to go
         try:
             self.runner.admit(job)
-            if self.prefix_cache is not None:
-                with torch.inference_mode():
-                    self.cache_job_prefixes(job, sequences)
+            self.prefix_caching.keep_job(job, [s.context_token_ids() for s in sequences])
         except Exception as exc:  # e.g. out of memory while the batch cache grew: it may be
             rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
             return self.fail_sequences(sequences + rows, exc)  # half moved, so no row goes on
@@ -352,9 +348,7 @@ class BatchedEngine(PrefixCaching):
             sequence.num_cached_tokens += 1
         for sequence in newcomers:
             sequence.num_cached_tokens = sequence.num_context_tokens
-        if self.prefix_cache is not None:
-            with torch.inference_mode():
-                self.cache_batch_rows(newcomers)
+        self.keep_batch_rows(newcomers)
         return self.append_tokens(rows + newcomers, logits)  # one sampling pass for both
 
     def append_tokens(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Delta]:
@@ -365,12 +359,18 @@ class BatchedEngine(PrefixCaching):
             deltas.append(delta)
             if delta.is_finished:
                 finished.append(sequence)
-        if finished and self.prefix_cache is not None:
-            with torch.inference_mode():
-                self.cache_batch_rows(finished)
+        self.keep_batch_rows(finished)
         for sequence in finished:
             self.release(sequence)
         return deltas
+
+    def keep_batch_rows(self, sequences: list[Sequence]) -> None:
+        """Keep in the prefix cache what these requests computed in the batch (those that
+        are rows of it)."""
+        batch = self.runner.batch
+        self.prefix_caching.keep_batch_rows(batch, [
+            (s.request_id, s.context_token_ids()[:s.num_cached_tokens])
+            for s in sequences if s.request_id in batch.row_ids])
 
     def sample(self, sequences: list[Sequence], logits: torch.Tensor) -> list[int]:
         """One token per row: greedy rows by one argmax over the batch, sampled rows

@@ -1,58 +1,210 @@
-"""Prefix caching for the batched engine: what it looks up, keeps and evicts.
+"""Prefix caching for the batched engine: which blocks of context it keeps, finds and evicts.
 
-A mixin of `workers.batched_engine.BatchedEngine`, which owns the state it
-uses: `prefix_cache` (a `workers.prefix_cache.PrefixCache`, or None when off),
-`budget` (the KV budget, where the cached blocks hold one line,
-PREFIX_CACHE_HOLDER), `runner` (its batch cache), `tokenizer` and `model`.
+The engine holds one `PrefixCaching` and calls its methods; it owns what it uses:
+- the cache (`workers.prefix_cache.PrefixCache`: the kept blocks, their keys and
+  values, their text hashes), which nothing else touches;
+- one line of the engine's KV budget, PREFIX_CACHE_HOLDER, where the cached blocks
+  count. Of the rest of the budget it only reads the free blocks and the block size.
+It is handed the keys and values to keep (a prefill job's cache, rows of the batch
+cache) and the token ids they hold; it never sees the engine's queues or requests.
 
-Cached blocks use only blocks nobody holds: `make_room` evicts them before the
-engine preempts anyone, and `cache_prefixes` lets older cached prefixes give
-way to newer ones, never running requests.
+Cached blocks use only blocks nobody holds: `evict_for` evicts them before the
+engine preempts anyone, and `keep` lets older cached prefixes give way to newer
+ones, never running requests.
+
+`PrefixCachingOff` has the same methods for an engine without prefix caching
+(turned off, or a model whose attention is not plain full attention): it keeps and
+finds nothing, so the engine calls the same methods either way.
 """
 
 from __future__ import annotations
 
+import abc
+from typing import Any
+
 import torch
 
 from llmos.prefix import prompt_block_hashes
-from workers.batch_sequence import Sequence
-from workers.model_runner import PrefillJob
-from workers.prefix_cache import LayerKeysValues
+from workers.batch_cache import BatchCache
+from workers.kv_budget import KvBudget
+from workers.model_runner import CachedPrefix, PrefillJob
+from workers.prefix_cache import LayerKeysValues, PrefixCache
 
 PREFIX_CACHE_HOLDER = "\0prefix-cache"  # the cached blocks' line in the KV budget (no request id)
 
+# (token ids, row, column): a context to keep, whose first token sits at `column` of `row`
+KeepEntry = tuple[list[int], int, int]
 
-class PrefixCaching:
-    def cached_prefix(self, sequence: Sequence) -> list[int]:
-        """Block hashes of the longest cached prefix of the request's context; at least
-        its last token is left to compute (its logits give the next token)."""
-        if self.prefix_cache is None:
-            return []
-        return self.prefix_cache.match(sequence.context_token_ids(), sequence.num_context_tokens - 1)
 
-    def make_room(self, num_blocks: int) -> None:
+class PrefixCaching(abc.ABC):
+    """What the batched engine asks of prefix caching (see the module doc)."""
+
+    is_enabled: bool
+    num_hit_tokens: int  # tokens that prefills did not have to compute
+
+    @abc.abstractmethod
+    def find(self, context_token_ids: list[int]) -> list[int]:
+        """Block hashes of the longest cached prefix of a context; at least its last
+        token is left to compute (its logits give the next token)."""
+
+    @abc.abstractmethod
+    def gather(self, path: list[int]) -> CachedPrefix | None:
+        """The keys and values of what is still cached of `path` (evictions since `find`
+        may have cut its tail); None when nothing is."""
+
+    @abc.abstractmethod
+    def count_hits(self, job: PrefillJob) -> None:
+        """A prefill job starts: count the columns its rows did not have to compute."""
+
+    @abc.abstractmethod
+    def evict_for(self, num_blocks: int) -> None:
         """Evict cached prefixes until `num_blocks` blocks are free (or none is cached)."""
-        cache = self.prefix_cache
+
+    @abc.abstractmethod
+    def hold_cached_blocks(self) -> None:
+        """Hold exactly the cached blocks in the budget, under PREFIX_CACHE_HOLDER (after
+        the engine cleared the budget, the cached prefixes stay: they are still right)."""
+
+    @abc.abstractmethod
+    def keep_job(self, job: PrefillJob, contexts: list[list[int]]) -> None:
+        """Keep the whole blocks of a finished prefill job's contexts (one per row)."""
+
+    @abc.abstractmethod
+    def keep_batch_rows(self, batch: BatchCache, rows: list[tuple[str, list[int]]]) -> None:
+        """Keep what batch rows computed: `(request id, token ids in its row's cache)` each."""
+
+    @abc.abstractmethod
+    def resize(self, block_size: int) -> None:
+        """Adopt the kernel's block size: cached blocks of another size are dropped."""
+
+    @property
+    @abc.abstractmethod
+    def num_cached_blocks(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def report_version(self) -> int:
+        """Changes whenever what `reported_hashes` says changes."""
+
+    @abc.abstractmethod
+    def reported_hashes(self) -> list[int]:
+        """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
+
+
+def make_prefix_caching(is_enabled: bool, budget: KvBudget, num_layers: int,
+                        tokenizer: Any) -> PrefixCaching:
+    if is_enabled:
+        return PrefixCachingOn(budget, num_layers, tokenizer)
+    return PrefixCachingOff()
+
+
+class PrefixCachingOff(PrefixCaching):
+    is_enabled = False
+
+    def __init__(self) -> None:
+        self.num_hit_tokens = 0
+
+    def find(self, context_token_ids: list[int]) -> list[int]:
+        return []
+
+    def gather(self, path: list[int]) -> CachedPrefix | None:
+        return None
+
+    def count_hits(self, job: PrefillJob) -> None:
+        pass
+
+    def evict_for(self, num_blocks: int) -> None:
+        pass
+
+    def hold_cached_blocks(self) -> None:
+        pass
+
+    def keep_job(self, job: PrefillJob, contexts: list[list[int]]) -> None:
+        pass
+
+    def keep_batch_rows(self, batch: BatchCache, rows: list[tuple[str, list[int]]]) -> None:
+        pass
+
+    def resize(self, block_size: int) -> None:
+        pass
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return 0
+
+    @property
+    def report_version(self) -> int:
+        return 0
+
+    def reported_hashes(self) -> list[int]:
+        return []
+
+
+class PrefixCachingOn(PrefixCaching):
+    is_enabled = True
+
+    def __init__(self, budget: KvBudget, num_layers: int, tokenizer: Any) -> None:
+        self.budget = budget        # the engine's: this object writes only its own line
+        self.tokenizer = tokenizer  # the engine thread's, for the text hashes of kept prefixes
+        self.cache = PrefixCache(budget.block_size, num_layers)
+        self.num_hit_tokens = 0
+
+    # ---------------------------------------------------------------- lookup
+
+    def find(self, context_token_ids: list[int]) -> list[int]:
+        return self.cache.match(context_token_ids, len(context_token_ids) - 1)
+
+    def gather(self, path: list[int]) -> CachedPrefix | None:
+        path = self.cache.still_cached(path)
+        return self.cache.gather(path) if path else None
+
+    def count_hits(self, job: PrefillJob) -> None:
+        self.num_hit_tokens += sum(max(job.num_done - pad, 0) for pad in job.pad_lengths)
+
+    # ---------------------------------------------------------------- the budget
+
+    def evict_for(self, num_blocks: int) -> None:
         missing = num_blocks - self.budget.num_free_blocks
-        if cache is not None and missing > 0 and len(cache):
-            cache.evict(missing)
-            self.sync_cache_budget()
+        if missing > 0 and len(self.cache):
+            self.cache.evict(missing)
+            self.hold_cached_blocks()
 
-    def sync_cache_budget(self) -> None:
-        """Hold exactly the cached blocks in the budget, under PREFIX_CACHE_HOLDER."""
+    def hold_cached_blocks(self) -> None:
         self.budget.free(PREFIX_CACHE_HOLDER)
-        if self.prefix_cache is not None and len(self.prefix_cache):
-            self.budget.hold(PREFIX_CACHE_HOLDER, len(self.prefix_cache) * self.budget.block_size)
+        if len(self.cache):
+            self.budget.hold(PREFIX_CACHE_HOLDER, len(self.cache) * self.budget.block_size)
 
-    def cache_prefixes(self, entries: list[tuple[list[int], int, int]],
-                       layers: list[LayerKeysValues]) -> None:
+    def resize(self, block_size: int) -> None:
+        if block_size != self.cache.block_size:
+            self.cache.resize(block_size)
+            self.budget.free(PREFIX_CACHE_HOLDER)
+
+    # ---------------------------------------------------------------- keeping
+
+    @torch.inference_mode()
+    def keep_job(self, job: PrefillJob, contexts: list[list[int]]) -> None:
+        self.keep([(context, row, pad)
+                   for row, (context, pad) in enumerate(zip(contexts, job.pad_lengths, strict=True))],
+                  [(layer.keys, layer.values) for layer in job.cache.layers])
+
+    @torch.inference_mode()
+    def keep_batch_rows(self, batch: BatchCache, rows: list[tuple[str, list[int]]]) -> None:
+        """The contexts of newcomers just prefilled in the batch (a mixed step), and of
+        requests leaving it: finished ones' prompts and answers (the next turn of a chat
+        starts with both), preempted ones' contexts (for their resume)."""
+        entries = [(token_ids, row, batch.starts[row]) for request_id, token_ids in rows
+                   for row in [batch.row_ids.index(request_id)]]
+        if entries:
+            self.keep(entries, [(layer.keys, layer.values) for layer in batch.layers])
+
+    def keep(self, entries: list[KeepEntry], layers: list[LayerKeysValues]) -> None:
         """Keep the whole blocks of each entry's tokens, in blocks nobody holds: older
         cached prefixes give way to these, running requests never do.
 
         `layers`: per layer, the keys and values `[rows, kv_heads, columns, head_dim]`
         of a cache; entry `(token_ids, row, column)` has its first token at `column` of
         `row`. The new blocks of every entry are copied in one concatenation per layer."""
-        cache, size = self.prefix_cache, self.budget.block_size
+        cache, size = self.cache, self.budget.block_size
         room = self.budget.num_free_blocks + len(cache)
         plans, spans = [], []   # spans: (row, first column, end column) of each entry's new blocks
         num_new = 0
@@ -79,28 +231,17 @@ class PrefixCaching:
             offset += width
         if len(cache) > room:
             cache.evict(len(cache) - room)  # the least recently used, never the new ones first
-        self.sync_cache_budget()
+        self.hold_cached_blocks()
 
-    def cache_job_prefixes(self, job: PrefillJob, sequences: list[Sequence]) -> None:
-        self.cache_prefixes([(sequence.context_token_ids(), row, pad)
-                             for row, (sequence, pad) in enumerate(zip(sequences, job.pad_lengths))],
-                            [(layer.keys, layer.values) for layer in job.cache.layers])
-
-    def cache_batch_rows(self, sequences: list[Sequence]) -> None:
-        """What these batch rows computed: the contexts of newcomers just prefilled in the
-        batch (a mixed step), and of requests leaving it: finished ones' prompts and answers
-        (the next turn of a chat starts with both), preempted ones' contexts (for their resume)."""
-        batch = self.runner.batch
-        entries = [(s.context_token_ids()[:s.num_cached_tokens], row, batch.starts[row])
-                   for s in sequences if s.request_id in batch.row_ids
-                   for row in [batch.row_ids.index(s.request_id)]]
-        if entries:
-            self.cache_prefixes(entries, [(layer.keys, layer.values) for layer in batch.layers])
+    # ---------------------------------------------------------------- report
 
     @property
-    def prefix_report_version(self) -> int:
-        return self.prefix_cache.version if self.prefix_cache is not None else 0
+    def num_cached_blocks(self) -> int:
+        return len(self.cache)
 
-    def cached_prefix_hashes(self) -> list[int]:
-        """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
-        return self.prefix_cache.reported_hashes() if self.prefix_cache is not None else []
+    @property
+    def report_version(self) -> int:
+        return self.cache.version
+
+    def reported_hashes(self) -> list[int]:
+        return self.cache.reported_hashes()

@@ -24,9 +24,10 @@ when the prefix is kept: that detokenizes the prefix, and the worker reports at
 most every 100 ms (`workers.engine_thread`), so when requests come and go fast
 most kept prefixes are evicted, or superseded, before any report.
 
-Plain bookkeeping over tensors it is handed; the engine decides when to insert
-(`plan`, then `add` with the new blocks' keys and values, gathered for many
-requests at once) and evict, and counts the blocks in its KV budget.
+Plain bookkeeping over tensors it is handed; the engine's prefix caching
+(`workers.engine_prefix`) decides when to insert (`plan`, then `add` with the new
+blocks' keys and values, gathered for many requests at once) and evict, and
+counts the blocks in the engine's KV budget.
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ class PrefixCache:
         self.text_hashes: OrderedDict[int, tuple[int, ...] | Callable[[], tuple[int, ...]]] = \
             OrderedDict()
         self.version = 0           # bumped whenever what the cache reports changes
-        self.num_hit_tokens = 0    # tokens that prefills did not have to compute (the engine counts)
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -180,6 +180,12 @@ class PrefixCache:
             self.version += 1
         self.blocks.clear()
         self.text_hashes.clear()
+
+    def resize(self, block_size: int) -> None:
+        """Drop every block (they have the old size); blocks have `block_size` tokens from now on."""
+        assert block_size > 0
+        self.clear()
+        self.block_size = block_size
 
     # ---------------------------------------------------------------- report
 
