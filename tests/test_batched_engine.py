@@ -18,6 +18,7 @@ from engine_helpers import Answer, generate_greedy, make_request
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.tiny_model import CORPUS
 from llmos.wire import pb
+from workers.batch_sequence import Sequence, SequenceStatus
 from workers.batched_engine import BatchedEngine
 from workers.engine_prefix import PREFIX_CACHE_HOLDER
 from workers.requests import Delta, EngineRequest, SamplingOptions
@@ -49,6 +50,13 @@ def check_invariants(engine: BatchedEngine) -> None:
             continue
         sequence = engine.running[request_id]
         assert budget.blocks_for(sequence.num_cached_tokens) <= num_blocks
+    # each request's status says where it is
+    assert all(s.status is SequenceStatus.WAITING for s in engine.waiting)
+    statuses = {request_id: s.status for request_id, s in engine.running.items()}
+    assert sorted(engine.runner.batch.row_ids) == sorted(
+        request_id for request_id, status in statuses.items() if status is SequenceStatus.DECODING)
+    assert sorted(engine.job.request_ids if engine.job else []) == sorted(
+        request_id for request_id, status in statuses.items() if status is SequenceStatus.PREFILLING)
 
 
 def run_to_end(engine: BatchedEngine, arrivals: dict[int, list[EngineRequest]] | None = None,
@@ -278,6 +286,50 @@ def test_a_failing_forward_fails_its_requests_and_the_engine_goes_on(model, toke
     assert (failed[0].finish_reason, failed[0].error_code) == (pb.FINISH_REASON_ERROR, pb.WORKER_FAILED)
     assert "out of memory" in failed[0].error_message
     assert answers["next"].token_ids == generate_greedy(model, tokenizer, "The harbour", 8)
+
+
+def test_a_failing_prefill_fails_its_whole_job_once_and_the_batch_goes_on(model, tokenizer, monkeypatch):
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=4, mixed_steps=False)
+    engine.add_request(make_request(tokenizer, "running", "Hello", max_tokens=8))
+    running = Answer()
+    for delta in engine.step():
+        running.add(delta)
+    for request_id in ("a", "b"):
+        engine.add_request(make_request(tokenizer, request_id, "The harbour", max_tokens=8))
+    prefill = engine.runner.prefill
+
+    def fail_once(job, num_columns):
+        monkeypatch.setattr(engine.runner, "prefill", prefill)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(engine.runner, "prefill", fail_once)
+    deltas = engine.step()
+    failed = [d for d in deltas if d.request_id in ("a", "b")]
+    for delta in deltas:
+        if delta.request_id == "running":
+            running.add(delta)
+
+    assert [(d.request_id, d.error_code) for d in failed] == [("a", pb.WORKER_FAILED),
+                                                              ("b", pb.WORKER_FAILED)]
+    assert engine.find("a") is None and not engine.waiting and list(engine.running) == ["running"]
+    check_invariants(engine)
+    running.deltas += run_to_end(engine)["running"].deltas
+    assert [t for d in running.deltas for t in d.token_ids] == generate_greedy(model, tokenizer,
+                                                                               "Hello", 8)
+
+
+def test_a_sequence_moves_only_along_its_transitions(model, tokenizer):
+    sequence = Sequence(make_request(tokenizer, "r", "Hello"), arrival_seq=0, generated_token_ids=[],
+                        emitted_text_chars=0, generator=None, detokenizer=None)
+    sequence.move_to(SequenceStatus.PREFILLING)
+    sequence.move_to(SequenceStatus.DECODING)
+    sequence.move_to(SequenceStatus.WAITING)  # preempted by recompute
+    with pytest.raises(AssertionError, match="WAITING -> DECODING"):
+        sequence.move_to(SequenceStatus.DECODING)  # a newcomer is prefilled first
+    sequence.move_to(SequenceStatus.CANCELLED)
+    assert sequence.has_left and not sequence.holds_kv
+    with pytest.raises(AssertionError):
+        sequence.move_to(SequenceStatus.WAITING)  # a request that left never comes back
 
 
 def test_stop_string_ends_the_text_before_its_first_match(model, tokenizer):

@@ -1,13 +1,23 @@
-"""A request inside the batched engine, and how its new tokens become a `Delta`.
+"""A request inside the batched engine, its status, and how its new tokens become a `Delta`.
 
-A `Sequence` lives from `add_request` until it finishes, is cancelled or is
-preempted from outside. A preemption by recompute inside the engine keeps the
-object, with its generated tokens, its text, its RNG and what it streamed, and
-only forgets its KV cache (`num_cached_tokens = 0`), so nothing is sent twice.
+A `Sequence` lives from `add_request` until it reaches a final status. Its status
+says where it is, and `move_to` asserts every change against TRANSITIONS:
+
+    WAITING ----> PREFILLING ----> DECODING ----> FINISHED
+       ^              |                |
+       +--------------+----------------+   preempted by recompute (KV blocks ran out)
+
+and from WAITING, PREFILLING or DECODING: CANCELLED, PREEMPTED (told to, from
+outside), FAILED or DROPPED; WAITING -> FINISHED for a request resumed at its end.
+
+A preemption by recompute keeps the object, with its generated tokens, its text,
+its RNG and what it streamed, and only forgets its KV cache (`num_cached_tokens =
+0`), so nothing is sent twice.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +27,30 @@ from workers.detokenizer import IncrementalText, find_stop, hold_back_chars, str
 from workers.requests import Delta, EngineRequest
 
 
-@dataclass
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"          # in the engine's queue; holds no KV blocks
+    PREFILLING = "prefilling"    # in the prefill job: holds KV blocks, its context being computed
+    DECODING = "decoding"        # a row of the batch: one new token a step
+    FINISHED = "finished"        # made its last token (or was resumed at its end)
+    CANCELLED = "cancelled"      # cancelled from outside
+    PREEMPTED = "preempted"      # told to preempt from outside; what it computed may stay cached
+    FAILED = "failed"            # the model failed on it, or it no longer fits the KV budget
+    DROPPED = "dropped"          # dropped with every request (the broker re-queued them)
+
+
+_LEAVING = frozenset({SequenceStatus.CANCELLED, SequenceStatus.PREEMPTED, SequenceStatus.FAILED,
+                      SequenceStatus.DROPPED})
+TRANSITIONS: dict[SequenceStatus, frozenset[SequenceStatus]] = {
+    SequenceStatus.WAITING: frozenset({SequenceStatus.PREFILLING, SequenceStatus.FINISHED}) | _LEAVING,
+    SequenceStatus.PREFILLING: frozenset({SequenceStatus.DECODING, SequenceStatus.WAITING}) | _LEAVING,
+    SequenceStatus.DECODING: frozenset({SequenceStatus.FINISHED, SequenceStatus.WAITING}) | _LEAVING,
+    SequenceStatus.FINISHED: frozenset(),
+    **{status: frozenset() for status in _LEAVING},
+}
+HOLDS_KV = frozenset({SequenceStatus.PREFILLING, SequenceStatus.DECODING})  # the engine's `running`
+
+
+@dataclass(eq=False)
 class Sequence:
     request: EngineRequest
     arrival_seq: int                        # engine-wide order of add_request
@@ -25,6 +58,7 @@ class Sequence:
     emitted_text_chars: int
     generator: torch.Generator | None
     detokenizer: IncrementalText
+    status: SequenceStatus = SequenceStatus.WAITING
     num_cached_tokens: int = 0              # tokens whose keys and values are in the cache
     has_reported: bool = False              # prompt_tokens goes on the first delta only
     hold_back: int = field(init=False)
@@ -36,12 +70,31 @@ class Sequence:
     def request_id(self) -> str:
         return self.request.request_id
 
+    def move_to(self, status: SequenceStatus) -> None:
+        """The one place a status changes; a change TRANSITIONS does not allow is a bug."""
+        assert status in TRANSITIONS[self.status], \
+            f"request {self.request_id}: {self.status.name} -> {status.name} is not a transition"
+        self.status = status
+
+    @property
+    def holds_kv(self) -> bool:
+        return self.status in HOLDS_KV
+
+    @property
+    def has_left(self) -> bool:
+        """In a final status: the engine has forgotten it."""
+        return not TRANSITIONS[self.status]
+
     @property
     def num_context_tokens(self) -> int:
         return len(self.request.prompt_token_ids) + len(self.generated_token_ids)
 
     def context_token_ids(self) -> list[int]:
         return self.request.prompt_token_ids + self.generated_token_ids
+
+    def cached_token_ids(self) -> list[int]:
+        """The context tokens whose keys and values are in the cache."""
+        return self.context_token_ids()[:self.num_cached_tokens]
 
     @property
     def preemption_order(self) -> tuple[int, int]:

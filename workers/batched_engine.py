@@ -40,7 +40,7 @@ import torch
 
 from llmos.wire import pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE
-from workers.batch_sequence import Sequence
+from workers.batch_sequence import Sequence, SequenceStatus
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.detokenizer import IncrementalText
 from workers.engine_prefix import PREFIX_CACHE_HOLDER, make_prefix_caching
@@ -79,8 +79,8 @@ class BatchedEngine:
         self.prefix_caching = make_prefix_caching(
             prefix_caching and full_attention, self.budget,
             model.config.get_text_config().num_hidden_layers, tokenizer)
-        self.waiting: deque[Sequence] = deque()
-        self.running: dict[str, Sequence] = {}   # holding KV: in the batch or in the prefill job
+        self.waiting: deque[Sequence] = deque()  # WAITING
+        self.running: dict[str, Sequence] = {}   # holding KV: PREFILLING (the job) or DECODING (the batch)
         self.job: PrefillJob | None = None       # newcomers being prefilled
         self.pending_deltas: list[Delta] = []
         self.num_arrivals = 0
@@ -108,6 +108,7 @@ class BatchedEngine:
                 self.max_context_tokens, self.eos_token_ids)[0] != pb.FINISH_REASON_UNSPECIFIED:
             # resumed at its end: finish at once with the held-back text, no new tokens
             self.pending_deltas.append(self.make_delta(sequence, []))
+            sequence.move_to(SequenceStatus.FINISHED)
             return
         self.waiting.append(sequence)
 
@@ -122,6 +123,7 @@ class BatchedEngine:
 
     def refuse(self, sequence: Sequence) -> Delta:
         """A waiting request that no longer fits the budget (it shrank)."""
+        self.forget(sequence, SequenceStatus.FAILED)
         num_tokens = sequence.num_context_tokens + 1
         log.warning("worker %s request %s no longer fits the KV budget", self.worker_id,
                     sequence.request_id)
@@ -134,7 +136,7 @@ class BatchedEngine:
         sequence = self.find(request_id)
         if sequence is None:
             return False
-        self.forget(sequence)
+        self.forget(sequence, SequenceStatus.CANCELLED)
         return True
 
     def preempt(self, request_id: str) -> Delta | None:
@@ -146,14 +148,24 @@ class BatchedEngine:
         if sequence is None:
             return None
         self.keep_batch_rows([sequence])
-        self.forget(sequence)
+        self.forget(sequence, SequenceStatus.PREEMPTED)
         log.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
                  len(sequence.generated_token_ids))
         return sequence.final_delta(pb.FINISH_REASON_PREEMPTED)
 
     def drop_all(self) -> list[str]:
         """Forget every request (their broker re-queued them); return their ids."""
-        request_ids = [s.request_id for s in self.waiting] + list(self.running)
+        return self.forget_all(SequenceStatus.DROPPED)
+
+    def fail_all(self, message: str) -> list[Delta]:
+        """Error deltas for every request (after a failure that is not one request's)."""
+        request_ids = self.forget_all(SequenceStatus.FAILED)
+        return [error_delta(request_id, pb.WORKER_FAILED, message) for request_id in request_ids]
+
+    def forget_all(self, status: SequenceStatus) -> list[str]:
+        sequences = [*self.waiting, *self.running.values()]
+        for sequence in sequences:
+            sequence.move_to(status)
         self.waiting.clear()
         self.running.clear()
         self.job = None
@@ -161,12 +173,7 @@ class BatchedEngine:
         self.budget.clear()
         self.prefix_caching.hold_cached_blocks()
         self.pending_deltas.clear()
-        return request_ids
-
-    def fail_all(self, message: str) -> list[Delta]:
-        """Error deltas for every request (after a failure that is not one request's)."""
-        request_ids = self.drop_all()
-        return [error_delta(request_id, pb.WORKER_FAILED, message) for request_id in request_ids]
+        return [sequence.request_id for sequence in sequences]
 
     def set_kv_budget(self, num_blocks: int, block_size: int) -> None:
         """Adopt the kernel's block geometry; the next step evicts cached prefixes, then
@@ -247,11 +254,11 @@ class BatchedEngine:
                 self.budget.hold(request_id, num_tokens)
             return has_preempted
         for sequence in sorted(rows, key=lambda s: s.preemption_order):
-            while sequence.request_id in self.running and not self.budget.can_hold(
+            while sequence.status is SequenceStatus.DECODING and not self.budget.can_hold(
                     sequence.request_id, sequence.num_cached_tokens + 1):
                 self.preempt_by_recompute(self.pick_victim())
                 has_preempted = True
-            if sequence.request_id in self.running:
+            if sequence.status is SequenceStatus.DECODING:
                 self.budget.hold(sequence.request_id, sequence.num_cached_tokens + 1)
         return has_preempted
 
@@ -267,7 +274,7 @@ class BatchedEngine:
         while self.waiting and self.runner.batch.has_room_for(len(chosen) + 1):
             sequence = self.waiting[0]
             if not self.budget.can_ever_hold(sequence.num_context_tokens + 1):
-                self.pending_deltas.append(self.refuse(self.waiting.popleft()))
+                self.pending_deltas.append(self.refuse(sequence))
                 continue
             path = self.prefix_caching.find(sequence.context_token_ids())
             if chosen and bool(path) != (cached[0] is not None):
@@ -286,6 +293,7 @@ class BatchedEngine:
         if not chosen:
             return None
         for sequence in chosen:
+            sequence.move_to(SequenceStatus.PREFILLING)
             self.running[sequence.request_id] = sequence
         job = self.runner.start_prefill([s.request_id for s in chosen],
                                         [s.context_token_ids() for s in chosen], cached)
@@ -326,11 +334,11 @@ class BatchedEngine:
             return []  # more chunks to go
         try:
             self.runner.admit(job)
+            self.join_batch(sequences)
             self.prefix_caching.keep_job(job, [s.context_token_ids() for s in sequences])
         except Exception as exc:  # e.g. out of memory while the batch cache grew: it may be
             rows = [self.running[request_id] for request_id in self.runner.batch.row_ids]
             return self.fail_sequences(sequences + rows, exc)  # half moved, so no row goes on
-        self.job = None
         return self.append_tokens(sequences, logits)
 
     def decode_and_prefill(self) -> list[Delta]:
@@ -343,7 +351,7 @@ class BatchedEngine:
             logits = self.runner.decode_and_prefill([s.generated_token_ids[-1] for s in rows], job)
         except Exception as exc:  # the job's rows never joined the batch: the job goes as a whole
             return self.fail_sequences(rows + newcomers, exc)
-        self.job = None
+        self.join_batch(newcomers)
         for sequence in rows:
             sequence.num_cached_tokens += 1
         for sequence in newcomers:
@@ -361,16 +369,21 @@ class BatchedEngine:
                 finished.append(sequence)
         self.keep_batch_rows(finished)
         for sequence in finished:
-            self.release(sequence)
+            self.release(sequence, SequenceStatus.FINISHED)
         return deltas
+
+    def join_batch(self, sequences: list[Sequence]) -> None:
+        """The prefill job's requests are rows of the batch now (the runner moved them)."""
+        self.job = None
+        for sequence in sequences:
+            sequence.move_to(SequenceStatus.DECODING)
 
     def keep_batch_rows(self, sequences: list[Sequence]) -> None:
         """Keep in the prefix cache what these requests computed in the batch (those that
         are rows of it)."""
-        batch = self.runner.batch
-        self.prefix_caching.keep_batch_rows(batch, [
-            (s.request_id, s.context_token_ids()[:s.num_cached_tokens])
-            for s in sequences if s.request_id in batch.row_ids])
+        self.prefix_caching.keep_batch_rows(self.runner.batch, [
+            (s.request_id, s.cached_token_ids()) for s in sequences
+            if s.status is SequenceStatus.DECODING])
 
     def sample(self, sequences: list[Sequence], logits: torch.Tensor) -> list[int]:
         """One token per row: greedy rows by one argmax over the batch, sampled rows
@@ -393,44 +406,49 @@ class BatchedEngine:
 
     def preempt_by_recompute(self, sequence: Sequence) -> None:
         """Free the request's cache; it waits at the front and is prefilled again later."""
-        for dropped in self.release(sequence):
-            self.waiting.appendleft(dropped)
+        self.release(sequence, SequenceStatus.WAITING)
         log.info("worker %s request %s preempted by recompute (KV blocks ran out): %d tokens "
                  "kept", self.worker_id, sequence.request_id, len(sequence.generated_token_ids))
 
-    def forget(self, sequence: Sequence) -> None:
-        if sequence.request_id in self.running:
-            for dropped in self.release(sequence)[1:]:  # others of its prefill job start again
-                self.waiting.appendleft(dropped)
-        else:
+    def forget(self, sequence: Sequence, status: SequenceStatus) -> None:
+        """Take a request out of the engine for good, wherever it is; `status` says why."""
+        if sequence.status is SequenceStatus.WAITING:
             self.waiting.remove(sequence)
-
-    def release(self, sequence: Sequence) -> list[Sequence]:
-        """Take the request out of the batch (or out of the prefill job, which then
-        starts again without it) and free its blocks; return every request that left."""
-        job = self.job
-        if job is not None and sequence.request_id in job.request_ids:
-            self.job = None
-            released = [self.running[request_id] for request_id in reversed(job.request_ids)]
-            released.remove(sequence)
-            released.insert(0, sequence)
+            sequence.move_to(status)
         else:
-            if sequence.request_id in self.runner.batch.row_ids:
-                self.runner.remove(sequence.request_id)
-            released = [sequence]
-        for dropped in released:
-            del self.running[dropped.request_id]
-            self.budget.free(dropped.request_id)
-            dropped.num_cached_tokens = 0
-        return released
+            self.release(sequence, status)
+
+    def release(self, sequence: Sequence, status: SequenceStatus) -> None:
+        """Free the blocks of a request that holds KV and move it to `status` (back to the
+        front of the queue, for WAITING). It leaves the batch, or the prefill job, whose
+        other requests then wait at the front, in order, to start again without it."""
+        assert sequence.holds_kv, f"request {sequence.request_id} is {sequence.status.name}"
+        others: list[Sequence] = []
+        if sequence.status is SequenceStatus.PREFILLING:
+            job, self.job = self.job, None
+            assert job is not None and sequence.request_id in job.request_ids
+            others = [self.running[request_id] for request_id in job.request_ids
+                      if request_id != sequence.request_id]
+        else:
+            self.runner.remove(sequence.request_id)
+        for leaving in [sequence, *others]:
+            del self.running[leaving.request_id]
+            self.budget.free(leaving.request_id)
+            leaving.num_cached_tokens = 0
+        sequence.move_to(status)
+        if status is SequenceStatus.WAITING:
+            self.waiting.appendleft(sequence)
+        for other in reversed(others):
+            other.move_to(SequenceStatus.WAITING)
+            self.waiting.appendleft(other)
 
     def fail_sequences(self, sequences: list[Sequence], exc: Exception) -> list[Delta]:
+        """Error deltas for requests the model failed on, which leave the engine (a prefill
+        job's requests are all among them: the job goes as a whole)."""
+        failed = list({s.request_id: s for s in sequences}.values())  # a request may be listed twice
         log.exception("worker %s: the model failed on requests %s", self.worker_id,
-                      ", ".join(s.request_id for s in sequences))
-        deltas = []
-        for sequence in sequences:
-            if sequence.request_id in self.running:
-                self.release(sequence)  # a prefill job goes with its first row
-            deltas.append(error_delta(sequence.request_id, pb.WORKER_FAILED,
-                                      f"the model failed on this request: {exc}"))
-        return deltas
+                      ", ".join(s.request_id for s in failed))
+        for sequence in failed:
+            self.forget(sequence, SequenceStatus.FAILED)
+        return [error_delta(s.request_id, pb.WORKER_FAILED, f"the model failed on this request: {exc}")
+                for s in failed]
