@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from workers.admission_gate import AdmissionGate
+import pytest
+
+from workers.admission_gate import AdmissionGate, AllocationStatus
 from workers.requests import EngineRequest
 
 
@@ -152,3 +154,19 @@ def test_a_preempted_request_frees_its_slot_and_leaving_ends_with_release():
     assert admission.next_allocation().request.request_id == "b"
     admission.release("a")
     assert admission.leaving == set() and admission.tokens_left == {}
+
+
+def test_an_allocation_moves_only_along_its_transitions():
+    admission = make_admission()
+    add(admission, "a")
+    allocation = admission.next_allocation()
+    assert allocation.status is AllocationStatus.QUEUED
+    with pytest.raises(AssertionError, match="QUEUED -> REFUSED"):
+        admission.refuse("a")  # nothing was asked for yet
+
+    admission.start_allocation("a", now_s=0.0)
+    admission.refuse("a")
+    assert allocation.status is AllocationStatus.REFUSED and admission.in_flight() is None
+
+    admission.unblock()
+    assert admission.next_allocation() is allocation

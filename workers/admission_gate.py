@@ -16,6 +16,7 @@ before a KvAllocate round trip could end).
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,14 +24,35 @@ from dataclasses import dataclass
 from workers.requests import EngineRequest
 
 
-@dataclass
+class AllocationStatus(enum.Enum):
+    QUEUED = "queued"    # asks for its blocks once it is the head and a slot is free
+    ASKING = "asking"    # a KvAllocate for it is in flight
+    REFUSED = "refused"  # the kernel said NOT_ENOUGH_BLOCKS: it asks again after a free (unblock)
+
+
+# a granted request leaves the queue (from ASKING, or QUEUED while the kernel is down)
+TRANSITIONS: dict[AllocationStatus, frozenset[AllocationStatus]] = {
+    AllocationStatus.QUEUED: frozenset({AllocationStatus.ASKING}),
+    AllocationStatus.ASKING: frozenset({AllocationStatus.REFUSED,
+                                        AllocationStatus.QUEUED}),  # QUEUED: the answer never came
+    AllocationStatus.REFUSED: frozenset({AllocationStatus.QUEUED}),
+}
+
+
+@dataclass(eq=False)
 class WaitingAllocation:
+    """A dispatched request waiting for its slot and KV blocks."""
+
     request: EngineRequest
     num_tokens: int                 # prompt + max_tokens, before the max_model_len cap
     num_context_tokens: int = 0     # prompt + tokens made before (a resumed request)
-    is_allocating: bool = False     # a KvAllocate for it is in flight
+    status: AllocationStatus = AllocationStatus.QUEUED
     allocate_sent_at_s: float = 0.0
-    is_blocked: bool = False        # the kernel said NOT_ENOUGH_BLOCKS; retry after a free
+
+    def move_to(self, status: AllocationStatus) -> None:
+        assert status in TRANSITIONS[self.status], \
+            f"request {self.request.request_id}: {self.status.name} -> {status.name} is not a transition"
+        self.status = status
 
 
 class AdmissionGate:
@@ -93,17 +115,18 @@ class AdmissionGate:
         if not self.waiting or self.num_staying >= self.max_num_seqs:
             return None
         head = next(iter(self.waiting.values()))
-        return None if head.is_allocating or head.is_blocked else head
+        return head if head.status is AllocationStatus.QUEUED else None
 
     def in_flight(self) -> WaitingAllocation | None:
         head = next(iter(self.waiting.values()), None)
-        return head if head is not None and head.is_allocating else None
+        return head if head is not None and head.status is AllocationStatus.ASKING else None
 
     def start_allocation(self, request_id: str, now_s: float) -> int:
         """Mark the head's allocation in flight; return the blocks to ask for."""
         allocation = self.waiting[request_id]
         assert allocation is self.next_allocation(), "only the head allocates"
-        allocation.is_allocating, allocation.allocate_sent_at_s = True, now_s
+        allocation.move_to(AllocationStatus.ASKING)
+        allocation.allocate_sent_at_s = now_s
         return self.blocks_for(allocation.num_tokens)
 
     def can_allocate_locally(self, allocation: WaitingAllocation) -> bool:
@@ -119,19 +142,20 @@ class AdmissionGate:
 
     def refuse(self, request_id: str) -> None:
         """Not enough blocks now: wait at the head until something is freed."""
-        allocation = self.waiting[request_id]
-        allocation.is_allocating, allocation.is_blocked = False, True
+        self.waiting[request_id].move_to(AllocationStatus.REFUSED)
 
     def abandon_allocation(self) -> WaitingAllocation | None:
         """Forget the allocation in flight (its answer never came); return its request."""
         allocation = self.in_flight()
         if allocation is not None:
-            allocation.is_allocating = False
+            allocation.move_to(AllocationStatus.QUEUED)
         return allocation
 
     def unblock(self) -> None:
+        """Refused requests may ask again (blocks were freed, or an interval passed)."""
         for allocation in self.waiting.values():
-            allocation.is_blocked = False
+            if allocation.status is AllocationStatus.REFUSED:
+                allocation.move_to(AllocationStatus.QUEUED)
 
     # ---------------------------------------------------------------- leaving
 
