@@ -110,7 +110,7 @@ class BatchCache(Cache):
         num_columns = source.get_seq_length()
         self.make_room(num_columns, 1, template=source)
         first, rows = self.end - num_columns, slice(self.num_rows, self.num_rows + len(row_ids))
-        for layer, source_layer in zip(self.layers, source.layers):
+        for layer, source_layer in zip(self.layers, source.layers, strict=False):
             layer.keys[rows, :, first:self.end] = source_layer.keys
             layer.values[rows, :, first:self.end] = source_layer.values
         self.row_ids += row_ids
@@ -128,7 +128,7 @@ class BatchCache(Cache):
         first = self.end + 1 - num_columns
         rows = slice(self.num_rows, self.num_rows + len(row_ids))
         num_done = source.get_seq_length()
-        for layer, source_layer in zip(self.layers, source.layers if num_done else []):
+        for layer, source_layer in zip(self.layers, source.layers if num_done else [], strict=False):
             layer.keys[rows, :, first:first + num_done] = source_layer.keys
             layer.values[rows, :, first:first + num_done] = source_layer.values
         self.row_ids += row_ids

@@ -328,7 +328,7 @@ class BatchedEngine:
             logits = self.runner.prefill(job, self.prefill_columns(job))
         except Exception as exc:
             return self.fail_sequences(sequences, exc)
-        for sequence, pad in zip(sequences, job.pad_lengths):
+        for sequence, pad in zip(sequences, job.pad_lengths, strict=True):
             sequence.num_cached_tokens = max(job.num_done - pad, 0)
         if logits is None:
             return []  # more chunks to go
@@ -361,7 +361,7 @@ class BatchedEngine:
 
     def append_tokens(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Delta]:
         deltas, finished = [], []
-        for sequence, token_id in zip(sequences, self.sample(sequences, logits)):
+        for sequence, token_id in zip(sequences, self.sample(sequences, logits), strict=True):
             sequence.generated_token_ids.append(token_id)
             delta = self.make_delta(sequence, [token_id])
             deltas.append(delta)

@@ -56,7 +56,8 @@ class KvBudget:
         """Grow the request's blocks to cover `num_tokens` tokens; return the blocks added."""
         num_added = self.num_blocks_to_add(request_id, num_tokens)
         assert num_added <= self.num_free_blocks, \
-            f"request {request_id} needs {num_added} more KV blocks, {self.num_free_blocks} free: check can_hold"
+            f"request {request_id} needs {num_added} more KV blocks, {self.num_free_blocks} free: " \
+            f"check can_hold"
         self.num_blocks_held[request_id] = self.num_blocks_held.get(request_id, 0) + num_added
         self.num_used_blocks += num_added
         self.num_tokens_held[request_id] = max(self.num_tokens_held.get(request_id, 0), num_tokens)

@@ -84,14 +84,14 @@ class ModelRunner:
         job = PrefillJob(request_ids, token_ids.to(self.device), pad_lengths, DynamicCache())
         cached = cached or [None] * len(contexts)
         start = min(pad + (0 if prefix is None else prefix[0][0].shape[-2])
-                    for pad, prefix in zip(pad_lengths, cached))
+                    for pad, prefix in zip(pad_lengths, cached, strict=True))
         if start > 0:  # then some row has a cached prefix
             some_prefix = next(prefix for prefix in cached if prefix is not None)
             heads, _, head_dim = some_prefix[0][0].shape
             for layer in range(len(some_prefix)):
                 keys = some_prefix[0][0].new_zeros((len(contexts), heads, start, head_dim))
                 values = torch.zeros_like(keys)
-                for row, (pad, prefix) in enumerate(zip(pad_lengths, cached)):
+                for row, (pad, prefix) in enumerate(zip(pad_lengths, cached, strict=True)):
                     used = start - pad
                     if prefix is not None and used > 0:
                         keys[row, :, pad:start] = prefix[layer][0][:, :used]
