@@ -17,16 +17,20 @@ Every `step()` is schedule -> execute -> postprocess, and returns what changed:
   running requests by one bounded chunk per step at most.
 - postprocess: sample, stream the new text, free finished requests at once.
 
+Each request's status (`workers.batch_sequence.SequenceStatus`) says where it
+is: WAITING in the queue, PREFILLING in the prefill job, DECODING in the batch.
+
 Prefix caching (`workers.engine_prefix`, which the engine holds and calls; its
 blocks in `workers.prefix_cache`): after a prefill, and when a request finishes,
-the whole blocks of its context are kept; newcomers whose contexts start with cached blocks are prefilled
-together, from the end of their prefixes. Cached blocks count in the KV budget
+the whole blocks of its context are kept; newcomers whose contexts start with
+cached blocks are prefilled together, from the end of their prefixes. Cached blocks count in the KV budget
 but give way first: they are evicted before any request is preempted, so they
 only ever use blocks nobody needs.
 
 Greedy output equals `model.generate` on the prompt alone, token for token,
 also for a request preempted and resumed (here or, via `Dispatch`, elsewhere).
-Like the reference engine (`workers.reference_engine`), it knows no sockets or threads.
+Like the reference engine (`workers.reference_engine`), it knows no sockets or
+threads.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class EngineThread:
         self.pipe_address = pipe_address
         self.commands: queue.Queue[tuple[Verb, Any]] = queue.Queue()
         self.epoch = 0  # written by the engine thread only
-        self.answers: list[Delta] = []  # deltas of commands (preempt), sent before the next step's
+        self.command_deltas: list[Delta] = []  # of commands (preempt): sent before the next step's
         self.prefix_report_version = 0  # of the last prefix report sent
         self.next_prefix_report_at_s = 0.0
         self.clock = clock
@@ -105,7 +105,7 @@ class EngineThread:
         pipe.connect(self.pipe_address)
         try:
             while self.apply_commands():
-                deltas, self.answers = self.answers, []
+                deltas, self.command_deltas = self.command_deltas, []
                 if self.engine.has_work:
                     deltas += self.step()
                 prefix_hashes = self.changed_prefix_hashes()
@@ -116,7 +116,7 @@ class EngineThread:
 
     def apply_commands(self) -> bool:
         """Apply every queued command (waiting for one while idle); False on STOP."""
-        block = not self.engine.has_work and not self.answers
+        block = not self.engine.has_work and not self.command_deltas
         while True:
             try:  # idle with a report held back: wake when it is due
                 timeout_s = self.report_wait_s() if block else None
@@ -131,14 +131,14 @@ class EngineThread:
             elif verb is Verb.CANCEL:
                 self.engine.cancel(argument)
             elif verb is Verb.PREEMPT:
-                self.answers += self.preempt_now(argument)
+                self.command_deltas += self.preempt_now(argument)
             elif verb is Verb.SET_KV_BUDGET:
                 set_kv_budget = getattr(self.engine, "set_kv_budget", None)  # pooling engines count no blocks
                 if set_kv_budget is not None:
                     set_kv_budget(*argument)
             elif verb is Verb.DROP_ALL:
                 self.engine.drop_all()
-                self.answers.clear()  # about requests the broker re-queued
+                self.command_deltas.clear()  # about requests the broker re-queued
                 self.epoch = argument
 
     def changed_prefix_hashes(self) -> list[int] | None:

@@ -39,7 +39,7 @@ class PoolingWorker(Worker):
         # The engine checks kind and inputs (its error comes back at its next step).
         request = PoolingRequest(request_id=request_id, kind=dispatch.kind,
                                  inputs=list(dispatch.inputs))
-        self.gate.add(request, 0)  # type: ignore[arg-type]  # admission reads only the id
+        self.gate.add(request, 0)  # type: ignore[arg-type]  # the gate reads only the id
         log.info("worker %s request %s queued: %s of %d inputs", self.worker_id, request_id,
                  TASK_NAMES.get(dispatch.kind, dispatch.kind), len(request.inputs))
 
