@@ -1,10 +1,12 @@
 """How long each tier's answers run against their max_tokens (plain data).
 
-The scheduler is told, per tier, the recent mean of generated tokens ÷
-max_tokens over answers the model ended or the bound cut (LENGTH, STOP, EOS).
-Near 1, a request's max_tokens is its answer's length, and a policy may
-order by it (`mlfq` then joins the level its bound needs); a cancelled,
-failed or expired answer says nothing about length and is not counted.
+An answer's *fill* is the share of its max_tokens it used: generated tokens ÷
+max_tokens, at most 1. The scheduler is told, per tier, the recent mean fill
+(`TierAnswers.mean_fill`, shown as `TierStatus.answer_fill`) over answers the
+model ended or the bound cut (LENGTH, STOP, EOS). Near 1, a request's
+max_tokens is its answer's length, and a policy may order by it (`mlfq` then
+joins the level its bound needs); a cancelled, failed or expired answer says
+nothing about length and is not counted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class TierFill:
 
 
 class AnswerFills:
+    """Per tier, how many answers were counted and their recent mean fill."""
+
     def __init__(self) -> None:
         self._by_tier: dict[str, TierFill] = {}
 
