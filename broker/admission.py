@@ -21,8 +21,11 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_ID_CHARS = 256
 RETRY_UNKNOWN_MODEL_MS = 1000
-TASK_NAMES = {pb.TASK_KIND_GENERATE: "text generation", pb.TASK_KIND_EMBED: "embeddings",
-              pb.TASK_KIND_CLASSIFY: "classification"}
+TASK_NAMES = {
+    pb.TASK_KIND_GENERATE: "text generation",
+    pb.TASK_KIND_EMBED: "embeddings",
+    pb.TASK_KIND_CLASSIFY: "classification",
+}
 
 TaskRequest = pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest
 TaskModels = Mapping[pb.TaskKind, Collection[str]]  # the models workers serve, by task
@@ -49,26 +52,33 @@ def _refuse(code: int, message: str, request_id: str, retry_after_ms: int = 0) -
 
 def _check_common(request_id: str, tier: str, limits: dict[str, TierLimits]) -> TierLimits:
     if not request_id or len(request_id) > MAX_ID_CHARS:
-        raise _refuse(pb.INVALID_ARGUMENT, f"request_id must have 1 to {MAX_ID_CHARS} characters",
-                      request_id[:MAX_ID_CHARS])
+        raise _refuse(
+            pb.INVALID_ARGUMENT,
+            f"request_id must have 1 to {MAX_ID_CHARS} characters",
+            request_id[:MAX_ID_CHARS],
+        )
     if tier not in limits:
-        raise _refuse(pb.INVALID_ARGUMENT, f"unknown tier '{tier}'; tiers are {', '.join(limits)}",
-                      request_id)
+        raise _refuse(
+            pb.INVALID_ARGUMENT, f"unknown tier '{tier}'; tiers are {', '.join(limits)}", request_id
+        )
     return limits[tier]
 
 
-def resolve_model(model: str, kind: pb.TaskKind, models_by_task: TaskModels,
-                  request_id: str) -> str:
+def resolve_model(model: str, kind: pb.TaskKind, models_by_task: TaskModels, request_id: str) -> str:
     """The model to run: as named, or the task's default (first registered) model."""
     served = models_by_task.get(kind, ())
     if model and model in served:
         return model
     if not served:
-        raise _refuse(pb.UNKNOWN_MODEL, f"no worker serves {TASK_NAMES[kind]} yet", request_id,
-                      RETRY_UNKNOWN_MODEL_MS)
+        raise _refuse(
+            pb.UNKNOWN_MODEL, f"no worker serves {TASK_NAMES[kind]} yet", request_id, RETRY_UNKNOWN_MODEL_MS
+        )
     if model:
-        raise _refuse(pb.UNKNOWN_MODEL, f"no worker serves model '{model}' for {TASK_NAMES[kind]} "
-                      f"(models: {', '.join(sorted(served))})", request_id)
+        raise _refuse(
+            pb.UNKNOWN_MODEL,
+            f"no worker serves model '{model}' for {TASK_NAMES[kind]} (models: {', '.join(sorted(served))})",
+            request_id,
+        )
     return min(served)
 
 
@@ -76,11 +86,17 @@ def _check_sampling(sampling: pb.SamplingParams, limits: TierLimits, request_id:
     if sampling.max_tokens < 0:
         raise _refuse(pb.INVALID_ARGUMENT, f"max_tokens must be >= 0, got {sampling.max_tokens}", request_id)
     if sampling.max_tokens > limits.max_tokens:
-        raise _refuse(pb.INVALID_ARGUMENT, f"max_tokens {sampling.max_tokens} is above this tier's "
-                      f"limit of {limits.max_tokens}", request_id)
+        raise _refuse(
+            pb.INVALID_ARGUMENT,
+            f"max_tokens {sampling.max_tokens} is above this tier's limit of {limits.max_tokens}",
+            request_id,
+        )
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
-        raise _refuse(pb.INVALID_ARGUMENT,
-                      f"temperature must be a finite number >= 0, got {sampling.temperature}", request_id)
+        raise _refuse(
+            pb.INVALID_ARGUMENT,
+            f"temperature must be a finite number >= 0, got {sampling.temperature}",
+            request_id,
+        )
     if sampling.HasField("top_p") and not (0 < sampling.top_p <= 1):
         raise _refuse(pb.INVALID_ARGUMENT, f"top_p must be in (0, 1], got {sampling.top_p}", request_id)
     if sampling.top_k < 0:
@@ -89,23 +105,30 @@ def _check_sampling(sampling: pb.SamplingParams, limits: TierLimits, request_id:
         raise _refuse(pb.INVALID_ARGUMENT, f"at most {MAX_STOP_STRINGS} stop strings", request_id)
     for stop in sampling.stop:
         if not stop or len(stop) > MAX_STOP_CHARS:
-            raise _refuse(pb.INVALID_ARGUMENT,
-                          f"stop strings must have 1 to {MAX_STOP_CHARS} characters", request_id)
+            raise _refuse(
+                pb.INVALID_ARGUMENT, f"stop strings must have 1 to {MAX_STOP_CHARS} characters", request_id
+            )
 
 
 def _check_size(text_bytes: int, limits: TierLimits, what: str, request_id: str) -> None:
     if text_bytes > limits.max_prompt_bytes:
-        raise _refuse(pb.TOO_LARGE, f"{what} is {text_bytes} bytes; this tier accepts at most "
-                      f"{limits.max_prompt_bytes}", request_id)
+        raise _refuse(
+            pb.TOO_LARGE,
+            f"{what} is {text_bytes} bytes; this tier accepts at most {limits.max_prompt_bytes}",
+            request_id,
+        )
 
 
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
 
-def validate_generate(request: pb.GenerateRequest, config: BrokerConfig,
-                      limits: dict[str, TierLimits],
-                      models_by_task: TaskModels) -> AdmittedRequest:
+def validate_generate(
+    request: pb.GenerateRequest,
+    config: BrokerConfig,
+    limits: dict[str, TierLimits],
+    models_by_task: TaskModels,
+) -> AdmittedRequest:
     request_id = request.request_id
     tier = request.tier or config.default_tier
     tier_limits = _check_common(request_id, tier, limits)
@@ -118,15 +141,25 @@ def validate_generate(request: pb.GenerateRequest, config: BrokerConfig,
     sampling.CopyFrom(request.sampling)
     if sampling.max_tokens == 0:
         sampling.max_tokens = min(config.default_max_tokens, tier_limits.max_tokens)
-    return AdmittedRequest(request_id=request_id, kind=pb.TASK_KIND_GENERATE, model=model, tier=tier,
-                     tenant=request.tenant or DEFAULT_TENANT,
-                     deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
-                     prompt=request.prompt, sampling=sampling)
+    return AdmittedRequest(
+        request_id=request_id,
+        kind=pb.TASK_KIND_GENERATE,
+        model=model,
+        tier=tier,
+        tenant=request.tenant or DEFAULT_TENANT,
+        deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
+        prompt=request.prompt,
+        sampling=sampling,
+    )
 
 
-def validate_pooling(request: pb.EmbedRequest | pb.ClassifyRequest, kind: pb.TaskKind, config: BrokerConfig,
-                     limits: dict[str, TierLimits],
-                     models_by_task: TaskModels) -> AdmittedRequest:
+def validate_pooling(
+    request: pb.EmbedRequest | pb.ClassifyRequest,
+    kind: pb.TaskKind,
+    config: BrokerConfig,
+    limits: dict[str, TierLimits],
+    models_by_task: TaskModels,
+) -> AdmittedRequest:
     """Embed and classify requests: a list of texts instead of a prompt."""
     request_id = request.request_id
     tier = request.tier or config.default_tier
@@ -134,16 +167,24 @@ def validate_pooling(request: pb.EmbedRequest | pb.ClassifyRequest, kind: pb.Tas
     if not request.inputs:
         raise _refuse(pb.INVALID_ARGUMENT, "inputs is empty", request_id)
     if len(request.inputs) > config.max_inputs:
-        raise _refuse(pb.TOO_LARGE, f"{len(request.inputs)} inputs; this broker accepts at most "
-                      f"{config.max_inputs} per request", request_id)
+        raise _refuse(
+            pb.TOO_LARGE,
+            f"{len(request.inputs)} inputs; this broker accepts at most {config.max_inputs} per request",
+            request_id,
+        )
     if any(not text for text in request.inputs):
         raise _refuse(pb.INVALID_ARGUMENT, "inputs must not contain empty strings", request_id)
     _check_size(sum(_utf8_len(text) for text in request.inputs), tier_limits, "inputs", request_id)
     model = resolve_model(request.model, kind, models_by_task, request_id)
-    return AdmittedRequest(request_id=request_id, kind=kind, model=model, tier=tier,
-                     tenant=request.tenant or DEFAULT_TENANT,
-                     deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
-                     inputs=list(request.inputs))
+    return AdmittedRequest(
+        request_id=request_id,
+        kind=kind,
+        model=model,
+        tier=tier,
+        tenant=request.tenant or DEFAULT_TENANT,
+        deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
+        inputs=list(request.inputs),
+    )
 
 
 class AdmissionRules:
@@ -161,8 +202,7 @@ class AdmissionRules:
         """Live (queued + running) requests the tenant may hold; 0 is no limit."""
         return self.tenant_quotas.get(tenant, self.config.tenant_max_requests)
 
-    def validate(self, message: TaskRequest,
-                 models_by_task: TaskModels) -> AdmittedRequest:
+    def validate(self, message: TaskRequest, models_by_task: TaskModels) -> AdmittedRequest:
         if isinstance(message, pb.GenerateRequest):
             return validate_generate(message, self.config, self.tier_limits, models_by_task)
         kind = pb.TASK_KIND_EMBED if isinstance(message, pb.EmbedRequest) else pb.TASK_KIND_CLASSIFY

@@ -17,8 +17,7 @@ from llmos.wire import pb
 
 # The mean follows about the last this many answers of a tier: traffic changes.
 ANSWERS_AVERAGED = 64
-LENGTH_FINISH_REASONS = frozenset({pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP,
-                                   pb.FINISH_REASON_EOS})
+LENGTH_FINISH_REASONS = frozenset({pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP, pb.FINISH_REASON_EOS})
 
 
 @dataclass
@@ -48,5 +47,7 @@ class AnswerFills:
         return self._by_tier.get(tier) or TierFill()
 
     def tier_answers(self) -> list[pb.TierAnswers]:
-        return [pb.TierAnswers(tier=tier, num_answers=entry.num_answers, mean_fill=entry.mean_fill)
-                for tier, entry in self._by_tier.items()]
+        return [
+            pb.TierAnswers(tier=tier, num_answers=entry.num_answers, mean_fill=entry.mean_fill)
+            for tier, entry in self._by_tier.items()
+        ]

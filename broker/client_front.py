@@ -33,23 +33,38 @@ MAX_MESSAGES_PER_POLL = 1000  # so a busy client socket cannot starve the others
 
 
 class ClientFrontEnd:
-    def __init__(self, socket: zmq.Socket, watch: ClientWatch, replies: ClientReplies,
-                 requests: RequestTable, workers: WorkerPool, dispatcher: Dispatcher,
-                 rules: AdmissionRules, answer_fills: AnswerFills, tokens: RateMeter) -> None:
-        self.socket = socket              # received from here; replies go through `replies`
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        watch: ClientWatch,
+        replies: ClientReplies,
+        requests: RequestTable,
+        workers: WorkerPool,
+        dispatcher: Dispatcher,
+        rules: AdmissionRules,
+        answer_fills: AnswerFills,
+        tokens: RateMeter,
+    ) -> None:
+        self.socket = socket  # received from here; replies go through `replies`
         self.watch = watch
         self.replies = replies
         self.requests = requests
-        self.workers = workers            # read: the models served, and status
+        self.workers = workers  # read: the models served, and status
         self.dispatcher = dispatcher
         self.rules = rules
         self.answer_fills = answer_fills  # read: status
-        self.tokens = tokens              # read: status
+        self.tokens = tokens  # read: status
         self.num_rejected = 0
-        self.handlers: Handlers[None] = Handlers("the broker's client socket", {
-            pb.GenerateRequest: self.admit, pb.EmbedRequest: self.admit,
-            pb.ClassifyRequest: self.admit, pb.Cancel: self.cancel,
-            pb.StatusRequest: self.send_status})
+        self.handlers: Handlers[None] = Handlers(
+            "the broker's client socket",
+            {
+                pb.GenerateRequest: self.admit,
+                pb.EmbedRequest: self.admit,
+                pb.ClassifyRequest: self.admit,
+                pb.Cancel: self.cancel,
+                pb.StatusRequest: self.send_status,
+            },
+        )
 
     def drain(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):
@@ -67,23 +82,34 @@ class ClientFrontEnd:
         split = router_frames(frames)
         if split is None:
             self.num_rejected += 1
-            self.replies.reply(frames[0], False, error_frame(
-                pb.MALFORMED_FRAME, "expected one frame holding an Envelope (DEALER) "
-                "or an empty delimiter then the Envelope (REQ)"))
+            self.replies.reply(
+                frames[0],
+                False,
+                error_frame(
+                    pb.MALFORMED_FRAME,
+                    "expected one frame holding an Envelope (DEALER) "
+                    "or an empty delimiter then the Envelope (REQ)",
+                ),
+            )
             return
         identity, payload, has_delimiter = split
         try:
             self.handlers.route(payload, identity, has_delimiter)
         except WireError as exc:
             self.num_rejected += 1
-            log.info("refused %s from client %r: %s", exc.request_id or "frame", identity,
-                     exc.message)
-            self.replies.reply(identity, has_delimiter, error_frame(
-                exc.code, exc.message, exc.request_id, exc.retry_after_ms))
+            log.info("refused %s from client %r: %s", exc.request_id or "frame", identity, exc.message)
+            self.replies.reply(
+                identity,
+                has_delimiter,
+                error_frame(exc.code, exc.message, exc.request_id, exc.retry_after_ms),
+            )
         except Exception:  # a bug must cost one request, not the broker
             log.exception("internal error on a message from client %r", identity)
-            self.replies.reply(identity, has_delimiter, error_frame(
-                pb.INTERNAL, "the broker hit an internal error; it is logged"))
+            self.replies.reply(
+                identity,
+                has_delimiter,
+                error_frame(pb.INTERNAL, "the broker hit an internal error; it is logged"),
+            )
 
     # --- messages
 
@@ -91,32 +117,49 @@ class ClientFrontEnd:
         admitted = self.rules.validate(message, self.workers.models_by_task)
         request_id, tier, tenant = admitted.request_id, admitted.tier, admitted.tenant
         if self.requests.by_client(identity, request_id) is not None:
-            raise WireError(pb.DUPLICATE_REQUEST, f"request '{request_id}' is already live on "
-                            "this connection", request_id)
+            raise WireError(
+                pb.DUPLICATE_REQUEST, f"request '{request_id}' is already live on this connection", request_id
+            )
         if not self.requests.queue.has_room(tier):
-            raise WireError(pb.QUEUE_FULL, f"tier '{tier}' holds {self.requests.queue.max_depth[tier]} "
-                            "requests; retry later", request_id, QUEUE_FULL_RETRY_MS)
+            raise WireError(
+                pb.QUEUE_FULL,
+                f"tier '{tier}' holds {self.requests.queue.max_depth[tier]} requests; retry later",
+                request_id,
+                QUEUE_FULL_RETRY_MS,
+            )
         quota = self.rules.quota(tenant)
         if quota and self.requests.num_live(tenant) >= quota:
-            raise WireError(pb.QUOTA_EXCEEDED, f"tenant '{tenant}' has {quota} live requests, its "
-                            "quota; retry when one finishes", request_id, QUEUE_FULL_RETRY_MS)
+            raise WireError(
+                pb.QUOTA_EXCEEDED,
+                f"tenant '{tenant}' has {quota} live requests, its quota; retry when one finishes",
+                request_id,
+                QUEUE_FULL_RETRY_MS,
+            )
         request, position = self.requests.add(identity, has_delimiter, admitted, time.monotonic())
         self.dispatcher.note_arrival(request)
-        log.debug("accepted %s (client id %s) tier %s tenant %s", request.request_id, request_id,
-                  tier, tenant)
-        self.replies.reply(identity, has_delimiter, pack(pb.Accepted(
-            request_id=request_id, tier=tier, queue_position=position)))
+        log.debug(
+            "accepted %s (client id %s) tier %s tenant %s", request.request_id, request_id, tier, tenant
+        )
+        self.replies.reply(
+            identity,
+            has_delimiter,
+            pack(pb.Accepted(request_id=request_id, tier=tier, queue_position=position)),
+        )
 
     def cancel(self, message: pb.Cancel, identity: bytes, has_delimiter: bool) -> None:
         request = self.requests.by_client(identity, message.request_id)
         if request is None:
-            raise WireError(pb.UNKNOWN_REQUEST, f"no live request '{message.request_id}' on this "
-                            "connection", message.request_id)
-        log.info("cancelled %s tier %s on worker %s", request.request_id, request.tier,
-                 request.worker_id)
+            raise WireError(
+                pb.UNKNOWN_REQUEST,
+                f"no live request '{message.request_id}' on this connection",
+                message.request_id,
+            )
+        log.info("cancelled %s tier %s on worker %s", request.request_id, request.tier, request.worker_id)
         self.dispatcher.cancel(request)
-        self.replies.answer(request, pack(request.result(pb.FINISH_REASON_CANCELLED,
-                                                         request.worker_id or "", time.monotonic())))
+        self.replies.answer(
+            request,
+            pack(request.result(pb.FINISH_REASON_CANCELLED, request.worker_id or "", time.monotonic())),
+        )
 
     def send_status(self, _: pb.StatusRequest, identity: bytes, has_delimiter: bool) -> None:
         self.replies.reply(identity, has_delimiter, pack(self.status()))
@@ -128,16 +171,28 @@ class ClientFrontEnd:
         tiers = []
         for tier in queue.tiers:
             fill = self.answer_fills.fill(tier)
-            tiers.append(pb.TierStatus(tier=tier, depth=queue.depth(tier), max_depth=queue.max_depth[tier],
-                                       num_running=running_by_tier[tier],
-                                       num_answers=fill.num_answers, answer_fill=fill.mean_fill))
+            tiers.append(
+                pb.TierStatus(
+                    tier=tier,
+                    depth=queue.depth(tier),
+                    max_depth=queue.max_depth[tier],
+                    num_running=running_by_tier[tier],
+                    num_answers=fill.num_answers,
+                    answer_fill=fill.mean_fill,
+                )
+            )
         workers = [w.status(now_s) for w in self.workers]
         is_online, policy = self.dispatcher.scheduler_in_use()
-        return pb.StatusReply(tiers=tiers, workers=workers,
-                              num_running=sum(w.num_running for w in workers),
-                              scheduler_online=is_online, scheduler_policy=policy,
-                              num_completed=self.replies.num_completed,
-                              num_rejected=self.num_rejected, tokens_per_s=self.tokens.per_s(now_s))
+        return pb.StatusReply(
+            tiers=tiers,
+            workers=workers,
+            num_running=sum(w.num_running for w in workers),
+            scheduler_online=is_online,
+            scheduler_policy=policy,
+            num_completed=self.replies.num_completed,
+            num_rejected=self.num_rejected,
+            tokens_per_s=self.tokens.per_s(now_s),
+        )
 
     # --- requests ending early
 
@@ -161,14 +216,21 @@ class ClientFrontEnd:
 
     def purge_deadlines(self, now_s: float) -> None:
         while (request := self.requests.next_expired(now_s)) is not None:
-            log.info("deadline passed for %s tier %s (%s)", request.request_id, request.tier,
-                     "running" if request.is_on_worker else "queued")
+            log.info(
+                "deadline passed for %s tier %s (%s)",
+                request.request_id,
+                request.tier,
+                "running" if request.is_on_worker else "queued",
+            )
             self.dispatcher.cancel(request)
             if request.is_on_worker and request.kind == pb.TASK_KIND_GENERATE:
-                payload = pack(request.result(pb.FINISH_REASON_DEADLINE, request.worker_id or "",
-                                              now_s))
+                payload = pack(request.result(pb.FINISH_REASON_DEADLINE, request.worker_id or "", now_s))
             else:
-                payload = error_frame(pb.DEADLINE_EXCEEDED, f"the deadline of "
-                                      f"{request.admitted.deadline_ms} ms passed before the "
-                                      "request could finish", request.client_request_id)
+                payload = error_frame(
+                    pb.DEADLINE_EXCEEDED,
+                    f"the deadline of "
+                    f"{request.admitted.deadline_ms} ms passed before the "
+                    "request could finish",
+                    request.client_request_id,
+                )
             self.replies.answer(request, payload)

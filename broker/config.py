@@ -31,25 +31,38 @@ class BrokerConfig:
     default_max_tokens: int = option(DEFAULT_MAX_TOKENS, "max_tokens of requests that send 0")
     max_tokens_limit: int = option(4096, "largest max_tokens accepted")
     default_deadline_ms: int = option(0, "deadline of requests that name none (0 = none)")
-    tier_limits: str = option("", "per-tier overrides as JSON or @file: {tier: {max_queue_depth, "
-                              "max_prompt_bytes, max_tokens, deadline_ms}}")
-    tenant_max_requests: int = option(0, "live (queued + running) requests per tenant before "
-                                      "QUOTA_EXCEEDED (0 = unlimited)")
+    tier_limits: str = option(
+        "",
+        "per-tier overrides as JSON or @file: {tier: {max_queue_depth, "
+        "max_prompt_bytes, max_tokens, deadline_ms}}",
+    )
+    tenant_max_requests: int = option(
+        0, "live (queued + running) requests per tenant before QUOTA_EXCEEDED (0 = unlimited)"
+    )
     tenant_quotas: str = option("", "per-tenant live-request quotas, e.g. alice=100,bob=20")
     max_inputs: int = option(256, "largest number of inputs in one embed/classify request")
     max_restarts: int = option(3, "times a request moves to another worker before WORKER_FAILED")
-    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS,
-                                        "heartbeat period; dead after 3 silent periods")
-    preemption_check_ms: int = option(50, "while every slot is busy, ask about preemptions "
-                                          "this often; a top-tier arrival asks sooner while "
-                                          "lower tiers hold slots")
-    scheduler_timeout_ms: int = option(SCHEDULER_TIMEOUT_MS,
-                                       "wait this long for a decision, then decide locally")
-    scheduler_retry_ms: int = option(SCHEDULER_RETRY_MS,
-                                     "after a scheduler timeout, ask again after this long")
+    heartbeat_interval_ms: int = option(
+        HEARTBEAT_INTERVAL_MS, "heartbeat period; dead after 3 silent periods"
+    )
+    preemption_check_ms: int = option(
+        50,
+        "while every slot is busy, ask about preemptions "
+        "this often; a top-tier arrival asks sooner while "
+        "lower tiers hold slots",
+    )
+    scheduler_timeout_ms: int = option(
+        SCHEDULER_TIMEOUT_MS, "wait this long for a decision, then decide locally"
+    )
+    scheduler_retry_ms: int = option(
+        SCHEDULER_RETRY_MS, "after a scheduler timeout, ask again after this long"
+    )
     fallback_policy: str = option("priority", "policy the broker runs itself when the scheduler is down")
-    tenant_weights: str = option("", "fair share weights for the fallback policy, e.g. a=1,b=3 "
-                                     "(the same LLMOS_TENANT_WEIGHTS the scheduler reads)")
+    tenant_weights: str = option(
+        "",
+        "fair share weights for the fallback policy, e.g. a=1,b=3 "
+        "(the same LLMOS_TENANT_WEIGHTS the scheduler reads)",
+    )
 
     @property
     def tier_names(self) -> list[str]:

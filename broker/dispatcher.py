@@ -26,7 +26,7 @@ from llmos.wire.sockets import send_reply
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING_PER_TIER_ASKED = 2048   # bounds one ScheduleRequest
+MAX_PENDING_PER_TIER_ASKED = 2048  # bounds one ScheduleRequest
 # A top-tier arrival, while lower tiers hold slots, brings the next preemption check
 # this close to the last one: a user should not wait out the usual interval (several
 # steps) for a slot that a batch request can give up. Arrivals into a full stack of
@@ -36,15 +36,23 @@ TOP_TIER_CHECK_INTERVAL_S = 0.01
 
 
 class Dispatcher:
-    def __init__(self, socket: zmq.Socket, requests: RequestTable, workers: WorkerPool,
-                 scheduler: SchedulerLink, answer_fills: AnswerFills, replies: ClientReplies,
-                 max_restarts: int, preemption_check_s: float) -> None:
-        self.socket = socket              # the workers' ROUTER, for sends only
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        requests: RequestTable,
+        workers: WorkerPool,
+        scheduler: SchedulerLink,
+        answer_fills: AnswerFills,
+        replies: ClientReplies,
+        max_restarts: int,
+        preemption_check_s: float,
+    ) -> None:
+        self.socket = socket  # the workers' ROUTER, for sends only
         self.requests = requests
         self.workers = workers
         self.scheduler = scheduler
         self.answer_fills = answer_fills  # read: sent to the scheduler with each ask
-        self.replies = replies            # answers requests that lost too many workers
+        self.replies = replies  # answers requests that lost too many workers
         self.max_restarts = max_restarts
         self.preemption_check_s = preemption_check_s
         self.needs_schedule = False  # set when a request, a slot or a worker appears
@@ -65,8 +73,8 @@ class Dispatcher:
         self.needs_schedule = True
         if request.tier_rank == 0 and self.is_lower_tier_running:
             self.next_preemption_check_s = min(
-                self.next_preemption_check_s,
-                self.last_preemption_check_s + TOP_TIER_CHECK_INTERVAL_S)
+                self.next_preemption_check_s, self.last_preemption_check_s + TOP_TIER_CHECK_INTERVAL_S
+            )
 
     @property
     def wake_at_s(self) -> float | None:
@@ -112,8 +120,13 @@ class Dispatcher:
             if not request.is_answered:
                 (leaving if request.is_leaving else running).append(request.running(now_s))
         self.is_lower_tier_running = any(r.tier_rank > 0 for r in running)
-        return pb.ScheduleRequest(pending=pending, workers=workers, running=running,
-                                  leaving=leaving, tier_answers=self.answer_fills.tier_answers())
+        return pb.ScheduleRequest(
+            pending=pending,
+            workers=workers,
+            running=running,
+            leaving=leaving,
+            tier_answers=self.answer_fills.tier_answers(),
+        )
 
     def receive_decisions(self) -> None:
         while self.scheduler.socket.poll(0):
@@ -132,11 +145,20 @@ class Dispatcher:
     def preempt(self, preemption: pb.Preemption) -> None:
         request = self.requests.get(preemption.request_id)
         worker = self.workers.by_id(preemption.worker_id)
-        if (request is None or request.status is not RequestStatus.RUNNING
-                or request.worker_id != preemption.worker_id or worker is None):
+        if (
+            request is None
+            or request.status is not RequestStatus.RUNNING
+            or request.worker_id != preemption.worker_id
+            or worker is None
+        ):
             return
-        log.info("preempting %s tier %s on worker %s: %s", request.request_id, request.tier,
-                 worker.worker_id, preemption.reason)
+        log.info(
+            "preempting %s tier %s on worker %s: %s",
+            request.request_id,
+            request.tier,
+            worker.worker_id,
+            preemption.reason,
+        )
         request.move_to(RequestStatus.PREEMPTING)
         worker.mark_leaving(request.request_id)
         self.send_worker(worker, pack(pb.Preempt(request_id=request.request_id)))
@@ -144,13 +166,17 @@ class Dispatcher:
     def place(self, placement: pb.Placement, now_s: float) -> None:
         request = self.requests.get(placement.request_id)
         worker = self.workers.by_id(placement.worker_id)
-        if (request is None or request.status is not RequestStatus.QUEUED or worker is None
-                or not worker.has_capacity or not worker.serves(request.model)):
+        if (
+            request is None
+            or request.status is not RequestStatus.QUEUED
+            or worker is None
+            or not worker.has_capacity
+            or not worker.serves(request.model)
+        ):
             return
         self.requests.start(request, worker.worker_id, now_s)
         worker.take_slot(request.request_id)
-        log.debug("dispatch %s tier %s to worker %s", request.request_id, request.tier,
-                  worker.worker_id)
+        log.debug("dispatch %s tier %s to worker %s", request.request_id, request.tier, worker.worker_id)
         self.send_worker(worker, pack(request.dispatch()))
 
     # --- slots coming free
@@ -192,8 +218,12 @@ class Dispatcher:
 
     def delete_worker(self, worker: ConnectedWorker, reason: str) -> None:
         if self.workers.delete_worker(worker.identity) is not None:
-            log.warning("worker %s is dead (%s); re-queueing %d requests", worker.worker_id, reason,
-                        len(worker.running_ids))
+            log.warning(
+                "worker %s is dead (%s); re-queueing %d requests",
+                worker.worker_id,
+                reason,
+                len(worker.running_ids),
+            )
             self.requeue_running(worker)
 
     def requeue_running(self, worker: ConnectedWorker) -> None:
@@ -204,15 +234,24 @@ class Dispatcher:
             if not request.is_answered:
                 request.num_restarts += 1
                 if request.num_restarts > self.max_restarts:
-                    self.replies.answer(request, error_frame(
-                        pb.WORKER_FAILED, f"request lost its worker {request.num_restarts} times; "
-                        "giving up", request.client_request_id))
+                    self.replies.answer(
+                        request,
+                        error_frame(
+                            pb.WORKER_FAILED,
+                            f"request lost its worker {request.num_restarts} times; giving up",
+                            request.client_request_id,
+                        ),
+                    )
             if request.is_answered:
                 self.release_slot(request, worker)
                 continue
-            log.warning("re-queueing %s tier %s from worker %s after %d tokens",
-                        request.request_id, request.tier, worker.worker_id,
-                        len(request.generated_token_ids))
+            log.warning(
+                "re-queueing %s tier %s from worker %s after %d tokens",
+                request.request_id,
+                request.tier,
+                worker.worker_id,
+                len(request.generated_token_ids),
+            )
             self.take_back(request, worker, now_s)
         worker.running_ids.clear()
         worker.leaving_ids.clear()

@@ -42,8 +42,11 @@ class RequestTable:
 
     def of_client(self, identity: bytes) -> list[Request]:
         """Every live request of one client connection."""
-        return [request for request in self._by_id.values()
-                if request.client_identity == identity and not request.is_answered]
+        return [
+            request
+            for request in self._by_id.values()
+            if request.client_identity == identity and not request.is_answered
+        ]
 
     def on_worker(self, worker: ConnectedWorker) -> list[Request]:
         """The requests in the worker's slots, leaving ones and answered ones included."""
@@ -59,14 +62,21 @@ class RequestTable:
     def next_deadline_s(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
 
-    def add(self, identity: bytes, has_delimiter: bool, admitted: AdmittedRequest,
-            now_s: float) -> tuple[Request, int]:
+    def add(
+        self, identity: bytes, has_delimiter: bool, admitted: AdmittedRequest, now_s: float
+    ) -> tuple[Request, int]:
         """A new QUEUED request, and its 0-based position in its tier."""
         arrival_seq = next(self._arrival_seqs)
         request = Request(
-            request_id=f"r{arrival_seq}", client_identity=identity, has_delimiter=has_delimiter,
-            admitted=admitted, tier_rank=self.queue.rank(admitted.tier), arrival_seq=arrival_seq,
-            accepted_at_s=now_s, queued_since_s=now_s)
+            request_id=f"r{arrival_seq}",
+            client_identity=identity,
+            has_delimiter=has_delimiter,
+            admitted=admitted,
+            tier_rank=self.queue.rank(admitted.tier),
+            arrival_seq=arrival_seq,
+            accepted_at_s=now_s,
+            queued_since_s=now_s,
+        )
         if admitted.deadline_ms:
             request.deadline_at_s = now_s + admitted.deadline_ms / 1000
             heapq.heappush(self._deadlines, (request.deadline_at_s, request.request_id))

@@ -23,23 +23,25 @@ from llmos.wire import pb
 
 
 class RequestStatus(enum.Enum):
-    QUEUED = enum.auto()      # in its tier's queue, on no worker
-    RUNNING = enum.auto()     # holds a slot on its worker
+    QUEUED = enum.auto()  # in its tier's queue, on no worker
+    RUNNING = enum.auto()  # holds a slot on its worker
     # the step in flight makes its last token (by max_tokens): its slot counts as free
     FINISHING = enum.auto()
     PREEMPTING = enum.auto()  # told to preempt: re-queued when the worker reports it preempted
     # the client has its final message (cancelled, expired, gone, or the answer itself)
     # while a worker still holds the request: its slot frees when the worker lets go of it
     ANSWERED = enum.auto()
-    DONE = enum.auto()        # answered and on no worker: forgotten
+    DONE = enum.auto()  # answered and on no worker: forgotten
 
 
-_ON_WORKER = frozenset({RequestStatus.RUNNING, RequestStatus.FINISHING, RequestStatus.PREEMPTING,
-                        RequestStatus.ANSWERED})
+_ON_WORKER = frozenset(
+    {RequestStatus.RUNNING, RequestStatus.FINISHING, RequestStatus.PREEMPTING, RequestStatus.ANSWERED}
+)
 TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     RequestStatus.QUEUED: frozenset({RequestStatus.RUNNING, RequestStatus.DONE}),
-    RequestStatus.RUNNING: frozenset({RequestStatus.FINISHING, RequestStatus.PREEMPTING,
-                                      RequestStatus.QUEUED, RequestStatus.ANSWERED}),
+    RequestStatus.RUNNING: frozenset(
+        {RequestStatus.FINISHING, RequestStatus.PREEMPTING, RequestStatus.QUEUED, RequestStatus.ANSWERED}
+    ),
     RequestStatus.FINISHING: frozenset({RequestStatus.QUEUED, RequestStatus.ANSWERED}),
     RequestStatus.PREEMPTING: frozenset({RequestStatus.QUEUED, RequestStatus.ANSWERED}),
     RequestStatus.ANSWERED: frozenset({RequestStatus.DONE}),
@@ -49,19 +51,19 @@ TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
 
 @dataclass
 class Request:
-    request_id: str               # the broker's own id, unique for its lifetime
+    request_id: str  # the broker's own id, unique for its lifetime
     client_identity: bytes
-    has_delimiter: bool           # the client is a REQ socket: replies need b""
-    admitted: AdmittedRequest     # normalized by admission; admitted.request_id is the client's id
+    has_delimiter: bool  # the client is a REQ socket: replies need b""
+    admitted: AdmittedRequest  # normalized by admission; admitted.request_id is the client's id
     tier_rank: int
     arrival_seq: int
     accepted_at_s: float
-    queued_since_s: float                  # admission, or the last re-queue
+    queued_since_s: float  # admission, or the last re-queue
     deadline_at_s: float | None = None
     worker_id: str | None = None
-    dispatched_at_s: float | None = None   # first dispatch
-    running_since_s: float | None = None   # this dispatch
-    tokens_at_dispatch: int = 0            # generated tokens when this dispatch went out
+    dispatched_at_s: float | None = None  # first dispatch
+    running_since_s: float | None = None  # this dispatch
+    tokens_at_dispatch: int = 0  # generated tokens when this dispatch went out
     first_token_at_s: float | None = None
     generated_token_ids: list[int] = field(default_factory=list)
     text_parts: list[str] = field(default_factory=list)
@@ -73,7 +75,8 @@ class Request:
 
     def move_to(self, status: RequestStatus) -> None:
         assert status in TRANSITIONS[self.status], (
-            f"request {self.request_id} cannot go from {self.status.name} to {status.name}")
+            f"request {self.request_id} cannot go from {self.status.name} to {status.name}"
+        )
         self.status = status
 
     @property
@@ -119,8 +122,10 @@ class Request:
     def is_on_last_token(self) -> bool:
         """The next token it makes is the last one max_tokens allows (a worker makes one
         token per request per step, so its next step ends it, or EOS ends it sooner)."""
-        return (self.kind == pb.TASK_KIND_GENERATE
-                and len(self.generated_token_ids) + 1 >= self.admitted.sampling.max_tokens)
+        return (
+            self.kind == pb.TASK_KIND_GENERATE
+            and len(self.generated_token_ids) + 1 >= self.admitted.sampling.max_tokens
+        )
 
     @cached_property
     def prefix_hashes(self) -> list[int]:
@@ -134,20 +139,31 @@ class Request:
     def pending(self, now_s: float) -> pb.PendingRequest:
         deadline_in_s = max(1e-6, self.deadline_at_s - now_s) if self.deadline_at_s else 0.0
         return pb.PendingRequest(
-            request_id=self.request_id, tier=self.tier, tier_rank=self.tier_rank,
-            tenant=self.tenant, model=self.model, prompt_chars=self.size_chars,
-            max_tokens=self.admitted.sampling.max_tokens, arrival_seq=self.arrival_seq,
+            request_id=self.request_id,
+            tier=self.tier,
+            tier_rank=self.tier_rank,
+            tenant=self.tenant,
+            model=self.model,
+            prompt_chars=self.size_chars,
+            max_tokens=self.admitted.sampling.max_tokens,
+            arrival_seq=self.arrival_seq,
             generated_tokens=len(self.generated_token_ids),
             prefix_hashes=self.prefix_hashes,
-            waited_s=now_s - self.queued_since_s, deadline_in_s=deadline_in_s,
+            waited_s=now_s - self.queued_since_s,
+            deadline_in_s=deadline_in_s,
         )
 
     def running(self, now_s: float) -> pb.RunningRequest:
         return pb.RunningRequest(
-            request_id=self.request_id, worker_id=self.worker_id or "", tier=self.tier,
-            tier_rank=self.tier_rank, tenant=self.tenant, prompt_chars=self.size_chars,
+            request_id=self.request_id,
+            worker_id=self.worker_id or "",
+            tier=self.tier,
+            tier_rank=self.tier_rank,
+            tenant=self.tenant,
+            prompt_chars=self.size_chars,
             generated_tokens=len(self.generated_token_ids),
-            max_tokens=self.admitted.sampling.max_tokens, arrival_seq=self.arrival_seq,
+            max_tokens=self.admitted.sampling.max_tokens,
+            arrival_seq=self.arrival_seq,
             running_s=now_s - (self.running_since_s or now_s),
             tokens_since_dispatch=len(self.generated_token_ids) - self.tokens_at_dispatch,
         )
@@ -155,10 +171,16 @@ class Request:
     def dispatch(self) -> pb.Dispatch:
         admitted = self.admitted
         return pb.Dispatch(
-            request_id=self.request_id, model=admitted.model, prompt=admitted.prompt,
-            sampling=admitted.sampling, generated_token_ids=self.generated_token_ids,
-            emitted_text_chars=self.emitted_text_chars, tier=admitted.tier,
-            tenant=admitted.tenant, kind=admitted.kind, inputs=admitted.inputs,
+            request_id=self.request_id,
+            model=admitted.model,
+            prompt=admitted.prompt,
+            sampling=admitted.sampling,
+            generated_token_ids=self.generated_token_ids,
+            emitted_text_chars=self.emitted_text_chars,
+            tier=admitted.tier,
+            tenant=admitted.tenant,
+            kind=admitted.kind,
+            inputs=admitted.inputs,
         )
 
     def record_delta(self, delta: pb.RequestDelta, now_s: float) -> pb.TokenChunk | None:
@@ -167,8 +189,12 @@ class Request:
             self.prompt_tokens = delta.prompt_tokens
         if not delta.token_ids and not delta.text:
             return None
-        chunk = pb.TokenChunk(request_id=self.client_request_id, token_ids=delta.token_ids,
-                              text=delta.text, index=len(self.generated_token_ids))
+        chunk = pb.TokenChunk(
+            request_id=self.client_request_id,
+            token_ids=delta.token_ids,
+            text=delta.text,
+            index=len(self.generated_token_ids),
+        )
         if self.first_token_at_s is None:
             self.first_token_at_s = now_s
         self.generated_token_ids.extend(delta.token_ids)
@@ -180,26 +206,42 @@ class Request:
         def since_accept(at_s: float | None) -> float:
             return (at_s - self.accepted_at_s) if at_s is not None else 0.0
 
-        return pb.Usage(prompt_tokens=self.prompt_tokens,
-                        generated_tokens=len(self.generated_token_ids),
-                        queue_time_s=since_accept(self.dispatched_at_s),
-                        time_to_first_token_s=since_accept(self.first_token_at_s),
-                        total_time_s=since_accept(now_s))
+        return pb.Usage(
+            prompt_tokens=self.prompt_tokens,
+            generated_tokens=len(self.generated_token_ids),
+            queue_time_s=since_accept(self.dispatched_at_s),
+            time_to_first_token_s=since_accept(self.first_token_at_s),
+            total_time_s=since_accept(now_s),
+        )
 
     def result(self, finish_reason: pb.FinishReason, worker_id: str, now_s: float) -> pb.GenerateResult:
         return pb.GenerateResult(
-            request_id=self.client_request_id, text="".join(self.text_parts),
-            token_ids=self.generated_token_ids, finish_reason=finish_reason,
-            usage=self.usage(now_s), model=self.model, worker_id=worker_id,
+            request_id=self.client_request_id,
+            text="".join(self.text_parts),
+            token_ids=self.generated_token_ids,
+            finish_reason=finish_reason,
+            usage=self.usage(now_s),
+            model=self.model,
+            worker_id=worker_id,
             num_restarts=self.num_restarts,
         )
 
-    def pooling_result(self, delta: pb.RequestDelta, worker_id: str,
-                       now_s: float) -> pb.EmbedResult | pb.ClassifyResult:
+    def pooling_result(
+        self, delta: pb.RequestDelta, worker_id: str, now_s: float
+    ) -> pb.EmbedResult | pb.ClassifyResult:
         usage = self.usage(now_s)
         if self.kind == pb.TASK_KIND_EMBED:
-            return pb.EmbedResult(request_id=self.client_request_id, embeddings=delta.embeddings,
-                                  usage=usage, model=self.model, worker_id=worker_id)
-        return pb.ClassifyResult(request_id=self.client_request_id,
-                                 classifications=delta.classifications, usage=usage,
-                                 model=self.model, worker_id=worker_id)
+            return pb.EmbedResult(
+                request_id=self.client_request_id,
+                embeddings=delta.embeddings,
+                usage=usage,
+                model=self.model,
+                worker_id=worker_id,
+            )
+        return pb.ClassifyResult(
+            request_id=self.client_request_id,
+            classifications=delta.classifications,
+            usage=usage,
+            model=self.model,
+            worker_id=worker_id,
+        )

@@ -25,8 +25,15 @@ TIMEOUTS_BEFORE_OFFLINE = 2
 
 
 class SchedulerLink:
-    def __init__(self, context: zmq.Context, address: str, timeout_ms: int, retry_ms: int,
-                 fallback_policy: str, tenant_weights: str = "") -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        address: str,
+        timeout_ms: int,
+        retry_ms: int,
+        fallback_policy: str,
+        tenant_weights: str = "",
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_ms / 1000
         self.retry_s = retry_ms / 1000
@@ -42,8 +49,9 @@ class SchedulerLink:
         self._retry_at_s = 0.0
         self._num_timeouts_in_a_row = 0
         self._from_scheduler: Handlers[pb.ScheduleDecision | None] = Handlers(
-            "the broker's scheduler link", {pb.ScheduleDecision: self._take_decision,
-                                            pb.Error: self._take_refusal})
+            "the broker's scheduler link",
+            {pb.ScheduleDecision: self._take_decision, pb.Error: self._take_refusal},
+        )
 
     @property
     def is_waiting(self) -> bool:
@@ -76,15 +84,22 @@ class SchedulerLink:
         self._waiting_batch_id = None
         self._num_timeouts_in_a_row += 1
         if self._num_timeouts_in_a_row >= TIMEOUTS_BEFORE_OFFLINE:
-            self.mark_offline(now_s, f"{self._num_timeouts_in_a_row} batches in a row without a "
-                              f"decision within {self.timeout_s * 1000:.0f} ms")
+            self.mark_offline(
+                now_s,
+                f"{self._num_timeouts_in_a_row} batches in a row without a "
+                f"decision within {self.timeout_s * 1000:.0f} ms",
+            )
         else:
             log.info("scheduler slow: deciding one batch locally")
 
     def mark_offline(self, now_s: float, reason: str) -> None:
         if self.is_online:
-            log.warning("scheduler at %s unavailable (%s); broker falls back to its built-in "
-                        "'%s' order", self.address, reason, self.fallback.name)
+            log.warning(
+                "scheduler at %s unavailable (%s); broker falls back to its built-in '%s' order",
+                self.address,
+                reason,
+                self.fallback.name,
+            )
         self.is_online = False
         self._waiting_batch_id = None
         self._retry_at_s = now_s + self.retry_s

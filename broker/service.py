@@ -55,30 +55,65 @@ class Broker:
         self.client_socket = bind_router(self.context, config.client_bind)
         self.client_watch = ClientWatch(self.client_socket)
         self.worker_socket = bind_router(self.context, config.worker_bind)
-        self.scheduler = SchedulerLink(self.context, config.scheduler_address,
-                                       config.scheduler_timeout_ms, config.scheduler_retry_ms,
-                                       config.fallback_policy, config.tenant_weights)
+        self.scheduler = SchedulerLink(
+            self.context,
+            config.scheduler_address,
+            config.scheduler_timeout_ms,
+            config.scheduler_retry_ms,
+            config.fallback_policy,
+            config.tenant_weights,
+        )
         self.requests = RequestTable(TieredQueue(config.tier_names, rules.max_queue_depths()))
         self.workers = WorkerPool(heartbeat_interval_s)
         answer_fills, tokens = AnswerFills(), RateMeter()
         self.replies = ClientReplies(self.client_socket, self.requests)
-        self.dispatcher = Dispatcher(self.worker_socket, self.requests, self.workers, self.scheduler,
-                                     answer_fills, self.replies, config.max_restarts,
-                                     config.preemption_check_ms / 1000)
-        self.worker_front = WorkerFrontEnd(self.worker_socket, self.workers, self.requests,
-                                           self.dispatcher, self.replies, answer_fills, tokens,
-                                           heartbeat_interval_s)
-        self.client_front = ClientFrontEnd(self.client_socket, self.client_watch, self.replies,
-                                           self.requests, self.workers, self.dispatcher, rules,
-                                           answer_fills, tokens)
+        self.dispatcher = Dispatcher(
+            self.worker_socket,
+            self.requests,
+            self.workers,
+            self.scheduler,
+            answer_fills,
+            self.replies,
+            config.max_restarts,
+            config.preemption_check_ms / 1000,
+        )
+        self.worker_front = WorkerFrontEnd(
+            self.worker_socket,
+            self.workers,
+            self.requests,
+            self.dispatcher,
+            self.replies,
+            answer_fills,
+            tokens,
+            heartbeat_interval_s,
+        )
+        self.client_front = ClientFrontEnd(
+            self.client_socket,
+            self.client_watch,
+            self.replies,
+            self.requests,
+            self.workers,
+            self.dispatcher,
+            rules,
+            answer_fills,
+            tokens,
+        )
         self.poller = zmq.Poller()
-        for socket in (self.client_socket, self.worker_socket, self.scheduler.socket,
-                       self.client_watch.monitor):
+        for socket in (
+            self.client_socket,
+            self.worker_socket,
+            self.scheduler.socket,
+            self.client_watch.monitor,
+        ):
             self.poller.register(socket, zmq.POLLIN)
 
     def serve(self, stopping: threading.Event) -> None:
-        log.info("broker serving clients on %s, workers on %s, tiers %s", self.config.client_bind,
-                 self.config.worker_bind, ",".join(self.requests.queue.tiers))
+        log.info(
+            "broker serving clients on %s, workers on %s, tiers %s",
+            self.config.client_bind,
+            self.config.worker_bind,
+            ",".join(self.requests.queue.tiers),
+        )
         while not stopping.is_set():
             events = dict(self.poller.poll(self.poll_timeout_ms()))
             if self.client_watch.monitor in events:
@@ -98,8 +133,11 @@ class Broker:
 
     def poll_timeout_ms(self) -> int:
         now_s = time.monotonic()
-        wake_s = [self.worker_front.next_heartbeat_s, self.requests.next_deadline_s,
-                  self.dispatcher.wake_at_s]
+        wake_s = [
+            self.worker_front.next_heartbeat_s,
+            self.requests.next_deadline_s,
+            self.dispatcher.wake_at_s,
+        ]
         wait_s = max(0.0, min(s for s in wake_s if s is not None) - now_s)
         if self.scheduler.is_waiting:
             wait_s = min(wait_s, self.scheduler.seconds_left(now_s))

@@ -36,10 +36,12 @@ def _load_json(text: str) -> dict:
 
 def parse_tier_limits(config: BrokerConfig) -> dict[str, TierLimits]:
     """Limits for every tier; ValueError with a clear sentence on a bad spec."""
-    defaults = TierLimits(max_queue_depth=config.max_queue_depth,
-                          max_prompt_bytes=config.max_prompt_bytes,
-                          max_tokens=config.max_tokens_limit,
-                          deadline_ms=config.default_deadline_ms)
+    defaults = TierLimits(
+        max_queue_depth=config.max_queue_depth,
+        max_prompt_bytes=config.max_prompt_bytes,
+        max_tokens=config.max_tokens_limit,
+        deadline_ms=config.default_deadline_ms,
+    )
     limits = {tier: defaults for tier in config.tier_names}
     if not config.tier_limits:
         return limits
@@ -49,8 +51,7 @@ def parse_tier_limits(config: BrokerConfig) -> dict[str, TierLimits]:
             raise ValueError(f"tier limits name unknown tier '{tier}'; tiers are {config.tiers}")
         unknown = set(overrides) - known
         if unknown:
-            raise ValueError(f"unknown tier limit(s) {sorted(unknown)} for '{tier}'; "
-                             f"known: {sorted(known)}")
+            raise ValueError(f"unknown tier limit(s) {sorted(unknown)} for '{tier}'; known: {sorted(known)}")
         if any(not isinstance(value, int) or value < 0 for value in overrides.values()):
             raise ValueError(f"tier limits for '{tier}' must be non-negative integers")
         limits[tier] = replace(defaults, **overrides)

@@ -31,21 +31,35 @@ MAX_MESSAGES_PER_POLL = 1000  # so a busy worker socket cannot starve the others
 
 
 class WorkerFrontEnd:
-    def __init__(self, socket: zmq.Socket, workers: WorkerPool, requests: RequestTable,
-                 dispatcher: Dispatcher, replies: ClientReplies, answer_fills: AnswerFills,
-                 tokens: RateMeter, heartbeat_interval_s: float) -> None:
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        workers: WorkerPool,
+        requests: RequestTable,
+        dispatcher: Dispatcher,
+        replies: ClientReplies,
+        answer_fills: AnswerFills,
+        tokens: RateMeter,
+        heartbeat_interval_s: float,
+    ) -> None:
         self.socket = socket
         self.workers = workers
         self.requests = requests
         self.dispatcher = dispatcher
         self.replies = replies
         self.answer_fills = answer_fills  # written: each generated answer's length
-        self.tokens = tokens              # written: tokens made, for the status rate
+        self.tokens = tokens  # written: tokens made, for the status rate
         self.heartbeat_interval_s = heartbeat_interval_s
         self.next_heartbeat_s = 0.0
-        self.handlers: Handlers[None] = Handlers("the broker's worker socket", {
-            pb.WorkerRegister: self.require_worker, pb.Disconnect: self.disconnect,
-            pb.Heartbeat: self.heartbeat, pb.StepProgress: self.record_progress})
+        self.handlers: Handlers[None] = Handlers(
+            "the broker's worker socket",
+            {
+                pb.WorkerRegister: self.require_worker,
+                pb.Disconnect: self.disconnect,
+                pb.Heartbeat: self.heartbeat,
+                pb.StepProgress: self.record_progress,
+            },
+        )
 
     def drain(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):
@@ -77,9 +91,14 @@ class WorkerFrontEnd:
             self.dispatcher.requeue_running(old)  # it restarted: whatever it ran is gone
         worker = self.workers.require_worker(identity, register, now_s)
         self.dispatcher.wake()
-        log.info("worker %s ready: models %s, task %s, device %s, %d slots", worker.worker_id,
-                 ",".join(sorted(worker.models)), pb.TaskKind.Name(worker.task), worker.device,
-                 worker.max_num_seqs)
+        log.info(
+            "worker %s ready: models %s, task %s, device %s, %d slots",
+            worker.worker_id,
+            ",".join(sorted(worker.models)),
+            pb.TaskKind.Name(worker.task),
+            worker.device,
+            worker.max_num_seqs,
+        )
 
     def disconnect(self, message: pb.Disconnect, identity: bytes, now_s: float) -> None:
         worker = self.workers.delete_worker(identity)
@@ -95,14 +114,18 @@ class WorkerFrontEnd:
         worker = self.workers.refresh(identity, now_s)
         if worker is None:
             # the zguide's answer to a stranger: tell it to register again
-            send_reply(self.socket, identity, False,
-                       pack(pb.Disconnect(reason="unknown worker; register again")))
+            send_reply(
+                self.socket, identity, False, pack(pb.Disconnect(reason="unknown worker; register again"))
+            )
         return worker
 
     def purge_expired(self, now_s: float) -> None:
         for worker in self.workers.purge_expired(now_s):
-            log.warning("worker %s missed its heartbeats; re-queueing %d requests",
-                        worker.worker_id, len(worker.running_ids))
+            log.warning(
+                "worker %s missed its heartbeats; re-queueing %d requests",
+                worker.worker_id,
+                len(worker.running_ids),
+            )
             self.dispatcher.requeue_running(worker)
 
     def send_heartbeats(self, now_s: float) -> None:
@@ -132,8 +155,9 @@ class WorkerFrontEnd:
         if delta.token_ids:
             self.tokens.add(len(delta.token_ids), now_s)
             worker.tokens.add(len(delta.token_ids), now_s)
-        if chunk is not None and not self.replies.reply(request.client_identity,
-                                                        request.has_delimiter, pack(chunk)):
+        if chunk is not None and not self.replies.reply(
+            request.client_identity, request.has_delimiter, pack(chunk)
+        ):
             return  # the client is gone: its requests are stopped in the loop's purge step
         if not delta.is_finished:
             if request.is_on_last_token and request.status is RequestStatus.RUNNING:
@@ -141,23 +165,32 @@ class WorkerFrontEnd:
             return
         if delta.finish_reason == pb.FINISH_REASON_PREEMPTED:
             request.num_preemptions += 1
-            log.info("preempted %s tier %s on worker %s after %d tokens", request.request_id,
-                     request.tier, worker.worker_id, len(request.generated_token_ids))
+            log.info(
+                "preempted %s tier %s on worker %s after %d tokens",
+                request.request_id,
+                request.tier,
+                worker.worker_id,
+                len(request.generated_token_ids),
+            )
             self.dispatcher.take_back(request, worker, now_s)
             return
         self.replies.answer(request, self.final_answer(request, worker, delta, now_s))
         self.dispatcher.release_slot(request, worker)
 
-    def final_answer(self, request: Request, worker: ConnectedWorker, delta: pb.RequestDelta,
-                     now_s: float) -> bytes:
+    def final_answer(
+        self, request: Request, worker: ConnectedWorker, delta: pb.RequestDelta, now_s: float
+    ) -> bytes:
         """The client's last message for a request its worker finished."""
         if delta.finish_reason == pb.FINISH_REASON_ERROR:
-            log.warning("worker %s failed %s: %s", worker.worker_id, request.request_id,
-                        delta.error.message)
+            log.warning("worker %s failed %s: %s", worker.worker_id, request.request_id, delta.error.message)
             delta.error.request_id = request.client_request_id
             return pack(delta.error)
         if request.kind != pb.TASK_KIND_GENERATE:
             return pack(request.pooling_result(delta, worker.worker_id, now_s))
-        self.answer_fills.record(request.tier, delta.finish_reason, len(request.generated_token_ids),
-                                 request.admitted.sampling.max_tokens)
+        self.answer_fills.record(
+            request.tier,
+            delta.finish_reason,
+            len(request.generated_token_ids),
+            request.admitted.sampling.max_tokens,
+        )
         return pack(request.result(delta.finish_reason, worker.worker_id, now_s))

@@ -54,14 +54,23 @@ class ConnectedWorker:
         return model in self.models
 
     def status(self, now_s: float) -> pb.WorkerStatus:
-        return pb.WorkerStatus(worker_id=self.worker_id, models=sorted(self.models),
-                               num_running=len(self.running_ids), max_num_seqs=self.max_num_seqs,
-                               device=self.device, tokens_per_s=self.tokens.per_s(now_s),
-                               task=self.task)
+        return pb.WorkerStatus(
+            worker_id=self.worker_id,
+            models=sorted(self.models),
+            num_running=len(self.running_ids),
+            max_num_seqs=self.max_num_seqs,
+            device=self.device,
+            tokens_per_s=self.tokens.per_s(now_s),
+            task=self.task,
+        )
 
     def slots(self) -> pb.WorkerSlots:
-        return pb.WorkerSlots(worker_id=self.worker_id, models=sorted(self.models),
-                              num_running=self.num_busy, max_num_seqs=self.max_num_seqs)
+        return pb.WorkerSlots(
+            worker_id=self.worker_id,
+            models=sorted(self.models),
+            num_running=self.num_busy,
+            max_num_seqs=self.max_num_seqs,
+        )
 
 
 class WorkerPool:
@@ -88,9 +97,13 @@ class WorkerPool:
         assert identity not in self._workers, "delete the old record (and re-queue its work) first"
         interval_s = (register.heartbeat_interval_ms / 1000) or self.default_heartbeat_interval_s
         worker = ConnectedWorker(
-            worker_id=register.worker_id or identity.decode(errors="replace"), identity=identity,
-            models=frozenset(register.models), task=register.task, device=register.device,
-            max_num_seqs=max(1, register.max_num_seqs), heartbeat_interval_s=interval_s,
+            worker_id=register.worker_id or identity.decode(errors="replace"),
+            identity=identity,
+            models=frozenset(register.models),
+            task=register.task,
+            device=register.device,
+            max_num_seqs=max(1, register.max_num_seqs),
+            heartbeat_interval_s=interval_s,
             expiry_s=now_s + HEARTBEAT_LIVENESS * interval_s,
         )
         self._workers[identity] = worker

@@ -21,10 +21,10 @@ class Allocation:
 
     worker_id: str
     request_id: str
-    block_ids: tuple[int, ...]      # every block the request now holds, oldest first
+    block_ids: tuple[int, ...]  # every block the request now holds, oldest first
     new_block_ids: tuple[int, ...]  # the blocks this call added
-    num_free_blocks: int            # the worker's free blocks after this call
-    expires_at_s: float | None      # None: held while the worker is alive
+    num_free_blocks: int  # the worker's free blocks after this call
+    expires_at_s: float | None  # None: held while the worker is alive
 
 
 @dataclass
@@ -99,16 +99,24 @@ class KvLedger:
         blocks = self._workers.get(worker_id)
         return blocks is not None and 0 <= num_blocks <= len(blocks.free_block_ids)
 
-    def allocate(self, worker_id: str, request_id: str, num_blocks: int,
-                 lease_s: float | None = None, now_s: float = 0.0, tenant: str = "") -> Allocation:
+    def allocate(
+        self,
+        worker_id: str,
+        request_id: str,
+        num_blocks: int,
+        lease_s: float | None = None,
+        now_s: float = 0.0,
+        tenant: str = "",
+    ) -> Allocation:
         """Grant `num_blocks` more blocks to `request_id` (a request may grow).
 
         Every call restates the lease: `lease_s` seconds from `now_s`, or None
         to hold the blocks while the worker lives. Allocating 0 blocks to a
         request that holds some only renews its lease.
         """
-        assert self.can_allocate(worker_id, num_blocks), \
+        assert self.can_allocate(worker_id, num_blocks), (
             f"worker {worker_id} cannot grant {num_blocks} blocks to {request_id}"
+        )
         blocks = self._workers[worker_id]
         holding = blocks.holdings.get(request_id)
         if holding is None and num_blocks == 0:
@@ -121,8 +129,14 @@ class KvLedger:
         if holding.expires_at_s is not None:
             heapq.heappush(self._lease_heap, (holding.expires_at_s, worker_id, request_id))
         self.version += 1
-        return Allocation(worker_id, request_id, tuple(holding.block_ids), tuple(new_block_ids),
-                          len(blocks.free_block_ids), holding.expires_at_s)
+        return Allocation(
+            worker_id,
+            request_id,
+            tuple(holding.block_ids),
+            tuple(new_block_ids),
+            len(blocks.free_block_ids),
+            holding.expires_at_s,
+        )
 
     def free(self, worker_id: str, request_id: str) -> list[int]:
         """Release every block of a request; an unknown request frees nothing."""

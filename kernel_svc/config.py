@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 from llmos.config import option
 from llmos.wire.constants import (
-    DEFAULT_BLOCK_SIZE, HEARTBEAT_INTERVAL_MS, KERNEL_PORT, KERNEL_PUB_PORT, bind_all,
+    DEFAULT_BLOCK_SIZE,
+    HEARTBEAT_INTERVAL_MS,
+    KERNEL_PORT,
+    KERNEL_PUB_PORT,
+    bind_all,
 )
 
 
@@ -15,8 +19,9 @@ class KernelConfig:
     kernel_bind: str = option(bind_all(KERNEL_PORT), "ROUTER address workers and clients query")
     kernel_pub_bind: str = option(bind_all(KERNEL_PUB_PORT), "PUB address resource views go out on")
     block_size: int = option(DEFAULT_BLOCK_SIZE, "tokens per KV block")
-    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS,
-                                        "heartbeat period; a worker is dead after 3 silent periods")
+    heartbeat_interval_ms: int = option(
+        HEARTBEAT_INTERVAL_MS, "heartbeat period; a worker is dead after 3 silent periods"
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -36,8 +36,7 @@ class WorkerRecord:
 
 
 class WorkerRegistry:
-    def __init__(self, block_size: int, heartbeat_interval_ms: int,
-                 ledger: KvLedger | None = None) -> None:
+    def __init__(self, block_size: int, heartbeat_interval_ms: int, ledger: KvLedger | None = None) -> None:
         assert block_size > 0 and heartbeat_interval_ms > 0
         self.block_size = block_size
         self.expiry_s = HEARTBEAT_LIVENESS * heartbeat_interval_ms / 1000
@@ -102,28 +101,35 @@ class WorkerRegistry:
     def purge_expired(self, now_s: float) -> dict[str, list[int]]:
         """Delete every worker silent for HEARTBEAT_LIVENESS intervals; return
         {worker id: the block ids it held}."""
-        expired = [worker_id for worker_id, record in self._workers.items()
-                   if now_s - record.last_seen_s > self.expiry_s]
+        expired = [
+            worker_id
+            for worker_id, record in self._workers.items()
+            if now_s - record.last_seen_s > self.expiry_s
+        ]
         return {worker_id: self.delete_worker(worker_id) for worker_id in expired}
 
 
 def build_view(registry: WorkerRegistry, published_at_s: float) -> pb.ResourceView:
     """The ResourceView the kernel publishes and answers ResourceQuery with."""
-    view = pb.ResourceView(version=registry.version, block_size=registry.block_size,
-                           published_at_s=published_at_s)
+    view = pb.ResourceView(
+        version=registry.version, block_size=registry.block_size, published_at_s=published_at_s
+    )
     ledger = registry.ledger
     for record in registry.workers():
         spec = record.spec
         view.workers.add(
-            worker_id=spec.worker_id, models=spec.models, device=spec.device,
-            memory_bytes_total=spec.memory_bytes_total, memory_bytes_used=spec.memory_bytes_used,
+            worker_id=spec.worker_id,
+            models=spec.models,
+            device=spec.device,
+            memory_bytes_total=spec.memory_bytes_total,
+            memory_bytes_used=spec.memory_bytes_used,
             kv_blocks_total=ledger.num_blocks_total(spec.worker_id),
             kv_blocks_used=ledger.num_used_blocks(spec.worker_id),
-            num_running=record.num_running, max_num_seqs=spec.max_num_seqs,
+            num_running=record.num_running,
+            max_num_seqs=spec.max_num_seqs,
             num_requests_holding_blocks=ledger.num_requests(spec.worker_id),
             cached_prefix_hashes=record.cached_prefix_hashes,
         )
     for tenant, (num_blocks, num_requests) in sorted(ledger.tenant_usage().items()):
-        view.tenants.add(tenant=tenant, kv_blocks_used=num_blocks,
-                         num_requests_holding_blocks=num_requests)
+        view.tenants.add(tenant=tenant, kv_blocks_used=num_blocks, num_requests_holding_blocks=num_requests)
     return view

@@ -52,23 +52,30 @@ class Kernel:
         self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000
         self._published_version: int | None = None
         self._published_at_s = float("-inf")
-        self.handlers: Handlers[Message | None] = Handlers("the kernel's port", {
-            pb.KernelRegister: self.register_worker,
-            pb.KernelHeartbeat: self.refresh_worker,
-            pb.KvAllocate: self.allocate_blocks,
-            pb.KvFree: self.free_blocks,
-            pb.ResourceQuery: self.answer_query,
-            pb.Disconnect: self.delete_worker,
-            pb.KvPrefixReport: self.report_prefixes,
-        })
+        self.handlers: Handlers[Message | None] = Handlers(
+            "the kernel's port",
+            {
+                pb.KernelRegister: self.register_worker,
+                pb.KernelHeartbeat: self.refresh_worker,
+                pb.KvAllocate: self.allocate_blocks,
+                pb.KvFree: self.free_blocks,
+                pb.ResourceQuery: self.answer_query,
+                pb.Disconnect: self.delete_worker,
+                pb.KvPrefixReport: self.report_prefixes,
+            },
+        )
 
     # ---------------------------------------------------------------- the loop
 
     def serve(self, stopping: threading.Event) -> None:
         config = self.config
-        log.info("kernel serving on %s, publishing views on %s (block_size %d, heartbeat %d ms)",
-                 config.kernel_bind, config.kernel_pub_bind, config.block_size,
-                 config.heartbeat_interval_ms)
+        log.info(
+            "kernel serving on %s, publishing views on %s (block_size %d, heartbeat %d ms)",
+            config.kernel_bind,
+            config.kernel_pub_bind,
+            config.block_size,
+            config.heartbeat_interval_ms,
+        )
         while not stopping.is_set():
             events = dict(self.poller.poll(POLL_TIMEOUT_MS))
             now_s = time.monotonic()
@@ -99,9 +106,13 @@ class Kernel:
     def log_refusal(identity: bytes, error: WireError) -> None:
         # a worker out of blocks or forgotten is routine; a bad frame is someone's bug
         level = logging.INFO if error.code in _ROUTINE_ERRORS else logging.WARNING
-        log.log(level, "refused %s from peer %r: %s",
-                f"request {error.request_id}" if error.request_id else "a message",
-                identity, error.message)
+        log.log(
+            level,
+            "refused %s from peer %r: %s",
+            f"request {error.request_id}" if error.request_id else "a message",
+            identity,
+            error.message,
+        )
 
     # ---------------------------------------------------------------- handlers
 
@@ -109,19 +120,30 @@ class Kernel:
         if not message.worker_id:
             raise WireError(pb.INVALID_ARGUMENT, "kernel_register needs a worker_id")
         spec = WorkerSpec(
-            worker_id=message.worker_id, models=tuple(message.models), device=message.device,
+            worker_id=message.worker_id,
+            models=tuple(message.models),
+            device=message.device,
             memory_bytes_total=message.memory_bytes_total,
             memory_bytes_used=message.memory_bytes_used,
-            kv_capacity_tokens=message.kv_capacity_tokens, max_num_seqs=message.max_num_seqs,
+            kv_capacity_tokens=message.kv_capacity_tokens,
+            max_num_seqs=message.max_num_seqs,
         )
         _, freed_block_ids = self.registry.require_worker(spec, now_s)
         worker_id = spec.worker_id
-        log.info("worker %s registered: %d KV blocks of %d tokens, models %s, max_num_seqs %d",
-                 worker_id, self.ledger.num_blocks_total(worker_id), self.registry.block_size,
-                 list(spec.models), spec.max_num_seqs)
+        log.info(
+            "worker %s registered: %d KV blocks of %d tokens, models %s, max_num_seqs %d",
+            worker_id,
+            self.ledger.num_blocks_total(worker_id),
+            self.registry.block_size,
+            list(spec.models),
+            spec.max_num_seqs,
+        )
         if freed_block_ids:
-            log.warning("worker %s registered again: freed the %d KV blocks its last run held",
-                        worker_id, len(freed_block_ids))
+            log.warning(
+                "worker %s registered again: freed the %d KV blocks its last run held",
+                worker_id,
+                len(freed_block_ids),
+            )
         return self.kernel_reply(worker_id)
 
     def refresh_worker(self, message: pb.KernelHeartbeat, now_s: float) -> None:
@@ -135,16 +157,24 @@ class Kernel:
         if not request_id:
             raise WireError(pb.INVALID_ARGUMENT, "kv_allocate needs a request_id")
         if not self.ledger.can_allocate(worker_id, message.num_blocks):
-            raise WireError(pb.NOT_ENOUGH_BLOCKS,
-                            f"worker {worker_id} has {self.ledger.num_free_blocks(worker_id)} free "
-                            f"KV blocks; request {request_id} asked for {message.num_blocks}",
-                            request_id)
+            raise WireError(
+                pb.NOT_ENOUGH_BLOCKS,
+                f"worker {worker_id} has {self.ledger.num_free_blocks(worker_id)} free "
+                f"KV blocks; request {request_id} asked for {message.num_blocks}",
+                request_id,
+            )
         lease_s = message.lease_ms / 1000 if message.lease_ms else None
-        allocation = self.ledger.allocate(worker_id, request_id, message.num_blocks, lease_s, now_s,
-                                          tenant=message.tenant)
-        log.debug("worker %s request %s: +%d KV blocks, holds %d, %d free", worker_id, request_id,
-                  len(allocation.new_block_ids), len(allocation.block_ids),
-                  allocation.num_free_blocks)
+        allocation = self.ledger.allocate(
+            worker_id, request_id, message.num_blocks, lease_s, now_s, tenant=message.tenant
+        )
+        log.debug(
+            "worker %s request %s: +%d KV blocks, holds %d, %d free",
+            worker_id,
+            request_id,
+            len(allocation.new_block_ids),
+            len(allocation.block_ids),
+            allocation.num_free_blocks,
+        )
         return self.kernel_reply(worker_id, request_id)
 
     def free_blocks(self, message: pb.KvFree, now_s: float) -> pb.KernelReply:
@@ -152,8 +182,7 @@ class Kernel:
         if not self.registry.refresh(worker_id, now_s):
             raise unknown_worker(worker_id, request_id)
         freed_block_ids = self.ledger.free(worker_id, request_id)
-        log.debug("worker %s request %s: freed %d KV blocks", worker_id, request_id,
-                  len(freed_block_ids))
+        log.debug("worker %s request %s: freed %d KV blocks", worker_id, request_id, len(freed_block_ids))
         return self.kernel_reply(worker_id, request_id)
 
     def report_prefixes(self, message: pb.KvPrefixReport, now_s: float) -> None:
@@ -168,12 +197,17 @@ class Kernel:
             log.info("worker %s disconnected but was not registered", message.worker_id)
             return
         freed_block_ids = self.registry.delete_worker(message.worker_id)
-        log.info("worker %s disconnected (%s): freed %d KV blocks",
-                 message.worker_id, message.reason or "no reason given", len(freed_block_ids))
+        log.info(
+            "worker %s disconnected (%s): freed %d KV blocks",
+            message.worker_id,
+            message.reason or "no reason given",
+            len(freed_block_ids),
+        )
 
     def kernel_reply(self, worker_id: str, request_id: str = "") -> pb.KernelReply:
         return pb.KernelReply(
-            request_id=request_id, block_ids=self.ledger.block_ids(worker_id, request_id),
+            request_id=request_id,
+            block_ids=self.ledger.block_ids(worker_id, request_id),
             block_size=self.registry.block_size,
             num_free_blocks=self.ledger.num_free_blocks(worker_id),
             kv_blocks_total=self.ledger.num_blocks_total(worker_id),
@@ -183,18 +217,25 @@ class Kernel:
 
     def purge_expired(self, now_s: float) -> None:
         for worker_id, request_id, block_ids in self.ledger.purge_expired_leases(now_s):
-            log.info("worker %s request %s: lease expired, freed %d KV blocks",
-                     worker_id, request_id, len(block_ids))
+            log.info(
+                "worker %s request %s: lease expired, freed %d KV blocks",
+                worker_id,
+                request_id,
+                len(block_ids),
+            )
         for worker_id, block_ids in self.registry.purge_expired(now_s).items():
-            log.warning("worker %s silent for %.1f s: deleted, freed %d KV blocks",
-                        worker_id, self.registry.expiry_s, len(block_ids))
+            log.warning(
+                "worker %s silent for %.1f s: deleted, freed %d KV blocks",
+                worker_id,
+                self.registry.expiry_s,
+                len(block_ids),
+            )
 
     def publish_view(self, now_s: float) -> None:
         """Publish when the view changed (coalesced) or a heartbeat interval passed."""
         since_s = now_s - self._published_at_s
         has_changed = self.registry.version != self._published_version
-        if not ((has_changed and since_s >= MIN_PUBLISH_INTERVAL_S)
-                or since_s >= self.heartbeat_interval_s):
+        if not ((has_changed and since_s >= MIN_PUBLISH_INTERVAL_S) or since_s >= self.heartbeat_interval_s):
             return
         view = build_view(self.registry, time.time())
         self.pub.send_multipart([RESOURCE_TOPIC, pack(view)])
@@ -203,9 +244,11 @@ class Kernel:
 
 
 def unknown_worker(worker_id: str, request_id: str = "") -> WireError:
-    return WireError(pb.UNKNOWN_WORKER,
-                     f"worker {worker_id!r} is not registered with the kernel; register again",
-                     request_id)
+    return WireError(
+        pb.UNKNOWN_WORKER,
+        f"worker {worker_id!r} is not registered with the kernel; register again",
+        request_id,
+    )
 
 
 def run(config: KernelConfig) -> None:

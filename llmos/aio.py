@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import zmq
 import zmq.asyncio
 from google.protobuf.message import Message
 
 from llmos.client import (
-    CLIENT_ACCEPTS, DEFAULT_TIMEOUT_S, UNTIED, Answer, answer_of, default_broker_address,
-    ends_stream, make_generate_request, make_pooling_request, request_id_of,
+    CLIENT_ACCEPTS,
+    DEFAULT_TIMEOUT_S,
+    UNTIED,
+    Answer,
+    answer_of,
+    default_broker_address,
+    ends_stream,
+    make_generate_request,
+    make_pooling_request,
+    request_id_of,
 )
 from llmos.errors import LlmosTimeout, error_from_proto
 from llmos.wire import WireError, pack, pb, unpack
@@ -47,16 +55,37 @@ class AsyncClient:
 
     # ------------------------------------------------------------ verbs
 
-    async def submit(self, prompt: str, *, model: str = "", max_tokens: int = 0,
-                     temperature: float = 0.0, top_p: float | None = None, top_k: int = 0,
-                     stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
-                     tier: str = "", tenant: str = "", request_id: str | None = None,
-                     deadline_ms: int = 0) -> str:
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        model: str = "",
+        max_tokens: int = 0,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int = 0,
+        stop: tuple[str, ...] | list[str] = (),
+        seed: int | None = None,
+        tier: str = "",
+        tenant: str = "",
+        request_id: str | None = None,
+        deadline_ms: int = 0,
+    ) -> str:
         """Send a GenerateRequest; return its id once Accepted, else raise the typed error."""
         request = make_generate_request(
-            prompt, request_id=request_id, model=model, max_tokens=max_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed,
-            tier=tier, tenant=tenant, deadline_ms=deadline_ms)
+            prompt,
+            request_id=request_id,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            stop=stop,
+            seed=seed,
+            tier=tier,
+            tenant=tenant,
+            deadline_ms=deadline_ms,
+        )
         request_id = request.request_id
         queue = self._open_queue(request_id)
         await self._socket.send(pack(request))
@@ -92,34 +121,64 @@ class AsyncClient:
     async def generate(self, prompt: str, **params: object) -> pb.GenerateResult:
         return await self.result(await self.submit(prompt, **params))  # type: ignore[arg-type]
 
-    async def embed(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
-                    tenant: str = "", request_id: str | None = None,
-                    deadline_ms: int = 0) -> pb.EmbedResult:
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        tier: str = "",
+        tenant: str = "",
+        request_id: str | None = None,
+        deadline_ms: int = 0,
+    ) -> pb.EmbedResult:
         """One L2-normalized embedding per input, in input order (see Client.embed)."""
-        request = make_pooling_request(pb.TASK_KIND_EMBED, inputs, request_id=request_id,
-                                       model=model, tier=tier, tenant=tenant,
-                                       deadline_ms=deadline_ms)
+        request = make_pooling_request(
+            pb.TASK_KIND_EMBED,
+            inputs,
+            request_id=request_id,
+            model=model,
+            tier=tier,
+            tenant=tenant,
+            deadline_ms=deadline_ms,
+        )
         return await self._answer(request, pb.EmbedResult)
 
-    async def classify(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
-                       tenant: str = "", request_id: str | None = None,
-                       deadline_ms: int = 0) -> pb.ClassifyResult:
+    async def classify(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        tier: str = "",
+        tenant: str = "",
+        request_id: str | None = None,
+        deadline_ms: int = 0,
+    ) -> pb.ClassifyResult:
         """One classification per input, in input order (see Client.classify)."""
-        request = make_pooling_request(pb.TASK_KIND_CLASSIFY, inputs, request_id=request_id,
-                                       model=model, tier=tier, tenant=tenant,
-                                       deadline_ms=deadline_ms)
+        request = make_pooling_request(
+            pb.TASK_KIND_CLASSIFY,
+            inputs,
+            request_id=request_id,
+            model=model,
+            tier=tier,
+            tenant=tenant,
+            deadline_ms=deadline_ms,
+        )
         return await self._answer(request, pb.ClassifyResult)
 
-    async def _answer(self, request: pb.EmbedRequest | pb.ClassifyRequest,
-                      result_type: type[Answer]) -> Answer:
+    async def _answer(
+        self, request: pb.EmbedRequest | pb.ClassifyRequest, result_type: type[Answer]
+    ) -> Answer:
         """Send a request that has one answer; wait past `accepted` for it."""
         request_id = request.request_id
         self._open_queue(request_id)
         await self._socket.send(pack(request))
         try:
             while True:
-                answer = answer_of(request_id, result_type, await self._next(
-                    request_id, f"no answer to request {request_id}"))
+                answer = answer_of(
+                    request_id,
+                    result_type,
+                    await self._next(request_id, f"no answer to request {request_id}"),
+                )
                 if answer is not None:
                     return answer
         finally:
@@ -167,7 +226,7 @@ class AsyncClient:
     async def _next(self, key: str, timeout_message: str) -> Message:
         try:
             return await asyncio.wait_for(self._queues[key].get(), self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise LlmosTimeout(f"{timeout_message} within {self.timeout_s:g} s", key) from None
 
     async def _read_forever(self) -> None:

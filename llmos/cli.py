@@ -39,10 +39,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
 EXTRA_BY_COMMAND = {"up": "worker", "worker": "worker", "model": "worker", "bench": "bench"}
 MODULES_OF_EXTRA = {"worker": ("torch", "transformers"), "bench": ("torch", "transformers")}
 
-EXIT_CLIENT_ERROR = 2    # the request itself was refused (INVALID_ARGUMENT, UNKNOWN_MODEL, ...)
-EXIT_SERVICE_ERROR = 3   # the system could not serve it (QUEUE_FULL, WORKER_FAILED, ...)
-EXIT_TIMEOUT = 4         # nothing arrived within --timeout-s
-EXIT_INTERRUPTED = 130   # Ctrl-C (the request is cancelled first)
+EXIT_CLIENT_ERROR = 2  # the request itself was refused (INVALID_ARGUMENT, UNKNOWN_MODEL, ...)
+EXIT_SERVICE_ERROR = 3  # the system could not serve it (QUEUE_FULL, WORKER_FAILED, ...)
+EXIT_TIMEOUT = 4  # nothing arrived within --timeout-s
+EXIT_INTERRUPTED = 130  # Ctrl-C (the request is cancelled first)
 
 STATUS_TIMEOUT_S = 2.0
 
@@ -101,8 +101,13 @@ def unavailable_command(name: str, short_help: str, why: str) -> click.Command:
         raise click.ClickException(f"'llmos {name}' is unavailable: {why}")
 
     accept_anything = {"ignore_unknown_options": True, "allow_extra_args": True}
-    return click.Command(name, callback=fail, help=f"{short_help} (unavailable: {why})",
-                         context_settings=accept_anything, add_help_option=False)
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"{short_help} (unavailable: {why})",
+        context_settings=accept_anything,
+        add_help_option=False,
+    )
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,14 +125,20 @@ def main() -> None:
 # ---------------------------------------------------------------- submit
 
 broker_address_option = click.option(
-    "--broker-address", default=tcp(CLIENT_PORT), envvar=BROKER_ADDRESS_ENV, show_default=True,
-    help="where the broker listens for clients")
+    "--broker-address",
+    default=tcp(CLIENT_PORT),
+    envvar=BROKER_ADDRESS_ENV,
+    show_default=True,
+    help="where the broker listens for clients",
+)
 
 
-@cli.command(epilog="Exit status: 0 done; 2 the request was refused (INVALID_ARGUMENT, "
-                    "UNKNOWN_MODEL, TOO_LARGE, ...); 3 the system could not serve it (QUEUE_FULL, "
-                    "QUOTA_EXCEEDED, WORKER_FAILED, UNAVAILABLE, ...); 4 nothing arrived within "
-                    "--timeout-s; 130 interrupted (the request is cancelled).")
+@cli.command(
+    epilog="Exit status: 0 done; 2 the request was refused (INVALID_ARGUMENT, "
+    "UNKNOWN_MODEL, TOO_LARGE, ...); 3 the system could not serve it (QUEUE_FULL, "
+    "QUOTA_EXCEEDED, WORKER_FAILED, UNAVAILABLE, ...); 4 nothing arrived within "
+    "--timeout-s; 130 interrupted (the request is cancelled)."
+)
 @broker_address_option
 @click.option("--model", default="", help="model to use (empty: the broker's default)")
 @click.option("--tier", default="", help="queue tier (empty: the broker's default)")
@@ -138,15 +149,25 @@ broker_address_option = click.option(
 @click.option("--top-k", type=int, default=0, show_default=True, help="0 = off")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
 @click.option("--seed", type=int, default=None, help="sampling seed")
-@click.option("--deadline-ms", type=int, default=0,
-              help="finish within this long or get DEADLINE_EXCEEDED (0: the tier's default)")
-@click.option("--timeout-s", type=float, default=60.0, show_default=True,
-              help="give up when nothing arrives for this long")
+@click.option(
+    "--deadline-ms",
+    type=int,
+    default=0,
+    help="finish within this long or get DEADLINE_EXCEEDED (0: the tier's default)",
+)
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="give up when nothing arrives for this long",
+)
 @click.option("--no-stream", is_flag=True, help="print the text once, when it is complete")
 @click.option("--json", "as_json", is_flag=True, help="print the GenerateResult as JSON")
 @click.argument("prompt")
-def submit(broker_address: str, timeout_s: float, no_stream: bool, as_json: bool,
-           prompt: str, **sampling: Any) -> None:  # each of click's values is its option's type
+def submit(
+    broker_address: str, timeout_s: float, no_stream: bool, as_json: bool, prompt: str, **sampling: Any
+) -> None:  # each of click's values is its option's type
     """Send PROMPT to the broker and print the answer as it streams in
     (PROMPT '-' reads stdin). Usage goes to stderr."""
     if prompt == "-":
@@ -185,9 +206,11 @@ def report_error(exc: LlmosError, broker_address: str, is_accepted: bool) -> int
     """Print `error: CODE_NAME: sentence` (plus a hint) to stderr; return the exit status."""
     click.echo(f"error: {exc.code_name}: {exc.message}", err=True)
     if isinstance(exc, LlmosTimeout):
-        hint = ("the broker accepted the request; `llmos status` shows whether a worker serves it"
-                if is_accepted else
-                f"is a broker listening at {broker_address}? `llmos up` starts one")
+        hint = (
+            "the broker accepted the request; `llmos status` shows whether a worker serves it"
+            if is_accepted
+            else f"is a broker listening at {broker_address}? `llmos up` starts one"
+        )
         click.echo(f"hint: {hint}", err=True)
         return EXIT_TIMEOUT
     if exc.retry_after_ms:
@@ -197,10 +220,12 @@ def report_error(exc: LlmosError, broker_address: str, is_accepted: bool) -> int
 
 def usage_line(result: pb.GenerateResult) -> str:
     usage = result.usage
-    line = (f"usage: prompt_tokens={usage.prompt_tokens} generated_tokens={usage.generated_tokens} "
-            f"finish={FINISH_REASON_NAMES.get(result.finish_reason, result.finish_reason)} "
-            f"queue={usage.queue_time_s:.3f}s ttft={usage.time_to_first_token_s:.3f}s "
-            f"total={usage.total_time_s:.3f}s model={result.model} worker={result.worker_id}")
+    line = (
+        f"usage: prompt_tokens={usage.prompt_tokens} generated_tokens={usage.generated_tokens} "
+        f"finish={FINISH_REASON_NAMES.get(result.finish_reason, result.finish_reason)} "
+        f"queue={usage.queue_time_s:.3f}s ttft={usage.time_to_first_token_s:.3f}s "
+        f"total={usage.total_time_s:.3f}s model={result.model} worker={result.worker_id}"
+    )
     if result.num_restarts:
         line += f" restarts={result.num_restarts}"
     return line
@@ -211,10 +236,20 @@ def usage_line(result: pb.GenerateResult) -> str:
 
 @cli.command()
 @broker_address_option
-@click.option("--kernel-address", default=tcp(KERNEL_PORT), envvar=env_var("kernel_address"),
-              show_default=True, help="where the kernel answers resource queries")
-@click.option("--timeout-s", type=float, default=STATUS_TIMEOUT_S, show_default=True,
-              help="how long to wait for each service")
+@click.option(
+    "--kernel-address",
+    default=tcp(KERNEL_PORT),
+    envvar=env_var("kernel_address"),
+    show_default=True,
+    help="where the kernel answers resource queries",
+)
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=STATUS_TIMEOUT_S,
+    show_default=True,
+    help="how long to wait for each service",
+)
 @click.option("--watch", is_flag=True, help="refresh every second until Ctrl-C")
 def status(broker_address: str, kernel_address: str, timeout_s: float, watch: bool) -> None:
     """Show workers, queues and the scheduler, from the broker and the kernel.
@@ -260,35 +295,54 @@ def collect_status(broker_address: str, kernel_address: str, timeout_s: float) -
     return format_status(broker_address, reply, kernel_address, view), num_answered
 
 
-def format_status(broker_address: str, reply: pb.StatusReply | str,
-                  kernel_address: str, view: pb.ResourceView | str) -> str:
+def format_status(
+    broker_address: str, reply: pb.StatusReply | str, kernel_address: str, view: pb.ResourceView | str
+) -> str:
     """The `llmos status` text; `reply`/`view` are a sentence when that service did not answer."""
     if isinstance(reply, str):
         broker_line = reply
     else:
         policy = f" (policy {reply.scheduler_policy})" if reply.scheduler_policy else ""
-        scheduler = (f"scheduler online{policy}" if reply.scheduler_online
-                     else "scheduler OFFLINE (broker decides locally)")
-        broker_line = (f"{scheduler}, running {reply.num_running}, "
-                       f"{reply.tokens_per_s:.1f} tokens/s, "
-                       f"completed {reply.num_completed}, rejected {reply.num_rejected}")
-    kernel_line = view if isinstance(view, str) else (
-        f"{plural(len(view.workers), 'worker')} registered, block size {view.block_size}, "
-        f"KV blocks {sum(w.kv_blocks_used for w in view.workers)}/"
-        f"{sum(w.kv_blocks_total for w in view.workers)} in use cluster-wide, "
-        f"view version {view.version}")
-    lines = [f"broker  {broker_address}  {broker_line}",
-             f"kernel  {kernel_address}  {kernel_line}", ""]
-    lines += table(["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS", "TOKENS/S", "PREFIXES"],
-                   worker_rows(reply, view))
+        scheduler = (
+            f"scheduler online{policy}"
+            if reply.scheduler_online
+            else "scheduler OFFLINE (broker decides locally)"
+        )
+        broker_line = (
+            f"{scheduler}, running {reply.num_running}, "
+            f"{reply.tokens_per_s:.1f} tokens/s, "
+            f"completed {reply.num_completed}, rejected {reply.num_rejected}"
+        )
+    kernel_line = (
+        view
+        if isinstance(view, str)
+        else (
+            f"{plural(len(view.workers), 'worker')} registered, block size {view.block_size}, "
+            f"KV blocks {sum(w.kv_blocks_used for w in view.workers)}/"
+            f"{sum(w.kv_blocks_total for w in view.workers)} in use cluster-wide, "
+            f"view version {view.version}"
+        )
+    )
+    lines = [f"broker  {broker_address}  {broker_line}", f"kernel  {kernel_address}  {kernel_line}", ""]
+    lines += table(
+        ["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS", "TOKENS/S", "PREFIXES"],
+        worker_rows(reply, view),
+    )
     if not isinstance(reply, str):
-        tier_rows = [[tier.tier, f"{tier.depth}/{tier.max_depth}", str(tier.num_running),
-                      f"{tier.answer_fill:.0%} of {tier.num_answers}" if tier.num_answers else "-"]
-                     for tier in reply.tiers]
+        tier_rows = [
+            [
+                tier.tier,
+                f"{tier.depth}/{tier.max_depth}",
+                str(tier.num_running),
+                f"{tier.answer_fill:.0%} of {tier.num_answers}" if tier.num_answers else "-",
+            ]
+            for tier in reply.tiers
+        ]
         lines += ["", *table(["TIER", "QUEUED", "RUNNING", "ANSWER FILL"], tier_rows)]
     if not isinstance(view, str) and view.tenants:
-        tenant_rows = [[t.tenant or "-", str(t.num_requests_holding_blocks), str(t.kv_blocks_used)]
-                       for t in view.tenants]
+        tenant_rows = [
+            [t.tenant or "-", str(t.num_requests_holding_blocks), str(t.kv_blocks_used)] for t in view.tenants
+        ]
         lines += ["", *table(["TENANT", "REQUESTS", "KV BLOCKS"], tenant_rows)]
     return "\n".join(lines)
 
@@ -302,13 +356,22 @@ def worker_rows(reply: pb.StatusReply | str, view: pb.ResourceView | str) -> lis
     for worker_id in sorted({*by_broker, *by_kernel}):
         seen = by_broker.get(worker_id) or by_kernel[worker_id]
         resources = by_kernel.get(worker_id)
-        kv_blocks = (f"{resources.kv_blocks_used}/{resources.kv_blocks_total}"
-                     if resources is not None else "?")
-        tokens_per_s = (f"{by_broker[worker_id].tokens_per_s:.1f}" if worker_id in by_broker
-                        else "?")
+        kv_blocks = (
+            f"{resources.kv_blocks_used}/{resources.kv_blocks_total}" if resources is not None else "?"
+        )
+        tokens_per_s = f"{by_broker[worker_id].tokens_per_s:.1f}" if worker_id in by_broker else "?"
         prefixes = str(len(resources.cached_prefix_hashes)) if resources is not None else "?"
-        rows.append([worker_id, ",".join(seen.models) or "-", seen.device or "-",
-                     f"{seen.num_running}/{seen.max_num_seqs}", kv_blocks, tokens_per_s, prefixes])
+        rows.append(
+            [
+                worker_id,
+                ",".join(seen.models) or "-",
+                seen.device or "-",
+                f"{seen.num_running}/{seen.max_num_seqs}",
+                kv_blocks,
+                tokens_per_s,
+                prefixes,
+            ]
+        )
     return rows
 
 
@@ -320,5 +383,6 @@ def table(headers: list[str], rows: list[list[str]]) -> list[str]:
     if not rows:
         return [f"{headers[0]}  (none)"]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-            for row in [headers, *rows]]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]
+    ]

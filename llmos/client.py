@@ -19,7 +19,8 @@ import logging
 import os
 import time
 import uuid
-from typing import Iterator, Sequence, TypeVar, cast
+from collections.abc import Iterator, Sequence
+from typing import TypeVar, cast
 
 import zmq
 from google.protobuf.message import Message
@@ -27,8 +28,8 @@ from google.protobuf.message import Message
 from llmos.config import env_var
 from llmos.errors import LlmosError, LlmosTimeout, error_from_proto
 from llmos.wire import WireError, pack, pb, unpack
-from llmos.wire.envelope import body_name, body_names
 from llmos.wire.constants import CLIENT_PORT, tcp
+from llmos.wire.envelope import body_name, body_names
 from llmos.wire.sockets import connect_dealer
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ BROKER_ADDRESS_ENV = env_var("broker_address")  # LLMOS_BROKER_ADDRESS, as every
 DEFAULT_TIMEOUT_S = 60.0
 
 # What a client accepts from the broker; anything else is dropped at the door.
-CLIENT_ACCEPTS = body_names(pb.Accepted, pb.TokenChunk, pb.GenerateResult, pb.Error, pb.StatusReply,
-                            pb.EmbedResult, pb.ClassifyResult)
+CLIENT_ACCEPTS = body_names(
+    pb.Accepted, pb.TokenChunk, pb.GenerateResult, pb.Error, pb.StatusReply, pb.EmbedResult, pb.ClassifyResult
+)
 KERNEL_QUERY_ACCEPTS = body_names(pb.ResourceView, pb.Error)
 
 # Inbox key for replies that belong to no request: StatusReply and errors the
@@ -46,8 +48,7 @@ KERNEL_QUERY_ACCEPTS = body_names(pb.ResourceView, pb.Error)
 UNTIED = ""
 
 # What a client accepts but a StatusReply: each carries the request id it answers.
-TiedReply = (pb.Accepted | pb.TokenChunk | pb.GenerateResult | pb.Error | pb.EmbedResult
-             | pb.ClassifyResult)
+TiedReply = pb.Accepted | pb.TokenChunk | pb.GenerateResult | pb.Error | pb.EmbedResult | pb.ClassifyResult
 
 
 # The answer of a request that has one (EmbedResult, ClassifyResult).
@@ -58,36 +59,64 @@ def default_broker_address() -> str:
     return os.environ.get(BROKER_ADDRESS_ENV) or tcp(CLIENT_PORT)
 
 
-def make_generate_request(prompt: str, *, request_id: str | None = None, model: str = "",
-                          max_tokens: int = 0, temperature: float = 0.0,
-                          top_p: float | None = None, top_k: int = 0,
-                          stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
-                          tier: str = "", tenant: str = "", deadline_ms: int = 0) -> pb.GenerateRequest:
+def make_generate_request(
+    prompt: str,
+    *,
+    request_id: str | None = None,
+    model: str = "",
+    max_tokens: int = 0,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int = 0,
+    stop: tuple[str, ...] | list[str] = (),
+    seed: int | None = None,
+    tier: str = "",
+    tenant: str = "",
+    deadline_ms: int = 0,
+) -> pb.GenerateRequest:
     """The wire request for `prompt`; a fresh random request id unless one is given."""
-    sampling = pb.SamplingParams(max_tokens=max_tokens, temperature=temperature,
-                                 top_k=top_k, stop=list(stop))
+    sampling = pb.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, stop=list(stop))
     if top_p is not None:
         sampling.top_p = top_p
     if seed is not None:
         sampling.seed = seed
-    return pb.GenerateRequest(request_id=request_id or uuid.uuid4().hex, model=model,
-                              prompt=prompt, sampling=sampling, tier=tier, tenant=tenant,
-                              deadline_ms=deadline_ms)
+    return pb.GenerateRequest(
+        request_id=request_id or uuid.uuid4().hex,
+        model=model,
+        prompt=prompt,
+        sampling=sampling,
+        tier=tier,
+        tenant=tenant,
+        deadline_ms=deadline_ms,
+    )
 
 
-def make_pooling_request(kind: int, inputs: str | Sequence[str], *, request_id: str | None = None,
-                         model: str = "", tier: str = "", tenant: str = "",
-                         deadline_ms: int = 0) -> pb.EmbedRequest | pb.ClassifyRequest:
+def make_pooling_request(
+    kind: int,
+    inputs: str | Sequence[str],
+    *,
+    request_id: str | None = None,
+    model: str = "",
+    tier: str = "",
+    tenant: str = "",
+    deadline_ms: int = 0,
+) -> pb.EmbedRequest | pb.ClassifyRequest:
     """The EmbedRequest (kind TASK_KIND_EMBED) or ClassifyRequest for `inputs`
     (one string is one input); a fresh random request id unless one is given."""
     request_class = pb.EmbedRequest if kind == pb.TASK_KIND_EMBED else pb.ClassifyRequest
-    return request_class(request_id=request_id or uuid.uuid4().hex, model=model,
-                         inputs=[inputs] if isinstance(inputs, str) else list(inputs),
-                         tier=tier, tenant=tenant, deadline_ms=deadline_ms)
+    return request_class(
+        request_id=request_id or uuid.uuid4().hex,
+        model=model,
+        inputs=[inputs] if isinstance(inputs, str) else list(inputs),
+        tier=tier,
+        tenant=tenant,
+        deadline_ms=deadline_ms,
+    )
 
 
-def ends_stream(request_id: str, message: Message, inboxes: dict,
-                results: dict[str, pb.GenerateResult]) -> bool:
+def ends_stream(
+    request_id: str, message: Message, inboxes: dict, results: dict[str, pb.GenerateResult]
+) -> bool:
     """Whether a reply other than a chunk ends the request's stream. A result does
     (kept in `results`); an error does by raising its typed exception; the request's
     inbox goes either way. Anything else is logged and passed over (False)."""
@@ -125,8 +154,12 @@ def request_id_of(message: Message) -> str:
 class Client:
     """Blocking client for the broker's client ROUTER."""
 
-    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        context: zmq.Context | None = None,
+    ) -> None:
         self.address = address or default_broker_address()
         self.timeout_s = timeout_s
         self._owns_context = context is None
@@ -137,20 +170,41 @@ class Client:
 
     # ------------------------------------------------------------ verbs
 
-    def submit(self, prompt: str, *, model: str = "", max_tokens: int = 0,
-               temperature: float = 0.0, top_p: float | None = None, top_k: int = 0,
-               stop: tuple[str, ...] | list[str] = (), seed: int | None = None,
-               tier: str = "", tenant: str = "", request_id: str | None = None,
-               deadline_ms: int = 0) -> str:
+    def submit(
+        self,
+        prompt: str,
+        *,
+        model: str = "",
+        max_tokens: int = 0,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int = 0,
+        stop: tuple[str, ...] | list[str] = (),
+        seed: int | None = None,
+        tier: str = "",
+        tenant: str = "",
+        request_id: str | None = None,
+        deadline_ms: int = 0,
+    ) -> str:
         """Send a GenerateRequest and wait until the broker accepts it.
 
         Returns the request id; raises the typed LlmosError the broker answered
         with, or LlmosTimeout after `timeout_s` without an answer.
         """
         request = make_generate_request(
-            prompt, request_id=request_id, model=model, max_tokens=max_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed,
-            tier=tier, tenant=tenant, deadline_ms=deadline_ms)
+            prompt,
+            request_id=request_id,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            stop=stop,
+            seed=seed,
+            tier=tier,
+            tenant=tenant,
+            deadline_ms=deadline_ms,
+        )
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
         self._socket.send(pack(request))
@@ -194,36 +248,62 @@ class Client:
         """submit + wait for the result; `params` are submit()'s keywords."""
         return self.result(self.submit(prompt, **params))  # type: ignore[arg-type]
 
-    def embed(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
-              tenant: str = "", request_id: str | None = None,
-              deadline_ms: int = 0) -> pb.EmbedResult:
+    def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        tier: str = "",
+        tenant: str = "",
+        request_id: str | None = None,
+        deadline_ms: int = 0,
+    ) -> pb.EmbedResult:
         """One mean-pooled, L2-normalized embedding per input, in input order
         (`result.embeddings[i].values`). Raises the typed error, or LlmosTimeout."""
-        request = make_pooling_request(pb.TASK_KIND_EMBED, inputs, request_id=request_id,
-                                       model=model, tier=tier, tenant=tenant,
-                                       deadline_ms=deadline_ms)
+        request = make_pooling_request(
+            pb.TASK_KIND_EMBED,
+            inputs,
+            request_id=request_id,
+            model=model,
+            tier=tier,
+            tenant=tenant,
+            deadline_ms=deadline_ms,
+        )
         return self._answer(request, pb.EmbedResult)
 
-    def classify(self, inputs: str | Sequence[str], *, model: str = "", tier: str = "",
-                 tenant: str = "", request_id: str | None = None,
-                 deadline_ms: int = 0) -> pb.ClassifyResult:
+    def classify(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        tier: str = "",
+        tenant: str = "",
+        request_id: str | None = None,
+        deadline_ms: int = 0,
+    ) -> pb.ClassifyResult:
         """One classification per input, in input order: the top `label` and its
         `score`, and every label's score. Raises the typed error, or LlmosTimeout."""
-        request = make_pooling_request(pb.TASK_KIND_CLASSIFY, inputs, request_id=request_id,
-                                       model=model, tier=tier, tenant=tenant,
-                                       deadline_ms=deadline_ms)
+        request = make_pooling_request(
+            pb.TASK_KIND_CLASSIFY,
+            inputs,
+            request_id=request_id,
+            model=model,
+            tier=tier,
+            tenant=tenant,
+            deadline_ms=deadline_ms,
+        )
         return self._answer(request, pb.ClassifyResult)
 
-    def _answer(self, request: pb.EmbedRequest | pb.ClassifyRequest,
-                result_type: type[Answer]) -> Answer:
+    def _answer(self, request: pb.EmbedRequest | pb.ClassifyRequest, result_type: type[Answer]) -> Answer:
         """Send a request that has one answer; wait past `accepted` for it."""
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
         self._socket.send(pack(request))
         try:
             while True:
-                answer = answer_of(request_id, result_type,
-                                   self._next(request_id, f"no answer to request {request_id}"))
+                answer = answer_of(
+                    request_id, result_type, self._next(request_id, f"no answer to request {request_id}")
+                )
                 if answer is not None:
                     return answer
         finally:
@@ -295,8 +375,7 @@ class Client:
         inbox.append(message)
 
 
-def query_kernel(address: str, timeout_s: float,
-                 context: zmq.Context | None = None) -> pb.ResourceView:
+def query_kernel(address: str, timeout_s: float, context: zmq.Context | None = None) -> pb.ResourceView:
     """Ask the kernel at `address` for its ResourceView (used by `llmos status` and `llmos up`).
 
     A fresh socket per query, so a late reply can never answer the next question.
@@ -320,5 +399,11 @@ def query_kernel(address: str, timeout_s: float,
             context.term()
 
 
-__all__ = ["Client", "DEFAULT_TIMEOUT_S", "default_broker_address", "make_generate_request",
-           "make_pooling_request", "query_kernel"]
+__all__ = [
+    "Client",
+    "DEFAULT_TIMEOUT_S",
+    "default_broker_address",
+    "make_generate_request",
+    "make_pooling_request",
+    "query_kernel",
+]

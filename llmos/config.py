@@ -15,7 +15,8 @@ and tests share one source of truth.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -44,8 +45,12 @@ def options_from(config_cls: type) -> Callable[[Callable], Callable]:
             if field_type is bool:
                 name = f"{name}/--no-{name[2:]}"
             command = click.option(
-                name, field.name, type=None if field_type is bool else field_type,
-                default=field.default, show_default=True, envvar=env_var(field.name),
+                name,
+                field.name,
+                type=None if field_type is bool else field_type,
+                default=field.default,
+                show_default=True,
+                envvar=env_var(field.name),
                 help=field.metadata.get("help"),
             )(command)
         return command

@@ -18,8 +18,7 @@ class LlmosError(Exception):
 
     is_client_error: bool = False
 
-    def __init__(self, code: int, message: str, request_id: str = "",
-                 retry_after_ms: int = 0) -> None:
+    def __init__(self, code: int, message: str, request_id: str = "", retry_after_ms: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -34,8 +33,10 @@ class LlmosError(Exception):
         return f"{self.code_name}: {self.message}"
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(code={self.code_name}, message={self.message!r}, "
-                f"request_id={self.request_id!r}, retry_after_ms={self.retry_after_ms})")
+        return (
+            f"{type(self).__name__}(code={self.code_name}, message={self.message!r}, "
+            f"request_id={self.request_id!r}, retry_after_ms={self.retry_after_ms})"
+        )
 
 
 class LlmosTimeout(LlmosError):
@@ -81,20 +82,25 @@ _ERRORS: dict[int, tuple[str, bool]] = {
 
 
 def _make_error_class(code: int, name: str, is_client_error: bool) -> type[CodedError]:
-    doc = (f"ErrorCode {ERROR_NAMES[code]}: "
-           f"raise as {name}(message, request_id='', retry_after_ms=0).")
-    return type(name, (CodedError,), {
-        "__doc__": doc, "__module__": __name__,
-        "CODE": code, "is_client_error": is_client_error,
-    })
+    doc = f"ErrorCode {ERROR_NAMES[code]}: raise as {name}(message, request_id='', retry_after_ms=0)."
+    return type(
+        name,
+        (CodedError,),
+        {
+            "__doc__": doc,
+            "__module__": __name__,
+            "CODE": code,
+            "is_client_error": is_client_error,
+        },
+    )
 
 
 ERROR_CLASSES: dict[int, type[CodedError]] = {
-    code: _make_error_class(code, name, is_client_error)
-    for code, (name, is_client_error) in _ERRORS.items()
+    code: _make_error_class(code, name, is_client_error) for code, (name, is_client_error) in _ERRORS.items()
 }
-assert set(ERROR_CLASSES) == set(ERROR_NAMES) - {pb.ERROR_CODE_UNSPECIFIED}, \
+assert set(ERROR_CLASSES) == set(ERROR_NAMES) - {pb.ERROR_CODE_UNSPECIFIED}, (
     "every pb.ErrorCode needs a row in _ERRORS"
+)
 
 # Named module attributes, so `from llmos.errors import QueueFull` works and
 # readers (and linters) can see every class.

@@ -37,9 +37,9 @@ from llmos.wire.constants import CLIENT_PORT, DEFAULT_HOST, tcp
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 1.0     # one readiness query
-PROBE_INTERVAL_S = 0.25   # between readiness rounds
-WATCH_INTERVAL_S = 1.0    # between checks for dead children once up
+PROBE_TIMEOUT_S = 1.0  # one readiness query
+PROBE_INTERVAL_S = 0.25  # between readiness rounds
+WATCH_INTERVAL_S = 1.0  # between checks for dead children once up
 LOG_TAIL_LINES = 20
 
 
@@ -48,8 +48,7 @@ class UpConfig:
     workers: int = option(1, "worker processes to start")
     model: str = option("", "model directory for every worker (empty: the embedded tiny model)")
     host: str = option(DEFAULT_HOST, "interface every service binds and clients connect to")
-    base_port: int = option(CLIENT_PORT,
-                            "client port; workers +1, kernel +2, kernel pub +3, scheduler +4")
+    base_port: int = option(CLIENT_PORT, "client port; workers +1, kernel +2, kernel pub +3, scheduler +4")
     policy: str = option("priority", "scheduler placement policy")
     device: str = option("auto", "worker device: auto, cpu, cuda, cuda:N")
     threads: int = option(0, "CPU threads per worker (0: the library default)")
@@ -102,22 +101,59 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
         return [sys.executable, "-m", "llmos", name, *flags]
 
     children = [
-        ChildSpec("kernel", service("kernel", "--kernel-bind", bind(ports.kernel),
-                                    "--kernel-pub-bind", bind(ports.kernel_pub))),
-        ChildSpec("scheduler", service("scheduler", "--scheduler-bind", bind(ports.scheduler),
-                                       "--kernel-pub-address", tcp(ports.kernel_pub, host),
-                                       "--policy", config.policy)),
-        ChildSpec("broker", service("broker", "--client-bind", bind(ports.client),
-                                    "--worker-bind", bind(ports.worker),
-                                    "--scheduler-address", tcp(ports.scheduler, host))),
+        ChildSpec(
+            "kernel",
+            service(
+                "kernel", "--kernel-bind", bind(ports.kernel), "--kernel-pub-bind", bind(ports.kernel_pub)
+            ),
+        ),
+        ChildSpec(
+            "scheduler",
+            service(
+                "scheduler",
+                "--scheduler-bind",
+                bind(ports.scheduler),
+                "--kernel-pub-address",
+                tcp(ports.kernel_pub, host),
+                "--policy",
+                config.policy,
+            ),
+        ),
+        ChildSpec(
+            "broker",
+            service(
+                "broker",
+                "--client-bind",
+                bind(ports.client),
+                "--worker-bind",
+                bind(ports.worker),
+                "--scheduler-address",
+                tcp(ports.scheduler, host),
+            ),
+        ),
     ]
     for index in range(config.workers):
         worker_id = f"worker-{index}"
-        children.append(ChildSpec(worker_id, service(
-            "worker", "--broker-worker-address", tcp(ports.worker, host),
-            "--kernel-address", tcp(ports.kernel, host), "--model", model_path,
-            "--device", config.device, "--threads", str(config.threads),
-            "--worker-id", worker_id)))
+        children.append(
+            ChildSpec(
+                worker_id,
+                service(
+                    "worker",
+                    "--broker-worker-address",
+                    tcp(ports.worker, host),
+                    "--kernel-address",
+                    tcp(ports.kernel, host),
+                    "--model",
+                    model_path,
+                    "--device",
+                    config.device,
+                    "--threads",
+                    str(config.threads),
+                    "--worker-id",
+                    worker_id,
+                ),
+            )
+        )
     return children
 
 
@@ -161,8 +197,9 @@ class Supervisor:
         self.group.stop(grace_s)
 
 
-def wait_until_ready(supervisor: Supervisor, ports: Ports, host: str, num_workers: int,
-                     timeout_s: float) -> pb.StatusReply:
+def wait_until_ready(
+    supervisor: Supervisor, ports: Ports, host: str, num_workers: int, timeout_s: float
+) -> pb.StatusReply:
     """Block until the kernel answers and the broker has `num_workers` workers."""
     deadline = time.monotonic() + timeout_s
     waiting_for = "the kernel to answer a ResourceQuery"
@@ -170,12 +207,16 @@ def wait_until_ready(supervisor: Supervisor, ports: Ports, host: str, num_worker
     with Client(tcp(ports.client, host), timeout_s=PROBE_TIMEOUT_S) as client:
         while True:
             for name, status in supervisor.newly_exited():
-                raise LaunchError(f"{name} exited with status {status} before llmos was ready; "
-                                  f"last lines of {supervisor.log_path(name)}:\n"
-                                  f"{supervisor.log_tail(name)}")
+                raise LaunchError(
+                    f"{name} exited with status {status} before llmos was ready; "
+                    f"last lines of {supervisor.log_path(name)}:\n"
+                    f"{supervisor.log_tail(name)}"
+                )
             if time.monotonic() > deadline:
-                raise LaunchError(f"llmos was not ready after {timeout_s:g} s: still waiting for "
-                                  f"{waiting_for}; logs are in {supervisor.log_dir}")
+                raise LaunchError(
+                    f"llmos was not ready after {timeout_s:g} s: still waiting for "
+                    f"{waiting_for}; logs are in {supervisor.log_dir}"
+                )
             try:
                 if not is_kernel_ready:
                     query_kernel(tcp(ports.kernel, host), PROBE_TIMEOUT_S)
@@ -225,8 +266,9 @@ def resolve_model(model: str) -> str:
     try:
         return str(ensure_tiny_model())
     except (ImportError, OSError) as exc:
-        raise click.ClickException(f"cannot make the embedded tiny model ({exc}); "
-                                   f"pass --model DIR instead") from exc
+        raise click.ClickException(
+            f"cannot make the embedded tiny model ({exc}); pass --model DIR instead"
+        ) from exc
 
 
 def run(config: UpConfig) -> None:
@@ -244,8 +286,10 @@ def run(config: UpConfig) -> None:
             supervisor.start(spec)
         click.echo(f"llmos logs: {log_dir}")
         wait_until_ready(supervisor, ports, host, config.workers, config.ready_timeout_s)
-        click.echo(f"llmos is up: clients connect to {tcp(ports.client, host)} "
-                   f"({plural(config.workers, 'worker')}, model {model_path}); Ctrl-C stops it")
+        click.echo(
+            f"llmos is up: clients connect to {tcp(ports.client, host)} "
+            f"({plural(config.workers, 'worker')}, model {model_path}); Ctrl-C stops it"
+        )
         if config.demo:
             run_demo(tcp(ports.client, host), config.demo)
         supervise(supervisor)

@@ -14,10 +14,12 @@ from llmos import tiny_classifier, tiny_model
 
 # --task -> (default directory, make unless there, make replacing what is there)
 EMBEDDED_MODELS = {
-    "generate": (tiny_model.default_model_dir, tiny_model.ensure_tiny_model,
-                 tiny_model.remake_tiny_model),
-    "classify": (tiny_classifier.default_model_dir, tiny_classifier.ensure_tiny_classifier,
-                 tiny_classifier.remake_tiny_classifier),
+    "generate": (tiny_model.default_model_dir, tiny_model.ensure_tiny_model, tiny_model.remake_tiny_model),
+    "classify": (
+        tiny_classifier.default_model_dir,
+        tiny_classifier.ensure_tiny_classifier,
+        tiny_classifier.remake_tiny_classifier,
+    ),
 }
 
 
@@ -27,14 +29,23 @@ def model() -> None:
 
 
 @model.command()
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"directory to write; default $LLMOS_HOME/models/{tiny_model.MODEL_NAME} "
-                   f"(--task classify: {tiny_classifier.MODEL_NAME})")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"directory to write; default $LLMOS_HOME/models/{tiny_model.MODEL_NAME} "
+    f"(--task classify: {tiny_classifier.MODEL_NAME})",
+)
 @click.option("--force", is_flag=True, help="replace the model if the directory already holds one")
-@click.option("--task", type=click.Choice(list(EMBEDDED_MODELS)), default="generate", show_default=True,
-              help=f"generate: {tiny_model.MODEL_NAME}, a causal LM; classify: "
-                   f"{tiny_classifier.MODEL_NAME}, a negative/positive sequence classifier "
-                   f"(random weights)")
+@click.option(
+    "--task",
+    type=click.Choice(list(EMBEDDED_MODELS)),
+    default="generate",
+    show_default=True,
+    help=f"generate: {tiny_model.MODEL_NAME}, a causal LM; classify: "
+    f"{tiny_classifier.MODEL_NAME}, a negative/positive sequence classifier "
+    f"(random weights)",
+)
 def init(output: Path | None, force: bool, task: str) -> None:
     """Make an embedded model (seconds on a CPU) and print its path."""
     from transformers.utils import logging as transformers_logging

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import uuid
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 from google.protobuf.json_format import MessageToJson
@@ -25,26 +26,38 @@ PoolingResult = TypeVar("PoolingResult", bound=pb.EmbedResult | pb.ClassifyResul
 
 def request_options(command: Callable) -> Callable:
     """The options embed and classify share (submit's names)."""
-    for option in reversed([
-        broker_address_option,
-        click.option("--model", default="", help="model to use (empty: any that does the task)"),
-        click.option("--tier", default="", help="queue tier (empty: the broker's default)"),
-        click.option("--tenant", default="", help="tenant for quotas (empty: default)"),
-        click.option("--deadline-ms", type=int, default=0,
-                     help="finish within this long or get DEADLINE_EXCEEDED (0: the tier's default)"),
-        click.option("--timeout-s", type=float, default=60.0, show_default=True,
-                     help="give up when nothing arrives for this long"),
-        click.option("--json", "as_json", is_flag=True, help="print the whole result as JSON"),
-        click.argument("texts", nargs=-1, required=True),
-    ]):
+    for option in reversed(
+        [
+            broker_address_option,
+            click.option("--model", default="", help="model to use (empty: any that does the task)"),
+            click.option("--tier", default="", help="queue tier (empty: the broker's default)"),
+            click.option("--tenant", default="", help="tenant for quotas (empty: default)"),
+            click.option(
+                "--deadline-ms",
+                type=int,
+                default=0,
+                help="finish within this long or get DEADLINE_EXCEEDED (0: the tier's default)",
+            ),
+            click.option(
+                "--timeout-s",
+                type=float,
+                default=60.0,
+                show_default=True,
+                help="give up when nothing arrives for this long",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="print the whole result as JSON"),
+            click.argument("texts", nargs=-1, required=True),
+        ]
+    ):
         command = option(command)
     return command
 
 
 @click.command(epilog=submit.epilog)
 @request_options
-def embed(texts: tuple[str, ...], as_json: bool, broker_address: str, timeout_s: float,
-          **options: object) -> None:
+def embed(
+    texts: tuple[str, ...], as_json: bool, broker_address: str, timeout_s: float, **options: object
+) -> None:
     """Embed each TEXT (one input each; a single '-' reads one input per line of stdin)
     and print, per input, its dimension and first values. --json prints every value."""
     inputs = read_inputs(texts)
@@ -60,8 +73,9 @@ def embed(texts: tuple[str, ...], as_json: bool, broker_address: str, timeout_s:
 
 @click.command(epilog=submit.epilog)
 @request_options
-def classify(texts: tuple[str, ...], as_json: bool, broker_address: str, timeout_s: float,
-             **options: object) -> None:
+def classify(
+    texts: tuple[str, ...], as_json: bool, broker_address: str, timeout_s: float, **options: object
+) -> None:
     """Classify each TEXT (one input each; a single '-' reads one input per line of stdin)
     and print, per input, the top label and its probability. --json prints every label's."""
     inputs = read_inputs(texts)
@@ -81,8 +95,13 @@ def read_inputs(texts: tuple[str, ...]) -> list[str]:
     return list(texts)
 
 
-def call(verb: Callable[..., PoolingResult], inputs: list[str], broker_address: str,
-         timeout_s: float, **options: object) -> PoolingResult:
+def call(
+    verb: Callable[..., PoolingResult],
+    inputs: list[str],
+    broker_address: str,
+    timeout_s: float,
+    **options: object,
+) -> PoolingResult:
     """Run `verb` (Client.embed or Client.classify); exit with submit's statuses on an error."""
     request_id = uuid.uuid4().hex
     with Client(broker_address, timeout_s=timeout_s) as client:
@@ -101,5 +120,7 @@ def call(verb: Callable[..., PoolingResult], inputs: list[str], broker_address: 
 
 def usage_line(result: pb.EmbedResult | pb.ClassifyResult) -> str:
     usage = result.usage
-    return (f"usage: prompt_tokens={usage.prompt_tokens} queue={usage.queue_time_s:.3f}s "
-            f"total={usage.total_time_s:.3f}s model={result.model} worker={result.worker_id}")
+    return (
+        f"usage: prompt_tokens={usage.prompt_tokens} queue={usage.queue_time_s:.3f}s "
+        f"total={usage.total_time_s:.3f}s model={result.model} worker={result.worker_id}"
+    )

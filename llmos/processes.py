@@ -78,8 +78,14 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path(name), "wb")  # closed in stop()
         self._log_files.append(log_file)
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
         self.processes[name] = process
         log.debug("started %s (pid %d): %s", name, process.pid, argv)
         return process
@@ -92,8 +98,10 @@ class ProcessGroup:
         return None
 
     def log_tails(self, num_chars: int = 4000) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-num_chars:]}"
-                         for path in sorted(self.log_dir.glob("*.log")))
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-num_chars:]}"
+            for path in sorted(self.log_dir.glob("*.log"))
+        )
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         alive = [process for process in self.processes.values() if process.poll() is None]

@@ -52,14 +52,21 @@ def make_tiny_classifier(output_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = tiny_model._make_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        max_position_embeddings=2048, initializer_range=INITIALIZER_RANGE,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=2048,
+        initializer_range=INITIALIZER_RANGE,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         # the head scores each row's last token that is not padding: batches need the pad id
         pad_token_id=tokenizer.pad_token_id,
         # num_labels, the head's width, is len(id2label)
-        id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+        id2label=LABELS,
+        label2id={v: k for k, v in LABELS.items()},
         problem_type="single_label_classification",
     )
     torch.manual_seed(SEED)

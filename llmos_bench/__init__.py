@@ -9,10 +9,14 @@ import click
 
 # name -> ("module:attribute", short help shown by `llmos bench --help` without importing it)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "engine": ("llmos_bench.engine:engine",
-               "Measure the llmos engine against transformers on one model, in one process."),
-    "sched": ("llmos_bench.sched:sched",
-              "Compare the scheduling policies on the real processes with simulated workers."),
+    "engine": (
+        "llmos_bench.engine:engine",
+        "Measure the llmos engine against transformers on one model, in one process.",
+    ),
+    "sched": (
+        "llmos_bench.sched:sched",
+        "Compare the scheduling policies on the real processes with simulated workers.",
+    ),
 }
 
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from llmos_bench.percentiles import percentile
-from llmos_bench.workload import Job, scale_jobs
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import ERROR_NAMES
 from llmos.wire.envelope import body_names
 from llmos.wire.sockets import connect_dealer
+from llmos_bench.percentiles import percentile
+from llmos_bench.workload import Job, scale_jobs
 
 ACCEPTS = body_names(pb.Accepted, pb.TokenChunk, pb.GenerateResult, pb.Error)
 MAX_POLL_WAIT_S = 0.05
@@ -46,7 +46,7 @@ class Outcome:
     first_token_s: float = math.nan
     finished_s: float = math.nan
     num_tokens: int = 0
-    error: str = ""        # the error code's name when the request failed
+    error: str = ""  # the error code's name when the request failed
     answer_tokens: int = 0  # the answer's length, where max_tokens is looser (0: max_tokens)
 
     @property
@@ -83,12 +83,12 @@ class ClosedLoop:
 @dataclass
 class RunResult:
     started_s: float
-    window_s: float                    # arrivals stopped this long after the start
+    window_s: float  # arrivals stopped this long after the start
     ended_s: float
     outcomes: list[Outcome]
     chunks: list[tuple[float, str, int]] = field(default_factory=list)  # (time, group, tokens)
-    max_send_lag_s: float = 0.0        # worst delay of an open-loop send behind its arrival
-    num_unfinished: int = 0            # still live when the drain timed out
+    max_send_lag_s: float = 0.0  # worst delay of an open-loop send behind its arrival
+    num_unfinished: int = 0  # still live when the drain timed out
 
     def of(self, group: str) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.group == group]
@@ -96,8 +96,11 @@ class RunResult:
     def tokens_in_window(self, group: str | None = None) -> int:
         """Tokens that arrived while arrivals were open (the saturated stretch)."""
         end_s = self.started_s + self.window_s
-        return sum(num_tokens for at_s, chunk_group, num_tokens in self.chunks
-                   if at_s <= end_s and (group is None or chunk_group == group))
+        return sum(
+            num_tokens
+            for at_s, chunk_group, num_tokens in self.chunks
+            if at_s <= end_s and (group is None or chunk_group == group)
+        )
 
 
 class LoadDriver:
@@ -133,9 +136,13 @@ class LoadDriver:
 
     def submit(self, job: Job, arrival_s: float, loop: ClosedLoop | None = None) -> None:
         request_id = str(next(self._ids))
-        request = pb.GenerateRequest(request_id=request_id, prompt=job.prompt, tier=job.tier,
-                                     tenant=job.tenant,
-                                     sampling=pb.SamplingParams(max_tokens=job.max_tokens))
+        request = pb.GenerateRequest(
+            request_id=request_id,
+            prompt=job.prompt,
+            tier=job.tier,
+            tenant=job.tenant,
+            sampling=pb.SamplingParams(max_tokens=job.max_tokens),
+        )
         outcome = Outcome(job.group, arrival_s, job.max_tokens, answer_tokens=job.answer_tokens)
         self.live[request_id] = outcome
         self.outcomes.append(outcome)
@@ -187,8 +194,13 @@ class LoadDriver:
 
     # ------------------------------------------------------------ the loop
 
-    def run(self, open_jobs: list[Job], loops: list[ClosedLoop] = (), window_s: float = math.inf,
-            drain_timeout_s: float = 60.0) -> RunResult:
+    def run(
+        self,
+        open_jobs: list[Job],
+        loops: list[ClosedLoop] = (),
+        window_s: float = math.inf,
+        drain_timeout_s: float = 60.0,
+    ) -> RunResult:
         """Send `open_jobs` at their offsets and run `loops` until `window_s`, then wait
         up to `drain_timeout_s` for every live request to end."""
         open_jobs = sorted(open_jobs, key=lambda job: job.offset_s)
@@ -212,7 +224,8 @@ class LoadDriver:
             if next_job == len(open_jobs) and not self.live and not is_feeding:
                 break
             if (not self.is_accepting and now_s > window_end_s + drain_timeout_s) or (
-                    self.live and now_s - last_message_s > STALL_TIMEOUT_S):
+                self.live and now_s - last_message_s > STALL_TIMEOUT_S
+            ):
                 break  # starved or stuck: what is still live counts as unfinished
             wake_s = now_s + MAX_POLL_WAIT_S
             if next_job < len(open_jobs):
@@ -221,9 +234,15 @@ class LoadDriver:
                 if self.receive(socket):
                     last_message_s = time.monotonic()
         effective_window_s = min(window_s, time.monotonic() - started_s)
-        return RunResult(started_s=started_s, window_s=effective_window_s, ended_s=time.monotonic(),
-                         outcomes=self.outcomes, chunks=self.chunks, max_send_lag_s=max_lag_s,
-                         num_unfinished=len(self.live))
+        return RunResult(
+            started_s=started_s,
+            window_s=effective_window_s,
+            ended_s=time.monotonic(),
+            outcomes=self.outcomes,
+            chunks=self.chunks,
+            max_send_lag_s=max_lag_s,
+            num_unfinished=len(self.live),
+        )
 
 
 # ---------------------------------------------------------------- scale: one process per client
@@ -238,7 +257,9 @@ def summarize_closed_loop(result: RunResult) -> dict:
         if outcome.error:
             errors[outcome.error] = errors.get(outcome.error, 0) + 1
     return {
-        "submitted": len(result.outcomes), "completed": len(done), "errors": errors,
+        "submitted": len(result.outcomes),
+        "completed": len(done),
+        "errors": errors,
         "unfinished": result.num_unfinished,
         "first_submit_s": min((o.arrival_s for o in result.outcomes), default=result.started_s),
         "last_finish_s": max((o.finished_s for o in done), default=result.ended_s),
@@ -256,8 +277,7 @@ def run_scale_client(spec: dict) -> dict:
     jobs = scale_jobs(spec["requests"], spec["max_tokens"], spec["seed"])
     with LoadDriver(spec["address"], spec["connections"], track_chunks=False) as driver:
         time.sleep(max(0.0, spec["start_at_s"] - time.monotonic()))
-        result = driver.run([], [ClosedLoop(jobs, spec["num_live"])],
-                            drain_timeout_s=spec["drain_timeout_s"])
+        result = driver.run([], [ClosedLoop(jobs, spec["num_live"])], drain_timeout_s=spec["drain_timeout_s"])
     return {**summarize_closed_loop(result), "cpu_s": time.process_time()}
 
 

@@ -29,27 +29,28 @@ from typing import Any
 import click
 import torch
 
+from llmos.config import option, options_from
 from llmos_bench import baselines
-from llmos_bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
-from llmos_bench.report import format_report
 from llmos_bench.engine_churn import measure_mixed_vs_apart
 from llmos_bench.engine_stack import measure_stack_vs_alone
-from llmos_bench.stats import (count_parameters, latency_figures, matmul_peak_flops, median_run,
-                               model_flops)
-from llmos.config import option, options_from
+from llmos_bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
+from llmos_bench.report import format_report
+from llmos_bench.stats import count_parameters, latency_figures, matmul_peak_flops, median_run, model_flops
 from workers.config import WorkerConfig
 from workers.model_loader import LoadedModel, load_model, load_tokenizer
 from workers.reference_engine import ReferenceEngine
 
-COMPARE_CONCURRENCY = 32   # the level the speedups compare, and the static batch's size
+COMPARE_CONCURRENCY = 32  # the level the speedups compare, and the static batch's size
 BASELINES = ("sequential", "static_batch", "generate_batch")
 WARM_UP_TOKENS = 2
 
 
 @dataclass
 class EngineBenchConfig:
-    model: str = option("dummy:llama-100m", "model directory, or dummy:<preset> for random "
-                                            "weights (llama-tiny, llama-100m, llama-1b)")
+    model: str = option(
+        "dummy:llama-100m",
+        "model directory, or dummy:<preset> for random weights (llama-tiny, llama-100m, llama-1b)",
+    )
     device: str = option("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda")
     dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16")
     prompt_len: int = option(32, "prompt tokens per request")
@@ -59,31 +60,52 @@ class EngineBenchConfig:
     sequential_requests: int = option(4, "requests for the one-at-a-time generate baseline")
     poisson_seconds: float = option(10.0, "arrivals window of the Poisson run; 0 = no Poisson run")
     poisson_load: float = option(0.8, "Poisson arrival rate, as a fraction of measured capacity")
-    shared_prefix_len: int = option(0, "Poisson run only: every prompt starts with the same this "
-                                       "many tokens (a system prompt); the run is then repeated "
-                                       "with the prefix cache off, at the same arrivals")
+    shared_prefix_len: int = option(
+        0,
+        "Poisson run only: every prompt starts with the same this "
+        "many tokens (a system prompt); the run is then repeated "
+        "with the prefix cache off, at the same arrivals",
+    )
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     block_size: int = option(16, "KV block size in tokens (BatchedEngine only)")
     max_num_batched_tokens: int = option(2048, "tokens per engine step (BatchedEngine only)")
-    prefix_caching: bool = option(True, "BatchedEngine's prefix cache, as a worker runs it (the "
-                                        "prompts share no prefix: it costs, never helps here)")
-    mixed_steps: bool = option(True, "BatchedEngine runs newcomers' prefill in the batch's decode "
-                                     "forward, as a worker does (models that allow it)")
+    prefix_caching: bool = option(
+        True,
+        "BatchedEngine's prefix cache, as a worker runs it (the "
+        "prompts share no prefix: it costs, never helps here)",
+    )
+    mixed_steps: bool = option(
+        True,
+        "BatchedEngine runs newcomers' prefill in the batch's decode "
+        "forward, as a worker does (models that allow it)",
+    )
     seed: int = option(0, "seed of the prompts and the arrivals")
-    rounds: int = option(3, "rounds of the compared runs (llmos at the compared level, then each "
-                            "baseline), one after the other; the medians make the ratios, "
-                            "so a machine that slows down for a while skews no one side")
+    rounds: int = option(
+        3,
+        "rounds of the compared runs (llmos at the compared level, then each "
+        "baseline), one after the other; the medians make the ratios, "
+        "so a machine that slows down for a while skews no one side",
+    )
     skip_baselines: bool = option(False, "measure the llmos engine only")
-    stack_requests: int = option(0, "also serve this many requests (answers of 1 to 2 x "
-                                    "--new-tokens tokens) through a real stack (kernel, "
-                                    "scheduler, broker, one worker process) and with the "
-                                    "engine alone, at the compared concurrency; 0 = skip")
-    churn_requests: int = option(0, "also serve this many requests (answers of 1 to 2 x "
-                                    "--new-tokens tokens) with the engine alone, with mixed steps "
-                                    "and without, at the compared concurrency; 0 = skip")
+    stack_requests: int = option(
+        0,
+        "also serve this many requests (answers of 1 to 2 x "
+        "--new-tokens tokens) through a real stack (kernel, "
+        "scheduler, broker, one worker process) and with the "
+        "engine alone, at the compared concurrency; 0 = skip",
+    )
+    churn_requests: int = option(
+        0,
+        "also serve this many requests (answers of 1 to 2 x "
+        "--new-tokens tokens) with the engine alone, with mixed steps "
+        "and without, at the compared concurrency; 0 = skip",
+    )
     json_only: bool = option(False, "print only the JSON line")
-    write_profile: str = option("", "also write a latency profile for simulated workers "
-                                    "(llmos worker --engine sim --profile FILE) fitted from the runs")
+    write_profile: str = option(
+        "",
+        "also write a latency profile for simulated workers "
+        "(llmos worker --engine sim --profile FILE) fitted from the runs",
+    )
 
     def check(self) -> None:
         if self.prompt_len < 1 or self.new_tokens < 1:
@@ -96,14 +118,15 @@ class EngineBenchConfig:
             raise click.BadParameter("--rounds must be at least 1")
         if self.stack_requests < 0 or self.churn_requests < 0:
             raise click.BadParameter("--stack-requests and --churn-requests must be at least 0")
-        self.concurrency_levels  # raises on a bad list
+        _ = self.concurrency_levels  # raises on a bad list
 
     @property
     def concurrency_levels(self) -> list[int]:
         levels = sorted({int(level) for level in self.concurrency.split(",") if level.strip()})
         if not levels or levels[0] < 1:
-            raise click.BadParameter(f"need levels >= 1, got {self.concurrency!r}",
-                                     param_hint="--concurrency")
+            raise click.BadParameter(
+                f"need levels >= 1, got {self.concurrency!r}", param_hint="--concurrency"
+            )
         return levels
 
     @property
@@ -127,19 +150,23 @@ def engine(**kwargs: Any) -> None:
     click.echo(json.dumps(summary))
 
 
-def run_bench(config: EngineBenchConfig,
-              echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     """Every measurement, as the dict the JSON line prints; `echo` gets progress lines."""
     config.check()
     levels = config.concurrency_levels
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    loaded = load_model(WorkerConfig(model=config.model, device=config.device, dtype=config.dtype,
-                                     max_model_len=config.max_model_len))
+    loaded = load_model(
+        WorkerConfig(
+            model=config.model, device=config.device, dtype=config.dtype, max_model_len=config.max_model_len
+        )
+    )
     tokenizer = load_tokenizer(loaded.path)
     engine_cls = engine_class()
-    echo(f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
-         f"{loaded.device} ({dtype_name(loaded.dtype)}), engine {engine_cls.__name__}")
+    echo(
+        f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
+        f"{loaded.device} ({dtype_name(loaded.dtype)}), engine {engine_cls.__name__}"
+    )
     peak_flops = matmul_peak_flops(loaded.device, loaded.dtype)
     bench = EngineBench(config, loaded, tokenizer, engine_cls, peak_flops)
     bench.warm_up()
@@ -154,8 +181,9 @@ def run_bench(config: EngineBenchConfig,
         poisson = bench.measure_poisson(config.poisson_load * capacity_rps, levels[-1])
         if config.shared_prefix_len and config.prefix_caching and engine_cls is not ReferenceEngine:
             echo("the same arrivals with the prefix cache off ...")
-            poisson_without_cache = bench.measure_poisson(config.poisson_load * capacity_rps,
-                                                          levels[-1], prefix_caching=False)
+            poisson_without_cache = bench.measure_poisson(
+                config.poisson_load * capacity_rps, levels[-1], prefix_caching=False
+            )
     baseline_figures: dict[str, dict[str, Any] | None] = dict.fromkeys(BASELINES)
     rounds: list[dict[str, Any]] = []
     if not config.skip_baselines:
@@ -177,15 +205,18 @@ def run_bench(config: EngineBenchConfig,
     return summary
 
 
-def measure_rounds(bench: EngineBench, first_run: dict[str, Any],
-                   echo: Callable[[str], None]) -> list[dict[str, Any]]:
+def measure_rounds(
+    bench: EngineBench, first_run: dict[str, Any], echo: Callable[[str], None]
+) -> list[dict[str, Any]]:
     """`--rounds` turns of llmos at the compared level (the first turn reuses `first_run`),
     each followed by the baselines: {"llmos": ..., "sequential": ..., ...} per round."""
     compared, num_rounds = bench.config.compare_concurrency, bench.config.rounds
     rounds = []
     for index in range(num_rounds):
-        echo(f"round {index + 1} of {num_rounds}: llmos at {compared} concurrent, "
-             "then the transformers baselines ...")
+        echo(
+            f"round {index + 1} of {num_rounds}: llmos at {compared} concurrent, "
+            "then the transformers baselines ..."
+        )
         llmos = first_run if index == 0 else bench.measure_level(compared)
         rounds.append({"llmos": llmos, **bench.measure_baselines()})
     return rounds
@@ -197,19 +228,27 @@ def ratio_of(slower: dict[str, Any], faster: dict[str, Any], key: str) -> float 
 
 def round_speedups(rounds: list[dict[str, Any]]) -> dict[str, list[float | None]]:
     """Each round's llmos-over-baseline ratio, per baseline (how much the ratio moved)."""
-    return {name: [None if r[name] is None else
-                   r["llmos"]["output_tokens_per_s"] / r[name]["output_tokens_per_s"]
-                   for r in rounds] for name in BASELINES}
+    return {
+        name: [
+            None if r[name] is None else r["llmos"]["output_tokens_per_s"] / r[name]["output_tokens_per_s"]
+            for r in rounds
+        ]
+        for name in BASELINES
+    }
 
 
-def write_sim_profile(config: EngineBenchConfig, runs: dict[int, dict[str, Any]],
-                      echo: Callable[[str], None]) -> None:
+def write_sim_profile(
+    config: EngineBenchConfig, runs: dict[int, dict[str, Any]], echo: Callable[[str], None]
+) -> None:
     from workers.sim import LatencyProfile
 
     alone = runs[min(runs)]
-    profile = LatencyProfile.fit({c: run["tpot_p50_s"] for c, run in runs.items()},
-                                 alone["ttft_p50_s"], config.prompt_len,
-                                 source=f"llmos bench engine --model {config.model}")
+    profile = LatencyProfile.fit(
+        {c: run["tpot_p50_s"] for c, run in runs.items()},
+        alone["ttft_p50_s"],
+        config.prompt_len,
+        source=f"llmos bench engine --model {config.model}",
+    )
     profile.save(config.write_profile)
     echo(f"wrote simulated-worker profile {config.write_profile}: {profile}")
 
@@ -219,8 +258,10 @@ def engine_class() -> type:
     try:
         from workers.batched_engine import BatchedEngine
     except ImportError as exc:
-        click.echo(f"note: workers.batched_engine is not importable ({exc}); "
-                   "measuring the reference Engine instead", err=True)
+        click.echo(
+            f"note: workers.batched_engine is not importable ({exc}); measuring the reference Engine instead",
+            err=True,
+        )
         return ReferenceEngine
     return BatchedEngine
 
@@ -228,39 +269,58 @@ def engine_class() -> type:
 class EngineBench:
     """One model, one set of prompts, and the measurements made on them."""
 
-    def __init__(self, config: EngineBenchConfig, loaded: LoadedModel, tokenizer: Any,
-                 engine_cls: type, peak_flops: float) -> None:
+    def __init__(
+        self,
+        config: EngineBenchConfig,
+        loaded: LoadedModel,
+        tokenizer: Any,
+        engine_cls: type,
+        peak_flops: float,
+    ) -> None:
         self.config = config
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = tokenizer
         self.engine_cls = engine_cls
         self.peak_flops = peak_flops
-        num_prompts = max(max(self.level_requests(c) for c in config.concurrency_levels),
-                          config.compare_concurrency, config.sequential_requests)
+        num_prompts = max(
+            max(self.level_requests(c) for c in config.concurrency_levels),
+            config.compare_concurrency,
+            config.sequential_requests,
+        )
         self.prompts = self.prompts_for(num_prompts, config.seed)
 
     def prompts_for(self, count: int, seed: int) -> list[list[int]]:
-        return make_prompts(count, self.config.prompt_len, self.tokenizer,
-                            self.model.config.get_text_config().vocab_size, seed)
+        return make_prompts(
+            count,
+            self.config.prompt_len,
+            self.tokenizer,
+            self.model.config.get_text_config().vocab_size,
+            seed,
+        )
 
     def level_requests(self, concurrency: int) -> int:
         return self.config.requests or concurrency
 
-    def make_engine(self, max_num_seqs: int, prefix_caching: bool | None = None,
-                    max_model_len: int = 0, mixed_steps: bool | None = None) -> Any:
+    def make_engine(
+        self,
+        max_num_seqs: int,
+        prefix_caching: bool | None = None,
+        max_model_len: int = 0,
+        mixed_steps: bool | None = None,
+    ) -> Any:
         max_model_len = max_model_len or self.config.max_model_len
-        kwargs: dict[str, Any] = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                                      eos_token_ids=set(), worker_id="bench")  # no EOS: full length
+        kwargs: dict[str, Any] = dict(
+            max_num_seqs=max_num_seqs, max_model_len=max_model_len, eos_token_ids=set(), worker_id="bench"
+        )  # no EOS: full length
         if self.engine_cls is not ReferenceEngine:
-            kwargs.update(block_size=self.config.block_size,
-                          num_blocks=self.num_kv_blocks(max_num_seqs, max_model_len),
-                          max_num_batched_tokens=max(self.config.max_num_batched_tokens,
-                                                     self.config.prompt_len),
-                          prefix_caching=(self.config.prefix_caching if prefix_caching is None
-                                          else prefix_caching),
-                          mixed_steps=(self.config.mixed_steps if mixed_steps is None
-                                       else mixed_steps))
+            kwargs.update(
+                block_size=self.config.block_size,
+                num_blocks=self.num_kv_blocks(max_num_seqs, max_model_len),
+                max_num_batched_tokens=max(self.config.max_num_batched_tokens, self.config.prompt_len),
+                prefix_caching=(self.config.prefix_caching if prefix_caching is None else prefix_caching),
+                mixed_steps=(self.config.mixed_steps if mixed_steps is None else mixed_steps),
+            )
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
 
     def num_kv_blocks(self, max_num_seqs: int, max_model_len: int) -> int:
@@ -279,41 +339,53 @@ class EngineBench:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
 
-    def throughput(self, num_prompt_tokens: int, num_generated_tokens: int,
-                   wall_s: float) -> dict[str, float]:
+    def throughput(
+        self, num_prompt_tokens: int, num_generated_tokens: int, wall_s: float
+    ) -> dict[str, float]:
         flops_per_s = model_flops(self.model, num_prompt_tokens, num_generated_tokens) / wall_s
-        return {"output_tokens": num_generated_tokens, "wall_s": wall_s,
-                "output_tokens_per_s": num_generated_tokens / wall_s,
-                "flops_per_s": flops_per_s, "peak_fraction": flops_per_s / self.peak_flops}
+        return {
+            "output_tokens": num_generated_tokens,
+            "wall_s": wall_s,
+            "output_tokens_per_s": num_generated_tokens / wall_s,
+            "flops_per_s": flops_per_s,
+            "peak_fraction": flops_per_s / self.peak_flops,
+        }
 
     def load_figures(self, result: LoadResult, names: tuple[str, ...]) -> dict[str, Any]:
-        return {"requests": len(result.timings),
-                **self.throughput(result.num_prompt_tokens, result.num_generated_tokens,
-                                  result.wall_s),
-                **latency_figures(result.timings, names)}
+        return {
+            "requests": len(result.timings),
+            **self.throughput(result.num_prompt_tokens, result.num_generated_tokens, result.wall_s),
+            **latency_figures(result.timings, names),
+        }
 
     def measure_level(self, concurrency: int) -> dict[str, Any]:
-        prompts = self.prompts[:self.level_requests(concurrency)]
-        result = run_closed_loop(self.make_engine(concurrency), prompts, concurrency,
-                                 self.config.new_tokens)
+        prompts = self.prompts[: self.level_requests(concurrency)]
+        result = run_closed_loop(self.make_engine(concurrency), prompts, concurrency, self.config.new_tokens)
         return {"concurrency": concurrency, **self.load_figures(result, ("ttft", "tpot"))}
 
-    def measure_poisson(self, rate_per_s: float, max_num_seqs: int,
-                        prefix_caching: bool | None = None) -> dict[str, Any]:
+    def measure_poisson(
+        self, rate_per_s: float, max_num_seqs: int, prefix_caching: bool | None = None
+    ) -> dict[str, Any]:
         offsets = poisson_arrivals(rate_per_s, self.config.poisson_seconds, self.config.seed)
         # fresh prompts (another seed): no prefix-cache hits from the earlier runs; with
         # --shared-prefix-len, every one starts with the same system prompt
         vocab_size = self.model.config.get_text_config().vocab_size
         prompts = self.prompts_for(len(offsets), self.config.seed + 1)
         if self.config.shared_prefix_len:
-            shared = make_prompts(1, self.config.shared_prefix_len, self.tokenizer, vocab_size,
-                                  self.config.seed + 2)[0]
+            shared = make_prompts(
+                1, self.config.shared_prefix_len, self.tokenizer, vocab_size, self.config.seed + 2
+            )[0]
             bos = 1 if self.tokenizer.bos_token_id is not None else 0
             prompts = [shared + prompt[bos:] for prompt in prompts]  # one BOS, at the start
-        result = run_open_loop(self.make_engine(max_num_seqs, prefix_caching), prompts, offsets,
-                               self.config.new_tokens)
-        figures = {"rate_per_s": rate_per_s, "load": self.config.poisson_load,
-                   "seconds": self.config.poisson_seconds, "max_num_seqs": max_num_seqs}
+        result = run_open_loop(
+            self.make_engine(max_num_seqs, prefix_caching), prompts, offsets, self.config.new_tokens
+        )
+        figures = {
+            "rate_per_s": rate_per_s,
+            "load": self.config.poisson_load,
+            "seconds": self.config.poisson_seconds,
+            "max_num_seqs": max_num_seqs,
+        }
         if result.timings:
             figures.update(self.load_figures(result, ("ttft", "tpot", "e2e")))
         else:
@@ -322,10 +394,11 @@ class EngineBench:
 
     def measure_baselines(self) -> dict[str, dict[str, Any] | None]:
         new_tokens, pad = self.config.new_tokens, self.pad_token_id
-        batch = self.prompts[:self.config.compare_concurrency]
+        batch = self.prompts[: self.config.compare_concurrency]
         figures: dict[str, dict[str, Any] | None] = {}
         sequential = baselines.generate_sequential(
-            self.model, self.prompts[:self.config.sequential_requests], new_tokens, pad)
+            self.model, self.prompts[: self.config.sequential_requests], new_tokens, pad
+        )
         figures["sequential"] = self.baseline_figures(sequential)
         static = baselines.generate_static_batch(self.model, batch, new_tokens, pad)
         figures["static_batch"] = self.baseline_figures(static)
@@ -340,13 +413,13 @@ class EngineBench:
 
     def baseline_figures(self, result: baselines.BaselineResult) -> dict[str, Any]:
         assert result.num_generated_tokens == result.num_requests * self.config.new_tokens
-        return {"requests": result.num_requests,
-                **self.throughput(result.num_prompt_tokens, result.num_generated_tokens,
-                                  result.wall_s)}
+        return {
+            "requests": result.num_requests,
+            **self.throughput(result.num_prompt_tokens, result.num_generated_tokens, result.wall_s),
+        }
 
 
-def make_prompts(count: int, prompt_len: int, tokenizer: Any, vocab_size: int,
-                 seed: int) -> list[list[int]]:
+def make_prompts(count: int, prompt_len: int, tokenizer: Any, vocab_size: int, seed: int) -> list[list[int]]:
     """`count` distinct prompts of `prompt_len` ids: BOS (if any) then seeded random
     ordinary tokens, so no two share more than BOS and prefix caching cannot help."""
     rng = random.Random(seed)
@@ -356,17 +429,22 @@ def make_prompts(count: int, prompt_len: int, tokenizer: Any, vocab_size: int,
     return [bos + rng.choices(ordinary_ids, k=prompt_len - len(bos)) for _ in range(count)]
 
 
-def summarize(config: EngineBenchConfig, bench: EngineBench, runs: dict[int, dict[str, Any]],
-              poisson: dict[str, Any] | None,
-              baseline_figures: dict[str, dict[str, Any] | None],
-              rounds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def summarize(
+    config: EngineBenchConfig,
+    bench: EngineBench,
+    runs: dict[int, dict[str, Any]],
+    poisson: dict[str, Any] | None,
+    baseline_figures: dict[str, dict[str, Any] | None],
+    rounds: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The JSON line: headline ratios first, then every raw figure."""
     compared = runs[config.compare_concurrency]
 
     def speedup(name: str) -> float | None:
         baseline = baseline_figures[name]
-        return None if baseline is None else (compared["output_tokens_per_s"]
-                                              / baseline["output_tokens_per_s"])
+        return (
+            None if baseline is None else (compared["output_tokens_per_s"] / baseline["output_tokens_per_s"])
+        )
 
     loaded = bench.loaded
     return {
@@ -375,14 +453,20 @@ def summarize(config: EngineBenchConfig, bench: EngineBench, runs: dict[int, dic
         "speedup_vs_generate_batch": speedup("generate_batch"),
         "peak_fraction": compared["peak_fraction"],
         "compare_concurrency": config.compare_concurrency,
-        "model": config.model, "num_parameters": count_parameters(bench.model),
-        "device": str(loaded.device), "device_name": device_name(loaded.device),
-        "dtype": dtype_name(loaded.dtype), "threads": torch.get_num_threads(),
-        "engine": bench.engine_cls.__name__, "peak_flops_per_s": bench.peak_flops,
+        "model": config.model,
+        "num_parameters": count_parameters(bench.model),
+        "device": str(loaded.device),
+        "device_name": device_name(loaded.device),
+        "dtype": dtype_name(loaded.dtype),
+        "threads": torch.get_num_threads(),
+        "engine": bench.engine_cls.__name__,
+        "peak_flops_per_s": bench.peak_flops,
         "settings": asdict(config),
         "llmos": [runs[concurrency] for concurrency in sorted(runs)],
-        "poisson": poisson, "baselines": baseline_figures,
-        "rounds": len(rounds or []), "round_speedups": round_speedups(rounds or []),
+        "poisson": poisson,
+        "baselines": baseline_figures,
+        "rounds": len(rounds or []),
+        "round_speedups": round_speedups(rounds or []),
         "versions": {"torch": torch.__version__, "transformers": transformers_version()},
     }
 

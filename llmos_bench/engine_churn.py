@@ -33,19 +33,25 @@ def measure_mixed_vs_apart(bench: Any, echo: Callable[[str], None]) -> dict[str,
         return None
     rounds = []
     for index in range(config.rounds):
-        sides = [("mixed", True), ("apart", False)][::-1 if index % 2 else 1]
-        echo(f"round {index + 1} of {config.rounds}: {len(prompts)} requests coming and going, "
-             f"{max_num_seqs} at once, {sides[0][0]} first ...")
+        sides = [("mixed", True), ("apart", False)][:: -1 if index % 2 else 1]
+        echo(
+            f"round {index + 1} of {config.rounds}: {len(prompts)} requests coming and going, "
+            f"{max_num_seqs} at once, {sides[0][0]} first ..."
+        )
         figures = {}
         for side, mixed_steps in sides:  # who goes first alternates: no side always runs cold
-            engine = bench.make_engine(max_num_seqs, max_model_len=max_model_len,
-                                       mixed_steps=mixed_steps)
-            figures[side] = bench.load_figures(run_closed_loop(engine, prompts, max_num_seqs,
-                                                               lengths), ())
+            engine = bench.make_engine(max_num_seqs, max_model_len=max_model_len, mixed_steps=mixed_steps)
+            figures[side] = bench.load_figures(run_closed_loop(engine, prompts, max_num_seqs, lengths), ())
         rounds.append(figures)
-        echo(f"  mixed {figures['mixed']['output_tokens_per_s']:.1f} output tokens/s, "
-             f"apart {figures['apart']['output_tokens_per_s']:.1f}")
+        echo(
+            f"  mixed {figures['mixed']['output_tokens_per_s']:.1f} output tokens/s, "
+            f"apart {figures['apart']['output_tokens_per_s']:.1f}"
+        )
     compared = compare_rounds(rounds, "mixed", "apart")
-    return {"requests": len(prompts), "max_num_seqs": max_num_seqs,
-            "mean_answer_tokens": sum(lengths) / len(lengths),
-            "mixed_vs_apart": compared.pop("ratio"), **compared}
+    return {
+        "requests": len(prompts),
+        "max_num_seqs": max_num_seqs,
+        "mean_answer_tokens": sum(lengths) / len(lengths),
+        "mixed_vs_apart": compared.pop("ratio"),
+        **compared,
+    }

@@ -45,9 +45,16 @@ class ModelStack(ServiceStack):
         self.worker_args = worker_args
 
     def start_workers(self) -> None:
-        self.start_process("worker", "worker", "--worker-id", "bench-worker",
-                           "--max-num-seqs", str(self.max_num_seqs), *self.worker_args,
-                           *self.worker_links())
+        self.start_process(
+            "worker",
+            "worker",
+            "--worker-id",
+            "bench-worker",
+            "--max-num-seqs",
+            str(self.max_num_seqs),
+            *self.worker_args,
+            *self.worker_links(),
+        )
 
 
 def answer_lengths(count: int, new_tokens: int, seed: int) -> list[int]:
@@ -59,12 +66,24 @@ def answer_lengths(count: int, new_tokens: int, seed: int) -> list[int]:
 def worker_args(config: Any, max_model_len: int, kv_tokens: int) -> list[str]:
     """The worker's flags for the engine the bench builds in-process (`ModelStack` adds
     `--max-num-seqs`)."""
-    return ["--model", config.model, "--device", config.device, "--dtype", config.dtype,
-            "--threads", str(config.threads), "--max-model-len", str(max_model_len),
-            "--kv-cache-tokens", str(kv_tokens),
-            "--max-num-batched-tokens", str(max(config.max_num_batched_tokens, config.prompt_len)),
-            "--prefix-caching" if config.prefix_caching else "--no-prefix-caching",
-            "--mixed-steps" if config.mixed_steps else "--no-mixed-steps"]
+    return [
+        "--model",
+        config.model,
+        "--device",
+        config.device,
+        "--dtype",
+        config.dtype,
+        "--threads",
+        str(config.threads),
+        "--max-model-len",
+        str(max_model_len),
+        "--kv-cache-tokens",
+        str(kv_tokens),
+        "--max-num-batched-tokens",
+        str(max(config.max_num_batched_tokens, config.prompt_len)),
+        "--prefix-caching" if config.prefix_caching else "--no-prefix-caching",
+        "--mixed-steps" if config.mixed_steps else "--no-mixed-steps",
+    ]
 
 
 def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -73,8 +92,10 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
     max_num_seqs = config.compare_concurrency
     lengths = answer_lengths(config.stack_requests, config.new_tokens, config.seed)
     # the worker tokenizes text: the alone side gets the very ids the worker will see
-    texts = [bench.tokenizer.decode(ids, skip_special_tokens=True)
-             for ids in bench.prompts_for(config.stack_requests, config.seed + 3)]
+    texts = [
+        bench.tokenizer.decode(ids, skip_special_tokens=True)
+        for ids in bench.prompts_for(config.stack_requests, config.seed + 3)
+    ]
     prompts = [bench.tokenizer.encode(text) for text in texts]
     max_model_len = max(len(ids) for ids in prompts) + max(lengths)
     kv_tokens = bench.num_kv_blocks(max_num_seqs, max_model_len) * config.block_size
@@ -84,19 +105,27 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
         with ModelStack(Path(log_dir), max_num_seqs, args) as stack:
             serve(stack.broker_address, texts[:WARM_UP_REQUESTS], [2] * WARM_UP_REQUESTS, 2)
             for index in range(config.rounds):
-                echo(f"round {index + 1} of {config.rounds}: {len(prompts)} requests, "
-                     f"{max_num_seqs} at once, the engine alone, then through the stack ...")
+                echo(
+                    f"round {index + 1} of {config.rounds}: {len(prompts)} requests, "
+                    f"{max_num_seqs} at once, the engine alone, then through the stack ..."
+                )
                 engine = bench.make_engine(max_num_seqs, max_model_len=max_model_len)
                 alone = run_closed_loop(engine, prompts, max_num_seqs, lengths)
                 served = serve(stack.broker_address, texts, lengths, 2 * max_num_seqs)
                 rounds.append({"alone": bench.load_figures(alone, ()), "stack": served})
-                echo(f"  alone {rounds[-1]['alone']['output_tokens_per_s']:.1f} output tokens/s "
-                     f"in {alone.wall_s:.1f} s, stack {served['output_tokens_per_s']:.1f} in "
-                     f"{served['wall_s']:.1f} s")
+                echo(
+                    f"  alone {rounds[-1]['alone']['output_tokens_per_s']:.1f} output tokens/s "
+                    f"in {alone.wall_s:.1f} s, stack {served['output_tokens_per_s']:.1f} in "
+                    f"{served['wall_s']:.1f} s"
+                )
     compared = compare_rounds(rounds, "stack", "alone")
-    return {"requests": len(prompts), "max_num_seqs": max_num_seqs,
-            "mean_answer_tokens": sum(lengths) / len(lengths),
-            "stack_vs_alone": compared.pop("ratio"), **compared}
+    return {
+        "requests": len(prompts),
+        "max_num_seqs": max_num_seqs,
+        "mean_answer_tokens": sum(lengths) / len(lengths),
+        "stack_vs_alone": compared.pop("ratio"),
+        **compared,
+    }
 
 
 def serve(address: str, texts: list[str], lengths: list[int], num_live: int) -> dict[str, Any]:
@@ -106,9 +135,15 @@ def serve(address: str, texts: list[str], lengths: list[int], num_live: int) -> 
         result = driver.run([], [ClosedLoop(jobs, num_live)], drain_timeout_s=DRAIN_TIMEOUT_S)
     summary = summarize_closed_loop(result)
     if summary["completed"] < summary["submitted"]:
-        raise RuntimeError(f"{summary['submitted'] - summary['completed']} of "
-                           f"{summary['submitted']} requests failed through the stack: errors "
-                           f"{summary['errors']}, {summary['unfinished']} unfinished")
+        raise RuntimeError(
+            f"{summary['submitted'] - summary['completed']} of "
+            f"{summary['submitted']} requests failed through the stack: errors "
+            f"{summary['errors']}, {summary['unfinished']} unfinished"
+        )
     wall_s = summary["last_finish_s"] - summary["first_submit_s"]
-    return {"requests": summary["completed"], "output_tokens": summary["tokens"],
-            "wall_s": wall_s, "output_tokens_per_s": summary["tokens"] / wall_s}
+    return {
+        "requests": summary["completed"],
+        "output_tokens": summary["tokens"],
+        "wall_s": wall_s,
+        "output_tokens_per_s": summary["tokens"] / wall_s,
+    }

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from llmos_bench.stats import RequestTiming
 from llmos.wire import pb
+from llmos_bench.stats import RequestTiming
 from workers.requests import EngineRequest, SamplingOptions
 
 IDLE_SLEEP_CAP_S = 0.05
@@ -21,7 +21,7 @@ IDLE_SLEEP_CAP_S = 0.05
 @dataclass
 class LoadResult:
     timings: list[RequestTiming]
-    wall_s: float                  # first arrival to last finish
+    wall_s: float  # first arrival to last finish
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -44,8 +44,7 @@ class EngineLoad:
 
     def submit(self, index: int, prompt_token_ids: list[int], arrival_s: float) -> None:
         request_id = f"bench-{index}"
-        self.timings[request_id] = RequestTiming(arrival_s=arrival_s,
-                                                 num_prompt_tokens=len(prompt_token_ids))
+        self.timings[request_id] = RequestTiming(arrival_s=arrival_s, num_prompt_tokens=len(prompt_token_ids))
         max_tokens = self.new_tokens if isinstance(self.new_tokens, int) else self.new_tokens[index]
         self.max_tokens[request_id] = max_tokens
         # greedy and exactly max_tokens long: the engine was built with no EOS ids
@@ -69,7 +68,8 @@ class EngineLoad:
                 max_tokens = self.max_tokens[delta.request_id]
                 assert timing.num_generated_tokens == max_tokens, (
                     f"{delta.request_id} made {timing.num_generated_tokens} tokens, "
-                    f"not {max_tokens}: did the engine stop at an EOS?")
+                    f"not {max_tokens}: did the engine stop at an EOS?"
+                )
 
     def result(self) -> LoadResult:
         timings = list(self.timings.values())
@@ -79,8 +79,9 @@ class EngineLoad:
         return LoadResult(timings=timings, wall_s=wall_s)
 
 
-def run_closed_loop(engine: Any, prompts: list[list[int]], concurrency: int,
-                    new_tokens: int | list[int]) -> LoadResult:
+def run_closed_loop(
+    engine: Any, prompts: list[list[int]], concurrency: int, new_tokens: int | list[int]
+) -> LoadResult:
     """Keep `concurrency` requests in flight (a new one as each finishes) until all are
     done; each makes `new_tokens`, or prompt i's answer makes `new_tokens[i]`."""
     driver = EngineLoad(engine, new_tokens)
@@ -104,8 +105,9 @@ def poisson_arrivals(rate_per_s: float, duration_s: float, seed: int) -> list[fl
     return offsets
 
 
-def run_open_loop(engine: Any, prompts: list[list[int]], arrival_offsets_s: list[float],
-                  new_tokens: int) -> LoadResult:
+def run_open_loop(
+    engine: Any, prompts: list[list[int]], arrival_offsets_s: list[float], new_tokens: int
+) -> LoadResult:
     """Submit prompt i at its arrival offset whatever the engine is doing; latencies
     count from the arrival, so time spent waiting for a step to end is included."""
     assert len(prompts) == len(arrival_offsets_s)

@@ -24,56 +24,93 @@ def format_report(summary: dict[str, Any]) -> str:
         "",
     ]
     headers = ["RUN", "CONC", "REQS", "OUT TOK/S", "TTFT P50/P99 MS", "TPOT P50/P99 MS", "% PEAK"]
-    rows = [[f"llmos {summary['engine']}", str(run["concurrency"]), str(run["requests"]),
-             f"{run['output_tokens_per_s']:.1f}", pair_ms(run, "ttft"), pair_ms(run, "tpot"),
-             percent(run["peak_fraction"])] for run in summary["llmos"]]
+    rows = [
+        [
+            f"llmos {summary['engine']}",
+            str(run["concurrency"]),
+            str(run["requests"]),
+            f"{run['output_tokens_per_s']:.1f}",
+            pair_ms(run, "ttft"),
+            pair_ms(run, "tpot"),
+            percent(run["peak_fraction"]),
+        ]
+        for run in summary["llmos"]
+    ]
     for name, label in BASELINE_LABELS.items():
         run = summary["baselines"][name]
         concurrency = "1" if name == "sequential" else str(summary["compare_concurrency"])
-        rows.append([label, concurrency, "-", "not run", "-", "-", "-"] if run is None else
-                    [label, concurrency, str(run["requests"]), f"{run['output_tokens_per_s']:.1f}",
-                     "-", "-", percent(run["peak_fraction"])])
+        rows.append(
+            [label, concurrency, "-", "not run", "-", "-", "-"]
+            if run is None
+            else [
+                label,
+                concurrency,
+                str(run["requests"]),
+                f"{run['output_tokens_per_s']:.1f}",
+                "-",
+                "-",
+                percent(run["peak_fraction"]),
+            ]
+        )
     lines += table(headers, rows)
     lines += poisson_lines(summary["poisson"])
     if summary.get("poisson_prefix_cache_off") is not None:
         off = summary["poisson_prefix_cache_off"]
         gain = summary.get("prefix_cache_ttft_p50_gain")
-        lines += [f"  the same arrivals, prefix cache off: TTFT p50/p99 {pair_ms(off, 'ttft')} ms"
-                  + ("" if gain is None else f" (prefix cache: {gain:.2f}x faster first tokens)")]
-    lines += ["", f"llmos at {summary['compare_concurrency']} concurrent: "
-                  + ", ".join(f"{ratio(summary[key])} {label}" for key, label in [
-                      ("speedup_vs_sequential", "sequential generate"),
-                      ("speedup_vs_static_batch", "static batch"),
-                      ("speedup_vs_generate_batch", "generate_batch")])
-                  + f"; {percent(summary['peak_fraction'])} of the matmul peak"]
+        lines += [
+            f"  the same arrivals, prefix cache off: TTFT p50/p99 {pair_ms(off, 'ttft')} ms"
+            + ("" if gain is None else f" (prefix cache: {gain:.2f}x faster first tokens)")
+        ]
+    lines += [
+        "",
+        f"llmos at {summary['compare_concurrency']} concurrent: "
+        + ", ".join(
+            f"{ratio(summary[key])} {label}"
+            for key, label in [
+                ("speedup_vs_sequential", "sequential generate"),
+                ("speedup_vs_static_batch", "static batch"),
+                ("speedup_vs_generate_batch", "generate_batch"),
+            ]
+        )
+        + f"; {percent(summary['peak_fraction'])} of the matmul peak",
+    ]
     lines += stack_lines(summary.get("stack"))
     lines += churn_lines(summary.get("churn"))
     if summary.get("rounds", 0) > 1:
-        lines.append(f"medians of {summary['rounds']} rounds; each round's ratio: " + ", ".join(
-            f"vs {name} " + " ".join("-" if v is None else f"{v:.2f}x" for v in values)
-            for name, values in summary["round_speedups"].items()))
+        lines.append(
+            f"medians of {summary['rounds']} rounds; each round's ratio: "
+            + ", ".join(
+                f"vs {name} " + " ".join("-" if v is None else f"{v:.2f}x" for v in values)
+                for name, values in summary["round_speedups"].items()
+            )
+        )
     return "\n".join(lines)
 
 
 def stack_lines(stack: dict[str, Any] | None) -> list[str]:
     if stack is None:
         return []
-    return ["", f"{stack['requests']} requests (answers of {stack['mean_answer_tokens']:.0f} "
-                f"tokens on average), {stack['max_num_seqs']} at once: "
-                f"{stack['stack']['output_tokens_per_s']:.1f} output tokens/s through the stack, "
-                f"{stack['alone']['output_tokens_per_s']:.1f} with the engine alone, "
-                + ratio_with_rounds(stack["stack_vs_alone"], stack["round_ratios"])]
+    return [
+        "",
+        f"{stack['requests']} requests (answers of {stack['mean_answer_tokens']:.0f} "
+        f"tokens on average), {stack['max_num_seqs']} at once: "
+        f"{stack['stack']['output_tokens_per_s']:.1f} output tokens/s through the stack, "
+        f"{stack['alone']['output_tokens_per_s']:.1f} with the engine alone, "
+        + ratio_with_rounds(stack["stack_vs_alone"], stack["round_ratios"]),
+    ]
 
 
 def churn_lines(churn: dict[str, Any] | None) -> list[str]:
     if churn is None:
         return []
-    return ["", f"{churn['requests']} requests coming and going (answers of "
-                f"{churn['mean_answer_tokens']:.0f} tokens on average), {churn['max_num_seqs']} at "
-                f"once, the engine alone: {churn['mixed']['output_tokens_per_s']:.1f} output "
-                f"tokens/s with mixed steps, {churn['apart']['output_tokens_per_s']:.1f} with "
-                f"newcomers prefilled apart, "
-                + ratio_with_rounds(churn["mixed_vs_apart"], churn["round_ratios"])]
+    return [
+        "",
+        f"{churn['requests']} requests coming and going (answers of "
+        f"{churn['mean_answer_tokens']:.0f} tokens on average), {churn['max_num_seqs']} at "
+        f"once, the engine alone: {churn['mixed']['output_tokens_per_s']:.1f} output "
+        f"tokens/s with mixed steps, {churn['apart']['output_tokens_per_s']:.1f} with "
+        f"newcomers prefilled apart, " + ratio_with_rounds(churn["mixed_vs_apart"], churn["round_ratios"]),
+    ]
 
 
 def ratio_with_rounds(ratio: float, round_ratios: list[float]) -> str:
@@ -83,15 +120,20 @@ def ratio_with_rounds(ratio: float, round_ratios: list[float]) -> str:
 def poisson_lines(poisson: dict[str, Any] | None) -> list[str]:
     if poisson is None:
         return []
-    head = (f"Poisson arrivals at {poisson['rate_per_s']:.2f} requests/s "
-            f"({poisson['load']:.0%} of capacity) for {poisson['seconds']:g} s: "
-            f"{poisson['requests']} requests")
+    head = (
+        f"Poisson arrivals at {poisson['rate_per_s']:.2f} requests/s "
+        f"({poisson['load']:.0%} of capacity) for {poisson['seconds']:g} s: "
+        f"{poisson['requests']} requests"
+    )
     if not poisson["requests"]:
         return ["", head]
-    return ["", head + f", {poisson['output_tokens_per_s']:.1f} output tokens/s",
-            f"  TTFT p50/p99 {pair_ms(poisson, 'ttft')} ms, "
-            f"TPOT p50/p99 {pair_ms(poisson, 'tpot')} ms, "
-            f"end-to-end p50/p99 {pair_ms(poisson, 'e2e')} ms"]
+    return [
+        "",
+        head + f", {poisson['output_tokens_per_s']:.1f} output tokens/s",
+        f"  TTFT p50/p99 {pair_ms(poisson, 'ttft')} ms, "
+        f"TPOT p50/p99 {pair_ms(poisson, 'tpot')} ms, "
+        f"end-to-end p50/p99 {pair_ms(poisson, 'e2e')} ms",
+    ]
 
 
 def pair_ms(figures: dict[str, Any], name: str) -> str:

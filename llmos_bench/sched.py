@@ -31,12 +31,12 @@ from typing import Any
 
 import click
 
+from llmos.config import options_from
+from llmos_bench.decision_time import decision_time_us_per_request
 from llmos_bench.sched_config import BASELINE, SchedBenchConfig, weights_spec
 from llmos_bench.sched_report import format_report
 from llmos_bench.sched_runs import Echo, run_chat, run_fair, run_scale, warm_up
 from llmos_bench.stack import SimStack
-from llmos.config import options_from
-from llmos_bench.decision_time import decision_time_us_per_request
 from scheduler_svc.policy_base import PolicyName
 
 DECISION_WORKERS = (10, 100, 1000)
@@ -63,8 +63,14 @@ def run_bench(config: SchedBenchConfig, echo: Echo = click.echo) -> dict[str, An
         decision = measure_decision_time(config)  # first: nothing else runs yet
         chat = fair = None
         if not (config.skip_chat and config.skip_fair):
-            with SimStack(log_root / "chat", config.workers, config.slots, config.profile(),
-                          policy=BASELINE, tenant_weights=weights_spec()) as stack:
+            with SimStack(
+                log_root / "chat",
+                config.workers,
+                config.slots,
+                config.profile(),
+                policy=BASELINE,
+                tenant_weights=weights_spec(),
+            ) as stack:
                 warm_up(stack)
                 if not config.skip_chat:
                     chat = run_chat(config, stack, echo)
@@ -82,10 +88,13 @@ def run_bench(config: SchedBenchConfig, echo: Echo = click.echo) -> dict[str, An
 
 def measure_decision_time(config: SchedBenchConfig) -> dict[str, dict[str, float]]:
     """Per policy: workers -> microseconds per pending request (`llmos_bench.decision_time`)."""
-    return {policy: {str(num_workers): decision_time_us_per_request(
-                num_workers, config.decision_pending, policy)
-            for num_workers in DECISION_WORKERS}
-            for policy in dict.fromkeys([*config.policy_names, config.scale_policy])}
+    return {
+        policy: {
+            str(num_workers): decision_time_us_per_request(num_workers, config.decision_pending, policy)
+            for num_workers in DECISION_WORKERS
+        }
+        for policy in dict.fromkeys([*config.policy_names, config.scale_policy])
+    }
 
 
 # ---------------------------------------------------------------- the JSON line
@@ -98,13 +107,19 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def headline_chat(config: SchedBenchConfig, chat: dict[str, Any] | None) -> dict[str, Any]:
-    keys = ("interactive_ttft_p99_vs_idle", "interactive_ttft_p99_gain_vs_fcfs",
-            "throughput_vs_fcfs", "mlfq_jct_gain_vs_fcfs", "batch_unfinished", "batch_max_jct_s")
+    keys = (
+        "interactive_ttft_p99_vs_idle",
+        "interactive_ttft_p99_gain_vs_fcfs",
+        "throughput_vs_fcfs",
+        "mlfq_jct_gain_vs_fcfs",
+        "batch_unfinished",
+        "batch_max_jct_s",
+    )
     if chat is None:
         return dict.fromkeys(keys)
     runs, idle = chat["policies"], chat["idle"]
     fcfs, headline = runs[BASELINE], runs.get(config.headline_policy)
-    for policy, run in runs.items():  # every policy's ratios, for the table
+    for run in runs.values():  # every policy's ratios, for the table
         run["ttft_p99_vs_idle"] = ratio(run["interactive_ttft_p99_s"], idle["interactive_ttft_p99_s"])
         run["ttft_p99_gain_vs_fcfs"] = ratio(fcfs["interactive_ttft_p99_s"], run["interactive_ttft_p99_s"])
         run["throughput_vs_fcfs"] = ratio(run["tokens_per_s"], fcfs["tokens_per_s"])
@@ -122,6 +137,7 @@ def headline_chat(config: SchedBenchConfig, chat: dict[str, Any] | None) -> dict
 
 def targets(summary: dict[str, Any]) -> dict[str, bool | None]:
     """Issue 5's targets, each met (True), missed (False) or not measured (None)."""
+
     def check(key: str, holds: Callable[[float], bool]) -> bool | None:
         value = summary.get(key)
         return None if value is None else holds(value)
@@ -129,22 +145,28 @@ def targets(summary: dict[str, Any]) -> dict[str, bool | None]:
     decision = summary["decision_us_per_request"]
     return {
         "interactive_ttft_p99_at_most_3x_idle": check("interactive_ttft_p99_vs_idle", lambda v: v <= 3),
-        "interactive_ttft_p99_5x_better_than_fcfs": check("interactive_ttft_p99_gain_vs_fcfs",
-                                                          lambda v: v >= 5),
+        "interactive_ttft_p99_5x_better_than_fcfs": check(
+            "interactive_ttft_p99_gain_vs_fcfs", lambda v: v >= 5
+        ),
         "throughput_within_10pct_of_fcfs": check("throughput_vs_fcfs", lambda v: v >= 0.9),
         "no_batch_request_starved": check("batch_unfinished", lambda v: v == 0),
         "mlfq_jct_2x_better_than_fcfs": check("mlfq_jct_gain_vs_fcfs", lambda v: v >= 2),
         "fair_shares_within_10pct": check("fair_share_error", lambda v: v <= 0.10),
         "scale_2000_requests_per_s": check("scale_requests_per_s", lambda v: v >= 2000),
         # linear growth would be 100x from 10 to 1,000 workers
-        "decision_time_far_below_linear": None if decision is None else
-        decision["1000"] / decision["10"] < 10,
+        "decision_time_far_below_linear": None
+        if decision is None
+        else decision["1000"] / decision["10"] < 10,
     }
 
 
-def summarize(config: SchedBenchConfig, decision: dict[str, dict[str, float]],
-              chat: dict[str, Any] | None, fair: dict[str, Any] | None,
-              scale: dict[str, Any] | None) -> dict[str, Any]:
+def summarize(
+    config: SchedBenchConfig,
+    decision: dict[str, dict[str, float]],
+    chat: dict[str, Any] | None,
+    fair: dict[str, Any] | None,
+    scale: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The JSON line: the headline keys first, then every raw figure."""
     summary: dict[str, Any] = {
         "headline_policy": config.headline_policy,
@@ -152,12 +174,21 @@ def summarize(config: SchedBenchConfig, decision: dict[str, dict[str, float]],
         "fair_share_error": fair and fair["fair_share_error"],
         "scale_requests_per_s": scale and scale["requests_per_s"],
         "decision_us_per_request": decision[config.headline_policy]
-        if config.headline_policy in decision else None,
+        if config.headline_policy in decision
+        else None,
         "decision_pending": config.decision_pending,
     }
     summary["targets"] = targets(summary)
-    summary.update(chat=chat, fair=fair, scale=scale, decision_by_policy=decision,
-                   settings=asdict(config), machine={"cpu_count": os.cpu_count(),
-                                                     "platform": platform.platform(),
-                                                     "python": platform.python_version()})
+    summary.update(
+        chat=chat,
+        fair=fair,
+        scale=scale,
+        decision_by_policy=decision,
+        settings=asdict(config),
+        machine={
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+    )
     return summary

@@ -18,24 +18,35 @@ TENANT_WEIGHTS = {"A": 1, "B": 3}
 class SchedBenchConfig:
     duration_s: float = option(15.0, "(a) arrival window of each run, seconds")
     interactive_rate: float = option(8.0, "(a) interactive arrivals per second (Poisson)")
-    batch_load: float = option(1.0, "(a) tokens the batch flood asks for, as a multiple of the "
-                                    "workers' capacity (1: the flood alone saturates them; the "
-                                    "interactive arrivals come on top); the batch rate follows")
+    batch_load: float = option(
+        1.0,
+        "(a) tokens the batch flood asks for, as a multiple of the "
+        "workers' capacity (1: the flood alone saturates them; the "
+        "interactive arrivals come on top); the batch rate follows",
+    )
     batch_pareto_alpha: float = option(1.2, "(a) shape of the batch answers' bounded Pareto law")
     batch_min_tokens: int = option(8, "(a) shortest batch answer")
     batch_max_tokens: int = option(256, "(a) longest batch answer")
-    batch_declared_max_tokens: int = option(0, "(a) every batch request's max_tokens, its answer "
-                                               "ending before (eos); 0: each asks for its answer's "
-                                               "exact length")
+    batch_declared_max_tokens: int = option(
+        0,
+        "(a) every batch request's max_tokens, its answer "
+        "ending before (eos); 0: each asks for its answer's "
+        "exact length",
+    )
     workers: int = option(4, "(a, b) simulated workers")
     slots: int = option(8, "requests each simulated worker runs at once (max_num_seqs)")
     step_base_ms: float = option(20.0, "simulated step time: fixed part, ms")
     step_per_seq_ms: float = option(0.5, "simulated step time: per running request, ms")
-    profile_file: str = option("", "a latency profile JSON instead of the two --step-* figures "
-                                   "(`llmos bench engine --write-profile`)")
-    policies: str = option("fcfs,priority,mlfq,fair", "(a) policies to compare; fcfs and the "
-                                                     "headline policy always run")
-    headline_policy: str = option("priority", "(a) the policy the headline TTFT and throughput ratios are for")
+    profile_file: str = option(
+        "",
+        "a latency profile JSON instead of the two --step-* figures (`llmos bench engine --write-profile`)",
+    )
+    policies: str = option(
+        "fcfs,priority,mlfq,fair", "(a) policies to compare; fcfs and the headline policy always run"
+    )
+    headline_policy: str = option(
+        "priority", "(a) the policy the headline TTFT and throughput ratios are for"
+    )
     fair_warmup_s: float = option(3.0, "(b) seconds before the counting window opens")
     fair_window_s: float = option(20.0, "(b) counting window, seconds")
     fair_max_tokens: int = option(32, "(b) answer length of every tenant request")
@@ -72,8 +83,7 @@ class SchedBenchConfig:
         if not 1 <= self.batch_min_tokens <= self.batch_max_tokens:
             raise click.BadParameter("need 1 <= --batch-min-tokens <= --batch-max-tokens")
         if 0 < self.batch_declared_max_tokens < self.batch_max_tokens:
-            raise click.BadParameter("--batch-declared-max-tokens must be 0 or at least "
-                                     "--batch-max-tokens")
+            raise click.BadParameter("--batch-declared-max-tokens must be 0 or at least --batch-max-tokens")
         if self.scale_clients < 1 or self.scale_in_flight < self.scale_clients:
             raise click.BadParameter("need --scale-clients >= 1 and --scale-in-flight >= it")
 
@@ -83,8 +93,9 @@ class SchedBenchConfig:
         context costs as LatencyProfile's defaults)."""
         if self.profile_file:
             return LatencyProfile.load(self.profile_file)
-        return LatencyProfile(base_ms=self.step_base_ms, per_seq_ms=self.step_per_seq_ms,
-                              source="llmos bench sched")
+        return LatencyProfile(
+            base_ms=self.step_base_ms, per_seq_ms=self.step_per_seq_ms, source="llmos bench sched"
+        )
 
 
 def weights_spec() -> str:

@@ -9,8 +9,13 @@ from llmos.cli import table
 
 def format_report(summary: dict[str, Any]) -> str:
     lines: list[str] = []
-    for part in (chat_lines(summary), fair_lines(summary), scale_lines(summary),
-                 decision_lines(summary), target_lines(summary)):
+    for part in (
+        chat_lines(summary),
+        fair_lines(summary),
+        scale_lines(summary),
+        decision_lines(summary),
+        target_lines(summary),
+    ):
         if part:
             lines += ["", *part] if lines else part
     return "\n".join(lines)
@@ -21,34 +26,77 @@ def chat_lines(summary: dict[str, Any]) -> list[str]:
     if chat is None:
         return []
     settings = summary["settings"]
-    lines = [f"(a) interactive chat ({settings['interactive_rate']:g}/s) under a batch flood "
-             f"({chat['batch_rate_per_s']:.1f}/s after a burst of {chat['batch_burst']}, "
-             f"asking {settings['batch_load']:g}x the {chat['token_capacity_per_s']:.0f} tokens/s "
-             f"of {settings['workers']} workers x {settings['slots']} slots; both kinds "
-             f"{chat['load']:.2f}x, {chat['load_with_prefills']:.2f}x counting prefills), "
-             f"{settings['duration_s']:g} s of arrivals"]
+    lines = [
+        f"(a) interactive chat ({settings['interactive_rate']:g}/s) under a batch flood "
+        f"({chat['batch_rate_per_s']:.1f}/s after a burst of {chat['batch_burst']}, "
+        f"asking {settings['batch_load']:g}x the {chat['token_capacity_per_s']:.0f} tokens/s "
+        f"of {settings['workers']} workers x {settings['slots']} slots; both kinds "
+        f"{chat['load']:.2f}x, {chat['load_with_prefills']:.2f}x counting prefills), "
+        f"{settings['duration_s']:g} s of arrivals"
+    ]
     if settings["batch_declared_max_tokens"]:
-        lines.append(f"batch requests ask for max_tokens {settings['batch_declared_max_tokens']}; "
-                     "their answers end before it (eos)")
-    headers = ["POLICY", "INT TTFT P50/P99 MS", "P99 VS IDLE", "P99 GAIN VS FCFS", "JCT MEAN S",
-               "JCT GAIN", "BATCH MAX JCT S", "UNFINISHED", "TOK/S", "VS FCFS", "FALLBACKS"]
+        lines.append(
+            f"batch requests ask for max_tokens {settings['batch_declared_max_tokens']}; "
+            "their answers end before it (eos)"
+        )
+    headers = [
+        "POLICY",
+        "INT TTFT P50/P99 MS",
+        "P99 VS IDLE",
+        "P99 GAIN VS FCFS",
+        "JCT MEAN S",
+        "JCT GAIN",
+        "BATCH MAX JCT S",
+        "UNFINISHED",
+        "TOK/S",
+        "VS FCFS",
+        "FALLBACKS",
+    ]
     idle = chat["idle"]
-    rows = [["idle (interactive only)", ttft_pair(idle), "1.00x", "-", seconds(idle["jct_mean_s"]),
-             "-", "-", "-", number(idle["tokens_per_s"]), "-", str(idle["scheduler_fallbacks"])]]
+    rows = [
+        [
+            "idle (interactive only)",
+            ttft_pair(idle),
+            "1.00x",
+            "-",
+            seconds(idle["jct_mean_s"]),
+            "-",
+            "-",
+            "-",
+            number(idle["tokens_per_s"]),
+            "-",
+            str(idle["scheduler_fallbacks"]),
+        ]
+    ]
     for policy, run in chat["policies"].items():
-        rows.append([policy, ttft_pair(run), times(run["ttft_p99_vs_idle"]),
-                     times(run["ttft_p99_gain_vs_fcfs"]), seconds(run["jct_mean_s"]),
-                     times(run["jct_gain_vs_fcfs"]), seconds(run["batch_max_jct_s"]),
-                     f"{run['batch_unfinished']}/{run['batch_requests']}",
-                     number(run["tokens_per_s"]), times(run["throughput_vs_fcfs"]),
-                     str(run["scheduler_fallbacks"])])
+        rows.append(
+            [
+                policy,
+                ttft_pair(run),
+                times(run["ttft_p99_vs_idle"]),
+                times(run["ttft_p99_gain_vs_fcfs"]),
+                seconds(run["jct_mean_s"]),
+                times(run["jct_gain_vs_fcfs"]),
+                seconds(run["batch_max_jct_s"]),
+                f"{run['batch_unfinished']}/{run['batch_requests']}",
+                number(run["tokens_per_s"]),
+                times(run["throughput_vs_fcfs"]),
+                str(run["scheduler_fallbacks"]),
+            ]
+        )
     lines += table(headers, rows)
     classes = list(next(iter(chat["policies"].values()))["batch_jct_mean_by_length_s"])
-    lines += ["", "batch JCT mean by answer length, s:",
-              *table(["POLICY", *(label.upper() for label in classes)],
-                     [[policy, *(seconds(run["batch_jct_mean_by_length_s"][label])
-                                 for label in classes)]
-                      for policy, run in chat["policies"].items()])]
+    lines += [
+        "",
+        "batch JCT mean by answer length, s:",
+        *table(
+            ["POLICY", *(label.upper() for label in classes)],
+            [
+                [policy, *(seconds(run["batch_jct_mean_by_length_s"][label]) for label in classes)]
+                for policy, run in chat["policies"].items()
+            ],
+        ),
+    ]
     errors = {policy: run["errors"] for policy, run in chat["policies"].items() if run["errors"]}
     if errors:
         lines.append(f"errors: {errors}")
@@ -60,14 +108,22 @@ def fair_lines(summary: dict[str, Any]) -> list[str]:
     if fair is None:
         return []
     headers = ["TENANT", "TOKENS", "SHARE", "TARGET", "SHARE, SECOND BY SECOND"]
-    rows = [[tenant, str(fair["tokens"][tenant]), percent(fair["shares"][tenant]),
-             percent(fair["target_shares"][tenant]),
-             " to ".join(percent(share) for share in fair["share_1s_range"][tenant])]
-            for tenant in fair["tokens"]]
-    return [f"(b) fair share, policy fair, {summary['settings']['fair_window_s']:g} s window: "
-            f"ratio {number(fair['ratio'], 2)} against {fair['target_ratio']:g}, "
-            f"error {percent(fair['fair_share_error'])}",
-            *table(headers, rows)]
+    rows = [
+        [
+            tenant,
+            str(fair["tokens"][tenant]),
+            percent(fair["shares"][tenant]),
+            percent(fair["target_shares"][tenant]),
+            " to ".join(percent(share) for share in fair["share_1s_range"][tenant]),
+        ]
+        for tenant in fair["tokens"]
+    ]
+    return [
+        f"(b) fair share, policy fair, {summary['settings']['fair_window_s']:g} s window: "
+        f"ratio {number(fair['ratio'], 2)} against {fair['target_ratio']:g}, "
+        f"error {percent(fair['fair_share_error'])}",
+        *table(headers, rows),
+    ]
 
 
 def scale_lines(summary: dict[str, Any]) -> list[str]:
@@ -75,21 +131,31 @@ def scale_lines(summary: dict[str, Any]) -> list[str]:
     if scale is None:
         return []
     settings = summary["settings"]
-    lines = [f"(c) scale: {settings['scale_workers']} simulated workers, "
-             f"{scale['completed']}/{scale['requested']} requests of "
-             f"{settings['scale_max_tokens']} tokens in {scale['wall_s']:.1f} s, policy "
-             f"{scale['policy']}: {number(scale['requests_per_s'])} requests/s, "
-             f"{number(scale['tokens_per_s'])} tokens/s",
-             f"  TTFT p50/p99 {ms(scale['ttft_p50_s'])}/{ms(scale['ttft_p99_s'])} ms, "
-             f"end to end p50/p99 {ms(scale['jct_p50_s'])}/{ms(scale['jct_p99_s'])} ms, "
-             f"scheduler fallbacks {scale['scheduler_fallbacks']}, errors {scale['errors'] or 'none'}"]
+    lines = [
+        f"(c) scale: {settings['scale_workers']} simulated workers, "
+        f"{scale['completed']}/{scale['requested']} requests of "
+        f"{settings['scale_max_tokens']} tokens in {scale['wall_s']:.1f} s, policy "
+        f"{scale['policy']}: {number(scale['requests_per_s'])} requests/s, "
+        f"{number(scale['tokens_per_s'])} tokens/s",
+        f"  TTFT p50/p99 {ms(scale['ttft_p50_s'])}/{ms(scale['ttft_p99_s'])} ms, "
+        f"end to end p50/p99 {ms(scale['jct_p50_s'])}/{ms(scale['jct_p99_s'])} ms, "
+        f"scheduler fallbacks {scale['scheduler_fallbacks']}, errors {scale['errors'] or 'none'}",
+    ]
     if scale["cpu_s"]:
         headers = ["PROCESS", "CPU S", "CPU US/REQUEST", "CORES BUSY"]
-        rows = [[name, f"{used:.1f}", number(scale["cpu_us_per_request"].get(name)),
-                 f"{used / scale['wall_s']:.2f}" if scale["wall_s"] else "-"]
-                for name, used in sorted(scale["cpu_s"].items(), key=lambda kv: -kv[1])]
-        lines += [f"  CPU while the requests ran ({scale['cpu_count']} cores here):",
-                  *("  " + line for line in table(headers, rows))]
+        rows = [
+            [
+                name,
+                f"{used:.1f}",
+                number(scale["cpu_us_per_request"].get(name)),
+                f"{used / scale['wall_s']:.2f}" if scale["wall_s"] else "-",
+            ]
+            for name, used in sorted(scale["cpu_s"].items(), key=lambda kv: -kv[1])
+        ]
+        lines += [
+            f"  CPU while the requests ran ({scale['cpu_count']} cores here):",
+            *("  " + line for line in table(headers, rows)),
+        ]
     return lines
 
 
@@ -97,18 +163,27 @@ def decision_lines(summary: dict[str, Any]) -> list[str]:
     by_policy = summary["decision_by_policy"]
     workers = list(next(iter(by_policy.values())))
     headers = ["POLICY", *(f"{count} WORKERS US/REQ" for count in workers), "1000 VS 10"]
-    rows = [[policy, *(f"{figures[count]:.2f}" for count in workers),
-             times(figures[workers[-1]] / figures[workers[0]])]
-            for policy, figures in by_policy.items()]
-    return [f"scheduler decision time per pending request, {summary['decision_pending']} pending "
-            "per batch (linear growth would be 100x from 10 to 1000 workers)",
-            *table(headers, rows)]
+    rows = [
+        [
+            policy,
+            *(f"{figures[count]:.2f}" for count in workers),
+            times(figures[workers[-1]] / figures[workers[0]]),
+        ]
+        for policy, figures in by_policy.items()
+    ]
+    return [
+        f"scheduler decision time per pending request, {summary['decision_pending']} pending "
+        "per batch (linear growth would be 100x from 10 to 1000 workers)",
+        *table(headers, rows),
+    ]
 
 
 def target_lines(summary: dict[str, Any]) -> list[str]:
     labels = {True: "met", False: "MISSED", None: "not measured"}
-    return ["targets (issue 5):",
-            *(f"  {name}: {labels[value]}" for name, value in summary["targets"].items())]
+    return [
+        "targets (issue 5):",
+        *(f"  {name}: {labels[value]}" for name, value in summary["targets"].items()),
+    ]
 
 
 def ttft_pair(run: dict[str, Any]) -> str:

@@ -19,17 +19,24 @@ from llmos_bench.driver import ClosedLoop, LoadDriver, RunResult
 from llmos_bench.percentiles import percentile
 from llmos_bench.sched_config import BASELINE, TENANT_WEIGHTS, SchedBenchConfig, weights_spec
 from llmos_bench.stack import SimStack
-from llmos_bench.workload import (BATCH, INTERACTIVE, STANDARD, BatchFlood, ChatWorkload, Job,
-                                  bounded_pareto_mean, tenant_jobs)
+from llmos_bench.workload import (
+    BATCH,
+    INTERACTIVE,
+    STANDARD,
+    BatchFlood,
+    ChatWorkload,
+    Job,
+    bounded_pareto_mean,
+    tenant_jobs,
+)
 from scheduler_svc.policy_base import PolicyName
 from workers.sim import CHARS_PER_TOKEN
 
 WARM_UP_TOKENS = 4
-SCALE_CLIENT_START_S = 3.0    # the load processes import and connect, then all start at once
+SCALE_CLIENT_START_S = 3.0  # the load processes import and connect, then all start at once
 SCALE_CONNECTIONS_PER_CLIENT = 4
 # batch answers by length, for the JCT each policy gives short and long jobs
-BATCH_LENGTH_CLASSES = {"short (<=16)": (0, 16), "medium (17-64)": (17, 64),
-                        "long (>64)": (65, 1 << 31)}
+BATCH_LENGTH_CLASSES = {"short (<=16)": (0, 16), "medium (17-64)": (17, 64), "long (>64)": (65, 1 << 31)}
 
 Echo = Callable[[str], None]
 
@@ -57,18 +64,25 @@ def chat_workloads(config: SchedBenchConfig) -> tuple[ChatWorkload, BatchFlood]:
     `batch_load` times the workers' capacity: at 1 the flood alone saturates every
     worker, as the issue asks, and the interactive arrivals come on top."""
     chat = ChatWorkload(rate_per_s=config.interactive_rate, duration_s=config.duration_s)
-    mean_tokens = bounded_pareto_mean(config.batch_pareto_alpha, config.batch_min_tokens,
-                                      config.batch_max_tokens)
+    mean_tokens = bounded_pareto_mean(
+        config.batch_pareto_alpha, config.batch_min_tokens, config.batch_max_tokens
+    )
     batch_rate = config.batch_load * token_capacity_per_s(config) / mean_tokens
-    flood = BatchFlood(burst=config.workers * config.slots, rate_per_s=batch_rate,
-                       duration_s=config.duration_s, pareto_alpha=config.batch_pareto_alpha,
-                       min_tokens=config.batch_min_tokens, max_tokens=config.batch_max_tokens,
-                       declared_max_tokens=config.batch_declared_max_tokens)
+    flood = BatchFlood(
+        burst=config.workers * config.slots,
+        rate_per_s=batch_rate,
+        duration_s=config.duration_s,
+        pareto_alpha=config.batch_pareto_alpha,
+        min_tokens=config.batch_min_tokens,
+        max_tokens=config.batch_max_tokens,
+        declared_max_tokens=config.batch_declared_max_tokens,
+    )
     return chat, flood
 
 
-def offered_load(config: SchedBenchConfig, chat: ChatWorkload, flood: BatchFlood, *,
-                 counting_prefills: bool) -> float:
+def offered_load(
+    config: SchedBenchConfig, chat: ChatWorkload, flood: BatchFlood, *, counting_prefills: bool
+) -> float:
     """The tokens both kinds ask for, as a multiple of the workers' capacity.
 
     Counting prefills, it is the load the workers really see: a prompt's prefill
@@ -78,13 +92,16 @@ def offered_load(config: SchedBenchConfig, chat: ChatWorkload, flood: BatchFlood
     against its step, that is well above the nominal load."""
     profile = config.profile()
     step_s = profile.step_s(config.slots, 0, 0)
-    stall_per_prompt_char = (config.slots * profile.per_prefill_token_ms / 1e3 / step_s
-                             / CHARS_PER_TOKEN) if counting_prefills else 0.0
-    interactive = chat.rate_per_s * (chat.mean_answer_tokens
-                                     + stall_per_prompt_char * chat.mean_prompt_chars)
-    batch = flood.rate_per_s * (bounded_pareto_mean(flood.pareto_alpha, flood.min_tokens,
-                                                    flood.max_tokens)
-                                + stall_per_prompt_char * flood.mean_prompt_chars)
+    stall_per_prompt_char = (
+        (config.slots * profile.per_prefill_token_ms / 1e3 / step_s / CHARS_PER_TOKEN)
+        if counting_prefills
+        else 0.0
+    )
+    interactive = chat.rate_per_s * (chat.mean_answer_tokens + stall_per_prompt_char * chat.mean_prompt_chars)
+    batch = flood.rate_per_s * (
+        bounded_pareto_mean(flood.pareto_alpha, flood.min_tokens, flood.max_tokens)
+        + stall_per_prompt_char * flood.mean_prompt_chars
+    )
     return (interactive + batch) / token_capacity_per_s(config)
 
 
@@ -92,32 +109,40 @@ def run_chat(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str,
     chat, flood = chat_workloads(config)
     interactive_jobs = chat.jobs(config.seed)
     batch_jobs = flood.jobs(config.seed)
-    echo(f"(a) idle: {len(interactive_jobs)} interactive requests over {config.duration_s:g} s, "
-         f"policy {config.headline_policy} ...")
+    echo(
+        f"(a) idle: {len(interactive_jobs)} interactive requests over {config.duration_s:g} s, "
+        f"policy {config.headline_policy} ..."
+    )
     idle = measure_chat_run(config, stack, config.headline_policy, interactive_jobs)
     runs = {}
     for policy in config.policy_names:
-        echo(f"(a) {policy}: {len(interactive_jobs)} interactive + {len(batch_jobs)} batch "
-             f"requests ({flood.rate_per_s:.1f}/s after a burst of {flood.burst}) ...")
+        echo(
+            f"(a) {policy}: {len(interactive_jobs)} interactive + {len(batch_jobs)} batch "
+            f"requests ({flood.rate_per_s:.1f}/s after a burst of {flood.burst}) ..."
+        )
         runs[policy] = measure_chat_run(config, stack, policy, interactive_jobs + batch_jobs)
-    return {"idle": idle, "policies": runs, "batch_rate_per_s": flood.rate_per_s,
-            "batch_burst": flood.burst, "num_batch_jobs": len(batch_jobs),
-            "token_capacity_per_s": token_capacity_per_s(config),
-            "load": offered_load(config, chat, flood, counting_prefills=False),
-            "load_with_prefills": offered_load(config, chat, flood, counting_prefills=True)}
+    return {
+        "idle": idle,
+        "policies": runs,
+        "batch_rate_per_s": flood.rate_per_s,
+        "batch_burst": flood.burst,
+        "num_batch_jobs": len(batch_jobs),
+        "token_capacity_per_s": token_capacity_per_s(config),
+        "load": offered_load(config, chat, flood, counting_prefills=False),
+        "load_with_prefills": offered_load(config, chat, flood, counting_prefills=True),
+    }
 
 
-def measure_chat_run(config: SchedBenchConfig, stack: SimStack, policy: str,
-                     jobs: list) -> dict[str, Any]:
+def measure_chat_run(config: SchedBenchConfig, stack: SimStack, policy: str, jobs: list) -> dict[str, Any]:
     stack.set_policy(policy)
     fallbacks_before = stack.count_fallbacks()
     with LoadDriver(stack.broker_address) as driver:
-        result = driver.run(jobs, window_s=config.duration_s,
-                            drain_timeout_s=config.drain_timeout_s)
+        result = driver.run(jobs, window_s=config.duration_s, drain_timeout_s=config.drain_timeout_s)
     is_drained = stack.wait_drained()
     figures = chat_figures(result)
-    figures.update(policy=policy, scheduler_fallbacks=stack.count_fallbacks() - fallbacks_before,
-                   is_drained=is_drained)
+    figures.update(
+        policy=policy, scheduler_fallbacks=stack.count_fallbacks() - fallbacks_before, is_drained=is_drained
+    )
     return figures
 
 
@@ -139,7 +164,8 @@ def chat_figures(result: RunResult) -> dict[str, Any]:
         "batch_jct_mean_s": mean(jct_s(o) for o in batch),
         "batch_jct_mean_by_length_s": {
             label: mean(jct_s(o) for o in batch if low <= o.answer_length <= high)
-            for label, (low, high) in BATCH_LENGTH_CLASSES.items()},
+            for label, (low, high) in BATCH_LENGTH_CLASSES.items()
+        },
         "batch_max_jct_s": max((jct_s(o) for o in batch), default=None),
         "batch_max_ttft_s": max((w for w in batch_waits if math.isfinite(w)), default=None),
         "jct_mean_s": mean(jct_s(o) for o in every),
@@ -168,16 +194,26 @@ def error_counts(outcomes) -> dict[str, int]:
 
 def run_fair(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str, Any]:
     """Tenants A and B keep twice the stack's slots live each, in one tier, under `fair`."""
-    echo(f"(b) fair: tenants {weights_spec()}, {config.fair_warmup_s:g} s warm-up, "
-         f"{config.fair_window_s:g} s window ...")
+    echo(
+        f"(b) fair: tenants {weights_spec()}, {config.fair_warmup_s:g} s warm-up, "
+        f"{config.fair_window_s:g} s window ..."
+    )
     stack.set_policy(BASELINE)  # through another policy: `fair` starts with fresh counters
     stack.set_policy(PolicyName.FAIR.value)
     fallbacks_before = stack.count_fallbacks()
-    loops = [ClosedLoop(tenant_jobs(tenant, STANDARD, config.fair_max_tokens, config.seed),
-                        num_live=2 * stack.num_slots) for tenant in TENANT_WEIGHTS]
+    loops = [
+        ClosedLoop(
+            tenant_jobs(tenant, STANDARD, config.fair_max_tokens, config.seed), num_live=2 * stack.num_slots
+        )
+        for tenant in TENANT_WEIGHTS
+    ]
     with LoadDriver(stack.broker_address) as driver:
-        result = driver.run([], loops, window_s=config.fair_warmup_s + config.fair_window_s,
-                            drain_timeout_s=config.drain_timeout_s)
+        result = driver.run(
+            [],
+            loops,
+            window_s=config.fair_warmup_s + config.fair_window_s,
+            drain_timeout_s=config.drain_timeout_s,
+        )
     is_drained = stack.wait_drained()
     window_start_s = result.started_s + config.fair_warmup_s
     window_end_s = result.started_s + result.window_s
@@ -187,18 +223,26 @@ def run_fair(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str,
     target_ratio = high_weight / low_weight
     ratio = tokens[high] / tokens[low] if tokens[low] else None
     # the shares second by second: how far they swing inside the window
-    by_second = [tenant_tokens(result, start_s, start_s + 1.0)
-                 for start_s in range_s(window_start_s, window_end_s - 1.0, step_s=1.0)]
-    shares_1s = {tenant: [second[tenant] / sum(second.values()) for second in by_second
-                          if sum(second.values())] for tenant in TENANT_WEIGHTS}
+    by_second = [
+        tenant_tokens(result, start_s, start_s + 1.0)
+        for start_s in range_s(window_start_s, window_end_s - 1.0, step_s=1.0)
+    ]
+    shares_1s = {
+        tenant: [second[tenant] / sum(second.values()) for second in by_second if sum(second.values())]
+        for tenant in TENANT_WEIGHTS
+    }
     return {
         "tokens": tokens,
-        "share_1s_range": {tenant: [min(shares, default=None), max(shares, default=None)]
-                           for tenant, shares in shares_1s.items()},
+        "share_1s_range": {
+            tenant: [min(shares, default=None), max(shares, default=None)]
+            for tenant, shares in shares_1s.items()
+        },
         "shares": {tenant: (count / total if total else None) for tenant, count in tokens.items()},
-        "target_shares": {tenant: weight / sum(TENANT_WEIGHTS.values())
-                          for tenant, weight in TENANT_WEIGHTS.items()},
-        "ratio": ratio, "target_ratio": target_ratio,
+        "target_shares": {
+            tenant: weight / sum(TENANT_WEIGHTS.values()) for tenant, weight in TENANT_WEIGHTS.items()
+        },
+        "ratio": ratio,
+        "target_ratio": target_ratio,
         "fair_share_error": None if ratio is None else abs(ratio - target_ratio) / target_ratio,
         "tokens_per_s": total / (window_end_s - window_start_s) if total else None,
         "errors": error_counts(result.outcomes),
@@ -224,20 +268,28 @@ def range_s(start_s: float, stop_s: float, step_s: float) -> list[float]:
 
 
 def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo) -> dict[str, Any]:
-    echo(f"(c) scale: {config.scale_workers} simulated workers, {config.scale_requests} requests "
-         f"of {config.scale_max_tokens} tokens, {config.scale_in_flight} in flight from "
-         f"{config.scale_clients} load processes ...")
-    with SimStack(log_dir, config.scale_workers, config.slots, config.profile(),
-                  policy=config.scale_policy,
-                  num_sim_processes=min(config.scale_sim_processes, config.scale_workers)) as stack:
+    echo(
+        f"(c) scale: {config.scale_workers} simulated workers, {config.scale_requests} requests "
+        f"of {config.scale_max_tokens} tokens, {config.scale_in_flight} in flight from "
+        f"{config.scale_clients} load processes ..."
+    )
+    with SimStack(
+        log_dir,
+        config.scale_workers,
+        config.slots,
+        config.profile(),
+        policy=config.scale_policy,
+        num_sim_processes=min(config.scale_sim_processes, config.scale_workers),
+    ) as stack:
         warm_up(stack)
         cpu_before = stack.cpu_seconds()
         clients = run_scale_clients(config, stack.broker_address)
         cpu_after = stack.cpu_seconds()
         fallbacks = stack.count_fallbacks()
     completed = sum(client["completed"] for client in clients)
-    wall_s = (max(client["last_finish_s"] for client in clients)
-              - min(client["first_submit_s"] for client in clients))
+    wall_s = max(client["last_finish_s"] for client in clients) - min(
+        client["first_submit_s"] for client in clients
+    )
     cpu_s = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     cpu_s["load"] = sum(client["cpu_s"] for client in clients)
     errors: dict[str, int] = {}
@@ -246,15 +298,22 @@ def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo) -> dict[str, 
             errors[code] = errors.get(code, 0) + count
     return {
         "requests_per_s": completed / wall_s if wall_s > 0 else None,
-        "completed": completed, "requested": config.scale_requests, "wall_s": wall_s,
-        "unfinished": sum(client["unfinished"] for client in clients), "errors": errors,
+        "completed": completed,
+        "requested": config.scale_requests,
+        "wall_s": wall_s,
+        "unfinished": sum(client["unfinished"] for client in clients),
+        "errors": errors,
         "tokens_per_s": sum(client["tokens"] for client in clients) / wall_s if wall_s > 0 else None,
-        "ttft_p50_s": max_of(clients, "ttft_p50_s"), "ttft_p99_s": max_of(clients, "ttft_p99_s"),
-        "jct_p50_s": max_of(clients, "jct_p50_s"), "jct_p99_s": max_of(clients, "jct_p99_s"),
+        "ttft_p50_s": max_of(clients, "ttft_p50_s"),
+        "ttft_p99_s": max_of(clients, "ttft_p99_s"),
+        "jct_p50_s": max_of(clients, "jct_p50_s"),
+        "jct_p99_s": max_of(clients, "jct_p99_s"),
         "cpu_s": cpu_s,
         "cpu_us_per_request": {name: seconds / completed * 1e6 for name, seconds in cpu_s.items()}
-        if completed else {},
-        "scheduler_fallbacks": fallbacks, "policy": config.scale_policy,
+        if completed
+        else {},
+        "scheduler_fallbacks": fallbacks,
+        "policy": config.scale_policy,
         "cpu_count": os.cpu_count(),
     }
 
@@ -272,14 +331,25 @@ def run_scale_clients(config: SchedBenchConfig, address: str) -> list[dict[str, 
     processes = []
     for index in range(config.scale_clients):
         share = config.scale_requests // config.scale_clients + (
-            index < config.scale_requests % config.scale_clients)
-        spec = {"address": address, "requests": share, "seed": config.seed * 1000 + index,
-                "num_live": config.scale_in_flight // config.scale_clients,
-                "max_tokens": config.scale_max_tokens, "connections": SCALE_CONNECTIONS_PER_CLIENT,
-                "start_at_s": start_at_s, "drain_timeout_s": config.drain_timeout_s}
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "llmos_bench.driver", json.dumps(spec)],
-            stdout=subprocess.PIPE, text=True))
+            index < config.scale_requests % config.scale_clients
+        )
+        spec = {
+            "address": address,
+            "requests": share,
+            "seed": config.seed * 1000 + index,
+            "num_live": config.scale_in_flight // config.scale_clients,
+            "max_tokens": config.scale_max_tokens,
+            "connections": SCALE_CONNECTIONS_PER_CLIENT,
+            "start_at_s": start_at_s,
+            "drain_timeout_s": config.drain_timeout_s,
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "llmos_bench.driver", json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
     clients = []
     for process in processes:
         output, _ = process.communicate()

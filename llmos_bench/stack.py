@@ -45,8 +45,9 @@ class ServiceStack:
 
     ready_timeout_s = READY_TIMEOUT_S
 
-    def __init__(self, log_dir: Path, num_workers: int, policy: str = "fcfs",
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, log_dir: Path, num_workers: int, policy: str = "fcfs", env: dict[str, str] | None = None
+    ) -> None:
         self.log_dir = log_dir
         self.num_workers = num_workers
         self.policy = policy
@@ -91,26 +92,47 @@ class ServiceStack:
         self.start_broker()
 
     def start_kernel(self) -> None:
-        self.start_process("kernel", "kernel", "--kernel-bind", self.kernel_address,
-                           "--kernel-pub-bind", self.ports.pub_address)
+        self.start_process(
+            "kernel",
+            "kernel",
+            "--kernel-bind",
+            self.kernel_address,
+            "--kernel-pub-bind",
+            self.ports.pub_address,
+        )
 
     def start_scheduler(self, *args: str) -> None:
-        self.start_process("scheduler", "scheduler", "--policy", self.policy,
-                           "--scheduler-bind", self.scheduler_address,
-                           "--kernel-pub-address", self.ports.pub_address, *args)
+        self.start_process(
+            "scheduler",
+            "scheduler",
+            "--policy",
+            self.policy,
+            "--scheduler-bind",
+            self.scheduler_address,
+            "--kernel-pub-address",
+            self.ports.pub_address,
+            *args,
+        )
 
     def start_broker(self, *args: str) -> None:
-        self.start_process("broker", "broker", "--client-bind", self.broker_address,
-                           "--worker-bind", self.ports.worker_address,
-                           "--scheduler-address", self.scheduler_address, *args)
+        self.start_process(
+            "broker",
+            "broker",
+            "--client-bind",
+            self.broker_address,
+            "--worker-bind",
+            self.ports.worker_address,
+            "--scheduler-address",
+            self.scheduler_address,
+            *args,
+        )
 
     def start_workers(self) -> None:
         raise NotImplementedError
 
     def worker_links(self) -> tuple[str, ...]:
         """A worker's flags for reaching this broker and kernel."""
-        return ("--broker-worker-address", self.ports.worker_address,
-                "--kernel-address", self.kernel_address)
+        return ("--broker-worker-address", self.ports.worker_address, "--kernel-address", self.kernel_address)
 
     def start_process(self, name: str, *args: str) -> None:
         self.group.start(name, *args)
@@ -147,14 +169,20 @@ class ServiceStack:
             except LlmosError:
                 pass  # not up yet
             time.sleep(PROBE_INTERVAL_S)
-        raise StackError(f"{num_workers} workers not ready within {timeout_s:g} s\n"
-                         f"{self.log_tails()}")
+        raise StackError(f"{num_workers} workers not ready within {timeout_s:g} s\n{self.log_tails()}")
 
 
 class SimStack(ServiceStack):
-    def __init__(self, log_dir: Path, num_workers: int, max_num_seqs: int,
-                 profile: LatencyProfile, policy: str = "fcfs", tenant_weights: str = "",
-                 num_sim_processes: int = 1) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        num_workers: int,
+        max_num_seqs: int,
+        profile: LatencyProfile,
+        policy: str = "fcfs",
+        tenant_weights: str = "",
+        num_sim_processes: int = 1,
+    ) -> None:
         assert num_workers >= num_sim_processes >= 1
         super().__init__(log_dir, num_workers, policy)
         self.max_num_seqs = max_num_seqs
@@ -175,11 +203,23 @@ class SimStack(ServiceStack):
         profile_path = self.log_dir / "profile.json"
         self.profile.save(str(profile_path))
         for index, count in enumerate(self.workers_per_process()):
-            self.start_process(f"sim-{index}", "worker", "--engine", "sim",
-                               "--sim-workers", str(count), "--worker-id", f"sim{index}",
-                               "--max-num-seqs", str(self.max_num_seqs),
-                               "--model-name", SIM_MODEL, "--profile", str(profile_path),
-                               *self.worker_links())
+            self.start_process(
+                f"sim-{index}",
+                "worker",
+                "--engine",
+                "sim",
+                "--sim-workers",
+                str(count),
+                "--worker-id",
+                f"sim{index}",
+                "--max-num-seqs",
+                str(self.max_num_seqs),
+                "--model-name",
+                SIM_MODEL,
+                "--profile",
+                str(profile_path),
+                *self.worker_links(),
+            )
 
     def workers_per_process(self) -> list[int]:
         base, extra = divmod(self.num_workers, self.num_sim_processes)

@@ -11,16 +11,16 @@ import torch
 
 from llmos_bench.percentiles import percentile
 
-CPU_MATMUL_SIZE = 2048     # 17 GFLOP a product: a few tenths of a second on a few cores
-CUDA_MATMUL_SIZE = 8192    # 1.1 TFLOP a product: about a millisecond on an H100
-MATMUL_MIN_SECONDS = 1.0   # keep multiplying at least this long, report the best product
+CPU_MATMUL_SIZE = 2048  # 17 GFLOP a product: a few tenths of a second on a few cores
+CUDA_MATMUL_SIZE = 8192  # 1.1 TFLOP a product: about a millisecond on an H100
+MATMUL_MIN_SECONDS = 1.0  # keep multiplying at least this long, report the best product
 
 
 @dataclass
 class RequestTiming:
     """One request's clock readings (time.perf_counter seconds)."""
 
-    arrival_s: float               # when it was due to arrive (the latency clock starts here)
+    arrival_s: float  # when it was due to arrive (the latency clock starts here)
     first_token_s: float = math.nan
     finished_s: float = math.nan
     num_prompt_tokens: int = 0
@@ -42,8 +42,7 @@ class RequestTiming:
         return (self.finished_s - self.first_token_s) / (self.num_generated_tokens - 1)
 
 
-def latency_figures(timings: list[RequestTiming],
-                    names: tuple[str, ...]) -> dict[str, float | None]:
+def latency_figures(timings: list[RequestTiming], names: tuple[str, ...]) -> dict[str, float | None]:
     """`{name}_p50_s` and `{name}_p99_s` for each of ttft, tpot, e2e named."""
     figures: dict[str, float | None] = {}
     for name in names:
@@ -64,12 +63,14 @@ def model_flops(model: Any, num_prompt_tokens: int, num_generated_tokens: int) -
     Attention scores (quadratic in the context) and embedding lookups are left out:
     for short contexts they are a few per cent. Padding and recomputation a system
     does are not useful work, so they do not count."""
-    linear_weights = sum(module.weight.numel() for module in model.modules()
-                         if isinstance(module, torch.nn.Linear))
+    linear_weights = sum(
+        module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Linear)
+    )
     head_weights = model.get_output_embeddings().weight.numel()
     body_weights = linear_weights - head_weights
-    return 2.0 * (body_weights * (num_prompt_tokens + num_generated_tokens)
-                  + head_weights * num_generated_tokens)
+    return 2.0 * (
+        body_weights * (num_prompt_tokens + num_generated_tokens) + head_weights * num_generated_tokens
+    )
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -101,12 +102,12 @@ def median_run(figures: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     return measured[(len(measured) - 1) // 2] if measured else None
 
 
-def compare_rounds(rounds: list[dict[str, dict[str, Any]]], side: str,
-                   against: str) -> dict[str, Any]:
+def compare_rounds(rounds: list[dict[str, dict[str, Any]]], side: str, against: str) -> dict[str, Any]:
     """Two sides run in turns: each side's median run, and `side`'s output tokens/s over
     `against`'s, from the medians (`ratio`) and in every round (`round_ratios`)."""
     medians = {name: median_run([r[name] for r in rounds]) for name in (side, against)}
-    return {**medians,
-            "ratio": medians[side]["output_tokens_per_s"] / medians[against]["output_tokens_per_s"],
-            "round_ratios": [r[side]["output_tokens_per_s"] / r[against]["output_tokens_per_s"]
-                             for r in rounds]}
+    return {
+        **medians,
+        "ratio": medians[side]["output_tokens_per_s"] / medians[against]["output_tokens_per_s"],
+        "round_ratios": [r[side]["output_tokens_per_s"] / r[against]["output_tokens_per_s"] for r in rounds],
+    }

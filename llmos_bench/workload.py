@@ -24,8 +24,24 @@ from workers.sim import sim_answer_tokens_hook
 INTERACTIVE = "interactive"
 BATCH = "batch"
 STANDARD = "standard"
-WORDS = ("parcel", "order", "refund", "invoice", "delivery", "account", "password", "address",
-         "weather", "recipe", "summary", "report", "meeting", "flight", "hotel", "review")
+WORDS = (
+    "parcel",
+    "order",
+    "refund",
+    "invoice",
+    "delivery",
+    "account",
+    "password",
+    "address",
+    "weather",
+    "recipe",
+    "summary",
+    "report",
+    "meeting",
+    "flight",
+    "hotel",
+    "review",
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +53,7 @@ class Job:
     prompt: str
     max_tokens: int
     tenant: str = ""
-    offset_s: float = 0.0   # open loop: when it arrives, seconds after the run starts
+    offset_s: float = 0.0  # open loop: when it arrives, seconds after the run starts
     answer_tokens: int = 0  # the answer's length where max_tokens is looser (0: max_tokens)
 
 
@@ -97,9 +113,16 @@ class ChatWorkload:
 
     def jobs(self, seed: int) -> list[Job]:
         rng = random.Random(f"interactive-{seed}")
-        return [Job(INTERACTIVE, INTERACTIVE, make_prompt(rng, rng.randint(*self.prompt_chars)),
-                    rng.randint(self.min_tokens, self.max_tokens), offset_s=offset)
-                for offset in poisson_offsets(self.rate_per_s, self.duration_s, rng)]
+        return [
+            Job(
+                INTERACTIVE,
+                INTERACTIVE,
+                make_prompt(rng, rng.randint(*self.prompt_chars)),
+                rng.randint(self.min_tokens, self.max_tokens),
+                offset_s=offset,
+            )
+            for offset in poisson_offsets(self.rate_per_s, self.duration_s, rng)
+        ]
 
 
 @dataclass(frozen=True)
@@ -122,19 +145,31 @@ class BatchFlood:
     def jobs(self, seed: int) -> list[Job]:
         rng = random.Random(f"batch-{seed}")
         offsets = [0.0] * self.burst + poisson_offsets(self.rate_per_s, self.duration_s, rng)
-        return [self.job(make_prompt(rng, rng.randint(*self.prompt_chars)),
-                         bounded_pareto(rng, self.pareto_alpha, self.min_tokens, self.max_tokens),
-                         offset) for offset in offsets]
+        return [
+            self.job(
+                make_prompt(rng, rng.randint(*self.prompt_chars)),
+                bounded_pareto(rng, self.pareto_alpha, self.min_tokens, self.max_tokens),
+                offset,
+            )
+            for offset in offsets
+        ]
 
     def job(self, prompt: str, answer_tokens: int, offset_s: float) -> Job:
         if not self.declared_max_tokens:
             return Job(BATCH, BATCH, prompt, answer_tokens, offset_s=offset_s)
-        return Job(BATCH, BATCH, f"{prompt} {sim_answer_tokens_hook(answer_tokens)}",
-                   self.declared_max_tokens, offset_s=offset_s, answer_tokens=answer_tokens)
+        return Job(
+            BATCH,
+            BATCH,
+            f"{prompt} {sim_answer_tokens_hook(answer_tokens)}",
+            self.declared_max_tokens,
+            offset_s=offset_s,
+            answer_tokens=answer_tokens,
+        )
 
 
-def tenant_jobs(tenant: str, tier: str, max_tokens: int, seed: int,
-                limit: int | None = None) -> Iterator[Job]:
+def tenant_jobs(
+    tenant: str, tier: str, max_tokens: int, seed: int, limit: int | None = None
+) -> Iterator[Job]:
     """A closed loop's supply: endless (or `limit`) jobs for one tenant."""
     rng = random.Random(f"tenant-{tenant}-{seed}")
     count = 0

@@ -17,19 +17,24 @@ _DEFAULTS = PolicyOptions()
 class SchedulerConfig:
     scheduler_bind: str = option(bind_all(SCHEDULER_PORT), "ROUTER address the broker asks")
     kernel_pub_address: str = option(tcp(KERNEL_PUB_PORT), "kernel PUB to take resource views from")
-    policy: str = option(PolicyName.PRIORITY.value,
-                         f"scheduling policy: {', '.join(PolicyName.choices())} "
-                         "(`llmos policy NAME` switches it at runtime)")
-    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS,
-                                        "kernel view period; a view is stale after 3 silent periods")
+    policy: str = option(
+        PolicyName.PRIORITY.value,
+        f"scheduling policy: {', '.join(PolicyName.choices())} (`llmos policy NAME` switches it at runtime)",
+    )
+    heartbeat_interval_ms: int = option(
+        HEARTBEAT_INTERVAL_MS, "kernel view period; a view is stale after 3 silent periods"
+    )
     # PolicyOptions, field for field
-    tenant_weights: str = option(_DEFAULTS.tenant_weights,
-                                 "fair: tenant weights, e.g. 'tenant-a=1,tenant-b=3' (others weigh 1)")
-    mlfq_base_quantum: int = option(_DEFAULTS.mlfq_base_quantum,
-                                    "mlfq: generated tokens at level 0; each level doubles it")
+    tenant_weights: str = option(
+        _DEFAULTS.tenant_weights, "fair: tenant weights, e.g. 'tenant-a=1,tenant-b=3' (others weigh 1)"
+    )
+    mlfq_base_quantum: int = option(
+        _DEFAULTS.mlfq_base_quantum, "mlfq: generated tokens at level 0; each level doubles it"
+    )
     mlfq_num_levels: int = option(_DEFAULTS.mlfq_num_levels, "mlfq: number of levels")
-    mlfq_aging_s: float = option(_DEFAULTS.mlfq_aging_s,
-                                 "mlfq: a waiting request climbs one level per this many seconds")
+    mlfq_aging_s: float = option(
+        _DEFAULTS.mlfq_aging_s, "mlfq: a waiting request climbs one level per this many seconds"
+    )
 
     def __post_init__(self) -> None:
         PolicyName.parse(self.policy)

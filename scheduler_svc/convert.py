@@ -3,40 +3,61 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, Mapping, Sequence, TypeVar, overload
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Generic, TypeVar, overload
 
 from llmos.wire import WireError, pb
-from scheduler_svc.data import (MIN_ANSWERS_FOR_FILL, KernelView, PendingRequest, PolicyDecision,
-                                RunningRequest, WorkerSlots)
+from scheduler_svc.data import (
+    MIN_ANSWERS_FOR_FILL,
+    KernelView,
+    PendingRequest,
+    PolicyDecision,
+    RunningRequest,
+    WorkerSlots,
+)
 
 NO_FILLS: Mapping[str, float] = {}  # no tier's fill known (read only)
 
 
 def answer_fills(request: pb.ScheduleRequest) -> dict[str, float]:
     """Each tier's answer fill, where enough answers were counted to mean something."""
-    return {answers.tier: answers.mean_fill for answers in request.tier_answers
-            if answers.num_answers >= MIN_ANSWERS_FOR_FILL}
+    return {
+        answers.tier: answers.mean_fill
+        for answers in request.tier_answers
+        if answers.num_answers >= MIN_ANSWERS_FOR_FILL
+    }
 
 
-def pending_from_proto(request: pb.PendingRequest,
-                       fills: Mapping[str, float] = NO_FILLS) -> PendingRequest:
+def pending_from_proto(request: pb.PendingRequest, fills: Mapping[str, float] = NO_FILLS) -> PendingRequest:
     return PendingRequest(
-        request_id=request.request_id, tier_rank=request.tier_rank, tenant=request.tenant,
-        model=request.model, prompt_chars=request.prompt_chars, max_tokens=request.max_tokens,
-        arrival_seq=request.arrival_seq, generated_tokens=request.generated_tokens,
-        prefix_hashes=tuple(request.prefix_hashes), waited_s=request.waited_s,
-        deadline_in_s=request.deadline_in_s, tier=request.tier,
+        request_id=request.request_id,
+        tier_rank=request.tier_rank,
+        tenant=request.tenant,
+        model=request.model,
+        prompt_chars=request.prompt_chars,
+        max_tokens=request.max_tokens,
+        arrival_seq=request.arrival_seq,
+        generated_tokens=request.generated_tokens,
+        prefix_hashes=tuple(request.prefix_hashes),
+        waited_s=request.waited_s,
+        deadline_in_s=request.deadline_in_s,
+        tier=request.tier,
         answer_fill=fills.get(request.tier, 0.0),
     )
 
 
-def running_from_proto(request: pb.RunningRequest,
-                       fills: Mapping[str, float] = NO_FILLS) -> RunningRequest:
+def running_from_proto(request: pb.RunningRequest, fills: Mapping[str, float] = NO_FILLS) -> RunningRequest:
     return RunningRequest(
-        request_id=request.request_id, worker_id=request.worker_id, tier_rank=request.tier_rank,
-        tenant=request.tenant, prompt_chars=request.prompt_chars,
-        generated_tokens=request.generated_tokens, max_tokens=request.max_tokens,
-        arrival_seq=request.arrival_seq, running_s=request.running_s, tier=request.tier,
+        request_id=request.request_id,
+        worker_id=request.worker_id,
+        tier_rank=request.tier_rank,
+        tenant=request.tenant,
+        prompt_chars=request.prompt_chars,
+        generated_tokens=request.generated_tokens,
+        max_tokens=request.max_tokens,
+        arrival_seq=request.arrival_seq,
+        running_s=request.running_s,
+        tier=request.tier,
         tokens_since_dispatch=request.tokens_since_dispatch,
         answer_fill=fills.get(request.tier, 0.0),
     )
@@ -84,22 +105,25 @@ def kernel_view_from_proto(view: pb.ResourceView) -> KernelView:
     with_cache = [worker for worker in view.workers if worker.kv_blocks_total > 0]
     return KernelView.from_workers(
         block_size=view.block_size,
-        kv_blocks_free={worker.worker_id: max(0, worker.kv_blocks_total - worker.kv_blocks_used)
-                        for worker in with_cache},
-        cached_prefix_hashes={worker.worker_id: worker.cached_prefix_hashes
-                              for worker in with_cache},
+        kv_blocks_free={
+            worker.worker_id: max(0, worker.kv_blocks_total - worker.kv_blocks_used) for worker in with_cache
+        },
+        cached_prefix_hashes={worker.worker_id: worker.cached_prefix_hashes for worker in with_cache},
         largest_kv_blocks_total=max((worker.kv_blocks_total for worker in with_cache), default=0),
     )
 
 
-def workers_from_proto(workers: Sequence[pb.WorkerSlots],
-                       view: KernelView | None) -> list[WorkerSlots]:
+def workers_from_proto(workers: Sequence[pb.WorkerSlots], view: KernelView | None) -> list[WorkerSlots]:
     """The workers with the view's free blocks; INVALID_ARGUMENT for a worker listed twice."""
     kv_blocks_free = {} if view is None else view.kv_blocks_free
     converted = [
-        WorkerSlots(worker_id=worker.worker_id, models=tuple(worker.models),
-                    num_running=worker.num_running, max_num_seqs=worker.max_num_seqs,
-                    kv_blocks_free=kv_blocks_free.get(worker.worker_id))
+        WorkerSlots(
+            worker_id=worker.worker_id,
+            models=tuple(worker.models),
+            num_running=worker.num_running,
+            max_num_seqs=worker.max_num_seqs,
+            kv_blocks_free=kv_blocks_free.get(worker.worker_id),
+        )
         for worker in workers
     ]
     if len({worker.worker_id for worker in converted}) != len(converted):
@@ -109,7 +133,8 @@ def workers_from_proto(workers: Sequence[pb.WorkerSlots],
 
 def fill_decision(decision: pb.ScheduleDecision, result: PolicyDecision) -> None:
     for preemption in result.preemptions:
-        decision.preemptions.add(request_id=preemption.request_id, worker_id=preemption.worker_id,
-                                 reason=preemption.reason)
+        decision.preemptions.add(
+            request_id=preemption.request_id, worker_id=preemption.worker_id, reason=preemption.reason
+        )
     for placement in result.placements:
         decision.placements.add(request_id=placement.request_id, worker_id=placement.worker_id)

@@ -8,8 +8,8 @@ ResourceView; tests build them directly.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from llmos.wire.constants import DEFAULT_MAX_TOKENS
 
@@ -25,12 +25,12 @@ NO_DEADLINE = math.inf
 @dataclass(slots=True)
 class PendingRequest:
     request_id: str
-    tier_rank: int = 0        # 0 = highest tier
+    tier_rank: int = 0  # 0 = highest tier
     tenant: str = ""
     model: str = ANY_MODEL
     prompt_chars: int = 0
-    max_tokens: int = 0       # 0 = the broker's default
-    arrival_seq: int = 0      # admission order at the broker
+    max_tokens: int = 0  # 0 = the broker's default
+    arrival_seq: int = 0  # admission order at the broker
     generated_tokens: int = 0  # > 0 for a preempted or re-queued request
     prefix_hashes: tuple[int, ...] = ()  # the prompt's block hashes, each chaining the earlier ones
     waited_s: float = 0.0
@@ -54,7 +54,7 @@ class RunningRequest:
     generated_tokens: int = 0
     max_tokens: int = 0
     arrival_seq: int = 0
-    running_s: float = 0.0    # since this dispatch
+    running_s: float = 0.0  # since this dispatch
     tier: str = ""
     tokens_since_dispatch: int = 0
     answer_fill: float = 0.0  # as PendingRequest's
@@ -81,9 +81,13 @@ class KernelView:
     largest_kv_blocks_total: int = 0
 
     @classmethod
-    def from_workers(cls, block_size: int, kv_blocks_free: Mapping[str, int],
-                     cached_prefix_hashes: Mapping[str, Iterable[int]],
-                     largest_kv_blocks_total: int = 0) -> KernelView:
+    def from_workers(
+        cls,
+        block_size: int,
+        kv_blocks_free: Mapping[str, int],
+        cached_prefix_hashes: Mapping[str, Iterable[int]],
+        largest_kv_blocks_total: int = 0,
+    ) -> KernelView:
         """Index the workers' cached block hashes once, hash -> the workers holding it."""
         holders: dict[int, set[str]] = {}
         for worker_id, block_hashes in cached_prefix_hashes.items():
@@ -132,8 +136,7 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
 
 def blocks_needed(request: PendingRequest, block_size: int) -> int:
     """The KV blocks a request may come to hold: its prompt and every token it may generate."""
-    return blocks_for(prompt_tokens(request.prompt_chars) + expected_tokens(request.max_tokens),
-                      block_size)
+    return blocks_for(prompt_tokens(request.prompt_chars) + expected_tokens(request.max_tokens), block_size)
 
 
 def blocks_held(running: RunningRequest, block_size: int) -> int:

@@ -20,11 +20,19 @@ first time a request asks for that hash.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-from scheduler_svc.data import (ANY_MODEL, KernelView, PendingRequest, Placement, RunningRequest,
-                                WorkerSlots, blocks_held, blocks_needed)
+from scheduler_svc.data import (
+    ANY_MODEL,
+    KernelView,
+    PendingRequest,
+    Placement,
+    RunningRequest,
+    WorkerSlots,
+    blocks_held,
+    blocks_needed,
+)
 
 __all__ = ["ANY_MODEL", "PendingRequest", "Placement", "Placer", "RunningRequest", "WorkerSlots"]
 
@@ -53,8 +61,11 @@ class _Worker:
         return model == ANY_MODEL or model in self.models
 
     def fits(self, model: str, num_blocks: int) -> bool:
-        return (self.has_free_slot() and self.serves(model)
-                and (self.kv_blocks_free is None or self.kv_blocks_free >= num_blocks))
+        return (
+            self.has_free_slot()
+            and self.serves(model)
+            and (self.kv_blocks_free is None or self.kv_blocks_free >= num_blocks)
+        )
 
     def entry(self) -> _Entry:
         free = KV_PLENTY_BLOCKS if self.kv_blocks_free is None else self.kv_blocks_free
@@ -93,9 +104,11 @@ class _Candidates:
         return None
 
     def _most_free(self, workers: dict[str, _Worker], num_blocks: int) -> str | None:
-        fitting = [workers[entry[2]] for entry in self.heap
-                   if entry[3] == workers[entry[2]].version
-                   and workers[entry[2]].fits(ANY_MODEL, num_blocks)]
+        fitting = [
+            workers[entry[2]]
+            for entry in self.heap
+            if entry[3] == workers[entry[2]].version and workers[entry[2]].fits(ANY_MODEL, num_blocks)
+        ]
         best = max(fitting, key=lambda w: (w.kv_blocks_free or 0, -w.num_running), default=None)
         return best.worker_id if best is not None else None
 
@@ -110,8 +123,13 @@ class Placer:
         self._workers: dict[str, _Worker] = {}
         self.num_free_slots = 0
         for slots in workers:
-            worker = _Worker(slots.worker_id, frozenset(slots.models), slots.num_running,
-                             slots.max_num_seqs, slots.kv_blocks_free)
+            worker = _Worker(
+                slots.worker_id,
+                frozenset(slots.models),
+                slots.num_running,
+                slots.max_num_seqs,
+                slots.kv_blocks_free,
+            )
             assert worker.worker_id not in self._workers, f"worker {worker.worker_id} listed twice"
             self._workers[worker.worker_id] = worker
             self.num_free_slots += max(0, worker.max_num_seqs - worker.num_running)
@@ -138,8 +156,7 @@ class Placer:
         index = self.view.workers_by_block_hash
         for block_hash in reversed(request.prefix_hashes):  # deepest cached block first
             if block_hash in index:
-                worker_id = self._candidates_for(request.model, block_hash).best(self._workers,
-                                                                                 num_blocks)
+                worker_id = self._candidates_for(request.model, block_hash).best(self._workers, num_blocks)
                 if worker_id is not None:
                     return worker_id
         return self._candidates_for(request.model, _NO_PREFIX).best(self._workers, num_blocks)
@@ -147,12 +164,16 @@ class Placer:
     def can_preempt_for(self, request: PendingRequest, victim: RunningRequest) -> bool:
         """Would `request` fit on the victim's worker once the victim stops?"""
         worker = self._workers.get(victim.worker_id)
-        if (worker is None or not worker.serves(request.model) or worker.num_running == 0
-                or worker.num_running > worker.max_num_seqs):  # one slot freed would not do
+        if (
+            worker is None
+            or not worker.serves(request.model)
+            or worker.num_running == 0
+            or worker.num_running > worker.max_num_seqs
+        ):  # one slot freed would not do
             return False
         return worker.kv_blocks_free is None or (
-            worker.kv_blocks_free + blocks_held(victim, self.view.block_size)
-            >= self.blocks_needed(request))
+            worker.kv_blocks_free + blocks_held(victim, self.view.block_size) >= self.blocks_needed(request)
+        )
 
     # ------------------------------------------------------------ act
 
@@ -187,8 +208,10 @@ class Placer:
             if block_hash is _NO_PREFIX:
                 pool: Iterable[_Worker] = self._workers.values()
             else:
-                pool = (self._workers[worker_id]
-                        for worker_id in self.view.workers_by_block_hash[block_hash]
-                        if worker_id in self._workers)
+                pool = (
+                    self._workers[worker_id]
+                    for worker_id in self.view.workers_by_block_hash[block_hash]
+                    if worker_id in self._workers
+                )
             candidates = self._candidates[key] = _Candidates(w for w in pool if w.serves(model))
         return candidates

@@ -16,8 +16,15 @@ import time
 from typing import Any
 
 from llmos.wire import pb
-from scheduler_svc.convert import (Converted, answer_fills, fill_decision, kernel_view_from_proto,
-                                   pending_from_proto, running_from_proto, workers_from_proto)
+from scheduler_svc.convert import (
+    Converted,
+    answer_fills,
+    fill_decision,
+    kernel_view_from_proto,
+    pending_from_proto,
+    running_from_proto,
+    workers_from_proto,
+)
 from scheduler_svc.data import KernelView
 from scheduler_svc.policy_base import PolicyName, PolicyOptions, SchedulingPolicy
 from scheduler_svc.policy_fair import FairPolicy
@@ -46,8 +53,9 @@ def make_policy(name: str, **options: Any) -> SchedulingPolicy:
 _MAX_DECISION_US = 2**32 - 1  # ScheduleDecision.decision_us is a uint32
 
 
-def decide(policy: SchedulingPolicy, request: pb.ScheduleRequest,
-           view: pb.ResourceView | KernelView | None) -> pb.ScheduleDecision:
+def decide(
+    policy: SchedulingPolicy, request: pb.ScheduleRequest, view: pb.ResourceView | KernelView | None
+) -> pb.ScheduleDecision:
     """Run `policy` on one batch. Free KV blocks and cached prefixes come from the
     kernel's `view` when there is one (the scheduler passes it converted once,
     as a KernelView). The decision lists preemptions, to act on first, then

@@ -10,20 +10,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, ClassVar, Iterable, Optional, Sequence
+from typing import ClassVar
 
-from scheduler_svc.data import (KernelView, PendingRequest, Placement, PolicyDecision,
-                                Preemption, RunningRequest, WorkerSlots)
+from scheduler_svc.data import (
+    KernelView,
+    PendingRequest,
+    Placement,
+    PolicyDecision,
+    Preemption,
+    RunningRequest,
+    WorkerSlots,
+)
 from scheduler_svc.placement import Placer
 
 
 class PolicyName(str, Enum):
-    FCFS = "fcfs"          # arrival order only, whatever the tier: the baseline
+    FCFS = "fcfs"  # arrival order only, whatever the tier: the baseline
     PRIORITY = "priority"  # strict tiers, EDF then arrival within a tier; preempts lower tiers
-    MLFQ = "mlfq"          # skip-join multi-level feedback queue within a tier (FastServe)
-    FAIR = "fair"          # weighted fair share of generated tokens across tenants within a tier
+    MLFQ = "mlfq"  # skip-join multi-level feedback queue within a tier (FastServe)
+    FAIR = "fair"  # weighted fair share of generated tokens across tenants within a tier
 
     def __str__(self) -> str:  # "fcfs" in logs and status lines, not "PolicyName.FCFS"
         return self.value
@@ -33,8 +41,9 @@ class PolicyName(str, Enum):
         try:
             return cls(name)
         except ValueError:
-            raise ValueError(f"unknown scheduling policy {name!r}; "
-                             f"choose one of: {', '.join(cls.choices())}") from None
+            raise ValueError(
+                f"unknown scheduling policy {name!r}; choose one of: {', '.join(cls.choices())}"
+            ) from None
 
     @classmethod
     def choices(cls) -> list[str]:
@@ -45,10 +54,10 @@ class PolicyName(str, Enum):
 class PolicyOptions:
     """Every policy's knobs; a policy reads only its own (SchedulerConfig carries them)."""
 
-    tenant_weights: str = ""      # fair: "tenant-a=1,tenant-b=3"; unknown tenants weigh 1
-    mlfq_base_quantum: int = 16   # mlfq: generated tokens at level 0; each level doubles it
+    tenant_weights: str = ""  # fair: "tenant-a=1,tenant-b=3"; unknown tenants weigh 1
+    mlfq_base_quantum: int = 16  # mlfq: generated tokens at level 0; each level doubles it
     mlfq_num_levels: int = 6
-    mlfq_aging_s: float = 5.0     # mlfq: a waiting request climbs one level per this many seconds
+    mlfq_aging_s: float = 5.0  # mlfq: a waiting request climbs one level per this many seconds
 
     def __post_init__(self) -> None:
         if self.mlfq_base_quantum < 1:
@@ -66,9 +75,14 @@ class SchedulingPolicy(ABC):
         self.options = options or PolicyOptions()
 
     @abstractmethod
-    def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
-                 workers: Sequence[WorkerSlots], view: KernelView | None = None,
-                 leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
+    def schedule(
+        self,
+        pending: Sequence[PendingRequest],
+        running: Sequence[RunningRequest],
+        workers: Sequence[WorkerSlots],
+        view: KernelView | None = None,
+        leaving: Sequence[RunningRequest] = (),
+    ) -> PolicyDecision:
         """What to preempt and what to place now. `workers` should list every
         worker, full ones too: a victim's worker must be known to preempt it.
         `leaving`: requests that leave at the end of the step in flight (finishing,
@@ -76,15 +90,18 @@ class SchedulingPolicy(ABC):
 
 
 # A policy's victim chooser: the running request to stop for a waiting one, or None.
-PickVictim = Callable[[PendingRequest, Placer], Optional[RunningRequest]]
+PickVictim = Callable[[PendingRequest, Placer], RunningRequest | None]
 
 
 Reason = Callable[[PendingRequest, RunningRequest], str]
 
 
-def place_in_order(ordered: Iterable[PendingRequest], placer: Placer,
-                   pick_victim: PickVictim | None = None, reason: Reason | None = None,
-                   ) -> PolicyDecision:
+def place_in_order(
+    ordered: Iterable[PendingRequest],
+    placer: Placer,
+    pick_victim: PickVictim | None = None,
+    reason: Reason | None = None,
+) -> PolicyDecision:
     """Place each request where placement puts it; one that fits nowhere may
     preempt the victim `pick_victim` names and take its slot. A request that
     still fits nowhere stays pending, and later ones may still fit."""
@@ -96,9 +113,13 @@ def place_in_order(ordered: Iterable[PendingRequest], placer: Placer,
     return decision
 
 
-def place_or_preempt(request: PendingRequest, placer: Placer, decision: PolicyDecision,
-                     pick_victim: PickVictim | None = None, reason: Reason | None = None,
-                     ) -> Placement | None:
+def place_or_preempt(
+    request: PendingRequest,
+    placer: Placer,
+    decision: PolicyDecision,
+    pick_victim: PickVictim | None = None,
+    reason: Reason | None = None,
+) -> Placement | None:
     """Place one request where placement puts it or, where it fits nowhere, in the
     slot of the victim `pick_victim` names; both acts go into `decision`. The
     placement, or None when the request stays pending."""
@@ -129,9 +150,13 @@ class Victims:
     earlier preemption is still on its way.
     """
 
-    def __init__(self, running: Iterable[RunningRequest], workers: Iterable[WorkerSlots],
-                 order: Callable[[RunningRequest], tuple],
-                 may_preempt: Callable[[RunningRequest], bool] | None = None) -> None:
+    def __init__(
+        self,
+        running: Iterable[RunningRequest],
+        workers: Iterable[WorkerSlots],
+        order: Callable[[RunningRequest], tuple],
+        may_preempt: Callable[[RunningRequest], bool] | None = None,
+    ) -> None:
         self._running = running
         self._workers = workers
         self._order_key = order
@@ -145,17 +170,24 @@ class Victims:
     def _order(self) -> list[RunningRequest]:
         if self._sorted is None:
             listed = Counter(r.worker_id for r in self._running)
-            self._slots_leaving = {w.worker_id: w.num_running - listed[w.worker_id]
-                                   for w in self._workers if w.num_running > listed[w.worker_id]}
+            self._slots_leaving = {
+                w.worker_id: w.num_running - listed[w.worker_id]
+                for w in self._workers
+                if w.num_running > listed[w.worker_id]
+            }
             may_preempt = self._may_preempt
             candidates = [r for r in self._running if may_preempt is None or may_preempt(r)]
             self._sorted = sorted(candidates, key=self._order_key)
         return self._sorted
 
-    def pick(self, request: PendingRequest, placer: Placer,
-             no_victim_key: tuple, is_eligible: Callable[[RunningRequest], bool] | None = None,
-             stop: Callable[[RunningRequest], bool] | None = None,
-             ) -> RunningRequest | None:
+    def pick(
+        self,
+        request: PendingRequest,
+        placer: Placer,
+        no_victim_key: tuple,
+        is_eligible: Callable[[RunningRequest], bool] | None = None,
+        stop: Callable[[RunningRequest], bool] | None = None,
+    ) -> RunningRequest | None:
         if no_victim_key in self._keys_without_victim or len(self._is_taken) == len(self._order):
             return None
         if self._wait_for_a_leaving_slot(request, placer):
@@ -163,9 +195,11 @@ class Victims:
         for victim in self._order:
             if stop is not None and stop(victim):
                 break  # the order puts every later victim out of reach too
-            if (victim.request_id not in self._is_taken
-                    and (is_eligible is None or is_eligible(victim))
-                    and placer.can_preempt_for(request, victim)):
+            if (
+                victim.request_id not in self._is_taken
+                and (is_eligible is None or is_eligible(victim))
+                and placer.can_preempt_for(request, victim)
+            ):
                 self._is_taken.add(victim.request_id)
                 return victim
         self._keys_without_victim.add(no_victim_key)

@@ -38,10 +38,16 @@ def ask_scheduler(address: str, request: pb.SetPolicy, timeout_s: float) -> pb.P
 
 @click.command("policy")
 @click.argument("name", required=False, default="")
-@click.option("--scheduler-address", default=tcp(SCHEDULER_PORT), show_default=True,
-              envvar=env_var("scheduler_address"), help="where the scheduler listens")
-@click.option("--timeout-s", type=float, default=2.0, show_default=True,
-              help="how long to wait for the scheduler")
+@click.option(
+    "--scheduler-address",
+    default=tcp(SCHEDULER_PORT),
+    show_default=True,
+    envvar=env_var("scheduler_address"),
+    help="where the scheduler listens",
+)
+@click.option(
+    "--timeout-s", type=float, default=2.0, show_default=True, help="how long to wait for the scheduler"
+)
 def policy(name: str, scheduler_address: str, timeout_s: float) -> None:
     """Show the scheduler's policy, or switch it to NAME now (fcfs, priority,
     mlfq, fair); the broker and running requests carry on.

@@ -37,14 +37,25 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
-from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, RunningRequest,
-                                WorkerSlots, expected_tokens)
+from scheduler_svc.data import (
+    KernelView,
+    PendingRequest,
+    PolicyDecision,
+    RunningRequest,
+    WorkerSlots,
+    expected_tokens,
+)
 from scheduler_svc.placement import Placer
-from scheduler_svc.policy_base import (PickVictim, PolicyName, PolicyOptions, SchedulingPolicy,
-                                       place_or_preempt)
+from scheduler_svc.policy_base import (
+    PickVictim,
+    PolicyName,
+    PolicyOptions,
+    SchedulingPolicy,
+    place_or_preempt,
+)
 from scheduler_svc.policy_priority import lower_tier_victims, tier_reason
 
 DEFAULT_WEIGHT = 1.0
@@ -59,8 +70,8 @@ class _Tracked:
     key: _Key
     max_tokens: int
     tokens_seen: int = 0
-    tokens_charged: int = 0   # to its tenant's counter: its expected tokens once placed
-    last_stretch: int = 0     # tokens it made between its last two reports
+    tokens_charged: int = 0  # to its tenant's counter: its expected tokens once placed
+    last_stretch: int = 0  # tokens it made between its last two reports
     is_started: bool = False  # placed here, or seen with tokens
 
     def unseen_tail(self) -> int:
@@ -73,7 +84,7 @@ class _Tracked:
 
 
 def parse_tenant_weights(text: str) -> dict[str, float]:
-    """"tenant-a=1,tenant-b=3" -> {"tenant-a": 1.0, "tenant-b": 3.0}; "" -> {}."""
+    """ "tenant-a=1,tenant-b=3" -> {"tenant-a": 1.0, "tenant-b": 3.0}; "" -> {}."""
     weights: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         tenant, equals, weight = item.partition("=")
@@ -82,8 +93,10 @@ def parse_tenant_weights(text: str) -> dict[str, float]:
         except ValueError:
             value = 0.0
         if not equals or not tenant.strip() or not value > 0 or value == float("inf"):
-            raise ValueError(f"bad tenant weight {item!r}: expected TENANT=WEIGHT with a "
-                             f"positive WEIGHT, as in 'tenant-a=1,tenant-b=3'")
+            raise ValueError(
+                f"bad tenant weight {item!r}: expected TENANT=WEIGHT with a "
+                f"positive WEIGHT, as in 'tenant-a=1,tenant-b=3'"
+            )
         weights[tenant.strip()] = value
     return weights
 
@@ -101,9 +114,14 @@ class FairPolicy(SchedulingPolicy):
     def weight(self, tenant: str) -> float:
         return self.weights.get(tenant, DEFAULT_WEIGHT)
 
-    def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
-                 workers: Sequence[WorkerSlots], view: KernelView | None = None,
-                 leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
+    def schedule(
+        self,
+        pending: Sequence[PendingRequest],
+        running: Sequence[RunningRequest],
+        workers: Sequence[WorkerSlots],
+        view: KernelView | None = None,
+        leaving: Sequence[RunningRequest] = (),
+    ) -> PolicyDecision:
         holding = [*running, *leaving]  # every request in a slot, whatever it does next
         self.charge_generated_tokens(pending, holding)
         requests: list[PendingRequest | RunningRequest] = [*pending, *holding]
@@ -119,12 +137,14 @@ class FairPolicy(SchedulingPolicy):
             may_preempt = tier_rank < lowest_running_rank
             if placer.num_free_slots == 0 and not may_preempt:
                 break
-            self._place_tier(tier_rank, by_tier[tier_rank], placer,
-                             pick_victim if may_preempt else None, decision)
+            self._place_tier(
+                tier_rank, by_tier[tier_rank], placer, pick_victim if may_preempt else None, decision
+            )
         return decision
 
-    def charge_generated_tokens(self, pending: Iterable[PendingRequest],
-                                running: Iterable[RunningRequest]) -> None:
+    def charge_generated_tokens(
+        self, pending: Iterable[PendingRequest], running: Iterable[RunningRequest]
+    ) -> None:
         """Charge each tenant's counter the tokens made beyond what was charged, and
         settle the account of each request that ended.
 
@@ -135,7 +155,8 @@ class FairPolicy(SchedulingPolicy):
         requests: list[PendingRequest | RunningRequest] = [*pending, *running]
         for request in requests:
             tracked = self._tracked.pop(request.request_id, None) or _Tracked(
-                (request.tier_rank, request.tenant), max_tokens=expected_tokens(request.max_tokens))
+                (request.tier_rank, request.tenant), max_tokens=expected_tokens(request.max_tokens)
+            )
             new_tokens = request.generated_tokens - tracked.tokens_seen
             if new_tokens > 0:
                 tracked.tokens_seen = request.generated_tokens
@@ -155,8 +176,7 @@ class FairPolicy(SchedulingPolicy):
 
     def _charge(self, key: _Key, num_tokens: int) -> None:
         """Add `num_tokens` (fewer than 0: give them back) weighted to the key's counter."""
-        self.virtual_tokens[key] = (self.virtual_tokens.get(key, 0.0)
-                                    + num_tokens / self.weight(key[1]))
+        self.virtual_tokens[key] = self.virtual_tokens.get(key, 0.0) + num_tokens / self.weight(key[1])
 
     def lift_returning_tenants(self, active: set[_Key]) -> None:
         """A tenant idle until now starts no lower than its tier's least-served active tenant."""
@@ -171,8 +191,14 @@ class FairPolicy(SchedulingPolicy):
                 self.virtual_tokens[key] = max(self.virtual_tokens.get(key, 0.0), floor)
         self._active = active
 
-    def _place_tier(self, tier_rank: int, requests: list[PendingRequest], placer: Placer,
-                    pick_victim: PickVictim | None, decision: PolicyDecision) -> None:
+    def _place_tier(
+        self,
+        tier_rank: int,
+        requests: list[PendingRequest],
+        placer: Placer,
+        pick_victim: PickVictim | None,
+        decision: PolicyDecision,
+    ) -> None:
         """Serve the tier's tenants by weight: always the one with the smallest counter.
         With `pick_victim` (lower tiers run), one that fits nowhere may take their slot."""
         queues: dict[str, deque[PendingRequest]] = defaultdict(deque)

@@ -3,7 +3,7 @@ benchmark compares against. It never preempts."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from scheduler_svc.data import KernelView, PendingRequest, PolicyDecision, RunningRequest, WorkerSlots
 from scheduler_svc.placement import Placer
@@ -13,8 +13,13 @@ from scheduler_svc.policy_base import PolicyName, SchedulingPolicy, place_in_ord
 class FcfsPolicy(SchedulingPolicy):
     name = PolicyName.FCFS
 
-    def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
-                 workers: Sequence[WorkerSlots], view: KernelView | None = None,
-                 leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
+    def schedule(
+        self,
+        pending: Sequence[PendingRequest],
+        running: Sequence[RunningRequest],
+        workers: Sequence[WorkerSlots],
+        view: KernelView | None = None,
+        leaving: Sequence[RunningRequest] = (),
+    ) -> PolicyDecision:
         ordered = sorted(pending, key=lambda request: request.arrival_seq)
         return place_in_order(ordered, Placer(workers, view))

@@ -39,10 +39,17 @@ least one token, and the gap and the minimum run keep the churn down.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from scheduler_svc.data import (KernelView, PendingRequest, PolicyDecision, RunningRequest,
-                                WorkerSlots, prompt_tokens)
+from scheduler_svc.data import (
+    KernelView,
+    PendingRequest,
+    PolicyDecision,
+    RunningRequest,
+    WorkerSlots,
+    prompt_tokens,
+)
 from scheduler_svc.placement import Placer
 from scheduler_svc.policy_base import PolicyName, SchedulingPolicy, Victims, place_in_order
 
@@ -101,8 +108,9 @@ class MlfqPolicy(SchedulingPolicy):
             cost = max(cost, max_tokens)
         return self.covering_level(cost)
 
-    def level(self, prompt_chars: int, generated_tokens: int, max_tokens: int = 0,
-              answer_fill: float = 0.0) -> int:
+    def level(
+        self, prompt_chars: int, generated_tokens: int, max_tokens: int = 0, answer_fill: float = 0.0
+    ) -> int:
         """The entry level, one lower for each quantum used up since (after k levels
         from level e a request has used quantum(e) * (2**k - 1) tokens), but never
         below the level that covers the tokens it may still make."""
@@ -116,8 +124,9 @@ class MlfqPolicy(SchedulingPolicy):
     def pending_level(self, request: PendingRequest) -> int:
         """A waiting request's level, aged: one level up per `mlfq_aging_s` waited."""
         levels_up = int(request.waited_s // self.options.mlfq_aging_s)
-        level = self.level(request.prompt_chars, request.generated_tokens, request.max_tokens,
-                           request.answer_fill)
+        level = self.level(
+            request.prompt_chars, request.generated_tokens, request.max_tokens, request.answer_fill
+        )
         return max(0, level - levels_up)
 
     def fewest_tokens_left_key(self, request: PendingRequest) -> float:
@@ -126,62 +135,90 @@ class MlfqPolicy(SchedulingPolicy):
         never passed over forever. No bound (the broker always sets one): last."""
         if request.max_tokens <= 0:
             return math.inf
-        return ((request.max_tokens - request.generated_tokens)
-                * 0.5 ** (request.waited_s / self.options.mlfq_aging_s))
+        return (request.max_tokens - request.generated_tokens) * 0.5 ** (
+            request.waited_s / self.options.mlfq_aging_s
+        )
 
     def running_level(self, request: RunningRequest) -> int:
-        return self.level(request.prompt_chars, request.generated_tokens, request.max_tokens,
-                          request.answer_fill)
+        return self.level(
+            request.prompt_chars, request.generated_tokens, request.max_tokens, request.answer_fill
+        )
 
     def has_used_a_quantum(self, request: RunningRequest) -> bool:
         """Has it run long enough, and dropped below its entry level? Only such a request
         of the same tier may be preempted for a higher level (a lower tier always may)."""
-        return (request.running_s >= MIN_RUN_S
-                and self.running_level(request) > self.entry_level(
-                    request.prompt_chars, request.max_tokens, request.answer_fill))
+        return request.running_s >= MIN_RUN_S and self.running_level(request) > self.entry_level(
+            request.prompt_chars, request.max_tokens, request.answer_fill
+        )
 
-    def schedule(self, pending: Sequence[PendingRequest], running: Sequence[RunningRequest],
-                 workers: Sequence[WorkerSlots], view: KernelView | None = None,
-                 leaving: Sequence[RunningRequest] = ()) -> PolicyDecision:
+    def schedule(
+        self,
+        pending: Sequence[PendingRequest],
+        running: Sequence[RunningRequest],
+        workers: Sequence[WorkerSlots],
+        view: KernelView | None = None,
+        leaving: Sequence[RunningRequest] = (),
+    ) -> PolicyDecision:
         pending_levels = {request.request_id: self.pending_level(request) for request in pending}
-        ordered = sorted(pending, key=lambda request: (
-            request.tier_rank, pending_levels[request.request_id], request.deadline_key,
-            self.fewest_tokens_left_key(request), request.arrival_seq))
+        ordered = sorted(
+            pending,
+            key=lambda request: (
+                request.tier_rank,
+                pending_levels[request.request_id],
+                request.deadline_key,
+                self.fewest_tokens_left_key(request),
+                request.arrival_seq,
+            ),
+        )
         # running requests are looked at only when a preemption is considered
         running_level = once_per_request(self.running_level)
         has_used_a_quantum = once_per_request(self.has_used_a_quantum)
 
         def may_preempt(request: RunningRequest) -> bool:
             """Could anything preempt it?"""
-            return (has_used_a_quantum(request)
-                    or request.tier_rank > 0  # the top tier is never a lower tier
-                    or (has_progressed(request) and tokens_left(request) > 0))
+            return (
+                has_used_a_quantum(request)
+                or request.tier_rank > 0  # the top tier is never a lower tier
+                or (has_progressed(request) and tokens_left(request) > 0)
+            )
 
-        victims = Victims(running, workers,
-                          order=lambda r: (-r.tier_rank, -running_level(r),
-                                           -tokens_left(r), -r.running_s, -r.arrival_seq),
-                          may_preempt=may_preempt)
+        victims = Victims(
+            running,
+            workers,
+            order=lambda r: (-r.tier_rank, -running_level(r), -tokens_left(r), -r.running_s, -r.arrival_seq),
+            may_preempt=may_preempt,
+        )
 
         def pick_victim(request: PendingRequest, placer: Placer) -> RunningRequest | None:
             level = pending_levels[request.request_id]
             tier_rank = request.tier_rank
 
             def is_eligible(victim: RunningRequest) -> bool:
-                return victim.tier_rank > tier_rank or (
-                    has_used_a_quantum(victim)
-                    and running_level(victim) >= level + PREEMPT_LEVEL_GAP) or (
-                    has_progressed(victim) and request.max_tokens > 0
-                    and tokens_left(victim) >= SRPT_PREEMPT_RATIO * max(
-                        1, request.max_tokens - request.generated_tokens))
+                return (
+                    victim.tier_rank > tier_rank
+                    or (has_used_a_quantum(victim) and running_level(victim) >= level + PREEMPT_LEVEL_GAP)
+                    or (
+                        has_progressed(victim)
+                        and request.max_tokens > 0
+                        and tokens_left(victim)
+                        >= SRPT_PREEMPT_RATIO * max(1, request.max_tokens - request.generated_tokens)
+                    )
+                )
 
             return victims.pick(
-                request, placer, no_victim_key=(request.model, tier_rank, level),
-                is_eligible=is_eligible, stop=lambda victim: victim.tier_rank < tier_rank)
+                request,
+                placer,
+                no_victim_key=(request.model, tier_rank, level),
+                is_eligible=is_eligible,
+                stop=lambda victim: victim.tier_rank < tier_rank,
+            )
 
         def reason(request: PendingRequest, victim: RunningRequest) -> str:
-            return (f"mlfq: {request.request_id} (tier rank {request.tier_rank}) waits at level "
-                    f"{pending_levels[request.request_id]}; {victim.request_id} (tier rank "
-                    f"{victim.tier_rank}) is at level {running_level(victim)}")
+            return (
+                f"mlfq: {request.request_id} (tier rank {request.tier_rank}) waits at level "
+                f"{pending_levels[request.request_id]}; {victim.request_id} (tier rank "
+                f"{victim.tier_rank}) is at level {running_level(victim)}"
+            )
 
         return place_in_order(ordered, Placer(workers, view), pick_victim, reason)
 

@@ -44,18 +44,26 @@ class Scheduler:
         self.view_expiry_s = HEARTBEAT_LIVENESS * config.heartbeat_interval_ms / 1000
         self.view: KernelView | None = None
         self._view_received_at_s = 0.0
-        self.handlers: Handlers[Message] = Handlers("the scheduler's port", {
-            pb.ScheduleRequest: self.decide,
-            pb.SetPolicy: self.set_policy,
-        })
+        self.handlers: Handlers[Message] = Handlers(
+            "the scheduler's port",
+            {
+                pb.ScheduleRequest: self.decide,
+                pb.SetPolicy: self.set_policy,
+            },
+        )
         self.view_handlers: Handlers[pb.ResourceView] = Handlers(
-            "the kernel's resource feed", {pb.ResourceView: lambda view: view})
+            "the kernel's resource feed", {pb.ResourceView: lambda view: view}
+        )
 
     # ---------------------------------------------------------------- the loop
 
     def serve(self, stopping: threading.Event) -> None:
-        log.info("scheduler serving on %s with policy %s, views from %s",
-                 self.config.scheduler_bind, self.policy.name.value, self.config.kernel_pub_address)
+        log.info(
+            "scheduler serving on %s with policy %s, views from %s",
+            self.config.scheduler_bind,
+            self.policy.name.value,
+            self.config.kernel_pub_address,
+        )
         while not stopping.is_set():
             events = dict(self.poller.poll(POLL_TIMEOUT_MS))
             now_s = time.monotonic()
@@ -95,8 +103,7 @@ class Scheduler:
     def expire_view(self, now_s: float) -> None:
         """Forget a view the kernel stopped refreshing: no view beats a wrong one."""
         if self.view is not None and now_s - self._view_received_at_s > self.view_expiry_s:
-            log.warning("no kernel view for %.1f s: scheduling without KV block counts",
-                        self.view_expiry_s)
+            log.warning("no kernel view for %.1f s: scheduling without KV block counts", self.view_expiry_s)
             self.view = None
 
     # ---------------------------------------------------------------- routing
@@ -114,12 +121,19 @@ class Scheduler:
 
     def decide(self, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
         decision = decide(self.policy, request, self.view)
-        log.debug("batch %d: placed %d of %d pending on %d workers, preempted %d, in %d us",
-                  request.batch_id, len(decision.placements), len(request.pending),
-                  len(request.workers), len(decision.preemptions), decision.decision_us)
+        log.debug(
+            "batch %d: placed %d of %d pending on %d workers, preempted %d, in %d us",
+            request.batch_id,
+            len(decision.placements),
+            len(request.pending),
+            len(request.workers),
+            len(decision.preemptions),
+            decision.decision_us,
+        )
         for preemption in decision.preemptions:
-            log.info("preempt %s on worker %s: %s", preemption.request_id, preemption.worker_id,
-                     preemption.reason)
+            log.info(
+                "preempt %s on worker %s: %s", preemption.request_id, preemption.worker_id, preemption.reason
+            )
         return decision
 
     def set_policy(self, request: pb.SetPolicy) -> pb.PolicyStatus:
@@ -138,6 +152,7 @@ class Scheduler:
     @staticmethod
     def log_refusal(identity: bytes, error: WireError) -> None:
         log.warning("refused a message from peer %r: %s", identity, error.message)
+
 
 def run(config: SchedulerConfig) -> None:
     run_service("scheduler", lambda: Scheduler(config))

@@ -55,8 +55,9 @@ class Counts:
         ModelRunner.run_model = counted_forward
 
 
-def run(bench: EngineBench, prompts, lengths, prefix_caching: bool, label: str,
-        mixed_steps: bool = True) -> None:
+def run(
+    bench: EngineBench, prompts, lengths, prefix_caching: bool, label: str, mixed_steps: bool = True
+) -> None:
     engine = bench.make_engine(ROWS, prefix_caching=prefix_caching, max_model_len=MAX_MODEL_LEN)
     engine.runner.supports_mixed_steps &= mixed_steps
     counts = Counts(engine)
@@ -68,19 +69,28 @@ def run(bench: EngineBench, prompts, lengths, prefix_caching: bool, label: str,
         wall_s = time.perf_counter() - started
     finally:
         counts.restore()
-    print(f"  {label:32s} prefix cache {'on ' if prefix_caching else 'off'}, "
-          f"{'mixed' if engine.runner.supports_mixed_steps else 'apart'}: "
-          f"{result.num_generated_tokens / wall_s:8.1f} tok/s, {counts.steps:4d} steps, "
-          f"{counts.forwards:4d} forwards, {wall_s / counts.steps * 1e3:6.1f} ms/step")
+    print(
+        f"  {label:32s} prefix cache {'on ' if prefix_caching else 'off'}, "
+        f"{'mixed' if engine.runner.supports_mixed_steps else 'apart'}: "
+        f"{result.num_generated_tokens / wall_s:8.1f} tok/s, {counts.steps:4d} steps, "
+        f"{counts.forwards:4d} forwards, {wall_s / counts.steps * 1e3:6.1f} ms/step"
+    )
 
 
 def main() -> None:
     model_name, device = sys.argv[1], sys.argv[2]
-    config = EngineBenchConfig(model=model_name, device=device, prompt_len=PROMPT_LEN,
-                               new_tokens=NEW_TOKENS, concurrency=str(ROWS), poisson_seconds=0,
-                               skip_baselines=True)
-    loaded = load_model(WorkerConfig(model=model_name, device=device, dtype="auto",
-                                     max_model_len=MAX_MODEL_LEN))
+    config = EngineBenchConfig(
+        model=model_name,
+        device=device,
+        prompt_len=PROMPT_LEN,
+        new_tokens=NEW_TOKENS,
+        concurrency=str(ROWS),
+        poisson_seconds=0,
+        skip_baselines=True,
+    )
+    loaded = load_model(
+        WorkerConfig(model=model_name, device=device, dtype="auto", max_model_len=MAX_MODEL_LEN)
+    )
     bench = EngineBench(config, loaded, load_tokenizer(loaded.path), engine_class(), 1.0)
     bench.warm_up()
     wave = bench.prompts_for(ROWS, 1)
@@ -91,8 +101,14 @@ def main() -> None:
     for prefix_caching in (True, False):
         run(bench, wave, NEW_TOKENS, prefix_caching, f"one wave of {ROWS} x {NEW_TOKENS} tokens")
         for mixed_steps in (True, False):
-            run(bench, churn, lengths, prefix_caching,
-                f"churn: {CHURN_REQUESTS} x 1-{2 * NEW_TOKENS - 1} tokens", mixed_steps)
+            run(
+                bench,
+                churn,
+                lengths,
+                prefix_caching,
+                f"churn: {CHURN_REQUESTS} x 1-{2 * NEW_TOKENS - 1} tokens",
+                mixed_steps,
+            )
     engine = bench.make_engine(ROWS, max_model_len=MAX_MODEL_LEN)
     profiler = cProfile.Profile()
     profiler.enable()
@@ -104,8 +120,7 @@ def main() -> None:
     engine = bench.make_engine(ROWS, max_model_len=MAX_MODEL_LEN)
     with torch.profiler.profile() as prof:
         run_closed_loop(engine, churn[:48], ROWS, lengths[:48])
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=30,
-                                    max_name_column_width=50))
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=50))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ def raw_decode(model, prompt, steps):
     sync(model.device)
     started = time.perf_counter()
     for _ in range(steps):
-        out = model(input_ids=torch.tensor([[token]], device=model.device), past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=torch.tensor([[token]], device=model.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         token = out.logits[:, -1].argmax(-1).item()
     return (time.perf_counter() - started) / steps
 
@@ -57,14 +61,14 @@ def runner_decode(model, prompts, steps):
 
 
 def make_engine(model, tokenizer, rows):
-    return BatchedEngine(model, tokenizer, max_num_seqs=rows, max_model_len=32 + STEPS + 2,
-                         eos_token_ids=set())
+    return BatchedEngine(
+        model, tokenizer, max_num_seqs=rows, max_model_len=32 + STEPS + 2, eos_token_ids=set()
+    )
 
 
 def main() -> None:
     model_name, device = sys.argv[1], sys.argv[2]
-    loaded = load_model(WorkerConfig(model=model_name, device=device, dtype="auto",
-                                     max_model_len=128))
+    loaded = load_model(WorkerConfig(model=model_name, device=device, dtype="auto", max_model_len=128))
     model, tokenizer = loaded.model, load_tokenizer(loaded.path)
     prompts = make_prompts(32, 32, tokenizer, model.config.get_text_config().vocab_size, 0)
     raw_decode(model, prompts[0], 4)  # warm-up
@@ -73,17 +77,19 @@ def main() -> None:
     cudnn_settings = (True, False) if loaded.device.type == "cuda" else (False,)
     for cudnn in cudnn_settings:  # load_model turned cuDNN attention off; compare both
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
-        print(f"{model_name} on {loaded.device}, cuDNN attention {'on' if cudnn else 'off'}: "
-              "ms per decode step")
-        print(f"  transformers forward + DynamicCache, 1 row : "
-              f"{raw_decode(model, prompts[0], STEPS) * 1e3:.2f}")
+        print(
+            f"{model_name} on {loaded.device}, cuDNN attention {'on' if cudnn else 'off'}: ms per decode step"
+        )
+        print(
+            f"  transformers forward + DynamicCache, 1 row : {raw_decode(model, prompts[0], STEPS) * 1e3:.2f}"
+        )
         for rows in (1, 32):
-            print(f"  llmos ModelRunner.decode, {rows:2d} rows       : "
-                  f"{runner_decode(model, prompts[:rows], STEPS) * 1e3:.2f}")
-            result = run_closed_loop(make_engine(model, tokenizer, rows), prompts[:rows], rows,
-                                     STEPS)
-            print(f"  llmos BatchedEngine (incl. prefill), {rows:2d} rows: "
-                  f"{result.wall_s / STEPS * 1e3:.2f}")
+            print(
+                f"  llmos ModelRunner.decode, {rows:2d} rows       : "
+                f"{runner_decode(model, prompts[:rows], STEPS) * 1e3:.2f}"
+            )
+            result = run_closed_loop(make_engine(model, tokenizer, rows), prompts[:rows], rows, STEPS)
+            print(f"  llmos BatchedEngine (incl. prefill), {rows:2d} rows: {result.wall_s / STEPS * 1e3:.2f}")
     profiler = cProfile.Profile()
     profiler.enable()
     run_closed_loop(make_engine(model, tokenizer, 1), prompts[:1], 1, STEPS)

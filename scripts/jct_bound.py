@@ -44,24 +44,36 @@ from scheduler_svc.policies import make_policy  # noqa: E402
 
 BENCH = SchedBenchConfig()  # the bench's defaults: workload (a) and the simulated workers
 # interactive jobs, then the bench's batch length classes ("short (<=16)" -> "short")
-CLASSES = {"interactive": lambda tier, tokens: tier == INTERACTIVE,
-           **{label.split()[0]: (lambda tier, tokens, low=low, high=high:
-                                 tier != INTERACTIVE and low <= tokens <= high)
-              for label, (low, high) in BATCH_LENGTH_CLASSES.items()}}
+CLASSES = {
+    "interactive": lambda tier, tokens: tier == INTERACTIVE,
+    **{
+        label.split()[0]: (
+            lambda tier, tokens, low=low, high=high: tier != INTERACTIVE and low <= tokens <= high
+        )
+        for label, (low, high) in BATCH_LENGTH_CLASSES.items()
+    },
+}
 
 
 def simulate(policy: str, batch_rate: float, args: argparse.Namespace) -> list[tuple[float, str, int]]:
     """(JCT, tier, tokens) of every job."""
     chat = ChatWorkload(rate_per_s=args.interactive_rate, duration_s=args.duration).jobs(args.seed)
-    flood = BatchFlood(burst=args.slots, rate_per_s=batch_rate, duration_s=args.duration,
-                       pareto_alpha=BENCH.batch_pareto_alpha, min_tokens=BENCH.batch_min_tokens,
-                       max_tokens=BENCH.batch_max_tokens).jobs(args.seed)
-    arrivals = sorted(((job.offset_s, job.max_tokens, job.tier, len(job.prompt))
-                       for job in chat + flood), key=lambda a: a[0])
+    flood = BatchFlood(
+        burst=args.slots,
+        rate_per_s=batch_rate,
+        duration_s=args.duration,
+        pareto_alpha=BENCH.batch_pareto_alpha,
+        min_tokens=BENCH.batch_min_tokens,
+        max_tokens=BENCH.batch_max_tokens,
+    ).jobs(args.seed)
+    arrivals = sorted(
+        ((job.offset_s, job.max_tokens, job.tier, len(job.prompt)) for job in chat + flood),
+        key=lambda a: a[0],
+    )
     if policy.startswith("llmos-"):
         return simulate_llmos_policy(policy.removeprefix("llmos-"), arrivals, args)
     now_s, next_job = 0.0, 0
-    waiting: list[list] = []   # [tokens left, arrival, tier, tokens]
+    waiting: list[list] = []  # [tokens left, arrival, tier, tokens]
     running: list[list] = []
     done: list[tuple[float, str, int]] = []
     while next_job < len(arrivals) or waiting or running:
@@ -80,7 +92,7 @@ def simulate(policy: str, batch_rate: float, args: argparse.Namespace) -> list[t
             # srpt: fewest tokens left; las: fewest tokens made (blind to lengths)
             size = (lambda job: job[0]) if policy == "srpt" else (lambda job: job[3] - job[0])
             everyone = sorted(running + waiting, key=lambda job: (job[2] != INTERACTIVE, size(job), job[1]))
-            running, waiting = everyone[:args.slots], everyone[args.slots:]
+            running, waiting = everyone[: args.slots], everyone[args.slots :]
         else:
             while len(running) < args.slots and waiting:
                 running.append(waiting.pop(0))
@@ -106,19 +118,20 @@ class ModelJob:
     prompt_chars: int
     arrival_seq: int
     generated_tokens: int = 0
-    queued_at_s: float = 0.0       # since the last (re-)queueing
+    queued_at_s: float = 0.0  # since the last (re-)queueing
     worker_id: str = ""
     dispatched_at_s: float = 0.0
     tokens_at_dispatch: int = 0
-    declared_max_tokens: int = 0   # what the policy is told (0: max_tokens, the answer's length)
+    declared_max_tokens: int = 0  # what the policy is told (0: max_tokens, the answer's length)
 
     @property
     def bound(self) -> int:
         return self.declared_max_tokens or self.max_tokens
 
 
-def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Namespace
-                          ) -> list[tuple[float, str, int]]:
+def simulate_llmos_policy(
+    name: str, arrivals: list[tuple], args: argparse.Namespace
+) -> list[tuple[float, str, int]]:
     """The scheduler's own policy code (`scheduler_svc`), asked at every step as the broker
     would, on the same fluid machine: `args.workers` workers of `args.slots / args.workers`
     slots, free preemption (a preempted job keeps its tokens and waits again)."""
@@ -134,8 +147,16 @@ def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Names
         while next_job < len(arrivals) and arrivals[next_job][0] <= now_s:
             offset_s, tokens, tier, prompt_chars = arrivals[next_job]
             declared = args.declared_max_tokens if tier != INTERACTIVE else 0
-            job = ModelJob(f"r{next_job}", offset_s, tier, tokens, prompt_chars, next_job,
-                           queued_at_s=offset_s, declared_max_tokens=declared)
+            job = ModelJob(
+                f"r{next_job}",
+                offset_s,
+                tier,
+                tokens,
+                prompt_chars,
+                next_job,
+                queued_at_s=offset_s,
+                declared_max_tokens=declared,
+            )
             waiting[job.request_id] = job
             next_job += 1
         if not waiting and not running:
@@ -146,11 +167,12 @@ def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Names
             decide(policy, waiting, running, worker_ids, slots_per_worker, tier_rank, now_s)
         # a job (re)started this step prefills its prompt and the tokens it made before
         # (with --cached-resumes a resume finds its tokens cached and prefills nothing)
-        prefill_tokens = sum(job.prompt_chars // 4 + job.generated_tokens
-                             for request_id, job in running.items() if request_id not in started
-                             and not (args.cached_resumes and job.generated_tokens))
-        now_s += step_s(len(running), args) + (args.prefill_token_ms * prefill_tokens
-                                               / args.workers / 1e3)
+        prefill_tokens = sum(
+            job.prompt_chars // 4 + job.generated_tokens
+            for request_id, job in running.items()
+            if request_id not in started and not (args.cached_resumes and job.generated_tokens)
+        )
+        now_s += step_s(len(running), args) + (args.prefill_token_ms * prefill_tokens / args.workers / 1e3)
         for job in list(running.values()):
             job.generated_tokens += 1
             if job.generated_tokens >= job.max_tokens:
@@ -159,28 +181,53 @@ def simulate_llmos_policy(name: str, arrivals: list[tuple], args: argparse.Names
     return done
 
 
-def decide(policy: Any, waiting: dict[str, ModelJob], running: dict[str, ModelJob],
-           worker_ids: list[str], slots_per_worker: int, tier_rank: dict[str, int],
-           now_s: float) -> None:
+def decide(
+    policy: Any,
+    waiting: dict[str, ModelJob],
+    running: dict[str, ModelJob],
+    worker_ids: list[str],
+    slots_per_worker: int,
+    tier_rank: dict[str, int],
+    now_s: float,
+) -> None:
     """One ScheduleRequest as the broker builds it, and its decision applied."""
     per_worker = {worker_id: 0 for worker_id in worker_ids}
     for job in running.values():
         per_worker[job.worker_id] += 1
-    pending = [PendingRequest(j.request_id, tier_rank=tier_rank[j.tier], model="m",
-                              prompt_chars=j.prompt_chars, max_tokens=j.bound,
-                              arrival_seq=j.arrival_seq, generated_tokens=j.generated_tokens,
-                              waited_s=now_s - j.queued_at_s, tier=j.tier,
-                              answer_fill=answer_fill(j))
-               for j in waiting.values()]
-    live = [RunningRequest(j.request_id, j.worker_id, tier_rank=tier_rank[j.tier],
-                           prompt_chars=j.prompt_chars, generated_tokens=j.generated_tokens,
-                           max_tokens=j.bound, arrival_seq=j.arrival_seq,
-                           running_s=now_s - j.dispatched_at_s, tier=j.tier,
-                           tokens_since_dispatch=j.generated_tokens - j.tokens_at_dispatch,
-                           answer_fill=answer_fill(j))
-            for j in running.values()]
-    workers = [WorkerSlots(worker_id, ("m",), count, slots_per_worker)
-               for worker_id, count in per_worker.items()]
+    pending = [
+        PendingRequest(
+            j.request_id,
+            tier_rank=tier_rank[j.tier],
+            model="m",
+            prompt_chars=j.prompt_chars,
+            max_tokens=j.bound,
+            arrival_seq=j.arrival_seq,
+            generated_tokens=j.generated_tokens,
+            waited_s=now_s - j.queued_at_s,
+            tier=j.tier,
+            answer_fill=answer_fill(j),
+        )
+        for j in waiting.values()
+    ]
+    live = [
+        RunningRequest(
+            j.request_id,
+            j.worker_id,
+            tier_rank=tier_rank[j.tier],
+            prompt_chars=j.prompt_chars,
+            generated_tokens=j.generated_tokens,
+            max_tokens=j.bound,
+            arrival_seq=j.arrival_seq,
+            running_s=now_s - j.dispatched_at_s,
+            tier=j.tier,
+            tokens_since_dispatch=j.generated_tokens - j.tokens_at_dispatch,
+            answer_fill=answer_fill(j),
+        )
+        for j in running.values()
+    ]
+    workers = [
+        WorkerSlots(worker_id, ("m",), count, slots_per_worker) for worker_id, count in per_worker.items()
+    ]
     decision = policy.schedule(pending, live, workers, None)
     for preemption in decision.preemptions:
         job = running.pop(preemption.request_id)
@@ -210,41 +257,66 @@ def mean(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, action="append",
-                        help="batch arrivals per second (repeatable); default: the bench's "
-                             "rates at --batch-load 1, 0.9 and 1.1")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        help="batch arrivals per second (repeatable); default: the bench's "
+        "rates at --batch-load 1, 0.9 and 1.1",
+    )
     parser.add_argument("--interactive-rate", type=float, default=BENCH.interactive_rate)
     parser.add_argument("--duration", type=float, default=BENCH.duration_s)
     parser.add_argument("--workers", type=int, default=BENCH.workers)
-    parser.add_argument("--slots", type=int, default=BENCH.workers * BENCH.slots,
-                        help="slots in all (workers x slots)")
+    parser.add_argument(
+        "--slots", type=int, default=BENCH.workers * BENCH.slots, help="slots in all (workers x slots)"
+    )
     parser.add_argument("--step-base-ms", type=float, default=BENCH.step_base_ms)
     parser.add_argument("--step-per-seq-ms", type=float, default=BENCH.step_per_seq_ms)
     parser.add_argument("--seed", type=int, default=BENCH.seed)
-    parser.add_argument("--prefill-token-ms", type=float, default=0.0,
-                        help="llmos policies only: step time per prefilled token (the simulated "
-                             "workers' default is 0.02), so preemption by recompute costs")
-    parser.add_argument("--declared-max-tokens", type=int, default=0,
-                        help="llmos policies only: every batch job tells the policy this "
-                             "max_tokens (its answer ends before); 0: its answer's length")
-    parser.add_argument("--cached-resumes", action="store_true",
-                        help="with --prefill-token-ms: a resumed job prefills nothing (its worker "
-                             "kept its tokens), only a first start pays")
-    parser.add_argument("--llmos", action="append", default=[],
-                        help="also run this llmos scheduler policy (repeatable: mlfq, fcfs, ...)")
+    parser.add_argument(
+        "--prefill-token-ms",
+        type=float,
+        default=0.0,
+        help="llmos policies only: step time per prefilled token (the simulated "
+        "workers' default is 0.02), so preemption by recompute costs",
+    )
+    parser.add_argument(
+        "--declared-max-tokens",
+        type=int,
+        default=0,
+        help="llmos policies only: every batch job tells the policy this "
+        "max_tokens (its answer ends before); 0: its answer's length",
+    )
+    parser.add_argument(
+        "--cached-resumes",
+        action="store_true",
+        help="with --prefill-token-ms: a resumed job prefills nothing (its worker "
+        "kept its tokens), only a first start pays",
+    )
+    parser.add_argument(
+        "--llmos",
+        action="append",
+        default=[],
+        help="also run this llmos scheduler policy (repeatable: mlfq, fcfs, ...)",
+    )
     args = parser.parse_args()
-    default_rates = [chat_workloads(replace(BENCH, batch_load=load))[1].rate_per_s
-                     for load in (1.0, 0.9, 1.1)]
+    default_rates = [
+        chat_workloads(replace(BENCH, batch_load=load))[1].rate_per_s for load in (1.0, 0.9, 1.1)
+    ]
     for rate in args.rate or default_rates:
         fcfs_mean = None
         for policy in ("fcfs", "sjf", "srpt", "las", *(f"llmos-{name}" for name in args.llmos)):
             done = simulate(policy, rate, args)
             jct = mean([d[0] for d in done])
             fcfs_mean = fcfs_mean or jct
-            by_class = "  ".join(f"{name} {mean([d[0] for d in done if test(d[1], d[2])]):.2f}"
-                                 for name, test in CLASSES.items())
-            print(f"batch rate {rate:5.1f}/s  {policy:4s}  mean JCT {jct:.2f} s  "
-                  f"gain vs fcfs {fcfs_mean / jct:.2f}x  ({by_class})")
+            by_class = "  ".join(
+                f"{name} {mean([d[0] for d in done if test(d[1], d[2])]):.2f}"
+                for name, test in CLASSES.items()
+            )
+            print(
+                f"batch rate {rate:5.1f}/s  {policy:4s}  mean JCT {jct:.2f} s  "
+                f"gain vs fcfs {fcfs_mean / jct:.2f}x  ({by_class})"
+            )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmos.tiny_model import make_tiny_model

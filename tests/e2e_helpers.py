@@ -24,9 +24,13 @@ class Reference:
     def greedy(self, prompt: str, max_new_tokens: int) -> list[int]:
         inputs = self.tokenizer(prompt, return_tensors="pt")
         with self.torch.no_grad():
-            output = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                                         pad_token_id=self.tokenizer.pad_token_id)
-        return output[0, inputs["input_ids"].shape[1]:].tolist()
+            output = self.model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return output[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 @dataclass

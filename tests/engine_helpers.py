@@ -34,6 +34,7 @@ def make_request(tokenizer, request_id: str, prompt: str, **sampling) -> EngineR
 def generate_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
     """What `model.generate` answers greedily to the prompt alone (on the model's device)."""
     input_ids = torch.tensor([tokenizer.encode(prompt)], device=model.device)
-    output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                            max_new_tokens=max_new_tokens)
-    return output[0, input_ids.shape[1]:].tolist()
+    output = model.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=max_new_tokens
+    )
+    return output[0, input_ids.shape[1] :].tolist()

@@ -41,8 +41,9 @@ def script(request: pb.GenerateRequest) -> tuple[list[Message], list[Message]]:
     rid = request.request_id
     accepted = pb.Accepted(request_id=rid, tier=request.tier or "interactive")
     if request.prompt == "full":
-        return [pb.Error(code=pb.QUEUE_FULL, message=QUEUE_FULL_SENTENCE, request_id=rid,
-                         retry_after_ms=250)], []
+        return [
+            pb.Error(code=pb.QUEUE_FULL, message=QUEUE_FULL_SENTENCE, request_id=rid, retry_after_ms=250)
+        ], []
     if request.prompt == "bad":
         return [pb.Error(code=pb.INVALID_ARGUMENT, message=INVALID_SENTENCE, request_id=rid)], []
     if request.prompt == "silent":
@@ -50,16 +51,24 @@ def script(request: pb.GenerateRequest) -> tuple[list[Message], list[Message]]:
     if request.prompt == "accept-only":
         return [accepted], []
     if request.prompt == "fail-midway":
-        return [accepted], [pb.TokenChunk(request_id=rid, token_ids=[1], text="x", index=0),
-                            pb.Error(code=pb.WORKER_FAILED, message="tokenizer exploded",
-                                     request_id=rid)]
+        return [accepted], [
+            pb.TokenChunk(request_id=rid, token_ids=[1], text="x", index=0),
+            pb.Error(code=pb.WORKER_FAILED, message="tokenizer exploded", request_id=rid),
+        ]
     words = answer_words(request.prompt)
-    chunks = [pb.TokenChunk(request_id=rid, token_ids=[token_id(i)], text=word, index=i)
-              for i, word in enumerate(words)]
+    chunks = [
+        pb.TokenChunk(request_id=rid, token_ids=[token_id(i)], text=word, index=i)
+        for i, word in enumerate(words)
+    ]
     result = pb.GenerateResult(
-        request_id=rid, text="".join(words), token_ids=[token_id(i) for i in range(len(words))],
-        finish_reason=pb.FINISH_REASON_LENGTH, model="fake", worker_id="worker-0",
-        usage=pb.Usage(prompt_tokens=len(words), generated_tokens=len(words)))
+        request_id=rid,
+        text="".join(words),
+        token_ids=[token_id(i) for i in range(len(words))],
+        finish_reason=pb.FINISH_REASON_LENGTH,
+        model="fake",
+        worker_id="worker-0",
+        usage=pb.Usage(prompt_tokens=len(words), generated_tokens=len(words)),
+    )
     return [accepted], [*chunks, result]
 
 
@@ -108,16 +117,16 @@ class FakeBroker:
         finally:
             socket.close(linger=0)
 
-    def _answer(self, socket: zmq.Socket, frames: list[bytes],
-                held: list[list[tuple[bytes, Message]]]) -> None:
+    def _answer(
+        self, socket: zmq.Socket, frames: list[bytes], held: list[list[tuple[bytes, Message]]]
+    ) -> None:
         identity, payload, _ = router_frames(frames)
         name, message = unpack(payload, BROKER_ACCEPTS)
         self.received.append((name, message))
         if name == "status_request":
             send(socket, identity, pack(status_reply()))
         elif name == "cancel":
-            send(socket, identity, error_frame(pb.UNKNOWN_REQUEST, "no such request",
-                                               message.request_id))
+            send(socket, identity, error_frame(pb.UNKNOWN_REQUEST, "no such request", message.request_id))
         else:
             now, later = script(message)
             for reply in now:
@@ -139,9 +148,15 @@ def send(socket: zmq.Socket, identity: bytes, payload: bytes) -> None:
 
 def status_reply() -> pb.StatusReply:
     return pb.StatusReply(
-        tiers=[pb.TierStatus(tier="interactive", depth=2, max_depth=100, num_answers=40,
-                             answer_fill=0.5)],
-        workers=[pb.WorkerStatus(worker_id="worker-0", models=["tiny"], num_running=1,
-                                 max_num_seqs=4, device="cpu")],
-        num_running=1, scheduler_online=True, scheduler_policy="priority",
-        num_completed=7, num_rejected=1)
+        tiers=[pb.TierStatus(tier="interactive", depth=2, max_depth=100, num_answers=40, answer_fill=0.5)],
+        workers=[
+            pb.WorkerStatus(
+                worker_id="worker-0", models=["tiny"], num_running=1, max_num_seqs=4, device="cpu"
+            )
+        ],
+        num_running=1,
+        scheduler_online=True,
+        scheduler_policy="priority",
+        num_completed=7,
+        num_rejected=1,
+    )

@@ -12,16 +12,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import zmq
 from google.protobuf.message import Message
 
 from llmos.wire import pack, pb, unpack
-from llmos.wire.envelope import body_name
 from llmos.wire.constants import PROTOCOL_VERSION
+from llmos.wire.envelope import body_name
 from llmos.wire.sockets import connect_dealer, connect_sub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +34,12 @@ class ServiceProcess:
     def __init__(self, package: str, args: tuple[str, ...], log_path: Path) -> None:
         self.log_path = log_path
         with open(log_path, "ab") as log_file:
-            self.process = subprocess.Popen([sys.executable, "-m", package, *args], cwd=REPO_ROOT,
-                                            stdout=log_file, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", package, *args],
+                cwd=REPO_ROOT,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it does not exit; return its exit status."""
@@ -91,8 +95,7 @@ def receive(socket: zmq.Socket, accepted: set[str]) -> tuple[str, Message]:
     return unpack(socket.recv_multipart()[-1], frozenset(accepted))
 
 
-def ask(socket: zmq.Socket, request: Message | bytes,
-        accepted: set[str]) -> tuple[str, Message]:
+def ask(socket: zmq.Socket, request: Message | bytes, accepted: set[str]) -> tuple[str, Message]:
     """Send one message (or raw bytes) and return the unpacked reply."""
     socket.send(request if isinstance(request, bytes) else pack(request))
     return receive(socket, accepted)
@@ -108,6 +111,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = REPL
 def bad_frames(accepted: Message, refused: Message) -> dict[str, tuple[bytes, int]]:
     """{case: (frame, the error code it must get)} for a service that accepts
     messages like `accepted` and refuses ones like `refused`."""
+
     def envelope(version: int, body: Message) -> pb.Envelope:
         envelope = pb.Envelope(version=version)
         getattr(envelope, body_name(body)).CopyFrom(body)
@@ -115,10 +119,14 @@ def bad_frames(accepted: Message, refused: Message) -> dict[str, tuple[bytes, in
 
     return {
         "garbage": (b"not an envelope", pb.MALFORMED_FRAME),
-        "wrong version": (envelope(PROTOCOL_VERSION + 1, accepted).SerializeToString(),
-                          pb.UNSUPPORTED_VERSION),
+        "wrong version": (
+            envelope(PROTOCOL_VERSION + 1, accepted).SerializeToString(),
+            pb.UNSUPPORTED_VERSION,
+        ),
         # field 96, length-delimited, empty: a message from a newer protocol
-        "unknown oneof": (pb.Envelope(version=PROTOCOL_VERSION).SerializeToString() + b"\x82\x06\x00",
-                          pb.UNKNOWN_MESSAGE),
+        "unknown oneof": (
+            pb.Envelope(version=PROTOCOL_VERSION).SerializeToString() + b"\x82\x06\x00",
+            pb.UNKNOWN_MESSAGE,
+        ),
         "not for this service": (pack(refused), pb.UNKNOWN_MESSAGE),
     }

@@ -13,8 +13,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from llmos_bench.stack import ServiceStack
 from llmos.client import Client
+from llmos_bench.stack import ServiceStack
 
 HEARTBEAT_INTERVAL_MS = 200  # fast failure detection for tests: dead after 600 ms
 READY_TIMEOUT_S = 120
@@ -26,12 +26,19 @@ class Stack(ServiceStack):
 
     ready_timeout_s = READY_TIMEOUT_S
 
-    def __init__(self, model_dir: Path, log_dir: Path, num_workers: int = 1,
-                 policy: str = "priority", with_scheduler: bool = True,
-                 broker_args: tuple[str, ...] = (),
-                 worker_args: tuple[str, ...] = ()) -> None:
-        super().__init__(log_dir, num_workers, policy,
-                         env={"LLMOS_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_INTERVAL_MS)})
+    def __init__(
+        self,
+        model_dir: Path,
+        log_dir: Path,
+        num_workers: int = 1,
+        policy: str = "priority",
+        with_scheduler: bool = True,
+        broker_args: tuple[str, ...] = (),
+        worker_args: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(
+            log_dir, num_workers, policy, env={"LLMOS_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_INTERVAL_MS)}
+        )
         self.model_dir = model_dir
         self.with_scheduler = with_scheduler
         self.broker_args = broker_args
@@ -48,9 +55,20 @@ class Stack(ServiceStack):
             self.start_worker(index)
 
     def start_worker(self, index: int) -> None:
-        self.start_process(f"worker-{index}", "worker", "--worker-id", f"worker-{index}",
-                           "--model", str(self.model_dir), "--threads", "1", "--device", "cpu",
-                           *self.worker_links(), *self.worker_args)
+        self.start_process(
+            f"worker-{index}",
+            "worker",
+            "--worker-id",
+            f"worker-{index}",
+            "--model",
+            str(self.model_dir),
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            *self.worker_links(),
+            *self.worker_args,
+        )
 
     def client(self, timeout_s: float = 60.0) -> Client:
         return Client(self.broker_address, timeout_s=timeout_s)

@@ -11,10 +11,9 @@ import random
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, MistralConfig, Phi3Config, Qwen2Config,
-                          Qwen3Config)
-
 from engine_helpers import Answer, generate_greedy, make_request
+from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
+
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.tiny_model import CORPUS
 from llmos.wire import pb
@@ -28,15 +27,13 @@ torch.set_num_threads(1)
 WORDS = CORPUS.split()
 
 
-
-
 def make_prompts(count: int, seed: int, max_words: int = 40) -> list[str]:
     """Corpus snippets of 1 to `max_words` words: prompt lengths from 2 to ~100 tokens."""
     rng = random.Random(seed)
     prompts = []
     for _ in range(count):
         start, num_words = rng.randrange(len(WORDS)), rng.randint(1, max_words)
-        prompts.append(" ".join((WORDS * 2)[start:start + num_words]))
+        prompts.append(" ".join((WORDS * 2)[start : start + num_words]))
     return prompts
 
 
@@ -54,13 +51,18 @@ def check_invariants(engine: BatchedEngine) -> None:
     assert all(s.status is SequenceStatus.WAITING for s in engine.waiting)
     statuses = {request_id: s.status for request_id, s in engine.running.items()}
     assert sorted(engine.runner.batch.row_ids) == sorted(
-        request_id for request_id, status in statuses.items() if status is SequenceStatus.DECODING)
+        request_id for request_id, status in statuses.items() if status is SequenceStatus.DECODING
+    )
     assert sorted(engine.job.request_ids if engine.job else []) == sorted(
-        request_id for request_id, status in statuses.items() if status is SequenceStatus.PREFILLING)
+        request_id for request_id, status in statuses.items() if status is SequenceStatus.PREFILLING
+    )
 
 
-def run_to_end(engine: BatchedEngine, arrivals: dict[int, list[EngineRequest]] | None = None,
-               answers: dict[str, Answer] | None = None) -> dict[str, Answer]:
+def run_to_end(
+    engine: BatchedEngine,
+    arrivals: dict[int, list[EngineRequest]] | None = None,
+    answers: dict[str, Answer] | None = None,
+) -> dict[str, Answer]:
     """Step until idle, adding `arrivals[n]` before step n; check the invariants after every step."""
     arrivals = dict(arrivals or {})
     answers = answers if answers is not None else {}
@@ -78,24 +80,27 @@ def run_to_end(engine: BatchedEngine, arrivals: dict[int, list[EngineRequest]] |
     return answers
 
 
-def assert_greedy(model, tokenizer, answers: dict[str, Answer], prompts: dict[str, str],
-                  max_tokens: dict[str, int]) -> None:
+def assert_greedy(
+    model, tokenizer, answers: dict[str, Answer], prompts: dict[str, str], max_tokens: dict[str, int]
+) -> None:
     for request_id, prompt in prompts.items():
         expected = generate_greedy(model, tokenizer, prompt, max_tokens[request_id])
         answer = answers[request_id]
         assert answer.token_ids == expected, request_id
         assert answer.text == tokenizer.decode(expected, skip_special_tokens=True)
-        assert answer.final.finish_reason == (pb.FINISH_REASON_EOS if expected[-1] == tokenizer.eos_token_id
-                                              else pb.FINISH_REASON_LENGTH)
+        assert answer.final.finish_reason == (
+            pb.FINISH_REASON_EOS if expected[-1] == tokenizer.eos_token_id else pb.FINISH_REASON_LENGTH
+        )
 
 
 def test_sixteen_staggered_requests_each_equal_generate_alone(model, tokenizer):
     prompts = {f"r{i}": prompt for i, prompt in enumerate(make_prompts(16, seed=1))}
     max_tokens = {request_id: 8 + 3 * (i % 7) for i, request_id in enumerate(prompts)}
-    requests = [make_request(tokenizer, rid, prompt, max_tokens=max_tokens[rid])
-                for rid, prompt in prompts.items()]
+    requests = [
+        make_request(tokenizer, rid, prompt, max_tokens=max_tokens[rid]) for rid, prompt in prompts.items()
+    ]
     # 6 at once, then the rest in twos every third step; 8 slots, so some wait
-    arrivals = {0: requests[:6], **{3 * k: requests[4 + 2 * k:6 + 2 * k] for k in range(1, 6)}}
+    arrivals = {0: requests[:6], **{3 * k: requests[4 + 2 * k : 6 + 2 * k] for k in range(1, 6)}}
     engine = BatchedEngine(model, tokenizer, max_num_seqs=8, max_num_batched_tokens=96)
 
     answers = run_to_end(engine, arrivals)
@@ -130,12 +135,13 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_running_requests_go_on(model
 def test_long_answers_grow_the_batch_cache_and_stay_exact(model, tokenizer):
     prompts = {"long": "Hello", "joins": "The library opened at nine o'clock.", "late": "In"}
     max_tokens = {"long": 150, "joins": 120, "late": 90}
-    requests = {rid: make_request(tokenizer, rid, prompt, max_tokens=max_tokens[rid])
-                for rid, prompt in prompts.items()}
+    requests = {
+        rid: make_request(tokenizer, rid, prompt, max_tokens=max_tokens[rid])
+        for rid, prompt in prompts.items()
+    }
     engine = BatchedEngine(model, tokenizer, max_num_seqs=4)
 
-    answers = run_to_end(engine, {0: [requests["long"]], 20: [requests["joins"]],
-                                  70: [requests["late"]]})
+    answers = run_to_end(engine, {0: [requests["long"]], 20: [requests["joins"]], 70: [requests["late"]]})
 
     assert engine.runner.batch.capacity > 150  # it grew past its first allocation, rows and all
     assert_greedy(model, tokenizer, answers, prompts, max_tokens)
@@ -193,7 +199,8 @@ def test_a_preempted_request_resumed_here_recomputes_only_what_the_cache_lacks(m
 
 
 def test_an_oversubscribed_kv_budget_preempts_the_latest_and_answers_stay_exact(
-        model, tokenizer, monkeypatch):
+    model, tokenizer, monkeypatch
+):
     prompts = {f"r{i}": prompt for i, prompt in enumerate(make_prompts(8, seed=4, max_words=12))}
     max_tokens = dict.fromkeys(prompts, 24)
     # 8 requests of up to ~40 + 24 tokens in 48 blocks of 4 tokens: about three fit at once
@@ -309,18 +316,25 @@ def test_a_failing_prefill_fails_its_whole_job_once_and_the_batch_goes_on(model,
         if delta.request_id == "running":
             running.add(delta)
 
-    assert [(d.request_id, d.error_code) for d in failed] == [("a", pb.WORKER_FAILED),
-                                                              ("b", pb.WORKER_FAILED)]
+    assert [(d.request_id, d.error_code) for d in failed] == [
+        ("a", pb.WORKER_FAILED),
+        ("b", pb.WORKER_FAILED),
+    ]
     assert engine.find("a") is None and not engine.waiting and list(engine.running) == ["running"]
     check_invariants(engine)
     running.deltas += run_to_end(engine)["running"].deltas
-    assert [t for d in running.deltas for t in d.token_ids] == generate_greedy(model, tokenizer,
-                                                                               "Hello", 8)
+    assert [t for d in running.deltas for t in d.token_ids] == generate_greedy(model, tokenizer, "Hello", 8)
 
 
 def test_a_sequence_moves_only_along_its_transitions(model, tokenizer):
-    sequence = Sequence(make_request(tokenizer, "r", "Hello"), arrival_seq=0, generated_token_ids=[],
-                        emitted_text_chars=0, generator=None, detokenizer=None)
+    sequence = Sequence(
+        make_request(tokenizer, "r", "Hello"),
+        arrival_seq=0,
+        generated_token_ids=[],
+        emitted_text_chars=0,
+        generator=None,
+        detokenizer=None,
+    )
     sequence.move_to(SequenceStatus.PREFILLING)
     sequence.move_to(SequenceStatus.DECODING)
     sequence.move_to(SequenceStatus.WAITING)  # preempted by recompute
@@ -336,10 +350,14 @@ def test_stop_string_ends_the_text_before_its_first_match(model, tokenizer):
     prompt = "The harbour was quiet before dawn."
     greedy = generate_greedy(model, tokenizer, prompt, 32)
     full_text = tokenizer.decode(greedy, skip_special_tokens=True)
-    stop = next(full_text[k:k + 4] for k in range(8, len(full_text))
-                if full_text[k:k + 4].isascii() and full_text[k:k + 4].isprintable())
-    num_tokens = next(n for n in range(1, 33)
-                      if stop in tokenizer.decode(greedy[:n], skip_special_tokens=True))
+    stop = next(
+        full_text[k : k + 4]
+        for k in range(8, len(full_text))
+        if full_text[k : k + 4].isascii() and full_text[k : k + 4].isprintable()
+    )
+    num_tokens = next(
+        n for n in range(1, 33) if stop in tokenizer.decode(greedy[:n], skip_special_tokens=True)
+    )
     engine = BatchedEngine(model, tokenizer)
     engine.add_request(make_request(tokenizer, "other", "Hello", max_tokens=40))
     engine.add_request(make_request(tokenizer, "s", prompt, max_tokens=32, stop=("never here", stop)))
@@ -347,7 +365,7 @@ def test_stop_string_ends_the_text_before_its_first_match(model, tokenizer):
     answer = run_to_end(engine)["s"]
 
     assert answer.final.finish_reason == pb.FINISH_REASON_STOP
-    assert answer.text == full_text[:full_text.find(stop)]
+    assert answer.text == full_text[: full_text.find(stop)]
     assert answer.token_ids == greedy[:num_tokens]
 
 
@@ -395,50 +413,81 @@ def test_resume_at_max_tokens_finishes_at_once_with_the_held_back_text(model, to
     resumed.emitted_text_chars = 2
     engine.add_request(resumed)
 
-    assert engine.step() == [Delta("a", token_ids=[], text=tokenizer.decode(whole)[2:],
-                                   prompt_tokens=len(resumed.prompt_token_ids), is_finished=True,
-                                   finish_reason=pb.FINISH_REASON_LENGTH)]
+    assert engine.step() == [
+        Delta(
+            "a",
+            token_ids=[],
+            text=tokenizer.decode(whole)[2:],
+            prompt_tokens=len(resumed.prompt_token_ids),
+            is_finished=True,
+            finish_reason=pb.FINISH_REASON_LENGTH,
+        )
+    ]
     assert not engine.has_work
 
 
 def test_a_prompt_larger_than_the_kv_budget_is_refused(model, tokenizer):
     engine = BatchedEngine(model, tokenizer, num_blocks=4, block_size=4)
-    engine.add_request(EngineRequest("big", list(range(10, 26))))             # 16 + 1 tokens
+    engine.add_request(EngineRequest("big", list(range(10, 26))))  # 16 + 1 tokens
     engine.add_request(EngineRequest("fits", list(range(10, 20)), SamplingOptions(max_tokens=50)))
 
     answers = run_to_end(engine)
 
-    assert (answers["big"].final.finish_reason, answers["big"].final.error_code) == \
-        (pb.FINISH_REASON_ERROR, pb.TOO_LARGE)
+    assert (answers["big"].final.finish_reason, answers["big"].final.error_code) == (
+        pb.FINISH_REASON_ERROR,
+        pb.TOO_LARGE,
+    )
     assert len(answers["fits"].token_ids) == 6  # then it alone fills the 16 tokens: LENGTH
     assert answers["fits"].final.finish_reason == pb.FINISH_REASON_LENGTH
 
 
 def tiny_random_model(family: str, tokenizer, attn_implementation: str):
     """A two-layer model of `family` with random weights drawn wide (clear greedy winners)."""
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer))
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+    )
     if family == "gpt2":
-        config = GPT2Config(n_positions=256, n_embd=64, n_layer=2, n_head=4,
-                            initializer_range=0.2, **special)
+        config = GPT2Config(n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2, **special)
     else:  # Llama-like bodies; Mistral's window is shorter than the prompts on purpose
-        config_class = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "phi3": Phi3Config,
-                        "mistral": MistralConfig}[family]
+        config_class = {
+            "qwen2": Qwen2Config,
+            "qwen3": Qwen3Config,
+            "phi3": Phi3Config,
+            "mistral": MistralConfig,
+        }[family]
         window = dict(sliding_window=16) if family == "mistral" else {}
-        config = config_class(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2,
-                              max_position_embeddings=256, initializer_range=0.2,
-                              tie_word_embeddings=False, **window, **special)
+        config = config_class(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            initializer_range=0.2,
+            tie_word_embeddings=False,
+            **window,
+            **special,
+        )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     return model.eval()
 
 
-@pytest.mark.parametrize("family, attn_implementation",
-                         [("gpt2", "sdpa"), ("gpt2", "eager"), ("qwen2", "sdpa"), ("qwen3", "sdpa"),
-                          ("phi3", "sdpa"), ("mistral", "sdpa")])
-def test_other_families_staggered_requests_equal_generate_alone(tokenizer, family,
-                                                                attn_implementation):
+@pytest.mark.parametrize(
+    "family, attn_implementation",
+    [
+        ("gpt2", "sdpa"),
+        ("gpt2", "eager"),
+        ("qwen2", "sdpa"),
+        ("qwen3", "sdpa"),
+        ("phi3", "sdpa"),
+        ("mistral", "sdpa"),
+    ],
+)
+def test_other_families_staggered_requests_equal_generate_alone(tokenizer, family, attn_implementation):
     model = tiny_random_model(family, tokenizer, attn_implementation)
     prompts = {f"g{i}": prompt for i, prompt in enumerate(make_prompts(6, seed=7, max_words=20))}
     max_tokens = dict.fromkeys(prompts, 12)
@@ -458,14 +507,21 @@ SYSTEM_PROMPT = " ".join(WORDS[:60])  # a long shared start, as a chat assistant
 
 
 def test_a_cached_prefix_is_reused_and_the_answers_still_equal_generate(model, tokenizer):
-    prompts = {"first": SYSTEM_PROMPT + " Question one?", "same": SYSTEM_PROMPT + " Question one?",
-               "longer": SYSTEM_PROMPT + " Question two is longer than the first?"}
+    prompts = {
+        "first": SYSTEM_PROMPT + " Question one?",
+        "same": SYSTEM_PROMPT + " Question one?",
+        "longer": SYSTEM_PROMPT + " Question two is longer than the first?",
+    }
     max_tokens = dict.fromkeys(prompts, 10)
     engine = BatchedEngine(model, tokenizer, max_num_seqs=4, block_size=8)
 
-    answers = run_to_end(engine, {0: [make_request(tokenizer, "first", prompts["first"], max_tokens=10)],
-                                  3: [make_request(tokenizer, rid, prompts[rid], max_tokens=10)
-                                      for rid in ("same", "longer")]})
+    answers = run_to_end(
+        engine,
+        {
+            0: [make_request(tokenizer, "first", prompts["first"], max_tokens=10)],
+            3: [make_request(tokenizer, rid, prompts[rid], max_tokens=10) for rid in ("same", "longer")],
+        },
+    )
 
     assert_greedy(model, tokenizer, answers, prompts, max_tokens)
     shared = len(tokenizer.encode(SYSTEM_PROMPT)) // 8 * 8
@@ -485,9 +541,12 @@ def test_the_next_turn_of_a_chat_reuses_the_previous_answer(model, tokenizer):
 
     # prompt and answer were cached when turn 1 ended (but its last token, never fed)
     assert engine.prefix_caching.num_hit_tokens - hits_before == (len(turn1_ids) - 1) // 4 * 4
-    expected = model.generate(torch.tensor([second.prompt_token_ids]), do_sample=False,
-                              attention_mask=torch.ones(1, len(second.prompt_token_ids), dtype=torch.long),
-                              max_new_tokens=8)[0, len(second.prompt_token_ids):].tolist()
+    expected = model.generate(
+        torch.tensor([second.prompt_token_ids]),
+        do_sample=False,
+        attention_mask=torch.ones(1, len(second.prompt_token_ids), dtype=torch.long),
+        max_new_tokens=8,
+    )[0, len(second.prompt_token_ids) :].tolist()
     assert answers["turn2"].token_ids == expected
 
 
@@ -536,8 +595,9 @@ def test_linears_on_onednn_keep_answers_exact_and_leave_the_model_as_it_was(mode
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert engine.runner.cpu_linears.linears == linears and linears
 
-    answers = run_to_end(engine, {0: [make_request(tokenizer, rid, prompt, max_tokens=10)
-                                      for rid, prompt in prompts.items()]})
+    answers = run_to_end(
+        engine, {0: [make_request(tokenizer, rid, prompt, max_tokens=10) for rid, prompt in prompts.items()]}
+    )
 
     assert_greedy(model, tokenizer, answers, prompts, max_tokens)
     assert all("forward" not in vars(linear) for linear in linears)  # the model is as it was
@@ -546,8 +606,12 @@ def test_linears_on_onednn_keep_answers_exact_and_leave_the_model_as_it_was(mode
 def test_newcomers_with_cached_prefixes_are_prefilled_together(model, tokenizer):
     engine = BatchedEngine(model, tokenizer, max_num_seqs=8, block_size=4)
     run_to_end(engine, {0: [make_request(tokenizer, "warm", SYSTEM_PROMPT + " Hi?", max_tokens=2)]})
-    questions = [" Why?", " What time is it now?", " Tell me about the sea and the harbour.",
-                 " Where is my parcel?"]
+    questions = [
+        " Why?",
+        " What time is it now?",
+        " Tell me about the sea and the harbour.",
+        " Where is my parcel?",
+    ]
     prompts = {f"q{i}": SYSTEM_PROMPT + question for i, question in enumerate(questions)}
     for request_id, prompt in prompts.items():
         engine.add_request(make_request(tokenizer, request_id, prompt, max_tokens=8))

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import generate_greedy
 from transformers import AutoModelForCausalLM
 
-from engine_helpers import generate_greedy
 from llmos.wire import pb
 from workers.batched_engine import BatchedEngine
 from workers.requests import EngineRequest, SamplingOptions
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 PROMPTS = [
     "Hello",
@@ -46,8 +48,9 @@ def test_half_precision_batch_streams_and_starts_like_generate(tiny_model_dir, t
     model = load(tiny_model_dir, dtype)
     engine = BatchedEngine(model, tokenizer, max_num_seqs=4, max_num_batched_tokens=64)
     for index, prompt in enumerate(PROMPTS):
-        engine.add_request(EngineRequest(f"r{index}", tokenizer.encode(prompt),
-                                         SamplingOptions(max_tokens=16)))
+        engine.add_request(
+            EngineRequest(f"r{index}", tokenizer.encode(prompt), SamplingOptions(max_tokens=16))
+        )
 
     answers = run_to_end(engine)
 
@@ -59,16 +62,22 @@ def test_half_precision_batch_streams_and_starts_like_generate(tiny_model_dir, t
         assert token_ids[:NUM_EXACT_TOKENS] == expected[:NUM_EXACT_TOKENS]
         assert all(len(d.token_ids) == 1 for d in deltas)
         assert deltas[-1].is_finished and deltas[-1].finish_reason in (
-            pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_EOS)
+            pb.FINISH_REASON_LENGTH,
+            pb.FINISH_REASON_EOS,
+        )
 
 
-def test_cuda_preemption_by_recompute_keeps_the_budget_and_seeded_sampling_runs(tiny_model_dir,
-                                                                                tokenizer):
+def test_cuda_preemption_by_recompute_keeps_the_budget_and_seeded_sampling_runs(tiny_model_dir, tokenizer):
     model = load(tiny_model_dir, torch.bfloat16)
     engine = BatchedEngine(model, tokenizer, max_num_seqs=4, num_blocks=12, block_size=8)
     for index, prompt in enumerate(PROMPTS[:3]):
-        engine.add_request(EngineRequest(f"r{index}", tokenizer.encode(prompt),
-                                         SamplingOptions(max_tokens=24, temperature=0.8, seed=index)))
+        engine.add_request(
+            EngineRequest(
+                f"r{index}",
+                tokenizer.encode(prompt),
+                SamplingOptions(max_tokens=24, temperature=0.8, seed=index),
+            )
+        )
 
     answers = run_to_end(engine)
 
@@ -82,8 +91,9 @@ def test_cuda_prefix_cache_is_reused_and_starts_like_generate(tiny_model_dir, to
     model = load(tiny_model_dir, torch.bfloat16)
     engine = BatchedEngine(model, tokenizer, max_num_seqs=4, block_size=8)
     shared = PROMPTS[3]  # a long start that later prompts share
-    engine.add_request(EngineRequest("first", tokenizer.encode(shared + " First?"),
-                                     SamplingOptions(max_tokens=4)))
+    engine.add_request(
+        EngineRequest("first", tokenizer.encode(shared + " First?"), SamplingOptions(max_tokens=4))
+    )
     run_to_end(engine)
     prompt = shared + " And the second question?"
     engine.add_request(EngineRequest("second", tokenizer.encode(prompt), SamplingOptions(max_tokens=8)))
@@ -108,7 +118,8 @@ def test_loading_on_cuda_turns_cudnn_attention_off():
 
 
 def test_cuda_newcomers_join_a_running_batch_in_one_forward_and_start_like_generate(
-        tiny_model_dir, tokenizer):
+    tiny_model_dir, tokenizer
+):
     model = load(tiny_model_dir, torch.bfloat16)
     engine = BatchedEngine(model, tokenizer, max_num_seqs=4)
     assert engine.runner.supports_mixed_steps
@@ -117,8 +128,9 @@ def test_cuda_newcomers_join_a_running_batch_in_one_forward_and_start_like_gener
     answers: dict[str, list] = {}
     try:
         for index, prompt in enumerate(PROMPTS):  # one joins at every step
-            engine.add_request(EngineRequest(f"r{index}", tokenizer.encode(prompt),
-                                             SamplingOptions(max_tokens=12)))
+            engine.add_request(
+                EngineRequest(f"r{index}", tokenizer.encode(prompt), SamplingOptions(max_tokens=12))
+            )
             before = len(forwards)
             for delta in engine.step():
                 answers.setdefault(delta.request_id, []).append(delta)

@@ -6,25 +6,36 @@ import json
 import sys
 import types
 
-import torch
 import pytest
+import torch
 from click.testing import CliRunner
 
+from llmos.cli import cli
 from llmos_bench.engine import engine_class
 from llmos_bench.engine_stack import answer_lengths
 from llmos_bench.load import poisson_arrivals, run_closed_loop, run_open_loop
 from llmos_bench.stats import model_flops, percentile
-from llmos.cli import cli
 from workers.dummy import build_dummy_model
 from workers.reference_engine import ReferenceEngine
 from workers.requests import Delta
 
 torch.set_num_threads(1)
 
-TINY_ARGS = ["bench", "engine", "--model", "dummy:llama-tiny", "--prompt-len", "8",
-             "--new-tokens", "4", "--concurrency", "1,2", "--threads", "1"]
-RUN_KEYS = {"requests", "output_tokens", "wall_s", "output_tokens_per_s", "flops_per_s",
-            "peak_fraction"}
+TINY_ARGS = [
+    "bench",
+    "engine",
+    "--model",
+    "dummy:llama-tiny",
+    "--prompt-len",
+    "8",
+    "--new-tokens",
+    "4",
+    "--concurrency",
+    "1,2",
+    "--threads",
+    "1",
+]
+RUN_KEYS = {"requests", "output_tokens", "wall_s", "output_tokens_per_s", "flops_per_s", "peak_fraction"}
 
 
 def run_bench(*extra_args: str) -> dict:
@@ -68,15 +79,16 @@ class FakeEngine:
 def test_json_line_has_every_figure_with_sane_types():
     summary = run_bench("--poisson-seconds", "0.2", "--json-only")
 
-    for key in ("speedup_vs_sequential", "speedup_vs_static_batch", "peak_fraction",
-                "peak_flops_per_s"):
+    for key in ("speedup_vs_sequential", "speedup_vs_static_batch", "peak_fraction", "peak_flops_per_s"):
         assert is_positive(summary[key]), key
     generate_batch = summary["baselines"]["generate_batch"]
-    assert summary["speedup_vs_generate_batch"] is None or is_positive(
-        summary["speedup_vs_generate_batch"])
+    assert summary["speedup_vs_generate_batch"] is None or is_positive(summary["speedup_vs_generate_batch"])
     assert (generate_batch is None) == (summary["speedup_vs_generate_batch"] is None)
     assert (summary["model"], summary["device"], summary["compare_concurrency"]) == (
-        "dummy:llama-tiny", "cpu", 2)
+        "dummy:llama-tiny",
+        "cpu",
+        2,
+    )
     assert summary["engine"] in {"Engine", "BatchedEngine"}
     assert [run["concurrency"] for run in summary["llmos"]] == [1, 2]
     for run in summary["llmos"]:
@@ -103,7 +115,8 @@ def test_rounds_alternate_and_the_ratios_come_from_their_medians():
     compared = next(run for run in summary["llmos"] if run["concurrency"] == 2)
     sequential = summary["baselines"]["sequential"]
     assert summary["speedup_vs_sequential"] == pytest.approx(
-        compared["output_tokens_per_s"] / sequential["output_tokens_per_s"])
+        compared["output_tokens_per_s"] / sequential["output_tokens_per_s"]
+    )
     assert all(is_positive(value) for value in ratios["sequential"])
 
 
@@ -115,8 +128,7 @@ def test_table_comes_before_the_json_line():
     assert any(line.startswith("RUN ") and "OUT TOK/S" in line for line in lines)
     summary = json.loads(lines[-1])
     assert summary["poisson"] is None
-    assert summary["baselines"] == {"sequential": None, "static_batch": None,
-                                    "generate_batch": None}
+    assert summary["baselines"] == {"sequential": None, "static_batch": None, "generate_batch": None}
     assert summary["speedup_vs_sequential"] is None
 
 
@@ -180,28 +192,28 @@ def test_write_profile_gives_simulated_workers_a_fitted_step_time(tmp_path):
     from workers.sim import LatencyProfile
 
     path = tmp_path / "profile.json"
-    run_bench("--poisson-seconds", "0", "--skip-baselines", "--json-only",
-              "--write-profile", str(path))
+    run_bench("--poisson-seconds", "0", "--skip-baselines", "--json-only", "--write-profile", str(path))
     profile = LatencyProfile.load(str(path))
     assert profile.base_ms >= 0 and profile.per_seq_ms >= 0 and profile.per_prefill_token_ms >= 0
     assert profile.source.startswith("llmos bench engine")
 
 
 def test_a_shared_prefix_repeats_the_poisson_run_without_the_prefix_cache():
-    summary = run_bench("--poisson-seconds", "0.5", "--shared-prefix-len", "32", "--rounds", "1",
-                        "--json-only")
+    summary = run_bench(
+        "--poisson-seconds", "0.5", "--shared-prefix-len", "32", "--rounds", "1", "--json-only"
+    )
 
     assert summary["settings"]["shared_prefix_len"] == 32
     off = summary["poisson_prefix_cache_off"]
     assert off["requests"] == summary["poisson"]["requests"]  # the same arrivals
-    assert summary["prefix_cache_ttft_p50_gain"] is None or is_positive(
-        summary["prefix_cache_ttft_p50_gain"])
+    assert summary["prefix_cache_ttft_p50_gain"] is None or is_positive(summary["prefix_cache_ttft_p50_gain"])
 
 
 @pytest.mark.e2e
 def test_stack_requests_serve_the_same_answers_alone_and_through_a_real_stack():
-    summary = run_bench("--poisson-seconds", "0", "--skip-baselines", "--rounds", "2",
-                        "--stack-requests", "12", "--json-only")
+    summary = run_bench(
+        "--poisson-seconds", "0", "--skip-baselines", "--rounds", "2", "--stack-requests", "12", "--json-only"
+    )
 
     stack = summary["stack"]
     lengths = answer_lengths(12, new_tokens=4, seed=0)
@@ -216,8 +228,9 @@ def test_stack_requests_serve_the_same_answers_alone_and_through_a_real_stack():
 
 
 def test_churn_requests_compare_mixed_steps_with_newcomers_prefilled_apart():
-    summary = run_bench("--poisson-seconds", "0", "--skip-baselines", "--rounds", "2",
-                        "--churn-requests", "12", "--json-only")
+    summary = run_bench(
+        "--poisson-seconds", "0", "--skip-baselines", "--rounds", "2", "--churn-requests", "12", "--json-only"
+    )
 
     churn = summary["churn"]
     lengths = answer_lengths(12, new_tokens=4, seed=0)

@@ -9,21 +9,53 @@ import random
 import pytest
 from click.testing import CliRunner
 
+from llmos.cli import cli
 from llmos_bench.driver import Outcome, RunResult
 from llmos_bench.sched_config import SchedBenchConfig
 from llmos_bench.sched_runs import chat_workloads, offered_load, token_capacity_per_s
 from llmos_bench.workload import BATCH, INTERACTIVE, BatchFlood, bounded_pareto, tenant_jobs
-from llmos.cli import cli
 from workers.sim import LatencyProfile
 
-HEADLINE_KEYS = ("interactive_ttft_p99_vs_idle", "interactive_ttft_p99_gain_vs_fcfs",
-                 "throughput_vs_fcfs", "mlfq_jct_gain_vs_fcfs", "fair_share_error",
-                 "scale_requests_per_s")
-TOY_ARGS = ["--duration-s", "1", "--workers", "2", "--slots", "2", "--interactive-rate", "6",
-            "--batch-max-tokens", "16", "--fair-warmup-s", "0.3", "--fair-window-s", "1",
-            "--fair-max-tokens", "8", "--scale-workers", "10", "--scale-requests", "200",
-            "--scale-in-flight", "20", "--scale-clients", "1", "--scale-sim-processes", "1",
-            "--decision-pending", "50", "--drain-timeout-s", "30"]
+HEADLINE_KEYS = (
+    "interactive_ttft_p99_vs_idle",
+    "interactive_ttft_p99_gain_vs_fcfs",
+    "throughput_vs_fcfs",
+    "mlfq_jct_gain_vs_fcfs",
+    "fair_share_error",
+    "scale_requests_per_s",
+)
+TOY_ARGS = [
+    "--duration-s",
+    "1",
+    "--workers",
+    "2",
+    "--slots",
+    "2",
+    "--interactive-rate",
+    "6",
+    "--batch-max-tokens",
+    "16",
+    "--fair-warmup-s",
+    "0.3",
+    "--fair-window-s",
+    "1",
+    "--fair-max-tokens",
+    "8",
+    "--scale-workers",
+    "10",
+    "--scale-requests",
+    "200",
+    "--scale-in-flight",
+    "20",
+    "--scale-clients",
+    "1",
+    "--scale-sim-processes",
+    "1",
+    "--decision-pending",
+    "50",
+    "--drain-timeout-s",
+    "30",
+]
 
 
 def run_bench(*args: str) -> dict:
@@ -59,14 +91,18 @@ def test_toy_run_reports_every_headline_figure_from_the_real_processes():
     scale = summary["scale"]
     assert (scale["completed"], scale["unfinished"], scale["errors"]) == (200, 0, {})
     assert {"broker", "scheduler", "kernel", "sim-0", "load"} <= set(scale["cpu_s"])
-    assert set(summary["targets"]) >= {"mlfq_jct_2x_better_than_fcfs", "fair_shares_within_10pct",
-                                       "scale_2000_requests_per_s"}
+    assert set(summary["targets"]) >= {
+        "mlfq_jct_2x_better_than_fcfs",
+        "fair_shares_within_10pct",
+        "scale_2000_requests_per_s",
+    }
     assert all(value in (True, False) for value in summary["targets"].values())
 
 
 def test_skipped_workloads_give_null_figures_and_a_table():
-    result = CliRunner().invoke(cli, ["bench", "sched", "--skip-chat", "--skip-fair",
-                                      "--skip-scale", "--decision-pending", "20"])
+    result = CliRunner().invoke(
+        cli, ["bench", "sched", "--skip-chat", "--skip-fair", "--skip-scale", "--decision-pending", "20"]
+    )
     lines = result.stdout.strip().splitlines()
 
     assert result.exit_code == 0, result.output
@@ -93,7 +129,7 @@ def test_the_same_seed_gives_every_policy_the_same_jobs():
     assert chat.jobs(seed=3) == chat.jobs(seed=3) != chat.jobs(seed=4)
     batch = flood.jobs(seed=3)
     assert batch == flood.jobs(seed=3)
-    assert [job.offset_s for job in batch[:flood.burst]] == [0.0] * 8, "a burst fills every slot"
+    assert [job.offset_s for job in batch[: flood.burst]] == [0.0] * 8, "a burst fills every slot"
     assert {job.tier for job in batch} == {BATCH}
     assert {job.tier for job in chat.jobs(seed=3)} == {INTERACTIVE}
     assert all(config.batch_min_tokens <= job.max_tokens <= config.batch_max_tokens for job in batch)
@@ -104,11 +140,13 @@ def test_the_batch_flood_alone_asks_for_the_batch_load_and_interactive_comes_on_
     chat, flood = chat_workloads(config)
 
     flood_only = SchedBenchConfig(batch_load=1.0, interactive_rate=0.0)
-    assert offered_load(flood_only, *chat_workloads(flood_only),
-                        counting_prefills=False) == pytest.approx(1.0)
+    assert offered_load(flood_only, *chat_workloads(flood_only), counting_prefills=False) == pytest.approx(
+        1.0
+    )
     interactive_share = chat.rate_per_s * chat.mean_answer_tokens / token_capacity_per_s(config)
     assert offered_load(config, chat, flood, counting_prefills=False) == pytest.approx(
-        1.0 + interactive_share, rel=1e-4)
+        1.0 + interactive_share, rel=1e-4
+    )
 
 
 def test_the_load_counting_prefills_is_the_load_asked_for_plus_what_prefills_stall(tmp_path):
@@ -117,14 +155,14 @@ def test_the_load_counting_prefills_is_the_load_asked_for_plus_what_prefills_sta
     config = SchedBenchConfig(batch_load=1.2, profile_file=free_prefills)
     workloads = chat_workloads(config)
     assert offered_load(config, *workloads, counting_prefills=True) == pytest.approx(
-        offered_load(config, *workloads, counting_prefills=False))
+        offered_load(config, *workloads, counting_prefills=False)
+    )
 
     dear = SchedBenchConfig(profile_file="workers/profiles/h100-llama-1b.json")
     assert offered_load(dear, *chat_workloads(dear), counting_prefills=True) > 1.35
     default = SchedBenchConfig()  # 0.02 ms per prefill token: about 3% more
     nominal = offered_load(default, *chat_workloads(default), counting_prefills=False)
-    assert nominal < offered_load(default, *chat_workloads(default),
-                                  counting_prefills=True) < nominal * 1.05
+    assert nominal < offered_load(default, *chat_workloads(default), counting_prefills=True) < nominal * 1.05
 
 
 def test_bounded_pareto_stays_in_bounds_with_a_heavy_tail():
@@ -139,12 +177,10 @@ def test_bounded_pareto_stays_in_bounds_with_a_heavy_tail():
 def test_a_declared_max_tokens_marks_each_answers_length_in_its_prompt() -> None:
     from workers.sim import stop_at_tokens
 
-    exact = BatchFlood(burst=4, rate_per_s=20, duration_s=1, pareto_alpha=1.2, min_tokens=8,
-                       max_tokens=64)
+    exact = BatchFlood(burst=4, rate_per_s=20, duration_s=1, pareto_alpha=1.2, min_tokens=8, max_tokens=64)
     loose = dataclasses.replace(exact, declared_max_tokens=256)
     for tight, job in zip(exact.jobs(seed=3), loose.jobs(seed=3), strict=True):
-        assert (job.max_tokens, job.answer_tokens, job.offset_s) == (256, tight.max_tokens,
-                                                                   tight.offset_s)
+        assert (job.max_tokens, job.answer_tokens, job.offset_s) == (256, tight.max_tokens, tight.offset_s)
         assert stop_at_tokens(job.prompt, job.max_tokens) == tight.max_tokens
         assert tight.answer_tokens == 0 and stop_at_tokens(tight.prompt, tight.max_tokens) == tight.max_tokens
 
@@ -153,13 +189,18 @@ def test_tenant_jobs_carry_the_tenant_and_stop_at_the_limit():
     jobs = list(tenant_jobs("B", "standard", max_tokens=16, seed=0, limit=3))
 
     assert [(job.group, job.tenant, job.tier, job.max_tokens) for job in jobs] == [
-        ("B", "B", "standard", 16)] * 3
+        ("B", "B", "standard", 16)
+    ] * 3
 
 
 def test_tokens_in_window_count_only_chunks_before_the_arrivals_stopped():
-    result = RunResult(started_s=100.0, window_s=2.0, ended_s=105.0,
-                       outcomes=[Outcome("batch", 100.0)],
-                       chunks=[(100.5, "batch", 1), (101.9, "interactive", 2), (102.5, "batch", 4)])
+    result = RunResult(
+        started_s=100.0,
+        window_s=2.0,
+        ended_s=105.0,
+        outcomes=[Outcome("batch", 100.0)],
+        chunks=[(100.5, "batch", 1), (101.9, "interactive", 2), (102.5, "batch", 4)],
+    )
 
     assert result.tokens_in_window() == 3
     assert result.tokens_in_window("batch") == 1

@@ -22,8 +22,7 @@ def make_generate(prompt: str = "hello", **fields) -> pb.GenerateRequest:
 
 def admit(request: pb.GenerateRequest, config: BrokerConfig | None = None, models=None):
     config = config or BrokerConfig()
-    return validate_generate(request, config, parse_tier_limits(config),
-                             MODELS if models is None else models)
+    return validate_generate(request, config, parse_tier_limits(config), MODELS if models is None else models)
 
 
 def refusal(request: pb.GenerateRequest, config: BrokerConfig | None = None, models=None) -> WireError:
@@ -40,15 +39,18 @@ def test_defaults_are_filled_in_and_the_model_resolved():
     assert admission.kind == pb.TASK_KIND_GENERATE
 
 
-@pytest.mark.parametrize("sampling, field", [
-    ({"max_tokens": -1}, "max_tokens"),
-    ({"max_tokens": 100_000}, "max_tokens"),
-    ({"temperature": -0.5}, "temperature"),
-    ({"temperature": float("nan")}, "temperature"),
-    ({"top_p": 0.0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"top_k": -3}, "top_k"),
-])
+@pytest.mark.parametrize(
+    "sampling, field",
+    [
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"max_tokens": 100_000}, "max_tokens"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -3}, "top_k"),
+    ],
+)
 def test_bad_sampling_is_invalid_argument(sampling, field):
     error = refusal(make_generate(sampling=sampling))
     assert error.code == pb.INVALID_ARGUMENT
@@ -86,8 +88,11 @@ def test_bad_stop_strings():
 
 
 def test_tier_limits_override_the_defaults():
-    config = BrokerConfig(tier_limits=json.dumps({"interactive": {"max_tokens": 32, "deadline_ms": 500,
-                                                                  "max_prompt_bytes": 10}}))
+    config = BrokerConfig(
+        tier_limits=json.dumps(
+            {"interactive": {"max_tokens": 32, "deadline_ms": 500, "max_prompt_bytes": 10}}
+        )
+    )
     limits = parse_tier_limits(config)
     assert limits["interactive"].max_tokens == 32 and limits["batch"].max_tokens == 4096
     assert admit(make_generate(tier="interactive"), config).deadline_ms == 500
@@ -96,8 +101,9 @@ def test_tier_limits_override_the_defaults():
     assert refusal(make_generate(prompt="x" * 11, tier="interactive"), config).code == pb.TOO_LARGE
 
 
-@pytest.mark.parametrize("spec", ['{"vip": {}}', '{"batch": {"colour": 1}}', '{"batch": {"max_tokens": -1}}',
-                                  '[1, 2]'])
+@pytest.mark.parametrize(
+    "spec", ['{"vip": {}}', '{"batch": {"colour": 1}}', '{"batch": {"max_tokens": -1}}', "[1, 2]"]
+)
 def test_bad_tier_limits_are_refused_with_a_sentence(spec):
     with pytest.raises(ValueError):
         parse_tier_limits(BrokerConfig(tier_limits=spec))
@@ -112,16 +118,20 @@ def test_tenant_quotas_parse():
 def test_embed_requests_need_inputs_and_an_embedding_model():
     config = BrokerConfig(max_inputs=2)
     limits = parse_tier_limits(config)
-    admission = validate_pooling(pb.EmbedRequest(request_id="e", inputs=["a", "b"]),
-                                 pb.TASK_KIND_EMBED, config, limits, MODELS)
+    admission = validate_pooling(
+        pb.EmbedRequest(request_id="e", inputs=["a", "b"]), pb.TASK_KIND_EMBED, config, limits, MODELS
+    )
     assert admission.model == "minilm" and admission.inputs == ["a", "b"]
-    for request, code in [(pb.EmbedRequest(request_id="e"), pb.INVALID_ARGUMENT),
-                          (pb.EmbedRequest(request_id="e", inputs=["a", ""]), pb.INVALID_ARGUMENT),
-                          (pb.EmbedRequest(request_id="e", inputs=["a"] * 3), pb.TOO_LARGE)]:
+    for request, code in [
+        (pb.EmbedRequest(request_id="e"), pb.INVALID_ARGUMENT),
+        (pb.EmbedRequest(request_id="e", inputs=["a", ""]), pb.INVALID_ARGUMENT),
+        (pb.EmbedRequest(request_id="e", inputs=["a"] * 3), pb.TOO_LARGE),
+    ]:
         with pytest.raises(WireError) as caught:
             validate_pooling(request, pb.TASK_KIND_EMBED, config, limits, MODELS)
         assert caught.value.code == code
     with pytest.raises(WireError) as caught:
-        validate_pooling(pb.ClassifyRequest(request_id="c", inputs=["a"]), pb.TASK_KIND_CLASSIFY,
-                         config, limits, MODELS)
+        validate_pooling(
+            pb.ClassifyRequest(request_id="c", inputs=["a"]), pb.TASK_KIND_CLASSIFY, config, limits, MODELS
+        )
     assert caught.value.code == pb.UNKNOWN_MODEL

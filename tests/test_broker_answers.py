@@ -20,10 +20,16 @@ def test_the_first_answers_give_their_exact_mean_per_tier() -> None:
     assert fills_of(answer_fills) == {"batch": (2, 0.625), "interactive": (1, 0.25)}
 
 
-@pytest.mark.parametrize("finish_reason", [pb.FINISH_REASON_CANCELLED, pb.FINISH_REASON_ERROR,
-                                           pb.FINISH_REASON_DEADLINE, pb.FINISH_REASON_PREEMPTED])
-def test_an_answer_cut_short_by_anything_but_the_model_or_its_bound_says_nothing(
-        finish_reason: int) -> None:
+@pytest.mark.parametrize(
+    "finish_reason",
+    [
+        pb.FINISH_REASON_CANCELLED,
+        pb.FINISH_REASON_ERROR,
+        pb.FINISH_REASON_DEADLINE,
+        pb.FINISH_REASON_PREEMPTED,
+    ],
+)
+def test_an_answer_cut_short_by_anything_but_the_model_or_its_bound_says_nothing(finish_reason: int) -> None:
     answer_fills = AnswerFills()
     answer_fills.record("batch", finish_reason, 3, 100)
     assert fills_of(answer_fills) == {}

@@ -10,8 +10,10 @@ _seq = itertools.count(1)
 
 
 def make_queue(max_depth: int = 3) -> TieredQueue:
-    return TieredQueue(["interactive", "standard", "batch"],
-                       {"interactive": max_depth, "standard": max_depth, "batch": max_depth})
+    return TieredQueue(
+        ["interactive", "standard", "batch"],
+        {"interactive": max_depth, "standard": max_depth, "batch": max_depth},
+    )
 
 
 def push(queue: TieredQueue, request_id: str, tier: str, tenant: str = "t") -> int:
@@ -76,8 +78,9 @@ def test_every_tenant_is_shown_while_one_floods_the_tier():
 
 
 def register(worker_id: str, models=("m",), slots: int = 2) -> pb.WorkerRegister:
-    return pb.WorkerRegister(worker_id=worker_id, models=list(models), max_num_seqs=slots,
-                             heartbeat_interval_ms=100)
+    return pb.WorkerRegister(
+        worker_id=worker_id, models=list(models), max_num_seqs=slots, heartbeat_interval_ms=100
+    )
 
 
 def test_pool_expires_silent_workers_after_liveness_intervals():
@@ -97,8 +100,7 @@ def test_pool_records_models_by_task():
     embedder.task = pb.TASK_KIND_EMBED
     pool.require_worker(b"e1", embedder, now_s=0.0)
     worker = pool.require_worker(b"w1", register("w1", models=("tiny",), slots=1), now_s=0.0)
-    assert pool.models_by_task == {pb.TASK_KIND_EMBED: {"minilm"},
-                                       pb.TASK_KIND_GENERATE: {"tiny"}}
+    assert pool.models_by_task == {pb.TASK_KIND_EMBED: {"minilm"}, pb.TASK_KIND_GENERATE: {"tiny"}}
     assert worker.serves("tiny") and not worker.serves("minilm")
     assert worker.has_capacity
     worker.running_ids.add("r1")

@@ -19,11 +19,23 @@ def make_table(max_depth: int = 10) -> RequestTable:
     return RequestTable(TieredQueue(TIERS, dict.fromkeys(TIERS, max_depth)))
 
 
-def make_admitted(request_id: str = "c1", tier: str = "standard", tenant: str = "alice",
-                  max_tokens: int = 8, deadline_ms: int = 0) -> AdmittedRequest:
-    return AdmittedRequest(request_id=request_id, kind=pb.TASK_KIND_GENERATE, model="tiny",
-                           tier=tier, tenant=tenant, deadline_ms=deadline_ms, prompt="hi",
-                           sampling=pb.SamplingParams(max_tokens=max_tokens))
+def make_admitted(
+    request_id: str = "c1",
+    tier: str = "standard",
+    tenant: str = "alice",
+    max_tokens: int = 8,
+    deadline_ms: int = 0,
+) -> AdmittedRequest:
+    return AdmittedRequest(
+        request_id=request_id,
+        kind=pb.TASK_KIND_GENERATE,
+        model="tiny",
+        tier=tier,
+        tenant=tenant,
+        deadline_ms=deadline_ms,
+        prompt="hi",
+        sampling=pb.SamplingParams(max_tokens=max_tokens),
+    )
 
 
 def add(table: RequestTable, request_id: str = "c1", now_s: float = 0.0, **fields) -> Request:
@@ -32,9 +44,16 @@ def add(table: RequestTable, request_id: str = "c1", now_s: float = 0.0, **field
 
 
 def make_worker(max_num_seqs: int = 2) -> ConnectedWorker:
-    return ConnectedWorker(worker_id="w1", identity=b"w1", models=frozenset({"tiny"}),
-                           task=pb.TASK_KIND_GENERATE, device="cpu", max_num_seqs=max_num_seqs,
-                           heartbeat_interval_s=1.0, expiry_s=3.0)
+    return ConnectedWorker(
+        worker_id="w1",
+        identity=b"w1",
+        models=frozenset({"tiny"}),
+        task=pb.TASK_KIND_GENERATE,
+        device="cpu",
+        max_num_seqs=max_num_seqs,
+        heartbeat_interval_s=1.0,
+        expiry_s=3.0,
+    )
 
 
 def test_a_request_is_queued_runs_finishes_is_answered_and_forgotten():
@@ -84,13 +103,16 @@ def test_a_preempted_request_goes_back_to_the_head_of_its_lane_with_its_tokens()
     assert first.dispatched_at_s == 1.0 and first.tokens_at_dispatch == 2
 
 
-@pytest.mark.parametrize(("start", "refused"), [
-    (RequestStatus.QUEUED, RequestStatus.ANSWERED),
-    (RequestStatus.QUEUED, RequestStatus.FINISHING),
-    (RequestStatus.FINISHING, RequestStatus.PREEMPTING),
-    (RequestStatus.ANSWERED, RequestStatus.QUEUED),
-    (RequestStatus.DONE, RequestStatus.QUEUED),
-])
+@pytest.mark.parametrize(
+    ("start", "refused"),
+    [
+        (RequestStatus.QUEUED, RequestStatus.ANSWERED),
+        (RequestStatus.QUEUED, RequestStatus.FINISHING),
+        (RequestStatus.FINISHING, RequestStatus.PREEMPTING),
+        (RequestStatus.ANSWERED, RequestStatus.QUEUED),
+        (RequestStatus.DONE, RequestStatus.QUEUED),
+    ],
+)
 def test_a_change_outside_the_transition_table_is_refused(start, refused):
     assert refused not in TRANSITIONS[start]
     request = add(make_table())

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 
 import pytest
 import zmq
+from service_process import REPLY_TIMEOUT_S, ask, dealer, running_service, wait_until
 
 from llmos.processes import free_address
 from llmos.wire import pack, pb, unpack
 from scheduler_svc.policies import decide, make_policy
-from service_process import REPLY_TIMEOUT_S, ask, dealer, running_service, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +35,17 @@ class HandWorker:
 
     def __init__(self, socket: zmq.Socket) -> None:
         self.socket = socket
-        socket.send(pack(pb.WorkerRegister(worker_id=WORKER_ID, models=[MODEL], max_num_seqs=1,
-                                           task=pb.TASK_KIND_GENERATE,
-                                           heartbeat_interval_ms=60_000)))
+        socket.send(
+            pack(
+                pb.WorkerRegister(
+                    worker_id=WORKER_ID,
+                    models=[MODEL],
+                    max_num_seqs=1,
+                    task=pb.TASK_KIND_GENERATE,
+                    heartbeat_interval_ms=60_000,
+                )
+            )
+        )
 
     def next_message(self, timeout_s: float = REPLY_TIMEOUT_S) -> tuple[str, object] | None:
         """The broker's next message but heartbeats, or None after `timeout_s`."""
@@ -54,20 +62,43 @@ class HandWorker:
         return received and received[1]
 
     def make_token(self, request_id: str, is_last: bool = False) -> None:
-        self.socket.send(pack(pb.StepProgress(worker_id=WORKER_ID, deltas=[pb.RequestDelta(
-            request_id=request_id, token_ids=[7], text=" x", prompt_tokens=3,
-            is_finished=is_last, finish_reason=pb.FINISH_REASON_LENGTH if is_last else 0)])))
+        self.socket.send(
+            pack(
+                pb.StepProgress(
+                    worker_id=WORKER_ID,
+                    deltas=[
+                        pb.RequestDelta(
+                            request_id=request_id,
+                            token_ids=[7],
+                            text=" x",
+                            prompt_tokens=3,
+                            is_finished=is_last,
+                            finish_reason=pb.FINISH_REASON_LENGTH if is_last else 0,
+                        )
+                    ],
+                )
+            )
+        )
 
 
 @contextmanager
-def broker_with_hand_worker(log_dir, *flags: str, scheduler_address: str = ""
-                            ) -> Iterator[tuple[HandWorker, zmq.Socket]]:
+def broker_with_hand_worker(
+    log_dir, *flags: str, scheduler_address: str = ""
+) -> Iterator[tuple[HandWorker, zmq.Socket]]:
     """A broker, one hand-driven worker, a client. With no scheduler at
     `scheduler_address` (the default: a free port) the broker decides locally, by `priority`."""
     client_address, worker_address = free_address(), free_address()
-    with running_service("broker", "--client-bind", client_address, "--worker-bind",
-                         worker_address, "--scheduler-address",
-                         scheduler_address or free_address(), *flags, log_dir=log_dir):
+    with running_service(
+        "broker",
+        "--client-bind",
+        client_address,
+        "--worker-bind",
+        worker_address,
+        "--scheduler-address",
+        scheduler_address or free_address(),
+        *flags,
+        log_dir=log_dir,
+    ):
         with dealer(worker_address, WORKER_ID) as worker_socket, dealer(client_address) as client:
             worker = HandWorker(worker_socket)
             wait_until(lambda: serves_model(client), "the broker has the worker")
@@ -80,9 +111,17 @@ def serves_model(client: zmq.Socket) -> bool:
 
 
 def submit(client: zmq.Socket, request_id: str, max_tokens: int, tier: str = "") -> None:
-    client.send(pack(pb.GenerateRequest(request_id=request_id, model=MODEL, prompt="hello there",
-                                        sampling=pb.SamplingParams(max_tokens=max_tokens),
-                                        tier=tier)))
+    client.send(
+        pack(
+            pb.GenerateRequest(
+                request_id=request_id,
+                model=MODEL,
+                prompt="hello there",
+                sampling=pb.SamplingParams(max_tokens=max_tokens),
+                tier=tier,
+            )
+        )
+    )
 
 
 def test_a_request_on_its_last_token_yields_its_slot_to_the_next(tmp_path):
@@ -141,8 +180,7 @@ def test_a_request_on_its_last_token_is_listed_as_leaving_not_running(tmp_path):
         return request
 
     try:
-        with broker_with_hand_worker(tmp_path, scheduler_address=scheduler_address) as (
-                worker, client):
+        with broker_with_hand_worker(tmp_path, scheduler_address=scheduler_address) as (worker, client):
             submit(client, "a", max_tokens=3)
             answer_next()
             first = worker.next_dispatch()
@@ -151,8 +189,7 @@ def test_a_request_on_its_last_token_is_listed_as_leaving_not_running(tmp_path):
             worker.make_token(first.request_id)  # 1 left: it leaves with the step in flight
             while not (request := answer_next()).leaving:
                 assert [r.request_id for r in request.running] == [first.request_id]
-            assert [(r.request_id, r.generated_tokens) for r in request.leaving] == [
-                (first.request_id, 2)]
+            assert [(r.request_id, r.generated_tokens) for r in request.leaving] == [(first.request_id, 2)]
             assert list(request.running) == []
             assert worker.next_dispatch() is not None  # "b", into the slot "a" leaves
     finally:

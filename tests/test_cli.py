@@ -10,14 +10,26 @@ import time
 import pytest
 import zmq
 from click.testing import CliRunner
-
 from fake_broker import INVALID_SENTENCE, QUEUE_FULL_SENTENCE, FakeBroker, status_reply
+
 from llmos import cli as cli_module
 from llmos.cli import cli, format_status
 from llmos.wire import pb
 
-ALL_SUBCOMMANDS = ["bench", "broker", "classify", "embed", "kernel", "model", "policy", "scheduler",
-                   "status", "submit", "up", "worker"]
+ALL_SUBCOMMANDS = [
+    "bench",
+    "broker",
+    "classify",
+    "embed",
+    "kernel",
+    "model",
+    "policy",
+    "scheduler",
+    "status",
+    "submit",
+    "up",
+    "worker",
+]
 
 
 @pytest.fixture
@@ -55,22 +67,31 @@ def test_help_lists_every_subcommand():
 
 
 def test_help_and_submit_help_import_no_service_module_nor_torch():
-    heavy = ("torch", "transformers", "broker", "kernel_svc", "scheduler_svc", "workers",
-             "llmos.launcher", "llmos.model_cli", "llmos.tiny_model")
+    heavy = (
+        "torch",
+        "transformers",
+        "broker",
+        "kernel_svc",
+        "scheduler_svc",
+        "workers",
+        "llmos.launcher",
+        "llmos.model_cli",
+        "llmos.tiny_model",
+    )
     probe = (
         "import sys; from click.testing import CliRunner; from llmos.cli import cli;"
         "assert CliRunner().invoke(cli, ['--help']).exit_code == 0;"
         "assert CliRunner().invoke(cli, ['submit', '--help']).exit_code == 0;"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r}))"
     )
-    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=True).stdout
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
 
 
 def test_a_lazy_subcommand_that_cannot_import_is_listed_and_fails_clearly(monkeypatch):
-    monkeypatch.setitem(cli_module.LAZY_COMMANDS, "ghost",
-                        ("no_such_package.main:command", "Haunt the cluster."))
+    monkeypatch.setitem(
+        cli_module.LAZY_COMMANDS, "ghost", ("no_such_package.main:command", "Haunt the cluster.")
+    )
     listed = invoke("--help")
     assert "ghost" in commands_listed(listed.output)
     result = invoke("ghost", "--some-flag")
@@ -80,8 +101,20 @@ def test_a_lazy_subcommand_that_cannot_import_is_listed_and_fails_clearly(monkey
 
 
 def test_submit_streams_the_text_and_prints_usage_to_stderr(broker):
-    result = invoke("submit", "--broker-address", broker.address, "--max-tokens", "4",
-                    "--stop", "\n", "--stop", "END", "--seed", "3", "the quick brown fox")
+    result = invoke(
+        "submit",
+        "--broker-address",
+        broker.address,
+        "--max-tokens",
+        "4",
+        "--stop",
+        "\n",
+        "--stop",
+        "END",
+        "--seed",
+        "3",
+        "the quick brown fox",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == "the quick brown fox\n"
     assert "usage: prompt_tokens=4 generated_tokens=4 finish=length" in result.stderr
@@ -99,11 +132,14 @@ def test_submit_no_stream_and_json(broker):
     assert document["finish_reason"] == "FINISH_REASON_LENGTH"
 
 
-@pytest.mark.parametrize(("prompt", "exit_code", "line"), [
-    ("full", 3, f"error: QUEUE_FULL: {QUEUE_FULL_SENTENCE}"),
-    ("bad", 2, f"error: INVALID_ARGUMENT: {INVALID_SENTENCE}"),
-    ("fail-midway", 3, "error: WORKER_FAILED: tokenizer exploded"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "exit_code", "line"),
+    [
+        ("full", 3, f"error: QUEUE_FULL: {QUEUE_FULL_SENTENCE}"),
+        ("bad", 2, f"error: INVALID_ARGUMENT: {INVALID_SENTENCE}"),
+        ("fail-midway", 3, "error: WORKER_FAILED: tokenizer exploded"),
+    ],
+)
 def test_submit_prints_the_broker_sentence_and_exits_non_zero(broker, prompt, exit_code, line):
     result = invoke("submit", "--broker-address", broker.address, prompt)
     assert result.exit_code == exit_code
@@ -117,8 +153,7 @@ def test_submit_exits_4_on_timeout(broker):
 
 
 def test_submit_cancels_the_request_it_stops_waiting_for(broker):
-    result = invoke("submit", "--broker-address", broker.address, "--timeout-s", "0.3",
-                    "accept-only")
+    result = invoke("submit", "--broker-address", broker.address, "--timeout-s", "0.3", "accept-only")
     assert result.exit_code == 4
     _, generate = broker.received[0]
     assert wait_until(lambda: len(broker.received) == 2)
@@ -134,8 +169,9 @@ def wait_until(condition, attempts: int = 200) -> bool:
 
 
 def test_status_shows_the_broker_and_says_the_kernel_is_unreachable(broker, silent_address):
-    result = invoke("status", "--broker-address", broker.address,
-                    "--kernel-address", silent_address, "--timeout-s", "0.3")
+    result = invoke(
+        "status", "--broker-address", broker.address, "--kernel-address", silent_address, "--timeout-s", "0.3"
+    )
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"broker  {broker.address}  scheduler online (policy priority)")
@@ -145,8 +181,9 @@ def test_status_shows_the_broker_and_says_the_kernel_is_unreachable(broker, sile
 
 
 def test_status_exits_3_when_nothing_answers(silent_address):
-    result = invoke("status", "--broker-address", silent_address,
-                    "--kernel-address", silent_address, "--timeout-s", "0.2")
+    result = invoke(
+        "status", "--broker-address", silent_address, "--kernel-address", silent_address, "--timeout-s", "0.2"
+    )
     assert result.exit_code == 3
     assert result.stdout.count("unreachable") == 2
 
@@ -156,31 +193,61 @@ def test_status_watch_refreshes_until_ctrl_c(broker, silent_address, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_module.time, "sleep", interrupt_after_one_frame)
-    result = invoke("status", "--watch", "--broker-address", broker.address,
-                    "--kernel-address", silent_address, "--timeout-s", "0.2")
+    result = invoke(
+        "status",
+        "--watch",
+        "--broker-address",
+        broker.address,
+        "--kernel-address",
+        silent_address,
+        "--timeout-s",
+        "0.2",
+    )
     assert result.exit_code == 0
     assert result.stdout.startswith("--- ")
     assert "worker-0  tiny    cpu     1/4      ?          0.0       ?" in result.stdout.splitlines()
 
 
 def test_format_status_joins_broker_slots_with_kernel_blocks():
-    view = pb.ResourceView(version=9, block_size=16, workers=[
-        pb.WorkerResources(worker_id="worker-0", models=["tiny"], device="cpu",
-                           kv_blocks_total=256, kv_blocks_used=12, num_running=1, max_num_seqs=4,
-                           cached_prefix_hashes=[11, 12, 13]),
-        pb.WorkerResources(worker_id="worker-1", models=["tiny"], device="cuda:0",
-                           kv_blocks_total=512, kv_blocks_used=0, max_num_seqs=8)])
+    view = pb.ResourceView(
+        version=9,
+        block_size=16,
+        workers=[
+            pb.WorkerResources(
+                worker_id="worker-0",
+                models=["tiny"],
+                device="cpu",
+                kv_blocks_total=256,
+                kv_blocks_used=12,
+                num_running=1,
+                max_num_seqs=4,
+                cached_prefix_hashes=[11, 12, 13],
+            ),
+            pb.WorkerResources(
+                worker_id="worker-1",
+                models=["tiny"],
+                device="cuda:0",
+                kv_blocks_total=512,
+                kv_blocks_used=0,
+                max_num_seqs=8,
+            ),
+        ],
+    )
     text = format_status("tcp://b", status_reply(), "tcp://k", view)
     assert text.splitlines()[1] == (
         "kernel  tcp://k  2 workers registered, block size 16, KV blocks 12/768 in use "
-        "cluster-wide, view version 9")
+        "cluster-wide, view version 9"
+    )
     assert "worker-0  tiny    cpu     1/4      12/256     0.0       3" in text.splitlines()
     assert "worker-1  tiny    cuda:0  0/8      0/512      ?         0" in text.splitlines()
     assert "TENANT" not in text  # no tenant holds blocks
 
 
 def test_format_status_lists_tenants_holding_kv_blocks():
-    view = pb.ResourceView(version=2, block_size=16, tenants=[
-        pb.TenantUsage(tenant="alice", kv_blocks_used=40, num_requests_holding_blocks=3)])
+    view = pb.ResourceView(
+        version=2,
+        block_size=16,
+        tenants=[pb.TenantUsage(tenant="alice", kv_blocks_used=40, num_requests_holding_blocks=3)],
+    )
     lines = format_status("tcp://b", status_reply(), "tcp://k", view).splitlines()
     assert lines[-2:] == ["TENANT  REQUESTS  KV BLOCKS", "alice   3         40"]

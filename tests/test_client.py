@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from fake_broker import INVALID_SENTENCE, QUEUE_FULL_SENTENCE, FakeBroker, token_id
+
 from llmos.aio import AsyncClient
 from llmos.client import Client
 from llmos.errors import (
-    InvalidArgument, LlmosError, LlmosTimeout, QueueFull, WorkerFailed, error_from_proto,
+    InvalidArgument,
+    LlmosError,
+    LlmosTimeout,
+    QueueFull,
+    WorkerFailed,
+    error_from_proto,
 )
 from llmos.wire import pb
 
@@ -25,8 +30,9 @@ def broker():
 
 def test_submit_and_stream_yield_chunks_in_order_then_the_result(broker):
     with Client(broker.address, timeout_s=10) as client:
-        request_id = client.submit("the quick brown fox", max_tokens=4, top_p=0.9, seed=7,
-                                   stop=["\n"], tier="batch")
+        request_id = client.submit(
+            "the quick brown fox", max_tokens=4, top_p=0.9, seed=7, stop=["\n"], tier="batch"
+        )
         chunks = list(client.stream(request_id))
         result = client.result(request_id)
 
@@ -46,7 +52,10 @@ def test_generate_returns_the_result(broker):
     with Client(broker.address, timeout_s=10) as client:
         result = client.generate("hello world", request_id="r-1")
     assert (result.request_id, result.text, result.finish_reason) == (
-        "r-1", "hello world", pb.FINISH_REASON_LENGTH)
+        "r-1",
+        "hello world",
+        pb.FINISH_REASON_LENGTH,
+    )
 
 
 def test_an_error_reply_raises_its_typed_exception(broker):
@@ -148,7 +157,8 @@ def test_async_client_demultiplexes_concurrent_requests():
     async def scenario(address):
         async with AsyncClient(address, timeout_s=10) as client:
             first, second = await asyncio.gather(
-                client.generate("one two three"), client.generate("alpha beta"))
+                client.generate("one two three"), client.generate("alpha beta")
+            )
             return first.text, second.text, (await client.status()).num_completed
 
     with FakeBroker(hold_until=2) as broker:

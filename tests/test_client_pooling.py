@@ -15,9 +15,9 @@ import json
 import pytest
 import zmq
 from click.testing import CliRunner
+from fake_broker import FakeBroker, send
 from google.protobuf.message import Message
 
-from fake_broker import FakeBroker, send
 from llmos.aio import AsyncClient
 from llmos.cli import cli
 from llmos.client import Client
@@ -32,9 +32,13 @@ SHORT_TIMEOUT_S = 0.3
 def classification(text: str) -> pb.Classification:
     positive = 0.9 if "good" in text else 0.2
     return pb.Classification(
-        label="positive" if positive > 0.5 else "negative", score=max(positive, 1 - positive),
-        scores=[pb.LabelScore(label="negative", score=1 - positive),
-                pb.LabelScore(label="positive", score=positive)])
+        label="positive" if positive > 0.5 else "negative",
+        score=max(positive, 1 - positive),
+        scores=[
+            pb.LabelScore(label="negative", score=1 - positive),
+            pb.LabelScore(label="positive", score=positive),
+        ],
+    )
 
 
 def script(name: str, request: pb.EmbedRequest | pb.ClassifyRequest) -> list[Message]:
@@ -49,12 +53,26 @@ def script(name: str, request: pb.EmbedRequest | pb.ClassifyRequest) -> list[Mes
         return [accepted, pb.Error(code=pb.WORKER_FAILED, message="model exploded", request_id=rid)]
     usage = pb.Usage(prompt_tokens=sum(len(text) for text in request.inputs))
     if name == "embed":
-        return [accepted, pb.EmbedResult(
-            request_id=rid, model="fake-embedder", worker_id="worker-0", usage=usage,
-            embeddings=[pb.Embedding(values=[len(text), i]) for i, text in enumerate(request.inputs)])]
-    return [accepted, pb.ClassifyResult(
-        request_id=rid, model="fake-classifier", worker_id="worker-0", usage=usage,
-        classifications=[classification(text) for text in request.inputs])]
+        return [
+            accepted,
+            pb.EmbedResult(
+                request_id=rid,
+                model="fake-embedder",
+                worker_id="worker-0",
+                usage=usage,
+                embeddings=[pb.Embedding(values=[len(text), i]) for i, text in enumerate(request.inputs)],
+            ),
+        ]
+    return [
+        accepted,
+        pb.ClassifyResult(
+            request_id=rid,
+            model="fake-classifier",
+            worker_id="worker-0",
+            usage=usage,
+            classifications=[classification(text) for text in request.inputs],
+        ),
+    ]
 
 
 class PoolingFakeBroker(FakeBroker):
@@ -75,15 +93,21 @@ def broker():
 
 def test_embed_waits_past_accepted_for_the_embed_result(broker):
     with Client(broker.address, timeout_s=10) as client:
-        result = client.embed(["one", "three"], model="m", tier="batch", tenant="t", request_id="e1",
-                              deadline_ms=500)
+        result = client.embed(
+            ["one", "three"], model="m", tier="batch", tenant="t", request_id="e1", deadline_ms=500
+        )
 
     assert [list(e.values) for e in result.embeddings] == [[3, 0], [5, 1]]
     assert (result.request_id, result.model, result.usage.prompt_tokens) == ("e1", "fake-embedder", 8)
     name, sent = broker.received[0]
     assert name == "embed" and list(sent.inputs) == ["one", "three"]
-    assert (sent.request_id, sent.model, sent.tier, sent.tenant, sent.deadline_ms) == \
-        ("e1", "m", "batch", "t", 500)
+    assert (sent.request_id, sent.model, sent.tier, sent.tenant, sent.deadline_ms) == (
+        "e1",
+        "m",
+        "batch",
+        "t",
+        500,
+    )
 
 
 def test_one_string_is_one_input(broker):
@@ -112,8 +136,9 @@ def test_timeout_when_the_broker_stays_silent(broker):
 def test_async_client_embeds_and_classifies_concurrently(broker):
     async def main():
         async with AsyncClient(broker.address, timeout_s=10) as client:
-            embedded, classified = await asyncio.gather(client.embed(["ab", "c"]),
-                                                        client.classify(["good", "meh"]))
+            embedded, classified = await asyncio.gather(
+                client.embed(["ab", "c"]), client.classify(["good", "meh"])
+            )
             with pytest.raises(InvalidArgument):
                 await client.classify(["bad"])
             return embedded, classified
@@ -135,8 +160,7 @@ def test_cli_embed_prints_dimensions_and_first_values_or_json(broker):
     as_json = invoke("embed", "--broker-address", broker.address, "--json", "one")
 
     assert plain.exit_code == 0
-    assert plain.stdout.splitlines() == ["2 dims  [3.0000, 0.0000]  one",
-                                         "2 dims  [5.0000, 1.0000]  three"]
+    assert plain.stdout.splitlines() == ["2 dims  [3.0000, 0.0000]  one", "2 dims  [5.0000, 1.0000]  three"]
     assert "usage: prompt_tokens=8" in plain.stderr and "model=fake-embedder" in plain.stderr
     assert json.loads(as_json.stdout)["embeddings"] == [{"values": [3.0, 0.0]}]
 

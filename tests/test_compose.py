@@ -40,6 +40,7 @@ BIND_FOR_ADDRESS = {
 
 # ---------------------------------------------------------------- helpers
 
+
 def load_services() -> dict[str, dict[str, Any]]:
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
     return compose["services"]
@@ -69,16 +70,17 @@ def port_mapping(entry: str | int | dict[str, Any]) -> tuple[str | None, str]:
 
 
 def config_env_vars() -> set[str]:
-    from llmos.config import env_var
-
     from broker.config import BrokerConfig
     from kernel_svc.config import KernelConfig
+    from llmos.config import env_var
     from scheduler_svc.config import SchedulerConfig
     from workers.config import WorkerConfig
 
-    return {env_var(field.name)
-            for config_cls in (KernelConfig, SchedulerConfig, BrokerConfig, WorkerConfig)
-            for field in dataclasses.fields(config_cls)}
+    return {
+        env_var(field.name)
+        for config_cls in (KernelConfig, SchedulerConfig, BrokerConfig, WorkerConfig)
+        for field in dataclasses.fields(config_cls)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,7 @@ def services() -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- commands
+
 
 def test_the_stack_has_its_four_services(services: dict[str, dict[str, Any]]) -> None:
     assert set(SERVICES) <= set(services), f"missing services: {set(SERVICES) - set(services)}"
@@ -105,8 +108,8 @@ def parse_command(name: str, service: dict[str, Any]) -> dict[str, Any]:
     group_context = click.Context(cli, info_name="llmos")
     command_obj = cli.get_command(group_context, subcommand)
     assert command_obj is not None, (
-        f"{name}: 'llmos {subcommand}' is not a subcommand; "
-        f"known: {cli.list_commands(group_context)}")
+        f"{name}: 'llmos {subcommand}' is not a subcommand; known: {cli.list_commands(group_context)}"
+    )
     with pytest.MonkeyPatch.context() as env:
         # Only compose's environment counts: click reads LLMOS_* variables as
         # option defaults, so their values must parse too, and the developer's
@@ -120,14 +123,16 @@ def parse_command(name: str, service: dict[str, Any]) -> dict[str, Any]:
             # make_context parses and type-checks every option without running the command.
             context = command_obj.make_context(subcommand, list(args), parent=group_context)
         except click.ClickException as exc:
-            pytest.fail(f"{name}: 'llmos {subcommand} {' '.join(args)}' does not parse: "
-                        f"{exc.format_message()}")
+            pytest.fail(
+                f"{name}: 'llmos {subcommand} {' '.join(args)}' does not parse: {exc.format_message()}"
+            )
     return dict(context.params)
 
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_command_is_a_real_llmos_subcommand_with_valid_flags(
-        services: dict[str, dict[str, Any]], name: str) -> None:
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
     parse_command(name, services[name])
 
 
@@ -138,9 +143,14 @@ def test_every_address_reaches_the_socket_it_means(services: dict[str, dict[str,
             if field.endswith("_bind"):
                 assert str(value).startswith("tcp://*:"), (
                     f"{name}: {field} {value!r} must bind tcp://*:<port> to be reachable "
-                    f"from other containers")
-    connections = [(name, field, value) for name in SERVICES
-                   for field, value in params[name].items() if field in BIND_FOR_ADDRESS]
+                    f"from other containers"
+                )
+    connections = [
+        (name, field, value)
+        for name in SERVICES
+        for field, value in params[name].items()
+        if field in BIND_FOR_ADDRESS
+    ]
     assert connections, "no service connects to another one"
     for name, field, value in connections:
         address = _TCP_ADDRESS.match(str(value))
@@ -150,30 +160,37 @@ def test_every_address_reaches_the_socket_it_means(services: dict[str, dict[str,
         bind_field = BIND_FOR_ADDRESS[field]
         bound = params[host].get(bind_field)
         assert bound == f"tcp://*:{port}", (
-            f"{name}: {field} {value} does not reach {host}'s {bind_field} {bound!r}")
+            f"{name}: {field} {value} does not reach {host}'s {bind_field} {bound!r}"
+        )
 
 
 # ---------------------------------------------------------------- environment
 
+
 def test_every_llmos_variable_is_a_config_field(services: dict[str, dict[str, Any]]) -> None:
     known = config_env_vars()
-    named = {(service_name, env_name)
-             for service_name, service in services.items()
-             for env_name in environment_of(service)
-             if env_name.startswith("LLMOS_")}
-    unknown = sorted(f"{service_name}: {env_name}"
-                     for service_name, env_name in named if env_name not in known)
+    named = {
+        (service_name, env_name)
+        for service_name, service in services.items()
+        for env_name in environment_of(service)
+        if env_name.startswith("LLMOS_")
+    }
+    unknown = sorted(
+        f"{service_name}: {env_name}" for service_name, env_name in named if env_name not in known
+    )
     assert not unknown, f"LLMOS_* variables that no service config reads: {unknown}"
 
 
 # ---------------------------------------------------------------- scaling, ports, image
+
 
 def test_worker_scales_without_name_or_host_port(services: dict[str, dict[str, Any]]) -> None:
     worker = services["worker"]
     assert "container_name" not in worker, "a fixed container_name stops --scale worker=N"
     host_ports = [port_mapping(entry)[0] for entry in worker.get("ports", [])]
     assert all(port is None for port in host_ports), (
-        f"worker publishes host ports {host_ports}; replicas would collide")
+        f"worker publishes host ports {host_ports}; replicas would collide"
+    )
 
 
 def test_worker_mounts_the_model_directory_read_only(services: dict[str, dict[str, Any]]) -> None:
@@ -185,22 +202,24 @@ def test_broker_publishes_its_client_socket_on_5555(services: dict[str, dict[str
     container_port = str(client_bind).rsplit(":", 1)[-1]
     mappings = [port_mapping(entry) for entry in services["broker"].get("ports", [])]
     assert ("5555", container_port) in mappings, (
-        f"broker must publish host port 5555 to its client socket {client_bind}; ports: {mappings}")
+        f"broker must publish host port 5555 to its client socket {client_bind}; ports: {mappings}"
+    )
 
 
-def test_all_services_run_the_image_built_from_the_dockerfile(
-        services: dict[str, dict[str, Any]]) -> None:
+def test_all_services_run_the_image_built_from_the_dockerfile(services: dict[str, dict[str, Any]]) -> None:
     dockerfile = REPO_ROOT / "Dockerfile"
     assert dockerfile.is_file()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile.read_text(), re.MULTILINE)
 
     images = {name: services[name].get("image") for name in SERVICES}
     assert len(set(images.values())) == 1 and None not in images.values(), (
-        f"services must share one image: {images}")
+        f"services must share one image: {images}"
+    )
     for name in SERVICES:
         build = services[name].get("build")
         assert build is not None, f"{name}: no build section, so its image may not exist"
         context = build if isinstance(build, str) else build.get("context", ".")
         dockerfile_name = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
         assert (COMPOSE_FILE.parent / context / dockerfile_name).resolve() == dockerfile, (
-            f"{name}: builds {context}/{dockerfile_name}, not the project's Dockerfile")
+            f"{name}: builds {context}/{dockerfile_name}, not the project's Dockerfile"
+        )

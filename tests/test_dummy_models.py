@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from workers.config import WorkerConfig
-from workers.dummy import (DUMMY_PRESETS, EOS_TOKEN_ID, LOGIT_STD, build_dummy_model,
-                           build_dummy_tokenizer, dummy_preset_name)
+from workers.dummy import (
+    DUMMY_PRESETS,
+    EOS_TOKEN_ID,
+    LOGIT_STD,
+    build_dummy_model,
+    build_dummy_tokenizer,
+    dummy_preset_name,
+)
 from workers.model_loader import load_model, load_tokenizer, resolve_model_path
 from workers.reference_engine import ReferenceEngine
 from workers.requests import EngineRequest, SamplingOptions
@@ -19,11 +25,13 @@ def llama_parameter_count(preset: str) -> int:
     """Parameters of a Llama of this shape, from the arithmetic of its layers."""
     p = DUMMY_PRESETS[preset]
     head_dim = p.hidden_size // p.num_attention_heads
-    attention = 2 * p.hidden_size * p.num_attention_heads * head_dim \
-        + 2 * p.hidden_size * p.num_key_value_heads * head_dim      # q, o and k, v
-    mlp = 3 * p.hidden_size * p.intermediate_size                   # gate, up, down
+    attention = (
+        2 * p.hidden_size * p.num_attention_heads * head_dim
+        + 2 * p.hidden_size * p.num_key_value_heads * head_dim
+    )  # q, o and k, v
+    mlp = 3 * p.hidden_size * p.intermediate_size  # gate, up, down
     norms = 2 * p.hidden_size
-    embeddings_and_head = 2 * p.vocab_size * p.hidden_size          # untied
+    embeddings_and_head = 2 * p.vocab_size * p.hidden_size  # untied
     return p.num_hidden_layers * (attention + mlp + norms) + p.hidden_size + embeddings_and_head
 
 
@@ -95,10 +103,10 @@ def test_tiny_preset_loads_through_the_worker_loader_and_generates():
     while engine.has_work:
         for delta in engine.step():
             token_ids += delta.token_ids
-    expected = loaded.model.generate(torch.tensor([prompt_token_ids]), max_new_tokens=6,
-                                     min_new_tokens=6, do_sample=False)[0, len(prompt_token_ids):]
+    expected = loaded.model.generate(
+        torch.tensor([prompt_token_ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False
+    )[0, len(prompt_token_ids) :]
 
-    assert (loaded.name, loaded.dtype, loaded.max_model_len) == (
-        "dummy:llama-tiny", torch.float32, 2048)
+    assert (loaded.name, loaded.dtype, loaded.max_model_len) == ("dummy:llama-tiny", torch.float32, 2048)
     assert token_ids == expected.tolist()
     assert len(token_ids) == 6

@@ -11,10 +11,10 @@ import time
 
 import pytest
 import zmq
+from stack import Stack
 
 from llmos.errors import DeadlineExceeded, QueueFull, QuotaExceeded
 from llmos.wire import pb
-from stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -24,9 +24,13 @@ LONG = 1500  # tokens: seconds of work for the tiny model, so it is surely runni
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir, tmp_path_factory):
     tier_limits = {"batch": {"max_queue_depth": 2}}
-    with Stack(tiny_model_dir, tmp_path_factory.mktemp("logs"), num_workers=1,
-               broker_args=("--tier-limits", json.dumps(tier_limits), "--tenant-quotas", "alice=1"),
-               worker_args=("--max-num-seqs", "1")) as running:
+    with Stack(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("logs"),
+        num_workers=1,
+        broker_args=("--tier-limits", json.dumps(tier_limits), "--tenant-quotas", "alice=1"),
+        worker_args=("--max-num-seqs", "1"),
+    ) as running:
         yield running
 
 
@@ -78,8 +82,10 @@ def test_higher_tier_waiting_requests_are_served_first(stack):
         batch = client.submit("batch job", max_tokens=3, tier="batch")
         interactive = client.submit("chat user", max_tokens=3, tier="interactive")
         client.cancel(long_id)
-        results = {name: client.result(request_id)
-                   for name, request_id in (("batch", batch), ("interactive", interactive))}
+        results = {
+            name: client.result(request_id)
+            for name, request_id in (("batch", batch), ("interactive", interactive))
+        }
     # one slot: the interactive request, though submitted later, was dispatched first
     assert results["interactive"].usage.queue_time_s < results["batch"].usage.queue_time_s
     wait_until_idle(stack)

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from e2e_helpers import Reference, StreamedAnswer
 from stack import Stack
 
@@ -16,13 +15,13 @@ PROMPTS = [f"Request number {i}: tell me a long story about the sea" for i in ra
 MAX_TOKENS = 160
 
 
-def test_sigkill_one_of_two_workers_mid_stream_every_client_gets_one_whole_answer(
-        tiny_model_dir, tmp_path):
+def test_sigkill_one_of_two_workers_mid_stream_every_client_gets_one_whole_answer(tiny_model_dir, tmp_path):
     reference = Reference(tiny_model_dir)
     answers = {i: StreamedAnswer() for i in range(len(PROMPTS))}
     errors: list[BaseException] = []
 
     with Stack(tiny_model_dir, tmp_path, num_workers=2) as stack:
+
         def one_client(index: int) -> None:
             try:
                 with stack.client() as client:

@@ -14,19 +14,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from stack import Stack
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from llmos.cli import cli
 from llmos.errors import InvalidArgument
 from llmos.tiny_classifier import MODEL_NAME as CLASSIFIER_NAME
 from llmos.tiny_classifier import make_tiny_classifier
-from stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 EMBEDDER_NAME = "all-minilm-l6-v2"
-TEXTS = ["The harbour was quiet before dawn.", "A cat sat on the mat.",
-         "Knead the dough for ten minutes until it is smooth and elastic."]
+TEXTS = [
+    "The harbour was quiet before dawn.",
+    "A cat sat on the mat.",
+    "Knead the dough for ten minutes until it is smooth and elastic.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +48,19 @@ def classifier_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def stack(minilm_dir, classifier_dir, tmp_path_factory):
     with Stack(Path(f"embedded:{EMBEDDER_NAME}"), tmp_path_factory.mktemp("logs")) as running:
-        running.start_process("worker-classifier", "worker", "--worker-id", "worker-classifier",
-                              "--model", str(classifier_dir), "--threads", "1", "--device", "cpu",
-                              *running.worker_links())
+        running.start_process(
+            "worker-classifier",
+            "worker",
+            "--worker-id",
+            "worker-classifier",
+            "--model",
+            str(classifier_dir),
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            *running.worker_links(),
+        )
         running.wait_ready(2)
         yield running
 
@@ -73,8 +86,7 @@ def test_embed_returns_one_normalized_embedding_per_input(stack, minilm_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     assert (result.request_id, result.model, result.worker_id) == ("e1", EMBEDDER_NAME, "worker-0")
-    torch.testing.assert_close(vectors(result), reference_embeddings(minilm_dir, TEXTS),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(vectors(result), reference_embeddings(minilm_dir, TEXTS), atol=1e-5, rtol=1e-4)
     assert result.usage.prompt_tokens == sum(len(tokenizer(t)["input_ids"]) for t in TEXTS)
 
 
@@ -97,16 +109,16 @@ def test_concurrent_embed_requests_each_get_their_own_vectors(stack, minilm_dir)
         thread.join()
     assert errors == []
     for index, result in results.items():
-        torch.testing.assert_close(vectors(result), expected[[index % 3, (index + 1) % 3]],
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            vectors(result), expected[[index % 3, (index + 1) % 3]], atol=1e-5, rtol=1e-4
+        )
 
 
 def test_classify_returns_the_classifier_probabilities(stack, classifier_dir):
     tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
     model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
     with torch.no_grad():
-        expected = [torch.softmax(model(**tokenizer(t, return_tensors="pt")).logits[0], -1)
-                    for t in TEXTS]
+        expected = [torch.softmax(model(**tokenizer(t, return_tensors="pt")).logits[0], -1) for t in TEXTS]
 
     with stack.client() as client:
         result = client.classify(TEXTS)
@@ -114,8 +126,7 @@ def test_classify_returns_the_classifier_probabilities(stack, classifier_dir):
     assert (result.model, result.worker_id) == (CLASSIFIER_NAME, "worker-classifier")
     for classification, probabilities in zip(result.classifications, expected, strict=True):
         assert [s.label for s in classification.scores] == ["negative", "positive"]
-        assert [s.score for s in classification.scores] == pytest.approx(probabilities.tolist(),
-                                                                          abs=1e-5)
+        assert [s.score for s in classification.scores] == pytest.approx(probabilities.tolist(), abs=1e-5)
         top = int(probabilities.argmax())
         assert classification.label == ["negative", "positive"][top]
 
@@ -127,10 +138,8 @@ def test_an_empty_input_is_refused(stack):
 
 def test_cli_embed_and_classify(stack):
     runner = CliRunner()
-    embedded = runner.invoke(cli, ["embed", "--broker-address", stack.broker_address, "--json",
-                                   *TEXTS[:2]])
-    classified = runner.invoke(cli, ["classify", "--broker-address", stack.broker_address,
-                                     TEXTS[0]])
+    embedded = runner.invoke(cli, ["embed", "--broker-address", stack.broker_address, "--json", *TEXTS[:2]])
+    classified = runner.invoke(cli, ["classify", "--broker-address", stack.broker_address, TEXTS[0]])
 
     assert embedded.exit_code == 0, embedded.output
     embeddings = json.loads(embedded.stdout)["embeddings"]

@@ -7,20 +7,24 @@ import time
 
 import pytest
 import zmq
-
 from e2e_helpers import Reference, StreamedAnswer, stream_answer
+from service_process import ask, dealer
+from stack import Stack
+
 from llmos.client import query_kernel
 from llmos.errors import LlmosError
 from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
 from llmos.wire.constants import PROTOCOL_VERSION
-from service_process import ask, dealer
-from stack import Stack
 
 pytestmark = pytest.mark.e2e
 
-PROMPTS = ["Hello, how are you today?", "The quick brown fox", "Customer service: my order is late",
-           "Once upon a time"]
+PROMPTS = [
+    "Hello, how are you today?",
+    "The quick brown fox",
+    "Customer service: my order is late",
+    "Once upon a time",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +54,12 @@ def test_twenty_concurrent_clients_all_get_complete_answers(stack, reference):
     def one_client(index: int) -> None:
         try:
             with stack.client() as client:
-                answers[index] = stream_answer(client, PROMPTS[index % len(PROMPTS)], max_tokens=12,
-                                               tier="batch" if index % 2 else "interactive")
+                answers[index] = stream_answer(
+                    client,
+                    PROMPTS[index % len(PROMPTS)],
+                    max_tokens=12,
+                    tier="batch" if index % 2 else "interactive",
+                )
         except BaseException as exc:  # reported below, in the test's own thread
             errors.append(exc)
 
@@ -96,18 +104,21 @@ UNKNOWN_ONEOF = pb.Envelope(version=PROTOCOL_VERSION).SerializeToString() + b"\x
 NOT_FOR_CLIENTS = pb.Envelope(version=PROTOCOL_VERSION, dispatch=pb.Dispatch()).SerializeToString()
 
 
-@pytest.mark.parametrize("frames, code", [
-    ([b"\xff\x00garbage\x13\x37"], pb.MALFORMED_FRAME),
-    ([b"not-empty", b"two frames"], pb.MALFORMED_FRAME),
-    ([generate_frame(version=99, prompt="hi")], pb.UNSUPPORTED_VERSION),
-    ([UNKNOWN_ONEOF], pb.UNKNOWN_MESSAGE),
-    ([NOT_FOR_CLIENTS], pb.UNKNOWN_MESSAGE),
-    ([generate_frame(prompt="x" * (10 * 1024 * 1024))], pb.TOO_LARGE),
-    ([generate_frame(prompt="hi", sampling={"max_tokens": -5})], pb.INVALID_ARGUMENT),
-    ([generate_frame(prompt="")], pb.INVALID_ARGUMENT),
-    ([generate_frame(prompt="hi", model="no-such-model")], pb.UNKNOWN_MODEL),
-    ([generate_frame(prompt="hi", tier="platinum")], pb.INVALID_ARGUMENT),
-])
+@pytest.mark.parametrize(
+    "frames, code",
+    [
+        ([b"\xff\x00garbage\x13\x37"], pb.MALFORMED_FRAME),
+        ([b"not-empty", b"two frames"], pb.MALFORMED_FRAME),
+        ([generate_frame(version=99, prompt="hi")], pb.UNSUPPORTED_VERSION),
+        ([UNKNOWN_ONEOF], pb.UNKNOWN_MESSAGE),
+        ([NOT_FOR_CLIENTS], pb.UNKNOWN_MESSAGE),
+        ([generate_frame(prompt="x" * (10 * 1024 * 1024))], pb.TOO_LARGE),
+        ([generate_frame(prompt="hi", sampling={"max_tokens": -5})], pb.INVALID_ARGUMENT),
+        ([generate_frame(prompt="")], pb.INVALID_ARGUMENT),
+        ([generate_frame(prompt="hi", model="no-such-model")], pb.UNKNOWN_MODEL),
+        ([generate_frame(prompt="hi", tier="platinum")], pb.INVALID_ARGUMENT),
+    ],
+)
 def test_hostile_input_gets_an_error_reply_and_the_stack_keeps_serving(stack, frames, code):
     reply = raw_reply(stack, frames)
     assert reply.WhichOneof("body") == "error"
@@ -130,7 +141,7 @@ def test_stop_strings_and_cancel(stack, reference):
     with stack.client() as client:
         result = client.generate(PROMPTS[0], max_tokens=24, stop=[stop])
         assert result.finish_reason == pb.FINISH_REASON_STOP
-        assert result.text == full[:full.index(stop)]
+        assert result.text == full[: full.index(stop)]
         request_id = client.submit(PROMPTS[1], max_tokens=2000, tier="batch")
         client.cancel(request_id)
         chunks = list(client.stream(request_id))
@@ -168,8 +179,10 @@ def test_status_shows_workers_tiers_and_scheduler(stack):
     assert status.scheduler_online and status.scheduler_policy == "priority"
 
 
-SYSTEM_PROMPT = ("You are the support assistant of a small bakery. Answer politely, in one or two "
-                 "sentences, and never promise a delivery date you cannot keep. Customer: ")
+SYSTEM_PROMPT = (
+    "You are the support assistant of a small bakery. Answer politely, in one or two "
+    "sentences, and never promise a delivery date you cannot keep. Customer: "
+)
 
 
 def test_requests_go_to_the_worker_whose_cache_holds_their_prefix(stack, reference):
@@ -178,8 +191,14 @@ def test_requests_go_to_the_worker_whose_cache_holds_their_prefix(stack, referen
         first = client.generate(SYSTEM_PROMPT + "Hello!", max_tokens=4)
         hashes = prompt_block_hashes(SYSTEM_PROMPT)
         assert len(hashes) >= 2
-        wait_for_view(stack, lambda v: any(set(hashes) <= set(w.cached_prefix_hashes)
-                                           for w in v.workers if w.worker_id == first.worker_id))
+        wait_for_view(
+            stack,
+            lambda v: any(
+                set(hashes) <= set(w.cached_prefix_hashes)
+                for w in v.workers
+                if w.worker_id == first.worker_id
+            ),
+        )
         prompts = [SYSTEM_PROMPT + f"Where is my order number {i}?" for i in range(4)]
         wait_for_scheduler_to_place(stack, prompts[0], first.model, first.worker_id)
         request_ids = [client.submit(prompt, max_tokens=6) for prompt in prompts]  # at once
@@ -191,20 +210,30 @@ def test_requests_go_to_the_worker_whose_cache_holds_their_prefix(stack, referen
         assert list(result.token_ids) == reference.greedy(prompt, 6)  # computed from the cache
 
 
-def wait_for_scheduler_to_place(stack: Stack, prompt: str, model: str, expected_worker: str,
-                                attempts: int = 100) -> None:
+def wait_for_scheduler_to_place(
+    stack: Stack, prompt: str, model: str, expected_worker: str, attempts: int = 100
+) -> None:
     """Ask the scheduler, as the broker does, where a request for `prompt` would go until it
     says `expected_worker`: the kernel's view reaches it by PUB, a moment after the kernel."""
     with dealer(stack.ports.scheduler_address) as socket:
         for batch_id in range(1, attempts + 1):
             request = pb.ScheduleRequest(batch_id=batch_id)
-            request.pending.add(request_id="probe", tier="interactive", model=model,
-                                prompt_chars=len(prompt), max_tokens=6,
-                                prefix_hashes=prompt_block_hashes(prompt))
+            request.pending.add(
+                request_id="probe",
+                tier="interactive",
+                model=model,
+                prompt_chars=len(prompt),
+                max_tokens=6,
+                prefix_hashes=prompt_block_hashes(prompt),
+            )
             for index in range(2):  # busier, the expected one wins only by the cached prefix
                 worker_id = f"worker-{index}"
-                request.workers.add(worker_id=worker_id, models=[model], max_num_seqs=16,
-                                    num_running=8 if worker_id == expected_worker else 0)
+                request.workers.add(
+                    worker_id=worker_id,
+                    models=[model],
+                    max_num_seqs=16,
+                    num_running=8 if worker_id == expected_worker else 0,
+                )
             name, decision = ask(socket, request, {"schedule_decision", "error"})
             assert name == "schedule_decision", decision
             if [p.worker_id for p in decision.placements] == [expected_worker]:

@@ -40,12 +40,12 @@ def test_prefix_reports_are_held_back_to_one_per_interval():
     assert thread.changed_prefix_hashes() == [1]
     engine.prefix_report_version = 2
     clock.now_s += PREFIX_REPORT_INTERVAL_S / 2
-    assert thread.changed_prefix_hashes() is None                 # held back
+    assert thread.changed_prefix_hashes() is None  # held back
     assert thread.report_wait_s() == pytest.approx(PREFIX_REPORT_INTERVAL_S / 2)
     engine.prefix_report_version = 3
     clock.now_s += PREFIX_REPORT_INTERVAL_S / 2
     assert thread.report_wait_s() == 0.0
-    assert thread.changed_prefix_hashes() == [3]                  # the latest, once due
+    assert thread.changed_prefix_hashes() == [3]  # the latest, once due
     assert thread.changed_prefix_hashes() is None and thread.report_wait_s() is None
 
 

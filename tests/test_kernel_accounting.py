@@ -21,10 +21,10 @@ def make_registry() -> WorkerRegistry:
     return WorkerRegistry(BLOCK_SIZE, HEARTBEAT_INTERVAL_MS)
 
 
-def register(registry: WorkerRegistry, worker_id: str = "w1", num_blocks: int = 4,
-             now_s: float = 0.0) -> None:
-    spec = WorkerSpec(worker_id, models=("tiny",), kv_capacity_tokens=num_blocks * BLOCK_SIZE,
-                      max_num_seqs=8)
+def register(
+    registry: WorkerRegistry, worker_id: str = "w1", num_blocks: int = 4, now_s: float = 0.0
+) -> None:
+    spec = WorkerSpec(worker_id, models=("tiny",), kv_capacity_tokens=num_blocks * BLOCK_SIZE, max_num_seqs=8)
     registry.require_worker(spec, now_s)
 
 
@@ -98,8 +98,9 @@ def test_registering_again_frees_what_the_last_run_held() -> None:
     registry = make_registry()
     register(registry, "w1", num_blocks=4)
     registry.ledger.allocate("w1", "r1", 3)
-    _, freed_block_ids = registry.require_worker(WorkerSpec("w1", kv_capacity_tokens=2 * BLOCK_SIZE),
-                                                 now_s=1.0)
+    _, freed_block_ids = registry.require_worker(
+        WorkerSpec("w1", kv_capacity_tokens=2 * BLOCK_SIZE), now_s=1.0
+    )
     assert freed_block_ids == [0, 1, 2]
     assert registry.ledger.num_free_blocks("w1") == 2
 
@@ -139,9 +140,15 @@ def test_view_describes_workers_and_its_version_grows_with_each_change() -> None
 
     assert versions == sorted(set(versions)), f"versions must strictly grow: {versions}"
     (worker,) = view.workers
-    assert (worker.worker_id, list(worker.models), worker.kv_blocks_total, worker.kv_blocks_used,
-            worker.num_running, worker.max_num_seqs, worker.num_requests_holding_blocks) == \
-        ("w1", ["tiny"], 4, 3, 1, 8, 1)
+    assert (
+        worker.worker_id,
+        list(worker.models),
+        worker.kv_blocks_total,
+        worker.kv_blocks_used,
+        worker.num_running,
+        worker.max_num_seqs,
+        worker.num_requests_holding_blocks,
+    ) == ("w1", ["tiny"], 4, 3, 1, 8, 1)
     assert view.block_size == BLOCK_SIZE and view.published_at_s == 12.5
 
 
@@ -167,4 +174,6 @@ def test_tenant_usage_and_prefix_index_reach_the_view():
     view = build_view(registry, published_at_s=0.0)
     assert list(view.workers[0].cached_prefix_hashes) == [11, 22]
     assert [(t.tenant, t.kv_blocks_used, t.num_requests_holding_blocks) for t in view.tenants] == [
-        ("alice", 5, 2), ("bob", 1, 1)]
+        ("alice", 5, 2),
+        ("bob", 1, 1),
+    ]

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import zmq
 from google.protobuf.message import Message
+from service_process import (
+    ServiceProcess,
+    ask,
+    bad_frames,
+    dealer,
+    receive,
+    running_service,
+    subscriber,
+    wait_until,
+)
 
+from llmos.processes import free_address
 from llmos.wire import pack, pb
 from llmos.wire.constants import RESOURCE_TOPIC
-from service_process import (
-    ServiceProcess, ask, bad_frames, dealer, receive, running_service, subscriber, wait_until,
-)
-from llmos.processes import free_address
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +44,18 @@ class Kernel:
 @contextmanager
 def start_kernel(log_dir: Path, heartbeat_interval_ms: int) -> Iterator[Kernel]:
     address, pub_address = (free_address() for _ in range(2))
-    with running_service("kernel_svc", "--kernel-bind", address, "--kernel-pub-bind", pub_address,
-                         "--block-size", str(BLOCK_SIZE),
-                         "--heartbeat-interval-ms", str(heartbeat_interval_ms),
-                         log_dir=log_dir) as service:
+    with running_service(
+        "kernel_svc",
+        "--kernel-bind",
+        address,
+        "--kernel-pub-bind",
+        pub_address,
+        "--block-size",
+        str(BLOCK_SIZE),
+        "--heartbeat-interval-ms",
+        str(heartbeat_interval_ms),
+        log_dir=log_dir,
+    ) as service:
         yield Kernel(address, pub_address, service)
 
 
@@ -57,16 +72,27 @@ def socket(kernel: Kernel) -> Iterator[zmq.Socket]:
 
 
 def register(socket: zmq.Socket, worker_id: str, num_blocks: int) -> pb.KernelReply:
-    name, reply = ask(socket, pb.KernelRegister(worker_id=worker_id, models=["tiny"], device="cpu",
-                                                kv_capacity_tokens=num_blocks * BLOCK_SIZE,
-                                                max_num_seqs=4), KERNEL_REPLIES)
+    name, reply = ask(
+        socket,
+        pb.KernelRegister(
+            worker_id=worker_id,
+            models=["tiny"],
+            device="cpu",
+            kv_capacity_tokens=num_blocks * BLOCK_SIZE,
+            max_num_seqs=4,
+        ),
+        KERNEL_REPLIES,
+    )
     assert name == "kernel_reply", reply
     return reply
 
 
 def allocate(socket: zmq.Socket, worker_id: str, request_id: str, num_blocks: int) -> tuple[str, Message]:
-    return ask(socket, pb.KvAllocate(worker_id=worker_id, request_id=request_id, num_blocks=num_blocks),
-               KERNEL_REPLIES)
+    return ask(
+        socket,
+        pb.KvAllocate(worker_id=worker_id, request_id=request_id, num_blocks=num_blocks),
+        KERNEL_REPLIES,
+    )
 
 
 def query_view(socket: zmq.Socket) -> pb.ResourceView:
@@ -114,8 +140,13 @@ def test_view_shows_heartbeat_and_allocations_and_disconnect_deletes(socket: zmq
     socket.send(pack(pb.KernelHeartbeat(worker_id="w-view", num_running=2)))
     worker = view_worker(query_view(socket), "w-view")
     assert worker is not None
-    assert (worker.kv_blocks_total, worker.kv_blocks_used, worker.num_running,
-            worker.num_requests_holding_blocks, list(worker.models)) == (8, 3, 2, 1, ["tiny"])
+    assert (
+        worker.kv_blocks_total,
+        worker.kv_blocks_used,
+        worker.num_running,
+        worker.num_requests_holding_blocks,
+        list(worker.models),
+    ) == (8, 3, 2, 1, ["tiny"])
 
     socket.send(pack(pb.Disconnect(worker_id="w-view", reason="test")))
     assert view_worker(query_view(socket), "w-view") is None
@@ -136,7 +167,8 @@ BAD_FRAMES = bad_frames(accepted=pb.ResourceQuery(), refused=pb.Cancel(request_i
 
 @pytest.mark.parametrize("frame, code", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
 def test_bad_frames_get_coded_errors_and_the_kernel_keeps_serving(
-        socket: zmq.Socket, frame: bytes, code: int) -> None:
+    socket: zmq.Socket, frame: bytes, code: int
+) -> None:
     name, error = ask(socket, frame, KERNEL_REPLIES)
     assert (name, error.code) == ("error", code), error.message
     query_view(socket)
@@ -154,8 +186,9 @@ def test_silent_worker_is_purged_and_sigterm_stops_the_kernel(tmp_path: Path) ->
         with dealer(kernel.address) as socket:
             register(socket, "w-silent", num_blocks=2)
             allocate(socket, "w-silent", "r1", 2)
-            wait_until(lambda: view_worker(query_view(socket), "w-silent") is None,
-                       "the silent worker is purged")
+            wait_until(
+                lambda: view_worker(query_view(socket), "w-silent") is None, "the silent worker is purged"
+            )
             name, error = ask(socket, pb.KernelHeartbeat(worker_id="w-silent"), KERNEL_REPLIES)
             assert (name, error.code) == ("error", pb.UNKNOWN_WORKER)
         assert kernel.service.stop() == 0, kernel.service.logs()

@@ -11,7 +11,7 @@ def test_a_request_grows_block_by_block_and_frees_them_all():
     budget = KvBudget(num_blocks=4, block_size=16)
 
     assert budget.hold("a", 17) == 2
-    assert budget.hold("a", 32) == 0          # still inside its second block
+    assert budget.hold("a", 32) == 0  # still inside its second block
     assert budget.hold("a", 33) == 1
     assert (budget.num_used_blocks, budget.num_free_blocks) == (3, 1)
     assert budget.free("a") == 3
@@ -31,8 +31,8 @@ def test_can_hold_is_checked_before_hold_asserts():
 
 def test_resize_recounts_in_the_new_block_size_and_may_be_over_budget():
     budget = KvBudget(num_blocks=10, block_size=4)
-    budget.hold("a", 9)                       # 3 blocks of 4
-    budget.hold("b", 4)                       # 1 block
+    budget.hold("a", 9)  # 3 blocks of 4
+    budget.hold("b", 4)  # 1 block
 
     budget.resize(num_blocks=2, block_size=8)
 

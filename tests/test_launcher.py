@@ -15,12 +15,20 @@ from pathlib import Path
 import pytest
 
 from llmos.launcher import (
-    ChildSpec, LaunchError, Ports, Supervisor, UpConfig, plan_children, wait_until_ready,
+    ChildSpec,
+    LaunchError,
+    Ports,
+    Supervisor,
+    UpConfig,
+    plan_children,
+    wait_until_ready,
 )
 
 PYTHON = sys.executable
-IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                   "print('ready', flush=True); time.sleep(60)")
+IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    "print('ready', flush=True); time.sleep(60)"
+)
 
 
 def python_child(name: str, code: str) -> ChildSpec:
@@ -50,25 +58,59 @@ def test_plan_starts_every_service_with_the_shared_flags():
 
     assert list(plan) == ["kernel", "scheduler", "broker", "worker-0", "worker-1"]
     assert all(argv[:3] == [PYTHON, "-m", "llmos"] for argv in plan.values())
-    assert plan["kernel"][3:] == ["kernel", "--kernel-bind", "tcp://127.0.0.1:6002",
-                                  "--kernel-pub-bind", "tcp://127.0.0.1:6003"]
-    assert plan["scheduler"][3:] == ["scheduler", "--scheduler-bind", "tcp://127.0.0.1:6004",
-                                     "--kernel-pub-address", "tcp://127.0.0.1:6003",
-                                     "--policy", "fair"]
-    assert plan["broker"][3:] == ["broker", "--client-bind", "tcp://127.0.0.1:6000",
-                                  "--worker-bind", "tcp://127.0.0.1:6001",
-                                  "--scheduler-address", "tcp://127.0.0.1:6004"]
-    assert plan["worker-1"][3:] == ["worker", "--broker-worker-address", "tcp://127.0.0.1:6001",
-                                    "--kernel-address", "tcp://127.0.0.1:6002",
-                                    "--model", "/models/tiny", "--device", "cpu",
-                                    "--threads", "2", "--worker-id", "worker-1"]
+    assert plan["kernel"][3:] == [
+        "kernel",
+        "--kernel-bind",
+        "tcp://127.0.0.1:6002",
+        "--kernel-pub-bind",
+        "tcp://127.0.0.1:6003",
+    ]
+    assert plan["scheduler"][3:] == [
+        "scheduler",
+        "--scheduler-bind",
+        "tcp://127.0.0.1:6004",
+        "--kernel-pub-address",
+        "tcp://127.0.0.1:6003",
+        "--policy",
+        "fair",
+    ]
+    assert plan["broker"][3:] == [
+        "broker",
+        "--client-bind",
+        "tcp://127.0.0.1:6000",
+        "--worker-bind",
+        "tcp://127.0.0.1:6001",
+        "--scheduler-address",
+        "tcp://127.0.0.1:6004",
+    ]
+    assert plan["worker-1"][3:] == [
+        "worker",
+        "--broker-worker-address",
+        "tcp://127.0.0.1:6001",
+        "--kernel-address",
+        "tcp://127.0.0.1:6002",
+        "--model",
+        "/models/tiny",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--worker-id",
+        "worker-1",
+    ]
 
 
 def test_binding_all_interfaces_still_connects_over_loopback():
     plan = plan_children(UpConfig(host="0.0.0.0", workers=0), "m")
     broker = next(child.argv for child in plan if child.name == "broker")
-    assert broker[4:] == ["--client-bind", "tcp://0.0.0.0:5555", "--worker-bind",
-                          "tcp://0.0.0.0:5556", "--scheduler-address", "tcp://127.0.0.1:5559"]
+    assert broker[4:] == [
+        "--client-bind",
+        "tcp://0.0.0.0:5555",
+        "--worker-bind",
+        "tcp://0.0.0.0:5556",
+        "--scheduler-address",
+        "tcp://127.0.0.1:5559",
+    ]
 
 
 def test_stop_kills_a_child_that_ignores_sigterm_and_terminates_the_rest(supervisor):
@@ -140,19 +182,49 @@ def test_up_starts_the_services_answers_status_and_stops_them_on_sigterm(tmp_pat
     kernel_bind = f"tcp://127.0.0.1:{base_port + 2}"
     with (tmp_path / "up.err").open("w") as up_stderr:
         up = subprocess.Popen(
-            [PYTHON, "-m", "llmos", "up", "--workers", "0", "--model", "unused",
-             "--base-port", str(base_port), "--log-dir", str(log_dir), "--ready-timeout-s", "60"],
-            stdout=subprocess.PIPE, stderr=up_stderr, text=True)
+            [
+                PYTHON,
+                "-m",
+                "llmos",
+                "up",
+                "--workers",
+                "0",
+                "--model",
+                "unused",
+                "--base-port",
+                str(base_port),
+                "--log-dir",
+                str(log_dir),
+                "--ready-timeout-s",
+                "60",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=up_stderr,
+            text=True,
+        )
     try:
         lines = [up.stdout.readline(), up.stdout.readline()]
-        assert lines == [f"llmos logs: {log_dir}\n",
-                         f"llmos is up: clients connect to tcp://127.0.0.1:{base_port} "
-                         f"(0 workers, model unused); Ctrl-C stops it\n"], f"see {tmp_path}"
+        assert lines == [
+            f"llmos logs: {log_dir}\n",
+            f"llmos is up: clients connect to tcp://127.0.0.1:{base_port} "
+            f"(0 workers, model unused); Ctrl-C stops it\n",
+        ], f"see {tmp_path}"
         assert processes_mentioning(kernel_bind)
         status = subprocess.run(
-            [PYTHON, "-m", "llmos", "status", "--broker-address", f"tcp://127.0.0.1:{base_port}",
-             "--kernel-address", f"tcp://127.0.0.1:{base_port + 2}"],
-            capture_output=True, text=True, timeout=60)
+            [
+                PYTHON,
+                "-m",
+                "llmos",
+                "status",
+                "--broker-address",
+                f"tcp://127.0.0.1:{base_port}",
+                "--kernel-address",
+                f"tcp://127.0.0.1:{base_port + 2}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert status.returncode == 0, status.stdout
         assert "0 workers registered" in status.stdout
     finally:
@@ -160,6 +232,5 @@ def test_up_starts_the_services_answers_status_and_stops_them_on_sigterm(tmp_pat
         returncode = up.wait(60)
         up.stdout.close()
     assert returncode == 0
-    assert sorted(path.name for path in log_dir.iterdir()) == [
-        "broker.log", "kernel.log", "scheduler.log"]
+    assert sorted(path.name for path in log_dir.iterdir()) == ["broker.log", "kernel.log", "scheduler.log"]
     assert processes_mentioning(kernel_bind) == []

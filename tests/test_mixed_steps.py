@@ -5,8 +5,8 @@ still equal `model.generate` alone, token for token."""
 from __future__ import annotations
 
 import torch
-
 from engine_helpers import Answer, generate_greedy, make_request
+
 from llmos.tiny_model import CORPUS
 from llmos.wire import pb
 from workers.batched_engine import BatchedEngine
@@ -33,8 +33,14 @@ def step(engine: BatchedEngine, answers: dict[str, Answer]) -> None:
         answers.setdefault(delta.request_id, Answer()).add(delta)
 
 
-def run_with_arrivals(model, tokenizer, prompts: dict[str, str], arrival_steps: dict[str, int],
-                      max_tokens: int, **engine_options) -> tuple[dict[str, Answer], list[int]]:
+def run_with_arrivals(
+    model,
+    tokenizer,
+    prompts: dict[str, str],
+    arrival_steps: dict[str, int],
+    max_tokens: int,
+    **engine_options,
+) -> tuple[dict[str, Answer], list[int]]:
     """Step until idle, adding each request at its step; the answers, and the forwards of
     each step."""
     engine = BatchedEngine(model, tokenizer, **engine_options)
@@ -46,8 +52,9 @@ def run_with_arrivals(model, tokenizer, prompts: dict[str, str], arrival_steps: 
         while engine.has_work or number <= max(arrival_steps.values()):
             for request_id, arrival in arrival_steps.items():
                 if arrival == number:
-                    engine.add_request(make_request(tokenizer, request_id, prompts[request_id],
-                                                    max_tokens=max_tokens))
+                    engine.add_request(
+                        make_request(tokenizer, request_id, prompts[request_id], max_tokens=max_tokens)
+                    )
             before = forwards.count
             step(engine, answers)
             per_step.append(forwards.count - before)
@@ -59,14 +66,18 @@ def run_with_arrivals(model, tokenizer, prompts: dict[str, str], arrival_steps: 
 
 
 def test_newcomers_joining_a_running_batch_share_its_forward(model, tokenizer):
-    prompts = {"first": "The harbour was quiet that morning", "second": "In the library",
-               "third": " ".join(WORDS[10:40]), "fourth": "Hello"}
+    prompts = {
+        "first": "The harbour was quiet that morning",
+        "second": "In the library",
+        "third": " ".join(WORDS[10:40]),
+        "fourth": "Hello",
+    }
     arrivals = {"first": 0, "second": 2, "third": 4, "fourth": 4}
 
-    mixed, mixed_forwards = run_with_arrivals(model, tokenizer, prompts, arrivals, 10,
-                                              max_num_seqs=4)
-    apart, apart_forwards = run_with_arrivals(model, tokenizer, prompts, arrivals, 10,
-                                              max_num_seqs=4, mixed_steps=False)
+    mixed, mixed_forwards = run_with_arrivals(model, tokenizer, prompts, arrivals, 10, max_num_seqs=4)
+    apart, apart_forwards = run_with_arrivals(
+        model, tokenizer, prompts, arrivals, 10, max_num_seqs=4, mixed_steps=False
+    )
 
     for request_id, prompt in prompts.items():
         expected = generate_greedy(model, tokenizer, prompt, 10)
@@ -83,7 +94,7 @@ def test_newcomers_with_cached_prefixes_join_a_running_batch_in_one_forward(mode
     engine.add_request(make_request(tokenizer, "warm", SYSTEM_PROMPT + " Hi?", max_tokens=2))
     engine.add_request(make_request(tokenizer, "running", "The harbour", max_tokens=12))
     step(engine, answers)
-    step(engine, answers)   # "warm" finished: its context is cached
+    step(engine, answers)  # "warm" finished: its context is cached
     prompts = {"q0": SYSTEM_PROMPT + " Why?", "q1": SYSTEM_PROMPT + " Where is my parcel?"}
     for request_id, prompt in prompts.items():
         engine.add_request(make_request(tokenizer, request_id, prompt, max_tokens=8))
@@ -105,7 +116,8 @@ def test_newcomers_with_cached_prefixes_join_a_running_batch_in_one_forward(mode
 
 
 def test_a_failing_mixed_forward_fails_the_batch_and_the_newcomers_and_the_engine_goes_on(
-        model, tokenizer, monkeypatch):
+    model, tokenizer, monkeypatch
+):
     engine = BatchedEngine(model, tokenizer, max_num_seqs=4)
     answers: dict[str, Answer] = {}
     engine.add_request(make_request(tokenizer, "running", "Hello", max_tokens=8))
@@ -121,8 +133,11 @@ def test_a_failing_mixed_forward_fails_the_batch_and_the_newcomers_and_the_engin
     failed = {d.request_id: d for d in engine.step()}
 
     assert set(failed) == {"running", "joining"}
-    assert all((d.finish_reason, d.error_code) == (pb.FINISH_REASON_ERROR, pb.WORKER_FAILED)
-               and "out of memory" in d.error_message for d in failed.values())
+    assert all(
+        (d.finish_reason, d.error_code) == (pb.FINISH_REASON_ERROR, pb.WORKER_FAILED)
+        and "out of memory" in d.error_message
+        for d in failed.values()
+    )
     assert engine.runner.batch.num_rows == 0 and engine.num_request_blocks == 0
     engine.add_request(make_request(tokenizer, "next", "In the library", max_tokens=6))
     step(engine, answers)

@@ -12,21 +12,40 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
-
 from stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENT_DEPENDENCIES = ("zmq", "pyzmq.libs", "pyzmq-*.dist-info", "google", "protobuf-*.dist-info",
-                       "click", "click-*.dist-info")
+CLIENT_DEPENDENCIES = (
+    "zmq",
+    "pyzmq.libs",
+    "pyzmq-*.dist-info",
+    "google",
+    "protobuf-*.dist-info",
+    "click",
+    "click-*.dist-info",
+)
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(out), str(ROOT)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+    )
     (built,) = out.glob("llmos-*.whl")
     return built
 
@@ -38,8 +57,9 @@ def client_venv(wheel, tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("client-venv")
     venv.EnvBuilder(with_pip=True).create(home)
     python = home / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    str(wheel)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True
+    )
     shared = home / "client-dependencies"
     shared.mkdir()
     site_packages = Path(next(p for p in sys.path if p.endswith("site-packages")))
@@ -51,8 +71,12 @@ def client_venv(wheel, tmp_path_factory) -> Path:
 
 
 def venv_site_packages(python: Path) -> Path:
-    printed = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout
+    printed = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return Path(printed.strip())
 
 
@@ -71,25 +95,44 @@ def test_the_wheel_needs_only_pyzmq_protobuf_and_click_and_carries_the_proto(whe
 
 def test_the_client_venv_has_no_torch_and_imports_the_sdk(client_venv):
     python = client_venv / "bin" / "python"
-    script = ("import importlib.util, llmos.client, llmos.aio, llmos.wire;"
-              "print(importlib.util.find_spec('torch'), importlib.util.find_spec('transformers'))")
+    script = (
+        "import importlib.util, llmos.client, llmos.aio, llmos.wire;"
+        "print(importlib.util.find_spec('torch'), importlib.util.find_spec('transformers'))"
+    )
     printed = subprocess.run([str(python), "-c", script], check=True, capture_output=True, text=True)
     assert printed.stdout.split() == ["None", "None"]
 
 
 def test_llmos_submit_from_the_client_venv_gets_an_answer_from_a_real_stack(
-        client_venv, tiny_model_dir, tmp_path):
+    client_venv, tiny_model_dir, tmp_path
+):
     with Stack(tiny_model_dir, tmp_path, num_workers=1) as stack:
         answered = subprocess.run(
-            [str(client_venv / "bin" / "llmos"), "submit", "--broker-address", stack.broker_address,
-             "--max-tokens", "4", "--no-stream", "--json", "Hello"],
-            capture_output=True, text=True, timeout=120)
+            [
+                str(client_venv / "bin" / "llmos"),
+                "submit",
+                "--broker-address",
+                stack.broker_address,
+                "--max-tokens",
+                "4",
+                "--no-stream",
+                "--json",
+                "Hello",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert answered.returncode == 0, answered.stderr
     assert '"finishReason"' in answered.stdout or '"finish_reason"' in answered.stdout
 
 
 def test_a_worker_command_in_the_client_venv_says_what_to_install(client_venv):
-    answered = subprocess.run([str(client_venv / "bin" / "llmos"), "worker", "--model", "x"],
-                              capture_output=True, text=True, timeout=60)
+    answered = subprocess.run(
+        [str(client_venv / "bin" / "llmos"), "worker", "--model", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert answered.returncode != 0
     assert "llmos[worker]" in answered.stdout + answered.stderr

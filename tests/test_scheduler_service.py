@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import zmq
 from click.testing import CliRunner, Result
+from service_process import ServiceProcess, ask, bad_frames, dealer, running_service, wait_until
 
 from llmos.cli import cli
-from llmos.wire import pb
-from service_process import ServiceProcess, ask, bad_frames, dealer, running_service, wait_until
 from llmos.processes import free_address
+from llmos.wire import pb
 from scheduler_svc.data import MIN_ANSWERS_FOR_FILL
 
 pytestmark = pytest.mark.e2e
@@ -32,8 +32,15 @@ class Services:
 @contextmanager
 def start_scheduler(log_dir: Path, pub_address: str, *args: str) -> Iterator[tuple[str, ServiceProcess]]:
     address = free_address()
-    with running_service("scheduler_svc", "--scheduler-bind", address,
-                         "--kernel-pub-address", pub_address, *args, log_dir=log_dir) as service:
+    with running_service(
+        "scheduler_svc",
+        "--scheduler-bind",
+        address,
+        "--kernel-pub-address",
+        pub_address,
+        *args,
+        log_dir=log_dir,
+    ) as service:
         yield address, service
 
 
@@ -41,8 +48,16 @@ def start_scheduler(log_dir: Path, pub_address: str, *args: str) -> Iterator[tup
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     log_dir = tmp_path_factory.mktemp("scheduler")
     kernel_address, pub_address = (free_address() for _ in range(2))
-    with running_service("kernel_svc", "--kernel-bind", kernel_address, "--kernel-pub-bind", pub_address,
-                         "--block-size", str(BLOCK_SIZE), log_dir=log_dir):
+    with running_service(
+        "kernel_svc",
+        "--kernel-bind",
+        kernel_address,
+        "--kernel-pub-bind",
+        pub_address,
+        "--block-size",
+        str(BLOCK_SIZE),
+        log_dir=log_dir,
+    ):
         with start_scheduler(log_dir, pub_address, "--policy", "priority") as (address, _):
             yield Services(address, kernel_address)
 
@@ -53,16 +68,17 @@ def socket(services: Services) -> Iterator[zmq.Socket]:
         yield socket
 
 
-def make_schedule_request(batch_id: int, pending: list[tuple[str, int, int]],
-                          workers: list[tuple[str, int, int]]) -> pb.ScheduleRequest:
+def make_schedule_request(
+    batch_id: int, pending: list[tuple[str, int, int]], workers: list[tuple[str, int, int]]
+) -> pb.ScheduleRequest:
     """pending: (request id, tier rank, arrival seq); workers: (id, num_running, max_num_seqs)."""
     request = pb.ScheduleRequest(batch_id=batch_id)
     for request_id, tier_rank, arrival_seq in pending:
-        request.pending.add(request_id=request_id, tier_rank=tier_rank, arrival_seq=arrival_seq,
-                            model="tiny")
+        request.pending.add(request_id=request_id, tier_rank=tier_rank, arrival_seq=arrival_seq, model="tiny")
     for worker_id, num_running, max_num_seqs in workers:
-        request.workers.add(worker_id=worker_id, models=["tiny"], num_running=num_running,
-                            max_num_seqs=max_num_seqs)
+        request.workers.add(
+            worker_id=worker_id, models=["tiny"], num_running=num_running, max_num_seqs=max_num_seqs
+        )
     return request
 
 
@@ -91,15 +107,22 @@ def test_answers_a_batch_with_placements_in_priority_order(socket: zmq.Socket) -
 def test_free_kv_blocks_from_the_kernel_break_ties(services: Services, socket: zmq.Socket) -> None:
     with dealer(services.kernel_address) as kernel:
         for worker_id, num_blocks in (("w-a", 2), ("w-b", 8)):
-            name, reply = ask(kernel, pb.KernelRegister(worker_id=worker_id, models=["tiny"],
-                                                        kv_capacity_tokens=num_blocks * BLOCK_SIZE),
-                              {"kernel_reply", "error"})
+            name, reply = ask(
+                kernel,
+                pb.KernelRegister(
+                    worker_id=worker_id, models=["tiny"], kv_capacity_tokens=num_blocks * BLOCK_SIZE
+                ),
+                {"kernel_reply", "error"},
+            )
             assert name == "kernel_reply", reply
     # equal load: without the kernel's view w-a wins by id, with it w-b wins by free blocks
-    request = make_schedule_request(batch_id=12, pending=[("r0", 0, 0)],
-                                    workers=[("w-a", 0, 1), ("w-b", 0, 1)])
-    wait_until(lambda: placements(schedule(socket, request)) == [("r0", "w-b")],
-               "the scheduler decides with the kernel's view")
+    request = make_schedule_request(
+        batch_id=12, pending=[("r0", 0, 0)], workers=[("w-a", 0, 1), ("w-b", 0, 1)]
+    )
+    wait_until(
+        lambda: placements(schedule(socket, request)) == [("r0", "w-b")],
+        "the scheduler decides with the kernel's view",
+    )
 
 
 BAD_FRAMES = bad_frames(accepted=pb.ScheduleRequest(), refused=pb.ResourceQuery())
@@ -107,7 +130,8 @@ BAD_FRAMES = bad_frames(accepted=pb.ScheduleRequest(), refused=pb.ResourceQuery(
 
 @pytest.mark.parametrize("frame, code", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
 def test_bad_frames_get_coded_errors_and_the_scheduler_keeps_serving(
-        socket: zmq.Socket, frame: bytes, code: int) -> None:
+    socket: zmq.Socket, frame: bytes, code: int
+) -> None:
     name, error = ask(socket, frame, SCHEDULER_REPLIES)
     assert (name, error.code) == ("error", code), error.message
     schedule(socket, make_schedule_request(batch_id=13, pending=[], workers=[]))
@@ -117,8 +141,9 @@ def test_schedules_without_a_kernel_and_stops_on_sigterm(tmp_path: Path) -> None
     nobody_publishes = free_address()
     with start_scheduler(tmp_path, nobody_publishes, "--policy", "fcfs") as (address, scheduler):
         with dealer(address) as socket:
-            request = make_schedule_request(batch_id=14, pending=[("batch-0", 1, 0), ("inter-1", 0, 1)],
-                                            workers=[("w1", 0, 2)])
+            request = make_schedule_request(
+                batch_id=14, pending=[("batch-0", 1, 0), ("inter-1", 0, 1)], workers=[("w1", 0, 2)]
+            )
             decision = schedule(socket, request)
         assert decision.policy == "fcfs"
         assert placements(decision) == [("batch-0", "w1"), ("inter-1", "w1")]
@@ -126,6 +151,7 @@ def test_schedules_without_a_kernel_and_stops_on_sigterm(tmp_path: Path) -> None
 
 
 # ---------------------------------------------------------------- preemption and policy switching
+
 
 def set_policy(socket: zmq.Socket, name: str) -> tuple[str, pb.PolicyStatus | pb.Error]:
     return ask(socket, pb.SetPolicy(policy=name), {"policy_status", "error"})
@@ -155,8 +181,9 @@ def test_set_policy_reports_switches_at_runtime_and_refuses_unknown_names(socket
     with policy_restored(socket):
         name, status = set_policy(socket, "fcfs")
         assert (name, status.policy) == ("policy_status", "fcfs")
-        request = make_schedule_request(batch_id=16, pending=[("batch-0", 1, 0), ("inter-1", 0, 1)],
-                                        workers=[("w1", 0, 1)])
+        request = make_schedule_request(
+            batch_id=16, pending=[("batch-0", 1, 0), ("inter-1", 0, 1)], workers=[("w1", 0, 1)]
+        )
         decision = schedule(socket, request)
         assert decision.policy == "fcfs" and placements(decision) == [("batch-0", "w1")]
 
@@ -166,13 +193,16 @@ def test_set_policy_reports_switches_at_runtime_and_refuses_unknown_names(socket
         assert set_policy(socket, "")[1].policy == "fcfs"  # a refused switch changes nothing
 
 
-def test_llmos_policy_shows_and_switches_the_running_scheduler(services: Services,
-                                                              socket: zmq.Socket) -> None:
+def test_llmos_policy_shows_and_switches_the_running_scheduler(
+    services: Services, socket: zmq.Socket
+) -> None:
     address = ["--scheduler-address", services.scheduler_address]
     with policy_restored(socket):
         shown = invoke("policy", *address)
         assert (shown.exit_code, shown.stdout) == (
-            0, "policy priority (available: fcfs, priority, mlfq, fair)\n")
+            0,
+            "policy priority (available: fcfs, priority, mlfq, fair)\n",
+        )
         switched = invoke("policy", "mlfq", *address)
         assert (switched.exit_code, switched.stdout.split()[:2]) == (0, ["policy", "mlfq"])
         decision = schedule(socket, make_schedule_request(batch_id=17, pending=[], workers=[]))
@@ -200,11 +230,19 @@ def test_mlfq_reads_the_tokens_made_since_dispatch_off_the_wire(socket: zmq.Sock
         assert set_policy(socket, "mlfq")[1].policy == "mlfq"
         for batch_id, tokens_since_dispatch, expected in [(17, 0, []), (18, 1, [("long", "w1")])]:
             request = make_schedule_request(batch_id, pending=[], workers=[("w1", 1, 1)])
-            request.pending.add(request_id="short", tier_rank=2, arrival_seq=5, model="tiny",
-                                prompt_chars=40, max_tokens=16)
-            request.running.add(request_id="long", worker_id="w1", tier_rank=2, prompt_chars=40,
-                                generated_tokens=30, max_tokens=500, running_s=9.0,
-                                tokens_since_dispatch=tokens_since_dispatch)
+            request.pending.add(
+                request_id="short", tier_rank=2, arrival_seq=5, model="tiny", prompt_chars=40, max_tokens=16
+            )
+            request.running.add(
+                request_id="long",
+                worker_id="w1",
+                tier_rank=2,
+                prompt_chars=40,
+                generated_tokens=30,
+                max_tokens=500,
+                running_s=9.0,
+                tokens_since_dispatch=tokens_since_dispatch,
+            )
             decision = schedule(socket, request)
             assert [(p.request_id, p.worker_id) for p in decision.preemptions] == expected
 
@@ -212,12 +250,28 @@ def test_mlfq_reads_the_tokens_made_since_dispatch_off_the_wire(socket: zmq.Sock
 def test_mlfq_reads_each_tiers_answer_fill_off_the_wire(socket: zmq.Socket) -> None:
     """Where the broker reports that a tier's answers fill their max_tokens (from enough
     answers to mean something), mlfq orders by the bound: the nearly done request first."""
+
     def first_placed(batch_id: int, num_answers: int, mean_fill: float) -> str:
         request = make_schedule_request(batch_id, pending=[], workers=[("w1", 0, 1)])
-        request.pending.add(request_id="fresh-long", tier="batch", tier_rank=2, arrival_seq=6,
-                            model="tiny", prompt_chars=40, max_tokens=256)
-        request.pending.add(request_id="nearly-done", tier="batch", tier_rank=2, arrival_seq=5,
-                            model="tiny", prompt_chars=40, max_tokens=256, generated_tokens=230)
+        request.pending.add(
+            request_id="fresh-long",
+            tier="batch",
+            tier_rank=2,
+            arrival_seq=6,
+            model="tiny",
+            prompt_chars=40,
+            max_tokens=256,
+        )
+        request.pending.add(
+            request_id="nearly-done",
+            tier="batch",
+            tier_rank=2,
+            arrival_seq=5,
+            model="tiny",
+            prompt_chars=40,
+            max_tokens=256,
+            generated_tokens=230,
+        )
         request.tier_answers.add(tier="batch", num_answers=num_answers, mean_fill=mean_fill)
         return schedule(socket, request).placements[0].request_id
 

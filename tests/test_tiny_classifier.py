@@ -24,16 +24,16 @@ def classifier_dir(tmp_path_factory) -> Path:
     return make_tiny_classifier(tmp_path_factory.mktemp("models") / MODEL_NAME)
 
 
-def test_it_loads_as_a_two_label_sentiment_classifier_with_the_tiny_tokenizer(classifier_dir,
-                                                                               tiny_model_dir):
+def test_it_loads_as_a_two_label_sentiment_classifier_with_the_tiny_tokenizer(classifier_dir, tiny_model_dir):
     model = AutoModelForSequenceClassification.from_pretrained(classifier_dir)
     tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
 
     assert model.config.architectures == ["LlamaForSequenceClassification"]
     assert model.config.id2label == {0: "negative", 1: "positive"}
     assert model.config.pad_token_id == tokenizer.pad_token_id is not None
-    assert (classifier_dir / "tokenizer.json").read_bytes() == \
-        (tiny_model_dir / "tokenizer.json").read_bytes()
+    assert (classifier_dir / "tokenizer.json").read_bytes() == (
+        tiny_model_dir / "tokenizer.json"
+    ).read_bytes()
 
 
 def test_two_inits_write_identical_files(classifier_dir, tmp_path):

@@ -9,12 +9,12 @@ from workers.requests import EngineRequest
 
 
 def make_admission(max_num_seqs: int = 2, kv_blocks_total: int = 10) -> AdmissionGate:
-    return AdmissionGate(max_num_seqs=max_num_seqs, max_model_len=64, block_size=16,
-                     kv_blocks_total=kv_blocks_total)
+    return AdmissionGate(
+        max_num_seqs=max_num_seqs, max_model_len=64, block_size=16, kv_blocks_total=kv_blocks_total
+    )
 
 
-def add(admission: AdmissionGate, request_id: str, num_tokens: int = 32,
-        num_context_tokens: int = 3) -> None:
+def add(admission: AdmissionGate, request_id: str, num_tokens: int = 32, num_context_tokens: int = 3) -> None:
     admission.add(EngineRequest(request_id, [1, 2, 3]), num_tokens, num_context_tokens)
 
 
@@ -76,8 +76,8 @@ def test_a_refused_head_waits_until_blocks_are_freed():
 
 def test_local_accounting_checks_free_blocks():
     admission = make_admission(kv_blocks_total=5)
-    add(admission, "a", num_tokens=48)   # 3 blocks
-    add(admission, "b", num_tokens=48)   # 3 more: only 2 left
+    add(admission, "a", num_tokens=48)  # 3 blocks
+    add(admission, "b", num_tokens=48)  # 3 more: only 2 left
     admission.grant("a")
 
     assert not admission.can_allocate_locally(admission.next_allocation())

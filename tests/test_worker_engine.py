@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from engine_helpers import Answer, generate_greedy, make_request
+
 from llmos.wire import pb
 from workers.reference_engine import ReferenceEngine
 from workers.requests import Delta, EngineRequest, SamplingOptions
@@ -20,8 +20,6 @@ PROMPTS = [
     "To bake a simple loaf of bread, mix five hundred grams of flour with salt and yeast.",
     "Zoë read a novel about a café in Paris; " * 6,
 ]
-
-
 
 
 def run_to_end(engine: ReferenceEngine) -> dict[str, Answer]:
@@ -57,12 +55,16 @@ def test_stop_string_ends_the_text_before_its_first_match(model, tokenizer):
     prompt = PROMPTS[1]
     greedy = generate_greedy(model, tokenizer, prompt, 32)
     full_text = tokenizer.decode(greedy, skip_special_tokens=True)
-    stop = next(full_text[k:k + 4] for k in range(8, len(full_text))
-                if full_text[k:k + 4].isascii() and full_text[k:k + 4].isprintable())
+    stop = next(
+        full_text[k : k + 4]
+        for k in range(8, len(full_text))
+        if full_text[k : k + 4].isascii() and full_text[k : k + 4].isprintable()
+    )
     stop_at = full_text.find(stop)
     # the stop completes with the first token whose text contains it; that token is sent
-    num_tokens = next(n for n in range(1, 33)
-                      if stop in tokenizer.decode(greedy[:n], skip_special_tokens=True))
+    num_tokens = next(
+        n for n in range(1, 33) if stop in tokenizer.decode(greedy[:n], skip_special_tokens=True)
+    )
     engine = ReferenceEngine(model, tokenizer)
     engine.add_request(make_request(tokenizer, "s", prompt, max_tokens=32, stop=("never here", stop)))
 
@@ -136,9 +138,16 @@ def test_resume_at_max_tokens_finishes_at_once_with_the_held_back_text(model, to
 
     deltas = engine.step()
 
-    assert deltas == [Delta("a", token_ids=[], text=whole.text[-2:],
-                            prompt_tokens=len(resumed.prompt_token_ids), is_finished=True,
-                            finish_reason=pb.FINISH_REASON_LENGTH)]
+    assert deltas == [
+        Delta(
+            "a",
+            token_ids=[],
+            text=whole.text[-2:],
+            prompt_tokens=len(resumed.prompt_token_ids),
+            is_finished=True,
+            finish_reason=pb.FINISH_REASON_LENGTH,
+        )
+    ]
     assert not engine.has_work
 
 
@@ -183,7 +192,7 @@ def test_cancel_frees_the_request_cache_at_once(model, tokenizer):
 
 def test_too_long_prompt_is_an_error_delta(model, tokenizer):
     engine = ReferenceEngine(model, tokenizer, max_model_len=16)
-    long_request = EngineRequest("long", list(range(10, 30)))       # 20 tokens
+    long_request = EngineRequest("long", list(range(10, 30)))  # 20 tokens
     fitting_request = EngineRequest("fits", list(range(10, 25)), SamplingOptions(max_tokens=8))  # 15
 
     engine.add_request(long_request)
@@ -191,8 +200,11 @@ def test_too_long_prompt_is_an_error_delta(model, tokenizer):
     answers = run_to_end(engine)
 
     error = answers["long"].final
-    assert (error.is_finished, error.finish_reason, error.error_code) == \
-        (True, pb.FINISH_REASON_ERROR, pb.TOO_LARGE)
+    assert (error.is_finished, error.finish_reason, error.error_code) == (
+        True,
+        pb.FINISH_REASON_ERROR,
+        pb.TOO_LARGE,
+    )
     assert "20 tokens" in error.error_message and "at most 15" in error.error_message
     assert len(answers["fits"].token_ids) == 1
     assert answers["fits"].final.finish_reason == pb.FINISH_REASON_LENGTH

@@ -11,13 +11,18 @@ import signal
 import pytest
 import torch
 import torch.nn.functional as F
+from test_worker_service import (
+    REPLY_TIMEOUT_S,
+    STARTUP_TIMEOUT_S,
+    FakePeer,
+    answer_as_broker,
+    answer_as_kernel,
+    collect_answers,
+    running_worker,
+)
 from transformers import AutoModel, AutoTokenizer
 
 from llmos.wire import pb
-from test_worker_service import (
-    REPLY_TIMEOUT_S, STARTUP_TIMEOUT_S, FakePeer, answer_as_broker, answer_as_kernel, collect_answers,
-    running_worker,
-)
 
 torch.set_num_threads(1)
 
@@ -45,15 +50,24 @@ def reference_embeddings(model_dir, texts: list[str]) -> tuple[torch.Tensor, int
 
 
 def embed_dispatch(request_id: str, inputs: list[str], kind: int = pb.TASK_KIND_EMBED) -> pb.Dispatch:
-    return pb.Dispatch(request_id=request_id, model=MODEL_NAME, kind=kind, inputs=inputs,
-                       tier="interactive", tenant="default")
+    return pb.Dispatch(
+        request_id=request_id,
+        model=MODEL_NAME,
+        kind=kind,
+        inputs=inputs,
+        tier="interactive",
+        tenant="default",
+    )
 
 
 @pytest.mark.e2e
 def test_worker_registers_as_embed_and_answers_each_dispatch_with_one_final_delta(minilm_dir, tmp_path):
     expected, num_tokens = reference_embeddings(minilm_dir, TEXTS)
-    with FakePeer(answer_as_broker) as broker, FakePeer(answer_as_kernel) as kernel, \
-            running_worker("minilm", broker.address, kernel.address, 1000, tmp_path) as worker:
+    with (
+        FakePeer(answer_as_broker) as broker,
+        FakePeer(answer_as_kernel) as kernel,
+        running_worker("minilm", broker.address, kernel.address, 1000, tmp_path) as worker,
+    ):
         _, kernel_register = kernel.expect("kernel_register", STARTUP_TIMEOUT_S)
         identity, register = broker.expect("worker_register", STARTUP_TIMEOUT_S)
         assert (register.task, list(register.models)) == (pb.TASK_KIND_EMBED, [MODEL_NAME])
@@ -66,14 +80,20 @@ def test_worker_registers_as_embed_and_answers_each_dispatch_with_one_final_delt
 
         final = answers["r1"].final
         assert len(answers["r1"].deltas) == 1
-        assert (final.is_finished, final.finish_reason, final.prompt_tokens) == \
-            (True, pb.FINISH_REASON_LENGTH, num_tokens)
-        torch.testing.assert_close(torch.tensor([list(e.values) for e in final.embeddings]),
-                                   expected, atol=1e-5, rtol=1e-4)
+        assert (final.is_finished, final.finish_reason, final.prompt_tokens) == (
+            True,
+            pb.FINISH_REASON_LENGTH,
+            num_tokens,
+        )
+        torch.testing.assert_close(
+            torch.tensor([list(e.values) for e in final.embeddings]), expected, atol=1e-5, rtol=1e-4
+        )
         for request_id in ("empty", "wrong"):
             refused = answers[request_id].final
-            assert (refused.finish_reason, refused.error.code) == \
-                (pb.FINISH_REASON_ERROR, pb.INVALID_ARGUMENT)
+            assert (refused.finish_reason, refused.error.code) == (
+                pb.FINISH_REASON_ERROR,
+                pb.INVALID_ARGUMENT,
+            )
         kernel_names = {name for _, name, _ in list(kernel.inbox.queue)}
         assert not kernel_names & {"kv_allocate", "kv_free"}  # no KV cache, no blocks
 

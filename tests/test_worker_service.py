@@ -16,10 +16,10 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -35,7 +35,7 @@ torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALL_MESSAGES = frozenset(f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields)
-STARTUP_TIMEOUT_S = 90.0   # a fresh process imports torch and transformers on a busy machine
+STARTUP_TIMEOUT_S = 90.0  # a fresh process imports torch and transformers on a busy machine
 REPLY_TIMEOUT_S = 30.0
 KERNEL_BLOCK_SIZE = 8
 PROMPT = "The harbour was quiet before dawn."
@@ -108,15 +108,18 @@ def answer_as_broker(peer: FakePeer, name: str, message: Message) -> list[Messag
 def answer_as_kernel(peer: FakePeer, name: str, message: Message) -> list[Message]:
     if name == "kernel_register":
         total = message.kv_capacity_tokens // KERNEL_BLOCK_SIZE
-        return [pb.KernelReply(block_size=KERNEL_BLOCK_SIZE, kv_blocks_total=total,
-                               num_free_blocks=total)]
+        return [pb.KernelReply(block_size=KERNEL_BLOCK_SIZE, kv_blocks_total=total, num_free_blocks=total)]
     if name == "kv_allocate" and message.request_id in peer.refuse_once:
         peer.refuse_once.discard(message.request_id)
-        return [pb.Error(code=pb.NOT_ENOUGH_BLOCKS, message="no blocks now",
-                         request_id=message.request_id)]
+        return [pb.Error(code=pb.NOT_ENOUGH_BLOCKS, message="no blocks now", request_id=message.request_id)]
     if name == "kv_allocate":
-        return [pb.KernelReply(request_id=message.request_id, block_ids=range(message.num_blocks),
-                               block_size=KERNEL_BLOCK_SIZE)]
+        return [
+            pb.KernelReply(
+                request_id=message.request_id,
+                block_ids=range(message.num_blocks),
+                block_size=KERNEL_BLOCK_SIZE,
+            )
+        ]
     if name == "kv_free":
         return [pb.KernelReply(request_id=message.request_id, block_size=KERNEL_BLOCK_SIZE)]
     return []
@@ -139,8 +142,9 @@ class Answer:
         return self.deltas[-1]
 
 
-def collect_answers(broker: FakePeer, request_ids: set[str],
-                    seen: tuple[pb.StepProgress, ...] = ()) -> dict[str, Answer]:
+def collect_answers(
+    broker: FakePeer, request_ids: set[str], seen: tuple[pb.StepProgress, ...] = ()
+) -> dict[str, Answer]:
     """Every request's deltas, from the progress already `seen` on until each finished."""
     answers = {request_id: Answer() for request_id in request_ids}
     unfinished = set(request_ids)
@@ -162,11 +166,30 @@ def unused_tcp_address() -> str:
 
 
 @contextmanager
-def running_worker(model_dir: Path, broker_address: str, kernel_address: str,
-                   heartbeat_interval_ms: int, log_dir: Path, *extra: str) -> Iterator[subprocess.Popen]:
-    command = [sys.executable, "-m", "workers", "--broker-worker-address", broker_address,
-               "--kernel-address", kernel_address, "--model", str(model_dir), "--threads", "1",
-               "--heartbeat-interval-ms", str(heartbeat_interval_ms), *extra]
+def running_worker(
+    model_dir: Path,
+    broker_address: str,
+    kernel_address: str,
+    heartbeat_interval_ms: int,
+    log_dir: Path,
+    *extra: str,
+) -> Iterator[subprocess.Popen]:
+    command = [
+        sys.executable,
+        "-m",
+        "workers",
+        "--broker-worker-address",
+        broker_address,
+        "--kernel-address",
+        kernel_address,
+        "--model",
+        str(model_dir),
+        "--threads",
+        "1",
+        "--heartbeat-interval-ms",
+        str(heartbeat_interval_ms),
+        *extra,
+    ]
     env = {**os.environ, "LLMOS_HOME": str(log_dir / "home")}
     with open(log_dir / "worker.log", "ab") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -186,7 +209,7 @@ class Reference:
     def greedy(self, prompt: str, max_new_tokens: int) -> list[int]:
         input_ids = torch.tensor([self.tokenizer.encode(prompt)])
         output = self.model.generate(input_ids, do_sample=False, max_new_tokens=max_new_tokens)
-        return output[0, input_ids.shape[1]:].tolist()
+        return output[0, input_ids.shape[1] :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +218,12 @@ def reference(tiny_model_dir) -> Reference:
 
 
 def dispatch(request_id: str, max_tokens: int, prompt: str = PROMPT, **sampling) -> pb.Dispatch:
-    return pb.Dispatch(request_id=request_id, model="llmos-tiny", prompt=prompt,
-                       sampling=pb.SamplingParams(max_tokens=max_tokens, **sampling))
+    return pb.Dispatch(
+        request_id=request_id,
+        model="llmos-tiny",
+        prompt=prompt,
+        sampling=pb.SamplingParams(max_tokens=max_tokens, **sampling),
+    )
 
 
 def test_importing_the_worker_command_does_not_import_torch():
@@ -207,17 +234,24 @@ def test_importing_the_worker_command_does_not_import_torch():
 
 @pytest.mark.e2e
 def test_worker_waits_for_kv_blocks_from_the_kernel_and_streams_the_greedy_answer(
-        tiny_model_dir, reference, tmp_path):
-    with FakePeer(answer_as_broker) as broker, FakePeer(answer_as_kernel) as kernel, \
-            running_worker(tiny_model_dir, broker.address, kernel.address, 1000, tmp_path,
-                           "--kv-cache-tokens", "4096") as worker:
+    tiny_model_dir, reference, tmp_path
+):
+    with (
+        FakePeer(answer_as_broker) as broker,
+        FakePeer(answer_as_kernel) as kernel,
+        running_worker(
+            tiny_model_dir, broker.address, kernel.address, 1000, tmp_path, "--kv-cache-tokens", "4096"
+        ) as worker,
+    ):
         _, kernel_register = kernel.expect("kernel_register", STARTUP_TIMEOUT_S)
         identity, register = broker.expect("worker_register", STARTUP_TIMEOUT_S)
         assert identity == register.worker_id.encode() and register.worker_id.startswith("worker-")
         assert list(register.models) == ["llmos-tiny"]
         assert (kernel_register.kv_capacity_tokens, kernel_register.max_num_seqs) == (4096, 16)
-        assert (register.block_size, register.kv_blocks_total) == \
-            (KERNEL_BLOCK_SIZE, 4096 // KERNEL_BLOCK_SIZE)
+        assert (register.block_size, register.kv_blocks_total) == (
+            KERNEL_BLOCK_SIZE,
+            4096 // KERNEL_BLOCK_SIZE,
+        )
 
         kernel.refuse_once.add("r1")  # the worker waits, then asks again
         broker.send(identity, dispatch("r1", max_tokens=12))
@@ -244,13 +278,19 @@ def test_worker_waits_for_kv_blocks_from_the_kernel_and_streams_the_greedy_answe
 
 @pytest.mark.e2e
 def test_worker_serves_without_a_kernel_and_re_registers_with_a_silent_broker(
-        tiny_model_dir, reference, tmp_path):
-    with FakePeer(answer_as_broker) as broker, \
-            running_worker(tiny_model_dir, broker.address, unused_tcp_address(), 200, tmp_path,
-                           "--kv-cache-tokens", "4096") as worker:
+    tiny_model_dir, reference, tmp_path
+):
+    with (
+        FakePeer(answer_as_broker) as broker,
+        running_worker(
+            tiny_model_dir, broker.address, unused_tcp_address(), 200, tmp_path, "--kv-cache-tokens", "4096"
+        ) as worker,
+    ):
         identity, register = broker.expect("worker_register", STARTUP_TIMEOUT_S)
-        assert (register.block_size, register.kv_blocks_total) == \
-            (DEFAULT_BLOCK_SIZE, 4096 // DEFAULT_BLOCK_SIZE)
+        assert (register.block_size, register.kv_blocks_total) == (
+            DEFAULT_BLOCK_SIZE,
+            4096 // DEFAULT_BLOCK_SIZE,
+        )
 
         broker.send(identity, b"not an envelope")  # ignored, never fatal
         broker.send(identity, dispatch("long", max_tokens=2000))
@@ -273,10 +313,15 @@ def test_worker_serves_without_a_kernel_and_re_registers_with_a_silent_broker(
 
 @pytest.mark.e2e
 def test_preempt_stops_a_running_request_frees_its_blocks_and_reports_every_token(
-        tiny_model_dir, reference, tmp_path):
-    with FakePeer(answer_as_broker) as broker, FakePeer(answer_as_kernel) as kernel, \
-            running_worker(tiny_model_dir, broker.address, kernel.address, 1000, tmp_path,
-                           "--kv-cache-tokens", "4096"):
+    tiny_model_dir, reference, tmp_path
+):
+    with (
+        FakePeer(answer_as_broker) as broker,
+        FakePeer(answer_as_kernel) as kernel,
+        running_worker(
+            tiny_model_dir, broker.address, kernel.address, 1000, tmp_path, "--kv-cache-tokens", "4096"
+        ),
+    ):
         identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
         broker.send(identity, dispatch("long", max_tokens=1500))
         _, first = broker.expect("progress")
@@ -292,7 +337,8 @@ def test_preempt_stops_a_running_request_frees_its_blocks_and_reports_every_toke
 
 @pytest.mark.e2e
 def test_a_waiting_request_runs_in_the_step_after_the_one_that_frees_its_slot(
-        tiny_model_dir, reference, tmp_path):
+    tiny_model_dir, reference, tmp_path
+):
     """Two slots: "long" keeps the engine stepping (its tokens count the steps) while
     shorts take turns in the other slot. Each short takes its blocks from the kernel
     while the one before it makes its last token, so it starts in the very next step.
@@ -301,26 +347,42 @@ def test_a_waiting_request_runs_in_the_step_after_the_one_that_frees_its_slot(
     late now and then, so the test asks for most of them on time, not all."""
     num_shorts, short_tokens = 8, 4
     shorts = [f"short-{index}" for index in range(num_shorts)]
-    with FakePeer(answer_as_broker) as broker, FakePeer(answer_as_kernel) as kernel, \
-            running_worker(tiny_model_dir, broker.address, kernel.address, 1000, tmp_path,
-                           "--kv-cache-tokens", "4096", "--max-num-seqs", "2"):
+    with (
+        FakePeer(answer_as_broker) as broker,
+        FakePeer(answer_as_kernel) as kernel,
+        running_worker(
+            tiny_model_dir,
+            broker.address,
+            kernel.address,
+            1000,
+            tmp_path,
+            "--kv-cache-tokens",
+            "4096",
+            "--max-num-seqs",
+            "2",
+        ),
+    ):
         identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
         for request_id in ["long", *shorts]:
-            broker.send(identity, dispatch(request_id, max_tokens=1000 if request_id == "long"
-                                           else short_tokens))
+            broker.send(
+                identity, dispatch(request_id, max_tokens=1000 if request_id == "long" else short_tokens)
+            )
         steps: list[pb.StepProgress] = []
-        while not any(d.request_id == shorts[-1] and d.is_finished
-                      for step in steps for d in step.deltas):
+        while not any(d.request_id == shorts[-1] and d.is_finished for step in steps for d in step.deltas):
             steps.append(broker.expect("progress")[1])
         broker.send(identity, pb.Cancel(request_id="long"))
 
-    first_step = {request_id: min(index for index, step in enumerate(steps)
-                                  if any(d.request_id == request_id for d in step.deltas))
-                  for request_id in shorts}
+    first_step = {
+        request_id: min(
+            index for index, step in enumerate(steps) if any(d.request_id == request_id for d in step.deltas)
+        )
+        for request_id in shorts
+    }
     gaps = [first_step[after] - first_step[before] for before, after in zip(shorts, shorts[1:])]
     assert all(gap >= short_tokens for gap in gaps)  # one slot: never two shorts at once
     assert sum(gap == short_tokens for gap in gaps) * 2 > len(gaps), gaps
     expected = reference.greedy(PROMPT, short_tokens)
     for request_id in shorts:
-        assert [t for step in steps for d in step.deltas if d.request_id == request_id
-                for t in d.token_ids] == expected
+        assert [
+            t for step in steps for d in step.deltas if d.request_id == request_id for t in d.token_ids
+        ] == expected

@@ -25,16 +25,17 @@ from workers.requests import EngineRequest
 
 
 class AllocationStatus(enum.Enum):
-    QUEUED = "queued"    # asks for its blocks once it is the head and a slot is free
-    ASKING = "asking"    # a KvAllocate for it is in flight
+    QUEUED = "queued"  # asks for its blocks once it is the head and a slot is free
+    ASKING = "asking"  # a KvAllocate for it is in flight
     REFUSED = "refused"  # the kernel said NOT_ENOUGH_BLOCKS: it asks again after a free (unblock)
 
 
 # a granted request leaves the queue (from ASKING, or QUEUED while the kernel is down)
 TRANSITIONS: dict[AllocationStatus, frozenset[AllocationStatus]] = {
     AllocationStatus.QUEUED: frozenset({AllocationStatus.ASKING}),
-    AllocationStatus.ASKING: frozenset({AllocationStatus.REFUSED,
-                                        AllocationStatus.QUEUED}),  # QUEUED: the answer never came
+    AllocationStatus.ASKING: frozenset(
+        {AllocationStatus.REFUSED, AllocationStatus.QUEUED}
+    ),  # QUEUED: the answer never came
     AllocationStatus.REFUSED: frozenset({AllocationStatus.QUEUED}),
 }
 
@@ -44,20 +45,20 @@ class WaitingAllocation:
     """A dispatched request waiting for its slot and KV blocks."""
 
     request: EngineRequest
-    num_tokens: int                 # prompt + max_tokens, before the max_model_len cap
-    num_context_tokens: int = 0     # prompt + tokens made before (a resumed request)
+    num_tokens: int  # prompt + max_tokens, before the max_model_len cap
+    num_context_tokens: int = 0  # prompt + tokens made before (a resumed request)
     status: AllocationStatus = AllocationStatus.QUEUED
     allocate_sent_at_s: float = 0.0
 
     def move_to(self, status: AllocationStatus) -> None:
-        assert status in TRANSITIONS[self.status], \
+        assert status in TRANSITIONS[self.status], (
             f"request {self.request.request_id}: {self.status.name} -> {status.name} is not a transition"
+        )
         self.status = status
 
 
 class AdmissionGate:
-    def __init__(self, max_num_seqs: int, max_model_len: int, block_size: int,
-                 kv_blocks_total: int) -> None:
+    def __init__(self, max_num_seqs: int, max_model_len: int, block_size: int, kv_blocks_total: int) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
         self.block_size = block_size
@@ -136,8 +137,9 @@ class AdmissionGate:
         """The blocks are the request's: it runs now."""
         allocation = self.waiting.pop(request_id)
         self.running[request_id] = self.blocks_for(allocation.num_tokens)
-        self.tokens_left[request_id] = \
+        self.tokens_left[request_id] = (
             min(allocation.num_tokens, self.max_model_len) - allocation.num_context_tokens
+        )
         return allocation.request
 
     def refuse(self, request_id: str) -> None:
@@ -175,8 +177,9 @@ class AdmissionGate:
 
     def release(self, request_id: str) -> bool:
         """Forget a finished or cancelled request; False if it was not here."""
-        was_here = self.waiting.pop(request_id, None) is not None or \
-            self.running.pop(request_id, None) is not None
+        was_here = (
+            self.waiting.pop(request_id, None) is not None or self.running.pop(request_id, None) is not None
+        )
         self.tokens_left.pop(request_id, None)
         self.leaving.discard(request_id)
         if was_here:

@@ -42,18 +42,21 @@ class BatchLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         raise AssertionError("a BatchCache is filled by add_rows before the model runs on it")
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, mixed = self.batch, CURRENT_STEP.get()
         if mixed is not None:  # its attention finds every row's columns in the whole buffers
             mixed.write(self.keys, self.values, key_states, value_states)
             return self.keys, self.values
         num_rows, end, num_new = batch.num_rows, batch.end, key_states.shape[-2]
         assert key_states.shape[0] == num_rows and end + num_new <= batch.capacity
-        self.keys[:num_rows, :, end:end + num_new].copy_(key_states)
-        self.values[:num_rows, :, end:end + num_new].copy_(value_states)
-        return (self.keys[:num_rows, :, batch.base:end + num_new],
-                self.values[:num_rows, :, batch.base:end + num_new])
+        self.keys[:num_rows, :, end : end + num_new].copy_(key_states)
+        self.values[:num_rows, :, end : end + num_new].copy_(value_states)
+        return (
+            self.keys[:num_rows, :, batch.base : end + num_new],
+            self.values[:num_rows, :, batch.base : end + num_new],
+        )
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
@@ -64,8 +67,15 @@ class BatchLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
-    def reallocate(self, template: torch.Tensor, max_rows: int, capacity: int, num_rows: int,
-                   old_columns: slice, new_start: int) -> None:
+    def reallocate(
+        self,
+        template: torch.Tensor,
+        max_rows: int,
+        capacity: int,
+        num_rows: int,
+        old_columns: slice,
+        new_start: int,
+    ) -> None:
         """New buffers of `capacity` columns; the live part moves to start at `new_start`."""
         shape = (max_rows, template.shape[1], capacity, template.shape[3])
         # zeros, not empty: masked columns still enter the matmuls, and NaN * 0 is NaN
@@ -73,8 +83,8 @@ class BatchLayer(CacheLayerMixin):
         values = torch.zeros_like(keys)
         if self.is_initialized and num_rows:
             width = old_columns.stop - old_columns.start
-            keys[:num_rows, :, new_start:new_start + width] = self.keys[:num_rows, :, old_columns]
-            values[:num_rows, :, new_start:new_start + width] = self.values[:num_rows, :, old_columns]
+            keys[:num_rows, :, new_start : new_start + width] = self.keys[:num_rows, :, old_columns]
+            values[:num_rows, :, new_start : new_start + width] = self.values[:num_rows, :, old_columns]
         self.keys, self.values, self.is_initialized = keys, values, True
 
     def move_row(self, source: int, target: int, columns: slice) -> None:
@@ -86,11 +96,11 @@ class BatchCache(Cache):
     def __init__(self, num_layers: int, max_rows: int) -> None:
         super().__init__(layers=[BatchLayer(self) for _ in range(num_layers)])
         self.max_rows = max_rows
-        self.row_ids: list[str] = []      # request id of each row, in row order
-        self.starts: list[int] = []       # column of each row's first token
+        self.row_ids: list[str] = []  # request id of each row, in row order
+        self.starts: list[int] = []  # column of each row's first token
         self.base = 0
         self.end = 0
-        self.capacity = 0                 # columns allocated
+        self.capacity = 0  # columns allocated
 
     # ---------------------------------------------------------------- state
 
@@ -111,14 +121,15 @@ class BatchCache(Cache):
         self.make_room(num_columns, 1, template=source)
         first, rows = self.end - num_columns, slice(self.num_rows, self.num_rows + len(row_ids))
         for layer, source_layer in zip(self.layers, source.layers, strict=False):
-            layer.keys[rows, :, first:self.end] = source_layer.keys
-            layer.values[rows, :, first:self.end] = source_layer.values
+            layer.keys[rows, :, first : self.end] = source_layer.keys
+            layer.values[rows, :, first : self.end] = source_layer.values
         self.row_ids += row_ids
         self.starts += [first + pad for pad in pad_lengths]
         self.base = min(self.starts)
 
-    def add_newcomer_rows(self, source: Cache, row_ids: list[str], pad_lengths: list[int],
-                          num_columns: int) -> None:
+    def add_newcomer_rows(
+        self, source: Cache, row_ids: list[str], pad_lengths: list[int], num_columns: int
+    ) -> None:
         """Append rows whose left-padded contexts are `num_columns` wide and will end, like
         every row, at `end + 1` once the coming forward (a mixed step) computes their
         last columns; copy in the columns `source` holds already (its first ones)."""
@@ -129,8 +140,8 @@ class BatchCache(Cache):
         rows = slice(self.num_rows, self.num_rows + len(row_ids))
         num_done = source.get_seq_length()
         for layer, source_layer in zip(self.layers, source.layers if num_done else [], strict=False):
-            layer.keys[rows, :, first:first + num_done] = source_layer.keys
-            layer.values[rows, :, first:first + num_done] = source_layer.values
+            layer.keys[rows, :, first : first + num_done] = source_layer.keys
+            layer.values[rows, :, first : first + num_done] = source_layer.values
         self.row_ids += row_ids
         self.starts += [first + pad for pad in pad_lengths]
         self.base = min(self.starts)
@@ -176,8 +187,9 @@ class BatchCache(Cache):
         shift = new_end - self.end
         for index, layer in enumerate(self.layers):
             like = layer.keys if layer.is_initialized else template.layers[index].keys
-            layer.reallocate(like, self.max_rows, capacity, self.num_rows,
-                             slice(self.base, self.end), self.base + shift)
+            layer.reallocate(
+                like, self.max_rows, capacity, self.num_rows, slice(self.base, self.end), self.base + shift
+            )
         self.starts = [start + shift for start in self.starts]
         self.base, self.end, self.capacity = self.base + shift, new_end, capacity
 

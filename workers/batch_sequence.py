@@ -28,18 +28,19 @@ from workers.requests import Delta, EngineRequest
 
 
 class SequenceStatus(enum.Enum):
-    WAITING = "waiting"          # in the engine's queue; holds no KV blocks
-    PREFILLING = "prefilling"    # in the prefill job: holds KV blocks, its context being computed
-    DECODING = "decoding"        # a row of the batch: one new token a step
-    FINISHED = "finished"        # made its last token (or was resumed at its end)
-    CANCELLED = "cancelled"      # cancelled from outside
-    PREEMPTED = "preempted"      # told to preempt from outside; what it computed may stay cached
-    FAILED = "failed"            # the model failed on it, or it no longer fits the KV budget
-    DROPPED = "dropped"          # dropped with every request (the broker re-queued them)
+    WAITING = "waiting"  # in the engine's queue; holds no KV blocks
+    PREFILLING = "prefilling"  # in the prefill job: holds KV blocks, its context being computed
+    DECODING = "decoding"  # a row of the batch: one new token a step
+    FINISHED = "finished"  # made its last token (or was resumed at its end)
+    CANCELLED = "cancelled"  # cancelled from outside
+    PREEMPTED = "preempted"  # told to preempt from outside; what it computed may stay cached
+    FAILED = "failed"  # the model failed on it, or it no longer fits the KV budget
+    DROPPED = "dropped"  # dropped with every request (the broker re-queued them)
 
 
-_LEAVING = frozenset({SequenceStatus.CANCELLED, SequenceStatus.PREEMPTED, SequenceStatus.FAILED,
-                      SequenceStatus.DROPPED})
+_LEAVING = frozenset(
+    {SequenceStatus.CANCELLED, SequenceStatus.PREEMPTED, SequenceStatus.FAILED, SequenceStatus.DROPPED}
+)
 TRANSITIONS: dict[SequenceStatus, frozenset[SequenceStatus]] = {
     SequenceStatus.WAITING: frozenset({SequenceStatus.PREFILLING, SequenceStatus.FINISHED}) | _LEAVING,
     SequenceStatus.PREFILLING: frozenset({SequenceStatus.DECODING, SequenceStatus.WAITING}) | _LEAVING,
@@ -53,14 +54,14 @@ HOLDS_KV = frozenset({SequenceStatus.PREFILLING, SequenceStatus.DECODING})  # th
 @dataclass(eq=False)
 class Sequence:
     request: EngineRequest
-    arrival_seq: int                        # engine-wide order of add_request
+    arrival_seq: int  # engine-wide order of add_request
     generated_token_ids: list[int]
     emitted_text_chars: int
     generator: torch.Generator | None
     detokenizer: IncrementalText
     status: SequenceStatus = SequenceStatus.WAITING
-    num_cached_tokens: int = 0              # tokens whose keys and values are in the cache
-    has_reported: bool = False              # prompt_tokens goes on the first delta only
+    num_cached_tokens: int = 0  # tokens whose keys and values are in the cache
+    has_reported: bool = False  # prompt_tokens goes on the first delta only
     hold_back: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,8 +73,9 @@ class Sequence:
 
     def move_to(self, status: SequenceStatus) -> None:
         """The one place a status changes; a change TRANSITIONS does not allow is a bug."""
-        assert status in TRANSITIONS[self.status], \
+        assert status in TRANSITIONS[self.status], (
             f"request {self.request_id}: {self.status.name} -> {status.name} is not a transition"
+        )
         self.status = status
 
     @property
@@ -94,15 +96,16 @@ class Sequence:
 
     def cached_token_ids(self) -> list[int]:
         """The context tokens whose keys and values are in the cache."""
-        return self.context_token_ids()[:self.num_cached_tokens]
+        return self.context_token_ids()[: self.num_cached_tokens]
 
     @property
     def preemption_order(self) -> tuple[int, int]:
         """The largest is preempted first: least important, then latest arrival."""
         return self.request.priority, self.arrival_seq
 
-    def make_delta(self, new_token_ids: list[int], max_context_tokens: int,
-                   eos_token_ids: frozenset[int]) -> Delta:
+    def make_delta(
+        self, new_token_ids: list[int], max_context_tokens: int, eos_token_ids: frozenset[int]
+    ) -> Delta:
         """Decide whether the request finished and which new text it may stream."""
         self.detokenizer.update(self.generated_token_ids)
         finish_reason, text = self.finish_reason(max_context_tokens, eos_token_ids)
@@ -114,9 +117,11 @@ class Sequence:
             text = self.detokenizer.final_text(self.generated_token_ids)
             end = len(text)
         delta = Delta(
-            request_id=self.request_id, token_ids=new_token_ids,
-            text=text[self.emitted_text_chars:end],
-            is_finished=finish_reason != pb.FINISH_REASON_UNSPECIFIED, finish_reason=finish_reason,
+            request_id=self.request_id,
+            token_ids=new_token_ids,
+            text=text[self.emitted_text_chars : end],
+            is_finished=finish_reason != pb.FINISH_REASON_UNSPECIFIED,
+            finish_reason=finish_reason,
         )
         self.emitted_text_chars = max(self.emitted_text_chars, end)
         if not self.has_reported:
@@ -132,8 +137,10 @@ class Sequence:
         generated = self.generated_token_ids
         if generated and generated[-1] in eos_token_ids:
             return pb.FINISH_REASON_EOS, text
-        if (len(generated) >= self.request.sampling.max_tokens
-                or self.num_context_tokens >= max_context_tokens):
+        if (
+            len(generated) >= self.request.sampling.max_tokens
+            or self.num_context_tokens >= max_context_tokens
+        ):
             return pb.FINISH_REASON_LENGTH, text
         return pb.FINISH_REASON_UNSPECIFIED, text
 

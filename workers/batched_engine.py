@@ -60,11 +60,21 @@ MIN_PREFILL_TOKENS = 32  # a prefill always gets this much of a step, so newcome
 
 
 class BatchedEngine:
-    def __init__(self, model: Any, tokenizer: Any, *, max_num_seqs: int = 16,
-                 max_model_len: int = 0, eos_token_ids: set[int] | None = None,
-                 worker_id: str = "", num_blocks: int = 0, block_size: int = DEFAULT_BLOCK_SIZE,
-                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
-                 prefix_caching: bool = True, mixed_steps: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_num_seqs: int = 16,
+        max_model_len: int = 0,
+        eos_token_ids: set[int] | None = None,
+        worker_id: str = "",
+        num_blocks: int = 0,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        prefix_caching: bool = True,
+        mixed_steps: bool = True,
+    ) -> None:
         """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens.
         `prefix_caching` is ignored for models whose attention is not plain full attention;
         `mixed_steps` (decodes and prefill in one forward) for models that cannot."""
@@ -72,20 +82,25 @@ class BatchedEngine:
         self.tokenizer = tokenizer
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len or model_context_length(model)
-        self.eos_token_ids = frozenset(eos_token_ids if eos_token_ids is not None
-                                       else model_eos_token_ids(model, tokenizer))
+        self.eos_token_ids = frozenset(
+            eos_token_ids if eos_token_ids is not None else model_eos_token_ids(model, tokenizer)
+        )
         self.worker_id = worker_id
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.budget = KvBudget(num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size),
-                               block_size)
+        self.budget = KvBudget(
+            num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size), block_size
+        )
         full_attention = has_full_attention(model, self.max_model_len)
         self.runner = ModelRunner(model, max_num_seqs, mixed_steps and full_attention)
         self.prefix_caching = make_prefix_caching(
-            prefix_caching and full_attention, self.budget,
-            model.config.get_text_config().num_hidden_layers, tokenizer)
+            prefix_caching and full_attention,
+            self.budget,
+            model.config.get_text_config().num_hidden_layers,
+            tokenizer,
+        )
         self.waiting: deque[Sequence] = deque()  # WAITING
-        self.running: dict[str, Sequence] = {}   # holding KV: PREFILLING (the job) or DECODING (the batch)
-        self.job: PrefillJob | None = None       # newcomers being prefilled
+        self.running: dict[str, Sequence] = {}  # holding KV: PREFILLING (the job) or DECODING (the batch)
+        self.job: PrefillJob | None = None  # newcomers being prefilled
         self.pending_deltas: list[Delta] = []
         self.num_arrivals = 0
 
@@ -96,20 +111,25 @@ class BatchedEngine:
         assert self.find(request.request_id) is None, f"duplicate request {request.request_id}"
         problem = check_request(request, self.max_model_len) or self.check_fits(request)
         if problem is not None:
-            log.warning("worker %s request %s refused: %s", self.worker_id,
-                        request.request_id, problem.error_message)
+            log.warning(
+                "worker %s request %s refused: %s", self.worker_id, request.request_id, problem.error_message
+            )
             self.pending_deltas.append(problem)
             return
         sequence = Sequence(
-            request=request, arrival_seq=self.num_arrivals,
+            request=request,
+            arrival_seq=self.num_arrivals,
             generated_token_ids=list(request.generated_token_ids),
             emitted_text_chars=request.emitted_text_chars,
             generator=make_generator(request.sampling, self.model.device),
             detokenizer=IncrementalText(self.tokenizer, request.generated_token_ids),
         )
         self.num_arrivals += 1
-        if sequence.generated_token_ids and sequence.finish_reason(
-                self.max_context_tokens, self.eos_token_ids)[0] != pb.FINISH_REASON_UNSPECIFIED:
+        if (
+            sequence.generated_token_ids
+            and sequence.finish_reason(self.max_context_tokens, self.eos_token_ids)[0]
+            != pb.FINISH_REASON_UNSPECIFIED
+        ):
             # resumed at its end: finish at once with the held-back text, no new tokens
             self.pending_deltas.append(self.make_delta(sequence, []))
             sequence.move_to(SequenceStatus.FINISHED)
@@ -120,20 +140,25 @@ class BatchedEngine:
         num_tokens = len(request.prompt_token_ids) + 1  # room for its first generated token
         if self.budget.can_ever_hold(num_tokens):
             return None
-        return error_delta(request.request_id, pb.TOO_LARGE,
-                           f"the prompt needs {self.budget.blocks_for(num_tokens)} KV blocks but "
-                           f"this engine has {self.budget.num_blocks}",
-                           prompt_tokens=len(request.prompt_token_ids))
+        return error_delta(
+            request.request_id,
+            pb.TOO_LARGE,
+            f"the prompt needs {self.budget.blocks_for(num_tokens)} KV blocks but "
+            f"this engine has {self.budget.num_blocks}",
+            prompt_tokens=len(request.prompt_token_ids),
+        )
 
     def refuse(self, sequence: Sequence) -> Delta:
         """A waiting request that no longer fits the budget (it shrank)."""
         self.forget(sequence, SequenceStatus.FAILED)
         num_tokens = sequence.num_context_tokens + 1
-        log.warning("worker %s request %s no longer fits the KV budget", self.worker_id,
-                    sequence.request_id)
-        return error_delta(sequence.request_id, pb.TOO_LARGE,
-                           f"the request needs {self.budget.blocks_for(num_tokens)} KV blocks but "
-                           f"this engine now has {self.budget.num_blocks}")
+        log.warning("worker %s request %s no longer fits the KV budget", self.worker_id, sequence.request_id)
+        return error_delta(
+            sequence.request_id,
+            pb.TOO_LARGE,
+            f"the request needs {self.budget.blocks_for(num_tokens)} KV blocks but "
+            f"this engine now has {self.budget.num_blocks}",
+        )
 
     def cancel(self, request_id: str) -> bool:
         """Forget a request and free its KV blocks now; False if it is not here."""
@@ -153,8 +178,12 @@ class BatchedEngine:
             return None
         self.keep_batch_rows([sequence])
         self.forget(sequence, SequenceStatus.PREEMPTED)
-        log.info("worker %s request %s preempted after %d tokens", self.worker_id, request_id,
-                 len(sequence.generated_token_ids))
+        log.info(
+            "worker %s request %s preempted after %d tokens",
+            self.worker_id,
+            request_id,
+            len(sequence.generated_token_ids),
+        )
         return sequence.final_delta(pb.FINISH_REASON_PREEMPTED)
 
     def drop_all(self) -> list[str]:
@@ -259,7 +288,8 @@ class BatchedEngine:
             return has_preempted
         for sequence in sorted(rows, key=lambda s: s.preemption_order):
             while sequence.status is SequenceStatus.DECODING and not self.budget.can_hold(
-                    sequence.request_id, sequence.num_cached_tokens + 1):
+                sequence.request_id, sequence.num_cached_tokens + 1
+            ):
                 self.preempt_by_recompute(self.pick_victim())
                 has_preempted = True
             if sequence.status is SequenceStatus.DECODING:
@@ -286,8 +316,9 @@ class BatchedEngine:
             width = max(num_columns, sequence.num_context_tokens)
             if chosen and width * (len(chosen) + 1) > num_tokens_left:
                 break
-            self.prefix_caching.evict_for(self.budget.num_blocks_to_add(
-                sequence.request_id, sequence.num_context_tokens + 1))
+            self.prefix_caching.evict_for(
+                self.budget.num_blocks_to_add(sequence.request_id, sequence.num_context_tokens + 1)
+            )
             if not self.budget.can_hold(sequence.request_id, sequence.num_context_tokens + 1):
                 break  # in order: nobody overtakes the head
             self.budget.hold(sequence.request_id, sequence.num_context_tokens)
@@ -299,8 +330,9 @@ class BatchedEngine:
         for sequence in chosen:
             sequence.move_to(SequenceStatus.PREFILLING)
             self.running[sequence.request_id] = sequence
-        job = self.runner.start_prefill([s.request_id for s in chosen],
-                                        [s.context_token_ids() for s in chosen], cached)
+        job = self.runner.start_prefill(
+            [s.request_id for s in chosen], [s.context_token_ids() for s in chosen], cached
+        )
         self.prefix_caching.count_hits(job)
         return job
 
@@ -385,9 +417,10 @@ class BatchedEngine:
     def keep_batch_rows(self, sequences: list[Sequence]) -> None:
         """Keep in the prefix cache what these requests computed in the batch (those that
         are rows of it)."""
-        self.prefix_caching.keep_batch_rows(self.runner.batch, [
-            (s.request_id, s.cached_token_ids()) for s in sequences
-            if s.status is SequenceStatus.DECODING])
+        self.prefix_caching.keep_batch_rows(
+            self.runner.batch,
+            [(s.request_id, s.cached_token_ids()) for s in sequences if s.status is SequenceStatus.DECODING],
+        )
 
     def sample(self, sequences: list[Sequence], logits: torch.Tensor) -> list[int]:
         """One token per row: greedy rows by one argmax over the batch, sampled rows
@@ -395,9 +428,12 @@ class BatchedEngine:
         if all(s.generator is None for s in sequences):
             return logits.argmax(dim=-1).tolist()
         greedy = logits.argmax(dim=-1).tolist()
-        return [greedy[row] if s.generator is None
-                else sample_next_token(logits[row], s.request.sampling, s.generator)
-                for row, s in enumerate(sequences)]
+        return [
+            greedy[row]
+            if s.generator is None
+            else sample_next_token(logits[row], s.request.sampling, s.generator)
+            for row, s in enumerate(sequences)
+        ]
 
     def make_delta(self, sequence: Sequence, new_token_ids: list[int]) -> Delta:
         return sequence.make_delta(new_token_ids, self.max_context_tokens, self.eos_token_ids)
@@ -411,8 +447,12 @@ class BatchedEngine:
     def preempt_by_recompute(self, sequence: Sequence) -> None:
         """Free the request's cache; it waits at the front and is prefilled again later."""
         self.release(sequence, SequenceStatus.WAITING)
-        log.info("worker %s request %s preempted by recompute (KV blocks ran out): %d tokens "
-                 "kept", self.worker_id, sequence.request_id, len(sequence.generated_token_ids))
+        log.info(
+            "worker %s request %s preempted by recompute (KV blocks ran out): %d tokens kept",
+            self.worker_id,
+            sequence.request_id,
+            len(sequence.generated_token_ids),
+        )
 
     def forget(self, sequence: Sequence, status: SequenceStatus) -> None:
         """Take a request out of the engine for good, wherever it is; `status` says why."""
@@ -431,8 +471,11 @@ class BatchedEngine:
         if sequence.status is SequenceStatus.PREFILLING:
             job, self.job = self.job, None
             assert job is not None and sequence.request_id in job.request_ids
-            others = [self.running[request_id] for request_id in job.request_ids
-                      if request_id != sequence.request_id]
+            others = [
+                self.running[request_id]
+                for request_id in job.request_ids
+                if request_id != sequence.request_id
+            ]
         else:
             self.runner.remove(sequence.request_id)
         for leaving in [sequence, *others]:
@@ -450,9 +493,14 @@ class BatchedEngine:
         """Error deltas for requests the model failed on, which leave the engine (a prefill
         job's requests are all among them: the job goes as a whole)."""
         failed = list({s.request_id: s for s in sequences}.values())  # a request may be listed twice
-        log.exception("worker %s: the model failed on requests %s", self.worker_id,
-                      ", ".join(s.request_id for s in failed))
+        log.exception(
+            "worker %s: the model failed on requests %s",
+            self.worker_id,
+            ", ".join(s.request_id for s in failed),
+        )
         for sequence in failed:
             self.forget(sequence, SequenceStatus.FAILED)
-        return [error_delta(s.request_id, pb.WORKER_FAILED, f"the model failed on this request: {exc}")
-                for s in failed]
+        return [
+            error_delta(s.request_id, pb.WORKER_FAILED, f"the model failed on this request: {exc}")
+            for s in failed
+        ]

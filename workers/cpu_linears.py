@@ -35,8 +35,11 @@ class CpuLinears:
     def __init__(self, model: Any) -> None:
         self.linears: list[torch.nn.Linear] = []
         if model.device.type == "cpu" and onednn_linear_available():
-            self.linears = [module for module in model.modules() if type(module) is torch.nn.Linear
-                            and module.weight.dtype == torch.float32]
+            self.linears = [
+                module
+                for module in model.modules()
+                if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
+            ]
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:

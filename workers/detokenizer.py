@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 INCOMPLETE_CHAR = "\ufffd"
-PREFIX_TOKENS = 5          # how far back a window starts: enough for any merge of spaces
+PREFIX_TOKENS = 5  # how far back a window starts: enough for any merge of spaces
 MAX_INCOMPLETE_TOKENS = 8  # a resumed answer ending mid-character backs off at most this far
 
 
@@ -48,23 +48,23 @@ class IncrementalText:
 
     def update(self, token_ids: list[int]) -> str:
         """Take the text of the tokens past `read_offset` if it is complete; return the text added."""
-        window_text = self.decode(token_ids[self.prefix_offset:])
+        window_text = self.decode(token_ids[self.prefix_offset :])
         if len(window_text) <= len(self.prefix_text) or window_text.endswith(INCOMPLETE_CHAR):
             return ""
-        added = window_text[len(self.prefix_text):]
+        added = window_text[len(self.prefix_text) :]
         self.text += added
         self.move_window(token_ids, len(token_ids))
         return added
 
     def final_text(self, token_ids: list[int]) -> str:
         """The whole text, with a character still incomplete at the end (as `decode` gives it)."""
-        window_text = self.decode(token_ids[self.prefix_offset:])
-        return self.text + window_text[len(self.prefix_text):]
+        window_text = self.decode(token_ids[self.prefix_offset :])
+        return self.text + window_text[len(self.prefix_text) :]
 
     def move_window(self, token_ids: list[int], read_offset: int) -> None:
         self.prefix_offset = max(read_offset - PREFIX_TOKENS, 0)
         self.read_offset = read_offset
-        self.prefix_text = self.decode(token_ids[self.prefix_offset:read_offset])
+        self.prefix_text = self.decode(token_ids[self.prefix_offset : read_offset])
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -46,16 +46,34 @@ class DummyPreset:
 
 DUMMY_PRESETS: dict[str, DummyPreset] = {
     # the shape of the embedded llmos-tiny; for tests (~0.2M parameters)
-    "llama-tiny": DummyPreset(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, intermediate_size=128, vocab_size=1024),
+    "llama-tiny": DummyPreset(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=1024,
+    ),
     # GPT-2-small-sized body (~85M) plus embeddings and an untied head: ~134M parameters.
     # Untied on purpose: a tied random head scores each token's own embedding highest,
     # so greedy decoding repeats the last prompt token forever.
-    "llama-100m": DummyPreset(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                              num_key_value_heads=12, intermediate_size=2048, vocab_size=32000),
+    "llama-100m": DummyPreset(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        intermediate_size=2048,
+        vocab_size=32000,
+    ),
     # a Llama-3.2-1B-like shape with a Llama-2 vocabulary (~1.1B parameters)
-    "llama-1b": DummyPreset(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                            num_key_value_heads=8, intermediate_size=8192, vocab_size=32000),
+    "llama-1b": DummyPreset(
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=32000,
+    ),
 }
 
 
@@ -65,22 +83,29 @@ def dummy_preset_name(model: str) -> str | None:
     Raises ValueError for a dummy spec whose preset does not exist."""
     if not model.startswith(DUMMY_PREFIX):
         return None
-    name = model[len(DUMMY_PREFIX):]
+    name = model[len(DUMMY_PREFIX) :]
     if name not in DUMMY_PRESETS:
-        raise ValueError(f"unknown dummy model {model!r}; choose one of "
-                         + ", ".join(DUMMY_PREFIX + preset for preset in DUMMY_PRESETS))
+        raise ValueError(
+            f"unknown dummy model {model!r}; choose one of "
+            + ", ".join(DUMMY_PREFIX + preset for preset in DUMMY_PRESETS)
+        )
     return name
 
 
 def dummy_config(preset: str) -> Any:  # -> transformers.LlamaConfig
     from transformers import LlamaConfig
 
-    return LlamaConfig(**asdict(DUMMY_PRESETS[preset]), bos_token_id=BOS_TOKEN_ID,
-                       eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID)
+    return LlamaConfig(
+        **asdict(DUMMY_PRESETS[preset]),
+        bos_token_id=BOS_TOKEN_ID,
+        eos_token_id=EOS_TOKEN_ID,
+        pad_token_id=PAD_TOKEN_ID,
+    )
 
 
-def build_dummy_model(preset: str, device: torch.device | str = "cpu",
-                      dtype: torch.dtype = torch.float32) -> Any:
+def build_dummy_model(
+    preset: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Any:
     """The preset's model with seeded random weights, built directly on `device`
     (`meta` builds the shapes only, for counting parameters)."""
     from transformers import GenerationConfig, LlamaForCausalLM
@@ -96,7 +121,8 @@ def build_dummy_model(preset: str, device: torch.device | str = "cpu",
             head_std = LOGIT_STD / math.sqrt(config.hidden_size)
             model.get_output_embeddings().weight.normal_(0.0, head_std)
     model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
     )
     return model.eval()
@@ -112,7 +138,10 @@ def build_dummy_tokenizer(preset: str) -> Any:  # -> transformers.PreTrainedToke
 
     base = make_base_tokenizer()
     assert (base.pad_token_id, base.bos_token_id, base.eos_token_id) == (
-        PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID)
+        PAD_TOKEN_ID,
+        BOS_TOKEN_ID,
+        EOS_TOKEN_ID,
+    )
     data = json.loads(base.backend_tokenizer.to_str())
     vocab: dict[str, int] = data["model"]["vocab"]
     vocab_size = DUMMY_PRESETS[preset].vocab_size
@@ -122,8 +151,10 @@ def build_dummy_tokenizer(preset: str) -> Any:  # -> transformers.PreTrainedToke
         assert token not in vocab, token
         vocab[token] = token_id
     return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False,
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        clean_up_tokenization_spaces=False,
         model_max_length=DUMMY_PRESETS[preset].max_position_embeddings,
     )
-

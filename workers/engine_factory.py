@@ -12,14 +12,24 @@ GenerateEngine = ReferenceEngine | BatchedEngine
 
 
 class EngineKind(enum.Enum):
-    BATCHED = "batched"      # workers.batched_engine: one forward per step for the whole batch
+    BATCHED = "batched"  # workers.batched_engine: one forward per step for the whole batch
     REFERENCE = "reference"  # workers.reference_engine: one cache and one forward per request
 
 
-def make_engine(kind: str, model: Any, tokenizer: Any, *, max_num_seqs: int, max_model_len: int,
-                worker_id: str, num_blocks: int, block_size: int,
-                max_num_batched_tokens: int, prefix_caching: bool = True,
-                mixed_steps: bool = True) -> GenerateEngine:
+def make_engine(
+    kind: str,
+    model: Any,
+    tokenizer: Any,
+    *,
+    max_num_seqs: int,
+    max_model_len: int,
+    worker_id: str,
+    num_blocks: int,
+    block_size: int,
+    max_num_batched_tokens: int,
+    prefix_caching: bool = True,
+    mixed_steps: bool = True,
+) -> GenerateEngine:
     """The engine named `kind`; the KV geometry and the step's token budget are the batched engine's."""
     try:
         engine_kind = EngineKind(kind)
@@ -27,9 +37,18 @@ def make_engine(kind: str, model: Any, tokenizer: Any, *, max_num_seqs: int, max
         names = ", ".join(k.value for k in EngineKind)
         raise ValueError(f"unknown engine {kind!r}; use one of {names}") from None
     if engine_kind is EngineKind.REFERENCE:
-        return ReferenceEngine(model, tokenizer, max_num_seqs=max_num_seqs,
-                               max_model_len=max_model_len, worker_id=worker_id)
-    return BatchedEngine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                         worker_id=worker_id, num_blocks=num_blocks, block_size=block_size,
-                         max_num_batched_tokens=max_num_batched_tokens,
-                         prefix_caching=prefix_caching, mixed_steps=mixed_steps)
+        return ReferenceEngine(
+            model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len, worker_id=worker_id
+        )
+    return BatchedEngine(
+        model,
+        tokenizer,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        worker_id=worker_id,
+        num_blocks=num_blocks,
+        block_size=block_size,
+        max_num_batched_tokens=max_num_batched_tokens,
+        prefix_caching=prefix_caching,
+        mixed_steps=mixed_steps,
+    )

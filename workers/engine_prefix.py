@@ -91,8 +91,7 @@ class PrefixCaching(abc.ABC):
         """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
 
 
-def make_prefix_caching(is_enabled: bool, budget: KvBudget, num_layers: int,
-                        tokenizer: Any) -> PrefixCaching:
+def make_prefix_caching(is_enabled: bool, budget: KvBudget, num_layers: int, tokenizer: Any) -> PrefixCaching:
     if is_enabled:
         return PrefixCachingOn(budget, num_layers, tokenizer)
     return PrefixCachingOff()
@@ -144,7 +143,7 @@ class PrefixCachingOn(PrefixCaching):
     is_enabled = True
 
     def __init__(self, budget: KvBudget, num_layers: int, tokenizer: Any) -> None:
-        self.budget = budget        # the engine's: this object writes only its own line
+        self.budget = budget  # the engine's: this object writes only its own line
         self.tokenizer = tokenizer  # the engine thread's, for the text hashes of kept prefixes
         self.cache = PrefixCache(budget.block_size, num_layers)
         self.num_hit_tokens = 0
@@ -183,17 +182,24 @@ class PrefixCachingOn(PrefixCaching):
 
     @torch.inference_mode()
     def keep_job(self, job: PrefillJob, contexts: list[list[int]]) -> None:
-        self.keep([(context, row, pad)
-                   for row, (context, pad) in enumerate(zip(contexts, job.pad_lengths, strict=True))],
-                  [(layer.keys, layer.values) for layer in job.cache.layers])
+        self.keep(
+            [
+                (context, row, pad)
+                for row, (context, pad) in enumerate(zip(contexts, job.pad_lengths, strict=True))
+            ],
+            [(layer.keys, layer.values) for layer in job.cache.layers],
+        )
 
     @torch.inference_mode()
     def keep_batch_rows(self, batch: BatchCache, rows: list[tuple[str, list[int]]]) -> None:
         """The contexts of newcomers just prefilled in the batch (a mixed step), and of
         requests leaving it: finished ones' prompts and answers (the next turn of a chat
         starts with both), preempted ones' contexts (for their resume)."""
-        entries = [(token_ids, row, batch.starts[row]) for request_id, token_ids in rows
-                   for row in [batch.row_ids.index(request_id)]]
+        entries = [
+            (token_ids, row, batch.starts[row])
+            for request_id, token_ids in rows
+            for row in [batch.row_ids.index(request_id)]
+        ]
         if entries:
             self.keep(entries, [(layer.keys, layer.values) for layer in batch.layers])
 
@@ -206,7 +212,7 @@ class PrefixCachingOn(PrefixCaching):
         `row`. The new blocks of every entry are copied in one concatenation per layer."""
         cache, size = self.cache, self.budget.block_size
         room = self.budget.num_free_blocks + len(cache)
-        plans, spans = [], []   # spans: (row, first column, end column) of each entry's new blocks
+        plans, spans = [], []  # spans: (row, first column, end column) of each entry's new blocks
         num_new = 0
         for token_ids, row, column in entries:
             plan = cache.plan(token_ids)
@@ -218,16 +224,24 @@ class PrefixCachingOn(PrefixCaching):
             plans.append(plan)
         gathered: list[LayerKeysValues] = []
         if spans:  # [kv_heads, new tokens of every entry, head_dim] per layer, one copy each
-            gathered = [(torch.cat([keys[row, :, a:b] for row, a, b in spans], dim=1),
-                         torch.cat([values[row, :, a:b] for row, a, b in spans], dim=1))
-                        for keys, values in layers]
+            gathered = [
+                (
+                    torch.cat([keys[row, :, a:b] for row, a, b in spans], dim=1),
+                    torch.cat([values[row, :, a:b] for row, a, b in spans], dim=1),
+                )
+                for keys, values in layers
+            ]
         offset = 0
         for plan in plans:
             width = plan.num_new * size
-            cache.add(plan, gathered,
-                      lambda num_tokens, token_ids=plan.token_ids: prompt_block_hashes(
-                          self.tokenizer.decode(token_ids[:num_tokens], skip_special_tokens=True)),
-                      first_column=offset)
+            cache.add(
+                plan,
+                gathered,
+                lambda num_tokens, token_ids=plan.token_ids: prompt_block_hashes(
+                    self.tokenizer.decode(token_ids[:num_tokens], skip_special_tokens=True)
+                ),
+                first_column=offset,
+            )
             offset += width
         if len(cache) > room:
             cache.evict(len(cache) - room)  # the least recently used, never the new ones first

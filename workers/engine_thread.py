@@ -56,8 +56,13 @@ class EngineOutput:
 
 
 class EngineThread:
-    def __init__(self, engine: GenerateEngine | PoolingEngine, context: zmq.Context, pipe_address: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: GenerateEngine | PoolingEngine,
+        context: zmq.Context,
+        pipe_address: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.context = context
         self.pipe_address = pipe_address

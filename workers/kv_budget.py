@@ -21,9 +21,9 @@ class KvBudget:
         assert num_blocks >= 0 and block_size > 0, (num_blocks, block_size)
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.num_tokens_held: dict[str, int] = {}   # request id -> tokens its blocks cover
-        self.num_blocks_held: dict[str, int] = {}   # request id -> blocks it holds
-        self.num_used_blocks = 0                     # their sum, kept as they change
+        self.num_tokens_held: dict[str, int] = {}  # request id -> tokens its blocks cover
+        self.num_blocks_held: dict[str, int] = {}  # request id -> blocks it holds
+        self.num_used_blocks = 0  # their sum, kept as they change
 
     # ---------------------------------------------------------------- sizes
 
@@ -55,9 +55,10 @@ class KvBudget:
     def hold(self, request_id: str, num_tokens: int) -> int:
         """Grow the request's blocks to cover `num_tokens` tokens; return the blocks added."""
         num_added = self.num_blocks_to_add(request_id, num_tokens)
-        assert num_added <= self.num_free_blocks, \
-            f"request {request_id} needs {num_added} more KV blocks, {self.num_free_blocks} free: " \
+        assert num_added <= self.num_free_blocks, (
+            f"request {request_id} needs {num_added} more KV blocks, {self.num_free_blocks} free: "
             f"check can_hold"
+        )
         self.num_blocks_held[request_id] = self.num_blocks_held.get(request_id, 0) + num_added
         self.num_used_blocks += num_added
         self.num_tokens_held[request_id] = max(self.num_tokens_held.get(request_id, 0), num_tokens)
@@ -80,6 +81,7 @@ class KvBudget:
         The budget may now be exceeded (`is_over_budget`): the engine preempts until it is not."""
         assert num_blocks >= 0 and block_size > 0, (num_blocks, block_size)
         self.num_blocks, self.block_size = num_blocks, block_size
-        self.num_blocks_held = {request_id: self.blocks_for(num_tokens)
-                                for request_id, num_tokens in self.num_tokens_held.items()}
+        self.num_blocks_held = {
+            request_id: self.blocks_for(num_tokens) for request_id, num_tokens in self.num_tokens_held.items()
+        }
         self.num_used_blocks = sum(self.num_blocks_held.values())

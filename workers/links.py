@@ -29,13 +29,15 @@ from llmos.wire.sockets import connect_dealer
 
 log = logging.getLogger(__name__)
 
+
 class PeerLink:
     """A DEALER to one peer that can be replaced by a fresh one."""
 
     peer = "peer"
 
-    def __init__(self, context: zmq.Context, poller: zmq.Poller, address: str, worker_id: str,
-                 interval_s: float) -> None:
+    def __init__(
+        self, context: zmq.Context, poller: zmq.Poller, address: str, worker_id: str, interval_s: float
+    ) -> None:
         self.context = context
         self.poller = poller
         self.address = address
@@ -55,8 +57,9 @@ class PeerLink:
         try:
             self.socket.send(pack(message), zmq.NOBLOCK)
         except zmq.Again:
-            log.warning("worker %s: %s queue full; dropped a %s", self.worker_id, self.peer,
-                        message.DESCRIPTOR.name)
+            log.warning(
+                "worker %s: %s queue full; dropped a %s", self.worker_id, self.peer, message.DESCRIPTOR.name
+            )
 
     def receive(self) -> list[bytes]:
         """The payload of every message waiting on the socket; a message of more than
@@ -71,8 +74,9 @@ class PeerLink:
             try:
                 payloads.append(dealer_payload(frames))
             except WireError as exc:
-                log.warning("worker %s ignored a bad frame from the %s: %s", self.worker_id,
-                            self.peer, exc.message)
+                log.warning(
+                    "worker %s ignored a bad frame from the %s: %s", self.worker_id, self.peer, exc.message
+                )
         return payloads
 
     def on_message(self) -> None:
@@ -107,7 +111,7 @@ class KernelLink(PeerLink):
     def __init__(self, *args, registration: pb.KernelRegister, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.registration = registration
-        self.is_online: bool | None = None           # None until the first answer or silence
+        self.is_online: bool | None = None  # None until the first answer or silence
         self.register_sent_at_s: float | None = None  # a registration awaits its answer
 
     def register(self, now_s: float, fresh_socket: bool) -> None:
@@ -118,8 +122,13 @@ class KernelLink(PeerLink):
 
     def mark_registered(self, reply: pb.KernelReply) -> None:
         if not self.is_online:
-            log.info("worker %s registered with the kernel at %s: block size %d, %d KV blocks",
-                     self.worker_id, self.address, reply.block_size, reply.kv_blocks_total)
+            log.info(
+                "worker %s registered with the kernel at %s: block size %d, %d KV blocks",
+                self.worker_id,
+                self.address,
+                reply.block_size,
+                reply.kv_blocks_total,
+            )
         self.is_online = True
         self.register_sent_at_s = None
 
@@ -128,9 +137,14 @@ class KernelLink(PeerLink):
 
     def go_offline(self, why: str) -> None:
         if self.is_online is not False:  # say it once, not at every retry
-            log.warning("worker %s: kernel at %s is not answering (%s); using local KV "
-                        "accounting and retrying registration every %.1f s",
-                        self.worker_id, self.address, why, self.interval_s)
+            log.warning(
+                "worker %s: kernel at %s is not answering (%s); using local KV "
+                "accounting and retrying registration every %.1f s",
+                self.worker_id,
+                self.address,
+                why,
+                self.interval_s,
+            )
         self.is_online = False
         self.register_sent_at_s = None
 

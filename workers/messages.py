@@ -31,13 +31,17 @@ def engine_request(dispatch: pb.Dispatch, prompt_token_ids: list[int]) -> Engine
 
 def request_delta(delta: Delta) -> pb.RequestDelta:
     message = pb.RequestDelta(
-        request_id=delta.request_id, token_ids=delta.token_ids, text=delta.text,
-        prompt_tokens=delta.prompt_tokens, is_finished=delta.is_finished,
+        request_id=delta.request_id,
+        token_ids=delta.token_ids,
+        text=delta.text,
+        prompt_tokens=delta.prompt_tokens,
+        is_finished=delta.is_finished,
         finish_reason=delta.finish_reason,
     )
     if delta.error_code != pb.ERROR_CODE_UNSPECIFIED:
-        message.error.CopyFrom(pb.Error(code=delta.error_code, message=delta.error_message,
-                                        request_id=delta.request_id))
+        message.error.CopyFrom(
+            pb.Error(code=delta.error_code, message=delta.error_message, request_id=delta.request_id)
+        )
     for values in delta.embeddings:
         message.embeddings.add(values=values)
     for scores in delta.classifications:
@@ -48,5 +52,6 @@ def request_delta(delta: Delta) -> pb.RequestDelta:
 def classification(scores: list[tuple[str, float]]) -> pb.Classification:
     """Every label's score in model order, and the top one (the first, on a tie)."""
     label, score = max(scores, key=lambda label_score: label_score[1])
-    return pb.Classification(label=label, score=score,
-                             scores=[pb.LabelScore(label=name, score=value) for name, value in scores])
+    return pb.Classification(
+        label=label, score=score, scores=[pb.LabelScore(label=name, score=value) for name, value in scores]
+    )

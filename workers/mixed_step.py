@@ -53,9 +53,9 @@ class NewcomerGroup:
 
     first_row: int
     num_rows: int
-    num_context: int          # context tokens per row: the row's columns [end + 1 - num_context, end + 1)
-    num_new: int              # the last tokens of each context, computed in this forward
-    query_offset: int         # where the group's tokens start in the packed input
+    num_context: int  # context tokens per row: the row's columns [end + 1 - num_context, end + 1)
+    num_new: int  # the last tokens of each context, computed in this forward
+    query_offset: int  # where the group's tokens start in the packed input
 
     @property
     def rows(self) -> slice:
@@ -74,43 +74,57 @@ class MixedStep:
     num_decode_rows: int
     base: int
     end: int
-    decode_mask: torch.Tensor | None   # [rows, 1, 1, end + 1 - base]; None: nothing to hide
+    decode_mask: torch.Tensor | None  # [rows, 1, 1, end + 1 - base]; None: nothing to hide
     groups: list[NewcomerGroup]
 
     @property
     def num_tokens(self) -> int:
         return self.num_decode_rows + sum(group.num_tokens for group in self.groups)
 
-    def write(self, keys: torch.Tensor, values: torch.Tensor, key_states: torch.Tensor,
-              value_states: torch.Tensor) -> None:
+    def write(
+        self, keys: torch.Tensor, values: torch.Tensor, key_states: torch.Tensor, value_states: torch.Tensor
+    ) -> None:
         """Store a layer's new keys and values (`[1, kv_heads, tokens, head_dim]`) in its buffers."""
         rows, end = self.num_decode_rows, self.end
         for buffer, states in ((keys, key_states), (values, value_states)):
             buffer[:rows, :, end] = states[0, :, :rows].transpose(0, 1)
             for group in self.groups:
-                new = states[0, :, group.query_offset:group.query_offset + group.num_tokens]
+                new = states[0, :, group.query_offset : group.query_offset + group.num_tokens]
                 new = new.unflatten(1, (group.num_rows, group.num_new)).transpose(0, 1)
-                buffer[group.rows, :, end + 1 - group.num_new:end + 1] = new
+                buffer[group.rows, :, end + 1 - group.num_new : end + 1] = new
 
-    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               scaling: float | None) -> torch.Tensor:
+    def attend(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float | None
+    ) -> torch.Tensor:
         """`query` `[1, heads, tokens, head_dim]` against the buffers; `[1, tokens, heads, head_dim]`."""
         rows, stop = self.num_decode_rows, self.end + 1
         parts = []
         if rows:
             decode_query = query[0, :, :rows].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
-            out = attention(decode_query, keys[:rows, :, self.base:stop],
-                            values[:rows, :, self.base:stop], self.decode_mask, False, scaling)
-            parts.append(out.squeeze(2).transpose(0, 1))                    # [heads, rows, dim]
+            out = attention(
+                decode_query,
+                keys[:rows, :, self.base : stop],
+                values[:rows, :, self.base : stop],
+                self.decode_mask,
+                False,
+                scaling,
+            )
+            parts.append(out.squeeze(2).transpose(0, 1))  # [heads, rows, dim]
         for group in self.groups:
-            tokens = query[0, :, group.query_offset:group.query_offset + group.num_tokens]
+            tokens = query[0, :, group.query_offset : group.query_offset + group.num_tokens]
             group_query = tokens.unflatten(1, (group.num_rows, group.num_new)).transpose(0, 1)
             first = stop - group.num_context
             causal = group.num_new == group.num_context
             mask = None if causal else causal_mask(group.num_new, group.num_context, query.device)
-            out = attention(group_query, keys[group.rows, :, first:stop],
-                            values[group.rows, :, first:stop], mask, causal, scaling)
-            parts.append(out.transpose(0, 1).flatten(1, 2))                 # [heads, tokens, dim]
+            out = attention(
+                group_query,
+                keys[group.rows, :, first:stop],
+                values[group.rows, :, first:stop],
+                mask,
+                causal,
+                scaling,
+            )
+            parts.append(out.transpose(0, 1).flatten(1, 2))  # [heads, tokens, dim]
         return torch.cat(parts, dim=1).transpose(0, 1).unsqueeze(0)
 
 
@@ -122,8 +136,14 @@ def causal_mask(num_new: int, num_context: int, device: torch.device) -> torch.T
     return columns[None, :] <= last_seen[:, None]
 
 
-def attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-              mask: torch.Tensor | None, is_causal: bool, scaling: float | None) -> torch.Tensor:
+def attention(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    scaling: float | None,
+) -> torch.Tensor:
     """Scaled dot-product attention with as many query heads as key heads or a multiple
     (grouped queries), as transformers' own `sdpa` runs it: the kernel groups the heads
     where it can without falling back to its slow path, else the keys are repeated."""
@@ -131,8 +151,9 @@ def attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     grouped = num_repeats > 1 and use_gqa_in_sdpa(mask, keys, values)
     if num_repeats > 1 and not grouped:
         keys, values = repeat_kv(keys, num_repeats), repeat_kv(values, num_repeats)
-    return scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=is_causal,
-                                        scale=scaling, enable_gqa=grouped)
+    return scaled_dot_product_attention(
+        query, keys, values, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=grouped
+    )
 
 
 # the step of the mixed forward under way (`mixed_forward`), for the batch cache's
@@ -154,9 +175,15 @@ def mixed_forward(model: Any, step: MixedStep) -> Iterator[None]:
         CURRENT_STEP.reset(reset)
 
 
-def mixed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attention_mask: Any, scaling: float | None = None, **kwargs: Any
-                    ) -> tuple[torch.Tensor, None]:
+def mixed_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """The attention function of a mixed forward: `key` and `value` are the layer's
     whole buffers (what `BatchLayer.update` returns while a step is mixed); the
     step's layout is the one `mixed_forward` set."""
@@ -173,6 +200,8 @@ def supports_mixed_steps(model: Any) -> bool:
     interface: what `MixedStep.attend` computes, given full attention (the engine checks
     that: `workers.model_facts.has_full_attention`)."""
     config = model.config
-    return (getattr(model, "_supports_attention_backend", False)
-            and getattr(config, "model_type", None) in MIXED_STEP_FAMILIES
-            and config is config.get_text_config())
+    return (
+        getattr(model, "_supports_attention_backend", False)
+        and getattr(config, "model_type", None) in MIXED_STEP_FAMILIES
+        and config is config.get_text_config()
+    )

@@ -19,14 +19,18 @@ from workers.tasks import embedded_model_name, embedded_model_path, resolve_task
 
 log = logging.getLogger(__name__)
 
-CPU_KV_BUDGET_BYTES = 1 << 30      # CPU memory is shared with everything else: a fixed budget
-CUDA_KV_FRACTION = 0.9             # of the memory still free after loading the weights
+CPU_KV_BUDGET_BYTES = 1 << 30  # CPU memory is shared with everything else: a fixed budget
+CUDA_KV_FRACTION = 0.9  # of the memory still free after loading the weights
 MAX_UINT32 = 2**32 - 1
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
 
@@ -40,7 +44,7 @@ class LoadedModel:
     max_model_len: int
     kv_capacity_tokens: int
     memory_bytes_total: int
-    memory_bytes_used: int          # weights and runtime, before the KV cache
+    memory_bytes_used: int  # weights and runtime, before the KV cache
     task: int = pb.TASK_KIND_GENERATE  # embed / classify: see workers.pooling_loader
 
 
@@ -128,14 +132,21 @@ def load_model(config: WorkerConfig) -> LoadedModel:
     context_length = int(model.config.get_text_config().max_position_embeddings)
     max_model_len = config.max_model_len or context_length
     if max_model_len > context_length:
-        log.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
-                    max_model_len, context_length)
+        log.warning(
+            "max_model_len %d exceeds the model's max_position_embeddings %d", max_model_len, context_length
+        )
     memory_bytes_total, memory_bytes_used, kv_budget_bytes = _memory(model, device)
     kv_tokens = config.kv_cache_tokens or kv_budget_bytes // kv_bytes_per_token(model.config, dtype)
     return LoadedModel(
-        model=model, name=name, path=path, device=device, dtype=dtype,
-        max_model_len=max_model_len, kv_capacity_tokens=min(int(kv_tokens), MAX_UINT32),
-        memory_bytes_total=memory_bytes_total, memory_bytes_used=memory_bytes_used,
+        model=model,
+        name=name,
+        path=path,
+        device=device,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        kv_capacity_tokens=min(int(kv_tokens), MAX_UINT32),
+        memory_bytes_total=memory_bytes_total,
+        memory_bytes_used=memory_bytes_used,
     )
 
 

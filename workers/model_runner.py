@@ -33,10 +33,10 @@ class PrefillJob:
     """Requests prefilled together. Row i's context sits in columns `[pad_lengths[i], num_columns)`."""
 
     request_ids: list[str]
-    token_ids: torch.Tensor           # [rows, columns], left-padded
+    token_ids: torch.Tensor  # [rows, columns], left-padded
     pad_lengths: list[int]
     cache: DynamicCache
-    num_done: int = 0                 # columns already run
+    num_done: int = 0  # columns already run
 
     @property
     def num_rows(self) -> int:
@@ -66,8 +66,12 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- prefill
 
-    def start_prefill(self, request_ids: list[str], contexts: list[list[int]],
-                      cached: list[CachedPrefix | None] | None = None) -> PrefillJob:
+    def start_prefill(
+        self,
+        request_ids: list[str],
+        contexts: list[list[int]],
+        cached: list[CachedPrefix | None] | None = None,
+    ) -> PrefillJob:
         """A job for these contexts, left-padded to one length. `cached[i]`: row i's cached
         prefix, per layer `[kv_heads, tokens, head_dim]` keys and values (None: none).
 
@@ -80,11 +84,13 @@ class ModelRunner:
         pad_lengths = []
         for row, context in enumerate(contexts):
             pad_lengths.append(num_columns - len(context))
-            token_ids[row, pad_lengths[-1]:] = torch.tensor(context, dtype=torch.long)
+            token_ids[row, pad_lengths[-1] :] = torch.tensor(context, dtype=torch.long)
         job = PrefillJob(request_ids, token_ids.to(self.device), pad_lengths, DynamicCache())
         cached = cached or [None] * len(contexts)
-        start = min(pad + (0 if prefix is None else prefix[0][0].shape[-2])
-                    for pad, prefix in zip(pad_lengths, cached, strict=True))
+        start = min(
+            pad + (0 if prefix is None else prefix[0][0].shape[-2])
+            for pad, prefix in zip(pad_lengths, cached, strict=True)
+        )
         if start > 0:  # then some row has a cached prefix
             some_prefix = next(prefix for prefix in cached if prefix is not None)
             heads, _, head_dim = some_prefix[0][0].shape
@@ -143,8 +149,11 @@ class ModelRunner:
     def can_mix(self, job: PrefillJob, num_columns: int) -> bool:
         """Whether this step may run the batch's decodes and the job's next `num_columns`
         columns in one forward: the model allows it, there is a batch, and they finish the job."""
-        return (self.supports_mixed_steps and self.batch.num_rows > 0
-                and job.num_columns - job.num_done <= num_columns)
+        return (
+            self.supports_mixed_steps
+            and self.batch.num_rows > 0
+            and job.num_columns - job.num_done <= num_columns
+        )
 
     @torch.inference_mode()
     def decode_and_prefill(self, last_token_ids: list[int], job: PrefillJob) -> torch.Tensor:
@@ -166,14 +175,20 @@ class ModelRunner:
         job.num_done = job.num_columns
         return logits
 
-    def plan_mixed_step(self, last_token_ids: list[int], job: PrefillJob
-                        ) -> tuple[MixedStep, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def plan_mixed_step(
+        self, last_token_ids: list[int], job: PrefillJob
+    ) -> tuple[MixedStep, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The step's layout, its packed input ids and position ids `[1, tokens]`, and the
         positions whose logits it keeps (each row's token, each newcomer's last)."""
         batch, device = self.batch, self.device
         decode_mask, decode_positions = batch.decode_inputs(device)
-        step = MixedStep(batch.num_rows, batch.base, batch.end,
-                         None if decode_mask is None else decode_mask[:, None, None, :], [])
+        step = MixedStep(
+            batch.num_rows,
+            batch.base,
+            batch.end,
+            None if decode_mask is None else decode_mask[:, None, None, :],
+            [],
+        )
         token_ids = [torch.tensor(last_token_ids, device=device)]
         positions = [decode_positions[:, 0]]
         keep = list(range(batch.num_rows))
@@ -184,32 +199,48 @@ class ModelRunner:
             if last is not None and (last.num_context, last.num_new) == (num_context, num_new):
                 last.num_rows += 1
             else:
-                step.groups.append(NewcomerGroup(batch.num_rows + row, 1, num_context, num_new,
-                                                 step.num_tokens))
+                step.groups.append(
+                    NewcomerGroup(batch.num_rows + row, 1, num_context, num_new, step.num_tokens)
+                )
             token_ids.append(job.token_ids[row, first:])
             positions.append(torch.arange(first - pad, num_context, device=device))
             keep.append(step.num_tokens - 1)
-        return (step, torch.cat(token_ids)[None, :], torch.cat(positions)[None, :],
-                torch.tensor(keep, device=device))
+        return (
+            step,
+            torch.cat(token_ids)[None, :],
+            torch.cat(positions)[None, :],
+            torch.tensor(keep, device=device),
+        )
 
     # ---------------------------------------------------------------- the model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
         """The next-token logits of each row `[rows, vocab]` (its last input token's)."""
         return self.run_model(input_ids, attention_mask, position_ids, cache, 1)[:, -1]
 
-    def run_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  position_ids: torch.Tensor, cache: Any,
-                  logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    def run_model(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: Any,
+        logits_to_keep: int | torch.Tensor,
+    ) -> torch.Tensor:
         """Logits `[rows, kept positions, vocab]`: the last `logits_to_keep` positions, or
         those it lists (as generate does for the last one: same matmul, same rounding)."""
         kwargs = {self.cache_kwarg: cache, "use_cache": True}
         if self.can_keep_last_logits:
             kwargs["logits_to_keep"] = logits_to_keep
         with self.cpu_linears.on_onednn():
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                position_ids=position_ids, **kwargs).logits
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            ).logits
         if self.can_keep_last_logits:
             return logits
         return logits[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else logits[:, logits_to_keep]

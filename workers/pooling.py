@@ -45,7 +45,7 @@ MULTI_LABEL = "multi_label_classification"
 @dataclass
 class PoolingRequest:
     request_id: str
-    kind: int                       # pb.TASK_KIND_EMBED or pb.TASK_KIND_CLASSIFY
+    kind: int  # pb.TASK_KIND_EMBED or pb.TASK_KIND_CLASSIFY
     inputs: list[str]
 
 
@@ -75,9 +75,17 @@ class PoolingSequence:
 
 
 class PoolingEngine:
-    def __init__(self, model: Any, tokenizer: Any, task: int, *, max_length: int,
-                 max_batch_inputs: int = DEFAULT_MAX_BATCH_INPUTS,
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, worker_id: str = "") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        task: int,
+        *,
+        max_length: int,
+        max_batch_inputs: int = DEFAULT_MAX_BATCH_INPUTS,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        worker_id: str = "",
+    ) -> None:
         assert task in POOLING_TASKS, f"not a pooling task: {task}"
         assert max_length > 0 and max_batch_inputs > 0
         self.model = model
@@ -90,15 +98,18 @@ class PoolingEngine:
         config = model.config
         # The padding must be the id the model looks for: a causal-LM classifier
         # scores the last token that is not config.pad_token_id.
-        self.pad_token_id = next((i for i in (config.pad_token_id, tokenizer.pad_token_id)
-                                  if i is not None), 0)
+        self.pad_token_id = next(
+            (i for i in (config.pad_token_id, tokenizer.pad_token_id) if i is not None), 0
+        )
         if task == pb.TASK_KIND_CLASSIFY and config.pad_token_id is None:
             # without a pad id such a model cannot find each row's last token
-            log.warning("worker %s: the model has no pad_token_id; classifying one input "
-                        "per step", worker_id)
+            log.warning("worker %s: the model has no pad_token_id; classifying one input per step", worker_id)
             self.max_batch_inputs = 1
-        self.labels = ([str(config.id2label[i]) for i in range(config.num_labels)]
-                       if task == pb.TASK_KIND_CLASSIFY else [])
+        self.labels = (
+            [str(config.id2label[i]) for i in range(config.num_labels)]
+            if task == pb.TASK_KIND_CLASSIFY
+            else []
+        )
         self.sequences: dict[str, PoolingSequence] = {}  # arrival order
         self.pending_deltas: list[Delta] = []
 
@@ -110,15 +121,16 @@ class PoolingEngine:
         problem = self.check_request(request)
         if problem is None:
             try:
-                input_token_ids = self.tokenizer(list(request.inputs), truncation=True,
-                                                 max_length=self.max_length)["input_ids"]
+                input_token_ids = self.tokenizer(
+                    list(request.inputs), truncation=True, max_length=self.max_length
+                )["input_ids"]
             except Exception as exc:  # a tokenizer bug must cost one request, not the worker
-                log.exception("worker %s request %s: tokenizer failed", self.worker_id,
-                              request.request_id)
+                log.exception("worker %s request %s: tokenizer failed", self.worker_id, request.request_id)
                 problem = error_delta(request.request_id, pb.WORKER_FAILED, f"tokenizer failed: {exc}")
         if problem is not None:
-            log.warning("worker %s request %s refused: %s", self.worker_id,
-                        request.request_id, problem.error_message)
+            log.warning(
+                "worker %s request %s refused: %s", self.worker_id, request.request_id, problem.error_message
+            )
             self.pending_deltas.append(problem)
             return
         self.sequences[request.request_id] = PoolingSequence(request, input_token_ids)
@@ -127,8 +139,10 @@ class PoolingEngine:
         """The error delta for a request this engine can never run, else None."""
         message = None
         if request.kind != self.task:
-            message = (f"this worker serves {TASK_NAMES[self.task]} requests, "
-                       f"not {TASK_NAMES.get(request.kind, request.kind)}")
+            message = (
+                f"this worker serves {TASK_NAMES[self.task]} requests, "
+                f"not {TASK_NAMES.get(request.kind, request.kind)}"
+            )
         elif not request.inputs:
             message = "inputs is empty"
         elif (empty := next((i for i, text in enumerate(request.inputs) if not text), None)) is not None:
@@ -175,14 +189,14 @@ class PoolingEngine:
         try:
             rows = self.execute([sequence.input_token_ids[index] for sequence, index in batch])
         except Exception as exc:  # a failed batch costs its requests, not the others
-            log.exception("worker %s: the model failed on a batch of %d inputs", self.worker_id,
-                          len(batch))
+            log.exception("worker %s: the model failed on a batch of %d inputs", self.worker_id, len(batch))
             failed = dict.fromkeys(sequence.request_id for sequence, _ in batch)
             for request_id in failed:
                 self.cancel(request_id)
-            return deltas + [error_delta(request_id, pb.WORKER_FAILED,
-                                         f"the model failed on this request: {exc}")
-                             for request_id in failed]
+            return deltas + [
+                error_delta(request_id, pb.WORKER_FAILED, f"the model failed on this request: {exc}")
+                for request_id in failed
+            ]
         return deltas + self.postprocess(batch, rows)
 
     def schedule(self) -> list[tuple[PoolingSequence, int]]:
@@ -192,8 +206,9 @@ class PoolingEngine:
         for sequence in self.sequences.values():
             for index in range(sequence.num_done, len(sequence.input_token_ids)):
                 length = max(longest, len(sequence.input_token_ids[index]))
-                if batch and (len(batch) == self.max_batch_inputs
-                              or (len(batch) + 1) * length > self.max_batch_tokens):
+                if batch and (
+                    len(batch) == self.max_batch_inputs or (len(batch) + 1) * length > self.max_batch_tokens
+                ):
                     return batch
                 batch.append((sequence, index))
                 longest = length
@@ -212,8 +227,7 @@ class PoolingEngine:
                 rows = label_scores(output.logits, self.model.config.problem_type)
         return rows.cpu().tolist()
 
-    def postprocess(self, batch: list[tuple[PoolingSequence, int]],
-                    rows: list[list[float]]) -> list[Delta]:
+    def postprocess(self, batch: list[tuple[PoolingSequence, int]], rows: list[list[float]]) -> list[Delta]:
         deltas = []
         for (sequence, index), row in zip(batch, rows, strict=True):
             assert index == sequence.num_done, "inputs finish in order"
@@ -224,13 +238,16 @@ class PoolingEngine:
         return deltas
 
     def final_delta(self, sequence: PoolingSequence) -> Delta:
-        delta = Delta(request_id=sequence.request_id, prompt_tokens=sequence.num_prompt_tokens,
-                      is_finished=True, finish_reason=pb.FINISH_REASON_LENGTH)
+        delta = Delta(
+            request_id=sequence.request_id,
+            prompt_tokens=sequence.num_prompt_tokens,
+            is_finished=True,
+            finish_reason=pb.FINISH_REASON_LENGTH,
+        )
         if self.task == pb.TASK_KIND_EMBED:
             delta.embeddings = sequence.results
         else:
-            delta.classifications = [list(zip(self.labels, row, strict=True))
-                                     for row in sequence.results]
+            delta.classifications = [list(zip(self.labels, row, strict=True)) for row in sequence.results]
         return delta
 
 
@@ -240,8 +257,8 @@ def pad_right(token_ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
     input_ids = torch.full((len(token_ids), longest), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
     for row, ids in enumerate(token_ids):
-        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, :len(ids)] = 1
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
     return input_ids, attention_mask
 
 

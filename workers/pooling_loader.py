@@ -32,10 +32,16 @@ def load_pooling_model(config: WorkerConfig, path: Path, name: str, task: int) -
     model = model_class.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
     memory_bytes_total, memory_bytes_used, _ = _memory(model, device)
     return LoadedModel(
-        model=model, name=name, path=path, device=device, dtype=dtype,
+        model=model,
+        name=name,
+        path=path,
+        device=device,
+        dtype=dtype,
         max_model_len=pooling_max_length(path, model.config, config.max_model_len),
-        kv_capacity_tokens=0, memory_bytes_total=memory_bytes_total,
-        memory_bytes_used=memory_bytes_used, task=task,
+        kv_capacity_tokens=0,
+        memory_bytes_total=memory_bytes_total,
+        memory_bytes_used=memory_bytes_used,
+        task=task,
     )
 
 
@@ -49,14 +55,16 @@ def pooling_max_length(path: Path, model_config: Any, requested: int = 0) -> int
     positions = int(getattr(model_config, "max_position_embeddings", 0) or 0) or UNSET_MODEL_MAX_LENGTH
     if requested:
         if requested > positions:
-            log.warning("max_model_len %d exceeds the model's max_position_embeddings %d",
-                        requested, positions)
+            log.warning(
+                "max_model_len %d exceeds the model's max_position_embeddings %d", requested, positions
+            )
         return requested
     sentence_config = _read_json(Path(path) / "sentence_bert_config.json")
     if sentence_config.get("max_seq_length"):
         return min(int(sentence_config["max_seq_length"]), positions)
-    tokenizer_limit = int(_read_json(Path(path) / "tokenizer_config.json").get("model_max_length")
-                          or UNSET_MODEL_MAX_LENGTH)
+    tokenizer_limit = int(
+        _read_json(Path(path) / "tokenizer_config.json").get("model_max_length") or UNSET_MODEL_MAX_LENGTH
+    )
     return min(tokenizer_limit, positions)
 
 

@@ -24,8 +24,13 @@ log = logging.getLogger(__name__)
 
 class PoolingWorker(Worker):
     def make_engine(self) -> PoolingEngine:  # type: ignore[override]
-        return PoolingEngine(self.loaded.model, load_tokenizer(self.loaded.path), self.loaded.task,
-                             max_length=self.loaded.max_model_len, worker_id=self.worker_id)
+        return PoolingEngine(
+            self.loaded.model,
+            load_tokenizer(self.loaded.path),
+            self.loaded.task,
+            max_length=self.loaded.max_model_len,
+            worker_id=self.worker_id,
+        )
 
     def broker_registration(self) -> pb.WorkerRegister:
         registration = super().broker_registration()
@@ -37,11 +42,15 @@ class PoolingWorker(Worker):
         if not self.is_new_dispatch_for_this_model(dispatch):
             return
         # The engine checks kind and inputs (its error comes back at its next step).
-        request = PoolingRequest(request_id=request_id, kind=dispatch.kind,
-                                 inputs=list(dispatch.inputs))
+        request = PoolingRequest(request_id=request_id, kind=dispatch.kind, inputs=list(dispatch.inputs))
         self.gate.add(request, 0)  # type: ignore[arg-type]  # the gate reads only the id
-        log.info("worker %s request %s queued: %s of %d inputs", self.worker_id, request_id,
-                 TASK_NAMES.get(dispatch.kind, dispatch.kind), len(request.inputs))
+        log.info(
+            "worker %s request %s queued: %s of %d inputs",
+            self.worker_id,
+            request_id,
+            TASK_NAMES.get(dispatch.kind, dispatch.kind),
+            len(request.inputs),
+        )
 
     def admit_requests(self) -> None:
         """A free slot is all a request needs: no KV blocks."""

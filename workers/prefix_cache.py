@@ -62,7 +62,7 @@ class InsertPlan:
 @dataclass
 class CachedBlock:
     keys_values: list[LayerKeysValues]  # per layer, the copy its insert gathered
-    first_column: int                   # the block's columns there: block_size from this one
+    first_column: int  # the block's columns there: block_size from this one
 
 
 class PrefixCache:
@@ -73,9 +73,8 @@ class PrefixCache:
         self.blocks: OrderedDict[int, CachedBlock] = OrderedDict()  # least recently used first
         # deepest block hash of each cached prefix -> the character-block hashes of its text,
         # or what computes them (until first reported)
-        self.text_hashes: OrderedDict[int, tuple[int, ...] | Callable[[], tuple[int, ...]]] = \
-            OrderedDict()
-        self.version = 0           # bumped whenever what the cache reports changes
+        self.text_hashes: OrderedDict[int, tuple[int, ...] | Callable[[], tuple[int, ...]]] = OrderedDict()
+        self.version = 0  # bumped whenever what the cache reports changes
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -87,7 +86,7 @@ class PrefixCache:
         previous = None
         size = self.block_size
         for index in range(num_blocks):
-            previous = hash((previous, tuple(token_ids[index * size:(index + 1) * size])))
+            previous = hash((previous, tuple(token_ids[index * size : (index + 1) * size])))
             hashes.append(previous)
         return hashes
 
@@ -102,7 +101,7 @@ class PrefixCache:
 
     def still_cached(self, path: list[int]) -> list[int]:
         """The leading part of a path that is cached (evictions may have cut its tail)."""
-        return path[:self.num_cached(path)]
+        return path[: self.num_cached(path)]
 
     def num_cached(self, path: list[int]) -> int:
         """How many of the path's first blocks are cached."""
@@ -114,10 +113,15 @@ class PrefixCache:
     def gather(self, path: list[int]) -> list[LayerKeysValues]:
         """The path's keys and values, per layer, as `[kv_heads, tokens, head_dim]` copies."""
         spans = self.spans([self.blocks[block_hash] for block_hash in path])
-        return [tuple(torch.cat([keys_values[layer][side][:, first:end]
-                                 for keys_values, first, end in spans], dim=1)
-                      for side in (0, 1))
-                for layer in range(self.num_layers)]
+        return [
+            tuple(
+                torch.cat(
+                    [keys_values[layer][side][:, first:end] for keys_values, first, end in spans], dim=1
+                )
+                for side in (0, 1)
+            )
+            for layer in range(self.num_layers)
+        ]
 
     def spans(self, blocks: list[CachedBlock]) -> list[tuple[list[LayerKeysValues], int, int]]:
         """(copy, first column, end column) runs of `blocks`: neighbours that sit side by
@@ -141,8 +145,13 @@ class PrefixCache:
         self.touch(path[:num_cached])
         return InsertPlan(token_ids, path, num_cached, len(path) - num_cached)
 
-    def add(self, plan: InsertPlan, keys_values: list[LayerKeysValues],
-            text_hashes: Callable[[int], list[int]], first_column: int = 0) -> None:
+    def add(
+        self,
+        plan: InsertPlan,
+        keys_values: list[LayerKeysValues],
+        text_hashes: Callable[[int], list[int]],
+        first_column: int = 0,
+    ) -> None:
         """Keep the plan's first `num_new` new blocks. `keys_values`: per layer, keys and
         values `[kv_heads, columns, head_dim]` holding those blocks' tokens side by side
         from `first_column` on, copies the cache may keep (several inserts may share
@@ -150,9 +159,8 @@ class PrefixCache:
         (called only if the prefix is still cached when reported)."""
         size, first = self.block_size, plan.first_new
         for offset in range(plan.num_new):
-            self.blocks[plan.path[first + offset]] = CachedBlock(keys_values,
-                                                                 first_column + offset * size)
-        path = plan.path[:first + plan.num_new]
+            self.blocks[plan.path[first + offset]] = CachedBlock(keys_values, first_column + offset * size)
+        path = plan.path[: first + plan.num_new]
         self.touch(path)
         if path and path[-1] not in self.text_hashes:
             num_tokens = len(path) * size

@@ -38,8 +38,8 @@ class ReferenceSequence:
     generated_token_ids: list[int]
     emitted_text_chars: int
     generator: torch.Generator | None
-    cache: Any = None                       # a transformers Cache once prefilled
-    has_reported: bool = False              # prompt_tokens goes on the first delta only
+    cache: Any = None  # a transformers Cache once prefilled
+    has_reported: bool = False  # prompt_tokens goes on the first delta only
     hold_back: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,15 +60,23 @@ class ReferenceSequence:
 
 
 class ReferenceEngine:
-    def __init__(self, model: Any, tokenizer: Any, *, max_num_seqs: int = 16,
-                 max_model_len: int = 0, eos_token_ids: set[int] | None = None,
-                 worker_id: str = "") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_num_seqs: int = 16,
+        max_model_len: int = 0,
+        eos_token_ids: set[int] | None = None,
+        worker_id: str = "",
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len or model_context_length(model)
-        self.eos_token_ids = frozenset(eos_token_ids if eos_token_ids is not None
-                                       else model_eos_token_ids(model, tokenizer))
+        self.eos_token_ids = frozenset(
+            eos_token_ids if eos_token_ids is not None else model_eos_token_ids(model, tokenizer)
+        )
         self.worker_id = worker_id
         self.waiting: deque[EngineRequest] = deque()
         self.running: dict[str, ReferenceSequence] = {}
@@ -85,8 +93,9 @@ class ReferenceEngine:
         assert request.request_id not in self.running, f"duplicate request {request.request_id}"
         problem = check_request(request, self.max_model_len)
         if problem is not None:
-            log.warning("worker %s request %s refused: %s", self.worker_id,
-                        request.request_id, problem.error_message)
+            log.warning(
+                "worker %s request %s refused: %s", self.worker_id, request.request_id, problem.error_message
+            )
             self.pending_deltas.append(problem)
             return
         self.waiting.append(request)
@@ -110,8 +119,7 @@ class ReferenceEngine:
         waiting = next((r for r in self.waiting if r.request_id == request_id), None)
         if not self.cancel(request_id):
             return None
-        delta = Delta(request_id=request_id, is_finished=True,
-                      finish_reason=pb.FINISH_REASON_PREEMPTED)
+        delta = Delta(request_id=request_id, is_finished=True, finish_reason=pb.FINISH_REASON_PREEMPTED)
         if sequence is None or not sequence.has_reported:  # its first delta after the start
             request = sequence.request if sequence is not None else waiting
             delta.prompt_tokens = len(request.prompt_token_ids)
@@ -169,7 +177,8 @@ class ReferenceEngine:
         while self.waiting and len(self.running) < self.max_num_seqs:
             request = self.waiting.popleft()
             sequence = ReferenceSequence(
-                request=request, generated_token_ids=list(request.generated_token_ids),
+                request=request,
+                generated_token_ids=list(request.generated_token_ids),
                 emitted_text_chars=request.emitted_text_chars,
                 generator=make_generator(request.sampling, self.model.device),
             )
@@ -185,10 +194,10 @@ class ReferenceEngine:
             logits = self.forward(sequence)
             token_id = sample_next_token(logits, sequence.request.sampling, sequence.generator)
         except Exception as exc:  # one request's failure (e.g. out of memory) must not end the others
-            log.exception("worker %s request %s failed in the model", self.worker_id,
-                          sequence.request_id)
-            return error_delta(sequence.request_id, pb.WORKER_FAILED,
-                               f"the model failed on this request: {exc}")
+            log.exception("worker %s request %s failed in the model", self.worker_id, sequence.request_id)
+            return error_delta(
+                sequence.request_id, pb.WORKER_FAILED, f"the model failed on this request: {exc}"
+            )
         sequence.generated_token_ids.append(token_id)
         return self.postprocess(sequence, new_token_ids=[token_id])
 
@@ -210,9 +219,11 @@ class ReferenceEngine:
         if finish_reason == pb.FINISH_REASON_UNSPECIFIED:
             end = streamable_end(text, sequence.emitted_text_chars, sequence.hold_back)
         delta = Delta(
-            request_id=sequence.request_id, token_ids=new_token_ids,
-            text=text[sequence.emitted_text_chars:end],
-            is_finished=finish_reason != pb.FINISH_REASON_UNSPECIFIED, finish_reason=finish_reason,
+            request_id=sequence.request_id,
+            token_ids=new_token_ids,
+            text=text[sequence.emitted_text_chars : end],
+            is_finished=finish_reason != pb.FINISH_REASON_UNSPECIFIED,
+            finish_reason=finish_reason,
         )
         sequence.emitted_text_chars = max(sequence.emitted_text_chars, end)
         if not sequence.has_reported:
@@ -228,8 +239,10 @@ class ReferenceEngine:
         generated = sequence.generated_token_ids
         if generated and generated[-1] in self.eos_token_ids:
             return pb.FINISH_REASON_EOS, len(text)
-        if (len(generated) >= sequence.request.sampling.max_tokens
-                or sequence.num_context_tokens >= self.max_model_len):
+        if (
+            len(generated) >= sequence.request.sampling.max_tokens
+            or sequence.num_context_tokens >= self.max_model_len
+        ):
             return pb.FINISH_REASON_LENGTH, len(text)
         return pb.FINISH_REASON_UNSPECIFIED, len(text)
 

@@ -15,9 +15,9 @@ from llmos.wire.constants import DEFAULT_MAX_TOKENS
 @dataclass(frozen=True)
 class SamplingOptions:
     max_tokens: int = DEFAULT_MAX_TOKENS  # counts resumed tokens too
-    temperature: float = 0.0              # 0 = greedy
+    temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
-    top_k: int = 0                        # 0 = off
+    top_k: int = 0  # 0 = off
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
@@ -43,7 +43,7 @@ class Delta:
     request_id: str
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    prompt_tokens: int = 0            # set on the first delta after (re)start
+    prompt_tokens: int = 0  # set on the first delta after (re)start
     is_finished: bool = False
     finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
     error_code: int = pb.ERROR_CODE_UNSPECIFIED
@@ -55,8 +55,14 @@ class Delta:
 
 
 def error_delta(request_id: str, code: int, message: str, prompt_tokens: int = 0) -> Delta:
-    return Delta(request_id=request_id, prompt_tokens=prompt_tokens, is_finished=True,
-                 finish_reason=pb.FINISH_REASON_ERROR, error_code=code, error_message=message)
+    return Delta(
+        request_id=request_id,
+        prompt_tokens=prompt_tokens,
+        is_finished=True,
+        finish_reason=pb.FINISH_REASON_ERROR,
+        error_code=code,
+        error_message=message,
+    )
 
 
 def cancelled_delta(request_id: str) -> Delta:
@@ -71,9 +77,12 @@ def check_request(request: EngineRequest, max_model_len: int) -> Delta | None:
     if num_prompt_tokens == 0 and not request.generated_token_ids:
         problem = (pb.INVALID_ARGUMENT, "the prompt is empty and the tokenizer adds no tokens")
     elif num_prompt_tokens > max_model_len - 1:
-        problem = (pb.TOO_LARGE, f"the prompt has {num_prompt_tokens} tokens but this model "
-                                 f"accepts at most {max_model_len - 1} (max_model_len {max_model_len} "
-                                 f"leaves room for one generated token)")
+        problem = (
+            pb.TOO_LARGE,
+            f"the prompt has {num_prompt_tokens} tokens but this model "
+            f"accepts at most {max_model_len - 1} (max_model_len {max_model_len} "
+            f"leaves room for one generated token)",
+        )
     elif sampling.max_tokens < 0 or sampling.temperature < 0 or sampling.top_k < 0:
         problem = (pb.INVALID_ARGUMENT, "max_tokens, temperature and top_k must not be negative")
     elif not 0.0 < sampling.top_p <= 1.0:

@@ -17,8 +17,9 @@ def make_generator(options: SamplingOptions, device: torch.device) -> torch.Gene
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def sample_next_token(logits: torch.Tensor, options: SamplingOptions,
-                      generator: torch.Generator | None) -> int:
+def sample_next_token(
+    logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None
+) -> int:
     """Greedy for temperature 0 (argmax, ties to the lowest id, as `generate` does)."""
     if options.temperature <= 0:
         return int(torch.argmax(logits))

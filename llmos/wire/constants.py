@@ -9,11 +9,11 @@ PROTOCOL_VERSION: int = pb.PROTOCOL_VERSION_CURRENT
 
 # Default endpoints. Services bind `*`; clients connect to loopback.
 DEFAULT_HOST = "127.0.0.1"
-CLIENT_PORT = 5555      # broker ROUTER for clients
-WORKER_PORT = 5556      # broker ROUTER for workers
-KERNEL_PORT = 5557      # kernel ROUTER for commands and queries
+CLIENT_PORT = 5555  # broker ROUTER for clients
+WORKER_PORT = 5556  # broker ROUTER for workers
+KERNEL_PORT = 5557  # kernel ROUTER for commands and queries
 KERNEL_PUB_PORT = 5558  # kernel PUB for resource events
-SCHEDULER_PORT = 5559   # scheduler ROUTER for placement queries
+SCHEDULER_PORT = 5559  # scheduler ROUTER for placement queries
 
 # Paranoid Pirate heartbeating: a peer is dead after LIVENESS silent intervals.
 HEARTBEAT_INTERVAL_MS = 1000
@@ -36,8 +36,8 @@ DEFAULT_TENANT = "default"
 DEFAULT_MAX_TOKENS = 64
 
 # Scheduler
-SCHEDULER_TIMEOUT_MS = 250       # broker waits this long for a decision, then decides itself
-SCHEDULER_RETRY_MS = 2000        # after a timeout, how long before asking the scheduler again
+SCHEDULER_TIMEOUT_MS = 250  # broker waits this long for a decision, then decides itself
+SCHEDULER_RETRY_MS = 2000  # after a timeout, how long before asking the scheduler again
 
 
 def tcp(port: int, host: str = DEFAULT_HOST) -> str:
@@ -49,5 +49,6 @@ def bind_all(port: int) -> str:
 
 
 ERROR_NAMES = {value: name for name, value in pb.ErrorCode.items()}
-FINISH_REASON_NAMES = {value: name.removeprefix("FINISH_REASON_").lower()
-                       for name, value in pb.FinishReason.items()}
+FINISH_REASON_NAMES = {
+    value: name.removeprefix("FINISH_REASON_").lower() for name, value in pb.FinishReason.items()
+}

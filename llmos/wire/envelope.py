@@ -69,9 +69,11 @@ def unpack(frame: bytes, accepted: frozenset[str], where: str = "this socket") -
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise WireError(pb.MALFORMED_FRAME, f"frame is not an llmos Envelope ({exc})") from None
     if envelope.version != PROTOCOL_VERSION:
-        raise WireError(pb.UNSUPPORTED_VERSION,
-                        f"protocol version {envelope.version} is not supported; "
-                        f"this service speaks version {PROTOCOL_VERSION}")
+        raise WireError(
+            pb.UNSUPPORTED_VERSION,
+            f"protocol version {envelope.version} is not supported; "
+            f"this service speaks version {PROTOCOL_VERSION}",
+        )
     name = envelope.WhichOneof("body")
     if name is None:
         raise WireError(pb.UNKNOWN_MESSAGE, "envelope carries no message this service knows")
@@ -82,5 +84,11 @@ def unpack(frame: bytes, accepted: frozenset[str], where: str = "this socket") -
 
 def error_frame(code: int, message: str, request_id: str = "", retry_after_ms: int = 0) -> bytes:
     # the stub types `code` as the ErrorCode enum; at runtime every ErrorCode is an int
-    return pack(pb.Error(code=code, message=message, request_id=request_id,  # type: ignore[arg-type]
-                         retry_after_ms=retry_after_ms))
+    return pack(
+        pb.Error(
+            code=code,  # type: ignore[arg-type]
+            message=message,
+            request_id=request_id,
+            retry_after_ms=retry_after_ms,
+        )
+    )

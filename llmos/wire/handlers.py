@@ -30,7 +30,8 @@ class Handlers(Generic[Result]):
     def __init__(self, where: str, table: Mapping[type[Message], Callable[..., Result]]) -> None:
         self.where = where
         self._by_name: dict[str, Callable[..., Result]] = {
-            body_name_of_type(message_type): handler for message_type, handler in table.items()}
+            body_name_of_type(message_type): handler for message_type, handler in table.items()
+        }
         self.accepted: frozenset[str] = frozenset(self._by_name)
 
     def route(self, payload: bytes, *args: Any) -> Result:
@@ -44,4 +45,3 @@ class Handlers(Generic[Result]):
         if handler is None:
             raise unknown_message(body_name_of_type(type(message)), self.where)
         return handler(message, *args)
-

@@ -15,12 +15,13 @@ from llmos.wire.envelope import WireError, error_frame, pack
 from llmos.wire.handlers import Handlers
 from llmos.wire.sockets import router_frames, send_reply
 
-RefusalLog = Callable[[bytes, WireError], None]          # (peer identity, why)
+RefusalLog = Callable[[bytes, WireError], None]  # (peer identity, why)
 Reply = TypeVar("Reply", bound=Message | None)
 
 
-def answer_request(router: zmq.Socket, frames: list[bytes], handlers: Handlers[Reply],
-                   log_refusal: RefusalLog, *args: Any) -> None:
+def answer_request(
+    router: zmq.Socket, frames: list[bytes], handlers: Handlers[Reply], log_refusal: RefusalLog, *args: Any
+) -> None:
     """A handler (called as handler(message, *args)) returns the reply, None when the
     message needs none, or raises WireError; a malformed frame, an unknown message or
     a WireError is logged by `log_refusal` and answered with an Error carrying its code."""
@@ -39,5 +40,4 @@ def answer_request(router: zmq.Socket, frames: list[bytes], handlers: Handlers[R
                 send_reply(router, identity, has_delimiter, pack(reply))
             return
     log_refusal(identity, error)
-    send_reply(router, identity, has_delimiter,
-               error_frame(error.code, error.message, error.request_id))
+    send_reply(router, identity, has_delimiter, error_frame(error.code, error.message, error.request_id))

@@ -37,8 +37,9 @@ def bind_router(context: zmq.Context[SocketT], address: str) -> SocketT:
     return socket
 
 
-def connect_dealer(context: zmq.Context[SocketT], address: str, identity: str | None = None,
-                   is_immediate: bool = False) -> SocketT:
+def connect_dealer(
+    context: zmq.Context[SocketT], address: str, identity: str | None = None, is_immediate: bool = False
+) -> SocketT:
     """A DEALER; with `is_immediate`, a send fails at once (EAGAIN) while no peer is
     connected instead of queueing for one (IMMEDIATE must be set before connect)."""
     socket = context.socket(zmq.DEALER)
