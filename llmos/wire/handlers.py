@@ -2,10 +2,10 @@
 
 Every service routes what arrives on a socket the same way, as the zguide's
 Majordomo broker does with its command constants: it builds a `Handlers` table
-that maps protobuf message classes to methods, and hands each payload (or an
-already unpacked message) to `route` / `call`. A frame that is not an llmos
-Envelope, or a message the table does not list, raises `WireError` here and
-nowhere else, with the code the sender should get back.
+that maps protobuf message classes to methods, and hands each payload to
+`route`. A frame that is not an llmos Envelope, or a message the table does not
+list, raises `WireError` from `llmos.wire.envelope.unpack` and nowhere else, with
+the code the sender should get back.
 
     handlers = Handlers("kernel", {pb.KvAllocate: self.allocate_blocks,
                                    pb.KvFree: self.free_blocks})
@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from llmos.wire.envelope import body_name_of_type, unknown_message, unpack
+from llmos.wire.envelope import body_name_of_type, unpack
 
 Result = TypeVar("Result")
 
@@ -38,10 +38,3 @@ class Handlers(Generic[Result]):
         """Unpack one frame and call its handler; WireError if it is not one of ours."""
         name, message = unpack(payload, self.accepted, self.where)
         return self._by_name[name](message, *args)
-
-    def call(self, message: Message, *args: Any) -> Result:
-        """Call the handler of a message already unpacked (a link that reads its own socket)."""
-        handler = self._by_name.get(body_name_of_type(type(message)))
-        if handler is None:
-            raise unknown_message(body_name_of_type(type(message)), self.where)
-        return handler(message, *args)
