@@ -144,10 +144,11 @@ class MlfqPolicy(SchedulingPolicy):
             request.prompt_chars, request.generated_tokens, request.max_tokens, request.answer_fill
         )
 
-    def has_used_a_quantum(self, request: RunningRequest) -> bool:
-        """Has it run long enough, and dropped below its entry level? Only such a request
-        of the same tier may be preempted for a higher level (a lower tier always may)."""
-        return request.running_s >= MIN_RUN_S and self.running_level(request) > self.entry_level(
+    def has_used_a_quantum(self, request: RunningRequest, level: int) -> bool:
+        """Has it run long enough, and dropped below its entry level (`level` is its
+        running level)? Only such a request of the same tier may be preempted for a
+        higher level (a lower tier always may)."""
+        return request.running_s >= MIN_RUN_S and level > self.entry_level(
             request.prompt_chars, request.max_tokens, request.answer_fill
         )
 
@@ -172,7 +173,7 @@ class MlfqPolicy(SchedulingPolicy):
         )
         # running requests are looked at only when a preemption is considered
         running_level = once_per_request(self.running_level)
-        has_used_a_quantum = once_per_request(self.has_used_a_quantum)
+        has_used_a_quantum = once_per_request(lambda r: self.has_used_a_quantum(r, running_level(r)))
 
         def may_preempt(request: RunningRequest) -> bool:
             """Could anything preempt it?"""
