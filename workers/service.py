@@ -235,9 +235,13 @@ class Worker:
         self.broker.send(self.broker_registration())
 
     def log_broker_error(self, error: pb.Error) -> None:
+        self.log_peer_error("broker", error)
+
+    def log_peer_error(self, peer: str, error: pb.Error) -> None:
         log.warning(
-            "worker %s: broker error %s for request %r: %s",
+            "worker %s: %s error %s for request %r: %s",
             self.worker_id,
+            peer,
             pb.ErrorCode.Name(error.code),
             error.request_id,
             error.message,
@@ -260,13 +264,7 @@ class Worker:
             self.gate.abandon_allocation()
             self.kernel.register(time.monotonic(), fresh_socket=False)
         else:
-            log.warning(
-                "worker %s: kernel error %s for request %r: %s",
-                self.worker_id,
-                pb.ErrorCode.Name(error.code),
-                error.request_id,
-                error.message,
-            )
+            self.log_peer_error("kernel", error)
 
     # ---------------------------------------------------------------- requests
 
