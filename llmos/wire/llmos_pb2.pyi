@@ -96,7 +96,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "sampling", "tier", "tenant", "deadline_ms")
+    __slots__ = ("request_id", "model", "prompt", "sampling", "tier", "tenant", "deadline_ms", "is_resend", "resume_from_index")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,8 @@ class GenerateRequest(_message.Message):
     TIER_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    IS_RESEND_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_INDEX_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
@@ -111,23 +113,27 @@ class GenerateRequest(_message.Message):
     tier: str
     tenant: str
     deadline_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    is_resend: bool
+    resume_from_index: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., is_resend: _Optional[bool] = ..., resume_from_index: _Optional[int] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("request_id", "model", "inputs", "tier", "tenant", "deadline_ms")
+    __slots__ = ("request_id", "model", "inputs", "tier", "tenant", "deadline_ms", "is_resend")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    IS_RESEND_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     tier: str
     tenant: str
     deadline_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    is_resend: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., is_resend: _Optional[bool] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -150,20 +156,22 @@ class EmbedResult(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("request_id", "model", "inputs", "tier", "tenant", "deadline_ms")
+    __slots__ = ("request_id", "model", "inputs", "tier", "tenant", "deadline_ms", "is_resend")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    IS_RESEND_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     tier: str
     tenant: str
     deadline_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    is_resend: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., is_resend: _Optional[bool] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")
@@ -292,7 +300,7 @@ class TierStatus(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., depth: _Optional[int] = ..., max_depth: _Optional[int] = ..., num_running: _Optional[int] = ..., num_answers: _Optional[int] = ..., answer_fill: _Optional[float] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "models", "num_running", "max_num_seqs", "device", "tokens_per_s", "task")
+    __slots__ = ("worker_id", "models", "num_running", "max_num_seqs", "device", "tokens_per_s", "task", "is_draining")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +308,7 @@ class WorkerStatus(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    IS_DRAINING_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
     num_running: int
@@ -307,10 +316,11 @@ class WorkerStatus(_message.Message):
     device: str
     tokens_per_s: float
     task: TaskKind
-    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., device: _Optional[str] = ..., tokens_per_s: _Optional[float] = ..., task: _Optional[_Union[TaskKind, str]] = ...) -> None: ...
+    is_draining: bool
+    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., device: _Optional[str] = ..., tokens_per_s: _Optional[float] = ..., task: _Optional[_Union[TaskKind, str]] = ..., is_draining: _Optional[bool] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("tiers", "workers", "num_running", "scheduler_online", "scheduler_policy", "num_completed", "num_rejected", "tokens_per_s")
+    __slots__ = ("tiers", "workers", "num_running", "scheduler_online", "scheduler_policy", "num_completed", "num_rejected", "tokens_per_s", "num_refused_messages", "num_journalled")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +329,8 @@ class StatusReply(_message.Message):
     NUM_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     NUM_REJECTED_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_REFUSED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NUM_JOURNALLED_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStatus]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     num_running: int
@@ -327,7 +339,9 @@ class StatusReply(_message.Message):
     num_completed: int
     num_rejected: int
     tokens_per_s: float
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., num_running: _Optional[int] = ..., scheduler_online: _Optional[bool] = ..., scheduler_policy: _Optional[str] = ..., num_completed: _Optional[int] = ..., num_rejected: _Optional[int] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
+    num_refused_messages: int
+    num_journalled: int
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., num_running: _Optional[int] = ..., scheduler_online: _Optional[bool] = ..., scheduler_policy: _Optional[str] = ..., num_completed: _Optional[int] = ..., num_rejected: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., num_refused_messages: _Optional[int] = ..., num_journalled: _Optional[int] = ...) -> None: ...
 
 class WorkerRegister(_message.Message):
     __slots__ = ("worker_id", "models", "device", "max_num_seqs", "kv_blocks_total", "block_size", "heartbeat_interval_ms", "task")
@@ -390,6 +404,26 @@ class Dispatch(_message.Message):
     kind: TaskKind
     inputs: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., generated_token_ids: _Optional[_Iterable[int]] = ..., emitted_text_chars: _Optional[int] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Drain(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class DrainWorker(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class DrainReply(_message.Message):
+    __slots__ = ("worker_id", "num_running")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    num_running: int
+    def __init__(self, worker_id: _Optional[str] = ..., num_running: _Optional[int] = ...) -> None: ...
 
 class Preempt(_message.Message):
     __slots__ = ("request_id",)
@@ -690,7 +724,7 @@ class PolicyStatus(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., available: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("version", "generate", "accepted", "chunk", "result", "error", "cancel", "status_request", "status_reply", "embed", "embed_result", "classify", "classify_result", "worker_register", "heartbeat", "disconnect", "dispatch", "progress", "preempt", "kernel_register", "kernel_heartbeat", "kv_allocate", "kv_free", "resource_query", "kernel_reply", "resource_view", "kv_prefix_report", "schedule_request", "schedule_decision", "set_policy", "policy_status")
+    __slots__ = ("version", "generate", "accepted", "chunk", "result", "error", "cancel", "status_request", "status_reply", "embed", "embed_result", "classify", "classify_result", "drain_worker", "drain_reply", "worker_register", "heartbeat", "disconnect", "dispatch", "progress", "preempt", "drain", "kernel_register", "kernel_heartbeat", "kv_allocate", "kv_free", "resource_query", "kernel_reply", "resource_view", "kv_prefix_report", "schedule_request", "schedule_decision", "set_policy", "policy_status")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -704,12 +738,15 @@ class Envelope(_message.Message):
     EMBED_RESULT_FIELD_NUMBER: _ClassVar[int]
     CLASSIFY_FIELD_NUMBER: _ClassVar[int]
     CLASSIFY_RESULT_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_WORKER_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_REPLY_FIELD_NUMBER: _ClassVar[int]
     WORKER_REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     PREEMPT_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     KERNEL_REGISTER_FIELD_NUMBER: _ClassVar[int]
     KERNEL_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     KV_ALLOCATE_FIELD_NUMBER: _ClassVar[int]
@@ -735,12 +772,15 @@ class Envelope(_message.Message):
     embed_result: EmbedResult
     classify: ClassifyRequest
     classify_result: ClassifyResult
+    drain_worker: DrainWorker
+    drain_reply: DrainReply
     worker_register: WorkerRegister
     heartbeat: Heartbeat
     disconnect: Disconnect
     dispatch: Dispatch
     progress: StepProgress
     preempt: Preempt
+    drain: Drain
     kernel_register: KernelRegister
     kernel_heartbeat: KernelHeartbeat
     kv_allocate: KvAllocate
@@ -753,4 +793,4 @@ class Envelope(_message.Message):
     schedule_decision: ScheduleDecision
     set_policy: SetPolicy
     policy_status: PolicyStatus
-    def __init__(self, version: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., result: _Optional[_Union[GenerateResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., status_request: _Optional[_Union[StatusRequest, _Mapping]] = ..., status_reply: _Optional[_Union[StatusReply, _Mapping]] = ..., embed: _Optional[_Union[EmbedRequest, _Mapping]] = ..., embed_result: _Optional[_Union[EmbedResult, _Mapping]] = ..., classify: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., classify_result: _Optional[_Union[ClassifyResult, _Mapping]] = ..., worker_register: _Optional[_Union[WorkerRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., preempt: _Optional[_Union[Preempt, _Mapping]] = ..., kernel_register: _Optional[_Union[KernelRegister, _Mapping]] = ..., kernel_heartbeat: _Optional[_Union[KernelHeartbeat, _Mapping]] = ..., kv_allocate: _Optional[_Union[KvAllocate, _Mapping]] = ..., kv_free: _Optional[_Union[KvFree, _Mapping]] = ..., resource_query: _Optional[_Union[ResourceQuery, _Mapping]] = ..., kernel_reply: _Optional[_Union[KernelReply, _Mapping]] = ..., resource_view: _Optional[_Union[ResourceView, _Mapping]] = ..., kv_prefix_report: _Optional[_Union[KvPrefixReport, _Mapping]] = ..., schedule_request: _Optional[_Union[ScheduleRequest, _Mapping]] = ..., schedule_decision: _Optional[_Union[ScheduleDecision, _Mapping]] = ..., set_policy: _Optional[_Union[SetPolicy, _Mapping]] = ..., policy_status: _Optional[_Union[PolicyStatus, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., result: _Optional[_Union[GenerateResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., status_request: _Optional[_Union[StatusRequest, _Mapping]] = ..., status_reply: _Optional[_Union[StatusReply, _Mapping]] = ..., embed: _Optional[_Union[EmbedRequest, _Mapping]] = ..., embed_result: _Optional[_Union[EmbedResult, _Mapping]] = ..., classify: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., classify_result: _Optional[_Union[ClassifyResult, _Mapping]] = ..., drain_worker: _Optional[_Union[DrainWorker, _Mapping]] = ..., drain_reply: _Optional[_Union[DrainReply, _Mapping]] = ..., worker_register: _Optional[_Union[WorkerRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., preempt: _Optional[_Union[Preempt, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., kernel_register: _Optional[_Union[KernelRegister, _Mapping]] = ..., kernel_heartbeat: _Optional[_Union[KernelHeartbeat, _Mapping]] = ..., kv_allocate: _Optional[_Union[KvAllocate, _Mapping]] = ..., kv_free: _Optional[_Union[KvFree, _Mapping]] = ..., resource_query: _Optional[_Union[ResourceQuery, _Mapping]] = ..., kernel_reply: _Optional[_Union[KernelReply, _Mapping]] = ..., resource_view: _Optional[_Union[ResourceView, _Mapping]] = ..., kv_prefix_report: _Optional[_Union[KvPrefixReport, _Mapping]] = ..., schedule_request: _Optional[_Union[ScheduleRequest, _Mapping]] = ..., schedule_decision: _Optional[_Union[ScheduleDecision, _Mapping]] = ..., set_policy: _Optional[_Union[SetPolicy, _Mapping]] = ..., policy_status: _Optional[_Union[PolicyStatus, _Mapping]] = ...) -> None: ...
