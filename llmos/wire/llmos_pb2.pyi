@@ -344,7 +344,7 @@ class StatusReply(_message.Message):
     def __init__(self, tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., num_running: _Optional[int] = ..., scheduler_online: _Optional[bool] = ..., scheduler_policy: _Optional[str] = ..., num_completed: _Optional[int] = ..., num_rejected: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., num_refused_messages: _Optional[int] = ..., num_journalled: _Optional[int] = ...) -> None: ...
 
 class WorkerRegister(_message.Message):
-    __slots__ = ("worker_id", "models", "device", "max_num_seqs", "kv_blocks_total", "block_size", "heartbeat_interval_ms", "task")
+    __slots__ = ("worker_id", "models", "device", "max_num_seqs", "kv_blocks_total", "block_size", "heartbeat_interval_ms", "task", "max_model_len")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +353,7 @@ class WorkerRegister(_message.Message):
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
     device: str
@@ -361,7 +362,8 @@ class WorkerRegister(_message.Message):
     block_size: int
     heartbeat_interval_ms: int
     task: TaskKind
-    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., max_num_seqs: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., task: _Optional[_Union[TaskKind, str]] = ...) -> None: ...
+    max_model_len: int
+    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., max_num_seqs: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., task: _Optional[_Union[TaskKind, str]] = ..., max_model_len: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("worker_id", "num_running", "kv_blocks_used")
