@@ -12,6 +12,7 @@ import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from broker.bounds import MAX_MODEL_NAME_BYTES, MAX_REQUEST_ID_BYTES, MAX_TENANT_BYTES, name_problem, utf8_len
 from broker.config import BrokerConfig
 from broker.tiers import TierLimits, parse_tenant_quotas, parse_tier_limits
 from llmos.wire import WireError, pb
@@ -19,7 +20,6 @@ from llmos.wire.constants import DEFAULT_TENANT
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
-MAX_ID_CHARS = 256
 RETRY_UNKNOWN_MODEL_MS = 1000
 TASK_NAMES = {
     pb.TASK_KIND_GENERATE: "text generation",
@@ -29,6 +29,21 @@ TASK_NAMES = {
 
 TaskRequest = pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest
 TaskModels = Mapping[pb.TaskKind, Collection[str]]  # the models workers serve, by task
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What admission knows of the models: the names requests may use (served, or in
+    the grace after their last worker left), those served now (a request naming no
+    model gets one of these first), and each model's context in tokens (0 = unknown)."""
+
+    accepted: TaskModels
+    serving: TaskModels
+    max_model_lens: Mapping[tuple[pb.TaskKind, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, models: TaskModels | ModelView) -> ModelView:
+        return models if isinstance(models, ModelView) else cls(models, models)
 
 
 @dataclass
@@ -50,36 +65,64 @@ def _refuse(code: int, message: str, request_id: str, retry_after_ms: int = 0) -
     return WireError(code, message, request_id, retry_after_ms)
 
 
-def _check_common(request_id: str, tier: str, limits: dict[str, TierLimits]) -> TierLimits:
-    if not request_id or len(request_id) > MAX_ID_CHARS:
-        raise _refuse(
-            pb.INVALID_ARGUMENT,
-            f"request_id must have 1 to {MAX_ID_CHARS} characters",
-            request_id[:MAX_ID_CHARS],
-        )
+def _check_name(what: str, text: str, max_bytes: int, request_id: str, may_be_empty: bool = True) -> None:
+    problem = None if (may_be_empty and not text) else name_problem(text, max_bytes)
+    if problem is not None:
+        raise _refuse(pb.INVALID_ARGUMENT, f"{what} {problem}", request_id)
+
+
+def _check_common(request: TaskRequest, tier: str, limits: dict[str, TierLimits]) -> TierLimits:
+    """The checks every task shares: its names are bounded (each one held while it
+    lives), its tier is known."""
+    request_id = request.request_id
+    problem = name_problem(request_id, MAX_REQUEST_ID_BYTES)
+    if problem is not None:
+        raise _refuse(pb.INVALID_ARGUMENT, f"request_id {problem}", request_id[:MAX_REQUEST_ID_BYTES])
+    _check_name("tenant", request.tenant, MAX_TENANT_BYTES, request_id)
+    _check_name("model", request.model, MAX_MODEL_NAME_BYTES, request_id)
     if tier not in limits:
         raise _refuse(
-            pb.INVALID_ARGUMENT, f"unknown tier '{tier}'; tiers are {', '.join(limits)}", request_id
+            pb.INVALID_ARGUMENT, f"unknown tier '{tier[:64]}'; tiers are {', '.join(limits)}", request_id
         )
     return limits[tier]
 
 
-def resolve_model(model: str, kind: pb.TaskKind, models_by_task: TaskModels, request_id: str) -> str:
-    """The model to run: as named, or the task's default (first registered) model."""
-    served = models_by_task.get(kind, ())
-    if model and model in served:
+def resolve_model(model: str, kind: pb.TaskKind, models: TaskModels | ModelView, request_id: str) -> str:
+    """The model to run: as named, or the task's default (the first by name of those
+    served now, else of those in their grace)."""
+    view = ModelView.of(models)
+    accepted = view.accepted.get(kind, ())
+    if model and model in accepted:
         return model
-    if not served:
+    if not accepted:
         raise _refuse(
             pb.UNKNOWN_MODEL, f"no worker serves {TASK_NAMES[kind]} yet", request_id, RETRY_UNKNOWN_MODEL_MS
         )
     if model:
         raise _refuse(
             pb.UNKNOWN_MODEL,
-            f"no worker serves model '{model}' for {TASK_NAMES[kind]} (models: {', '.join(sorted(served))})",
+            f"no worker serves model '{model}' for {TASK_NAMES[kind]} "
+            f"(models: {', '.join(sorted(accepted))})",
             request_id,
         )
-    return min(served)
+    return min(view.serving.get(kind) or accepted)
+
+
+def _check_context(
+    texts: list[str], kind: pb.TaskKind, model: str, view: ModelView, config: BrokerConfig, request_id: str
+) -> None:
+    """Refuse a text longer in bytes than the model's context could hold in tokens,
+    before a worker spends time tokenizing it."""
+    max_model_len = view.max_model_lens.get((kind, model), 0)
+    max_bytes = max_model_len * config.max_prompt_bytes_per_token
+    for text in texts:
+        if max_model_len and (num_bytes := utf8_len(text)) > max_bytes:
+            raise _refuse(
+                pb.TOO_LARGE,
+                f"a text of {num_bytes} bytes is longer than model '{model}' can take "
+                f"({max_model_len} tokens, at most {config.max_prompt_bytes_per_token} bytes a token)",
+                request_id,
+            )
 
 
 def _check_sampling(sampling: pb.SamplingParams, limits: TierLimits, request_id: str) -> None:
@@ -119,23 +162,21 @@ def _check_size(text_bytes: int, limits: TierLimits, what: str, request_id: str)
         )
 
 
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", errors="surrogatepass"))
-
-
 def validate_generate(
     request: pb.GenerateRequest,
     config: BrokerConfig,
     limits: dict[str, TierLimits],
-    models_by_task: TaskModels,
+    models: TaskModels | ModelView,
 ) -> AdmittedRequest:
     request_id = request.request_id
     tier = request.tier or config.default_tier
-    tier_limits = _check_common(request_id, tier, limits)
+    tier_limits = _check_common(request, tier, limits)
     if not request.prompt:
         raise _refuse(pb.INVALID_ARGUMENT, "prompt is empty", request_id)
-    _check_size(_utf8_len(request.prompt), tier_limits, "prompt", request_id)
-    model = resolve_model(request.model, pb.TASK_KIND_GENERATE, models_by_task, request_id)
+    _check_size(utf8_len(request.prompt), tier_limits, "prompt", request_id)
+    view = ModelView.of(models)
+    model = resolve_model(request.model, pb.TASK_KIND_GENERATE, view, request_id)
+    _check_context([request.prompt], pb.TASK_KIND_GENERATE, model, view, config, request_id)
     _check_sampling(request.sampling, tier_limits, request_id)
     sampling = pb.SamplingParams()
     sampling.CopyFrom(request.sampling)
@@ -158,12 +199,12 @@ def validate_pooling(
     kind: pb.TaskKind,
     config: BrokerConfig,
     limits: dict[str, TierLimits],
-    models_by_task: TaskModels,
+    models: TaskModels | ModelView,
 ) -> AdmittedRequest:
     """Embed and classify requests: a list of texts instead of a prompt."""
     request_id = request.request_id
     tier = request.tier or config.default_tier
-    tier_limits = _check_common(request_id, tier, limits)
+    tier_limits = _check_common(request, tier, limits)
     if not request.inputs:
         raise _refuse(pb.INVALID_ARGUMENT, "inputs is empty", request_id)
     if len(request.inputs) > config.max_inputs:
@@ -174,8 +215,10 @@ def validate_pooling(
         )
     if any(not text for text in request.inputs):
         raise _refuse(pb.INVALID_ARGUMENT, "inputs must not contain empty strings", request_id)
-    _check_size(sum(_utf8_len(text) for text in request.inputs), tier_limits, "inputs", request_id)
-    model = resolve_model(request.model, kind, models_by_task, request_id)
+    _check_size(sum(utf8_len(text) for text in request.inputs), tier_limits, "inputs", request_id)
+    view = ModelView.of(models)
+    model = resolve_model(request.model, kind, view, request_id)
+    _check_context(list(request.inputs), kind, model, view, config, request_id)
     return AdmittedRequest(
         request_id=request_id,
         kind=kind,
@@ -202,8 +245,8 @@ class AdmissionRules:
         """Live (queued + running) requests the tenant may hold; 0 is no limit."""
         return self.tenant_quotas.get(tenant, self.config.tenant_max_requests)
 
-    def validate(self, message: TaskRequest, models_by_task: TaskModels) -> AdmittedRequest:
+    def validate(self, message: TaskRequest, models: TaskModels | ModelView) -> AdmittedRequest:
         if isinstance(message, pb.GenerateRequest):
-            return validate_generate(message, self.config, self.tier_limits, models_by_task)
+            return validate_generate(message, self.config, self.tier_limits, models)
         kind = pb.TASK_KIND_EMBED if isinstance(message, pb.EmbedRequest) else pb.TASK_KIND_CLASSIFY
-        return validate_pooling(message, kind, self.config, self.tier_limits, models_by_task)
+        return validate_pooling(message, kind, self.config, self.tier_limits, models)

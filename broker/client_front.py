@@ -24,12 +24,18 @@ from broker.request_table import RequestTable
 from broker.worker_pool import WorkerPool
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.handlers import Handlers
+from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import router_frames
 
 log = logging.getLogger(__name__)
 
 QUEUE_FULL_RETRY_MS = 1000
 MAX_MESSAGES_PER_POLL = 1000  # so a busy client socket cannot starve the others
+# refusals that say the client broke the protocol, counted as refused messages; the
+# others (QUEUE_FULL, TOO_LARGE, ...) refuse a well-formed request and are only `num_rejected`
+PROTOCOL_ERRORS = frozenset(
+    {pb.MALFORMED_FRAME, pb.UNSUPPORTED_VERSION, pb.UNKNOWN_MESSAGE, pb.INVALID_ARGUMENT}
+)
 
 
 class ClientFrontEnd:
@@ -44,6 +50,7 @@ class ClientFrontEnd:
         rules: AdmissionRules,
         answer_fills: AnswerFills,
         tokens: RateMeter,
+        peer_errors: PeerErrors,
     ) -> None:
         self.socket = socket  # received from here; replies go through `replies`
         self.watch = watch
@@ -54,6 +61,7 @@ class ClientFrontEnd:
         self.rules = rules
         self.answer_fills = answer_fills  # read: status
         self.tokens = tokens  # read: status
+        self.peer_errors = peer_errors
         self.num_rejected = 0
         self.handlers: Handlers[None] = Handlers(
             "the broker's client socket",
@@ -73,48 +81,65 @@ class ClientFrontEnd:
             except zmq.Again:
                 return
             identity = frames[0].bytes
+            try:
+                self.receive(identity, frames)
+            except Exception:  # a bug must cost one message, not the broker
+                self.peer_errors.internal(identity)
+
+    def receive(self, identity: bytes, frames: list[zmq.Frame]) -> None:
+        try:
             replaced = self.watch.note(frames[-1], identity)
-            if replaced is not None:
-                self.forget_client(replaced)
-            self.route([frame.bytes for frame in frames])
+        except zmq.ZMQError:
+            # its requests could not be stopped when it leaves, so it may not make any
+            self.refuse(
+                identity, False, WireError(pb.MALFORMED_FRAME, "the connection does not speak ZMTP 3")
+            )
+            return
+        if replaced is not None:
+            self.forget_client(replaced)
+        self.route([frame.bytes for frame in frames])
 
     def route(self, frames: list[bytes]) -> None:
         split = router_frames(frames)
         if split is None:
-            self.num_rejected += 1
-            self.replies.reply(
-                frames[0],
-                False,
-                error_frame(
-                    pb.MALFORMED_FRAME,
-                    "expected one frame holding an Envelope (DEALER) "
-                    "or an empty delimiter then the Envelope (REQ)",
-                ),
+            error = WireError(
+                pb.MALFORMED_FRAME,
+                "expected one frame holding an Envelope (DEALER) "
+                "or an empty delimiter then the Envelope (REQ)",
             )
+            self.refuse(frames[0], False, error)
             return
         identity, payload, has_delimiter = split
         try:
             self.handlers.route(payload, identity, has_delimiter)
         except WireError as exc:
-            self.num_rejected += 1
-            log.info("refused %s from client %r: %s", exc.request_id or "frame", identity, exc.message)
-            self.replies.reply(
-                identity,
-                has_delimiter,
-                error_frame(exc.code, exc.message, exc.request_id, exc.retry_after_ms),
-            )
+            self.refuse(identity, has_delimiter, exc)
         except Exception:  # a bug must cost one request, not the broker
-            log.exception("internal error on a message from client %r", identity)
+            self.peer_errors.internal(identity)
             self.replies.reply(
                 identity,
                 has_delimiter,
                 error_frame(pb.INTERNAL, "the broker hit an internal error; it is logged"),
             )
 
+    def refuse(self, identity: bytes, has_delimiter: bool, error: WireError) -> None:
+        """Count the refusal, log it (at a bounded rate where the client broke the
+        protocol) and answer it with its code."""
+        self.num_rejected += 1
+        if error.code in PROTOCOL_ERRORS:
+            self.peer_errors.refused(pb.ErrorCode.Name(error.code), identity, error.message)
+        else:
+            log.debug("refused %s from client %r: %s", error.request_id or "frame", identity, error.message)
+        self.replies.reply(
+            identity,
+            has_delimiter,
+            error_frame(error.code, error.message, error.request_id, error.retry_after_ms),
+        )
+
     # --- messages
 
     def admit(self, message: TaskRequest, identity: bytes, has_delimiter: bool) -> None:
-        admitted = self.rules.validate(message, self.workers.models_by_task)
+        admitted = self.rules.validate(message, self.workers.model_view())
         request_id, tier, tenant = admitted.request_id, admitted.tier, admitted.tenant
         if self.requests.by_client(identity, request_id) is not None:
             raise WireError(
@@ -192,6 +217,7 @@ class ClientFrontEnd:
             num_completed=self.replies.num_completed,
             num_rejected=self.num_rejected,
             tokens_per_s=self.tokens.per_s(now_s),
+            num_refused_messages=self.peer_errors.total,
         )
 
     # --- requests ending early

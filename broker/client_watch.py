@@ -21,7 +21,9 @@ class ClientWatch:
         self._stale_events_by_fd: dict[int, int] = {}
 
     def note(self, frame: zmq.Frame, identity: bytes) -> bytes | None:
-        """Record the descriptor a message came on; the identity it replaced, if any."""
+        """Record the descriptor a message came on; the identity it replaced, if any.
+        zmq.ZMQError if the frame tells no descriptor (a peer speaking ZMTP 1.0 or 2.0
+        framing): such a connection cannot be watched."""
         fd = frame.get(zmq.SRCFD)
         previous = self._identity_by_fd.get(fd)
         self._identity_by_fd[fd] = identity
@@ -36,6 +38,8 @@ class ClientWatch:
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
             fd = event["value"]
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
             if self._stale_events_by_fd.get(fd):
                 self._stale_events_by_fd[fd] -= 1
                 continue

@@ -41,6 +41,14 @@ class BrokerConfig:
     )
     tenant_quotas: str = option("", "per-tenant live-request quotas, e.g. alice=100,bob=20")
     max_inputs: int = option(256, "largest number of inputs in one embed/classify request")
+    # a byte-level BPE token is rarely longer than 8 bytes of UTF-8, so a prompt longer
+    # than this many bytes a token of context cannot fit, and is refused without tokenizing
+    max_prompt_bytes_per_token: int = option(
+        8, "refuse prompts over this many UTF-8 bytes per token of the model's max_model_len"
+    )
+    model_grace_s: float = option(
+        30.0, "a model is forgotten this long after its last worker left (its queued requests refused)"
+    )
     max_restarts: int = option(3, "times a request moves to another worker before WORKER_FAILED")
     heartbeat_interval_ms: int = option(
         HEARTBEAT_INTERVAL_MS, "heartbeat period; dead after 3 silent periods"

@@ -27,6 +27,7 @@ from llmos.wire.sockets import send_reply
 log = logging.getLogger(__name__)
 
 MAX_PENDING_PER_TIER_ASKED = 2048  # bounds one ScheduleRequest
+MAX_DECISIONS_PER_POLL = 100  # the scheduler answers one batch at a time; more is a flood
 # A top-tier arrival, while lower tiers hold slots, brings the next preemption check
 # this close to the last one: a user should not wait out the usual interval (several
 # steps) for a slot that a batch request can give up. Arrivals into a full stack of
@@ -129,7 +130,9 @@ class Dispatcher:
         )
 
     def receive_decisions(self) -> None:
-        while self.scheduler.socket.poll(0):
+        for _ in range(MAX_DECISIONS_PER_POLL):
+            if not self.scheduler.socket.poll(0):
+                return
             decision = self.scheduler.receive()
             if decision is not None:
                 self.apply(decision)

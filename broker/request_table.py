@@ -2,7 +2,8 @@
 
 The table owns the tiered queue, so a request's status and the places it is
 listed change together: a QUEUED request is in `queue`; a request not yet
-answered counts against its tenant's quota and is found by its client's
+answered counts against its tenant's quota (a tenant
+with none is forgotten) and is found by its client's
 (connection identity, request id); a request leaves the table when it is DONE.
 Each method that changes a status says which changes it makes.
 """
@@ -54,6 +55,14 @@ class RequestTable:
 
     def queued_in_order(self, limit_per_tier: int) -> Iterator[Request]:
         return (self._by_id[i] for i in self.queue.in_order(limit_per_tier))
+
+    def queued_for(self, kind: int, model: str) -> list[Request]:
+        """The QUEUED requests for one task's model."""
+        return [
+            request
+            for request in self._by_id.values()
+            if request.status is RequestStatus.QUEUED and request.kind == kind and request.model == model
+        ]
 
     def num_live(self, tenant: str) -> int:
         return self._num_live_by_tenant[tenant]
@@ -111,6 +120,8 @@ class RequestTable:
         request_id = self._id_by_client.pop(request.client_key)
         assert request_id == request.request_id, f"{request.client_key} names {request_id}"
         self._num_live_by_tenant[request.tenant] -= 1
+        if not self._num_live_by_tenant[request.tenant]:
+            del self._num_live_by_tenant[request.tenant]  # a tenant with nothing live leaves no trace
         if request.is_on_worker:
             request.move_to(RequestStatus.ANSWERED)
         else:

@@ -14,6 +14,7 @@ import zmq
 
 from llmos.wire import WireError, pack, pb
 from llmos.wire.handlers import Handlers
+from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import connect_dealer
 from scheduler_svc.policies import decide, make_policy
 
@@ -33,8 +34,10 @@ class SchedulerLink:
         retry_ms: int,
         fallback_policy: str,
         tenant_weights: str = "",
+        peer_errors: PeerErrors | None = None,
     ) -> None:
         self.address = address
+        self.peer_errors = peer_errors or PeerErrors(log)
         self.timeout_s = timeout_ms / 1000
         self.retry_s = retry_ms / 1000
         self.fallback = make_policy(fallback_policy, tenant_weights=tenant_weights)
@@ -110,11 +113,11 @@ class SchedulerLink:
         try:
             return self._from_scheduler.route(frame)
         except WireError as exc:
-            log.error("bad frame from scheduler: %s", exc.message)
+            self.peer_errors.refused(pb.ErrorCode.Name(exc.code), "scheduler", exc.message)
             return None
 
     def _take_refusal(self, error: pb.Error) -> None:
-        log.error("scheduler refused batch: %s", error.message)
+        log.error("scheduler refused batch: %s", error.message[:500])
         self._waiting_batch_id = None
         return None
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -41,6 +42,7 @@ from broker.scheduler_link import SchedulerLink
 from broker.worker_front import WorkerFrontEnd
 from broker.worker_pool import WorkerPool
 from llmos.service import run_service
+from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import bind_router
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
+        # every refusal of a peer's message, from any socket, counted and logged at a bounded rate
+        self.peer_errors = PeerErrors(log)
         rules = AdmissionRules(config)
         heartbeat_interval_s = config.heartbeat_interval_ms / 1000
         self.context = zmq.Context()
@@ -62,9 +66,10 @@ class Broker:
             config.scheduler_retry_ms,
             config.fallback_policy,
             config.tenant_weights,
+            self.peer_errors,
         )
         self.requests = RequestTable(TieredQueue(config.tier_names, rules.max_queue_depths()))
-        self.workers = WorkerPool(heartbeat_interval_s)
+        self.workers = WorkerPool(heartbeat_interval_s, config.model_grace_s)
         answer_fills, tokens = AnswerFills(), RateMeter()
         self.replies = ClientReplies(self.client_socket, self.requests)
         self.dispatcher = Dispatcher(
@@ -86,6 +91,7 @@ class Broker:
             answer_fills,
             tokens,
             heartbeat_interval_s,
+            self.peer_errors,
         )
         self.client_front = ClientFrontEnd(
             self.client_socket,
@@ -97,6 +103,7 @@ class Broker:
             rules,
             answer_fills,
             tokens,
+            self.peer_errors,
         )
         self.poller = zmq.Poller()
         for socket in (
@@ -117,19 +124,27 @@ class Broker:
         while not stopping.is_set():
             events = dict(self.poller.poll(self.poll_timeout_ms()))
             if self.client_watch.monitor in events:
-                self.client_front.forget_disconnected_clients()
+                self.run_step("client watch", self.client_front.forget_disconnected_clients)
             if self.client_socket in events:
-                self.client_front.drain()
+                self.run_step("client socket", self.client_front.drain)
             if self.worker_socket in events:
-                self.worker_front.drain()
+                self.run_step("worker socket", self.worker_front.drain)
             if self.scheduler.socket in events:
-                self.dispatcher.receive_decisions()
+                self.run_step("scheduler link", self.dispatcher.receive_decisions)
             now_s = time.monotonic()
-            self.client_front.forget_unreachable_clients()
-            self.worker_front.purge_expired(now_s)
-            self.client_front.purge_deadlines(now_s)
-            self.dispatcher.schedule(now_s)
-            self.worker_front.send_heartbeats(now_s)
+            self.run_step("unreachable clients", self.client_front.forget_unreachable_clients)
+            self.run_step("worker purge", self.worker_front.purge_expired, now_s)
+            self.run_step("deadlines", self.client_front.purge_deadlines, now_s)
+            self.run_step("schedule", self.dispatcher.schedule, now_s)
+            self.run_step("heartbeats", self.worker_front.send_heartbeats, now_s)
+
+    def run_step(self, what: str, step: Callable[..., None], *args: float) -> None:
+        """Run one step of the loop; a bug in it is counted and logged, and the loop goes on
+        (the fronts catch what one message causes; this catches the rest)."""
+        try:
+            step(*args)
+        except Exception:
+            self.peer_errors.internal(what)
 
     def poll_timeout_ms(self) -> int:
         now_s = time.monotonic()

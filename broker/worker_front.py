@@ -2,9 +2,11 @@
 
 Registration, heartbeats and goodbyes keep the worker pool current; a worker's
 progress is relayed to the clients (tokens as chunks, the end as the final
-answer). A worker reports only on requests dispatched to it: a delta about any
-other request is stale (the request moved on after this worker was declared
-dead) and is dropped.
+answer). Every worker is a stranger until its registration passes
+`broker.worker_checks`. A worker reports only on requests dispatched to it, from
+the connection it registered on: a delta about any other request is stale (the
+request moved on after this worker was declared dead) or forged, and is counted
+and dropped. Nothing a worker sends is let out of `drain` as an exception.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from broker.dispatcher import Dispatcher
 from broker.rates import RateMeter
 from broker.request_table import RequestTable
 from broker.requests import Request, RequestStatus
+from broker.worker_checks import check_register
 from broker.worker_pool import ConnectedWorker, WorkerPool
-from llmos.wire import WireError, pack, pb
+from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.handlers import Handlers
+from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import router_frames, send_reply
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_POLL = 1000  # so a busy worker socket cannot starve the others
+# far above any vocabulary's longest token, so only a lying worker reaches it
+MAX_TEXT_CHARS_PER_TOKEN = 256
 
 
 class WorkerFrontEnd:
@@ -41,6 +47,7 @@ class WorkerFrontEnd:
         answer_fills: AnswerFills,
         tokens: RateMeter,
         heartbeat_interval_s: float,
+        peer_errors: PeerErrors,
     ) -> None:
         self.socket = socket
         self.workers = workers
@@ -50,6 +57,7 @@ class WorkerFrontEnd:
         self.answer_fills = answer_fills  # written: each generated answer's length
         self.tokens = tokens  # written: tokens made, for the status rate
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.peer_errors = peer_errors
         self.next_heartbeat_s = 0.0
         self.handlers: Handlers[None] = Handlers(
             "the broker's worker socket",
@@ -70,23 +78,32 @@ class WorkerFrontEnd:
             try:
                 self.route(frames)
             except Exception:  # a bug must not take the broker down with every client
-                log.exception("internal error on a message from worker %r", frames[0])
+                self.peer_errors.internal(frames[0])
 
     def route(self, frames: list[bytes]) -> None:
         split = router_frames(frames)
         if split is None:
-            log.warning("malformed frame from worker %r", frames[0])
+            self.refuse(
+                frames[0], WireError(pb.MALFORMED_FRAME, f"expected one payload frame, got {len(frames) - 1}")
+            )
             return
         identity, payload, _ = split
         try:
             self.handlers.route(payload, identity, time.monotonic())
         except WireError as exc:
-            log.warning("refused frame from worker %r: %s", identity, exc.message)
+            self.refuse(identity, exc)
+
+    def refuse(self, identity: bytes, error: WireError) -> None:
+        """Count and log a refused message and tell its sender why, with the error's code."""
+        self.peer_errors.refused(pb.ErrorCode.Name(error.code), identity, error.message)
+        send_reply(self.socket, identity, False, error_frame(error.code, error.message))
 
     # --- the pool
 
     def require_worker(self, register: pb.WorkerRegister, identity: bytes, now_s: float) -> None:
-        old = self.workers.delete_worker(identity)
+        holder = self.workers.by_id(register.worker_id)
+        check_register(register, identity, None if holder is None else holder.identity)
+        old = self.workers.delete_worker(identity, now_s)
         if old is not None:
             self.dispatcher.requeue_running(old)  # it restarted: whatever it ran is gone
         worker = self.workers.require_worker(identity, register, now_s)
@@ -101,9 +118,9 @@ class WorkerFrontEnd:
         )
 
     def disconnect(self, message: pb.Disconnect, identity: bytes, now_s: float) -> None:
-        worker = self.workers.delete_worker(identity)
-        if worker is not None:
-            log.info("worker %s left (%s)", worker.worker_id, message.reason)
+        worker = self.known_worker(identity, now_s)
+        if worker is not None and self.workers.delete_worker(identity, now_s) is not None:
+            log.info("worker %s left (%s)", worker.worker_id, message.reason[:200])
             self.dispatcher.requeue_running(worker)
 
     def heartbeat(self, _: pb.Heartbeat, identity: bytes, now_s: float) -> None:
@@ -113,6 +130,7 @@ class WorkerFrontEnd:
         """Note that the worker is alive; None (and it is told to register) if it is a stranger."""
         worker = self.workers.refresh(identity, now_s)
         if worker is None:
+            self.peer_errors.refused("unregistered worker", identity, "a message before WorkerRegister")
             # the zguide's answer to a stranger: tell it to register again
             send_reply(
                 self.socket, identity, False, pack(pb.Disconnect(reason="unknown worker; register again"))
@@ -127,6 +145,23 @@ class WorkerFrontEnd:
                 len(worker.running_ids),
             )
             self.dispatcher.requeue_running(worker)
+        for task, model in self.workers.purge_models(now_s):
+            queued = self.requests.queued_for(task, model)
+            log.warning(
+                "forgot model %s: no worker served it for %.0f s; refusing %d queued requests",
+                model,
+                self.workers.catalog.grace_s,
+                len(queued),
+            )
+            for request in queued:
+                self.replies.answer(
+                    request,
+                    error_frame(
+                        pb.UNKNOWN_MODEL,
+                        f"no worker serves model '{model}' any more",
+                        request.client_request_id,
+                    ),
+                )
 
     def send_heartbeats(self, now_s: float) -> None:
         if now_s < self.next_heartbeat_s:
@@ -145,11 +180,20 @@ class WorkerFrontEnd:
 
     def record_delta(self, worker: ConnectedWorker, delta: pb.RequestDelta, now_s: float) -> None:
         request = self.requests.get(delta.request_id)
-        if request is None or request.worker_id != worker.worker_id:
-            return  # stale: the request moved on after this worker was declared dead
+        if request is None or request.request_id not in worker.running_ids:
+            # stale (the request moved on after this worker was declared dead) or forged
+            self.peer_errors.refused(
+                "foreign delta", worker.identity, f"request {delta.request_id[:64]!r} is not on it"
+            )
+            return
+        assert request.worker_id == worker.worker_id, f"{request.request_id} is on {request.worker_id}"
         if request.is_answered:
             if delta.is_finished:
                 self.dispatcher.release_slot(request, worker)
+            return
+        overrun = self.overrun(request, delta)
+        if overrun is not None:
+            self.fail_request(request, worker, overrun)
             return
         chunk = request.record_delta(delta, now_s)
         if delta.token_ids:
@@ -176,6 +220,29 @@ class WorkerFrontEnd:
             return
         self.replies.answer(request, self.final_answer(request, worker, delta, now_s))
         self.dispatcher.release_slot(request, worker)
+
+    def overrun(self, request: Request, delta: pb.RequestDelta) -> str | None:
+        """Why the delta would grow the answer the broker holds past what the request
+        asked for, or None: a worker makes at most max_tokens, each of them a bounded
+        piece of text."""
+        if request.kind != pb.TASK_KIND_GENERATE:
+            return None
+        max_tokens = request.admitted.sampling.max_tokens
+        if len(request.generated_token_ids) + len(delta.token_ids) > max_tokens:
+            return f"reported more than max_tokens ({max_tokens}) tokens"
+        if request.emitted_text_chars + len(delta.text) > MAX_TEXT_CHARS_PER_TOKEN * max_tokens:
+            return f"reported more than {MAX_TEXT_CHARS_PER_TOKEN} characters of text a token"
+        return None
+
+    def fail_request(self, request: Request, worker: ConnectedWorker, why: str) -> None:
+        """A worker broke the protocol on a request: answer WORKER_FAILED, tell it to drop
+        the request; its slot frees when it reports the request finished."""
+        self.peer_errors.refused("bad delta", worker.identity, f"{request.request_id}: {why}")
+        self.dispatcher.cancel(request)
+        self.replies.answer(
+            request,
+            error_frame(pb.WORKER_FAILED, f"worker {worker.worker_id} {why}", request.client_request_id),
+        )
 
     def final_answer(
         self, request: Request, worker: ConnectedWorker, delta: pb.RequestDelta, now_s: float

@@ -1,13 +1,18 @@
 """The broker's pool of connected workers and their slots (plain data, no sockets).
 
 Verbs as in the zguide's mdbroker: require_worker, refresh, delete_worker,
-purge_expired. A worker is dead after HEARTBEAT_LIVENESS silent intervals.
+purge_expired. A worker is dead after HEARTBEAT_LIVENESS silent intervals. The
+models the workers serve are kept here too, with the grace after a model's last
+worker left (`broker.model_catalog`).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
+from broker.admission import ModelView
+from broker.model_catalog import ModelCatalog, ModelKey
 from broker.rates import RateMeter
 from llmos.wire import pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
@@ -23,6 +28,7 @@ class ConnectedWorker:
     max_num_seqs: int
     heartbeat_interval_s: float
     expiry_s: float
+    max_model_len: int = 0  # tokens of context it registered; 0 = unknown
     running_ids: set[str] = field(default_factory=set)
     # running requests told to preempt, or making their last token: their slots are as
     # good as free, because each leaves at the end of the step in flight
@@ -53,6 +59,10 @@ class ConnectedWorker:
     def serves(self, model: str) -> bool:
         return model in self.models
 
+    @property
+    def model_keys(self) -> list[ModelKey]:
+        return [(self.task, model) for model in self.models]
+
     def status(self, now_s: float) -> pb.WorkerStatus:
         return pb.WorkerStatus(
             worker_id=self.worker_id,
@@ -74,11 +84,10 @@ class ConnectedWorker:
 
 
 class WorkerPool:
-    def __init__(self, default_heartbeat_interval_s: float) -> None:
+    def __init__(self, default_heartbeat_interval_s: float, model_grace_s: float = 30.0) -> None:
         self.default_heartbeat_interval_s = default_heartbeat_interval_s
         self._workers: dict[bytes, ConnectedWorker] = {}
-        # every model a worker ever served here, by task (pb.TaskKind)
-        self.models_by_task: dict[pb.TaskKind, set[str]] = {}
+        self.catalog = ModelCatalog(model_grace_s)
 
     def __iter__(self):
         return iter(list(self._workers.values()))
@@ -90,7 +99,37 @@ class WorkerPool:
         return self._workers.get(identity)
 
     def by_id(self, worker_id: str) -> ConnectedWorker | None:
+        # a worker registers only under the worker_id that is its connection identity
         return self._workers.get(worker_id.encode())
+
+    @property
+    def serving_by_task(self) -> dict[pb.TaskKind, set[str]]:
+        """The models live workers serve, by task."""
+        served: dict[pb.TaskKind, set[str]] = {}
+        for worker in self._workers.values():
+            served.setdefault(worker.task, set()).update(worker.models)
+        return served
+
+    @property
+    def models_by_task(self) -> dict[pb.TaskKind, set[str]]:
+        """The models requests may name, by task: served now, or in their grace."""
+        models = self.serving_by_task
+        for task, model in self.catalog.in_grace():
+            models.setdefault(task, set()).add(model)
+        return models
+
+    def model_view(self) -> ModelView:
+        serving = self.serving_by_task
+        max_model_lens = {
+            (task, m): self.max_model_len(task, m) for task, models in serving.items() for m in models
+        }
+        return ModelView(self.models_by_task, serving, max_model_lens)
+
+    def max_model_len(self, task: pb.TaskKind, model: str) -> int:
+        """The shortest context any live worker serving the model registered (any of them
+        may get a request); 0 when none of them told."""
+        lens = [w.max_model_len for w in self._workers.values() if w.task == task and w.serves(model)]
+        return min((n for n in lens if n > 0), default=0)
 
     def require_worker(self, identity: bytes, register: pb.WorkerRegister, now_s: float) -> ConnectedWorker:
         """Add a worker (replacing any earlier record under the same identity)."""
@@ -105,9 +144,10 @@ class WorkerPool:
             max_num_seqs=max(1, register.max_num_seqs),
             heartbeat_interval_s=interval_s,
             expiry_s=now_s + HEARTBEAT_LIVENESS * interval_s,
+            max_model_len=register.max_model_len,
         )
         self._workers[identity] = worker
-        self.models_by_task.setdefault(worker.task, set()).update(worker.models)
+        self.catalog.note_served(worker.model_keys)
         return worker
 
     def refresh(self, identity: bytes, now_s: float) -> ConnectedWorker | None:
@@ -116,11 +156,24 @@ class WorkerPool:
             worker.expiry_s = now_s + HEARTBEAT_LIVENESS * worker.heartbeat_interval_s
         return worker
 
-    def delete_worker(self, identity: bytes) -> ConnectedWorker | None:
-        return self._workers.pop(identity, None)
+    def delete_worker(self, identity: bytes, now_s: float | None = None) -> ConnectedWorker | None:
+        worker = self._workers.pop(identity, None)
+        if worker is not None:
+            self._orphan_models(worker, time.monotonic() if now_s is None else now_s)
+        return worker
 
     def purge_expired(self, now_s: float) -> list[ConnectedWorker]:
         expired = [w for w in self._workers.values() if w.expiry_s < now_s]
         for worker in expired:
             del self._workers[worker.identity]
+            self._orphan_models(worker, now_s)
         return expired
+
+    def purge_models(self, now_s: float) -> list[ModelKey]:
+        """Forget the models whose last worker left more than the grace ago."""
+        return self.catalog.purge_expired(now_s)
+
+    def _orphan_models(self, gone: ConnectedWorker, now_s: float) -> None:
+        serving = self.serving_by_task
+        orphans = [(task, m) for task, m in gone.model_keys if m not in serving.get(task, ())]
+        self.catalog.note_orphaned(orphans, now_s)
