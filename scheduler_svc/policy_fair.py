@@ -59,6 +59,11 @@ from scheduler_svc.policy_base import (
 from scheduler_svc.policy_priority import lower_tier_victims, tier_reason
 
 DEFAULT_WEIGHT = 1.0
+# Counters of tenants with nothing live kept at most: tenant names come from clients, so
+# without a bound a stream of new names grows this policy without end. Beyond it the idle
+# counters lowest in their tier go first: a tenant back from idling is lifted to its
+# tier's floor anyway, so a low counter is the least to lose.
+MAX_IDLE_COUNTERS = 1024
 
 _Key = tuple[int, str]  # (tier rank, tenant)
 
@@ -190,6 +195,17 @@ class FairPolicy(SchedulingPolicy):
             if floor is not None:
                 self.virtual_tokens[key] = max(self.virtual_tokens.get(key, 0.0), floor)
         self._active = active
+        self.forget_idle_counters()
+
+    def forget_idle_counters(self) -> None:
+        """Keep at most MAX_IDLE_COUNTERS counters of tenants with nothing live."""
+        num_idle = len(self.virtual_tokens) - len(self._active)
+        if num_idle <= MAX_IDLE_COUNTERS:
+            return
+        idle = [key for key in self.virtual_tokens if key not in self._active]
+        idle.sort(key=lambda key: self.virtual_tokens[key])
+        for key in idle[: len(idle) - MAX_IDLE_COUNTERS]:
+            del self.virtual_tokens[key]
 
     def _place_tier(
         self,
