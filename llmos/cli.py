@@ -311,7 +311,8 @@ def format_status(
         broker_line = (
             f"{scheduler}, running {reply.num_running}, "
             f"{reply.tokens_per_s:.1f} tokens/s, "
-            f"completed {reply.num_completed}, rejected {reply.num_rejected}"
+            f"completed {reply.num_completed}, rejected {reply.num_rejected}, "
+            f"refused messages {reply.num_refused_messages}"
         )
     kernel_line = (
         view

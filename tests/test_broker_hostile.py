@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from urllib.parse import urlparse
@@ -122,6 +124,23 @@ def test_bytes_that_are_not_zmtp3_do_not_take_the_broker_down(stack):
     # one each, the HTTP request fails the handshake unread; each message is refused (on
     # the client port before it is parsed: such a connection cannot be watched)
     assert num_refused(stack) - before == 2 * (2 + 1 + 1)
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmos",
+            "status",
+            "--broker-address",
+            stack.broker_address,
+            "--kernel-address",
+            stack.kernel_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert f"refused messages {num_refused(stack)}" in shown
 
 
 @pytest.mark.parametrize(
