@@ -90,7 +90,7 @@ class Kernel:
             now_s = time.monotonic()
             if self.router in events:
                 self.route_pending(now_s)
-            if self.publisher.socket in events:
+            if self.publisher.socket in events or not self.publisher.is_bound:
                 self.publisher.apply_subscriptions()
             self.purge_expired(now_s)
             self.publish_view(now_s)
@@ -144,8 +144,8 @@ class Kernel:
         if not self.registry.has_room_for(message.worker_id):
             raise WireError(
                 pb.UNAVAILABLE,
-                f"the kernel holds its maximum of {self.registry.max_workers} workers",
-                retry_after_ms=int(self.registry.expiry_s * 1000),
+                f"the kernel holds its maximum of {self.registry.max_workers} workers; "
+                "retry once a silent one expires",
             )
         spec = WorkerSpec(
             worker_id=message.worker_id,
