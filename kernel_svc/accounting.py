@@ -13,6 +13,10 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
+# The lease heap is rebuilt from the live leases once it holds more than this many
+# entries, and more than twice as many as it held after its last rebuild.
+MIN_LEASE_HEAP_TO_COMPACT = 1024
+
 
 @dataclass(frozen=True)
 class Allocation:
@@ -36,13 +40,27 @@ class _Holding:
 
 @dataclass
 class _WorkerBlocks:
+    """A worker's blocks. The free list is lazy: ids never granted yet are the range
+    [next_fresh_id, num_blocks_total), so registering a worker costs the same whatever
+    its size, and the ledger holds one int per block in use, not per block. Fresh ids
+    go before returned ones, the order a full free list would give."""
+
     num_blocks_total: int
-    free_block_ids: deque[int] = field(default_factory=deque)
+    next_fresh_id: int = 0
+    returned_block_ids: deque[int] = field(default_factory=deque)
     holdings: dict[str, _Holding] = field(default_factory=dict)
 
-    @classmethod
-    def empty(cls, num_blocks_total: int) -> _WorkerBlocks:
-        return cls(num_blocks_total, deque(range(num_blocks_total)))
+    @property
+    def num_free_blocks(self) -> int:
+        return self.num_blocks_total - self.next_fresh_id + len(self.returned_block_ids)
+
+    def take(self, num_blocks: int) -> list[int]:
+        assert num_blocks <= self.num_free_blocks
+        num_fresh = min(num_blocks, self.num_blocks_total - self.next_fresh_id)
+        block_ids = list(range(self.next_fresh_id, self.next_fresh_id + num_fresh))
+        self.next_fresh_id += num_fresh
+        block_ids += [self.returned_block_ids.popleft() for _ in range(num_blocks - num_fresh)]
+        return block_ids
 
 
 class KvLedger:
@@ -57,6 +75,7 @@ class KvLedger:
         # (expires_at_s, worker_id, request_id); entries go stale when a lease is
         # renewed or its blocks are freed and are skipped when popped
         self._lease_heap: list[tuple[float, str, str]] = []
+        self._max_lease_heap_len = MIN_LEASE_HEAP_TO_COMPACT
         self.version = 0
 
     # ---------------------------------------------------------------- workers
@@ -67,7 +86,7 @@ class KvLedger:
     def add_worker(self, worker_id: str, num_blocks_total: int) -> None:
         assert worker_id not in self._workers, f"worker {worker_id} already has blocks"
         assert num_blocks_total >= 0
-        self._workers[worker_id] = _WorkerBlocks.empty(num_blocks_total)
+        self._workers[worker_id] = _WorkerBlocks(num_blocks_total)
         self.version += 1
 
     def remove_worker(self, worker_id: str) -> list[int]:
@@ -82,11 +101,11 @@ class KvLedger:
         return self._workers[worker_id].num_blocks_total
 
     def num_free_blocks(self, worker_id: str) -> int:
-        return len(self._workers[worker_id].free_block_ids)
+        return self._workers[worker_id].num_free_blocks
 
     def num_used_blocks(self, worker_id: str) -> int:
         blocks = self._workers[worker_id]
-        return blocks.num_blocks_total - len(blocks.free_block_ids)
+        return blocks.num_blocks_total - blocks.num_free_blocks
 
     def num_requests(self, worker_id: str) -> int:
         return len(self._workers[worker_id].holdings)
@@ -97,7 +116,7 @@ class KvLedger:
 
     def can_allocate(self, worker_id: str, num_blocks: int) -> bool:
         blocks = self._workers.get(worker_id)
-        return blocks is not None and 0 <= num_blocks <= len(blocks.free_block_ids)
+        return blocks is not None and 0 <= num_blocks <= blocks.num_free_blocks
 
     def allocate(
         self,
@@ -120,21 +139,22 @@ class KvLedger:
         blocks = self._workers[worker_id]
         holding = blocks.holdings.get(request_id)
         if holding is None and num_blocks == 0:
-            return Allocation(worker_id, request_id, (), (), len(blocks.free_block_ids), None)
+            return Allocation(worker_id, request_id, (), (), blocks.num_free_blocks, None)
         if holding is None:
             holding = blocks.holdings[request_id] = _Holding([], tenant=tenant)
-        new_block_ids = [blocks.free_block_ids.popleft() for _ in range(num_blocks)]
+        new_block_ids = blocks.take(num_blocks)
         holding.block_ids += new_block_ids
         holding.expires_at_s = None if lease_s is None else now_s + lease_s
         if holding.expires_at_s is not None:
             heapq.heappush(self._lease_heap, (holding.expires_at_s, worker_id, request_id))
+            self._compact_lease_heap()
         self.version += 1
         return Allocation(
             worker_id,
             request_id,
             tuple(holding.block_ids),
             tuple(new_block_ids),
-            len(blocks.free_block_ids),
+            blocks.num_free_blocks,
             holding.expires_at_s,
         )
 
@@ -144,7 +164,7 @@ class KvLedger:
         holding = blocks.holdings.pop(request_id, None)
         if holding is None:
             return []
-        blocks.free_block_ids.extend(holding.block_ids)
+        blocks.returned_block_ids.extend(holding.block_ids)
         self.version += 1
         return holding.block_ids
 
@@ -156,6 +176,22 @@ class KvLedger:
                 num_blocks, num_requests = usage.get(holding.tenant, (0, 0))
                 usage[holding.tenant] = (num_blocks + len(holding.block_ids), num_requests + 1)
         return usage
+
+    def _compact_lease_heap(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones: a worker renewing
+        one lease over and over must not grow the heap for ever."""
+        if len(self._lease_heap) <= self._max_lease_heap_len:
+            return
+        live = [
+            (holding.expires_at_s, worker_id, request_id)
+            for worker_id, blocks in self._workers.items()
+            for request_id, holding in blocks.holdings.items()
+            if holding.expires_at_s is not None
+        ]
+        heapq.heapify(live)
+        self._lease_heap = live
+        # amortized: the next rebuild waits until the heap doubles again
+        self._max_lease_heap_len = max(MIN_LEASE_HEAP_TO_COMPACT, 2 * len(live))
 
     def purge_expired_leases(self, now_s: float) -> list[tuple[str, str, list[int]]]:
         """Free every request whose lease ran out; return (worker, request, block ids)."""

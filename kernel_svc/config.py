@@ -13,6 +13,10 @@ from llmos.wire.constants import (
     bind_all,
 )
 
+# Each worker costs the kernel a record and its share of every view: a bound far
+# above any real fleet, so a peer inventing worker ids cannot grow it without end.
+DEFAULT_MAX_WORKERS = 1024
+
 
 @dataclass
 class KernelConfig:
@@ -22,9 +26,14 @@ class KernelConfig:
     heartbeat_interval_ms: int = option(
         HEARTBEAT_INTERVAL_MS, "heartbeat period; a worker is dead after 3 silent periods"
     )
+    max_workers: int = option(
+        DEFAULT_MAX_WORKERS, "workers registered at once; one more is refused UNAVAILABLE"
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
             raise ValueError(f"block_size must be at least 1, not {self.block_size}")
         if self.heartbeat_interval_ms < 1:
             raise ValueError(f"heartbeat_interval_ms must be at least 1, not {self.heartbeat_interval_ms}")
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, not {self.max_workers}")

@@ -7,11 +7,17 @@ so that a worker leaving, by Disconnect or by silence, frees its blocks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kernel_svc.accounting import KvLedger
 from llmos.wire import pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
+
+# Every worker's prefix hashes together, as the view carries them: a view past this
+# would be tens of MB sent every 100 ms and indexed by every scheduler. A report that
+# would push the total past it is cut to what is left.
+MAX_PREFIX_HASHES_IN_VIEW = 1_048_576
 
 
 @dataclass(frozen=True)
@@ -31,18 +37,27 @@ class WorkerSpec:
 class WorkerRecord:
     spec: WorkerSpec
     last_seen_s: float
+    peer: bytes = b""  # the connection it registered from: only it may speak for the worker
     num_running: int = 0
     cached_prefix_hashes: tuple[int, ...] = ()  # the prefix index: what its KV cache holds
 
 
 class WorkerRegistry:
-    def __init__(self, block_size: int, heartbeat_interval_ms: int, ledger: KvLedger | None = None) -> None:
-        assert block_size > 0 and heartbeat_interval_ms > 0
+    def __init__(
+        self,
+        block_size: int,
+        heartbeat_interval_ms: int,
+        ledger: KvLedger | None = None,
+        max_workers: int = 1024,
+    ) -> None:
+        assert block_size > 0 and heartbeat_interval_ms > 0 and max_workers > 0
         self.block_size = block_size
         self.expiry_s = HEARTBEAT_LIVENESS * heartbeat_interval_ms / 1000
+        self.max_workers = max_workers
         self.ledger = ledger if ledger is not None else KvLedger()
         self._workers: dict[str, WorkerRecord] = {}
         self._num_changes = 0
+        self._num_prefix_hashes = 0  # over every worker, within MAX_PREFIX_HASHES_IN_VIEW
 
     @property
     def version(self) -> int:
@@ -58,13 +73,25 @@ class WorkerRegistry:
     def workers(self) -> list[WorkerRecord]:
         return [self._workers[worker_id] for worker_id in sorted(self._workers)]
 
-    def require_worker(self, spec: WorkerSpec, now_s: float) -> tuple[WorkerRecord, list[int]]:
-        """Register `spec` (again). Return its record and the block ids that a
+    def has_room_for(self, worker_id: str) -> bool:
+        """Can `worker_id` register: it is registered already (again), or a place is free?"""
+        return worker_id in self._workers or len(self._workers) < self.max_workers
+
+    def is_owned_by(self, worker_id: str, peer: bytes) -> bool:
+        """Is `worker_id` registered, from the connection `peer`?"""
+        record = self._workers.get(worker_id)
+        return record is not None and record.peer == peer
+
+    def require_worker(
+        self, spec: WorkerSpec, now_s: float, peer: bytes = b""
+    ) -> tuple[WorkerRecord, list[int]]:
+        """Register `spec` (again) from `peer`. Return its record and the block ids that a
         previous registration held: a worker registers when it starts, so
         whatever its earlier self was granted is gone with that process."""
         assert spec.worker_id, "a worker needs an id"
+        assert self.has_room_for(spec.worker_id), f"{self.max_workers} workers are registered"
         freed_block_ids = self.delete_worker(spec.worker_id)
-        self._workers[spec.worker_id] = WorkerRecord(spec, last_seen_s=now_s)
+        self._workers[spec.worker_id] = WorkerRecord(spec, last_seen_s=now_s, peer=peer)
         self.ledger.add_worker(spec.worker_id, spec.kv_capacity_tokens // self.block_size)
         self._num_changes += 1
         return self._workers[spec.worker_id], freed_block_ids
@@ -81,20 +108,32 @@ class WorkerRegistry:
             self._num_changes += 1
         return True
 
-    def report_prefixes(self, worker_id: str, block_hashes: list[int], now_s: float) -> bool:
-        """Replace a worker's cached prefix blocks; False when the worker is unknown."""
+    def max_prefix_hashes(self, worker_id: str) -> int:
+        """How many hashes a report of `worker_id` keeps: no more than its KV blocks
+        (a cache holds no more prefixes than blocks) nor than the view has room for."""
+        record = self._workers[worker_id]
+        room = MAX_PREFIX_HASHES_IN_VIEW - self._num_prefix_hashes + len(record.cached_prefix_hashes)
+        return min(self.ledger.num_blocks_total(worker_id), room)
+
+    def report_prefixes(self, worker_id: str, block_hashes: Sequence[int], now_s: float) -> bool:
+        """Replace a worker's cached prefix blocks with the first `max_prefix_hashes` of
+        `block_hashes` (workers list the most recent first); False when it is unknown."""
         if not self.refresh(worker_id, now_s):
             return False
         record = self._workers[worker_id]
-        if tuple(block_hashes) != record.cached_prefix_hashes:
-            record.cached_prefix_hashes = tuple(block_hashes)
+        kept = tuple(block_hashes[: self.max_prefix_hashes(worker_id)])
+        if kept != record.cached_prefix_hashes:
+            self._num_prefix_hashes += len(kept) - len(record.cached_prefix_hashes)
+            record.cached_prefix_hashes = kept
             self._num_changes += 1
         return True
 
     def delete_worker(self, worker_id: str) -> list[int]:
         """Forget a worker; return the block ids its requests held."""
-        if self._workers.pop(worker_id, None) is None:
+        record = self._workers.pop(worker_id, None)
+        if record is None:
             return []
+        self._num_prefix_hashes -= len(record.cached_prefix_hashes)
         self._num_changes += 1
         return self.ledger.remove_worker(worker_id)
 

@@ -14,14 +14,18 @@ import time
 import zmq
 from google.protobuf.message import Message
 
+from kernel_svc import limits
 from kernel_svc.config import KernelConfig
 from kernel_svc.registry import WorkerRegistry, WorkerSpec, build_view
+from kernel_svc.resource_pub import ResourcePublisher
 from llmos.service import run_service
 from llmos.wire import WireError, pack, pb
-from llmos.wire.constants import RESOURCE_TOPIC
+from llmos.wire.constants import ERROR_NAMES
+from llmos.wire.envelope import error_frame
 from llmos.wire.handlers import Handlers
+from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.router import answer_request
-from llmos.wire.sockets import bind_pub, bind_router
+from llmos.wire.sockets import bind_router, router_frames, send_reply
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +46,21 @@ class Kernel:
 
     def __init__(self, config: KernelConfig) -> None:
         self.config = config
-        self.registry = WorkerRegistry(config.block_size, config.heartbeat_interval_ms)
+        self.registry = WorkerRegistry(
+            config.block_size, config.heartbeat_interval_ms, max_workers=config.max_workers
+        )
         self.ledger = self.registry.ledger
+        self.peer_errors = PeerErrors(log)
         self.context = zmq.Context()
         self.router = bind_router(self.context, config.kernel_bind)
-        self.pub = bind_pub(self.context, config.kernel_pub_bind)
+        self.publisher = ResourcePublisher(self.context, config.kernel_pub_bind, self.peer_errors)
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.publisher.socket, zmq.POLLIN)
         self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000
         self._published_version: int | None = None
         self._published_at_s = float("-inf")
+        self._view: pb.ResourceView | None = None  # the latest built, reused while nothing changed
         self.handlers: Handlers[Message | None] = Handlers(
             "the kernel's port",
             {
@@ -81,12 +90,14 @@ class Kernel:
             now_s = time.monotonic()
             if self.router in events:
                 self.route_pending(now_s)
+            if self.publisher.socket in events or not self.publisher.is_bound:
+                self.publisher.apply_subscriptions()
             self.purge_expired(now_s)
             self.publish_view(now_s)
 
     def close(self) -> None:
         self.router.close()
-        self.pub.close()
+        self.publisher.close()
         self.context.term()
 
     # ---------------------------------------------------------------- routing
@@ -100,25 +111,42 @@ class Kernel:
             self.route(frames, now_s)
 
     def route(self, frames: list[bytes], now_s: float) -> None:
-        answer_request(self.router, frames, self.handlers, self.log_refusal, now_s)
+        """Answer one message; whatever its bytes, nothing raises out of here."""
+        identity = frames[0]
+        try:
+            answer_request(self.router, frames, self.handlers, self.log_refusal, now_s, identity)
+        except Exception:  # a bug: it costs this message its answer, never the kernel
+            self.peer_errors.internal(identity)
+            split = router_frames(frames)
+            has_delimiter = split is not None and split[2]
+            send_reply(self.router, identity, has_delimiter, error_frame(pb.INTERNAL, "kernel error; logged"))
 
-    @staticmethod
-    def log_refusal(identity: bytes, error: WireError) -> None:
-        # a worker out of blocks or forgotten is routine; a bad frame is someone's bug
-        level = logging.INFO if error.code in _ROUTINE_ERRORS else logging.WARNING
-        log.log(
-            level,
-            "refused %s from peer %r: %s",
-            f"request {error.request_id}" if error.request_id else "a message",
-            identity,
-            error.message,
-        )
+    def log_refusal(self, identity: bytes, error: WireError) -> None:
+        # a worker out of blocks or forgotten is routine; the rest is someone's bug, counted
+        if error.code in _ROUTINE_ERRORS:
+            log.info("refused request %r from peer %r: %s", error.request_id, identity, error.message)
+        else:
+            self.peer_errors.refused(ERROR_NAMES.get(error.code, str(error.code)), identity, error.message)
+
+    def require_owner(self, worker_id: str, peer: bytes, request_id: str = "") -> None:
+        """A worker speaks only from the connection it registered from; UNKNOWN_WORKER
+        otherwise (its own connection, if it changed, registers again)."""
+        if self.registry.is_owned_by(worker_id, peer):
+            return
+        if self.registry.has_worker(worker_id):
+            self.peer_errors.refused("claim", peer, f"speaks for worker {worker_id!r}, not its own")
+        raise unknown_worker(worker_id, request_id)
 
     # ---------------------------------------------------------------- handlers
 
-    def register_worker(self, message: pb.KernelRegister, now_s: float) -> pb.KernelReply:
-        if not message.worker_id:
-            raise WireError(pb.INVALID_ARGUMENT, "kernel_register needs a worker_id")
+    def register_worker(self, message: pb.KernelRegister, now_s: float, peer: bytes) -> pb.KernelReply:
+        limits.check_register(message, self.registry.block_size)
+        if not self.registry.has_room_for(message.worker_id):
+            raise WireError(
+                pb.UNAVAILABLE,
+                f"the kernel holds its maximum of {self.registry.max_workers} workers; "
+                "retry once a silent one expires",
+            )
         spec = WorkerSpec(
             worker_id=message.worker_id,
             models=tuple(message.models),
@@ -128,7 +156,7 @@ class Kernel:
             kv_capacity_tokens=message.kv_capacity_tokens,
             max_num_seqs=message.max_num_seqs,
         )
-        _, freed_block_ids = self.registry.require_worker(spec, now_s)
+        _, freed_block_ids = self.registry.require_worker(spec, now_s, peer)
         worker_id = spec.worker_id
         log.info(
             "worker %s registered: %d KV blocks of %d tokens, models %s, max_num_seqs %d",
@@ -146,16 +174,15 @@ class Kernel:
             )
         return self.kernel_reply(worker_id)
 
-    def refresh_worker(self, message: pb.KernelHeartbeat, now_s: float) -> None:
-        if not self.registry.refresh(message.worker_id, now_s, message.num_running):
-            raise unknown_worker(message.worker_id)
+    def refresh_worker(self, message: pb.KernelHeartbeat, now_s: float, peer: bytes) -> None:
+        self.require_owner(message.worker_id, peer)
+        self.registry.refresh(message.worker_id, now_s, min(message.num_running, limits.MAX_NUM_SEQS))
 
-    def allocate_blocks(self, message: pb.KvAllocate, now_s: float) -> pb.KernelReply:
+    def allocate_blocks(self, message: pb.KvAllocate, now_s: float, peer: bytes) -> pb.KernelReply:
         worker_id, request_id = message.worker_id, message.request_id
-        if not self.registry.refresh(worker_id, now_s):
-            raise unknown_worker(worker_id, request_id)
-        if not request_id:
-            raise WireError(pb.INVALID_ARGUMENT, "kv_allocate needs a request_id")
+        self.require_owner(worker_id, peer, request_id)
+        self.registry.refresh(worker_id, now_s)
+        limits.check_allocate(message)
         if not self.ledger.can_allocate(worker_id, message.num_blocks):
             raise WireError(
                 pb.NOT_ENOUGH_BLOCKS,
@@ -177,25 +204,30 @@ class Kernel:
         )
         return self.kernel_reply(worker_id, request_id)
 
-    def free_blocks(self, message: pb.KvFree, now_s: float) -> pb.KernelReply:
+    def free_blocks(self, message: pb.KvFree, now_s: float, peer: bytes) -> pb.KernelReply:
         worker_id, request_id = message.worker_id, message.request_id
-        if not self.registry.refresh(worker_id, now_s):
-            raise unknown_worker(worker_id, request_id)
+        self.require_owner(worker_id, peer, request_id)
+        self.registry.refresh(worker_id, now_s)
+        limits.check_request_fields(request_id)
         freed_block_ids = self.ledger.free(worker_id, request_id)
         log.debug("worker %s request %s: freed %d KV blocks", worker_id, request_id, len(freed_block_ids))
         return self.kernel_reply(worker_id, request_id)
 
-    def report_prefixes(self, message: pb.KvPrefixReport, now_s: float) -> None:
-        if not self.registry.report_prefixes(message.worker_id, list(message.block_hashes), now_s):
-            raise unknown_worker(message.worker_id)
+    def report_prefixes(self, message: pb.KvPrefixReport, now_s: float, peer: bytes) -> None:
+        """Refused past MAX_PREFIX_HASHES_PER_REPORT (the last report stands); within it,
+        cut to what the registry keeps (`WorkerRegistry.max_prefix_hashes`)."""
+        self.require_owner(message.worker_id, peer)
+        limits.check_prefix_report(message)
+        self.registry.report_prefixes(message.worker_id, message.block_hashes, now_s)
 
-    def answer_query(self, message: pb.ResourceQuery, now_s: float) -> pb.ResourceView:
-        return build_view(self.registry, time.time())
+    def answer_query(self, message: pb.ResourceQuery, now_s: float, peer: bytes) -> pb.ResourceView:
+        return self.current_view()
 
-    def delete_worker(self, message: pb.Disconnect, now_s: float) -> None:
+    def delete_worker(self, message: pb.Disconnect, now_s: float, peer: bytes) -> None:
         if not self.registry.has_worker(message.worker_id):
-            log.info("worker %s disconnected but was not registered", message.worker_id)
+            log.info("worker %r disconnected but was not registered", message.worker_id[:128])
             return
+        self.require_owner(message.worker_id, peer)
         freed_block_ids = self.registry.delete_worker(message.worker_id)
         log.info(
             "worker %s disconnected (%s): freed %d KV blocks",
@@ -237,10 +269,19 @@ class Kernel:
         has_changed = self.registry.version != self._published_version
         if not ((has_changed and since_s >= MIN_PUBLISH_INTERVAL_S) or since_s >= self.heartbeat_interval_s):
             return
-        view = build_view(self.registry, time.time())
-        self.pub.send_multipart([RESOURCE_TOPIC, pack(view)])
+        view = self.current_view()
+        self.publisher.publish(pack(view))
         self._published_version = view.version
         self._published_at_s = now_s
+
+    def current_view(self) -> pb.ResourceView:
+        """The view, built again only when the registry changed: a flood of queries
+        costs a copy each, not a walk over every worker's prefix hashes."""
+        if self._view is None or self._view.version != self.registry.version:
+            self._view = build_view(self.registry, time.time())
+        else:
+            self._view.published_at_s = time.time()
+        return self._view
 
 
 def unknown_worker(worker_id: str, request_id: str = "") -> WireError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar, overload
 
+from llmos.prefix import MAX_PREFIX_BLOCKS
 from llmos.wire import WireError, pb
 from scheduler_svc.data import (
     MIN_ANSWERS_FOR_FILL,
@@ -17,6 +18,11 @@ from scheduler_svc.data import (
 )
 
 NO_FILLS: Mapping[str, float] = {}  # no tier's fill known (read only)
+# Prefix hashes guide placement only, so past these they are cut, never refused. Hashes
+# chain, so a request's first MAX_PREFIX_BLOCKS are still a true prefix; a worker
+# reports at most 1,024 and a view's index is built at every change.
+MAX_VIEW_HASHES_PER_WORKER = 4_096
+MAX_VIEW_HASHES = 262_144
 
 
 def answer_fills(request: pb.ScheduleRequest) -> dict[str, float]:
@@ -38,7 +44,7 @@ def pending_from_proto(request: pb.PendingRequest, fills: Mapping[str, float] = 
         max_tokens=request.max_tokens,
         arrival_seq=request.arrival_seq,
         generated_tokens=request.generated_tokens,
-        prefix_hashes=tuple(request.prefix_hashes),
+        prefix_hashes=tuple(request.prefix_hashes[:MAX_PREFIX_BLOCKS]),
         waited_s=request.waited_s,
         deadline_in_s=request.deadline_in_s,
         tier=request.tier,
@@ -108,9 +114,21 @@ def kernel_view_from_proto(view: pb.ResourceView) -> KernelView:
         kv_blocks_free={
             worker.worker_id: max(0, worker.kv_blocks_total - worker.kv_blocks_used) for worker in with_cache
         },
-        cached_prefix_hashes={worker.worker_id: worker.cached_prefix_hashes for worker in with_cache},
+        cached_prefix_hashes=bounded_prefix_hashes(with_cache),
         largest_kv_blocks_total=max((worker.kv_blocks_total for worker in with_cache), default=0),
     )
+
+
+def bounded_prefix_hashes(workers: Sequence[pb.WorkerResources]) -> dict[str, Sequence[int]]:
+    """Each worker's cached hashes, cut to MAX_VIEW_HASHES_PER_WORKER (most recent
+    first) and MAX_VIEW_HASHES in all, so indexing a view costs a bounded time."""
+    hashes: dict[str, Sequence[int]] = {}
+    room = MAX_VIEW_HASHES
+    for worker in workers:
+        kept = worker.cached_prefix_hashes[: min(MAX_VIEW_HASHES_PER_WORKER, room)]
+        hashes[worker.worker_id] = kept
+        room -= len(kept)
+    return hashes
 
 
 def workers_from_proto(workers: Sequence[pb.WorkerSlots], view: KernelView | None) -> list[WorkerSlots]:

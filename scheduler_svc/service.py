@@ -16,10 +16,13 @@ from google.protobuf.message import Message
 
 from llmos.service import run_service
 from llmos.wire import WireError, pb
-from llmos.wire.constants import HEARTBEAT_LIVENESS, RESOURCE_TOPIC
+from llmos.wire.constants import ERROR_NAMES, HEARTBEAT_LIVENESS, RESOURCE_TOPIC
+from llmos.wire.envelope import error_frame
 from llmos.wire.handlers import Handlers
+from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.router import answer_request
-from llmos.wire.sockets import bind_router, connect_sub
+from llmos.wire.sockets import bind_router, connect_sub, router_frames, send_reply
+from scheduler_svc import limits
 from scheduler_svc.config import SchedulerConfig
 from scheduler_svc.convert import kernel_view_from_proto
 from scheduler_svc.data import KernelView
@@ -28,6 +31,9 @@ from scheduler_svc.policies import PolicyName, decide, make_policy
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 100  # bounds how late a stale view is dropped or a shutdown noticed
+# Messages read from one socket before the loop turns to the other, so a flood on one
+# (batches, or views) cannot starve the other or the view's expiry.
+MAX_MESSAGES_PER_POLL = 1000
 
 
 class Scheduler:
@@ -44,6 +50,7 @@ class Scheduler:
         self.view_expiry_s = HEARTBEAT_LIVENESS * config.heartbeat_interval_ms / 1000
         self.view: KernelView | None = None
         self._view_received_at_s = 0.0
+        self.peer_errors = PeerErrors(log)
         self.handlers: Handlers[Message] = Handlers(
             "the scheduler's port",
             {
@@ -84,7 +91,7 @@ class Scheduler:
     def take_views(self, now_s: float) -> None:
         """Keep the newest view the kernel published; older ones are worthless."""
         newest: pb.ResourceView | None = None
-        while True:
+        for _ in range(MAX_MESSAGES_PER_POLL):
             try:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -92,12 +99,16 @@ class Scheduler:
             try:
                 newest = self.view_handlers.route(frames[-1])
             except WireError as error:
-                log.warning("ignored a bad resource view from the kernel: %s", error.message)
+                self.peer_errors.refused("bad view", "the kernel", error.message)
         if newest is None:
             return
         if self.view is None:
             log.info("kernel view received: %d workers", len(newest.workers))
-        self.view = kernel_view_from_proto(newest)  # once per view, not once per batch
+        try:
+            self.view = kernel_view_from_proto(newest)  # once per view, not once per batch
+        except Exception:  # a view this code cannot read: keep the last one, and the loop
+            self.peer_errors.internal("the kernel")
+            return
         self._view_received_at_s = now_s
 
     def expire_view(self, now_s: float) -> None:
@@ -109,7 +120,7 @@ class Scheduler:
     # ---------------------------------------------------------------- routing
 
     def route_pending(self) -> None:
-        while True:
+        for _ in range(MAX_MESSAGES_PER_POLL):
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -117,9 +128,20 @@ class Scheduler:
             self.route(frames)
 
     def route(self, frames: list[bytes]) -> None:
-        answer_request(self.router, frames, self.handlers, self.log_refusal)
+        """Answer one message; whatever its bytes, nothing raises out of here."""
+        identity = frames[0]
+        try:
+            answer_request(self.router, frames, self.handlers, self.log_refusal)
+        except Exception:  # a bug: it costs this batch its answer (the broker decides it), not the loop
+            self.peer_errors.internal(identity)
+            split = router_frames(frames)
+            has_delimiter = split is not None and split[2]
+            send_reply(
+                self.router, identity, has_delimiter, error_frame(pb.INTERNAL, "scheduler error; logged")
+            )
 
     def decide(self, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
+        limits.check_schedule_request(request)
         decision = decide(self.policy, request, self.view)
         log.debug(
             "batch %d: placed %d of %d pending on %d workers, preempted %d, in %d us",
@@ -140,6 +162,7 @@ class Scheduler:
         """Switch to the policy named (empty: just report). The current policy object,
         and any state it keeps, stays when the name is the policy already in use."""
         name = request.policy
+        limits.check_policy_name(name)
         if name and name != self.policy.name.value:
             try:
                 policy = make_policy(name, **self.policy_options)
@@ -149,9 +172,8 @@ class Scheduler:
             self.policy = policy
         return pb.PolicyStatus(policy=self.policy.name.value, available=PolicyName.choices())
 
-    @staticmethod
-    def log_refusal(identity: bytes, error: WireError) -> None:
-        log.warning("refused a message from peer %r: %s", identity, error.message)
+    def log_refusal(self, identity: bytes, error: WireError) -> None:
+        self.peer_errors.refused(ERROR_NAMES.get(error.code, str(error.code)), identity, error.message)
 
 
 def run(config: SchedulerConfig) -> None:

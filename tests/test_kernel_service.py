@@ -42,7 +42,7 @@ class Kernel:
 
 
 @contextmanager
-def start_kernel(log_dir: Path, heartbeat_interval_ms: int) -> Iterator[Kernel]:
+def start_kernel(log_dir: Path, heartbeat_interval_ms: int, *extra: str) -> Iterator[Kernel]:
     address, pub_address = (free_address() for _ in range(2))
     with running_service(
         "kernel_svc",
@@ -54,6 +54,7 @@ def start_kernel(log_dir: Path, heartbeat_interval_ms: int) -> Iterator[Kernel]:
         str(BLOCK_SIZE),
         "--heartbeat-interval-ms",
         str(heartbeat_interval_ms),
+        *extra,
         log_dir=log_dir,
     ) as service:
         yield Kernel(address, pub_address, service)

@@ -31,3 +31,8 @@ def has_full_attention(model: Any, max_model_len: int) -> bool:
     window = getattr(config, "sliding_window", None)
     uses_window = getattr(config, "use_sliding_window", window is not None)
     return not (uses_window and window is not None and window < max_model_len)
+
+
+def model_vocab_size(model: Any) -> int:
+    """Token ids the model can embed: an id at or past it would fail the forward."""
+    return int(model.get_input_embeddings().num_embeddings)

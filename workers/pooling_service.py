@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from llmos.wire import pb
+from workers.dispatch_checks import check_pooling_dispatch
 from workers.model_loader import load_tokenizer
 from workers.pooling import PoolingEngine, PoolingRequest
 from workers.service import Worker
@@ -40,6 +41,11 @@ class PoolingWorker(Worker):
     def accept_dispatch(self, dispatch: pb.Dispatch) -> None:
         request_id = dispatch.request_id
         if not self.is_new_dispatch_for_this_model(dispatch):
+            return
+        problem = check_pooling_dispatch(dispatch, self.loaded.max_model_len)
+        if problem is not None:
+            log.warning("worker %s request %s refused: %s", self.worker_id, request_id, problem.error_message)
+            self.send_progress([problem])
             return
         # The engine checks kind and inputs (its error comes back at its next step).
         request = PoolingRequest(request_id=request_id, kind=dispatch.kind, inputs=list(dispatch.inputs))

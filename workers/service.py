@@ -19,19 +19,23 @@ import zmq
 
 from llmos.service import run_service
 from llmos.wire import Handlers, WireError, pb
-from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
-from workers import engine_factory
+from llmos.wire.constants import DEFAULT_BLOCK_SIZE, ERROR_NAMES, HEARTBEAT_LIVENESS
+from llmos.wire.peer_errors import PeerErrors
+from workers import dispatch_checks, engine_factory
 from workers.admission_gate import AdmissionGate
 from workers.config import WorkerConfig, default_worker_id
 from workers.engine_thread import EngineOutput, EngineThread
 from workers.links import BrokerLink, KernelLink
 from workers.messages import engine_request, request_delta
+from workers.model_facts import model_vocab_size
 from workers.model_loader import LoadedModel, load_model, load_tokenizer
 from workers.requests import Delta, EngineRequest, cancelled_delta, check_request, error_delta
+from workers.tokenize_queue import TokenizeQueue
 
 log = logging.getLogger(__name__)
 
 MAX_POLL_MS = 100  # bounds how long a stop signal waits for the loop to notice
+MAX_LOGGED_CHARS = 256  # of a reason or message a peer sent: it may be megabytes
 ENGINE_STOP_TIMEOUT_S = 5.0
 
 
@@ -73,6 +77,8 @@ class Worker:
         self.loaded = loaded
         self.interval_s = config.heartbeat_interval_ms / 1000
         self.tokenizer = load_tokenizer(loaded.path)  # this thread's; the engine has its own
+        self.tokenize_queue = TokenizeQueue()
+        self.peer_errors = PeerErrors(log)
         self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.pipe = self.context.socket(zmq.PAIR)
@@ -146,13 +152,16 @@ class Worker:
         self.register_with_kernel()
         self.broker.connect(self.broker_registration())
         while not stopping.is_set():
-            events = dict(self.poller.poll(min(self.config.heartbeat_interval_ms, MAX_POLL_MS)))
+            # prompts left to tokenize: look at the sockets, but do not wait on them
+            poll_ms = 0 if self.tokenize_queue else min(self.config.heartbeat_interval_ms, MAX_POLL_MS)
+            events = dict(self.poller.poll(poll_ms))
             if self.pipe in events:
                 self.route_engine_outputs()
             if self.broker.socket in events:
                 self.route_broker_messages()
             if self.kernel.socket in events:
                 self.route_kernel_messages()
+            self.tokenize_dispatched()
             self.admit_requests()
             self.purge_expired()
             self.send_heartbeats()
@@ -178,6 +187,7 @@ class Worker:
             kv_blocks_total=self.gate.kv_blocks_total,
             block_size=self.gate.block_size,
             heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+            max_model_len=self.loaded.max_model_len,
         )
 
     # ---------------------------------------------------------------- routing
@@ -209,14 +219,14 @@ class Worker:
         self.route_each(self.from_kernel, self.kernel.receive())
 
     def route_each(self, handlers: Handlers[None], payloads: list[bytes]) -> None:
-        """Hand each payload to its handler; one the table refuses is logged, never fatal."""
+        """Hand each payload to its handler; one the table refuses is counted, never fatal."""
         for payload in payloads:
             try:
                 handlers.route(payload)
             except WireError as exc:
-                log.warning(
-                    "worker %s ignored a frame on %s: %s", self.worker_id, handlers.where, exc.message
-                )
+                self.peer_errors.refused(ERROR_NAMES.get(exc.code, "refused"), handlers.where, exc.message)
+            except Exception:  # a bug on a peer's message costs that message, not the worker
+                self.peer_errors.internal(handlers.where)
 
     # ---------------------------------------------------------------- from the broker
 
@@ -229,7 +239,7 @@ class Worker:
         log.warning(
             "worker %s: the broker says register again (%s)",
             self.worker_id,
-            disconnect.reason or "no reason given",
+            disconnect.reason[:MAX_LOGGED_CHARS] or "no reason given",
         )
         self.drop_all_requests("the broker asked this worker to register again")
         self.broker.send(self.broker_registration())
@@ -242,9 +252,9 @@ class Worker:
             "worker %s: %s error %s for request %r: %s",
             self.worker_id,
             peer,
-            pb.ErrorCode.Name(error.code),
-            error.request_id,
-            error.message,
+            ERROR_NAMES.get(error.code, error.code),
+            error.request_id[:MAX_LOGGED_CHARS],
+            error.message[:MAX_LOGGED_CHARS],
         )
 
     # ---------------------------------------------------------------- from the kernel
@@ -252,6 +262,10 @@ class Worker:
     def accept_kernel_reply(self, reply: pb.KernelReply) -> None:
         """The answer to a KernelRegister (no request id), a KvAllocate or a KvFree."""
         if not reply.request_id:
+            problem = dispatch_checks.kernel_geometry_problem(reply, self.loaded.kv_capacity_tokens)
+            if problem is not None:  # the registration stays unanswered: it is sent again
+                self.peer_errors.refused("kernel geometry", "the kernel", problem)
+                return
             self.adopt_kernel_geometry(reply)
         else:
             self.start_granted(reply.request_id)
@@ -272,7 +286,10 @@ class Worker:
         """False for a second dispatch of a live request (ignored) or one for another
         model (answered with UNKNOWN_MODEL)."""
         request_id = dispatch.request_id
-        if self.gate.is_live(request_id):
+        if not dispatch_checks.is_valid_request_id(request_id):
+            self.peer_errors.refused("dispatch", "the broker", "request_id empty or too long")
+            return False
+        if self.gate.is_live(request_id) or request_id in self.tokenize_queue:
             log.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
             return False
         if dispatch.model and dispatch.model != self.loaded.name:
@@ -282,9 +299,26 @@ class Worker:
         return True
 
     def accept_dispatch(self, dispatch: pb.Dispatch) -> None:
-        request_id = dispatch.request_id
+        """Check what costs nothing to check, then queue the prompt for tokenizing."""
         if not self.is_new_dispatch_for_this_model(dispatch):
             return
+        problem = dispatch_checks.check_generate_dispatch(
+            dispatch, self.loaded.max_model_len, model_vocab_size(self.loaded.model)
+        )
+        if problem is not None:
+            log.warning(
+                "worker %s request %s refused: %s", self.worker_id, dispatch.request_id, problem.error_message
+            )
+            self.send_progress([problem])
+            return
+        self.tokenize_queue.add(dispatch)
+
+    def tokenize_dispatched(self) -> None:
+        for dispatch in self.tokenize_queue.take_turn():
+            self.queue_tokenized(dispatch)
+
+    def queue_tokenized(self, dispatch: pb.Dispatch) -> None:
+        request_id = dispatch.request_id
         try:
             prompt_token_ids = self.tokenizer.encode(dispatch.prompt)
         except Exception as exc:  # a tokenizer bug must cost one request, not the worker
@@ -371,6 +405,10 @@ class Worker:
 
     def cancel_request(self, cancel: pb.Cancel) -> None:
         request_id = cancel.request_id
+        if not dispatch_checks.is_valid_request_id(request_id):
+            self.peer_errors.refused("cancel", "the broker", "request_id empty or too long")
+            return
+        self.tokenize_queue.discard(request_id)
         if request_id in self.gate.running:
             self.engine_thread.cancel(request_id)
         self.release_blocks(request_id)
@@ -383,6 +421,10 @@ class Worker:
         """A running request stops at the engine's next step boundary: its final PREEMPTED
         delta follows every token it made, and frees its blocks (finish_request)."""
         request_id = preempt.request_id
+        if not dispatch_checks.is_valid_request_id(request_id):
+            self.peer_errors.refused("preempt", "the broker", "request_id empty or too long")
+            return
+        self.tokenize_queue.discard(request_id)
         if request_id in self.gate.running:
             self.engine_thread.preempt(request_id)
             self.gate.mark_leaving(request_id)
@@ -399,6 +441,7 @@ class Worker:
             self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
 
     def drop_all_requests(self, why: str) -> None:
+        self.tokenize_queue.clear()  # the broker re-queues them too
         request_ids = self.gate.clear()
         self.tenant_by_request.clear()
         if not request_ids:

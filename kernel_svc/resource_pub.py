@@ -1,0 +1,110 @@
+"""The kernel's resource feed: an XPUB that subscribers cannot make hold memory.
+
+A plain PUB applies every subscription a SUB sends to its subscription trie, so a
+peer sending large, distinct subscriptions grows the kernel without bound. This
+socket is an XPUB with XPUB_MANUAL: libzmq hands each (un)subscription to the
+kernel, which applies only the topics it publishes (the resource topic, and the
+empty prefix that matches everything) and refuses the rest. MAXMSGSIZE cuts off a
+peer whose subscription frame is longer than any real one, and a small RCVHWM
+bounds what waits to be read.
+
+libzmq 4.3 still records every subscription of a manual XPUB per connection (to
+unsubscribe when the connection ends), and an XPUB cannot say which connection
+sent a frame. So after MAX_REFUSED_PER_BIND refused subscriptions the publisher
+unbinds and binds again: every connection ends and what they made libzmq hold
+is freed. Subscribers reconnect by themselves within ZeroMQ's reconnect interval
+(100 ms) and subscribe again, so an honest one misses a view at most. An
+ordinary SUB (`llmos.wire.sockets.connect_sub`) needs nothing different.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from llmos.wire.constants import RESOURCE_TOPIC, SOCKET_HWM, SOCKET_LINGER_MS
+from llmos.wire.peer_errors import PeerErrors
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_TOPICS = frozenset({RESOURCE_TOPIC, b""})
+# a subscription frame: b"\x01" + topic, or (ZMTP 3.1) a SUBSCRIBE command of 10 bytes + topic
+MAX_SUBSCRIPTION_BYTES = 32
+# Refused subscriptions before every connection is dropped: at most this many
+# frames of MAX_SUBSCRIPTION_BYTES sit in libzmq's record (about 2 MB).
+MAX_REFUSED_PER_BIND = 1024
+SUBSCRIPTION_HWM = 1000  # (un)subscriptions queued per subscriber before libzmq stops reading it
+# (Un)subscriptions handled per call, so a flood cannot starve the kernel's other work.
+MAX_SUBSCRIPTIONS_PER_POLL = 10_000
+_SUBSCRIBE, _UNSUBSCRIBE = 1, 0
+
+
+def bind_resource_pub(context: zmq.Context, address: str) -> zmq.Socket:
+    socket = context.socket(zmq.XPUB)
+    socket.setsockopt(zmq.LINGER, SOCKET_LINGER_MS)
+    socket.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+    socket.setsockopt(zmq.RCVHWM, SUBSCRIPTION_HWM)
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+    socket.setsockopt(zmq.XPUB_MANUAL, 1)
+    socket.bind(address)
+    return socket
+
+
+class ResourcePublisher:
+    """Owns the kernel's XPUB: `apply_subscriptions` when it polls readable, `publish`."""
+
+    def __init__(self, context: zmq.Context, address: str, peer_errors: PeerErrors) -> None:
+        self.socket = bind_resource_pub(context, address)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)  # the port a `*` bind chose
+        self.peer_errors = peer_errors
+        self.num_refused_since_bind = 0
+        self.is_bound = True
+
+    def apply_subscriptions(self) -> None:
+        """Apply each waiting subscription to a published topic; refuse the others."""
+        for _ in range(MAX_SUBSCRIPTIONS_PER_POLL):
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.apply(frame)
+        if self.num_refused_since_bind >= MAX_REFUSED_PER_BIND or not self.is_bound:
+            self.drop_subscribers()
+
+    def drop_subscribers(self) -> None:
+        """End every subscriber's connection (see the module doc); a bind that fails
+        (the old listener is still closing) is tried again at the next call."""
+        if self.is_bound:
+            log.warning(
+                "%d refused subscriptions: dropping every subscriber's connection",
+                self.num_refused_since_bind,
+            )
+            self.socket.unbind(self.endpoint)
+            self.is_bound = False
+        try:
+            self.socket.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            log.info("binding %s again failed (%s); retrying", self.endpoint, exc)
+            return
+        self.is_bound, self.num_refused_since_bind = True, 0
+
+    def apply(self, frame: bytes) -> None:
+        # XPUB_MANUAL: the option set now applies to the subscriber this frame came from
+        kind, topic = (frame[0], frame[1:]) if frame else (None, b"")
+        if kind not in (_SUBSCRIBE, _UNSUBSCRIBE):
+            self.num_refused_since_bind += 1
+            self.peer_errors.refused("malformed subscription", "a subscriber", f"{len(frame)} bytes")
+            return
+        if topic not in PUBLISHED_TOPICS:
+            self.num_refused_since_bind += 1
+            self.peer_errors.refused("unknown topic", "a subscriber", repr(topic[:32]))
+            return
+        self.socket.setsockopt(zmq.SUBSCRIBE if kind == _SUBSCRIBE else zmq.UNSUBSCRIBE, topic)
+
+    def publish(self, payload: bytes) -> None:
+        # an XPUB drops for a subscriber past its SNDHWM: a slow reader loses views, never blocks us
+        self.socket.send_multipart([RESOURCE_TOPIC, payload], zmq.NOBLOCK)
+
+    def close(self) -> None:
+        self.socket.close()
