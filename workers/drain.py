@@ -24,7 +24,8 @@ class Drain:
         return num_live_requests == 0 or now_s >= self.deadline_s
 
     def goodbye(self, num_live_requests: int) -> str:
-        """The Disconnect's reason once the drain is over."""
+        """The Disconnect's reason once the drain is over (timed out, or cut short by a
+        second signal, where requests are left)."""
         if num_live_requests == 0:
             return f"drained ({self.reason})"
-        return f"drain timed out with {num_live_requests} requests left ({self.reason})"
+        return f"left with {num_live_requests} requests unfinished ({self.reason})"
