@@ -71,6 +71,7 @@ class ClientFrontEnd:
                 pb.ClassifyRequest: self.admit,
                 pb.Cancel: self.cancel,
                 pb.StatusRequest: self.send_status,
+                pb.DrainWorker: self.drain_worker,
             },
         )
 
@@ -185,6 +186,15 @@ class ClientFrontEnd:
             request,
             pack(request.result(pb.FINISH_REASON_CANCELLED, request.worker_id or "", time.monotonic())),
         )
+
+    def drain_worker(self, message: pb.DrainWorker, identity: bytes, has_delimiter: bool) -> None:
+        """`llmos drain WORKER`: the worker finishes what it runs, takes nothing new, leaves."""
+        worker = self.workers.by_id(message.worker_id)
+        if worker is None:
+            raise WireError(pb.UNKNOWN_WORKER, f"no worker '{message.worker_id}' is registered")
+        self.dispatcher.drain(worker, "asked by a client (llmos drain)")
+        reply = pb.DrainReply(worker_id=worker.worker_id, num_running=len(worker.running_ids))
+        self.replies.reply(identity, has_delimiter, pack(reply))
 
     def send_status(self, _: pb.StatusRequest, identity: bytes, has_delimiter: bool) -> None:
         self.replies.reply(identity, has_delimiter, pack(self.status()))

@@ -113,13 +113,18 @@ class Dispatcher:
         self.apply(self.scheduler.decide_locally(request))
 
     def schedule_request(self, now_s: float) -> pb.ScheduleRequest:
-        workers = [w.slots() for w in self.workers]
+        """What the scheduler decides on. A draining worker offers no slot, and its
+        requests are no victims (a slot freed there would take nothing): they are
+        listed as leaving, which still counts their tokens."""
+        workers = [w.slots() for w in self.workers if not w.is_draining]
         pending = [r.pending(now_s) for r in self.requests.queued_in_order(MAX_PENDING_PER_TIER_ASKED)]
         running: list[pb.RunningRequest] = []
         leaving: list[pb.RunningRequest] = []
-        for request in (r for w in self.workers for r in self.requests.on_worker(w)):
-            if not request.is_answered:
-                (leaving if request.is_leaving else running).append(request.running(now_s))
+        for worker in self.workers:
+            for request in self.requests.on_worker(worker):
+                if not request.is_answered:
+                    is_leaving = request.is_leaving or worker.is_draining
+                    (leaving if is_leaving else running).append(request.running(now_s))
         self.is_lower_tier_running = any(r.tier_rank > 0 for r in running)
         return pb.ScheduleRequest(
             pending=pending,
@@ -181,6 +186,18 @@ class Dispatcher:
         worker.take_slot(request.request_id)
         log.debug("dispatch %s tier %s to worker %s", request.request_id, request.tier, worker.worker_id)
         self.send_worker(worker, pack(request.dispatch()))
+
+    def drain(self, worker: ConnectedWorker, reason: str) -> None:
+        """Tell the worker to finish what it runs and leave; dispatch nothing more to it."""
+        if not self.workers.mark_draining(worker):
+            return  # told already, or it drains on its own (SIGTERM): it leaves anyway
+        log.info(
+            "draining worker %s (%s): %d requests to finish",
+            worker.worker_id,
+            reason,
+            len(worker.running_ids),
+        )
+        self.send_worker(worker, pack(pb.Drain(reason=reason)))
 
     # --- slots coming free
 

@@ -66,6 +66,7 @@ class WorkerFrontEnd:
                 pb.Disconnect: self.disconnect,
                 pb.Heartbeat: self.heartbeat,
                 pb.StepProgress: self.record_progress,
+                pb.Drain: self.mark_draining,
             },
         )
 
@@ -122,6 +123,17 @@ class WorkerFrontEnd:
         if worker is not None and self.workers.delete_worker(identity, now_s) is not None:
             log.info("worker %s left (%s)", worker.worker_id, message.reason[:200])
             self.dispatcher.requeue_running(worker)
+
+    def mark_draining(self, message: pb.Drain, identity: bytes, now_s: float) -> None:
+        """The worker finishes what it runs, then says Disconnect: dispatch nothing more to it."""
+        worker = self.known_worker(identity, now_s)
+        if worker is not None and self.workers.mark_draining(worker):
+            log.info(
+                "worker %s is draining (%s): %d requests to finish",
+                worker.worker_id,
+                message.reason or "no reason given",
+                len(worker.running_ids),
+            )
 
     def heartbeat(self, _: pb.Heartbeat, identity: bytes, now_s: float) -> None:
         self.known_worker(identity, now_s)

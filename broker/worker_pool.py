@@ -34,6 +34,8 @@ class ConnectedWorker:
     # good as free, because each leaves at the end of the step in flight
     leaving_ids: set[str] = field(default_factory=set)
     tokens: RateMeter = field(default_factory=RateMeter)
+    # finishing what it runs, then leaving: no new request goes to it (see docs/protocol.md)
+    is_draining: bool = False
 
     @property
     def num_busy(self) -> int:
@@ -41,7 +43,7 @@ class ConnectedWorker:
 
     @property
     def has_capacity(self) -> bool:
-        return self.num_busy < self.max_num_seqs
+        return not self.is_draining and self.num_busy < self.max_num_seqs
 
     def take_slot(self, request_id: str) -> None:
         assert self.has_capacity, f"worker {self.worker_id} has no free slot"
@@ -72,6 +74,7 @@ class ConnectedWorker:
             device=self.device,
             tokens_per_s=self.tokens.per_s(now_s),
             task=self.task,
+            is_draining=self.is_draining,
         )
 
     def slots(self) -> pb.WorkerSlots:
@@ -161,6 +164,13 @@ class WorkerPool:
         if worker is not None:
             self._orphan_models(worker, time.monotonic() if now_s is None else now_s)
         return worker
+
+    def mark_draining(self, worker: ConnectedWorker) -> bool:
+        """The worker finishes what it runs, then leaves: none of its slots is offered
+        again. False if it was draining already."""
+        was_draining = worker.is_draining
+        worker.is_draining = True
+        return not was_draining
 
     def purge_expired(self, now_s: float) -> list[ConnectedWorker]:
         expired = [w for w in self._workers.values() if w.expiry_s < now_s]

@@ -231,6 +231,33 @@ def usage_line(result: pb.GenerateResult) -> str:
     return line
 
 
+# ---------------------------------------------------------------- drain
+
+
+@cli.command(
+    epilog="Exit status: 0 the worker is draining; 3 the broker does not know the worker "
+    "(UNKNOWN_WORKER) or could not be asked; 4 no answer within --timeout-s."
+)
+@broker_address_option
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=STATUS_TIMEOUT_S,
+    show_default=True,
+    help="how long to wait for the broker's answer",
+)
+@click.argument("worker_id")
+def drain(broker_address: str, timeout_s: float, worker_id: str) -> None:
+    """Drain WORKER_ID: it finishes the requests it runs, takes no new one, then
+    deregisters and exits (what SIGTERM to the worker does). Prints the broker's answer."""
+    try:
+        with Client(broker_address, timeout_s=timeout_s) as client:
+            reply = client.drain_worker(worker_id)
+    except LlmosError as exc:
+        sys.exit(report_error(exc, broker_address, is_accepted=False))
+    click.echo(f"worker {reply.worker_id} is draining: {plural(reply.num_running, 'request')} to finish")
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -367,13 +394,19 @@ def worker_rows(reply: pb.StatusReply | str, view: pb.ResourceView | str) -> lis
                 worker_id,
                 ",".join(seen.models) or "-",
                 seen.device or "-",
-                f"{seen.num_running}/{seen.max_num_seqs}",
+                running_cell(seen),
                 kv_blocks,
                 tokens_per_s,
                 prefixes,
             ]
         )
     return rows
+
+
+def running_cell(worker: pb.WorkerStatus | pb.WorkerResources) -> str:
+    """Busy slots of all; "draining" where the broker says the worker is leaving."""
+    cell = f"{worker.num_running}/{worker.max_num_seqs}"
+    return f"{cell} draining" if isinstance(worker, pb.WorkerStatus) and worker.is_draining else cell
 
 
 def plural(count: int, noun: str) -> str:

@@ -39,12 +39,19 @@ DEFAULT_TIMEOUT_S = 60.0
 
 # What a client accepts from the broker; anything else is dropped at the door.
 CLIENT_ACCEPTS = body_names(
-    pb.Accepted, pb.TokenChunk, pb.GenerateResult, pb.Error, pb.StatusReply, pb.EmbedResult, pb.ClassifyResult
+    pb.Accepted,
+    pb.TokenChunk,
+    pb.GenerateResult,
+    pb.Error,
+    pb.StatusReply,
+    pb.DrainReply,
+    pb.EmbedResult,
+    pb.ClassifyResult,
 )
 KERNEL_QUERY_ACCEPTS = body_names(pb.ResourceView, pb.Error)
 
-# Inbox key for replies that belong to no request: StatusReply and errors the
-# broker could not tie to a request id.
+# Inbox key for replies that belong to no request: StatusReply, DrainReply and errors
+# the broker could not tie to a request id.
 UNTIED = ""
 
 # What a client accepts but a StatusReply: each carries the request id it answers.
@@ -53,6 +60,8 @@ TiedReply = pb.Accepted | pb.TokenChunk | pb.GenerateResult | pb.Error | pb.Embe
 
 # The answer of a request that has one (EmbedResult, ClassifyResult).
 Answer = TypeVar("Answer", pb.EmbedResult, pb.ClassifyResult)
+# A reply that belongs to no request (the UNTIED inbox).
+Untied = TypeVar("Untied", pb.StatusReply, pb.DrainReply)
 
 
 def default_broker_address() -> str:
@@ -146,7 +155,7 @@ def answer_of(request_id: str, result_type: type[Answer], message: Message) -> A
 def request_id_of(message: Message) -> str:
     """The inbox a broker message belongs to (UNTIED for status replies and
     errors the broker could not tie to a request)."""
-    if isinstance(message, pb.StatusReply):
+    if isinstance(message, (pb.StatusReply, pb.DrainReply)):
         return UNTIED
     return cast(TiedReply, message).request_id
 
@@ -316,12 +325,21 @@ class Client:
 
     def status(self) -> pb.StatusReply:
         """The broker's StatusReply (workers, tiers, counters)."""
-        # A reply to an earlier status() that timed out must not answer this one.
+        return self._ask_untied(pb.StatusRequest(), pb.StatusReply, "status reply")
+
+    def drain_worker(self, worker_id: str) -> pb.DrainReply:
+        """Ask the broker to drain a worker: it finishes what it runs, takes nothing new,
+        then leaves. UnknownWorker if the broker has no such worker."""
+        return self._ask_untied(pb.DrainWorker(worker_id=worker_id), pb.DrainReply, "drain reply")
+
+    def _ask_untied(self, request: Message, reply_type: type[Untied], what: str) -> Untied:
+        """Send a request that no request id ties its reply to; that reply, or its Error raised."""
+        # A reply to an earlier ask that timed out must not answer this one.
         self._inboxes[UNTIED] = collections.deque()
-        self._socket.send(pack(pb.StatusRequest()))
+        self._socket.send(pack(request))
         while True:
-            message = self._next(UNTIED, f"no status reply from {self.address}")
-            if isinstance(message, pb.StatusReply):
+            message = self._next(UNTIED, f"no {what} from {self.address}")
+            if isinstance(message, reply_type):
                 return message
             if isinstance(message, pb.Error):
                 raise error_from_proto(message)

@@ -4,9 +4,11 @@
         each `python -m llmos <service> <flags>`, logging to <log dir>/<name>.log
 
 It waits until the kernel answers a ResourceQuery and the broker reports all N
-workers registered, prints where clients connect, then supervises: a child that
-dies later is logged, not fatal. Ctrl-C or SIGTERM stops every child (SIGTERM,
-then SIGKILL after STOP_GRACE_S) and exits 0.
+workers registered, prints where clients connect, then supervises
+(`llmos.supervision`): a child that dies later is logged and restarted after a
+backoff; a worker that drained (exit 0) is not. Ctrl-C or SIGTERM stops every
+child, the workers first (SIGTERM, then SIGKILL after STOP_GRACE_S), restarts
+nothing, and exits 0.
 
 Children run in their own session so a terminal's Ctrl-C reaches only this
 process, which then stops them in order; the price is that a `kill -9` of the
@@ -31,7 +33,7 @@ from llmos.client import Client, query_kernel
 from llmos.config import option, options_from
 from llmos.errors import LlmosError
 from llmos.logs import setup_logging
-from llmos.processes import STOP_GRACE_S, ProcessGroup
+from llmos.supervision import ChildSpec, Supervisor
 from llmos.wire import pb
 from llmos.wire.constants import CLIENT_PORT, DEFAULT_HOST, tcp
 
@@ -39,8 +41,7 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 1.0  # one readiness query
 PROBE_INTERVAL_S = 0.25  # between readiness rounds
-WATCH_INTERVAL_S = 1.0  # between checks for dead children once up
-LOG_TAIL_LINES = 20
+WATCH_INTERVAL_S = 0.25  # between checks for dead children once up: well under the first backoff
 
 
 @dataclass
@@ -68,12 +69,6 @@ class Ports:
     @classmethod
     def from_base(cls, base_port: int) -> Ports:
         return cls(base_port, base_port + 1, base_port + 2, base_port + 3, base_port + 4)
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    name: str
-    argv: list[str]
 
 
 class LaunchError(Exception):
@@ -152,49 +147,10 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
                     "--worker-id",
                     worker_id,
                 ),
+                is_worker=True,
             )
         )
     return children
-
-
-class Supervisor:
-    """Starts children with their output in per-process log files, reports the ones
-    that exit, and stops them (the process mechanics are llmos.processes')."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.group = ProcessGroup(log_dir)
-        self.processes = self.group.processes
-        self._reported: set[str] = set()
-
-    def log_path(self, name: str) -> Path:
-        return self.group.log_path(name)
-
-    def start(self, spec: ChildSpec) -> None:
-        self.group.start_argv(spec.name, spec.argv)
-
-    def newly_exited(self) -> list[tuple[str, int]]:
-        """(name, exit status) of children that exited since the last call."""
-        exited = []
-        for name, process in self.processes.items():
-            if name not in self._reported and process.poll() is not None:
-                self._reported.add(name)
-                exited.append((name, process.returncode))
-        return exited
-
-    def num_alive(self) -> int:
-        return sum(process.poll() is None for process in self.processes.values())
-
-    def log_tail(self, name: str, num_lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            lines = self.log_path(name).read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-num_lines:])
-
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM every child, wait up to grace_s in all, SIGKILL the rest."""
-        self.group.stop(grace_s)
 
 
 def wait_until_ready(
@@ -232,12 +188,11 @@ def wait_until_ready(
 
 
 def supervise(supervisor: Supervisor) -> NoReturn:
-    """Once up: log each child that dies, until Ctrl-C / SIGTERM (or nothing is left)."""
+    """Once up: restart each child that dies, after its backoff, until Ctrl-C / SIGTERM."""
     while True:
-        for name, status in supervisor.newly_exited():
-            log.error("%s exited with status %s; see %s", name, status, supervisor.log_path(name))
-        if supervisor.num_alive() == 0:
-            raise LaunchError("every llmos process has exited")
+        now_s = time.monotonic()
+        supervisor.schedule_restarts(now_s)
+        supervisor.restart_due(now_s)
         time.sleep(WATCH_INTERVAL_S)
 
 

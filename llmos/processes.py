@@ -4,8 +4,9 @@
         group.start("kernel", "kernel", "--kernel-bind", free_address())
 
 Each child is `python -m llmos <args>` in its own session, logging to
-`log_dir/<name>.log`; on exit every live child gets SIGTERM, then SIGKILL after
-a grace period, so a failed test or benchmark never leaves one behind.
+`log_dir/<name>.log` (a child started again under its name, as `llmos up`
+restarts one, appends to it); on exit every live child gets SIGTERM, then
+SIGKILL after a grace period, so a failed test or benchmark never leaves one behind.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class ProcessGroup:
         self.log_dir = log_dir
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._log_files: list[IO[bytes]] = []
+        self._log_files: dict[str, IO[bytes]] = {}
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -75,9 +76,16 @@ class ProcessGroup:
         return self.start_argv(name, llmos_command(*args))
 
     def start_argv(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start `argv` as child `name`; a child of that name that ran before must have exited."""
+        old = self.processes.get(name)
+        assert old is None or old.poll() is not None, f"{name} is still running"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_path(name), "wb")  # closed in stop()
-        self._log_files.append(log_file)
+        old_log_file = self._log_files.pop(name, None)
+        if old_log_file is not None:
+            old_log_file.close()
+        # closed in stop(): a restart appends to the log of the run before
+        log_file = open(self.log_path(name), "ab" if old_log_file is not None else "wb")
+        self._log_files[name] = log_file
         process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -103,8 +111,14 @@ class ProcessGroup:
             for path in sorted(self.log_dir.glob("*.log"))
         )
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        alive = [process for process in self.processes.values() if process.poll() is None]
+    def stop(self, grace_s: float = STOP_GRACE_S, names: tuple[str, ...] | None = None) -> None:
+        """SIGTERM the children (those in `names`, or all), wait up to grace_s in all,
+        SIGKILL the rest; log files close once all are stopped."""
+        alive = [
+            process
+            for name, process in self.processes.items()
+            if process.poll() is None and (names is None or name in names)
+        ]
         for process in alive:
             process.send_signal(signal.SIGTERM)
         deadline_s = time.monotonic() + grace_s
@@ -115,6 +129,8 @@ class ProcessGroup:
                 log.warning("pid %d ignored SIGTERM for %.0f s; killing it", process.pid, grace_s)
                 process.kill()
                 process.wait()
-        for log_file in self._log_files:
+        if names is not None:
+            return
+        for log_file in self._log_files.values():
             log_file.close()
         self._log_files.clear()

@@ -2,7 +2,10 @@
 service (sockets and state), stop on SIGTERM or SIGINT, run its loop, close it.
 
 A service is an object with `serve(stopping)`, its one loop, which returns once
-`stopping` is set, and `close()`, which releases its sockets.
+`stopping` is set, and `close()`, which releases its sockets. A service that
+drains (a worker) also has `drain_requested`: the first SIGTERM or SIGINT sets
+it, and the loop returns once what it ran is finished; a second signal sets
+`stopping`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from llmos.logs import setup_logging
 from llmos.signals import stop_on_signals
@@ -22,14 +25,21 @@ class Service(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class DrainingService(Service, Protocol):
+    drain_requested: threading.Event
+
+
 def run_service(name: str, build: Callable[[], Service]) -> None:
-    """Build the service, then serve until a stop signal. Signals are taken over only
-    once it is built: a process still starting up (loading a model, binding) holds
-    nothing that needs a clean stop, and dies at once as any program does."""
+    """Build the service, then serve until a stop signal (for a DrainingService: until
+    it has drained, or a second signal). Signals are taken over only once it is built:
+    a process still starting up (loading a model, binding) holds nothing that needs a
+    clean stop, and dies at once as any program does."""
     setup_logging(name)
     log = logging.getLogger(name)
     service = build()
-    stopping = stop_on_signals()
+    draining = service.drain_requested if isinstance(service, DrainingService) else None
+    stopping = stop_on_signals(draining)
     try:
         service.serve(stopping)
     finally:

@@ -20,6 +20,7 @@ ALL_SUBCOMMANDS = [
     "bench",
     "broker",
     "classify",
+    "drain",
     "embed",
     "kernel",
     "model",
@@ -251,3 +252,10 @@ def test_format_status_lists_tenants_holding_kv_blocks():
     )
     lines = format_status("tcp://b", status_reply(), "tcp://k", view).splitlines()
     assert lines[-2:] == ["TENANT  REQUESTS  KV BLOCKS", "alice   3         40"]
+
+
+def test_format_status_marks_a_draining_worker():
+    reply = status_reply()
+    reply.workers[0].is_draining = True
+    text = format_status("tcp://b", reply, "tcp://k", "unreachable")
+    assert "worker-0  tiny    cpu     1/4 draining  ?          0.0       ?" in text.splitlines()

@@ -1,9 +1,11 @@
-"""`llmos up` pieces that need no real services: the process plan, the
-supervisor's start/stop, and readiness failing on a child that exits."""
+"""`llmos up`: the process plan, the supervisor's start, restart and stop, and
+readiness failing on a child that exits; end to end, a stack that comes up,
+restarts a killed worker, and stops."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import socket
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from llmos.client import Client
 from llmos.launcher import (
     ChildSpec,
     LaunchError,
@@ -23,6 +26,7 @@ from llmos.launcher import (
     plan_children,
     wait_until_ready,
 )
+from llmos.supervision import RestartBackoff
 
 PYTHON = sys.executable
 IGNORES_SIGTERM = (
@@ -133,6 +137,43 @@ def test_each_exit_is_reported_once_with_its_status(supervisor):
     assert supervisor.newly_exited() == []
 
 
+def test_restart_delays_double_up_to_30_s_and_start_afresh_after_a_long_run():
+    backoff = RestartBackoff()
+    delays_s = [backoff.next_delay_s(ran_s=1.0) for _ in range(8)]
+    assert delays_s == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert backoff.next_delay_s(ran_s=60.0) == 0.5
+    assert backoff.next_delay_s(ran_s=1.0) == 1.0
+
+
+def test_a_child_that_dies_is_restarted_after_its_backoff_but_a_drained_worker_is_not(
+    supervisor, tmp_path, caplog
+):
+    supervisor.start(python_child("crasher", "print('ran', flush=True); raise SystemExit(5)"))
+    supervisor.start(ChildSpec("worker-0", [PYTHON, "-c", "pass"], is_worker=True))
+    first_run = supervisor.processes["crasher"]
+    for process in list(supervisor.processes.values()):
+        process.wait()
+    caplog.set_level("INFO", logger="llmos.supervision")
+
+    exited_at_s = time.monotonic()
+    supervisor.schedule_restarts(exited_at_s)
+    supervisor.restart_due(exited_at_s + 0.4)
+    assert supervisor.processes["crasher"] is first_run  # still waiting out its 0.5 s
+    supervisor.restart_due(exited_at_s + 0.5)
+    supervisor.processes["crasher"].wait()
+    supervisor.restart_due(exited_at_s + 100.0)  # nothing more: its next exit is not seen yet
+
+    assert supervisor.processes["crasher"] is not first_run
+    assert supervisor.log_tail("crasher").splitlines() == ["ran", "ran"]  # the restart appends
+    assert supervisor.children["worker-0"].has_left
+    messages = sorted(record.getMessage() for record in caplog.records)
+    assert messages == [
+        f"crasher exited with status 5; restarting it in 0.5 s (its log: {tmp_path / 'crasher.log'})",
+        f"restarted crasher (pid {supervisor.processes['crasher'].pid})",
+        "worker-0 exited with status 0 (drained); not restarting it",
+    ]
+
+
 def test_readiness_fails_with_the_log_tail_when_a_child_exits(supervisor, tmp_path):
     supervisor.start(python_child("kernel", "print('port already in use'); raise SystemExit(3)"))
     supervisor.processes["kernel"].wait()
@@ -234,3 +275,82 @@ def test_up_starts_the_services_answers_status_and_stops_them_on_sigterm(tmp_pat
     assert returncode == 0
     assert sorted(path.name for path in log_dir.iterdir()) == ["broker.log", "kernel.log", "scheduler.log"]
     assert processes_mentioning(kernel_bind) == []
+
+
+def pids_of(*texts: str) -> list[int]:
+    """Processes whose command line holds every one of `texts` (arguments NUL-separated)."""
+    return [pid for pid in processes_mentioning(texts[0]) if all(t in cmdline_of(pid) for t in texts)]
+
+
+def cmdline_of(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_for(condition, what: str, attempts: int = 1200) -> None:
+    for _ in range(attempts):
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds child processes through /proc")
+def test_up_restarts_a_killed_worker_and_leaves_a_drained_one_gone(tiny_model_dir, tmp_path):
+    base_port = free_base_port()
+    broker_address = f"tcp://127.0.0.1:{base_port}"
+    up_log = tmp_path / "up.err"
+    with up_log.open("w") as up_stderr:
+        up = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "llmos",
+                "up",
+                "--workers",
+                "1",
+                "--model",
+                str(tiny_model_dir),
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--base-port",
+                str(base_port),
+                "--log-dir",
+                str(tmp_path / "logs"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=up_stderr,
+            text=True,
+        )
+    try:
+        up.stdout.readline()
+        assert up.stdout.readline().startswith("llmos is up"), up_log.read_text()
+        worker_flags = ("--worker-id\0worker-0\0", f"127.0.0.1:{base_port + 1}")
+        [killed_pid] = pids_of(*worker_flags)
+        os.kill(killed_pid, signal.SIGKILL)
+
+        wait_for(lambda: "restarted worker-0" in up_log.read_text(), "llmos up restarts worker-0")
+        [restarted_pid] = pids_of(*worker_flags)
+        with Client(broker_address, timeout_s=60) as client:
+            result = client.generate("Once upon a time", max_tokens=4)
+            drained = client.drain_worker("worker-0")
+            wait_for(lambda: not client.status().workers, "the drained worker leaves the broker")
+        wait_for(lambda: "(drained)" in up_log.read_text(), "llmos up sees worker-0 exit")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        returncode = up.wait(60)
+        up.stdout.close()
+
+    log = up_log.read_text()
+    assert returncode == 0, log
+    assert restarted_pid != killed_pid
+    assert "worker-0 exited with signal SIGKILL; restarting it in 0.5 s" in log
+    assert (result.usage.generated_tokens, result.worker_id) == (4, "worker-0")
+    assert (drained.worker_id, drained.num_running) == ("worker-0", 0)
+    assert "worker-0 exited with status 0 (drained); not restarting it" in log
+    assert log.count("restarted worker-0") == 1

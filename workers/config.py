@@ -73,6 +73,11 @@ class WorkerConfig:
     heartbeat_interval_ms: int = option(
         HEARTBEAT_INTERVAL_MS, "heartbeat period; dead after 3 silent periods"
     )
+    drain_timeout_s: float = option(
+        30.0,
+        "on SIGTERM or the broker's Drain: finish the requests it runs within this long, "
+        "then leave anyway (the broker resumes the rest elsewhere)",
+    )
 
 
 def default_worker_id() -> str:

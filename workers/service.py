@@ -5,6 +5,8 @@ The main thread owns every network socket (`workers.links`) and runs
 The engine runs in its own thread (`workers.engine_thread`); which dispatched
 requests may start is decided by `workers.admission_gate`. When the broker forgets
 this worker or goes silent, every request is dropped: the broker re-queues them.
+SIGTERM or the broker's Drain makes it drain (`workers.drain`): the loop returns
+once what it runs is finished, and it leaves.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from llmos.wire.peer_errors import PeerErrors
 from workers import dispatch_checks, engine_factory
 from workers.admission_gate import AdmissionGate
 from workers.config import WorkerConfig, default_worker_id
+from workers.drain import Drain
 from workers.engine_thread import EngineOutput, EngineThread
 from workers.links import BrokerLink, KernelLink
 from workers.messages import engine_request, request_delta
@@ -108,6 +111,8 @@ class Worker:
         self.prefix_hashes: list[int] = []  # what the engine's prefix cache holds (text blocks)
         self.is_prefix_report_due = False
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
+        self.drain_requested = threading.Event()  # set by the first SIGTERM (llmos.service)
+        self.drain: Drain | None = None
         self.from_broker: Handlers[None] = Handlers(
             "the worker's broker socket",
             {
@@ -116,6 +121,7 @@ class Worker:
                 pb.Preempt: self.preempt_request,
                 pb.Heartbeat: self.note_broker_heartbeat,
                 pb.Disconnect: self.register_again,
+                pb.Drain: self.accept_drain,
                 pb.Error: self.log_broker_error,
             },
         )
@@ -147,11 +153,12 @@ class Worker:
     # ---------------------------------------------------------------- the loop
 
     def serve(self, stopping: threading.Event) -> None:
-        """Register, then poll -> route -> admit -> expire -> heartbeats until `stopping` is set."""
+        """Register, then poll -> route -> admit -> expire -> heartbeats until `stopping`
+        is set or a drain is over."""
         self.engine_thread.start()
         self.register_with_kernel()
         self.broker.connect(self.broker_registration())
-        while not stopping.is_set():
+        while not stopping.is_set() and not self.is_drained():
             # prompts left to tokenize: look at the sockets, but do not wait on them
             poll_ms = 0 if self.tokenize_queue else min(self.config.heartbeat_interval_ms, MAX_POLL_MS)
             events = dict(self.poller.poll(poll_ms))
@@ -167,6 +174,42 @@ class Worker:
             self.send_heartbeats()
             self.report_prefixes()
         log.info("worker %s stopping", self.worker_id)
+
+    def is_drained(self) -> bool:
+        """Whether a drain is over (see workers.drain); the first stop signal starts one."""
+        if self.drain_requested.is_set():
+            self.begin_drain("SIGTERM")
+        if self.drain is None:
+            return False
+        num_live = self.num_live_requests
+        if not self.drain.is_over(num_live, time.monotonic()):
+            return False
+        if num_live:
+            log.warning(
+                "worker %s: drain timed out after %g s with %d requests left; leaving",
+                self.worker_id,
+                self.config.drain_timeout_s,
+                num_live,
+            )
+        return True
+
+    @property
+    def num_live_requests(self) -> int:
+        return len(self.tokenize_queue) + len(self.gate.waiting) + self.gate.num_running
+
+    def begin_drain(self, reason: str) -> None:
+        """Finish what runs, take nothing new; the broker hears it first (no-op once draining)."""
+        if self.drain is not None:
+            return
+        self.drain = Drain(reason, time.monotonic() + self.config.drain_timeout_s)
+        self.broker.send(pb.Drain(reason=reason))
+        log.info(
+            "worker %s draining (%s): %d requests to finish within %g s",
+            self.worker_id,
+            reason,
+            self.num_live_requests,
+            self.config.drain_timeout_s,
+        )
 
     def register_with_kernel(self) -> None:
         """Learn the kernel's block geometry before telling the broker; wait one interval at most."""
@@ -235,14 +278,19 @@ class Worker:
 
     def register_again(self, disconnect: pb.Disconnect) -> None:
         """The broker forgot this worker: drop every request (it re-queues them) and register
-        again on the same connection, which is fine."""
+        again on the same connection, which is fine; a draining worker has nothing left
+        to run then, and leaves."""
         log.warning(
             "worker %s: the broker says register again (%s)",
             self.worker_id,
             disconnect.reason[:MAX_LOGGED_CHARS] or "no reason given",
         )
         self.drop_all_requests("the broker asked this worker to register again")
-        self.broker.send(self.broker_registration())
+        if self.drain is None:
+            self.broker.send(self.broker_registration())
+
+    def accept_drain(self, drain: pb.Drain) -> None:
+        self.begin_drain(f"the broker: {drain.reason or 'no reason given'}")
 
     def log_broker_error(self, error: pb.Error) -> None:
         self.log_peer_error("broker", error)
@@ -283,14 +331,21 @@ class Worker:
     # ---------------------------------------------------------------- requests
 
     def is_new_dispatch_for_this_model(self, dispatch: pb.Dispatch) -> bool:
-        """False for a second dispatch of a live request (ignored) or one for another
-        model (answered with UNKNOWN_MODEL)."""
+        """False for a second dispatch of a live request (ignored), one that reaches a
+        draining worker (handed back) or one for another model (answered with UNKNOWN_MODEL)."""
         request_id = dispatch.request_id
         if not dispatch_checks.is_valid_request_id(request_id):
             self.peer_errors.refused("dispatch", "the broker", "request_id empty or too long")
             return False
         if self.gate.is_live(request_id) or request_id in self.tokenize_queue:
             log.warning("worker %s ignored a second dispatch of request %s", self.worker_id, request_id)
+            return False
+        if self.drain is not None:
+            # a final PREEMPTED delta with no token: the broker re-queues it, as if never dispatched
+            self.send_progress(
+                [Delta(request_id, is_finished=True, finish_reason=pb.FINISH_REASON_PREEMPTED)]
+            )
+            log.info("worker %s request %s handed back: this worker is draining", self.worker_id, request_id)
             return False
         if dispatch.model and dispatch.model != self.loaded.name:
             message = f"this worker serves {self.loaded.name}, not {dispatch.model}"
@@ -483,7 +538,8 @@ class Worker:
                 "worker %s: broker silent for %d intervals; reconnecting", self.worker_id, HEARTBEAT_LIVENESS
             )
             self.drop_all_requests("the broker went silent and re-queues them")
-            self.broker.connect(self.broker_registration())
+            if self.drain is None:  # a draining one has nothing left to run: it leaves
+                self.broker.connect(self.broker_registration())
         allocation = self.gate.in_flight()
         if allocation is not None and now_s - allocation.allocate_sent_at_s > self.interval_s:
             self.kernel.go_offline(f"KvAllocate for request {allocation.request.request_id} unanswered")
@@ -535,7 +591,8 @@ class Worker:
 
     def close(self) -> None:
         """Say goodbye to the broker and the kernel, stop the engine thread, close the sockets."""
-        goodbye = pb.Disconnect(worker_id=self.worker_id, reason="worker shutting down")
+        reason = "worker shutting down" if self.drain is None else self.drain.goodbye(self.num_live_requests)
+        goodbye = pb.Disconnect(worker_id=self.worker_id, reason=reason)
         for link in (self.broker, self.kernel):
             if link.socket is not None:
                 link.send(goodbye)

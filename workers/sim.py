@@ -26,6 +26,11 @@ Like the real engine, which takes commands between steps, a worker told to
 preempt a request in the step in flight lets that step end first: the request
 keeps the step's token, then leaves.
 
+Like a real worker, a simulated one drains (`workers.drain`) when the broker
+tells it to, and all of them do on SIGTERM: each finishes what it runs, hands
+back a dispatch that crossed its Drain, then says Disconnect; the process exits
+once every one has left.
+
 A simulated answer runs to its `max_tokens` (finish reason `length`), unless
 its prompt carries the test and benchmark hook SIM_ANSWER_TOKENS_HOOK:
 `sim-answer-tokens=N` anywhere in the prompt ends the answer after N tokens
@@ -56,6 +61,7 @@ from llmos.wire import Handlers, WireError, pack, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
 from llmos.wire.sockets import connect_dealer
 from workers.config import WorkerConfig
+from workers.drain import Drain
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +192,8 @@ class SimWorker:
     cached: OrderedDict[str, tuple[int, tuple[int, ...]]] = field(default_factory=OrderedDict)
     num_kept_tokens: int = 0  # the tokens `cached` holds, in all
     is_cache_report_due: bool = False
+    drain: Drain | None = None
+    has_left: bool = False  # drained and said Disconnect: its socket is closed
 
     def registration(self, heartbeat_interval_ms: int) -> pb.WorkerRegister:
         return pb.WorkerRegister(
@@ -338,6 +346,7 @@ class SimPool:
         self.steps: list[tuple[float, str]] = []  # heap of (next step time, worker id)
         self.by_id = {w.worker_id: w for w in self.workers.values()}
         self.next_heartbeat_s = 0.0
+        self.drain_requested = threading.Event()  # set by the first SIGTERM (llmos.service)
         # one table for every worker's broker socket: each handler also takes the worker
         self.from_broker: Handlers[None] = Handlers(
             "a simulated worker's broker socket",
@@ -348,6 +357,7 @@ class SimPool:
                 pb.Heartbeat: self.note_broker_message,
                 pb.Error: self.note_broker_message,
                 pb.Disconnect: self.register_again,
+                pb.Drain: self.accept_drain,
             },
         )
         self.from_kernel: Handlers[None] = Handlers(
@@ -381,7 +391,7 @@ class SimPool:
 
     def serve(self, stopping: threading.Event) -> None:
         """Register every worker, then poll -> route -> run due steps -> heartbeats until
-        `stopping` is set."""
+        `stopping` is set or every worker has drained and left."""
         self.register_all()
         log.info(
             "%d simulated workers serving '%s' (profile: %s)",
@@ -389,7 +399,7 @@ class SimPool:
             self.model_name,
             self.profile.source,
         )
-        while not stopping.is_set():
+        while not stopping.is_set() and not self.have_all_left():
             now_s = time.monotonic()
             wake_s = min(self.next_heartbeat_s, self.steps[0][0] if self.steps else math.inf)
             events = dict(self.poller.poll(max(0, int((wake_s - now_s) * 1000)) + 1))
@@ -402,13 +412,56 @@ class SimPool:
             self.send_heartbeats(time.monotonic())
 
     def close(self) -> None:
-        """Every worker says goodbye to the broker and the kernel; the sockets close."""
+        """Every worker still here says goodbye to the broker and the kernel; the sockets close."""
         for worker in self.workers.values():
-            worker.socket.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason="stopping")))
-            self.kernel.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason="stopping")))
+            if not worker.has_left:
+                self.say_goodbye(worker, "stopping")
         for socket in [*self.workers, self.kernel]:
             socket.close(linger=100)
         self.context.term()
+
+    def say_goodbye(self, worker: SimWorker, reason: str) -> None:
+        worker.socket.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason=reason)))
+        self.kernel.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason=reason)))
+
+    # ---------------------------------------------------------------- draining
+
+    def have_all_left(self) -> bool:
+        """Whether every worker has drained and left; the first stop signal drains them all."""
+        if self.drain_requested.is_set():
+            for worker in self.workers.values():
+                self.begin_drain(worker, "SIGTERM")
+        now_s = time.monotonic()
+        for worker in self.workers.values():
+            num_live = len(worker.running) + len(worker.waiting)
+            if worker.drain is not None and not worker.has_left and worker.drain.is_over(num_live, now_s):
+                self.leave(worker, worker.drain.goodbye(num_live))
+        return all(worker.has_left for worker in self.workers.values())
+
+    def begin_drain(self, worker: SimWorker, reason: str) -> None:
+        if worker.drain is not None:
+            return
+        worker.drain = Drain(reason, time.monotonic() + self.config.drain_timeout_s)
+        worker.socket.send(pack(pb.Drain(reason=reason)))
+        log.info(
+            "worker %s draining (%s): %d requests to finish",
+            worker.worker_id,
+            reason,
+            len(worker.running) + len(worker.waiting),
+        )
+
+    def accept_drain(self, drain: pb.Drain, worker: SimWorker) -> None:
+        self.begin_drain(worker, f"the broker: {drain.reason or 'no reason given'}")
+
+    def leave(self, worker: SimWorker, reason: str) -> None:
+        """A drained worker (or one whose drain timed out) deregisters and closes its socket."""
+        if worker.running or worker.waiting:
+            log.warning("worker %s leaves with requests running: %s", worker.worker_id, reason)
+        self.forget_all(worker)
+        self.say_goodbye(worker, reason)
+        self.poller.unregister(worker.socket)
+        worker.has_left = True
+        log.info("worker %s left: %s", worker.worker_id, reason)
 
     def drain_broker(self, worker: SimWorker) -> None:
         while worker.socket.poll(0):
@@ -423,11 +476,16 @@ class SimPool:
         """Nothing to do: the frame was a sign of life (drain_broker counted it)."""
 
     def register_again(self, disconnect: pb.Disconnect, worker: SimWorker) -> None:
-        """The broker forgot the worker: it drops every request (re-queued there) and registers."""
+        """The broker forgot the worker: it drops every request (re-queued there) and registers,
+        unless it drains (then it has nothing left to run, and leaves)."""
         self.forget_all(worker)
-        self.register(worker)
+        if worker.drain is None:
+            self.register(worker)
 
     def accept(self, dispatch: pb.Dispatch, worker: SimWorker) -> None:
+        if worker.drain is not None:  # handed back: the broker re-queues it (workers.drain)
+            self.send_final(worker, final_delta(dispatch.request_id, pb.FINISH_REASON_PREEMPTED))
+            return
         prompt_tokens = max(1, len(dispatch.prompt) // CHARS_PER_TOKEN)
         max_tokens = dispatch.sampling.max_tokens
         total = prompt_tokens + max_tokens
@@ -442,14 +500,7 @@ class SimPool:
         )
         worker.take_computed(request)
         if request.num_generated >= request.answer_tokens:  # resumed with nothing left to make
-            worker.socket.send(
-                pack(
-                    pb.StepProgress(
-                        worker_id=worker.worker_id,
-                        deltas=[final_delta(request.request_id, request.finish_reason)],
-                    )
-                )
-            )
+            self.send_final(worker, final_delta(request.request_id, request.finish_reason))
             return
         worker.waiting.append(request)
         self.start_waiting(worker, time.monotonic())
@@ -492,11 +543,12 @@ class SimPool:
         """Free a request that left before its end at the kernel and tell the broker; its
         slot goes to the next waiting request. Answered even when unknown here."""
         self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
-        worker.socket.send(
-            pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[final_delta(request_id, finish_reason)]))
-        )
+        self.send_final(worker, final_delta(request_id, finish_reason))
         if request is not None:
             self.start_waiting(worker, time.monotonic())
+
+    def send_final(self, worker: SimWorker, delta: pb.RequestDelta) -> None:
+        worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[delta])))
 
     def forget_all(self, worker: SimWorker) -> None:
         for request_id in [*worker.running, *(r.request_id for r in worker.waiting)]:
@@ -509,6 +561,8 @@ class SimPool:
         while self.steps and self.steps[0][0] <= now_s:
             due_s, worker_id = heapq.heappop(self.steps)
             worker = self.by_id[worker_id]
+            if worker.has_left:
+                continue
             for request in worker.end_step():
                 self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id)))
             if worker.pending_deltas:
@@ -554,10 +608,11 @@ class SimPool:
             return
         self.next_heartbeat_s = now_s + self.interval_s
         for worker in self.workers.values():
+            if worker.has_left:
+                continue
             if now_s - worker.broker_seen_s > HEARTBEAT_LIVENESS * self.interval_s:
                 log.warning("broker silent for worker %s: registering again", worker.worker_id)
-                self.forget_all(worker)
-                self.register(worker)
+                self.register_again(pb.Disconnect(reason="broker silent"), worker)
                 continue
             worker.socket.send(
                 pack(
