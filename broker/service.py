@@ -1,7 +1,8 @@
 """The broker process: its sockets, its parts and the loop (mechanism only).
 
     poll → route client / worker / scheduler messages → forget gone clients,
-         purge dead workers and expired deadlines → schedule → send heartbeats
+         purge dead workers, expired deadlines and expired kept answers
+         → schedule → send heartbeats
 
 The Broker builds the parts and hands each what it may touch:
 
@@ -11,7 +12,10 @@ The Broker builds the parts and hands each what it may touch:
     Dispatcher      who runs where: asks the scheduler, places,
                     preempts, takes slots back                   (broker.dispatcher)
     WorkerFrontEnd  what workers send                            (broker.worker_front)
-    ClientFrontEnd  what clients send; clients leaving           (broker.client_front)
+    ClientFrontEnd  what clients send; clients leaving; resends  (broker.client_front)
+    RequestJournal  accepted requests, relayed tokens and answers
+                    in a durable journal; restores them on start  (broker.request_journal,
+                                                                   broker.journal)
 
 Decisions live further out: admission in `broker.admission` and `broker.tiers`,
 queue order in `broker.queues`, placement and preemption in
@@ -34,8 +38,10 @@ from broker.client_replies import ClientReplies
 from broker.client_watch import ClientWatch
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
+from broker.journal import Journal
 from broker.queues import TieredQueue
 from broker.rates import RateMeter
+from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
 from broker.scheduler_link import SchedulerLink
 from broker.worker_front import WorkerFrontEnd
@@ -49,6 +55,8 @@ log = logging.getLogger(__name__)
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
+        # first: a journal another broker holds stops this one before it binds anything
+        self.journal = RequestJournal(Journal(config.journal_path, config.journal_sync), config.result_ttl_s)
         rules = AdmissionRules(config)
         heartbeat_interval_s = config.heartbeat_interval_ms / 1000
         self.context = zmq.Context()
@@ -66,7 +74,7 @@ class Broker:
         self.requests = RequestTable(TieredQueue(config.tier_names, rules.max_queue_depths()))
         self.workers = WorkerPool(heartbeat_interval_s)
         answer_fills, tokens = AnswerFills(), RateMeter()
-        self.replies = ClientReplies(self.client_socket, self.requests)
+        self.replies = ClientReplies(self.client_socket, self.requests, self.journal)
         self.dispatcher = Dispatcher(
             self.worker_socket,
             self.requests,
@@ -83,6 +91,7 @@ class Broker:
             self.requests,
             self.dispatcher,
             self.replies,
+            self.journal,
             answer_fills,
             tokens,
             heartbeat_interval_s,
@@ -97,6 +106,7 @@ class Broker:
             rules,
             answer_fills,
             tokens,
+            self.journal,
         )
         self.poller = zmq.Poller()
         for socket in (
@@ -108,6 +118,10 @@ class Broker:
             self.poller.register(socket, zmq.POLLIN)
 
     def serve(self, stopping: threading.Event) -> None:
+        num_restored = self.journal.restore(self.requests, time.monotonic())
+        if num_restored:
+            log.info("resuming %d journalled requests", num_restored)
+            self.dispatcher.wake()
         log.info(
             "broker serving clients on %s, workers on %s, tiers %s",
             self.config.client_bind,
@@ -128,6 +142,7 @@ class Broker:
             self.client_front.forget_unreachable_clients()
             self.worker_front.purge_expired(now_s)
             self.client_front.purge_deadlines(now_s)
+            self.journal.purge_expired(now_s)
             self.dispatcher.schedule(now_s)
             self.worker_front.send_heartbeats(now_s)
 
@@ -137,6 +152,7 @@ class Broker:
             self.worker_front.next_heartbeat_s,
             self.requests.next_deadline_s,
             self.dispatcher.wake_at_s,
+            self.journal.next_purge_s,
         ]
         wait_s = max(0.0, min(s for s in wake_s if s is not None) - now_s)
         if self.scheduler.is_waiting:
@@ -150,6 +166,7 @@ class Broker:
             socket.close()
         self.scheduler.close()
         self.context.term()
+        self.journal.close()
 
 
 def run(config: BrokerConfig) -> None:
