@@ -114,9 +114,9 @@ class ServiceStack:
             *args,
         )
 
-    def start_broker(self, *args: str) -> None:
+    def start_broker(self, *args: str, name: str = "broker") -> None:
         self.start_process(
-            "broker",
+            name,
             "broker",
             "--client-bind",
             self.broker_address,
