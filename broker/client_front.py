@@ -1,9 +1,13 @@
 """The broker's client front end: what arrives on the clients' ROUTER, and clients leaving.
 
 Requests are admitted (validated, checked against the tier's room and the
-tenant's quota, queued, answered `accepted`), cancelled, or asked for the
-broker's status. A request ends early when its client cancels it, its deadline
-passes or its client is gone: its worker, if it has one, is told to drop it.
+tenant's quota, journalled, queued, answered `accepted`), cancelled, or asked for
+the broker's status. A resend (`is_resend`) of a request the journal knows by
+(tenant, request id) attaches this connection to it instead: it catches up from
+the journal and streams on, never a second generation.
+
+A request ends early when its client cancels it, its deadline passes or its
+client is gone: its worker, if it has one, is told to drop it.
 """
 
 from __future__ import annotations
