@@ -19,10 +19,12 @@ RUN pip install --no-cache-dir "${TORCH_SPEC}"
 WORKDIR /opt/llmos
 COPY . .
 RUN pip install --no-cache-dir . \
-    && useradd --create-home --shell /usr/sbin/nologin llmos
+    && useradd --create-home --shell /usr/sbin/nologin llmos \
+    && install -d -o llmos /journal
 
 # The services need no root; model directories are mounted read-only at /models
-# (see compose.yaml), so the image holds no weights.
+# (see compose.yaml), so the image holds no weights. /journal is the broker's journal
+# volume: a new named volume takes the owner of the image's directory.
 USER llmos
 WORKDIR /home/llmos
 

@@ -1,9 +1,13 @@
 """The broker's client front end: what arrives on the clients' ROUTER, and clients leaving.
 
 Requests are admitted (validated, checked against the tier's room and the
-tenant's quota, queued, answered `accepted`), cancelled, or asked for the
-broker's status. A request ends early when its client cancels it, its deadline
-passes or its client is gone: its worker, if it has one, is told to drop it.
+tenant's quota, journalled, queued, answered `accepted`), cancelled, or asked for
+the broker's status. A resend (`is_resend`) of a request the journal knows by
+(tenant, request id) attaches this connection to it instead: it catches up from
+the journal and streams on, never a second generation.
+
+A request ends early when its client cancels it, its deadline passes or its
+client is gone: its worker, if it has one, is told to drop it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from broker.answers import AnswerFills
 from broker.client_replies import ClientReplies
 from broker.client_watch import ClientWatch
 from broker.dispatcher import Dispatcher
+from broker.journal import Chunk, JournalKey
 from broker.rates import RateMeter
+from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
 from broker.worker_pool import WorkerPool
 from llmos.wire import WireError, error_frame, pack, pb
+from llmos.wire.constants import DEFAULT_TENANT
 from llmos.wire.handlers import Handlers
 from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import router_frames
@@ -51,6 +58,7 @@ class ClientFrontEnd:
         answer_fills: AnswerFills,
         tokens: RateMeter,
         peer_errors: PeerErrors,
+        journal: RequestJournal,
     ) -> None:
         self.socket = socket  # received from here; replies go through `replies`
         self.watch = watch
@@ -62,6 +70,7 @@ class ClientFrontEnd:
         self.answer_fills = answer_fills  # read: status
         self.tokens = tokens  # read: status
         self.peer_errors = peer_errors
+        self.journal = journal  # written: accepted requests; read: resends
         self.num_rejected = 0
         self.handlers: Handlers[None] = Handlers(
             "the broker's client socket",
@@ -140,11 +149,20 @@ class ClientFrontEnd:
     # --- messages
 
     def admit(self, message: TaskRequest, identity: bytes, has_delimiter: bool) -> None:
+        if message.is_resend and self.attach(message, identity, has_delimiter):
+            return
         admitted = self.rules.validate(message, self.workers.model_view())
         request_id, tier, tenant = admitted.request_id, admitted.tier, admitted.tenant
         if self.requests.by_client(identity, request_id) is not None:
             raise WireError(
                 pb.DUPLICATE_REQUEST, f"request '{request_id}' is already live on this connection", request_id
+            )
+        if self.journal.live_request((tenant, request_id)) is not None:
+            raise WireError(
+                pb.DUPLICATE_REQUEST,
+                f"tenant '{tenant}' has a live request '{request_id}'; "
+                "a client that lost its connection resends it with is_resend",
+                request_id,
             )
         if not self.requests.queue.has_room(tier):
             raise WireError(
@@ -161,7 +179,9 @@ class ClientFrontEnd:
                 request_id,
                 QUEUE_FULL_RETRY_MS,
             )
+        self.journal.record_accepted(admitted)
         request, position = self.requests.add(identity, has_delimiter, admitted, time.monotonic())
+        self.journal.track(request)
         self.dispatcher.note_arrival(request)
         log.debug(
             "accepted %s (client id %s) tier %s tenant %s", request.request_id, request_id, tier, tenant
@@ -171,6 +191,54 @@ class ClientFrontEnd:
             has_delimiter,
             pack(pb.Accepted(request_id=request_id, tier=tier, queue_position=position)),
         )
+
+    def attach(self, message: TaskRequest, identity: bytes, has_delimiter: bool) -> bool:
+        """A resend: this connection gets the request accepted under its key (tenant, id),
+        live or finished and kept: Accepted, one chunk with the journalled tokens from
+        `resume_from_index` on, then the live stream or the kept answer. False where
+        the key is unknown (it was never accepted, or its answer expired)."""
+        key = (message.tenant or DEFAULT_TENANT, message.request_id)
+        from_index = message.resume_from_index if isinstance(message, pb.GenerateRequest) else 0
+        request = self.journal.live_request(key)
+        if request is not None:
+            held = self.requests.by_client(identity, message.request_id)
+            if held is not None and held is not request:
+                raise WireError(
+                    pb.DUPLICATE_REQUEST,
+                    f"request '{message.request_id}' is already live on this connection",
+                    message.request_id,
+                )
+            log.info(
+                "resend of %s (client id %s) attached after %d tokens; the client holds %d",
+                request.request_id,
+                message.request_id,
+                len(request.generated_token_ids),
+                from_index,
+            )
+            self.requests.attach(request, identity, has_delimiter)
+            self.send_catch_up(identity, has_delimiter, key, request.tier, from_index)
+            return True
+        finished = self.journal.finished(key)
+        if finished is None:
+            return False
+        log.info("resend of finished %s: its kept answer", message.request_id)
+        self.send_catch_up(identity, has_delimiter, key, finished.tier, from_index, finished.chunks)
+        self.replies.reply(identity, has_delimiter, finished.answer)
+        return True
+
+    def send_catch_up(
+        self,
+        identity: bytes,
+        has_delimiter: bool,
+        key: JournalKey,
+        tier: str,
+        from_index: int,
+        chunks: list[Chunk] | None = None,
+    ) -> None:
+        self.replies.reply(identity, has_delimiter, pack(pb.Accepted(request_id=key[1], tier=tier)))
+        catch_up = self.journal.catch_up_chunk(key, from_index, chunks)
+        if catch_up is not None:
+            self.replies.reply(identity, has_delimiter, catch_up)
 
     def cancel(self, message: pb.Cancel, identity: bytes, has_delimiter: bool) -> None:
         request = self.requests.by_client(identity, message.request_id)
@@ -228,6 +296,7 @@ class ClientFrontEnd:
             num_rejected=self.num_rejected,
             tokens_per_s=self.tokens.per_s(now_s),
             num_refused_messages=self.peer_errors.total,
+            num_journalled=self.journal.num_live,
         )
 
     # --- requests ending early

@@ -1,5 +1,9 @@
 """What the broker sends its clients: replies, relayed chunks and final answers.
 
+Nothing goes to a client before the journal holds it: every send commits the
+journal's open writes first, and while the worker front end drains a batch of
+worker messages the sends are held and go out after that batch's one commit.
+
 A client that a reply cannot reach (it vanished, or stopped reading and filled
 its queue) is only noted here; the client front end forgets it, stopping its
 requests, in the loop's purge step. Stopping a request may send to a worker and
@@ -11,30 +15,57 @@ from __future__ import annotations
 
 import zmq
 
+from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
-from broker.requests import Request
+from broker.requests import DETACHED, Request
 from llmos.wire.sockets import send_reply
 
 
 class ClientReplies:
-    def __init__(self, socket: zmq.Socket, requests: RequestTable) -> None:
+    def __init__(self, socket: zmq.Socket, requests: RequestTable, journal: RequestJournal) -> None:
         self.socket = socket
         self.requests = requests
+        self.journal = journal
         self.num_completed = 0
         self._unreachable: dict[bytes, None] = {}  # identities in the order they failed
+        self._held: list[tuple[bytes, bool, bytes]] | None = None  # sends waiting for a commit
 
     def reply(self, identity: bytes, has_delimiter: bool, payload: bytes) -> bool:
-        """Send to a client; False (and the client noted as unreachable) if it is gone."""
+        """Send to a client; False (and the client noted as unreachable) if it is gone.
+        A detached request has no client to send to; held sends count as sent."""
+        if identity == DETACHED:
+            return True
+        if self._held is not None:
+            self._held.append((identity, has_delimiter, payload))
+            return True
+        self.journal.commit()
+        return self._send(identity, has_delimiter, payload)
+
+    def _send(self, identity: bytes, has_delimiter: bool, payload: bytes) -> bool:
         if send_reply(self.socket, identity, has_delimiter, payload):
             return True
         self._unreachable[identity] = None
         return False
+
+    def hold(self) -> None:
+        """Keep sends until `release`: a batch of worker messages commits once."""
+        assert self._held is None, "sends are held already"
+        self._held = []
+
+    def release(self) -> None:
+        """Commit the journal, then send what was held, in order."""
+        assert self._held is not None, "no sends are held"
+        held, self._held = self._held, None
+        self.journal.commit()
+        for identity, has_delimiter, payload in held:
+            self._send(identity, has_delimiter, payload)
 
     def answer(self, request: Request, payload: bytes | None) -> None:
         """Give the client its final message (None: the client is gone) and end the
         request; nothing if it has its answer already."""
         if not self.requests.end(request):
             return
+        self.journal.record_answer(request, payload)
         if payload is not None:
             self.num_completed += 1
             self.reply(request.client_identity, request.has_delimiter, payload)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmos.config import option
+from llmos.config import llmos_home, option
 from llmos.wire.constants import (
     CLIENT_PORT,
     DEFAULT_MAX_TOKENS,
@@ -71,6 +71,23 @@ class BrokerConfig:
         "fair share weights for the fallback policy, e.g. a=1,b=3 "
         "(the same LLMOS_TENANT_WEIGHTS the scheduler reads)",
     )
+
+    journal: str = option(
+        "",
+        "SQLite journal of accepted requests, resumed after a restart "
+        "(empty: $LLMOS_HOME/broker-journal.sqlite3; none: in memory only, nothing survives a restart)",
+    )
+    journal_sync: str = option(
+        "normal", "normal survives a broker kill; full also a power loss (an fsync per commit)"
+    )
+    result_ttl_s: float = option(600.0, "keep finished answers this long for clients that resend")
+
+    @property
+    def journal_path(self) -> str:
+        """The journal's file, or ":memory:" (SQLite's in-memory database) for none."""
+        if self.journal == "none":
+            return ":memory:"
+        return self.journal or str(llmos_home() / "broker-journal.sqlite3")
 
     @property
     def tier_names(self) -> list[str]:

@@ -4,7 +4,8 @@ The table owns the tiered queue, so a request's status and the places it is
 listed change together: a QUEUED request is in `queue`; a request not yet
 answered counts against its tenant's quota (a tenant
 with none is forgotten) and is found by its client's
-(connection identity, request id); a request leaves the table when it is DONE.
+(connection identity, request id), unless it is detached (restored from the
+journal, no client has resent it yet); a request leaves the table when it is DONE.
 Each method that changes a status says which changes it makes.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 
 from broker.admission import AdmittedRequest
 from broker.queues import TieredQueue
-from broker.requests import Request, RequestStatus
+from broker.requests import DETACHED, Request, RequestStatus
 from broker.worker_pool import ConnectedWorker
 
 
@@ -75,6 +76,22 @@ class RequestTable:
         self, identity: bytes, has_delimiter: bool, admitted: AdmittedRequest, now_s: float
     ) -> tuple[Request, int]:
         """A new QUEUED request, and its 0-based position in its tier."""
+        request = self._new_request(identity, has_delimiter, admitted, now_s)
+        position = self.queue.push(request.request_id, admitted.tier, admitted.tenant, request.arrival_seq)
+        self._id_by_client[request.client_key] = request.request_id
+        return request, position
+
+    def restore(self, admitted: AdmittedRequest, now_s: float) -> Request:
+        """A new QUEUED request from the journal of a broker that stopped: detached (no
+        client connection), at the head of its tier's lane like a re-queued request."""
+        request = self._new_request(DETACHED, False, admitted, now_s)
+        self.queue.push_front(request.request_id, admitted.tier, admitted.tenant, request.arrival_seq)
+        return request
+
+    def _new_request(
+        self, identity: bytes, has_delimiter: bool, admitted: AdmittedRequest, now_s: float
+    ) -> Request:
+        """A request listed by id, its deadline and its tenant (the caller queues it)."""
         arrival_seq = next(self._arrival_seqs)
         request = Request(
             request_id=f"r{arrival_seq}",
@@ -89,11 +106,18 @@ class RequestTable:
         if admitted.deadline_ms:
             request.deadline_at_s = now_s + admitted.deadline_ms / 1000
             heapq.heappush(self._deadlines, (request.deadline_at_s, request.request_id))
-        position = self.queue.push(request.request_id, admitted.tier, admitted.tenant, arrival_seq)
         self._by_id[request.request_id] = request
-        self._id_by_client[request.client_key] = request.request_id
         self._num_live_by_tenant[admitted.tenant] += 1
-        return request, position
+        return request
+
+    def attach(self, request: Request, identity: bytes, has_delimiter: bool) -> None:
+        """A live request's client is now on connection `identity` (it resent the
+        request): the connection it had, if any, no longer finds it."""
+        assert not request.is_answered, f"request {request.request_id} is answered"
+        if not request.is_detached:
+            del self._id_by_client[request.client_key]
+        request.client_identity, request.has_delimiter = identity, has_delimiter
+        self._id_by_client[request.client_key] = request.request_id
 
     def start(self, request: Request, worker_id: str, now_s: float) -> None:
         """QUEUED -> RUNNING: the request leaves the queue for a slot on `worker_id`."""
@@ -117,8 +141,9 @@ class RequestTable:
         worker is ANSWERED until the worker lets go. False if it was answered already."""
         if request.is_answered:
             return False
-        request_id = self._id_by_client.pop(request.client_key)
-        assert request_id == request.request_id, f"{request.client_key} names {request_id}"
+        if not request.is_detached:
+            request_id = self._id_by_client.pop(request.client_key)
+            assert request_id == request.request_id, f"{request.client_key} names {request_id}"
         self._num_live_by_tenant[request.tenant] -= 1
         if not self._num_live_by_tenant[request.tenant]:
             del self._num_live_by_tenant[request.tenant]  # a tenant with nothing live leaves no trace

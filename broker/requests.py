@@ -34,6 +34,8 @@ class RequestStatus(enum.Enum):
     DONE = enum.auto()  # answered and on no worker: forgotten
 
 
+DETACHED = b""  # the client identity of a request no connection holds (restored after a restart)
+
 _ON_WORKER = frozenset(
     {RequestStatus.RUNNING, RequestStatus.FINISHING, RequestStatus.PREEMPTING, RequestStatus.ANSWERED}
 )
@@ -86,6 +88,10 @@ class Request:
     @property
     def client_key(self) -> tuple[bytes, str]:
         return self.client_identity, self.client_request_id
+
+    @property
+    def is_detached(self) -> bool:
+        return self.client_identity == DETACHED
 
     @property
     def kind(self) -> int:

@@ -1,7 +1,8 @@
 """The broker process: its sockets, its parts and the loop (mechanism only).
 
     poll → route client / worker / scheduler messages → forget gone clients,
-         purge dead workers and expired deadlines → schedule → send heartbeats
+         purge dead workers, expired deadlines and expired kept answers
+         → schedule → send heartbeats
 
 The Broker builds the parts and hands each what it may touch:
 
@@ -11,7 +12,10 @@ The Broker builds the parts and hands each what it may touch:
     Dispatcher      who runs where: asks the scheduler, places,
                     preempts, takes slots back                   (broker.dispatcher)
     WorkerFrontEnd  what workers send                            (broker.worker_front)
-    ClientFrontEnd  what clients send; clients leaving           (broker.client_front)
+    ClientFrontEnd  what clients send; clients leaving; resends  (broker.client_front)
+    RequestJournal  accepted requests, relayed tokens and answers
+                    in a durable journal; restores them on start  (broker.request_journal,
+                                                                   broker.journal)
 
 Decisions live further out: admission in `broker.admission` and `broker.tiers`,
 queue order in `broker.queues`, placement and preemption in
@@ -35,8 +39,10 @@ from broker.client_replies import ClientReplies
 from broker.client_watch import ClientWatch
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
+from broker.journal import Journal
 from broker.queues import TieredQueue
 from broker.rates import RateMeter
+from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
 from broker.scheduler_link import SchedulerLink
 from broker.worker_front import WorkerFrontEnd
@@ -51,6 +57,8 @@ log = logging.getLogger(__name__)
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
+        # first: a journal another broker holds stops this one before it binds anything
+        self.journal = RequestJournal(Journal(config.journal_path, config.journal_sync), config.result_ttl_s)
         # every refusal of a peer's message, from any socket, counted and logged at a bounded rate
         self.peer_errors = PeerErrors(log)
         rules = AdmissionRules(config)
@@ -71,7 +79,7 @@ class Broker:
         self.requests = RequestTable(TieredQueue(config.tier_names, rules.max_queue_depths()))
         self.workers = WorkerPool(heartbeat_interval_s, config.model_grace_s)
         answer_fills, tokens = AnswerFills(), RateMeter()
-        self.replies = ClientReplies(self.client_socket, self.requests)
+        self.replies = ClientReplies(self.client_socket, self.requests, self.journal)
         self.dispatcher = Dispatcher(
             self.worker_socket,
             self.requests,
@@ -88,6 +96,7 @@ class Broker:
             self.requests,
             self.dispatcher,
             self.replies,
+            self.journal,
             answer_fills,
             tokens,
             heartbeat_interval_s,
@@ -104,6 +113,7 @@ class Broker:
             answer_fills,
             tokens,
             self.peer_errors,
+            self.journal,
         )
         self.poller = zmq.Poller()
         for socket in (
@@ -115,6 +125,10 @@ class Broker:
             self.poller.register(socket, zmq.POLLIN)
 
     def serve(self, stopping: threading.Event) -> None:
+        num_restored = self.journal.restore(self.requests, time.monotonic())
+        if num_restored:
+            log.info("resuming %d journalled requests", num_restored)
+            self.dispatcher.wake()
         log.info(
             "broker serving clients on %s, workers on %s, tiers %s",
             self.config.client_bind,
@@ -135,6 +149,7 @@ class Broker:
             self.run_step("unreachable clients", self.client_front.forget_unreachable_clients)
             self.run_step("worker purge", self.worker_front.purge_expired, now_s)
             self.run_step("deadlines", self.client_front.purge_deadlines, now_s)
+            self.run_step("journal purge", self.journal.purge_expired, now_s)
             self.run_step("schedule", self.dispatcher.schedule, now_s)
             self.run_step("heartbeats", self.worker_front.send_heartbeats, now_s)
 
@@ -152,6 +167,7 @@ class Broker:
             self.worker_front.next_heartbeat_s,
             self.requests.next_deadline_s,
             self.dispatcher.wake_at_s,
+            self.journal.next_purge_s,
         ]
         wait_s = max(0.0, min(s for s in wake_s if s is not None) - now_s)
         if self.scheduler.is_waiting:
@@ -165,6 +181,7 @@ class Broker:
             socket.close()
         self.scheduler.close()
         self.context.term()
+        self.journal.close()
 
 
 def run(config: BrokerConfig) -> None:

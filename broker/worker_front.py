@@ -20,6 +20,7 @@ from broker.answers import AnswerFills
 from broker.client_replies import ClientReplies
 from broker.dispatcher import Dispatcher
 from broker.rates import RateMeter
+from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
 from broker.requests import Request, RequestStatus
 from broker.worker_checks import check_register
@@ -44,6 +45,7 @@ class WorkerFrontEnd:
         requests: RequestTable,
         dispatcher: Dispatcher,
         replies: ClientReplies,
+        journal: RequestJournal,
         answer_fills: AnswerFills,
         tokens: RateMeter,
         heartbeat_interval_s: float,
@@ -54,6 +56,7 @@ class WorkerFrontEnd:
         self.requests = requests
         self.dispatcher = dispatcher
         self.replies = replies
+        self.journal = journal  # written: each relayed chunk
         self.answer_fills = answer_fills  # written: each generated answer's length
         self.tokens = tokens  # written: tokens made, for the status rate
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -71,6 +74,15 @@ class WorkerFrontEnd:
         )
 
     def drain(self) -> None:
+        """Route the waiting messages; what they relay to clients is journalled in one
+        commit and sent after it."""
+        self.replies.hold()
+        try:
+            self.route_waiting()
+        finally:
+            self.replies.release()
+
+    def route_waiting(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
@@ -211,10 +223,9 @@ class WorkerFrontEnd:
         if delta.token_ids:
             self.tokens.add(len(delta.token_ids), now_s)
             worker.tokens.add(len(delta.token_ids), now_s)
-        if chunk is not None and not self.replies.reply(
-            request.client_identity, request.has_delimiter, pack(chunk)
-        ):
-            return  # the client is gone: its requests are stopped in the loop's purge step
+        if chunk is not None:
+            self.journal.record_chunk(request, chunk)
+            self.replies.reply(request.client_identity, request.has_delimiter, pack(chunk))
         if not delta.is_finished:
             if request.is_on_last_token and request.status is RequestStatus.RUNNING:
                 self.dispatcher.mark_finishing(request, worker)

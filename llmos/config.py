@@ -15,12 +15,19 @@ and tests share one source of truth.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def llmos_home() -> Path:
+    """Where llmos keeps its state: $LLMOS_HOME, default ~/.cache/llmos."""
+    return Path(os.environ.get("LLMOS_HOME") or "~/.cache/llmos").expanduser()
 
 
 def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors click's name

@@ -18,7 +18,6 @@ launcher leaves them running.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -30,7 +29,7 @@ import click
 
 from llmos.cli import plural
 from llmos.client import Client, query_kernel
-from llmos.config import option, options_from
+from llmos.config import llmos_home, option, options_from
 from llmos.errors import LlmosError
 from llmos.logs import setup_logging
 from llmos.supervision import ChildSpec, Supervisor
@@ -75,8 +74,9 @@ class LaunchError(Exception):
     """The stack could not be brought up; the message says which process and why."""
 
 
-def llmos_home() -> Path:
-    return Path(os.environ.get("LLMOS_HOME") or "~/.cache/llmos").expanduser()
+def broker_journal_path(client_port: int) -> Path:
+    """One journal per stack: two `llmos up` on other ports do not share one."""
+    return llmos_home() / f"broker-journal-{client_port}.sqlite3"
 
 
 def connect_host(host: str) -> str:
@@ -124,6 +124,8 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
                 bind(ports.worker),
                 "--scheduler-address",
                 tcp(ports.scheduler, host),
+                "--journal",
+                str(broker_journal_path(ports.client)),
             ),
         ),
     ]

@@ -114,9 +114,9 @@ class ServiceStack:
             *args,
         )
 
-    def start_broker(self, *args: str) -> None:
+    def start_broker(self, *args: str, name: str = "broker") -> None:
         self.start_process(
-            "broker",
+            name,
             "broker",
             "--client-bind",
             self.broker_address,
@@ -124,8 +124,15 @@ class ServiceStack:
             self.ports.worker_address,
             "--scheduler-address",
             self.scheduler_address,
+            "--journal",
+            str(self.journal_path),
             *args,
         )
+
+    @property
+    def journal_path(self) -> Path:
+        """The broker's own journal (a later --journal in `start_broker`'s args wins)."""
+        return self.log_dir / "broker-journal.sqlite3"
 
     def start_workers(self) -> None:
         raise NotImplementedError

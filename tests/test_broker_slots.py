@@ -96,6 +96,8 @@ def broker_with_hand_worker(
         worker_address,
         "--scheduler-address",
         scheduler_address or free_address(),
+        "--journal",
+        str(log_dir / "broker-journal.sqlite3"),
         *flags,
         log_dir=log_dir,
     ):

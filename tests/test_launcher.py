@@ -23,6 +23,7 @@ from llmos.launcher import (
     Ports,
     Supervisor,
     UpConfig,
+    broker_journal_path,
     plan_children,
     wait_until_ready,
 )
@@ -86,6 +87,8 @@ def test_plan_starts_every_service_with_the_shared_flags():
         "tcp://127.0.0.1:6001",
         "--scheduler-address",
         "tcp://127.0.0.1:6004",
+        "--journal",
+        str(broker_journal_path(6000)),
     ]
     assert plan["worker-1"][3:] == [
         "worker",
@@ -114,6 +117,8 @@ def test_binding_all_interfaces_still_connects_over_loopback():
         "tcp://0.0.0.0:5556",
         "--scheduler-address",
         "tcp://127.0.0.1:5559",
+        "--journal",
+        str(broker_journal_path(5555)),
     ]
 
 
