@@ -1,6 +1,7 @@
 """Clients ride through a broker restart: the broker is SIGKILLed mid-stream and started
 again with the same command line on the same ports; the sync client, the asyncio client
-and `llmos submit` each get every answer whole, with no token twice.
+and `llmos submit` each get every answer whole, with no token twice. A broker that stops
+answering is noticed by the heartbeats; one that never comes back ends in LlmosTimeout.
 
 Simulated workers answer deterministically and slowly enough (one token per
 STEP_MS) that the broker dies with every stream part way through.
@@ -10,25 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
+from fake_broker import FakeBroker
 from stack import Stack
 
 from llmos.aio import AsyncClient
 from llmos.client import Client
+from llmos.errors import LlmosTimeout
 from llmos.processes import llmos_command
 from llmos.wire import pb
 from workers.sim import SIM_TOKEN_TEXT, LatencyProfile
-
-pytestmark = pytest.mark.e2e
 
 STEP_MS = 25.0  # one simulated engine step, whatever its batch
 NUM_TOKENS = 80  # each answer: about 2 s of steps
 NUM_REQUESTS = 3
 TOKENS_BEFORE_KILL = 8
 TIMEOUT_S = 60.0
+SHORT_TIMEOUT_S = 2.0  # for a broker that never comes back
+LOST_MARK = "lost the broker"  # the client's log line when it resends
 PROMPTS = [f"request {index} once upon a time" for index in range(NUM_REQUESTS)]
 
 
@@ -82,11 +87,12 @@ def assert_whole_once(chunks: list[pb.TokenChunk], result: pb.GenerateResult, ex
 
 def assert_resent(caplog: pytest.LogCaptureFixture, request_ids: list[str]) -> None:
     """The client logged one reconnect that resent every request (none had ended)."""
-    resends = [record.getMessage() for record in caplog.records if "resending" in record.getMessage()]
+    resends = [record.getMessage() for record in caplog.records if LOST_MARK in record.getMessage()]
     assert len(resends) == 1, resends
     assert resends[0].endswith(" ".join(sorted(request_ids)))
 
 
+@pytest.mark.e2e
 def test_a_client_streams_every_answer_whole_through_a_broker_restart(stack, caplog):
     caplog.set_level(logging.WARNING, logger="llmos.client")
     with Client(stack.broker_address, timeout_s=TIMEOUT_S) as client:
@@ -108,6 +114,7 @@ def test_a_client_streams_every_answer_whole_through_a_broker_restart(stack, cap
     assert_resent(caplog, request_ids)
 
 
+@pytest.mark.e2e
 def test_an_asyncio_client_streams_every_answer_whole_through_a_broker_restart(stack, caplog):
     caplog.set_level(logging.WARNING, logger="llmos.client")
 
@@ -139,6 +146,7 @@ def test_an_asyncio_client_streams_every_answer_whole_through_a_broker_restart(s
     assert_resent(caplog, request_ids)
 
 
+@pytest.mark.e2e
 def test_llmos_submit_prints_the_whole_answer_through_a_broker_restart(stack, tmp_path):
     stderr_path = tmp_path / "submit.stderr"
     with open(stderr_path, "wb") as stderr:
@@ -168,9 +176,69 @@ def test_llmos_submit_prints_the_whole_answer_through_a_broker_restart(stack, tm
                 submit.wait()
     assert before_kill + after_kill == SIM_TOKEN_TEXT * NUM_TOKENS + "\n"
     lines = stderr_path.read_text().splitlines()
-    resends = [line for line in lines if "resending" in line]
+    resends = [line for line in lines if LOST_MARK in line]
     assert len(resends) == 1, lines
     assert resends[0].startswith(
         f"llmos: lost the broker at {stack.broker_address}; resending 1 live requests on a new connection: "
     )
     assert any(line.startswith("usage: ") and f"generated_tokens={NUM_TOKENS}" in line for line in lines)
+
+
+class LostBrokerLog(logging.Handler):
+    """Sets `event` when the client logs that it lost the broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if LOST_MARK in record.getMessage():
+            self.event.set()
+
+
+@pytest.mark.e2e
+def test_a_broker_that_stops_answering_is_noticed_by_heartbeats(stack, caplog):
+    """SIGSTOP keeps the broker's connections open but silent: the ZMTP heartbeats end
+    the connection, and the client resends; once the broker runs again the answer
+    arrives whole."""
+    caplog.set_level(logging.WARNING, logger="llmos.client")
+    lost = LostBrokerLog()
+    logging.getLogger("llmos.client").addHandler(lost)
+    broker = stack.processes["broker"]
+
+    def continue_broker_once_lost() -> None:
+        lost.event.wait(TIMEOUT_S)
+        broker.send_signal(signal.SIGCONT)
+
+    resume = threading.Thread(target=continue_broker_once_lost)
+    try:
+        with Client(stack.broker_address, timeout_s=TIMEOUT_S) as client:
+            request_id = client.submit(PROMPTS[0], max_tokens=NUM_TOKENS)
+            stream = client.stream(request_id)
+            chunks = [next(stream)]
+            broker.send_signal(signal.SIGSTOP)
+            resume.start()
+            chunks.extend(stream)
+            result = client.result(request_id)
+    finally:
+        lost.event.set()
+        if resume.is_alive():
+            resume.join()
+        broker.send_signal(signal.SIGCONT)
+        logging.getLogger("llmos.client").removeHandler(lost)
+    assert_whole_once(chunks, result, [result.token_ids[0]] * NUM_TOKENS)
+    assert_resent(caplog, [request_id])
+
+
+def test_a_broker_that_never_comes_back_ends_in_the_timeout(caplog):
+    caplog.set_level(logging.WARNING, logger="llmos.client")
+    with FakeBroker() as broker:
+        client = Client(broker.address, timeout_s=SHORT_TIMEOUT_S)
+        request_id = client.submit("accept-only")
+    try:  # the broker is gone for good
+        with pytest.raises(LlmosTimeout) as raised:
+            client.result(request_id)
+    finally:
+        client.close()
+    assert raised.value.request_id == request_id
+    assert_resent(caplog, [request_id])
