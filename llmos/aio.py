@@ -28,17 +28,14 @@ from google.protobuf.message import Message
 from llmos.client import (
     DEFAULT_TIMEOUT_S,
     Answer,
-    LinkWatch,
-    admit_frame,
     answer_of,
     default_broker_address,
     ends_stream,
     make_generate_request,
     make_pooling_request,
-    resend_frames,
 )
 from llmos.errors import LlmosTimeout, error_from_proto
-from llmos.live_requests import UNTIED, LiveRequests, request_id_of
+from llmos.reconnect import UNTIED, LinkWatch, LiveRequests, admit_frame, request_id_of, resend_frames
 from llmos.wire import pack, pb
 from llmos.wire.envelope import body_name
 from llmos.wire.sockets import close_monitored, connect_client_dealer, link_event
@@ -285,7 +282,7 @@ class AsyncClient:
             self._route((await self._socket.recv_multipart())[-1])
 
     def _route(self, frame: bytes) -> None:
-        message = admit_frame(frame, self._live, self.address)
+        message = admit_frame(frame, self._live, self.address, time.monotonic())
         if message is None:
             return
         key = request_id_of(message)

@@ -34,7 +34,14 @@ from google.protobuf.message import Message
 
 from llmos.config import env_var
 from llmos.errors import LlmosError, LlmosTimeout, error_from_proto
-from llmos.live_requests import UNTIED, LiveRequests, request_id_of
+from llmos.reconnect import (
+    UNTIED,
+    LinkWatch,
+    LiveRequests,
+    admit_frame,
+    request_id_of,
+    resend_frames,
+)
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import CLIENT_PORT, tcp
 from llmos.wire.envelope import body_name, body_names
@@ -45,10 +52,6 @@ log = logging.getLogger(__name__)
 BROKER_ADDRESS_ENV = env_var("broker_address")  # LLMOS_BROKER_ADDRESS, as every service spells it
 DEFAULT_TIMEOUT_S = 60.0
 
-# What a client accepts from the broker; anything else is dropped at the door.
-CLIENT_ACCEPTS = body_names(
-    pb.Accepted, pb.TokenChunk, pb.GenerateResult, pb.Error, pb.StatusReply, pb.EmbedResult, pb.ClassifyResult
-)
 KERNEL_QUERY_ACCEPTS = body_names(pb.ResourceView, pb.Error)
 
 # The answer of a request that has one (EmbedResult, ClassifyResult).
@@ -141,49 +144,6 @@ def answer_of(request_id: str, result_type: type[Answer], message: Message) -> A
     if not isinstance(message, pb.Accepted):
         log.warning("request %s: unexpected %s", request_id, body_name(message))
     return None
-
-
-def admit_frame(frame: bytes, live: LiveRequests, address: str) -> Message | None:
-    """The message in a frame from the broker as the caller sees it (see
-    LiveRequests.admit), or None: dropped at the door, or nothing new."""
-    try:
-        _, message = unpack(frame, CLIENT_ACCEPTS)
-    except WireError as exc:
-        log.warning("dropping a frame from %s: %s", address, exc.message)
-        return None
-    return live.admit(message, time.monotonic())
-
-
-class LinkWatch:
-    """Whether a client socket's connection to the broker is lost, from its monitor's events."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.has_handshake = False
-
-    def is_lost(self, event: int) -> bool:
-        """Whether `event` ends a connection that reached the broker. One that ends
-        before its handshake reached none (a broker dying as we connected): ZeroMQ
-        retries it, and what waits on the socket goes out once it is up."""
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.has_handshake = True
-            log.debug("connected to the broker at %s", self.address)
-        elif event == zmq.EVENT_DISCONNECTED and not self.has_handshake:
-            log.debug("a connection to %s ended before its handshake; retrying", self.address)
-        return event == zmq.EVENT_DISCONNECTED and self.has_handshake
-
-
-def resend_frames(live: LiveRequests, address: str) -> list[bytes]:
-    """The frames to send on a new connection after the one to `address` was lost."""
-    messages = live.resends()
-    request_ids = sorted({request_id_of(message) for message in messages})
-    log.warning(
-        "lost the broker at %s; resending %d live requests on a new connection: %s",
-        address,
-        len(request_ids),
-        " ".join(request_ids) or "none",
-    )
-    return [pack(message) for message in messages]
 
 
 class Client:
@@ -450,7 +410,7 @@ class Client:
             self._route(frames[-1])
 
     def _route(self, frame: bytes) -> None:
-        message = admit_frame(frame, self._live, self.address)
+        message = admit_frame(frame, self._live, self.address, time.monotonic())
         if message is None:
             return
         key = request_id_of(message)

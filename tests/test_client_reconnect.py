@@ -34,6 +34,7 @@ TOKENS_BEFORE_KILL = 8
 TIMEOUT_S = 60.0
 SHORT_TIMEOUT_S = 2.0  # for a broker that never comes back
 LOST_MARK = "lost the broker"  # the client's log line when it resends
+CLIENT_LOGGER = "llmos.reconnect"
 PROMPTS = [f"request {index} once upon a time" for index in range(NUM_REQUESTS)]
 
 
@@ -94,7 +95,7 @@ def assert_resent(caplog: pytest.LogCaptureFixture, request_ids: list[str]) -> N
 
 @pytest.mark.e2e
 def test_a_client_streams_every_answer_whole_through_a_broker_restart(stack, caplog):
-    caplog.set_level(logging.WARNING, logger="llmos.client")
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
     with Client(stack.broker_address, timeout_s=TIMEOUT_S) as client:
         expected = [list(client.generate(prompt, max_tokens=NUM_TOKENS).token_ids) for prompt in PROMPTS]
         request_ids = [client.submit(prompt, max_tokens=NUM_TOKENS) for prompt in PROMPTS]
@@ -116,7 +117,7 @@ def test_a_client_streams_every_answer_whole_through_a_broker_restart(stack, cap
 
 @pytest.mark.e2e
 def test_an_asyncio_client_streams_every_answer_whole_through_a_broker_restart(stack, caplog):
-    caplog.set_level(logging.WARNING, logger="llmos.client")
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
 
     async def run() -> tuple[list[list[int]], list[str], list[list[pb.TokenChunk]], list[pb.GenerateResult]]:
         async with AsyncClient(stack.broker_address, timeout_s=TIMEOUT_S) as client:
@@ -201,9 +202,9 @@ def test_a_broker_that_stops_answering_is_noticed_by_heartbeats(stack, caplog):
     """SIGSTOP keeps the broker's connections open but silent: the ZMTP heartbeats end
     the connection, and the client resends; once the broker runs again the answer
     arrives whole."""
-    caplog.set_level(logging.WARNING, logger="llmos.client")
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
     lost = LostBrokerLog()
-    logging.getLogger("llmos.client").addHandler(lost)
+    logging.getLogger(CLIENT_LOGGER).addHandler(lost)
     broker = stack.processes["broker"]
 
     def continue_broker_once_lost() -> None:
@@ -225,13 +226,13 @@ def test_a_broker_that_stops_answering_is_noticed_by_heartbeats(stack, caplog):
         if resume.is_alive():
             resume.join()
         broker.send_signal(signal.SIGCONT)
-        logging.getLogger("llmos.client").removeHandler(lost)
+        logging.getLogger(CLIENT_LOGGER).removeHandler(lost)
     assert_whole_once(chunks, result, [result.token_ids[0]] * NUM_TOKENS)
     assert_resent(caplog, [request_id])
 
 
 def test_a_broker_that_never_comes_back_ends_in_the_timeout(caplog):
-    caplog.set_level(logging.WARNING, logger="llmos.client")
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
     with FakeBroker() as broker:
         client = Client(broker.address, timeout_s=SHORT_TIMEOUT_S)
         request_id = client.submit("accept-only")

@@ -5,7 +5,7 @@ fresh answer from token 0) reaches the caller once, in order, with its text."""
 from __future__ import annotations
 
 from llmos.client import make_generate_request, make_pooling_request
-from llmos.live_requests import LiveRequests
+from llmos.reconnect import LiveRequests
 from llmos.wire import pb
 
 NOW_S = 100.0

@@ -1,4 +1,5 @@
-"""What a client remembers of its live requests, so it can ride through a broker restart.
+"""How a client rides through a broker restart: what it remembers of its live
+requests, and when its connection counts as lost.
 
 Both SDKs (`llmos.client`, `llmos.aio`) keep one LiveRequests: each request's
 original message and what has arrived for it. After the connection to the broker
@@ -8,7 +9,8 @@ passes every incoming message through, so that a second Accepted, tokens the
 client already holds and refusals of a resend that can be retried never reach the
 caller. The contract is in docs/protocol.md, "Reconnecting".
 
-Mechanism only: no sockets, no clock but the times passed in.
+`LinkWatch` reads a connection's monitor events. No sockets here, and no clock
+but the times passed in.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ import logging
 from dataclasses import dataclass, field
 from typing import cast
 
+import zmq
 from google.protobuf.message import Message
 
-from llmos.wire import pb
+from llmos.wire import WireError, pack, pb, unpack
+from llmos.wire.envelope import body_names
 
 log = logging.getLogger(__name__)
 
+# What a client accepts from the broker; anything else is dropped at the door.
+CLIENT_ACCEPTS = body_names(
+    pb.Accepted, pb.TokenChunk, pb.GenerateResult, pb.Error, pb.StatusReply, pb.EmbedResult, pb.ClassifyResult
+)
 # A request a client may have to send again.
 ResendableRequest = pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest
 # Replies that carry the request id they answer: every one a client accepts but a StatusReply.
@@ -194,3 +202,46 @@ class LiveRequests:
         if live.is_cancelled:
             messages.append(pb.Cancel(request_id=live.request.request_id))
         return messages
+
+
+def admit_frame(frame: bytes, live: LiveRequests, address: str, now_s: float) -> Message | None:
+    """The message in a frame from the broker as the caller sees it (see
+    LiveRequests.admit), or None: dropped at the door, or nothing new."""
+    try:
+        _, message = unpack(frame, CLIENT_ACCEPTS)
+    except WireError as exc:
+        log.warning("dropping a frame from %s: %s", address, exc.message)
+        return None
+    return live.admit(message, now_s)
+
+
+class LinkWatch:
+    """Whether a client socket's connection to the broker is lost, from its monitor's events."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.has_handshake = False
+
+    def is_lost(self, event: int) -> bool:
+        """Whether `event` ends a connection that reached the broker. One that ends
+        before its handshake reached none (a broker dying as we connected): ZeroMQ
+        retries it, and what waits on the socket goes out once it is up."""
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.has_handshake = True
+            log.debug("connected to the broker at %s", self.address)
+        elif event == zmq.EVENT_DISCONNECTED and not self.has_handshake:
+            log.debug("a connection to %s ended before its handshake; retrying", self.address)
+        return event == zmq.EVENT_DISCONNECTED and self.has_handshake
+
+
+def resend_frames(live: LiveRequests, address: str) -> list[bytes]:
+    """The frames to send on a new connection after the one to `address` was lost."""
+    messages = live.resends()
+    request_ids = sorted({request_id_of(message) for message in messages})
+    log.warning(
+        "lost the broker at %s; resending %d live requests on a new connection: %s",
+        address,
+        len(request_ids),
+        " ".join(request_ids) or "none",
+    )
+    return [pack(message) for message in messages]
