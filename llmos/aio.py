@@ -9,34 +9,36 @@
 One reader task owns the socket's receive side and drops each incoming message
 into its request's asyncio.Queue, so any number of coroutines may wait on
 different requests of one client at once. The client belongs to one event loop.
+The reader task also watches the connection and rides through a broker restart
+as `llmos.client.Client` does (docs/protocol.md, "Reconnecting").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import zmq
 import zmq.asyncio
 from google.protobuf.message import Message
 
 from llmos.client import (
-    CLIENT_ACCEPTS,
     DEFAULT_TIMEOUT_S,
-    UNTIED,
     Answer,
     answer_of,
     default_broker_address,
     ends_stream,
     make_generate_request,
     make_pooling_request,
-    request_id_of,
 )
 from llmos.errors import LlmosTimeout, error_from_proto
-from llmos.wire import WireError, pack, pb, unpack
+from llmos.reconnect import UNTIED, LinkWatch, LiveRequests, admit_frame, request_id_of, resend_frames
+from llmos.wire import pack, pb
 from llmos.wire.envelope import body_name
-from llmos.wire.sockets import connect_dealer
+from llmos.wire.sockets import close_monitored, connect_client_dealer, link_event
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ class AsyncClient:
         self.address = address or default_broker_address()
         self.timeout_s = timeout_s
         self._context = zmq.asyncio.Context()
-        self._socket = connect_dealer(self._context, self.address)
+        self._connect()
+        self._live = LiveRequests()
         self._queues: dict[str, asyncio.Queue[Message]] = {}
         self._results: dict[str, pb.GenerateResult] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -88,7 +91,7 @@ class AsyncClient:
         )
         request_id = request.request_id
         queue = self._open_queue(request_id)
-        await self._socket.send(pack(request))
+        await self._send_request(request)
         message = await self._next(request_id, f"no answer to request {request_id}")
         if isinstance(message, pb.Error):
             del self._queues[request_id]
@@ -171,7 +174,7 @@ class AsyncClient:
         """Send a request that has one answer; wait past `accepted` for it."""
         request_id = request.request_id
         self._open_queue(request_id)
-        await self._socket.send(pack(request))
+        await self._send_request(request)
         try:
             while True:
                 answer = answer_of(
@@ -183,8 +186,10 @@ class AsyncClient:
                     return answer
         finally:
             self._queues.pop(request_id, None)  # a late reply finds no queue and is dropped
+            self._live.forget(request_id)
 
     async def cancel(self, request_id: str) -> None:
+        self._live.mark_cancelled(request_id)
         await self._socket.send(pack(pb.Cancel(request_id=request_id)))
 
     async def status(self) -> pb.StatusReply:
@@ -205,7 +210,7 @@ class AsyncClient:
             except asyncio.CancelledError:
                 pass
             self._reader = None
-        self._socket.close()
+        close_monitored(self._socket, self._monitor)
         self._context.term()
 
     async def __aenter__(self) -> AsyncClient:
@@ -213,6 +218,36 @@ class AsyncClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    # ------------------------------------------------------------ the connection
+
+    def _connect(self) -> None:
+        self._socket, self._monitor = connect_client_dealer(self._context, self.address)
+        self._link = LinkWatch(self.address)
+        self._poller = zmq.asyncio.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    async def _send_request(self, request: pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest) -> None:
+        self._live.add(request)
+        await self._socket.send(pack(request))
+
+    async def _watch_link(self) -> None:
+        """Read the connection's events; renew a lost connection (a fresh socket, for
+        the reasons `Client._reconnect` gives)."""
+        while is_readable(self._monitor):
+            event = link_event(await self._monitor.recv_multipart())
+            if self._link.is_lost(event):
+                await self._receive_all()  # what the lost broker sent counts as held
+                close_monitored(self._socket, self._monitor, linger_ms=0)
+                self._connect()
+                for frame in resend_frames(self._live, self.address):
+                    await self._socket.send(frame)
+                return  # the new connection's events come on its own monitor
+
+    async def _send_due_resends(self) -> None:
+        for message in self._live.due_resends(time.monotonic()):
+            await self._socket.send(pack(message))
 
     # ------------------------------------------------------------ receiving
 
@@ -230,20 +265,37 @@ class AsyncClient:
             raise LlmosTimeout(f"{timeout_message} within {self.timeout_s:g} s", key) from None
 
     async def _read_forever(self) -> None:
-        """The reader task: route every incoming frame to its request's queue."""
+        """The reader task: route every incoming frame to its request's queue, renew a
+        lost connection, send the resends that are due."""
         while True:
-            frames = await self._socket.recv_multipart()
-            try:
-                name, message = unpack(frames[-1], CLIENT_ACCEPTS)
-            except WireError as exc:
-                log.warning("dropping a frame from %s: %s", self.address, exc.message)
-                continue
-            key = request_id_of(message)
-            queue = self._queues.get(key)
-            if queue is None:
-                log.debug("dropping %s for request %s: not in flight", name, key)
-                continue
-            queue.put_nowait(message)
+            due_s = self._live.next_due_s()
+            timeout_ms = None if due_s is None else int(max(0.0, due_s - time.monotonic()) * 1000) + 1
+            ready = dict(await self._poller.poll(timeout_ms))
+            if self._socket in ready:
+                await self._receive_all()
+            if self._monitor in ready:
+                await self._watch_link()
+            await self._send_due_resends()
+
+    async def _receive_all(self) -> None:
+        while is_readable(self._socket):
+            self._route((await self._socket.recv_multipart())[-1])
+
+    def _route(self, frame: bytes) -> None:
+        message = admit_frame(frame, self._live, self.address, time.monotonic())
+        if message is None:
+            return
+        key = request_id_of(message)
+        queue = self._queues.get(key)
+        if queue is None:
+            log.debug("dropping %s for request %s: not in flight", body_name(message), key)
+            return
+        queue.put_nowait(message)
+
+
+def is_readable(socket: zmq.asyncio.Socket) -> bool:
+    """Whether a message waits on `socket` now (its recv would not wait)."""
+    return bool(cast(int, socket.get(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def _put_front(queue: asyncio.Queue[Message], item: Message) -> None:

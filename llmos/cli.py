@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 import time
 from typing import Any
@@ -45,6 +46,8 @@ EXIT_TIMEOUT = 4  # nothing arrived within --timeout-s
 EXIT_INTERRUPTED = 130  # Ctrl-C (the request is cancelled first)
 
 STATUS_TIMEOUT_S = 2.0
+# The SDK's warnings (a lost broker, the requests resent) go to stderr beside the answer.
+CLIENT_LOG_FORMAT = "llmos: %(message)s"
 
 
 class LazyGroup(click.Group):
@@ -172,6 +175,7 @@ def submit(
     (PROMPT '-' reads stdin). Usage goes to stderr."""
     if prompt == "-":
         prompt = sys.stdin.read()
+    logging.basicConfig(level=logging.WARNING, format=CLIENT_LOG_FORMAT)
     sampling["stop"] = tuple(sampling["stop"])
     is_streaming = not (no_stream or as_json)
     with Client(broker_address, timeout_s=timeout_s) as client:

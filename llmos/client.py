@@ -10,6 +10,13 @@ Several requests may be in flight on one client: whatever arrives for a
 request nobody is reading yet waits in that request's inbox. A Client belongs
 to one thread (a ZeroMQ socket is not thread-safe); use one Client per
 thread, or `llmos.aio`.
+
+A client rides through a broker restart: when its connection is lost (closed,
+or silent past the ZMTP heartbeat timeout) it opens a new one, which ZeroMQ
+retries with a backoff until the broker is back, and sends every live request
+again with the tokens it already holds; each stream goes on without a token
+twice (docs/protocol.md, "Reconnecting"). `timeout_s` still bounds every wait:
+a broker that never comes back ends in LlmosTimeout.
 """
 
 from __future__ import annotations
@@ -27,36 +34,25 @@ from google.protobuf.message import Message
 
 from llmos.config import env_var
 from llmos.errors import LlmosError, LlmosTimeout, error_from_proto
+from llmos.reconnect import (
+    UNTIED,
+    LinkWatch,
+    LiveRequests,
+    admit_frame,
+    request_id_of,
+    resend_frames,
+)
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import CLIENT_PORT, tcp
 from llmos.wire.envelope import body_name, body_names
-from llmos.wire.sockets import connect_dealer
+from llmos.wire.sockets import close_monitored, connect_client_dealer, connect_dealer, link_event
 
 log = logging.getLogger(__name__)
 
 BROKER_ADDRESS_ENV = env_var("broker_address")  # LLMOS_BROKER_ADDRESS, as every service spells it
 DEFAULT_TIMEOUT_S = 60.0
 
-# What a client accepts from the broker; anything else is dropped at the door.
-CLIENT_ACCEPTS = body_names(
-    pb.Accepted,
-    pb.TokenChunk,
-    pb.GenerateResult,
-    pb.Error,
-    pb.StatusReply,
-    pb.DrainReply,
-    pb.EmbedResult,
-    pb.ClassifyResult,
-)
 KERNEL_QUERY_ACCEPTS = body_names(pb.ResourceView, pb.Error)
-
-# Inbox key for replies that belong to no request: StatusReply, DrainReply and errors
-# the broker could not tie to a request id.
-UNTIED = ""
-
-# What a client accepts but a StatusReply: each carries the request id it answers.
-TiedReply = pb.Accepted | pb.TokenChunk | pb.GenerateResult | pb.Error | pb.EmbedResult | pb.ClassifyResult
-
 
 # The answer of a request that has one (EmbedResult, ClassifyResult).
 Answer = TypeVar("Answer", pb.EmbedResult, pb.ClassifyResult)
@@ -152,14 +148,6 @@ def answer_of(request_id: str, result_type: type[Answer], message: Message) -> A
     return None
 
 
-def request_id_of(message: Message) -> str:
-    """The inbox a broker message belongs to (UNTIED for status replies and
-    errors the broker could not tie to a request)."""
-    if isinstance(message, (pb.StatusReply, pb.DrainReply)):
-        return UNTIED
-    return cast(TiedReply, message).request_id
-
-
 class Client:
     """Blocking client for the broker's client ROUTER."""
 
@@ -173,7 +161,8 @@ class Client:
         self.timeout_s = timeout_s
         self._owns_context = context is None
         self._context = context or zmq.Context()
-        self._socket = connect_dealer(self._context, self.address)
+        self._connect()
+        self._live = LiveRequests()
         self._inboxes: dict[str, collections.deque[Message]] = {}
         self._results: dict[str, pb.GenerateResult] = {}
 
@@ -216,7 +205,7 @@ class Client:
         )
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
-        self._socket.send(pack(request))
+        self._send_request(request)
         message = self._next(request_id, f"no answer to request {request_id}")
         if isinstance(message, pb.Error):
             del self._inboxes[request_id]
@@ -307,7 +296,7 @@ class Client:
         """Send a request that has one answer; wait past `accepted` for it."""
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
-        self._socket.send(pack(request))
+        self._send_request(request)
         try:
             while True:
                 answer = answer_of(
@@ -317,10 +306,12 @@ class Client:
                     return answer
         finally:
             self._inboxes.pop(request_id, None)  # a late reply finds no inbox and is dropped
+            self._live.forget(request_id)
 
     def cancel(self, request_id: str) -> None:
         """Ask the broker to stop the request. Its stream then ends with a
         result whose finish_reason is CANCELLED (or an error if it was unknown)."""
+        self._live.mark_cancelled(request_id)
         self._socket.send(pack(pb.Cancel(request_id=request_id)))
 
     def status(self) -> pb.StatusReply:
@@ -345,7 +336,7 @@ class Client:
                 raise error_from_proto(message)
 
     def close(self) -> None:
-        self._socket.close()
+        close_monitored(self._socket, self._monitor)
         if self._owns_context:
             self._context.term()
 
@@ -354,6 +345,45 @@ class Client:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------ the connection
+
+    def _connect(self) -> None:
+        self._socket, self._monitor = connect_client_dealer(self._context, self.address)
+        self._link = LinkWatch(self.address)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _send_request(self, request: pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest) -> None:
+        self._live.add(request)
+        self._socket.send(pack(request))
+
+    def _watch_link(self) -> None:
+        """Read the connection's events; renew a lost connection."""
+        while True:
+            try:
+                event = link_event(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if self._link.is_lost(event):
+                self._reconnect()
+                return  # the new connection's events come on its own monitor
+
+    def _reconnect(self) -> None:
+        """A fresh socket rather than the old one's own reconnect: a socket then holds
+        one connection, so a resend never meets its original on the same connection
+        (the broker would refuse it as DUPLICATE_REQUEST), and nothing the old
+        broker never took waits on it to be delivered again."""
+        self._receive_all()  # what the lost broker sent counts as held
+        close_monitored(self._socket, self._monitor, linger_ms=0)
+        self._connect()
+        for frame in resend_frames(self._live, self.address):
+            self._socket.send(frame)
+
+    def _send_due_resends(self) -> None:
+        for message in self._live.due_resends(time.monotonic()):
+            self._socket.send(pack(message))
 
     # ------------------------------------------------------------ receiving
 
@@ -365,9 +395,21 @@ class Client:
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
                 raise LlmosTimeout(f"{timeout_message} within {self.timeout_s:g} s", key)
-            if self._socket.poll(int(remaining_s * 1000) + 1, zmq.POLLIN):
-                self._receive_all()
+            self._wait(remaining_s)
         return inbox.popleft()
+
+    def _wait(self, timeout_s: float) -> None:
+        """Up to `timeout_s` (less if a refused resend falls due): route what arrives,
+        renew a lost connection, send the resends that are due."""
+        due_s = self._live.next_due_s()
+        if due_s is not None:
+            timeout_s = min(timeout_s, max(0.0, due_s - time.monotonic()))
+        ready = dict(self._poller.poll(int(timeout_s * 1000) + 1))
+        if self._socket in ready:
+            self._receive_all()
+        if self._monitor in ready:
+            self._watch_link()
+        self._send_due_resends()
 
     def _receive_all(self) -> None:
         """Route every frame waiting on the socket to its request's inbox."""
@@ -379,16 +421,14 @@ class Client:
             self._route(frames[-1])
 
     def _route(self, frame: bytes) -> None:
-        try:
-            name, message = unpack(frame, CLIENT_ACCEPTS)
-        except WireError as exc:
-            log.warning("dropping a frame from %s: %s", self.address, exc.message)
+        message = admit_frame(frame, self._live, self.address, time.monotonic())
+        if message is None:
             return
         key = request_id_of(message)
         inbox = self._inboxes.get(key)
         if inbox is None:
             # A late message for a request that already ended (or was never ours).
-            log.debug("dropping %s for request %s: not in flight", name, key)
+            log.debug("dropping %s for request %s: not in flight", body_name(message), key)
             return
         inbox.append(message)
 

@@ -26,6 +26,14 @@ SOCKET_LINGER_MS = 500
 SOCKET_HWM = 10_000
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
+# Clients: ZMTP heartbeats notice a broker that went silent without closing its
+# connection; ZeroMQ's reconnect backoff runs while it is away (see docs/protocol.md,
+# "Reconnecting").
+CLIENT_HEARTBEAT_INTERVAL_MS = HEARTBEAT_INTERVAL_MS
+CLIENT_HEARTBEAT_TIMEOUT_MS = HEARTBEAT_INTERVAL_MS * HEARTBEAT_LIVENESS
+CLIENT_RECONNECT_MS = 100  # the first retry after a failed connect
+CLIENT_RECONNECT_MAX_MS = 2000  # the retry interval doubles up to this
+
 # Kernel
 DEFAULT_BLOCK_SIZE = 16
 RESOURCE_TOPIC = b"resources"

@@ -7,8 +7,17 @@ import logging
 from typing import TypeVar
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
-from llmos.wire.constants import MAX_FRAME_BYTES, SOCKET_HWM, SOCKET_LINGER_MS
+from llmos.wire.constants import (
+    CLIENT_HEARTBEAT_INTERVAL_MS,
+    CLIENT_HEARTBEAT_TIMEOUT_MS,
+    CLIENT_RECONNECT_MAX_MS,
+    CLIENT_RECONNECT_MS,
+    MAX_FRAME_BYTES,
+    SOCKET_HWM,
+    SOCKET_LINGER_MS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,45 @@ def connect_dealer(
         socket.setsockopt(zmq.IMMEDIATE, 1)
     socket.connect(address)
     return socket
+
+
+# What a client's connection monitor reports: the connection to the broker ended
+# (closed, or silent past the heartbeat timeout), or a new one is ready.
+CLIENT_LINK_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+def connect_client_dealer(context: zmq.Context[SocketT], address: str) -> tuple[SocketT, SocketT]:
+    """A client's DEALER to the broker and the PAIR socket that monitors its connection
+    (CLIENT_LINK_EVENTS; `link_event` reads one).
+
+    ZMTP heartbeats end the connection to a broker that stops answering PINGs, as a
+    closed connection ends by itself; either way the monitor says EVENT_DISCONNECTED.
+    While the broker is away ZeroMQ retries the connect, the interval doubling from
+    CLIENT_RECONNECT_MS up to CLIENT_RECONNECT_MAX_MS. The socket is not IMMEDIATE:
+    what is sent before the first connection waits for it (a client renews the socket
+    after a lost connection, so nothing waits on a dead one)."""
+    socket = context.socket(zmq.DEALER)
+    _apply_common(socket)
+    socket.setsockopt(zmq.HEARTBEAT_IVL, CLIENT_HEARTBEAT_INTERVAL_MS)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, CLIENT_HEARTBEAT_TIMEOUT_MS)
+    socket.setsockopt(zmq.HEARTBEAT_TTL, CLIENT_HEARTBEAT_TIMEOUT_MS)  # the broker may drop us as silent
+    socket.setsockopt(zmq.RECONNECT_IVL, CLIENT_RECONNECT_MS)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, CLIENT_RECONNECT_MAX_MS)
+    monitor = socket.get_monitor_socket(CLIENT_LINK_EVENTS)
+    socket.connect(address)
+    return socket, monitor
+
+
+def link_event(frames: list[bytes]) -> int:
+    """The event (zmq.EVENT_*) of one message from a monitor socket."""
+    return int(parse_monitor_message(frames)["event"])
+
+
+def close_monitored(socket: zmq.Socket, monitor: zmq.Socket, linger_ms: int = SOCKET_LINGER_MS) -> None:
+    """Close a socket from `connect_client_dealer` and its monitor."""
+    socket.disable_monitor()
+    monitor.close(linger=0)
+    socket.close(linger=linger_ms)
 
 
 def bind_pub(context: zmq.Context[SocketT], address: str) -> SocketT:
