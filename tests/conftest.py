@@ -6,6 +6,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmos.tiny_model import make_tiny_model
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="run the long variants (tests/test_fuzz_wire.py: 100,000 frames per socket)",
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded llmos-tiny model, made once per test session."""
