@@ -27,6 +27,7 @@ from broker.journal import Chunk, JournalKey
 from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
+from broker.requests import Request
 from broker.worker_pool import WorkerPool
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.constants import DEFAULT_TENANT
@@ -59,6 +60,7 @@ class ClientFrontEnd:
         tokens: RateMeter,
         peer_errors: PeerErrors,
         journal: RequestJournal,
+        client_grace_s: float,
     ) -> None:
         self.socket = socket  # received from here; replies go through `replies`
         self.watch = watch
@@ -70,6 +72,9 @@ class ClientFrontEnd:
         self.answer_fills = answer_fills  # read: status
         self.tokens = tokens  # read: status
         self.peer_errors = peer_errors
+        self.client_grace_s = client_grace_s
+        # broker request id -> when its gone client's grace ends (a resend attaches it sooner)
+        self.orphans: dict[str, float] = {}
         self.journal = journal  # written: accepted requests; read: resends
         self.num_rejected = 0
         self.handlers: Handlers[None] = Handlers(
@@ -302,12 +307,42 @@ class ClientFrontEnd:
     # --- requests ending early
 
     def forget_client(self, identity: bytes) -> None:
+        """The connection closed: its requests run on, detached, for `client_grace_s` so
+        that a client that reconnects can resend them (see docs/protocol.md, Reconnecting);
+        `purge_orphans` stops those nobody came back for."""
         gone = self.requests.of_client(identity)
-        if gone:
+        if not gone:
+            return
+        if self.client_grace_s <= 0:
             log.info("client %r is gone; stopping its %d requests", identity, len(gone))
+            for request in gone:
+                self.stop_orphan(request)
+            return
+        log.info(
+            "client %r is gone; its %d requests wait %g s for it to resend them",
+            identity,
+            len(gone),
+            self.client_grace_s,
+        )
+        give_up_at_s = time.monotonic() + self.client_grace_s
         for request in gone:
-            self.dispatcher.cancel(request)
-            self.replies.answer(request, None)
+            self.requests.detach(request)
+            self.orphans[request.request_id] = give_up_at_s
+
+    def purge_orphans(self, now_s: float) -> None:
+        """Stop the requests of gone clients that did not resend them within the grace."""
+        for request_id, give_up_at_s in list(self.orphans.items()):
+            if give_up_at_s > now_s:
+                continue
+            del self.orphans[request_id]
+            request = self.requests.get(request_id)
+            if request is not None and request.is_detached and not request.is_answered:
+                log.info("no client came back for %s tier %s; stopping it", request_id, request.tier)
+                self.stop_orphan(request)
+
+    def stop_orphan(self, request: Request) -> None:
+        self.dispatcher.cancel(request)
+        self.replies.answer(request, None)
 
     def forget_disconnected_clients(self) -> None:
         """Clients whose connection closed, as the socket monitor reports them."""

@@ -49,6 +49,11 @@ class BrokerConfig:
     model_grace_s: float = option(
         30.0, "a model is forgotten this long after its last worker left (its queued requests refused)"
     )
+    client_grace_ms: int = option(
+        5000,
+        "a client whose connection closed has this long to reconnect and resend its "
+        "requests; then they are cancelled (0 = at once)",
+    )
     max_restarts: int = option(3, "times a request moves to another worker before WORKER_FAILED")
     heartbeat_interval_ms: int = option(
         HEARTBEAT_INTERVAL_MS, "heartbeat period; dead after 3 silent periods"

@@ -119,6 +119,13 @@ class RequestTable:
         request.client_identity, request.has_delimiter = identity, has_delimiter
         self._id_by_client[request.client_key] = request.request_id
 
+    def detach(self, request: Request) -> None:
+        """A live request's connection closed: no connection finds it until its client
+        resends it (`attach`)."""
+        assert not request.is_detached, f"request {request.request_id} is already detached"
+        del self._id_by_client[request.client_key]
+        request.client_identity = DETACHED
+
     def start(self, request: Request, worker_id: str, now_s: float) -> None:
         """QUEUED -> RUNNING: the request leaves the queue for a slot on `worker_id`."""
         was_queued = self.queue.remove(request.request_id)

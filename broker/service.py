@@ -114,6 +114,7 @@ class Broker:
             tokens,
             self.peer_errors,
             self.journal,
+            config.client_grace_ms / 1000,
         )
         self.poller = zmq.Poller()
         for socket in (
@@ -149,6 +150,7 @@ class Broker:
             self.run_step("unreachable clients", self.client_front.forget_unreachable_clients)
             self.run_step("worker purge", self.worker_front.purge_expired, now_s)
             self.run_step("deadlines", self.client_front.purge_deadlines, now_s)
+            self.run_step("gone clients", self.client_front.purge_orphans, now_s)
             self.run_step("journal purge", self.journal.purge_expired, now_s)
             self.run_step("schedule", self.dispatcher.schedule, now_s)
             self.run_step("heartbeats", self.worker_front.send_heartbeats, now_s)
