@@ -274,6 +274,11 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(
             f"  {kind:<10} {row['kills']:>5} {seconds(row['p50_s']):>11} s {seconds(row['p99_s']):>11} s"
         )
+    if summary["kills_done"] < len(summary["schedule"]):
+        lines.append(
+            f"  only {summary['kills_done']} of {len(summary['schedule'])} kills"
+            " went out before the load ended"
+        )
     if summary["errors"]:
         lines.append(f"  errors: {summary['errors']}")
     return "\n".join(lines)
