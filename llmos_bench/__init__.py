@@ -9,6 +9,10 @@ import click
 
 # name -> ("module:attribute", short help shown by `llmos bench --help` without importing it)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "chaos": (
+        "llmos_bench.chaos:chaos",
+        "Kill and restart workers, broker, scheduler and kernel under a seeded load; count what is lost.",
+    ),
     "engine": (
         "llmos_bench.engine:engine",
         "Measure the llmos engine against transformers on one model, in one process.",
