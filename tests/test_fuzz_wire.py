@@ -17,7 +17,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stack import Stack
-from wire_fuzz import frame_lists, raw_streams, send_raw
+from wire_fuzz import RawSubscriber, frame_lists, raw_streams, send_raw
 
 from llmos.wire import pb
 
@@ -122,13 +122,11 @@ def test_router_survives_generated_frames(
 
 
 def test_kernel_pub_survives_hostile_subscriptions(
-    stack: Stack, baseline_rss_kb: dict[str, int], context: zmq.Context, is_long: bool
+    stack: Stack, baseline_rss_kb: dict[str, int], is_long: bool
 ) -> None:
     """An XSUB may send any message upstream: subscriptions of any size, and garbage."""
     num_frames = LONG_FRAMES_PER_SOCKET if is_long else CI_FRAMES_PER_SOCKET
-    xsub = context.socket(zmq.XSUB)
-    xsub.setsockopt(zmq.LINGER, 0)
-    xsub.connect(address_of(stack, "kernel-pub"))
+    xsub = RawSubscriber(address_of(stack, "kernel-pub"))
     subscriptions = st.one_of(
         st.binary(max_size=64).map(lambda topic: b"\x01" + topic),
         st.integers(1, 256 * 1024).map(lambda n: b"\x01" + b"s" * n),
@@ -146,7 +144,7 @@ def test_kernel_pub_survives_hostile_subscriptions(
     def send(batch: list[bytes]) -> None:
         for message in batch:
             xsub.send(message)
-        drain_replies(xsub)
+        xsub.drain()
 
     try:
         send()

@@ -189,6 +189,87 @@ def raw_streams() -> st.SearchStrategy[bytes]:
     )
 
 
+def zmtp3_frame(body: bytes, is_command: bool = False) -> bytes:
+    """One ZMTP 3 frame, the last of its message: flags, a short or long size, body."""
+    flags = 0x04 if is_command else 0x00
+    if len(body) < 256:
+        return bytes([flags]) + bytes([len(body)]) + body
+    return bytes([flags | 0x02]) + struct.pack(">Q", len(body)) + body
+
+
+def zmtp3_ready(socket_type: bytes) -> bytes:
+    name = b"Socket-Type"
+    body = b"\x05READY" + bytes([len(name)]) + name + struct.pack(">I", len(socket_type)) + socket_type
+    return zmtp3_frame(body, is_command=True)
+
+
+def receive_exactly(conn: socket.socket, num_bytes: int) -> bytes:
+    data = b""
+    while len(data) < num_bytes:
+        chunk = conn.recv(num_bytes - len(data))
+        if not chunk:
+            raise ConnectionResetError("the peer hung up")
+        data += chunk
+    return data
+
+
+class RawSubscriber:
+    """An XSUB spoken by hand over TCP (ZMTP 3.0, NULL mechanism).
+
+    libzmq's own XSUB keeps every subscription it sends in a trie that it walks
+    recursively (one level a byte), so a 256 KiB subscription overflows the
+    sender's stack: a test that sends such subscriptions through pyzmq crashes
+    itself. This peer keeps nothing; when the publisher cuts it off (as it must
+    for a frame that long) it connects again.
+    """
+
+    def __init__(self, address: str) -> None:
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        self.host_port = (host, int(port))
+        self.conn: socket.socket | None = None
+
+    def connect(self) -> socket.socket:
+        conn = socket.create_connection(self.host_port, timeout=2.0)
+        self.conn = conn
+        # step by step, as libzmq expects: what follows the handshake in the same
+        # segment may be read before the connection is attached, and lost
+        conn.sendall(zmtp3_greeting())
+        receive_exactly(conn, 64)
+        conn.sendall(zmtp3_ready(b"XSUB"))
+        flags, size = receive_exactly(conn, 2)
+        assert flags == 0x04, f"expected a short command, got flags {flags:#x}"
+        receive_exactly(conn, size)  # the publisher's READY
+        return conn
+
+    def send(self, message: bytes) -> None:
+        for _ in range(2):  # once on a live connection, once more on a new one
+            try:
+                conn = self.conn or self.connect()
+                conn.sendall(zmtp3_frame(message))
+                return
+            except OSError:
+                self.close()
+
+    def drain(self) -> None:
+        """Read and forget what the publisher sent (its greeting, READY, views)."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.setblocking(False)
+            while self.conn.recv(65536):
+                pass
+            self.close()  # an orderly end of stream: the publisher hung up
+        except BlockingIOError:
+            self.conn.settimeout(2.0)
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 def send_raw(address: str, data: bytes, read_timeout_s: float = 0.05) -> None:
     """Connect to a tcp:// address, send `data`, read what comes back briefly, close."""
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
