@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGES_PER_POLL = 1000  # so a busy worker socket cannot starve the others
 # far above any vocabulary's longest token, so only a lying worker reaches it
 MAX_TEXT_CHARS_PER_TOKEN = 256
+# Strangers remembered as told to register (a bound: an attacker may use any number of identities).
+MAX_TOLD_TO_REGISTER = 4096
 
 
 class WorkerFrontEnd:
@@ -62,6 +64,10 @@ class WorkerFrontEnd:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.peer_errors = peer_errors
         self.next_heartbeat_s = 0.0
+        # A stranger is told to register once per heartbeat interval, not once per
+        # message: a worker whose heartbeats and progress reach a restarted broker
+        # before its registration then registers once, and its new requests stay put.
+        self.told_to_register_s: dict[bytes, float] = {}
         self.handlers: Handlers[None] = Handlers(
             "the broker's worker socket",
             {
@@ -120,6 +126,7 @@ class WorkerFrontEnd:
         if old is not None:
             self.dispatcher.requeue_running(old)  # it restarted: whatever it ran is gone
         worker = self.workers.require_worker(identity, register, now_s)
+        self.told_to_register_s.pop(identity, None)
         self.dispatcher.wake()
         log.info(
             "worker %s ready: models %s, task %s, device %s, %d slots",
@@ -131,7 +138,7 @@ class WorkerFrontEnd:
         )
 
     def disconnect(self, message: pb.Disconnect, identity: bytes, now_s: float) -> None:
-        worker = self.known_worker(identity, now_s)
+        worker = self.workers.refresh(identity, now_s)  # a stranger's goodbye needs no answer
         if worker is not None and self.workers.delete_worker(identity, now_s) is not None:
             log.info("worker %s left (%s)", worker.worker_id, message.reason[:200])
             self.dispatcher.requeue_running(worker)
@@ -155,13 +162,33 @@ class WorkerFrontEnd:
         worker = self.workers.refresh(identity, now_s)
         if worker is None:
             self.peer_errors.refused("unregistered worker", identity, "a message before WorkerRegister")
-            # the zguide's answer to a stranger: tell it to register again
-            send_reply(
-                self.socket, identity, False, pack(pb.Disconnect(reason="unknown worker; register again"))
-            )
+            if self.may_tell_to_register(identity, now_s):
+                # the zguide's answer to a stranger: tell it to register again
+                send_reply(
+                    self.socket, identity, False, pack(pb.Disconnect(reason="unknown worker; register again"))
+                )
         return worker
 
+    def may_tell_to_register(self, identity: bytes, now_s: float) -> bool:
+        told_s = self.told_to_register_s.get(identity)
+        if told_s is not None and now_s - told_s < self.heartbeat_interval_s:
+            return False
+        if len(self.told_to_register_s) >= MAX_TOLD_TO_REGISTER:
+            self.forget_told(now_s)
+        if len(self.told_to_register_s) < MAX_TOLD_TO_REGISTER:
+            self.told_to_register_s[identity] = now_s
+        return True
+
+    def forget_told(self, now_s: float) -> None:
+        """Forget strangers told longer than an interval ago: they may be told again."""
+        self.told_to_register_s = {
+            identity: told_s
+            for identity, told_s in self.told_to_register_s.items()
+            if now_s - told_s < self.heartbeat_interval_s
+        }
+
     def purge_expired(self, now_s: float) -> None:
+        self.forget_told(now_s)
         for worker in self.workers.purge_expired(now_s):
             log.warning(
                 "worker %s missed its heartbeats; re-queueing %d requests",

@@ -146,6 +146,7 @@ class Kernel:
                 pb.UNAVAILABLE,
                 f"the kernel holds its maximum of {self.registry.max_workers} workers; "
                 "retry once a silent one expires",
+                retry_after_ms=round(self.registry.expiry_s * 1000),
             )
         spec = WorkerSpec(
             worker_id=message.worker_id,

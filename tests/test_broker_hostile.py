@@ -205,6 +205,19 @@ def test_progress_for_requests_never_dispatched_is_ignored(stack):
     wait_until(lambda: status_workers(stack) == [SIM_WORKER], "the liar is gone")
 
 
+def test_a_stranger_is_told_to_register_once_per_interval_not_once_per_message(stack):
+    """What a restarted broker sees: a worker's heartbeats and progress arrive before
+    its registration. One "register again" for the burst, so the worker registers once."""
+    with dealer(stack.ports.worker_address, "restarted") as stranger:
+        for _ in range(50):
+            stranger.send(pack(pb.Heartbeat(worker_id="restarted")))
+        num_told = 0
+        while stranger.poll(500):
+            name, _ = receive(stranger, {"disconnect", "heartbeat"})
+            num_told += name == "disconnect"
+    assert 1 <= num_told <= 2, f"told to register {num_told} times for one burst"
+
+
 def test_a_phantoms_model_is_forgotten_after_its_grace(stack):
     """A phantom claims a model that sorts first, so it becomes the default; it goes
     silent, and once the grace has passed the request queued for it is refused and a

@@ -175,7 +175,8 @@ def test_registrations_past_max_workers_are_refused_unavailable(tmp_path: Path) 
         with dealer(kernel.address) as socket:
             register(socket, "w-1", num_blocks=2)
             register(socket, "w-2", num_blocks=2)
-            expect_error(socket, make_register("w-3"), pb.UNAVAILABLE)
+            error = expect_error(socket, make_register("w-3"), pb.UNAVAILABLE)
+            assert error.retry_after_ms > 0, "the refusal says when a place may be free"
             register(socket, "w-2", num_blocks=4)  # registering again needs no new place
             assert [w.worker_id for w in query_view(socket).workers] == ["w-1", "w-2"]
 

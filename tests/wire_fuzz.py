@@ -87,9 +87,19 @@ def field_values(field: FieldDescriptor, depth: int) -> st.SearchStrategy:
         return value
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return st.lists(value, max_size=MAX_REPEATED // 4)
+    # A long list comes as one value many times, so it needs no long draw. Repeated
+    # strings are short but for one: a huge string many times (or in many nested
+    # messages) is gigabytes to serialize in this process, and a frame past the
+    # services' MAXMSGSIZE only ever tests the cut-off.
+    if field.type == FieldDescriptor.TYPE_STRING:
+        short = st.text(max_size=16)
+        return st.one_of(
+            st.lists(short, max_size=MAX_REPEATED),
+            strings().map(lambda text: [text]),  # one string of any size, huge ones included
+            st.tuples(short, st.integers(1, HUGE_REPEATED)).map(lambda pair: [pair[0]] * pair[1]),
+        )
     return st.one_of(
         st.lists(value, max_size=MAX_REPEATED),
-        # one value many times: a long list without a long draw
         st.tuples(value, st.integers(1, HUGE_REPEATED)).map(lambda pair: [pair[0]] * pair[1]),
     )
 

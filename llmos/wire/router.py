@@ -40,4 +40,9 @@ def answer_request(
                 send_reply(router, identity, has_delimiter, pack(reply))
             return
     log_refusal(identity, error)
-    send_reply(router, identity, has_delimiter, error_frame(error.code, error.message, error.request_id))
+    send_reply(
+        router,
+        identity,
+        has_delimiter,
+        error_frame(error.code, error.message, error.request_id, error.retry_after_ms),
+    )
