@@ -20,11 +20,12 @@ WORKDIR /opt/llmos
 COPY . .
 RUN pip install --no-cache-dir . \
     && useradd --create-home --shell /usr/sbin/nologin llmos \
-    && install -d -o llmos /journal
+    && install -d -o llmos /journal \
+    && install -d -m 700 -o llmos /keys
 
 # The services need no root; model directories are mounted read-only at /models
 # (see compose.yaml), so the image holds no weights. /journal is the broker's journal
-# volume: a new named volume takes the owner of the image's directory.
+# volume and /keys the keyring's: a new named volume takes the owner of the image's directory.
 USER llmos
 WORKDIR /home/llmos
 

@@ -18,8 +18,10 @@ from collections import Counter
 
 import zmq
 
+from broker.access import INSECURE_CALLER, Access, Caller
 from broker.admission import AdmissionRules, TaskRequest
 from broker.answers import AnswerFills
+from broker.audit_trail import AuditTrail
 from broker.client_replies import ClientReplies
 from broker.client_watch import ClientWatch
 from broker.dispatcher import Dispatcher
@@ -28,6 +30,7 @@ from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
 from broker.requests import Request
+from broker.tenant_tokens import TenantTokens
 from broker.worker_pool import WorkerPool
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.constants import DEFAULT_TENANT
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 
 QUEUE_FULL_RETRY_MS = 1000
 MAX_MESSAGES_PER_POLL = 1000  # so a busy client socket cannot starve the others
+# a revoked key's connection closes this long after its requests were answered, so
+# the answers (PERMISSION_DENIED) leave before the connection ends
+HANG_UP_DELAY_S = 0.2
 # refusals that say the client broke the protocol, counted as refused messages; the
 # others (QUEUE_FULL, TOO_LARGE, ...) refuse a well-formed request and are only `num_rejected`
 PROTOCOL_ERRORS = frozenset(
@@ -61,6 +67,10 @@ class ClientFrontEnd:
         peer_errors: PeerErrors,
         journal: RequestJournal,
         client_grace_s: float,
+        access: Access,
+        audit: AuditTrail,
+        tenant_tokens: TenantTokens,
+        is_logging_prompts: bool = False,
     ) -> None:
         self.socket = socket  # received from here; replies go through `replies`
         self.watch = watch
@@ -76,6 +86,11 @@ class ClientFrontEnd:
         # broker request id -> when its gone client's grace ends (a resend attaches it sooner)
         self.orphans: dict[str, float] = {}
         self.journal = journal  # written: accepted requests; read: resends
+        self.access = access
+        self.audit = audit  # written: admissions, refusals, cancels, admin actions
+        self.tenant_tokens = tenant_tokens  # read: tokens each tenant made in the last minute
+        self.is_logging_prompts = is_logging_prompts  # --log-prompts: text in the log, asked for
+        self.hang_ups: dict[bytes, float] = {}  # revoked keys' connections -> when to close them
         self.num_rejected = 0
         self.handlers: Handlers[None] = Handlers(
             "the broker's client socket",
@@ -112,9 +127,17 @@ class ClientFrontEnd:
             return
         if replaced is not None:
             self.forget_client(replaced)
-        self.route([frame.bytes for frame in frames])
+        caller = self.access.caller(frames[-1])
+        if caller is None:
+            # admitted at its handshake, revoked since
+            error = WireError(pb.PERMISSION_DENIED, "this key is not (or no longer) allowed")
+            self.audit.refusal(error, None)
+            self.refuse(identity, len(frames) == 3, error)
+            return
+        self.watch.note_key(identity, caller.public_key)
+        self.route([frame.bytes for frame in frames], caller)
 
-    def route(self, frames: list[bytes]) -> None:
+    def route(self, frames: list[bytes], caller: Caller = INSECURE_CALLER) -> None:
         split = router_frames(frames)
         if split is None:
             error = WireError(
@@ -126,8 +149,10 @@ class ClientFrontEnd:
             return
         identity, payload, has_delimiter = split
         try:
-            self.handlers.route(payload, identity, has_delimiter)
+            self.handlers.route(payload, identity, has_delimiter, caller)
         except WireError as exc:
+            if exc.code not in PROTOCOL_ERRORS:  # garbage is counted (peer_errors), not audited
+                self.audit.refusal(exc, caller)
             self.refuse(identity, has_delimiter, exc)
         except Exception:  # a bug must cost one request, not the broker
             self.peer_errors.internal(identity)
@@ -153,11 +178,14 @@ class ClientFrontEnd:
 
     # --- messages
 
-    def admit(self, message: TaskRequest, identity: bytes, has_delimiter: bool) -> None:
+    def admit(self, message: TaskRequest, identity: bytes, has_delimiter: bool, caller: Caller) -> None:
+        # the key decides the tenant, so a resend attaches only to its own tenant's requests
+        message.tenant = caller.tenant_for(message.tenant, message.request_id)
         if message.is_resend and self.attach(message, identity, has_delimiter):
             return
         admitted = self.rules.validate(message, self.workers.model_view())
         request_id, tier, tenant = admitted.request_id, admitted.tier, admitted.tenant
+        caller.check_tier(tier, self.requests.queue.tiers, request_id)
         if self.requests.by_client(identity, request_id) is not None:
             raise WireError(
                 pb.DUPLICATE_REQUEST, f"request '{request_id}' is already live on this connection", request_id
@@ -176,17 +204,15 @@ class ClientFrontEnd:
                 request_id,
                 QUEUE_FULL_RETRY_MS,
             )
-        quota = self.rules.quota(tenant)
-        if quota and self.requests.num_live(tenant) >= quota:
-            raise WireError(
-                pb.QUOTA_EXCEEDED,
-                f"tenant '{tenant}' has {quota} live requests, its quota; retry when one finishes",
-                request_id,
-                QUEUE_FULL_RETRY_MS,
-            )
+        self.check_quotas(caller, tenant, request_id)
         self.journal.record_accepted(admitted)
         request, position = self.requests.add(identity, has_delimiter, admitted, time.monotonic())
         self.journal.track(request)
+        self.audit.admission(request, caller)
+        if self.is_logging_prompts:
+            log.info(
+                "prompt of %s tenant %s: %r", request.request_id, tenant, admitted.prompt or admitted.inputs
+            )
         self.dispatcher.note_arrival(request)
         log.debug(
             "accepted %s (client id %s) tier %s tenant %s", request.request_id, request_id, tier, tenant
@@ -196,6 +222,28 @@ class ClientFrontEnd:
             has_delimiter,
             pack(pb.Accepted(request_id=request_id, tier=tier, queue_position=position)),
         )
+
+    def check_quotas(self, caller: Caller, tenant: str, request_id: str) -> None:
+        """Live requests (the key's limit, else the broker's per tenant) and tokens per minute."""
+        entry = caller.entry
+        quota = entry.max_live_requests if entry is not None and entry.max_live_requests else 0
+        quota = quota or self.rules.quota(tenant)
+        if quota and self.requests.num_live(tenant) >= quota:
+            raise WireError(
+                pb.QUOTA_EXCEEDED,
+                f"tenant '{tenant}' has {quota} live requests, its quota; retry when one finishes",
+                request_id,
+                QUEUE_FULL_RETRY_MS,
+            )
+        tokens_per_minute = entry.tokens_per_minute if entry is not None else 0
+        now_s = time.monotonic()
+        if tokens_per_minute and self.tenant_tokens.used(tenant, now_s) >= tokens_per_minute:
+            raise WireError(
+                pb.QUOTA_EXCEEDED,
+                f"tenant '{tenant}' generated its {tokens_per_minute} tokens of the last minute",
+                request_id,
+                self.tenant_tokens.retry_after_ms(tenant, tokens_per_minute, now_s),
+            )
 
     def attach(self, message: TaskRequest, identity: bytes, has_delimiter: bool) -> bool:
         """A resend: this connection gets the request accepted under its key (tenant, id),
@@ -245,7 +293,8 @@ class ClientFrontEnd:
         if catch_up is not None:
             self.replies.reply(identity, has_delimiter, catch_up)
 
-    def cancel(self, message: pb.Cancel, identity: bytes, has_delimiter: bool) -> None:
+    def cancel(self, message: pb.Cancel, identity: bytes, has_delimiter: bool, caller: Caller) -> None:
+        # by connection: a client reaches only the requests it sent on this one
         request = self.requests.by_client(identity, message.request_id)
         if request is None:
             raise WireError(
@@ -254,14 +303,19 @@ class ClientFrontEnd:
                 message.request_id,
             )
         log.info("cancelled %s tier %s on worker %s", request.request_id, request.tier, request.worker_id)
+        self.audit.cancel(request, "the client cancelled it")
         self.dispatcher.cancel(request)
         self.replies.answer(
             request,
             pack(request.result(pb.FINISH_REASON_CANCELLED, request.worker_id or "", time.monotonic())),
         )
 
-    def drain_worker(self, message: pb.DrainWorker, identity: bytes, has_delimiter: bool) -> None:
+    def drain_worker(
+        self, message: pb.DrainWorker, identity: bytes, has_delimiter: bool, caller: Caller
+    ) -> None:
         """`llmos drain WORKER`: the worker finishes what it runs, takes nothing new, leaves."""
+        caller.require_admin("draining a worker")
+        self.audit.admin_action(caller, "drain", message.worker_id[:128])
         worker = self.workers.by_id(message.worker_id)
         if worker is None:
             raise WireError(pb.UNKNOWN_WORKER, f"no worker '{message.worker_id}' is registered")
@@ -269,7 +323,7 @@ class ClientFrontEnd:
         reply = pb.DrainReply(worker_id=worker.worker_id, num_running=len(worker.running_ids))
         self.replies.reply(identity, has_delimiter, pack(reply))
 
-    def send_status(self, _: pb.StatusRequest, identity: bytes, has_delimiter: bool) -> None:
+    def send_status(self, _: pb.StatusRequest, identity: bytes, has_delimiter: bool, caller: Caller) -> None:
         self.replies.reply(identity, has_delimiter, pack(self.status()))
 
     def status(self) -> pb.StatusReply:
@@ -305,6 +359,31 @@ class ClientFrontEnd:
         )
 
     # --- requests ending early
+
+    def revoke_keys(self, public_keys: set[str]) -> None:
+        """Keys just revoked: their requests are answered PERMISSION_DENIED and stopped,
+        and their connections closed (the ZAP handler refuses them when they come back)
+        a moment later, so that those answers leave first."""
+        hang_up_at_s = time.monotonic() + HANG_UP_DELAY_S
+        for identity in self.watch.identities_of_keys(public_keys):
+            gone = self.requests.of_client(identity)
+            log.warning("a revoked key's connection %r: ending its %d requests", identity, len(gone))
+            for request in gone:
+                self.audit.cancel(request, "its key was revoked")
+                self.dispatcher.cancel(request)
+                self.replies.answer(
+                    request,
+                    error_frame(
+                        pb.PERMISSION_DENIED, "the key of this request was revoked", request.client_request_id
+                    ),
+                )
+            self.hang_ups[identity] = hang_up_at_s
+
+    def hang_up_revoked(self, now_s: float) -> None:
+        for identity, hang_up_at_s in list(self.hang_ups.items()):
+            if hang_up_at_s <= now_s:
+                del self.hang_ups[identity]
+                self.watch.hang_up(identity)
 
     def forget_client(self, identity: bytes) -> None:
         """The connection closed: its requests run on, detached, for `client_grace_s` so

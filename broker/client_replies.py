@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import zmq
 
+from broker.audit_trail import AuditTrail
 from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
 from broker.requests import DETACHED, Request
@@ -22,8 +23,11 @@ from llmos.wire.sockets import send_reply
 
 
 class ClientReplies:
-    def __init__(self, socket: zmq.Socket, requests: RequestTable, journal: RequestJournal) -> None:
+    def __init__(
+        self, socket: zmq.Socket, requests: RequestTable, journal: RequestJournal, audit: AuditTrail
+    ) -> None:
         self.socket = socket
+        self.audit = audit  # written: each request's end
         self.requests = requests
         self.journal = journal
         self.num_completed = 0
@@ -66,6 +70,7 @@ class ClientReplies:
         if not self.requests.end(request):
             return
         self.journal.record_answer(request, payload)
+        self.audit.completion(request, is_delivered=payload is not None)
         if payload is not None:
             self.num_completed += 1
             self.reply(request.client_identity, request.has_delimiter, payload)

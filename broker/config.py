@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from llmos.config import llmos_home, option
+from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, llmos_home, option
 from llmos.wire.constants import (
     CLIENT_PORT,
     DEFAULT_MAX_TOKENS,
@@ -86,6 +87,17 @@ class BrokerConfig:
         "normal", "normal survives a broker kill; full also a power loss (an fsync per commit)"
     )
     result_ttl_s: float = option(600.0, "keep finished answers this long for clients that resend")
+    insecure: bool = option(False, INSECURE_HELP)
+    keys_dir: str = option("", KEYS_DIR_HELP)
+    audit_log: str = option(
+        "",
+        "tamper-evident audit log, one JSON line per admission, refusal, cancel, completion, "
+        "authentication failure, key change and admin action (empty: $LLMOS_HOME/audit.jsonl; none: off)",
+    )
+    audit_fsync: str = option("interval", "every: fsync each audit line; interval: at most once a second")
+    log_prompts: bool = option(
+        False, "log each admitted prompt's text (off: logs carry lengths and a keyed hash, never text)"
+    )
 
     @property
     def journal_path(self) -> str:
@@ -93,6 +105,12 @@ class BrokerConfig:
         if self.journal == "none":
             return ":memory:"
         return self.journal or str(llmos_home() / "broker-journal.sqlite3")
+
+    @property
+    def audit_log_path(self) -> Path | None:
+        if self.audit_log == "none":
+            return None
+        return Path(self.audit_log) if self.audit_log else llmos_home() / "audit.jsonl"
 
     @property
     def tier_names(self) -> list[str]:

@@ -15,7 +15,7 @@ import zmq
 from llmos.wire import WireError, pack, pb
 from llmos.wire.handlers import Handlers
 from llmos.wire.peer_errors import PeerErrors
-from llmos.wire.sockets import connect_dealer
+from llmos.wire.sockets import CurveOptions, connect_dealer
 from scheduler_svc.policies import decide, make_policy
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class SchedulerLink:
         fallback_policy: str,
         tenant_weights: str = "",
         peer_errors: PeerErrors | None = None,
+        curve: CurveOptions | None = None,
     ) -> None:
         self.address = address
         self.peer_errors = peer_errors or PeerErrors(log)
@@ -43,7 +44,7 @@ class SchedulerLink:
         self.fallback = make_policy(fallback_policy, tenant_weights=tenant_weights)
         # a send fails at once while no scheduler is connected, instead of
         # queueing stale batches for it
-        self.socket = connect_dealer(context, address, is_immediate=True)
+        self.socket = connect_dealer(context, address, is_immediate=True, curve=curve)
         self.is_online = True
         self.policy_name = ""
         self._next_batch_id = 1

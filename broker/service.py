@@ -31,9 +31,12 @@ import time
 from collections.abc import Callable
 
 import zmq
+from llmos.security.authenticator import CLIENTS_DOMAIN, WORKERS_DOMAIN
 
+from broker.access import Access
 from broker.admission import AdmissionRules
 from broker.answers import AnswerFills
+from broker.audit_trail import AuditTrail
 from broker.client_front import ClientFrontEnd
 from broker.client_replies import ClientReplies
 from broker.client_watch import ClientWatch
@@ -45,8 +48,10 @@ from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
 from broker.scheduler_link import SchedulerLink
+from broker.tenant_tokens import TenantTokens
 from broker.worker_front import WorkerFrontEnd
 from broker.worker_pool import WorkerPool
+from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
 from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import bind_router
@@ -63,10 +68,17 @@ class Broker:
         self.peer_errors = PeerErrors(log)
         rules = AdmissionRules(config)
         heartbeat_interval_s = config.heartbeat_interval_ms / 1000
+        self.audit = AuditTrail(config.audit_log_path, config.audit_fsync)
         self.context = zmq.Context()
-        self.client_socket = bind_router(self.context, config.client_bind)
+        # the ZAP handler first: libzmq asks it at every CURVE handshake on the sockets below
+        self.keys = open_service_keys(
+            "broker", config.insecure, config.keys_dir, self.context, self.audit.auth_failure
+        )
+        self.audit.start(self.keys.is_secure)
+        self.client_socket = bind_router(self.context, config.client_bind, self.keys.server(CLIENTS_DOMAIN))
         self.client_watch = ClientWatch(self.client_socket)
-        self.worker_socket = bind_router(self.context, config.worker_bind)
+        self.worker_socket = bind_router(self.context, config.worker_bind, self.keys.server(WORKERS_DOMAIN))
+        tenant_tokens = TenantTokens()
         self.scheduler = SchedulerLink(
             self.context,
             config.scheduler_address,
@@ -75,11 +87,12 @@ class Broker:
             config.fallback_policy,
             config.tenant_weights,
             self.peer_errors,
+            self.keys.client_of("scheduler"),
         )
         self.requests = RequestTable(TieredQueue(config.tier_names, rules.max_queue_depths()))
         self.workers = WorkerPool(heartbeat_interval_s, config.model_grace_s)
         answer_fills, tokens = AnswerFills(), RateMeter()
-        self.replies = ClientReplies(self.client_socket, self.requests, self.journal)
+        self.replies = ClientReplies(self.client_socket, self.requests, self.journal, self.audit)
         self.dispatcher = Dispatcher(
             self.worker_socket,
             self.requests,
@@ -101,6 +114,8 @@ class Broker:
             tokens,
             heartbeat_interval_s,
             self.peer_errors,
+            self.keys,
+            tenant_tokens,
         )
         self.client_front = ClientFrontEnd(
             self.client_socket,
@@ -115,6 +130,10 @@ class Broker:
             self.peer_errors,
             self.journal,
             config.client_grace_ms / 1000,
+            Access(self.keys),
+            self.audit,
+            tenant_tokens,
+            config.log_prompts,
         )
         self.poller = zmq.Poller()
         for socket in (
@@ -154,6 +173,18 @@ class Broker:
             self.run_step("journal purge", self.journal.purge_expired, now_s)
             self.run_step("schedule", self.dispatcher.schedule, now_s)
             self.run_step("heartbeats", self.worker_front.send_heartbeats, now_s)
+            self.run_step("allowlist", self.reload_keys, now_s)
+            self.run_step("revoked connections", self.client_front.hang_up_revoked, now_s)
+
+    def reload_keys(self, now_s: float) -> None:
+        """A changed allowlist (SIGHUP, `llmos keys revoke`): audit it, end what revoked keys hold."""
+        changes = self.keys.poll_changes(now_s)
+        if changes is None:
+            return
+        self.audit.key_change(changes)
+        gone = {entry.public_key for entry in (*changes.revoked, *changes.removed)}
+        if gone:
+            self.client_front.revoke_keys(gone)
 
     def run_step(self, what: str, step: Callable[..., None], *args: float) -> None:
         """Run one step of the loop; a bug in it is counted and logged, and the loop goes on
@@ -182,8 +213,10 @@ class Broker:
         for socket in (self.client_socket, self.worker_socket):
             socket.close()
         self.scheduler.close()
+        self.keys.close()
         self.context.term()
         self.journal.close()
+        self.audit.close()
 
 
 def run(config: BrokerConfig) -> None:

@@ -23,8 +23,10 @@ from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
 from broker.requests import Request, RequestStatus
+from broker.tenant_tokens import TenantTokens
 from broker.worker_checks import check_register
 from broker.worker_pool import ConnectedWorker, WorkerPool
+from llmos.security.service_keys import ServiceKeys
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.handlers import Handlers
 from llmos.wire.peer_errors import PeerErrors
@@ -32,6 +34,7 @@ from llmos.wire.sockets import router_frames, send_reply
 
 log = logging.getLogger(__name__)
 
+WORKER_ROLE = "worker"
 MAX_MESSAGES_PER_POLL = 1000  # so a busy worker socket cannot starve the others
 # far above any vocabulary's longest token, so only a lying worker reaches it
 MAX_TEXT_CHARS_PER_TOKEN = 256
@@ -52,6 +55,8 @@ class WorkerFrontEnd:
         tokens: RateMeter,
         heartbeat_interval_s: float,
         peer_errors: PeerErrors,
+        keys: ServiceKeys,
+        tenant_tokens: TenantTokens,
     ) -> None:
         self.socket = socket
         self.workers = workers
@@ -63,6 +68,8 @@ class WorkerFrontEnd:
         self.tokens = tokens  # written: tokens made, for the status rate
         self.heartbeat_interval_s = heartbeat_interval_s
         self.peer_errors = peer_errors
+        self.keys = keys  # read: whether a message's key is still a worker's
+        self.tenant_tokens = tenant_tokens  # written: tokens made per tenant, for their limits
         self.next_heartbeat_s = 0.0
         # A stranger is told to register once per heartbeat interval, not once per
         # message: a worker whose heartbeats and progress reach a restarted broker
@@ -91,13 +98,25 @@ class WorkerFrontEnd:
     def route_waiting(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            identity = frames[0].bytes
             try:
-                self.route(frames)
+                if self.keys.is_secure and self.keys.role_of(frames[-1]) != WORKER_ROLE:
+                    self.refuse_key(identity, time.monotonic())
+                else:
+                    self.route([frame.bytes for frame in frames])
             except Exception:  # a bug must not take the broker down with every client
-                self.peer_errors.internal(frames[0])
+                self.peer_errors.internal(identity)
+
+    def refuse_key(self, identity: bytes, now_s: float) -> None:
+        """The worker's key was revoked since its handshake: it is a worker no more."""
+        worker = self.workers.delete_worker(identity, now_s)
+        if worker is not None:
+            log.warning("worker %s: its key was revoked; re-queueing its requests", worker.worker_id)
+            self.dispatcher.requeue_running(worker)
+        self.refuse(identity, WireError(pb.PERMISSION_DENIED, "this key may not serve as a worker"))
 
     def route(self, frames: list[bytes]) -> None:
         split = router_frames(frames)
@@ -250,6 +269,7 @@ class WorkerFrontEnd:
         if delta.token_ids:
             self.tokens.add(len(delta.token_ids), now_s)
             worker.tokens.add(len(delta.token_ids), now_s)
+            self.tenant_tokens.note(request.admitted.tenant, len(delta.token_ids), now_s)
         if chunk is not None:
             self.journal.record_chunk(request, chunk)
             self.replies.reply(request.client_identity, request.has_delimiter, pack(chunk))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmos.config import option
+from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
 from llmos.wire.constants import (
     DEFAULT_BLOCK_SIZE,
     HEARTBEAT_INTERVAL_MS,
@@ -29,6 +29,8 @@ class KernelConfig:
     max_workers: int = option(
         DEFAULT_MAX_WORKERS, "workers registered at once; one more is refused UNAVAILABLE"
     )
+    insecure: bool = option(False, INSECURE_HELP)
+    keys_dir: str = option("", KEYS_DIR_HELP)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -25,6 +25,7 @@ import zmq
 
 from llmos.wire.constants import RESOURCE_TOPIC, SOCKET_HWM, SOCKET_LINGER_MS
 from llmos.wire.peer_errors import PeerErrors
+from llmos.wire.sockets import CurveOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ MAX_SUBSCRIPTIONS_PER_POLL = 10_000
 _SUBSCRIBE, _UNSUBSCRIBE = 1, 0
 
 
-def bind_resource_pub(context: zmq.Context, address: str) -> zmq.Socket:
+def bind_resource_pub(context: zmq.Context, address: str, curve: CurveOptions | None = None) -> zmq.Socket:
     socket = context.socket(zmq.XPUB)
+    if curve is not None:
+        curve.apply(socket)  # kept across the rebinds below
     socket.setsockopt(zmq.LINGER, SOCKET_LINGER_MS)
     socket.setsockopt(zmq.SNDHWM, SOCKET_HWM)
     socket.setsockopt(zmq.RCVHWM, SUBSCRIPTION_HWM)
@@ -54,8 +57,10 @@ def bind_resource_pub(context: zmq.Context, address: str) -> zmq.Socket:
 class ResourcePublisher:
     """Owns the kernel's XPUB: `apply_subscriptions` when it polls readable, `publish`."""
 
-    def __init__(self, context: zmq.Context, address: str, peer_errors: PeerErrors) -> None:
-        self.socket = bind_resource_pub(context, address)
+    def __init__(
+        self, context: zmq.Context, address: str, peer_errors: PeerErrors, curve: CurveOptions | None = None
+    ) -> None:
+        self.socket = bind_resource_pub(context, address, curve)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)  # the port a `*` bind chose
         self.peer_errors = peer_errors
         self.num_refused_since_bind = 0

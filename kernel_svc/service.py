@@ -13,11 +13,13 @@ import time
 
 import zmq
 from google.protobuf.message import Message
+from llmos.security.authenticator import KERNEL_DOMAIN
 
 from kernel_svc import limits
 from kernel_svc.config import KernelConfig
 from kernel_svc.registry import WorkerRegistry, WorkerSpec, build_view
 from kernel_svc.resource_pub import ResourcePublisher
+from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
 from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import ERROR_NAMES
@@ -52,8 +54,12 @@ class Kernel:
         self.ledger = self.registry.ledger
         self.peer_errors = PeerErrors(log)
         self.context = zmq.Context()
-        self.router = bind_router(self.context, config.kernel_bind)
-        self.publisher = ResourcePublisher(self.context, config.kernel_pub_bind, self.peer_errors)
+        # the ZAP handler first: libzmq asks it at every CURVE handshake on the sockets below
+        self.keys = open_service_keys("kernel", config.insecure, config.keys_dir, self.context)
+        self.router = bind_router(self.context, config.kernel_bind, self.keys.server(KERNEL_DOMAIN))
+        self.publisher = ResourcePublisher(
+            self.context, config.kernel_pub_bind, self.peer_errors, self.keys.server(KERNEL_DOMAIN)
+        )
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.publisher.socket, zmq.POLLIN)
@@ -94,10 +100,12 @@ class Kernel:
                 self.publisher.apply_subscriptions()
             self.purge_expired(now_s)
             self.publish_view(now_s)
+            self.keys.poll_changes(now_s)  # the ZAP handler admits by the allowlist read last
 
     def close(self) -> None:
         self.router.close()
         self.publisher.close()
+        self.keys.close()
         self.context.term()
 
     # ---------------------------------------------------------------- routing

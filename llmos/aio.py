@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import cast
 
 import zmq
@@ -36,6 +37,7 @@ from llmos.client import (
 )
 from llmos.errors import LlmosTimeout, error_from_proto
 from llmos.reconnect import UNTIED, LinkWatch, LiveRequests, admit_frame, request_id_of, resend_frames
+from llmos.security.client_keys import client_curve
 from llmos.wire import pack, pb
 from llmos.wire.envelope import body_name
 from llmos.wire.sockets import close_monitored, connect_client_dealer, link_event
@@ -46,9 +48,19 @@ log = logging.getLogger(__name__)
 class AsyncClient:
     """Non-blocking client for the broker's client ROUTER."""
 
-    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        key_file: str | Path | None = None,
+        server_key_file: str | Path | None = None,
+        insecure: bool = False,
+    ) -> None:
+        """Keys as for `llmos.client.Client`."""
         self.address = address or default_broker_address()
         self.timeout_s = timeout_s
+        self._curve = client_curve(key_file, server_key_file, is_insecure=insecure)
         self._context = zmq.asyncio.Context()
         self._connect()
         self._live = LiveRequests()
@@ -222,7 +234,7 @@ class AsyncClient:
     # ------------------------------------------------------------ the connection
 
     def _connect(self) -> None:
-        self._socket, self._monitor = connect_client_dealer(self._context, self.address)
+        self._socket, self._monitor = connect_client_dealer(self._context, self.address, self._curve)
         self._link = LinkWatch(self.address)
         self._poller = zmq.asyncio.Poller()
         self._poller.register(self._socket, zmq.POLLIN)

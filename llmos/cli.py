@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -20,6 +21,8 @@ from google.protobuf.json_format import MessageToJson
 from llmos.client import BROKER_ADDRESS_ENV, Client, query_kernel
 from llmos.config import env_var
 from llmos.errors import LlmosError, LlmosTimeout
+from llmos.security.client_keys import KEY_ENV, SERVER_KEY_ENV
+from llmos.security.keyring import KeyringError
 from llmos.wire import pb
 from llmos.wire.constants import CLIENT_PORT, FINISH_REASON_NAMES, KERNEL_PORT, tcp
 
@@ -114,15 +117,34 @@ def unavailable_command(name: str, short_help: str, why: str) -> click.Command:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False),
+    help="this client's secret key file (.key_secret) [env LLMOS_KEY; default: the keyring's admin key]",
+)
+@click.option(
+    "--server-key",
+    type=click.Path(dir_okay=False),
+    help="the broker's public key file (.key) [env LLMOS_SERVER_KEY; default: the keyring's]",
+)
+def cli(key: str | None, server_key: str | None) -> None:
     """llmos: serve large language models with a broker, a kernel, a scheduler and workers.
 
     Start everything on this machine with `llmos up`, then `llmos submit PROMPT`.
     """
+    # the SDK reads these (llmos.security.client_keys), in every subcommand alike
+    if key:
+        os.environ[KEY_ENV] = key
+    if server_key:
+        os.environ[SERVER_KEY_ENV] = server_key
 
 
 def main() -> None:
-    cli(prog_name="llmos")
+    try:
+        cli(prog_name="llmos")
+    except KeyringError as exc:  # a key file missing or unreadable: one line, not a traceback
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------- submit

@@ -27,6 +27,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar, cast
 
 import zmq
@@ -42,6 +43,7 @@ from llmos.reconnect import (
     request_id_of,
     resend_frames,
 )
+from llmos.security.client_keys import client_curve
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import CLIENT_PORT, tcp
 from llmos.wire.envelope import body_name, body_names
@@ -156,9 +158,18 @@ class Client:
         address: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         context: zmq.Context | None = None,
+        *,
+        key_file: str | Path | None = None,
+        server_key_file: str | Path | None = None,
+        insecure: bool = False,
     ) -> None:
+        """`key_file` (this client's `.key_secret`) and `server_key_file` (the broker's
+        `.key`) make it speak CURVE; by default LLMOS_KEY / LLMOS_SERVER_KEY, else the
+        keyring `llmos up` made, else plain TCP (llmos.security.client_keys); `insecure`:
+        plain TCP whatever keys there are."""
         self.address = address or default_broker_address()
         self.timeout_s = timeout_s
+        self._curve = client_curve(key_file, server_key_file, is_insecure=insecure)
         self._owns_context = context is None
         self._context = context or zmq.Context()
         self._connect()
@@ -349,7 +360,7 @@ class Client:
     # ------------------------------------------------------------ the connection
 
     def _connect(self) -> None:
-        self._socket, self._monitor = connect_client_dealer(self._context, self.address)
+        self._socket, self._monitor = connect_client_dealer(self._context, self.address, self._curve)
         self._link = LinkWatch(self.address)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
@@ -440,7 +451,7 @@ def query_kernel(address: str, timeout_s: float, context: zmq.Context | None = N
     """
     owns_context = context is None
     context = context or zmq.Context()
-    socket = connect_dealer(context, address)
+    socket = connect_dealer(context, address, curve=client_curve(server="kernel"))
     try:
         socket.send(pack(pb.ResourceQuery()))
         if not socket.poll(int(timeout_s * 1000), zmq.POLLIN):

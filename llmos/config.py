@@ -24,6 +24,12 @@ import click
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
+# Every service's two security fields (llmos.security.service_keys reads them).
+INSECURE_HELP = "plain TCP with no CURVE and no authentication: any process that reaches a port may speak"
+KEYS_DIR_HELP = (
+    "keyring: this service's key pair, its peers' public keys, the allowlist (empty: $LLMOS_HOME/keys)"
+)
+
 
 def llmos_home() -> Path:
     """Where llmos keeps its state: $LLMOS_HOME, default ~/.cache/llmos."""

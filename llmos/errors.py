@@ -78,6 +78,7 @@ _ERRORS: dict[int, tuple[str, bool]] = {
     pb.INTERNAL: ("Internal", False),
     pb.NOT_ENOUGH_BLOCKS: ("NotEnoughBlocks", False),
     pb.UNKNOWN_WORKER: ("UnknownWorker", False),
+    pb.PERMISSION_DENIED: ("PermissionDenied", True),
 }
 
 
@@ -120,6 +121,7 @@ Unavailable = ERROR_CLASSES[pb.UNAVAILABLE]
 Internal = ERROR_CLASSES[pb.INTERNAL]
 NotEnoughBlocks = ERROR_CLASSES[pb.NOT_ENOUGH_BLOCKS]
 UnknownWorker = ERROR_CLASSES[pb.UNKNOWN_WORKER]
+PermissionDenied = ERROR_CLASSES[pb.PERMISSION_DENIED]
 
 
 def error_from_proto(error: pb.Error) -> LlmosError:

@@ -18,6 +18,7 @@ launcher leaves them running.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -29,9 +30,12 @@ import click
 
 from llmos.cli import plural
 from llmos.client import Client, query_kernel
-from llmos.config import llmos_home, option, options_from
+from llmos.config import INSECURE_HELP, llmos_home, option, options_from
 from llmos.errors import LlmosError
 from llmos.logs import setup_logging
+from llmos.security.client_keys import INSECURE_ENV, KEYS_DIR_ENV
+from llmos.security.keyring import default_keys_dir
+from llmos.security.service_keys import open_keyring
 from llmos.supervision import ChildSpec, Supervisor
 from llmos.wire import pb
 from llmos.wire.constants import CLIENT_PORT, DEFAULT_HOST, tcp
@@ -55,6 +59,18 @@ class UpConfig:
     log_dir: str = option("", "one log file per process here (empty: $LLMOS_HOME/logs)")
     demo: str = option("", "once up, submit this prompt and print the streamed answer")
     ready_timeout_s: float = option(120.0, "give up unless everything is ready this soon")
+    insecure: bool = option(False, INSECURE_HELP)
+    keys_dir: str = option(
+        "", "keyring every service and the CLI use, made on first use (empty: $LLMOS_HOME/keys)"
+    )
+
+    def security_flags(self) -> list[str]:
+        """What each child is told: --insecure, or where the keyring is."""
+        return ["--insecure"] if self.insecure else ["--keys-dir", str(self.keys_path)]
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.keys_dir) if self.keys_dir else default_keys_dir()
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,11 @@ def broker_journal_path(client_port: int) -> Path:
     return llmos_home() / f"broker-journal-{client_port}.sqlite3"
 
 
+def audit_log_path(client_port: int) -> Path:
+    """One audit log per stack, as for the journal."""
+    return llmos_home() / f"audit-{client_port}.jsonl"
+
+
 def connect_host(host: str) -> str:
     """Where local clients reach a service bound on `host`."""
     return DEFAULT_HOST if host in ("0.0.0.0", "*") else host
@@ -93,7 +114,7 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
         return tcp(port, config.host)
 
     def service(name: str, *flags: str) -> list[str]:
-        return [sys.executable, "-m", "llmos", name, *flags]
+        return [sys.executable, "-m", "llmos", name, *flags, *config.security_flags()]
 
     children = [
         ChildSpec(
@@ -126,6 +147,8 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
                 tcp(ports.scheduler, host),
                 "--journal",
                 str(broker_journal_path(ports.client)),
+                "--audit-log",
+                str(audit_log_path(ports.client)),
             ),
         ),
     ]
@@ -228,6 +251,18 @@ def resolve_model(model: str) -> str:
         ) from exc
 
 
+def use_keys(config: UpConfig) -> None:
+    """Make the keyring on first use; this process's own clients (readiness, demo) use it too."""
+    if config.insecure:
+        os.environ[INSECURE_ENV] = "1"
+        log.warning("--insecure: every service speaks plain TCP; any process that reaches a port may speak")
+        return
+    keyring = open_keyring(config.keys_path)
+    os.environ[KEYS_DIR_ENV] = str(keyring.keys_dir)
+    os.environ.pop(INSECURE_ENV, None)
+    click.echo(f"llmos keys: {keyring.keys_dir} (CURVE on every socket; `llmos keys --help`)")
+
+
 def run(config: UpConfig) -> None:
     setup_logging("up")
     log_dir = Path(config.log_dir) if config.log_dir else llmos_home() / "logs"
@@ -235,6 +270,7 @@ def run(config: UpConfig) -> None:
     ports = Ports.from_base(config.base_port)
     host = connect_host(config.host)
     model_path = resolve_model(config.model)
+    use_keys(config)
     supervisor = Supervisor(log_dir)
     failure: LaunchError | None = None
     signal.signal(signal.SIGTERM, _interrupt)

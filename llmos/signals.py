@@ -21,3 +21,12 @@ def stop_on_signals(draining: threading.Event | None = None) -> threading.Event:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     return stopping
+
+
+def event_on_sighup() -> threading.Event:
+    """An event set by SIGHUP (reload the allowlist); the loop clears it when it reloads.
+    Outside the main thread (a service built in a test's thread) there is none to hear it."""
+    reload_requested = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
+    return reload_requested

@@ -27,7 +27,7 @@ import zmq
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import ERROR_NAMES
 from llmos.wire.envelope import body_names
-from llmos.wire.sockets import connect_dealer
+from llmos.wire.sockets import CurveOptions, connect_dealer
 from llmos_bench.percentiles import percentile
 from llmos_bench.workload import Job, scale_jobs
 
@@ -104,10 +104,17 @@ class RunResult:
 
 
 class LoadDriver:
-    def __init__(self, address: str, num_connections: int = 1, track_chunks: bool = True) -> None:
+    def __init__(
+        self,
+        address: str,
+        num_connections: int = 1,
+        track_chunks: bool = True,
+        curve: CurveOptions | None = None,
+    ) -> None:
+        """`curve`: the client keys of a secure stack (llmos.security.client_keys.client_curve)."""
         assert num_connections >= 1
         self.context = zmq.Context()
-        self.sockets = [connect_dealer(self.context, address) for _ in range(num_connections)]
+        self.sockets = [connect_dealer(self.context, address, curve=curve) for _ in range(num_connections)]
         self.poller = zmq.Poller()
         for socket in self.sockets:
             self.poller.register(socket, zmq.POLLIN)

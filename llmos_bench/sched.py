@@ -76,11 +76,15 @@ def run_bench(config: SchedBenchConfig, echo: Echo = click.echo) -> dict[str, An
                     chat = run_chat(config, stack, echo)
                 if not config.skip_fair:
                     fair = run_fair(config, stack, echo)
-        scale = None if config.skip_scale else run_scale(config, log_root / "scale", echo)
+        scale = scale_insecure = None
+        if not config.skip_scale:
+            if config.scale_insecure_baseline:  # the same workload without CURVE: its cost
+                scale_insecure = run_scale(config, log_root / "scale-insecure", echo, is_secure=False)
+            scale = run_scale(config, log_root / "scale", echo)
     finally:
         if not config.log_dir:
             shutil.rmtree(log_root, ignore_errors=True)
-    return summarize(config, decision, chat, fair, scale)
+    return summarize(config, decision, chat, fair, scale, scale_insecure)
 
 
 # ---------------------------------------------------------------- decision time
@@ -153,6 +157,7 @@ def targets(summary: dict[str, Any]) -> dict[str, bool | None]:
         "mlfq_jct_2x_better_than_fcfs": check("mlfq_jct_gain_vs_fcfs", lambda v: v >= 2),
         "fair_shares_within_10pct": check("fair_share_error", lambda v: v <= 0.10),
         "scale_2000_requests_per_s": check("scale_requests_per_s", lambda v: v >= 2000),
+        "curve_throughput_0.85": check("curve_throughput_ratio", lambda v: v >= 0.85),
         # linear growth would be 100x from 10 to 1,000 workers
         "decision_time_far_below_linear": None
         if decision is None
@@ -166,6 +171,7 @@ def summarize(
     chat: dict[str, Any] | None,
     fair: dict[str, Any] | None,
     scale: dict[str, Any] | None,
+    scale_insecure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON line: the headline keys first, then every raw figure."""
     summary: dict[str, Any] = {
@@ -173,6 +179,9 @@ def summarize(
         **headline_chat(config, chat),
         "fair_share_error": fair and fair["fair_share_error"],
         "scale_requests_per_s": scale and scale["requests_per_s"],
+        "curve_throughput_ratio": ratio(
+            scale and scale["requests_per_s"], scale_insecure and scale_insecure["requests_per_s"]
+        ),
         "decision_us_per_request": decision[config.headline_policy]
         if config.headline_policy in decision
         else None,
@@ -183,6 +192,7 @@ def summarize(
         chat=chat,
         fair=fair,
         scale=scale,
+        scale_insecure=scale_insecure,
         decision_by_policy=decision,
         settings=asdict(config),
         machine={

@@ -62,6 +62,9 @@ class SchedBenchConfig:
     skip_chat: bool = option(False, "skip workload (a)")
     skip_fair: bool = option(False, "skip workload (b)")
     skip_scale: bool = option(False, "skip workload (c)")
+    scale_insecure_baseline: bool = option(
+        True, "(c) also run it with --insecure first; curve_throughput_ratio = CURVE / plain"
+    )
     seed: int = option(0, "seed of every workload")
     log_dir: str = option("", "keep the processes' logs here (empty: a temporary directory)")
     json_only: bool = option(False, "print only the JSON line")

@@ -141,6 +141,13 @@ def scale_lines(summary: dict[str, Any]) -> list[str]:
         f"end to end p50/p99 {ms(scale['jct_p50_s'])}/{ms(scale['jct_p99_s'])} ms, "
         f"scheduler fallbacks {scale['scheduler_fallbacks']}, errors {scale['errors'] or 'none'}",
     ]
+    plain = summary.get("scale_insecure")
+    if plain is not None:
+        lines.append(
+            f"  with CURVE (the default) {number(scale['requests_per_s'])} requests/s against "
+            f"{number(plain['requests_per_s'])} with --insecure in the same run: "
+            f"curve_throughput_ratio {number(summary['curve_throughput_ratio'], 2)}"
+        )
     if scale["cpu_s"]:
         headers = ["PROCESS", "CPU S", "CPU US/REQUEST", "CORES BUSY"]
         rows = [

@@ -267,11 +267,11 @@ def range_s(start_s: float, stop_s: float, step_s: float) -> list[float]:
 # ---------------------------------------------------------------- (c) scale
 
 
-def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo) -> dict[str, Any]:
+def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo, is_secure: bool = True) -> dict[str, Any]:
     echo(
         f"(c) scale: {config.scale_workers} simulated workers, {config.scale_requests} requests "
         f"of {config.scale_max_tokens} tokens, {config.scale_in_flight} in flight from "
-        f"{config.scale_clients} load processes ..."
+        f"{config.scale_clients} load processes, {'CURVE' if is_secure else '--insecure'} ..."
     )
     with SimStack(
         log_dir,
@@ -280,6 +280,7 @@ def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo) -> dict[str, 
         config.profile(),
         policy=config.scale_policy,
         num_sim_processes=min(config.scale_sim_processes, config.scale_workers),
+        is_secure=is_secure,
     ) as stack:
         warm_up(stack)
         cpu_before = stack.cpu_seconds()
@@ -314,6 +315,7 @@ def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo) -> dict[str, 
         else {},
         "scheduler_fallbacks": fallbacks,
         "policy": config.scale_policy,
+        "is_secure": is_secure,
         "cpu_count": os.cpu_count(),
     }
 

@@ -19,16 +19,19 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from llmos.client import Client
 from llmos.errors import LlmosError
 from llmos.processes import ProcessGroup, StackPorts
+from llmos.security.client_keys import INSECURE_ENV, KEY_ENV, KEYS_DIR_ENV, SERVER_KEY_ENV
+from llmos.security.service_keys import open_keyring
 from llmos.wire import pb
 from scheduler_svc.policy_cli import NoReply, ask_scheduler
 from workers.sim import LatencyProfile
 
 SIM_MODEL = "sim"
+CLIENT_ENV = (INSECURE_ENV, KEYS_DIR_ENV, KEY_ENV, SERVER_KEY_ENV)  # what a stack sets for its clients
 READY_TIMEOUT_S = 60.0
 PROBE_INTERVAL_S = 0.2
 FALLBACK_LOG_MARK = "falls back"  # the broker's log line when it decides without the scheduler
@@ -46,13 +49,26 @@ class ServiceStack:
     ready_timeout_s = READY_TIMEOUT_S
 
     def __init__(
-        self, log_dir: Path, num_workers: int, policy: str = "fcfs", env: dict[str, str] | None = None
+        self,
+        log_dir: Path,
+        num_workers: int,
+        policy: str = "fcfs",
+        env: dict[str, str] | None = None,
+        is_secure: bool = False,
     ) -> None:
+        """`is_secure`: CURVE on every socket, with a keyring of its own in log_dir/keys
+        (as `llmos up` runs by default); else every process runs --insecure."""
         self.log_dir = log_dir
         self.num_workers = num_workers
         self.policy = policy
         self.ports = StackPorts()
-        self.group = ProcessGroup(log_dir, env)
+        self.is_secure = is_secure
+        self.saved_env: dict[str, str | None] = {}
+        self.keys_dir = log_dir / "keys"
+        security_env = (
+            {INSECURE_ENV: "0", KEYS_DIR_ENV: str(self.keys_dir)} if is_secure else {INSECURE_ENV: "1"}
+        )
+        self.group = ProcessGroup(log_dir, {**security_env, **(env or {})})
         self.processes = self.group.processes
 
     @property
@@ -82,6 +98,9 @@ class ServiceStack:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_secure:
+            open_keyring(self.keys_dir)  # before any process: they would race to make it
+        self.point_clients_here()
         self.start_services()
         self.start_workers()
         self.wait_ready()
@@ -126,8 +145,23 @@ class ServiceStack:
             self.scheduler_address,
             "--journal",
             str(self.journal_path),
+            "--audit-log",
+            str(self.audit_log_path),
             *args,
         )
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.log_dir / "audit.jsonl"
+
+    def client_keys(self, name: str = "admin") -> dict[str, Any]:
+        """Keyword arguments for a Client of this stack: key `name` of its keyring, or plain TCP."""
+        if not self.is_secure:
+            return {"insecure": True}
+        return {
+            "key_file": self.keys_dir / f"{name}.key_secret",
+            "server_key_file": self.keys_dir / "broker.key",
+        }
 
     @property
     def journal_path(self) -> Path:
@@ -144,8 +178,25 @@ class ServiceStack:
     def start_process(self, name: str, *args: str) -> None:
         self.group.start(name, *args)
 
+    def point_clients_here(self) -> None:
+        """Clients made while the stack runs (the SDK, the load drivers, here or in child
+        processes) find its keys, as a user's find the keyring `llmos up` made; `stop`
+        puts the environment back."""
+        self.saved_env = {name: os.environ.get(name) for name in CLIENT_ENV}
+        for name in (KEY_ENV, SERVER_KEY_ENV):
+            os.environ.pop(name, None)
+        os.environ[INSECURE_ENV] = "0" if self.is_secure else "1"
+        if self.is_secure:
+            os.environ[KEYS_DIR_ENV] = str(self.keys_dir)
+
     def stop(self) -> None:
         self.group.stop()
+        for name, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self.saved_env = {}
 
     # ------------------------------------------------------------ state
 
@@ -160,7 +211,7 @@ class ServiceStack:
         return self.group.log_tails(num_chars)
 
     def status(self, timeout_s: float = 5.0) -> pb.StatusReply:
-        with Client(self.broker_address, timeout_s=timeout_s) as client:
+        with Client(self.broker_address, timeout_s=timeout_s, **self.client_keys()) as client:
             return client.status()
 
     def wait_ready(self, num_workers: int = 0) -> None:
@@ -189,9 +240,10 @@ class SimStack(ServiceStack):
         policy: str = "fcfs",
         tenant_weights: str = "",
         num_sim_processes: int = 1,
+        is_secure: bool = True,
     ) -> None:
         assert num_workers >= num_sim_processes >= 1
-        super().__init__(log_dir, num_workers, policy)
+        super().__init__(log_dir, num_workers, policy, is_secure=is_secure)
         self.max_num_seqs = max_num_seqs
         self.profile = profile
         self.tenant_weights = tenant_weights
@@ -250,7 +302,13 @@ class SimStack(ServiceStack):
         policy it reports. A switch to the policy in use keeps its state, so switching
         through another one gives `fair` fresh counters."""
         try:
-            reply = ask_scheduler(self.scheduler_address, pb.SetPolicy(policy=name), timeout_s=5.0)
+            reply = ask_scheduler(
+                self.scheduler_address,
+                pb.SetPolicy(policy=name),
+                timeout_s=5.0,
+                keys_dir=self.keys_dir if self.is_secure else None,
+                is_insecure=not self.is_secure,
+            )
         except NoReply as exc:
             raise StackError(f"{exc}\n{self.log_tails()}") from None
         if isinstance(reply, pb.Error):

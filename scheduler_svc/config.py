@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from llmos.config import option
+from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
 from llmos.wire.constants import HEARTBEAT_INTERVAL_MS, KERNEL_PUB_PORT, SCHEDULER_PORT, bind_all, tcp
 from scheduler_svc.policy_base import PolicyName, PolicyOptions
 from scheduler_svc.policy_fair import parse_tenant_weights
@@ -35,6 +35,8 @@ class SchedulerConfig:
     mlfq_aging_s: float = option(
         _DEFAULTS.mlfq_aging_s, "mlfq: a waiting request climbs one level per this many seconds"
     )
+    insecure: bool = option(False, INSECURE_HELP)
+    keys_dir: str = option("", KEYS_DIR_HELP)
 
     def __post_init__(self) -> None:
         PolicyName.parse(self.policy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import cast
 
 import click
@@ -10,6 +11,7 @@ import zmq
 
 from llmos.cli import EXIT_CLIENT_ERROR, EXIT_SERVICE_ERROR, EXIT_TIMEOUT
 from llmos.config import env_var
+from llmos.security.client_keys import client_curve
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import ERROR_NAMES, SCHEDULER_PORT, tcp
 from llmos.wire.sockets import connect_dealer
@@ -21,10 +23,23 @@ class NoReply(Exception):
     pass
 
 
-def ask_scheduler(address: str, request: pb.SetPolicy, timeout_s: float) -> pb.PolicyStatus | pb.Error:
-    """One SetPolicy, one reply, on a fresh socket (a late reply can never answer a later question)."""
+def ask_scheduler(
+    address: str,
+    request: pb.SetPolicy,
+    timeout_s: float,
+    keys_dir: Path | None = None,
+    is_insecure: bool = False,
+) -> pb.PolicyStatus | pb.Error:
+    """One SetPolicy, one reply, on a fresh socket (a late reply can never answer a later question).
+    Keys: the admin key of `keys_dir`'s keyring, else as every client finds them (client_curve)."""
+    curve = client_curve(
+        keys_dir / "admin.key_secret" if keys_dir else None,
+        keys_dir / "scheduler.key" if keys_dir else None,
+        server="scheduler",
+        is_insecure=is_insecure,
+    )
     context = zmq.Context()
-    socket = connect_dealer(context, address)
+    socket = connect_dealer(context, address, curve=curve)
     try:
         socket.send(pack(request))
         if not socket.poll(int(timeout_s * 1000), zmq.POLLIN):

@@ -13,7 +13,9 @@ import time
 
 import zmq
 from google.protobuf.message import Message
+from llmos.security.authenticator import SCHEDULER_DOMAIN
 
+from llmos.security.service_keys import ADMIN_ROLE, open_service_keys
 from llmos.service import run_service
 from llmos.wire import WireError, pb
 from llmos.wire.constants import ERROR_NAMES, HEARTBEAT_LIVENESS, RESOURCE_TOPIC
@@ -42,8 +44,12 @@ class Scheduler:
         self.policy_options = config.policy_options()  # for the policies `set_policy` makes
         self.policy = make_policy(config.policy, **self.policy_options)
         self.context = zmq.Context()
-        self.router = bind_router(self.context, config.scheduler_bind)
-        self.sub = connect_sub(self.context, config.kernel_pub_address, RESOURCE_TOPIC)
+        # the ZAP handler first: libzmq asks it at every CURVE handshake on the router
+        self.keys = open_service_keys("scheduler", config.insecure, config.keys_dir, self.context)
+        self.router = bind_router(self.context, config.scheduler_bind, self.keys.server(SCHEDULER_DOMAIN))
+        self.sub = connect_sub(
+            self.context, config.kernel_pub_address, RESOURCE_TOPIC, self.keys.client_of("kernel")
+        )
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
@@ -80,10 +86,12 @@ class Scheduler:
             if self.router in events:
                 self.route_pending()
             self.expire_view(now_s)
+            self.keys.poll_changes(now_s)  # the ZAP handler admits by the allowlist read last
 
     def close(self) -> None:
         self.router.close()
         self.sub.close()
+        self.keys.close()
         self.context.term()
 
     # ---------------------------------------------------------------- views
@@ -122,16 +130,16 @@ class Scheduler:
     def route_pending(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.route(frames)
+            self.route([frame.bytes for frame in frames], self.keys.role_of(frames[-1]))
 
-    def route(self, frames: list[bytes]) -> None:
+    def route(self, frames: list[bytes], role: str) -> None:
         """Answer one message; whatever its bytes, nothing raises out of here."""
         identity = frames[0]
         try:
-            answer_request(self.router, frames, self.handlers, self.log_refusal)
+            answer_request(self.router, frames, self.handlers, self.log_refusal, role)
         except Exception:  # a bug: it costs this batch its answer (the broker decides it), not the loop
             self.peer_errors.internal(identity)
             split = router_frames(frames)
@@ -140,7 +148,7 @@ class Scheduler:
                 self.router, identity, has_delimiter, error_frame(pb.INTERNAL, "scheduler error; logged")
             )
 
-    def decide(self, request: pb.ScheduleRequest) -> pb.ScheduleDecision:
+    def decide(self, request: pb.ScheduleRequest, role: str) -> pb.ScheduleDecision:
         limits.check_schedule_request(request)
         decision = decide(self.policy, request, self.view)
         log.debug(
@@ -158,10 +166,15 @@ class Scheduler:
             )
         return decision
 
-    def set_policy(self, request: pb.SetPolicy) -> pb.PolicyStatus:
-        """Switch to the policy named (empty: just report). The current policy object,
-        and any state it keeps, stays when the name is the policy already in use."""
+    def set_policy(self, request: pb.SetPolicy, role: str) -> pb.PolicyStatus:
+        """Switch to the policy named (empty: just report); only an admin key may switch.
+        The current policy object, and any state it keeps, stays when the name is the
+        policy already in use."""
         name = request.policy
+        if name and role != ADMIN_ROLE:
+            raise WireError(
+                pb.PERMISSION_DENIED, f"switching the policy needs an admin key, not a {role} key"
+            )
         limits.check_policy_name(name)
         if name and name != self.policy.name.value:
             try:

@@ -1,9 +1,15 @@
+import os
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmos.tiny_model import make_tiny_model
+
+# The tests' stacks run --insecure (ServiceStack's default) and so do the SDK clients
+# they make: a keyring in $LLMOS_HOME (from `make run`) must not turn those to CURVE.
+# tests/test_security.py runs secure stacks, with the keys given explicitly.
+os.environ["LLMOS_INSECURE"] = "1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

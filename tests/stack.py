@@ -35,9 +35,14 @@ class Stack(ServiceStack):
         with_scheduler: bool = True,
         broker_args: tuple[str, ...] = (),
         worker_args: tuple[str, ...] = (),
+        is_secure: bool = False,
     ) -> None:
         super().__init__(
-            log_dir, num_workers, policy, env={"LLMOS_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_INTERVAL_MS)}
+            log_dir,
+            num_workers,
+            policy,
+            env={"LLMOS_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_INTERVAL_MS)},
+            is_secure=is_secure,
         )
         self.model_dir = model_dir
         self.with_scheduler = with_scheduler
@@ -71,7 +76,7 @@ class Stack(ServiceStack):
         )
 
     def client(self, timeout_s: float = 60.0) -> Client:
-        return Client(self.broker_address, timeout_s=timeout_s)
+        return Client(self.broker_address, timeout_s=timeout_s, **self.client_keys())
 
     def check_alive(self, ignore: tuple[str, ...] = ("killed",)) -> None:
         super().check_alive(ignore)

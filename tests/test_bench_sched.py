@@ -23,6 +23,7 @@ HEADLINE_KEYS = (
     "mlfq_jct_gain_vs_fcfs",
     "fair_share_error",
     "scale_requests_per_s",
+    "curve_throughput_ratio",
 )
 TOY_ARGS = [
     "--duration-s",
@@ -91,10 +92,13 @@ def test_toy_run_reports_every_headline_figure_from_the_real_processes():
     scale = summary["scale"]
     assert (scale["completed"], scale["unfinished"], scale["errors"]) == (200, 0, {})
     assert {"broker", "scheduler", "kernel", "sim-0", "load"} <= set(scale["cpu_s"])
+    assert scale["is_secure"] is True and summary["scale_insecure"]["is_secure"] is False
+    assert summary["scale_insecure"]["completed"] == 200
     assert set(summary["targets"]) >= {
         "mlfq_jct_2x_better_than_fcfs",
         "fair_shares_within_10pct",
         "scale_2000_requests_per_s",
+        "curve_throughput_0.85",
     }
     assert all(value in (True, False) for value in summary["targets"].values())
 

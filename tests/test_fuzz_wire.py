@@ -4,7 +4,7 @@ not ZMTP 3, at every socket of a running stack (broker client and worker ports,
 kernel ROUTER and PUB, scheduler). After each socket's dose every process is
 alive, its memory bounded, and a normal request still completes.
 
-CI sends a bounded number of frames; `pytest --long tests/test_fuzz_wire.py`
+CI sends a bounded number of frames; `pytest --long --timeout 0 tests/test_fuzz_wire.py`
 sends at least 100,000 frames per socket.
 """
 

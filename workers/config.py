@@ -7,7 +7,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from llmos.config import option
+from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
 from llmos.wire.constants import HEARTBEAT_INTERVAL_MS, KERNEL_PORT, WORKER_PORT, tcp
 
 DEFAULT_MAX_NUM_SEQS = 16
@@ -78,6 +78,8 @@ class WorkerConfig:
         "on SIGTERM or the broker's Drain: finish the requests it runs within this long, "
         "then leave anyway (the broker resumes the rest elsewhere)",
     )
+    insecure: bool = option(False, INSECURE_HELP)
+    keys_dir: str = option("", KEYS_DIR_HELP)
 
 
 def default_worker_id() -> str:

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 
 from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
-from llmos.wire.sockets import connect_dealer
+from llmos.wire.sockets import CurveOptions, connect_dealer
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,15 @@ class PeerLink:
     peer = "peer"
 
     def __init__(
-        self, context: zmq.Context, poller: zmq.Poller, address: str, worker_id: str, interval_s: float
+        self,
+        context: zmq.Context,
+        poller: zmq.Poller,
+        address: str,
+        worker_id: str,
+        interval_s: float,
+        curve: CurveOptions | None = None,
     ) -> None:
+        self.curve = curve
         self.context = context
         self.poller = poller
         self.address = address
@@ -49,7 +56,7 @@ class PeerLink:
         if self.socket is not None:
             self.poller.unregister(self.socket)
             self.socket.close(linger=0)  # drop whatever was queued for the old connection
-        self.socket = connect_dealer(self.context, self.address, identity=identity)
+        self.socket = connect_dealer(self.context, self.address, identity=identity, curve=self.curve)
         self.poller.register(self.socket, zmq.POLLIN)
 
     def send(self, message: Message) -> None:

@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 import zmq
 
+from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
 from llmos.wire import Handlers, WireError, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, ERROR_NAMES, HEARTBEAT_LIVENESS
@@ -95,16 +96,23 @@ class Worker:
             DEFAULT_BLOCK_SIZE,
             loaded.kv_capacity_tokens // DEFAULT_BLOCK_SIZE,
         )
+        keys = open_service_keys("worker", config.insecure, config.keys_dir)
         self.kernel = KernelLink(
             self.context,
             self.poller,
             config.kernel_address,
             self.worker_id,
             self.interval_s,
+            keys.client_of("kernel"),
             registration=self.kernel_registration(),
         )
         self.broker = BrokerLink(
-            self.context, self.poller, config.broker_worker_address, self.worker_id, self.interval_s
+            self.context,
+            self.poller,
+            config.broker_worker_address,
+            self.worker_id,
+            self.interval_s,
+            keys.client_of("broker"),
         )
         self.next_heartbeat_at_s = 0.0
         self.tenant_by_request: dict[str, str] = {}  # for the kernel's per-tenant usage

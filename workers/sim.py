@@ -56,6 +56,7 @@ from pathlib import Path
 import zmq
 
 from llmos.prefix import prompt_block_hashes
+from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
 from llmos.wire import Handlers, WireError, pack, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
@@ -330,7 +331,8 @@ class SimPool:
         self.profile = profile
         self.interval_s = config.heartbeat_interval_ms / 1000
         self.context = zmq.Context()
-        self.kernel = connect_dealer(self.context, config.kernel_address)
+        keys = open_service_keys("worker", config.insecure, config.keys_dir)
+        self.kernel = connect_dealer(self.context, config.kernel_address, curve=keys.client_of("kernel"))
         self.poller = zmq.Poller()
         self.poller.register(self.kernel, zmq.POLLIN)
         base_id = config.worker_id or "sim"
@@ -339,7 +341,9 @@ class SimPool:
         self.workers: dict[zmq.Socket, SimWorker] = {}
         for index in range(count):
             worker_id = base_id if count == 1 else f"{base_id}-{index}"
-            socket = connect_dealer(self.context, config.broker_worker_address, identity=worker_id)
+            socket = connect_dealer(
+                self.context, config.broker_worker_address, identity=worker_id, curve=keys.client_of("broker")
+            )
             self.poller.register(socket, zmq.POLLIN)
             self.workers[socket] = SimWorker(worker_id, socket, config.max_num_seqs, kv_blocks)
         self.model_name = config.model_name or "sim"

@@ -31,6 +31,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[ErrorCode]
     NOT_ENOUGH_BLOCKS: _ClassVar[ErrorCode]
     UNKNOWN_WORKER: _ClassVar[ErrorCode]
+    PERMISSION_DENIED: _ClassVar[ErrorCode]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -67,6 +68,7 @@ UNAVAILABLE: ErrorCode
 INTERNAL: ErrorCode
 NOT_ENOUGH_BLOCKS: ErrorCode
 UNKNOWN_WORKER: ErrorCode
+PERMISSION_DENIED: ErrorCode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP: FinishReason

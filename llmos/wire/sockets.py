@@ -4,7 +4,7 @@ marks and a frame size limit on every socket, ROUTER_MANDATORY on every ROUTER."
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -30,29 +30,42 @@ _SEND_LAST_NOW = int(zmq.NOBLOCK)
 SocketT = TypeVar("SocketT", bound=zmq.Socket)
 
 
-def _apply_common(socket: zmq.Socket) -> None:
+class CurveOptions(Protocol):
+    """CURVE settings for one socket (llmos.security.curve: CurveServer, CurveClient);
+    applied before bind or connect, as libzmq requires. None everywhere = plain TCP."""
+
+    def apply(self, socket: zmq.Socket) -> None: ...
+
+
+def _apply_common(socket: zmq.Socket, curve: CurveOptions | None = None) -> None:
+    if curve is not None:
+        curve.apply(socket)
     socket.setsockopt(zmq.LINGER, SOCKET_LINGER_MS)
     socket.setsockopt(zmq.SNDHWM, SOCKET_HWM)
     socket.setsockopt(zmq.RCVHWM, SOCKET_HWM)
     socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
 
 
-def bind_router(context: zmq.Context[SocketT], address: str) -> SocketT:
+def bind_router(context: zmq.Context[SocketT], address: str, curve: CurveOptions | None = None) -> SocketT:
     """A ROUTER that raises on a send to a vanished peer instead of dropping it."""
     socket = context.socket(zmq.ROUTER)
-    _apply_common(socket)
+    _apply_common(socket, curve)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     socket.bind(address)
     return socket
 
 
 def connect_dealer(
-    context: zmq.Context[SocketT], address: str, identity: str | None = None, is_immediate: bool = False
+    context: zmq.Context[SocketT],
+    address: str,
+    identity: str | None = None,
+    is_immediate: bool = False,
+    curve: CurveOptions | None = None,
 ) -> SocketT:
     """A DEALER; with `is_immediate`, a send fails at once (EAGAIN) while no peer is
     connected instead of queueing for one (IMMEDIATE must be set before connect)."""
     socket = context.socket(zmq.DEALER)
-    _apply_common(socket)
+    _apply_common(socket, curve)
     if identity:
         socket.setsockopt(zmq.IDENTITY, identity.encode())
     if is_immediate:
@@ -66,7 +79,9 @@ def connect_dealer(
 CLIENT_LINK_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
-def connect_client_dealer(context: zmq.Context[SocketT], address: str) -> tuple[SocketT, SocketT]:
+def connect_client_dealer(
+    context: zmq.Context[SocketT], address: str, curve: CurveOptions | None = None
+) -> tuple[SocketT, SocketT]:
     """A client's DEALER to the broker and the PAIR socket that monitors its connection
     (CLIENT_LINK_EVENTS; `link_event` reads one).
 
@@ -77,7 +92,7 @@ def connect_client_dealer(context: zmq.Context[SocketT], address: str) -> tuple[
     what is sent before the first connection waits for it (a client renews the socket
     after a lost connection, so nothing waits on a dead one)."""
     socket = context.socket(zmq.DEALER)
-    _apply_common(socket)
+    _apply_common(socket, curve)
     socket.setsockopt(zmq.HEARTBEAT_IVL, CLIENT_HEARTBEAT_INTERVAL_MS)
     socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, CLIENT_HEARTBEAT_TIMEOUT_MS)
     socket.setsockopt(zmq.HEARTBEAT_TTL, CLIENT_HEARTBEAT_TIMEOUT_MS)  # the broker may drop us as silent
@@ -107,9 +122,11 @@ def bind_pub(context: zmq.Context[SocketT], address: str) -> SocketT:
     return socket
 
 
-def connect_sub(context: zmq.Context[SocketT], address: str, topic: bytes) -> SocketT:
+def connect_sub(
+    context: zmq.Context[SocketT], address: str, topic: bytes, curve: CurveOptions | None = None
+) -> SocketT:
     socket = context.socket(zmq.SUB)
-    _apply_common(socket)
+    _apply_common(socket, curve)
     socket.setsockopt(zmq.SUBSCRIBE, topic)
     socket.connect(address)
     return socket
