@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import zmq
-from llmos.security.keyring import KeyEntry
 
+from llmos.security.keyring import KeyEntry
 from llmos.security.service_keys import ServiceKeys
 from llmos.wire import WireError, pb
 from llmos.wire.constants import DEFAULT_TENANT

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from llmos.audit import AuditLog, keyed_hash, load_or_create_hash_key
-from llmos.security.authenticator import KeyChanges
-
 from broker.access import Caller
 from broker.requests import Request
+from llmos.audit import AuditLog, keyed_hash, load_or_create_hash_key
+from llmos.security.authenticator import KeyChanges
 from llmos.wire import WireError, pb
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable
 
 import zmq
-from llmos.security.authenticator import CLIENTS_DOMAIN, WORKERS_DOMAIN
 
 from broker.access import Access
 from broker.admission import AdmissionRules
@@ -51,6 +50,7 @@ from broker.scheduler_link import SchedulerLink
 from broker.tenant_tokens import TenantTokens
 from broker.worker_front import WorkerFrontEnd
 from broker.worker_pool import WorkerPool
+from llmos.security.authenticator import CLIENTS_DOMAIN, WORKERS_DOMAIN
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
 from llmos.wire.peer_errors import PeerErrors

@@ -13,12 +13,12 @@ import time
 
 import zmq
 from google.protobuf.message import Message
-from llmos.security.authenticator import KERNEL_DOMAIN
 
 from kernel_svc import limits
 from kernel_svc.config import KernelConfig
 from kernel_svc.registry import WorkerRegistry, WorkerSpec, build_view
 from kernel_svc.resource_pub import ResourcePublisher
+from llmos.security.authenticator import KERNEL_DOMAIN
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
 from llmos.wire import WireError, pack, pb

@@ -202,11 +202,11 @@ class AsyncClient:
 
     async def cancel(self, request_id: str) -> None:
         self._live.mark_cancelled(request_id)
-        await self._socket.send(pack(pb.Cancel(request_id=request_id)))
+        await self._send(pack(pb.Cancel(request_id=request_id)))
 
     async def status(self) -> pb.StatusReply:
         self._open_queue(UNTIED)  # a late reply to an earlier status() must not answer this one
-        await self._socket.send(pack(pb.StatusRequest()))
+        await self._send(pack(pb.StatusRequest()))
         while True:
             message = await self._next(UNTIED, f"no status reply from {self.address}")
             if isinstance(message, pb.StatusReply):
@@ -242,7 +242,17 @@ class AsyncClient:
 
     async def _send_request(self, request: pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest) -> None:
         self._live.add(request)
-        await self._socket.send(pack(request))
+        await self._send(pack(request))
+
+    async def _send(self, frame: bytes) -> None:
+        """Send, or LlmosTimeout as `Client._send` says."""
+        try:
+            await asyncio.wait_for(self._socket.send(frame), self.timeout_s)
+        except TimeoutError:
+            raise LlmosTimeout(
+                f"could not send to {self.address} within {self.timeout_s:g} s "
+                "(is it up, and does it accept this client's key?)"
+            ) from None
 
     async def _watch_link(self) -> None:
         """Read the connection's events; renew a lost connection (a fresh socket, for
@@ -254,12 +264,12 @@ class AsyncClient:
                 close_monitored(self._socket, self._monitor, linger_ms=0)
                 self._connect()
                 for frame in resend_frames(self._live, self.address):
-                    await self._socket.send(frame)
+                    await self._send(frame)
                 return  # the new connection's events come on its own monitor
 
     async def _send_due_resends(self) -> None:
         for message in self._live.due_resends(time.monotonic()):
-            await self._socket.send(pack(message))
+            await self._send(pack(message))
 
     # ------------------------------------------------------------ receiving
 

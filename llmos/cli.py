@@ -38,6 +38,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("llmos.pooling_cli:embed", "Embed texts with an embedding model; print the vectors."),
     "classify": ("llmos.pooling_cli:classify", "Classify texts; print each one's top label."),
     "bench": ("llmos_bench:bench", "Benchmarks: the engine against transformers; the scheduling policies."),
+    "keys": ("llmos.keys_cli:keys", "Make CurveZMQ keys and manage who may connect (the allowlist)."),
+    "audit": ("llmos.audit_cli:audit", "Verify or show the broker's tamper-evident audit log."),
 }
 # Commands that run models need an extra: `pip install llmos` alone is the client.
 EXTRA_BY_COMMAND = {"up": "worker", "worker": "worker", "model": "worker", "bench": "bench"}

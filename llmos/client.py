@@ -323,7 +323,7 @@ class Client:
         """Ask the broker to stop the request. Its stream then ends with a
         result whose finish_reason is CANCELLED (or an error if it was unknown)."""
         self._live.mark_cancelled(request_id)
-        self._socket.send(pack(pb.Cancel(request_id=request_id)))
+        self._send(pack(pb.Cancel(request_id=request_id)))
 
     def status(self) -> pb.StatusReply:
         """The broker's StatusReply (workers, tiers, counters)."""
@@ -338,7 +338,7 @@ class Client:
         """Send a request that no request id ties its reply to; that reply, or its Error raised."""
         # A reply to an earlier ask that timed out must not answer this one.
         self._inboxes[UNTIED] = collections.deque()
-        self._socket.send(pack(request))
+        self._send(pack(request))
         while True:
             message = self._next(UNTIED, f"no {what} from {self.address}")
             if isinstance(message, reply_type):
@@ -361,6 +361,7 @@ class Client:
 
     def _connect(self) -> None:
         self._socket, self._monitor = connect_client_dealer(self._context, self.address, self._curve)
+        self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
         self._link = LinkWatch(self.address)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
@@ -368,7 +369,18 @@ class Client:
 
     def _send_request(self, request: pb.GenerateRequest | pb.EmbedRequest | pb.ClassifyRequest) -> None:
         self._live.add(request)
-        self._socket.send(pack(request))
+        self._send(pack(request))
+
+    def _send(self, frame: bytes) -> None:
+        """Send, or LlmosTimeout when no connection takes the frame within timeout_s (a
+        broker that refuses this client's handshake, for one: wrong or revoked keys)."""
+        try:
+            self._socket.send(frame)
+        except zmq.Again:
+            raise LlmosTimeout(
+                f"could not send to {self.address} within {self.timeout_s:g} s "
+                "(is it up, and does it accept this client's key?)"
+            ) from None
 
     def _watch_link(self) -> None:
         """Read the connection's events; renew a lost connection."""
@@ -390,11 +402,11 @@ class Client:
         close_monitored(self._socket, self._monitor, linger_ms=0)
         self._connect()
         for frame in resend_frames(self._live, self.address):
-            self._socket.send(frame)
+            self._send(frame)
 
     def _send_due_resends(self) -> None:
         for message in self._live.due_resends(time.monotonic()):
-            self._socket.send(pack(message))
+            self._send(pack(message))
 
     # ------------------------------------------------------------ receiving
 

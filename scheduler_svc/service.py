@@ -13,8 +13,8 @@ import time
 
 import zmq
 from google.protobuf.message import Message
-from llmos.security.authenticator import SCHEDULER_DOMAIN
 
+from llmos.security.authenticator import SCHEDULER_DOMAIN
 from llmos.security.service_keys import ADMIN_ROLE, open_service_keys
 from llmos.service import run_service
 from llmos.wire import WireError, pb

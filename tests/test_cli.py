@@ -17,12 +17,14 @@ from llmos.cli import cli, format_status
 from llmos.wire import pb
 
 ALL_SUBCOMMANDS = [
+    "audit",
     "bench",
     "broker",
     "classify",
     "drain",
     "embed",
     "kernel",
+    "keys",
     "model",
     "policy",
     "scheduler",

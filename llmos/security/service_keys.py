@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
+
 from llmos.security.authenticator import AllowlistWatch, Authenticator, KeyChanges
 from llmos.security.curve import CurveClient, CurveServer, user_id_of
 from llmos.security.keyring import KeyEntry, Keyring, default_keys_dir, ensure_keyring
-
 from llmos.signals import event_on_sighup
 
 log = logging.getLogger(__name__)
