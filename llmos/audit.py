@@ -15,6 +15,7 @@ gives a fingerprint of a text that only the holder of the key can check.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -78,6 +79,11 @@ class AuditLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "ab")
+        try:  # two writers would fork the chain
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise AuditError(f"{path} is in use by another process (another broker?)") from None
         self._synced_at_s = time.monotonic()
         self._is_dirty = False
 

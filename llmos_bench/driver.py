@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from llmos.security.client_keys import client_curve
 from llmos.wire import WireError, pack, pb, unpack
 from llmos.wire.constants import ERROR_NAMES
 from llmos.wire.envelope import body_names
-from llmos.wire.sockets import CurveOptions, connect_dealer
+from llmos.wire.sockets import connect_dealer
 from llmos_bench.percentiles import percentile
 from llmos_bench.workload import Job, scale_jobs
 
@@ -104,16 +105,12 @@ class RunResult:
 
 
 class LoadDriver:
-    def __init__(
-        self,
-        address: str,
-        num_connections: int = 1,
-        track_chunks: bool = True,
-        curve: CurveOptions | None = None,
-    ) -> None:
-        """`curve`: the client keys of a secure stack (llmos.security.client_keys.client_curve)."""
+    def __init__(self, address: str, num_connections: int = 1, track_chunks: bool = True) -> None:
+        """Keys as every client finds them (llmos.security.client_keys): a stack the bench
+        starts points its clients at its own keyring, or says it is --insecure."""
         assert num_connections >= 1
         self.context = zmq.Context()
+        curve = client_curve()
         self.sockets = [connect_dealer(self.context, address, curve=curve) for _ in range(num_connections)]
         self.poller = zmq.Poller()
         for socket in self.sockets:

@@ -35,12 +35,13 @@ DRAIN_TIMEOUT_S = 600.0
 
 
 class ModelStack(ServiceStack):
-    """Kernel, scheduler (fcfs), broker and one real `llmos worker` with `worker_args`."""
+    """Kernel, scheduler (fcfs), broker and one real `llmos worker` with `worker_args`,
+    CURVE on every socket."""
 
     ready_timeout_s = WORKER_READY_TIMEOUT_S
 
     def __init__(self, log_dir: Path, max_num_seqs: int, worker_args: list[str]) -> None:
-        super().__init__(log_dir, num_workers=1)
+        super().__init__(log_dir, num_workers=1, is_secure=True)  # as `llmos up` runs
         self.max_num_seqs = max_num_seqs
         self.worker_args = worker_args
 

@@ -70,6 +70,7 @@ def run_bench(config: SchedBenchConfig, echo: Echo = click.echo) -> dict[str, An
                 config.profile(),
                 policy=BASELINE,
                 tenant_weights=weights_spec(),
+                is_secure=True,  # as `llmos up` runs
             ) as stack:
                 warm_up(stack)
                 if not config.skip_chat:

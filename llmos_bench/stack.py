@@ -240,7 +240,7 @@ class SimStack(ServiceStack):
         policy: str = "fcfs",
         tenant_weights: str = "",
         num_sim_processes: int = 1,
-        is_secure: bool = True,
+        is_secure: bool = False,
     ) -> None:
         assert num_workers >= num_sim_processes >= 1
         super().__init__(log_dir, num_workers, policy, is_secure=is_secure)

@@ -132,3 +132,8 @@ def test_keyed_hashes_need_the_key(tmp_path: Path) -> None:
     assert load_or_create_hash_key(tmp_path / "hashkey") == key
     assert keyed_hash(key, "my prompt") == keyed_hash(key, "my prompt") != keyed_hash(key, "my prompt!")
     assert keyed_hash(key, "my prompt") != keyed_hash(b"\x00" * 32, "my prompt")
+
+
+def test_a_second_writer_is_refused(log_path: Path) -> None:
+    with AuditLog(log_path), pytest.raises(AuditError, match="in use"):
+        AuditLog(log_path)
