@@ -23,6 +23,7 @@ from llmos.launcher import (
     Ports,
     Supervisor,
     UpConfig,
+    audit_log_path,
     broker_journal_path,
     plan_children,
     wait_until_ready,
@@ -58,7 +59,7 @@ def supervisor(tmp_path):
 
 
 def test_plan_starts_every_service_with_the_shared_flags():
-    config = UpConfig(workers=2, base_port=6000, policy="fair", device="cpu", threads=2)
+    config = UpConfig(workers=2, base_port=6000, policy="fair", device="cpu", threads=2, keys_dir="/keys")
     plan = {child.name: child.argv for child in plan_children(config, "/models/tiny")}
 
     assert list(plan) == ["kernel", "scheduler", "broker", "worker-0", "worker-1"]
@@ -69,6 +70,8 @@ def test_plan_starts_every_service_with_the_shared_flags():
         "tcp://127.0.0.1:6002",
         "--kernel-pub-bind",
         "tcp://127.0.0.1:6003",
+        "--keys-dir",
+        "/keys",
     ]
     assert plan["scheduler"][3:] == [
         "scheduler",
@@ -78,6 +81,8 @@ def test_plan_starts_every_service_with_the_shared_flags():
         "tcp://127.0.0.1:6003",
         "--policy",
         "fair",
+        "--keys-dir",
+        "/keys",
     ]
     assert plan["broker"][3:] == [
         "broker",
@@ -89,6 +94,10 @@ def test_plan_starts_every_service_with_the_shared_flags():
         "tcp://127.0.0.1:6004",
         "--journal",
         str(broker_journal_path(6000)),
+        "--audit-log",
+        str(audit_log_path(6000)),
+        "--keys-dir",
+        "/keys",
     ]
     assert plan["worker-1"][3:] == [
         "worker",
@@ -104,11 +113,18 @@ def test_plan_starts_every_service_with_the_shared_flags():
         "2",
         "--worker-id",
         "worker-1",
+        "--keys-dir",
+        "/keys",
     ]
 
 
+def test_an_insecure_plan_says_so_to_every_child():
+    plan = plan_children(UpConfig(workers=1, insecure=True), "m")
+    assert [child.argv[-1] for child in plan] == ["--insecure"] * 4
+
+
 def test_binding_all_interfaces_still_connects_over_loopback():
-    plan = plan_children(UpConfig(host="0.0.0.0", workers=0), "m")
+    plan = plan_children(UpConfig(host="0.0.0.0", workers=0, insecure=True), "m")
     broker = next(child.argv for child in plan if child.name == "broker")
     assert broker[4:] == [
         "--client-bind",
@@ -119,6 +135,9 @@ def test_binding_all_interfaces_still_connects_over_loopback():
         "tcp://127.0.0.1:5559",
         "--journal",
         str(broker_journal_path(5555)),
+        "--audit-log",
+        str(audit_log_path(5555)),
+        "--insecure",
     ]
 
 

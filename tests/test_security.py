@@ -8,8 +8,11 @@ its own; test keys are made and allowlisted with the `llmos keys` CLI.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -270,3 +273,61 @@ def test_the_brokers_audit_log_verifies_and_an_edit_is_caught(stack, tmp_path):
     tampered.write_text("".join([lines[0], lines[1].replace('"ts":', '"ts":1', 1), *lines[2:]]))
     result = subprocess.run([*verify, str(tampered)], capture_output=True, text=True)
     assert result.returncode == 1 and "line 2" in result.stderr
+
+
+# ---------------------------------------------------------------- llmos up, secure by default
+
+
+def test_llmos_up_makes_a_keyring_and_runs_secure_by_default(tmp_path):
+    """As a new user runs it: no flags, a fresh $LLMOS_HOME. The CLI finds the keyring
+    `up` made; a plain client gets nothing."""
+    home = tmp_path / "home"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LLMOS_")}
+    env["LLMOS_HOME"] = str(home)
+    base_port = free_base_port()
+    broker, kernel = f"tcp://127.0.0.1:{base_port}", f"tcp://127.0.0.1:{base_port + 2}"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "llmos", "up", "--workers", "0", "--model", "unused"]
+        + ["--base-port", str(base_port), "--log-dir", str(tmp_path / "logs"), "--ready-timeout-s", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        first, _, ready = up.stdout.readline(), up.stdout.readline(), up.stdout.readline()
+        assert first.startswith(f"llmos keys: {home / 'keys'}") and ready.startswith("llmos is up"), first
+        status = [
+            sys.executable,
+            "-m",
+            "llmos",
+            "status",
+            "--broker-address",
+            broker,
+            "--kernel-address",
+            kernel,
+        ]
+        assert subprocess.run(status, env=env, capture_output=True, timeout=60).returncode == 0
+        plain = subprocess.run(status, env={**env, "LLMOS_INSECURE": "1"}, capture_output=True, timeout=60)
+        assert plain.returncode == 4  # no answer: the handshake was refused
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        up.stdout.close()
+    assert (home / "keys" / "admin.key_secret").stat().st_mode & 0o777 == 0o600
+    for name in ("broker", "kernel", "scheduler"):
+        assert "--insecure" not in (tmp_path / "logs" / f"{name}.log").read_text()
+        assert "speaks CURVE" in (tmp_path / "logs" / f"{name}.log").read_text()
+
+
+def free_base_port(count: int = 5) -> int:
+    """A port p with p .. p+count-1 all free right now."""
+    for base in random.sample(range(20_000, 60_000, count), 50):
+        try:
+            with contextlib.ExitStack() as ports:
+                for port in range(base, base + count):
+                    ports.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
