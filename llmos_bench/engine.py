@@ -87,6 +87,9 @@ class EngineBenchConfig:
         "so a machine that slows down for a while skews no one side",
     )
     skip_baselines: bool = option(False, "measure the llmos engine only")
+    stack_curve_baseline: bool = option(
+        True, "with --stack-requests: also through an --insecure stack (curve_throughput_ratio)"
+    )
     stack_requests: int = option(
         0,
         "also serve this many requests (answers of 1 to 2 x "
@@ -198,6 +201,7 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
     summary["mixed_vs_apart_throughput"] = churn and churn["mixed_vs_apart"]
     summary["churn"] = churn
     summary["stack_vs_engine_throughput"] = stack and stack["stack_vs_alone"]
+    summary["curve_throughput_ratio"] = stack and stack["curve_throughput_ratio"]
     summary["stack"] = stack
     if poisson_without_cache is not None:
         summary["poisson_prefix_cache_off"] = poisson_without_cache

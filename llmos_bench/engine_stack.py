@@ -40,8 +40,10 @@ class ModelStack(ServiceStack):
 
     ready_timeout_s = WORKER_READY_TIMEOUT_S
 
-    def __init__(self, log_dir: Path, max_num_seqs: int, worker_args: list[str]) -> None:
-        super().__init__(log_dir, num_workers=1, is_secure=True)  # as `llmos up` runs
+    def __init__(
+        self, log_dir: Path, max_num_seqs: int, worker_args: list[str], is_secure: bool = True
+    ) -> None:
+        super().__init__(log_dir, num_workers=1, is_secure=is_secure)  # secure: as `llmos up` runs
         self.max_num_seqs = max_num_seqs
         self.worker_args = worker_args
 
@@ -120,13 +122,38 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
                     f"{served['wall_s']:.1f} s"
                 )
     compared = compare_rounds(rounds, "stack", "alone")
+    curve = None
+    if config.stack_curve_baseline:
+        curve = measure_curve_cost(config, rounds, max_num_seqs, args, texts, lengths, echo)
     return {
+        "curve_throughput_ratio": curve and curve["ratio"],
+        "curve_round_ratios": curve and curve["round_ratios"],
         "requests": len(prompts),
         "max_num_seqs": max_num_seqs,
         "mean_answer_tokens": sum(lengths) / len(lengths),
         "stack_vs_alone": compared.pop("ratio"),
         **compared,
     }
+
+
+def measure_curve_cost(
+    config: Any,
+    rounds: list[dict[str, Any]],
+    max_num_seqs: int,
+    args: list[str],
+    texts: list[str],
+    lengths: list[int],
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """The same requests through a stack run --insecure, as many rounds: CURVE's cost is
+    the secure stack's median output tokens/s over this one's."""
+    with tempfile.TemporaryDirectory(prefix="llmos-bench-stack-") as log_dir:
+        with ModelStack(Path(log_dir), max_num_seqs, args, is_secure=False) as stack:
+            serve(stack.broker_address, texts[:WARM_UP_REQUESTS], [2] * WARM_UP_REQUESTS, 2)
+            for index, secure_round in enumerate(rounds):
+                echo(f"round {index + 1} of {len(rounds)}: the same requests through an --insecure stack ...")
+                secure_round["stack_insecure"] = serve(stack.broker_address, texts, lengths, 2 * max_num_seqs)
+    return compare_rounds(rounds, "stack", "stack_insecure")
 
 
 def serve(address: str, texts: list[str], lengths: list[int], num_live: int) -> dict[str, Any]:

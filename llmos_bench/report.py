@@ -97,6 +97,14 @@ def stack_lines(stack: dict[str, Any] | None) -> list[str]:
         f"{stack['stack']['output_tokens_per_s']:.1f} output tokens/s through the stack, "
         f"{stack['alone']['output_tokens_per_s']:.1f} with the engine alone, "
         + ratio_with_rounds(stack["stack_vs_alone"], stack["round_ratios"]),
+        *(
+            [
+                "with CURVE (the default) against --insecure, the same requests: "
+                + ratio_with_rounds(stack["curve_throughput_ratio"], stack["curve_round_ratios"])
+            ]
+            if stack.get("curve_throughput_ratio") is not None
+            else []
+        ),
     ]
 
 

@@ -225,6 +225,7 @@ def test_stack_requests_serve_the_same_answers_alone_and_through_a_real_stack():
     assert len(stack["round_ratios"]) == 2 and all(is_positive(r) for r in stack["round_ratios"])
     assert summary["stack_vs_engine_throughput"] == stack["stack_vs_alone"]
     assert is_positive(stack["stack_vs_alone"])
+    assert is_positive(stack["curve_throughput_ratio"]) and len(stack["curve_round_ratios"]) == 2
 
 
 def test_churn_requests_compare_mixed_steps_with_newcomers_prefilled_apart():

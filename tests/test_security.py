@@ -309,7 +309,7 @@ def test_llmos_up_makes_a_keyring_and_runs_secure_by_default(tmp_path):
         ]
         assert subprocess.run(status, env=env, capture_output=True, timeout=60).returncode == 0
         plain = subprocess.run(status, env={**env, "LLMOS_INSECURE": "1"}, capture_output=True, timeout=60)
-        assert plain.returncode == 4  # no answer: the handshake was refused
+        assert plain.returncode != 0 and b"within 2 s" in plain.stdout  # silence: the handshake was refused
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
