@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -116,6 +117,9 @@ class LoadDriver:
         for socket in self.sockets:
             self.poller.register(socket, zmq.POLLIN)
         self.track_chunks = track_chunks
+        # ids unique across drivers: the broker keys a live request by (tenant, id), and
+        # every driver of a bench speaks as one tenant
+        self._id_prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
         self._next_socket = itertools.cycle(self.sockets)
         self.live: dict[str, Outcome] = {}
@@ -139,7 +143,7 @@ class LoadDriver:
     # ------------------------------------------------------------ sending
 
     def submit(self, job: Job, arrival_s: float, loop: ClosedLoop | None = None) -> None:
-        request_id = str(next(self._ids))
+        request_id = f"{self._id_prefix}-{next(self._ids)}"
         request = pb.GenerateRequest(
             request_id=request_id,
             prompt=job.prompt,

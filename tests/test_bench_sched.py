@@ -49,7 +49,7 @@ TOY_ARGS = [
     "--scale-in-flight",
     "20",
     "--scale-clients",
-    "1",
+    "2",  # two load processes, as the full run has: their request ids must not collide
     "--scale-sim-processes",
     "1",
     "--decision-pending",
