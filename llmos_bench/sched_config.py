@@ -62,6 +62,9 @@ class SchedBenchConfig:
     skip_chat: bool = option(False, "skip workload (a)")
     skip_fair: bool = option(False, "skip workload (b)")
     skip_scale: bool = option(False, "skip workload (c)")
+    scale_broker_args: str = option(
+        "", "(c) more broker flags, e.g. '--journal none --audit-log none' to leave out their cost"
+    )
     scale_insecure_baseline: bool = option(
         True, "(c) also run it with --insecure first; curve_throughput_ratio = CURVE / plain"
     )

@@ -281,6 +281,7 @@ def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo, is_secure: bo
         policy=config.scale_policy,
         num_sim_processes=min(config.scale_sim_processes, config.scale_workers),
         is_secure=is_secure,
+        broker_args=tuple(config.scale_broker_args.split()),
     ) as stack:
         warm_up(stack)
         cpu_before = stack.cpu_seconds()

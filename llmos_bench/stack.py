@@ -241,9 +241,11 @@ class SimStack(ServiceStack):
         tenant_weights: str = "",
         num_sim_processes: int = 1,
         is_secure: bool = False,
+        broker_args: tuple[str, ...] = (),
     ) -> None:
         assert num_workers >= num_sim_processes >= 1
         super().__init__(log_dir, num_workers, policy, is_secure=is_secure)
+        self.broker_args = broker_args
         self.max_num_seqs = max_num_seqs
         self.profile = profile
         self.tenant_weights = tenant_weights
@@ -256,7 +258,7 @@ class SimStack(ServiceStack):
     def start_services(self) -> None:
         self.start_kernel()
         self.start_scheduler("--tenant-weights", self.tenant_weights)
-        self.start_broker("--tiers", "interactive,standard,batch")
+        self.start_broker("--tiers", "interactive,standard,batch", *self.broker_args)
 
     def start_workers(self) -> None:
         profile_path = self.log_dir / "profile.json"
