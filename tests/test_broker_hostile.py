@@ -218,6 +218,21 @@ def test_a_stranger_is_told_to_register_once_per_interval_not_once_per_message(s
     assert 1 <= num_told <= 2, f"told to register {num_told} times for one burst"
 
 
+def test_a_refused_message_with_a_request_id_is_answered_with_that_id(stack):
+    """So a client with several requests in flight can tell which one an Error answers."""
+    wrong_version = pb.Envelope(version=7, generate=pb.GenerateRequest(request_id="mine-1", prompt="hi"))
+    not_for_clients = pb.Envelope(version=1, dispatch=pb.Dispatch(request_id="mine-2"))
+    with dealer(stack.broker_address, "careful") as client:
+        answers = []
+        for envelope in (wrong_version, not_for_clients):
+            client.send(envelope.SerializeToString())
+            answers.append(receive(client, {"error"})[1])
+    assert [(a.code, a.request_id) for a in answers] == [
+        (pb.UNSUPPORTED_VERSION, "mine-1"),
+        (pb.UNKNOWN_MESSAGE, "mine-2"),
+    ]
+
+
 def test_a_phantoms_model_is_forgotten_after_its_grace(stack):
     """A phantom claims a model that sorts first, so it becomes the default; it goes
     silent, and once the grace has passed the request queued for it is refused and a

@@ -12,6 +12,8 @@ from google.protobuf.message import DecodeError, Message
 from llmos.wire import llmos_pb2 as pb
 from llmos.wire.constants import PROTOCOL_VERSION
 
+MAX_ECHOED_REQUEST_ID_CHARS = 256  # above every service's own request id bound
+
 
 def _body_fields_by_type() -> dict[str, str]:
     """Body message full name -> oneof field name, e.g. "llmos.v1.Cancel" -> "cancel"."""
@@ -68,18 +70,33 @@ def unpack(frame: bytes, accepted: frozenset[str], where: str = "this socket") -
         envelope.ParseFromString(frame)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise WireError(pb.MALFORMED_FRAME, f"frame is not an llmos Envelope ({exc})") from None
+    name = envelope.WhichOneof("body")
     if envelope.version != PROTOCOL_VERSION:
         raise WireError(
             pb.UNSUPPORTED_VERSION,
             f"protocol version {envelope.version} is not supported; "
             f"this service speaks version {PROTOCOL_VERSION}",
+            request_id_in(envelope, name),
         )
-    name = envelope.WhichOneof("body")
     if name is None:
         raise WireError(pb.UNKNOWN_MESSAGE, "envelope carries no message this service knows")
     if name not in accepted:
-        raise unknown_message(name, where)
+        error = unknown_message(name, where)
+        error.request_id = request_id_in(envelope, name)
+        raise error
     return name, getattr(envelope, name)
+
+
+def request_id_in(envelope: pb.Envelope, name: str | None) -> str:
+    """The refused message's request_id, if its type has one, so that a client with
+    several requests in flight can tell which one the Error answers (cut to a bound:
+    an error echoes no more of a peer's bytes than a valid id could hold)."""
+    if name is None:
+        return ""
+    body = getattr(envelope, name)
+    if "request_id" not in body.DESCRIPTOR.fields_by_name:
+        return ""
+    return str(body.request_id)[:MAX_ECHOED_REQUEST_ID_CHARS]
 
 
 def error_frame(code: int, message: str, request_id: str = "", retry_after_ms: int = 0) -> bytes:
