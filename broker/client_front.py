@@ -32,6 +32,7 @@ from broker.request_table import RequestTable
 from broker.requests import Request
 from broker.tenant_tokens import TenantTokens
 from broker.worker_pool import WorkerPool
+from llmos.logs import log_fields
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.constants import DEFAULT_TENANT
 from llmos.wire.handlers import Handlers
@@ -215,7 +216,12 @@ class ClientFrontEnd:
             )
         self.dispatcher.note_arrival(request)
         log.debug(
-            "accepted %s (client id %s) tier %s tenant %s", request.request_id, request_id, tier, tenant
+            "accepted %s (client id %s) tier %s tenant %s",
+            request.request_id,
+            request_id,
+            tier,
+            tenant,
+            extra=log_fields(request_id=request.request_id, tenant=tenant, tier=tier),
         )
         self.replies.reply(
             identity,
@@ -302,7 +308,13 @@ class ClientFrontEnd:
                 f"no live request '{message.request_id}' on this connection",
                 message.request_id,
             )
-        log.info("cancelled %s tier %s on worker %s", request.request_id, request.tier, request.worker_id)
+        log.info(
+            "cancelled %s tier %s on worker %s",
+            request.request_id,
+            request.tier,
+            request.worker_id,
+            extra=log_fields(request_id=request.request_id, tenant=request.admitted.tenant, tier=request.tier),
+        )
         self.audit.cancel(request, "the client cancelled it")
         self.dispatcher.cancel(request)
         self.replies.answer(

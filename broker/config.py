@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, llmos_home, option
+from llmos.logs import LOG_FORMAT_HELP
 from llmos.wire.constants import (
     CLIENT_PORT,
     DEFAULT_MAX_TOKENS,
@@ -89,6 +90,7 @@ class BrokerConfig:
     result_ttl_s: float = option(600.0, "keep finished answers this long for clients that resend")
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option("", KEYS_DIR_HELP)
+    log_format: str = option("text", LOG_FORMAT_HELP)
     audit_log: str = option(
         "",
         "tamper-evident audit log, one JSON line per admission, refusal, cancel, completion, "

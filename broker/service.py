@@ -220,4 +220,4 @@ class Broker:
 
 
 def run(config: BrokerConfig) -> None:
-    run_service("broker", lambda: Broker(config))
+    run_service("broker", lambda: Broker(config), config.log_format)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
+from llmos.logs import LOG_FORMAT_HELP
 from llmos.wire.constants import (
     DEFAULT_BLOCK_SIZE,
     HEARTBEAT_INTERVAL_MS,
@@ -31,6 +32,7 @@ class KernelConfig:
     )
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option("", KEYS_DIR_HELP)
+    log_format: str = option("text", LOG_FORMAT_HELP)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -302,4 +302,4 @@ def unknown_worker(worker_id: str, request_id: str = "") -> WireError:
 
 
 def run(config: KernelConfig) -> None:
-    run_service("kernel", lambda: Kernel(config))
+    run_service("kernel", lambda: Kernel(config), config.log_format)

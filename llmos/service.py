@@ -30,12 +30,12 @@ class DrainingService(Service, Protocol):
     drain_requested: threading.Event
 
 
-def run_service(name: str, build: Callable[[], Service]) -> None:
+def run_service(name: str, build: Callable[[], Service], log_format: str = "") -> None:
     """Build the service, then serve until a stop signal (for a DrainingService: until
     it has drained, or a second signal). Signals are taken over only once it is built:
     a process still starting up (loading a model, binding) holds nothing that needs a
     clean stop, and dies at once as any program does."""
-    setup_logging(name)
+    setup_logging(name, log_format)
     log = logging.getLogger(name)
     service = build()
     draining = service.drain_requested if isinstance(service, DrainingService) else None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
+from llmos.logs import LOG_FORMAT_HELP
 from llmos.wire.constants import HEARTBEAT_INTERVAL_MS, KERNEL_PUB_PORT, SCHEDULER_PORT, bind_all, tcp
 from scheduler_svc.policy_base import PolicyName, PolicyOptions
 from scheduler_svc.policy_fair import parse_tenant_weights
@@ -37,6 +38,7 @@ class SchedulerConfig:
     )
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option("", KEYS_DIR_HELP)
+    log_format: str = option("text", LOG_FORMAT_HELP)
 
     def __post_init__(self) -> None:
         PolicyName.parse(self.policy)

@@ -190,4 +190,4 @@ class Scheduler:
 
 
 def run(config: SchedulerConfig) -> None:
-    run_service("scheduler", lambda: Scheduler(config))
+    run_service("scheduler", lambda: Scheduler(config), config.log_format)

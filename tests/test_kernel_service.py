@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from service_process import (
     wait_until,
 )
 
+from llmos.logs import JsonFormatter, log_fields
 from llmos.processes import free_address
 from llmos.wire import pack, pb
 from llmos.wire.constants import RESOURCE_TOPIC
@@ -193,3 +196,32 @@ def test_silent_worker_is_purged_and_sigterm_stops_the_kernel(tmp_path: Path) ->
             name, error = ask(socket, pb.KernelHeartbeat(worker_id="w-silent"), KERNEL_REPLIES)
             assert (name, error.code) == ("error", pb.UNKNOWN_WORKER)
         assert kernel.service.stop() == 0, kernel.service.logs()
+
+
+def test_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
+    with start_kernel(tmp_path, HEARTBEAT_INTERVAL_MS, "--log-format", "json") as kernel:
+        with dealer(kernel.address) as socket:
+            socket.send(pack(pb.ResourceQuery()))
+            assert socket.poll(10_000)  # serving: its start lines are written
+        lines = [json.loads(line) for line in kernel.service.logs().splitlines() if line.startswith("{")]
+    serving = next(line for line in lines if "kernel serving on" in line["message"])
+    assert (serving["service"], serving["level"], serving["logger"]) == (
+        "kernel",
+        "INFO",
+        "kernel_svc.service",
+    )
+    assert isinstance(serving["ts"], float)
+
+
+def test_json_lines_carry_the_context_a_log_call_passes() -> None:
+    record = logging.LogRecord("broker", logging.INFO, __file__, 1, "accepted %s", ("r7",), None)
+    for name, value in log_fields(request_id="r7", tenant="acme", tier="batch").items():
+        setattr(record, name, value)
+    line = json.loads(JsonFormatter("broker").format(record))
+    assert (line["message"], line["request_id"], line["tenant"], line["tier"]) == (
+        "accepted r7",
+        "r7",
+        "acme",
+        "batch",
+    )
+    assert "worker_id" not in line

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 
 from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
+from llmos.logs import LOG_FORMAT_HELP
 from llmos.wire.constants import HEARTBEAT_INTERVAL_MS, KERNEL_PORT, WORKER_PORT, tcp
 
 DEFAULT_MAX_NUM_SEQS = 16
@@ -80,6 +81,7 @@ class WorkerConfig:
     )
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option("", KEYS_DIR_HELP)
+    log_format: str = option("text", LOG_FORMAT_HELP)
 
 
 def default_worker_id() -> str:

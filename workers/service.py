@@ -44,7 +44,7 @@ ENGINE_STOP_TIMEOUT_S = 5.0
 
 
 def run(config: WorkerConfig) -> None:
-    run_service("worker", lambda: build_worker(config))
+    run_service("worker", lambda: build_worker(config), config.log_format)
 
 
 def build_worker(config: WorkerConfig) -> Worker:

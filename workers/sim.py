@@ -633,7 +633,7 @@ class SimPool:
 
 
 def run(config: WorkerConfig) -> None:
-    run_service("worker-sim", lambda: build_pool(config))
+    run_service("worker-sim", lambda: build_pool(config), config.log_format)
 
 
 def build_pool(config: WorkerConfig) -> SimPool:
