@@ -313,7 +313,9 @@ class ClientFrontEnd:
             request.request_id,
             request.tier,
             request.worker_id,
-            extra=log_fields(request_id=request.request_id, tenant=request.admitted.tenant, tier=request.tier),
+            extra=log_fields(
+                request_id=request.request_id, tenant=request.admitted.tenant, tier=request.tier
+            ),
         )
         self.audit.cancel(request, "the client cancelled it")
         self.dispatcher.cancel(request)
