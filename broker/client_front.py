@@ -93,6 +93,8 @@ class ClientFrontEnd:
         self.is_logging_prompts = is_logging_prompts  # --log-prompts: text in the log, asked for
         self.hang_ups: dict[bytes, float] = {}  # revoked keys' connections -> when to close them
         self.num_rejected = 0
+        self.num_rejected_by_code: Counter[str] = Counter()  # read: /metrics
+        self.num_admitted_by_tier: Counter[str] = Counter()  # read: /metrics
         self.handlers: Handlers[None] = Handlers(
             "the broker's client socket",
             {
@@ -167,6 +169,7 @@ class ClientFrontEnd:
         """Count the refusal, log it (at a bounded rate where the client broke the
         protocol) and answer it with its code."""
         self.num_rejected += 1
+        self.num_rejected_by_code[pb.ErrorCode.Name(error.code)] += 1
         if error.code in PROTOCOL_ERRORS:
             self.peer_errors.refused(pb.ErrorCode.Name(error.code), identity, error.message)
         else:
@@ -210,6 +213,7 @@ class ClientFrontEnd:
         request, position = self.requests.add(identity, has_delimiter, admitted, time.monotonic())
         self.journal.track(request)
         self.audit.admission(request, caller)
+        self.num_admitted_by_tier[tier] += 1
         if self.is_logging_prompts:
             log.info(
                 "prompt of %s tenant %s: %r", request.request_id, tenant, admitted.prompt or admitted.inputs

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, llmos_home, option
 from llmos.logs import LOG_FORMAT_HELP
+from llmos.observability import METRICS_HOST_HELP, METRICS_PORT_HELP
 from llmos.wire.constants import (
     CLIENT_PORT,
     DEFAULT_MAX_TOKENS,
@@ -91,6 +92,8 @@ class BrokerConfig:
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option("", KEYS_DIR_HELP)
     log_format: str = option("text", LOG_FORMAT_HELP)
+    metrics_port: int = option(0, METRICS_PORT_HELP)
+    metrics_host: str = option("127.0.0.1", METRICS_HOST_HELP)
     audit_log: str = option(
         "",
         "tamper-evident audit log, one JSON line per admission, refusal, cancel, completion, "

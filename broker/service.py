@@ -42,6 +42,7 @@ from broker.client_watch import ClientWatch
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
 from broker.journal import Journal
+from broker.metrics import BrokerCollector
 from broker.queues import TieredQueue
 from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
@@ -50,6 +51,7 @@ from broker.scheduler_link import SchedulerLink
 from broker.tenant_tokens import TenantTokens
 from broker.worker_front import WorkerFrontEnd
 from broker.worker_pool import WorkerPool
+from llmos.observability import start_metrics
 from llmos.security.authenticator import CLIENTS_DOMAIN, WORKERS_DOMAIN
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
@@ -135,6 +137,9 @@ class Broker:
             tenant_tokens,
             config.log_prompts,
         )
+        self.metrics = start_metrics(
+            config.metrics_host, config.metrics_port, BrokerCollector(self), self.readiness
+        )
         self.poller = zmq.Poller()
         for socket in (
             self.client_socket,
@@ -194,6 +199,13 @@ class Broker:
         except Exception:
             self.peer_errors.internal(what)
 
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once some worker is registered (a request has somewhere to go)."""
+        return (len(self.workers) > 0, "no worker is registered yet")
+
+    def num_running(self) -> int:
+        return sum(len(worker.running_ids) for worker in self.workers)
+
     def poll_timeout_ms(self) -> int:
         now_s = time.monotonic()
         wake_s = [
@@ -216,6 +228,8 @@ class Broker:
         self.keys.close()
         self.context.term()
         self.journal.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.audit.close()
 
 

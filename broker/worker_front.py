@@ -71,6 +71,7 @@ class WorkerFrontEnd:
         self.keys = keys  # read: whether a message's key is still a worker's
         self.tenant_tokens = tenant_tokens  # written: tokens made per tenant, for their limits
         self.next_heartbeat_s = 0.0
+        self.num_tokens = 0  # relayed since start; read: /metrics
         # A stranger is told to register once per heartbeat interval, not once per
         # message: a worker whose heartbeats and progress reach a restarted broker
         # before its registration then registers once, and its new requests stay put.
@@ -268,6 +269,7 @@ class WorkerFrontEnd:
         chunk = request.record_delta(delta, now_s)
         if delta.token_ids:
             self.tokens.add(len(delta.token_ids), now_s)
+            self.num_tokens += len(delta.token_ids)
             worker.tokens.add(len(delta.token_ids), now_s)
             self.tenant_tokens.note(request.admitted.tenant, len(delta.token_ids), now_s)
         if chunk is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
 from llmos.logs import LOG_FORMAT_HELP
+from llmos.observability import METRICS_HOST_HELP, METRICS_PORT_HELP
 from llmos.wire.constants import (
     DEFAULT_BLOCK_SIZE,
     HEARTBEAT_INTERVAL_MS,
@@ -33,6 +34,8 @@ class KernelConfig:
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option("", KEYS_DIR_HELP)
     log_format: str = option("text", LOG_FORMAT_HELP)
+    metrics_port: int = option(0, METRICS_PORT_HELP)
+    metrics_host: str = option("127.0.0.1", METRICS_HOST_HELP)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -18,9 +18,11 @@ from kernel_svc import limits
 from kernel_svc.config import KernelConfig
 from kernel_svc.registry import WorkerRegistry, WorkerSpec, build_view
 from kernel_svc.resource_pub import ResourcePublisher
+from llmos.observability import always_ready, start_metrics
 from llmos.security.authenticator import KERNEL_DOMAIN
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
+from llmos.service_metrics import KernelCollector
 from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import ERROR_NAMES
 from llmos.wire.envelope import error_frame
@@ -67,6 +69,9 @@ class Kernel:
         self._published_version: int | None = None
         self._published_at_s = float("-inf")
         self._view: pb.ResourceView | None = None  # the latest built, reused while nothing changed
+        self.metrics = start_metrics(
+            config.metrics_host, config.metrics_port, KernelCollector(lambda: self._view), always_ready
+        )
         self.handlers: Handlers[Message | None] = Handlers(
             "the kernel's port",
             {
@@ -107,6 +112,8 @@ class Kernel:
         self.publisher.close()
         self.keys.close()
         self.context.term()
+        if self.metrics is not None:
+            self.metrics.stop()
 
     # ---------------------------------------------------------------- routing
 

@@ -59,6 +59,10 @@ class UpConfig:
     log_dir: str = option("", "one log file per process here (empty: $LLMOS_HOME/logs)")
     demo: str = option("", "once up, submit this prompt and print the streamed answer")
     ready_timeout_s: float = option(120.0, "give up unless everything is ready this soon")
+    metrics_base_port: int = option(
+        0,
+        "/metrics, /health, /ready: kernel on this port, then scheduler, broker, workers (0: base port + 10)",
+    )
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option(
         "", "keyring every service and the CLI use, made on first use (empty: $LLMOS_HOME/keys)"
@@ -100,6 +104,10 @@ def audit_log_path(client_port: int) -> Path:
     return llmos_home() / f"audit-{client_port}.jsonl"
 
 
+def metrics_base_port(config: UpConfig) -> int:
+    return config.metrics_base_port or config.base_port + 10
+
+
 def connect_host(host: str) -> str:
     """Where local clients reach a service bound on `host`."""
     return DEFAULT_HOST if host in ("0.0.0.0", "*") else host
@@ -113,8 +121,11 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
     def bind(port: int) -> str:
         return tcp(port, config.host)
 
+    metrics_ports = iter(range(metrics_base_port(config), metrics_base_port(config) + 4 + config.workers))
+
     def service(name: str, *flags: str) -> list[str]:
-        return [sys.executable, "-m", "llmos", name, *flags, *config.security_flags()]
+        metrics = ["--metrics-port", str(next(metrics_ports)), "--metrics-host", config.host]
+        return [sys.executable, "-m", "llmos", name, *flags, *metrics, *config.security_flags()]
 
     children = [
         ChildSpec(
@@ -282,6 +293,12 @@ def run(config: UpConfig) -> None:
         click.echo(
             f"llmos is up: clients connect to {tcp(ports.client, host)} "
             f"({plural(config.workers, 'worker')}, model {model_path}); Ctrl-C stops it"
+        )
+        base = metrics_base_port(config)
+        names = ["kernel", "scheduler", "broker", *(f"worker-{i}" for i in range(config.workers))]
+        click.echo(
+            f"llmos metrics: http://{host}:PORT/metrics (and /health, /ready): "
+            + ", ".join(f"{name} {base + index}" for index, name in enumerate(names))
         )
         if config.demo:
             run_demo(tcp(ports.client, host), config.demo)

@@ -110,7 +110,7 @@ class ServiceStack:
         self.start_scheduler()
         self.start_broker()
 
-    def start_kernel(self) -> None:
+    def start_kernel(self, *args: str) -> None:
         self.start_process(
             "kernel",
             "kernel",
@@ -118,6 +118,7 @@ class ServiceStack:
             self.kernel_address,
             "--kernel-pub-bind",
             self.ports.pub_address,
+            *args,
         )
 
     def start_scheduler(self, *args: str) -> None:

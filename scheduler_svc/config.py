@@ -7,6 +7,7 @@ from typing import Any
 
 from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
 from llmos.logs import LOG_FORMAT_HELP
+from llmos.observability import METRICS_HOST_HELP, METRICS_PORT_HELP
 from llmos.wire.constants import HEARTBEAT_INTERVAL_MS, KERNEL_PUB_PORT, SCHEDULER_PORT, bind_all, tcp
 from scheduler_svc.policy_base import PolicyName, PolicyOptions
 from scheduler_svc.policy_fair import parse_tenant_weights
@@ -39,6 +40,8 @@ class SchedulerConfig:
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option("", KEYS_DIR_HELP)
     log_format: str = option("text", LOG_FORMAT_HELP)
+    metrics_port: int = option(0, METRICS_PORT_HELP)
+    metrics_host: str = option("127.0.0.1", METRICS_HOST_HELP)
 
     def __post_init__(self) -> None:
         PolicyName.parse(self.policy)

@@ -14,9 +14,11 @@ import time
 import zmq
 from google.protobuf.message import Message
 
+from llmos.observability import always_ready, start_metrics
 from llmos.security.authenticator import SCHEDULER_DOMAIN
 from llmos.security.service_keys import ADMIN_ROLE, open_service_keys
 from llmos.service import run_service
+from llmos.service_metrics import SchedulerCollector
 from llmos.wire import WireError, pb
 from llmos.wire.constants import ERROR_NAMES, HEARTBEAT_LIVENESS, RESOURCE_TOPIC
 from llmos.wire.envelope import error_frame
@@ -64,6 +66,8 @@ class Scheduler:
                 pb.SetPolicy: self.set_policy,
             },
         )
+        collector = SchedulerCollector(lambda: self.policy.name.value, lambda: self.view is not None)
+        self.metrics = start_metrics(config.metrics_host, config.metrics_port, collector, always_ready)
         self.view_handlers: Handlers[pb.ResourceView] = Handlers(
             "the kernel's resource feed", {pb.ResourceView: lambda view: view}
         )
@@ -93,6 +97,8 @@ class Scheduler:
         self.sub.close()
         self.keys.close()
         self.context.term()
+        if self.metrics is not None:
+            self.metrics.stop()
 
     # ---------------------------------------------------------------- views
 

@@ -70,6 +70,10 @@ def test_plan_starts_every_service_with_the_shared_flags():
         "tcp://127.0.0.1:6002",
         "--kernel-pub-bind",
         "tcp://127.0.0.1:6003",
+        "--metrics-port",
+        "6010",
+        "--metrics-host",
+        "127.0.0.1",
         "--keys-dir",
         "/keys",
     ]
@@ -81,6 +85,10 @@ def test_plan_starts_every_service_with_the_shared_flags():
         "tcp://127.0.0.1:6003",
         "--policy",
         "fair",
+        "--metrics-port",
+        "6011",
+        "--metrics-host",
+        "127.0.0.1",
         "--keys-dir",
         "/keys",
     ]
@@ -96,6 +104,10 @@ def test_plan_starts_every_service_with_the_shared_flags():
         str(broker_journal_path(6000)),
         "--audit-log",
         str(audit_log_path(6000)),
+        "--metrics-port",
+        "6012",
+        "--metrics-host",
+        "127.0.0.1",
         "--keys-dir",
         "/keys",
     ]
@@ -113,6 +125,10 @@ def test_plan_starts_every_service_with_the_shared_flags():
         "2",
         "--worker-id",
         "worker-1",
+        "--metrics-port",
+        "6014",
+        "--metrics-host",
+        "127.0.0.1",
         "--keys-dir",
         "/keys",
     ]
@@ -137,6 +153,10 @@ def test_binding_all_interfaces_still_connects_over_loopback():
         str(broker_journal_path(5555)),
         "--audit-log",
         str(audit_log_path(5555)),
+        "--metrics-port",
+        "5567",
+        "--metrics-host",
+        "0.0.0.0",
         "--insecure",
     ]
 

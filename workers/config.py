@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from llmos.config import INSECURE_HELP, KEYS_DIR_HELP, option
 from llmos.logs import LOG_FORMAT_HELP
+from llmos.observability import METRICS_HOST_HELP, METRICS_PORT_HELP
 from llmos.wire.constants import HEARTBEAT_INTERVAL_MS, KERNEL_PORT, WORKER_PORT, tcp
 
 DEFAULT_MAX_NUM_SEQS = 16
@@ -82,6 +83,8 @@ class WorkerConfig:
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option("", KEYS_DIR_HELP)
     log_format: str = option("text", LOG_FORMAT_HELP)
+    metrics_port: int = option(0, METRICS_PORT_HELP)
+    metrics_host: str = option("127.0.0.1", METRICS_HOST_HELP)
 
 
 def default_worker_id() -> str:

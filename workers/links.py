@@ -98,15 +98,19 @@ class PeerLink:
 
 class BrokerLink(PeerLink):
     peer = "broker"
+    is_heard = False  # a frame from the broker arrived on this connection
+    seen_at_s = 0.0
 
     def connect(self, registration: pb.WorkerRegister) -> None:
         self.reconnect(identity=self.worker_id)
         self.send(registration)
         self.on_message()  # liveness counts from the connect
+        self.is_heard = False  # until the broker sends something on this connection
         log.info("worker %s registering with the broker at %s", self.worker_id, self.address)
 
     def on_message(self) -> None:
         self.seen_at_s = time.monotonic()
+        self.is_heard = True
 
     def is_silent(self, now_s: float) -> bool:
         return now_s - self.seen_at_s > HEARTBEAT_LIVENESS * self.interval_s

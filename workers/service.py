@@ -19,8 +19,10 @@ from dataclasses import replace
 import torch
 import zmq
 
+from llmos.observability import start_metrics
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
+from llmos.service_metrics import WorkerCollector
 from llmos.wire import Handlers, WireError, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, ERROR_NAMES, HEARTBEAT_LIVENESS
 from llmos.wire.peer_errors import PeerErrors
@@ -121,6 +123,8 @@ class Worker:
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.drain_requested = threading.Event()  # set by the first SIGTERM (llmos.service)
         self.drain: Drain | None = None
+        collector = WorkerCollector(self.worker_id, lambda: self.gate.num_running, self.is_registered)
+        self.metrics = start_metrics(config.metrics_host, config.metrics_port, collector, self.readiness)
         self.from_broker: Handlers[None] = Handlers(
             "the worker's broker socket",
             {
@@ -597,8 +601,18 @@ class Worker:
             max_num_seqs=self.config.max_num_seqs,
         )
 
+    def is_registered(self) -> bool:
+        """The broker answered since this worker last (re)connected, and not long ago."""
+        return self.broker.is_heard and not self.broker.is_silent(time.monotonic())
+
+    def readiness(self) -> tuple[bool, str]:
+        # the model is loaded: this object exists only once it is
+        return (self.is_registered(), "not registered with the broker (yet)")
+
     def close(self) -> None:
         """Say goodbye to the broker and the kernel, stop the engine thread, close the sockets."""
+        if self.metrics is not None:
+            self.metrics.stop()
         reason = "worker shutting down" if self.drain is None else self.drain.goodbye(self.num_live_requests)
         goodbye = pb.Disconnect(worker_id=self.worker_id, reason=reason)
         for link in (self.broker, self.kernel):

@@ -1,0 +1,68 @@
+"""Prometheus collectors of the kernel, the scheduler and the model worker (the
+broker's, larger, is broker/metrics.py). Each reads at scrape time what its
+service's loop keeps; none holds a reference the loop would have to lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from llmos.wire import pb
+
+
+class KernelCollector(Collector):
+    """From the latest resource view the kernel built (a message the loop replaces whole)."""
+
+    def __init__(self, latest_view: Callable[[], pb.ResourceView | None]) -> None:
+        self.latest_view = latest_view
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        view = self.latest_view()
+        workers = [] if view is None else list(view.workers)
+        yield GaugeMetricFamily(
+            "llmos:kernel_workers", "workers registered with the kernel", value=len(workers)
+        )
+        used = GaugeMetricFamily("llmos:kv_blocks_used", "KV blocks allocated, by worker", labels=["worker"])
+        total = GaugeMetricFamily("llmos:kv_blocks_total", "KV blocks, by worker", labels=["worker"])
+        for worker in workers:
+            used.add_metric([worker.worker_id], worker.kv_blocks_used)
+            total.add_metric([worker.worker_id], worker.kv_blocks_total)
+        yield used
+        yield total
+
+
+class SchedulerCollector(Collector):
+    def __init__(self, policy_name: Callable[[], str], has_view: Callable[[], bool]) -> None:
+        self.policy_name = policy_name
+        self.has_view = has_view
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily("llmos:scheduler_policy_info", "the policy in use", labels=["policy"])
+        info.add_metric([self.policy_name()], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "llmos:scheduler_has_view", "1 while a fresh kernel view is held", value=int(self.has_view())
+        )
+
+
+class WorkerCollector(Collector):
+    def __init__(
+        self, worker_id: str, num_running: Callable[[], int], is_registered: Callable[[], bool]
+    ) -> None:
+        self.worker_id = worker_id
+        self.num_running = num_running
+        self.is_registered = is_registered
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        running = GaugeMetricFamily(
+            "llmos:worker_num_running", "requests this worker runs", labels=["worker"]
+        )
+        running.add_metric([self.worker_id], self.num_running())
+        yield running
+        registered = GaugeMetricFamily(
+            "llmos:worker_registered", "1 while the broker answers this worker", labels=["worker"]
+        )
+        registered.add_metric([self.worker_id], int(self.is_registered()))
+        yield registered
