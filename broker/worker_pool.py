@@ -124,7 +124,7 @@ class WorkerPool:
 
     def model_view(self) -> ModelView:
         """What admission checks each request against; kept until the pool or the
-        catalog changes (recomputing it walks every worker: 230 µs an admission at 200)."""
+        catalog changes (recomputing it walks every worker, on every admission)."""
         if self._model_view is None:
             self._model_view = self._make_model_view()
         return self._model_view

@@ -59,6 +59,21 @@ class Stack(ServiceStack):
         for index in range(self.num_workers):
             self.start_worker(index)
 
+    def start_sim_worker(self, model_name: str, worker_id: str = "sim") -> None:
+        """One simulated worker (`llmos worker --engine sim`) serving `model_name`; ready when it returns."""
+        self.start_process(
+            worker_id,
+            "worker",
+            "--engine",
+            "sim",
+            "--worker-id",
+            worker_id,
+            "--model-name",
+            model_name,
+            *self.worker_links(),
+        )
+        self.wait_ready(num_workers=1)
+
     def start_worker(self, index: int) -> None:
         self.start_process(
             f"worker-{index}",

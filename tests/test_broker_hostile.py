@@ -40,18 +40,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         broker_args=("--model-grace-s", str(MODEL_GRACE_S)),
     )
     with stack:
-        stack.start_process(
-            "sim",
-            "worker",
-            "--engine",
-            "sim",
-            "--worker-id",
-            SIM_WORKER,
-            "--model-name",
-            SIM_MODEL,
-            *stack.worker_links(),
-        )
-        stack.wait_ready(num_workers=1)
+        stack.start_sim_worker(SIM_MODEL, SIM_WORKER)
         yield stack
         stack.check_alive()  # the broker outlived every test
 

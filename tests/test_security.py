@@ -43,18 +43,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("secure")
     stack = Stack(model_dir=log_dir, log_dir=log_dir, num_workers=0, is_secure=True)
     with stack:
-        stack.start_process(
-            "sim",
-            "worker",
-            "--engine",
-            "sim",
-            "--worker-id",
-            "sim",
-            "--model-name",
-            SIM_MODEL,
-            *stack.worker_links(),
-        )
-        stack.wait_ready(num_workers=1)
+        stack.start_sim_worker(SIM_MODEL)
         yield stack
         stack.check_alive()  # every service outlived every test
 
