@@ -42,7 +42,7 @@ class BrokerMetrics:
     """The metric objects the broker's parts update, on a registry of its own."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()  # the broker's own, never the global default
         tier = ["tier"]
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...], labels: list[str]) -> Histogram:
@@ -164,12 +164,6 @@ class BrokerCollector(Collector):
         workers.add_metric(["live"], len(broker.workers) - draining)
         workers.add_metric(["draining"], draining)
         yield workers
-        refused = CounterMetricFamily(
-            "llmos:refused_messages", "frames and messages refused from any peer, by kind", labels=["kind"]
-        )
-        for kind, count in snapshot(broker.peer_errors.count_by_kind).items():
-            refused.add_metric([kind], count)
-        yield refused
         yield GaugeMetricFamily(
             "llmos:scheduler_online", "1 while the scheduler answers", value=int(broker.scheduler.is_online)
         )

@@ -55,6 +55,7 @@ from llmos.observability import start_metrics
 from llmos.security.authenticator import CLIENTS_DOMAIN, WORKERS_DOMAIN
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
+from llmos.service_metrics import RefusalCollector
 from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import bind_router
 
@@ -141,6 +142,7 @@ class Broker:
             config.log_prompts,
         )
         self.metrics.registry.register(BrokerCollector(self))
+        self.metrics.registry.register(RefusalCollector(self.peer_errors))
         self.metrics_server = start_metrics(
             config.metrics_host, config.metrics_port, self.metrics.registry, self.readiness
         )

@@ -1,15 +1,52 @@
 """Prometheus collectors of the kernel, the scheduler and the model worker (the
 broker's, larger, is broker/metrics.py). Each reads at scrape time what its
-service's loop keeps; none holds a reference the loop would have to lock."""
+service's loop keeps; none holds a reference the loop would have to lock. The
+scheduler's decision time is a histogram its loop observes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llmos.wire import pb
+from llmos.wire.peer_errors import PeerErrors
+
+DECISION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+def registry_of(*collectors: Collector) -> CollectorRegistry:
+    """A registry of this process's own (never the global default) holding `collectors`."""
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+class RefusalCollector(Collector):
+    """`llmos:refused_messages_total{kind}` from a service's PeerErrors (kinds are
+    the code's own names and error codes: bounded)."""
+
+    def __init__(self, peer_errors: PeerErrors) -> None:
+        self.peer_errors = peer_errors
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        refused = CounterMetricFamily(
+            "llmos:refused_messages", "frames and messages refused from any peer, by kind", labels=["kind"]
+        )
+        for _ in range(10):  # the loop may add a kind while this copies
+            try:
+                counts = dict(self.peer_errors.count_by_kind)
+                break
+            except RuntimeError:
+                continue
+        else:
+            counts = {}
+        for kind, count in counts.items():
+            refused.add_metric([kind], count)
+        yield refused
 
 
 class KernelCollector(Collector):
@@ -45,6 +82,16 @@ class SchedulerCollector(Collector):
         yield GaugeMetricFamily(
             "llmos:scheduler_has_view", "1 while a fresh kernel view is held", value=int(self.has_view())
         )
+
+
+def decision_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        "llmos:scheduler_decision_seconds",
+        "time one batch's decision takes, by policy",
+        ["policy"],
+        buckets=DECISION_BUCKETS_S,
+        registry=registry,
+    )
 
 
 class WorkerCollector(Collector):
