@@ -11,20 +11,19 @@ bounded by the config and the code, tenants are not.
 from __future__ import annotations
 
 from collections import Counter as CountByKey
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from broker.requests import Request
+from llmos.service_metrics import read_while_changing
 from llmos.wire import pb
 
 if TYPE_CHECKING:
     from broker.service import Broker
-
-T = TypeVar("T")
 
 # vLLM's buckets, so its dashboards read these as they read its own
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -95,17 +94,6 @@ class BrokerMetrics:
                 self.time_per_output_token_s.labels(tier).observe(
                     (now_s - request.first_token_at_s) / num_later_tokens
                 )
-
-
-def read_while_changing(read: Callable[[], T], default: T) -> T:
-    """`read()` of state the broker's loop may change meanwhile (a dict that grows
-    while copied raises RuntimeError): tried a few times, else `default`."""
-    for _ in range(10):
-        try:
-            return read()
-        except RuntimeError:
-            continue
-    return default
 
 
 def snapshot(counts: dict[str, int]) -> dict[str, int]:

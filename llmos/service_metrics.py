@@ -6,6 +6,7 @@ scheduler's decision time is a histogram its loop observes."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -14,7 +15,20 @@ from prometheus_client.registry import Collector
 from llmos.wire import pb
 from llmos.wire.peer_errors import PeerErrors
 
+T = TypeVar("T")
+
 DECISION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+def read_while_changing(read: Callable[[], T], default: T) -> T:
+    """`read()` of state the service's loop may change meanwhile (a dict that grows
+    while copied raises RuntimeError): tried a few times, else `default`."""
+    for _ in range(10):
+        try:
+            return read()
+        except RuntimeError:
+            continue
+    return default
 
 
 def registry_of(*collectors: Collector) -> CollectorRegistry:
@@ -36,14 +50,8 @@ class RefusalCollector(Collector):
         refused = CounterMetricFamily(
             "llmos:refused_messages", "frames and messages refused from any peer, by kind", labels=["kind"]
         )
-        for _ in range(10):  # the loop may add a kind while this copies
-            try:
-                counts = dict(self.peer_errors.count_by_kind)
-                break
-            except RuntimeError:
-                continue
-        else:
-            counts = {}
+        no_counts: dict[str, int] = {}
+        counts = read_while_changing(lambda: dict(self.peer_errors.count_by_kind), no_counts)
         for kind, count in counts.items():
             refused.add_metric([kind], count)
         yield refused
@@ -96,20 +104,38 @@ def decision_histogram(registry: CollectorRegistry) -> Histogram:
 
 class WorkerCollector(Collector):
     def __init__(
-        self, worker_id: str, num_running: Callable[[], int], is_registered: Callable[[], bool]
+        self,
+        worker_id: str,
+        num_running: Callable[[], int],
+        num_kv_blocks_used: Callable[[], int],
+        is_registered: Callable[[], bool],
+        num_prefix_hit_tokens: Callable[[], int | None],
     ) -> None:
         self.worker_id = worker_id
         self.num_running = num_running
+        self.num_kv_blocks_used = num_kv_blocks_used
         self.is_registered = is_registered
+        self.num_prefix_hit_tokens = num_prefix_hit_tokens  # None: the engine caches no prefixes
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        running = GaugeMetricFamily(
-            "llmos:worker_num_running", "requests this worker runs", labels=["worker"]
+    def gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=["worker"])
+        family.add_metric([self.worker_id], value)
+        return family
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield self.gauge("llmos:worker_num_running", "requests this worker runs", self.num_running())
+        yield self.gauge(
+            "llmos:worker_kv_blocks_used",
+            "KV blocks the running requests hold",
+            read_while_changing(self.num_kv_blocks_used, 0),
         )
-        running.add_metric([self.worker_id], self.num_running())
-        yield running
-        registered = GaugeMetricFamily(
-            "llmos:worker_registered", "1 while the broker answers this worker", labels=["worker"]
+        yield self.gauge(
+            "llmos:worker_registered", "1 while the broker answers this worker", int(self.is_registered())
         )
-        registered.add_metric([self.worker_id], int(self.is_registered()))
-        yield registered
+        num_hit_tokens = self.num_prefix_hit_tokens()
+        if num_hit_tokens is not None:
+            hits = CounterMetricFamily(
+                "llmos:prefix_cache_hits", "prompt tokens read from the prefix cache", labels=["worker"]
+            )
+            hits.add_metric([self.worker_id], num_hit_tokens)
+            yield hits

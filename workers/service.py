@@ -123,7 +123,13 @@ class Worker:
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.drain_requested = threading.Event()  # set by the first SIGTERM (llmos.service)
         self.drain: Drain | None = None
-        collector = WorkerCollector(self.worker_id, lambda: self.gate.num_running, self.is_registered)
+        collector = WorkerCollector(
+            self.worker_id,
+            lambda: self.gate.num_running,
+            lambda: self.gate.num_used_blocks,
+            self.is_registered,
+            self.num_prefix_hit_tokens,
+        )
         self.metrics = start_metrics(config.metrics_host, config.metrics_port, collector, self.readiness)
         self.from_broker: Handlers[None] = Handlers(
             "the worker's broker socket",
@@ -604,6 +610,12 @@ class Worker:
     def is_registered(self) -> bool:
         """The broker answered since this worker last (re)connected, and not long ago."""
         return self.broker.is_heard and not self.broker.is_silent(time.monotonic())
+
+    def num_prefix_hit_tokens(self) -> int | None:
+        """Prompt tokens the engine's prefix cache saved (an int the engine thread
+        bumps; read from the metrics thread), or None for an engine without one."""
+        prefix_caching = getattr(self.engine_thread.engine, "prefix_caching", None)
+        return getattr(prefix_caching, "num_hit_tokens", None)
 
     def readiness(self) -> tuple[bool, str]:
         # the model is loaded: this object exists only once it is
