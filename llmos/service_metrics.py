@@ -6,6 +6,7 @@ scheduler's decision time is a histogram its loop observes."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -102,40 +103,44 @@ def decision_histogram(registry: CollectorRegistry) -> Histogram:
     )
 
 
-class WorkerCollector(Collector):
-    def __init__(
-        self,
-        worker_id: str,
-        num_running: Callable[[], int],
-        num_kv_blocks_used: Callable[[], int],
-        is_registered: Callable[[], bool],
-        num_prefix_hit_tokens: Callable[[], int | None],
-    ) -> None:
-        self.worker_id = worker_id
-        self.num_running = num_running
-        self.num_kv_blocks_used = num_kv_blocks_used
-        self.is_registered = is_registered
-        self.num_prefix_hit_tokens = num_prefix_hit_tokens  # None: the engine caches no prefixes
+@dataclass(frozen=True)
+class WorkerGauges:
+    """One worker's state as a scrape reads it."""
 
-    def gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(name, doc, labels=["worker"])
-        family.add_metric([self.worker_id], value)
-        return family
+    worker_id: str
+    num_running: int
+    num_kv_blocks_used: int
+    is_registered: bool
+    num_prefix_hit_tokens: int | None = None  # None: the engine caches no prefixes
+
+
+class WorkerCollector(Collector):
+    """The model worker's gauges (one worker), or a simulated pool's (one per worker)."""
+
+    def __init__(self, read_workers: Callable[[], list[WorkerGauges]]) -> None:
+        self.read_workers = read_workers
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        yield self.gauge("llmos:worker_num_running", "requests this worker runs", self.num_running())
-        yield self.gauge(
-            "llmos:worker_kv_blocks_used",
-            "KV blocks the running requests hold",
-            read_while_changing(self.num_kv_blocks_used, 0),
+        no_workers: list[WorkerGauges] = []
+        workers = read_while_changing(self.read_workers, no_workers)
+        running = GaugeMetricFamily(
+            "llmos:worker_num_running", "requests this worker runs", labels=["worker"]
         )
-        yield self.gauge(
-            "llmos:worker_registered", "1 while the broker answers this worker", int(self.is_registered())
+        used = GaugeMetricFamily(
+            "llmos:worker_kv_blocks_used", "KV blocks the running requests hold", labels=["worker"]
         )
-        num_hit_tokens = self.num_prefix_hit_tokens()
-        if num_hit_tokens is not None:
-            hits = CounterMetricFamily(
-                "llmos:prefix_cache_hits", "prompt tokens read from the prefix cache", labels=["worker"]
-            )
-            hits.add_metric([self.worker_id], num_hit_tokens)
+        registered = GaugeMetricFamily(
+            "llmos:worker_registered", "1 while the broker answers this worker", labels=["worker"]
+        )
+        hits = CounterMetricFamily(
+            "llmos:prefix_cache_hits", "prompt tokens read from the prefix cache", labels=["worker"]
+        )
+        for worker in workers:
+            running.add_metric([worker.worker_id], worker.num_running)
+            used.add_metric([worker.worker_id], worker.num_kv_blocks_used)
+            registered.add_metric([worker.worker_id], int(worker.is_registered))
+            if worker.num_prefix_hit_tokens is not None:
+                hits.add_metric([worker.worker_id], worker.num_prefix_hit_tokens)
+        yield from (running, used, registered)
+        if hits.samples:
             yield hits

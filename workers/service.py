@@ -22,7 +22,7 @@ import zmq
 from llmos.observability import start_metrics
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
-from llmos.service_metrics import WorkerCollector
+from llmos.service_metrics import WorkerCollector, WorkerGauges
 from llmos.wire import Handlers, WireError, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, ERROR_NAMES, HEARTBEAT_LIVENESS
 from llmos.wire.peer_errors import PeerErrors
@@ -123,13 +123,7 @@ class Worker:
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.drain_requested = threading.Event()  # set by the first SIGTERM (llmos.service)
         self.drain: Drain | None = None
-        collector = WorkerCollector(
-            self.worker_id,
-            lambda: self.gate.num_running,
-            lambda: self.gate.num_used_blocks,
-            self.is_registered,
-            self.num_prefix_hit_tokens,
-        )
+        collector = WorkerCollector(self.read_gauges)
         self.metrics = start_metrics(config.metrics_host, config.metrics_port, collector, self.readiness)
         self.from_broker: Handlers[None] = Handlers(
             "the worker's broker socket",
@@ -611,11 +605,19 @@ class Worker:
         """The broker answered since this worker last (re)connected, and not long ago."""
         return self.broker.is_heard and not self.broker.is_silent(time.monotonic())
 
-    def num_prefix_hit_tokens(self) -> int | None:
-        """Prompt tokens the engine's prefix cache saved (an int the engine thread
-        bumps; read from the metrics thread), or None for an engine without one."""
+    def read_gauges(self) -> list[WorkerGauges]:
+        """What /metrics shows, read from the metrics thread. The prefix cache's hit
+        count is an int the engine thread bumps; an engine without one has none."""
         prefix_caching = getattr(self.engine_thread.engine, "prefix_caching", None)
-        return getattr(prefix_caching, "num_hit_tokens", None)
+        return [
+            WorkerGauges(
+                self.worker_id,
+                self.gate.num_running,
+                self.gate.num_used_blocks,
+                self.is_registered(),
+                getattr(prefix_caching, "num_hit_tokens", None),
+            )
+        ]
 
     def readiness(self) -> tuple[bool, str]:
         # the model is loaded: this object exists only once it is
