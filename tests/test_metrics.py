@@ -24,17 +24,19 @@ SIM_MODEL = "simulated"
 SIM_WORKER = "sim"
 NUM_REQUESTS = 3
 MAX_TOKENS = 4
+LONG_MAX_TOKENS = 2000  # seconds of simulated steps: still running when its worker is killed
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class MetricsStack(Stack):
-    def __init__(self, model_dir: Path, log_dir: Path) -> None:
+    def __init__(self, model_dir: Path, log_dir: Path, with_scheduler: bool = True) -> None:
         self.metrics_ports = {name: free_port() for name in SERVICES}
         super().__init__(
             model_dir,
             log_dir,
             num_workers=0,
+            with_scheduler=with_scheduler,
             broker_args=self.metrics_flags("broker"),
             worker_args=self.metrics_flags("worker"),
         )
@@ -110,10 +112,12 @@ def test_health_everywhere_and_the_broker_is_ready_once_a_worker_registers(stack
 def test_the_broker_counts_what_its_clients_did(stack):
     wait_until(lambda: stack.get("sim", "/ready")[0] == 200, "the simulated worker is ready")
     before = stack.samples("broker")
+    num_prompt_tokens = 0
     with stack.client() as client:
         for _ in range(NUM_REQUESTS):
             result = client.generate("count me", model=SIM_MODEL, max_tokens=MAX_TOKENS)
             assert result.usage.generated_tokens == MAX_TOKENS
+            num_prompt_tokens += result.usage.prompt_tokens
         with pytest.raises(UnknownModel):
             client.submit("no such model", model="nope", max_tokens=1)
     after = stack.samples("broker")
@@ -126,6 +130,8 @@ def test_the_broker_counts_what_its_clients_did(stack):
     assert grew("llmos:requests_completed_total") == NUM_REQUESTS
     assert grew("llmos:request_success_total", finish_reason="length") == NUM_REQUESTS
     assert grew("llmos:generation_tokens_total") == NUM_REQUESTS * MAX_TOKENS
+    assert grew("llmos:prompt_tokens_total") == num_prompt_tokens > 0
+    assert grew("llmos:scheduler_fallbacks_total") == 0
     assert grew("llmos:requests_rejected_total", code="UNKNOWN_MODEL") == 1
     for histogram in (
         "llmos:time_to_first_token_seconds",
@@ -177,3 +183,38 @@ def test_a_tiny_model_worker_is_ready_once_registered_and_shows_its_state(stack)
     kernel = stack.samples("kernel")
     assert kernel[("llmos:kernel_workers", ())] == 2
     assert kernel[("llmos:kv_blocks_total", (("worker", "worker-0"),))] > 0
+
+
+@pytest.fixture(scope="module")
+def stack_without_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsStack]:
+    log_dir = tmp_path_factory.mktemp("metrics-no-scheduler")
+    with MetricsStack(log_dir, log_dir, with_scheduler=False) as stack:
+        stack.start_sim_worker()
+        stack.wait_ready(num_workers=1)
+        yield stack
+
+
+def test_batches_decided_without_the_scheduler_are_fallbacks(stack_without_scheduler):
+    stack = stack_without_scheduler
+    with stack.client() as client:
+        client.generate("no scheduler here", model=SIM_MODEL, max_tokens=1)
+    broker = stack.samples("broker")
+    assert broker[("llmos:scheduler_fallbacks_total", ())] >= 1
+    assert broker[("llmos:scheduler_online", ())] == 0
+
+
+def test_a_request_whose_worker_dies_is_counted_requeued(stack_without_scheduler):
+    stack = stack_without_scheduler
+    running = ("llmos:num_requests_running", (("tier", "standard"),))
+    requeued = ("llmos:requests_requeued_total", ())
+    with stack.client() as client:
+        client.submit("a long answer", model=SIM_MODEL, max_tokens=LONG_MAX_TOKENS)
+        wait_until(lambda: stack.samples("broker")[running] == 1, "the request runs")
+        assert stack.samples("broker")[requeued] == 0
+        stack.kill("sim")
+        wait_until(lambda: stack.samples("broker")[requeued] == 1, "the broker re-queues it")
+        broker = stack.samples("broker")  # while the client is here to wait for it
+        assert broker[running] == 0
+        assert broker[("llmos:num_requests_waiting", (("tier", "standard"),))] == 1
+        assert broker[("llmos:workers", (("state", "live"),))] == 0
+        assert stack.get("broker", "/ready") == (503, "no worker is registered yet\n")
