@@ -50,7 +50,7 @@ class MetricsStack(Stack):
     def start_scheduler(self, *args: str) -> None:
         super().start_scheduler(*args, *self.metrics_flags("scheduler"))
 
-    def start_sim_worker(self) -> None:
+    def start_sim_worker(self, *args: str) -> None:
         self.start_process(
             "sim",
             "worker",
@@ -62,7 +62,16 @@ class MetricsStack(Stack):
             SIM_MODEL,
             *self.worker_links(),
             *self.metrics_flags("sim"),
+            *args,
         )
+
+    def ensure_sim_worker(self) -> None:
+        """The simulated worker, started and ready (the first test starts it, after
+        checking the stack without it; a test run alone starts it here)."""
+        if SIM_WORKER not in self.processes:
+            self.start_sim_worker()
+        wait_until(lambda: is_serving(self, SIM_WORKER), "the simulated worker serves /health")
+        wait_until(lambda: self.get(SIM_WORKER, "/ready")[0] == 200, "the simulated worker is ready")
 
     def get(self, name: str, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.metrics_ports[name]}{path}"
@@ -101,16 +110,14 @@ def test_health_everywhere_and_the_broker_is_ready_once_a_worker_registers(stack
         assert stack.get(name, "/health") == (200, "ok\n")
     assert stack.get("broker", "/ready") == (503, "no worker is registered yet\n")
     assert stack.get("kernel", "/ready") == stack.get("scheduler", "/ready") == (200, "ready\n")
-    stack.start_sim_worker()
+    stack.ensure_sim_worker()
     stack.wait_ready(num_workers=1)
     assert stack.get("broker", "/ready") == (200, "ready\n")
-    wait_until(lambda: is_serving(stack, "sim"), "the simulated worker serves /health")
-    wait_until(lambda: stack.get("sim", "/ready")[0] == 200, "the simulated worker is ready")
     assert stack.get("sim", "/ready") == (200, "ready\n")
 
 
 def test_the_broker_counts_what_its_clients_did(stack):
-    wait_until(lambda: stack.get("sim", "/ready")[0] == 200, "the simulated worker is ready")
+    stack.ensure_sim_worker()
     before = stack.samples("broker")
     num_prompt_tokens = 0
     with stack.client() as client:
@@ -153,7 +160,7 @@ def test_the_broker_counts_what_its_clients_did(stack):
 
 
 def test_the_kernel_scheduler_and_simulated_worker_show_their_state(stack):
-    wait_until(lambda: stack.get("sim", "/ready")[0] == 200, "the simulated worker is ready")
+    stack.ensure_sim_worker()
     with stack.client() as client:
         client.generate("place me", model=SIM_MODEL, max_tokens=1)
     kernel = stack.samples("kernel")
@@ -170,6 +177,7 @@ def test_the_kernel_scheduler_and_simulated_worker_show_their_state(stack):
 
 
 def test_a_tiny_model_worker_is_ready_once_registered_and_shows_its_state(stack):
+    stack.ensure_sim_worker()
     stack.start_worker(0)
     stack.wait_ready(num_workers=2)
     wait_until(lambda: is_serving(stack, "worker"), "the worker serves /health")
@@ -189,7 +197,7 @@ def test_a_tiny_model_worker_is_ready_once_registered_and_shows_its_state(stack)
 def stack_without_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsStack]:
     log_dir = tmp_path_factory.mktemp("metrics-no-scheduler")
     with MetricsStack(log_dir, log_dir, with_scheduler=False) as stack:
-        stack.start_sim_worker()
+        stack.start_sim_worker("--max-num-seqs", "1")  # one slot: a top-tier arrival preempts
         stack.wait_ready(num_workers=1)
         yield stack
 
@@ -201,6 +209,22 @@ def test_batches_decided_without_the_scheduler_are_fallbacks(stack_without_sched
     broker = stack.samples("broker")
     assert broker[("llmos:scheduler_fallbacks_total", ())] >= 1
     assert broker[("llmos:scheduler_online", ())] == 0
+
+
+def test_a_top_tier_arrival_on_a_full_worker_preempts_and_is_counted(stack_without_scheduler):
+    stack = stack_without_scheduler
+    running = ("llmos:num_requests_running", (("tier", "batch"),))
+    with stack.client() as client:
+        batch_id = client.submit(
+            "a long batch answer", model=SIM_MODEL, max_tokens=LONG_MAX_TOKENS, tier="batch"
+        )
+        wait_until(lambda: stack.samples("broker")[running] == 1, "the batch request runs")
+        before = stack.samples("broker")[("llmos:num_preemptions_total", ())]
+        client.generate("urgent", model=SIM_MODEL, max_tokens=1, tier="interactive")
+        client.cancel(batch_id)
+    broker = stack.samples("broker")
+    assert broker[("llmos:num_preemptions_total", ())] - before == 1
+    assert broker[("llmos:requests_requeued_total", ())] == 0  # a preemption is no lost worker
 
 
 def test_a_request_whose_worker_dies_is_counted_requeued(stack_without_scheduler):
