@@ -17,6 +17,7 @@ import zmq
 
 from broker.answers import AnswerFills
 from broker.client_replies import ClientReplies
+from broker.metrics import BrokerMetrics
 from broker.request_table import RequestTable
 from broker.requests import Request, RequestStatus
 from broker.scheduler_link import SchedulerLink
@@ -47,6 +48,7 @@ class Dispatcher:
         replies: ClientReplies,
         max_restarts: int,
         preemption_check_s: float,
+        metrics: BrokerMetrics,
     ) -> None:
         self.socket = socket  # the workers' ROUTER, for sends only
         self.requests = requests
@@ -60,6 +62,7 @@ class Dispatcher:
         self.next_preemption_check_s = 0.0
         self.last_preemption_check_s = 0.0
         self.is_lower_tier_running = False  # as of the last ScheduleRequest
+        self.metrics = metrics  # written: re-queues and batches decided locally
 
     # --- when to schedule
 
@@ -110,6 +113,7 @@ class Dispatcher:
         request = self.schedule_request(now_s)
         if not is_timed_out and self.scheduler.can_ask(now_s) and self.scheduler.ask(request, now_s):
             return
+        self.metrics.scheduler_fallbacks.inc()
         self.apply(self.scheduler.decide_locally(request))
 
     def schedule_request(self, now_s: float) -> pb.ScheduleRequest:
@@ -272,6 +276,7 @@ class Dispatcher:
                 worker.worker_id,
                 len(request.generated_token_ids),
             )
+            self.metrics.requests_requeued.inc()
             self.take_back(request, worker, now_s)
         worker.running_ids.clear()
         worker.leaving_ids.clear()

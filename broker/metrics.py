@@ -1,38 +1,135 @@
-"""The broker's Prometheus metrics, read from its parts at scrape time."""
+"""The broker's Prometheus metrics.
+
+Events (a request finished, preempted, re-queued; a batch decided locally; a
+loop turn) update `BrokerMetrics`' counters and histograms from the broker's own
+thread. Levels (queue depths, running requests, workers) and the counts the
+fronts keep are read by `BrokerCollector` at scrape time, from the HTTP thread.
+No label holds a tenant: tiers, codes, finish reasons and refusal kinds are
+bounded by the config and the code, tenants are not.
+"""
 
 from __future__ import annotations
 
+from collections import Counter as CountByKey
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from broker.requests import Request
+from llmos.service_metrics import read_while_changing
+from llmos.wire import pb
 
 if TYPE_CHECKING:
     from broker.service import Broker
 
+# vLLM's buckets, so its dashboards read these as they read its own
+TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+REQUEST_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+LOOP_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+def finish_reason_name(finish_reason: int) -> str:
+    """`FINISH_REASON_STOP` -> `stop`."""
+    return pb.FinishReason.Name(finish_reason).removeprefix("FINISH_REASON_").lower()
+
+
+class BrokerMetrics:
+    """The metric objects the broker's parts update, on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()  # the broker's own, never the global default
+        tier = ["tier"]
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...], labels: list[str]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=self.registry)
+
+        self.time_to_first_token_s = histogram(
+            "llmos:time_to_first_token_seconds", "acceptance to first token", TTFT_BUCKETS_S, tier
+        )
+        self.time_per_output_token_s = histogram(
+            "llmos:time_per_output_token_seconds", "first token to last, per token after the first",
+            TPOT_BUCKETS_S, tier,
+        )  # fmt: skip
+        self.e2e_request_latency_s = histogram(
+            "llmos:e2e_request_latency_seconds", "acceptance to final answer", REQUEST_BUCKETS_S, tier
+        )
+        self.request_queue_time_s = histogram(
+            "llmos:request_queue_time_seconds", "acceptance to first dispatch", REQUEST_BUCKETS_S, tier
+        )
+        self.broker_loop_lag_s = histogram(
+            "llmos:broker_loop_lag_seconds", "time one loop turn takes after its poll", LOOP_BUCKETS_S, []
+        )
+        self.request_success = counter(
+            "llmos:request_success", "requests their worker finished, by finish reason", ("finish_reason",)
+        )
+        self.prompt_tokens = counter("llmos:prompt_tokens", "prompt tokens of finished requests")
+        self.generation_tokens = counter("llmos:generation_tokens", "tokens relayed to clients")
+        self.num_preemptions = counter("llmos:num_preemptions", "requests a worker preempted")
+        self.requests_requeued = counter(
+            "llmos:requests_requeued", "requests re-queued after their worker was lost"
+        )
+        self.scheduler_fallbacks = counter(
+            "llmos:scheduler_fallbacks", "batches the broker decided itself, the scheduler being down or slow"
+        )
+
+    def request_finished(self, request: Request, finish_reason: int, now_s: float) -> None:
+        """Its worker finished the request and the client gets its answer now."""
+        tier = request.tier
+        self.request_success.labels(finish_reason_name(finish_reason)).inc()
+        self.prompt_tokens.inc(request.prompt_tokens)
+        self.e2e_request_latency_s.labels(tier).observe(now_s - request.accepted_at_s)
+        if request.dispatched_at_s is not None:
+            self.request_queue_time_s.labels(tier).observe(request.dispatched_at_s - request.accepted_at_s)
+        if request.first_token_at_s is not None:
+            self.time_to_first_token_s.labels(tier).observe(request.first_token_at_s - request.accepted_at_s)
+            num_later_tokens = len(request.generated_token_ids) - 1
+            if num_later_tokens > 0:
+                self.time_per_output_token_s.labels(tier).observe(
+                    (now_s - request.first_token_at_s) / num_later_tokens
+                )
+
 
 def snapshot(counts: dict[str, int]) -> dict[str, int]:
     """A copy of a dict the broker's loop may be adding to meanwhile."""
-    for _ in range(10):
-        try:
-            return dict(counts)
-        except RuntimeError:  # it grew while being copied: try again
-            continue
-    return {}
+    return read_while_changing(lambda: dict(counts), {})
 
 
 class BrokerCollector(Collector):
+    """Levels and the fronts' counts, read at scrape time."""
+
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+
+    def running_by_tier(self) -> CountByKey[str]:
+        broker = self.broker
+        counts: CountByKey[str] = CountByKey()
+        for worker in list(broker.workers):
+            for request_id in list(worker.running_ids):
+                request = broker.requests.get(request_id)
+                if request is not None:
+                    counts[request.tier] += 1
+        return counts
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         broker = self.broker
         front, queue = broker.client_front, broker.requests.queue
         waiting = GaugeMetricFamily("llmos:num_requests_waiting", "requests queued, by tier", labels=["tier"])
+        running = GaugeMetricFamily(
+            "llmos:num_requests_running", "requests on workers, by tier", labels=["tier"]
+        )
+        running_by_tier: CountByKey[str] = read_while_changing(self.running_by_tier, CountByKey())
         for tier in queue.tiers:
             waiting.add_metric([tier], queue.depth(tier))
+            running.add_metric([tier], running_by_tier[tier])
         yield waiting
+        yield running
         admitted = CounterMetricFamily(
             "llmos:requests_admitted", "requests accepted, by tier", labels=["tier"]
         )
@@ -50,22 +147,11 @@ class BrokerCollector(Collector):
             "requests given their final message",
             value=broker.replies.num_completed,
         )
-        yield CounterMetricFamily(
-            "llmos:generation_tokens", "tokens relayed to clients", value=broker.worker_front.num_tokens
-        )
-        yield GaugeMetricFamily(
-            "llmos:num_requests_running", "requests on workers", value=broker.num_running()
-        )
         workers = GaugeMetricFamily("llmos:workers", "registered workers", labels=["state"])
-        draining = sum(1 for worker in broker.workers if worker.is_draining)
+        draining = read_while_changing(lambda: sum(1 for worker in broker.workers if worker.is_draining), 0)
         workers.add_metric(["live"], len(broker.workers) - draining)
         workers.add_metric(["draining"], draining)
         yield workers
-        yield CounterMetricFamily(
-            "llmos:refused_messages",
-            "frames and messages refused from any peer",
-            value=broker.peer_errors.total,
-        )
         yield GaugeMetricFamily(
             "llmos:scheduler_online", "1 while the scheduler answers", value=int(broker.scheduler.is_online)
         )

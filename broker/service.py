@@ -42,7 +42,7 @@ from broker.client_watch import ClientWatch
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
 from broker.journal import Journal
-from broker.metrics import BrokerCollector
+from broker.metrics import BrokerCollector, BrokerMetrics
 from broker.queues import TieredQueue
 from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
@@ -55,6 +55,7 @@ from llmos.observability import start_metrics
 from llmos.security.authenticator import CLIENTS_DOMAIN, WORKERS_DOMAIN
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
+from llmos.service_metrics import RefusalCollector
 from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import bind_router
 
@@ -94,6 +95,7 @@ class Broker:
         self.requests = RequestTable(TieredQueue(config.tier_names, rules.max_queue_depths()))
         self.workers = WorkerPool(heartbeat_interval_s, config.model_grace_s)
         answer_fills, tokens = AnswerFills(), RateMeter()
+        self.metrics = BrokerMetrics()  # counted whether or not a port serves them
         self.replies = ClientReplies(self.client_socket, self.requests, self.journal, self.audit)
         self.dispatcher = Dispatcher(
             self.worker_socket,
@@ -104,6 +106,7 @@ class Broker:
             self.replies,
             config.max_restarts,
             config.preemption_check_ms / 1000,
+            self.metrics,
         )
         self.worker_front = WorkerFrontEnd(
             self.worker_socket,
@@ -118,6 +121,7 @@ class Broker:
             self.peer_errors,
             self.keys,
             tenant_tokens,
+            self.metrics,
         )
         self.client_front = ClientFrontEnd(
             self.client_socket,
@@ -137,8 +141,10 @@ class Broker:
             tenant_tokens,
             config.log_prompts,
         )
-        self.metrics = start_metrics(
-            config.metrics_host, config.metrics_port, BrokerCollector(self), self.readiness
+        self.metrics.registry.register(BrokerCollector(self))
+        self.metrics.registry.register(RefusalCollector(self.peer_errors))
+        self.metrics_server = start_metrics(
+            config.metrics_host, config.metrics_port, self.metrics.registry, self.readiness
         )
         self.poller = zmq.Poller()
         for socket in (
@@ -162,6 +168,7 @@ class Broker:
         )
         while not stopping.is_set():
             events = dict(self.poller.poll(self.poll_timeout_ms()))
+            turn_start_s = time.monotonic()
             if self.client_watch.monitor in events:
                 self.run_step("client watch", self.client_front.forget_disconnected_clients)
             if self.client_socket in events:
@@ -180,6 +187,7 @@ class Broker:
             self.run_step("heartbeats", self.worker_front.send_heartbeats, now_s)
             self.run_step("allowlist", self.reload_keys, now_s)
             self.run_step("revoked connections", self.client_front.hang_up_revoked, now_s)
+            self.metrics.broker_loop_lag_s.observe(time.monotonic() - turn_start_s)
 
     def reload_keys(self, now_s: float) -> None:
         """A changed allowlist (SIGHUP, `llmos keys revoke`): audit it, end what revoked keys hold."""
@@ -228,8 +236,8 @@ class Broker:
         self.keys.close()
         self.context.term()
         self.journal.close()
-        if self.metrics is not None:
-            self.metrics.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.audit.close()
 
 

@@ -19,6 +19,7 @@ import zmq
 from broker.answers import AnswerFills
 from broker.client_replies import ClientReplies
 from broker.dispatcher import Dispatcher
+from broker.metrics import BrokerMetrics
 from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable
@@ -57,6 +58,7 @@ class WorkerFrontEnd:
         peer_errors: PeerErrors,
         keys: ServiceKeys,
         tenant_tokens: TenantTokens,
+        metrics: BrokerMetrics,
     ) -> None:
         self.socket = socket
         self.workers = workers
@@ -71,7 +73,7 @@ class WorkerFrontEnd:
         self.keys = keys  # read: whether a message's key is still a worker's
         self.tenant_tokens = tenant_tokens  # written: tokens made per tenant, for their limits
         self.next_heartbeat_s = 0.0
-        self.num_tokens = 0  # relayed since start; read: /metrics
+        self.metrics = metrics  # written: tokens, preemptions, finished requests
         # A stranger is told to register once per heartbeat interval, not once per
         # message: a worker whose heartbeats and progress reach a restarted broker
         # before its registration then registers once, and its new requests stay put.
@@ -269,7 +271,7 @@ class WorkerFrontEnd:
         chunk = request.record_delta(delta, now_s)
         if delta.token_ids:
             self.tokens.add(len(delta.token_ids), now_s)
-            self.num_tokens += len(delta.token_ids)
+            self.metrics.generation_tokens.inc(len(delta.token_ids))
             worker.tokens.add(len(delta.token_ids), now_s)
             self.tenant_tokens.note(request.admitted.tenant, len(delta.token_ids), now_s)
         if chunk is not None:
@@ -281,6 +283,7 @@ class WorkerFrontEnd:
             return
         if delta.finish_reason == pb.FINISH_REASON_PREEMPTED:
             request.num_preemptions += 1
+            self.metrics.num_preemptions.inc()
             log.info(
                 "preempted %s tier %s on worker %s after %d tokens",
                 request.request_id,
@@ -324,6 +327,7 @@ class WorkerFrontEnd:
             log.warning("worker %s failed %s: %s", worker.worker_id, request.request_id, delta.error.message)
             delta.error.request_id = request.client_request_id
             return pack(delta.error)
+        self.metrics.request_finished(request, delta.finish_reason, now_s)
         if request.kind != pb.TASK_KIND_GENERATE:
             return pack(request.pooling_result(delta, worker.worker_id, now_s))
         self.answer_fills.record(

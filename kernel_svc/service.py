@@ -22,7 +22,7 @@ from llmos.observability import always_ready, start_metrics
 from llmos.security.authenticator import KERNEL_DOMAIN
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
-from llmos.service_metrics import KernelCollector
+from llmos.service_metrics import KernelCollector, RefusalCollector, registry_of
 from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import ERROR_NAMES
 from llmos.wire.envelope import error_frame
@@ -69,9 +69,8 @@ class Kernel:
         self._published_version: int | None = None
         self._published_at_s = float("-inf")
         self._view: pb.ResourceView | None = None  # the latest built, reused while nothing changed
-        self.metrics = start_metrics(
-            config.metrics_host, config.metrics_port, KernelCollector(lambda: self._view), always_ready
-        )
+        registry = registry_of(KernelCollector(lambda: self._view), RefusalCollector(self.peer_errors))
+        self.metrics = start_metrics(config.metrics_host, config.metrics_port, registry, always_ready)
         self.handlers: Handlers[Message | None] = Handlers(
             "the kernel's port",
             {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -27,6 +28,9 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]  # (is ready, why not)
+# a collector or readiness check that fails fails at every scrape: one traceback
+# this often, the rest counted
+ERROR_LOG_INTERVAL_S = 60.0
 METRICS_PORT_HELP = "serve /metrics, /health and /ready over HTTP on this port (0 = off)"
 METRICS_HOST_HELP = "interface the metrics port binds"
 
@@ -44,6 +48,8 @@ class MetricsServer:
         self.server: WSGIServer = make_server(host, port, self.app, handler_class=_QuietHandler)
         self.port = self.server.server_port
         self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+        self.next_error_log_s = 0.0
+        self.num_errors_unlogged = 0
 
     def start(self) -> MetricsServer:
         self.thread.start()
@@ -68,10 +74,19 @@ class MetricsServer:
             else:
                 status, content_type, body = "404 Not Found", "text/plain", b"/metrics, /health or /ready\n"
         except Exception:  # a bug here must not reach the service
-            log.exception("serving %s failed", path)
+            self.log_failure(path)
             status, content_type, body = "500 Internal Server Error", "text/plain", b"error; logged\n"
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
+
+    def log_failure(self, path: str) -> None:
+        """Log the exception being handled, at most once per ERROR_LOG_INTERVAL_S."""
+        now_s = time.monotonic()
+        if now_s < self.next_error_log_s:
+            self.num_errors_unlogged += 1
+            return
+        log.exception("serving %s failed (and %d more since the last line)", path, self.num_errors_unlogged)
+        self.next_error_log_s, self.num_errors_unlogged = now_s + ERROR_LOG_INTERVAL_S, 0
 
 
 def start_metrics(host: str, port: int, collector: Collector, readiness: Readiness) -> MetricsServer | None:

@@ -18,7 +18,7 @@ from llmos.observability import always_ready, start_metrics
 from llmos.security.authenticator import SCHEDULER_DOMAIN
 from llmos.security.service_keys import ADMIN_ROLE, open_service_keys
 from llmos.service import run_service
-from llmos.service_metrics import SchedulerCollector
+from llmos.service_metrics import RefusalCollector, SchedulerCollector, decision_histogram, registry_of
 from llmos.wire import WireError, pb
 from llmos.wire.constants import ERROR_NAMES, HEARTBEAT_LIVENESS, RESOURCE_TOPIC
 from llmos.wire.envelope import error_frame
@@ -66,8 +66,12 @@ class Scheduler:
                 pb.SetPolicy: self.set_policy,
             },
         )
-        collector = SchedulerCollector(lambda: self.policy.name.value, lambda: self.view is not None)
-        self.metrics = start_metrics(config.metrics_host, config.metrics_port, collector, always_ready)
+        registry = registry_of(
+            SchedulerCollector(lambda: self.policy.name.value, lambda: self.view is not None),
+            RefusalCollector(self.peer_errors),
+        )
+        self.decision_s = decision_histogram(registry)
+        self.metrics = start_metrics(config.metrics_host, config.metrics_port, registry, always_ready)
         self.view_handlers: Handlers[pb.ResourceView] = Handlers(
             "the kernel's resource feed", {pb.ResourceView: lambda view: view}
         )
@@ -157,6 +161,7 @@ class Scheduler:
     def decide(self, request: pb.ScheduleRequest, role: str) -> pb.ScheduleDecision:
         limits.check_schedule_request(request)
         decision = decide(self.policy, request, self.view)
+        self.decision_s.labels(self.policy.name.value).observe(decision.decision_us / 1_000_000)
         log.debug(
             "batch %d: placed %d of %d pending on %d workers, preempted %d, in %d us",
             request.batch_id,

@@ -1,5 +1,6 @@
 """`/metrics`, `/health` and `/ready` on every service of a real stack (kernel,
-scheduler, broker, one tiny-model worker), each on its own `--metrics-port`."""
+scheduler, broker, a simulated worker, then one tiny-model worker), each on its
+own `--metrics-port`."""
 
 from __future__ import annotations
 
@@ -18,18 +19,24 @@ from llmos.processes import free_port
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = ("kernel", "scheduler", "broker", "worker")
+SERVICES = ("kernel", "scheduler", "broker", "sim", "worker")
+SIM_MODEL = "simulated"
+SIM_WORKER = "sim"
 NUM_REQUESTS = 3
 MAX_TOKENS = 4
+LONG_MAX_TOKENS = 2000  # seconds of simulated steps: still running when its worker is killed
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class MetricsStack(Stack):
-    def __init__(self, model_dir: Path, log_dir: Path) -> None:
+    def __init__(self, model_dir: Path, log_dir: Path, with_scheduler: bool = True) -> None:
         self.metrics_ports = {name: free_port() for name in SERVICES}
         super().__init__(
             model_dir,
             log_dir,
             num_workers=0,
+            with_scheduler=with_scheduler,
             broker_args=self.metrics_flags("broker"),
             worker_args=self.metrics_flags("worker"),
         )
@@ -43,6 +50,29 @@ class MetricsStack(Stack):
     def start_scheduler(self, *args: str) -> None:
         super().start_scheduler(*args, *self.metrics_flags("scheduler"))
 
+    def start_sim_worker(self, *args: str) -> None:
+        self.start_process(
+            "sim",
+            "worker",
+            "--engine",
+            "sim",
+            "--worker-id",
+            SIM_WORKER,
+            "--model-name",
+            SIM_MODEL,
+            *self.worker_links(),
+            *self.metrics_flags("sim"),
+            *args,
+        )
+
+    def ensure_sim_worker(self) -> None:
+        """The simulated worker, started and ready (the first test starts it, after
+        checking the stack without it; a test run alone starts it here)."""
+        if SIM_WORKER not in self.processes:
+            self.start_sim_worker()
+        wait_until(lambda: is_serving(self, SIM_WORKER), "the simulated worker serves /health")
+        wait_until(lambda: self.get(SIM_WORKER, "/ready")[0] == 200, "the simulated worker is ready")
+
     def get(self, name: str, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.metrics_ports[name]}{path}"
         try:
@@ -51,7 +81,7 @@ class MetricsStack(Stack):
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
 
-    def samples(self, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def samples(self, name: str) -> Samples:
         status, text = self.get(name, "/metrics")
         assert status == 200
         return {
@@ -61,6 +91,13 @@ class MetricsStack(Stack):
         }
 
 
+def is_serving(stack: MetricsStack, name: str) -> bool:
+    try:
+        return stack.get(name, "/health")[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsStack]:
     with MetricsStack(tiny_model_dir, tmp_path_factory.mktemp("metrics")) as stack:
@@ -68,24 +105,26 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def test_health_everywhere_and_the_broker_is_ready_once_a_worker_registers(stack):
-    wait_until(lambda: stack.get("scheduler", "/health")[0] == 200, "the services serve /health")
     for name in ("kernel", "scheduler", "broker"):
+        wait_until(lambda name=name: is_serving(stack, name), f"the {name} serves /health")
         assert stack.get(name, "/health") == (200, "ok\n")
-    status, why = stack.get("broker", "/ready")
-    assert (status, why) == (503, "no worker is registered yet\n")
-    stack.start_worker(0)
+    assert stack.get("broker", "/ready") == (503, "no worker is registered yet\n")
+    assert stack.get("kernel", "/ready") == stack.get("scheduler", "/ready") == (200, "ready\n")
+    stack.ensure_sim_worker()
     stack.wait_ready(num_workers=1)
     assert stack.get("broker", "/ready") == (200, "ready\n")
-    wait_until(lambda: stack.get("worker", "/ready")[0] == 200, "the worker is ready")
-    assert stack.get("kernel", "/ready")[0] == stack.get("scheduler", "/ready")[0] == 200
+    assert stack.get("sim", "/ready") == (200, "ready\n")
 
 
-def test_the_metrics_count_what_the_stack_did(stack):
-    wait_until(lambda: stack.get("worker", "/ready")[0] == 200, "the worker is ready")
+def test_the_broker_counts_what_its_clients_did(stack):
+    stack.ensure_sim_worker()
     before = stack.samples("broker")
+    num_prompt_tokens = 0
     with stack.client() as client:
         for _ in range(NUM_REQUESTS):
-            assert client.generate("count me", max_tokens=MAX_TOKENS).usage.generated_tokens == MAX_TOKENS
+            result = client.generate("count me", model=SIM_MODEL, max_tokens=MAX_TOKENS)
+            assert result.usage.generated_tokens == MAX_TOKENS
+            num_prompt_tokens += result.usage.prompt_tokens
         with pytest.raises(UnknownModel):
             client.submit("no such model", model="nope", max_tokens=1)
     after = stack.samples("broker")
@@ -96,12 +135,110 @@ def test_the_metrics_count_what_the_stack_did(stack):
 
     assert grew("llmos:requests_admitted_total", tier="standard") == NUM_REQUESTS
     assert grew("llmos:requests_completed_total") == NUM_REQUESTS
+    assert grew("llmos:request_success_total", finish_reason="length") == NUM_REQUESTS
     assert grew("llmos:generation_tokens_total") == NUM_REQUESTS * MAX_TOKENS
+    assert grew("llmos:prompt_tokens_total") == num_prompt_tokens > 0
+    assert grew("llmos:scheduler_fallbacks_total") == 0
     assert grew("llmos:requests_rejected_total", code="UNKNOWN_MODEL") == 1
+    for histogram in (
+        "llmos:time_to_first_token_seconds",
+        "llmos:time_per_output_token_seconds",
+        "llmos:e2e_request_latency_seconds",
+        "llmos:request_queue_time_seconds",
+    ):
+        assert grew(f"{histogram}_count", tier="standard") == NUM_REQUESTS, histogram
+        assert grew(f"{histogram}_bucket", tier="standard", le="+Inf") == NUM_REQUESTS, histogram
     assert after[("llmos:workers", (("state", "live"),))] == 1
+    assert after[("llmos:workers", (("state", "draining"),))] == 0
+    assert after[("llmos:num_requests_waiting", (("tier", "standard"),))] == 0
+    assert after[("llmos:num_requests_running", (("tier", "standard"),))] == 0
+    assert after[("llmos:scheduler_online", ())] == 1
+    assert (
+        after[("llmos:broker_loop_lag_seconds_count", ())]
+        > before[("llmos:broker_loop_lag_seconds_count", ())]
+    )
+
+
+def test_the_kernel_scheduler_and_simulated_worker_show_their_state(stack):
+    stack.ensure_sim_worker()
+    with stack.client() as client:
+        client.generate("place me", model=SIM_MODEL, max_tokens=1)
     kernel = stack.samples("kernel")
     assert kernel[("llmos:kernel_workers", ())] == 1
-    assert kernel[("llmos:kv_blocks_total", (("worker", "worker-0"),))] > 0
-    assert stack.samples("scheduler")[("llmos:scheduler_policy_info", (("policy", "priority"),))] == 1
+    assert kernel[("llmos:kv_blocks_total", (("worker", SIM_WORKER),))] > 0
+    assert ("llmos:kv_blocks_used", (("worker", SIM_WORKER),)) in kernel
+    scheduler = stack.samples("scheduler")
+    assert scheduler[("llmos:scheduler_policy_info", (("policy", "priority"),))] == 1
+    assert scheduler[("llmos:scheduler_decision_seconds_count", (("policy", "priority"),))] >= 1
+    sim = stack.samples("sim")
+    assert sim[("llmos:worker_registered", (("worker", SIM_WORKER),))] == 1
+    assert sim[("llmos:worker_num_running", (("worker", SIM_WORKER),))] == 0
+    assert sim[("llmos:worker_kv_blocks_used", (("worker", SIM_WORKER),))] == 0
+
+
+def test_a_tiny_model_worker_is_ready_once_registered_and_shows_its_state(stack):
+    stack.ensure_sim_worker()
+    stack.start_worker(0)
+    stack.wait_ready(num_workers=2)
+    wait_until(lambda: is_serving(stack, "worker"), "the worker serves /health")
+    wait_until(lambda: stack.get("worker", "/ready")[0] == 200, "the worker is ready")
+    assert stack.get("worker", "/ready") == (200, "ready\n")
     worker = stack.samples("worker")
     assert worker[("llmos:worker_registered", (("worker", "worker-0"),))] == 1
+    assert worker[("llmos:worker_num_running", (("worker", "worker-0"),))] == 0
+    assert worker[("llmos:worker_kv_blocks_used", (("worker", "worker-0"),))] == 0
+    assert worker[("llmos:prefix_cache_hits_total", (("worker", "worker-0"),))] == 0
+    kernel = stack.samples("kernel")
+    assert kernel[("llmos:kernel_workers", ())] == 2
+    assert kernel[("llmos:kv_blocks_total", (("worker", "worker-0"),))] > 0
+
+
+@pytest.fixture(scope="module")
+def stack_without_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsStack]:
+    log_dir = tmp_path_factory.mktemp("metrics-no-scheduler")
+    with MetricsStack(log_dir, log_dir, with_scheduler=False) as stack:
+        stack.start_sim_worker("--max-num-seqs", "1")  # one slot: a top-tier arrival preempts
+        stack.wait_ready(num_workers=1)
+        yield stack
+
+
+def test_batches_decided_without_the_scheduler_are_fallbacks(stack_without_scheduler):
+    stack = stack_without_scheduler
+    with stack.client() as client:
+        client.generate("no scheduler here", model=SIM_MODEL, max_tokens=1)
+    broker = stack.samples("broker")
+    assert broker[("llmos:scheduler_fallbacks_total", ())] >= 1
+    assert broker[("llmos:scheduler_online", ())] == 0
+
+
+def test_a_top_tier_arrival_on_a_full_worker_preempts_and_is_counted(stack_without_scheduler):
+    stack = stack_without_scheduler
+    running = ("llmos:num_requests_running", (("tier", "batch"),))
+    with stack.client() as client:
+        batch_id = client.submit(
+            "a long batch answer", model=SIM_MODEL, max_tokens=LONG_MAX_TOKENS, tier="batch"
+        )
+        wait_until(lambda: stack.samples("broker")[running] == 1, "the batch request runs")
+        before = stack.samples("broker")[("llmos:num_preemptions_total", ())]
+        client.generate("urgent", model=SIM_MODEL, max_tokens=1, tier="interactive")
+        client.cancel(batch_id)
+    broker = stack.samples("broker")
+    assert broker[("llmos:num_preemptions_total", ())] - before == 1
+    assert broker[("llmos:requests_requeued_total", ())] == 0  # a preemption is no lost worker
+
+
+def test_a_request_whose_worker_dies_is_counted_requeued(stack_without_scheduler):
+    stack = stack_without_scheduler
+    running = ("llmos:num_requests_running", (("tier", "standard"),))
+    requeued = ("llmos:requests_requeued_total", ())
+    with stack.client() as client:
+        client.submit("a long answer", model=SIM_MODEL, max_tokens=LONG_MAX_TOKENS)
+        wait_until(lambda: stack.samples("broker")[running] == 1, "the request runs")
+        assert stack.samples("broker")[requeued] == 0
+        stack.kill("sim")
+        wait_until(lambda: stack.samples("broker")[requeued] == 1, "the broker re-queues it")
+        broker = stack.samples("broker")  # while the client is here to wait for it
+        assert broker[running] == 0
+        assert broker[("llmos:num_requests_waiting", (("tier", "standard"),))] == 1
+        assert broker[("llmos:workers", (("state", "live"),))] == 0
+        assert stack.get("broker", "/ready") == (503, "no worker is registered yet\n")

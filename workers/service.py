@@ -22,7 +22,7 @@ import zmq
 from llmos.observability import start_metrics
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
-from llmos.service_metrics import WorkerCollector
+from llmos.service_metrics import WorkerCollector, WorkerGauges
 from llmos.wire import Handlers, WireError, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, ERROR_NAMES, HEARTBEAT_LIVENESS
 from llmos.wire.peer_errors import PeerErrors
@@ -123,7 +123,7 @@ class Worker:
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
         self.drain_requested = threading.Event()  # set by the first SIGTERM (llmos.service)
         self.drain: Drain | None = None
-        collector = WorkerCollector(self.worker_id, lambda: self.gate.num_running, self.is_registered)
+        collector = WorkerCollector(self.read_gauges)
         self.metrics = start_metrics(config.metrics_host, config.metrics_port, collector, self.readiness)
         self.from_broker: Handlers[None] = Handlers(
             "the worker's broker socket",
@@ -604,6 +604,20 @@ class Worker:
     def is_registered(self) -> bool:
         """The broker answered since this worker last (re)connected, and not long ago."""
         return self.broker.is_heard and not self.broker.is_silent(time.monotonic())
+
+    def read_gauges(self) -> list[WorkerGauges]:
+        """What /metrics shows, read from the metrics thread. The prefix cache's hit
+        count is an int the engine thread bumps; an engine without one has none."""
+        prefix_caching = getattr(self.engine_thread.engine, "prefix_caching", None)
+        return [
+            WorkerGauges(
+                self.worker_id,
+                self.gate.num_running,
+                self.gate.num_used_blocks,
+                self.is_registered(),
+                getattr(prefix_caching, "num_hit_tokens", None),
+            )
+        ]
 
     def readiness(self) -> tuple[bool, str]:
         # the model is loaded: this object exists only once it is

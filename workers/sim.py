@@ -55,9 +55,11 @@ from pathlib import Path
 
 import zmq
 
+from llmos.observability import start_metrics
 from llmos.prefix import prompt_block_hashes
 from llmos.security.service_keys import open_service_keys
 from llmos.service import run_service
+from llmos.service_metrics import WorkerCollector, WorkerGauges
 from llmos.wire import Handlers, WireError, pack, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
 from llmos.wire.sockets import connect_dealer
@@ -188,6 +190,7 @@ class SimWorker:
     num_blocks_used: int = 0
     next_step_s: float = math.inf
     broker_seen_s: float = 0.0
+    is_heard: bool = False  # the broker sent something since the last registration
     # preempted requests' computed tokens, least recently kept first: request id ->
     # (tokens, prompt block hashes); bounded by CACHE_FRACTION of the KV capacity
     cached: OrderedDict[str, tuple[int, tuple[int, ...]]] = field(default_factory=OrderedDict)
@@ -368,6 +371,21 @@ class SimPool:
             "the simulated workers' kernel socket",
             {pb.KernelReply: self.note_kernel_reply, pb.Error: self.accept_kernel_error},
         )
+        self.metrics = start_metrics(
+            config.metrics_host, config.metrics_port, WorkerCollector(self.read_gauges), self.readiness
+        )
+
+    def read_gauges(self) -> list[WorkerGauges]:
+        """What /metrics shows, one row a simulated worker, read from the metrics thread."""
+        return [
+            WorkerGauges(w.worker_id, len(w.running), w.num_blocks_used, w.is_heard and not w.has_left)
+            for w in list(self.workers.values())
+        ]
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready while every worker still here has heard from the broker since it registered."""
+        waiting = [w.worker_id for w in list(self.workers.values()) if not w.has_left and not w.is_heard]
+        return (not waiting, f"not registered with the broker (yet): {', '.join(waiting[:10])}")
 
     def register_all(self) -> None:
         for worker in self.workers.values():
@@ -392,6 +410,7 @@ class SimPool:
         registration.models.append(self.model_name)
         worker.socket.send(pack(registration))
         worker.broker_seen_s = time.monotonic()
+        worker.is_heard = False
 
     def serve(self, stopping: threading.Event) -> None:
         """Register every worker, then poll -> route -> run due steps -> heartbeats until
@@ -423,6 +442,8 @@ class SimPool:
         for socket in [*self.workers, self.kernel]:
             socket.close(linger=100)
         self.context.term()
+        if self.metrics is not None:
+            self.metrics.stop()
 
     def say_goodbye(self, worker: SimWorker, reason: str) -> None:
         worker.socket.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason=reason)))
@@ -471,6 +492,7 @@ class SimPool:
         while worker.socket.poll(0):
             payload = worker.socket.recv()
             worker.broker_seen_s = time.monotonic()  # any frame is a sign of life
+            worker.is_heard = True  # a Disconnect registers again, and that clears it
             try:
                 self.from_broker.route(payload, worker)
             except WireError as exc:
