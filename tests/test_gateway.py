@@ -317,3 +317,27 @@ class open_stream:
 
     def __exit__(self, *exc_info: object) -> None:
         self.connection.close()
+
+
+def test_up_with_a_gateway_port_runs_a_gateway_in_front_of_its_broker() -> None:
+    from llmos.launcher import UpConfig, plan_children
+
+    plan = {
+        child.name: child.argv for child in plan_children(UpConfig(gateway_port=8123, insecure=True), "m")
+    }
+    argv = plan["gateway"]
+    assert argv[argv.index("gateway") :] == [
+        "gateway", "--host", "127.0.0.1", "--port", "8123",
+        "--broker-address", "tcp://127.0.0.1:5555", "--insecure",
+    ]  # fmt: skip
+    assert "gateway" not in {child.name for child in plan_children(UpConfig(insecure=True), "m")}
+
+
+def test_compose_runs_a_gateway_that_reaches_the_broker() -> None:
+    from test_compose import load_services, parse_command
+
+    services = load_services()
+    params = parse_command("gateway", services["gateway"])
+    assert params["broker_address"] == "tcp://broker:5555"
+    assert parse_command("broker", services["broker"])["client_bind"] == "tcp://*:5555"
+    assert "127.0.0.1:8000:8000" in services["gateway"]["ports"]
