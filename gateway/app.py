@@ -35,7 +35,7 @@ from gateway.params import (
 )
 from gateway.responses import Reply, finish_reason
 from llmos.aio import AsyncClient
-from llmos.errors import LlmosError
+from llmos.errors import LlmosError, LlmosTimeout
 from llmos.wire import pb
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,9 @@ async def generate(gateway: Gateway, asked: Generation, tenancy: Tenancy, is_cha
     try:
         result = await client.result(request_id)
         is_finished = True
+    except LlmosError as exc:
+        is_finished = not isinstance(exc, LlmosTimeout)  # as in stream_events
+        raise
     finally:
         if not is_finished:
             gateway.abandon(request_id)
@@ -220,7 +223,8 @@ async def stream_events(
         if include_usage:
             yield event(reply.usage_chunk(result))
     except LlmosError as exc:
-        is_finished = True  # the error ended the request on the client too
+        # a wire error ended the request; a timeout leaves it running unless cancelled
+        is_finished = not isinstance(exc, LlmosTimeout)
         log.warning("request %s failed mid-stream: %s", request_id, exc)
         yield event(http_error(exc).body())
     finally:

@@ -204,6 +204,22 @@ def test_plain_chat_template_names_each_role_and_prompts_the_assistant() -> None
     assert plain_template(messages) == "System: Be terse.\nUser: Hi\nAssistant:"
 
 
+def test_a_tokenizers_chat_template_renders_the_messages(tiny_model_dir, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    from gateway.chat_template import load_renderer
+
+    assert load_renderer(str(tiny_model_dir)) is plain_template  # llmos-tiny has no template
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    tokenizer.save_pretrained(tmp_path)
+    render = load_renderer(str(tmp_path))
+    assert render([{"role": "user", "content": "Hi"}]) == "<user>Hi<assistant>"
+
+
 # ---------------------------------------------------------------- models, embeddings
 
 
@@ -341,3 +357,22 @@ def test_compose_runs_a_gateway_that_reaches_the_broker() -> None:
     assert params["broker_address"] == "tcp://broker:5555"
     assert parse_command("broker", services["broker"])["client_bind"] == "tcp://*:5555"
     assert "127.0.0.1:8000:8000" in services["gateway"]["ports"]
+
+
+def test_an_unreachable_broker_is_unavailable(gateways: Gateways) -> None:
+    silent = f"tcp://127.0.0.1:{free_port()}"
+    url = start_gateway(gateways.stack, "gateway-alone", "--broker-address", silent, "--timeout-s", "1")
+    with pytest.raises(openai.InternalServerError) as refused:
+        client(url).completions.create(model=SIM_MODEL, prompt="hi", max_tokens=2)
+    assert refused.value.status_code == 503
+
+
+def test_gateway_command_names_its_extra_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from llmos import cli as cli_module
+
+    monkeypatch.setitem(cli_module.MODULES_OF_EXTRA, "gateway", ("no_such_module_for_gateway",))
+    outcome = CliRunner().invoke(cli_module.cli, ["gateway"])
+    assert outcome.exit_code != 0
+    assert "pip install 'llmos[gateway]'" in outcome.output
