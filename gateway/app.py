@@ -9,11 +9,9 @@ KV blocks.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,13 +25,14 @@ from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, forbidden, http_error, unauthorized
 from gateway.params import (
     BadRequest,
+    Embedding,
     Generation,
     chat_request,
     check_tier_max,
     completion_request,
     embedding_request,
 )
-from gateway.responses import Reply, finish_reason
+from gateway.responses import Reply, embeddings_answer, finish_reason
 from llmos.aio import AsyncClient
 from llmos.errors import LlmosError, LlmosTimeout
 from llmos.wire import pb
@@ -162,25 +161,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
     async def embeddings(request: Request) -> dict[str, object]:
         tenancy = gateway.tenancy(request)
         asked = embedding_request(await json_body(request), request.headers)
-        check_tier(asked.tier, tenancy)
-        result = await gateway.broker().embed(
-            list(asked.inputs),
-            model=asked.model,
-            tier=asked.tier,
-            tenant=tenancy.tenant,
-            deadline_ms=asked.deadline_ms,
-        )
-        data = [
-            {"object": "embedding", "index": index, "embedding": vector(embedding.values, asked.is_base64)}
-            for index, embedding in enumerate(result.embeddings)
-        ]
-        tokens = result.usage.prompt_tokens
-        return {
-            "object": "list",
-            "data": data,
-            "model": result.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return await embed(gateway, asked, tenancy)
 
     return app
 
@@ -203,6 +184,18 @@ async def generate(gateway: Gateway, asked: Generation, tenancy: Tenancy, is_cha
         if not is_finished:
             gateway.abandon(request_id)
     return reply.whole(result)
+
+
+async def embed(gateway: Gateway, asked: Embedding, tenancy: Tenancy) -> dict[str, object]:
+    check_tier(asked.tier, tenancy)
+    result = await gateway.broker().embed(
+        list(asked.inputs),
+        model=asked.model,
+        tier=asked.tier,
+        tenant=tenancy.tenant,
+        deadline_ms=asked.deadline_ms,
+    )
+    return embeddings_answer(result, asked.is_base64)
 
 
 async def stream_events(
@@ -231,12 +224,6 @@ async def stream_events(
         if not is_finished:  # the HTTP client went away (or the server is stopping)
             gateway.abandon(request_id)
     yield {"data": DONE}
-
-
-def vector(values: Sequence[float], is_base64: bool) -> list[float] | str:
-    if not is_base64:
-        return list(values)
-    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
 
 
 def event(payload: dict[str, object]) -> dict[str, str]:
@@ -275,3 +262,8 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Refusal)
     async def refused(_: Request, exc: Refusal) -> JSONResponse:
         return respond(exc.error)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return respond(HttpError(500, "the gateway failed to serve this request", "server_error"))

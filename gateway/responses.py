@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
+from collections.abc import Sequence
 
 from llmos.wire import pb
 
@@ -73,3 +76,24 @@ class Reply:
         """The last chunk with stream_options.include_usage: no choices, the usage."""
         kind = CHAT_CHUNK if self.is_chat else TEXT_COMPLETION
         return {**self.head(kind), "choices": [], "usage": usage(result.usage)}
+
+
+def embeddings_answer(result: pb.EmbedResult, is_base64: bool) -> dict[str, object]:
+    data = [
+        {"object": "embedding", "index": index, "embedding": vector(embedding.values, is_base64)}
+        for index, embedding in enumerate(result.embeddings)
+    ]
+    tokens = result.usage.prompt_tokens
+    return {
+        "object": "list",
+        "data": data,
+        "model": result.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def vector(values: Sequence[float], is_base64: bool) -> list[float] | str:
+    """An embedding as floats, or as OpenAI's base64 of little-endian float32s."""
+    if not is_base64:
+        return list(values)
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
