@@ -18,7 +18,8 @@ RUN pip install --no-cache-dir "${TORCH_SPEC}"
 
 WORKDIR /opt/llmos
 COPY . .
-RUN pip install --no-cache-dir . \
+# the gateway extra: compose.yaml runs `llmos gateway` from this image too
+RUN pip install --no-cache-dir ".[gateway]" \
     && useradd --create-home --shell /usr/sbin/nologin llmos \
     && install -d -o llmos /journal \
     && install -d -m 700 -o llmos /keys

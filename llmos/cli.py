@@ -40,10 +40,21 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("llmos_bench:bench", "Benchmarks: the engine against transformers; the scheduling policies."),
     "keys": ("llmos.keys_cli:keys", "Make CurveZMQ keys and manage who may connect (the allowlist)."),
     "audit": ("llmos.audit_cli:audit", "Verify or show the broker's tamper-evident audit log."),
+    "gateway": ("gateway.main:command", "Run an OpenAI-compatible HTTP gateway to the broker."),
 }
 # Commands that run models need an extra: `pip install llmos` alone is the client.
-EXTRA_BY_COMMAND = {"up": "worker", "worker": "worker", "model": "worker", "bench": "bench"}
-MODULES_OF_EXTRA = {"worker": ("torch", "transformers"), "bench": ("torch", "transformers")}
+EXTRA_BY_COMMAND = {
+    "up": "worker",
+    "worker": "worker",
+    "model": "worker",
+    "bench": "bench",
+    "gateway": "gateway",
+}
+MODULES_OF_EXTRA = {
+    "worker": ("torch", "transformers"),
+    "bench": ("torch", "transformers"),
+    "gateway": ("fastapi", "uvicorn", "sse_starlette"),
+}
 
 EXIT_CLIENT_ERROR = 2  # the request itself was refused (INVALID_ARGUMENT, UNKNOWN_MODEL, ...)
 EXIT_SERVICE_ERROR = 3  # the system could not serve it (QUEUE_FULL, WORKER_FAILED, ...)

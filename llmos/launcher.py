@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
-from llmos.cli import plural
+from llmos.cli import missing_extra, plural
 from llmos.client import Client, query_kernel
 from llmos.config import INSECURE_HELP, llmos_home, option, options_from
 from llmos.errors import LlmosError
@@ -66,6 +66,10 @@ class UpConfig:
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option(
         "", "keyring every service and the CLI use, made on first use (empty: $LLMOS_HOME/keys)"
+    )
+    gateway_port: int = option(
+        0,
+        "also run `llmos gateway` (OpenAI-compatible HTTP) on this port (0: none; needs llmos[gateway])",
     )
 
     def security_flags(self) -> list[str]:
@@ -186,7 +190,26 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
                 is_worker=True,
             )
         )
+    if config.gateway_port:
+        children.append(ChildSpec("gateway", gateway_argv(config, tcp(ports.client, host))))
     return children
+
+
+def gateway_argv(config: UpConfig, broker_address: str) -> list[str]:
+    """`llmos gateway` in front of this stack's broker; in a secure stack its broker key is
+    the keyring's admin key (the SDK's default), which may act for any tenant."""
+    argv = [
+        sys.executable,
+        "-m",
+        "llmos",
+        "gateway",
+        "--host",
+        config.host,
+        "--port",
+        str(config.gateway_port),
+    ]
+    argv += ["--broker-address", broker_address]
+    return argv + (["--insecure"] if config.insecure else [])
 
 
 def wait_until_ready(
@@ -281,6 +304,10 @@ def run(config: UpConfig) -> None:
     ports = Ports.from_base(config.base_port)
     host = connect_host(config.host)
     model_path = resolve_model(config.model)
+    if config.gateway_port and missing_extra("gateway"):
+        raise click.ClickException(
+            f"--gateway-port: 'llmos gateway' is unavailable: {missing_extra('gateway')}"
+        )
     use_keys(config)
     supervisor = Supervisor(log_dir)
     failure: LaunchError | None = None
@@ -300,6 +327,8 @@ def run(config: UpConfig) -> None:
             f"llmos metrics: http://{host}:PORT/metrics (and /health, /ready): "
             + ", ".join(f"{name} {base + index}" for index, name in enumerate(names))
         )
+        if config.gateway_port:
+            click.echo(f"llmos gateway: http://{host}:{config.gateway_port}/v1 (OpenAI-compatible)")
         if config.demo:
             run_demo(tcp(ports.client, host), config.demo)
         supervise(supervisor)
