@@ -150,6 +150,8 @@ def test_stop_strings_and_cancel(stack, reference):
 
 
 def test_kv_blocks_are_held_while_running_and_return_to_zero(stack):
+    # The stack is shared: wait until earlier tests' requests hold no blocks.
+    wait_for_view(stack, lambda v: sum(w.num_requests_holding_blocks for w in v.workers) == 0)
     with stack.client() as client:
         request_id = client.submit("count my blocks", max_tokens=400, tier="batch")
         next(iter(client.stream(request_id)))  # running now: its blocks are allocated
