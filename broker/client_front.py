@@ -25,6 +25,7 @@ from broker.audit_trail import AuditTrail
 from broker.client_replies import ClientReplies
 from broker.client_watch import ClientWatch
 from broker.dispatcher import Dispatcher
+from broker.metrics import BrokerMetrics
 from broker.journal import Chunk, JournalKey
 from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
@@ -71,6 +72,7 @@ class ClientFrontEnd:
         access: Access,
         audit: AuditTrail,
         tenant_tokens: TenantTokens,
+        metrics: BrokerMetrics,
         is_logging_prompts: bool = False,
     ) -> None:
         self.socket = socket  # received from here; replies go through `replies`
@@ -91,10 +93,10 @@ class ClientFrontEnd:
         self.audit = audit  # written: admissions, refusals, cancels, admin actions
         self.tenant_tokens = tenant_tokens  # read: tokens each tenant made in the last minute
         self.is_logging_prompts = is_logging_prompts  # --log-prompts: text in the log, asked for
+        self.metrics = metrics  # written: admissions
         self.hang_ups: dict[bytes, float] = {}  # revoked keys' connections -> when to close them
         self.num_rejected = 0
         self.num_rejected_by_code: Counter[str] = Counter()  # read: /metrics
-        self.num_admitted_by_tier: Counter[str] = Counter()  # read: /metrics
         self.handlers: Handlers[None] = Handlers(
             "the broker's client socket",
             {
@@ -213,7 +215,7 @@ class ClientFrontEnd:
         request, position = self.requests.add(identity, has_delimiter, admitted, time.monotonic())
         self.journal.track(request)
         self.audit.admission(request, caller)
-        self.num_admitted_by_tier[tier] += 1
+        self.metrics.request_admitted(request)
         if self.is_logging_prompts:
             log.info(
                 "prompt of %s tenant %s: %r", request.request_id, tenant, admitted.prompt or admitted.inputs

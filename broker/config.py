@@ -94,6 +94,9 @@ class BrokerConfig:
     log_format: str = option("text", LOG_FORMAT_HELP)
     metrics_port: int = option(0, METRICS_PORT_HELP)
     metrics_host: str = option("127.0.0.1", METRICS_HOST_HELP)
+    metrics_max_tenants: int = option(
+        32, 'tenants labelled by name in /metrics; later ones count as tenant="other"'
+    )
     audit_log: str = option(
         "",
         "tamper-evident audit log, one JSON line per admission, refusal, cancel, completion, "

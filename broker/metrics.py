@@ -4,8 +4,12 @@ Events (a request finished, preempted, re-queued; a batch decided locally; a
 loop turn) update `BrokerMetrics`' counters and histograms from the broker's own
 thread. Levels (queue depths, running requests, workers) and the counts the
 fronts keep are read by `BrokerCollector` at scrape time, from the HTTP thread.
-No label holds a tenant: tiers, codes, finish reasons and refusal kinds are
-bounded by the config and the code, tenants are not.
+Tiers, codes, finish reasons and refusal kinds are bounded by the config and
+the code, and models by what registered workers serve (admission refuses the
+rest). Tenants are not bounded, so `TenantLabels` gives the first
+`--metrics-max-tenants` tenants a label of their own and counts the rest as
+`other`: a flood of made-up tenant names cannot grow the broker's memory or a
+Prometheus server's series.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 REQUEST_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+OTHER_TENANTS = "other"
 LOOP_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -37,12 +42,29 @@ def finish_reason_name(finish_reason: int) -> str:
     return pb.FinishReason.Name(finish_reason).removeprefix("FINISH_REASON_").lower()
 
 
+class TenantLabels:
+    """A tenant's label in metrics: its name for the first `limit` tenants seen, then `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.named: set[str] = set()
+
+    def of(self, tenant: str) -> str:
+        if tenant in self.named:
+            return tenant
+        if len(self.named) < self.limit:
+            self.named.add(tenant)
+            return tenant
+        return OTHER_TENANTS
+
+
 class BrokerMetrics:
     """The metric objects the broker's parts update, on a registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_tenants: int = 32) -> None:
         self.registry = CollectorRegistry()  # the broker's own, never the global default
-        tier = ["tier"]
+        self.tenants = TenantLabels(max_tenants)
+        tier = ["tier", "model"]
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...], labels: list[str]) -> Histogram:
             return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
@@ -66,11 +88,20 @@ class BrokerMetrics:
         self.broker_loop_lag_s = histogram(
             "llmos:broker_loop_lag_seconds", "time one loop turn takes after its poll", LOOP_BUCKETS_S, []
         )
-        self.request_success = counter(
-            "llmos:request_success", "requests their worker finished, by finish reason", ("finish_reason",)
+        self.requests_admitted = counter(
+            "llmos:requests_admitted", "requests accepted", ("tier", "tenant", "model")
         )
-        self.prompt_tokens = counter("llmos:prompt_tokens", "prompt tokens of finished requests")
-        self.generation_tokens = counter("llmos:generation_tokens", "tokens relayed to clients")
+        self.request_success = counter(
+            "llmos:request_success",
+            "requests their worker finished, by finish reason",
+            ("finish_reason", "tenant", "model"),
+        )
+        self.prompt_tokens = counter(
+            "llmos:prompt_tokens", "prompt tokens of finished requests", ("tenant", "model")
+        )
+        self.generation_tokens = counter(
+            "llmos:generation_tokens", "tokens relayed to clients", ("tenant", "model")
+        )
         self.num_preemptions = counter("llmos:num_preemptions", "requests a worker preempted")
         self.requests_requeued = counter(
             "llmos:requests_requeued", "requests re-queued after their worker was lost"
@@ -79,19 +110,29 @@ class BrokerMetrics:
             "llmos:scheduler_fallbacks", "batches the broker decided itself, the scheduler being down or slow"
         )
 
+    def request_admitted(self, request: Request) -> None:
+        self.requests_admitted.labels(request.tier, self.tenants.of(request.tenant), request.model).inc()
+
+    def tokens_generated(self, request: Request, num_tokens: int) -> None:
+        self.generation_tokens.labels(self.tenants.of(request.tenant), request.model).inc(num_tokens)
+
     def request_finished(self, request: Request, finish_reason: int, now_s: float) -> None:
         """Its worker finished the request and the client gets its answer now."""
-        tier = request.tier
-        self.request_success.labels(finish_reason_name(finish_reason)).inc()
-        self.prompt_tokens.inc(request.prompt_tokens)
-        self.e2e_request_latency_s.labels(tier).observe(now_s - request.accepted_at_s)
+        tier, tenant, model = request.tier, self.tenants.of(request.tenant), request.model
+        self.request_success.labels(finish_reason_name(finish_reason), tenant, model).inc()
+        self.prompt_tokens.labels(tenant, model).inc(request.prompt_tokens)
+        self.e2e_request_latency_s.labels(tier, model).observe(now_s - request.accepted_at_s)
         if request.dispatched_at_s is not None:
-            self.request_queue_time_s.labels(tier).observe(request.dispatched_at_s - request.accepted_at_s)
+            self.request_queue_time_s.labels(tier, model).observe(
+                request.dispatched_at_s - request.accepted_at_s
+            )
         if request.first_token_at_s is not None:
-            self.time_to_first_token_s.labels(tier).observe(request.first_token_at_s - request.accepted_at_s)
+            self.time_to_first_token_s.labels(tier, model).observe(
+                request.first_token_at_s - request.accepted_at_s
+            )
             num_later_tokens = len(request.generated_token_ids) - 1
             if num_later_tokens > 0:
-                self.time_per_output_token_s.labels(tier).observe(
+                self.time_per_output_token_s.labels(tier, model).observe(
                     (now_s - request.first_token_at_s) / num_later_tokens
                 )
 
@@ -130,12 +171,6 @@ class BrokerCollector(Collector):
             running.add_metric([tier], running_by_tier[tier])
         yield waiting
         yield running
-        admitted = CounterMetricFamily(
-            "llmos:requests_admitted", "requests accepted, by tier", labels=["tier"]
-        )
-        for tier, count in snapshot(front.num_admitted_by_tier).items():
-            admitted.add_metric([tier], count)
-        yield admitted
         rejected = CounterMetricFamily(
             "llmos:requests_rejected", "requests and messages refused with an error, by code", labels=["code"]
         )

@@ -95,7 +95,7 @@ class Broker:
         self.requests = RequestTable(TieredQueue(config.tier_names, rules.max_queue_depths()))
         self.workers = WorkerPool(heartbeat_interval_s, config.model_grace_s)
         answer_fills, tokens = AnswerFills(), RateMeter()
-        self.metrics = BrokerMetrics()  # counted whether or not a port serves them
+        self.metrics = BrokerMetrics(config.metrics_max_tenants)  # counted whether or not a port serves them
         self.replies = ClientReplies(self.client_socket, self.requests, self.journal, self.audit)
         self.dispatcher = Dispatcher(
             self.worker_socket,
@@ -139,6 +139,7 @@ class Broker:
             Access(self.keys),
             self.audit,
             tenant_tokens,
+            self.metrics,
             config.log_prompts,
         )
         self.metrics.registry.register(BrokerCollector(self))

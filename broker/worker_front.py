@@ -271,7 +271,7 @@ class WorkerFrontEnd:
         chunk = request.record_delta(delta, now_s)
         if delta.token_ids:
             self.tokens.add(len(delta.token_ids), now_s)
-            self.metrics.generation_tokens.inc(len(delta.token_ids))
+            self.metrics.tokens_generated(request, len(delta.token_ids))
             worker.tokens.add(len(delta.token_ids), now_s)
             self.tenant_tokens.note(request.admitted.tenant, len(delta.token_ids), now_s)
         if chunk is not None:

@@ -15,6 +15,7 @@ from service_process import wait_until
 from stack import Stack
 
 from llmos.errors import UnknownModel
+from llmos.wire.constants import DEFAULT_TENANT
 from llmos.processes import free_port
 
 pytestmark = pytest.mark.e2e
@@ -24,6 +25,7 @@ SIM_MODEL = "simulated"
 SIM_WORKER = "sim"
 NUM_REQUESTS = 3
 MAX_TOKENS = 4
+MAX_TENANT_LABELS = 4
 LONG_MAX_TOKENS = 2000  # seconds of simulated steps: still running when its worker is killed
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -37,7 +39,7 @@ class MetricsStack(Stack):
             log_dir,
             num_workers=0,
             with_scheduler=with_scheduler,
-            broker_args=self.metrics_flags("broker"),
+            broker_args=(*self.metrics_flags("broker"), "--metrics-max-tenants", str(MAX_TENANT_LABELS)),
             worker_args=self.metrics_flags("worker"),
         )
 
@@ -133,11 +135,12 @@ def test_the_broker_counts_what_its_clients_did(stack):
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert grew("llmos:requests_admitted_total", tier="standard") == NUM_REQUESTS
+    mine = {"tenant": DEFAULT_TENANT, "model": SIM_MODEL}
+    assert grew("llmos:requests_admitted_total", tier="standard", **mine) == NUM_REQUESTS
     assert grew("llmos:requests_completed_total") == NUM_REQUESTS
-    assert grew("llmos:request_success_total", finish_reason="length") == NUM_REQUESTS
-    assert grew("llmos:generation_tokens_total") == NUM_REQUESTS * MAX_TOKENS
-    assert grew("llmos:prompt_tokens_total") == num_prompt_tokens > 0
+    assert grew("llmos:request_success_total", finish_reason="length", **mine) == NUM_REQUESTS
+    assert grew("llmos:generation_tokens_total", **mine) == NUM_REQUESTS * MAX_TOKENS
+    assert grew("llmos:prompt_tokens_total", **mine) == num_prompt_tokens > 0
     assert grew("llmos:scheduler_fallbacks_total") == 0
     assert grew("llmos:requests_rejected_total", code="UNKNOWN_MODEL") == 1
     for histogram in (
@@ -146,8 +149,10 @@ def test_the_broker_counts_what_its_clients_did(stack):
         "llmos:e2e_request_latency_seconds",
         "llmos:request_queue_time_seconds",
     ):
-        assert grew(f"{histogram}_count", tier="standard") == NUM_REQUESTS, histogram
-        assert grew(f"{histogram}_bucket", tier="standard", le="+Inf") == NUM_REQUESTS, histogram
+        assert grew(f"{histogram}_count", tier="standard", model=SIM_MODEL) == NUM_REQUESTS, histogram
+        assert grew(f"{histogram}_bucket", tier="standard", model=SIM_MODEL, le="+Inf") == NUM_REQUESTS, (
+            histogram
+        )
     assert after[("llmos:workers", (("state", "live"),))] == 1
     assert after[("llmos:workers", (("state", "draining"),))] == 0
     assert after[("llmos:num_requests_waiting", (("tier", "standard"),))] == 0
@@ -157,6 +162,30 @@ def test_the_broker_counts_what_its_clients_did(stack):
         after[("llmos:broker_loop_lag_seconds_count", ())]
         > before[("llmos:broker_loop_lag_seconds_count", ())]
     )
+
+
+def test_tenant_labels_are_bounded_and_the_rest_count_as_other(stack):
+    """Tenants are the clients' to name: past --metrics-max-tenants they share one label."""
+    stack.ensure_sim_worker()
+    tenants = [f"flood-{index}" for index in range(MAX_TENANT_LABELS + 2)]
+    before = stack.samples("broker")
+    with stack.client() as client:
+        for tenant in tenants:
+            client.generate("which tenant am I", model=SIM_MODEL, max_tokens=1, tenant=tenant)
+    after = stack.samples("broker")
+
+    def admitted(samples: Samples) -> dict[str, float]:
+        return {
+            dict(labels)["tenant"]: value
+            for (name, labels), value in samples.items()
+            if name == "llmos:requests_admitted_total"
+        }
+
+    labels_after = admitted(after)
+    assert len(set(labels_after) - {"other"}) <= MAX_TENANT_LABELS
+    assert labels_after["other"] - admitted(before).get("other", 0) >= 2
+    grown = sum(labels_after.values()) - sum(admitted(before).values())
+    assert grown == len(tenants)
 
 
 def test_the_kernel_scheduler_and_simulated_worker_show_their_state(stack):
