@@ -25,8 +25,8 @@ from broker.audit_trail import AuditTrail
 from broker.client_replies import ClientReplies
 from broker.client_watch import ClientWatch
 from broker.dispatcher import Dispatcher
-from broker.metrics import BrokerMetrics
 from broker.journal import Chunk, JournalKey
+from broker.metrics import BrokerMetrics
 from broker.rates import RateMeter
 from broker.request_journal import RequestJournal
 from broker.request_table import RequestTable

@@ -15,8 +15,8 @@ from service_process import wait_until
 from stack import Stack
 
 from llmos.errors import UnknownModel
-from llmos.wire.constants import DEFAULT_TENANT
 from llmos.processes import free_port
+from llmos.wire.constants import DEFAULT_TENANT
 
 pytestmark = pytest.mark.e2e
 
