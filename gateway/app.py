@@ -16,13 +16,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
 from gateway.api_keys import ANONYMOUS, ApiKeys, Tenancy
 from gateway.chat_template import load_renderer
 from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, forbidden, http_error, unauthorized
+from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.params import (
     BadRequest,
     Embedding,
@@ -45,6 +46,7 @@ TASK_NAMES: dict[int, str] = {
     pb.TASK_KIND_CLASSIFY: "classify",
 }
 DONE = "[DONE]"
+READY_TIMEOUT_S = 2.0  # a readiness probe that waits longer is itself the failure
 
 
 class Refusal(Exception):
@@ -103,6 +105,14 @@ class Gateway:
             log.debug("request %s: after cancelling: %s", request_id, exc)
         log.info("request %s cancelled: its HTTP client went away", request_id)
 
+    async def has_worker(self) -> bool:
+        try:
+            async with self.status_lock:
+                status = await asyncio.wait_for(self.broker().status(), READY_TIMEOUT_S)
+        except (LlmosError, TimeoutError):
+            return False
+        return len(status.workers) > 0
+
     async def models(self) -> list[dict[str, object]]:
         async with self.status_lock:
             status = await self.broker().status()
@@ -134,11 +144,25 @@ def build_app(config: GatewayConfig) -> FastAPI:
 
     app = FastAPI(title="llmos gateway", lifespan=lifespan)
     app.state.gateway = gateway
+    metrics = GatewayMetrics()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> PlainTextResponse:
+        """200 once the broker answers and holds a worker: a load balancer's readiness probe."""
+        if await gateway.has_worker():
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("not ready: no broker, or no worker registered with it\n", status_code=503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        content, content_type = metrics.exposition()
+        return Response(content, media_type=content_type)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, object]:

@@ -10,6 +10,7 @@ service binds for it, and the worker must stay scalable
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from pathlib import Path
@@ -223,3 +224,58 @@ def test_all_services_run_the_image_built_from_the_dockerfile(services: dict[str
         assert (COMPOSE_FILE.parent / context / dockerfile_name).resolve() == dockerfile, (
             f"{name}: builds {context}/{dockerfile_name}, not the project's Dockerfile"
         )
+
+
+# ---------------------------------------------------------------- observability profile
+
+OBSERVABILITY = ("prometheus", "grafana")
+
+
+def test_prometheus_and_grafana_run_only_in_the_observability_profile(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in OBSERVABILITY:
+        assert services[name].get("profiles") == ["observability"], f"{name} must be opt-in"
+    for name in (*SERVICES, "gateway"):
+        assert "profiles" not in services[name], f"{name} must start without a profile"
+    for name in OBSERVABILITY:
+        for entry in services[name].get("ports", []):
+            assert str(entry).startswith("127.0.0.1:"), f"{name} publishes {entry} beyond localhost"
+
+
+def test_observability_mounts_files_the_repo_holds(services: dict[str, dict[str, Any]]) -> None:
+    for name in OBSERVABILITY:
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            assert (REPO_ROOT / source).exists(), f"{name} mounts {source}, which is not in the repo"
+
+
+def test_prometheus_scrapes_every_service_on_its_metrics_port(services: dict[str, dict[str, Any]]) -> None:
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (discovery,) = jobs["llmos"]["dns_sd_configs"]
+    assert set(discovery["names"]) == set(SERVICES), "every llmos service's replicas, by DNS"
+    for name in SERVICES:
+        environment = environment_of(services[name])
+        assert environment.get("LLMOS_METRICS_PORT") == str(discovery["port"]), name
+        assert environment.get("LLMOS_METRICS_HOST") == "0.0.0.0", f"{name} must serve /metrics beyond itself"
+    (gateway_targets,) = jobs["llmos-gateway"]["static_configs"]
+    gateway_port = parse_command("gateway", services["gateway"])["port"]
+    assert gateway_targets["targets"] == [f"gateway:{gateway_port}"]
+
+
+def test_grafana_provisions_prometheus_and_the_llmos_dashboard(services: dict[str, dict[str, Any]]) -> None:
+    provisioning = REPO_ROOT / "deploy" / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "llmos.yml").read_text())["providers"]
+    mounted = [
+        volume for volume in services["grafana"]["volumes"] if volume.startswith("./deploy/grafana/llmos")
+    ]
+    assert [volume.split(":")[1].rsplit("/", 1)[0] for volume in mounted] == [provider["options"]["path"]]
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "llmos.json").read_text())
+    panel_ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(panel_ids) == len(set(panel_ids)), "panel ids must be unique"
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}", "every query reads the chosen data source"

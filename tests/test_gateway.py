@@ -8,11 +8,13 @@ import asyncio
 import http.client
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from stack import Stack
 
 from gateway.chat_template import plain_template
@@ -376,3 +378,49 @@ def test_gateway_command_names_its_extra_when_missing(monkeypatch: pytest.Monkey
     outcome = CliRunner().invoke(cli_module.cli, ["gateway"])
     assert outcome.exit_code != 0
     assert "pip install 'llmos[gateway]'" in outcome.output
+
+
+# ---------------------------------------------------------------- health, readiness, metrics
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def test_ready_once_the_broker_holds_a_worker(gateways: Gateways) -> None:
+    assert get(f"{gateways.open_url}/ready") == (200, "ready\n")
+    silent = f"tcp://127.0.0.1:{free_port()}"
+    url = start_gateway(gateways.stack, "gateway-unready", "--broker-address", silent, "--timeout-s", "1")
+    status, _ = get(f"{url}/ready")
+    assert status == 503
+
+
+def test_metrics_count_requests_by_route_and_status(gateways: Gateways) -> None:
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, text = get(f"{gateways.open_url}/metrics")
+        assert status == 200
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    before = samples()
+    client(gateways.open_url).completions.create(model=SIM_MODEL, prompt="count me", max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        client(gateways.open_url).completions.create(model="no-such-model", prompt="hi", max_tokens=2)
+    assert get(f"{gateways.open_url}/no/such/path")[0] == 404
+    after = samples()
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("llmos:gateway_requests_total", route="/v1/completions", status="200") == 1
+    assert grew("llmos:gateway_requests_total", route="/v1/completions", status="404") == 1
+    assert grew("llmos:gateway_requests_total", route="other", status="404") == 1
+    assert grew("llmos:gateway_request_duration_seconds_count", route="/v1/completions") == 2

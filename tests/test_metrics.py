@@ -4,6 +4,8 @@ own `--metrics-port`."""
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -220,6 +222,71 @@ def test_a_tiny_model_worker_is_ready_once_registered_and_shows_its_state(stack)
     kernel = stack.samples("kernel")
     assert kernel[("llmos:kernel_workers", ())] == 2
     assert kernel[("llmos:kv_blocks_total", (("worker", "worker-0"),))] > 0
+
+
+def test_every_dashboard_query_names_a_metric_the_stack_exports(stack):
+    """deploy/grafana/llmos.json reads what a running stack serves, gateway included."""
+    pytest.importorskip("fastapi", reason="pip install 'llmos[gateway]'")
+    stack.ensure_sim_worker()
+    if "worker-0" not in stack.processes:
+        stack.start_worker(0)
+    stack.wait_ready(num_workers=2)
+    gateway_port = free_port()
+    stack.start_process(
+        "gateway",
+        "gateway",
+        "--port",
+        str(gateway_port),
+        "--broker-address",
+        stack.broker_address,
+        "--insecure",
+    )
+    stack.metrics_ports["gateway"] = gateway_port  # the gateway serves /metrics on its HTTP port
+    wait_until(lambda: is_serving(stack, "gateway"), "the gateway serves /health")
+    with stack.client() as client:  # a sample in every labelled family
+        client.generate("dashboard", model=SIM_MODEL, max_tokens=2)
+        client.generate("dashboard", max_tokens=2)  # the tiny model's worker
+        with pytest.raises(UnknownModel):
+            client.submit("no such model", model="nope", max_tokens=1)
+    assert stack.get("gateway", "/v1/models")[0] == 200
+    exported: set[str] = set()
+    for name in (*SERVICES, "gateway"):
+        status, text = stack.get(name, "/metrics")
+        assert status == 200, name
+        for family in text_string_to_metric_families(text):
+            exported.add(family.name)
+            exported.update(f"{family.name}{suffix}" for suffix in FAMILY_SUFFIXES[family.type])
+            exported.update(sample.name for sample in family.samples)
+    queries = dashboard_queries()
+    assert len(queries) >= 20
+    named = {name for query in queries for name in METRIC_NAME.findall(query)}
+    assert named, "the dashboard's queries name no llmos metric"
+    assert sorted(named - exported) == []
+
+
+# what a family's samples are called, by its type (a counter's family drops _total)
+FAMILY_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "gauge": ("",),
+    "info": ("_info",),
+    "summary": ("_count", "_sum"),
+    "unknown": ("",),
+}
+METRIC_NAME = re.compile(r"llmos:[A-Za-z_][A-Za-z0-9_:]*")
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "llmos.json"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression in the dashboard, row panels' children included."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [*dashboard["panels"]]
+    queries = []
+    while panels:
+        panel = panels.pop()
+        panels.extend(panel.get("panels", []))
+        queries.extend(target["expr"] for target in panel.get("targets", []))
+    return queries
 
 
 @pytest.fixture(scope="module")
