@@ -16,4 +16,6 @@ def run(config: GatewayConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not config.api_keys:
         log.warning("no --api-keys: anyone who reaches http://%s:%d may use it", config.host, config.port)
-    uvicorn.run(build_app(config), host=config.host, port=config.port, log_level="info")
+    uvicorn.run(
+        build_app(config), host=config.host, port=config.port, log_level="info", access_log=config.access_log
+    )

@@ -17,6 +17,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "llmos_bench.engine:engine",
         "Measure the llmos engine against transformers on one model, in one process.",
     ),
+    "gateway": (
+        "llmos_bench.gateway:gateway",
+        "Measure the HTTP gateway against the ZeroMQ SDK on one stack: added TTFT, requests/s.",
+    ),
     "sched": (
         "llmos_bench.sched:sched",
         "Compare the scheduling policies on the real processes with simulated workers.",
