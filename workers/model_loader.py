@@ -66,9 +66,24 @@ def resolve_model_path(config: WorkerConfig) -> tuple[Path, str]:
     except ValueError as exc:
         raise SystemExit(f"llmos worker: {exc}") from None
     path = Path(config.model).expanduser().resolve()
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+        if is_dir:
+            next(path.iterdir(), None)  # a folder this user may not list fails here, not in transformers
+    except PermissionError:
+        raise SystemExit(unreadable(path)) from None
+    if not is_dir:
         raise SystemExit(f"llmos worker: model directory {path} does not exist")
     return path, config.model_name or path.name
+
+
+def unreadable(path: Path) -> str:
+    """The one line a worker exits with when it may not read its model (a container's
+    user rarely owns a mounted folder)."""
+    return (
+        f"llmos worker: permission denied reading the model at {path} as uid {os.getuid()}; "
+        "make it readable to this user (e.g. chmod -R a+rX on the host) or run the worker as its owner"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,6 +131,8 @@ def load_model(config: WorkerConfig) -> LoadedModel:
         task = resolve_task(path, config.task)
     except ValueError as exc:
         raise SystemExit(f"llmos worker: {exc}") from None
+    except PermissionError:
+        raise SystemExit(unreadable(path)) from None
     if task != pb.TASK_KIND_GENERATE:
         from workers.pooling_loader import load_pooling_model  # it imports this module
 
@@ -127,7 +144,10 @@ def load_model(config: WorkerConfig) -> LoadedModel:
     if preset is not None:
         model = build_dummy_model(preset, device, dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        except PermissionError:
+            raise SystemExit(unreadable(path)) from None
         model = model.to(device).eval()
     context_length = int(model.config.get_text_config().max_position_embeddings)
     max_model_len = config.max_model_len or context_length
