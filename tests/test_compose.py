@@ -210,7 +210,9 @@ def test_broker_publishes_its_client_socket_on_5555(services: dict[str, dict[str
 def test_all_services_run_the_image_built_from_the_dockerfile(services: dict[str, dict[str, Any]]) -> None:
     dockerfile = REPO_ROOT / "Dockerfile"
     assert dockerfile.is_file()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile.read_text(), re.MULTILINE)
+    text = dockerfile.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.MULTILINE)
 
     images = {name: services[name].get("image") for name in SERVICES}
     assert len(set(images.values())) == 1 and None not in images.values(), (
@@ -279,3 +281,60 @@ def test_grafana_provisions_prometheus_and_the_llmos_dashboard(services: dict[st
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}", "every query reads the chosen data source"
+
+
+# ---------------------------------------------------------------- health, start order, GPU
+
+READY_PORTS = {"kernel": 9100, "scheduler": 9100, "broker": 9100, "worker": 9100, "gateway": 8000}
+
+
+@pytest.mark.parametrize("name", [*READY_PORTS, "worker-gpu"])
+def test_every_llmos_service_is_healthy_when_its_ready_endpoint_answers(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    test = services[name]["healthcheck"]["test"]
+    assert test[0] == "CMD", "exec form: the image has no shell tools to rely on"
+    port = READY_PORTS.get(name, 9100)
+    assert f"http://127.0.0.1:{port}/ready" in " ".join(test)
+    if name == "gateway":
+        assert parse_command(name, services[name])["port"] == port
+    else:
+        assert environment_of(services[name])["LLMOS_METRICS_PORT"] == str(port)
+
+
+def test_start_order_waits_for_health_where_it_matters(services: dict[str, dict[str, Any]]) -> None:
+    def condition(name: str, dependency: str) -> str:
+        return services[name]["depends_on"][dependency]["condition"]
+
+    assert condition("scheduler", "kernel") == "service_healthy"
+    assert condition("broker", "scheduler") == "service_healthy"
+    # the broker is ready once a worker registers: a worker must not wait for that
+    assert condition("worker", "broker") == "service_started"
+    # the gateway's first requests find a model
+    assert condition("gateway", "broker") == "service_healthy"
+
+
+def test_published_ports_stay_on_localhost_unless_asked(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("broker", "gateway"):
+        for entry in services[name]["ports"]:
+            assert with_defaults(str(entry)).startswith("127.0.0.1:"), f"{name} publishes {entry}"
+
+
+def test_workers_scale_by_replicas_too(services: dict[str, dict[str, Any]]) -> None:
+    """podman-compose 1.0.3 ignores --scale and reads deploy.replicas."""
+    assert with_defaults(str(services["worker"]["deploy"]["replicas"])) == "1"
+
+
+def test_the_gpu_worker_is_a_cuda_worker_of_the_same_stack(services: dict[str, dict[str, Any]]) -> None:
+    gpu, cpu = services["worker-gpu"], services["worker"]
+    assert gpu["profiles"] == ["gpu"]
+    params = parse_command("worker-gpu", gpu)
+    assert params["device"] == "cuda"
+    cpu_params = parse_command("worker", cpu)
+    for field in ("broker_worker_address", "kernel_address", "model"):
+        assert params[field] == cpu_params[field], field
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert gpu["image"] != cpu["image"], "the CUDA build is an image of its own"
+    assert "cu" in with_defaults(gpu["build"]["args"]["TORCH_INDEX_URL"])
+    assert with_defaults(cpu["build"]["args"]["TORCH_INDEX_URL"]).endswith("/whl/cpu")

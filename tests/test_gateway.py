@@ -352,13 +352,13 @@ def test_up_with_a_gateway_port_runs_a_gateway_in_front_of_its_broker() -> None:
 
 
 def test_compose_runs_a_gateway_that_reaches_the_broker() -> None:
-    from test_compose import load_services, parse_command
+    from test_compose import load_services, parse_command, with_defaults
 
     services = load_services()
     params = parse_command("gateway", services["gateway"])
     assert params["broker_address"] == "tcp://broker:5555"
     assert parse_command("broker", services["broker"])["client_bind"] == "tcp://*:5555"
-    assert "127.0.0.1:8000:8000" in services["gateway"]["ports"]
+    assert [with_defaults(entry) for entry in services["gateway"]["ports"]] == ["127.0.0.1:8000:8000"]
 
 
 def test_an_unreachable_broker_is_unavailable(gateways: Gateways) -> None:
