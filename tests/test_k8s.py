@@ -36,8 +36,6 @@ METRICS_PORT = 9100
 KEYS_DIR = "/keys"
 KEYS_SECRET = "llmos-keys"
 IMAGE = "llmos:latest"
-# Read by the SDK that the gateway speaks to the broker with, not by a config field.
-SDK_ENV_VARS = {"LLMOS_KEYS_DIR", "LLMOS_KEY", "LLMOS_SERVER_KEY", "LLMOS_INSECURE"}
 _SLEEP = re.compile(r"^sleep (?P<seconds>\d+)$")
 _METRIC_NAME = re.compile(r"llmos:[a-z_]+")
 _METRIC_LITERAL = re.compile(r"[\"'](llmos:[a-z_]+)[\"']")
@@ -137,6 +135,18 @@ def deployments_selected(directory: str, selector: dict[str, str]) -> list[str]:
     ]
 
 
+def sdk_env_vars() -> set[str]:
+    """Read by the SDK the gateway speaks to the broker with, not by a config field."""
+    from llmos.security import client_keys
+
+    return {
+        client_keys.KEYS_DIR_ENV,
+        client_keys.KEY_ENV,
+        client_keys.SERVER_KEY_ENV,
+        client_keys.INSECURE_ENV,
+    }
+
+
 def exported_metrics() -> set[str]:
     """Every llmos:* metric name the services' code exports."""
     sources = [
@@ -214,7 +224,7 @@ def test_every_llmos_variable_is_read_by_the_service_it_is_given_to(name: str) -
     readers: dict[str, set[str]] = {}
     for deployment_name, container in llmos_containers(overlay(name)):
         subcommand = subcommand_of(container)
-        known = config_env_vars(subcommand) | (SDK_ENV_VARS if subcommand == "gateway" else set())
+        known = config_env_vars(subcommand) | (sdk_env_vars() if subcommand == "gateway" else set())
         unknown = {variable["name"] for variable in container.get("env", [])} - known
         assert not unknown, (
             f"{deployment_name}: {sorted(unknown)} are no fields of llmos {subcommand}'s config"
@@ -438,3 +448,11 @@ def assert_slow_scale_down(scale_down: dict[str, Any]) -> None:
     each one drains first, and comes back only at the cost of a model load."""
     assert scale_down["stabilizationWindowSeconds"] >= 300
     assert all(policy["type"] == "Pods" and policy["value"] == 1 for policy in scale_down["policies"])
+
+
+def test_the_deploy_guide_names_only_directories_that_exist() -> None:
+    guide = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    named = set(re.findall(r"deploy/k8s/[\w/.-]*\w", guide))
+    assert {f"deploy/k8s/overlays/{name}" for name in OVERLAYS} <= named
+    missing = sorted(path for path in named if not (REPO_ROOT / path).exists())
+    assert not missing, f"docs/deploy.md names {missing}"
