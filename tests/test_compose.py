@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import yaml
+from llmos_commands import BIND_FOR_ADDRESS, TCP_ADDRESS, parse_llmos_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
@@ -27,16 +26,6 @@ MODELS_VOLUME = "${LLMOS_MODELS:-./models}:/models:ro"
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}: compose reads these from the host.
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
-_TCP_ADDRESS = re.compile(r"^tcp://(?P<host>[^:/]+):(?P<port>\d+)$")
-# A service that connects with the key's field reaches the socket that another
-# service binds with the value's field (docs/architecture.md, shared flag names).
-BIND_FOR_ADDRESS = {
-    "broker_address": "client_bind",
-    "broker_worker_address": "worker_bind",
-    "kernel_address": "kernel_bind",
-    "kernel_pub_address": "kernel_pub_bind",
-    "scheduler_address": "scheduler_bind",
-}
 
 
 # ---------------------------------------------------------------- helpers
@@ -99,35 +88,14 @@ def test_the_stack_has_its_four_services(services: dict[str, dict[str, Any]]) ->
 def parse_command(name: str, service: dict[str, Any]) -> dict[str, Any]:
     """Parse a service's command the way `llmos` would, with the service's
     compose environment; return every option's value, defaults included."""
-    from llmos.cli import cli
-
     command = service["command"]
     assert isinstance(command, list), f"{name}: write command: as a list, not a shell string"
-    program, subcommand, *args = [with_defaults(str(part)) for part in command]
-    assert program == "llmos", f"{name}: command must start with llmos, got {program!r}"
-
-    group_context = click.Context(cli, info_name="llmos")
-    command_obj = cli.get_command(group_context, subcommand)
-    assert command_obj is not None, (
-        f"{name}: 'llmos {subcommand}' is not a subcommand; known: {cli.list_commands(group_context)}"
-    )
-    with pytest.MonkeyPatch.context() as env:
-        # Only compose's environment counts: click reads LLMOS_* variables as
-        # option defaults, so their values must parse too, and the developer's
-        # own LLMOS_* must not.
-        for env_name in [env_name for env_name in os.environ if env_name.startswith("LLMOS_")]:
-            env.delenv(env_name)
-        for env_name, value in environment_of(service).items():
-            if value is not None:
-                env.setenv(env_name, with_defaults(value))
-        try:
-            # make_context parses and type-checks every option without running the command.
-            context = command_obj.make_context(subcommand, list(args), parent=group_context)
-        except click.ClickException as exc:
-            pytest.fail(
-                f"{name}: 'llmos {subcommand} {' '.join(args)}' does not parse: {exc.format_message()}"
-            )
-    return dict(context.params)
+    environment = {
+        env_name: with_defaults(value)
+        for env_name, value in environment_of(service).items()
+        if value is not None
+    }
+    return parse_llmos_command(name, [with_defaults(str(part)) for part in command], environment)
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -154,7 +122,7 @@ def test_every_address_reaches_the_socket_it_means(services: dict[str, dict[str,
     ]
     assert connections, "no service connects to another one"
     for name, field, value in connections:
-        address = _TCP_ADDRESS.match(str(value))
+        address = TCP_ADDRESS.match(str(value))
         assert address is not None, f"{name}: {field} {value!r} is not tcp://<host>:<port>"
         host, port = address["host"], address["port"]
         assert host in params, f"{name}: {field} {value} names no compose service"
