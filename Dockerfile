@@ -33,10 +33,10 @@ RUN if [ -n "$WHEELS_DIR" ]; then export PIP_FIND_LINKS="$WHEELS_DIR"; fi; \
 
 WORKDIR /opt/llmos
 COPY . .
-# the gateway extra: compose.yaml runs `llmos gateway` from this image too
+# the worker extra (transformers) and the gateway extra: compose.yaml runs every service from this image
 RUN if [ -n "$WHEELS_DIR" ]; then export PIP_FIND_LINKS="$WHEELS_DIR"; fi; \
     if [ -n "$PIP_CA_FILE" ]; then export PIP_CERT="$PIP_CA_FILE"; fi; \
-    pip install --no-cache-dir ".[gateway]" \
+    pip install --no-cache-dir ".[worker,gateway]" \
     && useradd --create-home --shell /usr/sbin/nologin llmos \
     && install -d -o llmos /journal \
     && install -d -m 700 -o llmos /keys

@@ -22,7 +22,7 @@ FLOOR_VENV ?= .venv-floor
 # the tests that drive the engine, the mixed steps and the prefix cache on a real model
 FLOOR_TESTS ?= tests/test_batched_engine.py tests/test_mixed_steps.py tests/test_prefix_cache.py tests/test_worker_engine.py
 
-.PHONY: setup model run test lint floor-check proto clean
+.PHONY: setup model run test container-test lint floor-check proto clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ run: setup model
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not gpu"
+
+# The image built and the compose stack run with podman, a worker container killed
+# mid-request (scripts/container_check.sh; root, minutes, downloads packages).
+container-test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --containers --timeout 0 tests/test_containers.py
 
 lint: setup
 	$(BIN)/ruff check .

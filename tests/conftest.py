@@ -18,6 +18,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run the long variants (tests/test_fuzz_wire.py: 100,000 frames per socket)",
     )
+    parser.addoption(
+        "--containers",
+        action="store_true",
+        help="build the image and run the compose stack with podman (tests/test_containers.py; minutes)",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -117,7 +117,15 @@ def open_service_keys(
             name,
         )
         return ServiceKeys(name)
-    keyring = open_keyring(Path(keys_dir) if keys_dir else default_keys_dir())
+    keys_path = Path(keys_dir) if keys_dir else default_keys_dir()
+    found = Keyring(keys_path)
+    if context is None and found.secret_key_file(name).exists():
+        # Binds nothing (a worker): takes the keys it was given as they are. On another
+        # host that is its own secret key and the servers' public keys only, which
+        # making the keyring would take for half pairs and replace.
+        keyring = found
+    else:
+        keyring = open_keyring(keys_path)
     keys = ServiceKeys(name, keyring)
     if context is not None:
         keys.watch = AllowlistWatch(keyring.allowlist_path)
