@@ -328,6 +328,9 @@ class WorkerFrontEnd:
             delta.error.request_id = request.client_request_id
             return pack(delta.error)
         self.metrics.request_finished(request, delta.finish_reason, now_s)
+        if request.first_token_at_s is not None and request.num_restarts == request.num_preemptions == 0:
+            # it ran here alone from its first token: its speed is this worker's
+            worker.note_request_speed(len(request.generated_token_ids) - 1, now_s - request.first_token_at_s)
         if request.kind != pb.TASK_KIND_GENERATE:
             return pack(request.pooling_result(delta, worker.worker_id, now_s))
         self.answer_fills.record(

@@ -18,6 +18,8 @@ from llmos.wire import pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
 
 
+SPEED_WEIGHT = 0.2  # of the newest request in a worker's average speed
+
 @dataclass
 class ConnectedWorker:
     worker_id: str
@@ -34,6 +36,9 @@ class ConnectedWorker:
     # good as free, because each leaves at the end of the step in flight
     leaving_ids: set[str] = field(default_factory=set)
     tokens: RateMeter = field(default_factory=RateMeter)
+    # tokens a second one request gets here: an average over the requests it finished
+    # (0: none yet); placement weighs it, so a fast worker takes more of a mixed pool's work
+    request_tokens_per_s: float = 0.0
     # finishing what it runs, then leaving: no new request goes to it (see docs/protocol.md)
     is_draining: bool = False
 
@@ -44,6 +49,16 @@ class ConnectedWorker:
     @property
     def has_capacity(self) -> bool:
         return not self.is_draining and self.num_busy < self.max_num_seqs
+
+    def note_request_speed(self, num_tokens: int, decode_s: float) -> None:
+        """A request it ran from first token to last made `num_tokens` after the first in `decode_s`."""
+        if num_tokens <= 0 or decode_s <= 0:
+            return
+        speed = num_tokens / decode_s
+        if self.request_tokens_per_s == 0:
+            self.request_tokens_per_s = speed
+        else:
+            self.request_tokens_per_s += SPEED_WEIGHT * (speed - self.request_tokens_per_s)
 
     def take_slot(self, request_id: str) -> None:
         assert self.has_capacity, f"worker {self.worker_id} has no free slot"
@@ -83,6 +98,7 @@ class ConnectedWorker:
             models=sorted(self.models),
             num_running=self.num_busy,
             max_num_seqs=self.max_num_seqs,
+            tokens_per_s=self.request_tokens_per_s,
         )
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar, overload
 
@@ -141,6 +143,7 @@ def workers_from_proto(workers: Sequence[pb.WorkerSlots], view: KernelView | Non
             num_running=worker.num_running,
             max_num_seqs=worker.max_num_seqs,
             kv_blocks_free=kv_blocks_free.get(worker.worker_id),
+            tokens_per_s=worker.tokens_per_s if math.isfinite(worker.tokens_per_s) and worker.tokens_per_s > 0 else 0.0,
         )
         for worker in workers
     ]

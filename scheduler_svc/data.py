@@ -67,6 +67,7 @@ class WorkerSlots:
     num_running: int = 0
     max_num_seqs: int = 0
     kv_blocks_free: int | None = None  # None: the kernel's view does not know this worker
+    tokens_per_s: float = 0.0  # one request's speed on it, as the broker measured; 0: unknown
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,12 @@ the KV blocks it needs (or that the kernel does not know):
   2. then the one with the most free KV blocks, counted up to KV_PLENTY_BLOCKS:
      past that, more free blocks are no reason to prefer a worker, and a worker
      the kernel's view does not list yet (it just registered) counts as plenty,
-  3. then the least loaded, then the smallest worker id.
+  3. then the least loaded for its speed: the fewest running requests (the
+     newcomer counted) per token a second one request gets there, as the broker
+     measured it; a worker not measured yet counts at the measured ones' mean
+     speed (all of them at one speed when none is). A worker 10 times as fast
+     takes 10 times the requests, as weighted least-connections balancing does;
+  4. then the smallest worker id.
 So while every cache has room, load decides; as caches fill, free blocks do.
 
 Cost per request stays logarithmic in the number of workers. Block hashes chain
@@ -36,9 +41,9 @@ from scheduler_svc.data import (
 
 __all__ = ["ANY_MODEL", "PendingRequest", "Placement", "Placer", "RunningRequest", "WorkerSlots"]
 
-# (-free blocks, num_running, worker_id, version): the best worker on top. An entry
-# whose version is not its worker's is stale: the worker changed since.
-_Entry = tuple[int, int, str, int]
+# (-free blocks, load for its speed, worker_id, version): the best worker on top. An
+# entry whose version is not its worker's is stale: the worker changed since.
+_Entry = tuple[int, float, str, int]
 _NO_PREFIX = None
 KV_PLENTY_BLOCKS = 512  # 8,192 tokens at 16 per block: room for any usual request
 
@@ -52,6 +57,7 @@ class _Worker:
     num_running: int
     max_num_seqs: int
     kv_blocks_free: int | None
+    tokens_per_s: float  # one request's speed here (placement's weight, never 0)
     version: int = 0
 
     def has_free_slot(self) -> bool:
@@ -69,7 +75,8 @@ class _Worker:
 
     def entry(self) -> _Entry:
         free = KV_PLENTY_BLOCKS if self.kv_blocks_free is None else self.kv_blocks_free
-        return (-min(free, KV_PLENTY_BLOCKS), self.num_running, self.worker_id, self.version)
+        load = (self.num_running + 1) / self.tokens_per_s
+        return (-min(free, KV_PLENTY_BLOCKS), load, self.worker_id, self.version)
 
 
 class _Candidates:
@@ -109,7 +116,9 @@ class _Candidates:
             for entry in self.heap
             if entry[3] == workers[entry[2]].version and workers[entry[2]].fits(ANY_MODEL, num_blocks)
         ]
-        best = max(fitting, key=lambda w: (w.kv_blocks_free or 0, -w.num_running), default=None)
+        best = max(
+            fitting, key=lambda w: (w.kv_blocks_free or 0, -(w.num_running + 1) / w.tokens_per_s), default=None
+        )
         return best.worker_id if best is not None else None
 
 
@@ -122,6 +131,9 @@ class Placer:
         self.view = view or KernelView()
         self._workers: dict[str, _Worker] = {}
         self.num_free_slots = 0
+        workers = list(workers)
+        measured = [slots.tokens_per_s for slots in workers if slots.tokens_per_s > 0]
+        unmeasured_speed = sum(measured) / len(measured) if measured else 1.0
         for slots in workers:
             worker = _Worker(
                 slots.worker_id,
@@ -129,6 +141,7 @@ class Placer:
                 slots.num_running,
                 slots.max_num_seqs,
                 slots.kv_blocks_free,
+                slots.tokens_per_s if slots.tokens_per_s > 0 else unmeasured_speed,
             )
             assert worker.worker_id not in self._workers, f"worker {worker.worker_id} listed twice"
             self._workers[worker.worker_id] = worker

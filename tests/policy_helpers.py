@@ -27,8 +27,9 @@ def make_worker(
     num_running: int = 0,
     max_num_seqs: int = 8,
     kv_blocks_free: int | None = None,
+    tokens_per_s: float = 0.0,
 ) -> WorkerSlots:
-    return WorkerSlots(worker_id, models, num_running, max_num_seqs, kv_blocks_free)
+    return WorkerSlots(worker_id, models, num_running, max_num_seqs, kv_blocks_free, tokens_per_s)
 
 
 def make_view(cached: Mapping[str, Sequence[int]] | None = None, block_size: int = BLOCK_SIZE) -> KernelView:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from policy_helpers import make_request, make_view, make_worker, placed, schedule
 
 from llmos.wire import pb
@@ -196,3 +198,38 @@ def test_a_worker_without_a_kv_ledger_is_not_held_back_by_blocks() -> None:
     view.workers.add(worker_id="w-embed", kv_blocks_total=0)  # embedding models keep no cache
     request = pb.PendingRequest(request_id="r0", model="tiny", max_tokens=64)
     assert decide_one(request, view, "w-embed") == [("r0", "w-embed")]
+
+
+def test_a_faster_worker_takes_more_requests_in_proportion_to_its_speed() -> None:
+    """Weighted least-connections: 10 times the speed, 10 times the running requests."""
+    workers = [
+        make_worker("gpu", max_num_seqs=32, tokens_per_s=100.0),
+        make_worker("cpu", max_num_seqs=32, tokens_per_s=10.0),
+    ]
+    pending = [make_request(f"r{i}", arrival_seq=i) for i in range(22)]
+    counts = Counter(worker for _, worker in placed(schedule("fcfs", pending, workers)))
+    assert counts == {"gpu": 20, "cpu": 2}
+
+
+def test_speed_weighs_the_load_already_running() -> None:
+    workers = [
+        make_worker("fast-busy", num_running=9, max_num_seqs=16, tokens_per_s=100.0),  # (9 + 1) / 100 = 0.1
+        make_worker("slow-idle", num_running=0, tokens_per_s=5.0),  # (0 + 1) / 5 = 0.2
+    ]
+    assert placed(schedule("fcfs", [make_request("r0")], workers)) == [("r0", "fast-busy")]
+
+
+def test_an_unmeasured_worker_counts_at_the_mean_speed_of_the_measured_ones() -> None:
+    workers = [
+        make_worker("new", num_running=2),  # counts at (30 + 10) / 2 = 20: (2 + 1) / 20 = 0.15
+        make_worker("fast", num_running=3, tokens_per_s=30.0),  # (3 + 1) / 30 = 0.133
+        make_worker("slow", num_running=0, tokens_per_s=10.0),  # (0 + 1) / 10 = 0.1
+    ]
+    pending = [make_request(f"r{i}", arrival_seq=i) for i in range(3)]
+    # slow (0.1), then fast (0.133), then new (0.15) before slow again (0.2) or fast (0.167)
+    assert placed(schedule("fcfs", pending, workers)) == [("r0", "slow"), ("r1", "fast"), ("r2", "new")]
+
+
+def test_with_no_speed_measured_the_least_loaded_still_wins() -> None:
+    workers = [make_worker("busy", num_running=4), make_worker("idle", num_running=1)]
+    assert placed(schedule("fcfs", [make_request("r0")], workers)) == [("r0", "idle")]

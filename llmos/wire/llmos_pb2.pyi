@@ -644,16 +644,18 @@ class RunningRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., tier: _Optional[str] = ..., tier_rank: _Optional[int] = ..., tenant: _Optional[str] = ..., prompt_chars: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., arrival_seq: _Optional[int] = ..., running_s: _Optional[float] = ..., tokens_since_dispatch: _Optional[int] = ...) -> None: ...
 
 class WorkerSlots(_message.Message):
-    __slots__ = ("worker_id", "models", "num_running", "max_num_seqs")
+    __slots__ = ("worker_id", "models", "num_running", "max_num_seqs", "tokens_per_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
     num_running: int
     max_num_seqs: int
-    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
+    tokens_per_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., num_running: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
 
 class TierAnswers(_message.Message):
     __slots__ = ("tier", "num_answers", "mean_fill")
