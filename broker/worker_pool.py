@@ -17,8 +17,8 @@ from broker.rates import RateMeter
 from llmos.wire import pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
 
-
 SPEED_WEIGHT = 0.2  # of the newest request in a worker's average speed
+
 
 @dataclass
 class ConnectedWorker:

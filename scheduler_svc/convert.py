@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar, overload
 
@@ -133,6 +132,11 @@ def bounded_prefix_hashes(workers: Sequence[pb.WorkerResources]) -> dict[str, Se
     return hashes
 
 
+def measured_speed(tokens_per_s: float) -> float:
+    """A speed placement may weigh: finite and positive, else 0 (not measured)."""
+    return tokens_per_s if math.isfinite(tokens_per_s) and tokens_per_s > 0 else 0.0
+
+
 def workers_from_proto(workers: Sequence[pb.WorkerSlots], view: KernelView | None) -> list[WorkerSlots]:
     """The workers with the view's free blocks; INVALID_ARGUMENT for a worker listed twice."""
     kv_blocks_free = {} if view is None else view.kv_blocks_free
@@ -143,7 +147,7 @@ def workers_from_proto(workers: Sequence[pb.WorkerSlots], view: KernelView | Non
             num_running=worker.num_running,
             max_num_seqs=worker.max_num_seqs,
             kv_blocks_free=kv_blocks_free.get(worker.worker_id),
-            tokens_per_s=worker.tokens_per_s if math.isfinite(worker.tokens_per_s) and worker.tokens_per_s > 0 else 0.0,
+            tokens_per_s=measured_speed(worker.tokens_per_s),
         )
         for worker in workers
     ]

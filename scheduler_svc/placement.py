@@ -75,8 +75,11 @@ class _Worker:
 
     def entry(self) -> _Entry:
         free = KV_PLENTY_BLOCKS if self.kv_blocks_free is None else self.kv_blocks_free
-        load = (self.num_running + 1) / self.tokens_per_s
-        return (-min(free, KV_PLENTY_BLOCKS), load, self.worker_id, self.version)
+        return (-min(free, KV_PLENTY_BLOCKS), self.load(), self.worker_id, self.version)
+
+    def load(self) -> float:
+        """Running requests, a newcomer counted, per token a second one request gets here."""
+        return (self.num_running + 1) / self.tokens_per_s
 
 
 class _Candidates:
@@ -116,9 +119,7 @@ class _Candidates:
             for entry in self.heap
             if entry[3] == workers[entry[2]].version and workers[entry[2]].fits(ANY_MODEL, num_blocks)
         ]
-        best = max(
-            fitting, key=lambda w: (w.kv_blocks_free or 0, -(w.num_running + 1) / w.tokens_per_s), default=None
-        )
+        best = min(fitting, key=lambda w: (-(w.kv_blocks_free or 0), w.load()), default=None)
         return best.worker_id if best is not None else None
 
 
