@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -35,6 +33,7 @@ import click
 from llmos.client import Client
 from llmos.config import option, options_from
 from llmos.processes import free_port
+from llmos_bench.load_processes import ClosedLoad, run_closed_loops, totals
 from llmos_bench.percentiles import percentile
 from llmos_bench.sched_runs import warm_up
 from llmos_bench.stack import SIM_MODEL, SimStack, StackError
@@ -43,7 +42,6 @@ from workers.sim import LatencyProfile
 
 GATEWAY_READY_S = 60.0
 CLIENT_START_S = 1.0  # load processes start together this long after being spawned
-CONNECTIONS_PER_CLIENT = 4
 
 
 @dataclass
@@ -207,41 +205,19 @@ def run_side(
 ) -> dict[str, Any]:
     """The scale workload from `config.scale_clients` processes of `module`; counts and CPU."""
     stack.wait_drained()
-    start_at_s = time.monotonic() + CLIENT_START_S  # CLOCK_MONOTONIC is system-wide
-    cpu_before = stack.cpu_seconds()
-    processes = []
-    for index in range(config.scale_clients):
-        share = config.scale_requests // config.scale_clients + (
-            index < config.scale_requests % config.scale_clients
-        )
-        spec = {
-            **target,
-            "requests": share,
-            "seed": config.seed * 1000 + index,
-            "num_live": config.scale_in_flight // config.scale_clients,
-            "max_tokens": config.max_tokens,
-            "connections": CONNECTIONS_PER_CLIENT,
-            "start_at_s": start_at_s,
-            "drain_timeout_s": 60.0,
-        }
-        command = [sys.executable, "-m", module, json.dumps(spec)]
-        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
-    clients = []
-    for process in processes:
-        output, _ = process.communicate()
-        if process.returncode != 0:
-            raise click.ClickException(f"a load process ({module}) exited with {process.returncode}")
-        clients.append(json.loads(output.strip().splitlines()[-1]))
-    cpu_after = stack.cpu_seconds()
-    completed = sum(client["completed"] for client in clients)
-    wall_s = max(client["last_finish_s"] for client in clients) - min(
-        client["first_submit_s"] for client in clients
+    load = ClosedLoad(
+        config.scale_requests,
+        config.scale_clients,
+        config.scale_in_flight,
+        config.max_tokens,
+        config.seed,
+        60.0,
     )
+    cpu_before = stack.cpu_seconds()
+    clients = run_closed_loops(module, target, load, CLIENT_START_S)
+    cpu_after = stack.cpu_seconds()
+    completed, wall_s, errors = totals(clients)
     cpu_s = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
-    errors: dict[str, int] = {}
-    for client in clients:
-        for code, count in client["errors"].items():
-            errors[code] = errors.get(code, 0) + count
     return {
         "requests_per_s": completed / wall_s if wall_s > 0 else None,
         "completed": completed,

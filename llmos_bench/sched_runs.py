@@ -3,19 +3,14 @@ share, (c) scale. Each returns plain figures; `llmos_bench.sched` assembles the 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
-
 from llmos_bench.driver import ClosedLoop, LoadDriver, RunResult
+from llmos_bench.load_processes import ClosedLoad, run_closed_loops, totals
 from llmos_bench.percentiles import percentile
 from llmos_bench.sched_config import BASELINE, TENANT_WEIGHTS, SchedBenchConfig, weights_spec
 from llmos_bench.stack import SimStack
@@ -34,7 +29,6 @@ from workers.sim import CHARS_PER_TOKEN
 
 WARM_UP_TOKENS = 4
 SCALE_CLIENT_START_S = 3.0  # the load processes import and connect, then all start at once
-SCALE_CONNECTIONS_PER_CLIENT = 4
 # batch answers by length, for the JCT each policy gives short and long jobs
 BATCH_LENGTH_CLASSES = {"short (<=16)": (0, 16), "medium (17-64)": (17, 64), "long (>64)": (65, 1 << 31)}
 
@@ -288,16 +282,9 @@ def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo, is_secure: bo
         clients = run_scale_clients(config, stack.broker_address)
         cpu_after = stack.cpu_seconds()
         fallbacks = stack.count_fallbacks()
-    completed = sum(client["completed"] for client in clients)
-    wall_s = max(client["last_finish_s"] for client in clients) - min(
-        client["first_submit_s"] for client in clients
-    )
+    completed, wall_s, errors = totals(clients)
     cpu_s = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     cpu_s["load"] = sum(client["cpu_s"] for client in clients)
-    errors: dict[str, int] = {}
-    for client in clients:
-        for code, count in client["errors"].items():
-            errors[code] = errors.get(code, 0) + count
     return {
         "requests_per_s": completed / wall_s if wall_s > 0 else None,
         "completed": completed,
@@ -328,35 +315,14 @@ def max_of(clients: list[dict[str, Any]], key: str) -> float | None:
 
 
 def run_scale_clients(config: SchedBenchConfig, address: str) -> list[dict[str, Any]]:
-    """Start the load processes (`python -m llmos_bench.driver`), each with its share of
-    the requests and of the in-flight bound; every one starts at the same instant."""
-    start_at_s = time.monotonic() + SCALE_CLIENT_START_S  # CLOCK_MONOTONIC is system-wide
-    processes = []
-    for index in range(config.scale_clients):
-        share = config.scale_requests // config.scale_clients + (
-            index < config.scale_requests % config.scale_clients
-        )
-        spec = {
-            "address": address,
-            "requests": share,
-            "seed": config.seed * 1000 + index,
-            "num_live": config.scale_in_flight // config.scale_clients,
-            "max_tokens": config.scale_max_tokens,
-            "connections": SCALE_CONNECTIONS_PER_CLIENT,
-            "start_at_s": start_at_s,
-            "drain_timeout_s": config.drain_timeout_s,
-        }
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "llmos_bench.driver", json.dumps(spec)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        )
-    clients = []
-    for process in processes:
-        output, _ = process.communicate()
-        if process.returncode != 0:
-            raise click.ClickException(f"a scale load process exited with {process.returncode}")
-        clients.append(json.loads(output.strip().splitlines()[-1]))
-    return clients
+    """The load processes (`python -m llmos_bench.driver`), each with its share of the
+    requests and of the in-flight bound; every one starts at the same instant."""
+    load = ClosedLoad(
+        config.scale_requests,
+        config.scale_clients,
+        config.scale_in_flight,
+        config.scale_max_tokens,
+        config.seed,
+        config.drain_timeout_s,
+    )
+    return run_closed_loops("llmos_bench.driver", {"address": address}, load, SCALE_CLIENT_START_S)
