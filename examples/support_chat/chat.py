@@ -92,15 +92,15 @@ class ChatSession:
             tier=INTERACTIVE_TIER,
             tenant=SUPPORT_TENANT,
         )
-        pieces = []
-        async for chunk in client.stream(request_id):
-            if not pieces:
+        async for _chunk in client.stream(request_id):
+            if not turn.ttft_s:
                 turn.ttft_s = time.perf_counter() - started_s
-            pieces.append(chunk.text)
         result = await client.result(request_id)
         turn.total_s = time.perf_counter() - started_s
         turn.ttft_s = turn.ttft_s or turn.total_s  # an answer that ended before any chunk
-        turn.answer = result.text.strip()
+        # exactly as generated: the worker caches the prompt and this answer, and the next
+        # turn's prompt reuses both only if it repeats them character for character
+        turn.answer = result.text
         turn.prompt_tokens = result.usage.prompt_tokens
         turn.generated_tokens = result.usage.generated_tokens
         turn.worker_id = result.worker_id
