@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from stack import Stack
 
 from examples.support_chat.__main__ import main
 from examples.support_chat.chat import ChatSession, Turn
 from llmos.processes import free_port
-from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
