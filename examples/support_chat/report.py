@@ -119,8 +119,8 @@ def plot_ttft(outcome: LoadOutcome, figures: Figures, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for session in outcome.sessions:
-        numbers = range(1, len(session.turns) + 1)
-        ax.scatter(numbers, [t.ttft_s * 1000 for t in session.turns], s=14, color="0.6", zorder=2)
+        session_turns = range(1, len(session.turns) + 1)
+        ax.scatter(session_turns, [t.ttft_s * 1000 for t in session.turns], s=14, color="0.6", zorder=2)
     numbers = [t.turn for t in figures.turns]
     ax.plot(numbers, [t.ttft_p50_ms for t in figures.turns], marker="o", label="p50")
     ax.plot(numbers, [t.ttft_p95_ms for t in figures.turns], marker="s", label="p95")
