@@ -45,19 +45,29 @@ def plot_engine(summary: dict[str, Any], directory: Path) -> list[Path]:
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     runs = summary["llmos"]
+    levels = [run["concurrency"] for run in runs]
     axes.plot(
-        [run["concurrency"] for run in runs],
+        levels,
         [run["output_tokens_per_s"] for run in runs],
         marker="o",
+        color="C0",
         label=f"llmos {summary['engine']}",
     )
     compared = summary["compare_concurrency"]
-    for name, figures in summary["baselines"].items():
+    for index, (name, figures) in enumerate(summary["baselines"].items(), start=1):
         if figures is None:
             continue
         concurrency = 1 if name == "sequential" else compared
-        axes.scatter([concurrency], [figures["output_tokens_per_s"]], marker="s", label=BASELINE_LABELS[name])
+        axes.scatter(
+            [concurrency],
+            [figures["output_tokens_per_s"]],
+            marker="s",
+            color=f"C{index}",
+            label=BASELINE_LABELS[name],
+        )
     axes.set_xscale("log", base=2)
+    axes.set_xticks(levels, [str(level) for level in levels])
+    axes.minorticks_off()
     axes.set_xlabel("concurrent requests")
     axes.set_ylabel("output tokens / s")
     axes.set_title(f"{summary['model']} on {summary['device_name']} ({summary['dtype']})", fontsize=10)
@@ -105,12 +115,15 @@ def plot_ttft(ttft_samples_s: dict[str, dict[str, list[float]]], directory: Path
 def plot_fair_share(fair: dict[str, Any], directory: Path) -> Path:
     """Each tenant's share of the tokens, second by second through the window, against its target."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(figsize=(7, 4))
     for tenant, shares in fair["share_by_second"].items():
         points = [math.nan if share is None else share for share in shares]  # None: no tokens that second
         line = axes.plot(range(1, len(points) + 1), points, marker=".", label=f"tenant {tenant}")[0]
         axes.axhline(fair["target_shares"][tenant], linestyle="--", color=line.get_color(), alpha=0.6)
     axes.set_ylim(0, 1)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("second of the counting window")
     axes.set_ylabel("share of the tokens (dashed: target)")
     axes.set_title("fair share: tokens per tenant, second by second", fontsize=10)
