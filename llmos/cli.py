@@ -12,7 +12,6 @@ import importlib.util
 import logging
 import os
 import sys
-import time
 from typing import Any
 
 import click
@@ -317,7 +316,8 @@ def drain(broker_address: str, timeout_s: float, worker_id: str) -> None:
     help="how long to wait for each service",
 )
 @click.option("--watch", is_flag=True, help="refresh every second until Ctrl-C")
-def status(broker_address: str, kernel_address: str, timeout_s: float, watch: bool) -> None:
+@click.option("--watch-count", type=int, default=0, hidden=True, help="--watch: stop after this many frames")
+def status(broker_address: str, kernel_address: str, timeout_s: float, watch: bool, watch_count: int) -> None:
     """Show workers, queues and the scheduler, from the broker and the kernel.
 
     Exits 3 when neither the broker nor the kernel answers.
@@ -326,26 +326,27 @@ def status(broker_address: str, kernel_address: str, timeout_s: float, watch: bo
         text, num_answered = collect_status(broker_address, kernel_address, timeout_s)
         click.echo(text)
         sys.exit(0 if num_answered else EXIT_SERVICE_ERROR)
-    is_tty = sys.stdout.isatty()
-    if is_tty:
-        click.clear()
-    try:
-        while True:
-            text, _ = collect_status(broker_address, kernel_address, timeout_s)
-            stamp = time.strftime("%H:%M:%S")
-            if is_tty:  # cursor home, rewrite each line, clear what the last frame left below
-                lines = [f"{stamp}  (Ctrl-C to stop)", *text.splitlines()]
-                sys.stdout.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
-                sys.stdout.flush()
-            else:
-                click.echo(f"--- {stamp}\n{text}")
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
+    from llmos.status_watch import watch_status  # imports rich: only when watching
+
+    watch_status(lambda: collect_status_sections(broker_address, kernel_address, timeout_s)[0], watch_count)
+
+
+# (the lines above the tables, then each table as (headers, rows)): `llmos status`
+# prints them as text, `--watch` on a terminal as rich tables
+StatusTable = tuple[list[str], list[list[str]]]
+StatusSections = tuple[list[str], list[StatusTable]]
 
 
 def collect_status(broker_address: str, kernel_address: str, timeout_s: float) -> tuple[str, int]:
     """(the status text, how many of broker and kernel answered)."""
+    sections, num_answered = collect_status_sections(broker_address, kernel_address, timeout_s)
+    return status_text(sections), num_answered
+
+
+def collect_status_sections(
+    broker_address: str, kernel_address: str, timeout_s: float
+) -> tuple[StatusSections, int]:
+    """(what `llmos status` shows, how many of broker and kernel answered)."""
     reply: pb.StatusReply | str
     view: pb.ResourceView | str
     try:
@@ -358,13 +359,25 @@ def collect_status(broker_address: str, kernel_address: str, timeout_s: float) -
     except LlmosError as exc:
         view = f"unreachable ({exc.message})"
     num_answered = (not isinstance(reply, str)) + (not isinstance(view, str))
-    return format_status(broker_address, reply, kernel_address, view), num_answered
+    return status_sections(broker_address, reply, kernel_address, view), num_answered
 
 
 def format_status(
     broker_address: str, reply: pb.StatusReply | str, kernel_address: str, view: pb.ResourceView | str
 ) -> str:
     """The `llmos status` text; `reply`/`view` are a sentence when that service did not answer."""
+    return status_text(status_sections(broker_address, reply, kernel_address, view))
+
+
+def status_text(sections: StatusSections) -> str:
+    lines, tables = sections
+    blocks = ["\n".join(table(headers, rows)) for headers, rows in tables]
+    return "\n".join([*lines, "", "\n\n".join(blocks)])
+
+
+def status_sections(
+    broker_address: str, reply: pb.StatusReply | str, kernel_address: str, view: pb.ResourceView | str
+) -> StatusSections:
     if isinstance(reply, str):
         broker_line = reply
     else:
@@ -390,11 +403,13 @@ def format_status(
             f"view version {view.version}"
         )
     )
-    lines = [f"broker  {broker_address}  {broker_line}", f"kernel  {kernel_address}  {kernel_line}", ""]
-    lines += table(
-        ["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS", "TOKENS/S", "PREFIXES"],
-        worker_rows(reply, view),
-    )
+    lines = [f"broker  {broker_address}  {broker_line}", f"kernel  {kernel_address}  {kernel_line}"]
+    tables: list[StatusTable] = [
+        (
+            ["WORKER", "MODELS", "DEVICE", "RUNNING", "KV BLOCKS", "TOKENS/S", "PREFIXES"],
+            worker_rows(reply, view),
+        )
+    ]
     if not isinstance(reply, str):
         tier_rows = [
             [
@@ -405,13 +420,13 @@ def format_status(
             ]
             for tier in reply.tiers
         ]
-        lines += ["", *table(["TIER", "QUEUED", "RUNNING", "ANSWER FILL"], tier_rows)]
+        tables.append((["TIER", "QUEUED", "RUNNING", "ANSWER FILL"], tier_rows))
     if not isinstance(view, str) and view.tenants:
         tenant_rows = [
             [t.tenant or "-", str(t.num_requests_holding_blocks), str(t.kv_blocks_used)] for t in view.tenants
         ]
-        lines += ["", *table(["TENANT", "REQUESTS", "KV BLOCKS"], tenant_rows)]
-    return "\n".join(lines)
+        tables.append((["TENANT", "REQUESTS", "KV BLOCKS"], tenant_rows))
+    return lines, tables
 
 
 def worker_rows(reply: pb.StatusReply | str, view: pb.ResourceView | str) -> list[list[str]]:

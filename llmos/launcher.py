@@ -33,6 +33,8 @@ from llmos.client import Client, query_kernel
 from llmos.config import INSECURE_HELP, llmos_home, option, options_from
 from llmos.errors import LlmosError
 from llmos.logs import setup_logging
+from llmos.progress import Waiting
+from llmos.readiness import KERNEL, Readiness
 from llmos.security.client_keys import INSECURE_ENV, KEYS_DIR_ENV
 from llmos.security.keyring import default_keys_dir
 from llmos.security.service_keys import open_keyring
@@ -213,12 +215,18 @@ def gateway_argv(config: UpConfig, broker_address: str) -> list[str]:
 
 
 def wait_until_ready(
-    supervisor: Supervisor, ports: Ports, host: str, num_workers: int, timeout_s: float
+    supervisor: Supervisor,
+    ports: Ports,
+    host: str,
+    num_workers: int,
+    timeout_s: float,
+    waiting: Waiting | None = None,
 ) -> pb.StatusReply:
-    """Block until the kernel answers and the broker has `num_workers` workers."""
+    """Block until the kernel answers and the broker has `num_workers` workers; say each
+    service as it comes up, and what is still awaited, to `waiting`."""
+    waiting = waiting or Waiting(echo=lambda _: None)
+    readiness = Readiness([f"worker-{index}" for index in range(num_workers)])
     deadline = time.monotonic() + timeout_s
-    waiting_for = "the kernel to answer a ResourceQuery"
-    is_kernel_ready = False
     with Client(tcp(ports.client, host), timeout_s=PROBE_TIMEOUT_S) as client:
         while True:
             for name, status in supervisor.newly_exited():
@@ -230,20 +238,25 @@ def wait_until_ready(
             if time.monotonic() > deadline:
                 raise LaunchError(
                     f"llmos was not ready after {timeout_s:g} s: still waiting for "
-                    f"{waiting_for}; logs are in {supervisor.log_dir}"
+                    f"{readiness.waiting_for}; logs are in {supervisor.log_dir}"
                 )
+            waiting.waiting_for(readiness.waiting_for)
             try:
-                if not is_kernel_ready:
+                if KERNEL not in readiness.ready_names:
                     query_kernel(tcp(ports.kernel, host), PROBE_TIMEOUT_S)
-                    is_kernel_ready = True
-                    waiting_for = "the broker to answer a StatusRequest"
+                    report(waiting, readiness.kernel_answered())
                 reply = client.status()
-                if len(reply.workers) >= num_workers:
+                report(waiting, readiness.broker_answered(reply))
+                if readiness.is_ready:
                     return reply
-                waiting_for = f"workers to register ({len(reply.workers)} of {num_workers} so far)"
             except LlmosError:
                 pass  # not up yet: the deadline above decides when to stop trying
             time.sleep(PROBE_INTERVAL_S)
+
+
+def report(waiting: Waiting, lines: list[str]) -> None:
+    for line in lines:
+        waiting.done(line)
 
 
 def supervise(supervisor: Supervisor) -> NoReturn:
@@ -316,7 +329,9 @@ def run(config: UpConfig) -> None:
         for spec in plan_children(config, model_path):
             supervisor.start(spec)
         click.echo(f"llmos logs: {log_dir}")
-        wait_until_ready(supervisor, ports, host, config.workers, config.ready_timeout_s)
+        # to stderr: stdout keeps the lines scripts read (where the logs are, that it is up)
+        with Waiting(echo=lambda line: click.echo(f"llmos: {line}", err=True)) as waiting:
+            wait_until_ready(supervisor, ports, host, config.workers, config.ready_timeout_s, waiting)
         click.echo(
             f"llmos is up: clients connect to {tcp(ports.client, host)} "
             f"({plural(config.workers, 'worker')}, model {model_path}); Ctrl-C stops it"

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from llmos import tiny_classifier, tiny_model
+from llmos.progress import StepProgress
 
 # --task -> (default directory, make unless there, make replacing what is there)
 EMBEDDED_MODELS = {
@@ -53,11 +54,18 @@ def init(output: Path | None, force: bool, task: str) -> None:
     transformers_logging.disable_progress_bar()
     default_dir, ensure, remake = EMBEDDED_MODELS[task]
     path = output if output is not None else default_dir()
+    # the steps go to stderr (a bar on a terminal): stdout is the path alone, for scripts
+    steps = StepProgress(f"making {path.name}", len(tiny_model.MAKE_STEPS), echo=echo_stderr)
     try:
-        if force:
-            remake(path)
-        else:
-            ensure(path)
+        with steps:
+            if force:
+                remake(path, on_step=steps)
+            else:
+                ensure(path, on_step=steps)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(path))
+
+
+def echo_stderr(line: str) -> None:
+    click.echo(line, err=True)

@@ -29,28 +29,31 @@ def default_model_dir() -> Path:
     return Path(home).expanduser() / "models" / MODEL_NAME
 
 
-def ensure_tiny_classifier(path: Path | None = None) -> Path:
+def ensure_tiny_classifier(path: Path | None = None, on_step: tiny_model.OnStep | None = None) -> Path:
     """Make the classifier at `path` (default `default_model_dir()`) unless it is there."""
     path = Path(path) if path is not None else default_model_dir()
     if not tiny_model.is_model_dir(path):
-        tiny_model._make_atomically(path, replace=False, make=make_tiny_classifier)
+        tiny_model._make_atomically(path, replace=False, make=make_tiny_classifier, on_step=on_step)
     return path
 
 
-def remake_tiny_classifier(path: Path) -> Path:
+def remake_tiny_classifier(path: Path, on_step: tiny_model.OnStep | None = None) -> Path:
     """Make the classifier at `path`, replacing whatever model is there."""
-    tiny_model._make_atomically(Path(path), replace=True, make=make_tiny_classifier)
+    tiny_model._make_atomically(Path(path), replace=True, make=make_tiny_classifier, on_step=on_step)
     return Path(path)
 
 
-def make_tiny_classifier(output_dir: Path) -> Path:
+def make_tiny_classifier(output_dir: Path, on_step: tiny_model.OnStep | None = None) -> Path:
     """Write the classifier and its tokenizer to `output_dir`; return the directory."""
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    step = on_step or (lambda _: None)
+    step(tiny_model.MAKE_STEPS[0])
     tokenizer = tiny_model._make_tokenizer()
+    step(tiny_model.MAKE_STEPS[1])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -71,6 +74,7 @@ def make_tiny_classifier(output_dir: Path) -> Path:
     )
     torch.manual_seed(SEED)
     model = LlamaForSequenceClassification(config).eval()
+    step(tiny_model.MAKE_STEPS[2])
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir

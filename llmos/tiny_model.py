@@ -22,6 +22,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+# what a maker calls as it starts each of its MAKE_STEPS steps (`llmos model init` shows a bar)
+OnStep = Callable[[str], None]
+MAKE_STEPS = ("training the tokenizer", "building the model", "saving the model")
 MODEL_NAME = "llmos-tiny"
 SEED = 1234
 VOCAB_SIZE = 1000
@@ -84,23 +87,28 @@ def is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
 
 
-def ensure_tiny_model(path: Path | None = None) -> Path:
+def ensure_tiny_model(path: Path | None = None, on_step: OnStep | None = None) -> Path:
     """Make the tiny model at `path` (default `default_model_dir()`) unless it is there."""
     path = Path(path) if path is not None else default_model_dir()
     if not is_model_dir(path):
-        _make_atomically(path, replace=False)
+        _make_atomically(path, replace=False, on_step=on_step)
     return path
 
 
-def remake_tiny_model(path: Path) -> Path:
+def remake_tiny_model(path: Path, on_step: OnStep | None = None) -> Path:
     """Make the tiny model at `path`, replacing whatever is there."""
-    _make_atomically(Path(path), replace=True)
+    _make_atomically(Path(path), replace=True, on_step=on_step)
     return Path(path)
 
 
-def _make_atomically(path: Path, replace: bool, make: Callable[[Path], Path] | None = None) -> None:
-    """`make(directory)` (default `make_tiny_model`) writes the model; llmos.tiny_classifier
-    passes its own."""
+def _make_atomically(
+    path: Path,
+    replace: bool,
+    make: Callable[[Path, OnStep | None], Path] | None = None,
+    on_step: OnStep | None = None,
+) -> None:
+    """`make(directory, on_step)` (default `make_tiny_model`) writes the model;
+    llmos.tiny_classifier passes its own."""
     # Build next to the target, then rename: a concurrent start never sees half
     # a model, and whoever renames first wins.
     if path.exists() and any(path.iterdir()) and not is_model_dir(path):
@@ -109,7 +117,7 @@ def _make_atomically(path: Path, replace: bool, make: Callable[[Path], Path] | N
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        (make or make_tiny_model)(staging)
+        (make or make_tiny_model)(staging, on_step)
         staging.chmod(0o755)  # mkdtemp makes it private; a model directory is not
         if replace and is_model_dir(path):
             shutil.rmtree(path)
@@ -122,12 +130,16 @@ def _make_atomically(path: Path, replace: bool, make: Callable[[Path], Path] | N
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def make_tiny_model(output_dir: Path) -> Path:
+def make_tiny_model(output_dir: Path, on_step: OnStep | None = None) -> Path:
     """Write the tiny model and its tokenizer to `output_dir`; return the directory."""
+    step = on_step or (lambda _: None)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    step(MAKE_STEPS[0])
     tokenizer = _make_tokenizer()
+    step(MAKE_STEPS[1])
     model = _make_model(tokenizer)
+    step(MAKE_STEPS[2])
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir

@@ -24,12 +24,14 @@ import platform
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import click
 import torch
 
 from llmos.config import option, options_from
+from llmos.progress import StepProgress
 from llmos_bench import baselines
 from llmos_bench.engine_churn import measure_mixed_vs_apart
 from llmos_bench.engine_stack import measure_stack_vs_alone
@@ -104,6 +106,7 @@ class EngineBenchConfig:
         "and without, at the compared concurrency; 0 = skip",
     )
     json_only: bool = option(False, "print only the JSON line")
+    plot: str = option("", "also draw PNG charts into this directory: output tokens/s against concurrency")
     write_profile: str = option(
         "",
         "also write a latency profile for simulated workers "
@@ -133,6 +136,16 @@ class EngineBenchConfig:
         return levels
 
     @property
+    def num_steps(self) -> int:
+        """About the progress lines a run prints (the bar is clamped to it): the model,
+        each level, the Poisson runs, the rounds, the stack's and the churn's lines."""
+        poisson = (self.poisson_seconds > 0) * (1 + bool(self.shared_prefix_len))
+        rounds = 0 if self.skip_baselines else self.rounds
+        stack = (2 + self.stack_curve_baseline) * self.rounds if self.stack_requests else 0
+        churn = 2 * self.rounds if self.churn_requests else 0
+        return 1 + len(self.concurrency_levels) + poisson + rounds + bool(self.write_profile) + stack + churn
+
+    @property
     def max_model_len(self) -> int:
         return self.shared_prefix_len + self.prompt_len + self.new_tokens
 
@@ -147,7 +160,15 @@ class EngineBenchConfig:
 def engine(**kwargs: Any) -> None:
     """Measure the llmos engine against transformers on one model, in one process."""
     config = EngineBenchConfig(**kwargs)
-    summary = run_bench(config, echo=(lambda _: None) if config.json_only else click.echo)
+    config.check()
+    echo = (lambda _: None) if config.json_only else click.echo
+    with StepProgress("llmos bench engine", config.num_steps, echo) as progress:
+        summary = run_bench(config, echo=progress)
+    if config.plot:
+        from llmos_bench.plots import plot_engine
+
+        for path in plot_engine(summary, Path(config.plot)):
+            click.echo(f"wrote {path}", err=True)
     if not config.json_only:
         click.echo(format_report(summary))
     click.echo(json.dumps(summary))

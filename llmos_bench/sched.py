@@ -32,10 +32,11 @@ from typing import Any
 import click
 
 from llmos.config import options_from
+from llmos.progress import StepProgress
 from llmos_bench.decision_time import decision_time_us_per_request
 from llmos_bench.sched_config import BASELINE, SchedBenchConfig, weights_spec
 from llmos_bench.sched_report import format_report
-from llmos_bench.sched_runs import Echo, run_chat, run_fair, run_scale, warm_up
+from llmos_bench.sched_runs import TTFT_SAMPLES_KEY, Echo, run_chat, run_fair, run_scale, warm_up
 from llmos_bench.stack import SimStack
 from scheduler_svc.policy_base import PolicyName
 
@@ -48,7 +49,9 @@ def sched(**kwargs: Any) -> None:
     """Compare the scheduling policies on the real processes with simulated workers."""
     config = SchedBenchConfig(**kwargs)
     config.check()
-    summary = run_bench(config, echo=(lambda _: None) if config.json_only else click.echo)
+    echo = (lambda _: None) if config.json_only else click.echo
+    with StepProgress("llmos bench sched", config.num_steps, echo) as progress:
+        summary = run_bench(config, echo=progress)
     if not config.json_only:
         click.echo(format_report(summary))
     click.echo(json.dumps(summary))
@@ -85,7 +88,14 @@ def run_bench(config: SchedBenchConfig, echo: Echo = click.echo) -> dict[str, An
     finally:
         if not config.log_dir:
             shutil.rmtree(log_root, ignore_errors=True)
-    return summarize(config, decision, chat, fair, scale, scale_insecure)
+    ttft_samples_s = chat.pop(TTFT_SAMPLES_KEY) if chat is not None else {}
+    summary = summarize(config, decision, chat, fair, scale, scale_insecure)
+    if config.plot:
+        from llmos_bench.plots import plot_sched
+
+        for path in plot_sched(summary, ttft_samples_s, Path(config.plot)):
+            click.echo(f"wrote {path}", err=True)
+    return summary
 
 
 # ---------------------------------------------------------------- decision time

@@ -71,6 +71,9 @@ class SchedBenchConfig:
     seed: int = option(0, "seed of every workload")
     log_dir: str = option("", "keep the processes' logs here (empty: a temporary directory)")
     json_only: bool = option(False, "print only the JSON line")
+    plot: str = option(
+        "", "also draw PNG charts into this directory: (a)'s TTFT by tier and policy, (b)'s shares"
+    )
 
     @property
     def policy_names(self) -> list[str]:
@@ -92,6 +95,13 @@ class SchedBenchConfig:
             raise click.BadParameter("--batch-declared-max-tokens must be 0 or at least --batch-max-tokens")
         if self.scale_clients < 1 or self.scale_in_flight < self.scale_clients:
             raise click.BadParameter("need --scale-clients >= 1 and --scale-in-flight >= it")
+
+    @property
+    def num_steps(self) -> int:
+        """The progress lines a run prints: decision time, then each measured run."""
+        chat = 0 if self.skip_chat else 1 + len(self.policy_names)
+        scale = 0 if self.skip_scale else 1 + self.scale_insecure_baseline
+        return 1 + chat + (not self.skip_fair) + scale
 
     def profile(self) -> LatencyProfile:
         """The simulated workers' step times: `--profile-file`, or a GPU-like step of

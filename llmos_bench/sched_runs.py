@@ -33,6 +33,7 @@ SCALE_CLIENT_START_S = 3.0  # the load processes import and connect, then all st
 BATCH_LENGTH_CLASSES = {"short (<=16)": (0, 16), "medium (17-64)": (17, 64), "long (>64)": (65, 1 << 31)}
 
 Echo = Callable[[str], None]
+TTFT_SAMPLES_KEY = "ttft_samples_s"
 
 
 def warm_up(stack: SimStack) -> None:
@@ -107,15 +108,20 @@ def run_chat(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str,
         f"(a) idle: {len(interactive_jobs)} interactive requests over {config.duration_s:g} s, "
         f"policy {config.headline_policy} ..."
     )
-    idle = measure_chat_run(config, stack, config.headline_policy, interactive_jobs)
-    runs = {}
+    idle, idle_ttfts = measure_chat_run(config, stack, config.headline_policy, interactive_jobs)
+    runs, ttft_samples_s = {}, {"idle": idle_ttfts}
     for policy in config.policy_names:
         echo(
             f"(a) {policy}: {len(interactive_jobs)} interactive + {len(batch_jobs)} batch "
             f"requests ({flood.rate_per_s:.1f}/s after a burst of {flood.burst}) ..."
         )
-        runs[policy] = measure_chat_run(config, stack, policy, interactive_jobs + batch_jobs)
+        runs[policy], ttft_samples_s[policy] = measure_chat_run(
+            config, stack, policy, interactive_jobs + batch_jobs
+        )
     return {
+        # every request's TTFT, for `--plot`'s charts; `llmos_bench.sched` takes it out
+        # before the JSON line, which keeps the percentiles only
+        TTFT_SAMPLES_KEY: ttft_samples_s,
         "idle": idle,
         "policies": runs,
         "batch_rate_per_s": flood.rate_per_s,
@@ -127,7 +133,10 @@ def run_chat(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str,
     }
 
 
-def measure_chat_run(config: SchedBenchConfig, stack: SimStack, policy: str, jobs: list) -> dict[str, Any]:
+def measure_chat_run(
+    config: SchedBenchConfig, stack: SimStack, policy: str, jobs: list
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """(the run's figures, each tier's TTFTs in seconds)."""
     stack.set_policy(policy)
     fallbacks_before = stack.count_fallbacks()
     with LoadDriver(stack.broker_address) as driver:
@@ -137,7 +146,16 @@ def measure_chat_run(config: SchedBenchConfig, stack: SimStack, policy: str, job
     figures.update(
         policy=policy, scheduler_fallbacks=stack.count_fallbacks() - fallbacks_before, is_drained=is_drained
     )
-    return figures
+    return figures, ttft_samples_s(result)
+
+
+def ttft_samples_s(result: RunResult) -> dict[str, list[float]]:
+    """Each tier's times to first token, of the requests that got one."""
+    return {
+        tier: [o.ttft_s for o in result.of(tier) if math.isfinite(o.ttft_s)]
+        for tier in (INTERACTIVE, BATCH)
+        if result.of(tier)
+    }
 
 
 def chat_figures(result: RunResult) -> dict[str, Any]:
@@ -221,9 +239,14 @@ def run_fair(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str,
         tenant_tokens(result, start_s, start_s + 1.0)
         for start_s in range_s(window_start_s, window_end_s - 1.0, step_s=1.0)
     ]
-    shares_1s = {
-        tenant: [second[tenant] / sum(second.values()) for second in by_second if sum(second.values())]
+    share_by_second = {
+        tenant: [
+            second[tenant] / sum(second.values()) if sum(second.values()) else None for second in by_second
+        ]
         for tenant in TENANT_WEIGHTS
+    }
+    shares_1s = {
+        tenant: [share for share in shares if share is not None] for tenant, shares in share_by_second.items()
     }
     return {
         "tokens": tokens,
@@ -232,6 +255,8 @@ def run_fair(config: SchedBenchConfig, stack: SimStack, echo: Echo) -> dict[str,
             for tenant, shares in shares_1s.items()
         },
         "shares": {tenant: (count / total if total else None) for tenant, count in tokens.items()},
+        # each tenant's share of each second's tokens through the window (None: no tokens)
+        "share_by_second": share_by_second,
         "target_shares": {
             tenant: weight / sum(TENANT_WEIGHTS.values()) for tenant, weight in TENANT_WEIGHTS.items()
         },

@@ -35,6 +35,7 @@ TINY_ARGS = [
     "--threads",
     "1",
 ]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_KEYS = {"requests", "output_tokens", "wall_s", "output_tokens_per_s", "flops_per_s", "peak_fraction"}
 
 
@@ -130,6 +131,15 @@ def test_table_comes_before_the_json_line():
     assert summary["poisson"] is None
     assert summary["baselines"] == {"sequential": None, "static_batch": None, "generate_batch": None}
     assert summary["speedup_vs_sequential"] is None
+
+
+def test_plot_writes_the_throughput_chart_as_a_png(tmp_path):
+    charts = tmp_path / "charts"
+    summary = run_bench("--poisson-seconds", "0", "--rounds", "1", "--json-only", "--plot", str(charts))
+
+    assert summary["settings"]["plot"] == str(charts)
+    assert sorted(path.name for path in charts.iterdir()) == ["engine_throughput.png"]
+    assert (charts / "engine_throughput.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_bad_concurrency_is_a_usage_error():

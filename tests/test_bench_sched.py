@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from llmos.cli import cli
 from llmos_bench.driver import Outcome, RunResult
+from llmos_bench.plots import plot_sched
 from llmos_bench.sched_config import SchedBenchConfig
 from llmos_bench.sched_runs import chat_workloads, offered_load, token_capacity_per_s
 from llmos_bench.workload import BATCH, INTERACTIVE, BatchFlood, bounded_pareto, tenant_jobs
@@ -65,13 +66,17 @@ def run_bench(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def is_png(path) -> bool:
+    return path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
 def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @pytest.mark.e2e
-def test_toy_run_reports_every_headline_figure_from_the_real_processes():
-    summary = run_bench(*TOY_ARGS, "--json-only")
+def test_toy_run_reports_every_headline_figure_from_the_real_processes(tmp_path):
+    summary = run_bench(*TOY_ARGS, "--json-only", "--plot", str(tmp_path / "charts"))
 
     for key in HEADLINE_KEYS:
         assert is_number(summary[key]) and summary[key] >= 0, key
@@ -89,6 +94,13 @@ def test_toy_run_reports_every_headline_figure_from_the_real_processes():
     fair = summary["fair"]
     assert set(fair["tokens"]) == set(fair["share_1s_range"]) == {"A", "B"}
     assert fair["target_ratio"] == 3 and fair["errors"] == {}
+    assert set(fair["share_by_second"]) == {"A", "B"} and len(fair["share_by_second"]["A"]) >= 1
+    assert "ttft_samples_s" not in chat, "the JSON line keeps percentiles, not every request"
+    assert sorted(path.name for path in (tmp_path / "charts").iterdir()) == [
+        "sched_fair_share.png",
+        "sched_ttft.png",
+    ]
+    assert all(is_png(path) for path in (tmp_path / "charts").iterdir())
     scale = summary["scale"]
     assert (scale["completed"], scale["unfinished"], scale["errors"]) == (200, 0, {})
     assert {"broker", "scheduler", "kernel", "sim-0", "load"} <= set(scale["cpu_s"])
@@ -117,6 +129,27 @@ def test_skipped_workloads_give_null_figures_and_a_table():
     assert summary["targets"]["fair_shares_within_10pct"] is None
     assert summary["targets"]["decision_time_far_below_linear"] in (True, False)
     assert (summary["chat"], summary["fair"], summary["scale"]) == (None, None, None)
+
+
+def test_plot_draws_the_ttft_boxes_and_the_fair_shares_from_a_run_s_figures(tmp_path):
+    samples = {
+        "idle": {INTERACTIVE: [0.02, 0.03, 0.05]},
+        "fcfs": {INTERACTIVE: [0.2, 0.9, 1.5], BATCH: [0.5, 2.0]},
+        "priority": {INTERACTIVE: [0.03, 0.04], BATCH: [1.0, 3.0]},
+    }
+    fair = {
+        "share_by_second": {"A": [0.2, None, 0.3], "B": [0.8, None, 0.7]},
+        "target_shares": {"A": 0.25, "B": 0.75},
+    }
+
+    paths = plot_sched({"fair": fair}, samples, tmp_path)
+
+    assert [path.name for path in paths] == ["sched_ttft.png", "sched_fair_share.png"]
+    assert all(is_png(path) for path in paths)
+
+
+def test_plot_draws_nothing_for_skipped_workloads(tmp_path):
+    assert plot_sched({"fair": None}, {}, tmp_path / "charts") == []
 
 
 def test_an_unknown_policy_is_a_usage_error():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from fake_broker import INVALID_SENTENCE, QUEUE_FULL_SENTENCE, FakeBroker, status_reply
 
 from llmos import cli as cli_module
+from llmos import status_watch
 from llmos.cli import cli, format_status
 from llmos.wire import pb
 
@@ -198,7 +200,7 @@ def test_status_watch_refreshes_until_ctrl_c(broker, silent_address, monkeypatch
     def interrupt_after_one_frame(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module.time, "sleep", interrupt_after_one_frame)
+    monkeypatch.setattr(status_watch.time, "sleep", interrupt_after_one_frame)
     result = invoke(
         "status",
         "--watch",
@@ -212,6 +214,64 @@ def test_status_watch_refreshes_until_ctrl_c(broker, silent_address, monkeypatch
     assert result.exit_code == 0
     assert result.stdout.startswith("--- ")
     assert "worker-0  tiny    cpu     1/4      ?          0.0       ?" in result.stdout.splitlines()
+
+
+def test_status_watch_count_stops_after_that_many_plain_frames(broker, silent_address, monkeypatch):
+    monkeypatch.setattr(status_watch.time, "sleep", lambda seconds: None)
+    result = invoke(
+        "status",
+        "--watch",
+        "--watch-count",
+        "2",
+        "--broker-address",
+        broker.address,
+        "--kernel-address",
+        silent_address,
+        "--timeout-s",
+        "0.2",
+    )
+    assert result.exit_code == 0
+    assert sum(line.startswith("--- ") for line in result.stdout.splitlines()) == 2
+
+
+def test_status_watch_on_a_terminal_draws_rich_tables_in_place(monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(status_watch.time, "sleep", lambda seconds: None)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    sections = (
+        ["broker  tcp://b  unreachable", "kernel  tcp://k  unreachable"],
+        [(["TIER", "QUEUED"], [["batch", "3/100"]])],
+    )
+    frames = []
+
+    def collect():
+        frames.append(len(frames))
+        return sections
+
+    status_watch.watch_status(collect, count=3, console=console)
+
+    shown = console.file.getvalue()
+    assert frames == [0, 1, 2]
+    assert "\x1b[" in shown, "a terminal gets cursor moves: the frame is redrawn in place"
+    assert "Ctrl-C to stop" in shown and "kernel  tcp://k  unreachable" in shown
+    assert "batch" in shown and "3/100" in shown
+    assert "---" not in shown
+
+
+def test_status_watch_on_a_terminal_stops_cleanly_on_ctrl_c(monkeypatch):
+    from rich.console import Console
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(status_watch.time, "sleep", interrupt)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+
+    status_watch.watch_status(lambda: (["broker  tcp://b  up"], []), console=console)
+
+    assert "broker  tcp://b  up" in console.file.getvalue()
+    assert not console.is_alt_screen
 
 
 def test_format_status_joins_broker_slots_with_kernel_blocks():

@@ -28,7 +28,9 @@ from llmos.launcher import (
     plan_children,
     wait_until_ready,
 )
+from llmos.readiness import Readiness
 from llmos.supervision import RestartBackoff
+from llmos.wire import pb
 
 PYTHON = sys.executable
 IGNORES_SIGTERM = (
@@ -227,6 +229,43 @@ def test_readiness_fails_with_the_log_tail_when_a_child_exits(supervisor, tmp_pa
     assert message.startswith("kernel exited with status 3 before llmos was ready")
     assert str(tmp_path / "kernel.log") in message
     assert message.endswith("port already in use")
+
+
+def broker_reply(*worker_ids: str, scheduler_online: bool = False) -> pb.StatusReply:
+    return pb.StatusReply(
+        scheduler_online=scheduler_online,
+        scheduler_policy="priority",
+        workers=[pb.WorkerStatus(worker_id=w, models=["tiny"], device="cpu") for w in worker_ids],
+    )
+
+
+def test_readiness_says_each_service_once_as_it_comes_up_and_what_it_still_awaits():
+    readiness = Readiness(["worker-0", "worker-1"])
+    assert readiness.waiting_for == "kernel: to answer a ResourceQuery"
+
+    assert readiness.kernel_answered() == ["kernel ready"]
+    assert readiness.kernel_answered() == []
+    assert readiness.waiting_for == "broker: to answer a StatusRequest"
+    assert readiness.broker_answered(broker_reply()) == ["broker ready"]
+    assert readiness.waiting_for == "worker-0, worker-1: loading the model, then registering with the broker"
+    assert readiness.broker_answered(broker_reply("worker-1", scheduler_online=True)) == [
+        "scheduler ready (policy priority)",
+        "worker-1 ready (tiny on cpu)",
+    ]
+    assert not readiness.is_ready
+    assert readiness.waiting_for.startswith("worker-0: loading the model")
+    assert readiness.broker_answered(broker_reply("worker-0", "worker-1", scheduler_online=True)) == [
+        "worker-0 ready (tiny on cpu)"
+    ]
+    assert readiness.is_ready
+
+
+def test_readiness_shortens_a_long_list_of_workers_still_loading():
+    readiness = Readiness([f"worker-{index}" for index in range(5)])
+    readiness.kernel_answered()
+    readiness.broker_answered(broker_reply())
+
+    assert readiness.waiting_for.startswith("worker-0, worker-1, worker-2 and 2 more: ")
 
 
 # ---------------------------------------------------------------- end to end

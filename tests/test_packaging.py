@@ -89,14 +89,15 @@ def venv_site_packages(python: Path) -> Path:
     return Path(printed.strip())
 
 
-def test_the_wheel_needs_only_pyzmq_protobuf_click_and_prometheus_client_and_carries_the_proto(wheel):
+def test_the_wheel_needs_only_pyzmq_protobuf_click_rich_and_prometheus_client_and_carries_the_proto(wheel):
     with zipfile.ZipFile(wheel) as archive:
         metadata = archive.read(next(n for n in archive.namelist() if n.endswith("/METADATA")))
         names = archive.namelist()
         proto = archive.read("llmos/wire/llmos.proto").decode()
     requires = Parser().parsestr(metadata.decode()).get_all("Requires-Dist")
     unconditional = sorted(r.split(">")[0].split("<")[0] for r in requires if "extra ==" not in r)
-    assert unconditional == ["click", "prometheus_client", "protobuf", "pyzmq"]  # the services' /metrics
+    # prometheus_client: the services' /metrics; rich: progress and `llmos status --watch`
+    assert unconditional == ["click", "prometheus_client", "protobuf", "pyzmq", "rich"]
     assert any(r.startswith("torch") and 'extra == "worker"' in r for r in requires)
     assert proto == (ROOT / "proto/llmos/v1/llmos.proto").read_text()
     assert "llmos/py.typed" in names
