@@ -378,6 +378,18 @@ def test_the_broker_runs_alone_with_its_journal_on_a_volume_claim() -> None:
         assert claims[mount["name"]] in objects_of(overlay("cpu"), "PersistentVolumeClaim"), path
 
 
+def read_only_keys() -> dict[str, set[str]]:
+    from llmos.security.client_keys import CLIENT_KEY_NAME
+
+    return {
+        "gateway": {f"{CLIENT_KEY_NAME}.key_secret", "broker.key"},
+        "worker": {"worker.key_secret", "broker.key", "kernel.key"},
+    }
+
+
+READ_ONLY_KEYS = read_only_keys()
+
+
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_every_service_gets_the_keyring_from_the_secret(name: str) -> None:
     for deployment_name, deployment in objects_of(overlay(name), "Deployment").items():
@@ -387,13 +399,13 @@ def test_every_service_gets_the_keyring_from_the_secret(name: str) -> None:
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
         (mount,) = [mount for mount in container["volumeMounts"] if mount["mountPath"] == KEYS_DIR]
         keys_volume = volumes[mount["name"]]
-        if subcommand_of(container) == "gateway":
-            # the SDK only reads its key and the broker's, so the Secret mounts as it is
-            from llmos.security.client_keys import CLIENT_KEY_NAME
-
+        if subcommand_of(container) in READ_ONLY_KEYS:
+            # the SDK and a worker only read their own key and the servers' public keys,
+            # so the Secret mounts as it is, with just those files
             assert keys_volume["secret"]["secretName"] == KEYS_SECRET
             paths = {item["path"] for item in keys_volume["secret"]["items"]}
-            assert paths == {f"{CLIENT_KEY_NAME}.key_secret", "broker.key"}
+            assert paths == READ_ONLY_KEYS[subcommand_of(container)], deployment_name
+            assert "initContainers" not in spec, deployment_name
             continue
         # A service opens its keyring read-write (a lock file in it); a Secret volume
         # is read-only, so an init container copies the Secret into an emptyDir.
