@@ -13,6 +13,7 @@ import pytest
 from stack import Stack
 
 from examples.sentiment_monitor.data import LABELS, load_headlines, news_stream
+from examples.sentiment_monitor.monitor import SentimentMonitor
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +45,30 @@ def run_example(stack: Stack, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+def test_the_stream_brings_each_company_one_headline_a_day():
+    headlines = load_headlines()
+    stream = news_stream(headlines, num_days=2)
+
+    assert len(headlines) == 180 and sum(h.is_held_out for h in headlines) == 45
+    assert [h.day for h in stream] == [0] * 6 + [1] * 6
+    assert len({h.company for h in stream[:6]}) == 6
+
+
+def test_an_index_that_wobbles_past_the_threshold_alerts_once_per_swing():
+    monitor = SentimentMonitor(window=2, threshold=0.5)
+    # positive, dips to 0.45 and back (no second alert), swings negative, calms to 0.05, negative again
+    sentiments = [0.9, 0.9, 0.0, 0.9, 0.9, -0.9, -0.9, 0.0, 0.1, -0.9, -0.9]
+    for day, sentiment in enumerate(sentiments):
+        monitor.observe("Acme", day, sentiment, f"headline {day}")
+
+    assert [(a.day, a.direction) for a in monitor.alerts] == [
+        (1, "positive"),
+        (6, "negative"),
+        (10, "negative"),
+    ]
+    assert monitor.latest() == {"Acme": pytest.approx(-0.9)}
 
 
 def test_the_classifier_names_the_three_sentiments(classifier_dir):
