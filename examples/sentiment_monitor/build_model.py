@@ -16,12 +16,16 @@ Adam from zero weights, so the same headlines always give the same model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import torch
 import torch.nn.functional as F
 
 from examples.sentiment_monitor.data import LABELS, load_headlines, training_headlines
+
+if TYPE_CHECKING:  # transformers loads in build_classifier: --help stays quick
+    from transformers import BertForSequenceClassification, PreTrainedTokenizerBase
 
 EMBEDDED_MODEL = "all-minilm-l6-v2"
 FIT_STEPS = 500
@@ -57,8 +61,9 @@ def build_classifier(out_dir: Path) -> Path:
     return out_dir
 
 
-def read_the_whole_sentence(model: torch.nn.Module) -> None:
+def read_the_whole_sentence(model: BertForSequenceClassification) -> None:
     """Uniform attention in the last layer and an identity pooler (see the module's docstring)."""
+    assert model.bert.pooler is not None, "BertForSequenceClassification always has a pooler"
     with torch.no_grad():
         query = model.bert.encoder.layer[-1].attention.self.query
         query.weight.zero_()
@@ -68,9 +73,11 @@ def read_the_whole_sentence(model: torch.nn.Module) -> None:
         pooler.bias.zero_()
 
 
-def pooled_features(model: torch.nn.Module, tokenizer: object, texts: list[str]) -> torch.Tensor:
+def pooled_features(
+    model: BertForSequenceClassification, tokenizer: PreTrainedTokenizerBase, texts: list[str]
+) -> torch.Tensor:
     """What the classifier head sees for each text: [rows, hidden]."""
-    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")  # type: ignore[operator]
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():  # not inference_mode: the fit differentiates through these
         return model.bert(**batch).pooler_output
 
@@ -96,6 +103,7 @@ def main(out_dir: Path) -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()  # the new head's "newly initialized" report
+    transformers_logging.disable_progress_bar()
     click.echo(build_classifier(out_dir.expanduser()))
 
 
