@@ -1,0 +1,1 @@
+"""Runnable example applications on a running llmos stack (`python -m examples.<name>`)."""

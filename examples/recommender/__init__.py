@@ -1,0 +1,1 @@
+"""Content-based recommendations from item embeddings computed through llmos (see README.md)."""

@@ -1,0 +1,3 @@
+from examples.recommender.main import main
+
+main()

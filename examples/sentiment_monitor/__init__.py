@@ -1,0 +1,1 @@
+"""Financial news sentiment monitoring on the batch tier (see README.md)."""

@@ -1,0 +1,3 @@
+from examples.sentiment_monitor.main import main
+
+main()
