@@ -272,16 +272,16 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def resolve_model(model: str) -> str:
-    """`model`, or the embedded tiny model's directory (made on first use) when empty."""
+    """`model`, or the embedded llmos-demo model's directory (copied on first use) when empty."""
     if model:
         return model
-    from llmos.tiny_model import ensure_tiny_model  # imports torch: only when needed
+    from llmos.demo_model import ensure_demo_model
 
     try:
-        return str(ensure_tiny_model())
-    except (ImportError, OSError) as exc:
+        return str(ensure_demo_model())
+    except OSError as exc:
         raise click.ClickException(
-            f"cannot make the embedded tiny model ({exc}); pass --model DIR instead"
+            f"cannot copy the embedded demo model ({exc}); pass --model DIR instead"
         ) from exc
 
 
