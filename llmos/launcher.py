@@ -191,13 +191,14 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
             )
         )
     if config.gateway_port:
-        children.append(ChildSpec("gateway", gateway_argv(config, tcp(ports.client, host))))
+        children.append(ChildSpec("gateway", gateway_argv(config, tcp(ports.client, host), model_path)))
     return children
 
 
-def gateway_argv(config: UpConfig, broker_address: str) -> list[str]:
+def gateway_argv(config: UpConfig, broker_address: str, model_path: str = "") -> list[str]:
     """`llmos gateway` in front of this stack's broker; in a secure stack its broker key is
-    the keyring's admin key (the SDK's default), which may act for any tenant."""
+    the keyring's admin key (the SDK's default), which may act for any tenant. When the
+    workers serve a model folder, its tokenizer's chat template renders chat requests."""
     argv = [
         sys.executable,
         "-m",
@@ -209,6 +210,8 @@ def gateway_argv(config: UpConfig, broker_address: str) -> list[str]:
         str(config.gateway_port),
     ]
     argv += ["--broker-address", broker_address]
+    if model_path and Path(model_path, "tokenizer_config.json").is_file():
+        argv += ["--tokenizer", model_path]
     return argv + (["--insecure"] if config.insecure else [])
 
 
