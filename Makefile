@@ -1,5 +1,5 @@
 # llmos developer tasks (GNU make).
-#   make run    set up, build the embedded model, run a one-prompt demo
+#   make run    set up, copy the embedded model into place, run a one-prompt demo
 #   make test   set up, run the CPU test suite
 #   make lint   ruff (lint and format check) and mypy
 #   make floor-check  the engine tests against the oldest transformers pyproject admits

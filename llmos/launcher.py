@@ -193,13 +193,14 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
             )
         )
     if config.gateway_port:
-        children.append(ChildSpec("gateway", gateway_argv(config, tcp(ports.client, host))))
+        children.append(ChildSpec("gateway", gateway_argv(config, tcp(ports.client, host), model_path)))
     return children
 
 
-def gateway_argv(config: UpConfig, broker_address: str) -> list[str]:
+def gateway_argv(config: UpConfig, broker_address: str, model_path: str = "") -> list[str]:
     """`llmos gateway` in front of this stack's broker; in a secure stack its broker key is
-    the keyring's admin key (the SDK's default), which may act for any tenant."""
+    the keyring's admin key (the SDK's default), which may act for any tenant. When the
+    workers serve a model folder, its tokenizer's chat template renders chat requests."""
     argv = [
         sys.executable,
         "-m",
@@ -211,6 +212,8 @@ def gateway_argv(config: UpConfig, broker_address: str) -> list[str]:
         str(config.gateway_port),
     ]
     argv += ["--broker-address", broker_address]
+    if model_path and Path(model_path, "tokenizer_config.json").is_file():
+        argv += ["--tokenizer", model_path]
     return argv + (["--insecure"] if config.insecure else [])
 
 
@@ -285,16 +288,16 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def resolve_model(model: str) -> str:
-    """`model`, or the embedded tiny model's directory (made on first use) when empty."""
+    """`model`, or the embedded llmos-demo model's directory (copied on first use) when empty."""
     if model:
         return model
-    from llmos.tiny_model import ensure_tiny_model  # imports torch: only when needed
+    from llmos.demo_model import ensure_demo_model
 
     try:
-        return str(ensure_tiny_model())
-    except (ImportError, OSError) as exc:
+        return str(ensure_demo_model())
+    except OSError as exc:
         raise click.ClickException(
-            f"cannot make the embedded tiny model ({exc}); pass --model DIR instead"
+            f"cannot copy the embedded demo model ({exc}); pass --model DIR instead"
         ) from exc
 
 

@@ -85,6 +85,7 @@ def test_help_and_submit_help_import_no_service_module_nor_torch():
         "llmos.launcher",
         "llmos.model_cli",
         "llmos.tiny_model",
+        "llmos.demo_model",
     )
     probe = (
         "import sys; from click.testing import CliRunner; from llmos.cli import cli;"

@@ -351,6 +351,17 @@ def test_up_with_a_gateway_port_runs_a_gateway_in_front_of_its_broker() -> None:
     assert "gateway" not in {child.name for child in plan_children(UpConfig(insecure=True), "m")}
 
 
+def test_up_gives_its_gateway_the_model_folders_chat_template(tmp_path) -> None:
+    from llmos.demo_model import copy_demo_model
+    from llmos.launcher import UpConfig, plan_children
+
+    model_dir = copy_demo_model(tmp_path / "llmos-demo")
+
+    plan = {c.name: c.argv for c in plan_children(UpConfig(gateway_port=8123), str(model_dir))}
+
+    assert plan["gateway"][plan["gateway"].index("--tokenizer") + 1] == str(model_dir)
+
+
 def test_compose_runs_a_gateway_that_reaches_the_broker() -> None:
     from test_compose import load_services, parse_command, with_defaults
 

