@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter as CountByKey
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -56,6 +56,22 @@ class TenantLabels:
             self.named.add(tenant)
             return tenant
         return OTHER_TENANTS
+
+
+class Children:
+    """`metric.labels(*values)`, looked up once per label set: prometheus_client takes a
+    lock and builds a key on every call, and the broker calls some per token delta.
+    The label sets are bounded (see the module's docstring), so is this cache."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
 
 
 class BrokerMetrics:
@@ -109,32 +125,34 @@ class BrokerMetrics:
         self.scheduler_fallbacks = counter(
             "llmos:scheduler_fallbacks", "batches the broker decided itself, the scheduler being down or slow"
         )
+        self.admitted_of = Children(self.requests_admitted)
+        self.success_of = Children(self.request_success)
+        self.prompt_tokens_of = Children(self.prompt_tokens)
+        self.generation_tokens_of = Children(self.generation_tokens)
+        self.e2e_of = Children(self.e2e_request_latency_s)
+        self.queue_time_of = Children(self.request_queue_time_s)
+        self.ttft_of = Children(self.time_to_first_token_s)
+        self.tpot_of = Children(self.time_per_output_token_s)
 
     def request_admitted(self, request: Request) -> None:
-        self.requests_admitted.labels(request.tier, self.tenants.of(request.tenant), request.model).inc()
+        self.admitted_of(request.tier, self.tenants.of(request.tenant), request.model).inc()
 
     def tokens_generated(self, request: Request, num_tokens: int) -> None:
-        self.generation_tokens.labels(self.tenants.of(request.tenant), request.model).inc(num_tokens)
+        self.generation_tokens_of(self.tenants.of(request.tenant), request.model).inc(num_tokens)
 
     def request_finished(self, request: Request, finish_reason: int, now_s: float) -> None:
         """Its worker finished the request and the client gets its answer now."""
         tier, tenant, model = request.tier, self.tenants.of(request.tenant), request.model
-        self.request_success.labels(finish_reason_name(finish_reason), tenant, model).inc()
-        self.prompt_tokens.labels(tenant, model).inc(request.prompt_tokens)
-        self.e2e_request_latency_s.labels(tier, model).observe(now_s - request.accepted_at_s)
+        self.success_of(finish_reason_name(finish_reason), tenant, model).inc()
+        self.prompt_tokens_of(tenant, model).inc(request.prompt_tokens)
+        self.e2e_of(tier, model).observe(now_s - request.accepted_at_s)
         if request.dispatched_at_s is not None:
-            self.request_queue_time_s.labels(tier, model).observe(
-                request.dispatched_at_s - request.accepted_at_s
-            )
+            self.queue_time_of(tier, model).observe(request.dispatched_at_s - request.accepted_at_s)
         if request.first_token_at_s is not None:
-            self.time_to_first_token_s.labels(tier, model).observe(
-                request.first_token_at_s - request.accepted_at_s
-            )
+            self.ttft_of(tier, model).observe(request.first_token_at_s - request.accepted_at_s)
             num_later_tokens = len(request.generated_token_ids) - 1
             if num_later_tokens > 0:
-                self.time_per_output_token_s.labels(tier, model).observe(
-                    (now_s - request.first_token_at_s) / num_later_tokens
-                )
+                self.tpot_of(tier, model).observe((now_s - request.first_token_at_s) / num_later_tokens)
 
 
 def snapshot(counts: dict[str, int]) -> dict[str, int]:
