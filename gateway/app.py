@@ -22,7 +22,7 @@ from sse_starlette.sse import EventSourceResponse
 from gateway.api_keys import ANONYMOUS, ApiKeys, Tenancy
 from gateway.chat_template import load_renderer
 from gateway.config import GatewayConfig
-from gateway.errors import HttpError, bad_request, forbidden, http_error, unauthorized
+from gateway.errors import HttpError, bad_request, forbidden, http_error, too_large, unauthorized
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.params import (
     BadRequest,
@@ -172,19 +172,21 @@ def build_app(config: GatewayConfig) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         tenancy = gateway.tenancy(request)
-        asked = completion_request(await json_body(request), request.headers)
+        asked = completion_request(await json_body(request, gateway.config.max_body_bytes), request.headers)
         return await generate(gateway, asked, tenancy, is_chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         tenancy = gateway.tenancy(request)
-        asked = chat_request(await json_body(request), request.headers, gateway.render)
+        asked = chat_request(
+            await json_body(request, gateway.config.max_body_bytes), request.headers, gateway.render
+        )
         return await generate(gateway, asked, tenancy, is_chat=True)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, object]:
         tenancy = gateway.tenancy(request)
-        asked = embedding_request(await json_body(request), request.headers)
+        asked = embedding_request(await json_body(request, gateway.config.max_body_bytes), request.headers)
         return await embed(gateway, asked, tenancy)
 
     return app
@@ -261,9 +263,20 @@ def check_tier(tier: str, tenancy: Tenancy) -> None:
         raise Refusal(forbidden(str(exc))) from None
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, read only up to `max_bytes`: a client must not make
+    the gateway hold what it likes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise Refusal(too_large(max_bytes))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise Refusal(too_large(max_bytes))
+        chunks.append(chunk)
     try:
-        body = await request.json()
+        body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(body, dict):

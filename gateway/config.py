@@ -26,5 +26,8 @@ class GatewayConfig:
     )
     key_file: str = option("", "the gateway's own secret key file for the broker (empty: the SDK's default)")
     server_key_file: str = option("", "the broker's public key file (empty: the SDK's default)")
+    max_body_bytes: int = option(
+        8 * 1024 * 1024, "largest request body read (bytes); a larger one is refused with 413 unread"
+    )
     access_log: bool = option(False, "log every HTTP request (uvicorn's access log; costs CPU per request)")
     insecure: bool = option(False, INSECURE_HELP)

@@ -50,6 +50,10 @@ def bad_request(message: str, param: str | None) -> HttpError:
     return HttpError(400, message, "invalid_request_error", "invalid_argument", param)
 
 
+def too_large(max_bytes: int) -> HttpError:
+    return HttpError(413, f"the body is over {max_bytes} bytes", "invalid_request_error", "too_large")
+
+
 def unauthorized() -> HttpError:
     return HttpError(401, "missing or unknown API key", "invalid_request_error", "invalid_api_key")
 

@@ -435,3 +435,28 @@ def test_metrics_count_requests_by_route_and_status(gateways: Gateways) -> None:
     assert grew("llmos:gateway_requests_total", route="/v1/completions", status="404") == 1
     assert grew("llmos:gateway_requests_total", route="other", status="404") == 1
     assert grew("llmos:gateway_request_duration_seconds_count", route="/v1/completions") == 2
+
+
+# ---------------------------------------------------------------- hostile bodies
+
+
+def test_a_body_over_the_limit_is_refused_unread_and_the_gateway_serves_on(gateways: Gateways) -> None:
+    limit = 4096
+    url = start_gateway(gateways.stack, "gateway-small-bodies", "--max-body-bytes", str(limit))
+    host, port = url.removeprefix("http://").split(":")
+    oversize = json.dumps({"model": SIM_MODEL, "prompt": "x" * (2 * limit)}).encode()
+
+    declared = http.client.HTTPConnection(host, int(port), timeout=30)
+    declared.request("POST", "/v1/completions", body=oversize, headers={"Content-Type": "application/json"})
+    answer = declared.getresponse()
+    assert answer.status == 413
+    assert json.loads(answer.read())["error"]["code"] == "too_large"
+    declared.close()
+
+    chunked = http.client.HTTPConnection(host, int(port), timeout=30)  # no Content-Length: counted as read
+    chunked.request("POST", "/v1/completions", body=iter([oversize]), encode_chunked=True)
+    assert chunked.getresponse().status == 413
+    chunked.close()
+
+    completion = client(url).completions.create(model=SIM_MODEL, prompt="still here", max_tokens=2)
+    assert completion.usage.completion_tokens == 2
