@@ -59,8 +59,11 @@ class Stack(ServiceStack):
         for index in range(self.num_workers):
             self.start_worker(index)
 
-    def start_sim_worker(self, model_name: str, worker_id: str = "sim") -> None:
-        """One simulated worker (`llmos worker --engine sim`) serving `model_name`; ready when it returns."""
+    def start_sim_worker(
+        self, model_name: str, worker_id: str = "sim", *args: str, num_ready: int = 1
+    ) -> None:
+        """One simulated worker (`llmos worker --engine sim`) serving `model_name`, with the
+        worker flags `args`; it returns once the broker counts `num_ready` workers (0: at once)."""
         self.start_process(
             worker_id,
             "worker",
@@ -71,8 +74,10 @@ class Stack(ServiceStack):
             "--model-name",
             model_name,
             *self.worker_links(),
+            *args,
         )
-        self.wait_ready(num_workers=1)
+        if num_ready:
+            self.wait_ready(num_workers=num_ready)
 
     def start_worker(self, index: int) -> None:
         self.start_process(

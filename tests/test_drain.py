@@ -49,19 +49,7 @@ def long_request_on_one_of_two_workers(tmp_path: Path) -> Iterator[LongRequest]:
     SLOW_PROFILE.save(str(profile_path))
     with Stack(model_dir=tmp_path, log_dir=tmp_path, num_workers=0) as stack:
         for worker_id in WORKER_IDS:
-            stack.start_process(
-                worker_id,
-                "worker",
-                "--engine",
-                "sim",
-                "--worker-id",
-                worker_id,
-                "--model-name",
-                "simulated",
-                "--profile",
-                str(profile_path),
-                *stack.worker_links(),
-            )
+            stack.start_sim_worker("simulated", worker_id, "--profile", str(profile_path), num_ready=0)
         stack.wait_ready(num_workers=2)
         with stack.client() as client:
             request_id = client.submit("a long story", max_tokens=LONG_TOKENS)

@@ -76,10 +76,7 @@ def gateways(tmp_path_factory) -> Iterator[Gateways]:
         broker_args=("--model-grace-s", "1", "--tenant-max-requests", "1"),
     )
     with stack:
-        stack.start_process(
-            "sim", "worker", "--engine", "sim", "--worker-id", "sim", "--model-name", SIM_MODEL,
-            *stack.worker_links(),
-        )  # fmt: skip
+        stack.start_sim_worker(SIM_MODEL, num_ready=0)
         has_embedder = start_embedder(stack)
         open_url = start_gateway(stack, "gateway-open")
         keyed_url = start_gateway(stack, "gateway-keyed", "--api-keys", str(keys_file))

@@ -54,26 +54,15 @@ class MetricsStack(Stack):
     def start_scheduler(self, *args: str) -> None:
         super().start_scheduler(*args, *self.metrics_flags("scheduler"))
 
-    def start_sim_worker(self, *args: str) -> None:
-        self.start_process(
-            "sim",
-            "worker",
-            "--engine",
-            "sim",
-            "--worker-id",
-            SIM_WORKER,
-            "--model-name",
-            SIM_MODEL,
-            *self.worker_links(),
-            *self.metrics_flags("sim"),
-            *args,
-        )
+    def start_metrics_sim_worker(self, *args: str) -> None:
+        """The simulated worker, serving its metrics too; `ensure_sim_worker` waits for it."""
+        self.start_sim_worker(SIM_MODEL, SIM_WORKER, *self.metrics_flags("sim"), *args, num_ready=0)
 
     def ensure_sim_worker(self) -> None:
         """The simulated worker, started and ready (the first test starts it, after
         checking the stack without it; a test run alone starts it here)."""
         if SIM_WORKER not in self.processes:
-            self.start_sim_worker()
+            self.start_metrics_sim_worker()
         wait_until(lambda: is_serving(self, SIM_WORKER), "the simulated worker serves /health")
         wait_until(lambda: self.get(SIM_WORKER, "/ready")[0] == 200, "the simulated worker is ready")
 
@@ -293,7 +282,7 @@ def dashboard_queries() -> list[str]:
 def stack_without_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsStack]:
     log_dir = tmp_path_factory.mktemp("metrics-no-scheduler")
     with MetricsStack(log_dir, log_dir, with_scheduler=False) as stack:
-        stack.start_sim_worker("--max-num-seqs", "1")  # one slot: a top-tier arrival preempts
+        stack.start_metrics_sim_worker("--max-num-seqs", "1")  # one slot: a top-tier arrival preempts
         stack.wait_ready(num_workers=1)
         yield stack
 

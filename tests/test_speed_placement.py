@@ -29,10 +29,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         for worker_id, base_ms in (("fast", 2.0), ("slow", 20.0)):
             profile = log_dir / f"{worker_id}.json"
             LatencyProfile(base_ms=base_ms, per_seq_ms=0.0, source="test").save(str(profile))
-            stack.start_process(
-                worker_id, "worker", "--engine", "sim", "--worker-id", worker_id, "--model-name", MODEL,
-                "--profile", str(profile), "--max-num-seqs", "32", *stack.worker_links(),
-            )  # fmt: skip
+            stack.start_sim_worker(
+                MODEL, worker_id, "--profile", str(profile), "--max-num-seqs", "32", num_ready=0
+            )
         stack.wait_ready(num_workers=2)
         yield stack
 
