@@ -40,15 +40,12 @@ def default_model_dir() -> Path:
 def ensure_demo_model(path: Path | None = None, on_step: tiny_model.OnStep | None = None) -> Path:
     """Copy the packaged model to `path` (default `default_model_dir()`) unless it is there."""
     path = Path(path) if path is not None else default_model_dir()
-    if not tiny_model.is_model_dir(path):
-        tiny_model._make_atomically(path, replace=False, make=copy_demo_model, on_step=on_step)
-    return path
+    return tiny_model.ensure_model(path, copy_demo_model, on_step)
 
 
 def remake_demo_model(path: Path, on_step: tiny_model.OnStep | None = None) -> Path:
     """Copy the packaged model to `path`, replacing whatever model is there."""
-    tiny_model._make_atomically(Path(path), replace=True, make=copy_demo_model, on_step=on_step)
-    return Path(path)
+    return tiny_model.remake_model(Path(path), copy_demo_model, on_step)
 
 
 def copy_demo_model(output_dir: Path, on_step: tiny_model.OnStep | None = None) -> Path:

@@ -32,15 +32,12 @@ def default_model_dir() -> Path:
 def ensure_tiny_classifier(path: Path | None = None, on_step: tiny_model.OnStep | None = None) -> Path:
     """Make the classifier at `path` (default `default_model_dir()`) unless it is there."""
     path = Path(path) if path is not None else default_model_dir()
-    if not tiny_model.is_model_dir(path):
-        tiny_model._make_atomically(path, replace=False, make=make_tiny_classifier, on_step=on_step)
-    return path
+    return tiny_model.ensure_model(path, make_tiny_classifier, on_step)
 
 
 def remake_tiny_classifier(path: Path, on_step: tiny_model.OnStep | None = None) -> Path:
     """Make the classifier at `path`, replacing whatever model is there."""
-    tiny_model._make_atomically(Path(path), replace=True, make=make_tiny_classifier, on_step=on_step)
-    return Path(path)
+    return tiny_model.remake_model(Path(path), make_tiny_classifier, on_step)
 
 
 def make_tiny_classifier(output_dir: Path, on_step: tiny_model.OnStep | None = None) -> Path:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 # what a maker calls as it starts each of its MAKE_STEPS steps (`llmos model init` shows a bar)
 OnStep = Callable[[str], None]
+Maker = Callable[[Path, OnStep | None], Path]  # writes a model into a directory
 MAKE_STEPS = ("training the tokenizer", "building the model", "saving the model")
 MODEL_NAME = "llmos-tiny"
 SEED = 1234
@@ -87,28 +88,32 @@ def is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
 
 
+def ensure_model(path: Path, make: Maker, on_step: OnStep | None = None) -> Path:
+    """Make a model at `path` with `make(directory, on_step)` unless one is there (every
+    embedded model: tiny, the classifier, the demo model)."""
+    if not is_model_dir(path):
+        _make_atomically(path, replace=False, make=make, on_step=on_step)
+    return path
+
+
+def remake_model(path: Path, make: Maker, on_step: OnStep | None = None) -> Path:
+    """Make a model at `path` with `make`, replacing whatever model is there."""
+    _make_atomically(path, replace=True, make=make, on_step=on_step)
+    return path
+
+
 def ensure_tiny_model(path: Path | None = None, on_step: OnStep | None = None) -> Path:
     """Make the tiny model at `path` (default `default_model_dir()`) unless it is there."""
-    path = Path(path) if path is not None else default_model_dir()
-    if not is_model_dir(path):
-        _make_atomically(path, replace=False, on_step=on_step)
-    return path
+    return ensure_model(Path(path) if path is not None else default_model_dir(), make_tiny_model, on_step)
 
 
 def remake_tiny_model(path: Path, on_step: OnStep | None = None) -> Path:
     """Make the tiny model at `path`, replacing whatever is there."""
-    _make_atomically(Path(path), replace=True, on_step=on_step)
-    return Path(path)
+    return remake_model(Path(path), make_tiny_model, on_step)
 
 
-def _make_atomically(
-    path: Path,
-    replace: bool,
-    make: Callable[[Path, OnStep | None], Path] | None = None,
-    on_step: OnStep | None = None,
-) -> None:
-    """`make(directory, on_step)` (default `make_tiny_model`) writes the model;
-    llmos.tiny_classifier passes its own."""
+def _make_atomically(path: Path, replace: bool, make: Maker, on_step: OnStep | None) -> None:
+    """`make(directory, on_step)` writes the model into a fresh directory beside `path`."""
     # Build next to the target, then rename: a concurrent start never sees half
     # a model, and whoever renames first wins.
     if path.exists() and any(path.iterdir()) and not is_model_dir(path):
@@ -117,7 +122,7 @@ def _make_atomically(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        (make or make_tiny_model)(staging, on_step)
+        make(staging, on_step)
         staging.chmod(0o755)  # mkdtemp makes it private; a model directory is not
         if replace and is_model_dir(path):
             shutil.rmtree(path)
