@@ -7,9 +7,9 @@ two sides compare line by line. Requests are not streamed: the figure is the
 gateway's requests/s.
 
 Each live request has a keep-alive HTTP/1.1 connection of its own, spoken with
-asyncio streams: a general client (httpx spent 7 ms of CPU a request at 64
-connections here) would measure itself instead of the gateway, as the ZeroMQ
-side's raw-wire driver avoids measuring the SDK.
+asyncio streams: a general HTTP client spends more CPU per request than the
+gateway does and would measure itself instead (docs/benchmarks.md), as the
+ZeroMQ side's raw-wire driver avoids measuring the SDK.
 """
 
 from __future__ import annotations
