@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -47,6 +48,7 @@ TASK_NAMES: dict[int, str] = {
 }
 DONE = "[DONE]"
 READY_TIMEOUT_S = 2.0  # a readiness probe that waits longer is itself the failure
+READY_TTL_S = 1.0
 
 
 class Refusal(Exception):
@@ -67,6 +69,7 @@ class Gateway:
         self.client: AsyncClient | None = None
         self.status_lock = asyncio.Lock()  # the client has one inbox for status replies
         self.abandoned: set[asyncio.Task[None]] = set()
+        self.is_ready, self.ready_at_s = False, -READY_TTL_S  # the last readiness answer and when
 
     def open(self) -> AsyncClient:
         self.client = AsyncClient(
@@ -106,12 +109,18 @@ class Gateway:
         log.info("request %s cancelled: its HTTP client went away", request_id)
 
     async def has_worker(self) -> bool:
-        try:
-            async with self.status_lock:
-                status = await asyncio.wait_for(self.broker().status(), READY_TIMEOUT_S)
-        except (LlmosError, TimeoutError):
-            return False
-        return len(status.workers) > 0
+        """Whether the broker answers and holds a worker, asked at most once a READY_TTL_S:
+        anyone who reaches /ready may ask, and the broker should not hear of each probe."""
+        async with self.status_lock:
+            now_s = time.monotonic()
+            if now_s - self.ready_at_s >= READY_TTL_S:
+                try:
+                    status = await asyncio.wait_for(self.broker().status(), READY_TIMEOUT_S)
+                    self.is_ready = len(status.workers) > 0
+                except (LlmosError, TimeoutError):
+                    self.is_ready = False
+                self.ready_at_s = time.monotonic()
+            return self.is_ready
 
     async def models(self) -> list[dict[str, object]]:
         async with self.status_lock:
