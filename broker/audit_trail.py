@@ -26,7 +26,8 @@ class AuditTrail:
         self.log: AuditLog | None = None
         self.hash_key = b""
         if path is not None:
-            self.log = AuditLog(path, fsync=fsync)
+            # buffered: the broker flushes once per batch of messages, before it answers them
+            self.log = AuditLog(path, fsync=fsync, is_buffered=True)
             self.hash_key = load_or_create_hash_key(path.with_name(path.name + ".hashkey"))
 
     def fingerprint(self, text: str) -> str:
@@ -39,6 +40,14 @@ class AuditTrail:
             self.log.append(kind, **fields)
         except OSError as exc:  # a full disk must not stop the service; it is loud instead
             log.error("audit log append failed (%s): %s", kind, exc)
+
+    def flush(self) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log.flush()
+        except OSError as exc:
+            log.error("audit log flush failed: %s", exc)
 
     def start(self, is_secure: bool) -> None:
         self.append("start", secure=is_secure)

@@ -110,6 +110,15 @@ class ClientFrontEnd:
         )
 
     def drain(self) -> None:
+        """Route the waiting messages; the requests they bring are journalled in one commit,
+        and every reply is sent after it."""
+        self.replies.hold()
+        try:
+            self.route_waiting()
+        finally:
+            self.replies.release()
+
+    def route_waiting(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -213,7 +222,7 @@ class ClientFrontEnd:
         self.check_quotas(caller, tenant, request_id)
         self.journal.record_accepted(admitted)
         request, position = self.requests.add(identity, has_delimiter, admitted, time.monotonic())
-        self.journal.track(request)
+        self.journal.track_accepted(request)
         self.audit.admission(request, caller)
         self.metrics.request_admitted(request)
         if self.is_logging_prompts:
@@ -229,10 +238,8 @@ class ClientFrontEnd:
             tenant,
             extra=log_fields(request_id=request.request_id, tenant=tenant, tier=tier),
         )
-        self.replies.reply(
-            identity,
-            has_delimiter,
-            pack(pb.Accepted(request_id=request_id, tier=tier, queue_position=position)),
+        self.replies.accept(
+            request, pack(pb.Accepted(request_id=request_id, tier=tier, queue_position=position))
         )
 
     def check_quotas(self, caller: Caller, tenant: str, request_id: str) -> None:

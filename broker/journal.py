@@ -13,8 +13,9 @@ The database is opened in exclusive locking mode: one broker owns a journal, and
 second broker pointed at the same file fails to start instead of replaying
 requests the first one is running.
 
-Writes are grouped by the caller: `add` commits at once (admission answers only
-after it), the other writes join the open transaction until `commit`.
+Writes are grouped by the caller: every write joins the open transaction until
+`commit`, which the broker calls once per batch of messages, before it sends
+what the batch answers (an `Accepted`, a relayed chunk, a final answer).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Journal:
         if sync not in SYNC_MODES:
             raise JournalError(f"journal sync must be one of {', '.join(SYNC_MODES)}, not '{sync}'")
         self.path = path
+        self._chunk_rows: list[tuple[str, str, int, bytes, str]] = []  # not yet inserted
         if path != IN_MEMORY:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -123,8 +125,8 @@ class Journal:
     # --- writes
 
     def add(self, key: JournalKey, kind: int, message: bytes, tier: str, now: float) -> None:
-        """Record an accepted request and commit; a finished row of the same key (a new
-        request reusing the id of one whose answer is kept) is replaced."""
+        """Record an accepted request (durable at the next `commit`); a finished row of the
+        same key (a new request reusing the id of one whose answer is kept) is replaced."""
         try:
             self._delete(key)
             self.db.execute(
@@ -132,16 +134,27 @@ class Journal:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (*key, kind, message, tier, now),
             )
-            self.db.commit()
         except sqlite3.Error as exc:
-            self.db.rollback()
             raise JournalError(str(exc)) from exc
 
     def add_chunk(self, key: JournalKey, chunk: pb.TokenChunk) -> None:
-        self._write(
-            "INSERT INTO chunks (tenant, request_id, token_index, token_ids, text) VALUES (?, ?, ?, ?, ?)",
-            (*key, chunk.index, _pack_ids(list(chunk.token_ids)), chunk.text),
-        )
+        """Durable at the next `commit`, which inserts the chunks of its batch in one call."""
+        self._chunk_rows.append((*key, chunk.index, _pack_ids(list(chunk.token_ids)), chunk.text))
+
+    def _insert_chunks(self) -> None:
+        """Write the buffered chunk rows (before a commit, and before a read or delete
+        that must see them)."""
+        if not self._chunk_rows:
+            return
+        rows, self._chunk_rows = self._chunk_rows, []
+        try:
+            self.db.executemany(
+                "INSERT INTO chunks (tenant, request_id, token_index, token_ids, text)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(str(exc)) from exc
 
     def finish(self, key: JournalKey, answer: bytes, now: float) -> None:
         self._write(
@@ -158,6 +171,7 @@ class Journal:
 
     def commit(self) -> None:
         """Make the writes since the last commit durable."""
+        self._insert_chunks()
         if not self.db.in_transaction:
             return
         try:
@@ -181,6 +195,7 @@ class Journal:
         return len(keys)
 
     def _delete(self, key: JournalKey) -> None:
+        self._insert_chunks()
         self.db.execute("DELETE FROM chunks WHERE tenant = ? AND request_id = ?", key)
         self.db.execute("DELETE FROM requests WHERE tenant = ? AND request_id = ?", key)
 
@@ -207,6 +222,7 @@ class Journal:
         return None if row is None else FinishedRequest(row[0], row[1], self.chunks(key))
 
     def chunks(self, key: JournalKey) -> list[Chunk]:
+        self._insert_chunks()
         rows = self.db.execute(
             "SELECT token_index, token_ids, text FROM chunks"
             " WHERE tenant = ? AND request_id = ? ORDER BY seq",

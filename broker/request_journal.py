@@ -2,12 +2,15 @@
 
 What is journalled, and when (write-ahead: a client never holds what the journal lacks):
 
-    accepted   the request as admitted, committed before `Accepted` is sent
+    accepted   the request as admitted, committed with its batch of client messages
+               before `Accepted` is sent
     relayed    each chunk, committed with its step's batch before the chunks go out
     answered   the final answer (or, for a client that left, the cancelled one),
                committed before it is sent; kept `result_ttl_s`, then deleted
 
-`ClientReplies` commits before every send, so the rule holds in one place.
+`ClientReplies` commits before every send, so the rule holds in one place. A
+commit that fails leaves the batch's accepted requests unjournalled: their clients
+get UNAVAILABLE instead of `Accepted`, and the broker forgets them.
 
 A restarted broker `restore`s every live row into the request table, detached
 (no client connection) and at the head of its tier, with the tokens relayed so
@@ -82,6 +85,7 @@ class RequestJournal:
         self.purge_interval_s = min(MAX_PURGE_INTERVAL_S, result_ttl_s / 4)
         self.next_purge_s = 0.0  # time.monotonic()
         self._live: dict[JournalKey, Request] = {}  # journalled and not yet answered
+        self._uncommitted: list[Request] = []  # accepted since the last commit
 
     def close(self) -> None:
         self.journal.close()
@@ -99,7 +103,8 @@ class RequestJournal:
     # --- writes
 
     def record_accepted(self, admitted: AdmittedRequest) -> None:
-        """Journal a request before it is accepted; UNAVAILABLE if the journal cannot."""
+        """Journal a request before it is accepted (durable at the next commit, which comes
+        before its `Accepted` is sent); UNAVAILABLE if the journal cannot."""
         key = (admitted.tenant, admitted.request_id)
         try:
             self.journal.add(key, admitted.kind, admitted_message(admitted), admitted.tier, time.time())
@@ -114,6 +119,12 @@ class RequestJournal:
 
     def track(self, request: Request) -> None:
         self._live[journal_key(request)] = request
+
+    def track_accepted(self, request: Request) -> None:
+        """A request `record_accepted` wrote, now in the request table: live, and
+        uncommitted until the next commit."""
+        self.track(request)
+        self._uncommitted.append(request)
 
     def record_chunk(self, request: Request, chunk: pb.TokenChunk) -> None:
         try:
@@ -132,14 +143,21 @@ class RequestJournal:
         except JournalError as exc:
             log.error("journal write failed for the answer of %s: %s", request.request_id, exc)
 
-    def commit(self) -> None:
-        """Commit the writes so far. A failure is logged, not raised: the tokens are
-        made and their clients are waiting; admission refuses new work while the
-        journal cannot be written."""
+    def commit(self) -> list[Request]:
+        """Commit the writes so far; the accepted requests the commit failed to make durable
+        (none when it succeeds), no longer tracked here. A failure is logged, not raised:
+        relayed tokens are made and their clients are waiting; the caller refuses the
+        unjournalled requests."""
+        uncommitted, self._uncommitted = self._uncommitted, []
         try:
             self.journal.commit()
         except JournalError as exc:
-            log.error("journal commit failed; the last step is not journalled: %s", exc)
+            log.error("journal commit failed; the last batch is not journalled: %s", exc)
+            lost = [request for request in uncommitted if self._live.get(journal_key(request)) is request]
+            for request in lost:
+                del self._live[journal_key(request)]
+            return lost
+        return []
 
     # --- restart, resends, expiry
 

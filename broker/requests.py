@@ -138,8 +138,9 @@ class Request:
         """Computed once: the scheduler is asked about a waiting request many times."""
         return prompt_block_hashes(self.admitted.prompt)
 
-    @property
+    @cached_property
     def size_chars(self) -> int:
+        """Computed once, as prefix_hashes: the admitted texts do not change."""
         return len(self.admitted.prompt) + sum(len(text) for text in self.admitted.inputs)
 
     def pending(self, now_s: float) -> pb.PendingRequest:

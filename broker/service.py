@@ -188,6 +188,7 @@ class Broker:
             self.run_step("heartbeats", self.worker_front.send_heartbeats, now_s)
             self.run_step("allowlist", self.reload_keys, now_s)
             self.run_step("revoked connections", self.client_front.hang_up_revoked, now_s)
+            self.run_step("audit flush", self.audit.flush)  # what the turn logged without a reply
             self.metrics.broker_loop_lag_s.observe(time.monotonic() - turn_start_s)
 
     def reload_keys(self, now_s: float) -> None:

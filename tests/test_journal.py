@@ -49,6 +49,15 @@ def test_uncommitted_chunks_are_not_in_the_journal(tmp_path):
     assert [c.index for c in Journal(path).live()[0].chunks] == [0, 2]
 
 
+def test_an_accepted_request_is_durable_only_once_committed(tmp_path):
+    path = str(tmp_path / "journal.sqlite3")
+    journal = journal_with_progress(path)
+    journal.add(("bob", "req-2"), pb.TASK_KIND_GENERATE, b"later", "batch", now=101.0)
+    journal.close()  # no commit: as a kill before the batch's commit, so before its Accepted went out
+
+    assert [row.key for row in Journal(path).live()] == [KEY]
+
+
 def test_a_finished_request_keeps_its_answer_until_purged(tmp_path):
     journal = journal_with_progress(str(tmp_path / "journal.sqlite3"))
     journal.finish(KEY, b"the answer", now=200.0)
