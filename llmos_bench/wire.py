@@ -72,7 +72,7 @@ class WireBenchConfig:
         0, "echo and relay message size (0: the size of a request's serialized envelope)"
     )
     insecure: bool = option(False, "run the stack, echo and relay --insecure (default: CURVE, as llmos up)")
-    seed: int = option(0, "seed of the prompts")
+    seed: int = option(0, "seed of the prompts and of the echo and relay message bytes")
     log_dir: str = option("", "keep the stack's and the peers' logs here (default: a temporary folder)")
     json_only: bool = option(False, "print only the JSON line")
 
