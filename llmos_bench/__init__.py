@@ -25,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "llmos_bench.sched:sched",
         "Compare the scheduling policies on the real processes with simulated workers.",
     ),
+    "wire": (
+        "llmos_bench.wire:wire",
+        "Measure the broker's added latency for one request against a raw ZeroMQ echo and relay.",
+    ),
 }
 
 

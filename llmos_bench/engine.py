@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from llmos_bench import baselines
 from llmos_bench.engine_churn import measure_mixed_vs_apart
 from llmos_bench.engine_stack import measure_stack_vs_alone
 from llmos_bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
+from llmos_bench.machine import cpu_model
 from llmos_bench.report import format_report
 from llmos_bench.stats import count_parameters, latency_figures, matmul_peak_flops, median_run, model_flops
 from workers.config import WorkerConfig
@@ -503,14 +503,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:  # Linux names the CPU model here; platform.processor() is often empty
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def transformers_version() -> str:
