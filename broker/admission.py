@@ -59,6 +59,7 @@ class AdmittedRequest:
     prompt: str = ""
     sampling: pb.SamplingParams = field(default_factory=pb.SamplingParams)
     inputs: list[str] = field(default_factory=list)
+    is_final_only: bool = False  # generate: the client reads the result only, no chunks
 
 
 def _refuse(code: int, message: str, request_id: str, retry_after_ms: int = 0) -> WireError:
@@ -191,6 +192,7 @@ def validate_generate(
         deadline_ms=request.deadline_ms or tier_limits.deadline_ms,
         prompt=request.prompt,
         sampling=sampling,
+        is_final_only=request.is_final_only,
     )
 
 

@@ -44,7 +44,10 @@ def admitted_message(admitted: AdmittedRequest) -> bytes:
     not admit it again against workers that may not have registered yet."""
     if admitted.kind == pb.TASK_KIND_GENERATE:
         message: pb.GenerateRequest | pb.EmbedRequest = pb.GenerateRequest(
-            request_id=admitted.request_id, prompt=admitted.prompt, sampling=admitted.sampling
+            request_id=admitted.request_id,
+            prompt=admitted.prompt,
+            sampling=admitted.sampling,
+            is_final_only=admitted.is_final_only,
         )
     else:  # embed and classify requests have the same fields; the row's kind tells them apart
         message = pb.EmbedRequest(request_id=admitted.request_id, inputs=admitted.inputs)
@@ -65,6 +68,7 @@ def admitted_from_message(kind: int, data: bytes) -> AdmittedRequest:
             generate.deadline_ms,
             prompt=generate.prompt,
             sampling=generate.sampling,
+            is_final_only=generate.is_final_only,
         )
     pooling = pb.EmbedRequest.FromString(data)
     return AdmittedRequest(

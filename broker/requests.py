@@ -196,12 +196,15 @@ class Request:
             self.prompt_tokens = delta.prompt_tokens
         if not delta.token_ids and not delta.text:
             return None
-        chunk = pb.TokenChunk(
-            request_id=self.client_request_id,
-            token_ids=delta.token_ids,
-            text=delta.text,
-            index=len(self.generated_token_ids),
-        )
+        # a client that reads only the result gets no chunk, and the journal keeps none
+        chunk = None
+        if not self.admitted.is_final_only:
+            chunk = pb.TokenChunk(
+                request_id=self.client_request_id,
+                token_ids=delta.token_ids,
+                text=delta.text,
+                index=len(self.generated_token_ids),
+            )
         if self.first_token_at_s is None:
             self.first_token_at_s = now_s
         self.generated_token_ids.extend(delta.token_ids)

@@ -77,6 +77,7 @@ class Generation:
             "seed": self.seed,
             "tier": self.tier,
             "deadline_ms": self.deadline_ms,
+            "stream": self.is_stream,  # a whole answer needs no chunks on the wire
         }
 
 

@@ -85,6 +85,7 @@ class AsyncClient:
         tenant: str = "",
         request_id: str | None = None,
         deadline_ms: int = 0,
+        stream: bool = True,
     ) -> str:
         """Send a GenerateRequest; return its id once Accepted, else raise the typed error."""
         request = make_generate_request(
@@ -100,6 +101,7 @@ class AsyncClient:
             tier=tier,
             tenant=tenant,
             deadline_ms=deadline_ms,
+            stream=stream,
         )
         request_id = request.request_id
         queue = self._open_queue(request_id)
@@ -134,6 +136,9 @@ class AsyncClient:
         return self._results.pop(request_id)
 
     async def generate(self, prompt: str, **params: object) -> pb.GenerateResult:
+        """submit + wait for the result; `params` are submit()'s keywords. The broker
+        sends no chunks unless `stream=True` is passed: only the result is read."""
+        params.setdefault("stream", False)
         return await self.result(await self.submit(prompt, **params))  # type: ignore[arg-type]
 
     async def embed(

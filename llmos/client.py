@@ -80,8 +80,10 @@ def make_generate_request(
     tier: str = "",
     tenant: str = "",
     deadline_ms: int = 0,
+    stream: bool = True,
 ) -> pb.GenerateRequest:
-    """The wire request for `prompt`; a fresh random request id unless one is given."""
+    """The wire request for `prompt`; a fresh random request id unless one is given.
+    `stream=False`: the broker sends no TokenChunk, only the final GenerateResult."""
     sampling = pb.SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, stop=list(stop))
     if top_p is not None:
         sampling.top_p = top_p
@@ -95,6 +97,7 @@ def make_generate_request(
         tier=tier,
         tenant=tenant,
         deadline_ms=deadline_ms,
+        is_final_only=not stream,
     )
 
 
@@ -194,6 +197,7 @@ class Client:
         tenant: str = "",
         request_id: str | None = None,
         deadline_ms: int = 0,
+        stream: bool = True,
     ) -> str:
         """Send a GenerateRequest and wait until the broker accepts it.
 
@@ -213,6 +217,7 @@ class Client:
             tier=tier,
             tenant=tenant,
             deadline_ms=deadline_ms,
+            stream=stream,
         )
         request_id = request.request_id
         self._inboxes[request_id] = collections.deque()
@@ -254,7 +259,9 @@ class Client:
         return self._results.pop(request_id)
 
     def generate(self, prompt: str, **params: object) -> pb.GenerateResult:
-        """submit + wait for the result; `params` are submit()'s keywords."""
+        """submit + wait for the result; `params` are submit()'s keywords. The broker
+        sends no chunks unless `stream=True` is passed: only the result is read."""
+        params.setdefault("stream", False)
         return self.result(self.submit(prompt, **params))  # type: ignore[arg-type]
 
     def embed(

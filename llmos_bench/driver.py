@@ -106,9 +106,13 @@ class RunResult:
 
 
 class LoadDriver:
-    def __init__(self, address: str, num_connections: int = 1, track_chunks: bool = True) -> None:
+    def __init__(
+        self, address: str, num_connections: int = 1, track_chunks: bool = True, stream: bool = True
+    ) -> None:
         """Keys as every client finds them (llmos.security.client_keys): a stack the bench
-        starts points its clients at its own keyring, or says it is --insecure."""
+        starts points its clients at its own keyring, or says it is --insecure.
+        `stream=False`: requests ask for the final result only (no chunks); a request's
+        first token time then comes from the result's usage (the broker's clock)."""
         assert num_connections >= 1
         self.context = zmq.Context()
         curve = client_curve()
@@ -117,6 +121,7 @@ class LoadDriver:
         for socket in self.sockets:
             self.poller.register(socket, zmq.POLLIN)
         self.track_chunks = track_chunks
+        self.stream = stream
         # ids unique across drivers: the broker keys a live request by (tenant, id), and
         # every driver of a bench speaks as one tenant
         self._id_prefix = uuid.uuid4().hex[:12]
@@ -150,6 +155,7 @@ class LoadDriver:
             tier=job.tier,
             tenant=job.tenant,
             sampling=pb.SamplingParams(max_tokens=job.max_tokens),
+            is_final_only=not self.stream,
         )
         outcome = Outcome(job.group, arrival_s, job.max_tokens, answer_tokens=job.answer_tokens)
         self.live[request_id] = outcome
@@ -194,6 +200,10 @@ class LoadDriver:
                 continue
             if isinstance(message, pb.Error):
                 outcome.error = ERROR_NAMES.get(message.code, str(message.code))
+            elif isinstance(message, pb.GenerateResult) and not self.stream:
+                usage = message.usage
+                outcome.num_tokens = len(message.token_ids)
+                outcome.first_token_s = now_s - (usage.total_time_s - usage.time_to_first_token_s)
             outcome.finished_s = now_s
             del self.live[message.request_id]
             loop = self.loop_of.pop(message.request_id, None)
@@ -280,10 +290,12 @@ def summarize_closed_loop(result: RunResult) -> dict:
 
 
 def run_scale_client(spec: dict) -> dict:
-    """One scale client: `spec` = address, requests, num_live, max_tokens, seed,
+    """One scale client: `spec` = address, stream, requests, num_live, max_tokens, seed,
     connections, start_at_s (a time.monotonic instant shared by every client)."""
     jobs = scale_jobs(spec["requests"], spec["max_tokens"], spec["seed"])
-    with LoadDriver(spec["address"], spec["connections"], track_chunks=False) as driver:
+    with LoadDriver(
+        spec["address"], spec["connections"], track_chunks=False, stream=spec.get("stream", True)
+    ) as driver:
         time.sleep(max(0.0, spec["start_at_s"] - time.monotonic()))
         result = driver.run([], [ClosedLoop(jobs, spec["num_live"])], drain_timeout_s=spec["drain_timeout_s"])
     return {**summarize_closed_loop(result), "cpu_s": time.process_time()}

@@ -31,7 +31,7 @@ class ClosedLoad:
 
 
 def run_closed_loops(
-    module: str, target: dict[str, str], load: ClosedLoad, start_delay_s: float
+    module: str, target: dict[str, Any], load: ClosedLoad, start_delay_s: float
 ) -> list[dict[str, Any]]:
     """Start `load.clients` processes of `module` aimed at `target` (its address or URL);
     every one starts `start_delay_s` from now; their summaries, in order."""

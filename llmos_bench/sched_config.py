@@ -57,6 +57,9 @@ class SchedBenchConfig:
     scale_clients: int = option(2, "(c) load-generator processes")
     scale_sim_processes: int = option(2, "(c) processes the simulated workers are spread over")
     scale_policy: str = option("priority", "(c) scheduler policy")
+    scale_stream: bool = option(
+        True, "(c) stream each answer as chunks; --no-scale-stream: clients read whole answers (no chunks)"
+    )
     decision_pending: int = option(1000, "pending requests per batch for the decision-time figures")
     drain_timeout_s: float = option(60.0, "after the arrivals stop, wait this long for every answer")
     skip_chat: bool = option(False, "skip workload (a)")

@@ -350,4 +350,5 @@ def run_scale_clients(config: SchedBenchConfig, address: str) -> list[dict[str, 
         config.seed,
         config.drain_timeout_s,
     )
-    return run_closed_loops("llmos_bench.driver", {"address": address}, load, SCALE_CLIENT_START_S)
+    target = {"address": address, "stream": config.scale_stream}
+    return run_closed_loops("llmos_bench.driver", target, load, SCALE_CLIENT_START_S)

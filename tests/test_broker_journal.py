@@ -62,7 +62,9 @@ class RawClient:
         self.chunks: dict[str, list[pb.TokenChunk]] = {}
         self.results: dict[str, pb.GenerateResult] = {}
 
-    def submit(self, request_id: str, is_resend: bool = False, resume_from_index: int = 0) -> None:
+    def submit(
+        self, request_id: str, is_resend: bool = False, resume_from_index: int = 0, is_final_only: bool = False
+    ) -> None:
         self.socket.send(
             pack(
                 pb.GenerateRequest(
@@ -72,6 +74,7 @@ class RawClient:
                     tier="batch",
                     is_resend=is_resend,
                     resume_from_index=resume_from_index,
+                    is_final_only=is_final_only,
                 )
             )
         )
@@ -157,6 +160,29 @@ def test_after_a_sigkill_the_restarted_broker_finishes_every_accepted_request(tm
     journal = Journal(str(stack.journal_path))
     assert journal.live() == []
     assert all(journal.finished((DEFAULT_TENANT, r)) is not None for r in request_ids)
+
+
+def test_a_final_only_request_journals_no_token_and_runs_again_after_a_restart(tmp_path):
+    with JournalStack(tmp_path) as stack:
+        undisturbed = undisturbed_answer(stack)
+        with dealer(stack.broker_address) as socket:
+            client = RawClient(socket)
+            client.submit("whole", is_final_only=True)
+            stream_partly(client, ["streamed"], min_tokens=3)  # "whole" runs beside it
+            stack.kill_and_restart_broker()
+        wait_until(lambda: status(stack).num_journalled == 0, "every journalled request finished", 60)
+
+        with dealer(stack.broker_address) as socket:
+            late = RawClient(socket)
+            late.submit("whole", is_resend=True, is_final_only=True)
+            late.expect("accepted")
+            result = late.expect("result")  # no catch-up chunk: it had none
+        assert list(result.token_ids) == list(undisturbed.token_ids)
+        assert late.chunks == {} and client.chunks.keys() == {"streamed"}
+
+    journal = Journal(str(stack.journal_path))
+    assert journal.finished((DEFAULT_TENANT, "whole")).chunks == []
+    assert journal.finished((DEFAULT_TENANT, "streamed")).chunks != []
 
 
 def test_a_resend_after_a_restart_streams_on_from_the_tokens_the_client_holds(tmp_path):

@@ -47,6 +47,17 @@ def test_streamed_greedy_answer_equals_transformers_generate(stack, reference, p
     assert answer.result.usage.prompt_tokens == len(reference.tokenizer(prompt)["input_ids"])
 
 
+def test_a_final_only_request_gets_accepted_then_its_whole_result_and_no_chunk(stack, reference):
+    prompt = PROMPTS[2]
+    frame = generate_frame(request_id="whole", prompt=prompt, is_final_only=True, sampling={"max_tokens": 12})
+    bodies = [reply.WhichOneof("body") for reply in raw_replies(stack, frame, until="result")]
+    assert bodies == ["accepted", "result"]
+    with stack.client() as client:  # the SDK's generate() asks for the result only, too
+        result = client.generate(prompt, max_tokens=12)
+    assert list(result.token_ids) == reference.greedy(prompt, 12)
+    assert result.usage.time_to_first_token_s > 0
+
+
 def test_twenty_concurrent_clients_all_get_complete_answers(stack, reference):
     answers: dict[int, StreamedAnswer] = {}
     errors: list[BaseException] = []
@@ -91,10 +102,27 @@ def raw_reply(stack: Stack, frames: list[bytes]) -> pb.Envelope:
         socket.close()
 
 
+def raw_replies(stack: Stack, frame: bytes, until: str) -> list[pb.Envelope]:
+    """Every message the broker sends for one request, up to the first `until` body."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(stack.broker_address)
+    replies: list[pb.Envelope] = []
+    try:
+        socket.send(frame)
+        while not replies or replies[-1].WhichOneof("body") not in (until, "error"):
+            assert socket.poll(30_000), "the broker did not answer"
+            replies.append(pb.Envelope.FromString(socket.recv()))
+        return replies
+    finally:
+        socket.close()
+
+
 def generate_frame(version: int = PROTOCOL_VERSION, **fields) -> bytes:
     sampling = fields.pop("sampling", {})
+    fields.setdefault("request_id", "hostile")
     envelope = pb.Envelope(version=version)
-    envelope.generate.CopyFrom(pb.GenerateRequest(request_id="hostile", **fields))
+    envelope.generate.CopyFrom(pb.GenerateRequest(**fields))
     for name, value in sampling.items():
         setattr(envelope.generate.sampling, name, value)
     return envelope.SerializeToString()

@@ -98,7 +98,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "sampling", "tier", "tenant", "deadline_ms", "is_resend", "resume_from_index")
+    __slots__ = ("request_id", "model", "prompt", "sampling", "tier", "tenant", "deadline_ms", "is_resend", "resume_from_index", "is_final_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class GenerateRequest(_message.Message):
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     IS_RESEND_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
@@ -117,7 +118,8 @@ class GenerateRequest(_message.Message):
     deadline_ms: int
     is_resend: bool
     resume_from_index: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., is_resend: _Optional[bool] = ..., resume_from_index: _Optional[int] = ...) -> None: ...
+    is_final_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., is_resend: _Optional[bool] = ..., resume_from_index: _Optional[int] = ..., is_final_only: _Optional[bool] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("request_id", "model", "inputs", "tier", "tenant", "deadline_ms", "is_resend")
