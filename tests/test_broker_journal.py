@@ -63,7 +63,11 @@ class RawClient:
         self.results: dict[str, pb.GenerateResult] = {}
 
     def submit(
-        self, request_id: str, is_resend: bool = False, resume_from_index: int = 0, is_final_only: bool = False
+        self,
+        request_id: str,
+        is_resend: bool = False,
+        resume_from_index: int = 0,
+        is_final_only: bool = False,
     ) -> None:
         self.socket.send(
             pack(
