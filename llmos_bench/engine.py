@@ -120,6 +120,11 @@ class EngineBenchConfig:
         "with --peer: a llama.cpp source tree, whose convert_hf_to_gguf.py converts "
         "a model not in the cache yet",
     )
+    peer_omp_wait_policy: str = option(
+        "",
+        "with --peer: OMP_WAIT_POLICY of both sides' processes (OpenMP threads spin "
+        "while they wait: 'passive' where other work shares the cores); empty = inherited",
+    )
     json_only: bool = option(False, "print only the JSON line")
     plot: str = option("", "also draw PNG charts into this directory: output tokens/s against concurrency")
     write_profile: str = option(

@@ -86,10 +86,10 @@ def llama_cpp_version() -> str | None:
     return str(llama_cpp.__version__)
 
 
-def run_child(module: str, job: dict[str, Any]) -> dict[str, Any]:
+def run_child(module: str, job: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     """`python -m module` with `job` on stdin; its one JSON line back."""
     done = subprocess.run(
-        [sys.executable, "-m", module], input=json.dumps(job), capture_output=True, text=True
+        [sys.executable, "-m", module], input=json.dumps(job), capture_output=True, text=True, env=env
     )
     if done.returncode != 0:
         raise RuntimeError(f"{module} failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -106,6 +106,9 @@ class PeerBench:
         self.echo = echo
         self.configs = peer_configs(parse_dtypes(self.config.peer_dtypes))
         self.threads = self.config.threads or os.cpu_count() or 1
+        self.env = dict(os.environ)
+        if self.config.peer_omp_wait_policy:  # both sides alike: torch and llama.cpp both use OpenMP
+            self.env["OMP_WAIT_POLICY"] = self.config.peer_omp_wait_policy
 
     def gguf_paths(self) -> dict[str, Path]:
         config = self.config
@@ -159,7 +162,7 @@ class PeerBench:
         self.echo(f"llama.cpp {strict.label} against transformers, {CHECK_TOKENS} greedy tokens ...")
         job = self.llama_cpp_job(strict, paths["f32"], 1, check_tokens=CHECK_TOKENS)
         job["prompts"] = job["prompts"][:1]
-        peer_ids = run_child("llmos_bench.peer_llama_cpp", job)["check_token_ids"]
+        peer_ids = run_child("llmos_bench.peer_llama_cpp", job, self.env)["check_token_ids"]
         reference_ids = self.transformers_tokens(self.bench.prompts[0], CHECK_TOKENS)
         matches = next((i for i, (a, b) in enumerate(zip(peer_ids, reference_ids)) if a != b), CHECK_TOKENS)
         return {
@@ -179,10 +182,10 @@ class PeerBench:
                 f"peer round {index + 1} of {self.config.rounds} at {concurrency} concurrent: "
                 f"llmos, then llama.cpp {', '.join(c.label for c in self.configs)} ..."
             )
-            llmos_rounds.append(run_child("llmos_bench.peer_llmos", self.llmos_job(concurrency)))
+            llmos_rounds.append(run_child("llmos_bench.peer_llmos", self.llmos_job(concurrency), self.env))
             for config in self.configs:
                 job = self.llama_cpp_job(config, paths[config.weights], concurrency)
-                peer_rounds[config].append(run_child("llmos_bench.peer_llama_cpp", job))
+                peer_rounds[config].append(run_child("llmos_bench.peer_llama_cpp", job, self.env))
         return [self.level_row(concurrency, c, llmos_rounds, peer_rounds[c]) for c in self.configs]
 
     def level_row(
@@ -222,6 +225,7 @@ class PeerBench:
             "rounds": self.config.rounds,
             "llmos_kv_dtype": str(self.bench.loaded.dtype).removeprefix("torch."),
             "kv_unified": False,
+            "omp_wait_policy": self.env.get("OMP_WAIT_POLICY"),
             "gguf_bytes": {weights: path.stat().st_size for weights, path in paths.items()},
             "peak_rss": "VmHWM of a fresh process per run on each side (model, engine, KV cache, runtime)",
             "f32_check": check,
