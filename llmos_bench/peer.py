@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -87,14 +88,30 @@ def llama_cpp_version() -> str | None:
 
 
 def run_child(module: str, job: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """`python -m module` with `job` on stdin; its one JSON line back."""
+    """`python -m module` with `job` on stdin; its one JSON line back, and what llama.cpp's
+    log (on stderr) says it chose."""
     done = subprocess.run(
         [sys.executable, "-m", module], input=json.dumps(job), capture_output=True, text=True, env=env
     )
     if done.returncode != 0:
         raise RuntimeError(f"{module} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return {**result, **llama_cpp_choices(done.stderr)}
+
+
+def llama_cpp_choices(log: str) -> dict[str, Any]:
+    """What `auto` became, and the KV cache llama.cpp made: it rounds each sequence's
+    cells up to a multiple of 256, so its cache can be larger than the work needs."""
+    # `auto` is settled when the graph is first built; a set value is printed as it is
+    flash = re.search(r"Flash Attention (enabled|disabled)", log) or re.search(
+        r"flash_attn += (enabled|disabled)", log
+    )
+    kv = re.search(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells", log)
+    return {
+        "flash_attn_resolved": flash and flash.group(1),
+        "kv_cache_mib": kv and float(kv.group(1)),
+        "kv_cells_per_seq": kv and int(kv.group(2)),
+    }
 
 
 class PeerBench:
@@ -203,6 +220,9 @@ class PeerBench:
             "weights": config.weights,
             "kv_type": config.kv_type,
             "flash_attn": config.flash_attn,
+            "flash_attn_resolved": peer_rounds[0]["flash_attn_resolved"],
+            "kv_cache_mib": peer_rounds[0]["kv_cache_mib"],
+            "kv_cells_per_seq": peer_rounds[0]["kv_cells_per_seq"],
             "requests": peer_rounds[0]["requests"],
             "llama_cpp_tokens_per_s": peer_tps,
             "llmos_tokens_per_s": llmos_tps,

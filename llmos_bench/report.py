@@ -129,15 +129,24 @@ def peer_lines(summary: dict[str, Any]) -> list[str]:
     peer = summary.get("peer")
     if peer is None:
         return []
-    headers = ["CONC", "LLAMA.CPP", "LLAMA.CPP TOK/S", "LLMOS TOK/S", "LLMOS/LLAMA.CPP", "RSS MB L.CPP/LLMOS"]
+    headers = [
+        "CONC",
+        "LLAMA.CPP",
+        "LLAMA.CPP TOK/S",
+        "LLMOS TOK/S",
+        "LLMOS/LLAMA.CPP",
+        "RSS MB L.CPP/LLMOS",
+        "L.CPP KV MB",
+    ]
     rows = [
         [
             str(run["concurrency"]),
-            run["config"],
+            run["config"].replace("flash auto", f"flash auto: {run['flash_attn_resolved']}"),
             f"{run['llama_cpp_tokens_per_s']:.1f}",
             f"{run['llmos_tokens_per_s']:.1f}",
             f"{run['speedup_vs_llama_cpp']:.2f}x",
             f"{run['llama_cpp_peak_rss_bytes'] / 2**20:.0f}/{run['llmos_peak_rss_bytes'] / 2**20:.0f}",
+            "-" if run["kv_cache_mib"] is None else f"{run['kv_cache_mib']:.1f}",
         ]
         for run in peer["runs"]
     ]

@@ -126,6 +126,9 @@ def test_llama_cpp_runs_the_same_work_and_its_f32_answer_is_transformers(tmp_pat
         assert run["speedup_vs_llama_cpp"] == run["llmos_tokens_per_s"] / run["llama_cpp_tokens_per_s"]
         assert run["llama_cpp_peak_rss_bytes"] > 0 and run["llmos_peak_rss_bytes"] > 0
         assert len(run["round_speedups"]) == 1
+        assert run["kv_cells_per_seq"] >= 8 + 4  # a prompt and its answer, at least
+        resolved = {"enabled", "disabled"} if run["flash_attn"] == "auto" else {"disabled"}
+        assert run["flash_attn_resolved"] in resolved
     check = peer["f32_check"]
     matches = summary["peer_f32_matches_transformers_tokens"]
     assert matches == check["matching_leading_tokens"] and 0 < matches <= CHECK_TOKENS
