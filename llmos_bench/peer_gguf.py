@@ -63,7 +63,7 @@ def ensure_gguf_files(
     converter = find_converter(llama_cpp_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llmos-peer-hf-") as saved:
-        source = Path(model)
+        source = Path(model).expanduser().resolve()
         if dummy_preset_name(model) is not None:  # random weights exist only in memory
             loaded_model.save_pretrained(saved)
             tokenizer.save_pretrained(saved)

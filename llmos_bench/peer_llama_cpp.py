@@ -61,6 +61,7 @@ class LlamaCppRunner:
         self.job = job
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0  # the CPU, whatever the build: the comparison is on CPU
         self.model = llama_cpp.llama_model_load_from_file(job.gguf_path.encode(), model_params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {job.gguf_path}")
