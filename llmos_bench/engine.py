@@ -36,6 +36,7 @@ from llmos_bench.engine_churn import measure_mixed_vs_apart
 from llmos_bench.engine_stack import measure_stack_vs_alone
 from llmos_bench.load import LoadResult, poisson_arrivals, run_closed_loop, run_open_loop
 from llmos_bench.machine import cpu_model
+from llmos_bench.peer import PEER_KEYS, check_peer, measure_peer
 from llmos_bench.report import format_report
 from llmos_bench.stats import count_parameters, latency_figures, matmul_peak_flops, median_run, model_flops
 from workers.config import WorkerConfig
@@ -105,6 +106,25 @@ class EngineBenchConfig:
         "--new-tokens tokens) with the engine alone, with mixed steps "
         "and without, at the compared concurrency; 0 = skip",
     )
+    peer: str = option(
+        "",
+        "also run the same work on this peer engine, round for round: llama.cpp "
+        "(llmos[peer]); none by default",
+    )
+    peer_dtypes: str = option("f32,f16,q8_0", "with --peer: the GGUF weight types llama.cpp runs")
+    peer_cache_dir: str = option(
+        "", "with --peer: where GGUF files are kept; empty = ~/.cache/llmos/peer-gguf"
+    )
+    peer_llama_cpp_dir: str = option(
+        "",
+        "with --peer: a llama.cpp source tree, whose convert_hf_to_gguf.py converts "
+        "a model not in the cache yet",
+    )
+    peer_omp_wait_policy: str = option(
+        "",
+        "with --peer: OMP_WAIT_POLICY of both sides' processes (OpenMP threads spin "
+        "while they wait: 'passive' where other work shares the cores); empty = inherited",
+    )
     json_only: bool = option(False, "print only the JSON line")
     plot: str = option("", "also draw PNG charts into this directory: output tokens/s against concurrency")
     write_profile: str = option(
@@ -125,6 +145,7 @@ class EngineBenchConfig:
         if self.stack_requests < 0 or self.churn_requests < 0:
             raise click.BadParameter("--stack-requests and --churn-requests must be at least 0")
         _ = self.concurrency_levels  # raises on a bad list
+        check_peer(self.peer, self.peer_dtypes)
 
     @property
     def concurrency_levels(self) -> list[int]:
@@ -143,7 +164,9 @@ class EngineBenchConfig:
         rounds = 0 if self.skip_baselines else self.rounds
         stack = (2 + self.stack_curve_baseline) * self.rounds if self.stack_requests else 0
         churn = 2 * self.rounds if self.churn_requests else 0
-        return 1 + len(self.concurrency_levels) + poisson + rounds + bool(self.write_profile) + stack + churn
+        peer = (1 + len(self.concurrency_levels) * self.rounds) if self.peer else 0
+        levels = len(self.concurrency_levels)
+        return 1 + levels + poisson + rounds + bool(self.write_profile) + stack + churn + peer
 
     @property
     def max_model_len(self) -> int:
@@ -218,12 +241,14 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
         write_sim_profile(config, runs, echo)
     stack = measure_stack_vs_alone(bench, echo) if config.stack_requests else None
     churn = measure_mixed_vs_apart(bench, echo) if config.churn_requests else None
+    peer = measure_peer(bench, echo) if config.peer else dict.fromkeys(PEER_KEYS)
     summary = summarize(config, bench, runs, poisson, baseline_figures, rounds)
     summary["mixed_vs_apart_throughput"] = churn and churn["mixed_vs_apart"]
     summary["churn"] = churn
     summary["stack_vs_engine_throughput"] = stack and stack["stack_vs_alone"]
     summary["curve_throughput_ratio"] = stack and stack["curve_throughput_ratio"]
     summary["stack"] = stack
+    summary.update(peer)
     if poisson_without_cache is not None:
         summary["poisson_prefix_cache_off"] = poisson_without_cache
         summary["prefix_cache_ttft_p50_gain"] = ratio_of(poisson_without_cache, poisson, "ttft_p50_s")

@@ -76,6 +76,7 @@ def format_report(summary: dict[str, Any]) -> str:
     ]
     lines += stack_lines(summary.get("stack"))
     lines += churn_lines(summary.get("churn"))
+    lines += peer_lines(summary)
     if summary.get("rounds", 0) > 1:
         lines.append(
             f"medians of {summary['rounds']} rounds; each round's ratio: "
@@ -118,6 +119,51 @@ def churn_lines(churn: dict[str, Any] | None) -> list[str]:
         f"once, the engine alone: {churn['mixed']['output_tokens_per_s']:.1f} output "
         f"tokens/s with mixed steps, {churn['apart']['output_tokens_per_s']:.1f} with "
         f"newcomers prefilled apart, " + ratio_with_rounds(churn["mixed_vs_apart"], churn["round_ratios"]),
+    ]
+
+
+def peer_lines(summary: dict[str, Any]) -> list[str]:
+    """The llama.cpp comparison: one row per concurrency and configuration."""
+    if summary.get("peer_skipped"):
+        return ["", f"llama.cpp: not run ({summary['peer_skipped']})"]
+    peer = summary.get("peer")
+    if peer is None:
+        return []
+    headers = [
+        "CONC",
+        "LLAMA.CPP",
+        "LLAMA.CPP TOK/S",
+        "LLMOS TOK/S",
+        "LLMOS/LLAMA.CPP",
+        "RSS MB L.CPP/LLMOS",
+        "L.CPP KV MB",
+    ]
+    rows = [
+        [
+            str(run["concurrency"]),
+            run["config"].replace("flash auto", f"flash auto: {run['flash_attn_resolved']}"),
+            f"{run['llama_cpp_tokens_per_s']:.1f}",
+            f"{run['llmos_tokens_per_s']:.1f}",
+            f"{run['speedup_vs_llama_cpp']:.2f}x",
+            f"{run['llama_cpp_peak_rss_bytes'] / 2**20:.0f}/{run['llmos_peak_rss_bytes'] / 2**20:.0f}",
+            "-" if run["kv_cache_mib"] is None else f"{run['kv_cache_mib']:.1f}",
+        ]
+        for run in peer["runs"]
+    ]
+    check = peer["f32_check"]
+    return [
+        "",
+        f"llama.cpp {peer['version']} ({peer['threads']} threads) against llmos (KV in "
+        f"{peer['llmos_kv_dtype']}), each run in a fresh process, medians of {peer['rounds']} rounds; "
+        "RSS is each process's peak (VmHWM)",
+        *table(headers, rows),
+        "llama.cpp f32 against transformers: "
+        + (
+            "not checked (no f32 in --peer-dtypes)"
+            if check is None
+            else f"{check['matching_leading_tokens']} of the first {check['tokens']} greedy tokens equal "
+            f"({check['config']})"
+        ),
     ]
 
 
