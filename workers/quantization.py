@@ -5,8 +5,9 @@ linear per step; int8 weights are a quarter of float32's.
 
 The linears are PyTorch's dynamic int8 linears (`torch.ao.quantization.
 quantize_dynamic`, on the x86/fbgemm kernels): int8 weights with one scale per
-output channel; each call quantizes its input to int8 with one scale for the
-whole input, multiplies in int8 with int32 sums, and returns float32.
+output channel; each call rounds its input to 8 bits with one scale and zero
+point for the whole input, multiplies in 8 bits with int32 sums, and returns
+float32.
 ATen's weight-only kernel (`_weight_int8pack_mm`, activations left in float)
 reads the same bytes but runs many times slower on CPU, and oneDNN's int8
 linear (`onednn.qlinear_pointwise`) fed by inputs quantized by hand is slower
@@ -16,8 +17,8 @@ module). The kernels take float32 inputs only, so int8 runs with
 
 The output head stays float32, though an int8 head makes a step faster still:
 its error reaches the logits unsmoothed, where near-tied candidates flip, and
-with it int8 greedy answers part from float32's about twice as often
-(tests/test_cpu_precision.py states the tolerance kept). The embeddings stay
+with it more int8 greedy answers part from float32's (docs/benchmarks.md,
+"Precision on CPU"; tests/test_cpu_precision.py states the tolerance kept). The embeddings stay
 float32 too: a step looks up a few of their rows, so their size costs memory,
 not time.
 """
@@ -52,6 +53,8 @@ def resolve_quantization(name: str, device: torch.device, dtype: torch.dtype) ->
             f"llmos worker: --quantization int8 runs with float32 activations, not {dtype}; "
             "use --dtype float32 (auto on CPU) or --quantization none"
         )
+    if name == "int8" and not {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines):
+        raise SystemExit("llmos worker: --quantization int8 needs PyTorch's x86 int8 kernels (fbgemm)")
     return name
 
 
@@ -66,7 +69,8 @@ def quantize_int8(model: Any) -> int:
         if type(module) is torch.nn.Linear and module is not head
     }
     with warnings.catch_warnings():
-        # torch.ao.quantization announces its move to torchao, which llmos does not depend on
+        # torch.ao.quantization announces its move to torchao (which llmos does not depend on)
+        # and the deprecation of quantized tensor types; both still run in this torch
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         torch.ao.quantization.quantize_dynamic(model, qconfig_spec, dtype=torch.qint8, inplace=True)
