@@ -140,9 +140,9 @@ def load_model(config: WorkerConfig) -> LoadedModel:
 
         return load_pooling_model(config, path, name, task)
     device = resolve_device(config.device)
-    prepare_device(device)
     dtype = resolve_dtype(config.dtype, device)
-    quantization = resolve_quantization(config.quantization, device, dtype)
+    quantization = resolve_quantization(config.quantization, device, dtype)  # refused before any setup
+    prepare_device(device)
     preset = dummy_preset_name(str(path))
     if preset is not None:
         model = build_dummy_model(preset, device, dtype)
