@@ -56,6 +56,7 @@ class EngineBenchConfig:
     )
     device: str = option("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda")
     dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16")
+    quantization: str = option("none", "none, or int8 (CPU only): int8 weights, as for llmos worker")
     prompt_len: int = option(32, "prompt tokens per request")
     new_tokens: int = option(64, "tokens each request generates (EOS is ignored)")
     concurrency: str = option("1,8,32,64", "comma-separated engine concurrency levels")
@@ -205,14 +206,19 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
         torch.set_num_threads(config.threads)
     loaded = load_model(
         WorkerConfig(
-            model=config.model, device=config.device, dtype=config.dtype, max_model_len=config.max_model_len
+            model=config.model,
+            device=config.device,
+            dtype=config.dtype,
+            quantization=config.quantization,
+            max_model_len=config.max_model_len,
         )
     )
     tokenizer = load_tokenizer(loaded.path)
     engine_cls = engine_class()
     echo(
         f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
-        f"{loaded.device} ({dtype_name(loaded.dtype)}), engine {engine_cls.__name__}"
+        f"{loaded.device} ({dtype_name(loaded.dtype)}, quantization {loaded.quantization}), "
+        f"engine {engine_cls.__name__}"
     )
     peak_flops = matmul_peak_flops(loaded.device, loaded.dtype)
     bench = EngineBench(config, loaded, tokenizer, engine_cls, peak_flops)
@@ -508,6 +514,7 @@ def summarize(
         "device": str(loaded.device),
         "device_name": device_name(loaded.device),
         "dtype": dtype_name(loaded.dtype),
+        "quantization": loaded.quantization,
         "threads": torch.get_num_threads(),
         "engine": bench.engine_cls.__name__,
         "peak_flops_per_s": bench.peak_flops,

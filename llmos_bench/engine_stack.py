@@ -76,6 +76,8 @@ def worker_args(config: Any, max_model_len: int, kv_tokens: int) -> list[str]:
         config.device,
         "--dtype",
         config.dtype,
+        "--quantization",
+        config.quantization,
         "--threads",
         str(config.threads),
         "--max-model-len",

@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from llmos.cli import cli
-from llmos_bench.engine import engine_class
-from llmos_bench.engine_stack import answer_lengths
+from llmos_bench.engine import EngineBenchConfig, engine_class
+from llmos_bench.engine_stack import answer_lengths, worker_args
 from llmos_bench.load import poisson_arrivals, run_closed_loop, run_open_loop
 from llmos_bench.stats import model_flops, percentile
 from workers.dummy import build_dummy_model
@@ -249,3 +249,10 @@ def test_churn_requests_compare_mixed_steps_with_newcomers_prefilled_apart():
     assert churn["mixed"]["output_tokens"] == churn["apart"]["output_tokens"] == sum(lengths)
     assert len(churn["round_ratios"]) == 2 and all(is_positive(r) for r in churn["round_ratios"])
     assert summary["mixed_vs_apart_throughput"] == churn["mixed_vs_apart"]
+
+
+def test_the_stack_worker_gets_the_benchs_dtype_and_quantization():
+    config = EngineBenchConfig(device="cpu", dtype="float32", quantization="int8")
+    args = worker_args(config, max_model_len=64, kv_tokens=128)
+    assert args[args.index("--dtype") + 1] == "float32"
+    assert args[args.index("--quantization") + 1] == "int8"

@@ -39,6 +39,12 @@ class WorkerConfig:
     )
     device: str = option("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1")
     dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
+    quantization: str = option(
+        "none",
+        "none, or int8: int8 weights (one scale per output channel) for every linear "
+        "but the output head; CPU and float32 only, activations and KV cache stay "
+        "float32 (workers.quantization)",
+    )
     max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
     engine: str = option(
         "batched",

@@ -9,11 +9,12 @@ products of many rows faster than ATen's `linear` does (figures in
 Each output is the same dot product; only the order of the additions, and so
 the last bit of rounding, may differ, as it does between any two BLAS builds.
 
-The swap is scoped: while the engine's forward runs, every `nn.Linear` of the
-model has an instance `forward` that calls oneDNN; afterwards the model is as it
-was for anyone else (the benchmark's transformers baselines run on the same
-model object). The swap sets and deletes one attribute per linear, little next to
-the forward itself.
+A bfloat16 weight is handed to oneDNN packed (`_reorder_linear_weight`, as
+PyTorch's compiler packs it when it freezes a CPU model): in its plain layout,
+oneDNN's bfloat16 product gains little over float32's at one row. The packed
+copy is made once, when the engine is built, and doubles a bfloat16 model's
+weight memory (back to float32's); the bytes a step reads are still half of
+float32's. A float32 weight runs unpacked, as it is.
 """
 
 from __future__ import annotations
@@ -29,23 +30,34 @@ def onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+# the rows oneDNN is told to expect when it packs a weight; decode steps run 1 to max_num_seqs
+PACKING_BATCH_SIZE = 8
+
+
 class CpuLinears:
-    """The model's float32 CPU `nn.Linear` modules, switchable onto oneDNN for a forward."""
+    """The model's float32 and bfloat16 CPU `nn.Linear` modules, switchable onto oneDNN
+    for a forward. Other modules (the int8 linears of
+    `workers.quantization` among them) keep their own forward."""
 
     def __init__(self, model: Any) -> None:
         self.linears: list[torch.nn.Linear] = []
+        self.weights: list[torch.Tensor] = []  # what oneDNN multiplies by, per linear
         if model.device.type == "cpu" and onednn_linear_available():
+            dtypes = {torch.float32}
+            if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else oneDNN emulates bfloat16, slowly
+                dtypes.add(torch.bfloat16)
             self.linears = [
                 module
                 for module in model.modules()
-                if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
+                if type(module) is torch.nn.Linear and module.weight.dtype in dtypes
             ]
+            self.weights = [onednn_weight(linear.weight) for linear in self.linears]
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
-        for linear in self.linears:
+        for linear, weight in zip(self.linears, self.weights, strict=True):
             # object.__setattr__: forward is a plain attribute, no nn.Module bookkeeping needed
-            object.__setattr__(linear, "forward", onednn_forward(linear))
+            object.__setattr__(linear, "forward", onednn_forward(weight, linear.bias))
         try:
             yield
         finally:
@@ -53,9 +65,14 @@ class CpuLinears:
                 object.__delattr__(linear, "forward")  # the class's forward again
 
 
-def onednn_forward(linear: torch.nn.Linear) -> Any:
-    weight, bias = linear.weight, linear.bias
+def onednn_weight(weight: torch.Tensor) -> torch.Tensor:
+    if weight.dtype == torch.bfloat16:
+        with torch.no_grad():
+            return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_BATCH_SIZE)
+    return weight
 
+
+def onednn_forward(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(hidden, weight, bias, "none", [], "")
 

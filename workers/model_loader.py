@@ -15,6 +15,7 @@ from llmos.demo_model import ensure_demo_model
 from llmos.wire import pb
 from workers.config import WorkerConfig
 from workers.dummy import build_dummy_model, build_dummy_tokenizer, dummy_preset_name
+from workers.quantization import int8_weight_bytes, quantize_int8, resolve_quantization
 from workers.tasks import embedded_model_name, embedded_model_path, resolve_task
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class LoadedModel:
     memory_bytes_total: int
     memory_bytes_used: int  # weights and runtime, before the KV cache
     task: int = pb.TASK_KIND_GENERATE  # embed / classify: see workers.pooling_loader
+    quantization: str = "none"  # int8: see workers.quantization
 
 
 def resolve_model_path(config: WorkerConfig) -> tuple[Path, str]:
@@ -138,8 +140,9 @@ def load_model(config: WorkerConfig) -> LoadedModel:
 
         return load_pooling_model(config, path, name, task)
     device = resolve_device(config.device)
-    prepare_device(device)
     dtype = resolve_dtype(config.dtype, device)
+    quantization = resolve_quantization(config.quantization, device, dtype)  # refused before any setup
+    prepare_device(device)
     preset = dummy_preset_name(str(path))
     if preset is not None:
         model = build_dummy_model(preset, device, dtype)
@@ -149,6 +152,8 @@ def load_model(config: WorkerConfig) -> LoadedModel:
         except PermissionError:
             raise SystemExit(unreadable(path)) from None
         model = model.to(device).eval()
+    if quantization == "int8":
+        quantize_int8(model)
     context_length = int(model.config.get_text_config().max_position_embeddings)
     max_model_len = config.max_model_len or context_length
     if max_model_len > context_length:
@@ -156,6 +161,7 @@ def load_model(config: WorkerConfig) -> LoadedModel:
             "max_model_len %d exceeds the model's max_position_embeddings %d", max_model_len, context_length
         )
     memory_bytes_total, memory_bytes_used, kv_budget_bytes = _memory(model, device)
+    # the KV cache holds activations, in `dtype` whatever the weights' precision
     kv_tokens = config.kv_cache_tokens or kv_budget_bytes // kv_bytes_per_token(model.config, dtype)
     return LoadedModel(
         model=model,
@@ -167,6 +173,7 @@ def load_model(config: WorkerConfig) -> LoadedModel:
         kv_capacity_tokens=min(int(kv_tokens), MAX_UINT32),
         memory_bytes_total=memory_bytes_total,
         memory_bytes_used=memory_bytes_used,
+        quantization=quantization,
     )
 
 
@@ -185,5 +192,5 @@ def _memory(model: Any, device: torch.device) -> tuple[int, int, int]:
         free, total = torch.cuda.mem_get_info(device)
         return total, total - free, int(free * CUDA_KV_FRACTION)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) + int8_weight_bytes(model)
     return total, weights, CPU_KV_BUDGET_BYTES

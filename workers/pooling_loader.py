@@ -15,6 +15,7 @@ from typing import Any
 from llmos.wire import pb
 from workers.config import WorkerConfig
 from workers.model_loader import LoadedModel, _memory, prepare_device, resolve_device, resolve_dtype
+from workers.quantization import resolve_quantization
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def load_pooling_model(config: WorkerConfig, path: Path, name: str, task: int) -
     device = resolve_device(config.device)
     prepare_device(device)
     dtype = resolve_dtype(config.dtype, device)
+    if resolve_quantization(config.quantization, device, dtype) != "none":
+        raise SystemExit("llmos worker: --quantization applies to generating models only; use none")
     model = model_class.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
     memory_bytes_total, memory_bytes_used, _ = _memory(model, device)
     return LoadedModel(

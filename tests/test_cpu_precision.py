@@ -1,0 +1,164 @@
+"""Lower-precision weights on CPU: the engine's greedy answers against float32's.
+
+bfloat16 and int8 weights round every product, so the answers are not float32's
+token for token: where two candidates are close (and a random-weight model has
+many near-ties), the rounding picks the other and the answer parts from there.
+The tolerance, on dummy:llama-tiny (the same seeded weights in each precision),
+32 corpus prompts, 24 new tokens each:
+
+- greedy, through the engine: at least `min_full_matches` of the 32 answers
+  equal float32's in full;
+- teacher-forced on float32's answers, with the engine's linears: the top-1
+  token agrees with float32's at `min_top1_agreement` of the positions or more,
+  and no logit is further from float32's than `max_logit_error` standard
+  deviations of float32's logits.
+
+Measured: bfloat16 21 / 32, 98.6%, 0.031; int8 18 / 32, 96.6%, 0.14 (int8 also
+rounds each activation to int8, so its logits move further). Each bound leaves
+a margin below that.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from llmos.tiny_model import CORPUS
+from workers.batched_engine import BatchedEngine
+from workers.config import WorkerConfig
+from workers.cpu_linears import CpuLinears
+from workers.model_loader import kv_bytes_per_token, load_model, load_tokenizer
+from workers.requests import EngineRequest, SamplingOptions
+
+torch.set_num_threads(1)
+
+MODEL = "dummy:llama-tiny"
+NUM_PROMPTS, NEW_TOKENS = 32, 24
+WORDS = CORPUS.split()
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    min_full_matches: int  # of NUM_PROMPTS greedy answers
+    min_top1_agreement: float  # teacher-forced, over all answer positions
+    max_logit_error: float  # teacher-forced, in standard deviations of float32's logits
+
+
+TOLERANCES = {
+    "bfloat16": Tolerance(min_full_matches=16, min_top1_agreement=0.95, max_logit_error=0.08),
+    "int8": Tolerance(min_full_matches=12, min_top1_agreement=0.93, max_logit_error=0.25),
+}
+CONFIGS = {
+    "bfloat16": WorkerConfig(model=MODEL, device="cpu", dtype="bfloat16"),
+    "int8": WorkerConfig(model=MODEL, device="cpu", dtype="float32", quantization="int8"),
+}
+
+
+def make_prompts(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(count):
+        start, num_words = rng.randrange(len(WORDS)), rng.randint(1, 30)
+        prompts.append(" ".join((WORDS * 2)[start : start + num_words]))
+    return prompts
+
+
+def greedy_answers(model, tokenizer, prompts: list[str]) -> list[list[int]]:
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=8, eos_token_ids=set())
+    for index, prompt in enumerate(prompts):
+        options = SamplingOptions(max_tokens=NEW_TOKENS, temperature=0.0)
+        engine.add_request(EngineRequest(str(index), tokenizer.encode(prompt), options))
+    answers: dict[str, list[int]] = {}
+    while engine.has_work:
+        for delta in engine.step():
+            answers.setdefault(delta.request_id, []).extend(delta.token_ids)
+    return [answers[str(index)] for index in range(len(prompts))]
+
+
+@torch.inference_mode()
+def engine_logits(model, token_ids: list[int]) -> torch.Tensor:
+    """Logits `[positions, vocab]` in float32, the linears on the engine's CPU path."""
+    with CpuLinears(model).on_onednn():
+        return model(input_ids=torch.tensor([token_ids])).logits[0].float()
+
+
+@pytest.fixture(scope="module")
+def float32_run():
+    loaded = load_model(WorkerConfig(model=MODEL, device="cpu", dtype="float32"))
+    tokenizer = load_tokenizer(loaded.path)
+    prompts = make_prompts(NUM_PROMPTS)
+    return loaded, tokenizer, prompts, greedy_answers(loaded.model, tokenizer, prompts)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_greedy_answers_stay_within_the_tolerance_of_float32(float32_run, precision):
+    reference, tokenizer, prompts, reference_answers = float32_run
+    tolerance = TOLERANCES[precision]
+    loaded = load_model(CONFIGS[precision])
+    answers = greedy_answers(loaded.model, tokenizer, prompts)
+    assert [len(answer) for answer in answers] == [NEW_TOKENS] * NUM_PROMPTS
+    num_full_matches = sum(a == b for a, b in zip(answers, reference_answers, strict=True))
+    assert num_full_matches >= tolerance.min_full_matches
+
+    num_agreeing, max_error = 0, 0.0
+    for prompt, answer in zip(prompts, reference_answers, strict=True):
+        token_ids = tokenizer.encode(prompt) + answer
+        expected = engine_logits(reference.model, token_ids)[-NEW_TOKENS - 1 : -1]
+        got = engine_logits(loaded.model, token_ids)[-NEW_TOKENS - 1 : -1]
+        num_agreeing += int((got.argmax(-1) == expected.argmax(-1)).sum())
+        max_error = max(max_error, float((got - expected).abs().max() / expected.std()))
+    assert num_agreeing / (NUM_PROMPTS * NEW_TOKENS) >= tolerance.min_top1_agreement
+    assert max_error <= tolerance.max_logit_error
+
+
+def test_int8_leaves_the_head_and_the_kv_cache_in_float32():
+    loaded = load_model(CONFIGS["int8"])
+    linears = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [loaded.model.lm_head]  # every other linear is int8
+    assert CpuLinears(loaded.model).linears == [loaded.model.lm_head]
+    assert loaded.quantization == "int8" and loaded.dtype == torch.float32
+    float32 = load_model(WorkerConfig(model=MODEL, device="cpu", dtype="float32"))
+    assert kv_bytes_per_token(loaded.model.config, loaded.dtype) == 2 * 2 * 2 * 16 * 4  # 2 layers, 2 kv heads
+    assert loaded.kv_capacity_tokens == float32.kv_capacity_tokens
+    head = float32.model.lm_head
+    body_weights = sum(
+        m.weight.numel() for m in float32.model.modules() if isinstance(m, torch.nn.Linear) and m is not head
+    )
+    assert loaded.memory_bytes_used == float32.memory_bytes_used - 3 * body_weights  # 1 byte, not 4
+
+
+def test_bfloat16_linears_run_on_packed_onednn_weights():
+    loaded = load_model(CONFIGS["bfloat16"])
+    cpu_linears = CpuLinears(loaded.model)
+    num_linears = sum(isinstance(m, torch.nn.Linear) for m in loaded.model.modules())
+    assert len(cpu_linears.linears) == num_linears == 2 * 7 + 1  # q k v o gate up down, per layer; head
+    assert all(weight.is_mkldnn and weight.dtype == torch.bfloat16 for weight in cpu_linears.weights)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"device": "cuda", "quantization": "int8"},
+            "llmos worker: --quantization int8 runs on CPU only, not on cuda; "
+            "use --device cpu or --quantization none",
+        ),
+        (
+            {"dtype": "bfloat16", "quantization": "int8"},
+            "llmos worker: --quantization int8 runs with float32 activations, not torch.bfloat16; "
+            "use --dtype float32 (auto on CPU) or --quantization none",
+        ),
+        (
+            {"quantization": "int4"},
+            "llmos worker: unknown quantization 'int4'; use one of none, int8",
+        ),
+    ],
+)
+def test_a_quantization_the_worker_cannot_run_is_refused_in_one_line(settings, message):
+    config = WorkerConfig(model=MODEL, **{"device": "cpu", "dtype": "float32", **settings})
+    with pytest.raises(SystemExit) as refusal:
+        load_model(config)
+    assert str(refusal.value) == message
