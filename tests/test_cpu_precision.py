@@ -29,7 +29,7 @@ import torch
 from llmos.tiny_model import CORPUS
 from workers.batched_engine import BatchedEngine
 from workers.config import WorkerConfig
-from workers.cpu_linears import CpuLinears
+from workers.cpu_linears import PACKED_MIN_ROWS, CpuLinears
 from workers.model_loader import kv_bytes_per_token, load_model, load_tokenizer
 from workers.requests import EngineRequest, SamplingOptions
 
@@ -135,7 +135,23 @@ def test_bfloat16_linears_run_on_packed_onednn_weights():
     cpu_linears = CpuLinears(loaded.model)
     num_linears = sum(isinstance(m, torch.nn.Linear) for m in loaded.model.modules())
     assert len(cpu_linears.linears) == num_linears == 2 * 7 + 1  # q k v o gate up down, per layer; head
-    assert all(weight.is_mkldnn and weight.dtype == torch.bfloat16 for weight in cpu_linears.weights)
+    assert all(
+        plain is None and packed.is_mkldnn and packed.dtype == torch.bfloat16
+        for plain, packed in cpu_linears.weights
+    )
+
+
+def test_float32_linears_keep_the_plain_weight_for_few_rows_and_a_packed_one_for_more():
+    loaded = load_model(WorkerConfig(model=MODEL, device="cpu", dtype="float32"))
+    cpu_linears = CpuLinears(loaded.model)
+    assert len(cpu_linears.linears) == 2 * 7 + 1
+    for linear, (plain, packed) in zip(cpu_linears.linears, cpu_linears.weights, strict=True):
+        assert plain is linear.weight and packed.is_mkldnn and packed.dtype == torch.float32
+    linear = cpu_linears.linears[0]
+    with cpu_linears.on_onednn():  # one row and many rows: the same products either way
+        for num_rows in (1, PACKED_MIN_ROWS, 16):
+            hidden = torch.randn(num_rows, linear.in_features)
+            torch.testing.assert_close(linear(hidden), torch.nn.functional.linear(hidden, linear.weight))
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,16 @@ products of many rows faster than ATen's `linear` does (figures in
 Each output is the same dot product; only the order of the additions, and so
 the last bit of rounding, may differ, as it does between any two BLAS builds.
 
-A bfloat16 weight is handed to oneDNN packed (`_reorder_linear_weight`, as
-PyTorch's compiler packs it when it freezes a CPU model): in its plain layout,
-oneDNN's bfloat16 product gains little over float32's at one row. The packed
-copy is made once, when the engine is built, and doubles a bfloat16 model's
-weight memory (back to float32's); the bytes a step reads are still half of
-float32's. A float32 weight runs unpacked, as it is.
+Weights are handed to oneDNN packed (`_reorder_linear_weight`, as PyTorch's
+compiler packs them when it freezes a CPU model), in a layout blocked for
+products of several rows. A bfloat16 weight runs packed at every row count: in
+its plain layout oneDNN's bfloat16 product gains little over float32's at one
+row. A float32 weight keeps both layouts: packed from PACKED_MIN_ROWS rows on
+(a decode step of 8 rows of llama-100m takes 31 ms packed against 40 ms plain,
+32 rows 65 against 74), plain below (one row: 24 ms plain against 29 packed,
+where the product streams the weight once). The packed copies are made once,
+when the engine is built; each doubles the memory of the weights it copies
+(docs/benchmarks.md reports the resident memory).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def onednn_linear_available() -> bool:
 
 # the rows oneDNN is told to expect when it packs a weight; decode steps run 1 to max_num_seqs
 PACKING_BATCH_SIZE = 8
+PACKED_MIN_ROWS = 4  # a float32 product of fewer rows runs on the plain layout
 
 
 class CpuLinears:
@@ -41,7 +46,7 @@ class CpuLinears:
 
     def __init__(self, model: Any) -> None:
         self.linears: list[torch.nn.Linear] = []
-        self.weights: list[torch.Tensor] = []  # what oneDNN multiplies by, per linear
+        self.weights: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (plain, packed) per linear
         if model.device.type == "cpu" and onednn_linear_available():
             dtypes = {torch.float32}
             if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else oneDNN emulates bfloat16, slowly
@@ -51,13 +56,13 @@ class CpuLinears:
                 for module in model.modules()
                 if type(module) is torch.nn.Linear and module.weight.dtype in dtypes
             ]
-            self.weights = [onednn_weight(linear.weight) for linear in self.linears]
+            self.weights = [onednn_weights(linear.weight) for linear in self.linears]
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
-        for linear, weight in zip(self.linears, self.weights, strict=True):
+        for linear, (plain, packed) in zip(self.linears, self.weights, strict=True):
             # object.__setattr__: forward is a plain attribute, no nn.Module bookkeeping needed
-            object.__setattr__(linear, "forward", onednn_forward(weight, linear.bias))
+            object.__setattr__(linear, "forward", onednn_forward(plain, packed, linear.bias))
         try:
             yield
         finally:
@@ -65,15 +70,20 @@ class CpuLinears:
                 object.__delattr__(linear, "forward")  # the class's forward again
 
 
-def onednn_weight(weight: torch.Tensor) -> torch.Tensor:
-    if weight.dtype == torch.bfloat16:
-        with torch.no_grad():
-            return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_BATCH_SIZE)
-    return weight
+def onednn_weights(weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(the plain weight where small products use it, else None; the packed weight)."""
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_BATCH_SIZE)
+    return (weight if weight.dtype == torch.float32 else None), packed
 
 
-def onednn_forward(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+def onednn_forward(plain: torch.Tensor | None, packed: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    linear = torch.ops.mkldnn._linear_pointwise
+    if plain is None:
+        return lambda hidden: linear(hidden, packed, bias, "none", [], "")
+
     def forward(hidden: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(hidden, weight, bias, "none", [], "")
+        is_small = hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]
+        return linear(hidden, plain if is_small else packed, bias, "none", [], "")
 
     return forward
