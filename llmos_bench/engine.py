@@ -40,7 +40,7 @@ from llmos_bench.peer import PEER_KEYS, check_peer, measure_peer
 from llmos_bench.report import format_report
 from llmos_bench.stats import count_parameters, latency_figures, matmul_peak_flops, median_run, model_flops
 from workers.config import WorkerConfig
-from workers.model_loader import LoadedModel, load_model, load_tokenizer
+from workers.model_loader import LoadedModel, kv_bytes_per_token, load_model, load_tokenizer
 from workers.reference_engine import ReferenceEngine
 
 COMPARE_CONCURRENCY = 32  # the level the speedups compare, and the static batch's size
@@ -417,7 +417,11 @@ class EngineBench:
     def measure_level(self, concurrency: int) -> dict[str, Any]:
         prompts = self.prompts[: self.level_requests(concurrency)]
         result = run_closed_loop(self.make_engine(concurrency), prompts, concurrency, self.config.new_tokens)
-        return {"concurrency": concurrency, **self.load_figures(result, ("ttft", "tpot"))}
+        return {
+            "concurrency": concurrency,
+            **self.load_figures(result, ("ttft", "tpot")),
+            "kv_bytes_per_live_token": result.kv_bytes_per_live_token,
+        }
 
     def measure_poisson(
         self, rate_per_s: float, max_num_seqs: int, prefix_caching: bool | None = None
@@ -515,6 +519,9 @@ def summarize(
         "device_name": device_name(loaded.device),
         "dtype": dtype_name(loaded.dtype),
         "quantization": loaded.quantization,
+        # the KV bytes a token needs (layers x K and V x KV heads x head size x dtype),
+        # against which each level's kv_bytes_per_live_token shows what the padded cache holds
+        "kv_bytes_per_token": kv_bytes_per_token(bench.model.config, loaded.dtype),
         "threads": torch.get_num_threads(),
         "engine": bench.engine_cls.__name__,
         "peak_flops_per_s": bench.peak_flops,

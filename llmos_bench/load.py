@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmos.wire import pb
@@ -22,6 +22,16 @@ IDLE_SLEEP_CAP_S = 0.05
 class LoadResult:
     timings: list[RequestTiming]
     wall_s: float  # first arrival to last finish
+    # per step of an engine that reports kv_usage(): (KV bytes held, tokens live)
+    kv_samples: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def kv_bytes_per_live_token(self) -> float | None:
+        """The KV bytes held per live token, over every step with tokens live."""
+        samples = [(num_bytes, num_tokens) for num_bytes, num_tokens in self.kv_samples if num_tokens]
+        if not samples:
+            return None
+        return sum(b for b, _ in samples) / sum(t for _, t in samples)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -41,6 +51,8 @@ class EngineLoad:
         self.timings: dict[str, RequestTiming] = {}
         self.max_tokens: dict[str, int] = {}
         self.num_in_flight = 0
+        self.kv_usage = getattr(engine, "kv_usage", None)  # BatchedEngine's; None for others
+        self.kv_samples: list[tuple[int, int]] = []
 
     def submit(self, index: int, prompt_token_ids: list[int], arrival_s: float) -> None:
         request_id = f"bench-{index}"
@@ -55,6 +67,8 @@ class EngineLoad:
     def step(self) -> None:
         deltas = self.engine.step()
         now = time.perf_counter()
+        if self.kv_usage is not None:
+            self.kv_samples.append(self.kv_usage())
         for delta in deltas:
             if delta.error_code != pb.ERROR_CODE_UNSPECIFIED:
                 raise RuntimeError(f"request {delta.request_id} failed: {delta.error_message}")
@@ -76,7 +90,7 @@ class EngineLoad:
         if not timings:
             return LoadResult(timings=[], wall_s=0.0)
         wall_s = max(t.finished_s for t in timings) - min(t.arrival_s for t in timings)
-        return LoadResult(timings=timings, wall_s=wall_s)
+        return LoadResult(timings=timings, wall_s=wall_s, kv_samples=self.kv_samples)
 
 
 def run_closed_loop(

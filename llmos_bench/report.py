@@ -74,6 +74,7 @@ def format_report(summary: dict[str, Any]) -> str:
         )
         + f"; {percent(summary['peak_fraction'])} of the matmul peak",
     ]
+    lines += kv_lines(summary)
     lines += stack_lines(summary.get("stack"))
     lines += churn_lines(summary.get("churn"))
     lines += peer_lines(summary)
@@ -204,3 +205,14 @@ def percent(fraction: float | None) -> str:
 
 def ratio(value: float | None) -> str:
     return "n/a vs" if value is None else f"{value:.2f}x vs"
+
+
+def kv_lines(summary: dict[str, Any]) -> list[str]:
+    """The KV bytes the engine held per live token at each level, against the model's own."""
+    per_token = summary.get("kv_bytes_per_token")
+    held = [(run["concurrency"], run.get("kv_bytes_per_live_token")) for run in summary["llmos"]]
+    held = [(concurrency, num_bytes) for concurrency, num_bytes in held if num_bytes]
+    if not per_token or not held:
+        return []
+    levels = ", ".join(f"{num_bytes / per_token:.2f}x at {concurrency}" for concurrency, num_bytes in held)
+    return [f"KV cache held per live token, against the model's {per_token / 1024:.0f} KiB a token: {levels}"]

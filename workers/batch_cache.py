@@ -108,6 +108,20 @@ class BatchCache(Cache):
     def num_rows(self) -> int:
         return len(self.row_ids)
 
+    @property
+    def num_bytes(self) -> int:
+        """Bytes the key and value buffers hold, every layer's: `max_rows` x `capacity`
+        columns, live or not."""
+        layer = self.layers[0]
+        if not layer.is_initialized:
+            return 0
+        return 2 * len(self.layers) * layer.keys.numel() * layer.keys.element_size()
+
+    @property
+    def num_live_tokens(self) -> int:
+        """Tokens whose keys and values the rows hold (each row's columns from its start)."""
+        return sum(self.end - start for start in self.starts)
+
     def has_room_for(self, num_new_rows: int) -> bool:
         return self.num_rows + num_new_rows <= self.max_rows
 

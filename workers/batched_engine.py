@@ -220,6 +220,11 @@ class BatchedEngine:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.pending_deltas)
 
+    def kv_usage(self) -> tuple[int, int]:
+        """(bytes the batch's KV buffers hold, tokens live in them): what the padded
+        batch cache costs per token, against the model's own figure per token."""
+        return self.runner.batch.num_bytes, self.runner.batch.num_live_tokens
+
     @property
     def num_running(self) -> int:
         return len(self.running)
