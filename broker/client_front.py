@@ -112,11 +112,8 @@ class ClientFrontEnd:
     def drain(self) -> None:
         """Route the waiting messages; the requests they bring are journalled in one commit,
         and every reply is sent after it."""
-        self.replies.hold()
-        try:
+        with self.replies.batch():
             self.route_waiting()
-        finally:
-            self.replies.release()
 
     def route_waiting(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):

@@ -15,6 +15,9 @@ at once keeps that chain out of the middle of a send.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import zmq
 
 from broker.audit_trail import AuditTrail
@@ -61,6 +64,15 @@ class ClientReplies:
             return True
         self._unreachable[identity] = None
         return False
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold the sends of a batch of messages, then commit once and send them."""
+        self.hold()
+        try:
+            yield
+        finally:
+            self.release()
 
     def hold(self) -> None:
         """Keep sends until `release`: a batch of worker messages commits once."""

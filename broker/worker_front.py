@@ -92,11 +92,8 @@ class WorkerFrontEnd:
     def drain(self) -> None:
         """Route the waiting messages; what they relay to clients is journalled in one
         commit and sent after it."""
-        self.replies.hold()
-        try:
+        with self.replies.batch():
             self.route_waiting()
-        finally:
-            self.replies.release()
 
     def route_waiting(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):

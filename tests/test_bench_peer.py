@@ -18,22 +18,12 @@ from transformers import PreTrainedTokenizerFast
 from llmos.cli import cli
 from llmos_bench.peer import CHECK_TOKENS, NOT_INSTALLED
 from llmos_bench.peer_gguf import is_gpt2_byte_level
+from tests.test_bench_engine import TINY_ARGS
 from workers.dummy import build_dummy_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PEER_ARGS = [
-    "bench",
-    "engine",
-    "--model",
-    "dummy:llama-tiny",
-    "--prompt-len",
-    "8",
-    "--new-tokens",
-    "4",
-    "--concurrency",
-    "1,2",
-    "--threads",
-    "1",
+    *TINY_ARGS,
     "--poisson-seconds",
     "0",
     "--skip-baselines",

@@ -45,14 +45,13 @@ def client_pair() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
 def accept_batch(journal: Journal, router: zmq.Socket, table: RequestTable) -> RequestJournal:
     request_journal = RequestJournal(journal, result_ttl_s=60.0)
     replies = ClientReplies(router, table, request_journal, AuditTrail(None))
-    replies.hold()
-    for request_id in ("a", "b"):
-        admitted = make_admitted(request_id=request_id)
-        request_journal.record_accepted(admitted)
-        request, position = table.add(b"client-1", False, admitted, now_s=0.0)
-        request_journal.track_accepted(request)
-        replies.accept(request, pack(pb.Accepted(request_id=request_id, queue_position=position)))
-    replies.release()
+    with replies.batch():
+        for request_id in ("a", "b"):
+            admitted = make_admitted(request_id=request_id)
+            request_journal.record_accepted(admitted)
+            request, position = table.add(b"client-1", False, admitted, now_s=0.0)
+            request_journal.track_accepted(request)
+            replies.accept(request, pack(pb.Accepted(request_id=request_id, queue_position=position)))
     return request_journal
 
 
