@@ -134,6 +134,16 @@ class EngineBenchConfig:
         "(llmos worker --engine sim --profile FILE) fitted from the runs",
     )
 
+    def worker_config(self) -> WorkerConfig:
+        """How a worker would load this bench's model (the peer's llmos processes too)."""
+        return WorkerConfig(
+            model=self.model,
+            device=self.device,
+            dtype=self.dtype,
+            quantization=self.quantization,
+            max_model_len=self.max_model_len,
+        )
+
     def check(self) -> None:
         if self.prompt_len < 1 or self.new_tokens < 1:
             raise click.BadParameter("--prompt-len and --new-tokens must be at least 1")
@@ -204,15 +214,7 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
     levels = config.concurrency_levels
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    loaded = load_model(
-        WorkerConfig(
-            model=config.model,
-            device=config.device,
-            dtype=config.dtype,
-            quantization=config.quantization,
-            max_model_len=config.max_model_len,
-        )
-    )
+    loaded = load_model(config.worker_config())
     tokenizer = load_tokenizer(loaded.path)
     engine_cls = engine_class()
     echo(

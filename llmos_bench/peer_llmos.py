@@ -18,7 +18,6 @@ import torch
 
 from llmos_bench.engine import EngineBench, EngineBenchConfig, engine_class
 from llmos_bench.rss import peak_rss_bytes
-from workers.config import WorkerConfig
 from workers.model_loader import load_model, load_tokenizer
 
 
@@ -26,11 +25,7 @@ def run(settings: dict, concurrency: int, peak_flops: float) -> dict:
     config = EngineBenchConfig(**{**settings, "skip_baselines": True, "peer": ""})
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    loaded = load_model(
-        WorkerConfig(
-            model=config.model, device=config.device, dtype=config.dtype, max_model_len=config.max_model_len
-        )
-    )
+    loaded = load_model(config.worker_config())
     bench = EngineBench(config, loaded, load_tokenizer(loaded.path), engine_class(), peak_flops)
     bench.warm_up()
     return bench.measure_level(concurrency)
