@@ -40,6 +40,7 @@ from llmos_bench.peer import PEER_KEYS, check_peer, measure_peer
 from llmos_bench.report import format_report
 from llmos_bench.stats import count_parameters, latency_figures, matmul_peak_flops, median_run, model_flops
 from workers.config import WorkerConfig
+from workers.cpu_linears import check_cpu_weights
 from workers.model_loader import LoadedModel, kv_bytes_per_token, load_model, load_tokenizer
 from workers.reference_engine import ReferenceEngine
 
@@ -57,6 +58,7 @@ class EngineBenchConfig:
     device: str = option("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda")
     dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16")
     quantization: str = option("none", "none, or int8 (CPU only): int8 weights, as for llmos worker")
+    cpu_weights: str = option("fast", "fast or compact: the CPU weight copies, as for llmos worker")
     prompt_len: int = option(32, "prompt tokens per request")
     new_tokens: int = option(64, "tokens each request generates (EOS is ignored)")
     concurrency: str = option("1,8,32,64", "comma-separated engine concurrency levels")
@@ -157,6 +159,10 @@ class EngineBenchConfig:
             raise click.BadParameter("--stack-requests and --churn-requests must be at least 0")
         _ = self.concurrency_levels  # raises on a bad list
         check_peer(self.peer, self.peer_dtypes)
+        try:
+            check_cpu_weights(self.cpu_weights)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cpu-weights") from None
 
     @property
     def concurrency_levels(self) -> list[int]:
@@ -378,6 +384,7 @@ class EngineBench:
                 max_num_batched_tokens=max(self.config.max_num_batched_tokens, self.config.prompt_len),
                 prefix_caching=(self.config.prefix_caching if prefix_caching is None else prefix_caching),
                 mixed_steps=(self.config.mixed_steps if mixed_steps is None else mixed_steps),
+                cpu_weights=self.config.cpu_weights,
             )
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
 
@@ -521,6 +528,7 @@ def summarize(
         "device_name": device_name(loaded.device),
         "dtype": dtype_name(loaded.dtype),
         "quantization": loaded.quantization,
+        "cpu_weights": config.cpu_weights,
         # the KV bytes a token needs (layers x K and V x KV heads x head size x dtype),
         # against which each level's kv_bytes_per_live_token shows what the padded cache holds
         "kv_bytes_per_token": kv_bytes_per_token(bench.model.config, loaded.dtype),

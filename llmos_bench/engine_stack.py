@@ -78,6 +78,8 @@ def worker_args(config: Any, max_model_len: int, kv_tokens: int) -> list[str]:
         config.dtype,
         "--quantization",
         config.quantization,
+        "--cpu-weights",
+        config.cpu_weights,
         "--threads",
         str(config.threads),
         "--max-model-len",

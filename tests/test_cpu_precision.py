@@ -154,6 +154,19 @@ def test_float32_linears_keep_the_plain_weight_for_few_rows_and_a_packed_one_for
             torch.testing.assert_close(linear(hidden), torch.nn.functional.linear(hidden, linear.weight))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_compact_cpu_weights_run_every_linear_on_the_models_own_weight(dtype):
+    loaded = load_model(WorkerConfig(model=MODEL, device="cpu", dtype=dtype))
+    cpu_linears = CpuLinears(loaded.model, "compact")
+    for linear, (plain, weight) in zip(cpu_linears.linears, cpu_linears.weights, strict=True):
+        assert plain is None and weight is linear.weight
+    linear = cpu_linears.linears[0]
+    with cpu_linears.on_onednn():
+        hidden = torch.randn(PACKED_MIN_ROWS, linear.in_features, dtype=linear.weight.dtype)
+        expected = torch.nn.functional.linear(hidden, linear.weight)
+        torch.testing.assert_close(linear(hidden), expected)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -170,6 +183,10 @@ def test_float32_linears_keep_the_plain_weight_for_few_rows_and_a_packed_one_for
         (
             {"quantization": "int4"},
             "llmos worker: unknown quantization 'int4'; use one of none, int8",
+        ),
+        (
+            {"cpu_weights": "tiny"},
+            "llmos worker: unknown --cpu-weights 'tiny'; use one of fast, compact",
         ),
     ],
 )

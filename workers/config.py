@@ -45,6 +45,12 @@ class WorkerConfig:
         "but the output head; CPU and float32 only, activations and KV cache stay "
         "float32 (workers.quantization)",
     )
+    cpu_weights: str = option(
+        "fast",
+        "CPU: fast (float32 linears keep a copy packed for oneDNN, used from 4 rows on, "
+        "and bfloat16 ones run packed: about twice the weights' memory) or compact "
+        "(one copy of every weight, slower products; workers.cpu_linears)",
+    )
     max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
     engine: str = option(
         "batched",

@@ -18,7 +18,8 @@ row. A float32 weight keeps both layouts: packed from PACKED_MIN_ROWS rows on
 32 rows 65 against 74), plain below (one row: 24 ms plain against 29 packed,
 where the product streams the weight once). The packed copies are made once,
 when the engine is built; each doubles the memory of the weights it copies
-(docs/benchmarks.md reports the resident memory).
+(docs/benchmarks.md reports the resident memory). `--cpu-weights compact` makes
+no copy: every weight runs on oneDNN as it is, in the model's one copy.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def onednn_linear_available() -> bool:
 # the rows oneDNN is told to expect when it packs a weight; decode steps run 1 to max_num_seqs
 PACKING_BATCH_SIZE = 8
 PACKED_MIN_ROWS = 4  # a float32 product of fewer rows runs on the plain layout
+CPU_WEIGHTS = ("fast", "compact")  # packed copies where they are faster; no copy
+
+
+def check_cpu_weights(name: str) -> str:
+    if name not in CPU_WEIGHTS:
+        raise ValueError(f"unknown --cpu-weights {name!r}; use one of {', '.join(CPU_WEIGHTS)}")
+    return name
 
 
 class CpuLinears:
@@ -44,7 +52,7 @@ class CpuLinears:
     for a forward. Other modules (the int8 linears of
     `workers.quantization` among them) keep their own forward."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, cpu_weights: str = "fast") -> None:
         self.linears: list[torch.nn.Linear] = []
         self.weights: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (plain, packed) per linear
         if model.device.type == "cpu" and onednn_linear_available():
@@ -56,7 +64,8 @@ class CpuLinears:
                 for module in model.modules()
                 if type(module) is torch.nn.Linear and module.weight.dtype in dtypes
             ]
-            self.weights = [onednn_weights(linear.weight) for linear in self.linears]
+            is_compact = check_cpu_weights(cpu_weights) == "compact"
+            self.weights = [onednn_weights(linear.weight, is_compact) for linear in self.linears]
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
@@ -70,8 +79,11 @@ class CpuLinears:
                 object.__delattr__(linear, "forward")  # the class's forward again
 
 
-def onednn_weights(weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(the plain weight where small products use it, else None; the packed weight)."""
+def onednn_weights(weight: torch.Tensor, is_compact: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(the plain weight where small products use it, else None; the weight larger ones
+    use: packed, or with `is_compact` the plain one)."""
+    if is_compact:
+        return None, weight
     with torch.no_grad():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_BATCH_SIZE)
     return (weight if weight.dtype == torch.float32 else None), packed

@@ -29,6 +29,7 @@ def make_engine(
     max_num_batched_tokens: int,
     prefix_caching: bool = True,
     mixed_steps: bool = True,
+    cpu_weights: str = "fast",
 ) -> GenerateEngine:
     """The engine named `kind`; the KV geometry and the step's token budget are the batched engine's."""
     try:
@@ -51,4 +52,5 @@ def make_engine(
         max_num_batched_tokens=max_num_batched_tokens,
         prefix_caching=prefix_caching,
         mixed_steps=mixed_steps,
+        cpu_weights=cpu_weights,
     )

@@ -14,6 +14,7 @@ from llmos.demo_model import MODEL_NAME as DEMO_MODEL_NAME
 from llmos.demo_model import ensure_demo_model
 from llmos.wire import pb
 from workers.config import WorkerConfig
+from workers.cpu_linears import check_cpu_weights
 from workers.dummy import build_dummy_model, build_dummy_tokenizer, dummy_preset_name
 from workers.quantization import int8_weight_bytes, quantize_int8, resolve_quantization
 from workers.tasks import embedded_model_name, embedded_model_path, resolve_task
@@ -142,6 +143,10 @@ def load_model(config: WorkerConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     quantization = resolve_quantization(config.quantization, device, dtype)  # refused before any setup
+    try:
+        check_cpu_weights(config.cpu_weights)
+    except ValueError as exc:
+        raise SystemExit(f"llmos worker: {exc}") from None
     prepare_device(device)
     preset = dummy_preset_name(str(path))
     if preset is not None:

@@ -52,7 +52,9 @@ class PrefillJob:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, max_num_seqs: int, mixed_steps: bool = True) -> None:
+    def __init__(
+        self, model: Any, max_num_seqs: int, mixed_steps: bool = True, cpu_weights: str = "fast"
+    ) -> None:
         self.model = model
         self.device = model.device
         num_layers = model.config.get_text_config().num_hidden_layers
@@ -61,7 +63,7 @@ class ModelRunner:
         parameters = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.can_keep_last_logits = "logits_to_keep" in parameters
-        self.cpu_linears = CpuLinears(model)
+        self.cpu_linears = CpuLinears(model, cpu_weights)
         self.supports_mixed_steps = mixed_steps and supports_mixed_steps(model)
 
     # ---------------------------------------------------------------- prefill

@@ -158,6 +158,7 @@ class Worker:
                 max_num_batched_tokens=self.config.max_num_batched_tokens,
                 prefix_caching=self.config.prefix_caching,
                 mixed_steps=self.config.mixed_steps,
+                cpu_weights=self.config.cpu_weights,
             )
         except ValueError as exc:
             raise SystemExit(f"llmos worker: {exc}") from None
