@@ -9,8 +9,10 @@ runs it) with `llmos gateway` in front of its broker, then:
       TTFT and end-to-end p50/p99 of each, and what HTTP adds;
   (b) throughput: the scale workload (tiny requests, a closed loop with many in
       flight, from load processes) straight to the broker (`llmos_bench.driver`),
-      then through the gateway (`llmos_bench.http_load`); requests/s of each and
-      CPU microseconds the gateway spends per request.
+      then through the gateway (`llmos_bench.http_load`), both asking for whole
+      answers (`is_final_only`, as the gateway does for a call that does not
+      stream); requests/s of each and CPU microseconds the gateway spends per
+      request.
 
 It prints a table, then one JSON line. Nothing here asserts a time.
 """
@@ -96,7 +98,9 @@ def run_bench(config: GatewayBenchConfig, echo: Any = click.echo) -> dict[str, A
         echo(f"(a) latency: {config.latency_pairs} requests one at a time through each side ...")
         latency = measure_latency(config, stack, url)
         echo(f"(b) throughput: {config.scale_requests} requests, {config.scale_in_flight} in flight ...")
-        direct = run_side(config, stack, "llmos_bench.driver", {"address": stack.broker_address})
+        # whole answers on both sides: the gateway asks for a non-streamed call's result only
+        target = {"address": stack.broker_address, "stream": False}
+        direct = run_side(config, stack, "llmos_bench.driver", target)
         echo("(b) throughput: the same through the gateway ...")
         http = run_side(config, stack, "llmos_bench.http_load", {"url": url})
     return {
