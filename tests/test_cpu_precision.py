@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from stack import Stack
 
 from llmos.tiny_model import CORPUS
 from workers.batched_engine import BatchedEngine
@@ -66,8 +67,8 @@ def make_prompts(count: int, seed: int = 0) -> list[str]:
     return prompts
 
 
-def greedy_answers(model, tokenizer, prompts: list[str]) -> list[list[int]]:
-    engine = BatchedEngine(model, tokenizer, max_num_seqs=8, eos_token_ids=set())
+def greedy_answers(model, tokenizer, prompts: list[str], **engine_options) -> list[list[int]]:
+    engine = BatchedEngine(model, tokenizer, max_num_seqs=8, eos_token_ids=set(), **engine_options)
     for index, prompt in enumerate(prompts):
         options = SamplingOptions(max_tokens=NEW_TOKENS, temperature=0.0)
         engine.add_request(EngineRequest(str(index), tokenizer.encode(prompt), options))
@@ -154,6 +155,21 @@ def test_float32_linears_keep_the_plain_weight_for_few_rows_and_a_packed_one_for
             torch.testing.assert_close(linear(hidden), torch.nn.functional.linear(hidden, linear.weight))
 
 
+@pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bfloat16 in oneDNN on this CPU"
+)
+def test_a_worker_frees_the_bfloat16_weights_only_their_packed_copies_serve():
+    tokenizer = load_tokenizer(load_model(CONFIGS["bfloat16"]).path)
+    prompts = make_prompts(4)
+    kept = greedy_answers(load_model(CONFIGS["bfloat16"]).model, tokenizer, prompts)
+    model = load_model(CONFIGS["bfloat16"]).model
+    freed = greedy_answers(model, tokenizer, prompts, release_unused_weights=True)
+    assert freed == kept
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 * 7 + 1 and all(linear.weight.numel() == 0 for linear in linears)
+    assert model.get_input_embeddings().weight.numel() > 0  # what the engine still reads
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_compact_cpu_weights_run_every_linear_on_the_models_own_weight(dtype):
     loaded = load_model(WorkerConfig(model=MODEL, device="cpu", dtype=dtype))
@@ -195,3 +211,23 @@ def test_a_quantization_the_worker_cannot_run_is_refused_in_one_line(settings, m
     with pytest.raises(SystemExit) as refusal:
         load_model(config)
     assert str(refusal.value) == message
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bfloat16 in oneDNN on this CPU"
+)
+def test_a_bfloat16_worker_serves_the_answers_of_its_engine(tiny_model_dir, tmp_path):
+    """The worker frees the plain bfloat16 weights and still answers as the engine does
+    with them kept."""
+    config = WorkerConfig(model=str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    loaded = load_model(config)
+    tokenizer = load_tokenizer(loaded.path)
+    prompts = make_prompts(3, seed=7)
+    expected = greedy_answers(loaded.model, tokenizer, prompts)
+    with (
+        Stack(tiny_model_dir, tmp_path, worker_args=("--dtype", "bfloat16")) as stack,
+        stack.client() as client,
+    ):
+        answers = [list(client.generate(prompt, max_tokens=NEW_TOKENS).token_ids) for prompt in prompts]
+    assert answers == expected

@@ -75,6 +75,7 @@ class BatchedEngine:
         prefix_caching: bool = True,
         mixed_steps: bool = True,
         cpu_weights: str = "fast",
+        release_unused_weights: bool = False,
     ) -> None:
         """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens.
         `prefix_caching` is ignored for models whose attention is not plain full attention;
@@ -92,7 +93,9 @@ class BatchedEngine:
             num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size), block_size
         )
         full_attention = has_full_attention(model, self.max_model_len)
-        self.runner = ModelRunner(model, max_num_seqs, mixed_steps and full_attention, cpu_weights)
+        self.runner = ModelRunner(
+            model, max_num_seqs, mixed_steps and full_attention, cpu_weights, release_unused_weights
+        )
         self.prefix_caching = make_prefix_caching(
             prefix_caching and full_attention,
             self.budget,

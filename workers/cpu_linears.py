@@ -20,6 +20,11 @@ where the product streams the weight once). The packed copies are made once,
 when the engine is built; each doubles the memory of the weights it copies
 (docs/benchmarks.md reports the resident memory). `--cpu-weights compact` makes
 no copy: every weight runs on oneDNN as it is, in the model's one copy.
+
+A bfloat16 linear's plain weight is then used by nothing the engine runs. A
+worker, whose model serves only its engine, has it freed as soon as the packed
+copy exists (`release_unused`), so a bfloat16 model holds its weights once; the
+benchmark keeps it, since transformers' own `generate` runs on the same model.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class CpuLinears:
     for a forward. Other modules (the int8 linears of
     `workers.quantization` among them) keep their own forward."""
 
-    def __init__(self, model: Any, cpu_weights: str = "fast") -> None:
+    def __init__(self, model: Any, cpu_weights: str = "fast", release_unused: bool = False) -> None:
         self.linears: list[torch.nn.Linear] = []
         self.weights: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (plain, packed) per linear
         if model.device.type == "cpu" and onednn_linear_available():
@@ -65,7 +70,13 @@ class CpuLinears:
                 if type(module) is torch.nn.Linear and module.weight.dtype in dtypes
             ]
             is_compact = check_cpu_weights(cpu_weights) == "compact"
-            self.weights = [onednn_weights(linear.weight, is_compact) for linear in self.linears]
+            shared = {id(parameter) for parameter in model.get_input_embeddings().parameters()}
+            for linear in self.linears:
+                plain, packed = onednn_weights(linear.weight, is_compact)
+                self.weights.append((plain, packed))
+                if release_unused and plain is None and packed is not linear.weight:
+                    if id(linear.weight) not in shared:  # a head tied to the embeddings stays
+                        release_weight(linear)
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
@@ -87,6 +98,12 @@ def onednn_weights(weight: torch.Tensor, is_compact: bool) -> tuple[torch.Tensor
     with torch.no_grad():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_BATCH_SIZE)
     return (weight if weight.dtype == torch.float32 else None), packed
+
+
+def release_weight(linear: torch.nn.Linear) -> None:
+    """Free a weight only its packed copy is used for: an empty one takes its place (the
+    module's own forward, which would need it, never runs in the engine)."""
+    linear.weight = torch.nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
 
 
 def onednn_forward(plain: torch.Tensor | None, packed: torch.Tensor, bias: torch.Tensor | None) -> Any:

@@ -30,6 +30,7 @@ def make_engine(
     prefix_caching: bool = True,
     mixed_steps: bool = True,
     cpu_weights: str = "fast",
+    release_unused_weights: bool = False,
 ) -> GenerateEngine:
     """The engine named `kind`; the KV geometry and the step's token budget are the batched engine's."""
     try:
@@ -53,4 +54,5 @@ def make_engine(
         prefix_caching=prefix_caching,
         mixed_steps=mixed_steps,
         cpu_weights=cpu_weights,
+        release_unused_weights=release_unused_weights,
     )

@@ -53,7 +53,12 @@ class PrefillJob:
 
 class ModelRunner:
     def __init__(
-        self, model: Any, max_num_seqs: int, mixed_steps: bool = True, cpu_weights: str = "fast"
+        self,
+        model: Any,
+        max_num_seqs: int,
+        mixed_steps: bool = True,
+        cpu_weights: str = "fast",
+        release_unused_weights: bool = False,
     ) -> None:
         self.model = model
         self.device = model.device
@@ -63,7 +68,7 @@ class ModelRunner:
         parameters = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.can_keep_last_logits = "logits_to_keep" in parameters
-        self.cpu_linears = CpuLinears(model, cpu_weights)
+        self.cpu_linears = CpuLinears(model, cpu_weights, release_unused_weights)
         self.supports_mixed_steps = mixed_steps and supports_mixed_steps(model)
 
     # ---------------------------------------------------------------- prefill

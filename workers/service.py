@@ -159,6 +159,7 @@ class Worker:
                 prefix_caching=self.config.prefix_caching,
                 mixed_steps=self.config.mixed_steps,
                 cpu_weights=self.config.cpu_weights,
+                release_unused_weights=True,  # the model serves this engine alone
             )
         except ValueError as exc:
             raise SystemExit(f"llmos worker: {exc}") from None
