@@ -67,20 +67,16 @@ class ClientReplies:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Hold the sends of a batch of messages, then commit once and send them."""
-        self.hold()
+        """Hold the sends of a batch of messages; then commit the journal once and send
+        what was held, in order."""
+        assert self._held is None, "sends are held already"
+        self._held = []
         try:
             yield
         finally:
-            self.release()
+            self._release()
 
-    def hold(self) -> None:
-        """Keep sends until `release`: a batch of worker messages commits once."""
-        assert self._held is None, "sends are held already"
-        self._held = []
-
-    def release(self) -> None:
-        """Commit the journal, then send what was held, in order."""
+    def _release(self) -> None:
         assert self._held is not None, "no sends are held"
         held, self._held = self._held, None
         unjournalled = self.commit()

@@ -294,7 +294,7 @@ def run_scale_client(spec: dict) -> dict:
     connections, start_at_s (a time.monotonic instant shared by every client)."""
     jobs = scale_jobs(spec["requests"], spec["max_tokens"], spec["seed"])
     with LoadDriver(
-        spec["address"], spec["connections"], track_chunks=False, stream=spec.get("stream", True)
+        spec["address"], spec["connections"], track_chunks=False, stream=spec["stream"]
     ) as driver:
         time.sleep(max(0.0, spec["start_at_s"] - time.monotonic()))
         result = driver.run([], [ClosedLoop(jobs, spec["num_live"])], drain_timeout_s=spec["drain_timeout_s"])

@@ -137,8 +137,8 @@ def test_bfloat16_linears_run_on_packed_onednn_weights():
     num_linears = sum(isinstance(m, torch.nn.Linear) for m in loaded.model.modules())
     assert len(cpu_linears.linears) == num_linears == 2 * 7 + 1  # q k v o gate up down, per layer; head
     assert all(
-        plain is None and packed.is_mkldnn and packed.dtype == torch.bfloat16
-        for plain, packed in cpu_linears.weights
+        few_rows is None and weight.is_mkldnn and weight.dtype == torch.bfloat16
+        for few_rows, weight in cpu_linears.weights
     )
 
 
@@ -146,8 +146,8 @@ def test_float32_linears_keep_the_plain_weight_for_few_rows_and_a_packed_one_for
     loaded = load_model(WorkerConfig(model=MODEL, device="cpu", dtype="float32"))
     cpu_linears = CpuLinears(loaded.model)
     assert len(cpu_linears.linears) == 2 * 7 + 1
-    for linear, (plain, packed) in zip(cpu_linears.linears, cpu_linears.weights, strict=True):
-        assert plain is linear.weight and packed.is_mkldnn and packed.dtype == torch.float32
+    for linear, (few_rows, weight) in zip(cpu_linears.linears, cpu_linears.weights, strict=True):
+        assert few_rows is linear.weight and weight.is_mkldnn and weight.dtype == torch.float32
     linear = cpu_linears.linears[0]
     with cpu_linears.on_onednn():  # one row and many rows: the same products either way
         for num_rows in (1, PACKED_MIN_ROWS, 16):
@@ -159,9 +159,10 @@ def test_float32_linears_keep_the_plain_weight_for_few_rows_and_a_packed_one_for
     not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bfloat16 in oneDNN on this CPU"
 )
 def test_a_worker_frees_the_bfloat16_weights_only_their_packed_copies_serve():
-    tokenizer = load_tokenizer(load_model(CONFIGS["bfloat16"]).path)
+    kept_loaded = load_model(CONFIGS["bfloat16"])
+    tokenizer = load_tokenizer(kept_loaded.path)
     prompts = make_prompts(4)
-    kept = greedy_answers(load_model(CONFIGS["bfloat16"]).model, tokenizer, prompts)
+    kept = greedy_answers(kept_loaded.model, tokenizer, prompts)
     model = load_model(CONFIGS["bfloat16"]).model
     freed = greedy_answers(model, tokenizer, prompts, release_unused_weights=True)
     assert freed == kept
@@ -174,8 +175,8 @@ def test_a_worker_frees_the_bfloat16_weights_only_their_packed_copies_serve():
 def test_compact_cpu_weights_run_every_linear_on_the_models_own_weight(dtype):
     loaded = load_model(WorkerConfig(model=MODEL, device="cpu", dtype=dtype))
     cpu_linears = CpuLinears(loaded.model, "compact")
-    for linear, (plain, weight) in zip(cpu_linears.linears, cpu_linears.weights, strict=True):
-        assert plain is None and weight is linear.weight
+    for linear, (few_rows, weight) in zip(cpu_linears.linears, cpu_linears.weights, strict=True):
+        assert few_rows is None and weight is linear.weight
     linear = cpu_linears.linears[0]
     with cpu_linears.on_onednn():
         hidden = torch.randn(PACKED_MIN_ROWS, linear.in_features, dtype=linear.weight.dtype)

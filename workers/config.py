@@ -47,9 +47,10 @@ class WorkerConfig:
     )
     cpu_weights: str = option(
         "fast",
-        "CPU: fast (float32 linears keep a copy packed for oneDNN, used from 4 rows on, "
-        "and bfloat16 ones run packed: about twice the weights' memory) or compact "
-        "(one copy of every weight, slower products; workers.cpu_linears)",
+        "CPU: fast (float32 linears keep a second copy of their weights, packed for "
+        "oneDNN and used from 4 rows on: about twice their memory; bfloat16 ones run "
+        "packed) or compact (every weight as loaded, one copy, slower products; "
+        "workers.cpu_linears)",
     )
     max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
     engine: str = option(

@@ -13,18 +13,18 @@ Weights are handed to oneDNN packed (`_reorder_linear_weight`, as PyTorch's
 compiler packs them when it freezes a CPU model), in a layout blocked for
 products of several rows. A bfloat16 weight runs packed at every row count: in
 its plain layout oneDNN's bfloat16 product gains little over float32's at one
-row. A float32 weight keeps both layouts: packed from PACKED_MIN_ROWS rows on
-(a decode step of 8 rows of llama-100m takes 31 ms packed against 40 ms plain,
-32 rows 65 against 74), plain below (one row: 24 ms plain against 29 packed,
-where the product streams the weight once). The packed copies are made once,
-when the engine is built; each doubles the memory of the weights it copies
-(docs/benchmarks.md reports the resident memory). `--cpu-weights compact` makes
-no copy: every weight runs on oneDNN as it is, in the model's one copy.
+row. A float32 weight keeps both layouts: packed from PACKED_MIN_ROWS rows on,
+plain below, where a product streams the weight once and the plain layout is
+the faster (figures in docs/benchmarks.md). The packed copies are made once,
+when the engine is built; each doubles the memory of the weights it copies.
+`--cpu-weights compact` makes no copy: every weight runs as the model holds it.
 
-A bfloat16 linear's plain weight is then used by nothing the engine runs. A
-worker, whose model serves only its engine, has it freed as soon as the packed
-copy exists (`release_unused`), so a bfloat16 model holds its weights once; the
-benchmark keeps it, since transformers' own `generate` runs on the same model.
+The swap is scoped: while the engine's forward runs, every such `nn.Linear`
+has an instance `forward` that calls oneDNN; afterwards the model is as it was
+for anyone else (the benchmark's transformers baselines run on the same model
+object). A worker's model serves its engine alone, so there a weight the engine
+never reads (a bfloat16 linear's plain one, once packed) is freed as soon as its
+copy exists (`release_unused`): a bfloat16 worker holds its weights once.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ class CpuLinears:
 
     def __init__(self, model: Any, cpu_weights: str = "fast", release_unused: bool = False) -> None:
         self.linears: list[torch.nn.Linear] = []
-        self.weights: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (plain, packed) per linear
+        # per linear: (the weight of products under PACKED_MIN_ROWS rows, or None where
+        # one weight serves all; the weight of the others)
+        self.weights: list[tuple[torch.Tensor | None, torch.Tensor]] = []
         if model.device.type == "cpu" and onednn_linear_available():
             dtypes = {torch.float32}
             if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else oneDNN emulates bfloat16, slowly
@@ -72,17 +74,17 @@ class CpuLinears:
             is_compact = check_cpu_weights(cpu_weights) == "compact"
             shared = {id(parameter) for parameter in model.get_input_embeddings().parameters()}
             for linear in self.linears:
-                plain, packed = onednn_weights(linear.weight, is_compact)
-                self.weights.append((plain, packed))
-                if release_unused and plain is None and packed is not linear.weight:
-                    if id(linear.weight) not in shared:  # a head tied to the embeddings stays
-                        release_weight(linear)
+                few_rows, weight = onednn_weights(linear.weight, is_compact)
+                self.weights.append((few_rows, weight))
+                is_unused = few_rows is not linear.weight and weight is not linear.weight
+                if release_unused and is_unused and id(linear.weight) not in shared:
+                    release_weight(linear)  # (a head tied to the embeddings stays: they read it)
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
-        for linear, (plain, packed) in zip(self.linears, self.weights, strict=True):
+        for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True):
             # object.__setattr__: forward is a plain attribute, no nn.Module bookkeeping needed
-            object.__setattr__(linear, "forward", onednn_forward(plain, packed, linear.bias))
+            object.__setattr__(linear, "forward", onednn_forward(few_rows, weight, linear.bias))
         try:
             yield
         finally:
@@ -91,8 +93,8 @@ class CpuLinears:
 
 
 def onednn_weights(weight: torch.Tensor, is_compact: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(the plain weight where small products use it, else None; the weight larger ones
-    use: packed, or with `is_compact` the plain one)."""
+    """(the weight of products under PACKED_MIN_ROWS rows: a float32 linear's plain one,
+    else None; the weight of the others: packed, or with `is_compact` the plain one)."""
     if is_compact:
         return None, weight
     with torch.no_grad():
@@ -106,13 +108,13 @@ def release_weight(linear: torch.nn.Linear) -> None:
     linear.weight = torch.nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
 
 
-def onednn_forward(plain: torch.Tensor | None, packed: torch.Tensor, bias: torch.Tensor | None) -> Any:
+def onednn_forward(few_rows: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
     linear = torch.ops.mkldnn._linear_pointwise
-    if plain is None:
-        return lambda hidden: linear(hidden, packed, bias, "none", [], "")
+    if few_rows is None:
+        return lambda hidden: linear(hidden, weight, bias, "none", [], "")
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         is_small = hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]
-        return linear(hidden, plain if is_small else packed, bias, "none", [], "")
+        return linear(hidden, few_rows if is_small else weight, bias, "none", [], "")
 
     return forward
