@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
 from workers.requests import Delta, EngineRequest, SamplingOptions
 
@@ -38,3 +39,38 @@ def generate_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[
         input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=max_new_tokens
     )
     return output[0, input_ids.shape[1] :].tolist()
+
+
+def tiny_random_model(family: str, tokenizer, attn_implementation: str):
+    """A two-layer model of `family` with random weights drawn wide (clear greedy winners)."""
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+    )
+    if family == "gpt2":
+        config = GPT2Config(n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2, **special)
+    else:  # Llama-like bodies; Mistral's window is shorter than the prompts on purpose
+        config_class = {
+            "qwen2": Qwen2Config,
+            "qwen3": Qwen3Config,
+            "phi3": Phi3Config,
+            "mistral": MistralConfig,
+        }[family]
+        window = dict(sliding_window=16) if family == "mistral" else {}
+        config = config_class(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            initializer_range=0.2,
+            tie_word_embeddings=False,
+            **window,
+            **special,
+        )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    return model.eval()

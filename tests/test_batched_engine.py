@@ -11,8 +11,7 @@ import random
 
 import pytest
 import torch
-from engine_helpers import Answer, generate_greedy, make_request
-from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
+from engine_helpers import Answer, generate_greedy, make_request, tiny_random_model
 
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.tiny_model import CORPUS
@@ -439,41 +438,6 @@ def test_a_prompt_larger_than_the_kv_budget_is_refused(model, tokenizer):
     )
     assert len(answers["fits"].token_ids) == 6  # then it alone fills the 16 tokens: LENGTH
     assert answers["fits"].final.finish_reason == pb.FINISH_REASON_LENGTH
-
-
-def tiny_random_model(family: str, tokenizer, attn_implementation: str):
-    """A two-layer model of `family` with random weights drawn wide (clear greedy winners)."""
-    special = dict(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        vocab_size=len(tokenizer),
-    )
-    if family == "gpt2":
-        config = GPT2Config(n_positions=256, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2, **special)
-    else:  # Llama-like bodies; Mistral's window is shorter than the prompts on purpose
-        config_class = {
-            "qwen2": Qwen2Config,
-            "qwen3": Qwen3Config,
-            "phi3": Phi3Config,
-            "mistral": MistralConfig,
-        }[family]
-        window = dict(sliding_window=16) if family == "mistral" else {}
-        config = config_class(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            initializer_range=0.2,
-            tie_word_embeddings=False,
-            **window,
-            **special,
-        )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
-    return model.eval()
 
 
 @pytest.mark.parametrize(

@@ -182,7 +182,9 @@ def test_the_kernels_can_be_turned_off():
 
 
 def test_a_machine_that_cannot_build_them_falls_back_to_plain_torch_with_a_warning(tmp_path):
-    output = kernels_in_a_fresh_process({"CXX": "/bin/false", paged_ops.CACHE_ENV: str(tmp_path)})
+    output = kernels_in_a_fresh_process(
+        {"CXX": "/bin/false", paged_ops.CACHE_ENV: str(tmp_path), paged_ops.KERNELS_ENV: ""}
+    )
     assert output.startswith("False")
     assert "paged-attention kernels unavailable" in output
     assert list(tmp_path.iterdir()) == []  # no half-built library left behind

@@ -1,0 +1,207 @@
+"""A physical paged KV cache: keys and values live in fixed-size blocks, placed by block tables.
+
+vLLM's PagedAttention on our own terms. Each layer keeps one pool of keys and one of
+values, `[blocks, kv_heads, block_size, head_dim]`. A request owns a block table:
+the ids of the blocks that hold its tokens, in order (token p sits in block
+`table[p // block_size]`, at offset `p % block_size`). So
+- memory follows the blocks in use: a request holds `ceil(tokens / block_size)`
+  blocks, not a row as wide as the longest request's;
+- blocks are shared, not copied: two requests whose contexts start with the same
+  blocks name the same block ids (`BlockPool` counts the references), and a
+  cached prefix is a list of block ids;
+- nothing is padded: a forward packs every row's new tokens into one `[1, tokens]`
+  input with their positions; a decode brings one token, a prefill chunk many, and
+  each token attends to its row's context up to itself (`workers.paged_ops`).
+
+`PagedCache` is a transformers `Cache`: while `paged_forward` runs a `PagedStep`, the
+model's `update` stores each layer's new keys and values at the step's slots, and the
+attention function registered here (PAGED_ATTENTION) attends through the block tables.
+The pools grow by doubling up to the budget's blocks as higher block ids come into use
+(`BlockPool` hands out the lowest free ids, so the ids in use stay dense).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from workers import paged_ops
+
+PAGED_ATTENTION = "llmos_paged"
+MIN_POOL_BLOCKS = 16  # the pools' first size, in blocks
+
+
+class BlockPool:
+    """Which block ids are free, and how many holders each used block has."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self.free_ids = list(range(num_blocks))  # a heap: the lowest id first
+        self.ref_counts = [0] * num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_ids)
+
+    def can_allocate(self, num_blocks: int) -> bool:
+        return num_blocks <= len(self.free_ids)
+
+    def allocate(self, num_blocks: int) -> list[int]:
+        assert self.can_allocate(num_blocks), f"{num_blocks} blocks asked, {len(self.free_ids)} free"
+        block_ids = [heapq.heappop(self.free_ids) for _ in range(num_blocks)]
+        for block_id in block_ids:
+            self.ref_counts[block_id] = 1
+        return block_ids
+
+    def share(self, block_ids: Sequence[int]) -> None:
+        """One more holder for blocks in use (a request starting with a cached prefix)."""
+        for block_id in block_ids:
+            assert self.ref_counts[block_id] > 0, f"block {block_id} is free"
+            self.ref_counts[block_id] += 1
+
+    def release(self, block_ids: Sequence[int]) -> None:
+        """One holder fewer; a block nobody holds is free again."""
+        for block_id in block_ids:
+            assert self.ref_counts[block_id] > 0, f"block {block_id} is free already"
+            self.ref_counts[block_id] -= 1
+            if not self.ref_counts[block_id]:
+                heapq.heappush(self.free_ids, block_id)
+
+
+@dataclass
+class PagedStep:
+    """The layout of one packed forward: for each new token, its slot (where its keys
+    and values go), its row and its context length (its position + 1); for each row,
+    its block table. Int tensors on the model's device."""
+
+    slots: torch.Tensor  # [tokens] int64
+    token_rows: torch.Tensor  # [tokens] int32
+    context_lens: torch.Tensor  # [tokens] int32
+    block_tables: torch.Tensor  # [rows, max blocks] int32
+
+
+# the step of the packed forward under way, for the cache's `update` and the attention
+CURRENT_STEP: ContextVar[PagedStep | None] = ContextVar("llmos_paged_step", default=None)
+
+
+class PagedLayer(CacheLayerMixin):
+    """One layer's pools; allocated at the first `update`, which gives their shape and dtype."""
+
+    is_sliding = False
+
+    def __init__(self, cache: PagedCache) -> None:
+        super().__init__()
+        self.cache = cache
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        _, num_kv_heads, _, head_dim = key_states.shape
+        shape = (self.cache.capacity, num_kv_heads, self.cache.block_size, head_dim)
+        self.keys = torch.zeros(shape, dtype=key_states.dtype, device=key_states.device)
+        self.values = torch.zeros_like(self.keys)
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the step's new keys and values (`[1, kv_heads, tokens, head_dim]`); the pools."""
+        step = CURRENT_STEP.get()
+        assert step is not None, "a PagedCache is written only inside paged_forward"
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        paged_ops.store_kv(
+            self.keys, self.values, key_states[0].transpose(0, 1), value_states[0].transpose(0, 1), step.slots
+        )
+        return self.keys, self.values
+
+    def grow(self, capacity: int) -> None:
+        if not self.is_initialized:
+            return
+        keys = self.keys.new_zeros((capacity, *self.keys.shape[1:]))
+        values = torch.zeros_like(keys)
+        keys[: self.keys.shape[0]] = self.keys
+        values[: self.values.shape[0]] = self.values
+        self.keys, self.values = keys, values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return query_length, 0  # no mask is built for PAGED_ATTENTION
+
+    def get_seq_length(self) -> int:
+        return 0  # positions come with every forward
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class PagedCache(Cache):
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int) -> None:
+        super().__init__(layers=[PagedLayer(self) for _ in range(num_layers)])
+        self.blocks = BlockPool(num_blocks)
+        self.block_size = block_size
+        self.capacity = min(MIN_POOL_BLOCKS, num_blocks)  # blocks the pools hold
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes the pools hold, every layer's keys and values."""
+        return sum(
+            2 * layer.keys.numel() * layer.keys.element_size()
+            for layer in self.layers
+            if layer.is_initialized
+        )
+
+    def make_room_for(self, block_ids: Sequence[int]) -> None:
+        """Grow the pools (doubling) until they hold these blocks."""
+        highest = max(block_ids, default=-1)
+        if highest < self.capacity:
+            return
+        capacity = self.capacity
+        while capacity <= highest:
+            capacity *= 2
+        self.capacity = min(capacity, self.blocks.num_blocks)
+        for layer in self.layers:
+            layer.grow(self.capacity)
+
+
+@contextmanager
+def paged_forward(model: Any, step: PagedStep) -> Iterator[None]:
+    """For the one forward inside: the step's layout, and the model's attention switched
+    to PAGED_ATTENTION; both as they were afterwards, whatever happens."""
+    reset = CURRENT_STEP.set(step)
+    config = model.config
+    implementation, config._attn_implementation = config._attn_implementation, PAGED_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = implementation
+        CURRENT_STEP.reset(reset)
+
+
+def paged_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The attention function of a packed forward: `query` `[1, heads, tokens, head_dim]`,
+    `key` and `value` the layer's pools (what `PagedLayer.update` returns);
+    `[1, tokens, heads, head_dim]`."""
+    step = CURRENT_STEP.get()
+    assert step is not None, f"{PAGED_ATTENTION} attention outside a paged forward"
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = paged_ops.paged_attention(
+        query[0].transpose(0, 1), key, value, step.block_tables, step.token_rows, step.context_lens, scale
+    )
+    return out.unsqueeze(0), None
+
+
+AttentionInterface.register(PAGED_ATTENTION, paged_attention)
