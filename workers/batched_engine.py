@@ -37,29 +37,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from typing import Any
 
-import torch
-
-from llmos.wire import pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE
 from workers.batch_sequence import Sequence, SequenceStatus
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
-from workers.detokenizer import IncrementalText
+from workers.engine_core import EngineCore
 from workers.engine_prefix import PREFIX_CACHE_HOLDER, make_prefix_caching
 from workers.kv_budget import KvBudget
-from workers.model_facts import has_full_attention, model_context_length, model_eos_token_ids
+from workers.model_facts import has_full_attention
 from workers.model_runner import CachedPrefix, ModelRunner, PrefillJob
-from workers.requests import Delta, EngineRequest, check_request, error_delta
-from workers.sampling import make_generator, sample_next_token
+from workers.requests import Delta
 
 log = logging.getLogger(__name__)
 
-MIN_PREFILL_TOKENS = 32  # a prefill always gets this much of a step, so newcomers progress
 
-
-class BatchedEngine:
+class BatchedEngine(EngineCore):
     def __init__(
         self,
         model: Any,
@@ -80,15 +73,15 @@ class BatchedEngine:
         """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens.
         `prefix_caching` is ignored for models whose attention is not plain full attention;
         `mixed_steps` (decodes and prefill in one forward) for models that cannot."""
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_num_seqs = max_num_seqs
-        self.max_model_len = max_model_len or model_context_length(model)
-        self.eos_token_ids = frozenset(
-            eos_token_ids if eos_token_ids is not None else model_eos_token_ids(model, tokenizer)
+        super().__init__(
+            model,
+            tokenizer,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            eos_token_ids=eos_token_ids,
+            worker_id=worker_id,
+            max_num_batched_tokens=max_num_batched_tokens,
         )
-        self.worker_id = worker_id
-        self.max_num_batched_tokens = max_num_batched_tokens
         self.budget = KvBudget(
             num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size), block_size
         )
@@ -102,115 +95,9 @@ class BatchedEngine:
             model.config.get_text_config().num_hidden_layers,
             tokenizer,
         )
-        self.waiting: deque[Sequence] = deque()  # WAITING
-        self.running: dict[str, Sequence] = {}  # holding KV: PREFILLING (the job) or DECODING (the batch)
         self.job: PrefillJob | None = None  # newcomers being prefilled
-        self.pending_deltas: list[Delta] = []
-        self.num_arrivals = 0
 
-    # ---------------------------------------------------------------- requests in
-
-    def add_request(self, request: EngineRequest) -> None:
-        """Queue a request; one that can never run gets an error delta at the next step."""
-        assert self.find(request.request_id) is None, f"duplicate request {request.request_id}"
-        problem = check_request(request, self.max_model_len) or self.check_fits(request)
-        if problem is not None:
-            log.warning(
-                "worker %s request %s refused: %s", self.worker_id, request.request_id, problem.error_message
-            )
-            self.pending_deltas.append(problem)
-            return
-        sequence = Sequence(
-            request=request,
-            arrival_seq=self.num_arrivals,
-            generated_token_ids=list(request.generated_token_ids),
-            emitted_text_chars=request.emitted_text_chars,
-            generator=make_generator(request.sampling, self.model.device),
-            detokenizer=IncrementalText(self.tokenizer, request.generated_token_ids),
-        )
-        self.num_arrivals += 1
-        if (
-            sequence.generated_token_ids
-            and sequence.finish_reason(self.max_context_tokens, self.eos_token_ids)[0]
-            != pb.FINISH_REASON_UNSPECIFIED
-        ):
-            # resumed at its end: finish at once with the held-back text, no new tokens
-            self.pending_deltas.append(self.make_delta(sequence, []))
-            sequence.move_to(SequenceStatus.FINISHED)
-            return
-        self.waiting.append(sequence)
-
-    def check_fits(self, request: EngineRequest) -> Delta | None:
-        num_tokens = len(request.prompt_token_ids) + 1  # room for its first generated token
-        if self.budget.can_ever_hold(num_tokens):
-            return None
-        return error_delta(
-            request.request_id,
-            pb.TOO_LARGE,
-            f"the prompt needs {self.budget.blocks_for(num_tokens)} KV blocks but "
-            f"this engine has {self.budget.num_blocks}",
-            prompt_tokens=len(request.prompt_token_ids),
-        )
-
-    def refuse(self, sequence: Sequence) -> Delta:
-        """A waiting request that no longer fits the budget (it shrank)."""
-        self.forget(sequence, SequenceStatus.FAILED)
-        num_tokens = sequence.num_context_tokens + 1
-        log.warning("worker %s request %s no longer fits the KV budget", self.worker_id, sequence.request_id)
-        return error_delta(
-            sequence.request_id,
-            pb.TOO_LARGE,
-            f"the request needs {self.budget.blocks_for(num_tokens)} KV blocks but "
-            f"this engine now has {self.budget.num_blocks}",
-        )
-
-    def cancel(self, request_id: str) -> bool:
-        """Forget a request and free its KV blocks now; False if it is not here."""
-        sequence = self.find(request_id)
-        if sequence is None:
-            return False
-        self.forget(sequence, SequenceStatus.CANCELLED)
-        return True
-
-    def preempt(self, request_id: str) -> Delta | None:
-        """Stop a request and free its KV blocks now; its final delta (PREEMPTED, nothing
-        new: every token so far was streamed), or None if it is not here. What it has
-        computed stays in the prefix cache (blocks nobody needs), so when the scheduler
-        sends it back here, its resume recomputes only what the cache lost meanwhile."""
-        sequence = self.find(request_id)
-        if sequence is None:
-            return None
-        self.keep_batch_rows([sequence])
-        self.forget(sequence, SequenceStatus.PREEMPTED)
-        log.info(
-            "worker %s request %s preempted after %d tokens",
-            self.worker_id,
-            request_id,
-            len(sequence.generated_token_ids),
-        )
-        return sequence.final_delta(pb.FINISH_REASON_PREEMPTED)
-
-    def drop_all(self) -> list[str]:
-        """Forget every request (their broker re-queued them); return their ids."""
-        return self.forget_all(SequenceStatus.DROPPED)
-
-    def fail_all(self, message: str) -> list[Delta]:
-        """Error deltas for every request (after a failure that is not one request's)."""
-        request_ids = self.forget_all(SequenceStatus.FAILED)
-        return [error_delta(request_id, pb.WORKER_FAILED, message) for request_id in request_ids]
-
-    def forget_all(self, status: SequenceStatus) -> list[str]:
-        sequences = [*self.waiting, *self.running.values()]
-        for sequence in sequences:
-            sequence.move_to(status)
-        self.waiting.clear()
-        self.running.clear()
-        self.job = None
-        self.runner.batch.clear()
-        self.budget.clear()
-        self.prefix_caching.hold_cached_blocks()
-        self.pending_deltas.clear()
-        return [sequence.request_id for sequence in sequences]
+    # ---------------------------------------------------------------- the KV budget
 
     def set_kv_budget(self, num_blocks: int, block_size: int) -> None:
         """Adopt the kernel's block geometry; the next step evicts cached prefixes, then
@@ -220,22 +107,10 @@ class BatchedEngine:
 
     # ---------------------------------------------------------------- state
 
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.pending_deltas)
-
     def kv_usage(self) -> tuple[int, int]:
         """(bytes the batch's KV buffers hold, tokens live in them): what the padded
         batch cache costs per token, against the model's own figure per token."""
         return self.runner.batch.num_bytes, self.runner.batch.num_live_tokens
-
-    @property
-    def num_running(self) -> int:
-        return len(self.running)
-
-    @property
-    def num_cached_tokens(self) -> int:
-        return sum(s.num_cached_tokens for s in self.running.values())
 
     @property
     def num_prefix_cache_blocks(self) -> int:
@@ -253,16 +128,6 @@ class BatchedEngine:
     def cached_prefix_hashes(self) -> list[int]:
         """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
         return self.prefix_caching.reported_hashes()
-
-    @property
-    def max_context_tokens(self) -> int:
-        """A request stops (LENGTH) at the model's context or when it alone fills the KV budget."""
-        return min(self.max_model_len, self.budget.num_blocks * self.budget.block_size)
-
-    def find(self, request_id: str) -> Sequence | None:
-        if request_id in self.running:
-            return self.running[request_id]
-        return next((s for s in self.waiting if s.request_id == request_id), None)
 
     # ---------------------------------------------------------------- the step
 
@@ -310,7 +175,7 @@ class BatchedEngine:
         prefill fits the step's tokens. A lone long prompt runs in chunks over several steps.
         Requests whose contexts start with cached blocks go together, and their job starts
         after the cached columns (`ModelRunner.start_prefill`); one without stops the group."""
-        num_tokens_left = self.prefill_tokens_left()
+        num_tokens_left = self.prefill_tokens_left(self.runner.batch.num_rows)
         chosen: list[Sequence] = []
         cached: list[CachedPrefix | None] = []
         num_columns = 0
@@ -345,9 +210,6 @@ class BatchedEngine:
         self.prefix_caching.count_hits(job)
         return job
 
-    def prefill_tokens_left(self) -> int:
-        return max(self.max_num_batched_tokens - self.runner.batch.num_rows, MIN_PREFILL_TOKENS)
-
     def decode(self) -> list[Delta]:
         sequences = [self.running[request_id] for request_id in self.runner.batch.row_ids]
         if not sequences:
@@ -362,7 +224,7 @@ class BatchedEngine:
 
     def prefill_columns(self, job: PrefillJob) -> int:
         """How many of the job's columns this step computes, at most."""
-        return max(self.prefill_tokens_left() // job.num_rows, 1)
+        return max(self.prefill_tokens_left(self.runner.batch.num_rows) // job.num_rows, 1)
 
     def prefill(self) -> list[Delta]:
         job = self.job
@@ -401,21 +263,8 @@ class BatchedEngine:
             sequence.num_cached_tokens += 1
         for sequence in newcomers:
             sequence.num_cached_tokens = sequence.num_context_tokens
-        self.keep_batch_rows(newcomers)
+        self.keep_computed(newcomers)
         return self.append_tokens(rows + newcomers, logits)  # one sampling pass for both
-
-    def append_tokens(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Delta]:
-        deltas, finished = [], []
-        for sequence, token_id in zip(sequences, self.sample(sequences, logits), strict=True):
-            sequence.generated_token_ids.append(token_id)
-            delta = self.make_delta(sequence, [token_id])
-            deltas.append(delta)
-            if delta.is_finished:
-                finished.append(sequence)
-        self.keep_batch_rows(finished)
-        for sequence in finished:
-            self.release(sequence, SequenceStatus.FINISHED)
-        return deltas
 
     def join_batch(self, sequences: list[Sequence]) -> None:
         """The prefill job's requests are rows of the batch now (the runner moved them)."""
@@ -423,7 +272,7 @@ class BatchedEngine:
         for sequence in sequences:
             sequence.move_to(SequenceStatus.DECODING)
 
-    def keep_batch_rows(self, sequences: list[Sequence]) -> None:
+    def keep_computed(self, sequences: list[Sequence]) -> None:
         """Keep in the prefix cache what these requests computed in the batch (those that
         are rows of it)."""
         self.prefix_caching.keep_batch_rows(
@@ -431,45 +280,13 @@ class BatchedEngine:
             [(s.request_id, s.cached_token_ids()) for s in sequences if s.status is SequenceStatus.DECODING],
         )
 
-    def sample(self, sequences: list[Sequence], logits: torch.Tensor) -> list[int]:
-        """One token per row: greedy rows by one argmax over the batch, sampled rows
-        with their own generator (seeded runs repeat exactly)."""
-        if all(s.generator is None for s in sequences):
-            return logits.argmax(dim=-1).tolist()
-        greedy = logits.argmax(dim=-1).tolist()
-        return [
-            greedy[row]
-            if s.generator is None
-            else sample_next_token(logits[row], s.request.sampling, s.generator)
-            for row, s in enumerate(sequences)
-        ]
-
-    def make_delta(self, sequence: Sequence, new_token_ids: list[int]) -> Delta:
-        return sequence.make_delta(new_token_ids, self.max_context_tokens, self.eos_token_ids)
-
     # ---------------------------------------------------------------- leaving
 
-    def pick_victim(self) -> Sequence:
-        assert self.running, "over the KV budget with nothing running"
-        return max(self.running.values(), key=lambda s: s.preemption_order)
-
-    def preempt_by_recompute(self, sequence: Sequence) -> None:
-        """Free the request's cache; it waits at the front and is prefilled again later."""
-        self.release(sequence, SequenceStatus.WAITING)
-        log.info(
-            "worker %s request %s preempted by recompute (KV blocks ran out): %d tokens kept",
-            self.worker_id,
-            sequence.request_id,
-            len(sequence.generated_token_ids),
-        )
-
-    def forget(self, sequence: Sequence, status: SequenceStatus) -> None:
-        """Take a request out of the engine for good, wherever it is; `status` says why."""
-        if sequence.status is SequenceStatus.WAITING:
-            self.waiting.remove(sequence)
-            sequence.move_to(status)
-        else:
-            self.release(sequence, status)
+    def clear_kv(self) -> None:
+        self.job = None
+        self.runner.batch.clear()
+        self.budget.clear()
+        self.prefix_caching.hold_cached_blocks()
 
     def release(self, sequence: Sequence, status: SequenceStatus) -> None:
         """Free the blocks of a request that holds KV and move it to `status` (back to the
@@ -497,19 +314,3 @@ class BatchedEngine:
         for other in reversed(others):
             other.move_to(SequenceStatus.WAITING)
             self.waiting.appendleft(other)
-
-    def fail_sequences(self, sequences: list[Sequence], exc: Exception) -> list[Delta]:
-        """Error deltas for requests the model failed on, which leave the engine (a prefill
-        job's requests are all among them: the job goes as a whole)."""
-        failed = list({s.request_id: s for s in sequences}.values())  # a request may be listed twice
-        log.exception(
-            "worker %s: the model failed on requests %s",
-            self.worker_id,
-            ", ".join(s.request_id for s in failed),
-        )
-        for sequence in failed:
-            self.forget(sequence, SequenceStatus.FAILED)
-        return [
-            error_delta(s.request_id, pb.WORKER_FAILED, f"the model failed on this request: {exc}")
-            for s in failed
-        ]
