@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
+from llmos.tiny_model import CORPUS
+from llmos.wire import pb
 from workers.requests import Delta, EngineRequest, SamplingOptions
+
+WORDS = CORPUS.split()
 
 
 @dataclass
@@ -74,3 +81,49 @@ def tiny_random_model(family: str, tokenizer, attn_implementation: str):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     return model.eval()
+
+
+def make_prompts(count: int, seed: int, max_words: int = 40) -> list[str]:
+    """Corpus snippets of 1 to `max_words` words: prompt lengths from 2 to ~100 tokens."""
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(count):
+        start, num_words = rng.randrange(len(WORDS)), rng.randint(1, max_words)
+        prompts.append(" ".join((WORDS * 2)[start : start + num_words]))
+    return prompts
+
+
+def run_engine_to_end(
+    engine: Any,
+    check_invariants: Callable[[Any], None],
+    arrivals: dict[int, list[EngineRequest]] | None = None,
+    answers: dict[str, Answer] | None = None,
+) -> dict[str, Answer]:
+    """Step until idle, adding `arrivals[n]` before step n; check the invariants after every step."""
+    arrivals = dict(arrivals or {})
+    answers = answers if answers is not None else {}
+    step = 0
+    while engine.has_work or arrivals:
+        for request in arrivals.pop(step, []):
+            engine.add_request(request)
+        for delta in engine.step():
+            answer = answers.setdefault(delta.request_id, Answer())
+            assert not answer.deltas or not answer.final.is_finished, "a delta after the final one"
+            answer.add(delta)
+        check_invariants(engine)
+        step += 1
+    assert engine.num_cached_tokens == 0 and engine.num_request_blocks == 0
+    return answers
+
+
+def assert_greedy(
+    model, tokenizer, answers: dict[str, Answer], prompts: dict[str, str], max_tokens: dict[str, int]
+) -> None:
+    for request_id, prompt in prompts.items():
+        expected = generate_greedy(model, tokenizer, prompt, max_tokens[request_id])
+        answer = answers[request_id]
+        assert answer.token_ids == expected, request_id
+        assert answer.text == tokenizer.decode(expected, skip_special_tokens=True)
+        assert answer.final.finish_reason == (
+            pb.FINISH_REASON_EOS if expected[-1] == tokenizer.eos_token_id else pb.FINISH_REASON_LENGTH
+        )

@@ -7,14 +7,21 @@ token, however the requests were batched, chunked, preempted or resumed.
 from __future__ import annotations
 
 import copy
-import random
 
 import pytest
 import torch
-from engine_helpers import Answer, generate_greedy, make_request, tiny_random_model
+from engine_helpers import (
+    WORDS,
+    Answer,
+    assert_greedy,
+    generate_greedy,
+    make_prompts,
+    make_request,
+    run_engine_to_end,
+    tiny_random_model,
+)
 
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
-from llmos.tiny_model import CORPUS
 from llmos.wire import pb
 from workers.batch_sequence import Sequence, SequenceStatus
 from workers.batched_engine import BatchedEngine
@@ -22,18 +29,6 @@ from workers.engine_prefix import PREFIX_CACHE_HOLDER
 from workers.requests import Delta, EngineRequest, SamplingOptions
 
 torch.set_num_threads(1)
-
-WORDS = CORPUS.split()
-
-
-def make_prompts(count: int, seed: int, max_words: int = 40) -> list[str]:
-    """Corpus snippets of 1 to `max_words` words: prompt lengths from 2 to ~100 tokens."""
-    rng = random.Random(seed)
-    prompts = []
-    for _ in range(count):
-        start, num_words = rng.randrange(len(WORDS)), rng.randint(1, max_words)
-        prompts.append(" ".join((WORDS * 2)[start : start + num_words]))
-    return prompts
 
 
 def check_invariants(engine: BatchedEngine) -> None:
@@ -62,34 +57,7 @@ def run_to_end(
     arrivals: dict[int, list[EngineRequest]] | None = None,
     answers: dict[str, Answer] | None = None,
 ) -> dict[str, Answer]:
-    """Step until idle, adding `arrivals[n]` before step n; check the invariants after every step."""
-    arrivals = dict(arrivals or {})
-    answers = answers if answers is not None else {}
-    step = 0
-    while engine.has_work or arrivals:
-        for request in arrivals.pop(step, []):
-            engine.add_request(request)
-        for delta in engine.step():
-            answer = answers.setdefault(delta.request_id, Answer())
-            assert not answer.deltas or not answer.final.is_finished, "a delta after the final one"
-            answer.add(delta)
-        check_invariants(engine)
-        step += 1
-    assert engine.num_cached_tokens == 0 and engine.num_request_blocks == 0
-    return answers
-
-
-def assert_greedy(
-    model, tokenizer, answers: dict[str, Answer], prompts: dict[str, str], max_tokens: dict[str, int]
-) -> None:
-    for request_id, prompt in prompts.items():
-        expected = generate_greedy(model, tokenizer, prompt, max_tokens[request_id])
-        answer = answers[request_id]
-        assert answer.token_ids == expected, request_id
-        assert answer.text == tokenizer.decode(expected, skip_special_tokens=True)
-        assert answer.final.finish_reason == (
-            pb.FINISH_REASON_EOS if expected[-1] == tokenizer.eos_token_id else pb.FINISH_REASON_LENGTH
-        )
+    return run_engine_to_end(engine, check_invariants, arrivals, answers)
 
 
 def test_sixteen_staggered_requests_each_equal_generate_alone(model, tokenizer):

@@ -6,13 +6,15 @@ import enum
 from typing import Any
 
 from workers.batched_engine import BatchedEngine
+from workers.paged_engine import PagedEngine
 from workers.reference_engine import ReferenceEngine
 
-GenerateEngine = ReferenceEngine | BatchedEngine
+GenerateEngine = ReferenceEngine | BatchedEngine | PagedEngine
 
 
 class EngineKind(enum.Enum):
     BATCHED = "batched"  # workers.batched_engine: one forward per step for the whole batch
+    PAGED = "paged"  # workers.paged_engine: the same over a paged KV cache (blocks, shared prefixes)
     REFERENCE = "reference"  # workers.reference_engine: one cache and one forward per request
 
 
@@ -41,6 +43,20 @@ def make_engine(
     if engine_kind is EngineKind.REFERENCE:
         return ReferenceEngine(
             model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len, worker_id=worker_id
+        )
+    if engine_kind is EngineKind.PAGED:
+        return PagedEngine(
+            model,
+            tokenizer,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            worker_id=worker_id,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            max_num_batched_tokens=max_num_batched_tokens,
+            prefix_caching=prefix_caching,
+            cpu_weights=cpu_weights,
+            release_unused_weights=release_unused_weights,
         )
     return BatchedEngine(
         model,

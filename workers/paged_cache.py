@@ -40,25 +40,36 @@ MIN_POOL_BLOCKS = 16  # the pools' first size, in blocks
 
 
 class BlockPool:
-    """Which block ids are free, and how many holders each used block has."""
+    """Which block ids are in use, and how many holders each has. At most `num_blocks`
+    are in use at once (the kernel's grant, which may change: `resize`); a new id is
+    minted only when no freed one is left, and the lowest free id goes first, so the
+    ids in use stay dense and the pools stay small."""
 
     def __init__(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
-        self.free_ids = list(range(num_blocks))  # a heap: the lowest id first
-        self.ref_counts = [0] * num_blocks
+        self.free_ids: list[int] = []  # a heap of ids used before and free now: the lowest first
+        self.ref_counts: list[int] = []  # per id ever minted
+        self.num_used_blocks = 0
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_ids)
+        return max(self.num_blocks - self.num_used_blocks, 0)
 
     def can_allocate(self, num_blocks: int) -> bool:
-        return num_blocks <= len(self.free_ids)
+        return num_blocks <= self.num_free_blocks
 
     def allocate(self, num_blocks: int) -> list[int]:
-        assert self.can_allocate(num_blocks), f"{num_blocks} blocks asked, {len(self.free_ids)} free"
-        block_ids = [heapq.heappop(self.free_ids) for _ in range(num_blocks)]
-        for block_id in block_ids:
+        assert self.can_allocate(num_blocks), f"{num_blocks} blocks asked, {self.num_free_blocks} free"
+        block_ids = []
+        for _ in range(num_blocks):
+            if self.free_ids:
+                block_id = heapq.heappop(self.free_ids)
+            else:
+                block_id = len(self.ref_counts)
+                self.ref_counts.append(0)
             self.ref_counts[block_id] = 1
+            block_ids.append(block_id)
+        self.num_used_blocks += num_blocks
         return block_ids
 
     def share(self, block_ids: Sequence[int]) -> None:
@@ -74,6 +85,11 @@ class BlockPool:
             self.ref_counts[block_id] -= 1
             if not self.ref_counts[block_id]:
                 heapq.heappush(self.free_ids, block_id)
+                self.num_used_blocks -= 1
+
+    def resize(self, num_blocks: int) -> None:
+        """A new grant; more may be in use than it allows until holders release them."""
+        self.num_blocks = num_blocks
 
 
 @dataclass
@@ -145,7 +161,7 @@ class PagedCache(Cache):
         super().__init__(layers=[PagedLayer(self) for _ in range(num_layers)])
         self.blocks = BlockPool(num_blocks)
         self.block_size = block_size
-        self.capacity = min(MIN_POOL_BLOCKS, num_blocks)  # blocks the pools hold
+        self.capacity = max(min(MIN_POOL_BLOCKS, num_blocks), 1)  # blocks the pools hold
 
     @property
     def num_bytes(self) -> int:
@@ -164,7 +180,7 @@ class PagedCache(Cache):
         capacity = self.capacity
         while capacity <= highest:
             capacity *= 2
-        self.capacity = min(capacity, self.blocks.num_blocks)
+        self.capacity = min(capacity, max(self.blocks.num_blocks, highest + 1))
         for layer in self.layers:
             layer.grow(self.capacity)
 

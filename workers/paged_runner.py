@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from workers.cpu_linears import CpuLinears
 from workers.paged_cache import PagedCache, PagedStep, paged_forward
 
 
@@ -32,15 +33,27 @@ class PagedRow:
 
 
 class PagedRunner:
-    def __init__(self, model: Any, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        num_blocks: int,
+        block_size: int,
+        cpu_weights: str = "fast",
+        release_unused_weights: bool = False,
+    ) -> None:
         self.model = model
         self.device = model.device
-        num_layers = model.config.get_text_config().num_hidden_layers
-        self.cache = PagedCache(num_layers, num_blocks, block_size)
+        self.num_layers = model.config.get_text_config().num_hidden_layers
+        self.cache = PagedCache(self.num_layers, num_blocks, block_size)
         # newer transformers call the cache argument `cache`, older ones `past_key_values`
         parameters = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.can_keep_last_logits = "logits_to_keep" in parameters
+        self.cpu_linears = CpuLinears(model, cpu_weights, release_unused_weights)
+
+    def reset(self, num_blocks: int, block_size: int) -> None:
+        """A fresh cache of another geometry (what the old one held is gone)."""
+        self.cache = PagedCache(self.num_layers, num_blocks, block_size)
 
     @property
     def block_size(self) -> int:
@@ -88,6 +101,6 @@ class PagedRunner:
         kwargs: dict[str, Any] = {self.cache_kwarg: self.cache, "use_cache": True}
         if self.can_keep_last_logits:
             kwargs["logits_to_keep"] = last_tokens
-        with paged_forward(self.model, step):
+        with paged_forward(self.model, step), self.cpu_linears.on_onednn():
             logits = self.model(input_ids=input_ids, position_ids=position_ids, **kwargs).logits
         return logits[0] if self.can_keep_last_logits else logits[0, last_tokens]

@@ -46,6 +46,29 @@ from llmos.prefix import MAX_PREFIX_BLOCKS
 MAX_REPORTED_HASHES = 1024
 
 LayerKeysValues = tuple[torch.Tensor, torch.Tensor]  # one layer's [kv_heads, tokens, head_dim] pair
+# deepest block hash of each cached prefix -> the character-block hashes of its text, or
+# what computes them (until first reported)
+TextHashes = OrderedDict[int, tuple[int, ...] | Callable[[], tuple[int, ...]]]
+
+
+def next_block_hash(previous: int | None, block_token_ids: Sequence[int]) -> int:
+    """The hash of a prefix: the hash of the prefix before its last block, and that block's tokens."""
+    return hash((previous, tuple(block_token_ids)))
+
+
+def reported_text_hashes(text_hashes: TextHashes) -> list[int]:
+    """Character-block hashes of every cached prefix's text (most recent first, no
+    repeats, at most MAX_REPORTED_HASHES): what the worker tells the kernel."""
+    seen: dict[int, None] = {}
+    for prefix_hash in reversed(list(text_hashes)):
+        block_hashes = text_hashes[prefix_hash]
+        if callable(block_hashes):  # first reported: hash its text now, once
+            block_hashes = text_hashes[prefix_hash] = block_hashes()
+        for block_hash in block_hashes:
+            seen.setdefault(block_hash, None)
+        if len(seen) >= MAX_REPORTED_HASHES:
+            break
+    return list(seen)[:MAX_REPORTED_HASHES]
 
 
 @dataclass
@@ -71,9 +94,7 @@ class PrefixCache:
         self.block_size = block_size
         self.num_layers = num_layers
         self.blocks: OrderedDict[int, CachedBlock] = OrderedDict()  # least recently used first
-        # deepest block hash of each cached prefix -> the character-block hashes of its text,
-        # or what computes them (until first reported)
-        self.text_hashes: OrderedDict[int, tuple[int, ...] | Callable[[], tuple[int, ...]]] = OrderedDict()
+        self.text_hashes: TextHashes = OrderedDict()
         self.version = 0  # bumped whenever what the cache reports changes
 
     def __len__(self) -> int:
@@ -86,7 +107,7 @@ class PrefixCache:
         previous = None
         size = self.block_size
         for index in range(num_blocks):
-            previous = hash((previous, tuple(token_ids[index * size : (index + 1) * size])))
+            previous = next_block_hash(previous, token_ids[index * size : (index + 1) * size])
             hashes.append(previous)
         return hashes
 
@@ -198,15 +219,4 @@ class PrefixCache:
     # ---------------------------------------------------------------- report
 
     def reported_hashes(self) -> list[int]:
-        """Character-block hashes of every cached prefix's text (most recent first, no
-        repeats, at most MAX_REPORTED_HASHES): what the worker tells the kernel."""
-        seen: dict[int, None] = {}
-        for prefix_hash in reversed(list(self.text_hashes)):
-            block_hashes = self.text_hashes[prefix_hash]
-            if callable(block_hashes):  # first reported: hash its text now, once
-                block_hashes = self.text_hashes[prefix_hash] = block_hashes()
-            for block_hash in block_hashes:
-                seen.setdefault(block_hash, None)
-            if len(seen) >= MAX_REPORTED_HASHES:
-                break
-        return list(seen)[:MAX_REPORTED_HASHES]
+        return reported_text_hashes(self.text_hashes)
