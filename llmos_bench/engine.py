@@ -18,6 +18,7 @@ docs/benchmarks.md says what each figure means.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
@@ -43,6 +44,12 @@ from workers.config import WorkerConfig
 from workers.cpu_linears import check_cpu_weights
 from workers.model_loader import LoadedModel, kv_bytes_per_token, load_model, load_tokenizer
 from workers.reference_engine import ReferenceEngine
+
+# --engine: the module and class of each llmos engine the bench measures
+ENGINE_CLASSES = {
+    "batched": ("workers.batched_engine", "BatchedEngine"),
+    "paged": ("workers.paged_engine", "PagedEngine"),
+}
 
 COMPARE_CONCURRENCY = 32  # the level the speedups compare, and the static batch's size
 BASELINES = ("sequential", "static_batch", "generate_batch")
@@ -73,16 +80,21 @@ class EngineBenchConfig:
         "with the prefix cache off, at the same arrivals",
     )
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
-    block_size: int = option(16, "KV block size in tokens (BatchedEngine only)")
-    max_num_batched_tokens: int = option(2048, "tokens per engine step (BatchedEngine only)")
+    engine: str = option(
+        "batched",
+        "the llmos engine measured, as a worker's --engine: batched (padded batch cache) "
+        "or paged (paged KV cache)",
+    )
+    block_size: int = option(16, "KV block size in tokens (batched and paged engines)")
+    max_num_batched_tokens: int = option(2048, "tokens per engine step (batched and paged engines)")
     prefix_caching: bool = option(
         True,
-        "BatchedEngine's prefix cache, as a worker runs it (the "
+        "the engine's prefix cache, as a worker runs it (the "
         "prompts share no prefix: it costs, never helps here)",
     )
     mixed_steps: bool = option(
         True,
-        "BatchedEngine runs newcomers' prefill in the batch's decode "
+        "the batched engine runs newcomers' prefill in the batch's decode "
         "forward, as a worker does (models that allow it)",
     )
     seed: int = option(0, "seed of the prompts and the arrivals")
@@ -157,6 +169,8 @@ class EngineBenchConfig:
             raise click.BadParameter("--rounds must be at least 1")
         if self.stack_requests < 0 or self.churn_requests < 0:
             raise click.BadParameter("--stack-requests and --churn-requests must be at least 0")
+        if self.engine not in ENGINE_CLASSES:
+            raise click.BadParameter(f"use one of {', '.join(ENGINE_CLASSES)}", param_hint="--engine")
         _ = self.concurrency_levels  # raises on a bad list
         check_peer(self.peer, self.peer_dtypes)
         try:
@@ -222,7 +236,7 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
         torch.set_num_threads(config.threads)
     loaded = load_model(config.worker_config())
     tokenizer = load_tokenizer(loaded.path)
-    engine_cls = engine_class()
+    engine_cls = engine_class(config.engine)
     echo(
         f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
         f"{loaded.device} ({dtype_name(loaded.dtype)}, quantization {loaded.quantization}), "
@@ -317,17 +331,18 @@ def write_sim_profile(
     echo(f"wrote simulated-worker profile {config.write_profile}: {profile}")
 
 
-def engine_class() -> type:
-    """BatchedEngine where it exists, else the reference Engine (said on stderr)."""
+def engine_class(name: str = "batched") -> type:
+    """The engine named (batched or paged) where it exists, else the reference Engine (said on stderr)."""
+    module_name, class_name = ENGINE_CLASSES[name]
     try:
-        from workers.batched_engine import BatchedEngine
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         click.echo(
-            f"note: workers.batched_engine is not importable ({exc}); measuring the reference Engine instead",
+            f"note: {module_name} is not importable ({exc}); measuring the reference Engine instead",
             err=True,
         )
         return ReferenceEngine
-    return BatchedEngine
+    return getattr(module, class_name)
 
 
 class EngineBench:
@@ -383,9 +398,10 @@ class EngineBench:
                 num_blocks=self.num_kv_blocks(max_num_seqs, max_model_len),
                 max_num_batched_tokens=max(self.config.max_num_batched_tokens, self.config.prompt_len),
                 prefix_caching=(self.config.prefix_caching if prefix_caching is None else prefix_caching),
-                mixed_steps=(self.config.mixed_steps if mixed_steps is None else mixed_steps),
                 cpu_weights=self.config.cpu_weights,
             )
+        if self.engine_cls.__name__ == "BatchedEngine":  # the paged engine's steps are always mixed
+            kwargs["mixed_steps"] = self.config.mixed_steps if mixed_steps is None else mixed_steps
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
 
     def num_kv_blocks(self, max_num_seqs: int, max_model_len: int) -> int:

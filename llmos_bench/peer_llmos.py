@@ -26,7 +26,7 @@ def run(settings: dict, concurrency: int, peak_flops: float) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     loaded = load_model(config.worker_config())
-    bench = EngineBench(config, loaded, load_tokenizer(loaded.path), engine_class(), peak_flops)
+    bench = EngineBench(config, loaded, load_tokenizer(loaded.path), engine_class(config.engine), peak_flops)
     bench.warm_up()
     return bench.measure_level(concurrency)
 

@@ -144,6 +144,23 @@ def test_plot_writes_the_throughput_chart_as_a_png(tmp_path):
     assert (charts / "engine_throughput.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_the_paged_engine_is_measured_with_its_kv_footprint():
+    summary = run_bench("--engine", "paged", "--skip-baselines", "--poisson-seconds", "0", "--json-only")
+
+    assert summary["engine"] == "PagedEngine"
+    for run in summary["llmos"]:
+        assert run["output_tokens"] == run["concurrency"] * 4
+        # the pools hold whole blocks, at least what the live tokens need
+        assert run["kv_bytes_per_live_token"] >= summary["kv_bytes_per_token"] > 0
+
+
+def test_an_unknown_engine_is_a_usage_error():
+    result = CliRunner().invoke(cli, [*TINY_ARGS, "--engine", "fast"])
+
+    assert result.exit_code == 2
+    assert "--engine" in result.output and "batched, paged" in result.output
+
+
 def test_bad_concurrency_is_a_usage_error():
     result = CliRunner().invoke(cli, [*TINY_ARGS[:-4], "--concurrency", "0,2"])
 

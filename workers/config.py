@@ -56,6 +56,8 @@ class WorkerConfig:
     engine: str = option(
         "batched",
         "batched (continuous batching, workers.batched_engine), "
+        "paged (the same over a paged KV cache, workers.paged_engine; Llama, Mistral, "
+        "Qwen2/3, Phi-3 and GPT-2 models with full attention), "
         "reference (one forward per request, workers.reference_engine) or "
         "sim (no model: a latency profile, workers.sim; only it reads "
         "the test/benchmark hook sim-answer-tokens=N in a prompt, "

@@ -16,8 +16,13 @@ the ids of the blocks that hold its tokens, in order (token p sits in block
 `PagedCache` is a transformers `Cache`: while `paged_forward` runs a `PagedStep`, the
 model's `update` stores each layer's new keys and values at the step's slots, and the
 attention function registered here (PAGED_ATTENTION) attends through the block tables.
-The pools grow by doubling up to the budget's blocks as higher block ids come into use
-(`BlockPool` hands out the lowest free ids, so the ids in use stay dense).
+
+The pools are as large as the grant, but on CPU they are reserved, not filled: the
+OS commits their memory page by page as blocks are first written, and `BlockPool`
+hands out the lowest free ids, so the memory a worker holds is the most blocks it
+ever had in use at once (`num_bytes`), never rows as wide as the longest request.
+Nothing reads a block's slot before it is written. On a GPU the pools are allocated
+whole, as vLLM does. A grant larger than the pools grows them (a copy).
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from workers import paged_ops
 
 PAGED_ATTENTION = "llmos_paged"
-MIN_POOL_BLOCKS = 16  # the pools' first size, in blocks
 
 
 class BlockPool:
@@ -109,7 +113,8 @@ CURRENT_STEP: ContextVar[PagedStep | None] = ContextVar("llmos_paged_step", defa
 
 
 class PagedLayer(CacheLayerMixin):
-    """One layer's pools; allocated at the first `update`, which gives their shape and dtype."""
+    """One layer's pools; allocated (uninitialised) at the first `update`, which gives
+    their shape and dtype."""
 
     is_sliding = False
 
@@ -120,8 +125,8 @@ class PagedLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         _, num_kv_heads, _, head_dim = key_states.shape
         shape = (self.cache.capacity, num_kv_heads, self.cache.block_size, head_dim)
-        self.keys = torch.zeros(shape, dtype=key_states.dtype, device=key_states.device)
-        self.values = torch.zeros_like(self.keys)
+        self.keys = torch.empty(shape, dtype=key_states.dtype, device=key_states.device)
+        self.values = torch.empty_like(self.keys)
         self.is_initialized = True
 
     def update(
@@ -140,8 +145,8 @@ class PagedLayer(CacheLayerMixin):
     def grow(self, capacity: int) -> None:
         if not self.is_initialized:
             return
-        keys = self.keys.new_zeros((capacity, *self.keys.shape[1:]))
-        values = torch.zeros_like(keys)
+        keys = self.keys.new_empty((capacity, *self.keys.shape[1:]))
+        values = torch.empty_like(keys)
         keys[: self.keys.shape[0]] = self.keys
         values[: self.values.shape[0]] = self.values
         self.keys, self.values = keys, values
@@ -161,26 +166,26 @@ class PagedCache(Cache):
         super().__init__(layers=[PagedLayer(self) for _ in range(num_layers)])
         self.blocks = BlockPool(num_blocks)
         self.block_size = block_size
-        self.capacity = max(min(MIN_POOL_BLOCKS, num_blocks), 1)  # blocks the pools hold
+        self.capacity = max(num_blocks, 1)  # blocks the pools have room for
+        self.num_touched_blocks = 0  # blocks [0, this) have been written: their memory is committed
 
     @property
     def num_bytes(self) -> int:
-        """Bytes the pools hold, every layer's keys and values."""
-        return sum(
-            2 * layer.keys.numel() * layer.keys.element_size()
-            for layer in self.layers
-            if layer.is_initialized
-        )
+        """Bytes the pools hold, every layer's keys and values: on CPU the blocks written
+        so far (the OS commits the rest only when written), elsewhere the whole pools."""
+        layers = [layer for layer in self.layers if layer.is_initialized]
+        if not layers:
+            return 0
+        num_blocks = self.num_touched_blocks if layers[0].keys.device.type == "cpu" else self.capacity
+        return sum(2 * layer.keys[0].numel() * layer.keys.element_size() for layer in layers) * num_blocks
 
     def make_room_for(self, block_ids: Sequence[int]) -> None:
-        """Grow the pools (doubling) until they hold these blocks."""
+        """Note the blocks a forward writes; grow the pools if the grant grew past them."""
         highest = max(block_ids, default=-1)
+        self.num_touched_blocks = max(self.num_touched_blocks, highest + 1)
         if highest < self.capacity:
             return
-        capacity = self.capacity
-        while capacity <= highest:
-            capacity *= 2
-        self.capacity = min(capacity, max(self.blocks.num_blocks, highest + 1))
+        self.capacity = max(self.blocks.num_blocks, highest + 1)
         for layer in self.layers:
             layer.grow(self.capacity)
 

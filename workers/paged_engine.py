@@ -33,6 +33,7 @@ import math
 from typing import Any
 
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE
+from workers import paged_ops
 from workers.batch_sequence import Sequence, SequenceStatus
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.engine_core import EngineCore
@@ -84,6 +85,8 @@ class PagedEngine(EngineCore):
                 f"the paged engine runs {families} models with full attention, not "
                 f"{getattr(model.config, 'model_type', '?')}; use the batched engine"
             )
+        if model.device.type == "cpu":
+            paged_ops.has_kernels()  # built now (once per machine), not at the first request
         num_blocks = num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size)
         self.runner = PagedRunner(model, num_blocks, block_size, cpu_weights, release_unused_weights)
         self.budget: PagedBlocks = PagedBlocks(

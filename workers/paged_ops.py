@@ -168,6 +168,9 @@ def gathered_attention(
     keys = key_pool[blocks, :, offsets].transpose(1, 2)  # [tokens, kv_heads, longest, head_dim]
     values = value_pool[blocks, :, offsets].transpose(1, 2)
     mask = (positions[None, :] < context_lens[:, None])[:, None, None, :]
+    # past a context's end, the slots may never have been written (garbage, even NaN): zeros
+    keys = torch.where(mask.transpose(2, 3), keys, 0)
+    values = torch.where(mask.transpose(2, 3), values, 0)
     out = scaled_dot_product_attention(
         query.unsqueeze(2), keys, values, attn_mask=mask, scale=scale, enable_gqa=True
     )
