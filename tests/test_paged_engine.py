@@ -107,9 +107,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model, toke
     assert answers["short"].token_ids == generate_greedy(model, tokenizer, "The river", 30)
 
 
-def test_a_request_holds_the_blocks_its_tokens_need_and_memory_follows_the_blocks_written(
-    model, tokenizer
-):
+def test_a_request_holds_the_blocks_its_tokens_need_and_memory_follows_the_blocks_written(model, tokenizer):
     engine = PagedEngine(model, tokenizer, max_num_seqs=4, num_blocks=256, block_size=4)
     prompt = " ".join(WORDS[:30])
     engine.add_request(make_request(tokenizer, "a", prompt, max_tokens=20))

@@ -137,7 +137,8 @@ def test_each_request_holds_the_blocks_its_tokens_need_and_no_more(model, tokeni
     layer = runner.cache.layers[0]
     bytes_per_block = 2 * layer.keys[0].numel() * layer.keys.element_size()
     assert num_used <= runner.cache.num_touched_blocks <= num_used + len(PROMPTS)
-    assert runner.cache.num_bytes == len(runner.cache.layers) * runner.cache.num_touched_blocks * bytes_per_block
+    num_layers = len(runner.cache.layers)
+    assert runner.cache.num_bytes == num_layers * runner.cache.num_touched_blocks * bytes_per_block
 
 
 def test_a_prefix_is_shared_by_block_id_and_never_written_again(model, tokenizer):
