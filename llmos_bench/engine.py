@@ -81,9 +81,9 @@ class EngineBenchConfig:
     )
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     engine: str = option(
-        "batched",
-        "the llmos engine measured, as a worker's --engine: batched (padded batch cache) "
-        "or paged (paged KV cache)",
+        "auto",
+        "the llmos engine measured, as a worker's --engine: auto (as a worker picks), "
+        "batched (padded batch cache) or paged (paged KV cache)",
     )
     block_size: int = option(16, "KV block size in tokens (batched and paged engines)")
     max_num_batched_tokens: int = option(2048, "tokens per engine step (batched and paged engines)")
@@ -169,8 +169,8 @@ class EngineBenchConfig:
             raise click.BadParameter("--rounds must be at least 1")
         if self.stack_requests < 0 or self.churn_requests < 0:
             raise click.BadParameter("--stack-requests and --churn-requests must be at least 0")
-        if self.engine not in ENGINE_CLASSES:
-            raise click.BadParameter(f"use one of {', '.join(ENGINE_CLASSES)}", param_hint="--engine")
+        if self.engine not in {"auto", *ENGINE_CLASSES}:
+            raise click.BadParameter(f"use one of auto, {', '.join(ENGINE_CLASSES)}", param_hint="--engine")
         _ = self.concurrency_levels  # raises on a bad list
         check_peer(self.peer, self.peer_dtypes)
         try:
@@ -236,7 +236,7 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
         torch.set_num_threads(config.threads)
     loaded = load_model(config.worker_config())
     tokenizer = load_tokenizer(loaded.path)
-    engine_cls = engine_class(config.engine)
+    engine_cls = engine_class(resolve_engine(config.engine, loaded.model, config.max_model_len))
     echo(
         f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
         f"{loaded.device} ({dtype_name(loaded.dtype)}, quantization {loaded.quantization}), "
@@ -329,6 +329,15 @@ def write_sim_profile(
     )
     profile.save(config.write_profile)
     echo(f"wrote simulated-worker profile {config.write_profile}: {profile}")
+
+
+def resolve_engine(name: str, model: Any, max_model_len: int) -> str:
+    """`auto` as a worker resolves it (`workers.engine_factory.paged_fits`); other names as they are."""
+    if name != "auto":
+        return name
+    from workers.engine_factory import paged_fits
+
+    return "paged" if paged_fits(model, max_model_len) else "batched"
 
 
 def engine_class(name: str = "batched") -> type:

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from llmos_bench.engine import EngineBench, EngineBenchConfig, engine_class
+from llmos_bench.engine import EngineBench, EngineBenchConfig, engine_class, resolve_engine
 from llmos_bench.rss import peak_rss_bytes
 from workers.model_loader import load_model, load_tokenizer
 
@@ -26,7 +26,8 @@ def run(settings: dict, concurrency: int, peak_flops: float) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     loaded = load_model(config.worker_config())
-    bench = EngineBench(config, loaded, load_tokenizer(loaded.path), engine_class(config.engine), peak_flops)
+    engine_cls = engine_class(resolve_engine(config.engine, loaded.model, config.max_model_len))
+    bench = EngineBench(config, loaded, load_tokenizer(loaded.path), engine_cls, peak_flops)
     bench.warm_up()
     return bench.measure_level(concurrency)
 

@@ -26,7 +26,9 @@ from engine_helpers import (
 
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.wire import pb
+from workers import paged_ops
 from workers.batch_sequence import SequenceStatus
+from workers.batched_engine import BatchedEngine
 from workers.engine_factory import make_engine
 from workers.paged_engine import PagedEngine
 from workers.requests import Delta, EngineRequest, SamplingOptions
@@ -371,3 +373,29 @@ def test_the_factory_names_the_paged_engine(model, tokenizer):
     assert run_to_end(engine, {0: [request]})["r"].token_ids == generate_greedy(
         model, tokenizer, "The river", 3
     )
+
+
+def make_auto_engine(model, tokenizer, max_model_len: int = 0):
+    return make_engine(
+        "auto",
+        model,
+        tokenizer,
+        max_num_seqs=2,
+        max_model_len=max_model_len,
+        worker_id="w",
+        num_blocks=64,
+        block_size=8,
+        max_num_batched_tokens=256,
+    )
+
+
+@pytest.mark.skipif(not paged_ops.has_kernels(), reason="no C++ compiler for the kernels")
+def test_auto_picks_the_paged_engine_on_cpu_for_a_family_it_computes(model, tokenizer):
+    assert isinstance(make_auto_engine(model, tokenizer), PagedEngine)
+
+
+def test_auto_picks_the_batched_engine_where_paged_would_not_run_or_not_fast(model, tokenizer, monkeypatch):
+    sliding = tiny_random_model("mistral", tokenizer, "sdpa")
+    assert isinstance(make_auto_engine(sliding, tokenizer, max_model_len=64), BatchedEngine)
+    monkeypatch.setattr(paged_ops, "has_kernels", lambda: False)  # no compiler: plain torch attention
+    assert isinstance(make_auto_engine(model, tokenizer), BatchedEngine)

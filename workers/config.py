@@ -54,7 +54,8 @@ class WorkerConfig:
     )
     max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
     engine: str = option(
-        "batched",
+        "auto",
+        "auto (paged where it runs: on CPU, for the families below; else batched), "
         "batched (continuous batching, workers.batched_engine), "
         "paged (the same over a paged KV cache, workers.paged_engine; Llama, Mistral, "
         "Qwen2/3, Phi-3 and GPT-2 models with full attention), "

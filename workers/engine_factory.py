@@ -5,17 +5,31 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from workers import paged_ops
 from workers.batched_engine import BatchedEngine
-from workers.paged_engine import PagedEngine
+from workers.model_facts import model_context_length
+from workers.paged_engine import PagedEngine, supports_paged
 from workers.reference_engine import ReferenceEngine
 
 GenerateEngine = ReferenceEngine | BatchedEngine | PagedEngine
 
 
 class EngineKind(enum.Enum):
+    AUTO = "auto"  # paged where it is exact and fast (`paged_fits`), else batched
     BATCHED = "batched"  # workers.batched_engine: one forward per step for the whole batch
     PAGED = "paged"  # workers.paged_engine: the same over a paged KV cache (blocks, shared prefixes)
     REFERENCE = "reference"  # workers.reference_engine: one cache and one forward per request
+
+
+def paged_fits(model: Any, max_model_len: int) -> bool:
+    """Whether `auto` picks the paged engine: a model it computes exactly, on CPU with its
+    kernels (on other devices attention through blocks runs in plain torch, slower than
+    the padded cache's)."""
+    return (
+        model.device.type == "cpu"
+        and supports_paged(model, max_model_len or model_context_length(model))
+        and paged_ops.has_kernels()
+    )
 
 
 def make_engine(
@@ -40,6 +54,8 @@ def make_engine(
     except ValueError:
         names = ", ".join(k.value for k in EngineKind)
         raise ValueError(f"unknown engine {kind!r}; use one of {names}") from None
+    if engine_kind is EngineKind.AUTO:
+        engine_kind = EngineKind.PAGED if paged_fits(model, max_model_len) else EngineKind.BATCHED
     if engine_kind is EngineKind.REFERENCE:
         return ReferenceEngine(
             model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len, worker_id=worker_id
