@@ -38,6 +38,10 @@ torch.set_num_threads(1)
 
 MODEL = "dummy:llama-tiny"
 NUM_PROMPTS, NEW_TOKENS = 32, 24
+# without it, oneDNN would emulate bfloat16 products slowly, so CpuLinears leaves bfloat16 linears alone
+needs_native_bfloat16 = pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bfloat16 in oneDNN on this CPU"
+)
 WORDS = CORPUS.split()
 
 
@@ -131,6 +135,7 @@ def test_int8_leaves_the_head_and_the_kv_cache_in_float32():
     assert loaded.memory_bytes_used == float32.memory_bytes_used - 3 * body_weights  # 1 byte, not 4
 
 
+@needs_native_bfloat16
 def test_bfloat16_linears_run_on_packed_onednn_weights():
     loaded = load_model(CONFIGS["bfloat16"])
     cpu_linears = CpuLinears(loaded.model)
@@ -155,9 +160,7 @@ def test_float32_linears_keep_the_plain_weight_for_few_rows_and_a_packed_one_for
             torch.testing.assert_close(linear(hidden), torch.nn.functional.linear(hidden, linear.weight))
 
 
-@pytest.mark.skipif(
-    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bfloat16 in oneDNN on this CPU"
-)
+@needs_native_bfloat16
 def test_a_worker_frees_the_bfloat16_weights_only_their_packed_copies_serve():
     kept_loaded = load_model(CONFIGS["bfloat16"])
     tokenizer = load_tokenizer(kept_loaded.path)
@@ -171,7 +174,7 @@ def test_a_worker_frees_the_bfloat16_weights_only_their_packed_copies_serve():
     assert model.get_input_embeddings().weight.numel() > 0  # what the engine still reads
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=needs_native_bfloat16)])
 def test_compact_cpu_weights_run_every_linear_on_the_models_own_weight(dtype):
     loaded = load_model(WorkerConfig(model=MODEL, device="cpu", dtype=dtype))
     cpu_linears = CpuLinears(loaded.model, "compact")
@@ -215,9 +218,7 @@ def test_a_quantization_the_worker_cannot_run_is_refused_in_one_line(settings, m
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(
-    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bfloat16 in oneDNN on this CPU"
-)
+@needs_native_bfloat16
 def test_a_bfloat16_worker_serves_the_answers_of_its_engine(tiny_model_dir, tmp_path):
     """The worker frees the plain bfloat16 weights and still answers as the engine does
     with them kept."""

@@ -36,8 +36,10 @@ MIN_PREFILL_TOKENS = 32  # a prefill always gets this much of a step, so newcome
 class BlockBudget(Protocol):
     """The kernel's KV blocks as an engine counts them."""
 
-    num_blocks: int
     block_size: int
+
+    @property
+    def num_blocks(self) -> int: ...
 
     def blocks_for(self, num_tokens: int) -> int: ...
 
