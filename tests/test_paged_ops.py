@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 
-from workers import paged_ops
+from workers import cpu_kernels, paged_ops
 
 needs_kernels = pytest.mark.skipif(not paged_ops.has_kernels(), reason="no C++ compiler for the kernels")
 
@@ -178,13 +178,13 @@ def kernels_in_a_fresh_process(env: dict[str, str]) -> str:
 
 
 def test_the_kernels_can_be_turned_off():
-    assert kernels_in_a_fresh_process({paged_ops.KERNELS_ENV: "off"}).startswith("False")
+    assert kernels_in_a_fresh_process({cpu_kernels.KERNELS_ENV: "off"}).startswith("False")
 
 
 def test_a_machine_that_cannot_build_them_falls_back_to_plain_torch_with_a_warning(tmp_path):
     output = kernels_in_a_fresh_process(
-        {"CXX": "/bin/false", paged_ops.CACHE_ENV: str(tmp_path), paged_ops.KERNELS_ENV: ""}
+        {"CXX": "/bin/false", cpu_kernels.CACHE_ENV: str(tmp_path), cpu_kernels.KERNELS_ENV: ""}
     )
     assert output.startswith("False")
-    assert "paged-attention kernels unavailable" in output
+    assert "CPU kernels unavailable" in output
     assert list(tmp_path.iterdir()) == []  # no half-built library left behind

@@ -15,7 +15,9 @@ products of several rows. A bfloat16 weight runs packed at every row count: in
 its plain layout oneDNN's bfloat16 product gains little over float32's at one
 row. A float32 weight keeps both layouts: packed from PACKED_MIN_ROWS rows on,
 plain below, where a product streams the weight once and the plain layout is
-the faster (figures in docs/benchmarks.md). The packed copies are made once,
+the faster; there, where the project's CPU kernels build (`workers.cpu_kernels`),
+their `small_linear` runs it instead of oneDNN: it streams each weight once for all
+the rows, at more of the memory bandwidth (figures in docs/benchmarks.md). The packed copies are made once,
 when the engine is built; each doubles the memory of the weights it copies.
 `--cpu-weights compact` makes no copy: every weight runs as the model holds it.
 
@@ -34,6 +36,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from workers import cpu_kernels
 
 
 def onednn_linear_available() -> bool:
@@ -112,9 +116,18 @@ def onednn_forward(few_rows: torch.Tensor | None, weight: torch.Tensor, bias: to
     linear = torch.ops.mkldnn._linear_pointwise
     if few_rows is None:
         return lambda hidden: linear(hidden, weight, bias, "none", [], "")
+    if few_rows.is_contiguous() and cpu_kernels.has_kernels():
+        small_linear = torch.ops.llmos_cpu.small_linear
 
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        def forward(hidden: torch.Tensor) -> torch.Tensor:
+            if hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]:
+                return small_linear(hidden, few_rows, bias)
+            return linear(hidden, weight, bias, "none", [], "")
+
+        return forward
+
+    def onednn_only(hidden: torch.Tensor) -> torch.Tensor:
         is_small = hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]
         return linear(hidden, few_rows if is_small else weight, bias, "none", [], "")
 
-    return forward
+    return onednn_only
