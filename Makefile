@@ -19,9 +19,9 @@ WIRE_DIR := llmos/wire
 # the oldest transformers the `worker` extra admits (pyproject.toml: transformers>=...)
 TRANSFORMERS_FLOOR := $(shell sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml | head -1)
 FLOOR_VENV ?= .venv-floor
-# the tests that drive the engine, the mixed steps and the prefix cache on a real model
+# the tests that drive the engines, the mixed steps, the prefix cache and the CPU kernels on a real model
 FLOOR_TESTS ?= tests/test_batched_engine.py tests/test_mixed_steps.py tests/test_prefix_cache.py tests/test_worker_engine.py \
-	tests/test_paged_runner.py tests/test_paged_ops.py
+	tests/test_paged_runner.py tests/test_paged_ops.py tests/test_paged_engine.py tests/test_small_linear.py
 
 .PHONY: setup model run test container-test lint floor-check proto clean
 

@@ -25,6 +25,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernels_built() -> bool:
+    """The CPU kernels, built once before any test: the workers the tests start then load
+    them from the cache instead of each compiling them (`workers.cpu_kernels`)."""
+    from workers import cpu_kernels
+
+    return cpu_kernels.has_kernels()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded llmos-tiny model, made once per test session."""

@@ -16,7 +16,6 @@ from llmos.errors import LlmosError
 from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
 from llmos.wire.constants import PROTOCOL_VERSION
-from workers import paged_ops
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +30,6 @@ PROMPTS = [
 @pytest.fixture(scope="module", params=["batched", "paged"])
 def stack(request, tiny_model_dir, tmp_path_factory):
     """The whole module runs against workers of each engine (`llmos worker --engine`)."""
-    if request.param == "paged":
-        paged_ops.has_kernels()  # built here once, not by both workers at once
     worker_args = ("--engine", request.param)
     with Stack(
         tiny_model_dir, tmp_path_factory.mktemp("logs"), num_workers=2, worker_args=worker_args

@@ -48,7 +48,8 @@ def make_engine(
     cpu_weights: str = "fast",
     release_unused_weights: bool = False,
 ) -> GenerateEngine:
-    """The engine named `kind`; the KV geometry and the step's token budget are the batched engine's."""
+    """The engine named `kind`; the KV geometry and the step's token budget are the batched
+    and paged engines'."""
     try:
         engine_kind = EngineKind(kind)
     except ValueError:
@@ -60,23 +61,7 @@ def make_engine(
         return ReferenceEngine(
             model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len, worker_id=worker_id
         )
-    if engine_kind is EngineKind.PAGED:
-        return PagedEngine(
-            model,
-            tokenizer,
-            max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-            worker_id=worker_id,
-            num_blocks=num_blocks,
-            block_size=block_size,
-            max_num_batched_tokens=max_num_batched_tokens,
-            prefix_caching=prefix_caching,
-            cpu_weights=cpu_weights,
-            release_unused_weights=release_unused_weights,
-        )
-    return BatchedEngine(
-        model,
-        tokenizer,
+    options: dict[str, Any] = dict(
         max_num_seqs=max_num_seqs,
         max_model_len=max_model_len,
         worker_id=worker_id,
@@ -84,7 +69,9 @@ def make_engine(
         block_size=block_size,
         max_num_batched_tokens=max_num_batched_tokens,
         prefix_caching=prefix_caching,
-        mixed_steps=mixed_steps,
         cpu_weights=cpu_weights,
         release_unused_weights=release_unused_weights,
     )
+    if engine_kind is EngineKind.PAGED:  # its steps are always mixed
+        return PagedEngine(model, tokenizer, **options)
+    return BatchedEngine(model, tokenizer, mixed_steps=mixed_steps, **options)
