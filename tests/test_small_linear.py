@@ -55,9 +55,10 @@ def test_what_it_does_not_take_is_refused_in_one_line():
         small_linear(torch.randn(1, 8), weight.T)
 
 
-def test_the_engines_few_row_products_are_its_own():
+@pytest.mark.parametrize("cpu_weights", ["fast", "compact"])
+def test_the_engines_few_row_products_are_its_own(cpu_weights):
     model = build_dummy_model("llama-tiny")
-    cpu_linears = CpuLinears(model)
+    cpu_linears = CpuLinears(model, cpu_weights)
 
     with cpu_linears.on_onednn():
         for linear in cpu_linears.linears:

@@ -16,8 +16,9 @@ its plain layout oneDNN's bfloat16 product gains little over float32's at one
 row. A float32 weight keeps both layouts: packed from PACKED_MIN_ROWS rows on,
 plain below, where a product streams the weight once and the plain layout is
 the faster; there, where the project's CPU kernels build (`workers.cpu_kernels`),
-their `small_linear` runs it instead of oneDNN: it streams each weight once for all
-the rows, at more of the memory bandwidth (figures in docs/benchmarks.md). The packed copies are made once,
+their `small_linear` runs it instead of oneDNN (with `compact` weights too): it
+streams each weight once for all the rows, at more of the memory bandwidth
+(figures in docs/benchmarks.md). The packed copies are made once,
 when the engine is built; each doubles the memory of the weights it copies.
 `--cpu-weights compact` makes no copy: every weight runs as the model holds it.
 
@@ -113,18 +114,23 @@ def release_weight(linear: torch.nn.Linear) -> None:
 
 
 def onednn_forward(few_rows: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """The forward of one linear while the engine runs: `few_rows` (or, where that is None,
+    the one weight) for products under PACKED_MIN_ROWS rows, in `small_linear` where that
+    weight is a plain float32 one and the CPU kernels are built; `weight` for the others."""
     linear = torch.ops.mkldnn._linear_pointwise
-    if few_rows is None:
-        return lambda hidden: linear(hidden, weight, bias, "none", [], "")
-    if few_rows.is_contiguous() and cpu_kernels.has_kernels():
+    plain = few_rows if few_rows is not None else weight
+    is_plain_float32 = plain.dtype == torch.float32 and not plain.is_mkldnn and plain.is_contiguous()
+    if is_plain_float32 and cpu_kernels.has_kernels():
         small_linear = torch.ops.llmos_cpu.small_linear
 
         def forward(hidden: torch.Tensor) -> torch.Tensor:
             if hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]:
-                return small_linear(hidden, few_rows, bias)
+                return small_linear(hidden, plain, bias)
             return linear(hidden, weight, bias, "none", [], "")
 
         return forward
+    if few_rows is None:
+        return lambda hidden: linear(hidden, weight, bias, "none", [], "")
 
     def onednn_only(hidden: torch.Tensor) -> torch.Tensor:
         is_small = hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]
