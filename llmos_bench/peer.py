@@ -132,7 +132,6 @@ class PeerBench:
         cache_dir = Path(config.peer_cache_dir).expanduser() if config.peer_cache_dir else default_cache_dir()
         return ensure_gguf_files(
             config.model,
-            self.bench.model,
             self.bench.tokenizer,
             sorted({c.weights for c in self.configs}),
             cache_dir,

@@ -1,7 +1,8 @@
 """The GGUF files llama.cpp runs for `llmos bench engine --peer llama.cpp`: the bench's
 own model, converted by llama.cpp's `convert_hf_to_gguf.py`, and cached.
 
-A `dummy:<preset>` model is saved (`save_pretrained`, with its tokenizer) to a
+A `dummy:<preset>` model is built again in float32 (the same seeded weights, whatever
+the bench runs: int8, bfloat16) and saved (`save_pretrained`, with its tokenizer) to a
 temporary directory first; a model directory is converted as it is. Files live
 under `<cache dir>/<model key>/<outtype>.gguf`, the key naming the model and the
 dummy weights' seed, so a second run converts nothing.
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.dummy import SEED as DUMMY_SEED
-from workers.dummy import dummy_preset_name
+from workers.dummy import build_dummy_model, dummy_preset_name
 
 CONVERTER = "convert_hf_to_gguf.py"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what the converter writes itself
@@ -47,7 +48,6 @@ def model_key(model: str) -> str:
 
 def ensure_gguf_files(
     model: str,
-    loaded_model: Any,
     tokenizer: Any,
     outtypes: list[str],
     cache_dir: Path,
@@ -64,8 +64,10 @@ def ensure_gguf_files(
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llmos-peer-hf-") as saved:
         source = Path(model).expanduser().resolve()
-        if dummy_preset_name(model) is not None:  # random weights exist only in memory
-            loaded_model.save_pretrained(saved)
+        preset = dummy_preset_name(model)
+        if preset is not None:  # random weights exist only in memory: the same seeded ones, float32
+            # (the bench's own copy may be quantized or bfloat16; every GGUF type starts from float32)
+            build_dummy_model(preset).save_pretrained(saved)
             tokenizer.save_pretrained(saved)
             source = Path(saved)
         for outtype in missing:
