@@ -7,6 +7,11 @@ float32 rounding.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -69,3 +74,19 @@ def test_the_engines_few_row_products_are_its_own(cpu_weights):
                 torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
                 if num_rows < PACKED_MIN_ROWS:  # bit for bit the kernel's: it made them
                     assert torch.equal(out, small_linear(hidden, linear.weight, linear.bias))
+
+
+def test_the_few_row_products_script_prints_both_sides_and_a_json_line():
+    script = Path(__file__).parent.parent / "scripts" / "few_row_products.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "llama-tiny", "--repeats", "1", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [run["rows"] for run in summary["runs"]] == [1, 2, 3, 4, 8]
+    assert all(run["ratio"] > 0 for run in summary["runs"][:3])
+    assert "ratio" not in summary["runs"][3]  # 4 rows and more stay on oneDNN
