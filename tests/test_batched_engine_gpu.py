@@ -1,4 +1,5 @@
-"""The batched engine on CUDA in bfloat16 and float16 (skipped where there is no GPU).
+"""The batched engine on CUDA in bfloat16 and float16, and the paged one through its
+plain-torch attention (skipped where there is no GPU).
 
 Half precision rounds differently in a padded batch than in one sequence, so
 these tests ask for the first tokens to equal `generate` in the same dtype and
@@ -14,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from llmos.wire import pb
 from workers.batched_engine import BatchedEngine
+from workers.paged_engine import PagedEngine
 from workers.requests import EngineRequest, SamplingOptions
 
 pytestmark = [
@@ -145,3 +147,28 @@ def test_cuda_newcomers_join_a_running_batch_in_one_forward_and_start_like_gener
         token_ids = [t for d in answers[f"r{index}"] for t in d.token_ids]
         expected = generate_greedy(model, tokenizer, prompt, 12)
         assert token_ids[:NUM_EXACT_TOKENS] == expected[:NUM_EXACT_TOKENS]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_paged_engine_runs_on_cuda_through_its_plain_torch_attention(tiny_model_dir, tokenizer, dtype):
+    """No CUDA kernel reads the blocks yet (`--engine auto` keeps GPUs on the batched
+    engine): the gathered attention must still give what `generate` gives."""
+    model = load(tiny_model_dir, dtype)
+    engine = PagedEngine(model, tokenizer, max_num_seqs=4, block_size=8, max_num_batched_tokens=64)
+    for index, prompt in enumerate(PROMPTS):
+        engine.add_request(
+            EngineRequest(f"r{index}", tokenizer.encode(prompt), SamplingOptions(max_tokens=16))
+        )
+
+    answers: dict[str, list] = {}
+    while engine.has_work:
+        for delta in engine.step():
+            answers.setdefault(delta.request_id, []).append(delta)
+        assert engine.budget.num_request_blocks <= engine.budget.num_blocks
+
+    assert engine.num_cached_tokens == 0 and engine.num_request_blocks == 0
+    for index, prompt in enumerate(PROMPTS):
+        token_ids = [t for d in answers[f"r{index}"] for t in d.token_ids]
+        expected = generate_greedy(model, tokenizer, prompt, 16)
+        assert token_ids[:NUM_EXACT_TOKENS] == expected[:NUM_EXACT_TOKENS]
+        assert answers[f"r{index}"][-1].is_finished
