@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,12 +28,33 @@ from llmos.wire.constants import tcp
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
+FREE_PORT_MIN = 20000  # free_port's lowest: clear of the well-known and registered services below
+FREE_PORT_TRIES = 100
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the OS hands outgoing connections (Linux's default where it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A local port nothing listens on, chosen below the ephemeral range: a port the OS
+    picked for us (bind to 0) comes from that range, where any process's outgoing
+    connection may take it before the service we start binds it."""
+    low = ephemeral_port_range()[0]
+    for _ in range(FREE_PORT_TRIES):
+        port = random.randrange(FREE_PORT_MIN, low) if low > FREE_PORT_MIN + 1000 else 0
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError(f"no free local port found in {FREE_PORT_TRIES} tries")
 
 
 def free_address() -> str:
