@@ -84,12 +84,17 @@ class CpuLinears:
                 is_unused = few_rows is not linear.weight and weight is not linear.weight
                 if release_unused and is_unused and id(linear.weight) not in shared:
                     release_weight(linear)  # (a head tied to the embeddings stays: they read it)
+        # made once, not per forward: each picks its products' path (and builds the CPU kernels)
+        self.forwards = [
+            onednn_forward(few_rows, weight, linear.bias)
+            for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True)
+        ]
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
-        for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True):
+        for linear, forward in zip(self.linears, self.forwards, strict=True):
             # object.__setattr__: forward is a plain attribute, no nn.Module bookkeeping needed
-            object.__setattr__(linear, "forward", onednn_forward(few_rows, weight, linear.bias))
+            object.__setattr__(linear, "forward", forward)
         try:
             yield
         finally:
