@@ -26,7 +26,7 @@ from engine_helpers import (
 
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.wire import pb
-from workers import paged_ops
+from workers import cpu_kernels
 from workers.batch_sequence import SequenceStatus
 from workers.batched_engine import BatchedEngine
 from workers.engine_factory import make_engine
@@ -389,7 +389,7 @@ def make_auto_engine(model, tokenizer, max_model_len: int = 0):
     )
 
 
-@pytest.mark.skipif(not paged_ops.has_kernels(), reason="no C++ compiler for the kernels")
+@pytest.mark.skipif(not cpu_kernels.has_kernels(), reason="no C++ compiler for the kernels")
 def test_auto_picks_the_paged_engine_on_cpu_for_a_family_it_computes(model, tokenizer):
     assert isinstance(make_auto_engine(model, tokenizer), PagedEngine)
 
@@ -397,5 +397,5 @@ def test_auto_picks_the_paged_engine_on_cpu_for_a_family_it_computes(model, toke
 def test_auto_picks_the_batched_engine_where_paged_would_not_run_or_not_fast(model, tokenizer, monkeypatch):
     sliding = tiny_random_model("mistral", tokenizer, "sdpa")
     assert isinstance(make_auto_engine(sliding, tokenizer, max_model_len=64), BatchedEngine)
-    monkeypatch.setattr(paged_ops, "has_kernels", lambda: False)  # no compiler: plain torch attention
+    monkeypatch.setattr(cpu_kernels, "has_kernels", lambda: False)  # no compiler: plain torch attention
     assert isinstance(make_auto_engine(model, tokenizer), BatchedEngine)

@@ -13,7 +13,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from workers import cpu_kernels, paged_ops
 
-needs_kernels = pytest.mark.skipif(not paged_ops.has_kernels(), reason="no C++ compiler for the kernels")
+needs_kernels = pytest.mark.skipif(not cpu_kernels.has_kernels(), reason="no C++ compiler for the kernels")
 
 
 def make_pools(num_blocks: int, kv_heads: int, block_size: int, head_dim: int, dtype: torch.dtype):
@@ -169,7 +169,7 @@ def test_kernels_refuse_what_would_read_outside_the_pool():
 
 
 def kernels_in_a_fresh_process(env: dict[str, str]) -> str:
-    code = "from workers import paged_ops; print(paged_ops.has_kernels())"
+    code = "from workers import cpu_kernels; print(cpu_kernels.has_kernels())"
     result = subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
     )

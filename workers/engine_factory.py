@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from workers import paged_ops
+from workers import cpu_kernels
 from workers.batched_engine import BatchedEngine
 from workers.model_facts import model_context_length
 from workers.paged_engine import PagedEngine, supports_paged
@@ -28,7 +28,7 @@ def paged_fits(model: Any, max_model_len: int) -> bool:
     return (
         model.device.type == "cpu"
         and supports_paged(model, max_model_len or model_context_length(model))
-        and paged_ops.has_kernels()
+        and cpu_kernels.has_kernels()
     )
 
 

@@ -57,7 +57,7 @@ class PagedBlocks:
         self.pool = pool
         self.block_size = block_size
         self.tokenizer = tokenizer  # the engine thread's, for the text hashes of cached prefixes
-        self.is_caching = prefix_caching
+        self.is_enabled = prefix_caching
         self.tables: dict[str, BlockTable] = {}
         self.indexed_ids: dict[int, int] = {}  # prefix hash -> block id
         self.block_hashes: dict[int, int] = {}  # block id -> prefix hash, for indexed blocks
@@ -65,10 +65,6 @@ class PagedBlocks:
         self.text_hashes: TextHashes = OrderedDict()
         self.version = 0  # bumped whenever what the index reports changes
         self.num_hit_tokens = 0  # tokens that prefills did not have to compute
-
-    @property
-    def is_enabled(self) -> bool:
-        return self.is_caching
 
     # ---------------------------------------------------------------- sizes
 
@@ -161,15 +157,12 @@ class PagedBlocks:
                 self.version += 1
             self.pool.release([block_id])
 
-    def evict_all(self) -> None:
-        self.evict(len(self.idle_ids))
-
     # ---------------------------------------------------------------- the prefix index
 
     def find(self, context_token_ids: Sequence[int]) -> PrefixHit:
         """The indexed blocks the context starts with; at least its last token is left to
         compute (its logits give the next token)."""
-        if not self.is_caching:
+        if not self.is_enabled:
             return NO_HIT
         block_ids: list[int] = []
         previous = None
@@ -190,7 +183,7 @@ class PagedBlocks:
         context is asked for only when there are some). A prefix another block is indexed
         under already keeps that block."""
         table, size = self.tables[request_id], self.block_size
-        if not self.is_caching or num_computed // size <= table.num_indexed:
+        if not self.is_enabled or num_computed // size <= table.num_indexed:
             return
         token_ids = context_token_ids()
         for index in range(table.num_indexed, num_computed // size):

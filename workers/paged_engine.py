@@ -33,7 +33,7 @@ import math
 from typing import Any
 
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE
-from workers import paged_ops
+from workers import cpu_kernels
 from workers.batch_sequence import Sequence, SequenceStatus
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.engine_core import EngineCore
@@ -86,7 +86,7 @@ class PagedEngine(EngineCore):
                 f"{getattr(model.config, 'model_type', '?')}; use the batched engine"
             )
         if model.device.type == "cpu":
-            paged_ops.has_kernels()  # built now (once per machine), not at the first request
+            cpu_kernels.has_kernels()  # built now (once per machine), not at the first request
         num_blocks = num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size)
         self.runner = PagedRunner(model, num_blocks, block_size, cpu_weights, release_unused_weights)
         self.budget: PagedBlocks = PagedBlocks(
@@ -105,7 +105,7 @@ class PagedEngine(EngineCore):
             self.preempt_by_recompute(sequence)  # the earliest ends up at the front
         old = self.budget
         self.runner.reset(num_blocks, block_size)
-        self.budget = PagedBlocks(self.runner.cache.blocks, block_size, self.tokenizer, old.is_caching)
+        self.budget = PagedBlocks(self.runner.cache.blocks, block_size, self.tokenizer, old.is_enabled)
         self.budget.version = old.version + 1  # what the index reports changed
         self.budget.num_hit_tokens = old.num_hit_tokens
 
@@ -135,10 +135,6 @@ class PagedEngine(EngineCore):
     def cached_prefix_hashes(self) -> list[int]:
         """Character-block hashes of the cached prefixes' text, for the kernel's prefix index."""
         return self.budget.reported_hashes()
-
-    @property
-    def has_free_slot(self) -> bool:
-        return self.num_running < self.max_num_seqs
 
     def decoding(self) -> list[Sequence]:
         return [s for s in self.running.values() if s.status is SequenceStatus.DECODING]

@@ -19,9 +19,6 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from workers.cpu_kernels import has_kernels
 
-__all__ = ["gathered_attention", "has_kernels", "paged_attention", "store_kv"]
-
-
 # ---------------------------------------------------------------- the operations
 
 
