@@ -6,13 +6,19 @@ A service is an object with `serve(stopping)`, its one loop, which returns once
 drains (a worker) also has `drain_requested`: the first SIGTERM or SIGINT sets
 it, and the loop returns once what it ran is finished; a second signal sets
 `stopping`.
+
+For profiling, `LLMOS_PROFILE_DIR=DIR` runs the loop under cProfile and writes
+`DIR/<name>-<pid>.prof` when it stops (read it with `python -m pstats`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import cProfile
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
 from llmos.logs import setup_logging
@@ -41,7 +47,25 @@ def run_service(name: str, build: Callable[[], Service], log_format: str = "") -
     draining = service.drain_requested if isinstance(service, DrainingService) else None
     stopping = stop_on_signals(draining)
     try:
-        service.serve(stopping)
+        with profiled(name):
+            service.serve(stopping)
     finally:
         service.close()
         log.info("%s stopped", name)
+
+
+@contextlib.contextmanager
+def profiled(name: str) -> Iterator[None]:
+    """Under `LLMOS_PROFILE_DIR`, profile the block into DIR/<name>-<pid>.prof."""
+    folder = os.environ.get("LLMOS_PROFILE_DIR", "")
+    if not folder:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        os.makedirs(folder, exist_ok=True)
+        profiler.dump_stats(os.path.join(folder, f"{name}-{os.getpid()}.prof"))

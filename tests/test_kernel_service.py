@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pstats
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -225,3 +226,17 @@ def test_json_lines_carry_the_context_a_log_call_passes() -> None:
         "batch",
     )
     assert "worker_id" not in line
+
+
+def test_llmos_profile_dir_writes_the_loop_profile_when_the_service_stops(
+    tmp_path: Path, monkeypatch
+) -> None:
+    profiles = tmp_path / "profiles"
+    monkeypatch.setenv("LLMOS_PROFILE_DIR", str(profiles))  # the service inherits the environment
+    with start_kernel(tmp_path, HEARTBEAT_INTERVAL_MS) as kernel:
+        with dealer(kernel.address) as socket:
+            query_view(socket)
+        assert kernel.service.stop() == 0, kernel.service.logs()
+    (profile,) = profiles.glob("kernel-*.prof")
+    functions = {name for _, _, name in pstats.Stats(str(profile)).stats}  # type: ignore[attr-defined]
+    assert "serve" in functions
