@@ -238,5 +238,5 @@ def test_llmos_profile_dir_writes_the_loop_profile_when_the_service_stops(
             query_view(socket)
         assert kernel.service.stop() == 0, kernel.service.logs()
     (profile,) = profiles.glob("kernel-*.prof")
-    functions = {name for _, _, name in pstats.Stats(str(profile)).stats}  # type: ignore[attr-defined]
+    functions = {name for _, _, name in pstats.Stats(str(profile)).stats}
     assert "serve" in functions

@@ -2,7 +2,8 @@
 
 Each `workers/kernels/*.cpp` registers operators with torch's dispatcher
 (`llmos_paged::*`: the paged KV cache's store and attention, `workers.paged_ops`;
-`llmos_cpu::small_linear`: float32 products of a few rows, `workers.cpu_linears`).
+`llmos_cpu::small_linear`: float32 products of a few rows, `workers.cpu_linears`;
+`llmos_cpu::rms_norm`, `add_rms_norm`, `rope_store`: the direct forward's, `workers.direct_forward`).
 All are compiled into one library with the machine's C++ compiler against torch's
 headers, once, and kept in a cache directory (LLMOS_KERNEL_CACHE, else
 ~/.cache/llmos/kernels) under a name that hashes the sources, torch's version and

@@ -90,6 +90,10 @@ class CpuLinears:
             for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True)
         ]
 
+    def forward_by_module(self) -> dict[int, Any]:
+        """Each switched linear's forward while the engine runs, by `id` of its module."""
+        return {id(linear): forward for linear, forward in zip(self.linears, self.forwards, strict=True)}
+
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
         for linear, forward in zip(self.linears, self.forwards, strict=True):

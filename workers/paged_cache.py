@@ -124,10 +124,18 @@ class PagedLayer(CacheLayerMixin):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         _, num_kv_heads, _, head_dim = key_states.shape
-        shape = (self.cache.capacity, num_kv_heads, self.cache.block_size, head_dim)
-        self.keys = torch.empty(shape, dtype=key_states.dtype, device=key_states.device)
-        self.values = torch.empty_like(self.keys)
-        self.is_initialized = True
+        self.pools_for(num_kv_heads, head_dim, key_states.dtype, key_states.device)
+
+    def pools_for(
+        self, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's key and value pools, allocated at the first call."""
+        if not self.is_initialized:
+            shape = (self.cache.capacity, num_kv_heads, self.cache.block_size, head_dim)
+            self.keys = torch.empty(shape, dtype=dtype, device=device)
+            self.values = torch.empty_like(self.keys)
+            self.is_initialized = True
+        return self.keys, self.values
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -163,7 +171,8 @@ class PagedLayer(CacheLayerMixin):
 
 class PagedCache(Cache):
     def __init__(self, num_layers: int, num_blocks: int, block_size: int) -> None:
-        super().__init__(layers=[PagedLayer(self) for _ in range(num_layers)])
+        self.paged_layers = [PagedLayer(self) for _ in range(num_layers)]  # the same as `layers`, typed
+        super().__init__(layers=list(self.paged_layers))
         self.blocks = BlockPool(num_blocks)
         self.block_size = block_size
         self.capacity = max(num_blocks, 1)  # blocks the pools have room for

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from workers.cpu_linears import CpuLinears
+from workers.direct_forward import direct_forward_for
 from workers.paged_cache import PagedCache, PagedStep, paged_forward
 
 
@@ -50,6 +51,8 @@ class PagedRunner:
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.can_keep_last_logits = "logits_to_keep" in parameters
         self.cpu_linears = CpuLinears(model, cpu_weights, release_unused_weights)
+        # Llama-style float32 models on CPU skip transformers' forward (workers.direct_forward)
+        self.direct = direct_forward_for(model, self.cpu_linears.forward_by_module())
 
     def reset(self, num_blocks: int, block_size: int) -> None:
         """A fresh cache of another geometry (what the old one held is gone)."""
@@ -98,6 +101,8 @@ class PagedRunner:
         """Run the rows' tokens; each row's last token's logits `[rows, vocab]`."""
         self.cache.make_room_for([block_id for row in rows for block_id in row.block_ids])
         step, input_ids, position_ids, last_tokens = self.plan(rows)
+        if self.direct is not None:
+            return self.direct(self.cache, step, input_ids[0], position_ids[0], last_tokens)
         kwargs: dict[str, Any] = {self.cache_kwarg: self.cache, "use_cache": True}
         if self.can_keep_last_logits:
             kwargs["logits_to_keep"] = last_tokens
