@@ -22,7 +22,7 @@ FLOOR_VENV ?= .venv-floor
 # the tests that drive the engines, the mixed steps, the prefix cache and the CPU kernels on a real model
 FLOOR_TESTS ?= tests/test_batched_engine.py tests/test_mixed_steps.py tests/test_prefix_cache.py tests/test_worker_engine.py \
 	tests/test_paged_runner.py tests/test_paged_ops.py tests/test_paged_engine.py tests/test_small_linear.py \
-	tests/test_direct_forward.py
+	tests/test_direct_forward.py tests/test_kv_cache_dtype.py
 
 .PHONY: setup model run test container-test lint floor-check proto clean
 

@@ -42,6 +42,7 @@ from llmos_bench.report import format_report
 from llmos_bench.stats import count_parameters, latency_figures, matmul_peak_flops, median_run, model_flops
 from workers.config import WorkerConfig
 from workers.cpu_linears import check_cpu_weights
+from workers.kv_dtype import KV_CACHE_DTYPES, resolve_kv_cache_dtype
 from workers.model_loader import LoadedModel, kv_bytes_per_token, load_model, load_tokenizer
 from workers.reference_engine import ReferenceEngine
 
@@ -66,6 +67,9 @@ class EngineBenchConfig:
     dtype: str = option("auto", "auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16")
     quantization: str = option("none", "none, or int8 (CPU only): int8 weights, as for llmos worker")
     cpu_weights: str = option("fast", "fast or compact: the CPU weight copies, as for llmos worker")
+    kv_cache_dtype: str = option(
+        "auto", "auto, float16 or bfloat16: the paged engine's KV cache dtype, as for llmos worker"
+    )
     prompt_len: int = option(32, "prompt tokens per request")
     new_tokens: int = option(64, "tokens each request generates (EOS is ignored)")
     concurrency: str = option("1,8,32,64", "comma-separated engine concurrency levels")
@@ -156,6 +160,7 @@ class EngineBenchConfig:
             dtype=self.dtype,
             quantization=self.quantization,
             max_model_len=self.max_model_len,
+            kv_cache_dtype=self.kv_cache_dtype,
         )
 
     def check(self) -> None:
@@ -177,6 +182,10 @@ class EngineBenchConfig:
             check_cpu_weights(self.cpu_weights)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--cpu-weights") from None
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise click.BadParameter(
+                f"use one of {', '.join(KV_CACHE_DTYPES)}", param_hint="--kv-cache-dtype"
+            )
 
     @property
     def concurrency_levels(self) -> list[int]:
@@ -237,6 +246,10 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
     loaded = load_model(config.worker_config())
     tokenizer = load_tokenizer(loaded.path)
     engine_cls = engine_class(resolve_engine(config.engine, loaded.model, config.max_model_len))
+    if kv_dtype_of(config, loaded) != loaded.dtype and engine_cls.__name__ != "PagedEngine":
+        raise click.UsageError(
+            f"--kv-cache-dtype {config.kv_cache_dtype} runs on the paged engine (--engine paged)"
+        )
     echo(
         f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
         f"{loaded.device} ({dtype_name(loaded.dtype)}, quantization {loaded.quantization}), "
@@ -331,6 +344,11 @@ def write_sim_profile(
     echo(f"wrote simulated-worker profile {config.write_profile}: {profile}")
 
 
+def kv_dtype_of(config: EngineBenchConfig, loaded: LoadedModel) -> torch.dtype:
+    """The dtype the engine's KV cache holds (`--kv-cache-dtype`, resolved on the model)."""
+    return resolve_kv_cache_dtype(config.kv_cache_dtype, loaded.dtype)
+
+
 def resolve_engine(name: str, model: Any, max_model_len: int) -> str:
     """`auto` as a worker resolves it (`workers.engine_factory.paged_fits`); other names as they are."""
     if name != "auto":
@@ -409,6 +427,8 @@ class EngineBench:
                 prefix_caching=(self.config.prefix_caching if prefix_caching is None else prefix_caching),
                 cpu_weights=self.config.cpu_weights,
             )
+        if self.engine_cls.__name__ == "PagedEngine":
+            kwargs["kv_cache_dtype"] = self.config.kv_cache_dtype
         if self.engine_cls.__name__ == "BatchedEngine":  # the paged engine's steps are always mixed
             kwargs["mixed_steps"] = self.config.mixed_steps if mixed_steps is None else mixed_steps
         return self.engine_cls(self.model, self.tokenizer, **kwargs)
@@ -556,7 +576,8 @@ def summarize(
         "cpu_weights": config.cpu_weights,
         # the KV bytes a token needs (layers x K and V x KV heads x head size x dtype),
         # against which each level's kv_bytes_per_live_token shows what the padded cache holds
-        "kv_bytes_per_token": kv_bytes_per_token(bench.model.config, loaded.dtype),
+        "kv_cache_dtype": dtype_name(kv_dtype_of(config, loaded)),
+        "kv_bytes_per_token": kv_bytes_per_token(bench.model.config, kv_dtype_of(config, loaded)),
         "threads": torch.get_num_threads(),
         "engine": bench.engine_cls.__name__,
         "peak_flops_per_s": bench.peak_flops,

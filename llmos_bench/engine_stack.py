@@ -80,6 +80,8 @@ def worker_args(config: Any, max_model_len: int, kv_tokens: int) -> list[str]:
         config.quantization,
         "--cpu-weights",
         config.cpu_weights,
+        "--kv-cache-dtype",
+        config.kv_cache_dtype,
         "--threads",
         str(config.threads),
         "--max-model-len",

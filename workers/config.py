@@ -86,6 +86,12 @@ class WorkerConfig:
         "as the batch's decodes (models that allow it)",
     )
     kv_cache_tokens: int = option(0, "KV cache capacity in tokens; 0 = from free memory")
+    kv_cache_dtype: str = option(
+        "auto",
+        "auto (the model's dtype: answers equal generate's), float16 or bfloat16: a float32 "
+        "model's keys and values rounded to 16 bits, half the KV memory and the bytes "
+        "attention reads (the paged engine; workers.kv_dtype)",
+    )
     max_model_len: int = option(0, "context length; 0 = the model's max_position_embeddings")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     heartbeat_interval_ms: int = option(

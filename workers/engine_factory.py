@@ -7,6 +7,7 @@ from typing import Any
 
 from workers import cpu_kernels
 from workers.batched_engine import BatchedEngine
+from workers.kv_dtype import resolve_kv_cache_dtype
 from workers.model_facts import model_context_length
 from workers.paged_engine import PagedEngine, supports_paged
 from workers.reference_engine import ReferenceEngine
@@ -47,9 +48,10 @@ def make_engine(
     mixed_steps: bool = True,
     cpu_weights: str = "fast",
     release_unused_weights: bool = False,
+    kv_cache_dtype: str = "auto",
 ) -> GenerateEngine:
     """The engine named `kind`; the KV geometry and the step's token budget are the batched
-    and paged engines'."""
+    and paged engines'; a `kv_cache_dtype` other than the model's, the paged engine's."""
     try:
         engine_kind = EngineKind(kind)
     except ValueError:
@@ -57,6 +59,12 @@ def make_engine(
         raise ValueError(f"unknown engine {kind!r}; use one of {names}") from None
     if engine_kind is EngineKind.AUTO:
         engine_kind = EngineKind.PAGED if paged_fits(model, max_model_len) else EngineKind.BATCHED
+    is_narrow_kv = resolve_kv_cache_dtype(kv_cache_dtype, model.dtype) != model.dtype
+    if is_narrow_kv and engine_kind is not EngineKind.PAGED:
+        raise ValueError(
+            f"--kv-cache-dtype {kv_cache_dtype} runs on the paged engine; this worker's is "
+            f"{engine_kind.value} (--engine paged, or on CPU --engine auto with a model it computes)"
+        )
     if engine_kind is EngineKind.REFERENCE:
         return ReferenceEngine(
             model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len, worker_id=worker_id
@@ -73,5 +81,5 @@ def make_engine(
         release_unused_weights=release_unused_weights,
     )
     if engine_kind is EngineKind.PAGED:  # its steps are always mixed
-        return PagedEngine(model, tokenizer, **options)
+        return PagedEngine(model, tokenizer, kv_cache_dtype=kv_cache_dtype, **options)
     return BatchedEngine(model, tokenizer, mixed_steps=mixed_steps, **options)

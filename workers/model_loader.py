@@ -16,6 +16,7 @@ from llmos.wire import pb
 from workers.config import WorkerConfig
 from workers.cpu_linears import check_cpu_weights
 from workers.dummy import build_dummy_model, build_dummy_tokenizer, dummy_preset_name
+from workers.kv_dtype import resolve_kv_cache_dtype
 from workers.quantization import int8_weight_bytes, quantize_int8, resolve_quantization
 from workers.tasks import embedded_model_name, embedded_model_path, resolve_task
 
@@ -145,6 +146,7 @@ def load_model(config: WorkerConfig) -> LoadedModel:
     quantization = resolve_quantization(config.quantization, device, dtype)  # refused before any setup
     try:
         check_cpu_weights(config.cpu_weights)
+        kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, dtype)
     except ValueError as exc:
         raise SystemExit(f"llmos worker: {exc}") from None
     prepare_device(device)
@@ -166,8 +168,8 @@ def load_model(config: WorkerConfig) -> LoadedModel:
             "max_model_len %d exceeds the model's max_position_embeddings %d", max_model_len, context_length
         )
     memory_bytes_total, memory_bytes_used, kv_budget_bytes = _memory(model, device)
-    # the KV cache holds activations, in `dtype` whatever the weights' precision
-    kv_tokens = config.kv_cache_tokens or kv_budget_bytes // kv_bytes_per_token(model.config, dtype)
+    # the KV cache holds activations, in `dtype` whatever the weights' precision (or --kv-cache-dtype's)
+    kv_tokens = config.kv_cache_tokens or kv_budget_bytes // kv_bytes_per_token(model.config, kv_dtype)
     return LoadedModel(
         model=model,
         name=name,

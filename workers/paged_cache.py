@@ -129,10 +129,11 @@ class PagedLayer(CacheLayerMixin):
     def pools_for(
         self, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer's key and value pools, allocated at the first call."""
+        """The layer's key and value pools, allocated at the first call: in the cache's
+        `kv_dtype`, else in `dtype` (the activations')."""
         if not self.is_initialized:
             shape = (self.cache.capacity, num_kv_heads, self.cache.block_size, head_dim)
-            self.keys = torch.empty(shape, dtype=dtype, device=device)
+            self.keys = torch.empty(shape, dtype=self.cache.kv_dtype or dtype, device=device)
             self.values = torch.empty_like(self.keys)
             self.is_initialized = True
         return self.keys, self.values
@@ -170,7 +171,11 @@ class PagedLayer(CacheLayerMixin):
 
 
 class PagedCache(Cache):
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self, num_layers: int, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None
+    ) -> None:
+        """`kv_dtype`: the pools' dtype, where it is not the activations' (workers.kv_dtype)."""
+        self.kv_dtype = kv_dtype
         self.paged_layers = [PagedLayer(self) for _ in range(num_layers)]  # the same as `layers`, typed
         super().__init__(layers=list(self.paged_layers))
         self.blocks = BlockPool(num_blocks)

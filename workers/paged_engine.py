@@ -37,6 +37,7 @@ from workers import cpu_kernels
 from workers.batch_sequence import Sequence, SequenceStatus
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from workers.engine_core import EngineCore
+from workers.kv_dtype import resolve_kv_cache_dtype
 from workers.mixed_step import MIXED_STEP_FAMILIES, supports_mixed_steps
 from workers.model_facts import has_full_attention
 from workers.paged_blocks import PagedBlocks
@@ -68,6 +69,7 @@ class PagedEngine(EngineCore):
         prefix_caching: bool = True,
         cpu_weights: str = "fast",
         release_unused_weights: bool = False,
+        kv_cache_dtype: str = "auto",
     ) -> None:
         """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens."""
         super().__init__(
@@ -88,7 +90,10 @@ class PagedEngine(EngineCore):
         if model.device.type == "cpu":
             cpu_kernels.has_kernels()  # built now (once per machine), not at the first request
         num_blocks = num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size)
-        self.runner = PagedRunner(model, num_blocks, block_size, cpu_weights, release_unused_weights)
+        kv_dtype = resolve_kv_cache_dtype(kv_cache_dtype, model.dtype)
+        self.runner = PagedRunner(
+            model, num_blocks, block_size, cpu_weights, release_unused_weights, kv_dtype
+        )
         self.budget: PagedBlocks = PagedBlocks(
             self.runner.cache.blocks, block_size, tokenizer, prefix_caching
         )

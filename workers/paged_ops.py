@@ -4,7 +4,9 @@ A pool is one layer's keys (or values), `[num_blocks, kv_heads, block_size, head
 a slot is `block * block_size + offset`. `paged_attention` runs query tokens of many
 rows at once: token t belongs to row `token_rows[t]` and sees that row's first
 `context_lens[t]` tokens, which `block_tables[row]` places. Decodes and prefill
-chunks go through the same call.
+chunks go through the same call. The pools hold the activations' dtype, or a float32
+model's keys and values in float16 or bfloat16 (`workers.kv_dtype`): the store rounds
+them, and attention reads them back to the query's dtype.
 
 On CPU both run in C++ (workers/kernels/paged_attention.cpp, built on first use:
 `workers.cpu_kernels`). Where it cannot be built (no compiler) or LLMOS_KERNELS=off,
@@ -35,8 +37,8 @@ def store_kv(
         return
     block_size = key_pool.shape[2]
     blocks, offsets = slots // block_size, slots % block_size
-    key_pool[blocks, :, offsets] = keys
-    value_pool[blocks, :, offsets] = values
+    key_pool[blocks, :, offsets] = keys.to(key_pool.dtype)
+    value_pool[blocks, :, offsets] = values.to(value_pool.dtype)
 
 
 def paged_attention(
@@ -74,8 +76,9 @@ def gathered_attention(
     positions = torch.arange(longest, device=query.device)
     blocks = block_tables[token_rows.long()][:, positions // block_size]  # [tokens, longest]
     offsets = (positions % block_size).expand_as(blocks)
-    keys = key_pool[blocks, :, offsets].transpose(1, 2)  # [tokens, kv_heads, longest, head_dim]
-    values = value_pool[blocks, :, offsets].transpose(1, 2)
+    # [tokens, kv_heads, longest, head_dim], in the query's dtype (the pools' may be narrower)
+    keys = key_pool[blocks, :, offsets].transpose(1, 2).to(query.dtype)
+    values = value_pool[blocks, :, offsets].transpose(1, 2).to(query.dtype)
     mask = (positions[None, :] < context_lens[:, None])[:, None, None, :]
     # past a context's end, the slots may never have been written (garbage, even NaN): zeros
     keys = torch.where(mask.transpose(2, 3), keys, 0)

@@ -41,11 +41,14 @@ class PagedRunner:
         block_size: int,
         cpu_weights: str = "fast",
         release_unused_weights: bool = False,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
+        """`kv_dtype`: the pools' dtype (None: the model's activations')."""
         self.model = model
+        self.kv_dtype = kv_dtype
         self.device = model.device
         self.num_layers = model.config.get_text_config().num_hidden_layers
-        self.cache = PagedCache(self.num_layers, num_blocks, block_size)
+        self.cache = PagedCache(self.num_layers, num_blocks, block_size, kv_dtype)
         # newer transformers call the cache argument `cache`, older ones `past_key_values`
         parameters = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
@@ -56,7 +59,7 @@ class PagedRunner:
 
     def reset(self, num_blocks: int, block_size: int) -> None:
         """A fresh cache of another geometry (what the old one held is gone)."""
-        self.cache = PagedCache(self.num_layers, num_blocks, block_size)
+        self.cache = PagedCache(self.num_layers, num_blocks, block_size, self.kv_dtype)
 
     @property
     def block_size(self) -> int:

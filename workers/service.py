@@ -160,6 +160,7 @@ class Worker:
                 mixed_steps=self.config.mixed_steps,
                 cpu_weights=self.config.cpu_weights,
                 release_unused_weights=True,  # the model serves this engine alone
+                kv_cache_dtype=self.config.kv_cache_dtype,
             )
         except ValueError as exc:
             raise SystemExit(f"llmos worker: {exc}") from None

@@ -6,6 +6,7 @@
 //   rope_store(query!, key, value, cos, sin, key_pool!, value_pool!, slots)
 //                                        rotary embedding on the query (in place) and the
 //                                        key, and the key and value stored at their slots
+//                                        (float32 pools, or float16 / bfloat16 ones: rounded)
 //
 // A decode step calls each once per layer on a few rows, where torch's chains of
 // element-wise operators cost more in dispatch and thread wake-ups than in arithmetic;
@@ -14,6 +15,7 @@
 // The arithmetic is transformers' (LlamaRMSNorm in float32, apply_rotary_pos_emb's
 // rotate-half); only the order of a sum's additions, and so the last bit, may differ.
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -93,11 +95,43 @@ inline void rotate(const float* x, const float* cos, const float* sin, int64_t h
   }
 }
 
+// the query rotated in place; the key rotated, and the value, stored at each token's slot
+template <typename cache_t>
+void rotate_and_store(float* qd, const float* kd, const float* vd, const float* cd, const float* snd, cache_t* kp,
+                      cache_t* vp, const int64_t* sd, int64_t tokens, int64_t heads, int64_t kv_heads,
+                      int64_t head_dim, int64_t block_size) {
+  at::parallel_for(0, tokens, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    float rotated[kMaxHeadDim];
+    for (int64_t t = begin; t < end; ++t) {
+      const float *c = cd + t * head_dim, *s = snd + t * head_dim;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* q = qd + (t * heads + h) * head_dim;
+        rotate(q, c, s, head_dim, rotated);
+        std::copy(rotated, rotated + head_dim, q);
+      }
+      const int64_t block = sd[t] / block_size, offset = sd[t] % block_size;
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const int64_t at = ((block * kv_heads + h) * block_size + offset) * head_dim;
+        rotate(kd + (t * kv_heads + h) * head_dim, c, s, head_dim, rotated);
+        const float* v = vd + (t * kv_heads + h) * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) {  // float16 and bfloat16 round to nearest even
+          kp[at + d] = static_cast<cache_t>(rotated[d]);
+          vp[at + d] = static_cast<cache_t>(v[d]);
+        }
+      }
+    }
+  });
+}
+
 void rope_store(at::Tensor query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& cos,
                 const at::Tensor& sin, at::Tensor key_pool, at::Tensor value_pool, const at::Tensor& slots) {
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&query, &key, &value, &cos, &sin, &key_pool,
-                                                                       &value_pool})
-    check_float_rows(*t, "query, key, value, cos, sin and the pools");
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&query, &key, &value, &cos, &sin})
+    check_float_rows(*t, "query, key, value, cos and sin");
+  const at::ScalarType cache = key_pool.scalar_type();
+  TORCH_CHECK(key_pool.device().is_cpu() && key_pool.is_contiguous() && value_pool.is_contiguous() &&
+                  value_pool.scalar_type() == cache &&
+                  (cache == at::kFloat || cache == at::kHalf || cache == at::kBFloat16),
+              "the pools must be contiguous CPU tensors of one dtype: float32, float16 or bfloat16");
   TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && key.sizes() == value.sizes(),
               "query, key and value must be [tokens, heads, head_dim], key and value alike");
   const int64_t tokens = query.size(0), heads = query.size(1), head_dim = query.size(2), kv_heads = key.size(1);
@@ -113,26 +147,10 @@ void rope_store(at::Tensor query, const at::Tensor& key, const at::Tensor& value
   const int64_t block_size = key_pool.size(2), num_slots = key_pool.size(0) * block_size;
   const int64_t* sd = slots.data_ptr<int64_t>();
   for (int64_t t = 0; t < tokens; ++t) TORCH_CHECK(sd[t] >= 0 && sd[t] < num_slots, "slot out of the pools");
-  float* qd = query.data_ptr<float>();
-  const float *kd = key.data_ptr<float>(), *vd = value.data_ptr<float>();
-  const float *cd = cos.data_ptr<float>(), *snd = sin.data_ptr<float>();
-  float *kp = key_pool.data_ptr<float>(), *vp = value_pool.data_ptr<float>();
-  at::parallel_for(0, tokens, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    float rotated[kMaxHeadDim];
-    for (int64_t t = begin; t < end; ++t) {
-      const float *c = cd + t * head_dim, *s = snd + t * head_dim;
-      for (int64_t h = 0; h < heads; ++h) {
-        float* q = qd + (t * heads + h) * head_dim;
-        rotate(q, c, s, head_dim, rotated);
-        std::copy(rotated, rotated + head_dim, q);
-      }
-      const int64_t block = sd[t] / block_size, offset = sd[t] % block_size;
-      for (int64_t h = 0; h < kv_heads; ++h) {
-        const int64_t at = ((block * kv_heads + h) * block_size + offset) * head_dim;
-        rotate(kd + (t * kv_heads + h) * head_dim, c, s, head_dim, kp + at);
-        std::copy(vd + (t * kv_heads + h) * head_dim, vd + (t * kv_heads + h + 1) * head_dim, vp + at);
-      }
-    }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cache, "rope_store", [&] {
+    rotate_and_store<scalar_t>(query.data_ptr<float>(), key.data_ptr<float>(), value.data_ptr<float>(),
+                               cos.data_ptr<float>(), sin.data_ptr<float>(), key_pool.data_ptr<scalar_t>(),
+                               value_pool.data_ptr<scalar_t>(), sd, tokens, heads, kv_heads, head_dim, block_size);
   });
 }
 

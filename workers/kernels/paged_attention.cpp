@@ -14,6 +14,10 @@
 // of one item are context_len floats per query head: small next to the keys.
 // Threads come from ATen's pool (at::parallel_for), the one torch's matmuls use.
 //
+// The pools hold the activations' dtype, or for a float32 model float16 or bfloat16
+// (--kv-cache-dtype): the store rounds each key and value once, and attention reads
+// them back to float32, so it reads half the bytes.
+//
 // Built by workers.paged_ops on first use; workers.paged_ops holds the same
 // operations in plain torch for machines without a compiler.
 
@@ -30,6 +34,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -46,6 +51,17 @@ inline float to_float(c10::BFloat16 x) {
 
 inline float to_float(c10::Half x) { return static_cast<float>(x); }
 
+// A cache may hold keys and values in the activations' dtype, or a float32 model's in
+// float16 or bfloat16 (half the memory and the bytes attention reads; --kv-cache-dtype).
+inline bool is_cache_dtype_of(at::ScalarType cache, at::ScalarType activations) {
+  return cache == activations || (activations == at::kFloat && (cache == at::kHalf || cache == at::kBFloat16));
+}
+
+template <typename T>
+inline T from_float(float x) {
+  return static_cast<T>(x);  // float16 and bfloat16 round to nearest even
+}
+
 struct Geometry {
   int64_t num_tokens, num_heads, head_dim, num_kv_heads, block_size, num_blocks, max_blocks_per_row;
 };
@@ -57,8 +73,9 @@ Geometry check_attention_args(const at::Tensor& query, const at::Tensor& key_poo
   TORCH_CHECK(key_pool.dim() == 4 && key_pool.sizes() == value_pool.sizes(),
               "key and value pools must be [blocks, kv_heads, block_size, head_dim], alike");
   TORCH_CHECK(key_pool.is_contiguous() && value_pool.is_contiguous(), "pools must be contiguous");
-  TORCH_CHECK(query.scalar_type() == key_pool.scalar_type() && key_pool.scalar_type() == value_pool.scalar_type(),
-              "query and pools must have one dtype");
+  TORCH_CHECK(key_pool.scalar_type() == value_pool.scalar_type() &&
+                  is_cache_dtype_of(key_pool.scalar_type(), query.scalar_type()),
+              "the pools must have one dtype: the query's, or float16 or bfloat16 for a float32 query");
   TORCH_CHECK(query.size(2) == key_pool.size(3), "query and pools must have one head_dim");
   TORCH_CHECK(query.size(1) % key_pool.size(1) == 0, "query heads must be a multiple of KV heads");
   TORCH_CHECK(block_tables.dim() == 2 && block_tables.scalar_type() == at::kInt && block_tables.is_contiguous(),
@@ -73,15 +90,15 @@ Geometry check_attention_args(const at::Tensor& query, const at::Tensor& key_poo
           block_tables.size(1)};
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename cache_t>
 void attend(const at::Tensor& query, const at::Tensor& key_pool, const at::Tensor& value_pool,
             const at::Tensor& block_tables, const at::Tensor& token_rows, const at::Tensor& context_lens,
             double scale, at::Tensor& out, const Geometry& g) {
   const int64_t group = g.num_heads / g.num_kv_heads, dim = g.head_dim, block_size = g.block_size;
   const scalar_t* q = query.data_ptr<scalar_t>();
   const int64_t q_token_stride = query.stride(0), q_head_stride = query.stride(1), q_dim_stride = query.stride(2);
-  const scalar_t* keys = key_pool.data_ptr<scalar_t>();
-  const scalar_t* values = value_pool.data_ptr<scalar_t>();
+  const cache_t* keys = key_pool.data_ptr<cache_t>();
+  const cache_t* values = value_pool.data_ptr<cache_t>();
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   const int32_t* rows = token_rows.data_ptr<int32_t>();
   const int32_t* lens = context_lens.data_ptr<int32_t>();
@@ -106,10 +123,10 @@ void attend(const at::Tensor& query, const at::Tensor& key_pool, const at::Tenso
       for (int64_t first = 0; first < num_context; first += block_size) {  // pass 1: scores
         const int64_t block = table[first / block_size];
         TORCH_CHECK(block >= 0 && block < g.num_blocks, "block id out of range");
-        const scalar_t* block_keys = keys + block * block_stride + kv_head * head_stride;
+        const cache_t* block_keys = keys + block * block_stride + kv_head * head_stride;
         const int64_t count = std::min(block_size, num_context - first);
         for (int64_t j = 0; j < count; ++j) {
-          const scalar_t* key = block_keys + j * dim;
+          const cache_t* key = block_keys + j * dim;
           for (int64_t h = 0; h < group; ++h) {
             const float* query_h = queries.data() + h * dim;
             float dot = 0.f;
@@ -133,10 +150,10 @@ void attend(const at::Tensor& query, const at::Tensor& key_pool, const at::Tenso
       std::fill(sums.begin(), sums.end(), 0.f);
       for (int64_t first = 0; first < num_context; first += block_size) {  // pass 2: weighted values
         const int64_t block = table[first / block_size];
-        const scalar_t* block_values = values + block * block_stride + kv_head * head_stride;
+        const cache_t* block_values = values + block * block_stride + kv_head * head_stride;
         const int64_t count = std::min(block_size, num_context - first);
         for (int64_t j = 0; j < count; ++j) {
-          const scalar_t* value = block_values + j * dim;
+          const cache_t* value = block_values + j * dim;
           for (int64_t h = 0; h < group; ++h) {
             const float weight = scores[h * num_context + first + j];
             float* sum = sums.data() + h * dim;
@@ -159,26 +176,39 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_pool, 
   const Geometry g = check_attention_args(query, key_pool, value_pool, block_tables, token_rows, context_lens);
   at::Tensor out = at::empty({g.num_tokens, g.num_heads, g.head_dim}, query.options());
   if (g.num_tokens == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_attention", [&] {
-    attend<scalar_t>(query, key_pool, value_pool, block_tables, token_rows, context_lens, scale, out, g);
-  });
+  if (key_pool.scalar_type() == query.scalar_type()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_attention", [&] {
+      attend<scalar_t, scalar_t>(query, key_pool, value_pool, block_tables, token_rows, context_lens, scale, out, g);
+    });
+  } else {  // a float32 query over float16 or bfloat16 pools
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(key_pool.scalar_type(), "paged_attention", [&] {
+      attend<float, scalar_t>(query, key_pool, value_pool, block_tables, token_rows, context_lens, scale, out, g);
+    });
+  }
   return out;
 }
 
-template <typename scalar_t>
+template <typename cache_t, typename scalar_t>
 void store(at::Tensor& pool, const at::Tensor& states, const int64_t* slots) {
   const int64_t num_tokens = states.size(0), num_heads = states.size(1), dim = states.size(2);
   const int64_t block_size = pool.size(2), num_slots = pool.size(0) * block_size;
   const int64_t head_stride = block_size * dim, block_stride = num_heads * head_stride;
-  scalar_t* target = pool.data_ptr<scalar_t>();
+  cache_t* target = pool.data_ptr<cache_t>();
   const scalar_t* source = states.data_ptr<scalar_t>();
   const int64_t s0 = states.stride(0), s1 = states.stride(1), s2 = states.stride(2);
   for (int64_t t = 0; t < num_tokens; ++t) {
     const int64_t slot = slots[t];
     TORCH_CHECK(slot >= 0 && slot < num_slots, "slot out of range");
-    scalar_t* token_target = target + (slot / block_size) * block_stride + (slot % block_size) * dim;
+    cache_t* token_target = target + (slot / block_size) * block_stride + (slot % block_size) * dim;
     for (int64_t h = 0; h < num_heads; ++h)
-      for (int64_t d = 0; d < dim; ++d) token_target[h * head_stride + d] = source[t * s0 + h * s1 + d * s2];
+      for (int64_t d = 0; d < dim; ++d) {
+        const scalar_t value = source[t * s0 + h * s1 + d * s2];
+        if constexpr (std::is_same_v<cache_t, scalar_t>) {
+          token_target[h * head_stride + d] = value;
+        } else {
+          token_target[h * head_stride + d] = from_float<cache_t>(to_float(value));
+        }
+      }
   }
 }
 
@@ -190,15 +220,23 @@ void store_kv(at::Tensor key_pool, at::Tensor value_pool, const at::Tensor& keys
   TORCH_CHECK(keys.dim() == 3 && keys.sizes() == values.sizes() && keys.size(1) == key_pool.size(1) &&
                   keys.size(2) == key_pool.size(3),
               "keys and values must be [tokens, kv_heads, head_dim]");
-  TORCH_CHECK(keys.scalar_type() == key_pool.scalar_type() && values.scalar_type() == key_pool.scalar_type(),
-              "keys, values and pools must have one dtype");
+  TORCH_CHECK(keys.scalar_type() == values.scalar_type() && key_pool.scalar_type() == value_pool.scalar_type() &&
+                  is_cache_dtype_of(key_pool.scalar_type(), keys.scalar_type()),
+              "keys and values must have one dtype, the pools theirs or float16 or bfloat16 for float32 ones");
   TORCH_CHECK(slots.dim() == 1 && slots.scalar_type() == at::kLong && slots.is_contiguous() &&
                   slots.size(0) == keys.size(0),
               "slots must be contiguous int64 [tokens]");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, keys.scalar_type(), "store_kv", [&] {
-    store<scalar_t>(key_pool, keys, slots.data_ptr<int64_t>());
-    store<scalar_t>(value_pool, values, slots.data_ptr<int64_t>());
-  });
+  if (key_pool.scalar_type() == keys.scalar_type()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, keys.scalar_type(), "store_kv", [&] {
+      store<scalar_t, scalar_t>(key_pool, keys, slots.data_ptr<int64_t>());
+      store<scalar_t, scalar_t>(value_pool, values, slots.data_ptr<int64_t>());
+    });
+  } else {  // float32 keys and values into float16 or bfloat16 pools
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(key_pool.scalar_type(), "store_kv", [&] {
+      store<scalar_t, float>(key_pool, keys, slots.data_ptr<int64_t>());
+      store<scalar_t, float>(value_pool, values, slots.data_ptr<int64_t>());
+    });
+  }
 }
 
 }  // namespace
