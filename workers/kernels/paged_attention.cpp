@@ -29,6 +29,10 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#if defined(__F16C__) && defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -60,6 +64,34 @@ inline bool is_cache_dtype_of(at::ScalarType cache, at::ScalarType activations) 
 template <typename T>
 inline T from_float(float x) {
   return static_cast<T>(x);  // float16 and bfloat16 round to nearest even
+}
+
+// A block's keys or values of one head, read as float32: the pool's own memory when it
+// holds float32, else `count` values converted into `buffer` (eight at a time in
+// hardware where the CPU has F16C / AVX2: c10's scalar conversions do not vectorize).
+template <typename cache_t>
+const float* as_floats(const cache_t* source, int64_t count, float* buffer) {
+  if constexpr (std::is_same_v<cache_t, float>) {
+    return source;
+  } else {
+    int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX2__)
+    if constexpr (std::is_same_v<cache_t, c10::Half>) {
+      for (; i + 8 <= count; i += 8) {
+        const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(source + i));
+        _mm256_storeu_ps(buffer + i, _mm256_cvtph_ps(half));
+      }
+    } else {
+      for (; i + 8 <= count; i += 8) {  // a bfloat16 is a float's high half: widen, shift
+        const __m128i bf16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(source + i));
+        const __m256i wide = _mm256_slli_epi32(_mm256_cvtepu16_epi32(bf16), 16);
+        _mm256_storeu_ps(buffer + i, _mm256_castsi256_ps(wide));
+      }
+    }
+#endif
+    for (; i < count; ++i) buffer[i] = to_float(source[i]);
+    return buffer;
+  }
 }
 
 struct Geometry {
@@ -107,7 +139,7 @@ void attend(const at::Tensor& query, const at::Tensor& key_pool, const at::Tenso
   const int64_t head_stride = block_size * dim, block_stride = g.num_kv_heads * head_stride;
 
   at::parallel_for(0, g.num_tokens * g.num_kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> queries(group * dim), sums(group * dim), scores;
+    std::vector<float> queries(group * dim), sums(group * dim), scores, converted(block_size * dim);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t token = item / g.num_kv_heads, kv_head = item % g.num_kv_heads;
       const int64_t row = rows[token], num_context = lens[token];
@@ -123,15 +155,16 @@ void attend(const at::Tensor& query, const at::Tensor& key_pool, const at::Tenso
       for (int64_t first = 0; first < num_context; first += block_size) {  // pass 1: scores
         const int64_t block = table[first / block_size];
         TORCH_CHECK(block >= 0 && block < g.num_blocks, "block id out of range");
-        const cache_t* block_keys = keys + block * block_stride + kv_head * head_stride;
         const int64_t count = std::min(block_size, num_context - first);
+        const float* block_keys =
+            as_floats(keys + block * block_stride + kv_head * head_stride, count * dim, converted.data());
         for (int64_t j = 0; j < count; ++j) {
-          const cache_t* key = block_keys + j * dim;
+          const float* key = block_keys + j * dim;
           for (int64_t h = 0; h < group; ++h) {
             const float* query_h = queries.data() + h * dim;
             float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-            for (int64_t d = 0; d < dim; ++d) dot += query_h[d] * to_float(key[d]);
+            for (int64_t d = 0; d < dim; ++d) dot += query_h[d] * key[d];
             scores[h * num_context + first + j] = dot;
           }
         }
@@ -150,15 +183,16 @@ void attend(const at::Tensor& query, const at::Tensor& key_pool, const at::Tenso
       std::fill(sums.begin(), sums.end(), 0.f);
       for (int64_t first = 0; first < num_context; first += block_size) {  // pass 2: weighted values
         const int64_t block = table[first / block_size];
-        const cache_t* block_values = values + block * block_stride + kv_head * head_stride;
         const int64_t count = std::min(block_size, num_context - first);
+        const float* block_values =
+            as_floats(values + block * block_stride + kv_head * head_stride, count * dim, converted.data());
         for (int64_t j = 0; j < count; ++j) {
-          const cache_t* value = block_values + j * dim;
+          const float* value = block_values + j * dim;
           for (int64_t h = 0; h < group; ++h) {
             const float weight = scores[h * num_context + first + j];
             float* sum = sums.data() + h * dim;
 #pragma omp simd
-            for (int64_t d = 0; d < dim; ++d) sum[d] += weight * to_float(value[d]);
+            for (int64_t d = 0; d < dim; ++d) sum[d] += weight * value[d];
           }
         }
       }
