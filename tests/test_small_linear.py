@@ -1,6 +1,7 @@
-"""`llmos_cpu::small_linear`: float32 products of one to three rows, as `F.linear` makes them.
+"""`llmos_cpu::small_linear`: float32 products of one to three rows, as `F.linear` makes them;
+`small_linear_int8`: the same with int8 weights and a scale per output (`--quantization int8`).
 
-The engine runs it for decode steps of a few requests (`workers.cpu_linears`); its
+The engine runs them for decode steps of a few requests (`workers.cpu_linears`); their
 dot products add in another order than oneDNN's or ATen's, so they agree within
 float32 rounding.
 """
@@ -18,6 +19,7 @@ import torch
 from workers import cpu_kernels
 from workers.cpu_linears import PACKED_MIN_ROWS, CpuLinears
 from workers.dummy import build_dummy_model
+from workers.quantization import quantize_int8
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.has_kernels(), reason="no C++ compiler for the kernels")
 
@@ -90,3 +92,51 @@ def test_the_few_row_products_script_prints_both_sides_and_a_json_line():
     assert [run["rows"] for run in summary["runs"]] == [1, 2, 3, 4, 8]
     assert all(run["ratio"] > 0 for run in summary["runs"][:3])
     assert "ratio" not in summary["runs"][3]  # 4 rows and more stay on oneDNN
+
+
+def int8_weights(out_features: int, in_features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    int8 = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
+    return int8, torch.rand(out_features, generator=generator) / 100
+
+
+@pytest.mark.parametrize("num_rows", [1, 2, 3])
+@pytest.mark.parametrize("in_features", [1, 31, 768])
+def test_int8_products_equal_the_dequantized_weights_within_rounding(num_rows, in_features):
+    int8, scales = int8_weights(53, in_features, seed=in_features + num_rows)
+    bias, hidden = torch.randn(53), torch.randn(num_rows, in_features)
+
+    out = torch.ops.llmos_cpu.small_linear_int8(hidden, int8, scales, bias)
+
+    expected = torch.nn.functional.linear(hidden, int8.float() * scales[:, None], bias)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_int8_products_refuse_what_they_do_not_take():
+    int8, scales = int8_weights(8, 4, seed=0)
+    with pytest.raises(RuntimeError, match="int8"):
+        torch.ops.llmos_cpu.small_linear_int8(torch.randn(1, 4), int8.float(), scales, None)
+    with pytest.raises(RuntimeError, match="scales"):
+        torch.ops.llmos_cpu.small_linear_int8(torch.randn(1, 4), int8, scales[:4], None)
+    with pytest.raises(RuntimeError, match="1 to 3 rows"):
+        torch.ops.llmos_cpu.small_linear_int8(torch.randn(4, 4), int8, scales, None)
+
+
+def test_an_int8_models_few_row_products_are_the_kernels_and_the_others_its_own():
+    model = build_dummy_model("llama-tiny")
+    quantize_int8(model)
+    cpu_linears = CpuLinears(model)
+    dynamic = [m for m in model.modules() if type(m) is torch.ao.nn.quantized.dynamic.Linear]
+    assert cpu_linears.int8_linears == dynamic and dynamic
+    module = dynamic[0]
+    weight, bias = module._packed_params._weight_bias()
+    int8, scales = weight.int_repr(), weight.q_per_channel_scales().float()
+    with torch.inference_mode(), cpu_linears.on_onednn():
+        for num_rows in (1, 3, PACKED_MIN_ROWS):
+            hidden = torch.randn(num_rows, int8.shape[1])
+            out = module(hidden)
+            if num_rows < PACKED_MIN_ROWS:  # bit for bit the kernel's
+                assert torch.equal(out, torch.ops.llmos_cpu.small_linear_int8(hidden, int8, scales, bias))
+            else:  # fbgemm's, which rounds the input to int8 too
+                assert torch.equal(out, type(module).forward(module, hidden))
+    assert "forward" not in vars(module)  # the module's own forward again

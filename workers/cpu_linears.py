@@ -22,6 +22,12 @@ streams each weight once for all the rows, at more of the memory bandwidth
 when the engine is built; each doubles the memory of the weights it copies.
 `--cpu-weights compact` makes no copy: every weight runs as the model holds it.
 
+`--quantization int8`'s dynamic linears (`workers.quantization`) run fbgemm's
+product, which rounds each input row to int8 too, from PACKED_MIN_ROWS rows on;
+below, where the kernels build, `small_linear_int8` streams their int8 weights once
+for all the rows with float32 inputs (about a third of fbgemm's time at one row),
+from an unpacked int8 copy of the weights made once (one byte a weight).
+
 The swap is scoped: while the engine's forward runs, every such `nn.Linear`
 has an instance `forward` that calls oneDNN; afterwards the model is as it was
 for anyone else (the benchmark's transformers baselines run on the same model
@@ -89,20 +95,37 @@ class CpuLinears:
             onednn_forward(few_rows, weight, linear.bias)
             for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True)
         ]
+        # `--quantization int8`'s dynamic linears: products of few rows in `small_linear_int8`
+        self.int8_linears: list[torch.nn.Module] = []
+        self.int8_forwards: list[Any] = []
+        if model.device.type == "cpu" and cpu_kernels.has_kernels():
+            for module in model.modules():
+                forward = int8_few_rows_forward(module)
+                if forward is not None:
+                    self.int8_linears.append(module)
+                    self.int8_forwards.append(forward)
+
+    def switched(self) -> list[tuple[torch.nn.Module, Any]]:
+        """(module, its forward while the engine runs), for every module switched."""
+        return [
+            *zip(self.linears, self.forwards, strict=True),
+            *zip(self.int8_linears, self.int8_forwards, strict=True),
+        ]
 
     def forward_by_module(self) -> dict[int, Any]:
         """Each switched linear's forward while the engine runs, by `id` of its module."""
-        return {id(linear): forward for linear, forward in zip(self.linears, self.forwards, strict=True)}
+        return {id(linear): forward for linear, forward in self.switched()}
 
     @contextlib.contextmanager
     def on_onednn(self) -> Iterator[None]:
-        for linear, forward in zip(self.linears, self.forwards, strict=True):
+        switched = self.switched()
+        for linear, forward in switched:
             # object.__setattr__: forward is a plain attribute, no nn.Module bookkeeping needed
             object.__setattr__(linear, "forward", forward)
         try:
             yield
         finally:
-            for linear in self.linears:
+            for linear, _ in switched:
                 object.__delattr__(linear, "forward")  # the class's forward again
 
 
@@ -114,6 +137,37 @@ def onednn_weights(weight: torch.Tensor, is_compact: bool) -> tuple[torch.Tensor
     with torch.no_grad():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_BATCH_SIZE)
     return (weight if weight.dtype == torch.float32 else None), packed
+
+
+def int8_few_rows_forward(module: torch.nn.Module) -> Any:
+    """For a dynamic int8 linear (`workers.quantization`) with symmetric per-channel
+    weights, its forward while the engine runs: products of fewer than PACKED_MIN_ROWS
+    rows in `small_linear_int8` (the int8 weights streamed once, float32 inputs), the
+    others in the module's own forward (fbgemm, which rounds each input row to int8 too).
+    Keeps an unpacked int8 copy of the weights (one byte a weight). None for any other
+    module."""
+    dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
+    if type(module) is not dynamic_linear:
+        return None
+    weight, bias = module._packed_params._weight_bias()
+    is_symmetric_per_row = (
+        weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        and weight.q_per_channel_axis() == 0
+        and not weight.q_per_channel_zero_points().any()
+    )
+    if not is_symmetric_per_row:
+        return None
+    int8 = weight.int_repr().contiguous()
+    scales = weight.q_per_channel_scales().float().contiguous()
+    small_linear_int8 = torch.ops.llmos_cpu.small_linear_int8
+    own_forward = dynamic_linear.forward
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]:
+            return small_linear_int8(hidden, int8, scales, bias)
+        return own_forward(module, hidden)
+
+    return forward
 
 
 def release_weight(linear: torch.nn.Linear) -> None:

@@ -8,45 +8,60 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <type_traits>
+
 namespace {
 
 constexpr int64_t kLanes = 16;  // one AVX-512 register of floats; the compiler picks the width
 
-template <int Rows>
-void dot_rows(const float* x, int64_t x_stride, const float* w, int64_t in, float* out) {
+template <int Rows, typename weight_t>
+void dot_rows(const float* x, int64_t x_stride, const weight_t* w, int64_t in, float* out) {
   float acc[Rows][2][kLanes] = {};
   int64_t i = 0;
   for (; i + 2 * kLanes <= in; i += 2 * kLanes) {
+    const float* wf = nullptr;  // the chunk's weights as floats: float32 ones as they are
+    float converted[2 * kLanes];  // int8 ones converted once for all the rows
+    if constexpr (std::is_same_v<weight_t, float>) {
+      wf = w + i;
+    } else {
+      for (int64_t k = 0; k < 2 * kLanes; ++k) converted[k] = static_cast<float>(w[i + k]);
+      wf = converted;
+    }
     for (int r = 0; r < Rows; ++r) {
       const float* xr = x + r * x_stride + i;
-      for (int64_t k = 0; k < kLanes; ++k) acc[r][0][k] += w[i + k] * xr[k];
-      for (int64_t k = 0; k < kLanes; ++k) acc[r][1][k] += w[i + kLanes + k] * xr[kLanes + k];
+      for (int64_t k = 0; k < kLanes; ++k) acc[r][0][k] += wf[k] * xr[k];
+      for (int64_t k = 0; k < kLanes; ++k) acc[r][1][k] += wf[kLanes + k] * xr[kLanes + k];
     }
   }
   for (int r = 0; r < Rows; ++r) {
     float sum = 0.0f;
     for (int64_t k = 0; k < kLanes; ++k) sum += acc[r][0][k] + acc[r][1][k];
-    for (int64_t j = i; j < in; ++j) sum += w[j] * x[r * x_stride + j];
+    for (int64_t j = i; j < in; ++j) sum += static_cast<float>(w[j]) * x[r * x_stride + j];
     out[r] = sum;
   }
 }
 
-template <int Rows>
-void linear_rows(const float* x, int64_t x_stride, const float* w, const float* bias, float* y,
-                 int64_t y_stride, int64_t in, int64_t out_features) {
+// y = x W^T (times each output's scale, for int8 weights) + b
+template <int Rows, typename weight_t>
+void linear_rows(const float* x, int64_t x_stride, const weight_t* w, const float* scales, const float* bias,
+                 float* y, int64_t y_stride, int64_t in, int64_t out_features) {
   at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
     float sums[Rows];
     for (int64_t o = begin; o < end; ++o) {
       dot_rows<Rows>(x, x_stride, w + o * in, in, sums);
+      const float scale = scales != nullptr ? scales[o] : 1.0f;
       const float b = bias != nullptr ? bias[o] : 0.0f;
-      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] + b;
+      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] * scale + b;
     }
   });
 }
 
-at::Tensor small_linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+// the checks and the dispatch on the row count that both products share
+template <typename weight_t>
+at::Tensor few_rows(const at::Tensor& input, const at::Tensor& weight, const float* scales,
+                    const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), "small_linear runs on CPU");
-  TORCH_CHECK(input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat, "small_linear is float32");
+  TORCH_CHECK(input.scalar_type() == at::kFloat, "small_linear's input is float32");
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "weight must be a contiguous [out, in] matrix");
   const int64_t in = weight.size(1), out_features = weight.size(0);
   TORCH_CHECK(input.size(-1) == in, "input's last dimension must be the weight's in features");
@@ -61,18 +76,40 @@ at::Tensor small_linear(const at::Tensor& input, const at::Tensor& weight, const
   }
   at::Tensor y = at::empty({rows, out_features}, x.options());
   const float* xd = x.data_ptr<float>();
-  const float* wd = weight.data_ptr<float>();
+  const weight_t* wd = weight.data_ptr<weight_t>();
   float* yd = y.data_ptr<float>();
-  if (rows == 1) linear_rows<1>(xd, in, wd, bias_data, yd, out_features, in, out_features);
-  if (rows == 2) linear_rows<2>(xd, in, wd, bias_data, yd, out_features, in, out_features);
-  if (rows == 3) linear_rows<3>(xd, in, wd, bias_data, yd, out_features, in, out_features);
+  if (rows == 1) linear_rows<1>(xd, in, wd, scales, bias_data, yd, out_features, in, out_features);
+  if (rows == 2) linear_rows<2>(xd, in, wd, scales, bias_data, yd, out_features, in, out_features);
+  if (rows == 3) linear_rows<3>(xd, in, wd, scales, bias_data, yd, out_features, in, out_features);
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape.back() = out_features;
   return y.view(shape);
 }
 
+at::Tensor small_linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.scalar_type() == at::kFloat, "small_linear's weight is float32");
+  return few_rows<float>(input, weight, nullptr, bias);
+}
+
+// int8 weights, one float32 scale per output (symmetric: no zero point); the input stays
+// float32, so each product is the dequantized weight's, rounded once per sum
+at::Tensor small_linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scales,
+                             const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "small_linear_int8's weight is int8");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 1 &&
+                  scales.numel() == weight.size(0),
+              "scales must be a contiguous float32 [out]");
+  return few_rows<int8_t>(input, weight, scales.data_ptr<float>(), bias);
+}
+
 }  // namespace
 
-TORCH_LIBRARY(llmos_cpu, m) { m.def("small_linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor"); }
+TORCH_LIBRARY(llmos_cpu, m) {
+  m.def("small_linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("small_linear_int8(Tensor input, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(llmos_cpu, CPU, m) { m.impl("small_linear", &small_linear); }
+TORCH_LIBRARY_IMPL(llmos_cpu, CPU, m) {
+  m.impl("small_linear", &small_linear);
+  m.impl("small_linear_int8", &small_linear_int8);
+}
