@@ -78,10 +78,14 @@ def test_the_engines_few_row_products_are_its_own(cpu_weights):
                     assert torch.equal(out, small_linear(hidden, linear.weight, linear.bias))
 
 
-def test_the_few_row_products_script_prints_both_sides_and_a_json_line():
+@pytest.mark.parametrize(
+    ("flags", "weights", "kernel"),
+    [([], "float32", "small_linear"), (["--int8"], "int8", "small_linear_int8")],
+)
+def test_the_few_row_products_script_prints_both_sides_and_a_json_line(flags, weights, kernel):
     script = Path(__file__).parent.parent / "scripts" / "few_row_products.py"
     result = subprocess.run(
-        [sys.executable, str(script), "llama-tiny", "--repeats", "1", "--threads", "1"],
+        [sys.executable, str(script), "llama-tiny", "--repeats", "1", "--threads", "1", *flags],
         capture_output=True,
         text=True,
         timeout=300,
@@ -89,9 +93,10 @@ def test_the_few_row_products_script_prints_both_sides_and_a_json_line():
 
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["weights"] == weights
     assert [run["rows"] for run in summary["runs"]] == [1, 2, 3, 4, 8]
-    assert all(run["ratio"] > 0 for run in summary["runs"][:3])
-    assert "ratio" not in summary["runs"][3]  # 4 rows and more stay on oneDNN
+    assert all(run["ratio"] > 0 and run[f"{kernel}_ms"] > 0 for run in summary["runs"][:3])
+    assert "ratio" not in summary["runs"][3]  # 4 rows and more stay on the library's product
 
 
 def int8_weights(out_features: int, in_features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,8 +41,8 @@ void dot_rows(const float* x, int64_t x_stride, const weight_t* w, int64_t in, f
 
 #if defined(__AVX2__) && defined(__FMA__)
 // int8 weights on AVX2: 32 weights a turn widened to floats in four registers (the
-// compiler does not vectorize the int8 -> float conversion well), four independent
-// accumulators per row
+// compiler does not vectorize the int8 -> float conversion well), then multiplied
+// into each row's independent accumulators
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -52,9 +52,10 @@ inline float hsum(__m256 v) {
 
 template <int Rows>
 void dot_rows_int8(const float* x, int64_t x_stride, const int8_t* w, int64_t in, float* out) {
-  __m256 acc[Rows][4];
+  constexpr int kAccs = Rows == 1 ? 4 : 2;  // accumulators a row: more rows, fewer (16 registers)
+  __m256 acc[Rows][kAccs];
   for (int r = 0; r < Rows; ++r)
-    for (int a = 0; a < 4; ++a) acc[r][a] = _mm256_setzero_ps();
+    for (int a = 0; a < kAccs; ++a) acc[r][a] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= in; i += 32) {
     const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
@@ -65,11 +66,14 @@ void dot_rows_int8(const float* x, int64_t x_stride, const int8_t* w, int64_t in
                           _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(high, 8)))};
     for (int r = 0; r < Rows; ++r) {
       const float* xr = x + r * x_stride + i;
-      for (int a = 0; a < 4; ++a) acc[r][a] = _mm256_fmadd_ps(wf[a], _mm256_loadu_ps(xr + 8 * a), acc[r][a]);
+      for (int a = 0; a < 4; ++a)
+        acc[r][a % kAccs] = _mm256_fmadd_ps(wf[a], _mm256_loadu_ps(xr + 8 * a), acc[r][a % kAccs]);
     }
   }
   for (int r = 0; r < Rows; ++r) {
-    float sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
+    __m256 total = acc[r][0];
+    for (int a = 1; a < kAccs; ++a) total = _mm256_add_ps(total, acc[r][a]);
+    float sum = hsum(total);
     for (int64_t j = i; j < in; ++j) sum += static_cast<float>(w[j]) * x[r * x_stride + j];
     out[r] = sum;
   }
