@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from workers import cpu_kernels
+from workers.quantization import HEAD_INT8
 
 
 def onednn_linear_available() -> bool:
@@ -92,7 +93,7 @@ class CpuLinears:
                     release_weight(linear)  # (a head tied to the embeddings stays: they read it)
         # made once, not per forward: each picks its products' path (and builds the CPU kernels)
         self.forwards = [
-            onednn_forward(few_rows, weight, linear.bias)
+            onednn_forward(few_rows, weight, linear.bias, getattr(linear, HEAD_INT8, None))
             for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True)
         ]
         # `--quantization int8`'s dynamic linears: products of few rows in `small_linear_int8`
@@ -176,13 +177,30 @@ def release_weight(linear: torch.nn.Linear) -> None:
     linear.weight = torch.nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
 
 
-def onednn_forward(few_rows: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+def onednn_forward(
+    few_rows: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    int8: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Any:
     """The forward of one linear while the engine runs: `few_rows` (or, where that is None,
     the one weight) for products under PACKED_MIN_ROWS rows, in `small_linear` where that
-    weight is a plain float32 one and the CPU kernels are built; `weight` for the others."""
+    weight is a plain float32 one and the CPU kernels are built; `weight` for the others.
+    An int8-rounded head (`int8`: its int8 weights and scales, `workers.quantization`)
+    runs its few-row products in `small_linear_int8` instead."""
     linear = torch.ops.mkldnn._linear_pointwise
     plain = few_rows if few_rows is not None else weight
     is_plain_float32 = plain.dtype == torch.float32 and not plain.is_mkldnn and plain.is_contiguous()
+    if int8 is not None and cpu_kernels.has_kernels():
+        small_linear_int8 = torch.ops.llmos_cpu.small_linear_int8
+        int8_weight, scales = int8
+
+        def int8_forward(hidden: torch.Tensor) -> torch.Tensor:
+            if hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]:
+                return small_linear_int8(hidden, int8_weight, scales, bias)
+            return linear(hidden, weight, bias, "none", [], "")
+
+        return int8_forward
     if is_plain_float32 and cpu_kernels.has_kernels():
         small_linear = torch.ops.llmos_cpu.small_linear
 

@@ -15,12 +15,17 @@ than this one at 1, 8 and 32 rows (measured in the commit that added this
 module). The kernels take float32 inputs only, so int8 runs with
 `--dtype float32`: activations and the KV cache stay float32.
 
-The output head stays float32, though an int8 head makes a step faster still:
-its error reaches the logits unsmoothed, where near-tied candidates flip, and
-with it more int8 greedy answers part from float32's (docs/benchmarks.md,
-"Precision on CPU"; tests/test_cpu_precision.py states the tolerance kept). The embeddings stay
-float32 too: a step looks up a few of their rows, so their size costs memory,
-not time.
+The output head is not a dynamic int8 linear: rounding its input to int8 too
+moved the logits enough that near-tied candidates flipped, and a third fewer
+greedy answers stayed float32's. Its weights alone are rounded to int8, one
+scale per output (`round_head_to_int8`): products of a few rows read that int8
+copy with float32 inputs (`small_linear_int8`, where the CPU kernels build), the
+others a float32 copy of the same rounded values, so every path computes with
+one set of weights. That keeps the answers within the tolerance
+(docs/benchmarks.md, "Precision on CPU"; tests/test_cpu_precision.py) and makes
+the head, the largest single read of a one-request step, a quarter of its bytes
+there. The embeddings stay float32: a step looks up a few of their rows, so
+their size costs memory, not time.
 """
 
 from __future__ import annotations
@@ -58,9 +63,14 @@ def resolve_quantization(name: str, device: torch.device, dtype: torch.dtype) ->
     return name
 
 
+# the attribute of the output head's linear holding its int8 weights and their scales
+HEAD_INT8 = "llmos_int8_weight"
+
+
 def quantize_int8(model: Any) -> int:
     """Every `nn.Linear` of the model but its output head becomes a dynamic int8
-    linear, in place. Returns how many did."""
+    linear, in place; the head's weights are rounded to int8 (`round_head_to_int8`).
+    Returns how many linears became dynamic int8 ones."""
     head = model.get_output_embeddings()
     per_channel = torch.ao.quantization.per_channel_dynamic_qconfig
     qconfig_spec = {
@@ -74,15 +84,34 @@ def quantize_int8(model: Any) -> int:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         torch.ao.quantization.quantize_dynamic(model, qconfig_spec, dtype=torch.qint8, inplace=True)
-    log.info("int8 weights for %d linears; the output head stays float32", len(qconfig_spec))
+    if isinstance(head, torch.nn.Linear):
+        round_head_to_int8(model, head)
+    log.info("int8 weights for %d linears and the output head (weights only)", len(qconfig_spec))
     return len(qconfig_spec)
+
+
+def round_head_to_int8(model: Any, head: torch.nn.Linear) -> None:
+    """Round the head's weights to int8, symmetric, one scale per output: keep the int8
+    values and scales on the module (`HEAD_INT8`), and as its float32 weight the same
+    values times their scales. A head tied to the input embeddings gets its own weight
+    (the embeddings keep theirs)."""
+    with torch.no_grad():
+        weight = head.weight.detach().float()
+        scales = (weight.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        int8 = (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
+        head.weight = torch.nn.Parameter(int8.float() * scales[:, None], requires_grad=False)
+    setattr(head, HEAD_INT8, (int8, scales.contiguous()))
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False  # they are two tensors now
 
 
 def int8_weight_bytes(model: Any) -> int:
     """The bytes of the model's int8 weights, which `model.parameters()` does not list
     (a dynamic int8 linear keeps them packed, out of the module's tensors)."""
-    return sum(
+    dynamic = sum(
         module.weight().numel()  # one byte each
         for module in model.modules()
         if isinstance(module, torch.ao.nn.quantized.dynamic.Linear)
     )
+    head = getattr(model.get_output_embeddings(), HEAD_INT8, None)
+    return dynamic + (head[0].numel() if head is not None else 0)
