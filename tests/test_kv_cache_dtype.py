@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
+from e2e_helpers import Reference, stream_answer
 from engine_helpers import Answer, make_prompts, make_request, run_engine_to_end
+from stack import Stack
 from test_bench_engine import TINY_ARGS, run_bench
 from test_paged_engine import assert_greedy, check_invariants
 
@@ -195,3 +197,21 @@ def test_the_bench_measures_a_narrow_cache_and_reports_its_bytes_a_token():
         assert run["kv_bytes_per_live_token"] >= narrow["kv_bytes_per_token"] > 0
     result = CliRunner().invoke(cli, [*TINY_ARGS, "--engine", "batched", "--kv-cache-dtype", "float16"])
     assert result.exit_code == 2 and "runs on the paged engine" in result.output
+
+
+def test_a_narrow_cache_holds_twice_the_tokens_in_the_workers_budget(tiny_model_dir):
+    wide = load_model(WorkerConfig(model=str(tiny_model_dir), device="cpu"))
+    narrow = load_model(WorkerConfig(model=str(tiny_model_dir), device="cpu", kv_cache_dtype="bfloat16"))
+    assert narrow.kv_capacity_tokens == 2 * wide.kv_capacity_tokens
+
+
+@needs_kernels
+@pytest.mark.e2e
+def test_a_worker_started_with_a_float16_cache_streams_generates_answer(tiny_model_dir, tmp_path):
+    worker_args = ("--engine", "paged", "--kv-cache-dtype", "float16")
+    prompt = "Customer service: my order is late"
+    with Stack(tiny_model_dir, tmp_path, num_workers=1, worker_args=worker_args) as stack:
+        with stack.client() as client:
+            answer = stream_answer(client, prompt, max_tokens=16)
+    answer.assert_whole()
+    assert answer.token_ids == Reference(tiny_model_dir).greedy(prompt, 16)
