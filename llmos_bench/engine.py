@@ -42,7 +42,7 @@ from llmos_bench.report import format_report
 from llmos_bench.stats import count_parameters, latency_figures, matmul_peak_flops, median_run, model_flops
 from workers.config import WorkerConfig
 from workers.cpu_linears import check_cpu_weights
-from workers.kv_dtype import KV_CACHE_DTYPES, resolve_kv_cache_dtype
+from workers.kv_dtype import KV_CACHE_DTYPES, check_engine_runs, resolve_kv_cache_dtype
 from workers.model_loader import LoadedModel, kv_bytes_per_token, load_model, load_tokenizer
 from workers.reference_engine import ReferenceEngine
 
@@ -245,11 +245,12 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
         torch.set_num_threads(config.threads)
     loaded = load_model(config.worker_config())
     tokenizer = load_tokenizer(loaded.path)
-    engine_cls = engine_class(resolve_engine(config.engine, loaded.model, config.max_model_len))
-    if kv_dtype_of(config, loaded) != loaded.dtype and engine_cls.__name__ != "PagedEngine":
-        raise click.UsageError(
-            f"--kv-cache-dtype {config.kv_cache_dtype} runs on the paged engine (--engine paged)"
-        )
+    engine_name = resolve_engine(config.engine, loaded.model, config.max_model_len)
+    try:
+        check_engine_runs(engine_name, config.kv_cache_dtype, loaded.dtype)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    engine_cls = engine_class(engine_name)
     echo(
         f"{config.model}: {count_parameters(loaded.model) / 1e6:.1f}M parameters on "
         f"{loaded.device} ({dtype_name(loaded.dtype)}, quantization {loaded.quantization}), "
@@ -344,11 +345,6 @@ def write_sim_profile(
     echo(f"wrote simulated-worker profile {config.write_profile}: {profile}")
 
 
-def kv_dtype_of(config: EngineBenchConfig, loaded: LoadedModel) -> torch.dtype:
-    """The dtype the engine's KV cache holds (`--kv-cache-dtype`, resolved on the model)."""
-    return resolve_kv_cache_dtype(config.kv_cache_dtype, loaded.dtype)
-
-
 def resolve_engine(name: str, model: Any, max_model_len: int) -> str:
     """`auto` as a worker resolves it (`workers.engine_factory.paged_fits`); other names as they are."""
     if name != "auto":
@@ -389,6 +385,8 @@ class EngineBench:
         self.tokenizer = tokenizer
         self.engine_cls = engine_cls
         self.peak_flops = peak_flops
+        # the dtype the engine's KV cache holds (`--kv-cache-dtype`, resolved on the model)
+        self.kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, loaded.dtype)
         num_prompts = max(
             max(self.level_requests(c) for c in config.concurrency_levels),
             config.compare_concurrency,
@@ -576,8 +574,8 @@ def summarize(
         "cpu_weights": config.cpu_weights,
         # the KV bytes a token needs (layers x K and V x KV heads x head size x dtype),
         # against which each level's kv_bytes_per_live_token shows what the padded cache holds
-        "kv_cache_dtype": dtype_name(kv_dtype_of(config, loaded)),
-        "kv_bytes_per_token": kv_bytes_per_token(bench.model.config, kv_dtype_of(config, loaded)),
+        "kv_cache_dtype": dtype_name(bench.kv_dtype),
+        "kv_bytes_per_token": kv_bytes_per_token(bench.model.config, bench.kv_dtype),
         "threads": torch.get_num_threads(),
         "engine": bench.engine_cls.__name__,
         "peak_flops_per_s": bench.peak_flops,

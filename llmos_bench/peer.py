@@ -30,7 +30,6 @@ import torch
 
 from llmos_bench.baselines import greedy_config
 from llmos_bench.peer_gguf import OUTTYPES, default_cache_dir, ensure_gguf_files
-from workers.kv_dtype import resolve_kv_cache_dtype
 
 PEERS = ("llama.cpp",)
 PEER_KEYS = ("peer", "peer_skipped", "peer_f32_matches_transformers_tokens")  # the JSON line's
@@ -243,9 +242,7 @@ class PeerBench:
             "version": version,
             "threads": self.threads,
             "rounds": self.config.rounds,
-            "llmos_kv_dtype": str(
-                resolve_kv_cache_dtype(self.config.kv_cache_dtype, self.bench.loaded.dtype)
-            ).removeprefix("torch."),
+            "llmos_kv_dtype": str(self.bench.kv_dtype).removeprefix("torch."),
             "kv_unified": False,
             "omp_wait_policy": self.env.get("OMP_WAIT_POLICY"),
             "gguf_bytes": {weights: path.stat().st_size for weights, path in paths.items()},

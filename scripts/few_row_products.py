@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from workers import cpu_kernels
-from workers.cpu_linears import PACKING_BATCH_SIZE
+from workers.cpu_linears import PACKING_BATCH_SIZE, unpacked_int8
 from workers.dummy import build_dummy_model
 from workers.quantization import quantize_int8
 
@@ -73,11 +73,10 @@ def float32_sides(model: torch.nn.Module) -> tuple[int, Callable[[int, dict], di
 
 def int8_sides(model: torch.nn.Module) -> tuple[int, Callable[[int, dict], dict]]:
     quantize_int8(model)
-    modules = [m for m in model.modules() if type(m) is torch.ao.nn.quantized.dynamic.Linear]
-    weights = []
-    for module in modules:
-        weight, _ = module._packed_params._weight_bias()
-        weights.append((weight.int_repr().contiguous(), weight.q_per_channel_scales().float().contiguous()))
+    unpacked = [(module, unpacked_int8(module)) for module in model.modules()]
+    int8_linears = [(module, found) for module, found in unpacked if found is not None]
+    modules = [module for module, _ in int8_linears]
+    weights = [(int8, scales) for _, (int8, scales, _) in int8_linears]
 
     def sides(num_rows: int, inputs: dict) -> dict:
         found = {"fbgemm": functools.partial(fbgemm_pass, modules, inputs)}

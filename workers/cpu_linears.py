@@ -140,15 +140,11 @@ def onednn_weights(weight: torch.Tensor, is_compact: bool) -> tuple[torch.Tensor
     return (weight if weight.dtype == torch.float32 else None), packed
 
 
-def int8_few_rows_forward(module: torch.nn.Module) -> Any:
-    """For a dynamic int8 linear (`workers.quantization`) with symmetric per-channel
-    weights, its forward while the engine runs: products of fewer than PACKED_MIN_ROWS
-    rows in `small_linear_int8` (the int8 weights streamed once, float32 inputs), the
-    others in the module's own forward (fbgemm, which rounds each input row to int8 too).
-    Keeps an unpacked int8 copy of the weights (one byte a weight). None for any other
-    module."""
-    dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
-    if type(module) is not dynamic_linear:
+def unpacked_int8(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """A dynamic int8 linear's (`workers.quantization`) weights as `small_linear_int8`
+    reads them: (int8 `[out, in]`, float32 scale per output, bias), copied out of its
+    packed parameters; None for any other module, or weights not symmetric per output."""
+    if type(module) is not torch.ao.nn.quantized.dynamic.Linear:
         return None
     weight, bias = module._packed_params._weight_bias()
     is_symmetric_per_row = (
@@ -158,15 +154,32 @@ def int8_few_rows_forward(module: torch.nn.Module) -> Any:
     )
     if not is_symmetric_per_row:
         return None
-    int8 = weight.int_repr().contiguous()
-    scales = weight.q_per_channel_scales().float().contiguous()
+    return weight.int_repr().contiguous(), weight.q_per_channel_scales().float().contiguous(), bias
+
+
+def int8_few_rows_forward(module: torch.nn.Module) -> Any:
+    """For a dynamic int8 linear with symmetric per-channel weights, its forward while
+    the engine runs: products of fewer than PACKED_MIN_ROWS rows in `small_linear_int8`
+    (the int8 weights streamed once, float32 inputs), the others in the module's own
+    forward (fbgemm, which rounds each input row to int8 too). Keeps an unpacked int8
+    copy of the weights (one byte a weight). None for any other module."""
+    unpacked = unpacked_int8(module)
+    if unpacked is None:
+        return None
+    int8, scales, bias = unpacked
+    own_forward = type(module).forward
+    return int8_forward(int8, scales, bias, lambda hidden: own_forward(module, hidden))
+
+
+def int8_forward(int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, many_rows: Any) -> Any:
+    """A forward that runs products of fewer than PACKED_MIN_ROWS rows in
+    `small_linear_int8` on `int8` and `scales`, and the others in `many_rows`."""
     small_linear_int8 = torch.ops.llmos_cpu.small_linear_int8
-    own_forward = dynamic_linear.forward
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         if hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]:
             return small_linear_int8(hidden, int8, scales, bias)
-        return own_forward(module, hidden)
+        return many_rows(hidden)
 
     return forward
 
@@ -192,15 +205,10 @@ def onednn_forward(
     plain = few_rows if few_rows is not None else weight
     is_plain_float32 = plain.dtype == torch.float32 and not plain.is_mkldnn and plain.is_contiguous()
     if int8 is not None and cpu_kernels.has_kernels():
-        small_linear_int8 = torch.ops.llmos_cpu.small_linear_int8
         int8_weight, scales = int8
-
-        def int8_forward(hidden: torch.Tensor) -> torch.Tensor:
-            if hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]:
-                return small_linear_int8(hidden, int8_weight, scales, bias)
-            return linear(hidden, weight, bias, "none", [], "")
-
-        return int8_forward
+        return int8_forward(
+            int8_weight, scales, bias, lambda hidden: linear(hidden, weight, bias, "none", [], "")
+        )
     if is_plain_float32 and cpu_kernels.has_kernels():
         small_linear = torch.ops.llmos_cpu.small_linear
 

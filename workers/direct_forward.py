@@ -142,13 +142,12 @@ class DirectForward:
         delta: torch.Tensor | None = None
         for layer, pools in zip(self.layers, cache.paged_layers, strict=True):
             normed = add_norm(hidden, delta, layer.input_norm)
-            query = layer.q(normed).view(num_tokens, layer.num_heads, layer.head_dim)
-            key = layer.k(normed).view(num_tokens, layer.num_kv_heads, layer.head_dim)
+            query = layer.q(normed).view(num_tokens, layer.num_heads, layer.head_dim).contiguous()
+            key = layer.k(normed).view(num_tokens, layer.num_kv_heads, layer.head_dim).contiguous()
             value = layer.v(normed).view(num_tokens, layer.num_kv_heads, layer.head_dim).contiguous()
             if layer.q_norm is not None and layer.k_norm is not None:
-                query = ops.rms_norm(query.contiguous(), layer.q_norm.weight, layer.q_norm.eps)
-                key = ops.rms_norm(key.contiguous(), layer.k_norm.weight, layer.k_norm.eps)
-            query, key = query.contiguous(), key.contiguous()
+                query = ops.rms_norm(query, layer.q_norm.weight, layer.q_norm.eps)
+                key = ops.rms_norm(key, layer.k_norm.weight, layer.k_norm.eps)
             keys, values = pools.pools_for(layer.num_kv_heads, layer.head_dim, hidden.dtype, hidden.device)
             ops.rope_store(query, key, value, cos, sin, keys, values, step.slots)
             attended = paged_ops.paged_attention(

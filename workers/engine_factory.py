@@ -7,7 +7,7 @@ from typing import Any
 
 from workers import cpu_kernels
 from workers.batched_engine import BatchedEngine
-from workers.kv_dtype import resolve_kv_cache_dtype
+from workers.kv_dtype import check_engine_runs
 from workers.model_facts import model_context_length
 from workers.paged_engine import PagedEngine, supports_paged
 from workers.reference_engine import ReferenceEngine
@@ -59,12 +59,7 @@ def make_engine(
         raise ValueError(f"unknown engine {kind!r}; use one of {names}") from None
     if engine_kind is EngineKind.AUTO:
         engine_kind = EngineKind.PAGED if paged_fits(model, max_model_len) else EngineKind.BATCHED
-    is_narrow_kv = resolve_kv_cache_dtype(kv_cache_dtype, model.dtype) != model.dtype
-    if is_narrow_kv and engine_kind is not EngineKind.PAGED:
-        raise ValueError(
-            f"--kv-cache-dtype {kv_cache_dtype} runs on the paged engine; this worker's is "
-            f"{engine_kind.value} (--engine paged, or on CPU --engine auto with a model it computes)"
-        )
+    check_engine_runs(engine_kind.value, kv_cache_dtype, model.dtype)
     if engine_kind is EngineKind.REFERENCE:
         return ReferenceEngine(
             model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len, worker_id=worker_id

@@ -31,3 +31,13 @@ def resolve_kv_cache_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
             f"{str(model_dtype).removeprefix('torch.')}); use auto"
         )
     return dtype
+
+
+def check_engine_runs(engine: str, name: str, model_dtype: torch.dtype) -> None:
+    """ValueError, in one line, where the engine named `engine` (auto resolved: batched,
+    paged or reference) cannot keep the KV cache `--kv-cache-dtype name` asks for."""
+    if resolve_kv_cache_dtype(name, model_dtype) != model_dtype and engine != "paged":
+        raise ValueError(
+            f"--kv-cache-dtype {name} runs on the paged engine; this worker's is "
+            f"{engine} (--engine paged, or on CPU --engine auto with a model it computes)"
+        )

@@ -61,11 +61,6 @@ inline bool is_cache_dtype_of(at::ScalarType cache, at::ScalarType activations) 
   return cache == activations || (activations == at::kFloat && (cache == at::kHalf || cache == at::kBFloat16));
 }
 
-template <typename T>
-inline T from_float(float x) {
-  return static_cast<T>(x);  // float16 and bfloat16 round to nearest even
-}
-
 // A block's keys or values of one head, read as float32: the pool's own memory when it
 // holds float32, else `count` values converted into `buffer` (eight at a time in
 // hardware where the CPU has F16C / AVX2: c10's scalar conversions do not vectorize).
@@ -240,7 +235,7 @@ void store(at::Tensor& pool, const at::Tensor& states, const int64_t* slots) {
         if constexpr (std::is_same_v<cache_t, scalar_t>) {
           token_target[h * head_stride + d] = value;
         } else {
-          token_target[h * head_stride + d] = from_float<cache_t>(to_float(value));
+          token_target[h * head_stride + d] = static_cast<cache_t>(to_float(value));  // nearest even
         }
       }
   }
