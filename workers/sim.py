@@ -425,7 +425,8 @@ class SimPool:
         while not stopping.is_set() and not self.have_all_left():
             now_s = time.monotonic()
             wake_s = min(self.next_heartbeat_s, self.steps[0][0] if self.steps else math.inf)
-            events = dict(self.poller.poll(max(0, int((wake_s - now_s) * 1000)) + 1))
+            # whole milliseconds, rounded up; none when a step is due (a zero-time step ends at once)
+            events = dict(self.poller.poll(math.ceil(max(0.0, wake_s - now_s) * 1000)))
             for socket in events:
                 if socket is self.kernel:
                     self.drain_kernel()
