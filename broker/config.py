@@ -73,6 +73,11 @@ class BrokerConfig:
     scheduler_retry_ms: int = option(
         SCHEDULER_RETRY_MS, "after a scheduler timeout, ask again after this long"
     )
+    direct_placement: bool = option(
+        True,
+        "place a request alone in the queue on the one idle worker for its model without "
+        "asking the scheduler (stateless policies only: not fair)",
+    )
     fallback_policy: str = option("priority", "policy the broker runs itself when the scheduler is down")
     tenant_weights: str = option(
         "",

@@ -2,7 +2,11 @@
 
 It asks the scheduler (or, when the scheduler is down or slow, decides locally
 through the same policy code) which queued request goes to which worker's slot
-and which running request to preempt, and acts on each that still holds. It is
+and which running request to preempt, and acts on each that still holds. One
+case it places without asking (`place_directly`): a request alone in the queue
+whose model has exactly one worker with a free slot, that worker idle, under a
+policy that keeps no state between asks. Every policy would place it there, so
+the scheduler's round trip would only delay its first token. It is
 the one sender of request messages to workers (dispatch, preempt, cancel), and
 it takes slots back: when a request leaves its worker, and when a worker is lost
 (its requests go back to the head of their lanes).
@@ -24,6 +28,7 @@ from broker.scheduler_link import SchedulerLink
 from broker.worker_pool import ConnectedWorker, WorkerPool
 from llmos.wire import error_frame, pack, pb
 from llmos.wire.sockets import send_reply
+from scheduler_svc.policies import is_stateless_policy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class Dispatcher:
         max_restarts: int,
         preemption_check_s: float,
         metrics: BrokerMetrics,
+        is_direct_placement_on: bool = True,
     ) -> None:
         self.socket = socket  # the workers' ROUTER, for sends only
         self.requests = requests
@@ -62,7 +68,8 @@ class Dispatcher:
         self.next_preemption_check_s = 0.0
         self.last_preemption_check_s = 0.0
         self.is_lower_tier_running = False  # as of the last ScheduleRequest
-        self.metrics = metrics  # written: re-queues and batches decided locally
+        self.metrics = metrics  # written: re-queues, batches decided locally, direct placements
+        self.is_direct_placement_on = is_direct_placement_on
 
     # --- when to schedule
 
@@ -103,6 +110,9 @@ class Dispatcher:
         if not len(self.requests.queue) or not len(self.workers):
             self.needs_schedule = False  # set again by a new request, a freed slot, a new worker
             return
+        if self.place_directly(now_s):
+            self.needs_schedule = False
+            return
         if not any(w.has_capacity for w in self.workers):
             # every slot is busy: only a preemption can help; ask now and then, not per message
             if now_s < self.next_preemption_check_s:
@@ -115,6 +125,26 @@ class Dispatcher:
             return
         self.metrics.scheduler_fallbacks.inc()
         self.apply(self.scheduler.decide_locally(request))
+
+    def place_directly(self, now_s: float) -> bool:
+        """The idle stack's fast path: place the one queued request, without asking, on
+        the one worker with a free slot for its model, where that worker runs nothing and
+        the policy in use is stateless. With one candidate there is no choice to make
+        (prefix, KV blocks, speed only rank candidates), an idle worker has its KV blocks
+        free, and nothing else waits: every policy places it there. False where the
+        scheduler must be asked."""
+        if not self.is_direct_placement_on or len(self.requests.queue) != 1:
+            return False
+        if not is_stateless_policy(self.scheduler_in_use()[1]):
+            return False
+        request = next(self.requests.queued_in_order(1))
+        candidates = [w for w in self.workers if w.has_capacity and w.serves(request.model)]
+        if len(candidates) != 1 or candidates[0].running_ids:
+            return False
+        self.is_lower_tier_running = self.is_lower_tier_running or request.tier_rank > 0
+        self.metrics.direct_placements.inc()
+        self.place(pb.Placement(request_id=request.request_id, worker_id=candidates[0].worker_id), now_s)
+        return True
 
     def schedule_request(self, now_s: float) -> pb.ScheduleRequest:
         """What the scheduler decides on. A draining worker offers no slot, and its

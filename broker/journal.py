@@ -195,9 +195,11 @@ class Journal:
         return len(keys)
 
     def _delete(self, key: JournalKey) -> None:
-        self._insert_chunks()
-        self.db.execute("DELETE FROM chunks WHERE tenant = ? AND request_id = ?", key)
-        self.db.execute("DELETE FROM requests WHERE tenant = ? AND request_id = ?", key)
+        """Delete a request's row and chunks; a key with no row (a new request's) costs one
+        statement. Chunks are only written for a request with a row."""
+        if self.db.execute("DELETE FROM requests WHERE tenant = ? AND request_id = ?", key).rowcount:
+            self._insert_chunks()
+            self.db.execute("DELETE FROM chunks WHERE tenant = ? AND request_id = ?", key)
 
     # --- reads
 

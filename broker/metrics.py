@@ -125,6 +125,10 @@ class BrokerMetrics:
         self.scheduler_fallbacks = counter(
             "llmos:scheduler_fallbacks", "batches the broker decided itself, the scheduler being down or slow"
         )
+        self.direct_placements = counter(
+            "llmos:direct_placements",
+            "requests the broker placed without asking: alone in the queue, one idle worker for them",
+        )
         self.admitted_of = Children(self.requests_admitted)
         self.success_of = Children(self.request_success)
         self.prompt_tokens_of = Children(self.prompt_tokens)

@@ -107,6 +107,7 @@ class Broker:
             config.max_restarts,
             config.preemption_check_ms / 1000,
             self.metrics,
+            config.direct_placement,
         )
         self.worker_front = WorkerFrontEnd(
             self.worker_socket,

@@ -32,7 +32,14 @@ from scheduler_svc.policy_fcfs import FcfsPolicy
 from scheduler_svc.policy_mlfq import MlfqPolicy
 from scheduler_svc.policy_priority import PriorityPolicy
 
-__all__ = ["PolicyName", "PolicyOptions", "SchedulingPolicy", "decide", "make_policy"]
+__all__ = [
+    "PolicyName",
+    "PolicyOptions",
+    "SchedulingPolicy",
+    "decide",
+    "is_stateless_policy",
+    "make_policy",
+]
 
 _POLICIES: dict[PolicyName, type[SchedulingPolicy]] = {
     PolicyName.FCFS: FcfsPolicy,
@@ -46,6 +53,15 @@ def make_policy(name: str, **options: Any) -> SchedulingPolicy:
     """The policy called `name` with PolicyOptions fields as keywords (each policy
     reads its own); ValueError naming the choices when there is no such policy."""
     return _POLICIES[PolicyName.parse(name)](PolicyOptions(**options))
+
+
+def is_stateless_policy(name: str) -> bool:
+    """Does the policy called `name` decide from each batch alone (SchedulingPolicy.is_stateless)?
+    False for a name this code does not know (a scheduler newer than the broker)."""
+    try:
+        return _POLICIES[PolicyName.parse(name)].is_stateless
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------- protobuf in, protobuf out

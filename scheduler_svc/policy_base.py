@@ -70,6 +70,11 @@ class PolicyOptions:
 
 class SchedulingPolicy(ABC):
     name: ClassVar[PolicyName]
+    # True when each decision depends only on the batch asked about: nothing is carried
+    # from one ask to the next, so a request placed without asking (the broker's direct
+    # placement on an idle worker) leaves every later decision as it would have been.
+    # `fair` charges tenants at placement, and is not.
+    is_stateless: ClassVar[bool] = True
 
     def __init__(self, options: PolicyOptions | None = None) -> None:
         self.options = options or PolicyOptions()

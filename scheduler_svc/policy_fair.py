@@ -108,6 +108,7 @@ def parse_tenant_weights(text: str) -> dict[str, float]:
 
 class FairPolicy(SchedulingPolicy):
     name = PolicyName.FAIR
+    is_stateless = False  # its counters charge each placement
 
     def __init__(self, options: PolicyOptions | None = None) -> None:
         super().__init__(options)

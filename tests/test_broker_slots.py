@@ -164,36 +164,95 @@ def test_a_top_tier_arrival_asks_about_preemption_without_waiting_out_the_interv
         assert interactive is not None and interactive.tier == "interactive"
 
 
+class HandScheduler:
+    """A scheduler process's socket driven by the test: it answers each ScheduleRequest
+    with the decision of a real policy (`decide`), when the test says."""
+
+    def __init__(self, context: zmq.Context, policy: str) -> None:
+        self.socket = context.socket(zmq.ROUTER)
+        self.address = free_address()
+        self.socket.bind(self.address)
+        self.policy = make_policy(policy)
+
+    def answer_next(self) -> pb.ScheduleRequest:
+        assert self.socket.poll(int(REPLY_TIMEOUT_S * 1000)), "no ScheduleRequest"
+        identity, payload = self.socket.recv_multipart()
+        _, request = unpack(payload, {"schedule_request"})
+        self.socket.send_multipart([identity, pack(decide(self.policy, request, None))])
+        return request
+
+    def is_asked_within(self, timeout_s: float) -> bool:
+        return bool(self.socket.poll(int(timeout_s * 1000)))
+
+
+@contextmanager
+def hand_scheduler(policy: str) -> Iterator[HandScheduler]:
+    context = zmq.Context()
+    scheduler = HandScheduler(context, policy)
+    try:
+        yield scheduler
+    finally:
+        scheduler.socket.close(linger=0)
+        context.term()
+
+
 def test_a_request_on_its_last_token_is_listed_as_leaving_not_running(tmp_path):
     """The scheduler (here: the test, answering with `fcfs`'s own decisions) is told a
     finishing request's latest tokens in `leaving`, which `fair` charges tenants by,
     while `running`, the requests a policy may preempt, leaves it out."""
-    context = zmq.Context()
-    scheduler = context.socket(zmq.ROUTER)
-    scheduler_address = free_address()
-    scheduler.bind(scheduler_address)
-    policy = make_policy("fcfs")
+    with (
+        hand_scheduler("fcfs") as scheduler,
+        broker_with_hand_worker(tmp_path, scheduler_address=scheduler.address) as (worker, client),
+    ):
+        submit(client, "a", max_tokens=3)
+        scheduler.answer_next()
+        first = worker.next_dispatch()
+        submit(client, "b", max_tokens=3)
+        worker.make_token(first.request_id)  # 2 of 3 left: still running
+        worker.make_token(first.request_id)  # 1 left: it leaves with the step in flight
+        while not (request := scheduler.answer_next()).leaving:
+            assert [r.request_id for r in request.running] == [first.request_id]
+        assert [(r.request_id, r.generated_tokens) for r in request.leaving] == [(first.request_id, 2)]
+        assert list(request.running) == []
+        assert worker.next_dispatch() is not None  # "b", into the slot "a" leaves
 
-    def answer_next() -> pb.ScheduleRequest:
-        assert scheduler.poll(int(REPLY_TIMEOUT_S * 1000)), "no ScheduleRequest"
-        identity, payload = scheduler.recv_multipart()
-        _, request = unpack(payload, {"schedule_request"})
-        scheduler.send_multipart([identity, pack(decide(policy, request, None))])
-        return request
 
-    try:
-        with broker_with_hand_worker(tmp_path, scheduler_address=scheduler_address) as (worker, client):
-            submit(client, "a", max_tokens=3)
-            answer_next()
-            first = worker.next_dispatch()
-            submit(client, "b", max_tokens=3)
-            worker.make_token(first.request_id)  # 2 of 3 left: still running
-            worker.make_token(first.request_id)  # 1 left: it leaves with the step in flight
-            while not (request := answer_next()).leaving:
-                assert [r.request_id for r in request.running] == [first.request_id]
-            assert [(r.request_id, r.generated_tokens) for r in request.leaving] == [(first.request_id, 2)]
-            assert list(request.running) == []
-            assert worker.next_dispatch() is not None  # "b", into the slot "a" leaves
-    finally:
-        scheduler.close(linger=0)
-        context.term()
+@pytest.mark.parametrize(
+    ("policy", "flags", "is_asked"),
+    [
+        ("priority", (), False),  # stateless: placed directly
+        ("mlfq", (), False),
+        ("fair", (), True),  # its counters charge each placement: always asked
+        ("priority", ("--no-direct-placement",), True),
+    ],
+)
+def test_a_lone_request_goes_to_the_one_idle_worker_without_asking_the_scheduler(
+    tmp_path, policy, flags, is_asked
+):
+    """The first request asks (the broker learns the scheduler's policy from its answer);
+    once that one ended, the next, alone in the queue with the worker idle, is dispatched
+    at once under a stateless policy, and asks under `fair` or with direct placement off."""
+    with (
+        hand_scheduler(policy) as scheduler,
+        broker_with_hand_worker(tmp_path, *flags, scheduler_address=scheduler.address) as (worker, client),
+    ):
+        submit(client, "a", max_tokens=1)
+        assert scheduler.answer_next().pending[0].request_id
+        first = worker.next_dispatch()
+        worker.make_token(first.request_id, is_last=True)
+        wait_until(lambda: answer_of(client, "a"), "a's answer")
+
+        submit(client, "b", max_tokens=1)
+        if is_asked:
+            assert [p.request_id for p in scheduler.answer_next().pending] != []
+        second = worker.next_dispatch()
+        assert second is not None and second.request_id != first.request_id
+        assert not scheduler.is_asked_within(QUIET_S if not is_asked else 0)
+
+
+def answer_of(client: zmq.Socket, request_id: str) -> bool:
+    """Whether the client's next message, if any, is the request's final answer."""
+    if not client.poll(0):
+        return False
+    name, message = unpack(client.recv_multipart()[-1], {"accepted", "chunk", "result"})
+    return name == "result" and message.request_id == request_id
