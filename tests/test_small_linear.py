@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from int8_rounding import rounded_per_block
 
 from workers import cpu_kernels
 from workers.cpu_linears import PACKED_MIN_ROWS, CpuLinears
@@ -106,15 +107,20 @@ def int8_weights(out_features: int, in_features: int, seed: int) -> tuple[torch.
 
 
 @pytest.mark.parametrize("num_rows", [1, 2, 3])
-@pytest.mark.parametrize("in_features", [1, 31, 768])
-def test_int8_products_equal_the_dequantized_weights_within_rounding(num_rows, in_features):
+@pytest.mark.parametrize("in_features", [1, 31, 64, 768, 801])
+def test_int8_products_equal_the_rounded_input_times_the_dequantized_weights(num_rows, in_features):
     int8, scales = int8_weights(53, in_features, seed=in_features + num_rows)
+    int8[0, : min(in_features, 5)] = -128  # the int8 minimum, whose magnitude is 128
     bias, hidden = torch.randn(53), torch.randn(num_rows, in_features)
+    hidden[0, : min(in_features, 40)] = 0.0  # an all-zero block: scale 0
 
     out = torch.ops.llmos_cpu.small_linear_int8(hidden, int8, scales, bias)
 
-    expected = torch.nn.functional.linear(hidden, int8.float() * scales[:, None], bias)
+    expected = torch.nn.functional.linear(rounded_per_block(hidden), int8.float() * scales[:, None], bias)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+    # the rounding's error, against the float input: at most half a step a value
+    unrounded = torch.nn.functional.linear(hidden, int8.float() * scales[:, None], bias)
+    assert (out - unrounded).abs().max() < 0.01 * unrounded.abs().max() + 1e-4
 
 
 def test_int8_products_refuse_what_they_do_not_take():

@@ -19,10 +19,12 @@ The output head is not a dynamic int8 linear: rounding its input to int8 too
 moved the logits enough that near-tied candidates flipped, and a third fewer
 greedy answers stayed float32's. Its weights alone are rounded to int8, one
 scale per output (`round_head_to_int8`): products of a few rows read that int8
-copy with float32 inputs (`small_linear_int8`, where the CPU kernels build), the
-others a float32 copy of the same rounded values, so every path computes with
-one set of weights. That keeps the answers within the tolerance
-(docs/benchmarks.md, "Precision on CPU"; tests/test_cpu_precision.py) and makes
+copy (`small_linear_int8`, where the CPU kernels build, which rounds its input
+rows to int8 per block of 32 values, each block with its own scale: much finer
+than one scale for the whole input), the others a float32 copy of the same
+rounded values, so every path computes with one set of weights. That keeps the
+answers within the tolerance (docs/benchmarks.md, "Precision on CPU";
+tests/test_cpu_precision.py) and makes
 the head, the largest single read of a one-request step, a quarter of its bytes
 there. The embeddings stay float32: a step looks up a few of their rows, so
 their size costs memory, not time.

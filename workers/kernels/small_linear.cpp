@@ -1,5 +1,7 @@
 // A float32 linear layer for a few rows (a decode step of one to three requests): y = x W^T + b;
-// and the same with int8 weights and a float32 scale per output (--quantization int8).
+// and the same with int8 weights and a float32 scale per output (--quantization int8), whose
+// input rows are rounded to int8 too, a float32 scale per block of 32 values (the activations
+// of llama.cpp's q8_0), so the products are integer dot products.
 //
 // Such a product reads the whole weight once and does two flops per weight read, so its
 // speed is the memory bandwidth it reaches. Each thread streams its own contiguous range
@@ -9,7 +11,10 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
-#include <type_traits>
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -19,30 +24,78 @@ namespace {
 
 constexpr int64_t kLanes = 16;  // one AVX-512 register of floats; the compiler picks the width
 
-// the portable product: the compiler vectorizes it (for int8 weights, less well)
-template <int Rows, typename weight_t>
-void dot_rows(const float* x, int64_t x_stride, const weight_t* w, int64_t in, float* out) {
+// the float32 product: the compiler vectorizes it
+template <int Rows>
+void dot_rows(const float* x, int64_t x_stride, const float* w, int64_t in, float* out) {
   float acc[Rows][2][kLanes] = {};
   int64_t i = 0;
   for (; i + 2 * kLanes <= in; i += 2 * kLanes) {
     for (int r = 0; r < Rows; ++r) {
       const float* xr = x + r * x_stride + i;
-      for (int64_t k = 0; k < kLanes; ++k) acc[r][0][k] += static_cast<float>(w[i + k]) * xr[k];
-      for (int64_t k = 0; k < kLanes; ++k) acc[r][1][k] += static_cast<float>(w[i + kLanes + k]) * xr[kLanes + k];
+      for (int64_t k = 0; k < kLanes; ++k) acc[r][0][k] += w[i + k] * xr[k];
+      for (int64_t k = 0; k < kLanes; ++k) acc[r][1][k] += w[i + kLanes + k] * xr[kLanes + k];
     }
   }
   for (int r = 0; r < Rows; ++r) {
     float sum = 0.0f;
     for (int64_t k = 0; k < kLanes; ++k) sum += acc[r][0][k] + acc[r][1][k];
-    for (int64_t j = i; j < in; ++j) sum += static_cast<float>(w[j]) * x[r * x_stride + j];
+    for (int64_t j = i; j < in; ++j) sum += w[j] * x[r * x_stride + j];
+    out[r] = sum;
+  }
+}
+
+constexpr int64_t kBlock = 32;  // input values per int8 block, each with its own scale
+
+// The input rows rounded to int8, block by block: q[r][i] = round(x[r][i] / d[r][b]) with
+// d[r][b] = the block's largest |x| / 127 (0 for a block of zeros), so every q is within
+// [-127, 127]. A last partial block is padded with zeros.
+struct QuantizedRows {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  int64_t q_stride = 0;  // int8 values a row: `in` rounded up to a whole block
+  int64_t d_stride = 0;  // blocks a row
+};
+
+QuantizedRows quantize_rows(const float* x, int64_t rows, int64_t in) {
+  QuantizedRows out;
+  out.d_stride = (in + kBlock - 1) / kBlock;
+  out.q_stride = out.d_stride * kBlock;
+  out.q.assign(rows * out.q_stride, 0);
+  out.d.assign(rows * out.d_stride, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < out.d_stride; ++b) {
+      const float* xb = x + r * in + b * kBlock;
+      const int64_t n = std::min(kBlock, in - b * kBlock);
+      float amax = 0.0f;
+      for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(xb[k]));
+      const float d = amax / 127.0f;
+      const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+      int8_t* qb = out.q.data() + r * out.q_stride + b * kBlock;
+      for (int64_t k = 0; k < n; ++k) qb[k] = static_cast<int8_t>(std::nearbyint(xb[k] * inverse));
+      out.d[r * out.d_stride + b] = d;
+    }
+  }
+  return out;
+}
+
+// one weight row against every quantized input row: per block an exact integer dot
+// product, scaled by the block's d and summed in float32; the portable version
+template <int Rows>
+void dot_rows_q8(const QuantizedRows& x, const int8_t* w, int64_t in, float* out) {
+  for (int r = 0; r < Rows; ++r) {
+    const int8_t* xq = x.q.data() + r * x.q_stride;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < x.d_stride; ++b) {
+      const int64_t n = std::min(kBlock, in - b * kBlock);
+      int32_t block = 0;
+      for (int64_t k = b * kBlock; k < b * kBlock + n; ++k) block += int32_t{xq[k]} * int32_t{w[k]};
+      sum += x.d[r * x.d_stride + b] * static_cast<float>(block);
+    }
     out[r] = sum;
   }
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-// int8 weights on AVX2: 32 weights a turn widened to floats in four registers (the
-// compiler does not vectorize the int8 -> float conversion well), then multiplied
-// into each row's independent accumulators
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -50,103 +103,142 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// On AVX2, 32 products a block in two instructions: vpmaddubsw multiplies |w| (unsigned)
+// by x with w's sign (signed) and adds pairs into 16 bits (at most 2 * 128 * 127: no
+// saturation, since |x| <= 127), vpmaddwd adds pairs again into 32 bits. The weights are
+// read once for all the rows.
+// one block of 32 weights against row r's block b, added to `acc`
 template <int Rows>
-void dot_rows_int8(const float* x, int64_t x_stride, const int8_t* w, int64_t in, float* out) {
-  constexpr int kAccs = Rows == 1 ? 4 : 2;  // accumulators a row: more rows, fewer (16 registers)
-  __m256 acc[Rows][kAccs];
-  for (int r = 0; r < Rows; ++r)
-    for (int a = 0; a < kAccs; ++a) acc[r][a] = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= in; i += 32) {
-    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
-    const __m128i low = _mm256_castsi256_si128(bytes), high = _mm256_extracti128_si256(bytes, 1);
-    const __m256 wf[4] = {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(low)),
-                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(low, 8))),
-                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(high)),
-                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(high, 8)))};
+inline void add_block(const QuantizedRows& x, int r, int64_t b, __m256i wb, __m256i magnitudes, __m256& acc) {
+  const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + r * x.q_stride + b * kBlock));
+  const __m256i pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(xb, wb));
+  const __m256 block = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  acc = _mm256_fmadd_ps(block, _mm256_set1_ps(x.d[r * x.d_stride + b]), acc);
+}
+
+template <int Rows>
+void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float* out) {
+  __m256 even[Rows], odd[Rows];  // two accumulators a row: two blocks in flight
+  for (int r = 0; r < Rows; ++r) even[r] = odd[r] = _mm256_setzero_ps();
+  const int64_t full = in / kBlock;
+  int64_t b = 0;
+  for (; b + 2 <= full; b += 2) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * kBlock));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (b + 1) * kBlock));
+    const __m256i m0 = _mm256_sign_epi8(w0, w0), m1 = _mm256_sign_epi8(w1, w1);  // -128 is 128 unsigned
     for (int r = 0; r < Rows; ++r) {
-      const float* xr = x + r * x_stride + i;
-      for (int a = 0; a < 4; ++a)
-        acc[r][a % kAccs] = _mm256_fmadd_ps(wf[a], _mm256_loadu_ps(xr + 8 * a), acc[r][a % kAccs]);
+      add_block<Rows>(x, r, b, w0, m0, even[r]);
+      add_block<Rows>(x, r, b + 1, w1, m1, odd[r]);
     }
   }
+  if (b < full) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * kBlock));
+    const __m256i m0 = _mm256_sign_epi8(w0, w0);
+    for (int r = 0; r < Rows; ++r) add_block<Rows>(x, r, b, w0, m0, even[r]);
+  }
   for (int r = 0; r < Rows; ++r) {
-    __m256 total = acc[r][0];
-    for (int a = 1; a < kAccs; ++a) total = _mm256_add_ps(total, acc[r][a]);
-    float sum = hsum(total);
-    for (int64_t j = i; j < in; ++j) sum += static_cast<float>(w[j]) * x[r * x_stride + j];
+    float sum = hsum(_mm256_add_ps(even[r], odd[r]));
+    if (full * kBlock < in) {  // a last partial block
+      const int8_t* xq = x.q.data() + r * x.q_stride;
+      int32_t block = 0;
+      for (int64_t k = full * kBlock; k < in; ++k) block += int32_t{xq[k]} * int32_t{w[k]};
+      sum += x.d[r * x.d_stride + full] * static_cast<float>(block);
+    }
     out[r] = sum;
   }
 }
-
 #endif
 
-template <int Rows, typename weight_t>
-void linear_rows(const float* x, int64_t x_stride, const weight_t* w, const float* scales, const float* bias,
-                 float* y, int64_t y_stride, int64_t in, int64_t out_features) {
+// the int8 product of Rows quantized rows: per output, its weight row's dot products,
+// times its scale, plus its bias
+template <int Rows>
+void linear_rows_q8(const QuantizedRows& x, const int8_t* w, const float* scales, const float* bias, float* y,
+                    int64_t y_stride, int64_t in, int64_t out_features) {
   at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
     float sums[Rows];
     for (int64_t o = begin; o < end; ++o) {
 #if defined(__AVX2__) && defined(__FMA__)
-      if constexpr (std::is_same_v<weight_t, int8_t>) {
-        dot_rows_int8<Rows>(x, x_stride, w + o * in, in, sums);
-      } else {
-        dot_rows<Rows>(x, x_stride, w + o * in, in, sums);
-      }
+      dot_rows_q8_avx2<Rows>(x, w + o * in, in, sums);
 #else
-      dot_rows<Rows>(x, x_stride, w + o * in, in, sums);
+      dot_rows_q8<Rows>(x, w + o * in, in, sums);
 #endif
-      const float scale = scales != nullptr ? scales[o] : 1.0f;
       const float b = bias != nullptr ? bias[o] : 0.0f;
-      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] * scale + b;
+      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] * scales[o] + b;
     }
   });
 }
 
-// the checks and the dispatch on the row count that both products share
-template <typename weight_t>
-at::Tensor few_rows(const at::Tensor& input, const at::Tensor& weight, const float* scales,
-                    const std::optional<at::Tensor>& bias) {
+template <int Rows>
+void linear_rows(const float* x, int64_t x_stride, const float* w, const float* bias, float* y, int64_t y_stride,
+                 int64_t in, int64_t out_features) {
+  at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
+    float sums[Rows];
+    for (int64_t o = begin; o < end; ++o) {
+      dot_rows<Rows>(x, x_stride, w + o * in, in, sums);
+      const float b = bias != nullptr ? bias[o] : 0.0f;
+      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] + b;
+    }
+  });
+}
+
+// the checks both products share; (the input as contiguous [rows, in], its bias or nullptr)
+std::pair<at::Tensor, const float*> checked_input(const at::Tensor& input, const at::Tensor& weight,
+                                                  const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), "small_linear runs on CPU");
   TORCH_CHECK(input.scalar_type() == at::kFloat, "small_linear's input is float32");
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "weight must be a contiguous [out, in] matrix");
   const int64_t in = weight.size(1), out_features = weight.size(0);
   TORCH_CHECK(input.size(-1) == in, "input's last dimension must be the weight's in features");
   const at::Tensor x = input.reshape({-1, in}).contiguous();
-  const int64_t rows = x.size(0);
-  TORCH_CHECK(rows >= 1 && rows <= 3, "small_linear takes 1 to 3 rows");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 3, "small_linear takes 1 to 3 rows");
   const float* bias_data = nullptr;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == out_features,
                 "bias must be a contiguous float32 [out]");
     bias_data = bias->data_ptr<float>();
   }
-  at::Tensor y = at::empty({rows, out_features}, x.options());
-  const float* xd = x.data_ptr<float>();
-  const weight_t* wd = weight.data_ptr<weight_t>();
-  float* yd = y.data_ptr<float>();
-  if (rows == 1) linear_rows<1>(xd, in, wd, scales, bias_data, yd, out_features, in, out_features);
-  if (rows == 2) linear_rows<2>(xd, in, wd, scales, bias_data, yd, out_features, in, out_features);
-  if (rows == 3) linear_rows<3>(xd, in, wd, scales, bias_data, yd, out_features, in, out_features);
+  return {x, bias_data};
+}
+
+// [rows, out] for the input's leading dimensions
+at::Tensor output_like(const at::Tensor& input, const at::Tensor& y) {
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.back() = out_features;
+  shape.back() = y.size(1);
   return y.view(shape);
 }
 
 at::Tensor small_linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(weight.scalar_type() == at::kFloat, "small_linear's weight is float32");
-  return few_rows<float>(input, weight, nullptr, bias);
+  const auto [x, bias_data] = checked_input(input, weight, bias);
+  const int64_t rows = x.size(0), in = weight.size(1), out_features = weight.size(0);
+  at::Tensor y = at::empty({rows, out_features}, x.options());
+  const float *xd = x.data_ptr<float>(), *wd = weight.data_ptr<float>();
+  float* yd = y.data_ptr<float>();
+  if (rows == 1) linear_rows<1>(xd, in, wd, bias_data, yd, out_features, in, out_features);
+  if (rows == 2) linear_rows<2>(xd, in, wd, bias_data, yd, out_features, in, out_features);
+  if (rows == 3) linear_rows<3>(xd, in, wd, bias_data, yd, out_features, in, out_features);
+  return output_like(input, y);
 }
 
-// int8 weights, one float32 scale per output (symmetric: no zero point); the input stays
-// float32, so each product is the dequantized weight's, rounded once per sum
+// int8 weights, one float32 scale per output (symmetric: no zero point); the input rows
+// rounded to int8 per block of 32 values (`quantize_rows`), integer products
 at::Tensor small_linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scales,
                              const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(weight.scalar_type() == at::kChar, "small_linear_int8's weight is int8");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 1 &&
                   scales.numel() == weight.size(0),
               "scales must be a contiguous float32 [out]");
-  return few_rows<int8_t>(input, weight, scales.data_ptr<float>(), bias);
+  const auto [x, bias_data] = checked_input(input, weight, bias);
+  const int64_t rows = x.size(0), in = weight.size(1), out_features = weight.size(0);
+  const QuantizedRows q = quantize_rows(x.data_ptr<float>(), rows, in);
+  at::Tensor y = at::empty({rows, out_features}, x.options());
+  const int8_t* wd = weight.data_ptr<int8_t>();
+  const float* sd = scales.data_ptr<float>();
+  float* yd = y.data_ptr<float>();
+  if (rows == 1) linear_rows_q8<1>(q, wd, sd, bias_data, yd, out_features, in, out_features);
+  if (rows == 2) linear_rows_q8<2>(q, wd, sd, bias_data, yd, out_features, in, out_features);
+  if (rows == 3) linear_rows_q8<3>(q, wd, sd, bias_data, yd, out_features, in, out_features);
+  return output_like(input, y);
 }
 
 }  // namespace
