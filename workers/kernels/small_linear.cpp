@@ -116,6 +116,12 @@ inline void add_block(const QuantizedRows& x, int r, int64_t b, __m256i wb, __m2
   acc = _mm256_fmadd_ps(block, _mm256_set1_ps(x.d[r * x.d_stride + b]), acc);
 }
 
+// How far ahead of its reads a thread asks for its weights. Without it, the integer
+// products and the wait for memory took turns (13 GB/s from memory here, 26 from cache);
+// with it they overlap (15-17 GB/s). float32's product, with a quarter of the work a
+// byte, streams at 21-24 GB/s on the hardware prefetcher alone, and slowed with this.
+constexpr int64_t kPrefetchBytes = 4096;
+
 template <int Rows>
 void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float* out) {
   __m256 even[Rows], odd[Rows];  // two accumulators a row: two blocks in flight
@@ -123,6 +129,7 @@ void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float
   const int64_t full = in / kBlock;
   int64_t b = 0;
   for (; b + 2 <= full; b += 2) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + b * kBlock + kPrefetchBytes), _MM_HINT_T0);
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * kBlock));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (b + 1) * kBlock));
     const __m256i m0 = _mm256_sign_epi8(w0, w0), m1 = _mm256_sign_epi8(w1, w1);  // -128 is 128 unsigned
