@@ -2,8 +2,9 @@
 
 `python3 scripts/few_row_products.py [PRESET] [--threads N] [--repeats N] [--int8]` runs
 every linear of a `dummy:` preset (default llama-100m) in turn, each weight distinct, so
-the weights come from memory as in a decode step, at 1 to 3 rows (the products the
-engine hands `small_linear`) and at 4 and 8 (where it uses oneDNN's packed weights).
+the weights come from memory as in a decode step, at 1, 2, 3, 4, 8 and 16 rows: against
+oneDNN's product (the plain weights below 4 rows, the packed ones from 4, as the engine
+keeps them) `small_linear` at the row counts it takes (1 to 8 with AVX2, else 1 to 3).
 With `--int8` the model is quantized as `--quantization int8` does, and
 `small_linear_int8` runs against fbgemm's dynamic int8 product (the module's own
 forward). Each side runs `--repeats` times per round, two rounds alternating; the best
@@ -64,7 +65,7 @@ def float32_sides(model: torch.nn.Module) -> tuple[int, Callable[[int, dict], di
     def sides(num_rows: int, inputs: dict) -> dict:
         layouts = weights if num_rows < 4 else packed  # what the engine hands oneDNN
         found = {"onednn": functools.partial(onednn_pass, weights, layouts, inputs)}
-        if num_rows <= 3:
+        if num_rows <= torch.ops.llmos_cpu.small_linear_max_rows():
             found["small_linear"] = functools.partial(small_pass, weights, inputs)
         return found
 
@@ -103,7 +104,7 @@ def main() -> None:
     widths = sorted({m.in_features for m in model.modules() if hasattr(m, "in_features")})
     results = []
     with torch.inference_mode():
-        for num_rows in (1, 2, 3, 4, 8):
+        for num_rows in (1, 2, 3, 4, 8, 16):
             inputs = {width: torch.randn(num_rows, width) for width in widths}
             sides = sides_for(num_rows, inputs)
             times: dict[str, list[float]] = {}

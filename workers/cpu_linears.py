@@ -18,7 +18,9 @@ plain below, where a product streams the weight once and the plain layout is
 the faster; there, where the project's CPU kernels build (`workers.cpu_kernels`),
 their `small_linear` runs it instead of oneDNN (with `compact` weights too): it
 streams each weight once for all the rows, at more of the memory bandwidth
-(figures in docs/benchmarks.md). The packed copies are made once,
+(figures in docs/benchmarks.md). Where the kernels have AVX2, `small_linear`
+runs products of 4 to 8 rows on the plain weight too (1.3-1.6x oneDNN's packed
+product here), so the packed copy serves 9 rows and more. The packed copies are made once,
 when the engine is built; each doubles the memory of the weights it copies.
 `--cpu-weights compact` makes no copy: every weight runs as the model holds it.
 
@@ -186,6 +188,12 @@ def int8_forward(int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | 
     return forward
 
 
+def small_linear_max_rows() -> int:
+    """The most rows of a float32 product `small_linear` runs: 8 where the kernels have
+    AVX2 (at 16, oneDNN's packed product was the faster), else PACKED_MIN_ROWS - 1."""
+    return int(torch.ops.llmos_cpu.small_linear_max_rows())
+
+
 def release_weight(linear: torch.nn.Linear) -> None:
     """Free a weight only its packed copy is used for: an empty one takes its place (the
     module's own forward, which would need it, never runs in the engine)."""
@@ -199,8 +207,9 @@ def onednn_forward(
     int8: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Any:
     """The forward of one linear while the engine runs: `few_rows` (or, where that is None,
-    the one weight) for products under PACKED_MIN_ROWS rows, in `small_linear` where that
-    weight is a plain float32 one and the CPU kernels are built; `weight` for the others.
+    the one weight) for products under PACKED_MIN_ROWS rows; where that weight is a plain
+    float32 one and the CPU kernels are built, in `small_linear`, up to its
+    `small_linear_max_rows()`; `weight` for the others.
     An int8-rounded head (`int8`: its int8 weights and scales, `workers.quantization`)
     runs its few-row products in `small_linear_int8` instead."""
     linear = torch.ops.mkldnn._linear_pointwise
@@ -213,9 +222,10 @@ def onednn_forward(
         )
     if is_plain_float32 and cpu_kernels.has_kernels():
         small_linear = torch.ops.llmos_cpu.small_linear
+        max_rows = small_linear_max_rows()
 
         def forward(hidden: torch.Tensor) -> torch.Tensor:
-            if hidden.numel() < PACKED_MIN_ROWS * hidden.shape[-1]:
+            if hidden.numel() <= max_rows * hidden.shape[-1]:
                 return small_linear(hidden, plain, bias)
             return linear(hidden, weight, bias, "none", [], "")
 
