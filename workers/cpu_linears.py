@@ -20,16 +20,17 @@ their `small_linear` runs it instead of oneDNN (with `compact` weights too): it
 streams each weight once for all the rows, at more of the memory bandwidth
 (figures in docs/benchmarks.md). Where the kernels have AVX2, `small_linear`
 runs products of 4 to 8 rows on the plain weight too (1.3-1.6x oneDNN's packed
-product here), so the packed copy serves 9 rows and more. The packed copies are made once,
-when the engine is built; each doubles the memory of the weights it copies.
+product here), so the packed copy serves 9 rows and more. The packed copies are
+made once, when the engine is built; each doubles the memory of the weights it
+copies.
 `--cpu-weights compact` makes no copy: every weight runs as the model holds it.
 
 `--quantization int8`'s dynamic linears (`workers.quantization`) run fbgemm's
 product, which rounds each input row to int8 too, from PACKED_MIN_ROWS rows on;
 below, where the kernels build, `small_linear_int8` streams their int8 weights once
 for all the rows, with the input rows rounded to int8 per block of 32 values (as
-llama.cpp's q8_0 rounds activations) and integer dot products (about 1.7x fbgemm's
-speed at one row), from an unpacked int8 copy of the weights made once (one byte a
+llama.cpp's q8_0 rounds activations) and integer dot products (about twice
+fbgemm's speed at one row), from an unpacked int8 copy of the weights made once (one byte a
 weight).
 
 The swap is scoped: while the engine's forward runs, every such `nn.Linear`
