@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 FREE_PORT_MIN = 20000  # free_port's lowest: clear of the well-known and registered services below
 FREE_PORT_TRIES = 100
+# the ports free_port handed out last, never handed out again while listed: a port is
+# free until its service binds it, so two calls before that could return the same one
+# (two services of one stack on one port: "Address already in use")
+RECENT_PORTS_KEPT = 4096
+_recent_ports: dict[int, None] = {}  # in the order handed out
+_port_rng = random.Random()  # its own: a test that seeds `random` would repeat the ports
 
 
 def ephemeral_port_range() -> tuple[int, int]:
@@ -47,13 +53,21 @@ def free_port() -> int:
     connection may take it before the service we start binds it."""
     low = ephemeral_port_range()[0]
     for _ in range(FREE_PORT_TRIES):
-        port = random.randrange(FREE_PORT_MIN, low) if low > FREE_PORT_MIN + 1000 else 0
+        port = _port_rng.randrange(FREE_PORT_MIN, low) if low > FREE_PORT_MIN + 1000 else 0
+        if port in _recent_ports:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return probe.getsockname()[1]
+            port = probe.getsockname()[1]
+        if port in _recent_ports:  # the OS's pick (bind to 0)
+            continue
+        _recent_ports[port] = None
+        if len(_recent_ports) > RECENT_PORTS_KEPT:
+            del _recent_ports[next(iter(_recent_ports))]
+        return port
     raise OSError(f"no free local port found in {FREE_PORT_TRIES} tries")
 
 

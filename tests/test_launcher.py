@@ -28,6 +28,7 @@ from llmos.launcher import (
     plan_children,
     wait_until_ready,
 )
+from llmos.processes import free_port
 from llmos.readiness import Readiness
 from llmos.supervision import RestartBackoff
 from llmos.wire import pb
@@ -266,6 +267,20 @@ def test_readiness_shortens_a_long_list_of_workers_still_loading():
     readiness.broker_answered(broker_reply())
 
     assert readiness.waiting_for.startswith("worker-0, worker-1, worker-2 and 2 more: ")
+
+
+def test_free_ports_are_never_handed_out_twice_before_their_services_bind_them():
+    """A stack takes five ports before any of its services binds one: each must differ,
+    even where a test seeded `random` (free_port keeps its own generator)."""
+    state = random.getstate()
+    try:
+        random.seed(0)
+        first = [free_port() for _ in range(200)]
+        random.seed(0)
+        second = [free_port() for _ in range(200)]
+    finally:
+        random.setstate(state)
+    assert len(set(first + second)) == 400
 
 
 # ---------------------------------------------------------------- end to end
