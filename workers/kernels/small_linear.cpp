@@ -3,8 +3,9 @@
 // input rows are rounded to int8 too, a float32 scale per block of 32 values (the activations
 // of llama.cpp's q8_0), so the products are integer dot products.
 //
-// Such a product reads the whole weight once and does two flops per weight read, so its
-// speed is the memory bandwidth it reaches. Each thread streams its own contiguous range
+// Such a product reads the whole weight once and does two flops a row per weight read, so
+// its speed is the memory bandwidth it reaches (at 4 to 8 rows, and in int8, the arithmetic
+// too). Each thread streams its own contiguous range
 // of output rows of W (row-major [out, in]), and for each it keeps the dot products of all
 // the input rows in independent vector accumulators, so every weight is loaded once.
 #include <ATen/Parallel.h>
@@ -114,14 +115,13 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// On AVX2, 32 products a block in two instructions: vpmaddubsw multiplies |w| (unsigned)
-// by x with w's sign (signed) and adds pairs into 16 bits (at most 2 * 128 * 127: no
-// saturation, since |x| <= 127), vpmaddwd adds pairs again into 32 bits. The weights are
-// read once for all the rows.
-// one block of 32 weights against row r's block b, added to `acc`
-template <int Rows>
+// One block of 32 weights against row r's block b, added to `acc`. On AVX2, 32 products in
+// two instructions: vpmaddubsw multiplies |w| (unsigned) by x with w's sign (signed) and
+// adds pairs into 16 bits (at most 2 * 128 * 127: no saturation, since |x| <= 127),
+// vpmaddwd adds pairs again into 32 bits.
 inline void add_block(const QuantizedRows& x, int r, int64_t b, __m256i wb, __m256i magnitudes, __m256& acc) {
-  const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + r * x.q_stride + b * kBlock));
+  const int8_t* xb_data = x.q.data() + r * x.q_stride + b * kBlock;
+  const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb_data));
   const __m256i pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(xb, wb));
   const __m256 block = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
   acc = _mm256_fmadd_ps(block, _mm256_set1_ps(x.d[r * x.d_stride + b]), acc);
@@ -134,6 +134,7 @@ inline void add_block(const QuantizedRows& x, int r, int64_t b, __m256i wb, __m2
 // GB/s on the hardware prefetcher alone, and slowed with this.
 constexpr int64_t kPrefetchBytes = 4096;
 
+// one weight row against every quantized input row (its weights read once for all of them)
 template <int Rows>
 void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float* out) {
   __m256 even[Rows], odd[Rows];  // two accumulators a row: two blocks in flight
@@ -146,14 +147,14 @@ void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (b + 1) * kBlock));
     const __m256i m0 = _mm256_sign_epi8(w0, w0), m1 = _mm256_sign_epi8(w1, w1);  // -128 is 128 unsigned
     for (int r = 0; r < Rows; ++r) {
-      add_block<Rows>(x, r, b, w0, m0, even[r]);
-      add_block<Rows>(x, r, b + 1, w1, m1, odd[r]);
+      add_block(x, r, b, w0, m0, even[r]);
+      add_block(x, r, b + 1, w1, m1, odd[r]);
     }
   }
   if (b < full) {
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * kBlock));
     const __m256i m0 = _mm256_sign_epi8(w0, w0);
-    for (int r = 0; r < Rows; ++r) add_block<Rows>(x, r, b, w0, m0, even[r]);
+    for (int r = 0; r < Rows; ++r) add_block(x, r, b, w0, m0, even[r]);
   }
   for (int r = 0; r < Rows; ++r) {
     float sum = hsum(_mm256_add_ps(even[r], odd[r]));
@@ -173,7 +174,8 @@ void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float
 // weights are prefetched as the int8 product's are.
 // (not inlined: inlined into linear_rows' loop it ran at 8 rows in 40-49 ms against 27-34)
 template <int Rows>
-__attribute__((noinline)) void dot_rows_avx2(const float* x, int64_t x_stride, const float* w, int64_t in, float* out) {
+__attribute__((noinline)) void dot_rows_avx2(const float* x, int64_t x_stride, const float* w, int64_t in,
+                                             float* out) {
   constexpr int kAccs = Rows <= 4 ? 2 : 1;
   __m256 acc[Rows][kAccs];
   for (int r = 0; r < Rows; ++r)
