@@ -30,8 +30,8 @@ product, which rounds each input row to int8 too, from PACKED_MIN_ROWS rows on;
 below, where the kernels build, `small_linear_int8` streams their int8 weights once
 for all the rows, with the input rows rounded to int8 per block of 32 values (as
 llama.cpp's q8_0 rounds activations) and integer dot products (about twice
-fbgemm's speed at one row), from an unpacked int8 copy of the weights made once (one byte a
-weight).
+fbgemm's speed at one row), from an unpacked int8 copy of the weights made once
+(one byte a weight).
 
 The swap is scoped: while the engine's forward runs, every such `nn.Linear`
 has an instance `forward` that calls oneDNN; afterwards the model is as it was
@@ -165,9 +165,10 @@ def unpacked_int8(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, 
 def int8_few_rows_forward(module: torch.nn.Module) -> Any:
     """For a dynamic int8 linear with symmetric per-channel weights, its forward while
     the engine runs: products of fewer than PACKED_MIN_ROWS rows in `small_linear_int8`
-    (the int8 weights streamed once, inputs rounded to int8 per 32 values), the others in the module's own
-    forward (fbgemm, which rounds each input row to int8 too). Keeps an unpacked int8
-    copy of the weights (one byte a weight). None for any other module."""
+    (the int8 weights streamed once, the inputs rounded to int8 per 32 values), the
+    others in the module's own forward (fbgemm, which rounds each input row to int8
+    with one scale). Keeps an unpacked int8 copy of the weights (one byte a weight).
+    None for any other module."""
     unpacked = unpacked_int8(module)
     if unpacked is None:
         return None
@@ -191,7 +192,7 @@ def int8_forward(int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | 
 
 def small_linear_max_rows() -> int:
     """The most rows of a float32 product `small_linear` runs: 8 where the kernels have
-    AVX2 (at 16, oneDNN's packed product was the faster), else PACKED_MIN_ROWS - 1."""
+    AVX2 (at 16, oneDNN's packed product was the faster), else 3."""
     return int(torch.ops.llmos_cpu.small_linear_max_rows())
 
 

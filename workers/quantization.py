@@ -24,10 +24,9 @@ rows to int8 per block of 32 values, each block with its own scale: much finer
 than one scale for the whole input), the others a float32 copy of the same
 rounded values, so every path computes with one set of weights. That keeps the
 answers within the tolerance (docs/benchmarks.md, "Precision on CPU";
-tests/test_cpu_precision.py) and makes
-the head, the largest single read of a one-request step, a quarter of its bytes
-there. The embeddings stay float32: a step looks up a few of their rows, so
-their size costs memory, not time.
+tests/test_cpu_precision.py) and makes the head, the largest single read of a
+one-request step, a quarter of its bytes there. The embeddings stay float32: a
+step looks up a few of their rows, so their size costs memory, not time.
 """
 
 from __future__ import annotations
