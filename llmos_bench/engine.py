@@ -89,6 +89,9 @@ class EngineBenchConfig:
         "the llmos engine measured, as a worker's --engine: auto (as a worker picks), "
         "batched (padded batch cache) or paged (paged KV cache)",
     )
+    cuda_graphs: bool = option(
+        False, "CUDA: the paged engine's decode steps as CUDA graphs, as for llmos worker"
+    )
     block_size: int = option(16, "KV block size in tokens (batched and paged engines)")
     max_num_batched_tokens: int = option(2048, "tokens per engine step (batched and paged engines)")
     prefix_caching: bool = option(
@@ -245,9 +248,10 @@ def run_bench(config: EngineBenchConfig, echo: Callable[[str], None] = click.ech
         torch.set_num_threads(config.threads)
     loaded = load_model(config.worker_config())
     tokenizer = load_tokenizer(loaded.path)
-    engine_name = resolve_engine(config.engine, loaded.model, config.max_model_len)
+    engine_name = resolve_engine(config.engine, loaded.model, config.max_model_len, config.cuda_graphs)
     try:
         check_engine_runs(engine_name, config.kv_cache_dtype, loaded.dtype)
+        check_cuda_graphs(config.cuda_graphs, engine_name, loaded.device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     engine_cls = engine_class(engine_name)
@@ -345,13 +349,22 @@ def write_sim_profile(
     echo(f"wrote simulated-worker profile {config.write_profile}: {profile}")
 
 
-def resolve_engine(name: str, model: Any, max_model_len: int) -> str:
-    """`auto` as a worker resolves it (`workers.engine_factory.paged_fits`); other names as they are."""
+def resolve_engine(name: str, model: Any, max_model_len: int, cuda_graphs: bool = False) -> str:
+    """`auto` as a worker resolves it (`workers.engine_factory.paged_fits`, or paged for CUDA
+    graphs); other names as they are."""
     if name != "auto":
         return name
     from workers.engine_factory import paged_fits
 
-    return "paged" if paged_fits(model, max_model_len) else "batched"
+    return "paged" if cuda_graphs or paged_fits(model, max_model_len) else "batched"
+
+
+def check_cuda_graphs(cuda_graphs: bool, engine_name: str, device: torch.device) -> None:
+    if cuda_graphs and (engine_name != "paged" or device.type != "cuda"):
+        raise ValueError(
+            f"--cuda-graphs runs the paged engine on a CUDA device, "
+            f"not the {engine_name} one on {device.type}"
+        )
 
 
 def engine_class(name: str = "batched") -> type:
@@ -427,6 +440,7 @@ class EngineBench:
             )
         if self.engine_cls.__name__ == "PagedEngine":
             kwargs["kv_cache_dtype"] = self.config.kv_cache_dtype
+            kwargs["cuda_graphs"] = self.config.cuda_graphs
         if self.engine_cls.__name__ == "BatchedEngine":  # the paged engine's steps are always mixed
             kwargs["mixed_steps"] = self.config.mixed_steps if mixed_steps is None else mixed_steps
         return self.engine_cls(self.model, self.tokenizer, **kwargs)

@@ -92,6 +92,7 @@ def worker_args(config: Any, max_model_len: int, kv_tokens: int) -> list[str]:
         str(max(config.max_num_batched_tokens, config.prompt_len)),
         "--prefix-caching" if config.prefix_caching else "--no-prefix-caching",
         "--mixed-steps" if config.mixed_steps else "--no-mixed-steps",
+        "--cuda-graphs" if config.cuda_graphs else "--no-cuda-graphs",
     ]
 
 

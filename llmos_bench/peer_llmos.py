@@ -26,7 +26,9 @@ def run(settings: dict, concurrency: int, peak_flops: float) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     loaded = load_model(config.worker_config())
-    engine_cls = engine_class(resolve_engine(config.engine, loaded.model, config.max_model_len))
+    engine_cls = engine_class(
+        resolve_engine(config.engine, loaded.model, config.max_model_len, config.cuda_graphs)
+    )
     bench = EngineBench(config, loaded, load_tokenizer(loaded.path), engine_cls, peak_flops)
     bench.warm_up()
     return bench.measure_level(concurrency)

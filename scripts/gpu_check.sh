@@ -6,7 +6,8 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     transformers==5.24.0 pyzmq==27.3.0 protobuf==7.36.2 regex==2026.11.19
-# Logs go to $OUT. EXTRA_LEVELS=64,128,256 adds an engine-only run at those levels;
+# Then the paged engine with --cuda-graphs at GRAPH_LEVELS (default 1,8,32,64,256; NO_GRAPHS=1
+# skips it). Logs go to $OUT. EXTRA_LEVELS=64,128,256 adds an engine-only run at those levels;
 # PROFILE=1 adds scripts/gpu_profile.py (ms per decode step, cProfile, torch profiler);
 # CHURN=1 adds `llmos bench engine --churn-requests 256` (mixed steps against newcomers
 # prefilled apart) and scripts/gpu_churn.py (the engine with requests coming and going, against one
@@ -26,10 +27,15 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 python3 -c 'import torch, transformers, zmq, google.protobuf as p; print("torch", torch.__version__,
 "transformers", transformers.__version__, "protobuf", p.__version__, "cuda", torch.cuda.is_available())'
-timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batched_engine_gpu.py 2>&1 \
-    | tee "$OUT/pytest_gpu.log"
+timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batched_engine_gpu.py \
+    tests/test_cuda_graphs_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"
 timeout 240 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" \
     ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_engine.log"
+if [ "$DEVICE" != cpu ] && [ -z "${NO_GRAPHS:-}" ]; then  # the paged engine with CUDA graphs
+    timeout 240 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" --skip-baselines \
+        --poisson-seconds 0 --concurrency "${GRAPH_LEVELS:-1,8,32,64,256}" --engine paged --cuda-graphs \
+        --rounds 1 2>&1 | tee "$OUT/bench_graphs.log"
+fi
 if [ -n "${EXTRA_LEVELS:-}" ]; then  # the engine alone at higher concurrency, no baselines
     timeout 90 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" --skip-baselines \
         --poisson-seconds 0 --concurrency "$EXTRA_LEVELS" 2>&1 | tee "$OUT/bench_engine_high.log"

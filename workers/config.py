@@ -52,6 +52,12 @@ class WorkerConfig:
         "packed) or compact (every weight as loaded, one copy, slower products; "
         "workers.cpu_linears)",
     )
+    cuda_graphs: bool = option(
+        False,
+        "CUDA: replay the paged engine's decode steps as CUDA graphs, one per batch-size "
+        "bucket (Llama, Mistral, Qwen2/3; workers.cuda_graphs); picks the paged engine "
+        "under --engine auto",
+    )
     max_num_seqs: int = option(DEFAULT_MAX_NUM_SEQS, "requests run at once")
     engine: str = option(
         "auto",

@@ -49,6 +49,7 @@ def make_engine(
     cpu_weights: str = "fast",
     release_unused_weights: bool = False,
     kv_cache_dtype: str = "auto",
+    cuda_graphs: bool = False,
 ) -> GenerateEngine:
     """The engine named `kind`; the KV geometry and the step's token budget are the batched
     and paged engines'; a `kv_cache_dtype` other than the model's, the paged engine's."""
@@ -58,7 +59,10 @@ def make_engine(
         names = ", ".join(k.value for k in EngineKind)
         raise ValueError(f"unknown engine {kind!r}; use one of {names}") from None
     if engine_kind is EngineKind.AUTO:
-        engine_kind = EngineKind.PAGED if paged_fits(model, max_model_len) else EngineKind.BATCHED
+        is_paged = paged_fits(model, max_model_len) or cuda_graphs
+        engine_kind = EngineKind.PAGED if is_paged else EngineKind.BATCHED
+    if cuda_graphs and engine_kind is not EngineKind.PAGED:
+        raise ValueError(f"CUDA graphs run in the paged engine, not the {engine_kind.value} one")
     check_engine_runs(engine_kind.value, kv_cache_dtype, model.dtype)
     if engine_kind is EngineKind.REFERENCE:
         return ReferenceEngine(
@@ -76,5 +80,7 @@ def make_engine(
         release_unused_weights=release_unused_weights,
     )
     if engine_kind is EngineKind.PAGED:  # its steps are always mixed
-        return PagedEngine(model, tokenizer, kv_cache_dtype=kv_cache_dtype, **options)
+        return PagedEngine(
+            model, tokenizer, kv_cache_dtype=kv_cache_dtype, cuda_graphs=cuda_graphs, **options
+        )
     return BatchedEngine(model, tokenizer, mixed_steps=mixed_steps, **options)

@@ -147,6 +147,8 @@ def load_model(config: WorkerConfig) -> LoadedModel:
     try:
         check_cpu_weights(config.cpu_weights)
         kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, dtype)
+        if config.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"--cuda-graphs needs a CUDA device, not {device.type}")
     except ValueError as exc:
         raise SystemExit(f"llmos worker: {exc}") from None
     prepare_device(device)

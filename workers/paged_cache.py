@@ -132,7 +132,7 @@ class PagedLayer(CacheLayerMixin):
         """The layer's key and value pools, allocated at the first call: in the cache's
         `kv_dtype`, else in `dtype` (the activations')."""
         if not self.is_initialized:
-            shape = (self.cache.capacity, num_kv_heads, self.cache.block_size, head_dim)
+            shape = (self.cache.num_pool_blocks, num_kv_heads, self.cache.block_size, head_dim)
             self.keys = torch.empty(shape, dtype=self.cache.kv_dtype or dtype, device=device)
             self.values = torch.empty_like(self.keys)
             self.is_initialized = True
@@ -151,10 +151,10 @@ class PagedLayer(CacheLayerMixin):
         )
         return self.keys, self.values
 
-    def grow(self, capacity: int) -> None:
+    def grow(self, num_pool_blocks: int) -> None:
         if not self.is_initialized:
             return
-        keys = self.keys.new_empty((capacity, *self.keys.shape[1:]))
+        keys = self.keys.new_empty((num_pool_blocks, *self.keys.shape[1:]))
         values = torch.empty_like(keys)
         keys[: self.keys.shape[0]] = self.keys
         values[: self.values.shape[0]] = self.values
@@ -172,16 +172,33 @@ class PagedLayer(CacheLayerMixin):
 
 class PagedCache(Cache):
     def __init__(
-        self, num_layers: int, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        kv_dtype: torch.dtype | None = None,
+        num_scratch_blocks: int = 0,
     ) -> None:
-        """`kv_dtype`: the pools' dtype, where it is not the activations' (workers.kv_dtype)."""
+        """`kv_dtype`: the pools' dtype, where it is not the activations' (workers.kv_dtype);
+        `num_scratch_blocks`: blocks past the capacity that no request owns, for the padded
+        rows of a CUDA graph's step (workers.cuda_graphs) to write to."""
         self.kv_dtype = kv_dtype
         self.paged_layers = [PagedLayer(self) for _ in range(num_layers)]  # the same as `layers`, typed
         super().__init__(layers=list(self.paged_layers))
         self.blocks = BlockPool(num_blocks)
         self.block_size = block_size
         self.capacity = max(num_blocks, 1)  # blocks the pools have room for
+        self.num_scratch_blocks = num_scratch_blocks
         self.num_touched_blocks = 0  # blocks [0, this) have been written: their memory is committed
+
+    @property
+    def num_pool_blocks(self) -> int:
+        return self.capacity + self.num_scratch_blocks
+
+    @property
+    def scratch_block_id(self) -> int:
+        assert self.num_scratch_blocks, "this cache has no scratch block"
+        return self.capacity
 
     @property
     def num_bytes(self) -> int:
@@ -190,7 +207,7 @@ class PagedCache(Cache):
         layers = [layer for layer in self.layers if layer.is_initialized]
         if not layers:
             return 0
-        num_blocks = self.num_touched_blocks if layers[0].keys.device.type == "cpu" else self.capacity
+        num_blocks = self.num_touched_blocks if layers[0].keys.device.type == "cpu" else self.num_pool_blocks
         return sum(2 * layer.keys[0].numel() * layer.keys.element_size() for layer in layers) * num_blocks
 
     def make_room_for(self, block_ids: Sequence[int]) -> None:
@@ -200,8 +217,8 @@ class PagedCache(Cache):
         if highest < self.capacity:
             return
         self.capacity = max(self.blocks.num_blocks, highest + 1)
-        for layer in self.layers:
-            layer.grow(self.capacity)
+        for layer in self.paged_layers:
+            layer.grow(self.num_pool_blocks)
 
 
 @contextmanager

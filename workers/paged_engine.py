@@ -70,8 +70,10 @@ class PagedEngine(EngineCore):
         cpu_weights: str = "fast",
         release_unused_weights: bool = False,
         kv_cache_dtype: str = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
-        """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens."""
+        """`num_blocks = 0`: enough blocks for `max_num_seqs` requests of `max_model_len` tokens.
+        `cuda_graphs`: decode steps replayed as CUDA graphs (workers.cuda_graphs; a CUDA model)."""
         super().__init__(
             model,
             tokenizer,
@@ -87,13 +89,22 @@ class PagedEngine(EngineCore):
                 f"the paged engine runs {families} models with full attention, not "
                 f"{getattr(model.config, 'model_type', '?')}; use the batched engine"
             )
+        if cuda_graphs and model.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; the model is on {model.device.type}")
         if model.device.type == "cpu":
             cpu_kernels.has_kernels()  # built now (once per machine), not at the first request
         num_blocks = num_blocks or math.ceil(max_num_seqs * self.max_model_len / block_size)
         kv_dtype = resolve_kv_cache_dtype(kv_cache_dtype, model.dtype)
         self.runner = PagedRunner(
-            model, num_blocks, block_size, cpu_weights, release_unused_weights, kv_dtype
+            model,
+            num_blocks,
+            block_size,
+            cpu_weights,
+            release_unused_weights,
+            kv_dtype,
+            graph_rows=max_num_seqs if cuda_graphs else 0,
         )
+        self.runner.capture_graphs(self.max_model_len)  # before serving: no step waits for a capture
         self.budget: PagedBlocks = PagedBlocks(
             self.runner.cache.blocks, block_size, tokenizer, prefix_caching
         )

@@ -15,6 +15,7 @@ from the cache's `BlockPool`).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from workers.cpu_linears import CpuLinears
+from workers.cuda_graphs import DecodeGraphs, static_decode_for
 from workers.direct_forward import direct_forward_for
 from workers.paged_cache import PagedCache, PagedStep, paged_forward
 
@@ -42,13 +44,21 @@ class PagedRunner:
         cpu_weights: str = "fast",
         release_unused_weights: bool = False,
         kv_dtype: torch.dtype | None = None,
+        graph_rows: int = 0,
     ) -> None:
-        """`kv_dtype`: the pools' dtype (None: the model's activations')."""
+        """`kv_dtype`: the pools' dtype (None: the model's activations'). `graph_rows` > 0:
+        decode-only steps run on static buffers (`workers.cuda_graphs`), replayed as CUDA
+        graphs on a CUDA device, for up to that many rows; where the model is not one
+        `StaticDecode` computes, `graphs` stays None."""
         self.model = model
         self.kv_dtype = kv_dtype
         self.device = model.device
         self.num_layers = model.config.get_text_config().num_hidden_layers
-        self.cache = PagedCache(self.num_layers, num_blocks, block_size, kv_dtype)
+        self.static_decode = static_decode_for(model) if graph_rows > 0 else None
+        self.graph_rows = graph_rows
+        self.graph_tokens = 0  # the context the graphs were captured up to (`capture_graphs`)
+        self.cache = self.new_cache(num_blocks, block_size)
+        self.graphs = self.new_graphs()
         # newer transformers call the cache argument `cache`, older ones `past_key_values`
         parameters = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
@@ -59,7 +69,24 @@ class PagedRunner:
 
     def reset(self, num_blocks: int, block_size: int) -> None:
         """A fresh cache of another geometry (what the old one held is gone)."""
-        self.cache = PagedCache(self.num_layers, num_blocks, block_size, self.kv_dtype)
+        self.cache = self.new_cache(num_blocks, block_size)
+        self.graphs = self.new_graphs()
+        self.capture_graphs(self.graph_tokens)
+
+    def capture_graphs(self, max_num_tokens: int) -> None:
+        """Capture the decode graphs of contexts up to `max_num_tokens` now (CUDA only)."""
+        self.graph_tokens = max_num_tokens
+        if self.graphs is not None and max_num_tokens > 0:
+            self.graphs.capture_all(math.ceil(max_num_tokens / self.block_size))
+
+    def new_cache(self, num_blocks: int, block_size: int) -> PagedCache:
+        num_scratch_blocks = 1 if self.static_decode is not None else 0
+        return PagedCache(self.num_layers, num_blocks, block_size, self.kv_dtype, num_scratch_blocks)
+
+    def new_graphs(self) -> DecodeGraphs | None:
+        if self.static_decode is None:
+            return None
+        return DecodeGraphs(self.static_decode, self.cache, self.graph_rows)
 
     @property
     def block_size(self) -> int:
@@ -103,6 +130,8 @@ class PagedRunner:
     def forward(self, rows: Sequence[PagedRow]) -> torch.Tensor:
         """Run the rows' tokens; each row's last token's logits `[rows, vocab]`."""
         self.cache.make_room_for([block_id for row in rows for block_id in row.block_ids])
+        if self.graphs is not None and all(len(row.token_ids) == 1 for row in rows):
+            return self.graphs(rows)
         step, input_ids, position_ids, last_tokens = self.plan(rows)
         if self.direct is not None:
             return self.direct(self.cache, step, input_ids[0], position_ids[0], last_tokens)

@@ -161,6 +161,7 @@ class Worker:
                 cpu_weights=self.config.cpu_weights,
                 release_unused_weights=True,  # the model serves this engine alone
                 kv_cache_dtype=self.config.kv_cache_dtype,
+                cuda_graphs=self.config.cuda_graphs,
             )
         except ValueError as exc:
             raise SystemExit(f"llmos worker: {exc}") from None
