@@ -17,7 +17,7 @@ from test_bench_engine import TINY_ARGS
 
 from llmos.cli import cli
 from workers.config import WorkerConfig
-from workers.cuda_graphs import blocks_bucket, row_buckets
+from workers.cuda_graphs import MAX_GRAPH_ROW_TOKENS, blocks_bucket, row_buckets
 from workers.engine_factory import make_engine
 from workers.model_loader import load_model
 from workers.paged_runner import PagedRow, PagedRunner
@@ -173,6 +173,7 @@ def test_long_contexts_of_many_rows_are_not_graphed(model):
     static, _ = runners(model, graph_rows=64)
     graphs = static.graphs
     assert graphs is not None
-    assert graphs.is_graphed(64, 1024 // BLOCK_SIZE)  # 64 rows of 1,024 tokens: 65,536 row-tokens
-    assert not graphs.is_graphed(64, (1 << 19) // 64 // BLOCK_SIZE * 2)
+    most_blocks = MAX_GRAPH_ROW_TOKENS // 64 // BLOCK_SIZE  # 64 rows of 2,048 tokens
+    assert graphs.is_graphed(64, most_blocks)
+    assert not graphs.is_graphed(64, most_blocks * 2)
     assert not graphs.is_graphed(72, 1)  # past the largest row bucket

@@ -49,7 +49,7 @@ STATIC_ROPE_TYPES = frozenset({"default", "linear", "llama3", "yarn"})
 SMALL_ROW_BUCKETS = (1, 2, 4)
 # attention gathers each row's blocks up to its bucket's length: shapes of more row-tokens
 # than this run eagerly (their gathered keys and values would outweigh what a graph saves)
-MAX_GRAPH_ROW_TOKENS = 1 << 19
+MAX_GRAPH_ROW_TOKENS = 1 << 17
 ROW_BUCKET_STEP = 8
 
 
