@@ -128,10 +128,10 @@ inline void add_block(const QuantizedRows& x, int r, int64_t b, __m256i wb, __m2
 }
 
 // How far ahead of its reads a thread asks for its weights, in the products with much
-// work a byte (int8's, and float32's of 4 to 8 rows). Without it, the products and the
+// work a byte (int8's, and float32's of 2 to 8 rows). Without it, the products and the
 // wait for memory took turns (int8 at one row: 13 GB/s from memory here, 26 from cache);
-// with it they overlap (15-17 GB/s). float32's product of 1 to 3 rows streams at 21-24
-// GB/s on the hardware prefetcher alone, and slowed with this.
+// with it they overlap (15-17 GB/s). float32's one-row product streams at 21-24 GB/s on
+// the hardware prefetcher alone, and slowed with this.
 constexpr int64_t kPrefetchBytes = 4096;
 
 // one weight row against every quantized input row (its weights read once for all of them)
@@ -168,21 +168,27 @@ void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float
   }
 }
 
-// 4 to 8 rows: per 8 weights one load and one FMA a row, the inputs read from L1 as the
-// FMAs' operands; two accumulators a row for 4 rows, so that eight FMA chains hide the
-// FMA's latency. Eight FMAs a weight vector make this product compute-bound too: the
-// weights are prefetched as the int8 product's are.
+// 2 to 8 rows: per 8 weights one load and one FMA a row, the inputs read from L1 as the
+// FMAs' operands; four accumulators a row for 2 rows, two for 3 and 4, so that eight (six
+// at 3 rows) FMA chains hide the FMA's latency. Several FMAs a weight vector make this
+// product compute-bound too: the weights are prefetched as the int8 product's are. (One
+// row runs the compiler's loop, `dot_rows`: this one was slower there.)
 // (not inlined: inlined into linear_rows' loop it ran at 8 rows in 40-49 ms against 27-34)
 template <int Rows>
 __attribute__((noinline)) void dot_rows_avx2(const float* x, int64_t x_stride, const float* w, int64_t in,
                                              float* out) {
-  constexpr int kAccs = Rows <= 4 ? 2 : 1;
+  constexpr int kAccs = Rows <= 2 ? 4 : Rows <= 4 ? 2 : 1;
   __m256 acc[Rows][kAccs];
   for (int r = 0; r < Rows; ++r)
     for (int a = 0; a < kAccs; ++a) acc[r][a] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 * kAccs <= in; i += 8 * kAccs) {
-    if ((i & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(w + i) + kPrefetchBytes, _MM_HINT_T0);
+    if constexpr (kAccs > 1) {  // a cache line (16 floats) or more a turn: each one's line
+      for (int p = 0; p < 8 * kAccs; p += 16)
+        _mm_prefetch(reinterpret_cast<const char*>(w + i + p) + kPrefetchBytes, _MM_HINT_T0);
+    } else if ((i & 15) == 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + i) + kPrefetchBytes, _MM_HINT_T0);
+    }
     for (int a = 0; a < kAccs; ++a) {
       const __m256 wv = _mm256_loadu_ps(w + i + 8 * a);
       for (int r = 0; r < Rows; ++r)
@@ -225,7 +231,7 @@ void linear_rows(const float* x, int64_t x_stride, const float* w, const float* 
     float sums[Rows];
     for (int64_t o = begin; o < end; ++o) {
 #if defined(__AVX2__) && defined(__FMA__)
-      if constexpr (Rows > 3) {
+      if constexpr (Rows > 1) {
         dot_rows_avx2<Rows>(x, x_stride, w + o * in, in, sums);
       } else {
         dot_rows<Rows>(x, x_stride, w + o * in, in, sums);
