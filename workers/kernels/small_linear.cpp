@@ -130,8 +130,8 @@ inline void add_block(const QuantizedRows& x, int r, int64_t b, __m256i wb, __m2
 // How far ahead of its reads a thread asks for its weights, in the products with much
 // work a byte (int8's, and float32's of 2 to 8 rows). Without it, the products and the
 // wait for memory took turns (int8 at one row: 13 GB/s from memory here, 26 from cache);
-// with it they overlap (15-17 GB/s). float32's one-row product streams at 21-24 GB/s on
-// the hardware prefetcher alone, and slowed with this.
+// with it they overlap (15-17 GB/s). float32's one-row product reads several streams a
+// thread instead (`dot_streams_avx2`): a prefetch slowed it.
 constexpr int64_t kPrefetchBytes = 4096;
 
 // one weight row against every quantized input row (its weights read once for all of them)
@@ -172,7 +172,7 @@ void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float
 // FMAs' operands; four accumulators a row for 2 rows, two for 3 and 4, so that eight (six
 // at 3 rows) FMA chains hide the FMA's latency. Several FMAs a weight vector make this
 // product compute-bound too: the weights are prefetched as the int8 product's are. (One
-// row runs the compiler's loop, `dot_rows`: this one was slower there.)
+// row runs `dot_streams_avx2`: this one was slower there.)
 // (not inlined: inlined into linear_rows' loop it ran at 8 rows in 40-49 ms against 27-34)
 template <int Rows>
 __attribute__((noinline)) void dot_rows_avx2(const float* x, int64_t x_stride, const float* w, int64_t in,
@@ -224,10 +224,62 @@ void linear_rows_q8(const QuantizedRows& x, const int8_t* w, const float* scales
   });
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+constexpr int kStreams = 4;
+
+// One input row against kStreams weight rows far apart in memory: each thread reads its
+// weights as kStreams sequential streams, not one, and keeps more loads in flight (one
+// stream reached 18-20 GB/s here, four 23-28; eight did no better than four).
+__attribute__((noinline)) void dot_streams_avx2(const float* x, const float* const* w, int64_t in, float* out) {
+  __m256 acc[kStreams][2];
+  for (int s = 0; s < kStreams; ++s) acc[s][0] = acc[s][1] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= in; i += 16) {
+    const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+    for (int s = 0; s < kStreams; ++s) {
+      acc[s][0] = _mm256_fmadd_ps(_mm256_loadu_ps(w[s] + i), x0, acc[s][0]);
+      acc[s][1] = _mm256_fmadd_ps(_mm256_loadu_ps(w[s] + i + 8), x1, acc[s][1]);
+    }
+  }
+  for (int s = 0; s < kStreams; ++s) {
+    float sum = hsum(_mm256_add_ps(acc[s][0], acc[s][1]));
+    for (int64_t j = i; j < in; ++j) sum += w[s][j] * x[j];
+    out[s] = sum;
+  }
+}
+
+// the one-row product of outputs [begin, end): its range cut in kStreams parts, read side by side
+void linear_one_row_avx2(const float* x, const float* w, const float* bias, float* y, int64_t in, int64_t begin,
+                         int64_t end) {
+  const int64_t part = (end - begin) / kStreams;
+  for (int64_t k = 0; k < part; ++k) {
+    const float* rows[kStreams];
+    float sums[kStreams];
+    for (int s = 0; s < kStreams; ++s) rows[s] = w + (begin + s * part + k) * in;
+    dot_streams_avx2(x, rows, in, sums);
+    for (int s = 0; s < kStreams; ++s) {
+      const int64_t o = begin + s * part + k;
+      y[o] = sums[s] + (bias != nullptr ? bias[o] : 0.0f);
+    }
+  }
+  for (int64_t o = begin + kStreams * part; o < end; ++o) {
+    float sum;
+    dot_rows<1>(x, in, w + o * in, in, &sum);
+    y[o] = sum + (bias != nullptr ? bias[o] : 0.0f);
+  }
+}
+#endif
+
 template <int Rows>
 void linear_rows(const float* x, int64_t x_stride, const float* w, const float* bias, float* y, int64_t y_stride,
                  int64_t in, int64_t out_features) {
   at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (Rows == 1) {
+      linear_one_row_avx2(x, w, bias, y, in, begin, end);
+      return;
+    }
+#endif
     float sums[Rows];
     for (int64_t o = begin; o < end; ++o) {
 #if defined(__AVX2__) && defined(__FMA__)
