@@ -120,7 +120,8 @@ def test_int8_products_equal_the_rounded_input_times_the_dequantized_weights(num
     int8, scales = int8_weights(53, in_features, seed=in_features + num_rows)
     int8[0, : min(in_features, 5)] = -128  # the int8 minimum, whose magnitude is 128
     generator = torch.Generator().manual_seed(10 * in_features + num_rows)  # not the global RNG: no flakes
-    bias, hidden = torch.randn(53, generator=generator), torch.randn(num_rows, in_features, generator=generator)
+    bias = torch.randn(53, generator=generator)
+    hidden = torch.randn(num_rows, in_features, generator=generator)
     hidden[0, : min(in_features, 40)] = 0.0  # an all-zero block: scale 0
 
     out = torch.ops.llmos_cpu.small_linear_int8(hidden, int8, scales, bias)
