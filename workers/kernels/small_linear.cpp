@@ -134,6 +134,9 @@ inline void add_block(const QuantizedRows& x, int r, int64_t b, __m256i wb, __m2
 // thread instead (`dot_streams_avx2`): a prefetch slowed it.
 constexpr int64_t kPrefetchBytes = 4096;
 
+// input streams a thread reads side by side in the one-row products (`dot_streams_avx2`)
+constexpr int kStreams = 4;
+
 // one weight row against every quantized input row (its weights read once for all of them)
 template <int Rows>
 void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float* out) {
@@ -205,6 +208,41 @@ __attribute__((noinline)) void dot_rows_avx2(const float* x, int64_t x_stride, c
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__)
+// One quantized input row against kStreams int8 weight rows far apart, as the float32
+// one-row product reads them (`dot_streams_avx2`); two blocks a turn, each input block
+// loaded once for all the streams.
+__attribute__((noinline)) void dot_streams_q8_avx2(const QuantizedRows& x, const int8_t* const* w, int64_t in,
+                                                   float* out) {
+  __m256 acc[kStreams][2];
+  for (int s = 0; s < kStreams; ++s) acc[s][0] = acc[s][1] = _mm256_setzero_ps();
+  const int64_t full = in / kBlock;
+  const __m256i ones = _mm256_set1_epi16(1);
+  int64_t b = 0;
+  for (; b + 2 <= full; b += 2) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + (b + h) * kBlock));
+      const __m256 d = _mm256_set1_ps(x.d[b + h]);
+      for (int s = 0; s < kStreams; ++s) {
+        const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[s] + (b + h) * kBlock));
+        const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wb, wb), _mm256_sign_epi8(xb, wb));
+        acc[s][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), d, acc[s][h]);
+      }
+    }
+  }
+  for (int s = 0; s < kStreams; ++s) {
+    float sum = hsum(_mm256_add_ps(acc[s][0], acc[s][1]));
+    for (int64_t rest = b; rest < x.d_stride; ++rest) {  // an odd last block, a partial one
+      const int64_t n = std::min(kBlock, in - rest * kBlock);
+      int32_t block = 0;
+      for (int64_t k = rest * kBlock; k < rest * kBlock + n; ++k) block += int32_t{x.q[k]} * int32_t{w[s][k]};
+      sum += x.d[rest] * static_cast<float>(block);
+    }
+    out[s] = sum;
+  }
+}
+#endif
+
 // the int8 product of Rows quantized rows: per output, its weight row's dot products,
 // times its scale, plus its bias
 template <int Rows>
@@ -212,7 +250,24 @@ void linear_rows_q8(const QuantizedRows& x, const int8_t* w, const float* scales
                     int64_t y_stride, int64_t in, int64_t out_features) {
   at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
     float sums[Rows];
-    for (int64_t o = begin; o < end; ++o) {
+    int64_t o = begin;
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (Rows == 1) {  // kStreams parts of the range, read side by side
+      const int64_t part = (end - begin) / kStreams;
+      for (int64_t k = 0; k < part; ++k) {
+        const int8_t* rows[kStreams];
+        float parts[kStreams];
+        for (int s = 0; s < kStreams; ++s) rows[s] = w + (begin + s * part + k) * in;
+        dot_streams_q8_avx2(x, rows, in, parts);
+        for (int s = 0; s < kStreams; ++s) {
+          const int64_t at = begin + s * part + k;
+          y[at] = parts[s] * scales[at] + (bias != nullptr ? bias[at] : 0.0f);
+        }
+      }
+      o = begin + kStreams * part;
+    }
+#endif
+    for (; o < end; ++o) {
 #if defined(__AVX2__) && defined(__FMA__)
       dot_rows_q8_avx2<Rows>(x, w + o * in, in, sums);
 #else
@@ -225,8 +280,6 @@ void linear_rows_q8(const QuantizedRows& x, const int8_t* w, const float* scales
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-constexpr int kStreams = 4;
-
 // One input row against kStreams weight rows far apart in memory: each thread reads its
 // weights as kStreams sequential streams, not one, and keeps more loads in flight (one
 // stream reached 18-20 GB/s here, four 23-28; eight did no better than four).
