@@ -48,7 +48,7 @@ class WorkerConfig:
     cpu_weights: str = option(
         "fast",
         "CPU: fast (float32 linears keep a second copy of their weights, packed for "
-        "oneDNN and used from 4 rows on: about twice their memory; bfloat16 ones run "
+        "oneDNN and used from 9 rows on (4 without AVX2): about twice their memory; bfloat16 ones run "
         "packed) or compact (every weight as loaded, one copy, slower products; "
         "workers.cpu_linears)",
     )
