@@ -171,11 +171,12 @@ void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float
   }
 }
 
-// 2 to 8 rows: per 8 weights one load and one FMA a row, the inputs read from L1 as the
-// FMAs' operands; four accumulators a row for 2 rows, two for 3 and 4, so that eight (six
-// at 3 rows) FMA chains hide the FMA's latency. Several FMAs a weight vector make this
-// product compute-bound too: the weights are prefetched as the int8 product's are. (One
-// row runs `dot_streams_avx2`: this one was slower there.)
+// 6 to 8 rows (and the odd last output of 2 to 5): per 8 weights one load and one FMA a
+// row, the inputs read from L1 as the FMAs' operands; four accumulators a row for 2 rows,
+// two for 3 and 4, so that eight (six at 3 rows) FMA chains hide the FMA's latency.
+// Several FMAs a weight vector make this product compute-bound too: the weights are
+// prefetched as the int8 product's are. (One row runs `dot_streams_avx2`, 2 to 5
+// `dot_two_streams_avx2`: this one was slower there.)
 // (not inlined: inlined into linear_rows' loop it ran at 8 rows in 40-49 ms against 27-34)
 template <int Rows>
 __attribute__((noinline)) void dot_rows_avx2(const float* x, int64_t x_stride, const float* w, int64_t in,
@@ -301,6 +302,58 @@ __attribute__((noinline)) void dot_streams_avx2(const float* x, const float* con
   }
 }
 
+// 2 to 5 rows: the same against two weight rows far apart, two streams a thread (more
+// streams take more accumulators than AVX2 has registers); two accumulators a row and
+// stream up to 3 rows, one at 4 and 5. Against one stream with a prefetch
+// (`dot_rows_avx2`): 1.45x at 2 rows, 1.25x at 3, 1.13-1.22x at 4, 1.00-1.12x at 5; at 6
+// and 8 rows it was no faster, or slower.
+template <int Rows>
+__attribute__((noinline)) void dot_two_streams_avx2(const float* x, int64_t x_stride, const float* const* w,
+                                                    int64_t in, float* out_a, float* out_b) {
+  constexpr int kAccs = Rows <= 3 ? 2 : 1;
+  __m256 acc[2][Rows][kAccs];
+  for (int s = 0; s < 2; ++s)
+    for (int r = 0; r < Rows; ++r)
+      for (int a = 0; a < kAccs; ++a) acc[s][r][a] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= in; i += 16) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256 wa = _mm256_loadu_ps(w[0] + i + 8 * h), wb = _mm256_loadu_ps(w[1] + i + 8 * h);
+      for (int r = 0; r < Rows; ++r) {
+        const __m256 xv = _mm256_loadu_ps(x + r * x_stride + i + 8 * h);
+        acc[0][r][h % kAccs] = _mm256_fmadd_ps(wa, xv, acc[0][r][h % kAccs]);
+        acc[1][r][h % kAccs] = _mm256_fmadd_ps(wb, xv, acc[1][r][h % kAccs]);
+      }
+    }
+  }
+  float* outs[2] = {out_a, out_b};
+  for (int s = 0; s < 2; ++s) {
+    for (int r = 0; r < Rows; ++r) {
+      __m256 total = acc[s][r][0];
+      for (int a = 1; a < kAccs; ++a) total = _mm256_add_ps(total, acc[s][r][a]);
+      float sum = hsum(total);
+      for (int64_t j = i; j < in; ++j) sum += w[s][j] * x[r * x_stride + j];
+      outs[s][r] = sum;
+    }
+  }
+}
+
+// outputs [begin, begin + 2 * half) of a product of 2 to 5 rows, the range's two halves side by side
+template <int Rows>
+void linear_two_streams_avx2(const float* x, int64_t x_stride, const float* w, const float* bias, float* y,
+                             int64_t y_stride, int64_t in, int64_t begin, int64_t half) {
+  float sums[2][Rows];
+  for (int64_t k = 0; k < half; ++k) {
+    const int64_t outputs[2] = {begin + k, begin + half + k};
+    const float* rows[2] = {w + outputs[0] * in, w + outputs[1] * in};
+    dot_two_streams_avx2<Rows>(x, x_stride, rows, in, sums[0], sums[1]);
+    for (int s = 0; s < 2; ++s) {
+      const float b = bias != nullptr ? bias[outputs[s]] : 0.0f;
+      for (int r = 0; r < Rows; ++r) y[r * y_stride + outputs[s]] = sums[s][r] + b;
+    }
+  }
+}
+
 // the one-row product of outputs [begin, end): its range cut in kStreams parts, read side by side
 void linear_one_row_avx2(const float* x, const float* w, const float* bias, float* y, int64_t in, int64_t begin,
                          int64_t end) {
@@ -332,9 +385,17 @@ void linear_rows(const float* x, int64_t x_stride, const float* w, const float* 
       linear_one_row_avx2(x, w, bias, y, in, begin, end);
       return;
     }
+    int64_t o = begin;
+    if constexpr (Rows <= 5) {
+      const int64_t half = (end - begin) / 2;
+      linear_two_streams_avx2<Rows>(x, x_stride, w, bias, y, y_stride, in, begin, half);
+      o += 2 * half;
+    }
+#else
+    int64_t o = begin;
 #endif
     float sums[Rows];
-    for (int64_t o = begin; o < end; ++o) {
+    for (; o < end; ++o) {
 #if defined(__AVX2__) && defined(__FMA__)
       if constexpr (Rows > 1) {
         dot_rows_avx2<Rows>(x, x_stride, w + o * in, in, sums);
