@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from stack import Stack
 from wire_fuzz import RawSubscriber, frame_lists, raw_streams, send_raw
 
+from llmos.errors import LlmosError
 from llmos.wire import pb
 
 FRAMES_PER_EXAMPLE = 10
@@ -84,7 +85,10 @@ def assert_stack_healthy(stack: Stack, baseline_rss_kb: dict[str, int]) -> None:
     for name in SERVICES:
         growth_kb = rss_kb(stack, name) - baseline_rss_kb[name]
         assert growth_kb < MAX_RSS_GROWTH_KB, f"{name} grew {growth_kb} kB"
-    probe_request_completes(stack)
+    try:
+        probe_request_completes(stack)
+    except LlmosError as exc:  # a CI run once timed out here: the services' logs say why
+        raise AssertionError(f"a normal request failed after the dose: {exc}\n{stack.logs()}") from exc
     stack.check_alive()
 
 

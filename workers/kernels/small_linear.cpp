@@ -137,6 +137,22 @@ constexpr int64_t kPrefetchBytes = 4096;
 // input streams a thread reads side by side in the one-row products (`dot_streams_avx2`)
 constexpr int kStreams = 4;
 
+// Outputs [begin, end) of a product cut in Streams parts, read side by side: `dot(rows,
+// sums)` computes Streams weight rows' products for every input row (`sums[s][r]`),
+// `store(o, sums[s])` writes output o. Returns the first output left (fewer than Streams).
+template <int Streams, int Rows, typename Weight, typename Dot, typename Store>
+int64_t side_by_side(const Weight* w, int64_t in, int64_t begin, int64_t end, Dot dot, Store store) {
+  const int64_t part = (end - begin) / Streams;
+  for (int64_t k = 0; k < part; ++k) {
+    const Weight* rows[Streams];
+    float sums[Streams][Rows];
+    for (int s = 0; s < Streams; ++s) rows[s] = w + (begin + s * part + k) * in;
+    dot(rows, sums);
+    for (int s = 0; s < Streams; ++s) store(begin + s * part + k, sums[s]);
+  }
+  return begin + Streams * part;
+}
+
 // one weight row against every quantized input row (its weights read once for all of them)
 template <int Rows>
 void dot_rows_q8_avx2(const QuantizedRows& x, const int8_t* w, int64_t in, float* out) {
@@ -214,7 +230,7 @@ __attribute__((noinline)) void dot_rows_avx2(const float* x, int64_t x_stride, c
 // one-row product reads them (`dot_streams_avx2`); two blocks a turn, each input block
 // loaded once for all the streams.
 __attribute__((noinline)) void dot_streams_q8_avx2(const QuantizedRows& x, const int8_t* const* w, int64_t in,
-                                                   float* out) {
+                                                   float (*out)[1]) {
   __m256 acc[kStreams][2];
   for (int s = 0; s < kStreams; ++s) acc[s][0] = acc[s][1] = _mm256_setzero_ps();
   const int64_t full = in / kBlock;
@@ -239,7 +255,7 @@ __attribute__((noinline)) void dot_streams_q8_avx2(const QuantizedRows& x, const
       for (int64_t k = rest * kBlock; k < rest * kBlock + n; ++k) block += int32_t{x.q[k]} * int32_t{w[s][k]};
       sum += x.d[rest] * static_cast<float>(block);
     }
-    out[s] = sum;
+    out[s][0] = sum;
   }
 }
 #endif
@@ -250,32 +266,25 @@ template <int Rows>
 void linear_rows_q8(const QuantizedRows& x, const int8_t* w, const float* scales, const float* bias, float* y,
                     int64_t y_stride, int64_t in, int64_t out_features) {
   at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
-    float sums[Rows];
+    const auto store = [&](int64_t o, const float* sums) {
+      const float b = bias != nullptr ? bias[o] : 0.0f;
+      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] * scales[o] + b;
+    };
     int64_t o = begin;
 #if defined(__AVX2__) && defined(__FMA__)
-    if constexpr (Rows == 1) {  // kStreams parts of the range, read side by side
-      const int64_t part = (end - begin) / kStreams;
-      for (int64_t k = 0; k < part; ++k) {
-        const int8_t* rows[kStreams];
-        float parts[kStreams];
-        for (int s = 0; s < kStreams; ++s) rows[s] = w + (begin + s * part + k) * in;
-        dot_streams_q8_avx2(x, rows, in, parts);
-        for (int s = 0; s < kStreams; ++s) {
-          const int64_t at = begin + s * part + k;
-          y[at] = parts[s] * scales[at] + (bias != nullptr ? bias[at] : 0.0f);
-        }
-      }
-      o = begin + kStreams * part;
+    if constexpr (Rows == 1) {
+      const auto dot = [&](const int8_t* const* rows, float (*sums)[1]) { dot_streams_q8_avx2(x, rows, in, sums); };
+      o = side_by_side<kStreams, 1>(w, in, begin, end, dot, store);
     }
 #endif
-    for (; o < end; ++o) {
+    float sums[Rows];
+    for (; o < end; ++o) {  // what is left: 2 and 3 rows, and the last outputs of one
 #if defined(__AVX2__) && defined(__FMA__)
       dot_rows_q8_avx2<Rows>(x, w + o * in, in, sums);
 #else
       dot_rows_q8<Rows>(x, w + o * in, in, sums);
 #endif
-      const float b = bias != nullptr ? bias[o] : 0.0f;
-      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] * scales[o] + b;
+      store(o, sums);
     }
   });
 }
@@ -284,7 +293,8 @@ void linear_rows_q8(const QuantizedRows& x, const int8_t* w, const float* scales
 // One input row against kStreams weight rows far apart in memory: each thread reads its
 // weights as kStreams sequential streams, not one, and keeps more loads in flight (one
 // stream reached 18-20 GB/s here, four 23-28; eight did no better than four).
-__attribute__((noinline)) void dot_streams_avx2(const float* x, const float* const* w, int64_t in, float* out) {
+__attribute__((noinline)) void dot_streams_avx2(const float* x, const float* const* w, int64_t in,
+                                                float (*out)[1]) {
   __m256 acc[kStreams][2];
   for (int s = 0; s < kStreams; ++s) acc[s][0] = acc[s][1] = _mm256_setzero_ps();
   int64_t i = 0;
@@ -298,7 +308,7 @@ __attribute__((noinline)) void dot_streams_avx2(const float* x, const float* con
   for (int s = 0; s < kStreams; ++s) {
     float sum = hsum(_mm256_add_ps(acc[s][0], acc[s][1]));
     for (int64_t j = i; j < in; ++j) sum += w[s][j] * x[j];
-    out[s] = sum;
+    out[s][0] = sum;
   }
 }
 
@@ -309,7 +319,7 @@ __attribute__((noinline)) void dot_streams_avx2(const float* x, const float* con
 // and 8 rows it was no faster, or slower.
 template <int Rows>
 __attribute__((noinline)) void dot_two_streams_avx2(const float* x, int64_t x_stride, const float* const* w,
-                                                    int64_t in, float* out_a, float* out_b) {
+                                                    int64_t in, float (*out)[Rows]) {
   constexpr int kAccs = Rows <= 3 ? 2 : 1;
   __m256 acc[2][Rows][kAccs];
   for (int s = 0; s < 2; ++s)
@@ -326,76 +336,41 @@ __attribute__((noinline)) void dot_two_streams_avx2(const float* x, int64_t x_st
       }
     }
   }
-  float* outs[2] = {out_a, out_b};
   for (int s = 0; s < 2; ++s) {
     for (int r = 0; r < Rows; ++r) {
       __m256 total = acc[s][r][0];
       for (int a = 1; a < kAccs; ++a) total = _mm256_add_ps(total, acc[s][r][a]);
       float sum = hsum(total);
       for (int64_t j = i; j < in; ++j) sum += w[s][j] * x[r * x_stride + j];
-      outs[s][r] = sum;
+      out[s][r] = sum;
     }
   }
 }
 
-// outputs [begin, begin + 2 * half) of a product of 2 to 5 rows, the range's two halves side by side
-template <int Rows>
-void linear_two_streams_avx2(const float* x, int64_t x_stride, const float* w, const float* bias, float* y,
-                             int64_t y_stride, int64_t in, int64_t begin, int64_t half) {
-  float sums[2][Rows];
-  for (int64_t k = 0; k < half; ++k) {
-    const int64_t outputs[2] = {begin + k, begin + half + k};
-    const float* rows[2] = {w + outputs[0] * in, w + outputs[1] * in};
-    dot_two_streams_avx2<Rows>(x, x_stride, rows, in, sums[0], sums[1]);
-    for (int s = 0; s < 2; ++s) {
-      const float b = bias != nullptr ? bias[outputs[s]] : 0.0f;
-      for (int r = 0; r < Rows; ++r) y[r * y_stride + outputs[s]] = sums[s][r] + b;
-    }
-  }
-}
-
-// the one-row product of outputs [begin, end): its range cut in kStreams parts, read side by side
-void linear_one_row_avx2(const float* x, const float* w, const float* bias, float* y, int64_t in, int64_t begin,
-                         int64_t end) {
-  const int64_t part = (end - begin) / kStreams;
-  for (int64_t k = 0; k < part; ++k) {
-    const float* rows[kStreams];
-    float sums[kStreams];
-    for (int s = 0; s < kStreams; ++s) rows[s] = w + (begin + s * part + k) * in;
-    dot_streams_avx2(x, rows, in, sums);
-    for (int s = 0; s < kStreams; ++s) {
-      const int64_t o = begin + s * part + k;
-      y[o] = sums[s] + (bias != nullptr ? bias[o] : 0.0f);
-    }
-  }
-  for (int64_t o = begin + kStreams * part; o < end; ++o) {
-    float sum;
-    dot_rows<1>(x, in, w + o * in, in, &sum);
-    y[o] = sum + (bias != nullptr ? bias[o] : 0.0f);
-  }
-}
 #endif
 
 template <int Rows>
 void linear_rows(const float* x, int64_t x_stride, const float* w, const float* bias, float* y, int64_t y_stride,
                  int64_t in, int64_t out_features) {
   at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
+    const auto store = [&](int64_t o, const float* sums) {
+      const float b = bias != nullptr ? bias[o] : 0.0f;
+      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] + b;
+    };
+    int64_t o = begin;
 #if defined(__AVX2__) && defined(__FMA__)
     if constexpr (Rows == 1) {
-      linear_one_row_avx2(x, w, bias, y, in, begin, end);
-      return;
+      const auto dot = [&](const float* const* rows, float (*sums)[1]) { dot_streams_avx2(x, rows, in, sums); };
+      o = side_by_side<kStreams, 1>(w, in, begin, end, dot, store);
+    } else if constexpr (Rows <= 5) {
+      const auto dot = [&](const float* const* rows, float (*sums)[Rows]) {
+        dot_two_streams_avx2<Rows>(x, x_stride, rows, in, sums);
+      };
+      o = side_by_side<2, Rows>(w, in, begin, end, dot, store);
     }
-    int64_t o = begin;
-    if constexpr (Rows <= 5) {
-      const int64_t half = (end - begin) / 2;
-      linear_two_streams_avx2<Rows>(x, x_stride, w, bias, y, y_stride, in, begin, half);
-      o += 2 * half;
-    }
-#else
-    int64_t o = begin;
 #endif
     float sums[Rows];
-    for (; o < end; ++o) {
+    for (; o < end; ++o) {  // what is left: 6 to 8 rows, and the last outputs of the others
 #if defined(__AVX2__) && defined(__FMA__)
       if constexpr (Rows > 1) {
         dot_rows_avx2<Rows>(x, x_stride, w + o * in, in, sums);
@@ -405,8 +380,7 @@ void linear_rows(const float* x, int64_t x_stride, const float* w, const float* 
 #else
       dot_rows<Rows>(x, x_stride, w + o * in, in, sums);
 #endif
-      const float b = bias != nullptr ? bias[o] : 0.0f;
-      for (int r = 0; r < Rows; ++r) y[r * y_stride + o] = sums[r] + b;
+      store(o, sums);
     }
   });
 }
