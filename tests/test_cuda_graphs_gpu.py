@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from engine_helpers import generate_greedy
+from test_batched_engine_gpu import NUM_EXACT_TOKENS, PROMPTS  # bfloat16: the first tokens compared
 from transformers import AutoModelForCausalLM
 
 from llmos.wire import pb
@@ -20,14 +21,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-
-PROMPTS = [
-    "Hello",
-    "The harbour was quiet before dawn.",
-    "To bake a simple loaf of bread, mix five hundred grams of flour with salt and yeast.",
-    "Zoë read a novel about a café in Paris; " * 6,
-]
-NUM_EXACT_TOKENS = 4  # bfloat16: only the first tokens are compared exactly
 
 
 def load(tiny_model_dir, dtype: torch.dtype = torch.bfloat16):
