@@ -36,6 +36,7 @@ from llmos.wire.constants import DEFAULT_BLOCK_SIZE
 from workers import cpu_kernels
 from workers.batch_sequence import Sequence, SequenceStatus
 from workers.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
+from workers.cuda_graphs import GRAPH_FAMILIES
 from workers.engine_core import EngineCore
 from workers.kv_dtype import resolve_kv_cache_dtype
 from workers.mixed_step import MIXED_STEP_FAMILIES, supports_mixed_steps
@@ -104,6 +105,14 @@ class PagedEngine(EngineCore):
             kv_dtype,
             graph_rows=max_num_seqs if cuda_graphs else 0,
         )
+        if cuda_graphs and self.runner.graphs is None:
+            log.warning(
+                "worker %s: no CUDA graphs for %s models (workers.cuda_graphs takes %s); "
+                "decode steps run the regular forward",
+                worker_id,
+                getattr(model.config, "model_type", "?"),
+                ", ".join(sorted(GRAPH_FAMILIES)),
+            )
         self.runner.capture_graphs(self.max_model_len)  # before serving: no step waits for a capture
         self.budget: PagedBlocks = PagedBlocks(
             self.runner.cache.blocks, block_size, tokenizer, prefix_caching
