@@ -141,8 +141,8 @@ class BrokerMetrics:
     def request_admitted(self, request: Request) -> None:
         self.admitted_of(request.tier, self.tenants.of(request.tenant), request.model).inc()
 
-    def tokens_generated(self, request: Request, num_tokens: int) -> None:
-        self.generation_tokens_of(self.tenants.of(request.tenant), request.model).inc(num_tokens)
+    def tokens_generated(self, tenant: str, model: str, num_tokens: int) -> None:
+        self.generation_tokens_of(self.tenants.of(tenant), model).inc(num_tokens)
 
     def request_finished(self, request: Request, finish_reason: int, now_s: float) -> None:
         """Its worker finished the request and the client gets its answer now."""

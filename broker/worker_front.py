@@ -244,11 +244,34 @@ class WorkerFrontEnd:
 
     def record_progress(self, progress: pb.StepProgress, identity: bytes, now_s: float) -> None:
         worker = self.known_worker(identity, now_s)
-        if worker is not None:
-            for delta in progress.deltas:
-                self.record_delta(worker, delta, now_s)
+        if worker is None:
+            return
+        made: dict[tuple[str, str], int] = {}
+        for delta in progress.deltas:
+            self.record_delta(worker, delta, now_s, made)
+        self.count_tokens(worker, made, now_s)
 
-    def record_delta(self, worker: ConnectedWorker, delta: pb.RequestDelta, now_s: float) -> None:
+    def count_tokens(self, worker: ConnectedWorker, made: dict[tuple[str, str], int], now_s: float) -> None:
+        """Count one message's tokens, by (tenant, model): in the rates `llmos status`
+        shows, the tenants' tokens per minute and the metrics. Once a message rather
+        than once a request: a worker's message carries a token for each request it runs."""
+        num_tokens = sum(made.values())
+        if not num_tokens:
+            return
+        self.tokens.add(num_tokens, now_s)
+        worker.tokens.add(num_tokens, now_s)
+        for (tenant, model), num_made in made.items():
+            self.tenant_tokens.note(tenant, num_made, now_s)
+            self.metrics.tokens_generated(tenant, model, num_made)
+
+    def record_delta(
+        self,
+        worker: ConnectedWorker,
+        delta: pb.RequestDelta,
+        now_s: float,
+        made: dict[tuple[str, str], int],
+    ) -> None:
+        """Take one request's delta; its tokens are added to `made`, by (tenant, model)."""
         request = self.requests.get(delta.request_id)
         if request is None or request.request_id not in worker.running_ids:
             # stale (the request moved on after this worker was declared dead) or forged
@@ -267,10 +290,8 @@ class WorkerFrontEnd:
             return
         chunk = request.record_delta(delta, now_s)
         if delta.token_ids:
-            self.tokens.add(len(delta.token_ids), now_s)
-            self.metrics.tokens_generated(request, len(delta.token_ids))
-            worker.tokens.add(len(delta.token_ids), now_s)
-            self.tenant_tokens.note(request.admitted.tenant, len(delta.token_ids), now_s)
+            key = (request.tenant, request.model)
+            made[key] = made.get(key, 0) + len(delta.token_ids)
         if chunk is not None:
             self.journal.record_chunk(request, chunk)
             self.replies.reply(request.client_identity, request.has_delimiter, pack(chunk))

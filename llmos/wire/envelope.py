@@ -27,6 +27,35 @@ def _body_fields_by_type() -> dict[str, str]:
 _FIELD_BY_TYPE = _body_fields_by_type()
 
 
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint encoding of a non-negative int."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _envelope_prefixes() -> dict[str, bytes]:
+    """Body message full name -> the Envelope's bytes before the body's length: its
+    `version` field, then the key of the body's oneof field (length-delimited)."""
+    version = pb.Envelope.DESCRIPTOR.fields_by_name["version"]
+    head = _varint(version.number << 3) + _varint(PROTOCOL_VERSION)
+    return {
+        field.message_type.full_name: head + _varint(field.number << 3 | 2)
+        for field in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields
+        if field.message_type is not None
+    }
+
+
+# An Envelope is serialized by hand: these bytes, the body's length, the body. That is
+# the bytes protobuf writes for it (fields in number order), without copying the body
+# into an Envelope first, which took two thirds of `pack`'s time on every message.
+_PREFIX_BY_TYPE = _envelope_prefixes()
+_LENGTHS = [_varint(length) for length in range(1 << 14)]  # the length of every body but a few
+
+
 class WireError(Exception):
     """A frame or message the receiver refuses; `code` goes back to the sender."""
 
@@ -53,9 +82,16 @@ def body_name(message: Message) -> str:
 
 
 def pack(message: Message) -> bytes:
-    envelope = pb.Envelope(version=PROTOCOL_VERSION)
-    getattr(envelope, body_name(message)).CopyFrom(message)
-    return envelope.SerializeToString()
+    """The Envelope carrying `message`, serialized."""
+    body = message.SerializeToString()
+    length = len(body)
+    return b"".join(
+        (
+            _PREFIX_BY_TYPE[message.DESCRIPTOR.full_name],
+            _LENGTHS[length] if length < len(_LENGTHS) else _varint(length),
+            body,
+        )
+    )
 
 
 def unknown_message(name: str, where: str = "this socket") -> WireError:
