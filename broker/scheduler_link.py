@@ -81,7 +81,12 @@ class SchedulerLink:
         return max(0.0, self._waiting_since_s + self.timeout_s - now_s)
 
     def is_timed_out(self, now_s: float) -> bool:
-        return self.is_waiting and self.seconds_left(now_s) == 0.0
+        """Waited `timeout_s` for the batch's answer, and nothing has come. A message
+        already in the socket, which the broker's loop has not read yet, is no timeout:
+        under load one turn of the loop can outlast `timeout_s`, and that is the broker's
+        slowness, not the scheduler's (the next turn reads it; a late answer to an
+        earlier batch leaves this one waiting, to time out then)."""
+        return self.is_waiting and self.seconds_left(now_s) == 0.0 and not self.socket.poll(0)
 
     def time_out(self, now_s: float) -> None:
         """The batch we wait for took too long: stop waiting (the caller decides it)."""

@@ -4,13 +4,13 @@ import zmq
 
 from broker.scheduler_link import TIMEOUTS_BEFORE_OFFLINE, SchedulerLink
 from llmos.processes import free_address
-from llmos.wire import pb
+from llmos.wire import pack, pb, unpack
 
 
-def make_link() -> SchedulerLink:
+def make_link(address: str = "") -> SchedulerLink:
     return SchedulerLink(
         zmq.Context.instance(),
-        free_address(),
+        address or free_address(),
         timeout_ms=250,
         retry_ms=2000,
         fallback_policy="fair",
@@ -45,3 +45,33 @@ def test_with_no_scheduler_listening_a_batch_cannot_be_sent_and_the_fallback_dec
         assert decision.policy == "fair"
     finally:
         link.close()
+
+
+def test_an_answer_waiting_unread_in_the_socket_is_no_timeout():
+    """Under load one turn of the broker's loop can outlast the timeout while the
+    scheduler's answer waits in the socket: that batch was answered in time."""
+    scheduler = zmq.Context.instance().socket(zmq.ROUTER)
+    address = free_address()
+    scheduler.bind(address)
+    link = make_link(address)
+    try:
+        assert link.socket.poll(5000, zmq.POLLOUT), "the link never connected"
+        assert link.ask(pb.ScheduleRequest(), now_s=0.0)
+        assert scheduler.poll(5000)
+        identity, payload = scheduler.recv_multipart()
+        _, asked = unpack(payload, frozenset({"schedule_request"}))
+        scheduler.send_multipart(
+            [identity, pack(pb.ScheduleDecision(batch_id=asked.batch_id, policy="mlfq"))]
+        )
+        assert link.socket.poll(5000)  # the answer is in, not yet read
+
+        assert not link.is_timed_out(now_s=100.0)
+        decision = link.receive()
+        assert decision is not None and decision.batch_id == asked.batch_id
+        assert link.is_online and not link.is_waiting and link.policy_name == "mlfq"
+
+        assert link.ask(pb.ScheduleRequest(), now_s=200.0)  # this one gets no answer
+        assert not link.is_timed_out(now_s=200.1) and link.is_timed_out(now_s=201.0)
+    finally:
+        link.close()
+        scheduler.close(linger=0)
