@@ -8,7 +8,10 @@ on free ports, talk to it over a DEALER, and always stop it.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +31,31 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # generous: on a loaded two-core machine a fresh Python process can take seconds
 REPLY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+
+
+# `llmos up --base-port P` binds P to P+4, and /metrics from P+10: the kernel, the
+# scheduler, the broker, then one port per worker (llmos.launcher)
+UP_METRICS_OFFSET = 10
+DEFAULT_EPHEMERAL_START = 32768  # Linux's default: ports from here go to outgoing connections
+
+
+def free_up_base_port(num_workers: int) -> int:
+    """A base port for `llmos up` whose every port, /metrics too, is free now, and
+    below the ports the OS hands to outgoing connections, which would take one at random."""
+    num_ports = UP_METRICS_OFFSET + 3 + num_workers
+    try:
+        ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = DEFAULT_EPHEMERAL_START
+    for base in random.sample(range(20_000, ephemeral_start - num_ports, num_ports), 50):
+        try:
+            with contextlib.ExitStack() as ports:
+                for port in range(base, base + num_ports):
+                    ports.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
 
 
 class ServiceProcess:

@@ -4,17 +4,16 @@ restarts a killed worker, and stops."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from service_process import free_up_base_port
 
 from llmos.client import Client
 from llmos.launcher import (
@@ -286,20 +285,6 @@ def test_free_ports_are_never_handed_out_twice_before_their_services_bind_them()
 # ---------------------------------------------------------------- end to end
 
 
-def free_base_port(count: int = 5) -> int:
-    """A port p with p .. p+count-1 all free right now."""
-    for base in random.sample(range(20_000, 60_000, count), 50):
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    probe = stack.enter_context(socket.socket())
-                    probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
-
-
 def processes_mentioning(text: str) -> list[int]:
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -316,7 +301,7 @@ def processes_mentioning(text: str) -> list[int]:
 def test_up_starts_the_services_answers_status_and_stops_them_on_sigterm(tmp_path):
     for module in ("kernel_svc.service", "scheduler_svc.service", "broker.service"):
         pytest.importorskip(module)
-    base_port = free_base_port()
+    base_port = free_up_base_port(num_workers=0)
     log_dir = tmp_path / "logs"
     kernel_bind = f"tcp://127.0.0.1:{base_port + 2}"
     with (tmp_path / "up.err").open("w") as up_stderr:
@@ -398,7 +383,7 @@ def wait_for(condition, what: str, attempts: int = 1200) -> None:
 @pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds child processes through /proc")
 def test_up_restarts_a_killed_worker_and_leaves_a_drained_one_gone(tiny_model_dir, tmp_path):
-    base_port = free_base_port()
+    base_port = free_up_base_port(num_workers=1)
     broker_address = f"tcp://127.0.0.1:{base_port}"
     up_log = tmp_path / "up.err"
     with up_log.open("w") as up_stderr:

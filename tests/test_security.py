@@ -8,11 +8,8 @@ its own; test keys are made and allowlisted with the `llmos keys` CLI.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from service_process import wait_until
+from service_process import free_up_base_port, wait_until
 from stack import Stack
 
 from llmos.client import Client
@@ -273,7 +270,7 @@ def test_llmos_up_makes_a_keyring_and_runs_secure_by_default(tmp_path):
     home = tmp_path / "home"
     env = {name: value for name, value in os.environ.items() if not name.startswith("LLMOS_")}
     env["LLMOS_HOME"] = str(home)
-    base_port = free_base_port()
+    base_port = free_up_base_port(num_workers=0)
     broker, kernel = f"tcp://127.0.0.1:{base_port}", f"tcp://127.0.0.1:{base_port + 2}"
     up = subprocess.Popen(
         [sys.executable, "-m", "llmos", "up", "--workers", "0", "--model", "unused"]
@@ -307,16 +304,3 @@ def test_llmos_up_makes_a_keyring_and_runs_secure_by_default(tmp_path):
     for name in ("broker", "kernel", "scheduler"):
         assert "--insecure" not in (tmp_path / "logs" / f"{name}.log").read_text()
         assert "speaks CURVE" in (tmp_path / "logs" / f"{name}.log").read_text()
-
-
-def free_base_port(count: int = 5) -> int:
-    """A port p with p .. p+count-1 all free right now."""
-    for base in random.sample(range(20_000, 60_000, count), 50):
-        try:
-            with contextlib.ExitStack() as ports:
-                for port in range(base, base + count):
-                    ports.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
