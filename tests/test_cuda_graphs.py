@@ -87,6 +87,11 @@ def test_a_step_past_the_largest_bucket_runs_eagerly_on_its_own_shape(model):
     assert static.graphs is not None and static.graphs.buckets == [1, 2]
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit: unwritten pool memory is whatever was there, NaNs too (never equal)."""
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
 def test_padded_rows_and_table_ends_write_only_the_scratch_block(model):
     static, _ = runners(model)
     prompt = list(range(1, 7))
@@ -101,8 +106,8 @@ def test_padded_rows_and_table_ends_write_only_the_scratch_block(model):
         for offset in range(BLOCK_SIZE):
             if (block, offset) in written or block == scratch:
                 continue
-            assert torch.equal(pools.keys[block, :, offset], keys[block, :, offset]), (block, offset)
-            assert torch.equal(pools.values[block, :, offset], values[block, :, offset]), (block, offset)
+            assert same_bits(pools.keys[block, :, offset], keys[block, :, offset]), (block, offset)
+            assert same_bits(pools.values[block, :, offset], values[block, :, offset]), (block, offset)
 
 
 def test_prefills_and_mixed_steps_run_the_regular_forward(model):
