@@ -49,6 +49,10 @@ PROBE_INTERVAL_S = 0.25  # between readiness rounds
 WATCH_INTERVAL_S = 0.25  # between checks for dead children once up: well under the first backoff
 
 
+# /metrics ports start this far above --base-port unless --metrics-base-port says where
+METRICS_PORT_OFFSET = 10
+
+
 @dataclass
 class UpConfig:
     workers: int = option(1, "worker processes to start")
@@ -111,7 +115,7 @@ def audit_log_path(client_port: int) -> Path:
 
 
 def metrics_base_port(config: UpConfig) -> int:
-    return config.metrics_base_port or config.base_port + 10
+    return config.metrics_base_port or config.base_port + METRICS_PORT_OFFSET
 
 
 def connect_host(host: str) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import zmq
 from google.protobuf.message import Message
 
+from llmos.launcher import METRICS_PORT_OFFSET
 from llmos.wire import pack, pb, unpack
 from llmos.wire.constants import PROTOCOL_VERSION
 from llmos.wire.envelope import body_name
@@ -33,16 +34,15 @@ REPLY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
 
-# `llmos up --base-port P` binds P to P+4, and /metrics from P+10: the kernel, the
-# scheduler, the broker, then one port per worker (llmos.launcher)
-UP_METRICS_OFFSET = 10
 DEFAULT_EPHEMERAL_START = 32768  # Linux's default: ports from here go to outgoing connections
 
 
 def free_up_base_port(num_workers: int) -> int:
     """A base port for `llmos up` whose every port, /metrics too, is free now, and
     below the ports the OS hands to outgoing connections, which would take one at random."""
-    num_ports = UP_METRICS_OFFSET + 3 + num_workers
+    # P to P+4 for the services, then /metrics from P+METRICS_PORT_OFFSET: the kernel,
+    # the scheduler, the broker, one port per worker
+    num_ports = METRICS_PORT_OFFSET + 3 + num_workers
     try:
         ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
