@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # one slow answer (a busy machine) costs one batch decided locally; only this
 # many in a row mark the scheduler offline for `retry_ms`
 TIMEOUTS_BEFORE_OFFLINE = 2
+# an answer waiting unread in the socket excuses a timeout for this many timeouts at most
+UNREAD_GRACE_TIMEOUTS = 4
 
 
 class SchedulerLink:
@@ -82,11 +84,15 @@ class SchedulerLink:
 
     def is_timed_out(self, now_s: float) -> bool:
         """Waited `timeout_s` for the batch's answer, and nothing has come. A message
-        already in the socket, which the broker's loop has not read yet, is no timeout:
-        under load one turn of the loop can outlast `timeout_s`, and that is the broker's
-        slowness, not the scheduler's (the next turn reads it; a late answer to an
-        earlier batch leaves this one waiting, to time out then)."""
-        return self.is_waiting and self.seconds_left(now_s) == 0.0 and not self.socket.poll(0)
+        already in the socket, which the broker's loop has not read yet, is no timeout
+        until UNREAD_GRACE_TIMEOUTS have passed: under load one turn of the loop can
+        outlast `timeout_s`, and that is the broker's slowness, not the scheduler's (the
+        next turn reads it). The bound keeps a scheduler that sends anything but the
+        answer, late answers to earlier batches included, from holding a batch forever."""
+        if not self.is_waiting or self.seconds_left(now_s) > 0.0:
+            return False
+        is_in_grace = now_s < self._waiting_since_s + UNREAD_GRACE_TIMEOUTS * self.timeout_s
+        return not (is_in_grace and self.socket.poll(0))
 
     def time_out(self, now_s: float) -> None:
         """The batch we wait for took too long: stop waiting (the caller decides it)."""

@@ -2,7 +2,7 @@
 
 import zmq
 
-from broker.scheduler_link import TIMEOUTS_BEFORE_OFFLINE, SchedulerLink
+from broker.scheduler_link import TIMEOUTS_BEFORE_OFFLINE, UNREAD_GRACE_TIMEOUTS, SchedulerLink
 from llmos.processes import free_address
 from llmos.wire import pack, pb, unpack
 
@@ -65,7 +65,8 @@ def test_an_answer_waiting_unread_in_the_socket_is_no_timeout():
         )
         assert link.socket.poll(5000)  # the answer is in, not yet read
 
-        assert not link.is_timed_out(now_s=100.0)
+        assert not link.is_timed_out(now_s=0.3)  # past the 250 ms timeout
+        assert link.is_timed_out(now_s=UNREAD_GRACE_TIMEOUTS * 0.25)  # a bounded grace
         decision = link.receive()
         assert decision is not None and decision.batch_id == asked.batch_id
         assert link.is_online and not link.is_waiting and link.policy_name == "mlfq"
