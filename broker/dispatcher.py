@@ -267,7 +267,9 @@ class Dispatcher:
 
     def send_worker(self, worker: ConnectedWorker, payload: bytes) -> None:
         """Send to a registered worker; one that cannot be reached is deleted at once."""
-        if not send_reply(self.socket, worker.identity, False, payload):
+        if send_reply(self.socket, worker.identity, False, payload):
+            worker.sent_at_s = time.monotonic()
+        else:
             self.delete_worker(worker, "unreachable")
 
     def delete_worker(self, worker: ConnectedWorker, reason: str) -> None:

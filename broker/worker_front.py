@@ -30,6 +30,7 @@ from broker.worker_pool import ConnectedWorker, WorkerPool
 from llmos.security.service_keys import ServiceKeys
 from llmos.wire import WireError, error_frame, pack, pb
 from llmos.wire.handlers import Handlers
+from llmos.wire.liveness import is_heartbeat_due
 from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.sockets import router_frames, send_reply
 
@@ -234,10 +235,12 @@ class WorkerFrontEnd:
                 )
 
     def send_heartbeats(self, now_s: float) -> None:
+        """Every interval, a heartbeat to each worker the broker sent nothing else of late."""
         if now_s < self.next_heartbeat_s:
             return
         for worker in self.workers:
-            self.dispatcher.send_worker(worker, pack(pb.Heartbeat(num_running=len(worker.running_ids))))
+            if is_heartbeat_due(worker.sent_at_s, now_s, self.heartbeat_interval_s):
+                self.dispatcher.send_worker(worker, pack(pb.Heartbeat(num_running=len(worker.running_ids))))
         self.next_heartbeat_s = now_s + self.heartbeat_interval_s
 
     # --- progress

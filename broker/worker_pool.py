@@ -41,6 +41,7 @@ class ConnectedWorker:
     request_tokens_per_s: float = 0.0
     # finishing what it runs, then leaving: no new request goes to it (see docs/protocol.md)
     is_draining: bool = False
+    sent_at_s: float = 0.0  # the broker's last message to it: a heartbeat is due only once it is quiet
 
     @property
     def num_busy(self) -> int:

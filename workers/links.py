@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
+from llmos.wire.liveness import is_heartbeat_due
 from llmos.wire.sockets import CurveOptions, connect_dealer
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class PeerLink:
         self.worker_id = worker_id
         self.interval_s = interval_s
         self.socket: zmq.Socket | None = None
+        self.sent_at_s = 0.0  # the last message queued to the peer
 
     def reconnect(self, identity: str | None = None) -> None:
         if self.socket is not None:
@@ -63,6 +65,7 @@ class PeerLink:
         assert self.socket is not None, "connect first"
         try:
             self.socket.send(pack(message), zmq.NOBLOCK)
+            self.sent_at_s = time.monotonic()
         except zmq.Again:
             log.warning(
                 "worker %s: %s queue full; dropped a %s", self.worker_id, self.peer, message.DESCRIPTOR.name
@@ -114,6 +117,10 @@ class BrokerLink(PeerLink):
 
     def is_silent(self, now_s: float) -> bool:
         return now_s - self.seen_at_s > HEARTBEAT_LIVENESS * self.interval_s
+
+    def is_quiet(self, now_s: float) -> bool:
+        """Sent the broker nothing of late: a heartbeat is due (any frame is a sign of life)."""
+        return is_heartbeat_due(self.sent_at_s, now_s, self.interval_s)
 
 
 class KernelLink(PeerLink):

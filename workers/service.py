@@ -569,11 +569,14 @@ class Worker:
             return
         self.next_heartbeat_at_s = now_s + self.interval_s
         num_running = self.gate.num_running
-        self.broker.send(
-            pb.Heartbeat(
-                worker_id=self.worker_id, num_running=num_running, kv_blocks_used=self.gate.num_used_blocks
+        if self.broker.is_quiet(now_s):
+            self.broker.send(
+                pb.Heartbeat(
+                    worker_id=self.worker_id,
+                    num_running=num_running,
+                    kv_blocks_used=self.gate.num_used_blocks,
+                )
             )
-        )
         if self.kernel.is_online:
             self.kernel.send(pb.KernelHeartbeat(worker_id=self.worker_id, num_running=num_running))
         else:

@@ -62,6 +62,7 @@ from llmos.service import run_service
 from llmos.service_metrics import WorkerCollector, WorkerGauges
 from llmos.wire import Handlers, WireError, pack, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
+from llmos.wire.liveness import is_heartbeat_due
 from llmos.wire.sockets import connect_dealer
 from workers.config import WorkerConfig
 from workers.drain import Drain
@@ -190,6 +191,7 @@ class SimWorker:
     num_blocks_used: int = 0
     next_step_s: float = math.inf
     broker_seen_s: float = 0.0
+    broker_sent_s: float = 0.0  # its last progress to the broker: a heartbeat is due only once it is quiet
     is_heard: bool = False  # the broker sent something since the last registration
     # preempted requests' computed tokens, least recently kept first: request id ->
     # (tokens, prompt block hashes); bounded by CACHE_FRACTION of the KV capacity
@@ -575,7 +577,11 @@ class SimPool:
             self.start_waiting(worker, time.monotonic())
 
     def send_final(self, worker: SimWorker, delta: pb.RequestDelta) -> None:
-        worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=[delta])))
+        self.send_progress(worker, [delta], time.monotonic())
+
+    def send_progress(self, worker: SimWorker, deltas: list[pb.RequestDelta], now_s: float) -> None:
+        worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=deltas)))
+        worker.broker_sent_s = now_s
 
     def forget_all(self, worker: SimWorker) -> None:
         for request_id in [*worker.running, *(r.request_id for r in worker.waiting)]:
@@ -593,9 +599,7 @@ class SimPool:
             for request in worker.end_step():
                 self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id)))
             if worker.pending_deltas:
-                worker.socket.send(
-                    pack(pb.StepProgress(worker_id=worker.worker_id, deltas=worker.pending_deltas))
-                )
+                self.send_progress(worker, worker.pending_deltas, now_s)
                 worker.pending_deltas = []
             self.admit_waiting(worker)
             self.report_cache(worker)
@@ -641,15 +645,16 @@ class SimPool:
                 log.warning("broker silent for worker %s: registering again", worker.worker_id)
                 self.register_again(pb.Disconnect(reason="broker silent"), worker)
                 continue
-            worker.socket.send(
-                pack(
-                    pb.Heartbeat(
-                        worker_id=worker.worker_id,
-                        num_running=len(worker.running),
-                        kv_blocks_used=worker.num_blocks_used,
+            if is_heartbeat_due(worker.broker_sent_s, now_s, self.interval_s):
+                worker.socket.send(
+                    pack(
+                        pb.Heartbeat(
+                            worker_id=worker.worker_id,
+                            num_running=len(worker.running),
+                            kv_blocks_used=worker.num_blocks_used,
+                        )
                     )
                 )
-            )
             self.kernel.send(
                 pack(pb.KernelHeartbeat(worker_id=worker.worker_id, num_running=len(worker.running)))
             )
