@@ -150,23 +150,25 @@ class Dispatcher:
         """What the scheduler decides on. A draining worker offers no slot, and its
         requests are no victims (a slot freed there would take nothing): they are
         listed as leaving, which still counts their tokens."""
-        workers = [w.slots() for w in self.workers if not w.is_draining]
-        pending = [r.pending(now_s) for r in self.requests.queued_in_order(MAX_PENDING_PER_TIER_ASKED)]
-        running: list[pb.RunningRequest] = []
-        leaving: list[pb.RunningRequest] = []
+        asked = pb.ScheduleRequest(tier_answers=self.answer_fills.tier_answers())
+        # each list is filled in place: a message built apart would be copied in whole
+        for worker in self.workers:
+            if not worker.is_draining:
+                worker.add_slots(asked.workers)
+        for queued in self.requests.queued_in_order(MAX_PENDING_PER_TIER_ASKED):
+            queued.add_pending(asked.pending, now_s)
+        is_lower_tier_running = False
         for worker in self.workers:
             for request in self.requests.on_worker(worker):
-                if not request.is_answered:
-                    is_leaving = request.is_leaving or worker.is_draining
-                    (leaving if is_leaving else running).append(request.running(now_s))
-        self.is_lower_tier_running = any(r.tier_rank > 0 for r in running)
-        return pb.ScheduleRequest(
-            pending=pending,
-            workers=workers,
-            running=running,
-            leaving=leaving,
-            tier_answers=self.answer_fills.tier_answers(),
-        )
+                if request.is_answered:
+                    continue
+                if request.is_leaving or worker.is_draining:
+                    request.add_running(asked.leaving, now_s)
+                else:
+                    request.add_running(asked.running, now_s)
+                    is_lower_tier_running = is_lower_tier_running or request.tier_rank > 0
+        self.is_lower_tier_running = is_lower_tier_running
+        return asked
 
     def receive_decisions(self) -> None:
         for _ in range(MAX_DECISIONS_PER_POLL):

@@ -16,10 +16,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from broker.admission import AdmittedRequest
 from llmos.prefix import prompt_block_hashes
 from llmos.wire import pb
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 
 class RequestStatus(enum.Enum):
@@ -143,9 +147,10 @@ class Request:
         """Computed once, as prefix_hashes: the admitted texts do not change."""
         return len(self.admitted.prompt) + sum(len(text) for text in self.admitted.inputs)
 
-    def pending(self, now_s: float) -> pb.PendingRequest:
+    def add_pending(self, into: RepeatedCompositeFieldContainer[pb.PendingRequest], now_s: float) -> None:
+        """Add it to a ScheduleRequest's pending list (built in place: no copy of a built message)."""
         deadline_in_s = max(1e-6, self.deadline_at_s - now_s) if self.deadline_at_s else 0.0
-        return pb.PendingRequest(
+        into.add(
             request_id=self.request_id,
             tier=self.tier,
             tier_rank=self.tier_rank,
@@ -160,8 +165,9 @@ class Request:
             deadline_in_s=deadline_in_s,
         )
 
-    def running(self, now_s: float) -> pb.RunningRequest:
-        return pb.RunningRequest(
+    def add_running(self, into: RepeatedCompositeFieldContainer[pb.RunningRequest], now_s: float) -> None:
+        """Add it to a ScheduleRequest's running or leaving list, built in place."""
+        into.add(
             request_id=self.request_id,
             worker_id=self.worker_id or "",
             tier=self.tier,

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from broker.admission import ModelView
 from broker.model_catalog import ModelCatalog, ModelKey
 from broker.rates import RateMeter
 from llmos.wire import pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 SPEED_WEIGHT = 0.2  # of the newest request in a worker's average speed
 
@@ -93,8 +97,9 @@ class ConnectedWorker:
             is_draining=self.is_draining,
         )
 
-    def slots(self) -> pb.WorkerSlots:
-        return pb.WorkerSlots(
+    def add_slots(self, into: RepeatedCompositeFieldContainer[pb.WorkerSlots]) -> None:
+        """Add its slots to a ScheduleRequest's workers, built in place."""
+        into.add(
             worker_id=self.worker_id,
             models=sorted(self.models),
             num_running=self.num_busy,

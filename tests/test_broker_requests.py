@@ -144,4 +144,6 @@ def test_a_leaving_request_frees_its_slot_for_the_next_dispatch():
     assert worker.running_ids == {"r1", "r2"} and not worker.has_capacity
     worker.release_slot("r1")
     assert worker.running_ids == {"r2"} and worker.leaving_ids == set()
-    assert worker.slots().num_running == 1 and worker.status(now_s=0.0).num_running == 1
+    asked = pb.ScheduleRequest()
+    worker.add_slots(asked.workers)
+    assert asked.workers[0].num_running == 1 and worker.status(now_s=0.0).num_running == 1
