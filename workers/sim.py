@@ -47,6 +47,7 @@ import json
 import logging
 import math
 import re
+import selectors
 import threading
 import time
 from collections import OrderedDict
@@ -338,8 +339,13 @@ class SimPool:
         self.context = zmq.Context()
         keys = open_service_keys("worker", config.insecure, config.keys_dir)
         self.kernel = connect_dealer(self.context, config.kernel_address, curve=keys.client_of("kernel"))
-        self.poller = zmq.Poller()
-        self.poller.register(self.kernel, zmq.POLLIN)
+        # epoll on each socket's ZMQ_FD: a wait costs what is ready, not what is open (zmq_poll
+        # over hundreds of sockets was 40% of a pool's time). The FD only says "look again",
+        # and any send may take that news, so the loop reads every socket it sent on too.
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.kernel.FD, selectors.EVENT_READ, None)
+        self.unchecked: set[str] = set()  # ids of the workers whose socket to read before waiting
+        self.is_kernel_unchecked = False  # sent on since it was last read
         base_id = config.worker_id or "sim"
         count = max(1, config.sim_workers)
         kv_blocks = max(1, config.kv_cache_tokens // DEFAULT_BLOCK_SIZE) if config.kv_cache_tokens else 4096
@@ -349,13 +355,16 @@ class SimPool:
             socket = connect_dealer(
                 self.context, config.broker_worker_address, identity=worker_id, curve=keys.client_of("broker")
             )
-            self.poller.register(socket, zmq.POLLIN)
             self.workers[socket] = SimWorker(worker_id, socket, config.max_num_seqs, kv_blocks)
+            self.selector.register(socket.FD, selectors.EVENT_READ, self.workers[socket])
         self.model_name = config.model_name or "sim"
         self.steps: list[tuple[float, str]] = []  # heap of (next step time, worker id)
         self.by_id = {w.worker_id: w for w in self.workers.values()}
         self.next_heartbeat_s = 0.0
         self.drain_requested = threading.Event()  # set by the first SIGTERM (llmos.service)
+        self.is_draining_all = False  # the drain asked for has begun on every worker
+        self.draining: dict[str, SimWorker] = {}  # draining and not gone yet, by id
+        self.num_left = 0
         # one table for every worker's broker socket: each handler also takes the worker
         self.from_broker: Handlers[None] = Handlers(
             "a simulated worker's broker socket",
@@ -394,7 +403,7 @@ class SimPool:
             self.register(worker)
 
     def register_with_kernel(self, worker: SimWorker) -> None:
-        self.kernel.send(
+        self.send_to_kernel(
             pack(
                 pb.KernelRegister(
                     worker_id=worker.worker_id,
@@ -410,7 +419,7 @@ class SimPool:
         self.register_with_kernel(worker)
         registration = worker.registration(self.config.heartbeat_interval_ms)
         registration.models.append(self.model_name)
-        worker.socket.send(pack(registration))
+        self.send_to_broker(worker, pack(registration))
         worker.broker_seen_s = time.monotonic()
         worker.is_heard = False
 
@@ -427,13 +436,15 @@ class SimPool:
         while not stopping.is_set() and not self.have_all_left():
             now_s = time.monotonic()
             wake_s = min(self.next_heartbeat_s, self.steps[0][0] if self.steps else math.inf)
-            # whole milliseconds, rounded up; none when a step is due (a zero-time step ends at once)
-            events = dict(self.poller.poll(math.ceil(max(0.0, wake_s - now_s) * 1000)))
-            for socket in events:
-                if socket is self.kernel:
-                    self.drain_kernel()
-                else:
-                    self.drain_broker(self.workers[socket])
+            # none when a step is due (a zero-time step ends at once) or a socket is unread
+            is_unchecked = self.unchecked or self.is_kernel_unchecked
+            timeout_s = 0.0 if is_unchecked else max(0.0, wake_s - now_s)
+            for key, _ in self.selector.select(timeout_s):
+                if key.data is not None:
+                    self.unchecked.add(key.data.worker_id)
+            self.drain_kernel()  # one socket, and nearly every turn sends on it
+            while self.unchecked:
+                self.drain_broker(self.by_id[self.unchecked.pop()])
             self.run_due_steps(time.monotonic())
             self.send_heartbeats(time.monotonic())
 
@@ -442,6 +453,7 @@ class SimPool:
         for worker in self.workers.values():
             if not worker.has_left:
                 self.say_goodbye(worker, "stopping")
+        self.selector.close()
         for socket in [*self.workers, self.kernel]:
             socket.close(linger=100)
         self.context.term()
@@ -449,28 +461,30 @@ class SimPool:
             self.metrics.stop()
 
     def say_goodbye(self, worker: SimWorker, reason: str) -> None:
-        worker.socket.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason=reason)))
-        self.kernel.send(pack(pb.Disconnect(worker_id=worker.worker_id, reason=reason)))
+        self.send_to_broker(worker, pack(pb.Disconnect(worker_id=worker.worker_id, reason=reason)))
+        self.send_to_kernel(pack(pb.Disconnect(worker_id=worker.worker_id, reason=reason)))
 
     # ---------------------------------------------------------------- draining
 
     def have_all_left(self) -> bool:
         """Whether every worker has drained and left; the first stop signal drains them all."""
-        if self.drain_requested.is_set():
+        if self.drain_requested.is_set() and not self.is_draining_all:
             for worker in self.workers.values():
                 self.begin_drain(worker, "SIGTERM")
+            self.is_draining_all = True
         now_s = time.monotonic()
-        for worker in self.workers.values():
+        for worker in list(self.draining.values()):
             num_live = len(worker.running) + len(worker.waiting)
-            if worker.drain is not None and not worker.has_left and worker.drain.is_over(num_live, now_s):
+            if worker.drain is not None and worker.drain.is_over(num_live, now_s):
                 self.leave(worker, worker.drain.goodbye(num_live))
-        return all(worker.has_left for worker in self.workers.values())
+        return self.num_left == len(self.workers)
 
     def begin_drain(self, worker: SimWorker, reason: str) -> None:
         if worker.drain is not None:
             return
         worker.drain = Drain(reason, time.monotonic() + self.config.drain_timeout_s)
-        worker.socket.send(pack(pb.Drain(reason=reason)))
+        self.draining[worker.worker_id] = worker
+        self.send_to_broker(worker, pack(pb.Drain(reason=reason)))
         log.info(
             "worker %s draining (%s): %d requests to finish",
             worker.worker_id,
@@ -487,12 +501,21 @@ class SimPool:
             log.warning("worker %s leaves with requests running: %s", worker.worker_id, reason)
         self.forget_all(worker)
         self.say_goodbye(worker, reason)
-        self.poller.unregister(worker.socket)
+        self.selector.unregister(worker.socket.FD)
+        self.unchecked.discard(worker.worker_id)
+        self.draining.pop(worker.worker_id, None)
         worker.has_left = True
+        self.num_left += 1
         log.info("worker %s left: %s", worker.worker_id, reason)
 
+    def send_to_broker(self, worker: SimWorker, payload: bytes) -> None:
+        worker.socket.send(payload)
+        self.unchecked.add(worker.worker_id)  # the send may have taken the FD's news of a message in
+
     def drain_broker(self, worker: SimWorker) -> None:
-        while worker.socket.poll(0):
+        if worker.has_left:
+            return
+        while worker.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             payload = worker.socket.recv()
             worker.broker_seen_s = time.monotonic()  # any frame is a sign of life
             worker.is_heard = True  # a Disconnect registers again, and that clears it
@@ -542,7 +565,7 @@ class SimPool:
 
     def admit_waiting(self, worker: SimWorker) -> None:
         for request in worker.admit():
-            self.kernel.send(
+            self.send_to_kernel(
                 pack(
                     pb.KvAllocate(
                         worker_id=worker.worker_id,
@@ -571,7 +594,7 @@ class SimPool:
     ) -> None:
         """Free a request that left before its end at the kernel and tell the broker; its
         slot goes to the next waiting request. Answered even when unknown here."""
-        self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
+        self.send_to_kernel(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
         self.send_final(worker, final_delta(request_id, finish_reason))
         if request is not None:
             self.start_waiting(worker, time.monotonic())
@@ -580,13 +603,13 @@ class SimPool:
         self.send_progress(worker, [delta], time.monotonic())
 
     def send_progress(self, worker: SimWorker, deltas: list[pb.RequestDelta], now_s: float) -> None:
-        worker.socket.send(pack(pb.StepProgress(worker_id=worker.worker_id, deltas=deltas)))
+        self.send_to_broker(worker, pack(pb.StepProgress(worker_id=worker.worker_id, deltas=deltas)))
         worker.broker_sent_s = now_s
 
     def forget_all(self, worker: SimWorker) -> None:
         for request_id in [*worker.running, *(r.request_id for r in worker.waiting)]:
             worker.drop(request_id)
-            self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
+            self.send_to_kernel(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
 
     def run_due_steps(self, now_s: float) -> None:
         """End each due step (its tokens go out in one StepProgress), then start the
@@ -597,7 +620,9 @@ class SimPool:
             if worker.has_left:
                 continue
             for request in worker.end_step():
-                self.kernel.send(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id)))
+                self.send_to_kernel(
+                    pack(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id))
+                )
             if worker.pending_deltas:
                 self.send_progress(worker, worker.pending_deltas, now_s)
                 worker.pending_deltas = []
@@ -611,15 +636,20 @@ class SimPool:
     def report_cache(self, worker: SimWorker) -> None:
         """Tell the kernel what the worker keeps, when that changed (at most once a step)."""
         if worker.is_cache_report_due:
-            self.kernel.send(
+            self.send_to_kernel(
                 pack(
                     pb.KvPrefixReport(worker_id=worker.worker_id, block_hashes=worker.cached_prefix_hashes())
                 )
             )
             worker.is_cache_report_due = False
 
+    def send_to_kernel(self, payload: bytes) -> None:
+        self.kernel.send(payload)
+        self.is_kernel_unchecked = True  # as send_to_broker
+
     def drain_kernel(self) -> None:
-        while self.kernel.poll(0):
+        self.is_kernel_unchecked = False
+        while self.kernel.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 self.from_kernel.route(self.kernel.recv())
             except WireError:
@@ -646,16 +676,17 @@ class SimPool:
                 self.register_again(pb.Disconnect(reason="broker silent"), worker)
                 continue
             if is_heartbeat_due(worker.broker_sent_s, now_s, self.interval_s):
-                worker.socket.send(
+                self.send_to_broker(
+                    worker,
                     pack(
                         pb.Heartbeat(
                             worker_id=worker.worker_id,
                             num_running=len(worker.running),
                             kv_blocks_used=worker.num_blocks_used,
                         )
-                    )
+                    ),
                 )
-            self.kernel.send(
+            self.send_to_kernel(
                 pack(pb.KernelHeartbeat(worker_id=worker.worker_id, num_running=len(worker.running)))
             )
 
