@@ -239,7 +239,10 @@ class WorkerFrontEnd:
         if now_s < self.next_heartbeat_s:
             return
         for worker in self.workers:
-            if is_heartbeat_due(worker.sent_at_s, now_s, self.heartbeat_interval_s):
+            # quiet by the shorter interval: a skip adds at most half the worker's own
+            # interval to its silence, also where it asked for faster heartbeats than these
+            interval_s = min(worker.heartbeat_interval_s, self.heartbeat_interval_s)
+            if is_heartbeat_due(worker.sent_at_s, now_s, interval_s):
                 self.dispatcher.send_worker(worker, pack(pb.Heartbeat(num_running=len(worker.running_ids))))
         self.next_heartbeat_s = now_s + self.heartbeat_interval_s
 
