@@ -40,6 +40,9 @@ WORKER_ROLE = "worker"
 MAX_MESSAGES_PER_POLL = 1000  # so a busy worker socket cannot starve the others
 # far above any vocabulary's longest token, so only a lying worker reaches it
 MAX_TEXT_CHARS_PER_TOKEN = 256
+# the heartbeat round runs at the shortest worker interval, but not more often than
+# this: one registration asking for 1 ms must not make the broker scan its pool 1,000 times a second
+MIN_HEARTBEAT_CHECK_S = 0.05
 # Strangers remembered as told to register (a bound: an attacker may use any number of identities).
 MAX_TOLD_TO_REGISTER = 4096
 
@@ -147,6 +150,9 @@ class WorkerFrontEnd:
             self.dispatcher.requeue_running(old)  # it restarted: whatever it ran is gone
         worker = self.workers.require_worker(identity, register, now_s)
         self.told_to_register_s.pop(identity, None)
+        # its first heartbeat within its own interval, though the round runs slower
+        check_interval_s = max(worker.heartbeat_interval_s, MIN_HEARTBEAT_CHECK_S)
+        self.next_heartbeat_s = min(self.next_heartbeat_s, now_s + check_interval_s)
         self.dispatcher.wake()
         log.info(
             "worker %s ready: models %s, task %s, device %s, %d slots",
@@ -235,16 +241,18 @@ class WorkerFrontEnd:
                 )
 
     def send_heartbeats(self, now_s: float) -> None:
-        """Every interval, a heartbeat to each worker the broker sent nothing else of late."""
+        """A heartbeat to each worker the broker sent nothing else of late, by the worker's
+        own interval; the loop checks at the shortest interval in use (not under
+        MIN_HEARTBEAT_CHECK_S), so a worker that asked for faster heartbeats than the
+        broker's gets them, and hears from the broker within 1.5 of its intervals."""
         if now_s < self.next_heartbeat_s:
             return
+        check_interval_s = self.heartbeat_interval_s
         for worker in self.workers:
-            # quiet by the shorter interval: a skip adds at most half the worker's own
-            # interval to its silence, also where it asked for faster heartbeats than these
-            interval_s = min(worker.heartbeat_interval_s, self.heartbeat_interval_s)
-            if is_heartbeat_due(worker.sent_at_s, now_s, interval_s):
+            if is_heartbeat_due(worker.sent_at_s, now_s, worker.heartbeat_interval_s):
                 self.dispatcher.send_worker(worker, pack(pb.Heartbeat(num_running=len(worker.running_ids))))
-        self.next_heartbeat_s = now_s + self.heartbeat_interval_s
+            check_interval_s = min(check_interval_s, worker.heartbeat_interval_s)
+        self.next_heartbeat_s = now_s + max(check_interval_s, MIN_HEARTBEAT_CHECK_S)
 
     # --- progress
 

@@ -1,14 +1,24 @@
 """Heartbeats go only to quiet peers (llmos.wire.liveness), and that leaves no peer
-silent long enough to be counted dead."""
+silent long enough to be counted dead; a real broker heartbeats each worker by the
+interval the worker asked for."""
 
 from __future__ import annotations
 
 import random
+import time
+from pathlib import Path
 
+import pytest
+from service_process import dealer, receive
+from stack import Stack
+
+from llmos.wire import pack, pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS, HEARTBEAT_QUIET_FRACTION
 from llmos.wire.liveness import is_heartbeat_due
 
 INTERVAL_S = 1.0
+BROKER_INTERVAL_MS = 1500
+QUICK_INTERVAL_MS = 250  # a worker's, well under the broker's
 
 
 def test_a_heartbeat_is_due_once_the_peer_was_sent_nothing_for_part_of_an_interval():
@@ -47,3 +57,29 @@ def test_no_peer_goes_silent_for_as_long_as_liveness_allows():
         silence_s = longest_silence_s(sends_s, end_s=50.0)
         assert silence_s <= bound_s + 1e-9, (density, silence_s)
     assert bound_s <= HEARTBEAT_LIVENESS * INTERVAL_S / 2  # half the allowance for slow loops
+
+
+@pytest.mark.e2e
+def test_a_worker_with_a_shorter_interval_than_the_brokers_hears_from_it_by_its_own(tmp_path: Path):
+    """Before, the broker heartbeated every worker at its own interval: a worker that
+    asked for a quarter of it thought the broker silent after 3 of its intervals,
+    reconnected and lost what it ran. Over 10 of the worker's intervals it now hears
+    about 10 heartbeats (by the broker's interval, 1 or 2)."""
+    broker_args = ("--heartbeat-interval-ms", str(BROKER_INTERVAL_MS))
+    stack = Stack(tmp_path, tmp_path, num_workers=0, with_scheduler=False, broker_args=broker_args)
+    with stack, dealer(stack.ports.worker_address, "quick") as worker:
+        registration = pb.WorkerRegister(
+            worker_id="quick", models=["m"], max_num_seqs=1, heartbeat_interval_ms=QUICK_INTERVAL_MS
+        )
+        worker.send(pack(registration))
+        counts = {"heartbeat": 0, "disconnect": 0}
+        next_beat_s, end_s = 0.0, time.monotonic() + 10 * QUICK_INTERVAL_MS / 1000
+        while (now_s := time.monotonic()) < end_s:
+            if now_s >= next_beat_s:  # this worker's side: a heartbeat every interval of its own
+                worker.send(pack(pb.Heartbeat(worker_id="quick")))
+                next_beat_s = now_s + QUICK_INTERVAL_MS / 1000
+            if worker.poll(10):
+                name, _ = receive(worker, set(counts))
+                counts[name] += 1
+    assert counts["disconnect"] == 0, "the broker lost the worker"
+    assert counts["heartbeat"] >= 5, counts
