@@ -18,8 +18,8 @@ SCHEDULER_PORT = 5559  # scheduler ROUTER for placement queries
 # Paranoid Pirate heartbeating: a peer is dead after LIVENESS silent intervals.
 HEARTBEAT_INTERVAL_MS = 1000
 HEARTBEAT_LIVENESS = 3
-# a peer sent anything else within this part of an interval needs no heartbeat
-# (llmos.wire.liveness): under load most heartbeats were needless messages
+# a peer sent anything else within this part of an interval needs no heartbeat:
+# any frame is a sign of life (llmos.wire.liveness)
 HEARTBEAT_QUIET_FRACTION = 0.5
 
 # Socket limits. HWM bounds memory per peer; MAXMSGSIZE bounds one frame, so a
