@@ -340,8 +340,8 @@ class SimPool:
         keys = open_service_keys("worker", config.insecure, config.keys_dir)
         self.kernel = connect_dealer(self.context, config.kernel_address, curve=keys.client_of("kernel"))
         # epoll on each socket's ZMQ_FD: a wait costs what is ready, not what is open (zmq_poll
-        # over hundreds of sockets was 40% of a pool's time). The FD only says "look again",
-        # and any send may take that news, so the loop reads every socket it sent on too.
+        # looks at every socket on every turn). The FD only says "look again", and any send
+        # may take that news, so the loop reads every socket it sent on too.
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.kernel.FD, selectors.EVENT_READ, None)
         self.unchecked: set[str] = set()  # ids of the workers whose socket to read before waiting
