@@ -194,6 +194,7 @@ class Request:
             tenant=admitted.tenant,
             kind=admitted.kind,
             inputs=admitted.inputs,
+            is_final_only=admitted.is_final_only,
         )
 
     def record_delta(self, delta: pb.RequestDelta, now_s: float) -> pb.TokenChunk | None:

@@ -387,3 +387,37 @@ def test_a_waiting_request_runs_in_the_step_after_the_one_that_frees_its_slot(
         assert [
             t for step in steps for d in step.deltas if d.request_id == request_id for t in d.token_ids
         ] == expected
+
+
+@pytest.mark.e2e
+def test_a_final_only_request_is_reported_in_fewer_deltas_with_the_same_tokens(
+    tiny_model_dir, reference, tmp_path
+):
+    """Beside a streamed request, a final-only one reports its first token at once, then
+    everything up to one token short of its max_tokens, then its last token (more deltas
+    only where a step outlasts the report interval)."""
+    max_tokens = 12
+    with (
+        FakePeer(answer_as_broker) as broker,
+        FakePeer(answer_as_kernel) as kernel,
+        running_worker(
+            tiny_model_dir, broker.address, kernel.address, 1000, tmp_path, "--kv-cache-tokens", "4096"
+        ),
+    ):
+        identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+        whole = dispatch("whole", max_tokens=max_tokens)
+        whole.is_final_only = True
+        broker.send(identity, whole)
+        broker.send(identity, dispatch("streamed", max_tokens=max_tokens))
+        answers = collect_answers(broker, {"whole", "streamed"})
+
+    expected = reference.greedy(PROMPT, max_tokens)
+    assert answers["whole"].token_ids == answers["streamed"].token_ids == expected
+    assert len(answers["streamed"].deltas) == max_tokens
+    deltas = answers["whole"].deltas
+    assert len(deltas[0].token_ids) == 1
+    assert deltas[0].prompt_tokens == len(reference.tokenizer.encode(PROMPT))
+    assert len(deltas) < max_tokens  # 3 unless most steps outlast the 0.25 s report interval
+    reported = [sum(len(d.token_ids) for d in deltas[: index + 1]) for index in range(len(deltas))]
+    assert reported[-2:] == [max_tokens - 1, max_tokens]
+    assert deltas[-1].is_finished and deltas[-1].finish_reason == pb.FINISH_REASON_LENGTH

@@ -35,6 +35,7 @@ from workers.links import BrokerLink, KernelLink
 from workers.messages import engine_request, request_delta
 from workers.model_facts import model_vocab_size
 from workers.model_loader import LoadedModel, load_model, load_tokenizer
+from workers.progress_hold import ProgressHold
 from workers.requests import Delta, EngineRequest, cancelled_delta, check_request, error_delta
 from workers.tokenize_queue import TokenizeQueue
 
@@ -118,6 +119,7 @@ class Worker:
         )
         self.next_heartbeat_at_s = 0.0
         self.tenant_by_request: dict[str, str] = {}  # for the kernel's per-tenant usage
+        self.progress_hold = ProgressHold()  # the tokens of final-only requests, held between reports
         self.prefix_hashes: list[int] = []  # what the engine's prefix cache holds (text blocks)
         self.is_prefix_report_due = False
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
@@ -405,6 +407,7 @@ class Worker:
             return
         self.gate.add(request, num_tokens, len(prompt_token_ids) + len(request.generated_token_ids))
         self.tenant_by_request[request_id] = dispatch.tenant
+        self.progress_hold.watch(dispatch)
         # debug, as the start: this thread shares the GIL with the engine's, so it logs one
         # info line a request (its end), not three
         log.debug(
@@ -515,6 +518,7 @@ class Worker:
         self.tokenize_queue.clear()  # the broker re-queues them too
         request_ids = self.gate.clear()
         self.tenant_by_request.clear()
+        self.progress_hold.clear()
         if not request_ids:
             return
         self.epoch += 1
@@ -595,7 +599,9 @@ class Worker:
     # ---------------------------------------------------------------- sending
 
     def send_progress(self, deltas: list[Delta]) -> None:
-        self.broker.send(pb.StepProgress(worker_id=self.worker_id, deltas=[request_delta(d) for d in deltas]))
+        sent = self.progress_hold.take([request_delta(d) for d in deltas], time.monotonic())
+        if sent:
+            self.broker.send(pb.StepProgress(worker_id=self.worker_id, deltas=sent))
 
     def kernel_registration(self) -> pb.KernelRegister:
         return pb.KernelRegister(

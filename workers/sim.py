@@ -67,6 +67,7 @@ from llmos.wire.liveness import is_heartbeat_due
 from llmos.wire.sockets import connect_dealer
 from workers.config import WorkerConfig
 from workers.drain import Drain
+from workers.progress_hold import ProgressHold
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,8 @@ class SimWorker:
     num_blocks_used: int = 0
     next_step_s: float = math.inf
     broker_seen_s: float = 0.0
-    broker_sent_s: float = 0.0  # its last progress to the broker: a heartbeat is due only once it is quiet
+    broker_sent_s: float = 0.0  # its last frame to the broker: a heartbeat is due only once it is quiet
+    hold: ProgressHold = field(default_factory=ProgressHold)  # the tokens of final-only requests
     is_heard: bool = False  # the broker sent something since the last registration
     # preempted requests' computed tokens, least recently kept first: request id ->
     # (tokens, prompt block hashes); bounded by CACHE_FRACTION of the KV capacity
@@ -510,6 +512,7 @@ class SimPool:
 
     def send_to_broker(self, worker: SimWorker, payload: bytes) -> None:
         worker.socket.send(payload)
+        worker.broker_sent_s = time.monotonic()
         self.unchecked.add(worker.worker_id)  # the send may have taken the FD's news of a message in
 
     def drain_broker(self, worker: SimWorker) -> None:
@@ -554,6 +557,7 @@ class SimPool:
         if request.num_generated >= request.answer_tokens:  # resumed with nothing left to make
             self.send_final(worker, final_delta(request.request_id, request.finish_reason))
             return
+        worker.hold.watch(dispatch)
         worker.waiting.append(request)
         self.start_waiting(worker, time.monotonic())
 
@@ -603,13 +607,15 @@ class SimPool:
         self.send_progress(worker, [delta], time.monotonic())
 
     def send_progress(self, worker: SimWorker, deltas: list[pb.RequestDelta], now_s: float) -> None:
-        self.send_to_broker(worker, pack(pb.StepProgress(worker_id=worker.worker_id, deltas=deltas)))
-        worker.broker_sent_s = now_s
+        deltas = worker.hold.take(deltas, now_s)
+        if deltas:
+            self.send_to_broker(worker, pack(pb.StepProgress(worker_id=worker.worker_id, deltas=deltas)))
 
     def forget_all(self, worker: SimWorker) -> None:
         for request_id in [*worker.running, *(r.request_id for r in worker.waiting)]:
             worker.drop(request_id)
             self.send_to_kernel(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
+        worker.hold.clear()
 
     def run_due_steps(self, now_s: float) -> None:
         """End each due step (its tokens go out in one StepProgress), then start the

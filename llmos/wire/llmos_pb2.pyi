@@ -388,7 +388,7 @@ class Disconnect(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Dispatch(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "sampling", "generated_token_ids", "emitted_text_chars", "tier", "tenant", "kind", "inputs")
+    __slots__ = ("request_id", "model", "prompt", "sampling", "generated_token_ids", "emitted_text_chars", "tier", "tenant", "kind", "inputs", "is_final_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +399,7 @@ class Dispatch(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
@@ -409,7 +410,8 @@ class Dispatch(_message.Message):
     tenant: str
     kind: TaskKind
     inputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., generated_token_ids: _Optional[_Iterable[int]] = ..., emitted_text_chars: _Optional[int] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    is_final_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., generated_token_ids: _Optional[_Iterable[int]] = ..., emitted_text_chars: _Optional[int] = ..., tier: _Optional[str] = ..., tenant: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., inputs: _Optional[_Iterable[str]] = ..., is_final_only: _Optional[bool] = ...) -> None: ...
 
 class Drain(_message.Message):
     __slots__ = ("reason",)
