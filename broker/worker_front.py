@@ -47,6 +47,11 @@ MIN_HEARTBEAT_CHECK_S = 0.05
 MAX_TOLD_TO_REGISTER = 4096
 
 
+def heartbeat_check_s(interval_s: float) -> float:
+    """How soon the heartbeat round runs again for a worker of this interval."""
+    return max(interval_s, MIN_HEARTBEAT_CHECK_S)
+
+
 class WorkerFrontEnd:
     def __init__(
         self,
@@ -151,8 +156,8 @@ class WorkerFrontEnd:
         worker = self.workers.require_worker(identity, register, now_s)
         self.told_to_register_s.pop(identity, None)
         # its first heartbeat within its own interval, though the round runs slower
-        check_interval_s = max(worker.heartbeat_interval_s, MIN_HEARTBEAT_CHECK_S)
-        self.next_heartbeat_s = min(self.next_heartbeat_s, now_s + check_interval_s)
+        first_check_s = now_s + heartbeat_check_s(worker.heartbeat_interval_s)
+        self.next_heartbeat_s = min(self.next_heartbeat_s, first_check_s)
         self.dispatcher.wake()
         log.info(
             "worker %s ready: models %s, task %s, device %s, %d slots",
@@ -252,7 +257,7 @@ class WorkerFrontEnd:
             if is_heartbeat_due(worker.sent_at_s, now_s, worker.heartbeat_interval_s):
                 self.dispatcher.send_worker(worker, pack(pb.Heartbeat(num_running=len(worker.running_ids))))
             check_interval_s = min(check_interval_s, worker.heartbeat_interval_s)
-        self.next_heartbeat_s = now_s + max(check_interval_s, MIN_HEARTBEAT_CHECK_S)
+        self.next_heartbeat_s = now_s + heartbeat_check_s(check_interval_s)
 
     # --- progress
 
