@@ -201,6 +201,19 @@ def running_worker(
         process.wait()
 
 
+@contextmanager
+def registered_worker(model_dir: Path, log_dir: Path) -> Iterator[tuple[FakePeer, FakePeer, bytes]]:
+    """A worker with a 4,096-token KV cache and 1 s heartbeats, registered with a fake
+    broker and kernel: (broker, kernel, the worker's identity at the broker)."""
+    with (
+        FakePeer(answer_as_broker) as broker,
+        FakePeer(answer_as_kernel) as kernel,
+        running_worker(model_dir, broker.address, kernel.address, 1000, log_dir, "--kv-cache-tokens", "4096"),
+    ):
+        identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+        yield broker, kernel, identity
+
+
 class Reference:
     def __init__(self, model_dir: Path) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -315,14 +328,7 @@ def test_worker_serves_without_a_kernel_and_re_registers_with_a_silent_broker(
 def test_preempt_stops_a_running_request_frees_its_blocks_and_reports_every_token(
     tiny_model_dir, reference, tmp_path
 ):
-    with (
-        FakePeer(answer_as_broker) as broker,
-        FakePeer(answer_as_kernel) as kernel,
-        running_worker(
-            tiny_model_dir, broker.address, kernel.address, 1000, tmp_path, "--kv-cache-tokens", "4096"
-        ),
-    ):
-        identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+    with registered_worker(tiny_model_dir, tmp_path) as (broker, kernel, identity):
         broker.send(identity, dispatch("long", max_tokens=1500))
         _, first = broker.expect("progress")
         broker.send(identity, pb.Preempt(request_id="long"))
@@ -397,14 +403,7 @@ def test_a_final_only_request_is_reported_in_fewer_deltas_with_the_same_tokens(
     everything up to one token short of its max_tokens, then its last token (more deltas
     only where a step outlasts the report interval)."""
     max_tokens = 12
-    with (
-        FakePeer(answer_as_broker) as broker,
-        FakePeer(answer_as_kernel) as kernel,
-        running_worker(
-            tiny_model_dir, broker.address, kernel.address, 1000, tmp_path, "--kv-cache-tokens", "4096"
-        ),
-    ):
-        identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+    with registered_worker(tiny_model_dir, tmp_path) as (broker, _, identity):
         whole = dispatch("whole", max_tokens=max_tokens)
         whole.is_final_only = True
         broker.send(identity, whole)
