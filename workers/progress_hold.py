@@ -21,8 +21,9 @@ it re-runs a step in flight.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from llmos.wire import pb
 from llmos.wire.constants import DEFAULT_MAX_TOKENS
@@ -33,15 +34,31 @@ from llmos.wire.constants import DEFAULT_MAX_TOKENS
 FINAL_ONLY_REPORT_INTERVAL_S = 0.25
 
 
+class TokenDelta(Protocol):
+    """What the hold reads and merges: a pb.RequestDelta (the simulated workers send
+    those) or a workers.requests.Delta (the real one converts only what it sends)."""
+
+    request_id: str
+    text: str
+    prompt_tokens: int
+    is_finished: bool
+
+    @property
+    def token_ids(self) -> MutableSequence[int]: ...
+
+
+D = TypeVar("D", bound=TokenDelta)
+
+
 @dataclass
-class HeldRequest:
+class HeldRequest(Generic[D]):
     max_tokens: int
     num_reported_tokens: int  # the tokens the broker has (a resumed request's included)
     is_reported: bool = False  # a delta of this dispatch went out
-    held: pb.RequestDelta | None = None  # its deltas since the last report, merged
+    held: D | None = None  # its deltas since the last report, merged
     held_since_s: float = 0.0
 
-    def hold(self, delta: pb.RequestDelta, now_s: float) -> None:
+    def hold(self, delta: D, now_s: float) -> None:
         if self.held is None:
             self.held, self.held_since_s = delta, now_s
             return
@@ -59,7 +76,7 @@ class HeldRequest:
             or now_s - self.held_since_s >= report_interval_s
         )
 
-    def report(self) -> pb.RequestDelta:
+    def report(self) -> D:
         assert self.held is not None
         held, self.held = self.held, None
         self.num_reported_tokens += len(held.token_ids)
@@ -67,12 +84,12 @@ class HeldRequest:
         return held
 
 
-class ProgressHold:
+class ProgressHold(Generic[D]):
     """The final-only requests a worker runs, and the tokens it holds for each."""
 
     def __init__(self, report_interval_s: float = FINAL_ONLY_REPORT_INTERVAL_S) -> None:
         self.report_interval_s = report_interval_s
-        self.requests: dict[str, HeldRequest] = {}
+        self.requests: dict[str, HeldRequest[D]] = {}
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -88,9 +105,9 @@ class ProgressHold:
         """Every request was dropped: the broker re-queues them with the tokens it has."""
         self.requests.clear()
 
-    def take(self, deltas: Iterable[pb.RequestDelta], now_s: float) -> list[pb.RequestDelta]:
+    def take(self, deltas: Iterable[D], now_s: float) -> list[D]:
         """The deltas to send now, in order; the others are held (and merged)."""
-        sent = []
+        sent: list[D] = []
         for delta in deltas:
             request = self.requests.get(delta.request_id)
             if request is None:

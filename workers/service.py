@@ -119,7 +119,8 @@ class Worker:
         )
         self.next_heartbeat_at_s = 0.0
         self.tenant_by_request: dict[str, str] = {}  # for the kernel's per-tenant usage
-        self.progress_hold = ProgressHold()  # the tokens of final-only requests, held between reports
+        # the tokens of final-only requests, held between reports
+        self.progress_hold: ProgressHold[Delta] = ProgressHold()
         self.prefix_hashes: list[int] = []  # what the engine's prefix cache holds (text blocks)
         self.is_prefix_report_due = False
         self.epoch = 0  # bumped whenever every request is dropped (see engine_thread)
@@ -599,9 +600,11 @@ class Worker:
     # ---------------------------------------------------------------- sending
 
     def send_progress(self, deltas: list[Delta]) -> None:
-        sent = self.progress_hold.take([request_delta(d) for d in deltas], time.monotonic())
+        sent = self.progress_hold.take(deltas, time.monotonic())
         if sent:
-            self.broker.send(pb.StepProgress(worker_id=self.worker_id, deltas=sent))
+            self.broker.send(
+                pb.StepProgress(worker_id=self.worker_id, deltas=[request_delta(d) for d in sent])
+            )
 
     def kernel_registration(self) -> pb.KernelRegister:
         return pb.KernelRegister(

@@ -194,7 +194,7 @@ class SimWorker:
     next_step_s: float = math.inf
     broker_seen_s: float = 0.0
     broker_sent_s: float = 0.0  # its last frame to the broker: a heartbeat is due only once it is quiet
-    hold: ProgressHold = field(default_factory=ProgressHold)  # the tokens of final-only requests
+    hold: ProgressHold[pb.RequestDelta] = field(default_factory=ProgressHold)  # final-only requests' tokens
     is_heard: bool = False  # the broker sent something since the last registration
     # preempted requests' computed tokens, least recently kept first: request id ->
     # (tokens, prompt block hashes); bounded by CACHE_FRACTION of the KV capacity
