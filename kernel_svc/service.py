@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 MIN_PUBLISH_INTERVAL_S = 0.1
 # Bounds how late a purge, a publish or a shutdown can be while no message arrives.
 POLL_TIMEOUT_MS = 50
+# A purge of silent workers walks every worker, so it runs at most this often rather
+# than every loop turn; a silent worker is deleted up to this much later.
+WORKER_PURGE_INTERVAL_S = 0.05
 # Messages routed before the loop purges and publishes again, so a flood of
 # requests cannot starve the timers.
 MAX_MESSAGES_PER_POLL = 1000
@@ -68,6 +71,7 @@ class Kernel:
         self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000
         self._published_version: int | None = None
         self._published_at_s = float("-inf")
+        self._next_worker_purge_s = 0.0
         self._view: pb.ResourceView | None = None  # the latest built, reused while nothing changed
         registry = registry_of(KernelCollector(lambda: self._view), RefusalCollector(self.peer_errors))
         self.metrics = start_metrics(config.metrics_host, config.metrics_port, registry, always_ready)
@@ -270,6 +274,9 @@ class Kernel:
                 request_id,
                 len(block_ids),
             )
+        if now_s < self._next_worker_purge_s:
+            return
+        self._next_worker_purge_s = now_s + WORKER_PURGE_INTERVAL_S
         for worker_id, block_ids in self.registry.purge_expired(now_s).items():
             log.warning(
                 "worker %s silent for %.1f s: deleted, freed %d KV blocks",
