@@ -53,6 +53,21 @@ def test_simulated_workers_answer_through_the_real_stack(tmp_path):
     assert len(view.workers) == 5 and all(w.kv_blocks_total > 0 for w in view.workers)
 
 
+def test_final_only_answers_from_simulated_workers_hold_every_token(tmp_path):
+    """Their workers hold the tokens back between reports (workers.progress_hold): the
+    result still has them all, and its first token's time is the first report's."""
+    stack = Stack(model_dir=tmp_path, log_dir=tmp_path, num_workers=0)
+    with stack:
+        start_sim_workers(stack, 2)
+        with stack.client() as client:
+            ids = [client.submit(f"whole {i} " * 8, max_tokens=20, stream=False) for i in range(6)]
+            results = [client.result(request_id) for request_id in ids]
+    assert [len(r.token_ids) for r in results] == [20] * 6
+    assert [r.usage.generated_tokens for r in results] == [20] * 6
+    assert {r.finish_reason for r in results} == {pb.FINISH_REASON_LENGTH}
+    assert all(0 < r.usage.time_to_first_token_s < r.usage.total_time_s for r in results)
+
+
 def test_a_prompt_may_end_the_simulated_answer_before_its_max_tokens(tmp_path):
     """As a real model stops at its end-of-sequence token: the answer ends with `eos`,
     and the batch tier's answer fill tells the scheduler the bound is loose."""
