@@ -7,10 +7,14 @@ from llmos.wire.constants import DEFAULT_MAX_TOKENS
 from workers.requests import Delta, EngineRequest, SamplingOptions
 
 
+def max_tokens_of(sampling: pb.SamplingParams) -> int:
+    """0 means "the broker's default"; a broker normally fills it in already."""
+    return sampling.max_tokens or DEFAULT_MAX_TOKENS
+
+
 def sampling_options(sampling: pb.SamplingParams) -> SamplingOptions:
     return SamplingOptions(
-        # 0 means "the broker's default"; a broker normally fills it in already
-        max_tokens=sampling.max_tokens or DEFAULT_MAX_TOKENS,
+        max_tokens=max_tokens_of(sampling),
         temperature=sampling.temperature,
         top_p=sampling.top_p if sampling.HasField("top_p") else 1.0,
         top_k=sampling.top_k,

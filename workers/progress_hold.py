@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from llmos.wire import pb
-from llmos.wire.constants import DEFAULT_MAX_TOKENS
+from workers.messages import max_tokens_of
 
 # Long enough that a request of a few dozen tokens on a fast worker reports three
 # times (first, one short of the end, last), short enough that the scheduler's view
@@ -98,7 +98,7 @@ class ProgressHold(Generic[D]):
         """Hold the tokens of this dispatched request if its client reads only the result."""
         if dispatch.is_final_only and dispatch.kind == pb.TASK_KIND_GENERATE:
             self.requests[dispatch.request_id] = HeldRequest(
-                dispatch.sampling.max_tokens or DEFAULT_MAX_TOKENS, len(dispatch.generated_token_ids)
+                max_tokens_of(dispatch.sampling), len(dispatch.generated_token_ids)
             )
 
     def clear(self) -> None:
