@@ -38,6 +38,7 @@ from llmos.readiness import KERNEL, Readiness
 from llmos.security.client_keys import INSECURE_ENV, KEYS_DIR_ENV
 from llmos.security.keyring import default_keys_dir
 from llmos.security.service_keys import open_keyring
+from llmos.signals import interrupt_on_sigterm
 from llmos.supervision import ChildSpec, Supervisor
 from llmos.wire import pb
 from llmos.wire.constants import CLIENT_PORT, DEFAULT_HOST, tcp
@@ -287,10 +288,6 @@ def run_demo(address: str, prompt: str) -> None:
         click.echo(f"\ndemo failed: {exc.code_name}: {exc.message}", err=True)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops `llmos up` exactly like Ctrl-C
-
-
 def resolve_model(model: str) -> str:
     """`model`, or the embedded llmos-demo model's directory (copied on first use) when empty."""
     if model:
@@ -331,7 +328,7 @@ def run(config: UpConfig) -> None:
     use_keys(config)
     supervisor = Supervisor(log_dir)
     failure: LaunchError | None = None
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()  # SIGTERM stops `llmos up` exactly like Ctrl-C
     try:
         for spec in plan_children(config, model_path):
             supervisor.start(spec)

@@ -7,10 +7,14 @@ Each child is `python -m llmos <args>` in its own session, logging to
 `log_dir/<name>.log` (a child started again under its name, as `llmos up`
 restarts one, appends to it); on exit every live child gets SIGTERM, then
 SIGKILL after a grace period, so a failed test or benchmark never leaves one behind.
+A parent that cannot run its exit (SIGKILL, or SIGTERM without a handler) leaves
+none either, on Linux: a child started from the main thread gets SIGTERM when
+its parent dies (`PR_SET_PDEATHSIG`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
@@ -18,7 +22,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -36,6 +42,7 @@ FREE_PORT_TRIES = 100
 RECENT_PORTS_KEPT = 4096
 _recent_ports: dict[int, None] = {}  # in the order handed out
 _port_rng = random.Random()  # its own: a test that seeds `random` would repeat the ports
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def ephemeral_port_range() -> tuple[int, int]:
@@ -87,6 +94,24 @@ class StackPorts:
     scheduler_address: str = field(default_factory=free_address)
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """What a child runs between fork and exec so that it gets SIGTERM when this
+    process dies, or None where that cannot be had. Linux sends it when the thread
+    that forked the child ends, so only children of the main thread get it (its end
+    is the process's); a child of another thread lives until it is stopped."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent_pid = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before the line above
+            os._exit(1)
+
+    return in_child
+
+
 def llmos_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmos", *args]
 
@@ -129,6 +154,7 @@ class ProcessGroup:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # only prctl between fork and exec: no lock to wait on
         )
         self.processes[name] = process
         log.debug("started %s (pid %d): %s", name, process.pid, argv)

@@ -30,3 +30,17 @@ def event_on_sighup() -> threading.Event:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     return reload_requested
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so a command that started
+    processes stops them on its way out (`finally`, `with`) when it is killed politely.
+    Only the main thread hears signals: from another (a command run in a test's
+    thread) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

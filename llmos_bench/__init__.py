@@ -7,6 +7,8 @@ import importlib
 
 import click
 
+from llmos.signals import interrupt_on_sigterm
+
 # name -> ("module:attribute", short help shown by `llmos bench --help` without importing it)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chaos": (
@@ -50,3 +52,4 @@ class LazyBenchGroup(click.Group):
 @click.group("bench", cls=LazyBenchGroup)
 def bench() -> None:
     """Benchmarks (figures on stdout, one JSON line last)."""
+    interrupt_on_sigterm()  # a benchmark killed politely stops its stack and removes its files
