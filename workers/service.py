@@ -267,12 +267,14 @@ class Worker:
             # a request cancelled meanwhile may still show up once; it is gone
             deltas = [d for d in output.deltas if d.request_id in self.gate.running]
             for delta in deltas:
-                if delta.is_finished:
-                    self.finish_request(delta)
-                elif delta.token_ids:
+                if not delta.is_finished and delta.token_ids:
                     self.gate.count_tokens(delta.request_id, len(delta.token_ids))
             if deltas:
                 self.send_progress(deltas)
+            # the broker's answer first, the kernel's bookkeeping after: a client waits on one
+            for delta in deltas:
+                if delta.is_finished:
+                    self.finish_request(delta)
 
     def route_broker_messages(self) -> None:
         self.route_each(self.from_broker, self.broker.receive())

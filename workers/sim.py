@@ -625,13 +625,14 @@ class SimPool:
             worker = self.by_id[worker_id]
             if worker.has_left:
                 continue
-            for request in worker.end_step():
-                self.send_to_kernel(
-                    pack(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id))
-                )
+            finished = worker.end_step()
             if worker.pending_deltas:
                 self.send_progress(worker, worker.pending_deltas, now_s)
                 worker.pending_deltas = []
+            for request in finished:  # after the broker's answer, as a real worker frees them
+                self.send_to_kernel(
+                    pack(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id))
+                )
             self.admit_waiting(worker)
             self.report_cache(worker)
             worker.next_step_s = math.inf
