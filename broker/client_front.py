@@ -111,9 +111,12 @@ class ClientFrontEnd:
 
     def drain(self) -> None:
         """Route the waiting messages; the requests they bring are journalled in one commit,
-        and every reply is sent after it."""
+        then dispatched where they can start, and every reply is sent after that: the
+        worker starts on a request while its client is told that it is accepted."""
         with self.replies.batch():
             self.route_waiting()
+            self.replies.commit_batch()
+            self.dispatcher.schedule(time.monotonic())
 
     def route_waiting(self) -> None:
         for _ in range(MAX_MESSAGES_PER_POLL):

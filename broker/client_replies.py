@@ -42,6 +42,7 @@ class ClientReplies:
         self._unreachable: dict[bytes, None] = {}  # identities in the order they failed
         # sends waiting for a commit; an Accepted names its request
         self._held: list[tuple[bytes, bool, bytes, Request | None]] | None = None
+        self._unjournalled: set[str] = set()  # of the held batch, as its early commit found
 
     def reply(self, identity: bytes, has_delimiter: bool, payload: bytes) -> bool:
         """Send to a client; False (and the client noted as unreachable) if it is gone.
@@ -76,10 +77,17 @@ class ClientReplies:
         finally:
             self._release()
 
+    def commit_batch(self) -> None:
+        """Commit what the held batch journalled before its sends go (they go after its
+        end, as ever): what the commit ends is not dispatched meanwhile."""
+        assert self._held is not None, "no sends are held"
+        self._unjournalled |= self.commit()
+
     def _release(self) -> None:
         assert self._held is not None, "no sends are held"
         held, self._held = self._held, None
-        unjournalled = self.commit()
+        unjournalled = self.commit() | self._unjournalled
+        self._unjournalled = set()
         for identity, has_delimiter, payload, accepted in held:
             if accepted is not None and accepted.request_id in unjournalled:
                 payload = error_frame(
