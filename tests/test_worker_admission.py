@@ -34,17 +34,60 @@ def test_blocks_cover_the_tokens_and_stop_at_the_context_length():
     assert not make_admission(kv_blocks_total=3).can_ever_fit(5000)
 
 
-def test_requests_start_in_order_one_allocation_at_a_time():
-    admission = make_admission()
+def test_requests_ask_in_order_and_several_at_once_where_their_blocks_fit():
+    admission = make_admission(max_num_seqs=3)
     add(admission, "a")
     add(admission, "b")
+    add(admission, "c")
 
     assert admission.next_allocation().request.request_id == "a"
     assert admission.start_allocation("a", now_s=1.0) == 2
-    assert admission.next_allocation() is None  # "a" is in flight
+    assert admission.next_allocation().request.request_id == "b"  # asks beside "a"
+    admission.start_allocation("b", now_s=1.0)
+    assert admission.next_allocation().request.request_id == "c"
+    admission.start_allocation("c", now_s=1.0)
+    assert [a.request.request_id for a in admission.asking()] == ["a", "b", "c"]
+    assert admission.next_allocation() is None  # every slot is asked for
+
     assert admission.grant("a").request_id == "a"
-    assert admission.next_allocation().request.request_id == "b"
+    assert admission.in_flight().request.request_id == "b"  # the oldest still asking
     assert admission.num_used_blocks == 2
+
+
+def test_a_request_behind_allocations_in_flight_asks_only_where_its_blocks_fit_beside_them():
+    admission = make_admission(max_num_seqs=4, kv_blocks_total=5)
+    add(admission, "a", num_tokens=48)  # 3 blocks
+    add(admission, "b", num_tokens=48)  # 3 more: 2 left beside "a"
+    add(admission, "c", num_tokens=16)  # 1 block: it would fit, but it is behind "b"
+    admission.start_allocation("a", now_s=0.0)
+
+    assert admission.next_allocation() is None
+    admission.grant("a")
+    admission.release("a")
+    assert admission.next_allocation().request.request_id == "b"
+
+
+def test_the_head_asks_even_where_this_worker_counts_no_room_the_kernel_decides():
+    admission = make_admission(kv_blocks_total=5)
+    start(admission, "running", num_tokens=48)  # 3 of 5 blocks
+    add(admission, "big", num_tokens=48)
+
+    assert admission.next_allocation().request.request_id == "big"
+
+
+def test_nothing_behind_a_refused_request_asks_but_those_in_flight_may_still_start():
+    admission = make_admission(max_num_seqs=3)
+    for request_id in ("a", "b", "c"):
+        add(admission, request_id)
+    admission.start_allocation("a", now_s=0.0)
+    admission.start_allocation("b", now_s=0.0)
+
+    admission.refuse("a")
+    assert admission.next_allocation() is None  # "c" waits behind "a"
+    assert admission.is_asking("b") and admission.in_flight().request.request_id == "b"
+    admission.grant("b")  # granted meanwhile: it runs
+    admission.release("b")  # frees blocks: "a" asks again, first
+    assert admission.next_allocation().request.request_id == "a"
 
 
 def test_slots_limit_running_requests():
@@ -84,12 +127,15 @@ def test_local_accounting_checks_free_blocks():
     assert admission.num_free_blocks == 2
 
 
-def test_an_abandoned_allocation_can_be_retried():
+def test_abandoned_allocations_can_be_retried_in_order():
     admission = make_admission()
     add(admission, "a")
+    add(admission, "b")
     admission.start_allocation("a", now_s=0.0)
+    admission.start_allocation("b", now_s=0.0)
 
-    assert admission.abandon_allocation().request.request_id == "a"
+    assert [a.request.request_id for a in admission.abandon_allocations()] == ["a", "b"]
+    assert admission.in_flight() is None
     assert admission.next_allocation().request.request_id == "a"
 
 

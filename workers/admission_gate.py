@@ -3,8 +3,12 @@
 Plain policy, no sockets, so tests drive it without a worker: the service asks
 `next_allocation()`, gets the blocks from the kernel (or, while the kernel is
 down, checks `can_allocate_locally`) and reports back with `grant` or `refuse`.
-Requests start in arrival order; at most one allocation is in flight, so a big
-request at the head is never starved by small ones behind it.
+Requests ask in arrival order. The head asks whatever this worker's own count
+says (the kernel decides); a request behind allocations in flight asks only
+where its blocks fit beside theirs by that count, so a burst of dispatches is
+granted in about one round trip to the kernel, not one round trip each, and a
+big request at the head is never starved by small ones behind it (nothing
+behind a head that does not fit, or that was refused, asks).
 
 A slot counts as free once its request is leaving at the end of the engine's
 step in flight (its last token by `max_tokens` or the context length, or told
@@ -101,6 +105,10 @@ class AdmissionGate:
         """Running requests that hold their slot after the step in flight."""
         return len(self.running) - len(self.leaving)
 
+    def asking(self) -> list[WaitingAllocation]:
+        """The allocations in flight, oldest first."""
+        return [a for a in self.waiting.values() if a.status is AllocationStatus.ASKING]
+
     def is_live(self, request_id: str) -> bool:
         return request_id in self.waiting or request_id in self.running
 
@@ -112,20 +120,34 @@ class AdmissionGate:
         self.waiting[request.request_id] = WaitingAllocation(request, num_tokens, num_context_tokens)
 
     def next_allocation(self) -> WaitingAllocation | None:
-        """The head of the queue if it may ask for blocks now."""
-        if not self.waiting or self.num_staying >= self.max_num_seqs:
+        """The first request not yet asking, if it may ask for blocks now: a slot is
+        free beside the running and asking ones, and, behind allocations in flight,
+        its blocks fit beside theirs."""
+        asking = self.asking()
+        if self.num_staying + len(asking) >= self.max_num_seqs:
             return None
-        head = next(iter(self.waiting.values()))
-        return head if head.status is AllocationStatus.QUEUED else None
+        allocation = next((a for a in self.waiting.values() if a.status is not AllocationStatus.ASKING), None)
+        if allocation is None or allocation.status is AllocationStatus.REFUSED:
+            return None  # a refused one waits for blocks, and everything behind it too
+        if not asking:
+            return allocation
+        num_asked_blocks = sum(self.blocks_for(a.num_tokens) for a in asking)
+        if num_asked_blocks + self.blocks_for(allocation.num_tokens) > self.num_free_blocks:
+            return None
+        return allocation
 
     def in_flight(self) -> WaitingAllocation | None:
-        head = next(iter(self.waiting.values()), None)
-        return head if head is not None and head.status is AllocationStatus.ASKING else None
+        """The oldest allocation in flight."""
+        return next((a for a in self.waiting.values() if a.status is AllocationStatus.ASKING), None)
+
+    def is_asking(self, request_id: str) -> bool:
+        allocation = self.waiting.get(request_id)
+        return allocation is not None and allocation.status is AllocationStatus.ASKING
 
     def start_allocation(self, request_id: str, now_s: float) -> int:
-        """Mark the head's allocation in flight; return the blocks to ask for."""
+        """Mark the next allocation in flight; return the blocks to ask for."""
         allocation = self.waiting[request_id]
-        assert allocation is self.next_allocation(), "only the head allocates"
+        assert allocation is self.next_allocation(), "requests ask in order, when they may"
         allocation.move_to(AllocationStatus.ASKING)
         allocation.allocate_sent_at_s = now_s
         return self.blocks_for(allocation.num_tokens)
@@ -146,12 +168,12 @@ class AdmissionGate:
         """Not enough blocks now: wait at the head until something is freed."""
         self.waiting[request_id].move_to(AllocationStatus.REFUSED)
 
-    def abandon_allocation(self) -> WaitingAllocation | None:
-        """Forget the allocation in flight (its answer never came); return its request."""
-        allocation = self.in_flight()
-        if allocation is not None:
+    def abandon_allocations(self) -> list[WaitingAllocation]:
+        """Forget the allocations in flight (their answers will not come); return them."""
+        asking = self.asking()
+        for allocation in asking:
             allocation.move_to(AllocationStatus.QUEUED)
-        return allocation
+        return asking
 
     def unblock(self) -> None:
         """Refused requests may ask again (blocks were freed, or an interval passed)."""

@@ -344,7 +344,7 @@ class Worker:
             self.wait_for_blocks(error.request_id)
         elif error.code == pb.UNKNOWN_WORKER:
             log.warning("worker %s: the kernel does not know this worker; registering again", self.worker_id)
-            self.gate.abandon_allocation()
+            self.gate.abandon_allocations()
             self.kernel.register(time.monotonic(), fresh_socket=False)
         else:
             self.log_peer_error("kernel", error)
@@ -434,7 +434,8 @@ class Worker:
         )
 
     def admit_requests(self) -> None:
-        """Start waiting requests in order: blocks from the kernel, or locally while it is down."""
+        """Start waiting requests in order: blocks from the kernel, or locally while it is down.
+        Several may ask at once (the gate says which); each starts on its grant."""
         while (allocation := self.gate.next_allocation()) is not None:
             request_id = allocation.request.request_id
             if self.kernel.is_online:
@@ -447,24 +448,24 @@ class Worker:
                         tenant=self.tenant_by_request.get(request_id, ""),
                     )
                 )
-                return  # one allocation in flight at a time
+                continue
             if not self.gate.can_allocate_locally(allocation):
                 return
             self.start_request(request_id)
 
     def start_granted(self, request_id: str) -> None:
-        allocation = self.gate.in_flight()
-        if allocation is not None and allocation.request.request_id == request_id:
+        if self.gate.is_asking(request_id):
             self.start_request(request_id)
         # else: the answer to a KvFree, or to an allocation given up on; nothing to do
 
     def wait_for_blocks(self, request_id: str) -> None:
-        allocation = self.gate.in_flight()
-        if allocation is not None and request_id in ("", allocation.request.request_id):
-            log.info(
-                "worker %s request %s waits for KV blocks", self.worker_id, allocation.request.request_id
-            )
-            self.gate.refuse(allocation.request.request_id)
+        """The kernel refused an allocation in flight (no request id: the oldest one)."""
+        if not request_id:
+            oldest = self.gate.in_flight()
+            request_id = oldest.request.request_id if oldest is not None else ""
+        if self.gate.is_asking(request_id):
+            log.info("worker %s request %s waits for KV blocks", self.worker_id, request_id)
+            self.gate.refuse(request_id)
 
     def start_request(self, request_id: str) -> None:
         self.engine_thread.submit(self.gate.grant(request_id))
@@ -566,7 +567,7 @@ class Worker:
         allocation = self.gate.in_flight()
         if allocation is not None and now_s - allocation.allocate_sent_at_s > self.interval_s:
             self.kernel.go_offline(f"KvAllocate for request {allocation.request.request_id} unanswered")
-            self.gate.abandon_allocation()
+            self.gate.abandon_allocations()
         if self.kernel.is_register_expired(now_s):
             self.kernel.go_offline("KernelRegister unanswered")
 
