@@ -11,6 +11,9 @@ free one at a time) with max_num_seqs = the compared concurrency:
   max_num_seqs requests live, so the broker always has the next one queued.
 The ratio of output tokens/s is what serving costs: messages, tokenizing, KV
 accounting with the kernel, and every step a freed slot waits for its next request.
+Each round then sends a burst: max_num_seqs fresh requests of BURST_NEW_TOKENS
+tokens at once, to a fresh engine alone and to the idle stack; their time to the
+first token on each side is what a burst of users waits for beyond the engine.
 The worker's answers may end early at the model's EOS (random weights rarely
 make one); tokens/s counts the tokens each side made.
 """
@@ -18,6 +21,7 @@ make one); tokens/s counts the tokens each side made.
 from __future__ import annotations
 
 import random
+import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +36,8 @@ from llmos_bench.workload import BATCH, Job
 WORKER_READY_TIMEOUT_S = 300.0  # a fresh process loads the model (and warms CUDA) first
 WARM_UP_REQUESTS = 4
 DRAIN_TIMEOUT_S = 600.0
+BURST_NEW_TOKENS = 4  # a burst measures first tokens; a few more end it soon
+BURST_SEED_OFFSET = 100  # the bursts' prompts: never the closed loop's, nor another round's
 
 
 class ModelStack(ServiceStack):
@@ -101,15 +107,16 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
     config = bench.config
     max_num_seqs = config.compare_concurrency
     lengths = answer_lengths(config.stack_requests, config.new_tokens, config.seed)
-    # the worker tokenizes text: the alone side gets the very ids the worker will see
-    texts = [
-        bench.tokenizer.decode(ids, skip_special_tokens=True)
-        for ids in bench.prompts_for(config.stack_requests, config.seed + 3)
+    texts, prompts = worker_prompts(bench, config.stack_requests, config.seed + 3)
+    burst_prompts = [
+        worker_prompts(bench, max_num_seqs, config.seed + BURST_SEED_OFFSET + index)
+        for index in range(config.rounds)
     ]
-    prompts = [bench.tokenizer.encode(text) for text in texts]
-    max_model_len = max(len(ids) for ids in prompts) + max(lengths)
+    max_prompt_len = max(len(ids) for ids in [*prompts, *(ids for _, ps in burst_prompts for ids in ps)])
+    max_model_len = max_prompt_len + max(*lengths, BURST_NEW_TOKENS)
     kv_tokens = bench.num_kv_blocks(max_num_seqs, max_model_len) * config.block_size
-    rounds = []
+    rounds: list[dict[str, Any]] = []
+    bursts: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="llmos-bench-stack-") as log_dir:
         args = worker_args(config, max_model_len, kv_tokens)
         with ModelStack(Path(log_dir), max_num_seqs, args) as stack:
@@ -128,6 +135,14 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
                     f"in {alone.wall_s:.1f} s, stack {served['output_tokens_per_s']:.1f} in "
                     f"{served['wall_s']:.1f} s"
                 )
+                bursts.append(
+                    measure_burst(bench, stack.broker_address, max_model_len, *burst_prompts[index])
+                )
+                alone_ms, stack_ms = (bursts[-1][side]["ttft_p50_s"] * 1000 for side in ("alone", "stack"))
+                echo(
+                    f"  a burst of {max_num_seqs}: first tokens at {alone_ms:.1f} ms (median) alone, "
+                    f"{stack_ms:.1f} ms through the stack"
+                )
     compared = compare_rounds(rounds, "stack", "alone")
     curve = None
     if config.stack_curve_baseline:
@@ -140,6 +155,47 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
         "mean_answer_tokens": sum(lengths) / len(lengths),
         "stack_vs_alone": compared.pop("ratio"),
         **compared,
+        "burst": summarize_bursts(bursts, max_num_seqs),
+    }
+
+
+def worker_prompts(bench: Any, count: int, seed: int) -> tuple[list[str], list[list[int]]]:
+    """`count` prompts as text for the stack and as the ids the worker's tokenizer makes
+    of that text for the engine alone, so both sides see the very same tokens."""
+    texts = [bench.tokenizer.decode(ids, skip_special_tokens=True) for ids in bench.prompts_for(count, seed)]
+    return texts, [bench.tokenizer.encode(text) for text in texts]
+
+
+def measure_burst(
+    bench: Any, address: str, max_model_len: int, texts: list[str], prompts: list[list[int]]
+) -> dict[str, dict[str, float]]:
+    """Fresh requests all at once: to a fresh engine alone, then to the idle stack;
+    each side's TTFT p50 and p99 (s)."""
+    size = len(prompts)
+    engine = bench.make_engine(size, max_model_len=max_model_len)
+    alone = run_closed_loop(engine, prompts, size, BURST_NEW_TOKENS)
+    served = serve(address, texts, [BURST_NEW_TOKENS] * size, size)
+    return {
+        "alone": bench.load_figures(alone, ("ttft",)),
+        "stack": {name: served[name] for name in ("ttft_p50_s", "ttft_p99_s")},
+    }
+
+
+def summarize_bursts(bursts: list[dict[str, dict[str, float]]], size: int) -> dict[str, Any]:
+    """Each side's median over the rounds of its TTFT p50 and p99, in ms; the stack's
+    median p50 over the engine's."""
+    figures = {
+        side: {
+            f"ttft_{q}_ms": statistics.median(b[side][f"ttft_{q}_s"] for b in bursts) * 1000
+            for q in ("p50", "p99")
+        }
+        for side in ("alone", "stack")
+    }
+    return {
+        "requests": size,
+        "new_tokens": BURST_NEW_TOKENS,
+        **figures,
+        "ttft_p50_stack_vs_alone": figures["stack"]["ttft_p50_ms"] / figures["alone"]["ttft_p50_ms"],
     }
 
 
@@ -181,4 +237,6 @@ def serve(address: str, texts: list[str], lengths: list[int], num_live: int) -> 
         "output_tokens": summary["tokens"],
         "wall_s": wall_s,
         "output_tokens_per_s": summary["tokens"] / wall_s,
+        "ttft_p50_s": summary["ttft_p50_s"],
+        "ttft_p99_s": summary["ttft_p99_s"],
     }

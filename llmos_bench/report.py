@@ -99,6 +99,7 @@ def stack_lines(stack: dict[str, Any] | None) -> list[str]:
         f"{stack['stack']['output_tokens_per_s']:.1f} output tokens/s through the stack, "
         f"{stack['alone']['output_tokens_per_s']:.1f} with the engine alone, "
         + ratio_with_rounds(stack["stack_vs_alone"], stack["round_ratios"]),
+        burst_line(stack["burst"]),
         *(
             [
                 "with CURVE (the default) against --insecure, the same requests: "
@@ -108,6 +109,16 @@ def stack_lines(stack: dict[str, Any] | None) -> list[str]:
             else []
         ),
     ]
+
+
+def burst_line(burst: dict[str, Any]) -> str:
+    alone, stack = burst["alone"], burst["stack"]
+    return (
+        f"a burst of {burst['requests']} requests at once ({burst['new_tokens']} tokens each): "
+        f"first tokens at {stack['ttft_p50_ms']:.1f} ms (p50) / {stack['ttft_p99_ms']:.1f} ms (p99) "
+        f"through the stack, {alone['ttft_p50_ms']:.1f} / {alone['ttft_p99_ms']:.1f} ms with the engine "
+        f"alone: {burst['ttft_p50_stack_vs_alone']:.2f}x at p50 (medians of the rounds)"
+    )
 
 
 def churn_lines(churn: dict[str, Any] | None) -> list[str]:

@@ -255,6 +255,11 @@ def test_stack_requests_serve_the_same_answers_alone_and_through_a_real_stack():
     assert summary["stack_vs_engine_throughput"] == stack["stack_vs_alone"]
     assert is_positive(stack["stack_vs_alone"])
     assert is_positive(stack["curve_throughput_ratio"]) and len(stack["curve_round_ratios"]) == 2
+    burst = stack["burst"]  # max_num_seqs requests at once, to each side, every round
+    assert (burst["requests"], burst["new_tokens"]) == (2, 4)
+    for side in ("alone", "stack"):
+        assert 0 < burst[side]["ttft_p50_ms"] <= burst[side]["ttft_p99_ms"]
+    assert burst["ttft_p50_stack_vs_alone"] == burst["stack"]["ttft_p50_ms"] / burst["alone"]["ttft_p50_ms"]
 
 
 def test_churn_requests_compare_mixed_steps_with_newcomers_prefilled_apart():
