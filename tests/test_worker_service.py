@@ -51,6 +51,7 @@ class FakePeer:
         self.answer = answer
         self.is_answering = True
         self.refuse_once: set[str] = set()  # kernel: request ids whose first kv_allocate is refused
+        self.has_forgotten_worker = False  # kernel: as if restarted, UNKNOWN_WORKER until a registration
         self.inbox: queue.Queue[tuple[bytes, str, Message]] = queue.Queue()
         self.outbox: queue.Queue[tuple[bytes, bytes]] = queue.Queue()
         self.context = zmq.Context()
@@ -106,7 +107,11 @@ def answer_as_broker(peer: FakePeer, name: str, message: Message) -> list[Messag
 
 
 def answer_as_kernel(peer: FakePeer, name: str, message: Message) -> list[Message]:
+    if peer.has_forgotten_worker and name != "kernel_register":
+        request_id = getattr(message, "request_id", "")
+        return [pb.Error(code=pb.UNKNOWN_WORKER, message="no such worker", request_id=request_id)]
     if name == "kernel_register":
+        peer.has_forgotten_worker = False
         total = message.kv_capacity_tokens // KERNEL_BLOCK_SIZE
         return [pb.KernelReply(block_size=KERNEL_BLOCK_SIZE, kv_blocks_total=total, num_free_blocks=total)]
     if name == "kv_allocate" and message.request_id in peer.refuse_once:
@@ -287,6 +292,40 @@ def test_worker_waits_for_kv_blocks_from_the_kernel_and_streams_the_greedy_answe
         broker.expect("disconnect")
         kernel.expect("disconnect")
         assert worker.wait(REPLY_TIMEOUT_S) == 0
+
+
+@pytest.mark.e2e
+def test_a_kernel_that_forgot_the_worker_gets_one_registration_then_each_allocation_once(
+    tiny_model_dir, reference, tmp_path
+):
+    """A restarted kernel refuses every allocation in flight with UNKNOWN_WORKER: the
+    worker registers again once, and asks once more for each request's blocks behind
+    that registration (twice would hold them twice in the kernel's ledger)."""
+    request_ids = [f"r{index}" for index in range(4)]
+    with (
+        FakePeer(answer_as_broker) as broker,
+        FakePeer(answer_as_kernel) as kernel,
+        running_worker(
+            tiny_model_dir, broker.address, kernel.address, 1000, tmp_path, "--kv-cache-tokens", "4096"
+        ),
+    ):
+        kernel.expect("kernel_register", STARTUP_TIMEOUT_S)
+        identity, _ = broker.expect("worker_register", STARTUP_TIMEOUT_S)
+        kernel.has_forgotten_worker = True
+        for request_id in request_ids:  # together: their allocations are in flight at once
+            broker.send(identity, dispatch(request_id, max_tokens=6))
+        answers = collect_answers(broker, set(request_ids))
+
+    kernel_messages = []
+    while not kernel.inbox.empty():
+        _, name, message = kernel.inbox.get()
+        kernel_messages.append((name, getattr(message, "request_id", "")))
+    registrations = [i for i, (name, _) in enumerate(kernel_messages) if name == "kernel_register"]
+    assert len(registrations) == 1  # the second one: the first was taken by expect()
+    asked_again = [rid for name, rid in kernel_messages[registrations[0] :] if name == "kv_allocate"]
+    assert sorted(asked_again) == request_ids
+    for request_id in request_ids:
+        assert answers[request_id].token_ids == reference.greedy(PROMPT, 6)
 
 
 @pytest.mark.e2e

@@ -150,6 +150,12 @@ class KernelLink(PeerLink):
         self.is_online = True
         self.register_sent_at_s = None
 
+    @property
+    def is_registering(self) -> bool:
+        """A registration is on its way: its answer comes after the answers to everything
+        sent before it."""
+        return self.register_sent_at_s is not None
+
     def is_register_expired(self, now_s: float) -> bool:
         return self.register_sent_at_s is not None and now_s - self.register_sent_at_s > self.interval_s
 

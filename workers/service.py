@@ -343,6 +343,11 @@ class Worker:
         if error.code == pb.NOT_ENOUGH_BLOCKS:
             self.wait_for_blocks(error.request_id)
         elif error.code == pb.UNKNOWN_WORKER:
+            if self.kernel.is_registering:
+                # one registration answers every message sent before it (a restarted
+                # kernel refuses each allocation, heartbeat and free in flight): the
+                # allocations asked for again behind it must not be abandoned twice
+                return
             log.warning("worker %s: the kernel does not know this worker; registering again", self.worker_id)
             self.gate.abandon_allocations()
             self.kernel.register(time.monotonic(), fresh_socket=False)
