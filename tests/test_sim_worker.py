@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from stack import Stack
 
@@ -66,6 +68,28 @@ def test_final_only_answers_from_simulated_workers_hold_every_token(tmp_path):
     assert [r.usage.generated_tokens for r in results] == [20] * 6
     assert {r.finish_reason for r in results} == {pb.FINISH_REASON_LENGTH}
     assert all(0 < r.usage.time_to_first_token_s < r.usage.total_time_s for r in results)
+
+
+def test_a_restarted_kernel_hears_each_simulated_worker_register_once(tmp_path):
+    """The restarted kernel refuses every message the workers sent before they register
+    again (UNKNOWN_WORKER): one round of registrations answers all of those refusals."""
+    stack = Stack(model_dir=tmp_path, log_dir=tmp_path, num_workers=0)
+    with stack:
+        start_sim_workers(stack, 10)
+        stack.kill("kernel")
+        stack.start_kernel()
+        with stack.client() as client:
+            ids = [client.submit(f"after {i} " * 8, max_tokens=8, tier="batch") for i in range(40)]
+            results = [client.result(request_id) for request_id in ids]
+        for _ in range(100):  # the round may still be on its way
+            view = query_kernel(stack.kernel_address, timeout_s=10)
+            if len(view.workers) == 10:
+                break
+            time.sleep(0.1)
+    assert [r.usage.generated_tokens for r in results] == [8] * 40
+    assert len(view.workers) == 10
+    # kernel.log holds both runs: ten registrations at the start, ten after the restart
+    assert (tmp_path / "kernel.log").read_text().count(" registered: ") == 20
 
 
 def test_a_prompt_may_end_the_simulated_answer_before_its_max_tokens(tmp_path):

@@ -348,6 +348,8 @@ class SimPool:
         self.selector.register(self.kernel.FD, selectors.EVENT_READ, None)
         self.unchecked: set[str] = set()  # ids of the workers whose socket to read before waiting
         self.is_kernel_unchecked = False  # sent on since it was last read
+        self.num_kernel_registrations_unanswered = 0  # the kernel answers each on the one socket
+        self.kernel_registered_again_at_s = -math.inf
         base_id = config.worker_id or "sim"
         count = max(1, config.sim_workers)
         kv_blocks = max(1, config.kv_cache_tokens // DEFAULT_BLOCK_SIZE) if config.kv_cache_tokens else 4096
@@ -405,6 +407,7 @@ class SimPool:
             self.register(worker)
 
     def register_with_kernel(self, worker: SimWorker) -> None:
+        self.num_kernel_registrations_unanswered += 1
         self.send_to_kernel(
             pack(
                 pb.KernelRegister(
@@ -663,13 +666,28 @@ class SimPool:
                 continue  # the kernel's answers carry nothing a simulated worker needs
 
     def note_kernel_reply(self, reply: pb.KernelReply) -> None:
-        """Nothing to do: a simulated worker counts its own blocks."""
+        """A registration's answer is counted; else nothing: a simulated worker counts its
+        own blocks."""
+        if not reply.request_id and self.num_kernel_registrations_unanswered:
+            self.num_kernel_registrations_unanswered -= 1
 
     def accept_kernel_error(self, error: pb.Error) -> None:
-        if error.code == pb.UNKNOWN_WORKER:
-            log.info("the kernel forgot the simulated workers: registering again")
-            for worker in self.workers.values():
-                self.register_with_kernel(worker)
+        """A kernel that forgot the workers (restarted) refuses every message sent before
+        they register again: one round of registrations answers them all, unless it is
+        still unanswered an interval later."""
+        if error.code != pb.UNKNOWN_WORKER:
+            return
+        now_s = time.monotonic()
+        if (
+            self.num_kernel_registrations_unanswered
+            and now_s - self.kernel_registered_again_at_s < self.interval_s
+        ):
+            return
+        log.info("the kernel forgot the simulated workers: registering again")
+        self.num_kernel_registrations_unanswered = 0  # a round left unanswered is given up
+        self.kernel_registered_again_at_s = now_s
+        for worker in self.workers.values():
+            self.register_with_kernel(worker)
 
     def send_heartbeats(self, now_s: float) -> None:
         if now_s < self.next_heartbeat_s:
