@@ -112,8 +112,8 @@ def measure_stack_vs_alone(bench: Any, echo: Callable[[str], None]) -> dict[str,
         worker_prompts(bench, max_num_seqs, config.seed + BURST_SEED_OFFSET + index)
         for index in range(config.rounds)
     ]
-    max_prompt_len = max(len(ids) for ids in [*prompts, *(ids for _, ps in burst_prompts for ids in ps)])
-    max_model_len = max_prompt_len + max(*lengths, BURST_NEW_TOKENS)
+    every_prompt = prompts + [ids for _, round_prompts in burst_prompts for ids in round_prompts]
+    max_model_len = max(map(len, every_prompt)) + max(*lengths, BURST_NEW_TOKENS)
     kv_tokens = bench.num_kv_blocks(max_num_seqs, max_model_len) * config.block_size
     rounds: list[dict[str, Any]] = []
     bursts: list[dict[str, dict[str, float]]] = []

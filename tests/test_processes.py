@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from service_process import wait_until
 
 PYTHON = sys.executable
 WAIT_S = 60.0
@@ -56,13 +56,6 @@ def children_of(parent_pid: int) -> list[int]:
     return pids
 
 
-def wait_until(condition, what: str) -> None:
-    deadline_s = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline_s, f"waited {WAIT_S:.0f} s for {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_child_gets_sigterm_when_its_parent_is_killed_outright(tmp_path) -> None:
     parent = subprocess.Popen([PYTHON, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -71,7 +64,7 @@ def test_a_child_gets_sigterm_when_its_parent_is_killed_outright(tmp_path) -> No
         assert is_running(child_pid)
         parent.kill()
         parent.wait()
-        wait_until(lambda: not is_running(child_pid), f"child {child_pid} to end with its parent")
+        wait_until(lambda: not is_running(child_pid), f"child {child_pid} ends with its parent", WAIT_S)
     finally:
         if is_running(child_pid):
             os.kill(child_pid, signal.SIGKILL)
@@ -91,13 +84,13 @@ def test_a_benchmark_stopped_with_sigterm_stops_every_process_it_started(tmp_pat
     started: list[int] = []
     try:
         # kernel, scheduler, broker and the simulated worker
-        wait_until(lambda: len(children_of(bench.pid)) >= 4, "the benchmark's stack to start")
+        wait_until(lambda: len(children_of(bench.pid)) >= 4, "the benchmark's stack is up", WAIT_S)
         started = children_of(bench.pid)
         bench.send_signal(signal.SIGTERM)
         _, stderr = bench.communicate(timeout=WAIT_S)
         assert bench.returncode == 1, stderr  # click's "Aborted!": it stopped as on Ctrl-C
         assert "Aborted" in stderr
-        wait_until(lambda: not any(is_running(pid) for pid in started), "the stack to stop")
+        wait_until(lambda: not any(is_running(pid) for pid in started), "the stack stopped", WAIT_S)
     finally:
         if bench.poll() is None:
             bench.kill()

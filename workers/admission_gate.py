@@ -138,7 +138,7 @@ class AdmissionGate:
 
     def in_flight(self) -> WaitingAllocation | None:
         """The oldest allocation in flight."""
-        return next((a for a in self.waiting.values() if a.status is AllocationStatus.ASKING), None)
+        return next(iter(self.asking()), None)
 
     def is_asking(self, request_id: str) -> bool:
         allocation = self.waiting.get(request_id)
