@@ -156,8 +156,11 @@ def load_model(config: WorkerConfig) -> LoadedModel:
     if preset is not None:
         model = build_dummy_model(preset, device, dtype)
     else:
+        # int8 widens each linear alone as it rounds it (workers.quantization): loaded in the
+        # checkpoint's own dtype, a 16-bit checkpoint never stands in memory at float32's size
+        load_dtype: torch.dtype | str = "auto" if quantization == "int8" else dtype
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype, local_files_only=True)
         except PermissionError:
             raise SystemExit(unreadable(path)) from None
         model = model.to(device).eval()

@@ -3,9 +3,11 @@
 A decode step on CPU is bound by the weight bytes it reads, one pass over every
 linear per step; int8 weights are a quarter of float32's.
 
-The linears are PyTorch's dynamic int8 linears (`torch.ao.quantization.
-quantize_dynamic`, on the x86/fbgemm kernels): int8 weights with one scale per
-output channel; each call rounds its input to 8 bits with one scale and zero
+The linears are PyTorch's dynamic int8 linears (`torch.ao.nn.quantized.dynamic.
+Linear`, as `quantize_dynamic` makes them, on the x86/fbgemm kernels): int8
+weights with one scale per output channel, rounded one linear at a time from the
+checkpoint's own dtype (`quantize_int8`), so loading takes little more memory than
+the checkpoint and the rounded model; each call rounds its input to 8 bits with one scale and zero
 point for the whole input, multiplies in 8 bits with int32 sums, and returns
 float32.
 ATen's weight-only kernel (`_weight_int8pack_mm`, activations left in float)
@@ -70,25 +72,53 @@ HEAD_INT8 = "llmos_int8_weight"
 
 def quantize_int8(model: Any) -> int:
     """Every `nn.Linear` of the model but its output head becomes a dynamic int8
-    linear, in place; the head's weights are rounded to int8 (`round_head_to_int8`).
-    Returns how many linears became dynamic int8 ones."""
+    linear, in place; the head's weights are rounded to int8 (`round_head_to_int8`);
+    every other parameter and buffer becomes float32. Returns how many linears
+    became dynamic int8 ones.
+
+    The model may come in its checkpoint's own dtype: each linear is widened to
+    float32 alone, just before it is rounded, and its float weights are freed as it
+    is swapped, so a bfloat16 checkpoint never stands in memory at float32's size (and,
+    every tensor of it converted, no mapping of its file outlives the load). A 16-bit
+    weight widens exactly, so the rounded weights are those of the checkpoint loaded
+    in float32. A float32 checkpoint's embeddings and norms stay views of its file's
+    mapping, as they do without int8: its pages are the kernel's to reclaim, where
+    copies would be the worker's own."""
     head = model.get_output_embeddings()
-    per_channel = torch.ao.quantization.per_channel_dynamic_qconfig
-    qconfig_spec = {
-        name: per_channel
+    names = [
+        name
         for name, module in model.named_modules()
         if type(module) is torch.nn.Linear and module is not head
-    }
+    ]
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao (which llmos does not depend on)
         # and the deprecation of quantized tensor types; both still run in this torch
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        torch.ao.quantization.quantize_dynamic(model, qconfig_spec, dtype=torch.qint8, inplace=True)
+        for name in names:
+            swap_for_dynamic_int8(model, name)
     if isinstance(head, torch.nn.Linear):
         round_head_to_int8(model, head)
-    log.info("int8 weights for %d linears and the output head (weights only)", len(qconfig_spec))
-    return len(qconfig_spec)
+    model.float()  # the embeddings and norms, where the checkpoint keeps them in 16 bits
+    model.config.dtype = torch.float32  # as if loaded in float32, whatever the checkpoint's dtype
+    log.info("int8 weights for %d linears and the output head (weights only)", len(names))
+    return len(names)
+
+
+def swap_for_dynamic_int8(model: Any, name: str) -> None:
+    """Replace the linear `name` with a dynamic int8 one: int8 weights, symmetric, one
+    scale per output channel (what `torch.ao.quantization.quantize_dynamic` makes with
+    `per_channel_dynamic_qconfig`, without the observers it leaves in reference
+    cycles, which kept every float weight alive until the next garbage collection)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    linear = getattr(parent, child).float()
+    linear.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    setattr(parent, child, torch.ao.nn.quantized.dynamic.Linear.from_float(linear))
+
+
+# rows of the head rounded at once: its temporaries stay a few MB, not copies of the whole head
+HEAD_ROWS_PER_CHUNK = 4096
 
 
 def round_head_to_int8(model: Any, head: torch.nn.Linear) -> None:
@@ -97,11 +127,21 @@ def round_head_to_int8(model: Any, head: torch.nn.Linear) -> None:
     values times their scales. A head tied to the input embeddings gets its own weight
     (the embeddings keep theirs)."""
     with torch.no_grad():
-        weight = head.weight.detach().float()
-        scales = (weight.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        int8 = (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
-        head.weight = torch.nn.Parameter(int8.float() * scales[:, None], requires_grad=False)
-    setattr(head, HEAD_INT8, (int8, scales.contiguous()))
+        weight = head.weight.detach()
+        num_rows = weight.shape[0]
+        int8 = torch.empty(weight.shape, dtype=torch.int8)
+        rounded = torch.empty(weight.shape, dtype=torch.float32)
+        scales = torch.empty(num_rows, dtype=torch.float32)
+        for start in range(0, num_rows, HEAD_ROWS_PER_CHUNK):
+            rows = slice(start, start + HEAD_ROWS_PER_CHUNK)
+            chunk = weight[rows].float()
+            chunk_scales = (chunk.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+            values = (chunk / chunk_scales[:, None]).round_().clamp_(-127, 127)
+            int8[rows] = values.to(torch.int8)
+            rounded[rows] = values.mul_(chunk_scales[:, None])
+            scales[rows] = chunk_scales
+        head.weight = torch.nn.Parameter(rounded, requires_grad=False)
+    setattr(head, HEAD_INT8, (int8, scales))
     if getattr(model.config, "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False  # they are two tensors now
 
