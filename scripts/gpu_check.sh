@@ -12,6 +12,8 @@
 # CHURN=1 adds `llmos bench engine --churn-requests 256` (mixed steps against newcomers
 # prefilled apart) and scripts/gpu_churn.py (the engine with requests coming and going, against one
 # wave) and STACK=1 `llmos bench engine --stack-requests 256` (the stack against the engine).
+# CPU=1 adds the engine on the host's CPU (another CPU kind than the development VM's):
+# dummy:llama-100m, 2 threads, 32 concurrent, against generate_batch and the matmul peak.
 #   NO_WHEELS=1 MODEL=dummy:llama-tiny DEVICE=cpu scripts/gpu_check.sh   (a dry run here)
 set -u -o pipefail
 OUT=${OUT:-/tmp/llmos-gpu-check}
@@ -53,4 +55,11 @@ if [ -n "${STACK:-}" ]; then  # what serving costs: the stack against the engine
     timeout 240 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" --concurrency 32 \
         --skip-baselines --poisson-seconds 0 --new-tokens 16 --prompt-len 128 \
         --stack-requests 256 --rounds 2 2>&1 | tee "$OUT/bench_stack.log"
+fi
+if [ -n "${CPU:-}" ]; then  # the CPU targets on this machine's CPU kind (its model name is logged)
+    lscpu 2>&1 | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400 | tee "$OUT/cpu.txt"
+    python3 -c 'from workers import cpu_kernels; print("llmos cpu kernels:", cpu_kernels.has_kernels())' \
+        2>&1 | tee -a "$OUT/cpu.txt"
+    timeout 300 python3 -m llmos bench engine --model dummy:llama-100m --device cpu --threads 2 \
+        --concurrency 32 --poisson-seconds 0 --rounds 3 2>&1 | tee "$OUT/bench_cpu.log"
 fi
