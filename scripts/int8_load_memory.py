@@ -19,7 +19,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 WAYS = ("llmos", "torch")
@@ -42,21 +41,14 @@ def load(way: str, path: str) -> dict[str, int]:
 
     from workers.config import WorkerConfig
     from workers.model_loader import load_model
-    from workers.quantization import round_head_to_int8
+    from workers.quantization import quantize_dynamic_int8, round_head_to_int8
 
     if way == "llmos":
         model = load_model(WorkerConfig(model=path, device="cpu", quantization="int8")).model
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        quantize_dynamic_int8(model)
         head = model.get_output_embeddings()
-        spec = {
-            name: torch.ao.quantization.per_channel_dynamic_qconfig
-            for name, module in model.named_modules()
-            if type(module) is torch.nn.Linear and module is not head
-        }
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
         round_head_to_int8(model, head)
     assert model is not None
     return status_mb()

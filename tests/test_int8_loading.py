@@ -6,7 +6,6 @@ mapping of a 16-bit checkpoint's file outlives the load."""
 from __future__ import annotations
 
 import gc
-import warnings
 import weakref
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from workers.config import WorkerConfig
 from workers.dummy import build_dummy_model, build_dummy_tokenizer
 from workers.model_loader import load_model
-from workers.quantization import HEAD_INT8, quantize_int8
+from workers.quantization import HEAD_INT8, quantize_dynamic_int8, quantize_int8
 
 PRESET = "llama-tiny"
 PROMPT_IDS = torch.arange(1, 24).unsqueeze(0)
@@ -37,15 +36,7 @@ def load_int8(path: Path):
 def rounded_by_torch(path: Path):
     """The checkpoint loaded in float32 and rounded by torch's own quantize_dynamic."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
-    head = model.get_output_embeddings()
-    spec = {
-        name: torch.ao.quantization.per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if type(module) is torch.nn.Linear and module is not head
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+    quantize_dynamic_int8(model)
     return model
 
 

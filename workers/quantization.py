@@ -117,6 +117,22 @@ def swap_for_dynamic_int8(model: Any, name: str) -> None:
     setattr(parent, child, torch.ao.nn.quantized.dynamic.Linear.from_float(linear))
 
 
+def quantize_dynamic_int8(model: Any) -> None:
+    """What `quantize_int8` makes of the body's linears, by torch's own `quantize_dynamic`
+    over the whole model at once (the reference its tests and scripts/int8_load_memory.py
+    compare with); the head is left as it is."""
+    head = model.get_output_embeddings()
+    spec = {
+        name: torch.ao.quantization.per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear and module is not head
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+
+
 # rows of the head rounded at once: its temporaries stay a few MB, not copies of the whole head
 HEAD_ROWS_PER_CHUNK = 4096
 
