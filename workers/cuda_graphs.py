@@ -282,10 +282,14 @@ class DecodeGraphs:
             self.buffer = torch.zeros(size, dtype=torch.long, device=self.device)
             self.drop_graphs()
 
+    @torch.inference_mode()
     def capture_all(self, max_num_blocks: int) -> None:
         """Capture every bucket up to `max_num_blocks` blocks a row now, so that no step
         pays for a capture later; on steps of padded rows only (they write the scratch
-        block alone). The largest first, as vLLM does: the smaller reuse their memory."""
+        block alone). The largest first, as vLLM does: the smaller reuse their memory.
+        In inference mode, as every step: the engine captures when it is built, and with
+        autograd on, each capture's activations would stay saved for a backward pass
+        (held by the pools and the logits, in the graphs' memory pool)."""
         if not self.is_capturing:
             return
         block_buckets = [1 << power for power in range(blocks_bucket(max_num_blocks).bit_length())]
