@@ -26,7 +26,7 @@ from engine_helpers import (
 
 from llmos.prefix import PREFIX_BLOCK_CHARS, prompt_block_hashes
 from llmos.wire import pb
-from workers import cpu_kernels
+from workers import cpu_kernels, paged_ops
 from workers.batch_sequence import SequenceStatus
 from workers.batched_engine import BatchedEngine
 from workers.engine_factory import make_engine
@@ -88,6 +88,30 @@ def test_staggered_requests_each_equal_generate_alone(model, tokenizer, max_num_
     for request_id, answer in answers.items():
         assert answer.deltas[0].prompt_tokens == len(tokenizer.encode(prompts[request_id]))
         assert all(len(d.token_ids) == 1 for d in answer.deltas)  # streamed token by token
+
+
+def test_plain_torch_attention_is_told_each_steps_longest_context(model, tokenizer, monkeypatch):
+    """Without the CPU kernels (and on a GPU) attention runs in plain torch, which pads to
+    the step's longest context: the runner passes it from the host, so that a GPU step
+    does not wait for the device in every layer to read it back."""
+    told: list[tuple[int | None, int]] = []
+    gathered = paged_ops.gathered_attention
+
+    def recording(query, key_pool, value_pool, block_tables, token_rows, context_lens, scale, longest):
+        told.append((longest, int(context_lens.max())))
+        return gathered(query, key_pool, value_pool, block_tables, token_rows, context_lens, scale, longest)
+
+    monkeypatch.setattr(paged_ops, "has_kernels", lambda: False)
+    monkeypatch.setattr(paged_ops, "gathered_attention", recording)
+    prompts = {f"r{i}": prompt for i, prompt in enumerate(make_prompts(6, seed=3))}
+    max_tokens = {request_id: 5 + i for i, request_id in enumerate(prompts)}
+    engine = PagedEngine(model, tokenizer, max_num_seqs=4, block_size=4, max_num_batched_tokens=24)
+
+    requests = [make_request(tokenizer, r, text, max_tokens=max_tokens[r]) for r, text in prompts.items()]
+    answers = run_to_end(engine, {0: requests})
+
+    assert_greedy(model, tokenizer, answers, prompts, max_tokens)
+    assert told and all(longest == actual for longest, actual in told)
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model, tokenizer):

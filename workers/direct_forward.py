@@ -151,7 +151,14 @@ class DirectForward:
             keys, values = pools.pools_for(layer.num_kv_heads, layer.head_dim, hidden.dtype, hidden.device)
             ops.rope_store(query, key, value, cos, sin, keys, values, step.slots)
             attended = paged_ops.paged_attention(
-                query, keys, values, step.block_tables, step.token_rows, step.context_lens, layer.scaling
+                query,
+                keys,
+                values,
+                step.block_tables,
+                step.token_rows,
+                step.context_lens,
+                layer.scaling,
+                max_context_len=step.max_context_len,
             )
             delta = layer.o(attended.reshape(num_tokens, -1))
             normed = add_norm(hidden, delta, layer.post_norm)

@@ -106,6 +106,9 @@ class PagedStep:
     token_rows: torch.Tensor  # [tokens] int32
     context_lens: torch.Tensor  # [tokens] int32
     block_tables: torch.Tensor  # [rows, max blocks] int32
+    # the longest of context_lens, known on the host (on a GPU, reading it back would
+    # make every layer wait for the device)
+    max_context_len: int
 
 
 # the step of the packed forward under way, for the cache's `update` and the attention
@@ -251,7 +254,14 @@ def paged_attention(
     assert step is not None, f"{PAGED_ATTENTION} attention outside a paged forward"
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out = paged_ops.paged_attention(
-        query[0].transpose(0, 1), key, value, step.block_tables, step.token_rows, step.context_lens, scale
+        query[0].transpose(0, 1),
+        key,
+        value,
+        step.block_tables,
+        step.token_rows,
+        step.context_lens,
+        scale,
+        max_context_len=step.max_context_len,
     )
     return out.unsqueeze(0), None
 

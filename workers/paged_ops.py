@@ -49,15 +49,20 @@ def paged_attention(
     token_rows: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    max_context_len: int | None = None,
 ) -> torch.Tensor:
     """`query` `[tokens, heads, head_dim]` (any strides) against each token's context;
     `[tokens, heads, head_dim]`. `block_tables` `[rows, max_blocks]`, `token_rows` and
-    `context_lens` `[tokens]`, all int32."""
+    `context_lens` `[tokens]`, all int32; `max_context_len`, the longest of them where
+    the caller knows it (else it is read from `context_lens`, which on a GPU waits for
+    the device)."""
     if query.device.type == "cpu" and has_kernels():
         return torch.ops.llmos_paged.paged_attention(
             query, key_pool, value_pool, block_tables, token_rows, context_lens, scale
         )
-    return gathered_attention(query, key_pool, value_pool, block_tables, token_rows, context_lens, scale)
+    return gathered_attention(
+        query, key_pool, value_pool, block_tables, token_rows, context_lens, scale, max_context_len
+    )
 
 
 def gathered_attention(
@@ -68,11 +73,12 @@ def gathered_attention(
     token_rows: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    max_context_len: int | None = None,
 ) -> torch.Tensor:
     """`paged_attention` in plain torch: each token's context gathered into a padded copy
     `[tokens, kv_heads, longest, head_dim]`, then one masked attention."""
     block_size = key_pool.shape[2]
-    longest = int(context_lens.max())
+    longest = max_context_len if max_context_len is not None else int(context_lens.max())
     positions = torch.arange(longest, device=query.device)
     blocks = block_tables[token_rows.long()][:, positions // block_size]  # [tokens, longest]
     offsets = (positions % block_size).expand_as(blocks)

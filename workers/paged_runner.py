@@ -118,6 +118,7 @@ class PagedRunner:
             token_rows=torch.tensor(token_rows, dtype=torch.int32, device=device),
             context_lens=torch.tensor([p + 1 for p in positions], dtype=torch.int32, device=device),
             block_tables=torch.tensor(tables, dtype=torch.int32, device=device),
+            max_context_len=max(positions) + 1,
         )
         return (
             step,
