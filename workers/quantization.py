@@ -6,10 +6,10 @@ linear per step; int8 weights are a quarter of float32's.
 The linears are PyTorch's dynamic int8 linears (`torch.ao.nn.quantized.dynamic.
 Linear`, as `quantize_dynamic` makes them, on the x86/fbgemm kernels): int8
 weights with one scale per output channel, rounded one linear at a time from the
-checkpoint's own dtype (`quantize_int8`), so loading takes little more memory than
-the checkpoint and the rounded model; each call rounds its input to 8 bits with one scale and zero
-point for the whole input, multiplies in 8 bits with int32 sums, and returns
-float32.
+checkpoint's own dtype (`quantize_int8`), so loading takes little more memory
+than the checkpoint and the rounded model. Each call rounds its input to 8 bits
+with one scale and zero point for the whole input, multiplies in 8 bits with
+int32 sums, and returns float32.
 ATen's weight-only kernel (`_weight_int8pack_mm`, activations left in float)
 reads the same bytes but runs many times slower on CPU, and oneDNN's int8
 linear (`onednn.qlinear_pointwise`) fed by inputs quantized by hand is slower
@@ -33,8 +33,10 @@ step looks up a few of their rows, so their size costs memory, not time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -68,6 +70,18 @@ def resolve_quantization(name: str, device: torch.device, dtype: torch.dtype) ->
 
 # the attribute of the output head's linear holding its int8 weights and their scales
 HEAD_INT8 = "llmos_int8_weight"
+# rows of the head rounded at once: its temporaries stay a few MB, not copies of the whole head
+HEAD_ROWS_PER_CHUNK = 4096
+
+
+@contextlib.contextmanager
+def torch_ao_warnings_off() -> Iterator[None]:
+    """torch.ao.quantization announces its move to torchao (which llmos does not depend
+    on) and the deprecation of quantized tensor types; both still run in this torch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def quantize_int8(model: Any) -> int:
@@ -90,11 +104,7 @@ def quantize_int8(model: Any) -> int:
         for name, module in model.named_modules()
         if type(module) is torch.nn.Linear and module is not head
     ]
-    with warnings.catch_warnings():
-        # torch.ao.quantization announces its move to torchao (which llmos does not depend on)
-        # and the deprecation of quantized tensor types; both still run in this torch
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    with torch_ao_warnings_off():
         for name in names:
             swap_for_dynamic_int8(model, name)
     if isinstance(head, torch.nn.Linear):
@@ -127,14 +137,8 @@ def quantize_dynamic_int8(model: Any) -> None:
         for name, module in model.named_modules()
         if type(module) is torch.nn.Linear and module is not head
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    with torch_ao_warnings_off():
         torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
-
-
-# rows of the head rounded at once: its temporaries stay a few MB, not copies of the whole head
-HEAD_ROWS_PER_CHUNK = 4096
 
 
 def round_head_to_int8(model: Any, head: torch.nn.Linear) -> None:
