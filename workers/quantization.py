@@ -117,10 +117,11 @@ def quantize_int8(model: Any) -> int:
 
 def swap_for_dynamic_int8(model: Any, name: str) -> None:
     """Replace the linear `name` with a dynamic int8 one: int8 weights, symmetric, one
-    scale per output channel (what `torch.ao.quantization.quantize_dynamic` makes with
-    `per_channel_dynamic_qconfig`; but where it gives each linear a qconfig whose
-    observer factory holds that linear, a reference cycle that kept every float weight
-    alive until the next garbage collection, the shared qconfig holds nothing)."""
+    scale per output channel, what `torch.ao.quantization.quantize_dynamic` makes with
+    `per_channel_dynamic_qconfig`. The linear gets the shared qconfig itself, so
+    refcounting frees it once swapped: `quantize_dynamic` gives each linear a copy
+    whose observer factory holds that linear, a reference cycle that kept every float
+    weight alive until the next garbage collection."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
     linear = getattr(parent, child).float()
