@@ -30,6 +30,7 @@ import torch
 
 from llmos_bench.baselines import greedy_config
 from llmos_bench.peer_gguf import OUTTYPES, default_cache_dir, ensure_gguf_files
+from llmos_bench.peer_targets import llmos_weights, peer_targets
 
 PEERS = ("llama.cpp",)
 PEER_KEYS = ("peer", "peer_skipped", "peer_f32_matches_transformers_tokens")  # the JSON line's
@@ -213,6 +214,8 @@ class PeerBench:
     ) -> dict[str, Any]:
         llmos_tps = median_of(llmos_rounds, "output_tokens_per_s")
         peer_tps = median_of(peer_rounds, "output_tokens_per_s")
+        llmos_rss = median_of(llmos_rounds, "peak_rss_bytes")
+        peer_rss = median_of(peer_rounds, "peak_rss_bytes")
         return {
             "concurrency": concurrency,
             "config": config.label,
@@ -226,8 +229,9 @@ class PeerBench:
             "llama_cpp_tokens_per_s": peer_tps,
             "llmos_tokens_per_s": llmos_tps,
             "speedup_vs_llama_cpp": llmos_tps / peer_tps,
-            "llama_cpp_peak_rss_bytes": int(median_of(peer_rounds, "peak_rss_bytes")),
-            "llmos_peak_rss_bytes": int(median_of(llmos_rounds, "peak_rss_bytes")),
+            "llama_cpp_peak_rss_bytes": int(peer_rss),
+            "llmos_peak_rss_bytes": int(llmos_rss),
+            "rss_vs_llama_cpp": llmos_rss / peer_rss,
             "round_speedups": [
                 a["output_tokens_per_s"] / b["output_tokens_per_s"] for a, b in zip(llmos_rounds, peer_rounds)
             ],
@@ -237,6 +241,7 @@ class PeerBench:
         paths = self.gguf_paths()
         check = self.check_f32(paths)
         runs = [row for c in self.config.concurrency_levels for row in self.measure_level(c, paths)]
+        weights = llmos_weights(self.config.quantization, str(self.bench.loaded.dtype))
         return {
             "name": "llama.cpp",
             "version": version,
@@ -249,6 +254,8 @@ class PeerBench:
             "peak_rss": "VmHWM of a fresh process per run on each side (model, engine, KV cache, runtime)",
             "f32_check": check,
             "runs": runs,
+            "llmos_weights": weights,
+            "targets": peer_targets(runs, weights),
         }
 
 

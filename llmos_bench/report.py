@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmos.cli import table
+from llmos_bench.targets import target_lines
 
 BASELINE_LABELS = {
     "sequential": "transformers generate, one at a time",
@@ -157,7 +158,8 @@ def peer_lines(summary: dict[str, Any]) -> list[str]:
             f"{run['llama_cpp_tokens_per_s']:.1f}",
             f"{run['llmos_tokens_per_s']:.1f}",
             f"{run['speedup_vs_llama_cpp']:.2f}x",
-            f"{run['llama_cpp_peak_rss_bytes'] / 2**20:.0f}/{run['llmos_peak_rss_bytes'] / 2**20:.0f}",
+            f"{run['llama_cpp_peak_rss_bytes'] / 2**20:.0f}/{run['llmos_peak_rss_bytes'] / 2**20:.0f} "
+            f"({run['rss_vs_llama_cpp']:.2f}x)",
             "-" if run["kv_cache_mib"] is None else f"{run['kv_cache_mib']:.1f}",
         ]
         for run in peer["runs"]
@@ -176,6 +178,7 @@ def peer_lines(summary: dict[str, Any]) -> list[str]:
             else f"{check['matching_leading_tokens']} of the first {check['tokens']} greedy tokens equal "
             f"({check['config']})"
         ),
+        *target_lines(f"targets against llama.cpp (llmos weights {peer['llmos_weights']})", peer["targets"]),
     ]
 
 

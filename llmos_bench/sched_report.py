@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmos.cli import table
+from llmos_bench.targets import target_lines
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -14,7 +15,7 @@ def format_report(summary: dict[str, Any]) -> str:
         fair_lines(summary),
         scale_lines(summary),
         decision_lines(summary),
-        target_lines(summary),
+        target_lines("targets (issue 5)", summary["targets"]),
     ):
         if part:
             lines += ["", *part] if lines else part
@@ -182,14 +183,6 @@ def decision_lines(summary: dict[str, Any]) -> list[str]:
         f"scheduler decision time per pending request, {summary['decision_pending']} pending "
         "per batch (linear growth would be 100x from 10 to 1000 workers)",
         *table(headers, rows),
-    ]
-
-
-def target_lines(summary: dict[str, Any]) -> list[str]:
-    labels = {True: "met", False: "MISSED", None: "not measured"}
-    return [
-        "targets (issue 5):",
-        *(f"  {name}: {labels[value]}" for name, value in summary["targets"].items()),
     ]
 
 

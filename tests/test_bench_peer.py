@@ -18,6 +18,8 @@ from transformers import PreTrainedTokenizerFast
 from llmos.cli import cli
 from llmos_bench.peer import CHECK_TOKENS, NOT_INSTALLED
 from llmos_bench.peer_gguf import is_gpt2_byte_level
+from llmos_bench.peer_targets import llmos_weights, peer_targets
+from llmos_bench.report import peer_lines
 from tests.test_bench_engine import TINY_ARGS
 from workers.dummy import build_dummy_tokenizer
 
@@ -115,11 +117,77 @@ def test_llama_cpp_runs_the_same_work_and_its_f32_answer_is_transformers(tmp_pat
         assert run["requests"] == run["concurrency"]
         assert run["speedup_vs_llama_cpp"] == run["llmos_tokens_per_s"] / run["llama_cpp_tokens_per_s"]
         assert run["llama_cpp_peak_rss_bytes"] > 0 and run["llmos_peak_rss_bytes"] > 0
+        assert run["rss_vs_llama_cpp"] == run["llmos_peak_rss_bytes"] / run["llama_cpp_peak_rss_bytes"]
         assert len(run["round_speedups"]) == 1
         assert run["kv_cells_per_seq"] >= 8 + 4  # a prompt and its answer, at least
         resolved = {"enabled", "disabled"} if run["flash_attn"] == "auto" else {"disabled"}
         assert run["flash_attn_resolved"] in resolved
+    assert peer["llmos_weights"] == "float32"
+    assert peer["targets"]["int8_at_least_q8_0_at_32"] is None  # llmos ran float32
+    assert peer["targets"]["at_least_llama_cpp_f32_at_1_8_32"] is None  # levels 1 and 2 only
     check = peer["f32_check"]
     matches = summary["peer_f32_matches_transformers_tokens"]
     assert matches == check["matching_leading_tokens"] and 0 < matches <= CHECK_TOKENS
     assert check["llama_cpp_token_ids"][:matches] == check["transformers_token_ids"][:matches]
+
+
+def peer_row(concurrency: int, weights: str, speedup: float, rss_ratio: float, kv_type: str = "f16") -> dict:
+    return {
+        "concurrency": concurrency,
+        "config": f"{weights}, KV {kv_type}",
+        "weights": weights,
+        "kv_type": kv_type,
+        "flash_attn_resolved": "enabled",
+        "kv_cache_mib": 1.0,
+        "llama_cpp_tokens_per_s": 100.0,
+        "llmos_tokens_per_s": 100.0 * speedup,
+        "speedup_vs_llama_cpp": speedup,
+        "llama_cpp_peak_rss_bytes": 500 * 2**20,
+        "llmos_peak_rss_bytes": int(500 * 2**20 * rss_ratio),
+        "rss_vs_llama_cpp": rss_ratio,
+    }
+
+
+def test_float32_meets_the_f32_target_only_where_every_f32_row_at_1_8_32_is_at_or_above_llama_cpp():
+    rows = [peer_row(level, "f32", 1.1, 1.5) for level in (1, 8, 32)]
+    rows += [peer_row(level, "f32", 1.3, 1.5, kv_type="f32") for level in (1, 8, 32)]
+    assert peer_targets(rows, "float32") == {
+        "at_least_llama_cpp_f32_at_1_8_32": True,
+        "int8_at_least_q8_0_at_32": None,
+        "rss_at_most_1.2x_llama_cpp_same_weights": False,
+    }
+    rows[4] = peer_row(8, "f32", 0.99, 1.2, kv_type="f32")
+    assert peer_targets(rows, "float32")["at_least_llama_cpp_f32_at_1_8_32"] is False
+    assert peer_targets(rows[:2], "float32")["at_least_llama_cpp_f32_at_1_8_32"] is None  # 32 not run
+    assert peer_targets(rows, "bfloat16") == dict.fromkeys(peer_targets(rows, "float32"))
+
+
+def test_int8_is_held_to_q8_0_at_32_and_its_rss_to_q8_0s():
+    rows = [peer_row(32, "f32", 0.8, 2.0), peer_row(8, "q8_0", 0.9, 1.1), peer_row(32, "q8_0", 1.4, 1.19)]
+    assert peer_targets(rows, "int8") == {
+        "at_least_llama_cpp_f32_at_1_8_32": None,
+        "int8_at_least_q8_0_at_32": True,
+        "rss_at_most_1.2x_llama_cpp_same_weights": True,  # the f32 row is not int8's precision
+    }
+    assert peer_targets(rows[:2], "int8")["int8_at_least_q8_0_at_32"] is None
+    assert llmos_weights("int8", "torch.float32") == "int8"
+    assert llmos_weights("none", "torch.float32") == "float32"
+
+
+def test_the_report_prints_each_rows_rss_ratio_and_the_targets():
+    rows = [peer_row(level, "f32", 1.1, 1.5) for level in (1, 8, 32)]
+    peer = {
+        "version": "0.3.36",
+        "threads": 2,
+        "llmos_kv_dtype": "float32",
+        "rounds": 1,
+        "f32_check": None,
+        "runs": rows,
+        "llmos_weights": "float32",
+        "targets": peer_targets(rows, "float32"),
+    }
+    text = "\n".join(peer_lines({"peer": peer, "peer_skipped": None}))
+    assert "500/750 (1.50x)" in text
+    assert "  at_least_llama_cpp_f32_at_1_8_32: met" in text
+    assert "  rss_at_most_1.2x_llama_cpp_same_weights: MISSED" in text
+    assert "  int8_at_least_q8_0_at_32: not measured" in text
