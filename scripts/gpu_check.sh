@@ -14,6 +14,9 @@
 # wave) and STACK=1 `llmos bench engine --stack-requests 256` (the stack against the engine).
 # CPU=1 adds the engine on the host's CPU (another CPU kind than the development VM's):
 # dummy:llama-100m, 2 threads, 32 concurrent, against generate_batch and the matmul peak.
+# One call of the device tool may run 600 s: the default parts (tests, engine, graphs) take
+# at most 590 s by their timeouts, so run the options in a second call on the warm machine,
+# with NO_DEFAULT=1 (no tests, no engine run) and NO_GRAPHS=1, e.g. NO_DEFAULT=1 NO_GRAPHS=1 CPU=1.
 #   NO_WHEELS=1 MODEL=dummy:llama-tiny DEVICE=cpu scripts/gpu_check.sh   (a dry run here)
 set -u -o pipefail
 OUT=${OUT:-/tmp/llmos-gpu-check}
@@ -29,12 +32,14 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 python3 -c 'import torch, transformers, zmq, google.protobuf as p; print("torch", torch.__version__,
 "transformers", transformers.__version__, "protobuf", p.__version__, "cuda", torch.cuda.is_available())'
-timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batched_engine_gpu.py \
-    tests/test_cuda_graphs_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"
-timeout 240 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" \
-    ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_engine.log"
+if [ -z "${NO_DEFAULT:-}" ]; then  # the gpu tests and the engine against transformers
+    timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batched_engine_gpu.py \
+        tests/test_cuda_graphs_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"
+    timeout 240 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" \
+        ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_engine.log"
+fi
 if [ "$DEVICE" != cpu ] && [ -z "${NO_GRAPHS:-}" ]; then  # the paged engine with CUDA graphs
-    timeout 240 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" --skip-baselines \
+    timeout 170 python3 -m llmos bench engine --model "$MODEL" --device "$DEVICE" --skip-baselines \
         --poisson-seconds 0 --concurrency "${GRAPH_LEVELS:-1,8,32,64,256}" --engine paged --cuda-graphs \
         --rounds 1 2>&1 | tee "$OUT/bench_graphs.log"
 fi
