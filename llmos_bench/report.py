@@ -159,7 +159,7 @@ def peer_lines(summary: dict[str, Any]) -> list[str]:
             f"{run['llmos_tokens_per_s']:.1f}",
             f"{run['speedup_vs_llama_cpp']:.2f}x",
             f"{run['llama_cpp_peak_rss_bytes'] / 2**20:.0f}/{run['llmos_peak_rss_bytes'] / 2**20:.0f} "
-            f"({run['rss_vs_llama_cpp']:.2f}x)",
+            f"(llmos {run['rss_vs_llama_cpp']:.2f}x)",
             "-" if run["kv_cache_mib"] is None else f"{run['kv_cache_mib']:.1f}",
         ]
         for run in peer["runs"]

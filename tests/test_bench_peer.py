@@ -187,7 +187,7 @@ def test_the_report_prints_each_rows_rss_ratio_and_the_targets():
         "targets": peer_targets(rows, "float32"),
     }
     text = "\n".join(peer_lines({"peer": peer, "peer_skipped": None}))
-    assert "500/750 (1.50x)" in text
+    assert "500/750 (llmos 1.50x)" in text
     assert "  at_least_llama_cpp_f32_at_1_8_32: met" in text
     assert "  rss_at_most_1.2x_llama_cpp_same_weights: MISSED" in text
     assert "  int8_at_least_q8_0_at_32: not measured" in text
