@@ -32,10 +32,13 @@ log = logging.getLogger(__name__)
 PUBLISHED_TOPICS = frozenset({RESOURCE_TOPIC, b""})
 # a subscription frame: b"\x01" + topic, or (ZMTP 3.1) a SUBSCRIBE command of 10 bytes + topic
 MAX_SUBSCRIPTION_BYTES = 32
-# Refused subscriptions before every connection is dropped: at most this many
-# frames of MAX_SUBSCRIPTION_BYTES sit in libzmq's record (about 2 MB).
-MAX_REFUSED_PER_BIND = 1024
-SUBSCRIPTION_HWM = 1000  # (un)subscriptions queued per subscriber before libzmq stops reading it
+# Refused subscriptions before every connection is dropped. Whenever the kernel reads,
+# libzmq moves all a connection has queued (up to SUBSCRIPTION_HWM frames) into its
+# record, so before the drop a flooding connection has it hold at most about
+# MAX_REFUSED_PER_BIND * SUBSCRIPTION_HWM frames of MAX_SUBSCRIPTION_BYTES (a few MB);
+# an honest subscriber sends one or two.
+MAX_REFUSED_PER_BIND = 128
+SUBSCRIPTION_HWM = 100  # (un)subscriptions queued per subscriber before libzmq stops reading it
 # (Un)subscriptions handled per call, so a flood cannot starve the kernel's other work.
 MAX_SUBSCRIPTIONS_PER_POLL = 10_000
 _SUBSCRIBE, _UNSUBSCRIBE = 1, 0
@@ -67,8 +70,14 @@ class ResourcePublisher:
         self.is_bound = True
 
     def apply_subscriptions(self) -> None:
-        """Apply each waiting subscription to a published topic; refuse the others."""
+        """Apply each waiting subscription to a published topic; refuse the others. The
+        subscribers are dropped as soon as the refusals reach the bound, not after the
+        call's last frame: every read lets libzmq take in more of a flood (a manual XPUB
+        moves all a connection has queued into its record whenever it reads), so a slow
+        turn over many frames let a whole flood in."""
         for _ in range(MAX_SUBSCRIPTIONS_PER_POLL):
+            if self.num_refused_since_bind >= MAX_REFUSED_PER_BIND:
+                break
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
