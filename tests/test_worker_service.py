@@ -43,6 +43,17 @@ PROMPT = "The harbour was quiet before dawn."
 Answerer = Callable[["FakePeer", str, Message], list[Message]]
 
 
+def send_unless_gone(router: zmq.Socket, frames: list[bytes]) -> None:
+    """Send on a ROUTER_MANDATORY socket, dropping what is addressed to a peer that has
+    gone (as a service does): a worker that drains may close right after its last
+    message, before the answer to it goes out, and the peer must still read on."""
+    try:
+        router.send_multipart(frames)
+    except zmq.ZMQError as exc:
+        if exc.errno != zmq.EHOSTUNREACH:
+            raise
+
+
 class FakePeer:
     """A ROUTER on a free loopback port, owned by its own thread (a socket
     belongs to one thread): it records every message and sends `answer`'s replies."""
@@ -82,9 +93,9 @@ class FakePeer:
                     self.inbox.put((identity, name, message))
                     if self.is_answering:
                         for reply in self.answer(self, name, message):
-                            router.send_multipart([identity, pack(reply)])
+                            send_unless_gone(router, [identity, pack(reply)])
                 while not self.outbox.empty():
-                    router.send_multipart(list(self.outbox.get()))
+                    send_unless_gone(router, list(self.outbox.get()))
         finally:
             router.close(linger=0)
 
