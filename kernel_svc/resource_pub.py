@@ -73,8 +73,8 @@ class ResourcePublisher:
         """Apply each waiting subscription to a published topic; refuse the others. The
         subscribers are dropped as soon as the refusals reach the bound, not after the
         call's last frame: every read lets libzmq take in more of a flood (a manual XPUB
-        moves all a connection has queued into its record whenever it reads), so a slow
-        turn over many frames let a whole flood in."""
+        moves all a connection has queued into its record whenever it reads), so many reads
+        before the check, on a slow turn, would let a whole flood in."""
         for _ in range(MAX_SUBSCRIPTIONS_PER_POLL):
             if self.num_refused_since_bind >= MAX_REFUSED_PER_BIND:
                 break

@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmos.wire import pack, pb, unpack
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE
-from llmos.wire.sockets import bind_router
+from llmos.wire.sockets import bind_router, send_reply
 
 torch.set_num_threads(1)
 
@@ -41,17 +41,6 @@ KERNEL_BLOCK_SIZE = 8
 PROMPT = "The harbour was quiet before dawn."
 
 Answerer = Callable[["FakePeer", str, Message], list[Message]]
-
-
-def send_unless_gone(router: zmq.Socket, frames: list[bytes]) -> None:
-    """Send on a ROUTER_MANDATORY socket, dropping what is addressed to a peer that has
-    gone (as a service does): a worker that drains may close right after its last
-    message, before the answer to it goes out, and the peer must still read on."""
-    try:
-        router.send_multipart(frames)
-    except zmq.ZMQError as exc:
-        if exc.errno != zmq.EHOSTUNREACH:
-            raise
 
 
 class FakePeer:
@@ -93,9 +82,11 @@ class FakePeer:
                     self.inbox.put((identity, name, message))
                     if self.is_answering:
                         for reply in self.answer(self, name, message):
-                            send_unless_gone(router, [identity, pack(reply)])
+                            # a peer gone (a drained worker closes after its last message) is dropped
+                            send_reply(router, identity, False, pack(reply))
                 while not self.outbox.empty():
-                    send_unless_gone(router, list(self.outbox.get()))
+                    identity, payload = self.outbox.get()
+                    send_reply(router, identity, False, payload)
         finally:
             router.close(linger=0)
 

@@ -99,11 +99,7 @@ def quantize_int8(model: Any) -> int:
     mapping, as they do without int8: its pages are the kernel's to reclaim, where
     copies would be the worker's own."""
     head = model.get_output_embeddings()
-    names = [
-        name
-        for name, module in model.named_modules()
-        if type(module) is torch.nn.Linear and module is not head
-    ]
+    names = body_linear_names(model)
     with torch_ao_warnings_off():
         for name in names:
             swap_for_dynamic_int8(model, name)
@@ -113,6 +109,17 @@ def quantize_int8(model: Any) -> int:
     model.config.dtype = torch.float32  # as if loaded in float32, whatever the checkpoint's dtype
     log.info("int8 weights for %d linears and the output head (weights only)", len(names))
     return len(names)
+
+
+def body_linear_names(model: Any) -> list[str]:
+    """The names of the model's `nn.Linear` modules but its output head: those int8 rounds
+    into dynamic int8 linears."""
+    head = model.get_output_embeddings()
+    return [
+        name
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear and module is not head
+    ]
 
 
 def swap_for_dynamic_int8(model: Any, name: str) -> None:
@@ -133,12 +140,7 @@ def quantize_dynamic_int8(model: Any) -> None:
     """What `quantize_int8` makes of the body's linears, by torch's own `quantize_dynamic`
     over the whole model at once (the reference its tests and scripts/int8_load_memory.py
     compare with); the head is left as it is."""
-    head = model.get_output_embeddings()
-    spec = {
-        name: torch.ao.quantization.per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if type(module) is torch.nn.Linear and module is not head
-    }
+    spec = dict.fromkeys(body_linear_names(model), torch.ao.quantization.per_channel_dynamic_qconfig)
     with torch_ao_warnings_off():
         torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
