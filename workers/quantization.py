@@ -127,7 +127,7 @@ def swap_for_dynamic_int8(model: Any, name: str) -> None:
     scale per output channel, what `torch.ao.quantization.quantize_dynamic` makes with
     `per_channel_dynamic_qconfig`. The linear gets the shared qconfig itself, so
     refcounting frees it once swapped: `quantize_dynamic` gives each linear a copy
-    whose observer factory holds that linear, a reference cycle that kept every float
+    whose observer factory holds that linear, a reference cycle that keeps every float
     weight alive until the next garbage collection."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
