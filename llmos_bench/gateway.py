@@ -218,7 +218,7 @@ def run_side(
         60.0,
     )
     cpu_before = stack.cpu_seconds()
-    clients = run_closed_loops(module, target, load, CLIENT_START_S)
+    clients = run_closed_loops(module, [target], load, CLIENT_START_S)
     cpu_after = stack.cpu_seconds()
     completed, wall_s, errors = totals(clients)
     cpu_s = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}

@@ -31,15 +31,16 @@ class ClosedLoad:
 
 
 def run_closed_loops(
-    module: str, target: dict[str, Any], load: ClosedLoad, start_delay_s: float
+    module: str, targets: list[dict[str, Any]], load: ClosedLoad, start_delay_s: float
 ) -> list[dict[str, Any]]:
-    """Start `load.clients` processes of `module` aimed at `target` (its address or URL);
-    every one starts `start_delay_s` from now; their summaries, in order."""
+    """Start `load.clients` processes of `module`, process i aimed at target i modulo
+    their number (an address or URL); every one starts `start_delay_s` from now; their
+    summaries, in order."""
     start_at_s = time.monotonic() + start_delay_s  # CLOCK_MONOTONIC is system-wide
     processes = []
     for index in range(load.clients):
         spec = {
-            **target,
+            **targets[index % len(targets)],
             "requests": load.requests // load.clients + (index < load.requests % load.clients),
             "seed": load.seed * 1000 + index,
             "num_live": load.in_flight // load.clients,

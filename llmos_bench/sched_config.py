@@ -57,6 +57,11 @@ class SchedBenchConfig:
     scale_clients: int = option(2, "(c) load-generator processes")
     scale_sim_processes: int = option(2, "(c) processes the simulated workers are spread over")
     scale_policy: str = option("priority", "(c) scheduler policy")
+    scale_brokers: int = option(
+        1,
+        "(c) brokers, each with a scheduler of its own, sharing the kernel; the simulated workers' "
+        "processes and the load processes are dealt out among them (at least as many of each)",
+    )
     scale_stream: bool = option(
         True, "(c) stream each answer as chunks; --no-scale-stream: clients read whole answers (no chunks)"
     )
@@ -98,6 +103,11 @@ class SchedBenchConfig:
             raise click.BadParameter("--batch-declared-max-tokens must be 0 or at least --batch-max-tokens")
         if self.scale_clients < 1 or self.scale_in_flight < self.scale_clients:
             raise click.BadParameter("need --scale-clients >= 1 and --scale-in-flight >= it")
+        most_brokers = min(self.scale_clients, self.scale_sim_processes, self.scale_workers)
+        if not 1 <= self.scale_brokers <= most_brokers:
+            raise click.BadParameter(
+                "need 1 <= --scale-brokers <= each of --scale-clients, --scale-sim-processes, --scale-workers"
+            )
 
     @property
     def num_steps(self) -> int:

@@ -136,7 +136,7 @@ def scale_lines(summary: dict[str, Any]) -> list[str]:
         f"(c) scale: {settings['scale_workers']} simulated workers, "
         f"{scale['completed']}/{scale['requested']} requests of "
         f"{settings['scale_max_tokens']} tokens in {scale['wall_s']:.1f} s, policy "
-        f"{scale['policy']}: {number(scale['requests_per_s'])} requests/s, "
+        f"{scale['policy']}{brokers_note(scale)}: {number(scale['requests_per_s'])} requests/s, "
         f"{number(scale['tokens_per_s'])} tokens/s",
         f"  TTFT p50/p99 {ms(scale['ttft_p50_s'])}/{ms(scale['ttft_p99_s'])} ms, "
         f"end to end p50/p99 {ms(scale['jct_p50_s'])}/{ms(scale['jct_p99_s'])} ms, "
@@ -208,3 +208,9 @@ def times(value: float | None) -> str:
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def brokers_note(scale: dict[str, Any]) -> str:
+    """`, 4 brokers` where the run was sharded (older JSON lines have no count)."""
+    num_brokers = scale.get("brokers", 1)
+    return f", {num_brokers} brokers" if num_brokers > 1 else ""

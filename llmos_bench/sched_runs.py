@@ -39,9 +39,11 @@ TTFT_SAMPLES_KEY = "ttft_samples_s"
 def warm_up(stack: SimStack) -> None:
     """One short request per slot through every process, so no measured run pays for
     first calls (connections, imports, the kernel's first view)."""
-    jobs = [Job(INTERACTIVE, INTERACTIVE, "warm up " * 8, WARM_UP_TOKENS)] * stack.num_slots
-    with LoadDriver(stack.broker_address) as driver:
-        driver.run([], [ClosedLoop(iter(jobs), stack.num_slots)], drain_timeout_s=30)
+    for shard in stack.shards:
+        num_slots = stack.workers_of(shard) * stack.max_num_seqs
+        jobs = [Job(INTERACTIVE, INTERACTIVE, "warm up " * 8, WARM_UP_TOKENS)] * num_slots
+        with LoadDriver(shard.client_address) as driver:
+            driver.run([], [ClosedLoop(iter(jobs), num_slots)], drain_timeout_s=30)
     stack.wait_drained()
 
 
@@ -290,7 +292,8 @@ def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo, is_secure: bo
     echo(
         f"(c) scale: {config.scale_workers} simulated workers, {config.scale_requests} requests "
         f"of {config.scale_max_tokens} tokens, {config.scale_in_flight} in flight from "
-        f"{config.scale_clients} load processes, {'CURVE' if is_secure else '--insecure'} ..."
+        f"{config.scale_clients} load processes, {'CURVE' if is_secure else '--insecure'}"
+        f"{f', {config.scale_brokers} brokers' if config.scale_brokers > 1 else ''} ..."
     )
     with SimStack(
         log_dir,
@@ -301,10 +304,11 @@ def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo, is_secure: bo
         num_sim_processes=min(config.scale_sim_processes, config.scale_workers),
         is_secure=is_secure,
         broker_args=tuple(config.scale_broker_args.split()),
+        num_brokers=config.scale_brokers,
     ) as stack:
         warm_up(stack)
         cpu_before = stack.cpu_seconds()
-        clients = run_scale_clients(config, stack.broker_address)
+        clients = run_scale_clients(config, stack.broker_addresses)
         cpu_after = stack.cpu_seconds()
         fallbacks = stack.count_fallbacks()
     completed, wall_s, errors = totals(clients)
@@ -328,6 +332,7 @@ def run_scale(config: SchedBenchConfig, log_dir: Path, echo: Echo, is_secure: bo
         else {},
         "scheduler_fallbacks": fallbacks,
         "policy": config.scale_policy,
+        "brokers": config.scale_brokers,
         "is_secure": is_secure,
         "cpu_count": os.cpu_count(),
     }
@@ -339,9 +344,10 @@ def max_of(clients: list[dict[str, Any]], key: str) -> float | None:
     return max(values) if values else None
 
 
-def run_scale_clients(config: SchedBenchConfig, address: str) -> list[dict[str, Any]]:
+def run_scale_clients(config: SchedBenchConfig, addresses: list[str]) -> list[dict[str, Any]]:
     """The load processes (`python -m llmos_bench.driver`), each with its share of the
-    requests and of the in-flight bound; every one starts at the same instant."""
+    requests and of the in-flight bound, process i aimed at broker i modulo their
+    number; every one starts at the same instant."""
     load = ClosedLoad(
         config.scale_requests,
         config.scale_clients,
@@ -350,5 +356,5 @@ def run_scale_clients(config: SchedBenchConfig, address: str) -> list[dict[str, 
         config.seed,
         config.drain_timeout_s,
     )
-    target = {"address": address, "stream": config.scale_stream}
-    return run_closed_loops("llmos_bench.driver", target, load, SCALE_CLIENT_START_S)
+    targets = [{"address": address, "stream": config.scale_stream} for address in addresses]
+    return run_closed_loops("llmos_bench.driver", targets, load, SCALE_CLIENT_START_S)

@@ -12,18 +12,22 @@ workers: `SimStack` the simulated workers `llmos bench sched` measures,
 Kernel, scheduler, broker and one or more `llmos worker --engine sim` processes,
 each `python -m llmos <service>` on free loopback ports, logging to
 `log_dir/<name>.log`. Every process is stopped on exit (SIGTERM, then SIGKILL).
+A SimStack with `num_brokers` > 1 runs that many brokers, each with a scheduler of
+its own, all sharing the kernel: each broker serves its share of the simulated
+workers' processes, and a client picks one of `broker_addresses`.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from llmos.client import Client
 from llmos.errors import LlmosError
-from llmos.processes import ProcessGroup, StackPorts
+from llmos.processes import ProcessGroup, StackPorts, free_address
 from llmos.security.client_keys import INSECURE_ENV, KEY_ENV, KEYS_DIR_ENV, SERVER_KEY_ENV
 from llmos.security.service_keys import open_keyring
 from llmos.wire import pb
@@ -39,6 +43,25 @@ FALLBACK_LOG_MARK = "falls back"  # the broker's log line when it decides withou
 
 class StackError(Exception):
     """A process died or the stack did not become ready; the message holds log tails."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One broker and the scheduler it asks, on ports of their own, with a journal and an
+    audit log of its own. A stack's first is on its `ports`, its processes named
+    `broker` and `scheduler`; a further one's are `broker-1`, `scheduler-1`, ..."""
+
+    index: int
+    client_address: str
+    worker_address: str
+    scheduler_address: str
+
+    @classmethod
+    def on_free_ports(cls, index: int) -> Shard:
+        return cls(index, free_address(), free_address(), free_address())
+
+    def name(self, service: str) -> str:
+        return f"{service}-{self.index}" if self.index else service
 
 
 class ServiceStack:
@@ -70,10 +93,17 @@ class ServiceStack:
         )
         self.group = ProcessGroup(log_dir, {**security_env, **(env or {})})
         self.processes = self.group.processes
+        ports = self.ports
+        self.shards = [Shard(0, ports.client_address, ports.worker_address, ports.scheduler_address)]
 
     @property
     def broker_address(self) -> str:
         return self.ports.client_address
+
+    @property
+    def broker_addresses(self) -> list[str]:
+        """Every broker's address for clients, the first one's first."""
+        return [shard.client_address for shard in self.shards]
 
     @property
     def kernel_address(self) -> str:
@@ -121,33 +151,36 @@ class ServiceStack:
             *args,
         )
 
-    def start_scheduler(self, *args: str) -> None:
+    def start_scheduler(self, *args: str, shard: Shard | None = None) -> None:
+        shard = shard or self.shards[0]
         self.start_process(
-            "scheduler",
+            shard.name("scheduler"),
             "scheduler",
             "--policy",
             self.policy,
             "--scheduler-bind",
-            self.scheduler_address,
+            shard.scheduler_address,
             "--kernel-pub-address",
             self.ports.pub_address,
             *args,
         )
 
-    def start_broker(self, *args: str, name: str = "broker") -> None:
+    def start_broker(self, *args: str, shard: Shard | None = None) -> None:
+        shard = shard or self.shards[0]
+        name = shard.name("broker")
         self.start_process(
             name,
             "broker",
             "--client-bind",
-            self.broker_address,
+            shard.client_address,
             "--worker-bind",
-            self.ports.worker_address,
+            shard.worker_address,
             "--scheduler-address",
-            self.scheduler_address,
+            shard.scheduler_address,
             "--journal",
-            str(self.journal_path),
+            str(self.journal_path if shard.index == 0 else self.log_dir / f"{name}-journal.sqlite3"),
             "--audit-log",
-            str(self.audit_log_path),
+            str(self.audit_log_path if shard.index == 0 else self.log_dir / f"audit-{shard.index}.jsonl"),
             *args,
         )
 
@@ -172,9 +205,10 @@ class ServiceStack:
     def start_workers(self) -> None:
         raise NotImplementedError
 
-    def worker_links(self) -> tuple[str, ...]:
-        """A worker's flags for reaching this broker and kernel."""
-        return ("--broker-worker-address", self.ports.worker_address, "--kernel-address", self.kernel_address)
+    def worker_links(self, shard: Shard | None = None) -> tuple[str, ...]:
+        """A worker's flags for reaching this broker (or the shard's) and the kernel."""
+        worker_address = (shard or self.shards[0]).worker_address
+        return ("--broker-worker-address", worker_address, "--kernel-address", self.kernel_address)
 
     def start_process(self, name: str, *args: str) -> None:
         self.group.start(name, *args)
@@ -211,24 +245,30 @@ class ServiceStack:
     def log_tails(self, num_chars: int = 2000) -> str:
         return self.group.log_tails(num_chars)
 
-    def status(self, timeout_s: float = 5.0) -> pb.StatusReply:
-        with Client(self.broker_address, timeout_s=timeout_s, **self.client_keys()) as client:
+    def status(self, timeout_s: float = 5.0, address: str = "") -> pb.StatusReply:
+        """The first broker's status, or that of the broker at `address`."""
+        with Client(address or self.broker_address, timeout_s=timeout_s, **self.client_keys()) as client:
             return client.status()
 
     def wait_ready(self, num_workers: int = 0) -> None:
         """Until the broker counts `num_workers` (default: every one started)."""
-        num_workers = num_workers or self.num_workers
+        self.wait_workers(self.broker_address, num_workers or self.num_workers)
+
+    def wait_workers(self, address: str, num_workers: int) -> None:
+        """Until the broker at `address` counts `num_workers`."""
         timeout_s = self.ready_timeout_s
         deadline_s = time.monotonic() + timeout_s
         while time.monotonic() < deadline_s:
             self.check_alive()
             try:
-                if len(self.status(timeout_s=1.0).workers) >= num_workers:
+                if len(self.status(timeout_s=1.0, address=address).workers) >= num_workers:
                     return
             except LlmosError:
                 pass  # not up yet
             time.sleep(PROBE_INTERVAL_S)
-        raise StackError(f"{num_workers} workers not ready within {timeout_s:g} s\n{self.log_tails()}")
+        raise StackError(
+            f"{num_workers} workers not ready at {address} within {timeout_s:g} s\n{self.log_tails()}"
+        )
 
 
 class SimStack(ServiceStack):
@@ -243,14 +283,18 @@ class SimStack(ServiceStack):
         num_sim_processes: int = 1,
         is_secure: bool = False,
         broker_args: tuple[str, ...] = (),
+        num_brokers: int = 1,
     ) -> None:
-        assert num_workers >= num_sim_processes >= 1
+        """`num_brokers`: shards, each a broker and its scheduler, sharing the kernel; sim
+        process i serves broker i % num_brokers, so there are at least as many processes."""
+        assert num_workers >= num_sim_processes >= num_brokers >= 1
         super().__init__(log_dir, num_workers, policy, is_secure=is_secure)
         self.broker_args = broker_args
         self.max_num_seqs = max_num_seqs
         self.profile = profile
         self.tenant_weights = tenant_weights
         self.num_sim_processes = num_sim_processes
+        self.shards += [Shard.on_free_ports(index) for index in range(1, num_brokers)]
 
     @property
     def num_slots(self) -> int:
@@ -258,8 +302,21 @@ class SimStack(ServiceStack):
 
     def start_services(self) -> None:
         self.start_kernel()
-        self.start_scheduler("--tenant-weights", self.tenant_weights)
-        self.start_broker("--tiers", "interactive,standard,batch", *self.broker_args)
+        for shard in self.shards:
+            self.start_scheduler("--tenant-weights", self.tenant_weights, shard=shard)
+            self.start_broker("--tiers", "interactive,standard,batch", *self.broker_args, shard=shard)
+
+    def wait_ready(self, num_workers: int = 0) -> None:
+        """Until each broker counts the workers of its processes (`num_workers` is for one broker)."""
+        if len(self.shards) == 1:
+            super().wait_ready(num_workers)
+            return
+        for shard in self.shards:
+            self.wait_workers(shard.client_address, self.workers_of(shard))
+
+    def workers_of(self, shard: Shard) -> int:
+        """The simulated workers serving the shard's broker."""
+        return sum(self.workers_per_process()[shard.index :: len(self.shards)])
 
     def start_workers(self) -> None:
         profile_path = self.log_dir / "profile.json"
@@ -280,7 +337,7 @@ class SimStack(ServiceStack):
                 SIM_MODEL,
                 "--profile",
                 str(profile_path),
-                *self.worker_links(),
+                *self.worker_links(self.shards[index % len(self.shards)]),
             )
 
     def workers_per_process(self) -> list[int]:
@@ -290,32 +347,32 @@ class SimStack(ServiceStack):
     # ------------------------------------------------------------ state
 
     def wait_drained(self, timeout_s: float = 60.0) -> bool:
-        """Until no request is queued or running (the last run's leftovers are gone)."""
+        """Until no broker has a request queued or running (the last run's leftovers are gone)."""
         deadline_s = time.monotonic() + timeout_s
         while time.monotonic() < deadline_s:
             self.check_alive()
-            status = self.status()
-            if status.num_running == 0 and all(tier.depth == 0 for tier in status.tiers):
+            if all(is_idle(self.status(address=address)) for address in self.broker_addresses):
                 return True
             time.sleep(PROBE_INTERVAL_S)
         return False
 
     def set_policy(self, name: str) -> str:
-        """Switch the scheduler's policy with SetPolicy (the broker keeps running); the
-        policy it reports. A switch to the policy in use keeps its state, so switching
+        """Switch every scheduler's policy with SetPolicy (the brokers keep running); the
+        policy they report. A switch to the policy in use keeps its state, so switching
         through another one gives `fair` fresh counters."""
-        try:
-            reply = ask_scheduler(
-                self.scheduler_address,
-                pb.SetPolicy(policy=name),
-                timeout_s=5.0,
-                keys_dir=self.keys_dir if self.is_secure else None,
-                is_insecure=not self.is_secure,
-            )
-        except NoReply as exc:
-            raise StackError(f"{exc}\n{self.log_tails()}") from None
-        if isinstance(reply, pb.Error):
-            raise StackError(f"the scheduler refused policy {name!r}: {reply.message}")
+        for shard in self.shards:
+            try:
+                reply = ask_scheduler(
+                    shard.scheduler_address,
+                    pb.SetPolicy(policy=name),
+                    timeout_s=5.0,
+                    keys_dir=self.keys_dir if self.is_secure else None,
+                    is_insecure=not self.is_secure,
+                )
+            except NoReply as exc:
+                raise StackError(f"{exc}\n{self.log_tails()}") from None
+            if isinstance(reply, pb.Error):
+                raise StackError(f"the scheduler refused policy {name!r}: {reply.message}")
         return reply.policy
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -333,6 +390,10 @@ class SimStack(ServiceStack):
         return used
 
     def count_fallbacks(self) -> int:
-        """Times the broker has decided without the scheduler so far (from its log)."""
-        path = self.log_dir / "broker.log"
-        return path.read_text(errors="replace").count(FALLBACK_LOG_MARK) if path.exists() else 0
+        """Times the brokers have decided without their schedulers so far (from their logs)."""
+        logs = [self.log_dir / f"{shard.name('broker')}.log" for shard in self.shards]
+        return sum(log.read_text(errors="replace").count(FALLBACK_LOG_MARK) for log in logs if log.exists())
+
+
+def is_idle(status: pb.StatusReply) -> bool:
+    return status.num_running == 0 and all(tier.depth == 0 for tier in status.tiers)

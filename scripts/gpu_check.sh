@@ -14,9 +14,12 @@
 # wave) and STACK=1 `llmos bench engine --stack-requests 256` (the stack against the engine).
 # CPU=1 adds the engine on the host's CPU (another CPU kind than the development VM's):
 # dummy:llama-100m, 2 threads, 32 concurrent, against generate_batch and the matmul peak.
+# SCALE=1 adds the broker at scale on the host's cores (no GPU): `llmos bench sched`'s scale
+# run with 1,000 simulated workers, one broker, then SCALE_BROKERS (default 4) sharing the kernel.
 # One call of the device tool may run 600 s: the default parts (tests, engine, graphs) take
 # at most 590 s by their timeouts, so run the options in a second call on the warm machine,
-# with NO_DEFAULT=1 (no tests, no engine run) and NO_GRAPHS=1, e.g. NO_DEFAULT=1 NO_GRAPHS=1 CPU=1.
+# with NO_DEFAULT=1 (no tests, no engine run) and NO_GRAPHS=1, e.g. NO_DEFAULT=1 NO_GRAPHS=1 CPU=1
+# SCALE=1 (at most 300 s and 2 x 140 s).
 #   NO_WHEELS=1 MODEL=dummy:llama-tiny DEVICE=cpu scripts/gpu_check.sh   (a dry run here)
 set -u -o pipefail
 OUT=${OUT:-/tmp/llmos-gpu-check}
@@ -67,4 +70,13 @@ if [ -n "${CPU:-}" ]; then  # the CPU targets on this machine's CPU kind (its mo
         2>&1 | tee -a "$OUT/cpu.txt"
     timeout 300 python3 -m llmos bench engine --model dummy:llama-100m --device cpu --threads 2 \
         --concurrency 32 --poisson-seconds 0 --rounds 3 2>&1 | tee "$OUT/bench_cpu.log"
+fi
+if [ -n "${SCALE:-}" ]; then  # 10,000 requests/s with 1,000 simulated workers: one broker, then several
+    nproc 2>&1 | tee "$OUT/scale_cores.txt"
+    for brokers in 1 "${SCALE_BROKERS:-4}"; do
+        timeout 140 python3 -m llmos bench sched --skip-chat --skip-fair --no-scale-stream \
+            --no-scale-insecure-baseline --scale-workers 1000 --scale-requests 100000 \
+            --scale-in-flight 4800 --scale-sim-processes 8 --scale-clients 8 --scale-brokers "$brokers" \
+            2>&1 | tee "$OUT/bench_scale_$brokers.log"
+    done
 fi

@@ -115,6 +115,38 @@ def test_toy_run_reports_every_headline_figure_from_the_real_processes(tmp_path)
     assert all(value in (True, False) for value in summary["targets"].values())
 
 
+@pytest.mark.e2e
+def test_a_sharded_scale_run_spreads_workers_and_clients_over_its_brokers(tmp_path):
+    summary = run_bench(
+        "--skip-chat", "--skip-fair", "--no-scale-insecure-baseline", "--decision-pending", "20",
+        "--scale-brokers", "2", "--scale-sim-processes", "2", "--scale-workers", "4", "--slots", "2",
+        "--scale-requests", "200", "--scale-in-flight", "20", "--scale-clients", "2",
+        "--json-only", "--log-dir", str(tmp_path),
+    )  # fmt: skip
+
+    scale = summary["scale"]
+    assert (scale["completed"], scale["unfinished"], scale["errors"], scale["brokers"]) == (200, 0, {}, 2)
+    processes = {"broker", "broker-1", "scheduler", "scheduler-1", "kernel", "sim-0", "sim-1"}
+    assert processes <= set(scale["cpu_s"])
+    admissions = {
+        name: (tmp_path / "scale" / name).read_text().count('"kind":"admission"')
+        for name in ("audit.jsonl", "audit-1.jsonl")
+    }
+    warm_ups = 2 * 2  # each broker's two workers, a request per slot
+    assert sum(admissions.values()) == 200 + 2 * warm_ups
+    # each load process had a broker of its own: half the requests each
+    assert admissions == {"audit.jsonl": 100 + warm_ups, "audit-1.jsonl": 100 + warm_ups}
+
+
+def test_more_brokers_than_load_or_sim_processes_is_a_usage_error():
+    result = CliRunner().invoke(
+        cli, ["bench", "sched", "--scale-brokers", "3", "--scale-clients", "2", "--scale-sim-processes", "4"]
+    )
+
+    assert result.exit_code == 2
+    assert "--scale-brokers" in result.output
+
+
 def test_skipped_workloads_give_null_figures_and_a_table():
     result = CliRunner().invoke(
         cli, ["bench", "sched", "--skip-chat", "--skip-fair", "--skip-scale", "--decision-pending", "20"]
