@@ -1,7 +1,8 @@
-"""The FastAPI app: OpenAI's routes over one shared AsyncClient to the broker.
+"""The FastAPI app: OpenAI's routes over one shared AsyncClient per broker.
 
-The client is made in the lifespan and shared by every request: it routes the
-broker's messages by request id, so requests on it run concurrently. A stream
+The clients are made in the lifespan and shared by every request: each routes its
+broker's messages by request id, so requests on it run concurrently. With several
+brokers, each new request goes to the next ready one (`gateway.brokers`). A stream
 whose HTTP client goes away cancels its llmos request, so the worker frees its
 KV blocks.
 """
@@ -11,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
 from gateway.api_keys import ANONYMOUS, ApiKeys, Tenancy
+from gateway.brokers import BrokerLink, Brokers, broker_addresses
 from gateway.chat_template import load_renderer
 from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, forbidden, http_error, too_large, unauthorized
@@ -47,8 +48,6 @@ TASK_NAMES: dict[int, str] = {
     pb.TASK_KIND_CLASSIFY: "classify",
 }
 DONE = "[DONE]"
-READY_TIMEOUT_S = 2.0  # a readiness probe that waits longer is itself the failure
-READY_TTL_S = 1.0
 
 
 class Refusal(Exception):
@@ -60,30 +59,40 @@ class Refusal(Exception):
 
 
 class Gateway:
-    """The state the routes share: the broker client, the API keys, the chat renderer."""
+    """The state the routes share: the brokers' clients, the API keys, the chat renderer."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.api_keys = ApiKeys.load(config.api_keys) if config.api_keys else None
         self.render = load_renderer(config.tokenizer)
-        self.client: AsyncClient | None = None
-        self.status_lock = asyncio.Lock()  # the client has one inbox for status replies
+        self.addresses = broker_addresses(config.broker_address)
+        self.brokers: Brokers | None = None
         self.abandoned: set[asyncio.Task[None]] = set()
-        self.is_ready, self.ready_at_s = False, -READY_TTL_S  # the last readiness answer and when
 
-    def open(self) -> AsyncClient:
-        self.client = AsyncClient(
-            self.config.broker_address,
-            self.config.timeout_s,
-            key_file=self.config.key_file or None,
-            server_key_file=self.config.server_key_file or None,
-            insecure=self.config.insecure,
+    def open(self) -> list[AsyncClient]:
+        """A client per broker, for the lifespan to enter."""
+        config = self.config
+        self.brokers = Brokers(
+            [
+                BrokerLink(
+                    address,
+                    AsyncClient(
+                        address,
+                        config.timeout_s,
+                        key_file=config.key_file or None,
+                        server_key_file=config.server_key_file or None,
+                        insecure=config.insecure,
+                    ),
+                )
+                for address in self.addresses
+            ]
         )
-        return self.client
+        return [link.client for link in self.brokers.links]
 
-    def broker(self) -> AsyncClient:
-        assert self.client is not None, "the lifespan opens the client before any request"
-        return self.client
+    def broker(self) -> BrokerLink:
+        """The broker for a new request."""
+        assert self.brokers is not None, "the lifespan opens the clients before any request"
+        return self.brokers.pick()
 
     def tenancy(self, request: Request) -> Tenancy:
         if self.api_keys is None:
@@ -93,14 +102,13 @@ class Gateway:
             raise Refusal(unauthorized())
         return tenancy
 
-    def abandon(self, request_id: str) -> None:
+    def abandon(self, client: AsyncClient, request_id: str) -> None:
         """Cancel a request nobody waits for any more, and read its end off the client."""
-        task = asyncio.get_running_loop().create_task(self._cancel(request_id))
+        task = asyncio.get_running_loop().create_task(self._cancel(client, request_id))
         self.abandoned.add(task)
         task.add_done_callback(self.abandoned.discard)
 
-    async def _cancel(self, request_id: str) -> None:
-        client = self.broker()
+    async def _cancel(self, client: AsyncClient, request_id: str) -> None:
         try:
             await client.cancel(request_id)
             await client.result(request_id)
@@ -109,26 +117,18 @@ class Gateway:
         log.info("request %s cancelled: its HTTP client went away", request_id)
 
     async def has_worker(self) -> bool:
-        """Whether the broker answers and holds a worker, asked at most once a READY_TTL_S:
-        anyone who reaches /ready may ask, and the broker should not hear of each probe."""
-        async with self.status_lock:
-            now_s = time.monotonic()
-            if now_s - self.ready_at_s >= READY_TTL_S:
-                try:
-                    status = await asyncio.wait_for(self.broker().status(), READY_TIMEOUT_S)
-                    self.is_ready = len(status.workers) > 0
-                except (LlmosError, TimeoutError):
-                    self.is_ready = False
-                self.ready_at_s = time.monotonic()
-            return self.is_ready
+        """Whether a broker answers and holds a worker (each asked at most once a second)."""
+        assert self.brokers is not None, "the lifespan opens the clients before any request"
+        return await self.brokers.has_worker()
 
     async def models(self) -> list[dict[str, object]]:
-        async with self.status_lock:
-            status = await self.broker().status()
+        """The models the workers of every broker that answers serve."""
+        assert self.brokers is not None, "the lifespan opens the clients before any request"
         tasks: dict[str, int] = {}
-        for worker in status.workers:
-            for model in worker.models:
-                tasks.setdefault(model, worker.task)
+        for status in await self.brokers.statuses():
+            for worker in status.workers:
+                for model in worker.models:
+                    tasks.setdefault(model, worker.task)
         if not tasks and self.config.model_name:
             tasks[self.config.model_name] = pb.TASK_KIND_GENERATE
         return [
@@ -148,8 +148,12 @@ def build_app(config: GatewayConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with gateway.open():
+        async with AsyncExitStack() as clients:
+            for client in gateway.open():
+                await clients.enter_async_context(client)
             yield
+            assert gateway.brokers is not None
+            gateway.brokers.close()
 
     app = FastAPI(title="llmos gateway", lifespan=lifespan)
     app.state.gateway = gateway
@@ -163,7 +167,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> PlainTextResponse:
-        """200 once the broker answers and holds a worker: a load balancer's readiness probe."""
+        """200 once a broker answers and holds a worker: a load balancer's readiness probe."""
         if await gateway.has_worker():
             return PlainTextResponse("ready\n")
         return PlainTextResponse("not ready: no broker, or no worker registered with it\n", status_code=503)
@@ -203,11 +207,16 @@ def build_app(config: GatewayConfig) -> FastAPI:
 
 async def generate(gateway: Gateway, asked: Generation, tenancy: Tenancy, is_chat: bool) -> Any:
     check_tier(asked.tier, tenancy)
-    client = gateway.broker()
-    request_id = await client.submit(asked.prompt, tenant=tenancy.tenant, **asked.submit_args())
+    link = gateway.broker()
+    client = link.client
+    try:
+        request_id = await client.submit(asked.prompt, tenant=tenancy.tenant, **asked.submit_args())
+    except LlmosTimeout:
+        link.note_silence()
+        raise
     reply = Reply(request_id, asked.model, is_chat)
     if asked.is_stream:
-        return EventSourceResponse(stream_events(gateway, request_id, reply, asked.include_usage))
+        return EventSourceResponse(stream_events(gateway, client, request_id, reply, asked.include_usage))
     is_finished = False
     try:
         result = await client.result(request_id)
@@ -217,13 +226,13 @@ async def generate(gateway: Gateway, asked: Generation, tenancy: Tenancy, is_cha
         raise
     finally:
         if not is_finished:
-            gateway.abandon(request_id)
+            gateway.abandon(client, request_id)
     return reply.whole(result)
 
 
 async def embed(gateway: Gateway, asked: Embedding, tenancy: Tenancy) -> dict[str, object]:
     check_tier(asked.tier, tenancy)
-    result = await gateway.broker().embed(
+    result = await gateway.broker().client.embed(
         list(asked.inputs),
         model=asked.model,
         tier=asked.tier,
@@ -234,10 +243,9 @@ async def embed(gateway: Gateway, asked: Embedding, tenancy: Tenancy) -> dict[st
 
 
 async def stream_events(
-    gateway: Gateway, request_id: str, reply: Reply, include_usage: bool
+    gateway: Gateway, client: AsyncClient, request_id: str, reply: Reply, include_usage: bool
 ) -> AsyncIterator[dict[str, str]]:
     """The SSE events of one request: its chunks, the finish reason, usage, [DONE]."""
-    client = gateway.broker()
     is_finished = False
     try:
         if reply.is_chat:
@@ -257,7 +265,7 @@ async def stream_events(
         yield event(http_error(exc).body())
     finally:
         if not is_finished:  # the HTTP client went away (or the server is stopping)
-            gateway.abandon(request_id)
+            gateway.abandon(client, request_id)
     yield {"data": DONE}
 
 

@@ -14,7 +14,11 @@ GATEWAY_PORT = 8000
 class GatewayConfig:
     host: str = option("127.0.0.1", "HTTP address to listen on (0.0.0.0: every interface)")
     port: int = option(GATEWAY_PORT, "HTTP port to listen on")
-    broker_address: str = option(default_broker_address(), "the broker's client ROUTER")
+    broker_address: str = option(
+        default_broker_address(),
+        "the broker's client ROUTER; several brokers comma-separated (each new request goes to the next "
+        "one that holds a worker)",
+    )
     timeout_s: float = option(DEFAULT_TIMEOUT_S, "longest wait for the broker's next message on a request")
     model_name: str = option("", "model /v1/models lists while the broker reports none (empty: none)")
     tokenizer: str = option(
