@@ -89,10 +89,10 @@ class Gateway:
         )
         return [link.client for link in self.brokers.links]
 
-    def broker(self) -> BrokerLink:
-        """The broker for a new request."""
+    def broker(self, model: str) -> BrokerLink:
+        """The broker for a new request for `model` ("": the default)."""
         assert self.brokers is not None, "the lifespan opens the clients before any request"
-        return self.brokers.pick()
+        return self.brokers.pick(model)
 
     def tenancy(self, request: Request) -> Tenancy:
         if self.api_keys is None:
@@ -207,7 +207,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
 
 async def generate(gateway: Gateway, asked: Generation, tenancy: Tenancy, is_chat: bool) -> Any:
     check_tier(asked.tier, tenancy)
-    link = gateway.broker()
+    link = gateway.broker(asked.model)
     client = link.client
     try:
         request_id = await client.submit(asked.prompt, tenant=tenancy.tenant, **asked.submit_args())
@@ -232,7 +232,7 @@ async def generate(gateway: Gateway, asked: Generation, tenancy: Tenancy, is_cha
 
 async def embed(gateway: Gateway, asked: Embedding, tenancy: Tenancy) -> dict[str, object]:
     check_tier(asked.tier, tenancy)
-    result = await gateway.broker().client.embed(
+    result = await gateway.broker(asked.model).client.embed(
         list(asked.inputs),
         model=asked.model,
         tier=asked.tier,

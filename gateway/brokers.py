@@ -2,8 +2,9 @@
 
 `--broker-address tcp://a:5555,tcp://b:5555` names several brokers (each with its
 own workers and queues; docs/deploy.md, "What scales"). Each new request goes to
-the next broker in turn among those that held a worker when last checked, as a
-load balancer skips a backend that fails its health check. A broker's check (a
+the next broker in turn among those that held a worker when last checked (among
+those whose workers serve the model it names, where any do), as a load balancer
+skips a backend that fails its health check. A broker's check (a
 StatusRequest) is renewed at most once a READY_TTL_S: by `/ready`, and in the
 background once a request finds the checks stale. A broker that lets a request
 time out unanswered counts as not ready until its next check. Follow-ups (the
@@ -43,6 +44,7 @@ class BrokerLink:
     status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # the client has one status inbox
     is_ready: bool = True  # until a check says otherwise
     checked_at_s: float = -READY_TTL_S
+    models: frozenset[str] = frozenset()  # what its workers served at the last check
 
     @property
     def is_stale(self) -> bool:
@@ -60,6 +62,7 @@ class BrokerLink:
                 try:
                     status = await asyncio.wait_for(self.client.status(), READY_TIMEOUT_S)
                     self.is_ready = len(status.workers) > 0
+                    self.models = frozenset(model for worker in status.workers for model in worker.models)
                 except (LlmosError, TimeoutError):
                     self.is_ready = False
                 self.checked_at_s = time.monotonic()
@@ -80,15 +83,18 @@ class Brokers:
     def __len__(self) -> int:
         return len(self.links)
 
-    def pick(self) -> BrokerLink:
+    def pick(self, model: str = "") -> BrokerLink:
         """The broker for a new request: the next in turn among those that held a worker
-        when last checked (among all, if none did)."""
+        when last checked (among all, if none did), and of those, among the ones whose
+        workers served `model`, where any did."""
         if len(self.links) == 1:
             return self.links[0]
         if any(link.is_stale for link in self.links) and (self.renewal is None or self.renewal.done()):
             self.renewal = asyncio.get_running_loop().create_task(self.check_all())
         ready = [link for link in self.links if link.is_ready] or self.links
-        return ready[next(self.turns) % len(ready)]
+        serving = [link for link in ready if model in link.models] if model else []
+        candidates = serving or ready
+        return candidates[next(self.turns) % len(candidates)]
 
     async def check_all(self) -> list[bool]:
         return list(await asyncio.gather(*(link.check() for link in self.links)))

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from gateway.brokers import READY_TTL_S, BrokerLink, Brokers, broker_addresses
 from llmos.cli import cli
 from llmos.processes import free_port
+from llmos.wire import pb
 from llmos_bench.stack import SIM_MODEL, SimStack
 from workers.sim import LatencyProfile
 
@@ -150,6 +151,18 @@ def test_with_no_broker_ready_picks_take_turns_among_all() -> None:
     assert {brokers.pick().address for _ in range(2)} == {"tcp://b0", "tcp://b1"}
 
 
+def test_a_named_model_goes_to_the_brokers_whose_workers_serve_it() -> None:
+    brokers = Brokers(links(True, True, True))
+    for link, models in zip(brokers.links, [{"a"}, {"b"}, {"a", "b"}], strict=True):
+        link.models = frozenset(models)
+    assert {brokers.pick("b").address for _ in range(4)} == {"tcp://b1", "tcp://b2"}
+    assert {brokers.pick("").address for _ in range(3)} == {"tcp://b0", "tcp://b1", "tcp://b2"}
+    # a model none was seen serving: every ready broker in turn (one answers UNKNOWN_MODEL)
+    assert {brokers.pick("c").address for _ in range(3)} == {"tcp://b0", "tcp://b1", "tcp://b2"}
+    brokers.links[2].note_silence()
+    assert {brokers.pick("b").address for _ in range(2)} == {"tcp://b1"}
+
+
 def test_a_silent_broker_is_skipped_until_its_next_check() -> None:
     brokers = Brokers(links(True, True))
     brokers.links[1].note_silence()
@@ -174,6 +187,22 @@ def test_stale_checks_are_renewed_in_the_background_without_holding_the_pick() -
 
     first, second, is_pending = asyncio.run(pick_twice())
     assert {first, second} == {"tcp://b0", "tcp://b1"} and is_pending
+
+
+def test_a_check_notes_readiness_and_the_models_served() -> None:
+    class Answering:
+        def __init__(self, *workers: list[str]) -> None:
+            self.reply = pb.StatusReply(workers=[pb.WorkerStatus(models=models) for models in workers])
+
+        async def status(self) -> pb.StatusReply:
+            return self.reply
+
+    async def check(client: Any) -> tuple[bool, frozenset[str]]:
+        link = BrokerLink("tcp://b", client)
+        return await link.check(), link.models
+
+    assert asyncio.run(check(Answering(["a"], ["a", "b"]))) == (True, frozenset({"a", "b"}))
+    assert asyncio.run(check(Answering())) == (False, frozenset())
 
 
 def test_broker_addresses_are_split_on_commas_once_each() -> None:
