@@ -16,6 +16,7 @@ def format_report(summary: dict[str, Any]) -> str:
         scale_lines(summary),
         decision_lines(summary),
         target_lines("targets (issue 5)", summary["targets"]),
+        target_lines("targets (issue 20)", summary.get("scale_targets", {})),
     ):
         if part:
             lines += ["", *part] if lines else part

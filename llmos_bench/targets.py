@@ -7,4 +7,7 @@ TARGET_LABELS = {True: "met", False: "MISSED", None: "not measured"}
 
 
 def target_lines(title: str, targets: dict[str, bool | None]) -> list[str]:
+    """`title:` then a line per target; nothing where there are none (an older JSON line)."""
+    if not targets:
+        return []
     return [f"{title}:", *(f"  {name}: {TARGET_LABELS[value]}" for name, value in targets.items())]

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from llmos.cli import cli
 from llmos_bench.driver import Outcome, RunResult
 from llmos_bench.plots import plot_sched
+from llmos_bench.sched import scale_targets
 from llmos_bench.sched_config import SchedBenchConfig
 from llmos_bench.sched_runs import chat_workloads, offered_load, token_capacity_per_s
 from llmos_bench.workload import BATCH, INTERACTIVE, BatchFlood, bounded_pareto, tenant_jobs
@@ -132,10 +133,20 @@ def test_a_sharded_scale_run_spreads_workers_and_clients_over_its_brokers(tmp_pa
         name: (tmp_path / "scale" / name).read_text().count('"kind":"admission"')
         for name in ("audit.jsonl", "audit-1.jsonl")
     }
+    assert summary["scale_targets"] == {"scale_10000_requests_per_s_with_1000_workers": None}  # 4 workers
     warm_ups = 2 * 2  # each broker's two workers, a request per slot
     assert sum(admissions.values()) == 200 + 2 * warm_ups
     # each load process had a broker of its own: half the requests each
     assert admissions == {"audit.jsonl": 100 + warm_ups, "audit-1.jsonl": 100 + warm_ups}
+
+
+def test_the_10000_requests_per_s_target_is_judged_only_with_1000_workers():
+    at_1000 = SchedBenchConfig(scale_workers=1000)
+    key = "scale_10000_requests_per_s_with_1000_workers"
+    assert scale_targets(at_1000, {"requests_per_s": 10_500.0}) == {key: True}
+    assert scale_targets(at_1000, {"requests_per_s": 2_444.0}) == {key: False}
+    assert scale_targets(SchedBenchConfig(scale_workers=200), {"requests_per_s": 20_000.0}) == {key: None}
+    assert scale_targets(at_1000, None) == {key: None}
 
 
 def test_more_brokers_than_load_or_sim_processes_is_a_usage_error():
@@ -161,6 +172,8 @@ def test_skipped_workloads_give_null_figures_and_a_table():
     assert summary["targets"]["fair_shares_within_10pct"] is None
     assert summary["targets"]["decision_time_far_below_linear"] in (True, False)
     assert (summary["chat"], summary["fair"], summary["scale"]) == (None, None, None)
+    assert summary["scale_targets"] == {"scale_10000_requests_per_s_with_1000_workers": None}
+    assert "  scale_10000_requests_per_s_with_1000_workers: not measured" in lines
 
 
 def test_plot_draws_the_ttft_boxes_and_the_fair_shares_from_a_run_s_figures(tmp_path):
