@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from llmos.aio import AsyncClient
 from llmos.errors import LlmosError
 from llmos.wire import pb
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0  # a readiness probe that waits longer is itself the failure
 READY_TTL_S = 1.0
@@ -59,6 +62,7 @@ class BrokerLink:
         anyone who reaches /ready may ask, and the broker should not hear of each probe."""
         async with self.status_lock:
             if self.is_stale:
+                was_ready = self.is_ready
                 try:
                     status = await asyncio.wait_for(self.client.status(), READY_TIMEOUT_S)
                     self.is_ready = len(status.workers) > 0
@@ -66,10 +70,14 @@ class BrokerLink:
                 except (LlmosError, TimeoutError):
                     self.is_ready = False
                 self.checked_at_s = time.monotonic()
+                if self.is_ready != was_ready:
+                    log.info("broker %s is %s", self.address, "ready" if self.is_ready else "not ready")
             return self.is_ready
 
     def note_silence(self) -> None:
         """A request timed out unanswered: skip this broker until its next check."""
+        if self.is_ready:
+            log.warning("broker %s let a request time out; skipping it until it answers", self.address)
         self.is_ready, self.checked_at_s = False, time.monotonic()
 
 
