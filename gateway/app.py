@@ -158,6 +158,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
     app = FastAPI(title="llmos gateway", lifespan=lifespan)
     app.state.gateway = gateway
     metrics = GatewayMetrics()
+    metrics.watch_brokers(lambda: gateway.brokers)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_error_handlers(app)
 

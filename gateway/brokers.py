@@ -48,6 +48,7 @@ class BrokerLink:
     is_ready: bool = True  # until a check says otherwise
     checked_at_s: float = -READY_TTL_S
     models: frozenset[str] = frozenset()  # what its workers served at the last check
+    num_requests: int = 0  # new requests sent to it
 
     @property
     def is_stale(self) -> bool:
@@ -102,7 +103,9 @@ class Brokers:
         ready = [link for link in self.links if link.is_ready] or self.links
         serving = [link for link in ready if model in link.models] if model else []
         candidates = serving or ready
-        return candidates[next(self.turns) % len(candidates)]
+        link = candidates[next(self.turns) % len(candidates)]
+        link.num_requests += 1
+        return link
 
     async def check_all(self) -> list[bool]:
         return list(await asyncio.gather(*(link.check() for link in self.links)))

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.brokers import READY_TTL_S, BrokerLink, Brokers, broker_addresses
 from llmos.cli import cli
@@ -52,6 +53,18 @@ def get(url: str) -> tuple[int, str]:
 
 def complete(url: str) -> tuple[int, dict[str, Any]]:
     return post(f"{url}/v1/completions", {"model": SIM_MODEL, "prompt": "hello", "max_tokens": 3})
+
+
+def broker_samples(url: str, name: str) -> dict[str, float]:
+    """One of the gateway's per-broker metrics, by broker address."""
+    status, text = get(f"{url}/metrics")
+    assert status == 200
+    return {
+        sample.labels["broker"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def admissions(log_dir: Path) -> dict[str, int]:
@@ -103,6 +116,10 @@ def test_new_requests_take_turns_between_the_brokers(two_brokers: TwoBrokers) ->
     counts = admissions(two_brokers.stack.log_dir)
     assert sum(counts.values()) == NUM_REQUESTS
     assert min(counts.values()) >= 1, counts  # both served: they take turns while both are ready
+    first, second = two_brokers.stack.broker_addresses
+    sent = broker_samples(two_brokers.url, "llmos:gateway_broker_requests_total")
+    assert sent == {first: counts["audit.jsonl"], second: counts["audit-1.jsonl"]}
+    assert broker_samples(two_brokers.url, "llmos:gateway_broker_ready") == {first: 1, second: 1}
     status, text = get(f"{two_brokers.url}/v1/models")
     assert status == 200 and [model["id"] for model in json.loads(text)["data"]] == [SIM_MODEL]
 
@@ -123,6 +140,8 @@ def test_a_dead_broker_is_skipped_and_the_gateway_stays_ready(two_brokers: TwoBr
 
     assert admissions(stack.log_dir)["audit.jsonl"] >= before + NUM_REQUESTS
     assert get(f"{two_brokers.url}/ready") == (200, "ready\n")
+    first, second = stack.broker_addresses
+    assert broker_samples(two_brokers.url, "llmos:gateway_broker_ready") == {first: 1, second: 0}
     status, text = get(f"{two_brokers.url}/v1/models")
     assert status == 200 and [model["id"] for model in json.loads(text)["data"]] == [SIM_MODEL]
 
