@@ -89,10 +89,15 @@ class Gateway:
         )
         return [link.client for link in self.brokers.links]
 
+    @property
+    def opened(self) -> Brokers:
+        """The brokers' links, which the lifespan makes before any request."""
+        assert self.brokers is not None, "the lifespan opens the clients before any request"
+        return self.brokers
+
     def broker(self, model: str) -> BrokerLink:
         """The broker for a new request for `model` ("": the default)."""
-        assert self.brokers is not None, "the lifespan opens the clients before any request"
-        return self.brokers.pick(model)
+        return self.opened.pick(model)
 
     def tenancy(self, request: Request) -> Tenancy:
         if self.api_keys is None:
@@ -118,14 +123,12 @@ class Gateway:
 
     async def has_worker(self) -> bool:
         """Whether a broker answers and holds a worker (each asked at most once a second)."""
-        assert self.brokers is not None, "the lifespan opens the clients before any request"
-        return await self.brokers.has_worker()
+        return await self.opened.has_worker()
 
     async def models(self) -> list[dict[str, object]]:
         """The models the workers of every broker that answers serve."""
-        assert self.brokers is not None, "the lifespan opens the clients before any request"
         tasks: dict[str, int] = {}
-        for status in await self.brokers.statuses():
+        for status in await self.opened.statuses():
             for worker in status.workers:
                 for model in worker.models:
                     tasks.setdefault(model, worker.task)
@@ -152,8 +155,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
             for client in gateway.open():
                 await clients.enter_async_context(client)
             yield
-            assert gateway.brokers is not None
-            gateway.brokers.close()
+            gateway.opened.close()
 
     app = FastAPI(title="llmos gateway", lifespan=lifespan)
     app.state.gateway = gateway

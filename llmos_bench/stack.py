@@ -167,9 +167,8 @@ class ServiceStack:
 
     def start_broker(self, *args: str, shard: Shard | None = None) -> None:
         shard = shard or self.shards[0]
-        name = shard.name("broker")
         self.start_process(
-            name,
+            shard.name("broker"),
             "broker",
             "--client-bind",
             shard.client_address,
@@ -178,15 +177,19 @@ class ServiceStack:
             "--scheduler-address",
             shard.scheduler_address,
             "--journal",
-            str(self.journal_path if shard.index == 0 else self.log_dir / f"{name}-journal.sqlite3"),
+            str(self.journal_path_of(shard)),
             "--audit-log",
-            str(self.audit_log_path if shard.index == 0 else self.log_dir / f"audit-{shard.index}.jsonl"),
+            str(self.audit_log_path_of(shard)),
             *args,
         )
 
     @property
     def audit_log_path(self) -> Path:
-        return self.log_dir / "audit.jsonl"
+        return self.audit_log_path_of(self.shards[0])
+
+    def audit_log_path_of(self, shard: Shard) -> Path:
+        """`audit.jsonl`, a further shard's `audit-1.jsonl`, ..."""
+        return self.log_dir / f"{shard.name('audit')}.jsonl"
 
     def client_keys(self, name: str = "admin") -> dict[str, Any]:
         """Keyword arguments for a Client of this stack: key `name` of its keyring, or plain TCP."""
@@ -200,7 +203,11 @@ class ServiceStack:
     @property
     def journal_path(self) -> Path:
         """The broker's own journal (a later --journal in `start_broker`'s args wins)."""
-        return self.log_dir / "broker-journal.sqlite3"
+        return self.journal_path_of(self.shards[0])
+
+    def journal_path_of(self, shard: Shard) -> Path:
+        """`broker-journal.sqlite3`, a further shard's `broker-1-journal.sqlite3`, ..."""
+        return self.log_dir / f"{shard.name('broker')}-journal.sqlite3"
 
     def start_workers(self) -> None:
         raise NotImplementedError
