@@ -45,6 +45,7 @@ from workers.cpu_linears import check_cpu_weights
 from workers.kv_dtype import KV_CACHE_DTYPES, check_engine_runs, resolve_kv_cache_dtype
 from workers.model_loader import LoadedModel, kv_bytes_per_token, load_model, load_tokenizer
 from workers.reference_engine import ReferenceEngine
+from workers.small_linear_rows import RowsChoice
 
 # --engine: the module and class of each llmos engine the bench measures
 ENGINE_CLASSES = {
@@ -400,6 +401,8 @@ class EngineBench:
         self.peak_flops = peak_flops
         # the dtype the engine's KV cache holds (`--kv-cache-dtype`, resolved on the model)
         self.kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, loaded.dtype)
+        # how many rows the engines' float32 products ran in `small_linear` (None: none)
+        self.small_linear_rows: RowsChoice | None = None
         num_prompts = max(
             max(self.level_requests(c) for c in config.concurrency_levels),
             config.compare_concurrency,
@@ -443,7 +446,10 @@ class EngineBench:
             kwargs["cuda_graphs"] = self.config.cuda_graphs
         if self.engine_cls.__name__ == "BatchedEngine":  # the paged engine's steps are always mixed
             kwargs["mixed_steps"] = self.config.mixed_steps if mixed_steps is None else mixed_steps
-        return self.engine_cls(self.model, self.tokenizer, **kwargs)
+        engine = self.engine_cls(self.model, self.tokenizer, **kwargs)
+        if hasattr(engine, "runner"):
+            self.small_linear_rows = engine.runner.cpu_linears.small_linear_rows
+        return engine
 
     def num_kv_blocks(self, max_num_seqs: int, max_model_len: int) -> int:
         """Enough blocks that no request is ever preempted, and room for a whole prompt."""
@@ -591,6 +597,7 @@ def summarize(
         "kv_cache_dtype": dtype_name(bench.kv_dtype),
         "kv_bytes_per_token": kv_bytes_per_token(bench.model.config, bench.kv_dtype),
         "threads": torch.get_num_threads(),
+        "small_linear_rows": rows_summary(bench.small_linear_rows),
         "engine": bench.engine_cls.__name__,
         "peak_flops_per_s": bench.peak_flops,
         "settings": asdict(config),
@@ -601,6 +608,16 @@ def summarize(
         "round_speedups": round_speedups(rounds or []),
         "versions": {"torch": torch.__version__, "transformers": transformers_version()},
     }
+
+
+def rows_summary(choice: RowsChoice | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    timings = [
+        {"rows": rows, "small_linear_ms": small, "onednn_ms": onednn}
+        for rows, small, onednn in choice.timings
+    ]
+    return {"rows": choice.rows, "how": choice.how, "timings": timings}
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -22,6 +22,7 @@ def format_report(summary: dict[str, Any]) -> str:
         f"{summary['threads']} threads",
         f"prompt {settings['prompt_len']} tokens, {settings['new_tokens']} new tokens per request; "
         f"matmul peak {summary['peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
+        *small_linear_lines(summary.get("small_linear_rows")),
         "",
     ]
     headers = ["RUN", "CONC", "REQS", "OUT TOK/S", "TTFT P50/P99 MS", "TPOT P50/P99 MS", "% PEAK"]
@@ -88,6 +89,17 @@ def format_report(summary: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def small_linear_lines(choice: dict[str, Any] | None) -> list[str]:
+    if choice is None:
+        return []
+    line = f"float32 products of 1 to {choice['rows']} rows in small_linear ({choice['how']}"
+    if choice["timings"]:
+        line += "; small_linear/oneDNN " + ", ".join(
+            f"{t['rows']} rows {t['small_linear_ms']:.1f}/{t['onednn_ms']:.1f} ms" for t in choice["timings"]
+        )
+    return [line + ")"]
 
 
 def stack_lines(stack: dict[str, Any] | None) -> list[str]:

@@ -2,7 +2,7 @@
 
 `python3 scripts/few_row_products.py [PRESET] [--threads N] [--repeats N] [--int8]` runs
 every linear of a `dummy:` preset (default llama-100m) in turn, each weight distinct, so
-the weights come from memory as in a decode step, at 1, 2, 3, 4, 8 and 16 rows: against
+the weights come from memory as in a decode step, at 1, 2, 3, 4, 8 and 16 rows (or `--rows`): against
 oneDNN's product (the plain weights below 4 rows, the packed ones from 4, as the engine
 keeps them) `small_linear` at the row counts it takes (1 to 8 with AVX2, else 1 to 3).
 With `--int8` the model is quantized as `--quantization int8` does, and
@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--int8", action="store_true", help="int8 weights: small_linear_int8 against fbgemm")
+    parser.add_argument(
+        "--rows", default="1,2,3,4,8,16", help="the row counts, comma-separated (default 1,2,3,4,8,16)"
+    )
     args = parser.parse_args()
     if not cpu_kernels.has_kernels():
         raise SystemExit("the CPU kernels are not built here (no C++ compiler, or LLMOS_KERNELS=off)")
@@ -104,7 +107,7 @@ def main() -> None:
     widths = sorted({m.in_features for m in model.modules() if hasattr(m, "in_features")})
     results = []
     with torch.inference_mode():
-        for num_rows in (1, 2, 3, 4, 8, 16):
+        for num_rows in [int(part) for part in args.rows.split(",")]:
             inputs = {width: torch.randn(num_rows, width) for width in widths}
             sides = sides_for(num_rows, inputs)
             times: dict[str, list[float]] = {}

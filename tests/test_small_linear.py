@@ -78,7 +78,7 @@ def test_the_engines_few_row_products_are_its_own(cpu_weights):
                 out = linear(hidden)
                 expected = torch.nn.functional.linear(hidden, linear.weight, linear.bias)
                 torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
-                if num_rows <= small_linear_max_rows():  # bit for bit the kernel's: it made them
+                if num_rows <= cpu_linears.small_linear_rows.rows:  # bit for bit the kernel's: it made them
                     assert torch.equal(out, small_linear(hidden, linear.weight, linear.bias))
 
 

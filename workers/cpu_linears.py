@@ -19,8 +19,10 @@ the faster; there, where the project's CPU kernels build (`workers.cpu_kernels`)
 their `small_linear` runs it instead of oneDNN (with `compact` weights too): it
 streams each weight once for all the rows, at more of the memory bandwidth
 (figures in docs/benchmarks.md). Where the kernels have AVX2, `small_linear`
-runs products of 4 to 8 rows on the plain weight too (1.3-1.6x oneDNN's packed
-product here), so the packed copy serves 9 rows and more. The packed copies are
+can run products of 4 to 8 rows on the plain weight too: whether it does, up to how
+many, is measured when the engine is built (`workers.small_linear_rows`: at 8 rows it
+ran 1.3-1.6x oneDNN's packed product in some spells of the development VM, 0.75x in
+others), and the packed copy serves the rest. The packed copies are
 made once, when the engine is built; each doubles the memory of the weights it
 copies.
 `--cpu-weights compact` makes no copy: every weight runs as the model holds it.
@@ -51,6 +53,7 @@ import torch
 
 from workers import cpu_kernels
 from workers.quantization import HEAD_INT8
+from workers.small_linear_rows import RowsChoice, choose_rows
 
 
 def onednn_linear_available() -> bool:
@@ -96,9 +99,12 @@ class CpuLinears:
                 is_unused = few_rows is not linear.weight and weight is not linear.weight
                 if release_unused and is_unused and id(linear.weight) not in shared:
                     release_weight(linear)  # (a head tied to the embeddings stays: they read it)
+        # how many rows `small_linear` takes (measured here: workers.small_linear_rows)
+        self.small_linear_rows = self.choose_small_linear_rows()
+        rows = self.small_linear_rows.rows if self.small_linear_rows is not None else None
         # made once, not per forward: each picks its products' path (and builds the CPU kernels)
         self.forwards = [
-            onednn_forward(few_rows, weight, linear.bias, getattr(linear, HEAD_INT8, None))
+            onednn_forward(few_rows, weight, linear.bias, getattr(linear, HEAD_INT8, None), rows)
             for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True)
         ]
         # `--quantization int8`'s dynamic linears: products of few rows in `small_linear_int8`
@@ -110,6 +116,20 @@ class CpuLinears:
                 if forward is not None:
                     self.int8_linears.append(module)
                     self.int8_forwards.append(forward)
+
+    def choose_small_linear_rows(self) -> RowsChoice | None:
+        """How many rows the float32 products `small_linear` runs take; None where it runs
+        none (no CPU kernels, no plain float32 weight)."""
+        if not cpu_kernels.has_kernels():
+            return None
+        products = []
+        for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True):
+            plain = few_rows if few_rows is not None else weight
+            if getattr(linear, HEAD_INT8, None) is None and is_plain_float32(plain):
+                products.append((plain, weight, linear.bias))
+        if not products:
+            return None
+        return choose_rows(products, small_linear_max_rows())
 
     def switched(self) -> list[tuple[torch.nn.Module, Any]]:
         """(module, its forward while the engine runs), for every module switched."""
@@ -202,29 +222,33 @@ def release_weight(linear: torch.nn.Linear) -> None:
     linear.weight = torch.nn.Parameter(linear.weight.new_empty(0), requires_grad=False)
 
 
+def is_plain_float32(weight: torch.Tensor) -> bool:
+    return weight.dtype == torch.float32 and not weight.is_mkldnn and weight.is_contiguous()
+
+
 def onednn_forward(
     few_rows: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     int8: tuple[torch.Tensor, torch.Tensor] | None = None,
+    small_linear_rows: int | None = None,
 ) -> Any:
     """The forward of one linear while the engine runs: `few_rows` (or, where that is None,
     the one weight) for products under PACKED_MIN_ROWS rows; where that weight is a plain
-    float32 one and the CPU kernels are built, in `small_linear`, up to its
-    `small_linear_max_rows()`; `weight` for the others.
+    float32 one and the CPU kernels are built, in `small_linear`, up to
+    `small_linear_rows` rows (None: its `small_linear_max_rows()`); `weight` for the others.
     An int8-rounded head (`int8`: its int8 weights and scales, `workers.quantization`)
     runs its few-row products in `small_linear_int8` instead."""
     linear = torch.ops.mkldnn._linear_pointwise
     plain = few_rows if few_rows is not None else weight
-    is_plain_float32 = plain.dtype == torch.float32 and not plain.is_mkldnn and plain.is_contiguous()
     if int8 is not None and cpu_kernels.has_kernels():
         int8_weight, scales = int8
         return int8_forward(
             int8_weight, scales, bias, lambda hidden: linear(hidden, weight, bias, "none", [], "")
         )
-    if is_plain_float32 and cpu_kernels.has_kernels():
+    if is_plain_float32(plain) and cpu_kernels.has_kernels():
         small_linear = torch.ops.llmos_cpu.small_linear
-        max_rows = small_linear_max_rows()
+        max_rows = small_linear_rows or small_linear_max_rows()
 
         def forward(hidden: torch.Tensor) -> torch.Tensor:
             if hidden.numel() <= max_rows * hidden.shape[-1]:
