@@ -120,14 +120,12 @@ class CpuLinears:
     def choose_small_linear_rows(self) -> RowsChoice | None:
         """How many rows the float32 products `small_linear` runs take; None where it runs
         none (no CPU kernels, no plain float32 weight)."""
-        if not cpu_kernels.has_kernels():
-            return None
         products = []
         for linear, (few_rows, weight) in zip(self.linears, self.weights, strict=True):
             plain = few_rows if few_rows is not None else weight
             if getattr(linear, HEAD_INT8, None) is None and is_plain_float32(plain):
                 products.append((plain, weight, linear.bias))
-        if not products:
+        if not products or not cpu_kernels.has_kernels():  # (products first: no build for CUDA)
             return None
         return choose_rows(products, small_linear_max_rows())
 
