@@ -9,6 +9,7 @@ The bounds sit far above any real worker (a 1,048,576-block cache is 16 M tokens
 from __future__ import annotations
 
 from llmos.wire import WireError, pb
+from llmos.wire.kv_batch import MAX_KV_BATCH_CHANGES
 
 MAX_WORKER_ID_BYTES = 128
 MAX_MODELS = 64
@@ -23,6 +24,9 @@ MAX_LEASE_MS = 24 * 3600 * 1000  # a lease past a day is a bug, not a plan
 # A prefix report lists at most this many hashes (workers send at most 1,024); more is
 # refused. Within it, a report is cut to the worker's KV block count (see registry).
 MAX_PREFIX_HASHES_PER_REPORT = 65_536
+# A kv_batch carries at most MAX_KV_BATCH_CHANGES allocations and frees (a worker's of
+# one step); the frame bound holds its bytes.
+KV_CHANGES = ("allocate", "free")
 
 
 def invalid(what: str, request_id: str = "") -> WireError:
@@ -77,6 +81,16 @@ def check_allocate(message: pb.KvAllocate) -> None:
         raise invalid(f"num_blocks must be at most {MAX_BLOCKS_PER_WORKER}", message.request_id)
     if message.lease_ms > MAX_LEASE_MS:
         raise invalid(f"lease_ms must be at most {MAX_LEASE_MS}", message.request_id)
+
+
+def check_kv_batch(message: pb.KvBatch) -> None:
+    """Refuse a batch past its bound, or holding a change that is neither an allocation
+    nor a free, whole: nothing of it is applied."""
+    if len(message.changes) > MAX_KV_BATCH_CHANGES:
+        raise invalid(f"kv_batch holds {len(message.changes)} changes; at most {MAX_KV_BATCH_CHANGES}")
+    for index, change in enumerate(message.changes):
+        if change.WhichOneof("change") not in KV_CHANGES:
+            raise invalid(f"kv_batch change {index} is neither an allocate nor a free")
 
 
 def check_prefix_report(message: pb.KvPrefixReport) -> None:

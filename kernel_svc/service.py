@@ -25,7 +25,7 @@ from llmos.service import run_service
 from llmos.service_metrics import KernelCollector, RefusalCollector, registry_of
 from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import ERROR_NAMES
-from llmos.wire.envelope import error_frame
+from llmos.wire.envelope import error_frame, error_message
 from llmos.wire.handlers import Handlers
 from llmos.wire.peer_errors import PeerErrors
 from llmos.wire.router import answer_request
@@ -82,6 +82,7 @@ class Kernel:
                 pb.KernelHeartbeat: self.refresh_worker,
                 pb.KvAllocate: self.allocate_blocks,
                 pb.KvFree: self.free_blocks,
+                pb.KvBatch: self.apply_batch,
                 pb.ResourceQuery: self.answer_query,
                 pb.Disconnect: self.delete_worker,
                 pb.KvPrefixReport: self.report_prefixes,
@@ -231,6 +232,23 @@ class Kernel:
         freed_block_ids = self.ledger.free(worker_id, request_id)
         log.debug("worker %s request %s: freed %d KV blocks", worker_id, request_id, len(freed_block_ids))
         return self.kernel_reply(worker_id, request_id)
+
+    def apply_batch(self, message: pb.KvBatch, now_s: float, peer: bytes) -> pb.KvBatchReply:
+        """Each allocation and free in order, answered as it would be alone: its reply,
+        or its refusal (logged as one alone is)."""
+        limits.check_kv_batch(message)
+        reply = pb.KvBatchReply()
+        for change in message.changes:
+            result = reply.results.add()
+            try:
+                if change.HasField("allocate"):
+                    result.reply.CopyFrom(self.allocate_blocks(change.allocate, now_s, peer))
+                else:
+                    result.reply.CopyFrom(self.free_blocks(change.free, now_s, peer))
+            except WireError as refused:
+                self.log_refusal(peer, refused)
+                result.error.CopyFrom(error_message(refused))
+        return reply
 
     def report_prefixes(self, message: pb.KvPrefixReport, now_s: float, peer: bytes) -> None:
         """Refused past MAX_PREFIX_HASHES_PER_REPORT (the last report stands); within it,

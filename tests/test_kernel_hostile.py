@@ -19,6 +19,7 @@ from test_kernel_service import (
     KERNEL_REPLIES,
     Kernel,
     allocate,
+    batch,
     query_view,
     register,
     start_kernel,
@@ -27,6 +28,7 @@ from test_kernel_service import (
 
 from llmos.wire import pack, pb
 from llmos.wire.constants import RESOURCE_TOPIC
+from llmos.wire.kv_batch import MAX_KV_BATCH_CHANGES
 
 pytestmark = pytest.mark.e2e
 
@@ -218,6 +220,36 @@ def test_a_worker_cannot_speak_for_another(kernel: Kernel, socket: zmq.Socket) -
     assert (owner.kv_blocks_used, owner.num_running, list(owner.cached_prefix_hashes)) == (2, 0, [])
     name, reply = ask(socket, pb.KvFree(worker_id="w-owner", request_id="r1"), KERNEL_REPLIES)
     assert (name, reply.num_free_blocks) == ("kernel_reply", 4)
+
+
+def test_batches_past_their_bound_or_with_empty_changes_are_refused_whole(socket: zmq.Socket) -> None:
+    register(socket, "w-batch-bound", num_blocks=4)
+    grant = pb.KvAllocate(worker_id="w-batch-bound", request_id="r1", num_blocks=1)
+    too_many = batch(*[grant] * (MAX_KV_BATCH_CHANGES + 1))
+    error = expect_error(socket, too_many, pb.INVALID_ARGUMENT)
+    assert str(MAX_KV_BATCH_CHANGES) in error.message
+    with_an_empty_change = batch(grant)
+    with_an_empty_change.changes.add()  # neither an allocate nor a free
+    error = expect_error(socket, with_an_empty_change, pb.INVALID_ARGUMENT)
+    assert "change 1" in error.message
+    assert view_worker(query_view(socket), "w-batch-bound").kv_blocks_used == 0  # nothing applied
+
+
+def test_a_batch_cannot_speak_for_another_worker(kernel: Kernel, socket: zmq.Socket) -> None:
+    register(socket, "w-batch-owner", num_blocks=4)
+    allocate(socket, "w-batch-owner", "r1", 2)
+    with dealer(kernel.address) as intruder:
+        name, reply = ask(
+            intruder,
+            batch(
+                pb.KvFree(worker_id="w-batch-owner", request_id="r1"),
+                pb.KvAllocate(worker_id="w-batch-owner", request_id="r2", num_blocks=2),
+            ),
+            KERNEL_REPLIES,
+        )
+    assert name == "kv_batch_reply"
+    assert [result.error.code for result in reply.results] == [pb.UNKNOWN_WORKER] * 2
+    assert view_worker(query_view(socket), "w-batch-owner").kv_blocks_used == 2
 
 
 def test_prefix_reports_are_refused_past_the_cap_and_cut_to_the_blocks(socket: zmq.Socket) -> None:

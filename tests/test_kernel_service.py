@@ -35,7 +35,7 @@ BLOCK_SIZE = 16
 # long enough that a test's worker never dies of a slow machine (dead after 6 s)
 HEARTBEAT_INTERVAL_MS = 2000
 FAST_HEARTBEAT_INTERVAL_MS = 100  # for the test that wants a worker to die (after 300 ms)
-KERNEL_REPLIES = {"kernel_reply", "resource_view", "error"}
+KERNEL_REPLIES = {"kernel_reply", "resource_view", "error", "kv_batch_reply"}
 
 
 @dataclass
@@ -129,6 +129,48 @@ def test_register_allocate_grow_and_free(socket: zmq.Socket) -> None:
     assert (reply.request_id, list(reply.block_ids), reply.num_free_blocks) == ("r1", [], 4)
     name, reply = ask(socket, pb.KvFree(worker_id="w-ledger", request_id="never"), KERNEL_REPLIES)
     assert (name, reply.request_id, list(reply.block_ids)) == ("kernel_reply", "never", [])
+
+
+def batch(*changes: pb.KvAllocate | pb.KvFree) -> pb.KvBatch:
+    message = pb.KvBatch()
+    for change in changes:
+        entry = message.changes.add()
+        (entry.allocate if isinstance(change, pb.KvAllocate) else entry.free).CopyFrom(change)
+    return message
+
+
+def test_a_batch_is_applied_in_order_each_change_answered_as_if_alone(socket: zmq.Socket) -> None:
+    register(socket, "w-batch", num_blocks=4)
+    register(socket, "w-batch-2", num_blocks=2)  # one connection may speak for several workers
+
+    name, reply = ask(
+        socket,
+        batch(
+            pb.KvAllocate(worker_id="w-batch", request_id="r1", num_blocks=3),
+            pb.KvAllocate(worker_id="w-batch", request_id="r2", num_blocks=2),  # 1 free: refused
+            pb.KvAllocate(worker_id="w-batch-2", request_id="r3", num_blocks=2),
+            pb.KvFree(worker_id="w-batch", request_id="r1"),
+            pb.KvAllocate(worker_id="w-batch", request_id="r2", num_blocks=2),  # fits now
+            pb.KvAllocate(worker_id="w-stranger", request_id="r4", num_blocks=1),
+        ),
+        KERNEL_REPLIES,
+    )
+
+    assert name == "kv_batch_reply", reply
+    kinds = [result.WhichOneof("result") for result in reply.results]
+    assert kinds == ["reply", "error", "reply", "reply", "reply", "error"]
+    first, refused, other_worker, freed, granted, stranger = reply.results
+    assert (first.reply.request_id, list(first.reply.block_ids), first.reply.num_free_blocks) == (
+        "r1",
+        [0, 1, 2],
+        1,
+    )
+    assert (refused.error.code, refused.error.request_id) == (pb.NOT_ENOUGH_BLOCKS, "r2")
+    assert (other_worker.reply.request_id, other_worker.reply.num_free_blocks) == ("r3", 0)
+    assert (freed.reply.request_id, list(freed.reply.block_ids), freed.reply.num_free_blocks) == ("r1", [], 4)
+    assert (granted.reply.request_id, len(granted.reply.block_ids)) == ("r2", 2)
+    assert (stranger.error.code, stranger.error.request_id) == (pb.UNKNOWN_WORKER, "r4")
+    assert view_worker(query_view(socket), "w-batch").kv_blocks_used == 2
 
 
 def test_unknown_worker_is_told_to_register(socket: zmq.Socket) -> None:

@@ -79,9 +79,13 @@ class FakePeer:
                 if router.poll(20):
                     identity, payload = router.recv_multipart()
                     name, message = unpack(payload, ALL_MESSAGES)
-                    self.inbox.put((identity, name, message))
+                    if name == "kv_batch":
+                        replies = [self.answer_batch(identity, message)]
+                    else:
+                        self.inbox.put((identity, name, message))
+                        replies = self.answer(self, name, message)
                     if self.is_answering:
-                        for reply in self.answer(self, name, message):
+                        for reply in replies:
                             # a peer gone (a drained worker closes after its last message) is dropped
                             send_reply(router, identity, False, pack(reply))
                 while not self.outbox.empty():
@@ -89,6 +93,18 @@ class FakePeer:
                     send_reply(router, identity, False, payload)
         finally:
             router.close(linger=0)
+
+    def answer_batch(self, identity: bytes, batch: pb.KvBatch) -> pb.KvBatchReply:
+        """A kernel's answer to a kv_batch: each change recorded and answered as if alone."""
+        reply = pb.KvBatchReply()
+        for change in batch.changes:
+            name = f"kv_{change.WhichOneof('change')}"
+            message = getattr(change, change.WhichOneof("change"))
+            self.inbox.put((identity, name, message))
+            (answer,) = self.answer(self, name, message)
+            result = reply.results.add()
+            (result.error if isinstance(answer, pb.Error) else result.reply).CopyFrom(answer)
+        return reply
 
     def send(self, identity: bytes, message: Message | bytes) -> None:
         self.outbox.put((identity, message if isinstance(message, bytes) else pack(message)))

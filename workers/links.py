@@ -4,7 +4,10 @@ Broker: identity = worker id, Paranoid Pirate style: register on connect, any
 broker message is a sign of life, and a broker silent for HEARTBEAT_LIVENESS
 intervals means: reconnect on a new socket and register again.
 
-Kernel: it answers every KernelRegister, KvAllocate and KvFree. The link is
+Kernel: it answers every KernelRegister, KvAllocate, KvFree and KvBatch. The
+allocations and frees of one loop turn go out together, at its end (`queue_change`,
+`flush`): one alone as itself, several as one KvBatch. Any other message flushes
+them first, so the kernel sees everything in the order it was made. The link is
 online while it does; when an answer does not come within one heartbeat
 interval the worker goes on with local KV accounting and re-registers every
 interval on a fresh socket (a DEALER would otherwise queue every heartbeat for
@@ -25,6 +28,7 @@ from google.protobuf.message import Message
 
 from llmos.wire import WireError, pack, pb
 from llmos.wire.constants import HEARTBEAT_LIVENESS
+from llmos.wire.kv_batch import KvOutbox
 from llmos.wire.liveness import is_heartbeat_due
 from llmos.wire.sockets import CurveOptions, connect_dealer
 
@@ -131,6 +135,24 @@ class KernelLink(PeerLink):
         self.registration = registration
         self.is_online: bool | None = None  # None until the first answer or silence
         self.register_sent_at_s: float | None = None  # a registration awaits its answer
+        self.outbox = KvOutbox()
+
+    def queue_change(self, change: pb.KvAllocate | pb.KvFree) -> None:
+        """An allocation or free to send with the turn's others (`flush`)."""
+        self.outbox.add(change)
+
+    def flush(self) -> None:
+        """Send the allocations and frees queued since the last flush."""
+        for message in self.outbox.take():
+            super().send(message)
+
+    def send(self, message: Message) -> None:
+        self.flush()
+        super().send(message)
+
+    def reconnect(self, identity: str | None = None) -> None:
+        self.outbox.take()  # as what the old socket still queued: dropped with it
+        super().reconnect(identity)
 
     def register(self, now_s: float, fresh_socket: bool) -> None:
         if fresh_socket or self.socket is None:

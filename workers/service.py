@@ -142,7 +142,11 @@ class Worker:
         )
         self.from_kernel: Handlers[None] = Handlers(
             "the worker's kernel socket",
-            {pb.KernelReply: self.accept_kernel_reply, pb.Error: self.accept_kernel_error},
+            {
+                pb.KernelReply: self.accept_kernel_reply,
+                pb.Error: self.accept_kernel_error,
+                pb.KvBatchReply: self.accept_kv_batch_reply,
+            },
         )
 
     def make_engine(self) -> engine_factory.GenerateEngine:
@@ -192,6 +196,7 @@ class Worker:
             self.purge_expired()
             self.send_heartbeats()
             self.report_prefixes()
+            self.kernel.flush()  # the turn's allocations and frees, in one message
         log.info("worker %s stopping", self.worker_id)
 
     def is_drained(self) -> bool:
@@ -339,6 +344,14 @@ class Worker:
         else:
             self.start_granted(reply.request_id)
 
+    def accept_kv_batch_reply(self, reply: pb.KvBatchReply) -> None:
+        """The answers to a KvBatch's allocations and frees, each as if it came alone."""
+        for result in reply.results:
+            if result.HasField("error"):
+                self.accept_kernel_error(result.error)
+            else:
+                self.accept_kernel_reply(result.reply)
+
     def accept_kernel_error(self, error: pb.Error) -> None:
         if error.code == pb.NOT_ENOUGH_BLOCKS:
             self.wait_for_blocks(error.request_id)
@@ -445,7 +458,7 @@ class Worker:
             request_id = allocation.request.request_id
             if self.kernel.is_online:
                 num_blocks = self.gate.start_allocation(request_id, time.monotonic())
-                self.kernel.send(
+                self.kernel.queue_change(
                     pb.KvAllocate(
                         worker_id=self.worker_id,
                         request_id=request_id,
@@ -521,7 +534,7 @@ class Worker:
     def release_blocks(self, request_id: str) -> None:
         self.tenant_by_request.pop(request_id, None)
         if self.gate.release(request_id) and self.kernel.is_online:
-            self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
+            self.kernel.queue_change(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
 
     def drop_all_requests(self, why: str) -> None:
         self.tokenize_queue.clear()  # the broker re-queues them too
@@ -534,7 +547,7 @@ class Worker:
         self.engine_thread.drop_all(self.epoch)
         if self.kernel.is_online:
             for request_id in request_ids:
-                self.kernel.send(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
+                self.kernel.queue_change(pb.KvFree(worker_id=self.worker_id, request_id=request_id))
         log.warning("worker %s dropped requests %s: %s", self.worker_id, ", ".join(request_ids), why)
 
     def adopt_kernel_geometry(self, reply: pb.KernelReply) -> None:
@@ -549,7 +562,7 @@ class Worker:
         # (re-)registering freed every block the kernel had for this worker:
         # restate what the running requests hold (the answers need no action)
         for request_id, num_blocks in self.gate.running.items():
-            self.kernel.send(
+            self.kernel.queue_change(
                 pb.KvAllocate(
                     worker_id=self.worker_id,
                     request_id=request_id,

@@ -63,6 +63,7 @@ from llmos.service import run_service
 from llmos.service_metrics import WorkerCollector, WorkerGauges
 from llmos.wire import Handlers, WireError, pack, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
+from llmos.wire.kv_batch import KvOutbox
 from llmos.wire.liveness import is_heartbeat_due
 from llmos.wire.sockets import connect_dealer
 from workers.config import WorkerConfig
@@ -348,6 +349,7 @@ class SimPool:
         self.selector.register(self.kernel.FD, selectors.EVENT_READ, None)
         self.unchecked: set[str] = set()  # ids of the workers whose socket to read before waiting
         self.is_kernel_unchecked = False  # sent on since it was last read
+        self.kv_outbox = KvOutbox()  # the workers' allocations and frees of this turn
         self.num_kernel_registrations_unanswered = 0  # the kernel answers each on the one socket
         self.kernel_registered_again_at_s = -math.inf
         base_id = config.worker_id or "sim"
@@ -384,7 +386,11 @@ class SimPool:
         )
         self.from_kernel: Handlers[None] = Handlers(
             "the simulated workers' kernel socket",
-            {pb.KernelReply: self.note_kernel_reply, pb.Error: self.accept_kernel_error},
+            {
+                pb.KernelReply: self.note_kernel_reply,
+                pb.Error: self.accept_kernel_error,
+                pb.KvBatchReply: self.note_kv_batch_reply,
+            },
         )
         self.metrics = start_metrics(
             config.metrics_host, config.metrics_port, WorkerCollector(self.read_gauges), self.readiness
@@ -452,6 +458,7 @@ class SimPool:
                 self.drain_broker(self.by_id[self.unchecked.pop()])
             self.run_due_steps(time.monotonic())
             self.send_heartbeats(time.monotonic())
+            self.flush_kv()  # the turn's allocations and frees, every worker's, in one message
 
     def close(self) -> None:
         """Every worker still here says goodbye to the broker and the kernel; the sockets close."""
@@ -572,13 +579,9 @@ class SimPool:
 
     def admit_waiting(self, worker: SimWorker) -> None:
         for request in worker.admit():
-            self.send_to_kernel(
-                pack(
-                    pb.KvAllocate(
-                        worker_id=worker.worker_id,
-                        request_id=request.request_id,
-                        num_blocks=request.num_blocks,
-                    )
+            self.kv_outbox.add(
+                pb.KvAllocate(
+                    worker_id=worker.worker_id, request_id=request.request_id, num_blocks=request.num_blocks
                 )
             )
 
@@ -601,7 +604,7 @@ class SimPool:
     ) -> None:
         """Free a request that left before its end at the kernel and tell the broker; its
         slot goes to the next waiting request. Answered even when unknown here."""
-        self.send_to_kernel(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
+        self.kv_outbox.add(pb.KvFree(worker_id=worker.worker_id, request_id=request_id))
         self.send_final(worker, final_delta(request_id, finish_reason))
         if request is not None:
             self.start_waiting(worker, time.monotonic())
@@ -617,7 +620,7 @@ class SimPool:
     def forget_all(self, worker: SimWorker) -> None:
         for request_id in [*worker.running, *(r.request_id for r in worker.waiting)]:
             worker.drop(request_id)
-            self.send_to_kernel(pack(pb.KvFree(worker_id=worker.worker_id, request_id=request_id)))
+            self.kv_outbox.add(pb.KvFree(worker_id=worker.worker_id, request_id=request_id))
         worker.hold.clear()
 
     def run_due_steps(self, now_s: float) -> None:
@@ -633,9 +636,7 @@ class SimPool:
                 self.send_progress(worker, worker.pending_deltas, now_s)
                 worker.pending_deltas = []
             for request in finished:  # after the broker's answer, as a real worker frees them
-                self.send_to_kernel(
-                    pack(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id))
-                )
+                self.kv_outbox.add(pb.KvFree(worker_id=worker.worker_id, request_id=request.request_id))
             self.admit_waiting(worker)
             self.report_cache(worker)
             worker.next_step_s = math.inf
@@ -654,8 +655,16 @@ class SimPool:
             worker.is_cache_report_due = False
 
     def send_to_kernel(self, payload: bytes) -> None:
+        """Send after the allocations and frees queued before it, in order."""
+        self.flush_kv()
         self.kernel.send(payload)
         self.is_kernel_unchecked = True  # as send_to_broker
+
+    def flush_kv(self) -> None:
+        """The allocations and frees queued since the last flush, in one message (`KvBatch`)."""
+        for message in self.kv_outbox.take():
+            self.kernel.send(pack(message))
+            self.is_kernel_unchecked = True
 
     def drain_kernel(self) -> None:
         self.is_kernel_unchecked = False
@@ -670,6 +679,12 @@ class SimPool:
         own blocks."""
         if not reply.request_id and self.num_kernel_registrations_unanswered:
             self.num_kernel_registrations_unanswered -= 1
+
+    def note_kv_batch_reply(self, reply: pb.KvBatchReply) -> None:
+        """Each answer of a KvBatch as if it came alone."""
+        for result in reply.results:
+            if result.HasField("error"):
+                self.accept_kernel_error(result.error)
 
     def accept_kernel_error(self, error: pb.Error) -> None:
         """A kernel that forgot the workers (restarted) refuses every message sent before

@@ -136,12 +136,15 @@ def request_id_in(envelope: pb.Envelope, name: str | None) -> str:
 
 
 def error_frame(code: int, message: str, request_id: str = "", retry_after_ms: int = 0) -> bytes:
+    return pack(error_message(WireError(code, message, request_id, retry_after_ms)))
+
+
+def error_message(error: WireError) -> pb.Error:
+    """The Error that tells the sender why `error` refused its message."""
     # the stub types `code` as the ErrorCode enum; at runtime every ErrorCode is an int
-    return pack(
-        pb.Error(
-            code=code,  # type: ignore[arg-type]
-            message=message,
-            request_id=request_id,
-            retry_after_ms=retry_after_ms,
-        )
+    return pb.Error(
+        code=error.code,  # type: ignore[arg-type]
+        message=error.message,
+        request_id=error.request_id,
+        retry_after_ms=error.retry_after_ms,
     )

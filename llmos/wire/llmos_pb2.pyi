@@ -525,6 +525,34 @@ class KvFree(_message.Message):
     request_id: str
     def __init__(self, worker_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class KvBatch(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[KvChange]
+    def __init__(self, changes: _Optional[_Iterable[_Union[KvChange, _Mapping]]] = ...) -> None: ...
+
+class KvChange(_message.Message):
+    __slots__ = ("allocate", "free")
+    ALLOCATE_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    allocate: KvAllocate
+    free: KvFree
+    def __init__(self, allocate: _Optional[_Union[KvAllocate, _Mapping]] = ..., free: _Optional[_Union[KvFree, _Mapping]] = ...) -> None: ...
+
+class KvBatchReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[KvResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[KvResult, _Mapping]]] = ...) -> None: ...
+
+class KvResult(_message.Message):
+    __slots__ = ("reply", "error")
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    reply: KernelReply
+    error: Error
+    def __init__(self, reply: _Optional[_Union[KernelReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
 class ResourceQuery(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -734,7 +762,7 @@ class PolicyStatus(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., available: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("version", "generate", "accepted", "chunk", "result", "error", "cancel", "status_request", "status_reply", "embed", "embed_result", "classify", "classify_result", "drain_worker", "drain_reply", "worker_register", "heartbeat", "disconnect", "dispatch", "progress", "preempt", "drain", "kernel_register", "kernel_heartbeat", "kv_allocate", "kv_free", "resource_query", "kernel_reply", "resource_view", "kv_prefix_report", "schedule_request", "schedule_decision", "set_policy", "policy_status")
+    __slots__ = ("version", "generate", "accepted", "chunk", "result", "error", "cancel", "status_request", "status_reply", "embed", "embed_result", "classify", "classify_result", "drain_worker", "drain_reply", "worker_register", "heartbeat", "disconnect", "dispatch", "progress", "preempt", "drain", "kernel_register", "kernel_heartbeat", "kv_allocate", "kv_free", "resource_query", "kernel_reply", "resource_view", "kv_prefix_report", "kv_batch", "kv_batch_reply", "schedule_request", "schedule_decision", "set_policy", "policy_status")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -765,6 +793,8 @@ class Envelope(_message.Message):
     KERNEL_REPLY_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VIEW_FIELD_NUMBER: _ClassVar[int]
     KV_PREFIX_REPORT_FIELD_NUMBER: _ClassVar[int]
+    KV_BATCH_FIELD_NUMBER: _ClassVar[int]
+    KV_BATCH_REPLY_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_REQUEST_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_DECISION_FIELD_NUMBER: _ClassVar[int]
     SET_POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -799,8 +829,10 @@ class Envelope(_message.Message):
     kernel_reply: KernelReply
     resource_view: ResourceView
     kv_prefix_report: KvPrefixReport
+    kv_batch: KvBatch
+    kv_batch_reply: KvBatchReply
     schedule_request: ScheduleRequest
     schedule_decision: ScheduleDecision
     set_policy: SetPolicy
     policy_status: PolicyStatus
-    def __init__(self, version: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., result: _Optional[_Union[GenerateResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., status_request: _Optional[_Union[StatusRequest, _Mapping]] = ..., status_reply: _Optional[_Union[StatusReply, _Mapping]] = ..., embed: _Optional[_Union[EmbedRequest, _Mapping]] = ..., embed_result: _Optional[_Union[EmbedResult, _Mapping]] = ..., classify: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., classify_result: _Optional[_Union[ClassifyResult, _Mapping]] = ..., drain_worker: _Optional[_Union[DrainWorker, _Mapping]] = ..., drain_reply: _Optional[_Union[DrainReply, _Mapping]] = ..., worker_register: _Optional[_Union[WorkerRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., preempt: _Optional[_Union[Preempt, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., kernel_register: _Optional[_Union[KernelRegister, _Mapping]] = ..., kernel_heartbeat: _Optional[_Union[KernelHeartbeat, _Mapping]] = ..., kv_allocate: _Optional[_Union[KvAllocate, _Mapping]] = ..., kv_free: _Optional[_Union[KvFree, _Mapping]] = ..., resource_query: _Optional[_Union[ResourceQuery, _Mapping]] = ..., kernel_reply: _Optional[_Union[KernelReply, _Mapping]] = ..., resource_view: _Optional[_Union[ResourceView, _Mapping]] = ..., kv_prefix_report: _Optional[_Union[KvPrefixReport, _Mapping]] = ..., schedule_request: _Optional[_Union[ScheduleRequest, _Mapping]] = ..., schedule_decision: _Optional[_Union[ScheduleDecision, _Mapping]] = ..., set_policy: _Optional[_Union[SetPolicy, _Mapping]] = ..., policy_status: _Optional[_Union[PolicyStatus, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., result: _Optional[_Union[GenerateResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., status_request: _Optional[_Union[StatusRequest, _Mapping]] = ..., status_reply: _Optional[_Union[StatusReply, _Mapping]] = ..., embed: _Optional[_Union[EmbedRequest, _Mapping]] = ..., embed_result: _Optional[_Union[EmbedResult, _Mapping]] = ..., classify: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., classify_result: _Optional[_Union[ClassifyResult, _Mapping]] = ..., drain_worker: _Optional[_Union[DrainWorker, _Mapping]] = ..., drain_reply: _Optional[_Union[DrainReply, _Mapping]] = ..., worker_register: _Optional[_Union[WorkerRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., preempt: _Optional[_Union[Preempt, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., kernel_register: _Optional[_Union[KernelRegister, _Mapping]] = ..., kernel_heartbeat: _Optional[_Union[KernelHeartbeat, _Mapping]] = ..., kv_allocate: _Optional[_Union[KvAllocate, _Mapping]] = ..., kv_free: _Optional[_Union[KvFree, _Mapping]] = ..., resource_query: _Optional[_Union[ResourceQuery, _Mapping]] = ..., kernel_reply: _Optional[_Union[KernelReply, _Mapping]] = ..., resource_view: _Optional[_Union[ResourceView, _Mapping]] = ..., kv_prefix_report: _Optional[_Union[KvPrefixReport, _Mapping]] = ..., kv_batch: _Optional[_Union[KvBatch, _Mapping]] = ..., kv_batch_reply: _Optional[_Union[KvBatchReply, _Mapping]] = ..., schedule_request: _Optional[_Union[ScheduleRequest, _Mapping]] = ..., schedule_decision: _Optional[_Union[ScheduleDecision, _Mapping]] = ..., set_policy: _Optional[_Union[SetPolicy, _Mapping]] = ..., policy_status: _Optional[_Union[PolicyStatus, _Mapping]] = ...) -> None: ...
