@@ -1,9 +1,13 @@
 """`llmos up`: run the whole stack on this machine as separate OS processes.
 
-    kernel, scheduler, broker, worker-0 .. worker-N-1
+    kernel, scheduler, broker, worker-0 .. worker-N-1 [, scheduler-1, broker-1, ...]
         each `python -m llmos <service> <flags>`, logging to <log dir>/<name>.log
 
-It waits until the kernel answers a ResourceQuery and the broker reports all N
+With `--brokers M` (more cores' worth of requests a second) broker i > 0 and its own
+scheduler, journal and audit log take the ports of base port + i * BROKER_PORT_STRIDE,
+all on the one kernel; worker j serves broker j mod M.
+
+It waits until the kernel answers a ResourceQuery and the brokers report all N
 workers registered, prints where clients connect, then supervises
 (`llmos.supervision`): a child that dies later is logged and restarted after a
 backoff; a worker that drained (exit 0) is not. Ctrl-C or SIGTERM stops every
@@ -17,6 +21,7 @@ launcher leaves them running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -34,13 +39,12 @@ from llmos.config import INSECURE_HELP, llmos_home, option, options_from
 from llmos.errors import LlmosError
 from llmos.logs import setup_logging
 from llmos.progress import Waiting
-from llmos.readiness import KERNEL, Readiness
+from llmos.readiness import BROKER, KERNEL, Readiness
 from llmos.security.client_keys import INSECURE_ENV, KEYS_DIR_ENV
 from llmos.security.keyring import default_keys_dir
 from llmos.security.service_keys import open_keyring
 from llmos.signals import interrupt_on_sigterm
 from llmos.supervision import ChildSpec, Supervisor
-from llmos.wire import pb
 from llmos.wire.constants import CLIENT_PORT, DEFAULT_HOST, tcp
 
 log = logging.getLogger(__name__)
@@ -52,11 +56,18 @@ WATCH_INTERVAL_S = 0.25  # between checks for dead children once up: well under 
 
 # /metrics ports start this far above --base-port unless --metrics-base-port says where
 METRICS_PORT_OFFSET = 10
+# broker i > 0 (`--brokers`) takes the client, worker and scheduler ports of base port + i * this
+BROKER_PORT_STRIDE = 100
 
 
 @dataclass
 class UpConfig:
     workers: int = option(1, "worker processes to start")
+    brokers: int = option(
+        1,
+        "brokers, each with its own scheduler, journal and audit log, on one kernel; broker i > 0 "
+        f"on the ports of base port + {BROKER_PORT_STRIDE} * i; worker j serves broker j mod brokers",
+    )
     model: str = option("", "model directory for every worker (empty: the embedded tiny model)")
     host: str = option(DEFAULT_HOST, "interface every service binds and clients connect to")
     base_port: int = option(CLIENT_PORT, "client port; workers +1, kernel +2, kernel pub +3, scheduler +4")
@@ -100,6 +111,53 @@ class Ports:
     def from_base(cls, base_port: int) -> Ports:
         return cls(base_port, base_port + 1, base_port + 2, base_port + 3, base_port + 4)
 
+    @classmethod
+    def of_broker(cls, base_port: int, index: int) -> Ports:
+        """Broker `index`'s ports (its client, worker and scheduler ones; the kernel's are
+        the first block's, which every broker shares)."""
+        first = cls.from_base(base_port)
+        own = cls.from_base(base_port + index * BROKER_PORT_STRIDE)
+        return cls(own.client, own.worker, first.kernel, first.kernel_pub, own.scheduler)
+
+
+def shard_name(service: str, index: int) -> str:
+    """broker, broker-1, ...: the first keeps the plain name."""
+    return service if index == 0 else f"{service}-{index}"
+
+
+def check_brokers(config: UpConfig) -> None:
+    """A usage error where --brokers is below 1 or its ports meet the /metrics ones."""
+    if config.brokers < 1:
+        raise click.UsageError(f"--brokers must be at least 1, not {config.brokers}")
+    metrics = range(metrics_base_port(config), metrics_base_port(config) + num_metrics_ports(config))
+    for index in range(1, config.brokers):
+        ports = Ports.of_broker(config.base_port, index)
+        clash = {ports.client, ports.worker, ports.scheduler} & set(metrics)
+        if clash:
+            raise click.UsageError(
+                f"broker-{index}'s port {min(clash)} is a /metrics port "
+                f"({metrics.start}-{metrics.stop - 1}); pass --metrics-base-port elsewhere"
+            )
+
+
+def num_metrics_ports(config: UpConfig) -> int:
+    """kernel, scheduler, broker, each worker, then each further scheduler and broker."""
+    return 3 + config.workers + 2 * (config.brokers - 1)
+
+
+def metrics_names(config: UpConfig) -> list[str]:
+    """The services in the order of their /metrics ports."""
+    names = ["kernel", "scheduler", "broker", *(f"worker-{i}" for i in range(config.workers))]
+    for index in range(1, config.brokers):
+        names += [shard_name("scheduler", index), shard_name("broker", index)]
+    return names
+
+
+def client_addresses(config: UpConfig) -> list[str]:
+    """Where local clients reach each broker."""
+    host = connect_host(config.host)
+    return [tcp(Ports.of_broker(config.base_port, i).client, host) for i in range(config.brokers)]
+
 
 class LaunchError(Exception):
     """The stack could not be brought up; the message says which process and why."""
@@ -132,73 +190,73 @@ def plan_children(config: UpConfig, model_path: str) -> list[ChildSpec]:
     def bind(port: int) -> str:
         return tcp(port, config.host)
 
-    metrics_ports = iter(range(metrics_base_port(config), metrics_base_port(config) + 4 + config.workers))
+    metrics_ports = dict(zip(metrics_names(config), range(metrics_base_port(config), 1 << 16), strict=False))
 
-    def service(name: str, *flags: str) -> list[str]:
-        metrics = ["--metrics-port", str(next(metrics_ports)), "--metrics-host", config.host]
-        return [sys.executable, "-m", "llmos", name, *flags, *metrics, *config.security_flags()]
+    def service(name: str, *flags: str) -> ChildSpec:
+        metrics = ["--metrics-port", str(metrics_ports[name]), "--metrics-host", config.host]
+        service_name = name.split("-")[0]
+        argv = [sys.executable, "-m", "llmos", service_name, *flags, *metrics, *config.security_flags()]
+        return ChildSpec(name, argv, is_worker=service_name == "worker")
+
+    def scheduler(index: int) -> ChildSpec:
+        own = Ports.of_broker(config.base_port, index)
+        return service(
+            shard_name("scheduler", index),
+            "--scheduler-bind",
+            bind(own.scheduler),
+            "--kernel-pub-address",
+            tcp(ports.kernel_pub, host),
+            "--policy",
+            config.policy,
+        )
+
+    def broker(index: int) -> ChildSpec:
+        own = Ports.of_broker(config.base_port, index)
+        return service(
+            shard_name("broker", index),
+            "--client-bind",
+            bind(own.client),
+            "--worker-bind",
+            bind(own.worker),
+            "--scheduler-address",
+            tcp(own.scheduler, host),
+            "--journal",
+            str(broker_journal_path(own.client)),
+            "--audit-log",
+            str(audit_log_path(own.client)),
+        )
 
     children = [
-        ChildSpec(
-            "kernel",
-            service(
-                "kernel", "--kernel-bind", bind(ports.kernel), "--kernel-pub-bind", bind(ports.kernel_pub)
-            ),
-        ),
-        ChildSpec(
-            "scheduler",
-            service(
-                "scheduler",
-                "--scheduler-bind",
-                bind(ports.scheduler),
-                "--kernel-pub-address",
-                tcp(ports.kernel_pub, host),
-                "--policy",
-                config.policy,
-            ),
-        ),
-        ChildSpec(
-            "broker",
-            service(
-                "broker",
-                "--client-bind",
-                bind(ports.client),
-                "--worker-bind",
-                bind(ports.worker),
-                "--scheduler-address",
-                tcp(ports.scheduler, host),
-                "--journal",
-                str(broker_journal_path(ports.client)),
-                "--audit-log",
-                str(audit_log_path(ports.client)),
-            ),
-        ),
+        service("kernel", "--kernel-bind", bind(ports.kernel), "--kernel-pub-bind", bind(ports.kernel_pub)),
+        scheduler(0),
+        broker(0),
     ]
+    for index in range(1, config.brokers):
+        children += [scheduler(index), broker(index)]
     for index in range(config.workers):
         worker_id = f"worker-{index}"
+        own = Ports.of_broker(config.base_port, index % config.brokers)
         children.append(
-            ChildSpec(
+            service(
                 worker_id,
-                service(
-                    "worker",
-                    "--broker-worker-address",
-                    tcp(ports.worker, host),
-                    "--kernel-address",
-                    tcp(ports.kernel, host),
-                    "--model",
-                    model_path,
-                    "--device",
-                    config.device,
-                    "--threads",
-                    str(config.threads),
-                    "--worker-id",
-                    worker_id,
-                ),
-                is_worker=True,
+                "--broker-worker-address",
+                tcp(own.worker, host),
+                "--kernel-address",
+                tcp(ports.kernel, host),
+                "--model",
+                model_path,
+                "--device",
+                config.device,
+                "--threads",
+                str(config.threads),
+                "--worker-id",
+                worker_id,
             )
         )
     if config.gateway_port:
-        children.append(ChildSpec("gateway", gateway_argv(config, tcp(ports.client, host), model_path)))
+        children.append(
+            ChildSpec("gateway", gateway_argv(config, ",".join(client_addresses(config)), model_path))
+        )
     return children
 
 
@@ -224,18 +282,20 @@ def gateway_argv(config: UpConfig, broker_address: str, model_path: str = "") ->
 
 def wait_until_ready(
     supervisor: Supervisor,
-    ports: Ports,
-    host: str,
+    kernel_address: str,
+    broker_addresses: list[str],
     num_workers: int,
     timeout_s: float,
     waiting: Waiting | None = None,
-) -> pb.StatusReply:
-    """Block until the kernel answers and the broker has `num_workers` workers; say each
-    service as it comes up, and what is still awaited, to `waiting`."""
+) -> None:
+    """Block until the kernel answers and the brokers have `num_workers` workers between
+    them; say each service as it comes up, and what is still awaited, to `waiting`."""
     waiting = waiting or Waiting(echo=lambda _: None)
-    readiness = Readiness([f"worker-{index}" for index in range(num_workers)])
+    brokers = [shard_name(BROKER, index) for index in range(len(broker_addresses))]
+    readiness = Readiness([f"worker-{index}" for index in range(num_workers)], brokers)
     deadline = time.monotonic() + timeout_s
-    with Client(tcp(ports.client, host), timeout_s=PROBE_TIMEOUT_S) as client:
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(Client(a, timeout_s=PROBE_TIMEOUT_S)) for a in broker_addresses]
         while True:
             for name, status in supervisor.newly_exited():
                 raise LaunchError(
@@ -251,12 +311,12 @@ def wait_until_ready(
             waiting.waiting_for(readiness.waiting_for)
             try:
                 if KERNEL not in readiness.ready_names:
-                    query_kernel(tcp(ports.kernel, host), PROBE_TIMEOUT_S)
+                    query_kernel(kernel_address, PROBE_TIMEOUT_S)
                     report(waiting, readiness.kernel_answered())
-                reply = client.status()
-                report(waiting, readiness.broker_answered(reply))
+                for broker, client in zip(brokers, clients, strict=True):
+                    report(waiting, readiness.broker_answered(client.status(), broker))
                 if readiness.is_ready:
-                    return reply
+                    return
             except LlmosError:
                 pass  # not up yet: the deadline above decides when to stop trying
             time.sleep(PROBE_INTERVAL_S)
@@ -320,6 +380,8 @@ def run(config: UpConfig) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = Ports.from_base(config.base_port)
     host = connect_host(config.host)
+    check_brokers(config)
+    addresses = client_addresses(config)
     model_path = resolve_model(config.model)
     if config.gateway_port and missing_extra("gateway"):
         raise click.ClickException(
@@ -335,13 +397,21 @@ def run(config: UpConfig) -> None:
         click.echo(f"llmos logs: {log_dir}")
         # to stderr: stdout keeps the lines scripts read (where the logs are, that it is up)
         with Waiting(echo=lambda line: click.echo(f"llmos: {line}", err=True)) as waiting:
-            wait_until_ready(supervisor, ports, host, config.workers, config.ready_timeout_s, waiting)
+            wait_until_ready(
+                supervisor,
+                tcp(ports.kernel, host),
+                addresses,
+                config.workers,
+                config.ready_timeout_s,
+                waiting,
+            )
+        brokers = f", {config.brokers} brokers" if config.brokers > 1 else ""
         click.echo(
-            f"llmos is up: clients connect to {tcp(ports.client, host)} "
-            f"({plural(config.workers, 'worker')}, model {model_path}); Ctrl-C stops it"
+            f"llmos is up: clients connect to {', '.join(addresses)} "
+            f"({plural(config.workers, 'worker')}{brokers}, model {model_path}); Ctrl-C stops it"
         )
         base = metrics_base_port(config)
-        names = ["kernel", "scheduler", "broker", *(f"worker-{i}" for i in range(config.workers))]
+        names = metrics_names(config)
         click.echo(
             f"llmos metrics: http://{host}:PORT/metrics (and /health, /ready): "
             + ", ".join(f"{name} {base + index}" for index, name in enumerate(names))
@@ -349,7 +419,7 @@ def run(config: UpConfig) -> None:
         if config.gateway_port:
             click.echo(f"llmos gateway: http://{host}:{config.gateway_port}/v1 (OpenAI-compatible)")
         if config.demo:
-            run_demo(tcp(ports.client, host), config.demo)
+            run_demo(addresses[0], config.demo)
         supervise(supervisor)
     except KeyboardInterrupt:
         click.echo("llmos: stopping", err=True)
@@ -369,6 +439,7 @@ def run(config: UpConfig) -> None:
 def up(**kwargs: Any) -> None:  # each value click made of its field's type (options_from)
     """Start kernel, scheduler, broker and N workers on this machine, each its own process.
 
-    Ports: clients --base-port, workers +1, kernel +2, kernel pub +3, scheduler +4.
+    Ports: clients --base-port, workers +1, kernel +2, kernel pub +3, scheduler +4; with
+    --brokers, broker i > 0 on the same layout from base port + 100 * i.
     """
     run(UpConfig(**kwargs))

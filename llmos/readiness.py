@@ -14,22 +14,29 @@ SCHEDULER = "scheduler"
 
 
 class Readiness:
-    def __init__(self, worker_ids: list[str]) -> None:
+    def __init__(self, worker_ids: list[str], brokers: list[str] | None = None) -> None:
+        """`brokers`: their names (default one, "broker"); broker-1's scheduler is scheduler-1."""
         self.worker_ids = worker_ids
+        self.brokers = brokers or [BROKER]
         self.ready_names: list[str] = []  # in the order each came up
-        self.num_workers_registered = 0
+        self.num_registered_by_broker: dict[str, int] = {}
+
+    @property
+    def num_workers_registered(self) -> int:
+        return sum(self.num_registered_by_broker.values())
 
     def kernel_answered(self) -> list[str]:
         return self._mark(KERNEL, "kernel ready")
 
-    def broker_answered(self, reply: pb.StatusReply) -> list[str]:
+    def broker_answered(self, reply: pb.StatusReply, broker: str = BROKER) -> list[str]:
         """The lines for what this reply shows newly up: the broker, the scheduler it
         reaches, each worker registered with it."""
-        lines = self._mark(BROKER, "broker ready")
-        self.num_workers_registered = len(reply.workers)
+        lines = self._mark(broker, f"{broker} ready")
+        self.num_registered_by_broker[broker] = len(reply.workers)
         if reply.scheduler_online:
+            scheduler = broker.replace(BROKER, SCHEDULER, 1)
             policy = f" (policy {reply.scheduler_policy})" if reply.scheduler_policy else ""
-            lines += self._mark(SCHEDULER, f"scheduler ready{policy}")
+            lines += self._mark(scheduler, f"{scheduler} ready{policy}")
         for worker in sorted(reply.workers, key=lambda w: w.worker_id):
             models = ",".join(worker.models) or "no model"
             lines += self._mark(
@@ -48,7 +55,7 @@ class Readiness:
         for: the broker places requests itself until it connects)."""
         return (
             KERNEL in self.ready_names
-            and BROKER in self.ready_names
+            and all(broker in self.ready_names for broker in self.brokers)
             and self.num_workers_registered >= len(self.worker_ids)
         )
 
@@ -57,13 +64,15 @@ class Readiness:
         """What is not up yet, as `waiting for <this>` reads."""
         if KERNEL not in self.ready_names:
             return "kernel: to answer a ResourceQuery"
-        if BROKER not in self.ready_names:
-            return "broker: to answer a StatusRequest"
+        for broker in self.brokers:
+            if broker not in self.ready_names:
+                return f"{broker}: to answer a StatusRequest"
         missing = self.missing_worker_ids
         if not missing:
             return "nothing"
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        return f"{shown}: loading the model, then registering with the broker"
+        brokers = "the broker" if len(self.brokers) == 1 else "their brokers"
+        return f"{shown}: loading the model, then registering with {brokers}"
 
     def _mark(self, name: str, line: str) -> list[str]:
         if name in self.ready_names:

@@ -22,7 +22,7 @@ from pathlib import Path
 import zmq
 from google.protobuf.message import Message
 
-from llmos.launcher import METRICS_PORT_OFFSET
+from llmos.launcher import BROKER_PORT_STRIDE, METRICS_PORT_OFFSET
 from llmos.wire import pack, pb, unpack
 from llmos.wire.constants import PROTOCOL_VERSION
 from llmos.wire.envelope import body_name
@@ -37,12 +37,16 @@ STOP_TIMEOUT_S = 10.0
 DEFAULT_EPHEMERAL_START = 32768  # Linux's default: ports from here go to outgoing connections
 
 
-def free_up_base_port(num_workers: int) -> int:
+def free_up_base_port(num_workers: int, num_brokers: int = 1) -> int:
     """A base port for `llmos up` whose every port, /metrics too, is free now, and
     below the ports the OS hands to outgoing connections, which would take one at random."""
     # P to P+4 for the services, then /metrics from P+METRICS_PORT_OFFSET: the kernel,
-    # the scheduler, the broker, one port per worker
-    num_ports = METRICS_PORT_OFFSET + 3 + num_workers
+    # the scheduler, the broker, one port per worker, two per further broker; those
+    # brokers' own ports from P + BROKER_PORT_STRIDE * i
+    if num_brokers > 1:
+        num_ports = BROKER_PORT_STRIDE * (num_brokers - 1) + 5
+    else:
+        num_ports = METRICS_PORT_OFFSET + 3 + num_workers
     try:
         ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):

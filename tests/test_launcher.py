@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from service_process import free_up_base_port
 
@@ -19,11 +20,11 @@ from llmos.client import Client
 from llmos.launcher import (
     ChildSpec,
     LaunchError,
-    Ports,
     Supervisor,
     UpConfig,
     audit_log_path,
     broker_journal_path,
+    check_brokers,
     plan_children,
     wait_until_ready,
 )
@@ -136,6 +137,73 @@ def test_plan_starts_every_service_with_the_shared_flags():
     ]
 
 
+def test_a_plan_of_two_brokers_gives_each_its_own_ports_scheduler_journal_and_workers():
+    config = UpConfig(workers=3, brokers=2, base_port=6000, insecure=True, gateway_port=8000)
+    plan = {child.name: child.argv for child in plan_children(config, "/models/tiny")}
+
+    assert list(plan) == [
+        "kernel",
+        "scheduler",
+        "broker",
+        "scheduler-1",
+        "broker-1",
+        "worker-0",
+        "worker-1",
+        "worker-2",
+        "gateway",
+    ]
+    assert plan["scheduler-1"][3:9] == [
+        "scheduler",
+        "--scheduler-bind",
+        "tcp://127.0.0.1:6104",
+        "--kernel-pub-address",
+        "tcp://127.0.0.1:6003",  # the one kernel's
+        "--policy",
+    ]
+    assert plan["broker-1"][3:13] == [
+        "broker",
+        "--client-bind",
+        "tcp://127.0.0.1:6100",
+        "--worker-bind",
+        "tcp://127.0.0.1:6101",
+        "--scheduler-address",
+        "tcp://127.0.0.1:6104",
+        "--journal",
+        str(broker_journal_path(6100)),
+        "--audit-log",
+    ]
+    worker_brokers = [
+        plan[f"worker-{i}"][plan[f"worker-{i}"].index("--broker-worker-address") + 1] for i in range(3)
+    ]
+    assert worker_brokers == ["tcp://127.0.0.1:6001", "tcp://127.0.0.1:6101", "tcp://127.0.0.1:6001"]
+    assert all("tcp://127.0.0.1:6002" in plan[f"worker-{i}"] for i in range(3))  # one kernel
+    gateway = plan["gateway"]
+    assert gateway[gateway.index("--broker-address") + 1] == "tcp://127.0.0.1:6000,tcp://127.0.0.1:6100"
+    # /metrics: the one-broker layout first, then each further scheduler and broker
+    metrics = {
+        name: int(argv[argv.index("--metrics-port") + 1]) for name, argv in plan.items() if name != "gateway"
+    }
+    assert metrics == {
+        "kernel": 6010,
+        "scheduler": 6011,
+        "broker": 6012,
+        "worker-0": 6013,
+        "worker-1": 6014,
+        "worker-2": 6015,
+        "scheduler-1": 6016,
+        "broker-1": 6017,
+    }
+
+
+@pytest.mark.parametrize(
+    ("brokers", "workers", "message"),
+    [(0, 1, "at least 1"), (2, 90, "broker-1's port 6100 is a /metrics port")],
+)
+def test_brokers_below_one_or_on_the_metrics_ports_are_a_usage_error(brokers, workers, message):
+    with pytest.raises(click.UsageError, match=message):
+        check_brokers(UpConfig(workers=workers, brokers=brokers, base_port=6000))
+
+
 def test_an_insecure_plan_says_so_to_every_child():
     plan = plan_children(UpConfig(workers=1, insecure=True), "m")
     assert [child.argv[-1] for child in plan] == ["--insecure"] * 4
@@ -224,7 +292,7 @@ def test_readiness_fails_with_the_log_tail_when_a_child_exits(supervisor, tmp_pa
     supervisor.start(python_child("kernel", "print('port already in use'); raise SystemExit(3)"))
     supervisor.processes["kernel"].wait()
     with pytest.raises(LaunchError) as caught:
-        wait_until_ready(supervisor, Ports.from_base(1), "127.0.0.1", 1, timeout_s=30)
+        wait_until_ready(supervisor, "tcp://127.0.0.1:3", ["tcp://127.0.0.1:1"], 1, timeout_s=30)
     message = str(caught.value)
     assert message.startswith("kernel exited with status 3 before llmos was ready")
     assert str(tmp_path / "kernel.log") in message
@@ -257,6 +325,28 @@ def test_readiness_says_each_service_once_as_it_comes_up_and_what_it_still_await
     assert readiness.broker_answered(broker_reply("worker-0", "worker-1", scheduler_online=True)) == [
         "worker-0 ready (tiny on cpu)"
     ]
+    assert readiness.is_ready
+
+
+def test_readiness_of_two_brokers_waits_for_both_and_their_workers_together():
+    readiness = Readiness(["worker-0", "worker-1"], ["broker", "broker-1"])
+    readiness.kernel_answered()
+
+    assert readiness.broker_answered(broker_reply("worker-0"), "broker") == [
+        "broker ready",
+        "worker-0 ready (tiny on cpu)",
+    ]
+    assert readiness.waiting_for == "broker-1: to answer a StatusRequest"
+    assert readiness.broker_answered(broker_reply(scheduler_online=True), "broker-1") == [
+        "broker-1 ready",
+        "scheduler-1 ready (policy priority)",
+    ]
+    assert readiness.waiting_for.startswith(
+        "worker-1: loading the model, then registering with their brokers"
+    )
+    assert readiness.broker_answered(broker_reply("worker-0"), "broker") == []  # counted once a broker
+    assert not readiness.is_ready
+    assert readiness.broker_answered(broker_reply("worker-1"), "broker-1") == ["worker-1 ready (tiny on cpu)"]
     assert readiness.is_ready
 
 
@@ -437,3 +527,68 @@ def test_up_restarts_a_killed_worker_and_leaves_a_drained_one_gone(tiny_model_di
     assert (drained.worker_id, drained.num_running) == ("worker-0", 0)
     assert "worker-0 exited with status 0 (drained); not restarting it" in log
     assert log.count("restarted worker-0") == 1
+
+
+@pytest.mark.e2e
+def test_up_with_two_brokers_serves_on_both_each_with_its_share_of_the_workers(tiny_model_dir, tmp_path):
+    base_port = free_up_base_port(num_workers=2, num_brokers=2)
+    addresses = [f"tcp://127.0.0.1:{base_port}", f"tcp://127.0.0.1:{base_port + 100}"]
+    up_log = tmp_path / "up.err"
+    with up_log.open("w") as up_stderr:
+        up = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "llmos",
+                "up",
+                "--workers",
+                "2",
+                "--brokers",
+                "2",
+                "--model",
+                str(tiny_model_dir),
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--base-port",
+                str(base_port),
+                "--log-dir",
+                str(tmp_path / "logs"),
+                "--insecure",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=up_stderr,
+            text=True,
+        )
+    try:
+        up.stdout.readline()
+        assert up.stdout.readline() == (
+            f"llmos is up: clients connect to {', '.join(addresses)} "
+            f"(2 workers, 2 brokers, model {tiny_model_dir}); Ctrl-C stops it\n"
+        ), up_log.read_text()
+        answers = {}
+        for address in addresses:
+            with Client(address, timeout_s=60) as client:
+                answers[address] = (client.status(), client.generate("Once upon a time", max_tokens=3))
+    finally:
+        up.send_signal(signal.SIGTERM)
+        returncode = up.wait(60)
+        up.stdout.close()
+
+    assert returncode == 0, up_log.read_text()
+    for address, worker_id in zip(addresses, ["worker-0", "worker-1"], strict=True):
+        status, result = answers[address]
+        assert [worker.worker_id for worker in status.workers] == [worker_id]
+        assert (result.worker_id, result.usage.generated_tokens) == (worker_id, 3)
+    log = up_log.read_text()
+    assert "broker-1 ready" in log and "worker-1 ready" in log
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == [
+        "broker-1.log",
+        "broker.log",
+        "kernel.log",
+        "scheduler-1.log",
+        "scheduler.log",
+        "worker-0.log",
+        "worker-1.log",
+    ]
