@@ -79,7 +79,8 @@ class UpConfig:
     ready_timeout_s: float = option(120.0, "give up unless everything is ready this soon")
     metrics_base_port: int = option(
         0,
-        "/metrics, /health, /ready: kernel on this port, then scheduler, broker, workers (0: base port + 10)",
+        "/metrics, /health, /ready: kernel on this port, then scheduler, broker, workers, each further "
+        "scheduler and broker (0: base port + 10)",
     )
     insecure: bool = option(False, INSECURE_HELP)
     keys_dir: str = option(
