@@ -110,6 +110,12 @@ class KvLedger:
     def num_requests(self, worker_id: str) -> int:
         return len(self._workers[worker_id].holdings)
 
+    def num_blocks_held(self, worker_id: str, request_id: str) -> int:
+        """How many blocks the request holds; 0 for a worker or request not here."""
+        blocks = self._workers.get(worker_id)
+        holding = blocks.holdings.get(request_id) if blocks is not None else None
+        return len(holding.block_ids) if holding else 0
+
     def block_ids(self, worker_id: str, request_id: str) -> tuple[int, ...]:
         holding = self._workers[worker_id].holdings.get(request_id)
         return tuple(holding.block_ids) if holding else ()

@@ -27,6 +27,10 @@ MAX_PREFIX_HASHES_PER_REPORT = 65_536
 # A kv_batch carries at most MAX_KV_BATCH_CHANGES allocations and frees (a worker's of
 # one step); the frame bound holds its bytes.
 KV_CHANGES = ("allocate", "free")
+# A kv_batch_reply lists at most this many block ids over all its results (about 5 MB):
+# every result of an allocation lists all the request's blocks, so a batch that grows
+# one large request many times could otherwise have the kernel build gigabytes.
+MAX_KV_BATCH_REPLY_BLOCK_IDS = MAX_BLOCKS_PER_WORKER
 
 
 def invalid(what: str, request_id: str = "") -> WireError:

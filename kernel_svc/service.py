@@ -238,17 +238,35 @@ class Kernel:
         or its refusal (logged as one alone is)."""
         limits.check_kv_batch(message)
         reply = pb.KvBatchReply()
+        num_listed = 0  # block ids the reply lists so far
         for change in message.changes:
             result = reply.results.add()
             try:
                 if change.HasField("allocate"):
-                    result.reply.CopyFrom(self.allocate_blocks(change.allocate, now_s, peer))
+                    self.check_reply_room(change.allocate, num_listed)
+                    answer = self.allocate_blocks(change.allocate, now_s, peer)
                 else:
-                    result.reply.CopyFrom(self.free_blocks(change.free, now_s, peer))
+                    answer = self.free_blocks(change.free, now_s, peer)
             except WireError as refused:
                 self.log_refusal(peer, refused)
                 result.error.CopyFrom(error_message(refused))
+            else:
+                result.reply.CopyFrom(answer)
+                num_listed += len(answer.block_ids)
         return reply
+
+    def check_reply_room(self, message: pb.KvAllocate, num_listed: int) -> None:
+        """Refuse, unapplied, an allocation whose answer (every block the request would
+        hold) would take a batch's reply past MAX_KV_BATCH_REPLY_BLOCK_IDS."""
+        num_blocks = min(message.num_blocks, limits.MAX_BLOCKS_PER_WORKER)
+        to_list = self.ledger.num_blocks_held(message.worker_id, message.request_id) + num_blocks
+        if num_listed + to_list > limits.MAX_KV_BATCH_REPLY_BLOCK_IDS:
+            raise limits.invalid(
+                f"not applied: this kv_batch's reply would list more than "
+                f"{limits.MAX_KV_BATCH_REPLY_BLOCK_IDS} block ids; send this allocation alone "
+                "or in a smaller batch",
+                message.request_id,
+            )
 
     def report_prefixes(self, message: pb.KvPrefixReport, now_s: float, peer: bytes) -> None:
         """Refused past MAX_PREFIX_HASHES_PER_REPORT (the last report stands); within it,

@@ -114,7 +114,7 @@ def test_subscription_floods_leave_memory_bounded_and_views_flowing(kernel: Kern
         for i in range(200_000):  # 4 MB of distinct topics, each within the frame size
             many.setsockopt(zmq.SUBSCRIBE, b"t%06d" % i + b"x" * 13)
         wait_until(
-            lambda: "dropping every subscriber's connection" in kernel.service.logs(),
+            lambda: "dropping every subscriber's connection" in kernel.service.log_path.read_text(),
             "the kernel drops the flooding subscribers",
         )
     grown_kb = rss_kb(kernel) - before_kb
@@ -233,6 +233,32 @@ def test_batches_past_their_bound_or_with_empty_changes_are_refused_whole(socket
     error = expect_error(socket, with_an_empty_change, pb.INVALID_ARGUMENT)
     assert "change 1" in error.message
     assert view_worker(query_view(socket), "w-batch-bound").kv_blocks_used == 0  # nothing applied
+
+
+def test_a_batch_that_would_list_too_many_block_ids_is_answered_within_its_bound(
+    kernel: Kernel, socket: zmq.Socket
+) -> None:
+    """Each allocation's answer lists all the request's blocks: 1,024 renewals of a
+    request holding 600,000 would make a reply of 600 M ids. The ones past the bound
+    are refused unapplied, and the kernel's memory stays flat."""
+    register(socket, "w-batch-big", num_blocks=MAX_BLOCKS_PER_WORKER)
+    name, reply = allocate(socket, "w-batch-big", "r-big", 600_000)
+    assert (name, len(reply.block_ids)) == ("kernel_reply", 600_000)
+    before_kb = rss_kb(kernel)
+    renew = pb.KvAllocate(worker_id="w-batch-big", request_id="r-big", num_blocks=0)
+    free_other = pb.KvFree(worker_id="w-batch-big", request_id="r-none")
+
+    name, reply = ask(socket, batch(renew, renew, free_other, *[renew] * 1000), KERNEL_REPLIES)
+
+    assert name == "kv_batch_reply"
+    first, second, freed, *rest = reply.results
+    assert len(first.reply.block_ids) == 600_000
+    assert (second.error.code, second.error.request_id) == (pb.INVALID_ARGUMENT, "r-big")
+    assert "not applied" in second.error.message
+    assert freed.WhichOneof("result") == "reply"  # a free lists nothing: still applied
+    assert {result.error.code for result in rest} == {pb.INVALID_ARGUMENT}
+    assert rss_kb(kernel) - before_kb < MAX_RSS_GROWTH_KB
+    socket.send(pack(pb.Disconnect(worker_id="w-batch-big")))
 
 
 def test_a_batch_cannot_speak_for_another_worker(kernel: Kernel, socket: zmq.Socket) -> None:
