@@ -4,12 +4,15 @@ restarts a killed worker, and stops."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -470,57 +473,59 @@ def wait_for(condition, what: str, attempts: int = 1200) -> None:
     raise AssertionError(f"timed out waiting until {what}")
 
 
+@dataclass
+class UpRun:
+    """`llmos up` on the tiny model, run by `running_up`: its process, its stderr's file,
+    and once stopped (SIGTERM) its exit status."""
+
+    process: subprocess.Popen
+    log_path: Path
+    returncode: int | None = None
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@contextlib.contextmanager
+def running_up(tiny_model_dir: Path, tmp_path: Path, base_port: int, *flags: str) -> Iterator[UpRun]:
+    """Start `llmos up` on the tiny model (CPU, one thread a worker) with `flags`, read
+    its first line; SIGTERM it on the way out."""
+    log_path = tmp_path / "up.err"
+    argv = [PYTHON, "-m", "llmos", "up", "--model", str(tiny_model_dir), "--device", "cpu"]
+    argv += ["--threads", "1", "--base-port", str(base_port), "--log-dir", str(tmp_path / "logs"), *flags]
+    with log_path.open("w") as up_stderr:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=up_stderr, text=True)
+    run = UpRun(process, log_path)
+    try:
+        process.stdout.readline()  # where the logs are
+        yield run
+    finally:
+        process.send_signal(signal.SIGTERM)
+        run.returncode = process.wait(60)
+        process.stdout.close()
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds child processes through /proc")
 def test_up_restarts_a_killed_worker_and_leaves_a_drained_one_gone(tiny_model_dir, tmp_path):
     base_port = free_up_base_port(num_workers=1)
-    broker_address = f"tcp://127.0.0.1:{base_port}"
-    up_log = tmp_path / "up.err"
-    with up_log.open("w") as up_stderr:
-        up = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "llmos",
-                "up",
-                "--workers",
-                "1",
-                "--model",
-                str(tiny_model_dir),
-                "--device",
-                "cpu",
-                "--threads",
-                "1",
-                "--base-port",
-                str(base_port),
-                "--log-dir",
-                str(tmp_path / "logs"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=up_stderr,
-            text=True,
-        )
-    try:
-        up.stdout.readline()
-        assert up.stdout.readline().startswith("llmos is up"), up_log.read_text()
+    with running_up(tiny_model_dir, tmp_path, base_port, "--workers", "1") as up:
+        assert up.process.stdout.readline().startswith("llmos is up"), up.log
         worker_flags = ("--worker-id\0worker-0\0", f"127.0.0.1:{base_port + 1}")
         [killed_pid] = pids_of(*worker_flags)
         os.kill(killed_pid, signal.SIGKILL)
 
-        wait_for(lambda: "restarted worker-0" in up_log.read_text(), "llmos up restarts worker-0")
+        wait_for(lambda: "restarted worker-0" in up.log, "llmos up restarts worker-0")
         [restarted_pid] = pids_of(*worker_flags)
-        with Client(broker_address, timeout_s=60) as client:
+        with Client(f"tcp://127.0.0.1:{base_port}", timeout_s=60) as client:
             result = client.generate("Once upon a time", max_tokens=4)
             drained = client.drain_worker("worker-0")
             wait_for(lambda: not client.status().workers, "the drained worker leaves the broker")
-        wait_for(lambda: "(drained)" in up_log.read_text(), "llmos up sees worker-0 exit")
-    finally:
-        up.send_signal(signal.SIGTERM)
-        returncode = up.wait(60)
-        up.stdout.close()
+        wait_for(lambda: "(drained)" in up.log, "llmos up sees worker-0 exit")
 
-    log = up_log.read_text()
-    assert returncode == 0, log
+    log = up.log
+    assert up.returncode == 0, log
     assert restarted_pid != killed_pid
     assert "worker-0 exited with signal SIGKILL; restarting it in 0.5 s" in log
     assert (result.usage.generated_tokens, result.worker_id) == (4, "worker-0")
@@ -533,56 +538,23 @@ def test_up_restarts_a_killed_worker_and_leaves_a_drained_one_gone(tiny_model_di
 def test_up_with_two_brokers_serves_on_both_each_with_its_share_of_the_workers(tiny_model_dir, tmp_path):
     base_port = free_up_base_port(num_workers=2, num_brokers=2)
     addresses = [f"tcp://127.0.0.1:{base_port}", f"tcp://127.0.0.1:{base_port + 100}"]
-    up_log = tmp_path / "up.err"
-    with up_log.open("w") as up_stderr:
-        up = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "llmos",
-                "up",
-                "--workers",
-                "2",
-                "--brokers",
-                "2",
-                "--model",
-                str(tiny_model_dir),
-                "--device",
-                "cpu",
-                "--threads",
-                "1",
-                "--base-port",
-                str(base_port),
-                "--log-dir",
-                str(tmp_path / "logs"),
-                "--insecure",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=up_stderr,
-            text=True,
-        )
-    try:
-        up.stdout.readline()
-        assert up.stdout.readline() == (
+    flags = ("--workers", "2", "--brokers", "2", "--insecure")
+    with running_up(tiny_model_dir, tmp_path, base_port, *flags) as up:
+        assert up.process.stdout.readline() == (
             f"llmos is up: clients connect to {', '.join(addresses)} "
             f"(2 workers, 2 brokers, model {tiny_model_dir}); Ctrl-C stops it\n"
-        ), up_log.read_text()
+        ), up.log
         answers = {}
         for address in addresses:
             with Client(address, timeout_s=60) as client:
                 answers[address] = (client.status(), client.generate("Once upon a time", max_tokens=3))
-    finally:
-        up.send_signal(signal.SIGTERM)
-        returncode = up.wait(60)
-        up.stdout.close()
 
-    assert returncode == 0, up_log.read_text()
+    assert up.returncode == 0, up.log
     for address, worker_id in zip(addresses, ["worker-0", "worker-1"], strict=True):
         status, result = answers[address]
         assert [worker.worker_id for worker in status.workers] == [worker_id]
         assert (result.worker_id, result.usage.generated_tokens) == (worker_id, 3)
-    log = up_log.read_text()
-    assert "broker-1 ready" in log and "worker-1 ready" in log
+    assert "broker-1 ready" in up.log and "worker-1 ready" in up.log
     assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == [
         "broker-1.log",
         "broker.log",
