@@ -24,8 +24,8 @@ MAX_LEASE_MS = 24 * 3600 * 1000  # a lease past a day is a bug, not a plan
 # A prefix report lists at most this many hashes (workers send at most 1,024); more is
 # refused. Within it, a report is cut to the worker's KV block count (see registry).
 MAX_PREFIX_HASHES_PER_REPORT = 65_536
-# A kv_batch carries at most MAX_KV_BATCH_CHANGES allocations and frees (a worker's of
-# one step); the frame bound holds its bytes.
+# What a kv_batch's change may be; a batch holds at most MAX_KV_BATCH_CHANGES of them (a
+# worker's of one loop turn), and the frame bound holds their bytes.
 KV_CHANGES = ("allocate", "free")
 # A kv_batch_reply lists at most this many block ids over all its results (about 5 MB):
 # every result of an allocation lists all the request's blocks, so a batch that grows

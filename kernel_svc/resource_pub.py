@@ -42,8 +42,8 @@ MAX_REFUSED_PER_BIND = 128
 SUBSCRIPTION_HWM = 100  # (un)subscriptions queued per subscriber before libzmq stops reading it
 # (Un)subscriptions handled per call, so a flood cannot starve the kernel's other work.
 MAX_SUBSCRIPTIONS_PER_POLL = 10_000
-# While the old listener closes, binding again fails; it is tried at most this often
-# (each turn of a busy loop before: 104 attempts and log lines in 2 ms on a loaded machine)
+# While the old listener closes, binding again fails; it is tried at most this often,
+# not at every turn of the kernel's loop, which may come at once after another
 REBIND_INTERVAL_S = 0.02
 _SUBSCRIBE, _UNSUBSCRIBE = 1, 0
 

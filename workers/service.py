@@ -25,6 +25,7 @@ from llmos.service import run_service
 from llmos.service_metrics import WorkerCollector, WorkerGauges
 from llmos.wire import Handlers, WireError, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, ERROR_NAMES, HEARTBEAT_LIVENESS
+from llmos.wire.kv_batch import batch_answers
 from llmos.wire.peer_errors import PeerErrors
 from workers import dispatch_checks, engine_factory
 from workers.admission_gate import AdmissionGate
@@ -346,11 +347,11 @@ class Worker:
 
     def accept_kv_batch_reply(self, reply: pb.KvBatchReply) -> None:
         """The answers to a KvBatch's allocations and frees, each as if it came alone."""
-        for result in reply.results:
-            if result.HasField("error"):
-                self.accept_kernel_error(result.error)
+        for answer in batch_answers(reply):
+            if isinstance(answer, pb.Error):
+                self.accept_kernel_error(answer)
             else:
-                self.accept_kernel_reply(result.reply)
+                self.accept_kernel_reply(answer)
 
     def accept_kernel_error(self, error: pb.Error) -> None:
         if error.code == pb.NOT_ENOUGH_BLOCKS:

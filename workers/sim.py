@@ -63,7 +63,7 @@ from llmos.service import run_service
 from llmos.service_metrics import WorkerCollector, WorkerGauges
 from llmos.wire import Handlers, WireError, pack, pb
 from llmos.wire.constants import DEFAULT_BLOCK_SIZE, HEARTBEAT_LIVENESS
-from llmos.wire.kv_batch import KvOutbox
+from llmos.wire.kv_batch import KvOutbox, batch_answers
 from llmos.wire.liveness import is_heartbeat_due
 from llmos.wire.sockets import connect_dealer
 from workers.config import WorkerConfig
@@ -682,9 +682,11 @@ class SimPool:
 
     def note_kv_batch_reply(self, reply: pb.KvBatchReply) -> None:
         """Each answer of a KvBatch as if it came alone."""
-        for result in reply.results:
-            if result.HasField("error"):
-                self.accept_kernel_error(result.error)
+        for answer in batch_answers(reply):
+            if isinstance(answer, pb.Error):
+                self.accept_kernel_error(answer)
+            else:
+                self.note_kernel_reply(answer)
 
     def accept_kernel_error(self, error: pb.Error) -> None:
         """A kernel that forgot the workers (restarted) refuses every message sent before

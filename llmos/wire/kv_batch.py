@@ -36,6 +36,11 @@ class KvOutbox:
         ]
 
 
+def batch_answers(reply: pb.KvBatchReply) -> list[pb.KernelReply | pb.Error]:
+    """Each change's answer, in order: what the kernel would have sent for it alone."""
+    return [result.error if result.HasField("error") else result.reply for result in reply.results]
+
+
 def batch_of(changes: list[pb.KvAllocate | pb.KvFree]) -> pb.KvBatch | pb.KvAllocate | pb.KvFree:
     """One message for these changes: the change itself where it is alone."""
     if len(changes) == 1:
